@@ -1,0 +1,102 @@
+//! Sluice's expression language: pure functions over JSON values, no IO.
+//!
+//! * [`jq`]: jq programs through jaq, compiled once and run many times with the
+//!   flow object bound as variables (`$trigger`, `$last`, `$<key>`), under a
+//!   deadline and a stack guard so that no expression can hang or crash a run;
+//! * [`template`]: the `{{ }}` templates of option values;
+//! * [`path`]: JSONPath reading (RFC 9535) and the mapping subset with its writer;
+//! * [`merge()`]: merging a result into the state data.
+//!
+//! Nothing here reads the environment, files or the network, and no input
+//! makes it panic.
+
+pub mod jq;
+pub mod merge;
+pub mod path;
+pub mod template;
+pub mod value;
+
+pub use jaq_json::Val;
+pub use jq::{CompileError, CompileIssue, Limits, Program};
+pub use merge::{MergeError, merge};
+pub use path::{MappingPath, PathError, Query};
+pub use template::{PathSeg, Template, TemplateError, TemplateValue};
+pub use value::{from_val, to_val};
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where an expression finds the values of its variables (names without `$`).
+pub trait Scope {
+    /// The value of variable `name`, or `None` when it has none (it is then `null`).
+    fn get(&self, name: &str) -> Option<Val>;
+}
+
+/// A scope of named values, for tests and simple callers.
+#[derive(Clone, Debug, Default)]
+pub struct MapScope(pub BTreeMap<String, Val>);
+
+impl MapScope {
+    /// Build from a JSON object: each key becomes a variable.
+    pub fn from_json(v: serde_json::Value) -> Self {
+        let mut m = BTreeMap::new();
+        if let serde_json::Value::Object(o) = v {
+            for (k, v) in o {
+                m.insert(k, to_val(&v));
+            }
+        }
+        Self(m)
+    }
+
+    /// The variable names.
+    pub fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+impl Scope for MapScope {
+    fn get(&self, name: &str) -> Option<Val> {
+        self.0.get(name).cloned()
+    }
+}
+
+/// An expression that failed while running.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The program raised an error.
+    #[error("jq expression `{code}` failed: {message}")]
+    Runtime {
+        /// The program text.
+        code: String,
+        /// The error it raised.
+        message: String,
+    },
+    /// The program ran out of time.
+    #[error("jq expression `{code}` ran longer than its limit of {timeout:?}")]
+    Timeout {
+        /// The program text.
+        code: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The program recursed too deeply.
+    #[error("jq expression `{code}` recursed too deeply")]
+    TooDeep {
+        /// The program text.
+        code: String,
+    },
+    /// The program produced too many outputs.
+    #[error("jq expression `{code}` produced more than {max} outputs")]
+    TooManyOutputs {
+        /// The program text.
+        code: String,
+        /// The limit.
+        max: usize,
+    },
+    /// A template's program produced more than one output.
+    #[error("jq expression `{code}` produced more than one value where one is expected (collect them with [ ... ])")]
+    MultipleOutputs {
+        /// The program text.
+        code: String,
+    },
+}

@@ -1,0 +1,438 @@
+//! `{{ }}` templates in option values (SEMANTICS.md section 1).
+//!
+//! A string that is exactly one template becomes the expression's JSON value;
+//! a template inside a longer string is interpolated (strings as they are,
+//! other values as compact JSON). Inside the braces is a jq expression whose
+//! `.` is the step's input and whose variables are the flow object's entries.
+//!
+//! The closing `}}` is found with jq's syntax in mind: braces of object
+//! constructions and string literals inside the expression do not end it, so
+//! `{{ {a: {b: 1}} }}` is one template.
+
+use crate::jq::{CompileError, CompileIssue, Limits, Program};
+use crate::value::{from_val, to_val};
+use crate::{Error, Scope};
+use jaq_json::Val;
+use serde_json::{Map, Value};
+use std::ops::Range;
+
+/// One piece of a templated string.
+#[derive(Clone, Debug)]
+enum Part {
+    Text(String),
+    Expr(Program),
+}
+
+/// A string holding one or more templates.
+#[derive(Clone, Debug)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+    /// The string is exactly one template: its value is kept as JSON.
+    raw: bool,
+}
+
+/// A template that did not compile: the problems, with byte ranges relative
+/// to the start of the templated string.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("template `{source_text}` is invalid: {}", .issues.iter().map(|i| i.message.as_str()).collect::<Vec<_>>().join("; "))]
+pub struct TemplateError {
+    /// The whole templated string.
+    pub source_text: String,
+    /// Every problem, in source order.
+    pub issues: Vec<CompileIssue>,
+}
+
+/// Whether a string contains a template opening.
+pub fn has_template(s: &str) -> bool {
+    s.contains("{{")
+}
+
+impl Template {
+    /// Parse and compile every template in `s`. Returns `Ok(None)` for a
+    /// string without templates.
+    pub fn compile(s: &str, vars: &[&str]) -> Result<Option<Self>, TemplateError> {
+        if !has_template(s) {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        let mut issues = Vec::new();
+        let mut rest = 0usize;
+        let mut text = String::new();
+        while let Some(open) = s[rest..].find("{{").map(|i| i + rest) {
+            let body_start = open + 2;
+            let Some(close) = find_close(s, body_start) else {
+                issues.push(CompileIssue {
+                    span: open..s.len(),
+                    message: "`{{` is not closed by `}}`".to_owned(),
+                    undefined_var: None,
+                });
+                break;
+            };
+            text.push_str(&s[rest..open]);
+            let code = &s[body_start..close];
+            if code.trim().is_empty() {
+                issues.push(CompileIssue {
+                    span: open..close + 2,
+                    message: "empty template: write a jq expression between the braces".to_owned(),
+                    undefined_var: None,
+                });
+            } else {
+                match Program::compile(code, vars) {
+                    Ok(p) => {
+                        if !text.is_empty() {
+                            parts.push(Part::Text(std::mem::take(&mut text)));
+                        }
+                        parts.push(Part::Expr(p));
+                    }
+                    Err(CompileError { issues: inner, .. }) => issues.extend(inner.into_iter().map(|mut i| {
+                        i.span = shift(i.span, body_start);
+                        i
+                    })),
+                }
+            }
+            rest = close + 2;
+        }
+        if !issues.is_empty() {
+            return Err(TemplateError {
+                source_text: s.to_owned(),
+                issues,
+            });
+        }
+        text.push_str(&s[rest..]);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        let raw = parts.len() == 1 && matches!(parts[0], Part::Expr(_));
+        Ok(Some(Self {
+            source: s.to_owned(),
+            parts,
+            raw,
+        }))
+    }
+
+    /// The templated string as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The compiled expressions, in order.
+    pub fn programs(&self) -> impl Iterator<Item = &Program> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Expr(p) => Some(p),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// Render with `input` as `.` and the flow object in `scope`.
+    pub fn render(&self, input: &Val, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
+        if self.raw
+            && let Part::Expr(p) = &self.parts[0]
+        {
+            let v = p.single(input.clone(), scope, limits)?;
+            return match v {
+                None => Ok(Value::Null),
+                Some(v) => from_val(&v).map_err(|message| Error::Runtime {
+                    code: p.code().to_owned(),
+                    message,
+                }),
+            };
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr(p) => match p.single(input.clone(), scope, limits)? {
+                    None => out.push_str("null"),
+                    Some(Val::TStr(s)) | Some(Val::BStr(s)) => out.push_str(&String::from_utf8_lossy(&s)),
+                    Some(v) => {
+                        let json = from_val(&v).map_err(|message| Error::Runtime {
+                            code: p.code().to_owned(),
+                            message,
+                        })?;
+                        out.push_str(&json.to_string());
+                    }
+                },
+            }
+        }
+        Ok(Value::String(out))
+    }
+}
+
+fn shift(r: Range<usize>, by: usize) -> Range<usize> {
+    r.start + by..r.end + by
+}
+
+/// Find the `}}` that closes a template whose body starts at `from`,
+/// skipping jq string literals and balanced brackets.
+fn find_close(s: &str, from: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut depth = 0usize;
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i = skip_string(b, i + 1)?;
+                continue;
+            }
+            b'#' => {
+                // a jq comment runs to the end of the line
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'{' | b'[' | b'(' => depth += 1,
+            b'}' if depth == 0 => {
+                if b.get(i + 1) == Some(&b'}') {
+                    return Some(i);
+                }
+                return None;
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Skip a jq string whose opening quote is just before `i`; return the index
+/// after its closing quote.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    while i < b.len() {
+        match b[i] {
+            b'\\' if b.get(i + 1) == Some(&b'(') => {
+                i = skip_interpolation(b, i + 2)?;
+            }
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn skip_interpolation(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i = skip_string(b, i + 1)?;
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' if depth == 0 => return Some(i + 1),
+            b')' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// An option value with its templates compiled: the shape of the JSON value,
+/// with templated strings at the leaves.
+#[derive(Clone, Debug)]
+pub enum TemplateValue {
+    /// A subtree without any template.
+    Const(Value),
+    /// A templated string.
+    Template(Box<Template>),
+    /// An array with at least one templated element.
+    Array(Vec<TemplateValue>),
+    /// An object with at least one templated value (keys are never templated).
+    Object(Vec<(String, TemplateValue)>),
+}
+
+/// Where in an option value a template failed to compile.
+#[derive(Clone, Debug)]
+pub struct LocatedTemplateError {
+    /// Path of keys and indexes from the option value's root.
+    pub path: Vec<PathSeg>,
+    /// The error.
+    pub error: TemplateError,
+}
+
+/// One step of a path into a JSON value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathSeg {
+    /// An object key.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+impl TemplateValue {
+    /// Compile every template in `v`; report every failure with its path.
+    pub fn compile(v: &Value, vars: &[&str]) -> Result<Self, Vec<LocatedTemplateError>> {
+        let mut errors = Vec::new();
+        let mut path = Vec::new();
+        let t = compile_at(v, vars, &mut path, &mut errors);
+        if errors.is_empty() { Ok(t) } else { Err(errors) }
+    }
+
+    /// Whether the value holds no template at all.
+    pub fn is_const(&self) -> bool {
+        matches!(self, Self::Const(_))
+    }
+
+    /// Every template, depth first.
+    pub fn templates(&self) -> Vec<&Template> {
+        let mut out = Vec::new();
+        self.collect(&mut out);
+        out
+    }
+
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Template>) {
+        match self {
+            Self::Const(_) => {}
+            Self::Template(t) => out.push(t),
+            Self::Array(a) => a.iter().for_each(|x| x.collect(out)),
+            Self::Object(o) => o.iter().for_each(|(_, x)| x.collect(out)),
+        }
+    }
+
+    /// Render every template.
+    pub fn render(&self, input: &Val, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
+        Ok(match self {
+            Self::Const(v) => v.clone(),
+            Self::Template(t) => t.render(input, scope, limits)?,
+            Self::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| x.render(input, scope, limits))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Self::Object(o) => {
+                let mut m = Map::with_capacity(o.len());
+                for (k, x) in o {
+                    m.insert(k.clone(), x.render(input, scope, limits)?);
+                }
+                Value::Object(m)
+            }
+        })
+    }
+
+    /// Render with a JSON input.
+    pub fn render_json(&self, input: &Value, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
+        match self {
+            Self::Const(v) => Ok(v.clone()),
+            _ => self.render(&to_val(input), scope, limits),
+        }
+    }
+}
+
+fn compile_at(
+    v: &Value,
+    vars: &[&str],
+    path: &mut Vec<PathSeg>,
+    errors: &mut Vec<LocatedTemplateError>,
+) -> TemplateValue {
+    match v {
+        Value::String(s) => match Template::compile(s, vars) {
+            Ok(Some(t)) => TemplateValue::Template(Box::new(t)),
+            Ok(None) => TemplateValue::Const(v.clone()),
+            Err(error) => {
+                errors.push(LocatedTemplateError {
+                    path: path.clone(),
+                    error,
+                });
+                TemplateValue::Const(v.clone())
+            }
+        },
+        Value::Array(a) => {
+            let items: Vec<TemplateValue> = a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    path.push(PathSeg::Index(i));
+                    let t = compile_at(x, vars, path, errors);
+                    path.pop();
+                    t
+                })
+                .collect();
+            if items.iter().all(TemplateValue::is_const) {
+                TemplateValue::Const(v.clone())
+            } else {
+                TemplateValue::Array(items)
+            }
+        }
+        Value::Object(o) => {
+            let items: Vec<(String, TemplateValue)> = o
+                .iter()
+                .map(|(k, x)| {
+                    path.push(PathSeg::Key(k.clone()));
+                    let t = compile_at(x, vars, path, errors);
+                    path.pop();
+                    (k.clone(), t)
+                })
+                .collect();
+            if items.iter().all(|(_, t)| t.is_const()) {
+                TemplateValue::Const(v.clone())
+            } else {
+                TemplateValue::Object(items)
+            }
+        }
+        _ => TemplateValue::Const(v.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MapScope;
+    use serde_json::json;
+
+    fn render(s: &str, input: Value, scope: &MapScope) -> Value {
+        let vars = scope.names();
+        let t = TemplateValue::compile(&json!(s), &vars).unwrap();
+        t.render_json(&input, scope, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn raw_template_keeps_the_value() {
+        let scope = MapScope::from_json(json!({"last": {"a": [1, 2]}}));
+        assert_eq!(render("{{ $last.a }}", json!({}), &scope), json!([1, 2]));
+        assert_eq!(render("{{ .n }}", json!({"n": 4}), &scope), json!(4));
+    }
+
+    #[test]
+    fn interpolation_uses_compact_json_for_non_strings() {
+        let scope = MapScope::from_json(json!({"last": {"a": [1, 2], "s": "x"}}));
+        assert_eq!(
+            render("a={{ $last.a }} s={{ $last.s }} n={{ .missing }}", json!({}), &scope),
+            json!("a=[1,2] s=x n=null")
+        );
+    }
+
+    #[test]
+    fn braces_inside_the_expression_do_not_close_it() {
+        let scope = MapScope::default();
+        assert_eq!(render("{{ {a: {b: 1}} }}", json!({}), &scope), json!({"a": {"b": 1}}));
+        assert_eq!(render("{{ \"}}\" }}", json!({}), &scope), json!("}}"));
+        assert_eq!(render("{{ \"\\(1 + 1)}}\" }}", json!({}), &scope), json!("2}}"));
+    }
+
+    #[test]
+    fn unknown_variable_is_reported_with_its_position() {
+        let err = Template::compile("x {{ $nope.id }}", &["trigger"]).unwrap_err();
+        assert_eq!(err.issues.len(), 1);
+        assert_eq!(err.issues[0].undefined_var.as_deref(), Some("nope"));
+        assert_eq!(&"x {{ $nope.id }}"[err.issues[0].span.clone()], "$nope");
+    }
+
+    #[test]
+    fn unclosed_template_is_an_error() {
+        assert!(Template::compile("{{ .a ", &[]).is_err());
+        assert!(Template::compile("{{ }}", &[]).is_err());
+    }
+
+    #[test]
+    fn several_outputs_are_an_error() {
+        let t = Template::compile("{{ .[] }}", &[]).unwrap().unwrap();
+        let err = t
+            .render(&to_val(&json!([1, 2])), &MapScope::default(), &Limits::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::MultipleOutputs { .. }));
+    }
+}

@@ -1,0 +1,118 @@
+//! Conversions between `serde_json::Value` and jaq's `Val`.
+
+use jaq_json::{Num, Val};
+use serde_json::{Map, Number, Value};
+
+/// Convert a JSON value to a jq value.
+pub fn to_val(v: &Value) -> Val {
+    match v {
+        Value::Null => Val::Null,
+        Value::Bool(b) => Val::Bool(*b),
+        Value::Number(n) => Val::Num(num_to_val(n)),
+        Value::String(s) => Val::utf8_str(s.clone().into_bytes()),
+        Value::Array(a) => a.iter().map(to_val).collect(),
+        Value::Object(o) => Val::obj(
+            o.iter()
+                .map(|(k, v)| (Val::utf8_str(k.clone().into_bytes()), to_val(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn num_to_val(n: &Number) -> Num {
+    if let Some(i) = n.as_i64() {
+        Num::from_integral(i)
+    } else if let Some(u) = n.as_u64() {
+        Num::from_integral(u)
+    } else {
+        Num::Float(n.as_f64().unwrap_or(f64::NAN))
+    }
+}
+
+/// Convert a jq value to a JSON value.
+///
+/// As jq prints them, NaN becomes `null` and infinities the largest finite
+/// numbers. Object keys that are not strings, and byte strings that are not
+/// UTF-8, are errors.
+pub fn from_val(v: &Val) -> Result<Value, String> {
+    Ok(match v {
+        Val::Null => Value::Null,
+        Val::Bool(b) => Value::Bool(*b),
+        Val::Num(n) => num_from_val(n),
+        Val::TStr(s) | Val::BStr(s) => Value::String(String::from_utf8_lossy(s).into_owned()),
+        Val::Arr(a) => Value::Array(a.iter().map(from_val).collect::<Result<_, _>>()?),
+        Val::Obj(o) => {
+            let mut m = Map::with_capacity(o.len());
+            for (k, v) in o.iter() {
+                let key = match k {
+                    Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
+                    other => return Err(format!("object key {other} is not a string")),
+                };
+                m.insert(key, from_val(v)?);
+            }
+            Value::Object(m)
+        }
+    })
+}
+
+fn num_from_val(n: &Num) -> Value {
+    let float = |f: f64| {
+        if f.is_nan() {
+            Value::Null
+        } else if f.is_infinite() {
+            Value::from(if f > 0.0 { f64::MAX } else { f64::MIN })
+        } else if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+            Value::from(f as i64)
+        } else {
+            Value::from(f)
+        }
+    };
+    match n {
+        Num::Int(i) => Value::from(*i as i64),
+        Num::Float(f) => float(*f),
+        Num::BigInt(b) => {
+            let text = b.to_string();
+            text.parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| text.parse::<u64>().map(Value::from))
+                .unwrap_or_else(|_| float(text.parse::<f64>().unwrap_or(f64::NAN)))
+        }
+        Num::Dec(d) => {
+            let text: &str = d;
+            text.parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| text.parse::<u64>().map(Value::from))
+                .unwrap_or_else(|_| float(text.parse::<f64>().unwrap_or(f64::NAN)))
+        }
+    }
+}
+
+/// The kind of a JSON value, as error messages name it.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trip() {
+        let v = json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}, "big": 18446744073709551615u64});
+        assert_eq!(from_val(&to_val(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn whole_floats_become_integers() {
+        assert_eq!(num_from_val(&Num::Float(3.0)), json!(3));
+        assert_eq!(num_from_val(&Num::Float(f64::NAN)), Value::Null);
+    }
+}
