@@ -63,9 +63,38 @@ impl Query {
         self.path
             .query_located(v)
             .into_iter()
-            .map(|n| (n.location().to_string(), n.node()))
+            .map(|n| (normalized(n.location()), n.node()))
             .collect()
     }
+}
+
+/// Format a normalized path as RFC 9535 section 2.7 writes it.
+fn normalized(p: &serde_json_path::NormalizedPath<'_>) -> String {
+    use serde_json_path::PathElement;
+    let mut out = String::from("$");
+    for e in p.iter() {
+        match e {
+            PathElement::Index(i) => out.push_str(&format!("[{i}]")),
+            PathElement::Name(name) => {
+                out.push_str("['");
+                for c in name.chars() {
+                    match c {
+                        '\'' => out.push_str("\\'"),
+                        '\\' => out.push_str("\\\\"),
+                        '\u{8}' => out.push_str("\\b"),
+                        '\u{c}' => out.push_str("\\f"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                        c => out.push(c),
+                    }
+                }
+                out.push_str("']");
+            }
+        }
+    }
+    out
 }
 
 /// A path of the mapping subset: `$`, `.name`, `['name']`, `[n]`.
