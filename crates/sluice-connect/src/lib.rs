@@ -1,14 +1,314 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Step types and triggers: the [`Action`] trait, the one [`Registry`] of
+//! built-ins, and the core operations that need no outside system.
+//!
+//! A step type is a typed options struct (its JSON Schema names the options
+//! the model accepts) and an async `run`. The registry erases the types so the
+//! engine can run any step by name, and implements the model's
+//! [`Catalog`] so that `sluice check` validates options from the same structs
+//! the steps run with. Connectors of later issues (SQL, HTTP) plug in the same
+//! way: one struct, one `impl Action`, one line in [`Registry::builtin`].
+
+pub mod core_ops;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sluice_expr::{Limits, PathSeg, Program, Scope};
+use sluice_model::{Catalog, OptionIssue, StepSpec};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Who has to act on an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Blame {
+    /// The flow's author: a bad option, an expression that failed, a `throw`.
+    Flow,
+    /// An outside system refused or failed.
+    External,
+    /// Sluice's own store.
+    Store,
+    /// A bug in Sluice.
+    Bug,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Why a step failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    /// Who must act.
+    pub blame: Blame,
+    /// What happened.
+    pub message: String,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl ActionError {
+    /// An error the flow's author must fix.
+    pub fn flow(message: impl Into<String>) -> Self {
+        Self {
+            blame: Blame::Flow,
+            message: message.into(),
+        }
+    }
+
+    /// An error of an outside system.
+    pub fn external(message: impl Into<String>) -> Self {
+        Self {
+            blame: Blame::External,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<sluice_expr::Error> for ActionError {
+    fn from(e: sluice_expr::Error) -> Self {
+        Self::flow(e.to_string())
+    }
+}
+
+/// What a step produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// The result, or `None` when the step returns no payload.
+    pub payload: Option<Value>,
+    /// Lines for the run log.
+    pub logs: Vec<String>,
+}
+
+impl Outcome {
+    /// A result.
+    pub fn value(v: Value) -> Self {
+        Self {
+            payload: Some(v),
+            logs: Vec::new(),
+        }
+    }
+
+    /// No payload.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// What a running step can see.
+pub struct ActionCx<'a> {
+    /// The run.
+    pub run_id: &'a str,
+    /// The step's key.
+    pub step_key: &'a str,
+    /// The data the action works on (the state data, after `fromStateData`
+    /// and input mappings).
+    pub input: &'a Value,
+    /// The flow object: `$trigger`, `$last`, `$<key>`.
+    pub scope: &'a (dyn Scope + Sync),
+    /// The step's expression options, compiled.
+    pub expressions: &'a BTreeMap<String, Program>,
+    /// Limits for expressions.
+    pub limits: &'a Limits,
+}
+
+impl ActionCx<'_> {
+    /// A compiled expression option.
+    pub fn expression(&self, name: &str) -> Result<&Program, ActionError> {
+        self.expressions.get(name).ok_or_else(|| ActionError {
+            blame: Blame::Bug,
+            message: format!("step `{}` has no compiled expression `{name}`", self.step_key),
+        })
+    }
+}
+
+/// A boxed future, as the registry hands them out.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A step type.
+pub trait Action: Send + Sync + 'static {
+    /// The name flows use in `type:`.
+    const KIND: &'static str;
+    /// Options that are jq expressions rather than templated values.
+    const EXPRESSIONS: &'static [&'static str] = &[];
+    /// The typed options.
+    type Options: DeserializeOwned + JsonSchema + Send;
+    /// Run once with templated options.
+    fn run<'a>(&'a self, cx: ActionCx<'a>, options: Self::Options) -> impl Future<Output = Result<Outcome, ActionError>> + Send + 'a;
+}
+
+/// A step type with its types erased.
+pub trait DynAction: Send + Sync {
+    /// Deserialize the options and run.
+    fn run_json<'a>(&'a self, cx: ActionCx<'a>, options: Value) -> BoxFuture<'a, Result<Outcome, ActionError>>;
+}
+
+impl<A: Action> DynAction for A {
+    fn run_json<'a>(&'a self, cx: ActionCx<'a>, options: Value) -> BoxFuture<'a, Result<Outcome, ActionError>> {
+        Box::pin(async move {
+            let step = cx.step_key;
+            let options: A::Options = serde_path_to_error::deserialize(&options).map_err(|e| {
+                let path = e.path().to_string();
+                let at = if path == "." { String::new() } else { format!(" at `{path}`") };
+                ActionError::flow(format!("step `{step}` ({}): options after templating are invalid{at}: {}", A::KIND, e.inner()))
+            })?;
+            self.run(cx, options).await
+        })
+    }
+}
+
+/// Check options against `T`: unknown options (from its JSON Schema), then
+/// types and required options (through serde). A value that is a template
+/// cannot be checked before it runs and is passed over.
+pub fn check_options<T: DeserializeOwned + JsonSchema>(options: &Value) -> Vec<OptionIssue> {
+    let mut issues = Vec::new();
+    let schema = schemars::schema_for!(T);
+    let props: Vec<String> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut known = options.clone();
+    if let Value::Object(map) = &mut known {
+        let unknown: Vec<String> = map.keys().filter(|k| !props.contains(k)).cloned().collect();
+        for k in unknown {
+            let refs: Vec<&str> = props.iter().map(String::as_str).collect();
+            let help = match sluice_model::flow::closest(&k, &refs) {
+                Some(c) => format!("did you mean `{c}`? Options: {}", refs.join(", ")),
+                None if refs.is_empty() => "this type takes no options".to_owned(),
+                None => format!("options: {}", refs.join(", ")),
+            };
+            issues.push(OptionIssue {
+                path: vec![PathSeg::Key(k.clone())],
+                message: format!("unknown option `{k}`"),
+                at_key: true,
+                help: Some(help),
+            });
+            map.remove(&k);
+        }
+    } else if !options.is_null() {
+        issues.push(OptionIssue {
+            path: vec![],
+            message: "options must be a mapping".into(),
+            at_key: false,
+            help: None,
+        });
+        return issues;
+    }
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(&known) {
+        let path: Vec<PathSeg> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(PathSeg::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(PathSeg::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        let templated = value_at(&known, &path).and_then(Value::as_str).is_some_and(sluice_expr::template::has_template);
+        if !templated {
+            issues.push(OptionIssue {
+                path,
+                message: e.inner().to_string(),
+                at_key: false,
+                help: None,
+            });
+        }
+    }
+    issues
+}
+
+fn value_at<'v>(v: &'v Value, path: &[PathSeg]) -> Option<&'v Value> {
+    let mut cur = v;
+    for seg in path {
+        cur = match seg {
+            PathSeg::Key(k) => cur.get(k)?,
+            PathSeg::Index(i) => cur.get(i)?,
+        };
+    }
+    Some(cur)
+}
+
+/// One registered step type.
+#[derive(Clone)]
+pub struct Entry {
+    /// How the model checks it.
+    pub spec: StepSpec,
+    /// How the engine runs it.
+    pub action: Arc<dyn DynAction>,
+}
+
+/// A trigger type: only its options, for now.
+#[derive(Clone, Copy)]
+pub struct TriggerEntry {
+    /// How the model checks it.
+    pub spec: StepSpec,
+}
+
+/// The one list of step types and triggers.
+#[derive(Clone, Default)]
+pub struct Registry {
+    steps: BTreeMap<&'static str, Entry>,
+    triggers: BTreeMap<&'static str, TriggerEntry>,
+}
+
+impl Registry {
+    /// Every built-in step type and trigger.
+    pub fn builtin() -> Self {
+        let mut r = Self::default();
+        r.add(core_ops::Transform);
+        r.add(core_ops::Condition);
+        r.add(core_ops::Log);
+        r.add(core_ops::Sleep);
+        r.add(core_ops::Throw);
+        r.add_trigger::<core_ops::ManualTrigger>("manual");
+        r
+    }
+
+    /// Register a step type.
+    pub fn add<A: Action>(&mut self, action: A) {
+        self.steps.insert(
+            A::KIND,
+            Entry {
+                spec: StepSpec {
+                    expressions: A::EXPRESSIONS,
+                    check: check_options::<A::Options>,
+                },
+                action: Arc::new(action),
+            },
+        );
+    }
+
+    /// Register a trigger type with its options.
+    pub fn add_trigger<O: DeserializeOwned + JsonSchema>(&mut self, kind: &'static str) {
+        self.triggers.insert(
+            kind,
+            TriggerEntry {
+                spec: StepSpec {
+                    expressions: &[],
+                    check: check_options::<O>,
+                },
+            },
+        );
+    }
+
+    /// A step type by name.
+    pub fn get(&self, kind: &str) -> Option<&Entry> {
+        self.steps.get(kind)
+    }
+}
+
+impl Catalog for Registry {
+    fn step(&self, kind: &str) -> Option<StepSpec> {
+        self.steps.get(kind).map(|e| e.spec)
+    }
+
+    fn step_kinds(&self) -> Vec<&'static str> {
+        self.steps.keys().copied().collect()
+    }
+
+    fn trigger(&self, kind: &str) -> Option<StepSpec> {
+        self.triggers.get(kind).map(|t| t.spec)
+    }
+
+    fn trigger_kinds(&self) -> Vec<&'static str> {
+        self.triggers.keys().copied().collect()
     }
 }

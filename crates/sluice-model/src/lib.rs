@@ -1,14 +1,21 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Flow files: parsing with source positions, validation into a [`Flow`], and
+//! diagnostics that name the file, the line, the column and what was expected.
+//!
+//! [`load`] reads a YAML or JSON flow file and checks everything that can be
+//! checked before a run: the keys of the flow and of every step, step types and
+//! their options (through a [`Catalog`] supplied by the connector registry),
+//! the success and failure paths, steps that can never run, cycles, jq
+//! expressions and JSONPath mappings (pointing inside them), and templates that
+//! read a step that is not upstream. Every problem is reported in one pass.
+//!
+//! This crate does no IO: callers hand it the file's text.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod diag;
+pub mod flow;
+pub mod node;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use diag::{Diagnostic, Diagnostics, Report, Source};
+pub use flow::{
+    ActionDataFilter, BUILTIN_VARS, Catalog, Flow, Mapping, Next, OptionIssue, StateDataFilter, Step, StepSpec,
+    Trigger, UnmappedResults, is_identifier, jq_path_to_mapping, load,
+};

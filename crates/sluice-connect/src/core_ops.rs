@@ -1,0 +1,196 @@
+//! Core operations, modelled on Directus's: `transform`, `condition`, `log`,
+//! `sleep` and `throw`, and the `manual` trigger.
+
+use crate::{Action, ActionCx, ActionError, Outcome};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_expr::to_val;
+use std::time::Duration;
+
+/// `transform`: the result is the templated `value` option.
+pub struct Transform;
+
+/// Options of `transform`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformOptions {
+    /// The result: any JSON value; templates are rendered.
+    pub value: Value,
+}
+
+impl Action for Transform {
+    const KIND: &'static str = "transform";
+    type Options = TransformOptions;
+
+    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: TransformOptions) -> Result<Outcome, ActionError> {
+        Ok(Outcome::value(options.value))
+    }
+}
+
+/// `condition`: a jq predicate over the step's input; `false` or `null`
+/// fails the step, so the run takes the failure path.
+pub struct Condition;
+
+/// Options of `condition`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionOptions {
+    /// jq predicate; `.` is the step's input, the flow object is in variables.
+    pub filter: String,
+}
+
+impl Action for Condition {
+    const KIND: &'static str = "condition";
+    const EXPRESSIONS: &'static [&'static str] = &["filter"];
+    type Options = ConditionOptions;
+
+    async fn run<'a>(&'a self, cx: ActionCx<'a>, _options: ConditionOptions) -> Result<Outcome, ActionError> {
+        let p = cx.expression("filter")?;
+        let v = p.first(to_val(cx.input), cx.scope, cx.limits)?;
+        let truthy = !matches!(v, None | Some(sluice_expr::Val::Null) | Some(sluice_expr::Val::Bool(false)));
+        if truthy {
+            Ok(Outcome::none())
+        } else {
+            Err(ActionError::flow(format!("condition `{}` is false", p.code())))
+        }
+    }
+}
+
+/// `log`: writes its templated message to the run log; no payload.
+pub struct Log;
+
+/// Options of `log`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogOptions {
+    /// The message; a value that is not a string is written as JSON.
+    pub message: Value,
+}
+
+impl Action for Log {
+    const KIND: &'static str = "log";
+    type Options = LogOptions;
+
+    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: LogOptions) -> Result<Outcome, ActionError> {
+        Ok(Outcome {
+            payload: None,
+            logs: vec![text(options.message)],
+        })
+    }
+}
+
+fn text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// `sleep`: waits `ms` milliseconds; no payload.
+pub struct Sleep;
+
+/// Options of `sleep`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SleepOptions {
+    /// How long to wait, in milliseconds.
+    pub ms: u64,
+}
+
+impl Action for Sleep {
+    const KIND: &'static str = "sleep";
+    type Options = SleepOptions;
+
+    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: SleepOptions) -> Result<Outcome, ActionError> {
+        tokio::time::sleep(Duration::from_millis(options.ms)).await;
+        Ok(Outcome::none())
+    }
+}
+
+/// `throw`: fails the step with its templated message.
+pub struct Throw;
+
+/// Options of `throw`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThrowOptions {
+    /// The error message.
+    pub message: Value,
+}
+
+impl Action for Throw {
+    const KIND: &'static str = "throw";
+    type Options = ThrowOptions;
+
+    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: ThrowOptions) -> Result<Outcome, ActionError> {
+        Err(ActionError::flow(text(options.message)))
+    }
+}
+
+/// Options of the `manual` trigger: none.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualTrigger {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Registry, check_options};
+    use serde_json::json;
+    use sluice_expr::{Limits, MapScope, Program};
+    use std::collections::BTreeMap;
+
+    async fn run(kind: &str, options: Value, input: Value, exprs: BTreeMap<String, Program>) -> Result<Outcome, ActionError> {
+        let reg = Registry::builtin();
+        let scope = MapScope::default();
+        let limits = Limits::default();
+        let cx = ActionCx {
+            run_id: "r",
+            step_key: "s",
+            input: &input,
+            scope: &scope,
+            expressions: &exprs,
+            limits: &limits,
+        };
+        reg.get(kind).unwrap().action.run_json(cx, options).await
+    }
+
+    #[tokio::test]
+    async fn transform_returns_its_value() {
+        let out = run("transform", json!({"value": {"a": 1}}), json!({}), BTreeMap::new()).await.unwrap();
+        assert_eq!(out.payload, Some(json!({"a": 1})));
+    }
+
+    #[tokio::test]
+    async fn condition_fails_when_false() {
+        let mut exprs = BTreeMap::new();
+        exprs.insert("filter".to_owned(), Program::compile(".n > 1", &[]).unwrap());
+        assert!(run("condition", json!({"filter": ".n > 1"}), json!({"n": 2}), exprs.clone()).await.is_ok());
+        let err = run("condition", json!({"filter": ".n > 1"}), json!({"n": 0}), exprs).await.unwrap_err();
+        assert_eq!(err.message, "condition `.n > 1` is false");
+    }
+
+    #[tokio::test]
+    async fn throw_and_log_and_sleep() {
+        let err = run("throw", json!({"message": "bad"}), json!({}), BTreeMap::new()).await.unwrap_err();
+        assert_eq!(err.message, "bad");
+        let out = run("log", json!({"message": {"a": 1}}), json!({}), BTreeMap::new()).await.unwrap();
+        assert_eq!(out.logs, vec!["{\"a\":1}".to_owned()]);
+        assert_eq!(run("sleep", json!({"ms": 1}), json!({}), BTreeMap::new()).await.unwrap(), Outcome::none());
+        let err = run("sleep", json!({"ms": "x"}), json!({}), BTreeMap::new()).await.unwrap_err();
+        assert!(err.message.contains("`ms`"), "{}", err.message);
+    }
+
+    #[test]
+    fn options_are_checked_from_the_types() {
+        let issues = check_options::<SleepOptions>(&json!({"ms": 5, "msec": 1}));
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].at_key && issues[0].message.contains("msec"));
+        let issues = check_options::<SleepOptions>(&json!({"ms": "soon"}));
+        assert_eq!(issues.len(), 1);
+        assert!(check_options::<SleepOptions>(&json!({"ms": "{{ $trigger.ms }}"})).is_empty());
+        let issues = check_options::<SleepOptions>(&json!({}));
+        assert!(issues[0].message.contains("missing field `ms`"), "{:?}", issues);
+    }
+}
