@@ -1,14 +1,229 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Durable records of runs: the [`Store`] trait and its SQLite implementation.
+//!
+//! A run is a row with its status, its current state data and the step it
+//! will run next; every executed step is a row of the run log with its options
+//! after templating, its input, its result or error, and its timing. A step's
+//! record and the run's new state are written in one transaction
+//! ([`Store::record_step`]), so that a crash leaves either both or neither.
+//!
+//! The trait is small on purpose (in the manner of Restate's storage traits):
+//! the PostgreSQL implementation of a later issue passes the same conformance
+//! suite (`tests/conformance.rs`).
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use serde_json::Value;
+use std::future::Future;
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Started, not finished.
+    Running,
+    /// Finished: the last step succeeded.
+    Succeeded,
+    /// Finished: a step failed with no failure path.
+    Failed,
+    /// Stopped at a step a person must fix; resumable.
+    Incident,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl RunStatus {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Incident => "incident",
+        }
     }
+
+    /// Parse the stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "incident" => Self::Incident,
+            _ => return None,
+        })
+    }
+
+    /// Every status.
+    pub const ALL: [RunStatus; 4] = [Self::Running, Self::Succeeded, Self::Failed, Self::Incident];
+}
+
+/// A run as it starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    /// Unique id (a UUID v7, so ids sort by time).
+    pub id: String,
+    /// The flow's id.
+    pub flow_id: String,
+    /// `$trigger`.
+    pub trigger: Value,
+    /// The run's input state data.
+    pub input: Value,
+    /// The step it runs first.
+    pub next_step: Option<String>,
+    /// Start, in microseconds since the Unix epoch.
+    pub started_at: i64,
+}
+
+/// One executed step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    /// The run.
+    pub run_id: String,
+    /// Position in the run log, from 0.
+    pub seq: i64,
+    /// The step's key.
+    pub step_key: String,
+    /// The step's type.
+    pub kind: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Options after templating.
+    pub options: Value,
+    /// The step's input state data.
+    pub input: Value,
+    /// The action's result (`None`: no payload, or failed).
+    pub result: Option<Value>,
+    /// The state data the step handed on.
+    pub output: Option<Value>,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Who must act on the error (`flow`, `external`, `store`, `bug`).
+    pub blame: Option<String>,
+    /// Lines the step wrote to the run log.
+    pub logs: Vec<String>,
+    /// Start, in microseconds since the Unix epoch.
+    pub started_at: i64,
+    /// End, in microseconds since the Unix epoch.
+    pub ended_at: i64,
+}
+
+/// The run's new position, written with a step record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunUpdate {
+    /// New status.
+    pub status: RunStatus,
+    /// Current state data.
+    pub state: Value,
+    /// The step to run next, if any.
+    pub next_step: Option<String>,
+    /// The run's output, once it succeeded.
+    pub output: Option<Value>,
+    /// The error that ended it.
+    pub error: Option<String>,
+    /// The step that failed.
+    pub error_step: Option<String>,
+    /// End, in microseconds since the Unix epoch, once finished.
+    pub ended_at: Option<i64>,
+}
+
+/// A run in a listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    /// Id.
+    pub id: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Start (µs since the epoch).
+    pub started_at: i64,
+    /// End (µs since the epoch).
+    pub ended_at: Option<i64>,
+    /// Steps recorded.
+    pub steps: i64,
+    /// The error that ended it.
+    pub error: Option<String>,
+    /// The step that failed.
+    pub error_step: Option<String>,
+}
+
+/// A run with everything recorded about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunDetail {
+    /// The summary.
+    pub summary: RunSummary,
+    /// `$trigger`.
+    pub trigger: Value,
+    /// The input state data.
+    pub input: Value,
+    /// The current state data.
+    pub state: Value,
+    /// The output, once succeeded.
+    pub output: Option<Value>,
+    /// The step it runs next.
+    pub next_step: Option<String>,
+    /// The run log, in order.
+    pub steps: Vec<StepRecord>,
+}
+
+/// Which runs to list.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only this flow.
+    pub flow_id: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// At most this many, newest first (0: no limit).
+    pub limit: u32,
+}
+
+/// A store that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be opened.
+    #[error("cannot open the store `{url}`: {message}")]
+    Open {
+        /// The URL or path (without credentials).
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A query failed.
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored document did not parse (the store was changed by hand).
+    #[error("store holds an unreadable record: {0}")]
+    Corrupt(String),
+    /// A run that does not exist.
+    #[error("no run `{0}`")]
+    NoSuchRun(String),
+    /// A run record that already exists.
+    #[error("run `{0}` already exists")]
+    Conflict(String),
+}
+
+/// The durable record of runs.
+pub trait Store: Send + Sync + 'static {
+    /// Record a new run.
+    fn create_run(&self, run: &NewRun) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Record a step and the run's new position, in one transaction.
+    fn record_step(&self, step: &StepRecord, run: &RunUpdate) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Update a run without a step (for example when it ends with no step).
+    fn update_run(&self, run_id: &str, run: &RunUpdate) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// List runs, newest first.
+    fn list_runs(&self, filter: &RunFilter) -> impl Future<Output = Result<Vec<RunSummary>, StoreError>> + Send;
+    /// One run with its run log.
+    fn get_run(&self, run_id: &str) -> impl Future<Output = Result<Option<RunDetail>, StoreError>> + Send;
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A new time-ordered run id.
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }

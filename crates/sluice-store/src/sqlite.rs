@@ -1,0 +1,255 @@
+//! The embedded store: one SQLite file (or memory), WAL journal.
+//!
+//! Durability: the journal is WAL with `synchronous = NORMAL`, so a committed
+//! step survives a crash or `kill -9` of the process; a power failure may lose
+//! the last commits. Add `?synchronous=full` to the URL to sync every commit.
+
+use crate::{NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError};
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "runs and the run log", include_str!("../migrations/sqlite/0001_runs.sql"))];
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store at `url`: `sqlite::memory:`,
+    /// `sqlite://PATH`, `sqlite:PATH` or a plain file path.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let fail = |message: String| StoreError::Open {
+            url: url.to_owned(),
+            message,
+        };
+        let memory = url == "sqlite::memory:" || url == ":memory:";
+        let options = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| fail(e.to_string()))?
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+            if path.is_empty() {
+                return Err(fail("no file path given".into()));
+            }
+            let p = std::path::Path::new(path);
+            if let Some(parent) = p.parent()
+                && !parent.as_os_str().is_empty()
+                && !parent.is_dir()
+            {
+                return Err(fail(format!("the folder `{}` does not exist", parent.display())));
+            }
+            if p.is_dir() {
+                return Err(fail(format!("`{path}` is a folder, not a database file")));
+            }
+            let mut o = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal);
+            for pair in query.split('&').filter(|s| !s.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("synchronous", v)) => {
+                        o = o.synchronous(SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?)
+                    }
+                    _ => return Err(fail(format!("unknown store option `{pair}` (supported: synchronous)"))),
+                }
+            }
+            o
+        };
+        let options = options.busy_timeout(Duration::from_secs(10)).foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false))
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&pool)
+            .await
+            .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
+        Ok(Self { pool })
+    }
+}
+
+fn json(v: &Value) -> String {
+    v.to_string()
+}
+
+fn opt_json(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(Value::to_string)
+}
+
+fn parse_json(s: Option<String>, what: &str) -> Result<Option<Value>, StoreError> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
+        .transpose()
+}
+
+fn status(s: &str) -> Result<RunStatus, StoreError> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{s}`")))
+}
+
+fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
+    Ok(RunSummary {
+        id: row.try_get("id")?,
+        flow_id: row.try_get("flow_id")?,
+        status: status(row.try_get::<&str, _>("status")?)?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        steps: row.try_get("steps")?,
+        error: row.try_get("error")?,
+        error_step: row.try_get("error_step")?,
+    })
+}
+
+const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ?, steps = steps + ? WHERE id = ?";
+
+impl Store for SqliteStore {
+    async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?)",
+        )
+        .bind(&run.id)
+        .bind(&run.flow_id)
+        .bind(json(&run.trigger))
+        .bind(json(&run.input))
+        .bind(json(&run.input))
+        .bind(&run.next_step)
+        .bind(run.started_at)
+        .bind(run.started_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(run.id.clone())),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn record_step(&self, step: &StepRecord, run: &RunUpdate) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&step.run_id)
+        .bind(step.seq)
+        .bind(&step.step_key)
+        .bind(&step.kind)
+        .bind(step.ok)
+        .bind(json(&step.options))
+        .bind(json(&step.input))
+        .bind(opt_json(&step.result))
+        .bind(opt_json(&step.output))
+        .bind(&step.error)
+        .bind(&step.blame)
+        .bind(json(&Value::from(step.logs.clone())))
+        .bind(step.started_at)
+        .bind(step.ended_at)
+        .execute(&mut *tx)
+        .await?;
+        let done = update(run, &step.run_id, 1).execute(&mut *tx).await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NoSuchRun(step.run_id.clone()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
+        let done = update(run, run_id, 0).execute(&self.pool).await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NoSuchRun(run_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let limit = if filter.limit == 0 { -1 } else { i64::from(filter.limit) };
+        let rows = sqlx::query(
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY started_at DESC, id DESC LIMIT ?3",
+        )
+        .bind(&filter.flow_id)
+        .bind(filter.status.map(RunStatus::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(summary).collect()
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step FROM runs WHERE id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(
+            "SELECT run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at FROM run_steps WHERE run_id = ? ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StepRecord {
+                run_id: r.try_get("run_id")?,
+                seq: r.try_get("seq")?,
+                step_key: r.try_get("step_key")?,
+                kind: r.try_get("kind")?,
+                ok: r.try_get("ok")?,
+                options: parse_json(r.try_get("options")?, "step options")?.unwrap_or(Value::Null),
+                input: parse_json(r.try_get("input")?, "step input")?.unwrap_or(Value::Null),
+                result: parse_json(r.try_get("result")?, "step result")?,
+                output: parse_json(r.try_get("output")?, "step output")?,
+                error: r.try_get("error")?,
+                blame: r.try_get("blame")?,
+                logs: parse_json(r.try_get("logs")?, "step logs")?
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default(),
+                started_at: r.try_get("started_at")?,
+                ended_at: r.try_get("ended_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(RunDetail {
+            summary: summary(&row)?,
+            trigger: parse_json(row.try_get("trigger")?, "run trigger")?.unwrap_or(Value::Null),
+            input: parse_json(row.try_get("input")?, "run input")?.unwrap_or(Value::Null),
+            state: parse_json(row.try_get("state")?, "run state")?.unwrap_or(Value::Null),
+            output: parse_json(row.try_get("output")?, "run output")?,
+            next_step: row.try_get("next_step")?,
+            steps,
+        }))
+    }
+}
+
+fn update<'q>(run: &'q RunUpdate, run_id: &'q str, steps: i64) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(UPDATE_RUN)
+        .bind(run.status.as_str())
+        .bind(json(&run.state))
+        .bind(&run.next_step)
+        .bind(opt_json(&run.output))
+        .bind(&run.error)
+        .bind(&run.error_step)
+        .bind(run.ended_at)
+        .bind(crate::now_micros())
+        .bind(steps)
+        .bind(run_id)
+}
