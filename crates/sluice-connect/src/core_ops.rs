@@ -23,7 +23,11 @@ impl Action for Transform {
     const KIND: &'static str = "transform";
     type Options = TransformOptions;
 
-    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: TransformOptions) -> Result<Outcome, ActionError> {
+    async fn run<'a>(
+        &'a self,
+        _cx: ActionCx<'a>,
+        options: TransformOptions,
+    ) -> Result<Outcome, ActionError> {
         Ok(Outcome::value(options.value))
     }
 }
@@ -45,14 +49,24 @@ impl Action for Condition {
     const EXPRESSIONS: &'static [&'static str] = &["filter"];
     type Options = ConditionOptions;
 
-    async fn run<'a>(&'a self, cx: ActionCx<'a>, _options: ConditionOptions) -> Result<Outcome, ActionError> {
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        _options: ConditionOptions,
+    ) -> Result<Outcome, ActionError> {
         let p = cx.expression("filter")?;
         let v = p.first(to_val(cx.input), cx.scope, cx.limits)?;
-        let truthy = !matches!(v, None | Some(sluice_expr::Val::Null) | Some(sluice_expr::Val::Bool(false)));
+        let truthy = !matches!(
+            v,
+            None | Some(sluice_expr::Val::Null) | Some(sluice_expr::Val::Bool(false))
+        );
         if truthy {
             Ok(Outcome::none())
         } else {
-            Err(ActionError::flow(format!("condition `{}` is false", p.code())))
+            Err(ActionError::flow(format!(
+                "condition `{}` is false",
+                p.code()
+            )))
         }
     }
 }
@@ -72,7 +86,11 @@ impl Action for Log {
     const KIND: &'static str = "log";
     type Options = LogOptions;
 
-    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: LogOptions) -> Result<Outcome, ActionError> {
+    async fn run<'a>(
+        &'a self,
+        _cx: ActionCx<'a>,
+        options: LogOptions,
+    ) -> Result<Outcome, ActionError> {
         Ok(Outcome {
             payload: None,
             logs: vec![text(options.message)],
@@ -102,7 +120,11 @@ impl Action for Sleep {
     const KIND: &'static str = "sleep";
     type Options = SleepOptions;
 
-    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: SleepOptions) -> Result<Outcome, ActionError> {
+    async fn run<'a>(
+        &'a self,
+        _cx: ActionCx<'a>,
+        options: SleepOptions,
+    ) -> Result<Outcome, ActionError> {
         tokio::time::sleep(Duration::from_millis(options.ms)).await;
         Ok(Outcome::none())
     }
@@ -123,7 +145,11 @@ impl Action for Throw {
     const KIND: &'static str = "throw";
     type Options = ThrowOptions;
 
-    async fn run<'a>(&'a self, _cx: ActionCx<'a>, options: ThrowOptions) -> Result<Outcome, ActionError> {
+    async fn run<'a>(
+        &'a self,
+        _cx: ActionCx<'a>,
+        options: ThrowOptions,
+    ) -> Result<Outcome, ActionError> {
         Err(ActionError::flow(text(options.message)))
     }
 }
@@ -141,7 +167,12 @@ mod tests {
     use sluice_expr::{Limits, MapScope, Program};
     use std::collections::BTreeMap;
 
-    async fn run(kind: &str, options: Value, input: Value, exprs: BTreeMap<String, Program>) -> Result<Outcome, ActionError> {
+    async fn run(
+        kind: &str,
+        options: Value,
+        input: Value,
+        exprs: BTreeMap<String, Program>,
+    ) -> Result<Outcome, ActionError> {
         let reg = Registry::builtin();
         let scope = MapScope::default();
         let limits = Limits::default();
@@ -158,27 +189,74 @@ mod tests {
 
     #[tokio::test]
     async fn transform_returns_its_value() {
-        let out = run("transform", json!({"value": {"a": 1}}), json!({}), BTreeMap::new()).await.unwrap();
+        let out = run(
+            "transform",
+            json!({"value": {"a": 1}}),
+            json!({}),
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.payload, Some(json!({"a": 1})));
     }
 
     #[tokio::test]
     async fn condition_fails_when_false() {
         let mut exprs = BTreeMap::new();
-        exprs.insert("filter".to_owned(), Program::compile(".n > 1", &[]).unwrap());
-        assert!(run("condition", json!({"filter": ".n > 1"}), json!({"n": 2}), exprs.clone()).await.is_ok());
-        let err = run("condition", json!({"filter": ".n > 1"}), json!({"n": 0}), exprs).await.unwrap_err();
+        exprs.insert(
+            "filter".to_owned(),
+            Program::compile(".n > 1", &[]).unwrap(),
+        );
+        assert!(
+            run(
+                "condition",
+                json!({"filter": ".n > 1"}),
+                json!({"n": 2}),
+                exprs.clone()
+            )
+            .await
+            .is_ok()
+        );
+        let err = run(
+            "condition",
+            json!({"filter": ".n > 1"}),
+            json!({"n": 0}),
+            exprs,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.message, "condition `.n > 1` is false");
     }
 
     #[tokio::test]
     async fn throw_and_log_and_sleep() {
-        let err = run("throw", json!({"message": "bad"}), json!({}), BTreeMap::new()).await.unwrap_err();
+        let err = run(
+            "throw",
+            json!({"message": "bad"}),
+            json!({}),
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.message, "bad");
-        let out = run("log", json!({"message": {"a": 1}}), json!({}), BTreeMap::new()).await.unwrap();
+        let out = run(
+            "log",
+            json!({"message": {"a": 1}}),
+            json!({}),
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.logs, vec!["{\"a\":1}".to_owned()]);
-        assert_eq!(run("sleep", json!({"ms": 1}), json!({}), BTreeMap::new()).await.unwrap(), Outcome::none());
-        let err = run("sleep", json!({"ms": "x"}), json!({}), BTreeMap::new()).await.unwrap_err();
+        assert_eq!(
+            run("sleep", json!({"ms": 1}), json!({}), BTreeMap::new())
+                .await
+                .unwrap(),
+            Outcome::none()
+        );
+        let err = run("sleep", json!({"ms": "x"}), json!({}), BTreeMap::new())
+            .await
+            .unwrap_err();
         assert!(err.message.contains("`ms`"), "{}", err.message);
     }
 
@@ -191,6 +269,10 @@ mod tests {
         assert_eq!(issues.len(), 1);
         assert!(check_options::<SleepOptions>(&json!({"ms": "{{ $trigger.ms }}"})).is_empty());
         let issues = check_options::<SleepOptions>(&json!({}));
-        assert!(issues[0].message.contains("missing field `ms`"), "{:?}", issues);
+        assert!(
+            issues[0].message.contains("missing field `ms`"),
+            "{:?}",
+            issues
+        );
     }
 }

@@ -114,7 +114,10 @@ impl ActionCx<'_> {
     pub fn expression(&self, name: &str) -> Result<&Program, ActionError> {
         self.expressions.get(name).ok_or_else(|| ActionError {
             blame: Blame::Bug,
-            message: format!("step `{}` has no compiled expression `{name}`", self.step_key),
+            message: format!(
+                "step `{}` has no compiled expression `{name}`",
+                self.step_key
+            ),
         })
     }
 }
@@ -131,23 +134,43 @@ pub trait Action: Send + Sync + 'static {
     /// The typed options.
     type Options: DeserializeOwned + JsonSchema + Send;
     /// Run once with templated options.
-    fn run<'a>(&'a self, cx: ActionCx<'a>, options: Self::Options) -> impl Future<Output = Result<Outcome, ActionError>> + Send + 'a;
+    fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: Self::Options,
+    ) -> impl Future<Output = Result<Outcome, ActionError>> + Send + 'a;
 }
 
 /// A step type with its types erased.
 pub trait DynAction: Send + Sync {
     /// Deserialize the options and run.
-    fn run_json<'a>(&'a self, cx: ActionCx<'a>, options: Value) -> BoxFuture<'a, Result<Outcome, ActionError>>;
+    fn run_json<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: Value,
+    ) -> BoxFuture<'a, Result<Outcome, ActionError>>;
 }
 
 impl<A: Action> DynAction for A {
-    fn run_json<'a>(&'a self, cx: ActionCx<'a>, options: Value) -> BoxFuture<'a, Result<Outcome, ActionError>> {
+    fn run_json<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: Value,
+    ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let step = cx.step_key;
             let options: A::Options = serde_path_to_error::deserialize(&options).map_err(|e| {
                 let path = e.path().to_string();
-                let at = if path == "." { String::new() } else { format!(" at `{path}`") };
-                ActionError::flow(format!("step `{step}` ({}): options after templating are invalid{at}: {}", A::KIND, e.inner()))
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!(" at `{path}`")
+                };
+                ActionError::flow(format!(
+                    "step `{step}` ({}): options after templating are invalid{at}: {}",
+                    A::KIND,
+                    e.inner()
+                ))
             })?;
             self.run(cx, options).await
         })
@@ -202,7 +225,9 @@ pub fn check_options<T: DeserializeOwned + JsonSchema>(options: &Value) -> Vec<O
                 _ => None,
             })
             .collect();
-        let templated = value_at(&known, &path).and_then(Value::as_str).is_some_and(sluice_expr::template::has_template);
+        let templated = value_at(&known, &path)
+            .and_then(Value::as_str)
+            .is_some_and(sluice_expr::template::has_template);
         if !templated {
             issues.push(OptionIssue {
                 path,

@@ -1,14 +1,521 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The run state machine: it takes a checked [`Flow`] and a trigger's data and
+//! moves the state data from step to step, recording every step durably.
+//!
+//! One step, in order (SEMANTICS.md sections 2 to 4):
+//!
+//! 1. the step's input is the state data; `stateDataFilter.input` filters it
+//!    (a filter that selects nothing leaves it unfiltered);
+//! 2. the action's input is built by `inputMappings` (from an empty document),
+//!    or else selected by `actionDataFilter.fromStateData`, or else is the
+//!    step's input; templates in the options see it as `.`;
+//! 3. the action runs;
+//! 4. its result meets the state data: through `outputMappings` and the
+//!    mapping table when the step has mappings, otherwise as the flow's
+//!    `unmappedResults` says (merged at `toStateData` after `results`, by
+//!    default, or replacing it);
+//! 5. `stateDataFilter.output` filters what is handed on.
+//!
+//! The step's record and the run's new position are committed in one store
+//! transaction before the next step starts. The flow object (`$trigger`,
+//! `$last`, `$<key>`) holds each executed step's result; a failed step's entry
+//! is its error, `{"error": message}`, so a failure path can read it.
+
+use serde_json::{Map, Value, json};
+use sluice_connect::{ActionCx, ActionError, Blame, Outcome, Registry};
+use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
+use sluice_model::{Flow, Next, Step, UnmappedResults};
+use sluice_store::{
+    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, new_run_id, now_micros,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What starts a run.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    /// `$trigger`: what started the run.
+    pub trigger: Value,
+    /// The input state data (`None`: the default `{}`).
+    pub input: Option<Value>,
+    /// `$accountability`: who or what started the run.
+    pub accountability: Value,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The step that ended a run unsuccessfully.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepFailure {
+    /// Its key.
+    pub step: String,
+    /// Its error.
+    pub message: String,
+    /// Who must act.
+    pub blame: Blame,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunResult {
+    /// The run's id in the store.
+    pub run_id: String,
+    /// Its final status.
+    pub status: RunStatus,
+    /// Its output (the state data after the last step), when it succeeded.
+    pub output: Option<Value>,
+    /// The failure that ended it, otherwise.
+    pub failure: Option<StepFailure>,
+}
+
+/// The engine could not keep its record.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed; the run's record stops at its last committed step.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs flows and records them in a store.
+pub struct Engine<S: Store> {
+    store: Arc<S>,
+    registry: Arc<Registry>,
+    limits: Limits,
+}
+
+impl<S: Store> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// The flow object of one run.
+struct FlowObject {
+    trigger: Val,
+    last: Val,
+    accountability: Val,
+    entries: HashMap<String, Val>,
+}
+
+impl Scope for FlowObject {
+    fn get(&self, name: &str) -> Option<Val> {
+        match name {
+            "trigger" => Some(self.trigger.clone()),
+            "last" => Some(self.last.clone()),
+            "accountability" => Some(self.accountability.clone()),
+            key => self.entries.get(key).cloned(),
+        }
+    }
+}
+
+/// A step that ran.
+struct Done {
+    options: Value,
+    result: Option<Value>,
+    state: Value,
+    logs: Vec<String>,
+}
+
+/// A step that failed.
+struct Failed {
+    options: Value,
+    error: ActionError,
+    logs: Vec<String>,
+    /// The run must stop here for a person (SEMANTICS.md section 4).
+    incident: bool,
+}
+
+impl Failed {
+    fn flow(options: &Value, message: String) -> Self {
+        Self {
+            options: options.clone(),
+            error: ActionError::flow(message),
+            logs: Vec::new(),
+            incident: false,
+        }
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// An engine over `store` with the step types of `registry`.
+    pub fn new(store: Arc<S>, registry: Arc<Registry>) -> Self {
+        Self {
+            store,
+            registry,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Use other expression limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Run `flow` to completion.
+    pub async fn run(&self, flow: &Flow, req: RunRequest) -> Result<RunResult, EngineError> {
+        let input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
+        let run_id = new_run_id();
+        self.store
+            .create_run(&NewRun {
+                id: run_id.clone(),
+                flow_id: flow.id.clone(),
+                trigger: req.trigger.clone(),
+                input: input.clone(),
+                next_step: flow.steps.first().map(|s| s.key.clone()),
+                started_at: now_micros(),
+            })
+            .await?;
+        let mut fo = FlowObject {
+            trigger: to_val(&req.trigger),
+            last: Val::Null,
+            accountability: to_val(&req.accountability),
+            entries: HashMap::new(),
+        };
+        let mut state = input;
+        let mut pos = if flow.steps.is_empty() { None } else { Some(0) };
+        let mut seq = 0i64;
+        while let Some(i) = pos {
+            let step = &flow.steps[i];
+            let started_at = now_micros();
+            let outcome = self.step(flow, step, &state, &fo).await;
+            let ended_at = now_micros();
+            let mut record = StepRecord {
+                run_id: run_id.clone(),
+                seq,
+                step_key: step.key.clone(),
+                kind: step.kind.clone(),
+                ok: outcome.is_ok(),
+                options: Value::Null,
+                input: state.clone(),
+                result: None,
+                output: None,
+                error: None,
+                blame: None,
+                logs: Vec::new(),
+                started_at,
+                ended_at,
+            };
+            seq += 1;
+            match outcome {
+                Ok(done) => {
+                    let result_val = done.result.as_ref().map(to_val).unwrap_or(Val::Null);
+                    fo.entries.insert(step.key.clone(), result_val.clone());
+                    fo.last = result_val;
+                    state = done.state;
+                    pos = match step.on_success {
+                        Next::Step(j) => Some(j),
+                        Next::End => None,
+                    };
+                    record.options = done.options;
+                    record.result = done.result;
+                    record.output = Some(state.clone());
+                    record.logs = done.logs;
+                    let finished = pos.is_none();
+                    let update = RunUpdate {
+                        status: if finished {
+                            RunStatus::Succeeded
+                        } else {
+                            RunStatus::Running
+                        },
+                        state: state.clone(),
+                        next_step: pos.map(|j| flow.steps[j].key.clone()),
+                        output: finished.then(|| state.clone()),
+                        error: None,
+                        error_step: None,
+                        ended_at: finished.then(now_micros),
+                    };
+                    self.store.record_step(&record, &update).await?;
+                    if finished {
+                        return Ok(RunResult {
+                            run_id,
+                            status: RunStatus::Succeeded,
+                            output: Some(state),
+                            failure: None,
+                        });
+                    }
+                }
+                Err(failed) => {
+                    let message = format!(
+                        "step `{}` ({}) failed: {}",
+                        step.key, step.kind, failed.error.message
+                    );
+                    let err_val = to_val(&json!({"error": failed.error.message}));
+                    fo.entries.insert(step.key.clone(), err_val.clone());
+                    fo.last = err_val;
+                    record.options = failed.options;
+                    record.error = Some(failed.error.message.clone());
+                    record.blame = Some(blame_word(failed.error.blame).to_owned());
+                    record.logs = failed.logs;
+                    let (next, status) = if failed.incident {
+                        (None, RunStatus::Incident)
+                    } else {
+                        match step.on_failure {
+                            Next::Step(j) => (Some(j), RunStatus::Running),
+                            Next::End => (None, RunStatus::Failed),
+                        }
+                    };
+                    pos = next;
+                    let stopped = pos.is_none();
+                    let update = RunUpdate {
+                        status,
+                        state: state.clone(),
+                        next_step: if failed.incident {
+                            Some(step.key.clone())
+                        } else {
+                            pos.map(|j| flow.steps[j].key.clone())
+                        },
+                        output: None,
+                        error: stopped.then(|| message.clone()),
+                        error_step: stopped.then(|| step.key.clone()),
+                        ended_at: (stopped && !failed.incident).then(now_micros),
+                    };
+                    self.store.record_step(&record, &update).await?;
+                    if stopped {
+                        return Ok(RunResult {
+                            run_id,
+                            status,
+                            output: None,
+                            failure: Some(StepFailure {
+                                step: step.key.clone(),
+                                message,
+                                blame: failed.error.blame,
+                            }),
+                        });
+                    }
+                }
+            }
+        }
+        // A flow always has a step; a run that had none ends as it began.
+        self.store
+            .update_run(
+                &run_id,
+                &RunUpdate {
+                    status: RunStatus::Succeeded,
+                    state: state.clone(),
+                    next_step: None,
+                    output: Some(state.clone()),
+                    error: None,
+                    error_step: None,
+                    ended_at: Some(now_micros()),
+                },
+            )
+            .await?;
+        Ok(RunResult {
+            run_id,
+            status: RunStatus::Succeeded,
+            output: Some(state),
+            failure: None,
+        })
+    }
+
+    /// Run one step on `state`; never touches the store.
+    async fn step(
+        &self,
+        flow: &Flow,
+        step: &Step,
+        state: &Value,
+        fo: &FlowObject,
+    ) -> Result<Done, Failed> {
+        let none = Value::Null;
+        let limits = &self.limits;
+        // 1. stateDataFilter.input
+        let data = filter_or_keep(step.state_filter.input.as_ref(), state, fo, limits)
+            .map_err(|m| Failed::flow(&none, format!("stateDataFilter.input: {m}")))?;
+        // 2. the action's input
+        let action_input = if let Some(maps) = &step.input_mappings {
+            let mut doc = Value::Object(Map::new());
+            for m in maps {
+                let v = m.source.get(&data).ok_or_else(|| {
+                    Failed::flow(
+                        &none,
+                        format!(
+                            "inputMappings: source `{}` matches nothing in the state data",
+                            m.source
+                        ),
+                    )
+                })?;
+                m.target.set(&mut doc, v.clone());
+            }
+            doc
+        } else {
+            filter_or_keep(
+                step.action_filter.from_state_data.as_ref(),
+                &data,
+                fo,
+                limits,
+            )
+            .map_err(|m| Failed::flow(&none, format!("actionDataFilter.fromStateData: {m}")))?
+        };
+        // templates
+        let input_val = to_val(&action_input);
+        let mut options = step
+            .options
+            .render(&input_val, fo, limits)
+            .map_err(|e| Failed::flow(&none, e.to_string()))?;
+        // 3. the action
+        let entry = self.registry.get(&step.kind).ok_or_else(|| Failed {
+            options: options.clone(),
+            error: ActionError {
+                blame: Blame::Bug,
+                message: format!("step type `{}` is not registered", step.kind),
+            },
+            logs: Vec::new(),
+            incident: false,
+        })?;
+        let recorded_options = {
+            let mut o = options.clone();
+            if let Value::Object(m) = &mut o {
+                for (k, p) in &step.expressions {
+                    m.insert(k.clone(), Value::String(p.code().to_owned()));
+                }
+            }
+            o
+        };
+        if let Value::Object(m) = &mut options {
+            for (k, p) in &step.expressions {
+                m.insert(k.clone(), Value::String(p.code().to_owned()));
+            }
+        }
+        let cx = ActionCx {
+            run_id: "",
+            step_key: &step.key,
+            input: &action_input,
+            scope: fo,
+            expressions: &step.expressions,
+            limits,
+        };
+        let Outcome { payload, logs } = match entry.action.run_json(cx, options).await {
+            Ok(o) => o,
+            Err(error) => {
+                return Err(Failed {
+                    options: recorded_options,
+                    error,
+                    logs: Vec::new(),
+                    incident: false,
+                });
+            }
+        };
+        let fail = |message: String, incident: bool| Failed {
+            options: recorded_options.clone(),
+            error: ActionError::flow(message),
+            logs: logs.clone(),
+            incident,
+        };
+        // 4. the result meets the state data
+        let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
+        let new_state = if mapped {
+            match (&step.output_mappings, &payload) {
+                (Some(outs), Some(p)) => {
+                    let mut doc = data.clone();
+                    for m in outs {
+                        let v = m.source.get(p).ok_or_else(|| {
+                            fail(
+                                format!(
+                                    "outputMappings: source `{}` matches nothing in the result",
+                                    m.source
+                                ),
+                                false,
+                            )
+                        })?;
+                        m.target.set(&mut doc, v.clone());
+                    }
+                    doc
+                }
+                (Some(_), None) => {
+                    return Err(fail(
+                        "incident: the step has output mappings but its action returned no payload"
+                            .to_owned(),
+                        true,
+                    ));
+                }
+                (None, Some(p)) => p.clone(),
+                (None, None) => data.clone(),
+            }
+        } else {
+            match (flow.unmapped_results, &payload) {
+                (_, None) => data.clone(),
+                (UnmappedResults::Replace, Some(p)) => p.clone(),
+                (UnmappedResults::Merge, Some(_)) if !step.action_filter.use_results => {
+                    data.clone()
+                }
+                (UnmappedResults::Merge, Some(p)) => {
+                    let result = match &step.action_filter.results {
+                        None => p.clone(),
+                        Some(prog) => eval(prog, p, fo, limits)
+                            .map_err(|m| fail(format!("actionDataFilter.results: {m}"), false))?
+                            .unwrap_or(Value::Null),
+                    };
+                    let mut doc = data.clone();
+                    match &step.action_filter.to_state_data {
+                        None => {
+                            merge(&mut doc, result, "$").map_err(|e| fail(e.to_string(), false))?
+                        }
+                        Some(path) => {
+                            let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
+                            merge(&mut target, result, path.text())
+                                .map_err(|e| fail(e.to_string(), false))?;
+                            path.set(&mut doc, target);
+                        }
+                    }
+                    doc
+                }
+            }
+        };
+        // 5. stateDataFilter.output
+        let out = filter_or_keep(step.state_filter.output.as_ref(), &new_state, fo, limits)
+            .map_err(|m| fail(format!("stateDataFilter.output: {m}"), false))?;
+        Ok(Done {
+            options: recorded_options,
+            result: payload,
+            state: out,
+            logs,
+        })
+    }
+}
+
+fn blame_word(b: Blame) -> &'static str {
+    match b {
+        Blame::Flow => "flow",
+        Blame::External => "external",
+        Blame::Store => "store",
+        Blame::Bug => "bug",
+    }
+}
+
+fn eval(
+    p: &Program,
+    input: &Value,
+    fo: &FlowObject,
+    limits: &Limits,
+) -> Result<Option<Value>, String> {
+    match p.single(to_val(input), fo, limits) {
+        Ok(None) => Ok(None),
+        Ok(Some(v)) => from_val(&v)
+            .map(Some)
+            .map_err(|e| format!("`{}`: {e}", p.code())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Apply a filter; one that selects nothing (no output, or `null`) leaves the data as it was.
+fn filter_or_keep(
+    p: Option<&Program>,
+    data: &Value,
+    fo: &FlowObject,
+    limits: &Limits,
+) -> Result<Value, String> {
+    match p {
+        None => Ok(data.clone()),
+        Some(p) => match eval(p, data, fo, limits)? {
+            None | Some(Value::Null) => Ok(data.clone()),
+            Some(v) => Ok(v),
+        },
     }
 }

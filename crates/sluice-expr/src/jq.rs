@@ -119,7 +119,7 @@ impl Budget {
         }
         let t = self.ticks.get().wrapping_add(1);
         self.ticks.set(t);
-        if t % 256 == 0 && Instant::now() > self.deadline {
+        if t.is_multiple_of(256) && Instant::now() > self.deadline {
             self.exceeded.set(Some(Exceeded::Time));
             return Err(Exceeded::Time);
         }
@@ -315,8 +315,7 @@ impl Program {
                         issues.push(CompileIssue {
                             span: span_in(code, name),
                             message: format!("undefined {} `{name}`", undefined.as_str()),
-                            undefined_var: is_var
-                                .then(|| name.trim_start_matches('$').to_owned()),
+                            undefined_var: is_var.then(|| name.trim_start_matches('$').to_owned()),
                         });
                     }
                 }
@@ -353,7 +352,12 @@ impl Program {
     }
 
     /// Run on `input` and return the first output, or `None` when there is none.
-    pub fn first(&self, input: Val, scope: &dyn Scope, limits: &Limits) -> Result<Option<Val>, Error> {
+    pub fn first(
+        &self,
+        input: Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Val>, Error> {
         let mut first = None;
         self.run_with(input, scope, limits, |v| {
             first = Some(v);
@@ -364,7 +368,12 @@ impl Program {
 
     /// Run on `input` and return its one output: no output is `None`, more
     /// than one is an error.
-    pub fn single(&self, input: Val, scope: &dyn Scope, limits: &Limits) -> Result<Option<Val>, Error> {
+    pub fn single(
+        &self,
+        input: Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Val>, Error> {
         if self.inner.identity {
             return Ok(Some(input));
         }
@@ -388,7 +397,12 @@ impl Program {
     }
 
     /// Convenience for serde_json values: the single output as JSON.
-    pub fn eval_json(&self, input: &Value, scope: &dyn Scope, limits: &Limits) -> Result<Option<Value>, Error> {
+    pub fn eval_json(
+        &self,
+        input: &Value,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Value>, Error> {
         self.single(to_val(input), scope, limits)?
             .map(|v| from_val(&v).map_err(|e| self.runtime(e)))
             .transpose()
@@ -409,7 +423,9 @@ impl Program {
         limits: &Limits,
         each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
-        stacker::maybe_grow(MIN_STACK, GROWN_STACK, || self.run_guarded(input, scope, limits, each))
+        stacker::maybe_grow(MIN_STACK, GROWN_STACK, || {
+            self.run_guarded(input, scope, limits, each)
+        })
     }
 
     fn run_guarded(
@@ -514,7 +530,10 @@ fn load_issues(code: &str, errs: load::Errors<&str, ()>) -> Vec<CompileIssue> {
             load::Error::Parse(list) => {
                 for (expect, found) in list {
                     let message = if found.is_empty() {
-                        format!("expected {}, found the end of the expression", expect.as_str())
+                        format!(
+                            "expected {}, found the end of the expression",
+                            expect.as_str()
+                        )
                     } else {
                         format!("expected {}, found `{found}`", expect.as_str())
                     };
@@ -539,7 +558,12 @@ fn load_issues(code: &str, errs: load::Errors<&str, ()>) -> Vec<CompileIssue> {
 
 /// Report every definition whose body calls itself. jq has no forward
 /// references, so a cycle always shows up as a definition naming itself.
-fn check_recursion<'s>(code: &'s str, t: &Term<&'s str>, open: &mut Vec<&'s str>, out: &mut Vec<CompileIssue>) {
+fn check_recursion<'s>(
+    code: &'s str,
+    t: &Term<&'s str>,
+    open: &mut Vec<&'s str>,
+    out: &mut Vec<CompileIssue>,
+) {
     macro_rules! walk {
         ($t:expr, $open:expr) => {
             check_recursion(code, $t, $open, out)
@@ -669,59 +693,132 @@ mod tests {
 
     #[test]
     fn maps_an_order() {
-        let out = eval("{orderId, sum: .totalPrice}", json!({"orderId": "A1", "totalPrice": 12.5, "x": 1}));
+        let out = eval(
+            "{orderId, sum: .totalPrice}",
+            json!({"orderId": "A1", "totalPrice": 12.5, "x": 1}),
+        );
         assert_eq!(out.unwrap(), Some(json!({"orderId": "A1", "sum": 12.5})));
     }
 
     #[test]
     fn variables_are_bound_by_name() {
-        assert_eq!(eval("[$trigger.t, $last[1], $k]", json!(null)).unwrap(), Some(json!([1, 2, "v"])));
+        assert_eq!(
+            eval("[$trigger.t, $last[1], $k]", json!(null)).unwrap(),
+            Some(json!([1, 2, "v"]))
+        );
     }
 
     #[test]
     fn std_library_works() {
-        assert_eq!(eval("[range(3)]", json!(null)).unwrap(), Some(json!([0, 1, 2])));
-        assert_eq!(eval("[range(5; 0; -2)]", json!(null)).unwrap(), Some(json!([5, 3, 1])));
-        assert_eq!(eval("[limit(3; repeat(1))]", json!(null)).unwrap(), Some(json!([1, 1, 1])));
-        assert_eq!(eval("[.[] | select(. > 1)] | map(. * 2)", json!([1, 2, 3])).unwrap(), Some(json!([4, 6])));
-        assert_eq!(eval("[paths]", json!({"a": [1]})).unwrap(), Some(json!([["a"], ["a", 0]])));
-        assert_eq!(eval("walk(if type == \"number\" then . + 1 else . end)", json!({"a": [1]})).unwrap(), Some(json!({"a": [2]})));
-        assert_eq!(eval("[recurse(if . < 3 then . + 1 else empty end)]", json!(0)).unwrap(), Some(json!([0, 1, 2, 3])));
-        assert_eq!(eval("until(. > 100; . * 2)", json!(1)).unwrap(), Some(json!(128)));
-        assert_eq!(eval("\"a-b\" | test(\"a.b\")", json!(null)).unwrap(), Some(json!(true)));
+        assert_eq!(
+            eval("[range(3)]", json!(null)).unwrap(),
+            Some(json!([0, 1, 2]))
+        );
+        assert_eq!(
+            eval("[range(5; 0; -2)]", json!(null)).unwrap(),
+            Some(json!([5, 3, 1]))
+        );
+        assert_eq!(
+            eval("[limit(3; repeat(1))]", json!(null)).unwrap(),
+            Some(json!([1, 1, 1]))
+        );
+        assert_eq!(
+            eval("[.[] | select(. > 1)] | map(. * 2)", json!([1, 2, 3])).unwrap(),
+            Some(json!([4, 6]))
+        );
+        assert_eq!(
+            eval("[paths]", json!({"a": [1]})).unwrap(),
+            Some(json!([["a"], ["a", 0]]))
+        );
+        assert_eq!(
+            eval(
+                "walk(if type == \"number\" then . + 1 else . end)",
+                json!({"a": [1]})
+            )
+            .unwrap(),
+            Some(json!({"a": [2]}))
+        );
+        assert_eq!(
+            eval("[recurse(if . < 3 then . + 1 else empty end)]", json!(0)).unwrap(),
+            Some(json!([0, 1, 2, 3]))
+        );
+        assert_eq!(
+            eval("until(. > 100; . * 2)", json!(1)).unwrap(),
+            Some(json!(128))
+        );
+        assert_eq!(
+            eval("\"a-b\" | test(\"a.b\")", json!(null)).unwrap(),
+            Some(json!(true))
+        );
     }
 
     #[test]
     fn runtime_errors_name_the_expression() {
         let err = eval(".a + 1", json!({"a": "x"})).unwrap_err();
-        assert!(matches!(err, Error::Runtime { ref code, .. } if code == ".a + 1"), "{err}");
+        assert!(
+            matches!(err, Error::Runtime { ref code, .. } if code == ".a + 1"),
+            "{err}"
+        );
         let err = eval("error(\"boom\")", json!(null)).unwrap_err();
-        assert_eq!(err.to_string(), "jq expression `error(\"boom\")` failed: boom");
+        assert_eq!(
+            err.to_string(),
+            "jq expression `error(\"boom\")` failed: boom"
+        );
     }
 
     #[test]
     fn runaway_loops_stop_at_the_deadline() {
         let scope = MapScope::default();
-        let limits = Limits { timeout: Duration::from_millis(50), ..Limits::default() };
-        for code in ["last(range(1e12))", "[repeat(1)] | length", "until(false; .)", "last(recurse(. + 1))", "reduce range(1e12) as $x (0; . + $x)", "try last(range(1e12)) catch 0"] {
+        let limits = Limits {
+            timeout: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        for code in [
+            "last(range(1e12))",
+            "[repeat(1)] | length",
+            "until(false; .)",
+            "last(recurse(. + 1))",
+            "reduce range(1e12) as $x (0; . + $x)",
+            "try last(range(1e12)) catch 0",
+        ] {
             let p = Program::compile(code, &[]).unwrap();
             let err = p.first(Val::from(0isize), &scope, &limits).unwrap_err();
-            assert!(matches!(err, Error::Timeout { .. } | Error::TooDeep { .. }), "{code}: {err}");
+            assert!(
+                matches!(err, Error::Timeout { .. } | Error::TooDeep { .. }),
+                "{code}: {err}"
+            );
         }
     }
 
     #[test]
     fn user_recursion_is_refused_at_compile_time() {
-        for code in ["def f: 1 + f; f", "def f: def g: f; g; f", "def a(x): x | a(x); a(.)"] {
+        for code in [
+            "def f: 1 + f; f",
+            "def f: def g: f; g; f",
+            "def a(x): x | a(x); a(.)",
+        ] {
             let err = Program::compile(code, &[]).unwrap_err();
-            assert!(err.issues[0].message.contains("calls itself"), "{code}: {err}");
+            assert!(
+                err.issues[0].message.contains("calls itself"),
+                "{code}: {err}"
+            );
         }
         assert!(Program::compile("def inc: . + 1; inc | inc", &[]).is_ok());
     }
 
     #[test]
     fn the_outside_world_is_not_reachable() {
-        for code in ["env", "$ENV", "input", "inputs", "halt", "debug", "stderr", "include \"x\"; .", "import \"x\" as x; ."] {
+        for code in [
+            "env",
+            "$ENV",
+            "input",
+            "inputs",
+            "halt",
+            "debug",
+            "stderr",
+            "include \"x\"; .",
+            "import \"x\" as x; .",
+        ] {
             assert!(Program::compile(code, &[]).is_err(), "{code} compiled");
         }
     }
@@ -741,9 +838,21 @@ mod tests {
     fn single_rejects_several_outputs() {
         let p = Program::compile(".[]", &[]).unwrap();
         assert!(matches!(
-            p.single(crate::to_val(&json!([1, 2])), &MapScope::default(), &Limits::default()),
+            p.single(
+                crate::to_val(&json!([1, 2])),
+                &MapScope::default(),
+                &Limits::default()
+            ),
             Err(Error::MultipleOutputs { .. })
         ));
-        assert_eq!(p.single(crate::to_val(&json!([])), &MapScope::default(), &Limits::default()).unwrap(), None);
+        assert_eq!(
+            p.single(
+                crate::to_val(&json!([])),
+                &MapScope::default(),
+                &Limits::default()
+            )
+            .unwrap(),
+            None
+        );
     }
 }

@@ -94,7 +94,9 @@ pub enum Error {
         max: usize,
     },
     /// A template's program produced more than one output.
-    #[error("jq expression `{code}` produced more than one value where one is expected (collect them with [ ... ])")]
+    #[error(
+        "jq expression `{code}` produced more than one value where one is expected (collect them with [ ... ])"
+    )]
     MultipleOutputs {
         /// The program text.
         code: String,

@@ -16,7 +16,9 @@ use serde_json::Value;
 
 /// A merge of incompatible kinds at the target element.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("cannot merge {incoming} into {target} at `{path}`: the target and the merged value must both be objects or both be arrays")]
+#[error(
+    "cannot merge {incoming} into {target} at `{path}`: the target and the merged value must both be objects or both be arrays"
+)]
 pub struct MergeError {
     /// The target path, as written by the caller (such as `.a.b` or `$`).
     pub path: String,
@@ -29,7 +31,9 @@ pub struct MergeError {
 /// Merge `incoming` into `target`; `path` names the target in errors.
 pub fn merge(target: &mut Value, incoming: Value, path: &str) -> Result<(), MergeError> {
     match (&*target, &incoming) {
-        (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_)) | (Value::Null, _) => {}
+        (Value::Object(_), Value::Object(_))
+        | (Value::Array(_), Value::Array(_))
+        | (Value::Null, _) => {}
         (_, Value::Object(_) | Value::Array(_)) => {
             return Err(MergeError {
                 path: path.to_owned(),
@@ -89,15 +93,30 @@ mod tests {
 
     #[test]
     fn arrays_keep_unique_elements_existing_first() {
-        assert_eq!(merged(json!([1, 2]), json!([2, 3, 1, 4])), json!([1, 2, 3, 4]));
-        assert_eq!(merged(json!({"a": [1]}), json!({"a": [1, 2]})), json!({"a": [1, 2]}));
+        assert_eq!(
+            merged(json!([1, 2]), json!([2, 3, 1, 4])),
+            json!([1, 2, 3, 4])
+        );
+        assert_eq!(
+            merged(json!({"a": [1]}), json!({"a": [1, 2]})),
+            json!({"a": [1, 2]})
+        );
     }
 
     #[test]
     fn scalars_overwrite() {
-        assert_eq!(merged(json!({"age": 20}), json!({"age": 30})), json!({"age": 30}));
-        assert_eq!(merged(json!({"a": {"b": 1}}), json!({"a": 5})), json!({"a": 5}));
-        assert_eq!(merged(json!({"a": 5}), json!({"a": {"b": 1}})), json!({"a": {"b": 1}}));
+        assert_eq!(
+            merged(json!({"age": 20}), json!({"age": 30})),
+            json!({"age": 30})
+        );
+        assert_eq!(
+            merged(json!({"a": {"b": 1}}), json!({"a": 5})),
+            json!({"a": 5})
+        );
+        assert_eq!(
+            merged(json!({"a": 5}), json!({"a": {"b": 1}})),
+            json!({"a": {"b": 1}})
+        );
         assert_eq!(merged(json!({"a": 1}), json!(null)), json!(null));
         assert_eq!(merged(json!(null), json!({"a": 1})), json!({"a": 1}));
     }

@@ -297,9 +297,13 @@ mod tests {
     #[test]
     fn set_creates_what_is_missing_and_keeps_siblings() {
         let mut doc = json!({"a": {"keep": 1}});
-        MappingPath::parse("$.a.b[1].c").unwrap().set(&mut doc, json!(5));
+        MappingPath::parse("$.a.b[1].c")
+            .unwrap()
+            .set(&mut doc, json!(5));
         assert_eq!(doc, json!({"a": {"keep": 1, "b": [null, {"c": 5}]}}));
-        MappingPath::parse("$.a.b[0]").unwrap().set(&mut doc, json!("x"));
+        MappingPath::parse("$.a.b[0]")
+            .unwrap()
+            .set(&mut doc, json!("x"));
         assert_eq!(doc["a"]["b"][0], json!("x"));
         MappingPath::parse("$").unwrap().set(&mut doc, json!([1]));
         assert_eq!(doc, json!([1]));
@@ -308,7 +312,10 @@ mod tests {
     #[test]
     fn get_reads_names_and_indexes() {
         let doc = json!({"a": [{"b": 1}]});
-        assert_eq!(MappingPath::parse("$.a[0].b").unwrap().get(&doc), Some(&json!(1)));
+        assert_eq!(
+            MappingPath::parse("$.a[0].b").unwrap().get(&doc),
+            Some(&json!(1))
+        );
         assert_eq!(MappingPath::parse("$.a[1]").unwrap().get(&doc), None);
     }
 

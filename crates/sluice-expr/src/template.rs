@@ -85,10 +85,12 @@ impl Template {
                         }
                         parts.push(Part::Expr(p));
                     }
-                    Err(CompileError { issues: inner, .. }) => issues.extend(inner.into_iter().map(|mut i| {
-                        i.span = shift(i.span, body_start);
-                        i
-                    })),
+                    Err(CompileError { issues: inner, .. }) => {
+                        issues.extend(inner.into_iter().map(|mut i| {
+                            i.span = shift(i.span, body_start);
+                            i
+                        }))
+                    }
                 }
             }
             rest = close + 2;
@@ -144,7 +146,9 @@ impl Template {
                 Part::Text(t) => out.push_str(t),
                 Part::Expr(p) => match p.single(input.clone(), scope, limits)? {
                     None => out.push_str("null"),
-                    Some(Val::TStr(s)) | Some(Val::BStr(s)) => out.push_str(&String::from_utf8_lossy(&s)),
+                    Some(Val::TStr(s)) | Some(Val::BStr(s)) => {
+                        out.push_str(&String::from_utf8_lossy(&s))
+                    }
                     Some(v) => {
                         let json = from_val(&v).map_err(|message| Error::Runtime {
                             code: p.code().to_owned(),
@@ -269,7 +273,11 @@ impl TemplateValue {
         let mut errors = Vec::new();
         let mut path = Vec::new();
         let t = compile_at(v, vars, &mut path, &mut errors);
-        if errors.is_empty() { Ok(t) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(t)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Whether the value holds no template at all.
@@ -314,7 +322,12 @@ impl TemplateValue {
     }
 
     /// Render with a JSON input.
-    pub fn render_json(&self, input: &Value, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
+    pub fn render_json(
+        &self,
+        input: &Value,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Value, Error> {
         match self {
             Self::Const(v) => Ok(v.clone()),
             _ => self.render(&to_val(input), scope, limits),
@@ -400,7 +413,11 @@ mod tests {
     fn interpolation_uses_compact_json_for_non_strings() {
         let scope = MapScope::from_json(json!({"last": {"a": [1, 2], "s": "x"}}));
         assert_eq!(
-            render("a={{ $last.a }} s={{ $last.s }} n={{ .missing }}", json!({}), &scope),
+            render(
+                "a={{ $last.a }} s={{ $last.s }} n={{ .missing }}",
+                json!({}),
+                &scope
+            ),
             json!("a=[1,2] s=x n=null")
         );
     }
@@ -408,9 +425,15 @@ mod tests {
     #[test]
     fn braces_inside_the_expression_do_not_close_it() {
         let scope = MapScope::default();
-        assert_eq!(render("{{ {a: {b: 1}} }}", json!({}), &scope), json!({"a": {"b": 1}}));
+        assert_eq!(
+            render("{{ {a: {b: 1}} }}", json!({}), &scope),
+            json!({"a": {"b": 1}})
+        );
         assert_eq!(render("{{ \"}}\" }}", json!({}), &scope), json!("}}"));
-        assert_eq!(render("{{ \"\\(1 + 1)}}\" }}", json!({}), &scope), json!("2}}"));
+        assert_eq!(
+            render("{{ \"\\(1 + 1)}}\" }}", json!({}), &scope),
+            json!("2}}")
+        );
     }
 
     #[test]
@@ -431,7 +454,11 @@ mod tests {
     fn several_outputs_are_an_error() {
         let t = Template::compile("{{ .[] }}", &[]).unwrap().unwrap();
         let err = t
-            .render(&to_val(&json!([1, 2])), &MapScope::default(), &Limits::default())
+            .render(
+                &to_val(&json!([1, 2])),
+                &MapScope::default(),
+                &Limits::default(),
+            )
             .unwrap_err();
         assert!(matches!(err, Error::MultipleOutputs { .. }));
     }

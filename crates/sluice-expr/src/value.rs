@@ -106,7 +106,8 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let v = json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}, "big": 18446744073709551615u64});
+        let v =
+            json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}, "big": 18446744073709551615u64});
         assert_eq!(from_val(&to_val(&v)).unwrap(), v);
     }
 

@@ -15,12 +15,17 @@ use std::path::PathBuf;
 fn conformance_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("SLUICE_CONFORMANCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance")
+        });
     if dir.is_dir() {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("conformance data missing at {} (required under CI)", dir.display());
+        panic!(
+            "conformance data missing at {} (required under CI)",
+            dir.display()
+        );
     }
     eprintln!("skipped: conformance data not found at {}", dir.display());
     None
@@ -34,7 +39,9 @@ fn load(rel: &str) -> Option<Value> {
 
 #[test]
 fn jsonpath_compliance_suite() {
-    let Some(suite) = load("jsonpath-cts/cts.json") else { return };
+    let Some(suite) = load("jsonpath-cts/cts.json") else {
+        return;
+    };
     let tests = suite["tests"].as_array().expect("tests array");
     let (mut passed, mut failed) = (0usize, Vec::new());
     for t in tests {
@@ -57,7 +64,11 @@ fn jsonpath_compliance_suite() {
                         (None, Some(Value::Array(rs))) => rs.iter().any(|r| r == &got),
                         _ => false,
                     };
-                    let located: Vec<Value> = q.select_located(&t["document"]).into_iter().map(|(p, _)| json!(p)).collect();
+                    let located: Vec<Value> = q
+                        .select_located(&t["document"])
+                        .into_iter()
+                        .map(|(p, _)| json!(p))
+                        .collect();
                     let located = Value::Array(located);
                     let paths_ok = match (&t.get("result_paths"), &t.get("results_paths")) {
                         (Some(p), _) => &located == *p,
@@ -74,7 +85,10 @@ fn jsonpath_compliance_suite() {
             failed.push(name.to_owned());
         }
     }
-    println!("jsonpath-cts: {passed} passed, {} failed, 0 skipped", failed.len());
+    println!(
+        "jsonpath-cts: {passed} passed, {} failed, 0 skipped",
+        failed.len()
+    );
     assert!(failed.is_empty(), "failing JSONPath cases: {failed:#?}");
     assert_eq!(passed, 703);
 }
@@ -86,24 +100,56 @@ fn jsonpath_compliance_suite() {
 /// (docs/expressions.md lists the same differences).
 const DIRECTUS_DIFFERENCES: &[(&str, &str, &str)] = &[
     // (case id, Sluice's expected output as JSON, reason)
-    ("raw-null-and-undefined", r#"{"null": null, "undefined": null}"#,
-     "a missing value is null, not the string \"undefined\""),
-    ("non-raw-null-and-undefined", r#"{"null": "null: null", "undefined": "undefined: null"}"#,
-     "a missing value interpolates as null"),
-    ("skip-undefined-keys-undefined-raw", r#"{"skip": null, "keep": null}"#,
-     "skipUndefinedKeys is an internal option of some Directus operations; Sluice has none"),
-    ("skip-undefined-keys-undefined-non-raw", r#"{"skip": "num: null", "keep": "num: null"}"#,
-     "skipUndefinedKeys is an internal option of some Directus operations; Sluice has none"),
-    ("flat-array-keys-_in-_nin", r#"{"arr_in": {"_in": [["foo", "bar"], "baz"]}, "arr_nin": {"_nin": ["baz", ["foo", "bar"]]}}"#,
-     "flatArrayKeys is an internal option of Directus filters; Sluice keeps the array (use jq to flatten)"),
-    ("paths-dot-bracket-index", r#"{"a": 20, "b": "deep", "c": "deep", "d": "k0", "e": "v=null", "f": 10}"#,
-     "jq path syntax: arr[1] is $arr[1], obj['x'] is $obj[\"x\"], arr.0 is $arr[0]; a missing element is null"),
-    ("null-intermediate-and-missing-give-undefined", r#"{"a": null, "b": null, "c": "x null"}"#,
-     "a path through null or a missing entry is null"),
-    ("hyphen-name-and-space-in-tag", "compile-error",
-     "inside the braces is jq: `a-b` is a subtraction and `a b` is not an expression; such names are written $x[\"a-b\"]"),
-    ("quoted-literal-is-a-path", "compile-error", "'x' is not jq syntax (jq strings use double quotes)"),
-    ("error-path-deeper-than-10", r#"{"a": 1}"#, "Sluice has no depth limit on paths"),
+    (
+        "raw-null-and-undefined",
+        r#"{"null": null, "undefined": null}"#,
+        "a missing value is null, not the string \"undefined\"",
+    ),
+    (
+        "non-raw-null-and-undefined",
+        r#"{"null": "null: null", "undefined": "undefined: null"}"#,
+        "a missing value interpolates as null",
+    ),
+    (
+        "skip-undefined-keys-undefined-raw",
+        r#"{"skip": null, "keep": null}"#,
+        "skipUndefinedKeys is an internal option of some Directus operations; Sluice has none",
+    ),
+    (
+        "skip-undefined-keys-undefined-non-raw",
+        r#"{"skip": "num: null", "keep": "num: null"}"#,
+        "skipUndefinedKeys is an internal option of some Directus operations; Sluice has none",
+    ),
+    (
+        "flat-array-keys-_in-_nin",
+        r#"{"arr_in": {"_in": [["foo", "bar"], "baz"]}, "arr_nin": {"_nin": ["baz", ["foo", "bar"]]}}"#,
+        "flatArrayKeys is an internal option of Directus filters; Sluice keeps the array (use jq to flatten)",
+    ),
+    (
+        "paths-dot-bracket-index",
+        r#"{"a": 20, "b": "deep", "c": "deep", "d": "k0", "e": "v=null", "f": 10}"#,
+        "jq path syntax: arr[1] is $arr[1], obj['x'] is $obj[\"x\"], arr.0 is $arr[0]; a missing element is null",
+    ),
+    (
+        "null-intermediate-and-missing-give-undefined",
+        r#"{"a": null, "b": null, "c": "x null"}"#,
+        "a path through null or a missing entry is null",
+    ),
+    (
+        "hyphen-name-and-space-in-tag",
+        "compile-error",
+        "inside the braces is jq: `a-b` is a subtraction and `a b` is not an expression; such names are written $x[\"a-b\"]",
+    ),
+    (
+        "quoted-literal-is-a-path",
+        "compile-error",
+        "'x' is not jq syntax (jq strings use double quotes)",
+    ),
+    (
+        "error-path-deeper-than-10",
+        r#"{"a": 1}"#,
+        "Sluice has no depth limit on paths",
+    ),
 ];
 
 /// Translate a Directus template body to jq: `num` -> `$num`, `arr.0` -> `$arr[0]`,
@@ -112,12 +158,17 @@ fn translate_template(s: &str, names: &mut Vec<String>) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open..].find("}}").map(|c| c + open) else { break };
+        let Some(close) = rest[open..].find("}}").map(|c| c + open) else {
+            break;
+        };
         out.push_str(&rest[..open]);
         let body = rest[open + 2..close].trim();
         let translated = translate_path(body);
         if let Some(head) = translated.strip_prefix('$') {
-            let name: String = head.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = head
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             names.push(name);
         }
         out.push_str("{{ ");
@@ -181,7 +232,11 @@ fn translate_options(v: &Value, names: &mut Vec<String>) -> Value {
     match v {
         Value::String(s) => Value::String(translate_template(s, names)),
         Value::Array(a) => Value::Array(a.iter().map(|x| translate_options(x, names)).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.clone(), translate_options(x, names))).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), translate_options(x, names)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -205,15 +260,25 @@ fn run_directus_case(case: &Value) -> Result<Value, String> {
     }
     let scope = MapScope::from_json(Value::Object(scope));
     let t = TemplateValue::compile(&options, &scope.names()).map_err(|e| format!("{e:?}"))?;
-    t.render_json(&json!({}), &scope, &Limits::default()).map_err(|e| e.to_string())
+    t.render_json(&json!({}), &scope, &Limits::default())
+        .map_err(|e| e.to_string())
 }
 
 #[test]
 fn directus_templating_vectors() {
-    let Some(official) = load("directus-templating/apply-options-data-vectors.json") else { return };
-    let Some(probes) = load("directus-templating/derived-probes.json") else { return };
+    let Some(official) = load("directus-templating/apply-options-data-vectors.json") else {
+        return;
+    };
+    let Some(probes) = load("directus-templating/derived-probes.json") else {
+        return;
+    };
     let (mut passed, mut differs, mut failed) = (0, 0, Vec::new());
-    for case in official["cases"].as_array().into_iter().flatten().chain(probes["cases"].as_array().into_iter().flatten()) {
+    for case in official["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(probes["cases"].as_array().into_iter().flatten())
+    {
         let id = case["id"].as_str().unwrap_or("?");
         let got = run_directus_case(case);
         if let Some((_, expected, _why)) = DIRECTUS_DIFFERENCES.iter().find(|(d, _, _)| *d == id) {
@@ -224,7 +289,9 @@ fn directus_templating_vectors() {
                 _ => false,
             };
             if !ok {
-                failed.push(format!("{id} (deliberate difference): got {got:?}, want {expected}"));
+                failed.push(format!(
+                    "{id} (deliberate difference): got {got:?}, want {expected}"
+                ));
             }
             continue;
         }
@@ -240,7 +307,10 @@ fn directus_templating_vectors() {
             failed.push(format!("{id}: got {got:?}, want {expected}"));
         }
     }
-    println!("directus-templating: {passed} passed, {} failed, 0 skipped ({differs} deliberate differences checked as Sluice's behaviour)", failed.len());
+    println!(
+        "directus-templating: {passed} passed, {} failed, 0 skipped ({differs} deliberate differences checked as Sluice's behaviour)",
+        failed.len()
+    );
     assert!(failed.is_empty(), "{failed:#?}");
     assert_eq!(passed + differs, 26);
 }

@@ -182,7 +182,15 @@ pub fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-const FLOW_KEYS: &[&str] = &["id", "name", "description", "trigger", "steps", "connections", "unmappedResults"];
+const FLOW_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "trigger",
+    "steps",
+    "connections",
+    "unmappedResults",
+];
 const STEP_KEYS: &[&str] = &[
     "key",
     "type",
@@ -196,7 +204,15 @@ const STEP_KEYS: &[&str] = &[
     "inputMappings",
     "outputMappings",
 ];
-const RESERVED_KEYS: &[&str] = &["trigger", "last", "accountability", "tokens", "env", "ENV", "__loc__"];
+const RESERVED_KEYS: &[&str] = &[
+    "trigger",
+    "last",
+    "accountability",
+    "tokens",
+    "env",
+    "ENV",
+    "__loc__",
+];
 
 /// Parse and check a flow file; `name` is how diagnostics name the file.
 pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagnostics> {
@@ -218,8 +234,14 @@ pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagn
                 e.span
             };
             cx.diags.push(
-                Diagnostic::new(span, format!("not valid YAML or JSON: {}", e.message), "here")
-                    .with_help("a flow file is a YAML or JSON mapping with `id`, `trigger` and `steps`"),
+                Diagnostic::new(
+                    span,
+                    format!("not valid YAML or JSON: {}", e.message),
+                    "here",
+                )
+                .with_help(
+                    "a flow file is a YAML or JSON mapping with `id`, `trigger` and `steps`",
+                ),
             );
             None
         }
@@ -230,7 +252,10 @@ pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagn
         _ => {
             diags.sort_by_key(|d| d.span.start);
             diags.dedup();
-            Err(Diagnostics { file: source, items: diags })
+            Err(Diagnostics {
+                file: source,
+                items: diags,
+            })
         }
     }
 }
@@ -256,8 +281,15 @@ impl Checker<'_> {
         self.diags.push(Diagnostic::new(span, message, label));
     }
 
-    fn err_help(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>, help: impl Into<String>) {
-        self.diags.push(Diagnostic::new(span, message, label).with_help(help));
+    fn err_help(
+        &mut self,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::new(span, message, label).with_help(help));
     }
 
     /// Report repeated and unknown keys of a mapping.
@@ -268,7 +300,10 @@ impl Checker<'_> {
                 let (line, _) = self.source.line_col(first.span.start);
                 self.err(
                     k.span.clone(),
-                    format!("duplicate key `{}` in {what} (first given on line {line})", k.name),
+                    format!(
+                        "duplicate key `{}` in {what} (first given on line {line})",
+                        k.name
+                    ),
                     "repeated here",
                 );
             } else {
@@ -278,17 +313,34 @@ impl Checker<'_> {
                 let hint = closest(&k.name, allowed)
                     .map(|c| format!("did you mean `{c}`? Allowed: {}", allowed.join(", ")))
                     .unwrap_or_else(|| format!("allowed keys: {}", allowed.join(", ")));
-                self.err_help(k.span.clone(), format!("unknown key `{}` in {what}", k.name), "not allowed here", hint);
+                self.err_help(
+                    k.span.clone(),
+                    format!("unknown key `{}` in {what}", k.name),
+                    "not allowed here",
+                    hint,
+                );
             }
         }
     }
 
-    fn string<'n>(&mut self, parent: &'n Node, key: &str, what: &str) -> Option<(String, &'n Node)> {
+    fn string<'n>(
+        &mut self,
+        parent: &'n Node,
+        key: &str,
+        what: &str,
+    ) -> Option<(String, &'n Node)> {
         let n = parent.get(key)?;
         match &n.kind {
             Kind::Str(s) => Some((s.clone(), n)),
             _ => {
-                self.err(n.span.clone(), format!("`{key}` of {what} must be a string, found {}", n.kind_name()), "expected a string");
+                self.err(
+                    n.span.clone(),
+                    format!(
+                        "`{key}` of {what} must be a string, found {}",
+                        n.kind_name()
+                    ),
+                    "expected a string",
+                );
                 None
             }
         }
@@ -308,8 +360,16 @@ impl Checker<'_> {
 
         let id = match self.string(root, "id", "the flow") {
             Some((id, n)) => {
-                if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-                    self.err(n.span.clone(), format!("flow id `{id}` must be letters, digits, `_`, `-` or `.`"), "invalid id");
+                if id.is_empty()
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                {
+                    self.err(
+                        n.span.clone(),
+                        format!("flow id `{id}` must be letters, digits, `_`, `-` or `.`"),
+                        "invalid id",
+                    );
                 }
                 id
             }
@@ -331,7 +391,11 @@ impl Checker<'_> {
                 Some("merge") => UnmappedResults::Merge,
                 Some("replace") => UnmappedResults::Replace,
                 _ => {
-                    self.err(n.span.clone(), "`unmappedResults` must be `merge` or `replace`", "expected merge or replace");
+                    self.err(
+                        n.span.clone(),
+                        "`unmappedResults` must be `merge` or `replace`",
+                        "expected merge or replace",
+                    );
                     UnmappedResults::Merge
                 }
             },
@@ -343,14 +407,25 @@ impl Checker<'_> {
                     let mut out = BTreeMap::new();
                     for (k, v) in entries {
                         if !is_identifier(&k.name) {
-                            self.err(k.span.clone(), format!("connection name `{}` must be an identifier", k.name), "invalid name");
+                            self.err(
+                                k.span.clone(),
+                                format!("connection name `{}` must be an identifier", k.name),
+                                "invalid name",
+                            );
                         }
                         out.insert(k.name.clone(), v.to_json());
                     }
                     out
                 }
                 None => {
-                    self.err(n.span.clone(), format!("`connections` must be a mapping of names to connections, found {}", n.kind_name()), "expected a mapping");
+                    self.err(
+                        n.span.clone(),
+                        format!(
+                            "`connections` must be a mapping of names to connections, found {}",
+                            n.kind_name()
+                        ),
+                        "expected a mapping",
+                    );
                     BTreeMap::new()
                 }
             },
@@ -376,12 +451,24 @@ impl Checker<'_> {
             });
         };
         let Some(map) = node.as_map() else {
-            self.err(node.span.clone(), format!("`trigger` must be a mapping with a `type`, found {}", node.kind_name()), "expected a mapping");
+            self.err(
+                node.span.clone(),
+                format!(
+                    "`trigger` must be a mapping with a `type`, found {}",
+                    node.kind_name()
+                ),
+                "expected a mapping",
+            );
             return None;
         };
         let Some((kind, kind_node)) = self.string(node, "type", "the trigger") else {
             if node.get("type").is_none() {
-                self.err_help(node.span.clone(), "the trigger has no `type`", "missing `type`", format!("trigger types: {}", self.catalog.trigger_kinds().join(", ")));
+                self.err_help(
+                    node.span.clone(),
+                    "the trigger has no `type`",
+                    "missing `type`",
+                    format!("trigger types: {}", self.catalog.trigger_kinds().join(", ")),
+                );
             }
             return None;
         };
@@ -395,7 +482,12 @@ impl Checker<'_> {
         match self.catalog.trigger(&kind) {
             None => {
                 let kinds = self.catalog.trigger_kinds();
-                self.err_help(kind_node.span.clone(), format!("unknown trigger type `{kind}`"), "unknown type", format!("trigger types: {}", kinds.join(", ")));
+                self.err_help(
+                    kind_node.span.clone(),
+                    format!("unknown trigger type `{kind}`"),
+                    "unknown type",
+                    format!("trigger types: {}", kinds.join(", ")),
+                );
                 None
             }
             Some(spec) => {
@@ -416,7 +508,15 @@ impl Checker<'_> {
             }
             .or_else(|| options_node.at(&issue.path).map(|n| n.span.clone()))
             .unwrap_or_else(|| options_node.span.clone());
-            let mut d = Diagnostic::new(span, format!("{what}: {}", issue.message), if issue.at_key { "unknown option" } else { "invalid value" });
+            let mut d = Diagnostic::new(
+                span,
+                format!("{what}: {}", issue.message),
+                if issue.at_key {
+                    "unknown option"
+                } else {
+                    "invalid value"
+                },
+            );
             if let Some(h) = issue.help {
                 d = d.with_help(h);
             }
@@ -426,15 +526,28 @@ impl Checker<'_> {
 
     fn steps(&mut self, root: &Node) -> Option<Vec<Step>> {
         let Some(steps_node) = root.get("steps") else {
-            self.err_help(root.span.start..root.span.start, "the flow has no `steps`", "missing `steps`", "add `steps:` with at least one step");
+            self.err_help(
+                root.span.start..root.span.start,
+                "the flow has no `steps`",
+                "missing `steps`",
+                "add `steps:` with at least one step",
+            );
             return None;
         };
         let Kind::Seq(items) = &steps_node.kind else {
-            self.err(steps_node.span.clone(), format!("`steps` must be a list, found {}", steps_node.kind_name()), "expected a list");
+            self.err(
+                steps_node.span.clone(),
+                format!("`steps` must be a list, found {}", steps_node.kind_name()),
+                "expected a list",
+            );
             return None;
         };
         if items.is_empty() {
-            self.err(steps_node.span.clone(), "the flow has no steps", "empty list");
+            self.err(
+                steps_node.span.clone(),
+                "the flow has no steps",
+                "empty list",
+            );
             return None;
         }
         let before = self.diags.len();
@@ -442,7 +555,14 @@ impl Checker<'_> {
         let mut first_by_key: HashMap<String, Span> = HashMap::new();
         for item in items {
             let Some(map) = item.as_map() else {
-                self.err(item.span.clone(), format!("a step must be a mapping with `key` and `type`, found {}", item.kind_name()), "expected a mapping");
+                self.err(
+                    item.span.clone(),
+                    format!(
+                        "a step must be a mapping with `key` and `type`, found {}",
+                        item.kind_name()
+                    ),
+                    "expected a mapping",
+                );
                 continue;
             };
             self.check_keys(map, STEP_KEYS, "a step");
@@ -452,11 +572,19 @@ impl Checker<'_> {
                         self.err_help(n.span.clone(), format!("step key `{k}` is not an identifier"), "invalid key", "keys are letters, digits and `_`, not starting with a digit, so that `$key` works in expressions");
                         None
                     } else if RESERVED_KEYS.contains(&k.as_str()) {
-                        self.err(n.span.clone(), format!("step key `{k}` is reserved (the flow object has `${k}`)"), "reserved");
+                        self.err(
+                            n.span.clone(),
+                            format!("step key `{k}` is reserved (the flow object has `${k}`)"),
+                            "reserved",
+                        );
                         None
                     } else if let Some(first) = first_by_key.get(&k) {
                         let (line, _) = self.source.line_col(first.start);
-                        self.err(n.span.clone(), format!("duplicate step key `{k}` (first used on line {line})"), "duplicate key");
+                        self.err(
+                            n.span.clone(),
+                            format!("duplicate step key `{k}` (first used on line {line})"),
+                            "duplicate key",
+                        );
                         None
                     } else {
                         first_by_key.insert(k.clone(), n.span.clone());
@@ -475,11 +603,21 @@ impl Checker<'_> {
                     if self.catalog.step(&t).is_none() {
                         let kinds = self.catalog.step_kinds();
                         let help = match closest(&t, &kinds) {
-                            Some(c) => format!("did you mean `{c}`? Step types: {}", kinds.join(", ")),
+                            Some(c) => {
+                                format!("did you mean `{c}`? Step types: {}", kinds.join(", "))
+                            }
                             None => format!("step types: {}", kinds.join(", ")),
                         };
-                        let who = key.as_ref().map(|(k, _)| format!("step `{k}`: ")).unwrap_or_default();
-                        self.err_help(n.span.clone(), format!("{who}unknown step type `{t}`"), "unknown type", help);
+                        let who = key
+                            .as_ref()
+                            .map(|(k, _)| format!("step `{k}`: "))
+                            .unwrap_or_default();
+                        self.err_help(
+                            n.span.clone(),
+                            format!("{who}unknown step type `{t}`"),
+                            "unknown type",
+                            help,
+                        );
                         None
                     } else {
                         Some((t, n.span.clone()))
@@ -496,7 +634,11 @@ impl Checker<'_> {
             if let Some(o) = options
                 && !matches!(o.kind, Kind::Map(_) | Kind::Null)
             {
-                self.err(o.span.clone(), format!("`options` must be a mapping, found {}", o.kind_name()), "expected a mapping");
+                self.err(
+                    o.span.clone(),
+                    format!("`options` must be a mapping, found {}", o.kind_name()),
+                    "expected a mapping",
+                );
             }
             raws.push(RawStep {
                 node: item,
@@ -518,7 +660,11 @@ impl Checker<'_> {
         let mut success = vec![Next::End; n];
         let mut failure = vec![Next::End; n];
         for (i, r) in raws.iter().enumerate() {
-            let who = r.key.as_ref().map(|(k, _)| format!("step `{k}`")).unwrap_or_else(|| format!("step {}", i + 1));
+            let who = r
+                .key
+                .as_ref()
+                .map(|(k, _)| format!("step `{k}`"))
+                .unwrap_or_else(|| format!("step {}", i + 1));
             success[i] = match r.resolve {
                 None => {
                     if i + 1 < n {
@@ -536,10 +682,12 @@ impl Checker<'_> {
 
         // Reachability from the first step, and cycles.
         let edges = |i: usize| {
-            [success[i], failure[i]].into_iter().filter_map(|n| match n {
-                Next::Step(j) => Some(j),
-                Next::End => None,
-            })
+            [success[i], failure[i]]
+                .into_iter()
+                .filter_map(|n| match n {
+                    Next::Step(j) => Some(j),
+                    Next::End => None,
+                })
         };
         let mut reachable = vec![false; n];
         let mut stack = vec![0usize];
@@ -550,28 +698,50 @@ impl Checker<'_> {
         }
         for (i, r) in raws.iter().enumerate() {
             if !reachable[i] {
-                let span = r.key.as_ref().map(|(_, s)| s.clone()).unwrap_or_else(|| r.node.span.clone());
-                let who = r.key.as_ref().map(|(k, _)| format!("`{k}`")).unwrap_or_else(|| format!("number {}", i + 1));
+                let span = r
+                    .key
+                    .as_ref()
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_else(|| r.node.span.clone());
+                let who = r
+                    .key
+                    .as_ref()
+                    .map(|(k, _)| format!("`{k}`"))
+                    .unwrap_or_else(|| format!("number {}", i + 1));
                 self.err_help(span, format!("step {who} can never run: no path from the first step leads to it"), "unreachable", "point a `resolve` or `reject` at it, or remove it; a step with `resolve` does not fall through to the next one");
             }
         }
-        // ancestors[i]: steps with a path to i.
-        let mut ancestors: Vec<Vec<bool>> = vec![vec![false; n]; n];
-        for start in 0..n {
-            let mut seen = vec![false; n];
-            let mut stack: Vec<usize> = edges(start).collect();
-            while let Some(j) = stack.pop() {
-                if !std::mem::replace(&mut seen[j], true) {
-                    ancestors[j][start] = true;
-                    stack.extend(edges(j));
+        // reach[a][b]: a path leads from step a to step b.
+        let reach: Vec<Vec<bool>> = (0..n)
+            .map(|start| {
+                let mut seen = vec![false; n];
+                let mut stack: Vec<usize> = edges(start).collect();
+                while let Some(j) = stack.pop() {
+                    if !std::mem::replace(&mut seen[j], true) {
+                        stack.extend(edges(j));
+                    }
                 }
-            }
-        }
+                seen
+            })
+            .collect();
         for (i, r) in raws.iter().enumerate() {
-            if ancestors[i][i] && reachable[i] {
-                let span = r.key.as_ref().map(|(_, s)| s.clone()).unwrap_or_else(|| r.node.span.clone());
-                let who = r.key.as_ref().map(|(k, _)| format!("`{k}`")).unwrap_or_else(|| format!("number {}", i + 1));
-                self.err_help(span, format!("step {who} is part of a cycle: a run could loop through it forever"), "in a cycle", "flows are acyclic; repeat work with a list and fan-out instead");
+            if reach[i][i] && reachable[i] {
+                let span = r
+                    .key
+                    .as_ref()
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_else(|| r.node.span.clone());
+                let who = r
+                    .key
+                    .as_ref()
+                    .map(|(k, _)| format!("`{k}`"))
+                    .unwrap_or_else(|| format!("number {}", i + 1));
+                self.err_help(
+                    span,
+                    format!("step {who} is part of a cycle: a run could loop through it forever"),
+                    "in a cycle",
+                    "flows are acyclic; repeat work with a list and fan-out instead",
+                );
             }
         }
 
@@ -580,7 +750,7 @@ impl Checker<'_> {
         for (i, r) in raws.iter().enumerate() {
             let mut vars: Vec<String> = BUILTIN_VARS.iter().map(|s| (*s).to_owned()).collect();
             for (j, other) in raws.iter().enumerate() {
-                if ancestors[i][j]
+                if reach[j][i]
                     && j != i
                     && let Some((k, _)) = &other.key
                 {
@@ -596,12 +766,24 @@ impl Checker<'_> {
         (self.diags.len() == before && steps.len() == n).then_some(steps)
     }
 
-    fn target(&mut self, node: &Node, index: &HashMap<&str, usize>, who: &str, field: &str, me: usize, allow_end: bool) -> Next {
+    fn target(
+        &mut self,
+        node: &Node,
+        index: &HashMap<&str, usize>,
+        who: &str,
+        field: &str,
+        me: usize,
+        allow_end: bool,
+    ) -> Next {
         match &node.kind {
             Kind::Null if allow_end => Next::End,
             Kind::Str(t) => match index.get(t.as_str()) {
                 Some(&j) if j == me => {
-                    self.err(node.span.clone(), format!("{who}: `{field}` points at the step itself"), "a step cannot follow itself");
+                    self.err(
+                        node.span.clone(),
+                        format!("{who}: `{field}` points at the step itself"),
+                        "a step cannot follow itself",
+                    );
                     Next::End
                 }
                 Some(&j) => Next::Step(j),
@@ -611,26 +793,58 @@ impl Checker<'_> {
                         Some(c) => format!("did you mean `{c}`?"),
                         None => format!("steps: {}", sorted(&keys).join(", ")),
                     };
-                    self.err_help(node.span.clone(), format!("{who}: `{field}` names step `{t}`, which does not exist"), "no such step", help);
+                    self.err_help(
+                        node.span.clone(),
+                        format!("{who}: `{field}` names step `{t}`, which does not exist"),
+                        "no such step",
+                        help,
+                    );
                     Next::End
                 }
             },
             _ => {
-                let expect = if allow_end { "a step key, or null to end the run" } else { "a step key" };
-                self.err(node.span.clone(), format!("{who}: `{field}` must be {expect}, found {}", node.kind_name()), "expected a step key");
+                let expect = if allow_end {
+                    "a step key, or null to end the run"
+                } else {
+                    "a step key"
+                };
+                self.err(
+                    node.span.clone(),
+                    format!(
+                        "{who}: `{field}` must be {expect}, found {}",
+                        node.kind_name()
+                    ),
+                    "expected a step key",
+                );
                 Next::End
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn step_body(&mut self, r: &RawStep<'_>, i: usize, vars: Vec<String>, step_keys: &[&str], on_success: Next, on_failure: Next) -> Option<Step> {
-        let key = r.key.as_ref().map(|(k, _)| k.clone()).unwrap_or_else(|| format!("#{}", i + 1));
+    fn step_body(
+        &mut self,
+        r: &RawStep<'_>,
+        i: usize,
+        vars: Vec<String>,
+        step_keys: &[&str],
+        on_success: Next,
+        on_failure: Next,
+    ) -> Option<Step> {
+        let key = r
+            .key
+            .as_ref()
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| format!("#{}", i + 1));
         let who = format!("step `{key}`");
         let var_refs: Vec<&str> = vars.iter().map(String::as_str).collect();
         let mut ok = r.key.is_some() && r.kind.is_some();
 
-        let options_json = r.options.map(Node::to_json).filter(|v| !v.is_null()).unwrap_or_else(|| Value::Object(Map::new()));
+        let options_json = r
+            .options
+            .map(Node::to_json)
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(|| Value::Object(Map::new()));
         let mut expressions = BTreeMap::new();
         let mut templated = options_json.clone();
         if let Some((kind, _)) = &r.kind
@@ -638,10 +852,16 @@ impl Checker<'_> {
         {
             let before = self.diags.len();
             let anchor = r.options.unwrap_or(r.node);
-            self.option_issues(anchor, (spec.check)(&options_json), &format!("{who} ({kind})"));
+            self.option_issues(
+                anchor,
+                (spec.check)(&options_json),
+                &format!("{who} ({kind})"),
+            );
             ok &= self.diags.len() == before;
             for name in spec.expressions {
-                let Some(Value::String(code)) = options_json.get(*name) else { continue };
+                let Some(Value::String(code)) = options_json.get(*name) else {
+                    continue;
+                };
                 if let Value::Object(o) = &mut templated {
                     o.remove(*name);
                 }
@@ -662,7 +882,15 @@ impl Checker<'_> {
                     let mut path = vec![];
                     path.extend(e.path.iter().cloned());
                     let node = r.options.and_then(|o| o.at(&path));
-                    self.expr_issues(node, &e.error.source_text, &e.error.issues, step_keys, &who, &format!("option `{}`", display_path(&e.path)), "template");
+                    self.expr_issues(
+                        node,
+                        &e.error.source_text,
+                        &e.error.issues,
+                        step_keys,
+                        &who,
+                        &format!("option `{}`", display_path(&e.path)),
+                        "template",
+                    );
                 }
                 TemplateValue::Const(Value::Null)
             }
@@ -673,8 +901,24 @@ impl Checker<'_> {
         if let Some(n) = r.node.get("stateDataFilter") {
             if let Some(map) = self.mapping(n, "stateDataFilter") {
                 self.check_keys(map, &["input", "output"], "stateDataFilter");
-                state_filter.input = self.jq_field(n, "input", &var_refs, step_keys, &who, "stateDataFilter.input", &mut ok);
-                state_filter.output = self.jq_field(n, "output", &var_refs, step_keys, &who, "stateDataFilter.output", &mut ok);
+                state_filter.input = self.jq_field(
+                    n,
+                    "input",
+                    &var_refs,
+                    step_keys,
+                    &who,
+                    "stateDataFilter.input",
+                    &mut ok,
+                );
+                state_filter.output = self.jq_field(
+                    n,
+                    "output",
+                    &var_refs,
+                    step_keys,
+                    &who,
+                    "stateDataFilter.output",
+                    &mut ok,
+                );
             } else {
                 ok = false;
             }
@@ -682,9 +926,29 @@ impl Checker<'_> {
         let mut action_filter = ActionDataFilter::default();
         if let Some(n) = r.node.get("actionDataFilter") {
             if let Some(map) = self.mapping(n, "actionDataFilter") {
-                self.check_keys(map, &["fromStateData", "results", "toStateData", "useResults"], "actionDataFilter");
-                action_filter.from_state_data = self.jq_field(n, "fromStateData", &var_refs, step_keys, &who, "actionDataFilter.fromStateData", &mut ok);
-                action_filter.results = self.jq_field(n, "results", &var_refs, step_keys, &who, "actionDataFilter.results", &mut ok);
+                self.check_keys(
+                    map,
+                    &["fromStateData", "results", "toStateData", "useResults"],
+                    "actionDataFilter",
+                );
+                action_filter.from_state_data = self.jq_field(
+                    n,
+                    "fromStateData",
+                    &var_refs,
+                    step_keys,
+                    &who,
+                    "actionDataFilter.fromStateData",
+                    &mut ok,
+                );
+                action_filter.results = self.jq_field(
+                    n,
+                    "results",
+                    &var_refs,
+                    step_keys,
+                    &who,
+                    "actionDataFilter.results",
+                    &mut ok,
+                );
                 if let Some(t) = n.get("toStateData") {
                     match t.as_str().map(jq_path_to_mapping) {
                         Some(Ok(p)) => action_filter.to_state_data = Some(p),
@@ -699,7 +963,13 @@ impl Checker<'_> {
                         Kind::Bool(b) => action_filter.use_results = b,
                         _ => {
                             ok = false;
-                            self.err(u.span.clone(), format!("{who}: `actionDataFilter.useResults` must be true or false"), "expected a boolean");
+                            self.err(
+                                u.span.clone(),
+                                format!(
+                                    "{who}: `actionDataFilter.useResults` must be true or false"
+                                ),
+                                "expected a boolean",
+                            );
                         }
                     }
                 }
@@ -707,8 +977,14 @@ impl Checker<'_> {
                 ok = false;
             }
         }
-        let input_mappings = r.node.get("inputMappings").and_then(|n| self.mappings(n, &who, "inputMappings", &mut ok));
-        let output_mappings = r.node.get("outputMappings").and_then(|n| self.mappings(n, &who, "outputMappings", &mut ok));
+        let input_mappings = r
+            .node
+            .get("inputMappings")
+            .and_then(|n| self.mappings(n, &who, "inputMappings", &mut ok));
+        let output_mappings = r
+            .node
+            .get("outputMappings")
+            .and_then(|n| self.mappings(n, &who, "outputMappings", &mut ok));
 
         if !ok {
             return None;
@@ -733,17 +1009,37 @@ impl Checker<'_> {
     fn mapping<'n>(&mut self, n: &'n Node, what: &str) -> Option<&'n [(Key, Node)]> {
         let m = n.as_map();
         if m.is_none() {
-            self.err(n.span.clone(), format!("`{what}` must be a mapping, found {}", n.kind_name()), "expected a mapping");
+            self.err(
+                n.span.clone(),
+                format!("`{what}` must be a mapping, found {}", n.kind_name()),
+                "expected a mapping",
+            );
         }
         m
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn jq_field(&mut self, parent: &Node, field: &str, vars: &[&str], step_keys: &[&str], who: &str, what: &str, ok: &mut bool) -> Option<Program> {
+    fn jq_field(
+        &mut self,
+        parent: &Node,
+        field: &str,
+        vars: &[&str],
+        step_keys: &[&str],
+        who: &str,
+        what: &str,
+        ok: &mut bool,
+    ) -> Option<Program> {
         let n = parent.get(field)?;
         let Some(code) = n.as_str() else {
             *ok = false;
-            self.err(n.span.clone(), format!("{who}: `{what}` must be a jq expression (a string), found {}", n.kind_name()), "expected a string");
+            self.err(
+                n.span.clone(),
+                format!(
+                    "{who}: `{what}` must be a jq expression (a string), found {}",
+                    n.kind_name()
+                ),
+                "expected a string",
+            );
             return None;
         };
         let p = self.program(code, Some(n), vars, step_keys, who, what);
@@ -756,31 +1052,63 @@ impl Checker<'_> {
     fn mappings(&mut self, n: &Node, who: &str, what: &str, ok: &mut bool) -> Option<Vec<Mapping>> {
         let Kind::Seq(items) = &n.kind else {
             *ok = false;
-            self.err(n.span.clone(), format!("{who}: `{what}` must be a list of {{source, target}}, found {}", n.kind_name()), "expected a list");
+            self.err(
+                n.span.clone(),
+                format!(
+                    "{who}: `{what}` must be a list of {{source, target}}, found {}",
+                    n.kind_name()
+                ),
+                "expected a list",
+            );
             return None;
         };
         let mut out = Vec::new();
         for item in items {
             let Some(map) = item.as_map() else {
                 *ok = false;
-                self.err(item.span.clone(), format!("{who}: each of `{what}` must be a mapping with `source` and `target`"), "expected a mapping");
+                self.err(
+                    item.span.clone(),
+                    format!("{who}: each of `{what}` must be a mapping with `source` and `target`"),
+                    "expected a mapping",
+                );
                 continue;
             };
             self.check_keys(map, &["source", "target"], what);
             let path = |field: &str, this: &mut Self| -> Option<MappingPath> {
                 let Some(p) = item.get(field) else {
-                    this.err(item.span.clone(), format!("{who}: a mapping of `{what}` has no `{field}`"), format!("missing `{field}`"));
+                    this.err(
+                        item.span.clone(),
+                        format!("{who}: a mapping of `{what}` has no `{field}`"),
+                        format!("missing `{field}`"),
+                    );
                     return None;
                 };
                 let Some(text) = p.as_str() else {
-                    this.err(p.span.clone(), format!("{who}: `{field}` must be a JSONPath string"), "expected a string");
+                    this.err(
+                        p.span.clone(),
+                        format!("{who}: `{field}` must be a JSONPath string"),
+                        "expected a string",
+                    );
                     return None;
                 };
                 match MappingPath::parse(text) {
                     Ok(mp) => Some(mp),
                     Err(e) => {
-                        let span = locate_in_scalar(&this.source.text, &p.span, text, &(e.offset..(e.offset + 1).min(text.len()).max(e.offset)));
-                        this.err_help(span, format!("{who}: invalid {field} path `{text}` in `{what}`: {}", e.message), "here", "mapping paths use `$`, `.name`, `['name']` and `[n]`");
+                        let span = locate_in_scalar(
+                            &this.source.text,
+                            &p.span,
+                            text,
+                            &(e.offset..(e.offset + 1).min(text.len()).max(e.offset)),
+                        );
+                        this.err_help(
+                            span,
+                            format!(
+                                "{who}: invalid {field} path `{text}` in `{what}`: {}",
+                                e.message
+                            ),
+                            "here",
+                            "mapping paths use `$`, `.name`, `['name']` and `[n]`",
+                        );
                         None
                     }
                 }
@@ -795,18 +1123,43 @@ impl Checker<'_> {
         Some(out)
     }
 
-    fn program(&mut self, code: &str, node: Option<&Node>, vars: &[&str], step_keys: &[&str], who: &str, what: &str) -> Option<Program> {
+    fn program(
+        &mut self,
+        code: &str,
+        node: Option<&Node>,
+        vars: &[&str],
+        step_keys: &[&str],
+        who: &str,
+        what: &str,
+    ) -> Option<Program> {
         match Program::compile(code, vars) {
             Ok(p) => Some(p),
             Err(e) => {
-                self.expr_issues(node, code, &e.issues, step_keys, who, &format!("`{what}`"), "expression");
+                self.expr_issues(
+                    node,
+                    code,
+                    &e.issues,
+                    step_keys,
+                    who,
+                    &format!("`{what}`"),
+                    "expression",
+                );
                 None
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn expr_issues(&mut self, node: Option<&Node>, content: &str, issues: &[sluice_expr::CompileIssue], step_keys: &[&str], who: &str, what: &str, noun: &str) {
+    fn expr_issues(
+        &mut self,
+        node: Option<&Node>,
+        content: &str,
+        issues: &[sluice_expr::CompileIssue],
+        step_keys: &[&str],
+        who: &str,
+        what: &str,
+        noun: &str,
+    ) {
         for issue in issues {
             let span = match node {
                 Some(n) => locate_in_scalar(&self.source.text, &n.span, content, &issue.span),
@@ -828,8 +1181,20 @@ impl Checker<'_> {
 pub fn jq_path_to_mapping(text: &str) -> Result<MappingPath, sluice_expr::PathError> {
     let t = text.trim();
     let body = t.strip_prefix('.').unwrap_or(t);
-    let body = body.strip_prefix('[').map(|b| format!("[{b}")).unwrap_or_else(|| if body.is_empty() { String::new() } else { format!(".{body}") });
-    let body = body.replace(".[", "[").replace("[\"", "['").replace("\"]", "']");
+    let body = body
+        .strip_prefix('[')
+        .map(|b| format!("[{b}"))
+        .unwrap_or_else(|| {
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(".{body}")
+            }
+        });
+    let body = body
+        .replace(".[", "[")
+        .replace("[\"", "['")
+        .replace("\"]", "']");
     MappingPath::parse(&format!("${body}"))
 }
 

@@ -79,12 +79,18 @@ impl Node {
 
     /// The value under `key` in a mapping (the first, if repeated).
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
     }
 
     /// The key node for `key` in a mapping.
     pub fn key(&self, key: &str) -> Option<&Key> {
-        self.as_map()?.iter().find(|(k, _)| k.name == key).map(|(k, _)| k)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(k, _)| k)
     }
 
     /// Convert to JSON (for a repeated key, the last value wins; the checks
@@ -143,16 +149,14 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut options = serde_saphyr::Options::default();
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
     let lines = LineIndex::new(text);
-    let raw: Spanned<RawKind> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let span = e
-            .location()
-            .map(|l| lines.span(&l, text))
-            .unwrap_or(0..0);
-        SyntaxError {
-            message: first_line(&e.to_string()),
-            span,
-        }
-    })?;
+    let raw: Spanned<RawKind> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let span = e.location().map(|l| lines.span(&l, text)).unwrap_or(0..0);
+            SyntaxError {
+                message: first_line(&e.to_string()),
+                span,
+            }
+        })?;
     Ok(convert(raw, &lines, text))
 }
 
@@ -214,7 +218,12 @@ fn convert(raw: Spanned<RawKind>, lines: &LineIndex, text: &str) -> Node {
         RawKind::Bool(b) => Kind::Bool(b),
         RawKind::Number(n) => Kind::Number(n),
         RawKind::Str(s) => Kind::Str(s),
-        RawKind::Seq(items) => Kind::Seq(items.into_iter().map(|n| convert(n.0, lines, text)).collect()),
+        RawKind::Seq(items) => Kind::Seq(
+            items
+                .into_iter()
+                .map(|n| convert(n.0, lines, text))
+                .collect(),
+        ),
         RawKind::Map(entries) => Kind::Map(
             entries
                 .into_iter()
@@ -329,7 +338,9 @@ mod tests {
         let text = "id: demo\nsteps:\n  - key: a\n    type: \"log\"\n  - key: b\n";
         let n = parse(text).unwrap();
         let steps = n.get("steps").unwrap();
-        let Kind::Seq(items) = &steps.kind else { panic!() };
+        let Kind::Seq(items) = &steps.kind else {
+            panic!()
+        };
         let t = items[0].get("type").unwrap();
         assert_eq!(&text[t.span.clone()], "\"log\"");
         let k = items[1].key("key").unwrap();

@@ -206,13 +206,27 @@ pub trait Store: Send + Sync + 'static {
     /// Record a new run.
     fn create_run(&self, run: &NewRun) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Record a step and the run's new position, in one transaction.
-    fn record_step(&self, step: &StepRecord, run: &RunUpdate) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_step(
+        &self,
+        step: &StepRecord,
+        run: &RunUpdate,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Update a run without a step (for example when it ends with no step).
-    fn update_run(&self, run_id: &str, run: &RunUpdate) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn update_run(
+        &self,
+        run_id: &str,
+        run: &RunUpdate,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// List runs, newest first.
-    fn list_runs(&self, filter: &RunFilter) -> impl Future<Output = Result<Vec<RunSummary>, StoreError>> + Send;
+    fn list_runs(
+        &self,
+        filter: &RunFilter,
+    ) -> impl Future<Output = Result<Vec<RunSummary>, StoreError>> + Send;
     /// One run with its run log.
-    fn get_run(&self, run_id: &str) -> impl Future<Output = Result<Option<RunDetail>, StoreError>> + Send;
+    fn get_run(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<RunDetail>, StoreError>> + Send;
 }
 
 /// Microseconds since the Unix epoch, now.

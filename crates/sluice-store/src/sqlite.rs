@@ -4,15 +4,23 @@
 //! step survives a crash or `kill -9` of the process; a power failure may lose
 //! the last commits. Add `?synchronous=full` to the URL to sync every commit.
 
-use crate::{NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError};
+use crate::{
+    NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError,
+};
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "runs and the run log", include_str!("../migrations/sqlite/0001_runs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "runs and the run log",
+    include_str!("../migrations/sqlite/0001_runs.sql"),
+)];
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
@@ -45,7 +53,10 @@ impl SqliteStore {
                 && !parent.as_os_str().is_empty()
                 && !parent.is_dir()
             {
-                return Err(fail(format!("the folder `{}` does not exist", parent.display())));
+                return Err(fail(format!(
+                    "the folder `{}` does not exist",
+                    parent.display()
+                )));
             }
             if p.is_dir() {
                 return Err(fail(format!("`{path}` is a folder, not a database file")));
@@ -58,25 +69,49 @@ impl SqliteStore {
             for pair in query.split('&').filter(|s| !s.is_empty()) {
                 match pair.split_once('=') {
                     Some(("synchronous", v)) => {
-                        o = o.synchronous(SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?)
+                        o = o.synchronous(
+                            SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?,
+                        )
                     }
-                    _ => return Err(fail(format!("unknown store option `{pair}` (supported: synchronous)"))),
+                    _ => {
+                        return Err(fail(format!(
+                            "unknown store option `{pair}` (supported: synchronous)"
+                        )));
+                    }
                 }
             }
             o
         };
-        let options = options.busy_timeout(Duration::from_secs(10)).foreign_keys(true);
+        let options = options
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
             .connect_with(options)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let migrations = MIGRATIONS
             .iter()
-            .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false))
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    (*d).into(),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
             .collect();
         Migrator::with_migrations(migrations)
             .run(&pool)
@@ -134,7 +169,9 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await;
         match r {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(run.id.clone())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(run.id.clone()))
+            }
             Err(e) => Err(e.into()),
             Ok(_) => Ok(()),
         }
@@ -178,7 +215,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
-        let limit = if filter.limit == 0 { -1 } else { i64::from(filter.limit) };
+        let limit = if filter.limit == 0 {
+            -1
+        } else {
+            i64::from(filter.limit)
+        };
         let rows = sqlx::query(
             "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY started_at DESC, id DESC LIMIT ?3",
         )
@@ -240,7 +281,11 @@ impl Store for SqliteStore {
     }
 }
 
-fn update<'q>(run: &'q RunUpdate, run_id: &'q str, steps: i64) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+fn update<'q>(
+    run: &'q RunUpdate,
+    run_id: &'q str,
+    steps: i64,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     sqlx::query(UPDATE_RUN)
         .bind(run.status.as_str())
         .bind(json(&run.state))

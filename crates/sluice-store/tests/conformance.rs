@@ -1,7 +1,10 @@
 //! The store conformance suite: every backend must pass it unchanged.
 
 use serde_json::json;
-use sluice_store::{NewRun, RunFilter, RunStatus, RunUpdate, SqliteStore, StepRecord, Store, StoreError, new_run_id, now_micros};
+use sluice_store::{
+    NewRun, RunFilter, RunStatus, RunUpdate, SqliteStore, StepRecord, Store, StoreError,
+    new_run_id, now_micros,
+};
 
 fn new_run(flow: &str) -> NewRun {
     NewRun {
@@ -49,34 +52,59 @@ async fn suite<S: Store>(store: &S) {
     // A run with two steps, then success.
     let run = new_run("orders");
     store.create_run(&run).await.unwrap();
-    assert!(matches!(store.create_run(&run).await, Err(StoreError::Conflict(_))));
-    store.record_step(&step(&run.id, 0, true), &running(json!({"a": 1, "n": 0}), Some("s1"))).await.unwrap();
+    assert!(matches!(
+        store.create_run(&run).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .record_step(
+            &step(&run.id, 0, true),
+            &running(json!({"a": 1, "n": 0}), Some("s1")),
+        )
+        .await
+        .unwrap();
     let done = RunUpdate {
         status: RunStatus::Succeeded,
         output: Some(json!({"a": 1, "n": 1})),
         ended_at: Some(now_micros()),
         ..running(json!({"a": 1, "n": 1}), None)
     };
-    store.record_step(&step(&run.id, 1, true), &done).await.unwrap();
+    store
+        .record_step(&step(&run.id, 1, true), &done)
+        .await
+        .unwrap();
     let d = store.get_run(&run.id).await.unwrap().expect("run exists");
     assert_eq!(d.summary.status, RunStatus::Succeeded);
     assert_eq!(d.summary.steps, 2);
     assert_eq!(d.output, Some(json!({"a": 1, "n": 1})));
     assert_eq!(d.trigger, run.trigger);
     assert_eq!(d.steps.len(), 2);
-    assert_eq!(d.steps[1], step(&run.id, 1, true).clone_with_times(&d.steps[1]));
+    assert_eq!(
+        d.steps[1],
+        step(&run.id, 1, true).clone_with_times(&d.steps[1])
+    );
     assert_eq!(d.next_step, None);
 
     // The step record and the run's new state commit together: a duplicate
     // step position fails, and the run is left as it was.
-    let err = store.record_step(&step(&run.id, 1, true), &running(json!({"changed": true}), Some("x"))).await;
+    let err = store
+        .record_step(
+            &step(&run.id, 1, true),
+            &running(json!({"changed": true}), Some("x")),
+        )
+        .await;
     assert!(err.is_err());
     let again = store.get_run(&run.id).await.unwrap().unwrap();
     assert_eq!(again.state, json!({"a": 1, "n": 1}));
     assert_eq!(again.summary.status, RunStatus::Succeeded);
 
     // A step for a run that does not exist leaves nothing behind.
-    assert!(store.record_step(&step("missing", 0, true), &running(json!({}), None)).await.is_err());
+    assert!(
+        store
+            .record_step(&step("missing", 0, true), &running(json!({}), None))
+            .await
+            .is_err()
+    );
     assert!(store.get_run("missing").await.unwrap().is_none());
 
     // A failed run, on another flow.
@@ -89,23 +117,65 @@ async fn suite<S: Store>(store: &S) {
         ended_at: Some(now_micros()),
         ..running(json!({"a": 1}), None)
     };
-    store.record_step(&step(&failed.id, 0, false), &fail).await.unwrap();
+    store
+        .record_step(&step(&failed.id, 0, false), &fail)
+        .await
+        .unwrap();
 
     let all = store.list_runs(&RunFilter::default()).await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].id, failed.id, "newest first");
-    let only = store.list_runs(&RunFilter { status: Some(RunStatus::Failed), ..Default::default() }).await.unwrap();
+    let only = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].error_step.as_deref(), Some("s0"));
-    let by_flow = store.list_runs(&RunFilter { flow_id: Some("orders".into()), ..Default::default() }).await.unwrap();
+    let by_flow = store
+        .list_runs(&RunFilter {
+            flow_id: Some("orders".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(by_flow.len(), 1);
-    let limited = store.list_runs(&RunFilter { limit: 1, ..Default::default() }).await.unwrap();
+    let limited = store
+        .list_runs(&RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 1);
 
     // update_run without a step.
-    store.update_run(&failed.id, &RunUpdate { status: RunStatus::Incident, ..fail.clone() }).await.unwrap();
-    assert_eq!(store.get_run(&failed.id).await.unwrap().unwrap().summary.status, RunStatus::Incident);
-    assert!(matches!(store.update_run("missing", &fail).await, Err(StoreError::NoSuchRun(_))));
+    store
+        .update_run(
+            &failed.id,
+            &RunUpdate {
+                status: RunStatus::Incident,
+                ..fail.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_run(&failed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .status,
+        RunStatus::Incident
+    );
+    assert!(matches!(
+        store.update_run("missing", &fail).await,
+        Err(StoreError::NoSuchRun(_))
+    ));
 }
 
 trait CloneWithTimes {
@@ -114,7 +184,11 @@ trait CloneWithTimes {
 
 impl CloneWithTimes for StepRecord {
     fn clone_with_times(&self, other: &StepRecord) -> StepRecord {
-        StepRecord { started_at: other.started_at, ended_at: other.ended_at, ..self.clone() }
+        StepRecord {
+            started_at: other.started_at,
+            ended_at: other.ended_at,
+            ..self.clone()
+        }
     }
 }
 
@@ -138,12 +212,17 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     suite(&store).await;
     drop(store);
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
-    assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
+    assert_eq!(
+        store.list_runs(&RunFilter::default()).await.unwrap().len(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn unopenable_stores_say_why() {
-    let err = SqliteStore::open("/nonexistent-dir/x/store.db").await.unwrap_err();
+    let err = SqliteStore::open("/nonexistent-dir/x/store.db")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
     let dir = std::env::temp_dir();
     let err = SqliteStore::open(dir.to_str().unwrap()).await.unwrap_err();
@@ -152,5 +231,8 @@ async fn unopenable_stores_say_why() {
     std::fs::write(&path, b"this is not a database, and it must stay as it is").unwrap();
     let err = SqliteStore::open(path.to_str().unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("cannot open the store"), "{err}");
-    assert_eq!(std::fs::read(&path).unwrap(), b"this is not a database, and it must stay as it is");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"this is not a database, and it must stay as it is"
+    );
 }

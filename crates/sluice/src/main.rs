@@ -1,3 +1,346 @@
-fn main() {
-    println!("Hello, world!");
+//! The `sluice` command line: check flow files, run a flow, inspect runs.
+
+mod show;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use sluice_connect::Registry;
+use sluice_engine::{Engine, RunRequest};
+use sluice_model::{Diagnostics, Flow};
+use sluice_store::{RunFilter, RunStatus, SqliteStore, Store};
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The store used when none is given: a SQLite file in the working directory.
+const DEFAULT_STORE: &str = "sluice.db";
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Runs declarative data flows, recording every step."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check flow files and report every problem with its line and column.
+    Check {
+        /// Flow files (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Run one flow to completion and print its output as JSON.
+    Run {
+        /// The flow file.
+        flow: String,
+        /// The input: a JSON file, or `-` for standard input (default `{}`).
+        #[arg(long, short)]
+        input: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List and show recorded runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct StoreArg {
+    /// Where runs are recorded: a SQLite file path or URL, or `sqlite::memory:`.
+    #[arg(long, default_value = DEFAULT_STORE, global = true)]
+    store: String,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs with this status (running, succeeded, failed, incident).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show one run: a table of its steps, then each step's options, input and output.
+    Show {
+        /// The run id (or a unique prefix of it).
+        run: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+/// Exit codes.
+const FAILED: u8 = 1;
+const INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Check { files } => check(&files),
+            Command::Run { flow, input, store } => run(&flow, input.as_deref(), &store.store).await,
+            Command::Runs { command } => match command {
+                RunsCommand::List {
+                    flow,
+                    status,
+                    limit,
+                    store,
+                } => list(&store.store, flow, status, limit).await,
+                RunsCommand::Show { run, store } => show_run(&store.store, &run).await,
+            },
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// Read and check one flow file.
+fn load_flow(path: &str, registry: &Registry) -> Result<Flow, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LoadError::Io(format!("cannot read flow file `{path}`: {e}")))?;
+    sluice_model::load(path, &text, registry).map_err(LoadError::Invalid)
+}
+
+enum LoadError {
+    Io(String),
+    Invalid(Diagnostics),
+}
+
+fn print_diagnostics(d: &Diagnostics) {
+    let theme = if std::io::stderr().is_terminal() {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let handler = miette::GraphicalReportHandler::new_themed(theme);
+    let mut out = String::new();
+    for report in d.reports() {
+        let _ = handler.render_report(&mut out, &report);
+        out.push('\n');
+    }
+    eprint!("{out}");
+    let n = d.items.len();
+    eprintln!(
+        "{}: {n} problem{}",
+        d.file.name,
+        if n == 1 { "" } else { "s" }
+    );
+}
+
+fn check(files: &[String]) -> u8 {
+    let registry = Registry::builtin();
+    let mut worst = 0;
+    for path in files {
+        match load_flow(path, &registry) {
+            Ok(flow) => eprintln!(
+                "{path}: ok (flow `{}`, {} steps)",
+                flow.id,
+                flow.steps.len()
+            ),
+            Err(LoadError::Io(m)) => {
+                eprintln!("error: {m}");
+                worst = INVALID;
+            }
+            Err(LoadError::Invalid(d)) => {
+                print_diagnostics(&d);
+                worst = INVALID;
+            }
+        }
+    }
+    worst
+}
+
+fn read_input(input: Option<&str>) -> Result<Option<Value>, String> {
+    let Some(src) = input else { return Ok(None) };
+    let (name, text) = if src == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("cannot read the input from standard input: {e}"))?;
+        ("<stdin>".to_owned(), s)
+    } else {
+        let s = std::fs::read_to_string(src)
+            .map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
+        (src.to_owned(), s)
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        format!(
+            "{name}:{}:{}: the input is not valid JSON: {} (expected one JSON value, such as an object)",
+            e.line(),
+            e.column(),
+            strip_position(&e.to_string())
+        )
+    })
+}
+
+fn strip_position(msg: &str) -> &str {
+    msg.split(" at line ").next().unwrap_or(msg)
+}
+
+async fn open_store(url: &str) -> Result<SqliteStore, u8> {
+    SqliteStore::open(url).await.map_err(|e| {
+        eprintln!("error: {e}");
+        INVALID
+    })
+}
+
+async fn run(path: &str, input: Option<&str>, store_url: &str) -> u8 {
+    let registry = Arc::new(Registry::builtin());
+    let flow = match load_flow(path, &registry) {
+        Ok(f) => f,
+        Err(LoadError::Io(m)) => {
+            eprintln!("error: {m}");
+            return INVALID;
+        }
+        Err(LoadError::Invalid(d)) => {
+            print_diagnostics(&d);
+            return INVALID;
+        }
+    };
+    let input = match read_input(input) {
+        Ok(i) => i,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return INVALID;
+        }
+    };
+    let store = match open_store(store_url).await {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
+    let engine = Engine::new(store, registry);
+    // A run started from the command line: `$trigger` is the input as given.
+    let req = RunRequest {
+        trigger: input.clone().unwrap_or(Value::Null),
+        input,
+        accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
+    };
+    match engine.run(&flow, req).await {
+        Err(e) => {
+            eprintln!("error: {e}");
+            FAILED
+        }
+        Ok(result) => match result.status {
+            RunStatus::Succeeded => {
+                let out = result.output.unwrap_or(Value::Null);
+                let text = serde_json::to_string_pretty(&out).unwrap_or_else(|_| out.to_string());
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{text}");
+                eprintln!("run {} succeeded", result.run_id);
+                0
+            }
+            status => {
+                if let Some(f) = result.failure {
+                    eprintln!("error: {}", f.message);
+                    eprintln!("  step: {}", f.step);
+                }
+                eprintln!(
+                    "run {} {}; see `sluice runs show {}`",
+                    result.run_id,
+                    status.as_str(),
+                    result.run_id
+                );
+                FAILED
+            }
+        },
+    }
+}
+
+async fn list(store_url: &str, flow: Option<String>, status: Option<String>, limit: u32) -> u8 {
+    let status = match status.as_deref().map(|s| RunStatus::parse(s).ok_or(s)) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(s)) => {
+            let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "error: unknown status `{s}` (expected one of: {})",
+                all.join(", ")
+            );
+            return INVALID;
+        }
+    };
+    let store = match open_store(store_url).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store
+        .list_runs(&RunFilter {
+            flow_id: flow,
+            status,
+            limit,
+        })
+        .await
+    {
+        Ok(runs) => {
+            print!("{}", show::runs_table(&runs));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            FAILED
+        }
+    }
+}
+
+async fn show_run(store_url: &str, id: &str) -> u8 {
+    let store = match open_store(store_url).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut detail = match store.get_run(id).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return FAILED;
+        }
+    };
+    if detail.is_none() && id.len() >= 4 {
+        // A unique prefix of an id is enough.
+        if let Ok(all) = store.list_runs(&RunFilter::default()).await {
+            let matches: Vec<_> = all.iter().filter(|r| r.id.starts_with(id)).collect();
+            if matches.len() > 1 {
+                eprintln!(
+                    "error: `{id}` matches {} runs; give more of the id",
+                    matches.len()
+                );
+                return INVALID;
+            }
+            if let Some(r) = matches.first() {
+                detail = store.get_run(&r.id).await.ok().flatten();
+            }
+        }
+    }
+    match detail {
+        Some(d) => {
+            print!("{}", show::run_detail(&d));
+            0
+        }
+        None => {
+            eprintln!("error: no run `{id}` in the store `{store_url}`");
+            INVALID
+        }
+    }
 }

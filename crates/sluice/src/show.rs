@@ -1,0 +1,199 @@
+//! Readable text for runs: tables and step data.
+
+use serde_json::Value;
+use sluice_store::{RunDetail, RunSummary};
+use std::fmt::Write;
+
+/// `2026-11-23T08:55:31.123Z` from microseconds since the epoch.
+pub fn timestamp(us: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// A duration in readable units.
+pub fn duration(us: i64) -> String {
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.1} ms", us as f64 / 1_000.0)
+    } else {
+        format!("{:.2} s", us as f64 / 1_000_000.0)
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                out.push_str(&c);
+            } else {
+                let pad = widths[i] - c.chars().count();
+                out.push_str(&c);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect(), &mut out);
+    for r in rows {
+        line(r.clone(), &mut out);
+    }
+    out
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() > max {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The table of `sluice runs list`.
+pub fn runs_table(runs: &[RunSummary]) -> String {
+    if runs.is_empty() {
+        return "no runs\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.flow_id.clone(),
+                r.status.as_str().to_owned(),
+                timestamp(r.started_at),
+                r.ended_at
+                    .map(|e| duration(e - r.started_at))
+                    .unwrap_or_else(|| "-".into()),
+                r.steps.to_string(),
+                r.error
+                    .as_deref()
+                    .map(|e| one_line(e, 60))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RUN", "FLOW", "STATUS", "STARTED", "DURATION", "STEPS", "ERROR",
+        ],
+        &rows,
+    )
+}
+
+/// Compact JSON when it fits on a line, indented otherwise.
+fn pretty(v: &Value) -> String {
+    let compact = v.to_string();
+    if compact.chars().count() <= 100 {
+        return compact;
+    }
+    serde_json::to_string_pretty(v).unwrap_or(compact)
+}
+
+fn block(out: &mut String, label: &str, text: &str) {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    let _ = writeln!(out, "  {label:<8} {first}");
+    for l in lines {
+        let _ = writeln!(out, "  {:<8} {l}", "");
+    }
+}
+
+/// The text of `sluice runs show`.
+pub fn run_detail(d: &RunDetail) -> String {
+    let s = &d.summary;
+    let mut out = String::new();
+    let _ = writeln!(out, "run       {}", s.id);
+    let _ = writeln!(out, "flow      {}", s.flow_id);
+    let _ = writeln!(out, "status    {}", s.status.as_str());
+    let _ = writeln!(out, "started   {}", timestamp(s.started_at));
+    if let Some(e) = s.ended_at {
+        let _ = writeln!(
+            out,
+            "ended     {} ({})",
+            timestamp(e),
+            duration(e - s.started_at)
+        );
+    }
+    if let Some(step) = &d.next_step {
+        let _ = writeln!(out, "next      {step}");
+    }
+    if let Some(e) = &s.error {
+        let _ = writeln!(out, "error     {e}");
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = d
+        .steps
+        .iter()
+        .map(|st| {
+            vec![
+                st.seq.to_string(),
+                st.step_key.clone(),
+                st.kind.clone(),
+                if st.ok { "ok".into() } else { "failed".into() },
+                duration(st.ended_at - st.started_at),
+                st.error
+                    .as_deref()
+                    .map(|e| one_line(e, 60))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["#", "STEP", "TYPE", "STATUS", "DURATION", "ERROR"],
+        &rows,
+    ));
+    out.push('\n');
+    block(&mut out, "trigger", &pretty(&d.trigger));
+    block(&mut out, "input", &pretty(&d.input));
+    if let Some(o) = &d.output {
+        block(&mut out, "output", &pretty(o));
+    }
+    for st in &d.steps {
+        let _ = writeln!(
+            out,
+            "\n── {} {} ({}) {}, {} ──",
+            st.seq,
+            st.step_key,
+            st.kind,
+            if st.ok { "ok" } else { "failed" },
+            duration(st.ended_at - st.started_at)
+        );
+        block(&mut out, "options", &pretty(&st.options));
+        block(&mut out, "input", &pretty(&st.input));
+        match &st.result {
+            Some(r) => block(&mut out, "result", &pretty(r)),
+            None if st.ok => block(&mut out, "result", "(no payload)"),
+            None => {}
+        }
+        if let Some(o) = &st.output {
+            block(&mut out, "output", &pretty(o));
+        }
+        for l in &st.logs {
+            block(&mut out, "log", l);
+        }
+        if let Some(e) = &st.error {
+            let who = st
+                .blame
+                .as_deref()
+                .map(|b| format!(" [{b}]"))
+                .unwrap_or_default();
+            block(&mut out, "error", &format!("{e}{who}"));
+        }
+    }
+    out
+}
