@@ -455,11 +455,11 @@ impl<S: Store> Engine<S> {
                     let mut doc = data.clone();
                     match &step.action_filter.to_state_data {
                         None => {
-                            merge(&mut doc, result, "$").map_err(|e| fail(e.to_string(), false))?
+                            merge(&mut doc, result, ".").map_err(|e| fail(e.to_string(), false))?
                         }
-                        Some(path) => {
+                        Some((text, path)) => {
                             let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
-                            merge(&mut target, result, path.text())
+                            merge(&mut target, result, text)
                                 .map_err(|e| fail(e.to_string(), false))?;
                             path.set(&mut doc, target);
                         }

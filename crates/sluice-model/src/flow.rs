@@ -81,8 +81,8 @@ pub struct ActionDataFilter {
     pub from_state_data: Option<Program>,
     /// Filters the action's result before merging.
     pub results: Option<Program>,
-    /// Where in the state data the result is merged.
-    pub to_state_data: Option<MappingPath>,
+    /// Where in the state data the result is merged, as written and parsed.
+    pub to_state_data: Option<(String, MappingPath)>,
     /// Whether the result is merged at all.
     pub use_results: bool,
 }
@@ -951,7 +951,7 @@ impl Checker<'_> {
                 );
                 if let Some(t) = n.get("toStateData") {
                     match t.as_str().map(jq_path_to_mapping) {
-                        Some(Ok(p)) => action_filter.to_state_data = Some(p),
+                        Some(Ok(p)) => action_filter.to_state_data = Some((t.as_str().unwrap_or_default().to_owned(), p)),
                         _ => {
                             ok = false;
                             self.err_help(t.span.clone(), format!("{who}: `actionDataFilter.toStateData` must be a jq path such as `.a.b`"), "not a path", "names (`.name` or `.[\"name\"]`) and indexes (`[0]`) only");
