@@ -1180,7 +1180,13 @@ impl Checker<'_> {
 /// Turn a jq path such as `.a.b`, `.["x"]` or `.list[0]` into a mapping path.
 pub fn jq_path_to_mapping(text: &str) -> Result<MappingPath, sluice_expr::PathError> {
     let t = text.trim();
-    let body = t.strip_prefix('.').unwrap_or(t);
+    let Some(body) = t.strip_prefix('.') else {
+        return Err(sluice_expr::PathError {
+            text: text.to_owned(),
+            offset: 0,
+            message: "a jq path starts with `.`".to_owned(),
+        });
+    };
     let body = body
         .strip_prefix('[')
         .map(|b| format!("[{b}"))
