@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 /// stack segment when less remains), and may use at most half of what it
 /// started with: the other half is left for unwinding and for dropping the
 /// deep values a deep recursion may have built.
-pub const MIN_STACK: usize = 4 << 20;
+pub const MIN_STACK: usize = 1 << 20;
 const GROWN_STACK: usize = 16 << 20;
 
 /// Default time an expression may run before it fails.
@@ -87,7 +87,9 @@ impl<'a> HasLut<'a, Guarded> for GuardedData<'a> {
 
 /// What an evaluation may still spend.
 struct Budget {
-    deadline: Instant,
+    timeout: Duration,
+    /// Set at the first checkpoint: simple expressions never read the clock.
+    deadline: Cell<Option<Instant>>,
     stack_floor: usize,
     ticks: Cell<u32>,
     exceeded: Cell<Option<Exceeded>>,
@@ -102,7 +104,8 @@ enum Exceeded {
 impl Budget {
     fn new(limits: &Limits) -> Self {
         Self {
-            deadline: Instant::now() + limits.timeout,
+            timeout: limits.timeout,
+            deadline: Cell::new(None),
             stack_floor: stacker::remaining_stack().unwrap_or(MIN_STACK) / 2,
             ticks: Cell::new(0),
             exceeded: Cell::new(None),
@@ -119,7 +122,15 @@ impl Budget {
         }
         let t = self.ticks.get().wrapping_add(1);
         self.ticks.set(t);
-        if t.is_multiple_of(256) && Instant::now() > self.deadline {
+        let deadline = match self.deadline.get() {
+            Some(d) => d,
+            None => {
+                let d = Instant::now() + self.timeout;
+                self.deadline.set(Some(d));
+                d
+            }
+        };
+        if t.is_multiple_of(256) && Instant::now() > deadline {
             self.exceeded.set(Some(Exceeded::Time));
             return Err(Exceeded::Time);
         }

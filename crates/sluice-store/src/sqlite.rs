@@ -151,6 +151,12 @@ fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     })
 }
 
+const RECORD_STEP: &str = "BEGIN IMMEDIATE; \
+INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) \
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14); \
+UPDATE runs SET status = ?15, state = ?16, next_step = ?17, output = ?18, error = ?19, error_step = ?20, ended_at = ?21, updated_at = ?22, steps = steps + 1 WHERE id = ?1; \
+COMMIT;";
+
 const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ?, steps = steps + ? WHERE id = ?";
 
 impl Store for SqliteStore {
@@ -178,32 +184,50 @@ impl Store for SqliteStore {
     }
 
     async fn record_step(&self, step: &StepRecord, run: &RunUpdate) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&step.run_id)
-        .bind(step.seq)
-        .bind(&step.step_key)
-        .bind(&step.kind)
-        .bind(step.ok)
-        .bind(json(&step.options))
-        .bind(json(&step.input))
-        .bind(opt_json(&step.result))
-        .bind(opt_json(&step.output))
-        .bind(&step.error)
-        .bind(&step.blame)
-        .bind(json(&Value::from(step.logs.clone())))
-        .bind(step.started_at)
-        .bind(step.ended_at)
-        .execute(&mut *tx)
-        .await?;
-        let done = update(run, &step.run_id, 1).execute(&mut *tx).await?;
-        if done.rows_affected() != 1 {
-            return Err(StoreError::NoSuchRun(step.run_id.clone()));
+        // One round trip: the step's record and the run's new position in
+        // one transaction. The foreign key refuses a step of an unknown run.
+        let output = opt_json(&step.output);
+        let state = match (&output, &step.output) {
+            (Some(text), Some(v)) if *v == run.state => text.clone(),
+            _ => json(&run.state),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let r = sqlx::query(RECORD_STEP)
+            .bind(&step.run_id)
+            .bind(step.seq)
+            .bind(&step.step_key)
+            .bind(&step.kind)
+            .bind(step.ok)
+            .bind(json(&step.options))
+            .bind(json(&step.input))
+            .bind(opt_json(&step.result))
+            .bind(output)
+            .bind(&step.error)
+            .bind(&step.blame)
+            .bind(json(&Value::from(step.logs.clone())))
+            .bind(step.started_at)
+            .bind(step.ended_at)
+            .bind(run.status.as_str())
+            .bind(state)
+            .bind(&run.next_step)
+            .bind(opt_json(&run.output))
+            .bind(&run.error)
+            .bind(&run.error_step)
+            .bind(run.ended_at)
+            .bind(crate::now_micros())
+            .execute(&mut *conn)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Leave the connection clean for the next user.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                match e {
+                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => Err(StoreError::NoSuchRun(step.run_id.clone())),
+                    other => Err(other.into()),
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
