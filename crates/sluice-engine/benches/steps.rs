@@ -29,12 +29,26 @@ fn flow_text() -> String {
     s
 }
 
-fn setup(synchronous: &str) -> (tokio::runtime::Runtime, Engine<SqliteStore>, sluice_model::Flow, std::path::PathBuf) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let dir = std::env::temp_dir().join(format!("sluice-bench-{}-{synchronous}", std::process::id()));
+fn setup(
+    synchronous: &str,
+) -> (
+    tokio::runtime::Runtime,
+    Engine<SqliteStore>,
+    sluice_model::Flow,
+    std::path::PathBuf,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("sluice-bench-{}-{synchronous}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?synchronous={synchronous}", dir.join("bench.db").display());
+    let url = format!(
+        "sqlite://{}?synchronous={synchronous}",
+        dir.join("bench.db").display()
+    );
     let store = Arc::new(rt.block_on(SqliteStore::open(&url)).unwrap());
     let registry = Arc::new(Registry::builtin());
     let flow = sluice_model::load("bench40.yaml", &flow_text(), registry.as_ref()).unwrap();
@@ -43,12 +57,20 @@ fn setup(synchronous: &str) -> (tokio::runtime::Runtime, Engine<SqliteStore>, sl
 
 fn bench_run(bencher: Bencher, synchronous: &str) {
     let (rt, engine, flow, dir) = setup(synchronous);
-    bencher.counter(divan::counter::ItemsCount::new(STEPS)).bench_local(|| {
-        let r = rt
-            .block_on(engine.run(&flow, RunRequest { input: Some(json!({"orderId": "A-1"})), ..Default::default() }))
-            .unwrap();
-        assert_eq!(r.output.unwrap()["count"], json!(STEPS));
-    });
+    bencher
+        .counter(divan::counter::ItemsCount::new(STEPS))
+        .bench_local(|| {
+            let r = rt
+                .block_on(engine.run(
+                    &flow,
+                    RunRequest {
+                        input: Some(json!({"orderId": "A-1"})),
+                        ..Default::default()
+                    },
+                ))
+                .unwrap();
+            assert_eq!(r.output.unwrap()["count"], json!(STEPS));
+        });
     let _ = std::fs::remove_dir_all(dir);
 }
 

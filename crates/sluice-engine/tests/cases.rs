@@ -32,7 +32,10 @@ struct Case {
 #[tokio::test]
 async fn engine_cases() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let registry = Arc::new(Registry::builtin());
     let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
@@ -41,7 +44,8 @@ async fn engine_cases() {
     let mut count = 0;
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let cases: Vec<Case> = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let cases: Vec<Case> =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for case in cases {
             count += 1;
             let flow_text = serde_json::to_string(&case.flow).unwrap();
@@ -52,31 +56,55 @@ async fn engine_cases() {
                     continue;
                 }
             };
-            let req = RunRequest { trigger: case.input.clone().unwrap_or(Value::Null), input: case.input.clone(), ..Default::default() };
+            let req = RunRequest {
+                trigger: case.input.clone().unwrap_or(Value::Null),
+                input: case.input.clone(),
+                ..Default::default()
+            };
             let result = engine.run(&flow, req).await.unwrap();
             let want_status = case.status.as_deref().unwrap_or("succeeded");
             if result.status.as_str() != want_status {
-                failures.push(format!("{}: status {} (failure {:?}), want {want_status}", case.name, result.status.as_str(), result.failure));
+                failures.push(format!(
+                    "{}: status {} (failure {:?}), want {want_status}",
+                    case.name,
+                    result.status.as_str(),
+                    result.failure
+                ));
                 continue;
             }
             if let Some(out) = &case.output
                 && result.output.as_ref() != Some(out)
             {
-                failures.push(format!("{}: output {:?}, want {out}", case.name, result.output));
+                failures.push(format!(
+                    "{}: output {:?}, want {out}",
+                    case.name, result.output
+                ));
             }
             if let Some(step) = &case.failed_step
                 && result.failure.as_ref().map(|f| &f.step) != Some(step)
             {
-                failures.push(format!("{}: failed step {:?}, want {step}", case.name, result.failure));
+                failures.push(format!(
+                    "{}: failed step {:?}, want {step}",
+                    case.name, result.failure
+                ));
             }
             if let Some(text) = &case.error
-                && !result.failure.as_ref().is_some_and(|f| f.message.contains(text.as_str()))
+                && !result
+                    .failure
+                    .as_ref()
+                    .is_some_and(|f| f.message.contains(text.as_str()))
             {
-                failures.push(format!("{}: error {:?} does not contain {text:?}", case.name, result.failure));
+                failures.push(format!(
+                    "{}: error {:?} does not contain {text:?}",
+                    case.name, result.failure
+                ));
             }
             let detail = store.get_run(&result.run_id).await.unwrap().unwrap();
             if result.status != RunStatus::Running && detail.summary.status != result.status {
-                failures.push(format!("{}: stored status {:?}", case.name, detail.summary.status));
+                failures.push(format!(
+                    "{}: stored status {:?}",
+                    case.name, detail.summary.status
+                ));
             }
             if let Some(ran) = &case.ran {
                 let got: Vec<&str> = detail.steps.iter().map(|s| s.step_key.as_str()).collect();
@@ -86,7 +114,11 @@ async fn engine_cases() {
             }
         }
     }
-    println!("engine cases: {} passed, {} failed", count - failures.len(), failures.len());
+    println!(
+        "engine cases: {} passed, {} failed",
+        count - failures.len(),
+        failures.len()
+    );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(count > 10);
 }

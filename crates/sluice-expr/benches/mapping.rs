@@ -25,7 +25,11 @@ fn order() -> serde_json::Value {
 #[divan::bench(sample_size = 2000)]
 fn jq_mapping_on_parsed_value(bencher: Bencher) {
     let scope = MapScope::from_json(json!({"trigger": {}, "last": null, "accountability": null}));
-    let p = Program::compile("{orderId, sum: .totalPrice}", &["trigger", "last", "accountability"]).unwrap();
+    let p = Program::compile(
+        "{orderId, sum: .totalPrice}",
+        &["trigger", "last", "accountability"],
+    )
+    .unwrap();
     let input = to_val(&order());
     let limits = Limits::default();
     bencher.bench_local(|| {
@@ -49,7 +53,11 @@ fn jq_mapping_json_in_json_out(bencher: Bencher) {
 #[divan::bench(sample_size = 2000)]
 fn template_render(bencher: Bencher) {
     let scope = MapScope::default();
-    let t = TemplateValue::compile(&json!({"orderId": "{{ .orderId }}", "sum": "{{ .totalPrice }}"}), &[]).unwrap();
+    let t = TemplateValue::compile(
+        &json!({"orderId": "{{ .orderId }}", "sum": "{{ .totalPrice }}"}),
+        &[],
+    )
+    .unwrap();
     let input = to_val(&order());
     let limits = Limits::default();
     bencher.bench_local(|| {

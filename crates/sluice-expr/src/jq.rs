@@ -260,6 +260,8 @@ struct Compiled {
     vars: Vec<String>,
     filter: jaq_core::Filter<Guarded>,
     identity: bool,
+    /// The direct form, for the simplest programs.
+    fast: Option<crate::fast::Fast>,
 }
 
 impl std::fmt::Debug for Program {
@@ -300,12 +302,15 @@ impl Program {
             issues,
         };
         // Refuse user recursion before handing the program to jaq.
+        let owned_vars: Vec<String> = vars.iter().map(|v| (*v).to_owned()).collect();
+        let mut fast = None;
         if let Some(term) = load::parse(code, |p| p.term()) {
             let mut issues = Vec::new();
             check_recursion(code, &term, &mut Vec::new(), &mut issues);
             if !issues.is_empty() {
                 return Err(fail(issues));
             }
+            fast = crate::fast::compile(&term, &owned_vars);
         }
         let std = std_lib();
         let arena = Arena::default();
@@ -335,11 +340,35 @@ impl Program {
         Ok(Self {
             inner: Arc::new(Compiled {
                 code: code.to_owned(),
-                vars: vars.iter().map(|v| (*v).to_owned()).collect(),
+                vars: owned_vars,
                 filter,
                 identity: code.trim() == ".",
+                fast,
             }),
         })
+    }
+
+    /// The same program without its direct form (tests compare the two).
+    #[cfg(test)]
+    fn without_fast(&self) -> Self {
+        let c = &*self.inner;
+        Self::compile(
+            &c.code,
+            &c.vars.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .map(|p| {
+            let mut inner = Arc::try_unwrap(p.inner).unwrap_or_else(|_| unreachable!("fresh"));
+            inner.fast = None;
+            Self {
+                inner: Arc::new(inner),
+            }
+        })
+        .unwrap_or_else(|_| unreachable!("compiled before"))
+    }
+
+    /// Whether the program runs on the direct evaluator.
+    pub fn is_direct(&self) -> bool {
+        self.inner.fast.is_some()
     }
 
     /// The program text.
@@ -447,6 +476,17 @@ impl Program {
         mut each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
         let c = &*self.inner;
+        if let Some(fast) = &c.fast {
+            let values: Vec<Val> = c
+                .vars
+                .iter()
+                .map(|n| scope.get(n).unwrap_or(Val::Null))
+                .collect();
+            if let Some(v) = fast.eval(&input, &values) {
+                each(v);
+                return Ok(());
+            }
+        }
         let budget = Budget::new(limits);
         let vars = Vars::new(c.vars.iter().map(|n| scope.get(n).unwrap_or(Val::Null)));
         let data = GuardedData {
@@ -843,6 +883,68 @@ mod tests {
         assert!(!err.issues.is_empty());
         let err = Program::compile("nosuchfn(1)", &[]).unwrap_err();
         assert_eq!(err.issues[0].span, 0..8);
+    }
+
+    #[test]
+    fn direct_evaluation_agrees_with_jaq() {
+        let programs = [
+            ".",
+            ".a",
+            ".a.b",
+            ".[0]",
+            ".[-1]",
+            ".[5]",
+            ".a[1].c",
+            ".[\"a b\"]",
+            "$k",
+            "$trigger.t",
+            "$last[0]",
+            "$last[-3]",
+            "{orderId, sum: .totalPrice}",
+            "{a: .a.b, b: 1, c: null, d: true, e: \"s\\n\", $k}",
+            "{}",
+            "1",
+            "\"x\"",
+            "null",
+            "false",
+        ];
+        let inputs = [
+            json!(null),
+            json!({"a": {"b": 1, "c": [1]}, "orderId": "x", "totalPrice": 2.5}),
+            json!([1, 2, 3]),
+            json!("str"),
+            json!(3),
+            json!({"a": [1, {"c": 2}]}),
+            json!({"a b": 1}),
+            json!({"a": "text"}),
+            json!({"a": null}),
+        ];
+        let scope = MapScope::from_json(json!({"trigger": {"t": 1}, "last": [1, 2], "k": "v"}));
+        let limits = Limits::default();
+        for code in programs {
+            let p = Program::compile(code, &scope.names()).unwrap();
+            assert!(p.is_direct(), "{code} should run directly");
+            let slow = p.without_fast();
+            for input in &inputs {
+                let a = p.run(crate::to_val(input), &scope, &limits);
+                let b = slow.run(crate::to_val(input), &scope, &limits);
+                assert_eq!(a, b, "{code} on {input}");
+            }
+        }
+        for code in [
+            ".a?",
+            ".[]",
+            "{(.a): 1}",
+            ".a + 1",
+            "{a: .b?}",
+            "1.5",
+            "\"\\(.a)\"",
+        ] {
+            assert!(
+                !Program::compile(code, &scope.names()).unwrap().is_direct(),
+                "{code} should go to jaq"
+            );
+        }
     }
 
     #[test]

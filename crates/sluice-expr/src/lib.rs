@@ -10,6 +10,7 @@
 //! Nothing here reads the environment, files or the network, and no input
 //! makes it panic.
 
+mod fast;
 pub mod jq;
 pub mod merge;
 pub mod path;

@@ -951,7 +951,10 @@ impl Checker<'_> {
                 );
                 if let Some(t) = n.get("toStateData") {
                     match t.as_str().map(jq_path_to_mapping) {
-                        Some(Ok(p)) => action_filter.to_state_data = Some((t.as_str().unwrap_or_default().to_owned(), p)),
+                        Some(Ok(p)) => {
+                            action_filter.to_state_data =
+                                Some((t.as_str().unwrap_or_default().to_owned(), p))
+                        }
                         _ => {
                             ok = false;
                             self.err_help(t.span.clone(), format!("{who}: `actionDataFilter.toStateData` must be a jq path such as `.a.b`"), "not a path", "names (`.name` or `.[\"name\"]`) and indexes (`[0]`) only");

@@ -223,7 +223,9 @@ impl Store for SqliteStore {
                 // Leave the connection clean for the next user.
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 match e {
-                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => Err(StoreError::NoSuchRun(step.run_id.clone())),
+                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                        Err(StoreError::NoSuchRun(step.run_id.clone()))
+                    }
                     other => Err(other.into()),
                 }
             }

@@ -16,7 +16,8 @@ struct Case {
 #[test]
 fn check_cases() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check-cases.yaml");
-    let cases: Vec<Case> = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cases: Vec<Case> =
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let registry = Registry::builtin();
     let mut failures = Vec::new();
     for case in &cases {
@@ -36,13 +37,21 @@ fn check_cases() {
             .iter()
             .filter(|e| {
                 let (place, text) = e.split_once(": ").unwrap_or((e, ""));
-                !got.iter().any(|g| g.starts_with(&format!("{place}: ")) && g.contains(text))
+                !got.iter()
+                    .any(|g| g.starts_with(&format!("{place}: ")) && g.contains(text))
             })
             .collect();
         if !missing.is_empty() || got.len() != case.expect.len() {
-            failures.push(format!("{}:\n  want {:#?}\n  got {:#?}", case.name, case.expect, got));
+            failures.push(format!(
+                "{}:\n  want {:#?}\n  got {:#?}",
+                case.name, case.expect, got
+            ));
         }
     }
-    println!("check cases: {} passed, {} failed", cases.len() - failures.len(), failures.len());
+    println!(
+        "check cases: {} passed, {} failed",
+        cases.len() - failures.len(),
+        failures.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

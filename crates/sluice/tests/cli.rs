@@ -47,13 +47,21 @@ fn check_reports_every_mistake_with_line_and_column() {
         "three-mistakes.yaml:15:14: step `say`: `resolve` names step `nowhere`",
         "did you mean `transform`?",
     ] {
-        assert!(o.stderr.contains(place), "missing {place:?} in:\n{}", o.stderr);
+        assert!(
+            o.stderr.contains(place),
+            "missing {place:?} in:\n{}",
+            o.stderr
+        );
     }
 }
 
 #[test]
 fn check_accepts_the_examples() {
-    let o = run(sluice().args(["check", "examples/orders/flow.yaml", "examples/enrich/flow.yaml"]));
+    let o = run(sluice().args([
+        "check",
+        "examples/orders/flow.yaml",
+        "examples/enrich/flow.yaml",
+    ]));
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stderr.contains("ok"));
 }
@@ -65,7 +73,11 @@ fn check_reports_malformed_yaml_with_its_place() {
     std::fs::write(&f, "id: x\nsteps:\n  - key: a\n    type: [log\n").unwrap();
     let o = run(sluice().args(["check", f.to_str().unwrap()]));
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("bad.yaml:") && o.stderr.contains("not valid YAML or JSON"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("bad.yaml:") && o.stderr.contains("not valid YAML or JSON"),
+        "{}",
+        o.stderr
+    );
     let o = run(sluice().args(["check", dir.join("missing.yaml").to_str().unwrap()]));
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("cannot read flow file"), "{}", o.stderr);
@@ -76,10 +88,20 @@ fn run_prints_the_output_and_runs_show_shows_every_step() {
     let dir = temp("orders");
     let store = dir.join("runs.db");
     let store = store.to_str().unwrap();
-    let o = run(sluice().args(["run", "examples/orders/flow.yaml", "--input", "examples/orders/order.json", "--store", store]));
+    let o = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--input",
+        "examples/orders/order.json",
+        "--store",
+        store,
+    ]));
     assert_eq!(o.code, 0, "{}", o.stderr);
     let out: Value = serde_json::from_str(&o.stdout).unwrap();
-    assert_eq!(out, json!({"orderId": "A-1001", "sum": 42.5, "currency": "EUR", "lines": 2}));
+    assert_eq!(
+        out,
+        json!({"orderId": "A-1001", "sum": 42.5, "currency": "EUR", "lines": 2})
+    );
     let run_id = o.stderr.split_whitespace().nth(1).unwrap().to_owned();
 
     let o = run(sluice().args(["runs", "show", &run_id, "--store", store]));
@@ -92,16 +114,36 @@ fn run_prints_the_output_and_runs_show_shows_every_step() {
         "order A-1001: 42.5 EUR for Ada Lovelace",
         "result   {\"orderId\":\"A-1001\",\"sum\":42.5,\"currency\":\"EUR\",\"lines\":2}",
     ] {
-        assert!(o.stdout.contains(text), "missing {text:?} in:\n{}", o.stdout);
+        assert!(
+            o.stdout.contains(text),
+            "missing {text:?} in:\n{}",
+            o.stdout
+        );
     }
     // The options recorded are those after templating.
-    assert!(o.stdout.contains("\"value\":{\"orderId\":\"A-1001\""), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("\"value\":{\"orderId\":\"A-1001\""),
+        "{}",
+        o.stdout
+    );
 
     // A failing run: exit 1, the step and the error on stderr; both runs kept.
-    let o = run(sluice().args(["run", "examples/orders/flow.yaml", "--input", "examples/orders/empty-order.json", "--store", store]));
+    let o = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--input",
+        "examples/orders/empty-order.json",
+        "--store",
+        store,
+    ]));
     assert_eq!(o.code, 1);
     assert!(o.stdout.is_empty());
-    assert!(o.stderr.contains("step `empty_order` (throw) failed: order A-1002 has no items"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("step `empty_order` (throw) failed: order A-1002 has no items"),
+        "{}",
+        o.stderr
+    );
     let o = run(sluice().args(["runs", "list", "--store", store]));
     assert_eq!(o.stdout.lines().count(), 3, "{}", o.stdout);
     let o = run(sluice().args(["runs", "list", "--status", "failed", "--store", store]));
@@ -115,7 +157,16 @@ fn trigger_is_the_input_as_given_and_stdin_works() {
     let dir = temp("stdin");
     let flow = dir.join("echo.yaml");
     std::fs::write(&flow, "id: echo\nunmappedResults: replace\nsteps:\n  - key: t\n    type: transform\n    options:\n      value: {trigger: '{{ $trigger }}', state: '{{ . }}'}\n").unwrap();
-    let o = run(sluice().args(["run", flow.to_str().unwrap(), "--input", "-", "--store", "sqlite::memory:"]).write_stdin("[1, 2]"));
+    let o = run(sluice()
+        .args([
+            "run",
+            flow.to_str().unwrap(),
+            "--input",
+            "-",
+            "--store",
+            "sqlite::memory:",
+        ])
+        .write_stdin("[1, 2]"));
     assert_eq!(o.code, 0, "{}", o.stderr);
     let out: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(out, json!({"trigger": [1, 2], "state": [1, 2]}));
@@ -131,20 +182,66 @@ fn bad_input_and_bad_store_get_clear_errors_and_lose_nothing() {
     std::fs::write(&bad, "{\"a\": 1,\n \"b\": }").unwrap();
     let store = dir.join("runs.db");
     let store = store.to_str().unwrap();
-    let ok = run(sluice().args(["run", "examples/orders/flow.yaml", "--input", "examples/orders/order.json", "--store", store]));
+    let ok = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--input",
+        "examples/orders/order.json",
+        "--store",
+        store,
+    ]));
     assert_eq!(ok.code, 0);
-    let o = run(sluice().args(["run", "examples/orders/flow.yaml", "--input", bad.to_str().unwrap(), "--store", store]));
+    let o = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--input",
+        bad.to_str().unwrap(),
+        "--store",
+        store,
+    ]));
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("bad.json:2:7: the input is not valid JSON"), "{}", o.stderr);
-    let o = run(sluice().args(["run", "examples/orders/flow.yaml", "--input", "no/such.json", "--store", store]));
+    assert!(
+        o.stderr
+            .contains("bad.json:2:7: the input is not valid JSON"),
+        "{}",
+        o.stderr
+    );
+    let o = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--input",
+        "no/such.json",
+        "--store",
+        store,
+    ]));
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("cannot read input file `no/such.json`"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("cannot read input file `no/such.json`"),
+        "{}",
+        o.stderr
+    );
     let o = run(sluice().args(["runs", "list", "--store", store]));
-    assert_eq!(o.stdout.lines().count(), 2, "the earlier run is still there:\n{}", o.stdout);
+    assert_eq!(
+        o.stdout.lines().count(),
+        2,
+        "the earlier run is still there:\n{}",
+        o.stdout
+    );
 
-    let o = run(sluice().args(["run", "examples/orders/flow.yaml", "--store", "/no/such/dir/runs.db"]));
+    let o = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--store",
+        "/no/such/dir/runs.db",
+    ]));
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("cannot open the store `/no/such/dir/runs.db`: the folder `/no/such/dir` does not exist"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "cannot open the store `/no/such/dir/runs.db`: the folder `/no/such/dir` does not exist"
+        ),
+        "{}",
+        o.stderr
+    );
     let o = run(sluice().args(["runs", "show", "0000-nope", "--store", store]));
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("no run"));
@@ -154,8 +251,16 @@ fn bad_input_and_bad_store_get_clear_errors_and_lose_nothing() {
 fn invalid_flow_exits_2_and_runs_nothing() {
     let dir = temp("invalid");
     let store = dir.join("runs.db");
-    let o = run(sluice().args(["run", "tests/fixtures/three-mistakes.yaml", "--store", store.to_str().unwrap()]));
+    let o = run(sluice().args([
+        "run",
+        "tests/fixtures/three-mistakes.yaml",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("5 problems"), "{}", o.stderr);
-    assert!(!store.exists(), "no store is created for a flow that cannot run");
+    assert!(
+        !store.exists(),
+        "no store is created for a flow that cannot run"
+    );
 }
