@@ -446,18 +446,21 @@ impl<S: Store> Engine<S> {
                     data.clone()
                 }
                 (UnmappedResults::Merge, Some(p)) => {
+                    // A `results` filter that selects nothing (no output, or
+                    // null) leaves nothing to merge, like the state filters.
                     let result = match &step.action_filter.results {
-                        None => p.clone(),
+                        None => Some(p.clone()),
                         Some(prog) => eval(prog, p, fo, limits)
                             .map_err(|m| fail(format!("actionDataFilter.results: {m}"), false))?
-                            .unwrap_or(Value::Null),
+                            .filter(|v| !v.is_null()),
                     };
                     let mut doc = data.clone();
-                    match &step.action_filter.to_state_data {
-                        None => {
+                    match (result, &step.action_filter.to_state_data) {
+                        (None, _) => {}
+                        (Some(result), None) => {
                             merge(&mut doc, result, ".").map_err(|e| fail(e.to_string(), false))?
                         }
-                        Some((text, path)) => {
+                        (Some(result), Some((text, path))) => {
                             let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
                             merge(&mut target, result, text)
                                 .map_err(|e| fail(e.to_string(), false))?;
