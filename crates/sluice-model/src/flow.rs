@@ -266,6 +266,16 @@ struct Checker<'c> {
     catalog: &'c dyn Catalog,
 }
 
+impl RawStep<'_> {
+    /// Where to point at the step, and how to name it, in messages.
+    fn place(&self, i: usize) -> (Span, String) {
+        match &self.key {
+            Some((k, span)) => (span.clone(), format!("`{k}`")),
+            None => (self.node.span.clone(), format!("number {}", i + 1)),
+        }
+    }
+}
+
 /// A step as read, before the graph is known.
 struct RawStep<'n> {
     node: &'n Node,
@@ -698,16 +708,7 @@ impl Checker<'_> {
         }
         for (i, r) in raws.iter().enumerate() {
             if !reachable[i] {
-                let span = r
-                    .key
-                    .as_ref()
-                    .map(|(_, s)| s.clone())
-                    .unwrap_or_else(|| r.node.span.clone());
-                let who = r
-                    .key
-                    .as_ref()
-                    .map(|(k, _)| format!("`{k}`"))
-                    .unwrap_or_else(|| format!("number {}", i + 1));
+                let (span, who) = r.place(i);
                 self.err_help(span, format!("step {who} can never run: no path from the first step leads to it"), "unreachable", "point a `resolve` or `reject` at it, or remove it; a step with `resolve` does not fall through to the next one");
             }
         }
@@ -726,16 +727,7 @@ impl Checker<'_> {
             .collect();
         for (i, r) in raws.iter().enumerate() {
             if reach[i][i] && reachable[i] {
-                let span = r
-                    .key
-                    .as_ref()
-                    .map(|(_, s)| s.clone())
-                    .unwrap_or_else(|| r.node.span.clone());
-                let who = r
-                    .key
-                    .as_ref()
-                    .map(|(k, _)| format!("`{k}`"))
-                    .unwrap_or_else(|| format!("number {}", i + 1));
+                let (span, who) = r.place(i);
                 self.err_help(
                     span,
                     format!("step {who} is part of a cycle: a run could loop through it forever"),

@@ -157,7 +157,7 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14); \
 UPDATE runs SET status = ?15, state = ?16, next_step = ?17, output = ?18, error = ?19, error_step = ?20, ended_at = ?21, updated_at = ?22, steps = steps + 1 WHERE id = ?1; \
 COMMIT;";
 
-const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ?, steps = steps + ? WHERE id = ?";
+const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ?";
 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
@@ -206,17 +206,8 @@ impl Store for SqliteStore {
             .bind(&step.blame)
             .bind(json(&Value::from(step.logs.clone())))
             .bind(step.started_at)
-            .bind(step.ended_at)
-            .bind(run.status.as_str())
-            .bind(state)
-            .bind(&run.next_step)
-            .bind(opt_json(&run.output))
-            .bind(&run.error)
-            .bind(&run.error_step)
-            .bind(run.ended_at)
-            .bind(crate::now_micros())
-            .execute(&mut *conn)
-            .await;
+            .bind(step.ended_at);
+        let r = bind_run(r, run, state).execute(&mut *conn).await;
         match r {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -233,7 +224,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
-        let done = update(run, run_id, 0).execute(&self.pool).await?;
+        let done = update(run, run_id).execute(&self.pool).await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::NoSuchRun(run_id.to_owned()));
         }
@@ -307,20 +298,20 @@ impl Store for SqliteStore {
     }
 }
 
-fn update<'q>(
-    run: &'q RunUpdate,
-    run_id: &'q str,
-    steps: i64,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    sqlx::query(UPDATE_RUN)
-        .bind(run.status.as_str())
-        .bind(json(&run.state))
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Bind a run's new position, in the order both statements list it.
+fn bind_run<'q>(q: Query<'q>, run: &'q RunUpdate, state: String) -> Query<'q> {
+    q.bind(run.status.as_str())
+        .bind(state)
         .bind(&run.next_step)
         .bind(opt_json(&run.output))
         .bind(&run.error)
         .bind(&run.error_step)
         .bind(run.ended_at)
         .bind(crate::now_micros())
-        .bind(steps)
-        .bind(run_id)
+}
+
+fn update<'q>(run: &'q RunUpdate, run_id: &'q str) -> Query<'q> {
+    bind_run(sqlx::query(UPDATE_RUN), run, json(&run.state)).bind(run_id)
 }
