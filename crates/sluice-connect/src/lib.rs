@@ -24,8 +24,14 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Blame {
-    /// The flow's author: a bad option, an expression that failed, a `throw`.
+    /// The flow failed the step on purpose (`throw`, a false `condition`), or
+    /// is wrong in a way only its author can fix.
     Flow,
+    /// The data did not fit what the flow expects (an expression failed on
+    /// it, a mapping found nothing, a merge met another kind, an option was
+    /// invalid after templating): a person can fix the data, or the flow, and
+    /// resume. With no failure path the run stops as an incident.
+    Data,
     /// An outside system refused or failed.
     External,
     /// Sluice's own store.
@@ -53,6 +59,14 @@ impl ActionError {
         }
     }
 
+    /// An error in the data: a person can fix it and resume.
+    pub fn data(message: impl Into<String>) -> Self {
+        Self {
+            blame: Blame::Data,
+            message: message.into(),
+        }
+    }
+
     /// An error of an outside system.
     pub fn external(message: impl Into<String>) -> Self {
         Self {
@@ -64,7 +78,7 @@ impl ActionError {
 
 impl From<sluice_expr::Error> for ActionError {
     fn from(e: sluice_expr::Error) -> Self {
-        Self::flow(e.to_string())
+        Self::data(e.to_string())
     }
 }
 
@@ -158,7 +172,6 @@ impl<A: Action> DynAction for A {
         options: Value,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
-            let step = cx.step_key;
             let options: A::Options = serde_path_to_error::deserialize(&options).map_err(|e| {
                 let path = e.path().to_string();
                 let at = if path == "." {
@@ -166,9 +179,8 @@ impl<A: Action> DynAction for A {
                 } else {
                     format!(" at `{path}`")
                 };
-                ActionError::flow(format!(
-                    "step `{step}` ({}): options after templating are invalid{at}: {}",
-                    A::KIND,
+                ActionError::data(format!(
+                    "options after templating are invalid{at}: {}",
                     e.inner()
                 ))
             })?;

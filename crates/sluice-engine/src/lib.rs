@@ -25,10 +25,11 @@ use sluice_connect::{ActionCx, ActionError, Blame, Outcome, Registry};
 use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
 use sluice_model::{Flow, Next, Step, UnmappedResults};
 use sluice_store::{
-    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, new_run_id, now_micros,
+    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, flow_version_of, new_run_id,
+    now_micros,
 };
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 /// What starts a run.
 #[derive(Clone, Debug, Default)]
@@ -71,6 +72,44 @@ pub enum EngineError {
     /// The store failed; the run's record stops at its last committed step.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A run resumed with another flow than the one it ran.
+    #[error("run `{run}` belongs to flow `{expected}`, not `{given}`")]
+    WrongFlow {
+        /// The run.
+        run: String,
+        /// Its flow.
+        expected: String,
+        /// The flow given.
+        given: String,
+    },
+    /// The step a run stopped at is not in the flow given.
+    #[error("run `{run}` stopped at step `{step}`, which the flow given does not have")]
+    NoSuchStep {
+        /// The run.
+        run: String,
+        /// The step.
+        step: String,
+    },
+}
+
+/// Apply a JSON Merge Patch (RFC 7396) to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
 }
 
 /// Runs flows and records them in a store.
@@ -78,6 +117,8 @@ pub struct Engine<S: Store> {
     store: Arc<S>,
     registry: Arc<Registry>,
     limits: Limits,
+    /// Flow versions already kept in the store by this engine.
+    saved_versions: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<S: Store> Clone for Engine<S> {
@@ -86,6 +127,7 @@ impl<S: Store> Clone for Engine<S> {
             store: self.store.clone(),
             registry: self.registry.clone(),
             limits: self.limits,
+            saved_versions: self.saved_versions.clone(),
         }
     }
 }
@@ -127,10 +169,11 @@ struct Failed {
 }
 
 impl Failed {
-    fn flow(options: &Value, message: String) -> Self {
+    /// The data did not fit: resumable once fixed.
+    fn data(options: &Value, message: String) -> Self {
         Self {
             options: options.clone(),
-            error: ActionError::flow(message),
+            error: ActionError::data(message),
             logs: Vec::new(),
             incident: false,
         }
@@ -144,6 +187,7 @@ impl<S: Store> Engine<S> {
             store,
             registry,
             limits: Limits::default(),
+            saved_versions: Arc::default(),
         }
     }
 
@@ -158,10 +202,25 @@ impl<S: Store> Engine<S> {
         &self.store
     }
 
-    /// Run `flow` to completion.
+    /// Run `flow` to completion. `source` is the flow file's text, kept in
+    /// the store under its version so that the run can be resumed with it.
     pub async fn run(&self, flow: &Flow, req: RunRequest) -> Result<RunResult, EngineError> {
         let input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
         let run_id = new_run_id();
+        let version = flow_version_of(&flow.source.text);
+        let known = self
+            .saved_versions
+            .lock()
+            .map(|v| v.contains(&version))
+            .unwrap_or(false);
+        if !known {
+            self.store
+                .save_flow_version(&flow.id, &version, &flow.source.text)
+                .await?;
+            if let Ok(mut v) = self.saved_versions.lock() {
+                v.insert(version.clone());
+            }
+        }
         self.store
             .create_run(&NewRun {
                 id: run_id.clone(),
@@ -170,17 +229,103 @@ impl<S: Store> Engine<S> {
                 input: input.clone(),
                 next_step: flow.steps.first().map(|s| s.key.clone()),
                 started_at: now_micros(),
+                flow_version: Some(version),
             })
             .await?;
-        let mut fo = FlowObject {
+        let fo = FlowObject {
             trigger: to_val(&req.trigger),
             last: Val::Null,
             accountability: to_val(&req.accountability),
             entries: HashMap::new(),
         };
-        let mut state = input;
-        let mut pos = if flow.steps.is_empty() { None } else { Some(0) };
-        let mut seq = 0i64;
+        self.drive(flow, run_id, fo, input, 0, 0).await
+    }
+
+    /// Continue a run stopped at an incident, from the step where it stopped,
+    /// with its state data replaced by `patch` applied to it (a JSON Merge
+    /// Patch, RFC 7396; a patch that is not an object replaces the state data
+    /// whole). Steps that completed are not run again: their results are read
+    /// back from the run log.
+    pub async fn resume(
+        &self,
+        flow: &Flow,
+        run_id: &str,
+        patch: Option<&Value>,
+    ) -> Result<RunResult, EngineError> {
+        let detail = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchRun(run_id.to_owned()))?;
+        if detail.summary.status != RunStatus::Incident {
+            return Err(StoreError::NotResumable {
+                run: run_id.to_owned(),
+                status: detail.summary.status.as_str(),
+            }
+            .into());
+        }
+        if detail.summary.flow_id != flow.id {
+            return Err(EngineError::WrongFlow {
+                run: run_id.to_owned(),
+                expected: detail.summary.flow_id.clone(),
+                given: flow.id.clone(),
+            });
+        }
+        let at = detail.next_step.clone().unwrap_or_default();
+        let index = flow
+            .step_index(&at)
+            .ok_or_else(|| EngineError::NoSuchStep {
+                run: run_id.to_owned(),
+                step: at.clone(),
+            })?;
+        let mut state = detail.state.clone();
+        if let Some(p) = patch {
+            merge_patch(&mut state, p);
+        }
+        // Rebuild the flow object from the run log. A failed record that is
+        // followed by another attempt of the same step, or that is the last
+        // record of a run at an incident, is an attempt that did not take
+        // effect: it is left out.
+        let mut fo = FlowObject {
+            trigger: to_val(&detail.trigger),
+            last: Val::Null,
+            accountability: Val::Null,
+            entries: HashMap::new(),
+        };
+        let n = detail.steps.len();
+        for (i, r) in detail.steps.iter().enumerate() {
+            let retried = !r.ok && (i + 1 == n || detail.steps[i + 1].step_key == r.step_key);
+            if retried {
+                continue;
+            }
+            let v = if r.ok {
+                r.result.as_ref().map(to_val).unwrap_or(Val::Null)
+            } else {
+                to_val(&json!({"error": r.error}))
+            };
+            fo.entries.insert(r.step_key.clone(), v.clone());
+            fo.last = v;
+        }
+        self.store.resume_run(run_id, &state).await?;
+        self.drive(flow, run_id.to_owned(), fo, state, index, n as i64)
+            .await
+    }
+
+    /// Run steps from `start` until the run ends or stops.
+    async fn drive(
+        &self,
+        flow: &Flow,
+        run_id: String,
+        mut fo: FlowObject,
+        mut state: Value,
+        start: usize,
+        mut seq: i64,
+    ) -> Result<RunResult, EngineError> {
+        let mut pos = if start < flow.steps.len() {
+            Some(start)
+        } else {
+            None
+        };
         while let Some(i) = pos {
             let step = &flow.steps[i];
             let started_at = now_micros();
@@ -253,7 +398,10 @@ impl<S: Store> Engine<S> {
                     record.error = Some(failed.error.message.clone());
                     record.blame = Some(blame_word(failed.error.blame).to_owned());
                     record.logs = failed.logs;
-                    let (next, status) = if failed.incident {
+                    // A data problem with no failure path stops the run for a person.
+                    let incident = failed.incident
+                        || (step.on_failure == Next::End && failed.error.blame == Blame::Data);
+                    let (next, status) = if incident {
                         (None, RunStatus::Incident)
                     } else {
                         match step.on_failure {
@@ -266,7 +414,7 @@ impl<S: Store> Engine<S> {
                     let update = RunUpdate {
                         status,
                         state: state.clone(),
-                        next_step: if failed.incident {
+                        next_step: if incident {
                             Some(step.key.clone())
                         } else {
                             pos.map(|j| flow.steps[j].key.clone())
@@ -274,7 +422,7 @@ impl<S: Store> Engine<S> {
                         output: None,
                         error: stopped.then(|| message.clone()),
                         error_step: stopped.then(|| step.key.clone()),
-                        ended_at: (stopped && !failed.incident).then(now_micros),
+                        ended_at: (stopped && !incident).then(now_micros),
                     };
                     self.store.record_step(&record, &update).await?;
                     if stopped {
@@ -327,23 +475,11 @@ impl<S: Store> Engine<S> {
         let limits = &self.limits;
         // 1. stateDataFilter.input
         let data = filter_or_keep(step.state_filter.input.as_ref(), state, fo, limits)
-            .map_err(|m| Failed::flow(&none, format!("stateDataFilter.input: {m}")))?;
+            .map_err(|m| Failed::data(&none, format!("stateDataFilter.input: {m}")))?;
         // 2. the action's input
         let action_input = if let Some(maps) = &step.input_mappings {
-            let mut doc = Value::Object(Map::new());
-            for m in maps {
-                let v = m.source.get(&data).ok_or_else(|| {
-                    Failed::flow(
-                        &none,
-                        format!(
-                            "inputMappings: source `{}` matches nothing in the state data",
-                            m.source
-                        ),
-                    )
-                })?;
-                m.target.set(&mut doc, v.clone());
-            }
-            doc
+            sluice_expr::mapping::extract(&data, maps)
+                .map_err(|e| Failed::data(&none, format!("inputMappings: {e}")))?
         } else {
             filter_or_keep(
                 step.action_filter.from_state_data.as_ref(),
@@ -351,14 +487,14 @@ impl<S: Store> Engine<S> {
                 fo,
                 limits,
             )
-            .map_err(|m| Failed::flow(&none, format!("actionDataFilter.fromStateData: {m}")))?
+            .map_err(|m| Failed::data(&none, format!("actionDataFilter.fromStateData: {m}")))?
         };
         // templates
         let input_val = to_val(&action_input);
         let mut options = step
             .options
             .render(&input_val, fo, limits)
-            .map_err(|e| Failed::flow(&none, e.to_string()))?;
+            .map_err(|e| Failed::data(&none, e.to_string()))?;
         // 3. the action
         let entry = self.registry.get(&step.kind).ok_or_else(|| Failed {
             options: options.clone(),
@@ -404,7 +540,7 @@ impl<S: Store> Engine<S> {
         };
         let fail = |message: String, incident: bool| Failed {
             options: recorded_options.clone(),
-            error: ActionError::flow(message),
+            error: ActionError::data(message),
             logs: logs.clone(),
             incident,
         };
@@ -412,22 +548,8 @@ impl<S: Store> Engine<S> {
         let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
         let new_state = if mapped {
             match (&step.output_mappings, &payload) {
-                (Some(outs), Some(p)) => {
-                    let mut doc = data.clone();
-                    for m in outs {
-                        let v = m.source.get(p).ok_or_else(|| {
-                            fail(
-                                format!(
-                                    "outputMappings: source `{}` matches nothing in the result",
-                                    m.source
-                                ),
-                                false,
-                            )
-                        })?;
-                        m.target.set(&mut doc, v.clone());
-                    }
-                    doc
-                }
+                (Some(outs), Some(p)) => sluice_expr::mapping::merge_into(p, data.clone(), outs)
+                    .map_err(|e| fail(format!("outputMappings: {e}"), false))?,
                 (Some(_), None) => {
                     return Err(fail(
                         "incident: the step has output mappings but its action returned no payload"
@@ -486,6 +608,7 @@ impl<S: Store> Engine<S> {
 fn blame_word(b: Blame) -> &'static str {
     match b {
         Blame::Flow => "flow",
+        Blame::Data => "data",
         Blame::External => "external",
         Blame::Store => "store",
         Blame::Bug => "bug",

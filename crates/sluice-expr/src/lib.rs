@@ -12,6 +12,7 @@
 
 mod fast;
 pub mod jq;
+pub mod mapping;
 pub mod merge;
 pub mod path;
 pub mod template;
@@ -19,6 +20,7 @@ pub mod value;
 
 pub use jaq_json::Val;
 pub use jq::{CompileError, CompileIssue, Limits, Program};
+pub use mapping::{Mapping, MappingError};
 pub use merge::{MergeError, merge};
 pub use path::{MappingPath, PathError, Query};
 pub use template::{PathSeg, Template, TemplateError, TemplateValue};

@@ -98,14 +98,7 @@ impl Default for ActionDataFilter {
     }
 }
 
-/// One `{source, target}` mapping.
-#[derive(Clone, Debug)]
-pub struct Mapping {
-    /// Where to read.
-    pub source: MappingPath,
-    /// Where to write.
-    pub target: MappingPath,
-}
+pub use sluice_expr::Mapping;
 
 /// One step of a flow.
 #[derive(Clone, Debug)]
@@ -1057,6 +1050,16 @@ impl Checker<'_> {
             );
             return None;
         };
+        if items.is_empty() {
+            *ok = false;
+            self.err_help(
+                n.span.clone(),
+                format!("{who}: `{what}` is empty"),
+                "no mappings",
+                "give at least one {source, target} pair, or remove the key",
+            );
+            return None;
+        }
         let mut out = Vec::new();
         for item in items {
             let Some(map) = item.as_map() else {

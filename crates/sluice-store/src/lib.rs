@@ -71,6 +71,8 @@ pub struct NewRun {
     pub next_step: Option<String>,
     /// Start, in microseconds since the Unix epoch.
     pub started_at: i64,
+    /// The version of the flow file it runs (see [`Store::save_flow_version`]).
+    pub flow_version: Option<String>,
 }
 
 /// One executed step.
@@ -161,6 +163,8 @@ pub struct RunDetail {
     pub output: Option<Value>,
     /// The step it runs next.
     pub next_step: Option<String>,
+    /// The version of the flow file it ran with.
+    pub flow_version: Option<String>,
     /// The run log, in order.
     pub steps: Vec<StepRecord>,
 }
@@ -199,6 +203,14 @@ pub enum StoreError {
     /// A run record that already exists.
     #[error("run `{0}` already exists")]
     Conflict(String),
+    /// A run that is not stopped at an incident cannot be resumed.
+    #[error("run `{run}` is {status}, not stopped at an incident; only an incident can be resumed")]
+    NotResumable {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
 }
 
 /// The durable record of runs.
@@ -227,6 +239,37 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
     ) -> impl Future<Output = Result<Option<RunDetail>, StoreError>> + Send;
+    /// Keep a flow file's text under its version (idempotent).
+    fn save_flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+        source: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A flow file's text by version.
+    fn flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// Move a run stopped at an incident back to running with `state` as its
+    /// state data. Fails with [`StoreError::NotResumable`] unless the run is
+    /// at an incident (so two resumes cannot both succeed).
+    fn resume_run(
+        &self,
+        run_id: &str,
+        state: &Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The version of a flow file: a hash of its text (FNV-1a, 64 bits, hex).
+pub fn flow_version_of(source: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -16,11 +16,18 @@ use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "runs and the run log",
-    include_str!("../migrations/sqlite/0001_runs.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "runs and the run log",
+        include_str!("../migrations/sqlite/0001_runs.sql"),
+    ),
+    (
+        2,
+        "flow versions",
+        include_str!("../migrations/sqlite/0002_flow_versions.sql"),
+    ),
+];
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
@@ -162,7 +169,7 @@ const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
         let r = sqlx::query(
-            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?)",
+            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?)",
         )
         .bind(&run.id)
         .bind(&run.flow_id)
@@ -172,6 +179,7 @@ impl Store for SqliteStore {
         .bind(&run.next_step)
         .bind(run.started_at)
         .bind(run.started_at)
+        .bind(&run.flow_version)
         .execute(&self.pool)
         .await;
         match r {
@@ -248,9 +256,57 @@ impl Store for SqliteStore {
         rows.iter().map(summary).collect()
     }
 
+    async fn save_flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO flow_versions (flow_id, version, source, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(flow_id)
+            .bind(version)
+            .bind(source)
+            .bind(crate::now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT source FROM flow_versions WHERE flow_id = ? AND version = ?")
+            .bind(flow_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("source")).transpose()?)
+    }
+
+    async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE runs SET status = 'running', state = ?, error = NULL, error_step = NULL, updated_at = ? WHERE id = ? AND status = 'incident'")
+            .bind(json(state))
+            .bind(crate::now_micros())
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        match self.status_of(run_id).await? {
+            None => Err(StoreError::NoSuchRun(run_id.to_owned())),
+            Some(s) => Err(StoreError::NotResumable {
+                run: run_id.to_owned(),
+                status: s.as_str(),
+            }),
+        }
+    }
+
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step FROM runs WHERE id = ?",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version FROM runs WHERE id = ?",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -293,8 +349,20 @@ impl Store for SqliteStore {
             state: parse_json(row.try_get("state")?, "run state")?.unwrap_or(Value::Null),
             output: parse_json(row.try_get("output")?, "run output")?,
             next_step: row.try_get("next_step")?,
+            flow_version: row.try_get("flow_version")?,
             steps,
         }))
+    }
+}
+
+impl SqliteStore {
+    async fn status_of(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError> {
+        let row = sqlx::query("SELECT status FROM runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| status(r.try_get::<&str, _>("status")?))
+            .transpose()
     }
 }
 

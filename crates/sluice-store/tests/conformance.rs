@@ -14,6 +14,7 @@ fn new_run(flow: &str) -> NewRun {
         input: json!({"a": 1}),
         next_step: Some("first".into()),
         started_at: now_micros(),
+        flow_version: Some("v1".into()),
     }
 }
 

@@ -85,6 +85,20 @@ enum RunsCommand {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Continue a run stopped at an incident, from the step where it stopped.
+    Resume {
+        /// The run id (or a unique prefix of it).
+        run: String,
+        /// A JSON Merge Patch (RFC 7396) for the run's state data; a patch
+        /// that is not an object replaces the state data.
+        #[arg(long)]
+        input_patch: Option<String>,
+        /// Resume with this (fixed) flow file instead of the version the run started with.
+        #[arg(long)]
+        flow: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
 }
 
 /// Exit codes.
@@ -115,6 +129,12 @@ fn main() -> ExitCode {
                     store,
                 } => list(&store.store, flow, status, limit).await,
                 RunsCommand::Show { run, store } => show_run(&store.store, &run).await,
+                RunsCommand::Resume {
+                    run,
+                    input_patch,
+                    flow,
+                    store,
+                } => resume(&store.store, &run, input_patch.as_deref(), flow.as_deref()).await,
             },
         }
     });
@@ -242,7 +262,12 @@ async fn run(path: &str, input: Option<&str>, store_url: &str) -> u8 {
         input,
         accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
     };
-    match engine.run(&flow, req).await {
+    report(engine.run(&flow, req).await)
+}
+
+/// Print how a run ended and choose the exit code.
+fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>) -> u8 {
+    match result {
         Err(e) => {
             eprintln!("error: {e}");
             FAILED
@@ -261,16 +286,110 @@ async fn run(path: &str, input: Option<&str>, store_url: &str) -> u8 {
                     eprintln!("error: {}", f.message);
                     eprintln!("  step: {}", f.step);
                 }
-                eprintln!(
-                    "run {} {}; see `sluice runs show {}`",
-                    result.run_id,
-                    status.as_str(),
-                    result.run_id
-                );
+                if status == RunStatus::Incident {
+                    eprintln!(
+                        "run {id} stopped at an incident; fix the data (or the flow) and `sluice runs resume {id} [--input-patch FILE] [--flow FILE]`",
+                        id = result.run_id
+                    );
+                } else {
+                    eprintln!(
+                        "run {} {}; see `sluice runs show {}`",
+                        result.run_id,
+                        status.as_str(),
+                        result.run_id
+                    );
+                }
                 FAILED
             }
         },
     }
+}
+
+async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Option<&str>) -> u8 {
+    let patch = match read_input(patch) {
+        Ok(p) => p,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return INVALID;
+        }
+    };
+    let store = match open_store(store_url).await {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
+    let detail = match find_run(&store, id).await {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let registry = Arc::new(Registry::builtin());
+    let flow = match flow_file {
+        Some(path) => load_flow(path, &registry),
+        None => {
+            let version = detail.flow_version.clone().unwrap_or_default();
+            match store.flow_version(&detail.summary.flow_id, &version).await {
+                Ok(Some(text)) => {
+                    let name = format!(
+                        "{} (version {version}, from the store)",
+                        detail.summary.flow_id
+                    );
+                    sluice_model::load(&name, &text, registry.as_ref()).map_err(LoadError::Invalid)
+                }
+                Ok(None) => Err(LoadError::Io(format!(
+                    "the store does not have the flow run `{}` started with; give it with --flow FILE",
+                    detail.summary.id
+                ))),
+                Err(e) => Err(LoadError::Io(e.to_string())),
+            }
+        }
+    };
+    let flow = match flow {
+        Ok(f) => f,
+        Err(LoadError::Io(m)) => {
+            eprintln!("error: {m}");
+            return INVALID;
+        }
+        Err(LoadError::Invalid(d)) => {
+            print_diagnostics(&d);
+            return INVALID;
+        }
+    };
+    let engine = Engine::new(store, registry);
+    report(
+        engine
+            .resume(&flow, &detail.summary.id, patch.as_ref())
+            .await,
+    )
+}
+
+/// A run by id or unique prefix; prints the error and returns the exit code otherwise.
+async fn find_run(store: &SqliteStore, id: &str) -> Result<sluice_store::RunDetail, u8> {
+    match store.get_run(id).await {
+        Ok(Some(d)) => return Ok(d),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(FAILED);
+        }
+    }
+    if id.len() >= 4
+        && let Ok(all) = store.list_runs(&RunFilter::default()).await
+    {
+        let matches: Vec<_> = all.iter().filter(|r| r.id.starts_with(id)).collect();
+        if matches.len() > 1 {
+            eprintln!(
+                "error: `{id}` matches {} runs; give more of the id",
+                matches.len()
+            );
+            return Err(INVALID);
+        }
+        if let Some(r) = matches.first()
+            && let Ok(Some(d)) = store.get_run(&r.id).await
+        {
+            return Ok(d);
+        }
+    }
+    eprintln!("error: no run `{id}` in the store");
+    Err(INVALID)
 }
 
 async fn list(store_url: &str, flow: Option<String>, status: Option<String>, limit: u32) -> u8 {
@@ -314,37 +433,11 @@ async fn show_run(store_url: &str, id: &str) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut detail = match store.get_run(id).await {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return FAILED;
-        }
-    };
-    if detail.is_none() && id.len() >= 4 {
-        // A unique prefix of an id is enough.
-        if let Ok(all) = store.list_runs(&RunFilter::default()).await {
-            let matches: Vec<_> = all.iter().filter(|r| r.id.starts_with(id)).collect();
-            if matches.len() > 1 {
-                eprintln!(
-                    "error: `{id}` matches {} runs; give more of the id",
-                    matches.len()
-                );
-                return INVALID;
-            }
-            if let Some(r) = matches.first() {
-                detail = store.get_run(&r.id).await.ok().flatten();
-            }
-        }
-    }
-    match detail {
-        Some(d) => {
+    match find_run(&store, id).await {
+        Ok(d) => {
             print!("{}", show::run_detail(&d));
             0
         }
-        None => {
-            eprintln!("error: no run `{id}` in the store `{store_url}`");
-            INVALID
-        }
+        Err(code) => code,
     }
 }

@@ -264,3 +264,83 @@ fn invalid_flow_exits_2_and_runs_nothing() {
         "no store is created for a flow that cannot run"
     );
 }
+
+#[test]
+fn an_incident_is_found_patched_and_resumed_without_rerunning_steps() {
+    let dir = temp("incident");
+    let store = dir.join("runs.db");
+    let store = store.to_str().unwrap();
+    let flow = dir.join("invoice.yaml");
+    std::fs::write(
+        &flow,
+        "id: invoice\nsteps:\n  - key: stamp\n    type: transform\n    options: {value: {stamped: true}}\n  - key: total\n    type: transform\n    options: {value: {total: '{{ .amount + 1 }}', seen: '{{ $stamp.stamped }}'}}\n",
+    )
+    .unwrap();
+    let input = dir.join("in.json");
+    std::fs::write(&input, r#"{"amount": "12"}"#).unwrap();
+    let o = run(sluice().args([
+        "run",
+        flow.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--store",
+        store,
+    ]));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("stopped at an incident"), "{}", o.stderr);
+    let run_id = o
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let o = run(sluice().args(["runs", "list", "--status", "incident", "--store", store]));
+    assert!(o.stdout.contains(&run_id), "{}", o.stdout);
+
+    let patch = dir.join("patch.json");
+    std::fs::write(&patch, r#"{"amount": 12}"#).unwrap();
+    let o = run(sluice().args([
+        "runs",
+        "resume",
+        &run_id[..13],
+        "--input-patch",
+        patch.to_str().unwrap(),
+        "--store",
+        store,
+    ]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        out,
+        json!({"amount": 12, "stamped": true, "total": 13, "seen": true})
+    );
+
+    // The run log: stamp once, the failed attempt, then the resumed attempt.
+    let o = run(sluice().args(["runs", "show", &run_id, "--store", store]));
+    let table: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.contains("transform") && l.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(table.len(), 3, "{}", o.stdout);
+    assert!(
+        table[0].contains("stamp")
+            && table[1].contains("total")
+            && table[1].contains("failed")
+            && table[2].contains("ok")
+    );
+    assert!(o.stdout.contains("status    succeeded"), "{}", o.stdout);
+
+    // A run that is not at an incident cannot be resumed.
+    let o = run(sluice().args(["runs", "resume", &run_id, "--store", store]));
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("not stopped at an incident"),
+        "{}",
+        o.stderr
+    );
+}
