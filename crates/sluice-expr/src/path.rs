@@ -4,8 +4,9 @@
 //! The mapping subset is `$`, a child by `.name`, `['name']` or `["name"]`,
 //! and an array index `[n]`. Writing creates the objects and arrays a path
 //! needs; writing into an existing object keeps its other keys; `[n]` on an
-//! existing array replaces that element (an index past the end pads the array
-//! with `null`); `$` replaces the whole document. A container of the wrong
+//! existing array replaces that element (an index past the end appends, so a
+//! new array made for `[3]` holds the value as its only element, as in
+//! Zeebe); `$` replaces the whole document. A container of the wrong
 //! kind on the way (a key into an array, an index into an object, anything
 //! into a scalar) is replaced by the container the path needs.
 
@@ -256,10 +257,15 @@ impl MappingPath {
                     }
                     match cur {
                         Value::Array(a) => {
-                            if a.len() <= *i {
-                                a.resize(*i + 1, Value::Null);
-                            }
-                            &mut a[*i]
+                            // As in Zeebe: an index past the end (or into an
+                            // array made just now) appends.
+                            let i = if *i < a.len() {
+                                *i
+                            } else {
+                                a.push(Value::Null);
+                                a.len() - 1
+                            };
+                            &mut a[i]
                         }
                         _ => unreachable!("just made an array"),
                     }
@@ -300,7 +306,7 @@ mod tests {
         MappingPath::parse("$.a.b[1].c")
             .unwrap()
             .set(&mut doc, json!(5));
-        assert_eq!(doc, json!({"a": {"keep": 1, "b": [null, {"c": 5}]}}));
+        assert_eq!(doc, json!({"a": {"keep": 1, "b": [{"c": 5}]}}));
         MappingPath::parse("$.a.b[0]")
             .unwrap()
             .set(&mut doc, json!("x"));

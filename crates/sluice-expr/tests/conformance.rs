@@ -314,3 +314,276 @@ fn directus_templating_vectors() {
     assert!(failed.is_empty(), "{failed:#?}");
     assert_eq!(passed + differs, 26);
 }
+
+fn parse_mappings(v: &Value) -> Result<Vec<sluice_expr::Mapping>, String> {
+    let Some(list) = v.as_array() else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|m| {
+            let source = sluice_expr::MappingPath::parse(m["source"].as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            let target = sluice_expr::MappingPath::parse(m["target"].as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            Ok(sluice_expr::Mapping { source, target })
+        })
+        .collect()
+}
+
+/// Run one Zeebe vector with Sluice's mappings: `extract` builds from an
+/// empty document (input mappings), `merge` writes into the target (output
+/// mappings).
+fn zeebe_case(op: &str, case: &Value) -> Result<Value, String> {
+    let mappings = parse_mappings(&case["mappings"])?;
+    match op {
+        "extract" => {
+            sluice_expr::mapping::extract(&case["source"], &mappings).map_err(|e| e.to_string())
+        }
+        _ => sluice_expr::mapping::merge_into(&case["source"], case["target"].clone(), &mappings)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+#[test]
+fn zeebe_0_1_0_mapping_vectors() {
+    let Some(suite) = load("zeebe-json-path-mapping/vectors-zb-msgpack-json-path-0.1.0.json")
+    else {
+        return;
+    };
+    let (mut passed, mut failed) = (0, Vec::new());
+    for op in ["extract", "merge"] {
+        for case in suite[op].as_array().into_iter().flatten() {
+            match zeebe_case(op, case) {
+                Ok(v) if v == case["expected"] => passed += 1,
+                other => failed.push(format!(
+                    "{} {}: got {other:?}, want {}",
+                    op, case["id"], case["expected"]
+                )),
+            }
+        }
+    }
+    for sc in suite["scenarios"].as_array().into_iter().flatten() {
+        let got = zeebe_case(sc["op"].as_str().unwrap_or_default(), sc);
+        let ok = match (&got, sc.get("expected_error")) {
+            (Err(_), Some(_)) => true,
+            (Ok(v), None) => v == &sc["expected"],
+            _ => false,
+        };
+        if ok {
+            passed += 1;
+        } else {
+            failed.push(format!("scenario {}: got {got:?}", sc["name"]));
+        }
+    }
+    let skipped = suite["disabled"].as_array().map_or(0, Vec::len);
+    println!(
+        "zeebe-0.1.0: {passed} passed, {} failed, {skipped} skipped (disabled upstream)",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(passed, 19 + 46 + 14);
+}
+
+/// Why a Zeebe 0.14.0 vector may differ from Sluice, and what Sluice does
+/// instead (docs/data-flow.md lists the same).
+#[derive(Debug, PartialEq)]
+enum Zeebe14Difference {
+    /// `type: COLLECT` mappings: Sluice's mappings are `{source, target}` only.
+    Collect,
+    /// A path outside SEMANTICS.md's mapping subset (`$.*`, `.0`, ...): refused.
+    PathOutsideSubset,
+    /// A source that matches nothing: an error in Sluice (0.14 writes null).
+    MissingSource,
+    /// No mappings: 0.14 merges top-level keys; Sluice merges by section 3.
+    NoMappings,
+    /// A result whose root is not an object: an error in Sluice (as in 0.1.0),
+    /// an empty object in 0.14.
+    RootNotObject,
+    /// A name written into an existing array (`['0s']`, or `['0']` which 0.14
+    /// reads as an index): Sluice replaces the array by an object with that
+    /// key; an index is written `[0]`.
+    NameIntoArray,
+}
+
+/// Whether a mapping writes a name where the target document has an array.
+fn writes_name_into_array(target: &Value, mappings: &[sluice_expr::Mapping]) -> bool {
+    mappings.iter().any(|m| {
+        let segs = m.target.segments();
+        (0..segs.len()).any(|i| {
+            let mut cur = Some(target);
+            for s in &segs[..i] {
+                cur = cur.and_then(|c| match s {
+                    sluice_expr::PathSeg::Key(k) => c.get(k),
+                    sluice_expr::PathSeg::Index(n) => c.get(n),
+                });
+            }
+            matches!(
+                (cur, &segs[i]),
+                (Some(Value::Array(_)), sluice_expr::PathSeg::Key(_))
+            )
+        })
+    })
+}
+
+fn zeebe14_difference(mappings: &Value) -> Option<Zeebe14Difference> {
+    let Some(list) = mappings.as_array() else {
+        return Some(Zeebe14Difference::NoMappings);
+    };
+    if list.iter().any(|m| m["type"] == "COLLECT") {
+        return Some(Zeebe14Difference::Collect);
+    }
+    if parse_mappings(mappings).is_err() {
+        return Some(Zeebe14Difference::PathOutsideSubset);
+    }
+    None
+}
+
+/// Sluice's own result for a case that differs on purpose, checked.
+fn sluice_behaviour(
+    diff: &Zeebe14Difference,
+    source: &Value,
+    target: Value,
+    mappings: &Value,
+) -> bool {
+    match diff {
+        Zeebe14Difference::Collect => true, // refused by `sluice check` (see tests/check-cases.yaml)
+        Zeebe14Difference::PathOutsideSubset => parse_mappings(mappings).is_err(),
+        Zeebe14Difference::MissingSource => matches!(
+            sluice_expr::mapping::merge_into(
+                source,
+                target,
+                &parse_mappings(mappings).unwrap_or_default()
+            ),
+            Err(sluice_expr::MappingError::NoData(_))
+        ),
+        Zeebe14Difference::RootNotObject => matches!(
+            sluice_expr::mapping::merge_into(
+                source,
+                target,
+                &parse_mappings(mappings).unwrap_or_default()
+            ),
+            Err(sluice_expr::MappingError::NotAnObject(_))
+        ),
+        Zeebe14Difference::NameIntoArray => {
+            let ms = parse_mappings(mappings).unwrap_or_default();
+            match sluice_expr::mapping::merge_into(source, target, &ms) {
+                // the name is written, into an object that replaced the array
+                Ok(v) => ms.iter().all(|m| m.target.get(&v).is_some()),
+                Err(_) => false,
+            }
+        }
+        Zeebe14Difference::NoMappings => {
+            let mut merged = target;
+            sluice_expr::merge(&mut merged, source.clone(), ".").is_ok() || !source.is_object()
+        }
+    }
+}
+
+#[test]
+fn zeebe_0_14_0_mapping_vectors() {
+    let Some(suite) = load("zeebe-json-path-mapping/vectors-zeebe-0.14.0.json") else {
+        return;
+    };
+    let (mut passed, mut differs, mut failed) = (0, Vec::<String>::new(), Vec::new());
+    for op in ["extract", "merge"] {
+        for case in suite[op].as_array().into_iter().flatten() {
+            let target = if op == "extract" {
+                json!({})
+            } else {
+                case["target"].clone()
+            };
+            let mut diff = zeebe14_difference(&case["mappings"]);
+            let got = match &diff {
+                Some(_) => None,
+                None => {
+                    let mappings = parse_mappings(&case["mappings"]).unwrap_or_default();
+                    let r = sluice_expr::mapping::merge_into(
+                        &case["source"],
+                        target.clone(),
+                        &mappings,
+                    );
+                    if matches!(r, Err(sluice_expr::MappingError::NoData(_))) {
+                        diff = Some(Zeebe14Difference::MissingSource);
+                    } else if matches!(r, Err(sluice_expr::MappingError::NotAnObject(_))) {
+                        diff = Some(Zeebe14Difference::RootNotObject);
+                    } else if r.as_ref().ok() != Some(&case["expected"])
+                        && writes_name_into_array(&target, &mappings)
+                    {
+                        diff = Some(Zeebe14Difference::NameIntoArray);
+                    }
+                    Some(r)
+                }
+            };
+            match (diff, got) {
+                (Some(d), _) => {
+                    if sluice_behaviour(&d, &case["source"], target, &case["mappings"]) {
+                        differs.push(format!("{op} {}: {d:?}", case["id"]));
+                    } else {
+                        failed.push(format!(
+                            "{op} {}: Sluice's own behaviour for {d:?} does not hold",
+                            case["id"]
+                        ));
+                    }
+                }
+                (None, Some(Ok(v))) if v == case["expected"] => passed += 1,
+                (None, got) => failed.push(format!(
+                    "{op} {}: got {got:?}, want {}",
+                    case["id"], case["expected"]
+                )),
+            }
+        }
+    }
+    // Scenarios: a document accumulated over several merges.
+    for sc in suite["scenarios"].as_array().into_iter().flatten() {
+        let name = sc["name"].as_str().unwrap_or("?");
+        let uses_collect = sc.to_string().contains("\"COLLECT\"");
+        let mut acc = json!({});
+        let mut error = None;
+        let mut mismatch = None;
+        let mut unmapped = false;
+        for st in sc["steps"].as_array().into_iter().flatten() {
+            match st["op"].as_str().unwrap_or_default() {
+                "reset" => acc = json!({}),
+                "mergeDocument" | "mergeDocumentStrictly" if error.is_none() => {
+                    if st["mappings"].is_array() {
+                        let ms = parse_mappings(&st["mappings"]).unwrap_or_default();
+                        match sluice_expr::mapping::merge_into(&st["document"], acc.clone(), &ms) {
+                            Ok(v) => acc = v,
+                            Err(e) => error = Some(e),
+                        }
+                    } else {
+                        unmapped = true;
+                        let _ = sluice_expr::merge(&mut acc, st["document"].clone(), ".");
+                    }
+                }
+                "writeResult" if error.is_none() => {
+                    if let Some(want) = st.get("expected")
+                        && want != &acc
+                    {
+                        mismatch = Some(format!("got {acc}, want {want}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let expected_error = sc.get("expected_error").is_some();
+        match (expected_error, &error, &mismatch) {
+            (true, Some(_), _) | (false, None, None) => passed += 1,
+            _ if uses_collect => differs.push(format!("scenario {name}: Collect")),
+            _ if unmapped && mismatch.is_some() => differs.push(format!(
+                "scenario {name}: NoMappings (Sluice merges by section 3)"
+            )),
+            _ => failed.push(format!("scenario {name}: error {error:?}, {mismatch:?}")),
+        }
+    }
+    println!(
+        "zeebe-0.14.0: {passed} passed, {} failed, {} skipped as deliberate differences (each checked as Sluice's behaviour)",
+        failed.len(),
+        differs.len()
+    );
+    for d in &differs {
+        println!("  differs on purpose: {d}");
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(passed >= 60, "most vectors agree with SEMANTICS.md");
+}
