@@ -154,6 +154,66 @@ impl Action for Throw {
     }
 }
 
+/// Options of the `cloudevent` trigger (besides `eventDataFilter` and
+/// `dataOnly`, which every event trigger has): which events start a run.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CloudEventTrigger {
+    /// The CloudEvent `type` that starts a run (any type when absent).
+    pub event_type: Option<String>,
+    /// The CloudEvent `source` that starts a run (any source when absent).
+    pub source: Option<String>,
+}
+
+impl CloudEventTrigger {
+    /// Why `event` does not start a run of this trigger, if it does not.
+    pub fn mismatch(options: &Value, event: &Value) -> Option<String> {
+        for (option, attribute) in [("eventType", "type"), ("source", "source")] {
+            if let Some(want) = options.get(option).and_then(Value::as_str) {
+                let got = event
+                    .get(attribute)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if got != want {
+                    return Some(format!(
+                        "the event's {attribute} `{got}` is not the trigger's {option} `{want}`"
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Check that `v` is a CloudEvent in the structured JSON mode: an object with
+/// the required context attributes `specversion`, `id`, `source` and `type`.
+pub fn check_cloudevent(v: &Value) -> Result<(), String> {
+    let Some(o) = v.as_object() else {
+        return Err(
+            "a CloudEvent is a JSON object with specversion, id, source and type".to_owned(),
+        );
+    };
+    for attr in ["specversion", "id", "source", "type"] {
+        match o.get(attr) {
+            Some(Value::String(s)) if !s.is_empty() => {}
+            Some(_) => {
+                return Err(format!(
+                    "the CloudEvent attribute `{attr}` must be a non-empty string"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "the CloudEvent has no `{attr}` (required: specversion, id, source, type)"
+                ));
+            }
+        }
+    }
+    if o.get("specversion").and_then(Value::as_str) != Some("1.0") {
+        return Err("only CloudEvents `specversion` 1.0 is supported".to_owned());
+    }
+    Ok(())
+}
+
 /// Options of the `manual` trigger: none.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -296,6 +296,7 @@ impl Registry {
         r.add(core_ops::Sleep);
         r.add(core_ops::Throw);
         r.add_trigger::<core_ops::ManualTrigger>("manual");
+        r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r
     }
 

@@ -23,7 +23,7 @@
 use serde_json::{Map, Value, json};
 use sluice_connect::{ActionCx, ActionError, Blame, Outcome, Registry};
 use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
-use sluice_model::{Flow, Next, Step, UnmappedResults};
+use sluice_model::{EVENT_TRIGGERS, EventDataFilter, Flow, Next, Step, UnmappedResults};
 use sluice_store::{
     NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, flow_version_of, new_run_id,
     now_micros,
@@ -40,6 +40,8 @@ pub struct RunRequest {
     pub input: Option<Value>,
     /// `$accountability`: who or what started the run.
     pub accountability: Value,
+    /// The CloudEvent that started the run, for an event trigger.
+    pub event: Option<Value>,
 }
 
 /// The step that ended a run unsuccessfully.
@@ -82,6 +84,10 @@ pub enum EngineError {
         /// The flow given.
         given: String,
     },
+    /// The event that started the run does not fit the trigger's
+    /// eventDataFilter; no run was recorded.
+    #[error("the event does not fit the trigger: {0}")]
+    Event(String),
     /// The step a run stopped at is not in the flow given.
     #[error("run `{run}` stopped at step `{step}`, which the flow given does not have")]
     NoSuchStep {
@@ -138,6 +144,8 @@ struct FlowObject {
     last: Val,
     accountability: Val,
     entries: HashMap<String, Val>,
+    /// The event that started the run, if an event did.
+    event: Option<Value>,
 }
 
 impl Scope for FlowObject {
@@ -205,7 +213,30 @@ impl<S: Store> Engine<S> {
     /// Run `flow` to completion. `source` is the flow file's text, kept in
     /// the store under its version so that the run can be resumed with it.
     pub async fn run(&self, flow: &Flow, req: RunRequest) -> Result<RunResult, EngineError> {
-        let input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
+        let mut input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
+        let event = req
+            .event
+            .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
+        if let Some(ev) = &event {
+            // The trigger's eventDataFilter: the event meets the run's input
+            // as an event state merges a consumed event.
+            let fo = FlowObject {
+                trigger: to_val(&req.trigger),
+                last: Val::Null,
+                accountability: to_val(&req.accountability),
+                entries: HashMap::new(),
+                event: None,
+            };
+            input = apply_event(
+                &flow.trigger.event_filter,
+                flow.trigger.data_only,
+                ev,
+                input,
+                &fo,
+                &self.limits,
+            )
+            .map_err(EngineError::Event)?;
+        }
         let run_id = new_run_id();
         let version = flow_version_of(&flow.source.text);
         let known = self
@@ -237,6 +268,7 @@ impl<S: Store> Engine<S> {
             last: Val::Null,
             accountability: to_val(&req.accountability),
             entries: HashMap::new(),
+            event,
         };
         self.drive(flow, run_id, fo, input, 0, 0).await
     }
@@ -291,6 +323,9 @@ impl<S: Store> Engine<S> {
             last: Val::Null,
             accountability: Val::Null,
             entries: HashMap::new(),
+            event: EVENT_TRIGGERS
+                .contains(&flow.trigger.kind.as_str())
+                .then(|| detail.trigger.clone()),
         };
         let n = detail.steps.len();
         for (i, r) in detail.steps.iter().enumerate() {
@@ -474,8 +509,20 @@ impl<S: Store> Engine<S> {
         let none = Value::Null;
         let limits = &self.limits;
         // 1. stateDataFilter.input
-        let data = filter_or_keep(step.state_filter.input.as_ref(), state, fo, limits)
+        let mut data = filter_or_keep(step.state_filter.input.as_ref(), state, fo, limits)
             .map_err(|m| Failed::data(&none, format!("stateDataFilter.input: {m}")))?;
+        // 1b. a step that consumes the run's event merges it here
+        if let Some(ef) = &step.event_filter {
+            let Some(ev) = &fo.event else {
+                return Err(Failed::data(
+                    &none,
+                    "the step has an eventDataFilter, but the run was not started by an event"
+                        .to_owned(),
+                ));
+            };
+            data = apply_event(ef, flow.trigger.data_only, ev, data, fo, limits)
+                .map_err(|m| Failed::data(&none, m))?;
+        }
         // 2. the action's input
         let action_input = if let Some(maps) = &step.input_mappings {
             sluice_expr::mapping::extract(&data, maps)
@@ -628,6 +675,39 @@ fn eval(
             .map_err(|e| format!("`{}`: {e}", p.code())),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Merge an event into `target` through an `eventDataFilter` (SEMANTICS.md
+/// section 2): `data` selects from the event's `data` (or the whole event
+/// when `dataOnly` is false; selecting nothing keeps it whole), merged at
+/// `toStateData` unless `useData` is false.
+fn apply_event(
+    f: &EventDataFilter,
+    data_only: bool,
+    event: &Value,
+    mut target: Value,
+    fo: &FlowObject,
+    limits: &Limits,
+) -> Result<Value, String> {
+    if !f.use_data {
+        return Ok(target);
+    }
+    let payload = if data_only {
+        event.get("data").cloned().unwrap_or(Value::Null)
+    } else {
+        event.clone()
+    };
+    let selected = filter_or_keep(f.data.as_ref(), &payload, fo, limits)
+        .map_err(|m| format!("eventDataFilter.data: {m}"))?;
+    match &f.to_state_data {
+        None => merge(&mut target, selected, ".").map_err(|e| format!("eventDataFilter: {e}"))?,
+        Some((text, path)) => {
+            let mut at = path.get(&target).cloned().unwrap_or(Value::Null);
+            merge(&mut at, selected, text).map_err(|e| format!("eventDataFilter: {e}"))?;
+            path.set(&mut target, at);
+        }
+    }
+    Ok(target)
 }
 
 /// Apply a filter; one that selects nothing (no output, or `null`) leaves the data as it was.

@@ -127,8 +127,33 @@ pub struct Step {
     pub input_mappings: Option<Vec<Mapping>>,
     /// `outputMappings`, in order (`None` when absent).
     pub output_mappings: Option<Vec<Mapping>>,
+    /// `eventDataFilter`: the step consumes the run's event, merging it into
+    /// its input after `stateDataFilter.input`.
+    pub event_filter: Option<EventDataFilter>,
     /// Where the step is in the file.
     pub span: Span,
+}
+
+/// `eventDataFilter` of an event trigger or of a step that consumes an event.
+#[derive(Clone, Debug)]
+pub struct EventDataFilter {
+    /// Selects from the event (its `data`, or the whole event when the
+    /// trigger's `dataOnly` is false).
+    pub data: Option<Program>,
+    /// Where in the state data the selection is merged, as written and parsed.
+    pub to_state_data: Option<(String, MappingPath)>,
+    /// Whether it is merged at all.
+    pub use_data: bool,
+}
+
+impl Default for EventDataFilter {
+    fn default() -> Self {
+        Self {
+            data: None,
+            to_state_data: None,
+            use_data: true,
+        }
+    }
 }
 
 /// The trigger of a flow.
@@ -136,9 +161,17 @@ pub struct Step {
 pub struct Trigger {
     /// The trigger type.
     pub kind: String,
-    /// Its options.
+    /// Its options (without `eventDataFilter` and `dataOnly`).
     pub options: Value,
+    /// For an event trigger: how the event meets the run's input.
+    pub event_filter: EventDataFilter,
+    /// For an event trigger: expressions see only the event's `data` (the
+    /// default) rather than the whole CloudEvent.
+    pub data_only: bool,
 }
+
+/// The trigger types that carry a CloudEvent.
+pub const EVENT_TRIGGERS: &[&str] = &["cloudevent"];
 
 /// A checked flow, ready to run.
 #[derive(Clone, Debug)]
@@ -196,6 +229,7 @@ const STEP_KEYS: &[&str] = &[
     "actionDataFilter",
     "inputMappings",
     "outputMappings",
+    "eventDataFilter",
 ];
 const RESERVED_KEYS: &[&str] = &[
     "trigger",
@@ -451,6 +485,8 @@ impl Checker<'_> {
             return Some(Trigger {
                 kind: "manual".into(),
                 options: Value::Object(Map::new()),
+                event_filter: EventDataFilter::default(),
+                data_only: true,
             });
         };
         let Some(map) = node.as_map() else {
@@ -476,9 +512,46 @@ impl Checker<'_> {
             return None;
         };
         let mut options = Map::new();
+        let is_event = EVENT_TRIGGERS.contains(&kind.as_str());
+        let mut event_filter = EventDataFilter::default();
+        let mut data_only = true;
+        let mut ok = true;
         for (k, v) in map {
-            if k.name != "type" {
-                options.insert(k.name.clone(), v.to_json());
+            match k.name.as_str() {
+                "type" => {}
+                "eventDataFilter" | "dataOnly" if !is_event => {
+                    ok = false;
+                    self.err_help(
+                        k.span.clone(),
+                        format!("a `{kind}` trigger has no `{}`", k.name),
+                        "not for this trigger",
+                        format!(
+                            "only event triggers ({}) carry an event",
+                            EVENT_TRIGGERS.join(", ")
+                        ),
+                    );
+                }
+                "eventDataFilter" => {
+                    let vars: Vec<&str> = BUILTIN_VARS.to_vec();
+                    match self.event_filter(v, &vars, &[], "the trigger") {
+                        Some(f) => event_filter = f,
+                        None => ok = false,
+                    }
+                }
+                "dataOnly" => match v.kind {
+                    Kind::Bool(b) => data_only = b,
+                    _ => {
+                        ok = false;
+                        self.err(
+                            v.span.clone(),
+                            "`dataOnly` must be true or false",
+                            "expected a boolean",
+                        );
+                    }
+                },
+                _ => {
+                    options.insert(k.name.clone(), v.to_json());
+                }
             }
         }
         let options = Value::Object(options);
@@ -497,7 +570,12 @@ impl Checker<'_> {
                 // Trigger options sit beside `type`: check them as a mapping.
                 let before = self.diags.len();
                 self.option_issues(node, (spec.check)(&options), &format!("trigger `{kind}`"));
-                (self.diags.len() == before).then_some(Trigger { kind, options })
+                (ok && self.diags.len() == before).then_some(Trigger {
+                    kind,
+                    options,
+                    event_filter,
+                    data_only,
+                })
             }
         }
     }
@@ -965,6 +1043,16 @@ impl Checker<'_> {
                 ok = false;
             }
         }
+        let event_filter = match r.node.get("eventDataFilter") {
+            None => None,
+            Some(n) => {
+                let f = self.event_filter(n, &var_refs, step_keys, &who);
+                if f.is_none() {
+                    ok = false;
+                }
+                f
+            }
+        };
         let input_mappings = r
             .node
             .get("inputMappings")
@@ -990,8 +1078,61 @@ impl Checker<'_> {
             action_filter,
             input_mappings,
             output_mappings,
+            event_filter,
             span: r.node.span.clone(),
         })
+    }
+
+    /// Read an `eventDataFilter` mapping.
+    fn event_filter(
+        &mut self,
+        n: &Node,
+        vars: &[&str],
+        step_keys: &[&str],
+        who: &str,
+    ) -> Option<EventDataFilter> {
+        let map = self.mapping(n, "eventDataFilter")?;
+        self.check_keys(map, &["data", "toStateData", "useData"], "eventDataFilter");
+        let before = self.diags.len();
+        let mut ok = true;
+        let mut f = EventDataFilter {
+            data: self.jq_field(
+                n,
+                "data",
+                vars,
+                step_keys,
+                who,
+                "eventDataFilter.data",
+                &mut ok,
+            ),
+            ..EventDataFilter::default()
+        };
+        if let Some(t) = n.get("toStateData") {
+            match t.as_str().map(jq_path_to_mapping) {
+                Some(Ok(p)) => {
+                    f.to_state_data = Some((t.as_str().unwrap_or_default().to_owned(), p))
+                }
+                _ => self.err_help(
+                    t.span.clone(),
+                    format!(
+                        "{who}: `eventDataFilter.toStateData` must be a jq path such as `.a.b`"
+                    ),
+                    "not a path",
+                    "names (`.name` or `.[\"name\"]`) and indexes (`[0]`) only",
+                ),
+            }
+        }
+        if let Some(u) = n.get("useData") {
+            match u.kind {
+                Kind::Bool(b) => f.use_data = b,
+                _ => self.err(
+                    u.span.clone(),
+                    format!("{who}: `eventDataFilter.useData` must be true or false"),
+                    "expected a boolean",
+                ),
+            }
+        }
+        (ok && self.diags.len() == before).then_some(f)
     }
 
     fn mapping<'n>(&mut self, n: &'n Node, what: &str) -> Option<&'n [(Key, Node)]> {

@@ -45,6 +45,10 @@ enum Command {
         /// The input: a JSON file, or `-` for standard input (default `{}`).
         #[arg(long, short)]
         input: Option<String>,
+        /// Start the run from a CloudEvent (a JSON file in the structured
+        /// mode, or `-`), as the flow's `cloudevent` trigger would.
+        #[arg(long, short)]
+        event: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -120,7 +124,12 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Check { files } => check(&files),
-            Command::Run { flow, input, store } => run(&flow, input.as_deref(), &store.store).await,
+            Command::Run {
+                flow,
+                input,
+                event,
+                store,
+            } => run(&flow, input.as_deref(), event.as_deref(), &store.store).await,
             Command::Runs { command } => match command {
                 RunsCommand::List {
                     flow,
@@ -231,7 +240,11 @@ async fn open_store(url: &str) -> Result<SqliteStore, u8> {
     })
 }
 
-async fn run(path: &str, input: Option<&str>, store_url: &str) -> u8 {
+async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &str) -> u8 {
+    if input == Some("-") && event == Some("-") {
+        eprintln!("error: --input and --event cannot both read standard input");
+        return INVALID;
+    }
     let registry = Arc::new(Registry::builtin());
     let flow = match load_flow(path, &registry) {
         Ok(f) => f,
@@ -251,6 +264,43 @@ async fn run(path: &str, input: Option<&str>, store_url: &str) -> u8 {
             return INVALID;
         }
     };
+    let event = match read_input(event) {
+        Ok(e) => e,
+        Err(m) => {
+            eprintln!("error: {}", m.replace("the input", "the event"));
+            return INVALID;
+        }
+    };
+    if event.is_none()
+        && let Some(step) = flow.steps.iter().find(|s| s.event_filter.is_some())
+    {
+        eprintln!(
+            "error: step `{}` of flow `{}` consumes the event that starts the run; give one with --event FILE",
+            step.key, flow.id
+        );
+        return INVALID;
+    }
+    if let Some(ev) = &event {
+        if let Err(m) = sluice_connect::core_ops::check_cloudevent(ev) {
+            eprintln!("error: --event: {m}");
+            return INVALID;
+        }
+        if !sluice_model::EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()) {
+            eprintln!(
+                "error: flow `{}` has a `{}` trigger; --event needs an event trigger ({})",
+                flow.id,
+                flow.trigger.kind,
+                sluice_model::EVENT_TRIGGERS.join(", ")
+            );
+            return INVALID;
+        }
+        if let Some(why) =
+            sluice_connect::core_ops::CloudEventTrigger::mismatch(&flow.trigger.options, ev)
+        {
+            eprintln!("error: the event does not start flow `{}`: {why}", flow.id);
+            return INVALID;
+        }
+    }
     let store = match open_store(store_url).await {
         Ok(s) => Arc::new(s),
         Err(code) => return code,
@@ -258,8 +308,12 @@ async fn run(path: &str, input: Option<&str>, store_url: &str) -> u8 {
     let engine = Engine::new(store, registry);
     // A run started from the command line: `$trigger` is the input as given.
     let req = RunRequest {
-        trigger: input.clone().unwrap_or(Value::Null),
+        trigger: event
+            .clone()
+            .or_else(|| input.clone())
+            .unwrap_or(Value::Null),
         input,
+        event,
         accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
     };
     report(engine.run(&flow, req).await)

@@ -344,3 +344,78 @@ fn an_incident_is_found_patched_and_resumed_without_rerunning_steps() {
         o.stderr
     );
 }
+
+#[test]
+fn events_are_checked_before_a_run() {
+    let ev = "examples/greeting/customer-arrives.json";
+    // The right event: the greeting of the Serverless Workflow example.
+    let o = run(sluice().args([
+        "run",
+        "examples/greeting/flow.yaml",
+        "--input",
+        "examples/greeting/greetings.json",
+        "--event",
+        ev,
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // A flow that consumes an event, run without one.
+    let o = run(sluice().args([
+        "run",
+        "examples/greeting/flow.yaml",
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("consumes the event that starts the run"),
+        "{}",
+        o.stderr
+    );
+    // An event for a flow with a manual trigger.
+    let o = run(sluice().args([
+        "run",
+        "examples/orders/flow.yaml",
+        "--event",
+        ev,
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("--event needs an event trigger"),
+        "{}",
+        o.stderr
+    );
+    // An event of another type, and something that is not a CloudEvent.
+    let dir = temp("events");
+    let other = dir.join("other.json");
+    std::fs::write(&other, r#"{"specversion": "1.0", "id": "1", "source": "customer-arrival-event-source", "type": "customer-left"}"#).unwrap();
+    let o = run(sluice().args([
+        "run",
+        "examples/greeting/flow.yaml",
+        "--event",
+        other.to_str().unwrap(),
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("the event's type `customer-left` is not the trigger's eventType `customer-arrival-type`"), "{}", o.stderr);
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"id": "1", "type": "x"}"#).unwrap();
+    let o = run(sluice().args([
+        "run",
+        "examples/greeting/flow.yaml",
+        "--event",
+        bad.to_str().unwrap(),
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("the CloudEvent has no `specversion`"),
+        "{}",
+        o.stderr
+    );
+}
