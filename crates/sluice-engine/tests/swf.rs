@@ -167,6 +167,44 @@ fn translate_state(c: &Value) -> Result<(Value, Value, Value), String> {
     Err("needs an event (the event state of the customer greeting): runs once `--event` and `eventDataFilter` land".to_owned())
 }
 
+/// Run `flow` (with `$trigger` the event, or null) and compare its output.
+async fn run_and_compare(
+    engine: &Engine<SqliteStore>,
+    flow: &sluice_model::Flow,
+    input: Option<Value>,
+    event: Option<Value>,
+    expected: &Value,
+) -> Result<(), String> {
+    let req = RunRequest {
+        trigger: event.clone().unwrap_or(Value::Null),
+        input,
+        event,
+        ..Default::default()
+    };
+    let r = engine.run(flow, req).await.map_err(|e| e.to_string())?;
+    if r.output.as_ref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(format!(
+            "got {:?} ({:?}), want {expected}",
+            r.output, r.failure
+        ))
+    }
+}
+
+/// Print the suite's summary line and its skips, and fail on any failure.
+fn summary(what: &str, passed: usize, failed: &[String], skipped: &[String]) {
+    println!(
+        "serverlessworkflow-0.8 {what}: {passed} passed, {} failed, {} skipped",
+        failed.len(),
+        skipped.len()
+    );
+    for s in skipped {
+        println!("  skipped: {s}");
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
 /// Cases where Sluice follows 0.8 and the vector follows another version.
 const DIFFERENCES: &[(&str, &str, &str)] = &[
     (
@@ -213,31 +251,17 @@ async fn serverless_workflow_0_8_data_filter_vectors() {
                 continue;
             }
         };
-        let req = RunRequest {
-            trigger: event.clone().unwrap_or(Value::Null),
-            input: Some(input),
-            event,
-            ..Default::default()
-        };
-        let r = engine.run(&flow, req).await.unwrap();
-        if r.output.as_ref() == Some(&expected) {
-            passed += 1;
-        } else {
-            failed.push(format!(
-                "{id}: got {:?} ({:?}), want {expected}",
-                r.output, r.failure
-            ));
+        match run_and_compare(&engine, &flow, Some(input), event, &expected).await {
+            Ok(()) => passed += 1,
+            Err(e) => failed.push(format!("{id}: {e}")),
         }
     }
-    println!(
-        "serverlessworkflow-0.8 data filters: {passed} passed, {} failed, {} skipped ({differs} of the passed are deliberate differences)",
-        failed.len(),
-        skipped.len()
+    summary(
+        &format!("data filters ({differs} of the passed are deliberate differences)"),
+        passed,
+        &failed,
+        &skipped,
     );
-    for s in &skipped {
-        println!("  skipped: {s}");
-    }
-    assert!(failed.is_empty(), "{failed:#?}");
 }
 
 /// The 0.8 examples that use data filters, where the text gives an expected
@@ -298,30 +322,12 @@ async fn serverless_workflow_0_8_examples_with_filters() {
         let mut event = event.clone();
         event["id"] = json!("1");
         let flow = sluice_model::load(title, &flow.to_string(), registry.as_ref()).unwrap();
-        let req = RunRequest {
-            trigger: event.clone(),
-            event: Some(event),
-            ..Default::default()
-        };
-        let r = engine.run(&flow, req).await.unwrap();
-        if r.output.as_ref() == Some(&expected) {
-            passed += 1;
-        } else {
-            failed.push(format!(
-                "{title}: got {:?} ({:?}), want {expected}",
-                r.output, r.failure
-            ));
+        match run_and_compare(&engine, &flow, None, Some(event), &expected).await {
+            Ok(()) => passed += 1,
+            Err(e) => failed.push(format!("{title}: {e}")),
         }
     }
-    println!(
-        "serverlessworkflow-0.8 examples: {passed} passed, {} failed, {} skipped",
-        failed.len(),
-        skipped.len()
-    );
-    for s in &skipped {
-        println!("  skipped: {s}");
-    }
-    assert!(failed.is_empty(), "{failed:#?}");
+    summary("examples", passed, &failed, &skipped);
     assert_eq!(passed, 1);
     assert_eq!(
         passed + skipped.len(),

@@ -162,6 +162,17 @@ enum LoadError {
     Invalid(Diagnostics),
 }
 
+/// Print why a flow did not load; the exit code then is INVALID.
+fn reported(r: Result<Flow, LoadError>) -> Result<Flow, u8> {
+    r.map_err(|e| {
+        match e {
+            LoadError::Io(m) => eprintln!("error: {m}"),
+            LoadError::Invalid(d) => print_diagnostics(&d),
+        }
+        INVALID
+    })
+}
+
 fn print_diagnostics(d: &Diagnostics) {
     let theme = if std::io::stderr().is_terminal() {
         miette::GraphicalTheme::unicode()
@@ -246,16 +257,9 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         return INVALID;
     }
     let registry = Arc::new(Registry::builtin());
-    let flow = match load_flow(path, &registry) {
+    let flow = match reported(load_flow(path, &registry)) {
         Ok(f) => f,
-        Err(LoadError::Io(m)) => {
-            eprintln!("error: {m}");
-            return INVALID;
-        }
-        Err(LoadError::Invalid(d)) => {
-            print_diagnostics(&d);
-            return INVALID;
-        }
+        Err(code) => return code,
     };
     let input = match read_input(input) {
         Ok(i) => i,
@@ -396,16 +400,9 @@ async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Optio
             }
         }
     };
-    let flow = match flow {
+    let flow = match reported(flow) {
         Ok(f) => f,
-        Err(LoadError::Io(m)) => {
-            eprintln!("error: {m}");
-            return INVALID;
-        }
-        Err(LoadError::Invalid(d)) => {
-            print_diagnostics(&d);
-            return INVALID;
-        }
+        Err(code) => return code,
     };
     let engine = Engine::new(store, registry);
     report(
