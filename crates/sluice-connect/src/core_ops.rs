@@ -236,6 +236,12 @@ mod tests {
         let reg = Registry::builtin();
         let scope = MapScope::default();
         let limits = Limits::default();
+        let declared = std::collections::BTreeMap::new();
+        let pools = crate::sql::Pools::default();
+        let connections = crate::sql::Connections {
+            declared: &declared,
+            pools: &pools,
+        };
         let cx = ActionCx {
             run_id: "r",
             step_key: "s",
@@ -243,6 +249,7 @@ mod tests {
             scope: &scope,
             expressions: &exprs,
             limits: &limits,
+            connections: &connections,
         };
         reg.get(kind).unwrap().action.run_json(cx, options).await
     }

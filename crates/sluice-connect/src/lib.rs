@@ -9,6 +9,7 @@
 //! way: one struct, one `impl Action`, one line in [`Registry::builtin`].
 
 pub mod core_ops;
+pub mod sql;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -121,6 +122,8 @@ pub struct ActionCx<'a> {
     pub expressions: &'a BTreeMap<String, Program>,
     /// Limits for expressions.
     pub limits: &'a Limits,
+    /// The flow's connections.
+    pub connections: &'a sql::Connections<'a>,
 }
 
 impl ActionCx<'_> {
@@ -295,6 +298,9 @@ impl Registry {
         r.add(core_ops::Log);
         r.add(core_ops::Sleep);
         r.add(core_ops::Throw);
+        r.add(sql::SqlQuery);
+        r.add(sql::SqlCreate);
+        r.add(sql::SqlLookup);
         r.add_trigger::<core_ops::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r

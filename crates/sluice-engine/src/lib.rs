@@ -125,6 +125,8 @@ pub struct Engine<S: Store> {
     limits: Limits,
     /// Flow versions already kept in the store by this engine.
     saved_versions: Arc<Mutex<HashSet<String>>>,
+    /// Database pools of the flows' connections, shared by every run.
+    pools: Arc<sluice_connect::sql::Pools>,
 }
 
 impl<S: Store> Clone for Engine<S> {
@@ -134,6 +136,7 @@ impl<S: Store> Clone for Engine<S> {
             registry: self.registry.clone(),
             limits: self.limits,
             saved_versions: self.saved_versions.clone(),
+            pools: self.pools.clone(),
         }
     }
 }
@@ -196,6 +199,7 @@ impl<S: Store> Engine<S> {
             registry,
             limits: Limits::default(),
             saved_versions: Arc::default(),
+            pools: Arc::default(),
         }
     }
 
@@ -566,6 +570,10 @@ impl<S: Store> Engine<S> {
                 m.insert(k.clone(), Value::String(p.code().to_owned()));
             }
         }
+        let connections = sluice_connect::sql::Connections {
+            declared: &flow.connections,
+            pools: &self.pools,
+        };
         let cx = ActionCx {
             run_id: "",
             step_key: &step.key,
@@ -573,6 +581,7 @@ impl<S: Store> Engine<S> {
             scope: fo,
             expressions: &step.expressions,
             limits,
+            connections: &connections,
         };
         let Outcome { payload, logs } = match entry.action.run_json(cx, options).await {
             Ok(o) => o,

@@ -251,6 +251,7 @@ pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagn
         source: source.clone(),
         diags: Vec::new(),
         catalog,
+        connection_names: Vec::new(),
     };
     let flow = match node::parse(text) {
         Ok(root) => cx.flow(&root, name),
@@ -291,6 +292,8 @@ struct Checker<'c> {
     source: Arc<Source>,
     diags: Vec<Diagnostic>,
     catalog: &'c dyn Catalog,
+    /// The names under `connections`, for steps' `connection` options.
+    connection_names: Vec<String>,
 }
 
 impl RawStep<'_> {
@@ -450,6 +453,32 @@ impl Checker<'_> {
                                 "invalid name",
                             );
                         }
+                        match v.get("url") {
+                            Some(u) if u.as_str().is_some() => {
+                                let url = u.as_str().unwrap_or_default();
+                                let known =
+                                    ["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"];
+                                if !url.starts_with("${env:")
+                                    && !known.iter().any(|p| url.starts_with(p))
+                                {
+                                    self.err_help(u.span.clone(), format!("connection `{}`: unsupported URL scheme", k.name), "unknown scheme", "use sqlite:, postgres:, mysql: or mariadb:, or ${env:NAME} to take the URL from the environment");
+                                }
+                            }
+                            Some(u) => self.err(
+                                u.span.clone(),
+                                format!("connection `{}`: `url` must be a string", k.name),
+                                "expected a string",
+                            ),
+                            None => self.err(
+                                v.span.clone(),
+                                format!("connection `{}` has no `url`", k.name),
+                                "missing `url`",
+                            ),
+                        }
+                        if let Some(m) = v.as_map() {
+                            self.check_keys(m, &["url"], "a connection");
+                        }
+                        self.connection_names.push(k.name.clone());
                         out.insert(k.name.clone(), v.to_json());
                     }
                     out
@@ -913,6 +942,27 @@ impl Checker<'_> {
         if let Some((kind, _)) = &r.kind
             && let Some(spec) = self.catalog.step(kind)
         {
+            if let Some(Value::String(c)) = options_json.get("connection")
+                && !self.connection_names.contains(c)
+            {
+                ok = false;
+                let span = r
+                    .options
+                    .and_then(|o| o.get("connection"))
+                    .map(|n| n.span.clone())
+                    .unwrap_or_else(|| r.node.span.clone());
+                let help = if self.connection_names.is_empty() {
+                    "declare it under `connections:` with a `url`".to_owned()
+                } else {
+                    format!("connections: {}", self.connection_names.join(", "))
+                };
+                self.err_help(
+                    span,
+                    format!("{who}: no connection `{c}` in the flow"),
+                    "unknown connection",
+                    help,
+                );
+            }
             let before = self.diags.len();
             let anchor = r.options.unwrap_or(r.node);
             self.option_issues(

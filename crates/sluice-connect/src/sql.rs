@@ -1,0 +1,949 @@
+//! SQL connections (SQLite, PostgreSQL, MariaDB/MySQL through sqlx) and the
+//! standardized actions on them (SEMANTICS.md section 6).
+//!
+//! * A flow declares `connections: {NAME: {url: ...}}`; `${env:VAR}` in a URL
+//!   is replaced by the environment variable, so credentials stay out of flow
+//!   files, and URLs are shown with their password hidden.
+//! * Pools are opened on first use and shared by every run of an engine.
+//! * Collections and fields are checked against the database's own schema and
+//!   quoted; values are always bound parameters.
+//!
+//! This first increment has `sql.query`, `sql.create` and `sql.lookup`.
+
+use crate::{Action, ActionCx, ActionError, Outcome};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// The database behind a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MariaDB or MySQL.
+    MySql,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of(url: &str) -> Option<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        Some(match scheme {
+            "sqlite" => Self::Sqlite,
+            "postgres" | "postgresql" => Self::Postgres,
+            "mysql" | "mariadb" => Self::MySql,
+            _ => return None,
+        })
+    }
+
+    /// Quote an identifier that has been validated.
+    fn quote(self, ident: &str) -> String {
+        match self {
+            Self::MySql => format!("`{ident}`"),
+            _ => format!("\"{ident}\""),
+        }
+    }
+
+    /// The placeholder for the `n`th parameter (from 1).
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Self::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+}
+
+/// Replace `${env:NAME}` by the variable's value.
+pub fn expand_env(url: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = url;
+    while let Some(i) = rest.find("${env:") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 6..];
+        let end = after
+            .find('}')
+            .ok_or("unclosed `${env:` in the connection URL")?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A URL with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Whether `s` is a plain identifier: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes.
+pub fn valid_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    s.len() <= 63
+        && matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+/// One open database with its schema cache.
+pub struct Db {
+    backend: Backend,
+    pool: Pool,
+    /// table -> (column -> database type)
+    schema: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
+    shown: String,
+}
+
+/// Pools shared by every run of an engine, keyed by URL.
+#[derive(Default)]
+pub struct Pools {
+    by_url: Mutex<HashMap<String, Arc<OnceCell<Arc<Db>>>>>,
+}
+
+/// The connections a step can use: the flow's declarations and the pools.
+pub struct Connections<'a> {
+    /// The flow's `connections`.
+    pub declared: &'a BTreeMap<String, Value>,
+    /// The engine's pools.
+    pub pools: &'a Pools,
+}
+
+impl Connections<'_> {
+    /// The database of connection `name`, opened on first use.
+    pub async fn db(&self, name: &str) -> Result<Arc<Db>, ActionError> {
+        let decl = self
+            .declared
+            .get(name)
+            .ok_or_else(|| ActionError::flow(format!("no connection `{name}` in the flow")))?;
+        let raw = decl
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ActionError::flow(format!("connection `{name}` has no `url`")))?;
+        let url =
+            expand_env(raw).map_err(|e| ActionError::flow(format!("connection `{name}`: {e}")))?;
+        let cell = {
+            let mut map = self
+                .pools
+                .by_url
+                .lock()
+                .map_err(|_| ActionError::external("connection pools are poisoned"))?;
+            map.entry(url.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| open(name, &url)).await.cloned()
+    }
+}
+
+async fn open(name: &str, url: &str) -> Result<Arc<Db>, ActionError> {
+    let shown = redact(url);
+    let fail = |e: sqlx::Error| {
+        ActionError::external(format!(
+            "connection `{name}` ({shown}) refused: {}",
+            redact(&e.to_string())
+        ))
+    };
+    let backend = Backend::of(url).ok_or_else(|| {
+        ActionError::flow(format!(
+            "connection `{name}`: `{shown}` is not a sqlite:, postgres: or mysql: URL"
+        ))
+    })?;
+    let opts = sqlx::pool::PoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(5));
+    let pool = match backend {
+        Backend::Sqlite => Pool::Sqlite(
+            sqlx::pool::PoolOptions::new()
+                .max_connections(if url.contains(":memory:") { 1 } else { 8 })
+                .connect(url)
+                .await
+                .map_err(fail)?,
+        ),
+        Backend::Postgres => Pool::Postgres(opts.connect(url).await.map_err(fail)?),
+        Backend::MySql => {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            Pool::MySql(
+                sqlx::pool::PoolOptions::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .map_err(fail)?,
+            )
+        }
+    };
+    Ok(Arc::new(Db {
+        backend,
+        pool,
+        schema: Mutex::new(HashMap::new()),
+        shown,
+    }))
+}
+
+/// A statement with its parameters.
+struct Stmt {
+    sql: String,
+    params: Vec<Value>,
+}
+
+macro_rules! bind_all {
+    ($q:expr, $params:expr) => {{
+        let mut q = $q;
+        for p in $params {
+            q = match p {
+                Value::Null => q.bind(Option::<String>::None),
+                Value::Bool(b) => q.bind(*b),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => q.bind(i),
+                    None => q.bind(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                Value::String(s) => q.bind(s.clone()),
+                other => q.bind(other.to_string()),
+            };
+        }
+        q
+    }};
+}
+
+/// What a statement returned.
+enum Fetched {
+    Rows(Vec<Map<String, Value>>),
+    Affected(u64),
+}
+
+impl Db {
+    fn err(&self, e: sqlx::Error) -> ActionError {
+        ActionError::external(format!("{}: {}", self.shown, redact(&e.to_string())))
+    }
+
+    /// Rows of a table read with [`Db::select_list`]: decimals read as text
+    /// become numbers again.
+    async fn table_rows(
+        &self,
+        st: &Stmt,
+        cols: &BTreeMap<String, String>,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        let mut rows = self.rows(st).await?;
+        for row in &mut rows {
+            for (k, v) in row.iter_mut() {
+                if let (Some(t), Value::String(s)) = (cols.get(k), &*v)
+                    && matches!(t.as_str(), "numeric" | "decimal")
+                {
+                    *v = number_from_text(s);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn rows(&self, st: &Stmt) -> Result<Vec<Map<String, Value>>, ActionError> {
+        match self.run(st, true).await? {
+            Fetched::Rows(r) => Ok(r),
+            Fetched::Affected(_) => Ok(Vec::new()),
+        }
+    }
+
+    async fn run(&self, st: &Stmt, fetch: bool) -> Result<Fetched, ActionError> {
+        let sql = AssertSqlSafe(st.sql.clone());
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let q = bind_all!(sqlx::query(sql), &st.params);
+                if fetch {
+                    let rows = q.fetch_all(p).await.map_err(|e| self.err(e))?;
+                    rows.iter()
+                        .map(decode_sqlite)
+                        .collect::<Result<_, _>>()
+                        .map(Fetched::Rows)
+                } else {
+                    Ok(Fetched::Affected(
+                        q.execute(p).await.map_err(|e| self.err(e))?.rows_affected(),
+                    ))
+                }
+            }
+            Pool::Postgres(p) => {
+                let q = bind_all!(sqlx::query(sql), &st.params);
+                if fetch {
+                    let rows = q.fetch_all(p).await.map_err(|e| self.err(e))?;
+                    rows.iter()
+                        .map(decode_pg)
+                        .collect::<Result<_, _>>()
+                        .map(Fetched::Rows)
+                } else {
+                    Ok(Fetched::Affected(
+                        q.execute(p).await.map_err(|e| self.err(e))?.rows_affected(),
+                    ))
+                }
+            }
+            Pool::MySql(p) => {
+                let q = bind_all!(sqlx::query(sql), &st.params);
+                if fetch {
+                    let rows = q.fetch_all(p).await.map_err(|e| self.err(e))?;
+                    rows.iter()
+                        .map(decode_mysql)
+                        .collect::<Result<_, _>>()
+                        .map(Fetched::Rows)
+                } else {
+                    Ok(Fetched::Affected(
+                        q.execute(p).await.map_err(|e| self.err(e))?.rows_affected(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The columns of `table` with their types, from the database itself.
+    async fn columns(&self, table: &str) -> Result<Arc<BTreeMap<String, String>>, ActionError> {
+        if !valid_ident(table) {
+            return Err(ActionError::flow(format!(
+                "`{table}` is not a valid collection name (letters, digits and `_`)"
+            )));
+        }
+        if let Some(c) = self.schema.lock().ok().and_then(|s| s.get(table).cloned()) {
+            return Ok(c);
+        }
+        let st = match self.backend {
+            Backend::Sqlite => Stmt {
+                sql: "SELECT name AS column_name, type AS data_type FROM pragma_table_info(?)".into(),
+                params: vec![Value::from(table)],
+            },
+            Backend::Postgres => Stmt {
+                sql: "SELECT column_name::text AS column_name, udt_name::text AS data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1".into(),
+                params: vec![Value::from(table)],
+            },
+            Backend::MySql => Stmt {
+                sql: "SELECT CAST(column_name AS CHAR) AS column_name, CAST(data_type AS CHAR) AS data_type FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?".into(),
+                params: vec![Value::from(table)],
+            },
+        };
+        let rows = self.rows(&st).await?;
+        if rows.is_empty() {
+            return Err(ActionError::data(format!(
+                "collection `{table}` does not exist in {}",
+                self.shown
+            )));
+        }
+        let cols: BTreeMap<String, String> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let name = r.get("column_name")?.as_str()?.to_owned();
+                let ty = r
+                    .get("data_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                Some((name, ty))
+            })
+            .collect();
+        let cols = Arc::new(cols);
+        if let Ok(mut s) = self.schema.lock() {
+            s.insert(table.to_owned(), cols.clone());
+        }
+        Ok(cols)
+    }
+
+    /// Check that every field exists in `table`.
+    async fn check_fields<'f>(
+        &self,
+        table: &str,
+        fields: impl Iterator<Item = &'f String>,
+    ) -> Result<Arc<BTreeMap<String, String>>, ActionError> {
+        let cols = self.columns(table).await?;
+        for f in fields {
+            if !valid_ident(f) || !cols.contains_key(f) {
+                return Err(ActionError::data(format!(
+                    "collection `{table}` has no field `{f}` (fields: {})",
+                    cols.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(cols)
+    }
+
+    /// A placeholder for a value written to or compared with a column of
+    /// type `column_type`. PostgreSQL infers a parameter's type from its
+    /// context, so its values are sent as text and cast to the column's type
+    /// there (see [`Db::param_value`]).
+    fn param(&self, n: usize, column_type: Option<&String>) -> String {
+        match (self.backend, column_type) {
+            (Backend::Postgres, Some(t)) if !t.is_empty() => {
+                format!("CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t))
+            }
+            _ => self.backend.placeholder(n),
+        }
+    }
+
+    /// The value to bind for [`Db::param`].
+    fn param_value(&self, v: &Value, column_type: Option<&String>) -> Value {
+        match (self.backend, column_type, v) {
+            (_, _, Value::Null) => Value::Null,
+            (Backend::Postgres, Some(t), Value::String(_)) if !t.is_empty() => v.clone(),
+            (Backend::Postgres, Some(t), other) if !t.is_empty() => {
+                Value::String(other.to_string())
+            }
+            _ => v.clone(),
+        }
+    }
+
+    /// The select list for `table`: columns whose type cannot be read
+    /// directly are read as text.
+    fn select_list(&self, cols: &BTreeMap<String, String>) -> String {
+        cols.iter()
+            .map(|(c, t)| {
+                let q = self.backend.quote(c);
+                if readable(self.backend, t) {
+                    q
+                } else {
+                    format!("CAST({q} AS {}) AS {q}", text_type(self.backend))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn text_type(b: Backend) -> &'static str {
+    match b {
+        Backend::MySql => "CHAR",
+        _ => "TEXT",
+    }
+}
+
+/// PostgreSQL types used as cast targets (array types start with `_`).
+fn pg_cast_type(udt: &str) -> String {
+    match udt.strip_prefix('_') {
+        Some(elem) => format!("{elem}[]"),
+        None => udt.to_owned(),
+    }
+}
+
+fn readable(b: Backend, t: &str) -> bool {
+    match b {
+        Backend::Sqlite => true,
+        Backend::Postgres => matches!(
+            t,
+            "bool"
+                | "int2"
+                | "int4"
+                | "int8"
+                | "float4"
+                | "float8"
+                | "text"
+                | "varchar"
+                | "bpchar"
+                | "name"
+                | "json"
+                | "jsonb"
+        ),
+        Backend::MySql => matches!(
+            t,
+            "tinyint"
+                | "smallint"
+                | "mediumint"
+                | "int"
+                | "bigint"
+                | "float"
+                | "double"
+                | "varchar"
+                | "char"
+                | "text"
+                | "tinytext"
+                | "mediumtext"
+                | "longtext"
+                | "json"
+        ),
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn number_from_text(s: &str) -> Value {
+    s.parse::<i64>()
+        .map(Value::from)
+        .or_else(|_| s.parse::<f64>().map(Value::from))
+        .unwrap_or_else(|_| Value::String(s.to_owned()))
+}
+
+fn unreadable(col: &str, ty: &str) -> ActionError {
+    ActionError::data(format!(
+        "column `{col}` has type {ty}, which Sluice cannot read yet; cast it to text in the query"
+    ))
+}
+
+fn decode_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Map<String, Value>, ActionError> {
+    let mut m = Map::new();
+    for (i, c) in row.columns().iter().enumerate() {
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| ActionError::external(e.to_string()))?;
+        let v = if raw.is_null() {
+            Value::Null
+        } else if let Ok(x) = row.try_get::<i64, _>(i) {
+            Value::from(x)
+        } else if let Ok(x) = row.try_get::<f64, _>(i) {
+            Value::from(x)
+        } else if let Ok(x) = row.try_get::<String, _>(i) {
+            Value::from(x)
+        } else if let Ok(x) = row.try_get::<Vec<u8>, _>(i) {
+            Value::from(String::from_utf8_lossy(&x).into_owned())
+        } else {
+            return Err(unreadable(c.name(), c.type_info().name()));
+        };
+        m.insert(c.name().to_owned(), v);
+    }
+    Ok(m)
+}
+
+fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionError> {
+    let mut m = Map::new();
+    for (i, c) in row.columns().iter().enumerate() {
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| ActionError::external(e.to_string()))?;
+        let ty = c.type_info().name().to_ascii_uppercase();
+        let get = |e: sqlx::Error| ActionError::external(e.to_string());
+        let v = if raw.is_null() {
+            Value::Null
+        } else {
+            match ty.as_str() {
+                "BOOL" => Value::from(row.try_get::<bool, _>(i).map_err(get)?),
+                "INT2" => Value::from(row.try_get::<i16, _>(i).map_err(get)?),
+                "INT4" => Value::from(row.try_get::<i32, _>(i).map_err(get)?),
+                "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(get)?),
+                "FLOAT4" => Value::from(row.try_get::<f32, _>(i).map_err(get)?),
+                "FLOAT8" => Value::from(row.try_get::<f64, _>(i).map_err(get)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
+                    Value::from(row.try_get::<String, _>(i).map_err(get)?)
+                }
+                "JSON" | "JSONB" => {
+                    row.try_get::<sqlx::types::Json<Value>, _>(i)
+                        .map_err(get)?
+                        .0
+                }
+                "NUMERIC" => number_from_text(
+                    &row.try_get::<sqlx::types::BigDecimal, _>(i)
+                        .map_err(get)?
+                        .to_string(),
+                ),
+                "UUID" => Value::from(
+                    row.try_get::<sqlx::types::Uuid, _>(i)
+                        .map_err(get)?
+                        .to_string(),
+                ),
+                "TIMESTAMPTZ" => Value::from(rfc3339(
+                    row.try_get::<time::OffsetDateTime, _>(i).map_err(get)?,
+                )),
+                "TIMESTAMP" => Value::from(
+                    rfc3339(
+                        row.try_get::<time::PrimitiveDateTime, _>(i)
+                            .map_err(get)?
+                            .assume_utc(),
+                    )
+                    .trim_end_matches('Z')
+                    .to_owned(),
+                ),
+                "DATE" => Value::from(row.try_get::<time::Date, _>(i).map_err(get)?.to_string()),
+                "TIME" => Value::from(row.try_get::<time::Time, _>(i).map_err(get)?.to_string()),
+                other => return Err(unreadable(c.name(), other)),
+            }
+        };
+        m.insert(c.name().to_owned(), v);
+    }
+    Ok(m)
+}
+
+fn decode_mysql(row: &sqlx::mysql::MySqlRow) -> Result<Map<String, Value>, ActionError> {
+    let mut m = Map::new();
+    for (i, c) in row.columns().iter().enumerate() {
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| ActionError::external(e.to_string()))?;
+        let ty = c.type_info().name().to_ascii_uppercase();
+        let get = |e: sqlx::Error| ActionError::external(e.to_string());
+        let v = if raw.is_null() {
+            Value::Null
+        } else if ty == "BOOLEAN" {
+            Value::from(row.try_get::<bool, _>(i).map_err(get)?)
+        } else if ty.ends_with("UNSIGNED") {
+            Value::from(row.try_get::<u64, _>(i).map_err(get)?)
+        } else if matches!(
+            ty.as_str(),
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT"
+        ) {
+            Value::from(row.try_get::<i64, _>(i).map_err(get)?)
+        } else if ty == "FLOAT" {
+            Value::from(row.try_get::<f32, _>(i).map_err(get)?)
+        } else if ty == "DOUBLE" {
+            Value::from(row.try_get::<f64, _>(i).map_err(get)?)
+        } else if ty == "DECIMAL" {
+            number_from_text(
+                &row.try_get::<sqlx::types::BigDecimal, _>(i)
+                    .map_err(get)?
+                    .to_string(),
+            )
+        } else if ty == "DATETIME" {
+            Value::from(
+                rfc3339(
+                    row.try_get::<time::PrimitiveDateTime, _>(i)
+                        .map_err(get)?
+                        .assume_utc(),
+                )
+                .trim_end_matches('Z')
+                .to_owned(),
+            )
+        } else if ty == "TIMESTAMP" {
+            Value::from(rfc3339(
+                row.try_get::<time::OffsetDateTime, _>(i).map_err(get)?,
+            ))
+        } else if ty == "DATE" {
+            Value::from(row.try_get::<time::Date, _>(i).map_err(get)?.to_string())
+        } else if ty == "JSON" {
+            row.try_get::<sqlx::types::Json<Value>, _>(i)
+                .map_err(get)?
+                .0
+        } else if let Ok(s) = row.try_get::<String, _>(i) {
+            Value::from(s)
+        } else {
+            return Err(unreadable(c.name(), &ty));
+        };
+        m.insert(c.name().to_owned(), v);
+    }
+    Ok(m)
+}
+
+/// Replace `:name` parameters by the backend's placeholders, outside string
+/// literals, quoted identifiers and PostgreSQL's `::` casts.
+fn named_params(
+    sql: &str,
+    backend: Backend,
+    values: &Map<String, Value>,
+) -> Result<Stmt, ActionError> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut params = Vec::new();
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b':' if b.get(i + 1) == Some(&b':') => i += 2,
+            b':' if b
+                .get(i + 1)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_') =>
+            {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                let name = &sql[start..j];
+                let v = values.get(name).ok_or_else(|| {
+                    ActionError::flow(format!(
+                        "the query uses `:{name}`, which `params` does not give"
+                    ))
+                })?;
+                out.push_str(&sql[last..i]);
+                params.push(v.clone());
+                out.push_str(&backend.placeholder(params.len()));
+                last = j;
+                i = j;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[last..]);
+    Ok(Stmt { sql: out, params })
+}
+
+fn where_clause(
+    db: &Db,
+    cols: &BTreeMap<String, String>,
+    criteria: &Map<String, Value>,
+    params: &mut Vec<Value>,
+) -> String {
+    criteria
+        .iter()
+        .map(|(k, v)| {
+            let col = db.backend.quote(k);
+            if v.is_null() {
+                format!("{col} IS NULL")
+            } else {
+                params.push(db.param_value(v, cols.get(k)));
+                format!("{col} = {}", db.param(params.len(), cols.get(k)))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `sql.query`: a query or statement with named parameters.
+pub struct SqlQuery;
+
+/// How `sql.query` emits what it read.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum QueryMode {
+    /// `{results: [rows]}`.
+    #[default]
+    FetchAll,
+    /// The one row; more than one fails; none fails unless `allowZeroResults`.
+    ExpectSingle,
+    /// A statement: `{rowsAffected}`.
+    Statement,
+}
+
+/// Options of `sql.query`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlQueryOptions {
+    /// The connection's name in the flow's `connections`.
+    pub connection: String,
+    /// The SQL, with `:name` parameters.
+    pub query: String,
+    /// Values of the parameters (templates allowed).
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// `fetchAll` (default), `expectSingle` or `statement`.
+    #[serde(default)]
+    pub mode: QueryMode,
+    /// With `expectSingle`: no row emits `{}` instead of failing.
+    #[serde(default)]
+    pub allow_zero_results: bool,
+}
+
+impl Action for SqlQuery {
+    const KIND: &'static str = "sql.query";
+    type Options = SqlQueryOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlQueryOptions,
+    ) -> Result<Outcome, ActionError> {
+        let db = cx.connections.db(&o.connection).await?;
+        let st = named_params(&o.query, db.backend, &o.params)?;
+        match o.mode {
+            QueryMode::Statement => match db.run(&st, false).await? {
+                Fetched::Affected(n) => Ok(Outcome::value(serde_json::json!({"rowsAffected": n}))),
+                Fetched::Rows(_) => Ok(Outcome::value(serde_json::json!({"rowsAffected": 0}))),
+            },
+            QueryMode::FetchAll => {
+                let rows = db.rows(&st).await?;
+                Ok(Outcome::value(serde_json::json!({"results": rows})))
+            }
+            QueryMode::ExpectSingle => {
+                let mut rows = db.rows(&st).await?;
+                match rows.len() {
+                    1 => Ok(Outcome::value(Value::Object(rows.remove(0)))),
+                    0 if o.allow_zero_results => Ok(Outcome::value(Value::Object(Map::new()))),
+                    0 => Err(ActionError::data("not found: the query returned no row")),
+                    n => Err(ActionError::data(format!(
+                        "more than one matching object: the query returned {n} rows"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// `sql.create`: insert one object and emit it as stored.
+pub struct SqlCreate;
+
+/// Options of `sql.create`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlCreateOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The table.
+    pub collection: String,
+    /// Field values (templates allowed).
+    pub properties: Map<String, Value>,
+}
+
+impl Action for SqlCreate {
+    const KIND: &'static str = "sql.create";
+    type Options = SqlCreateOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlCreateOptions,
+    ) -> Result<Outcome, ActionError> {
+        let db = cx.connections.db(&o.connection).await?;
+        let cols = db.check_fields(&o.collection, o.properties.keys()).await?;
+        let table = db.backend.quote(&o.collection);
+        let names: Vec<String> = o.properties.keys().map(|k| db.backend.quote(k)).collect();
+        let marks: Vec<String> = o
+            .properties
+            .keys()
+            .enumerate()
+            .map(|(i, k)| db.param(i + 1, cols.get(k)))
+            .collect();
+        let params: Vec<Value> = o
+            .properties
+            .iter()
+            .map(|(k, v)| db.param_value(v, cols.get(k)))
+            .collect();
+        let insert = if names.is_empty() {
+            format!("INSERT INTO {table} DEFAULT VALUES")
+        } else {
+            format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            )
+        };
+        let select = db.select_list(&cols);
+        // SQLite, PostgreSQL and MariaDB (10.5+) all return the stored row.
+        let st = Stmt {
+            sql: format!("{insert} RETURNING {select}"),
+            params,
+        };
+        let row = db.table_rows(&st, &cols).await?.into_iter().next();
+        Ok(Outcome::value(Value::Object(row.unwrap_or_default())))
+    }
+}
+
+/// `sql.lookup`: at most one object by criteria.
+pub struct SqlLookup;
+
+/// Options of `sql.lookup`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlLookupOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The table.
+    pub collection: String,
+    /// Field values that identify the object (templates allowed).
+    #[serde(default)]
+    pub criteria: Map<String, Value>,
+    /// No match emits `{}` instead of failing.
+    #[serde(default)]
+    pub allow_zero_results: bool,
+    /// Empty criteria (or all null) emit `{}` instead of failing.
+    #[serde(default)]
+    pub allow_criteria_to_be_omitted: bool,
+}
+
+impl Action for SqlLookup {
+    const KIND: &'static str = "sql.lookup";
+    type Options = SqlLookupOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlLookupOptions,
+    ) -> Result<Outcome, ActionError> {
+        let db = cx.connections.db(&o.connection).await?;
+        let cols = db.check_fields(&o.collection, o.criteria.keys()).await?;
+        if o.criteria.values().all(Value::is_null) {
+            return if o.allow_criteria_to_be_omitted {
+                Ok(Outcome::value(Value::Object(Map::new())))
+            } else {
+                Err(ActionError::data(
+                    "the lookup criteria are missing (allowCriteriaToBeOmitted is false)",
+                ))
+            };
+        }
+        let mut params = Vec::new();
+        let w = where_clause(&db, &cols, &o.criteria, &mut params);
+        let st = Stmt {
+            sql: format!(
+                "SELECT {} FROM {} WHERE {w} LIMIT 2",
+                db.select_list(&cols),
+                db.backend.quote(&o.collection)
+            ),
+            params,
+        };
+        let mut rows = db.table_rows(&st, &cols).await?;
+        match rows.len() {
+            1 => Ok(Outcome::value(Value::Object(rows.remove(0)))),
+            0 if o.allow_zero_results => Ok(Outcome::value(Value::Object(Map::new()))),
+            0 => Err(ActionError::data(format!(
+                "not found: no object in `{}` matches the criteria",
+                o.collection
+            ))),
+            _ => Err(ActionError::data(format!(
+                "more than one matching object in `{}`",
+                o.collection
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_and_redaction() {
+        // SAFETY of the test: a variable name no other test uses.
+        unsafe { std::env::set_var("SLUICE_TEST_PW", "s3cret") };
+        let url = expand_env("postgres://app:${env:SLUICE_TEST_PW}@db/x").unwrap();
+        assert_eq!(url, "postgres://app:s3cret@db/x");
+        assert_eq!(redact(&url), "postgres://app:***@db/x");
+        assert!(
+            expand_env("x${env:SLUICE_NOT_SET_ANYWHERE}")
+                .unwrap_err()
+                .contains("SLUICE_NOT_SET_ANYWHERE")
+        );
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(valid_ident("customers_2"));
+        for bad in ["", "2x", "a-b", "a b", "a;drop", "x\"", &"a".repeat(64)] {
+            assert!(!valid_ident(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn named_parameters_skip_literals_and_casts() {
+        let mut p = Map::new();
+        p.insert("id".into(), json!(1));
+        p.insert("n".into(), json!("x"));
+        let st = named_params(
+            "SELECT ':id', a::text FROM t WHERE id = :id AND n = :n OR id = :id",
+            Backend::Postgres,
+            &p,
+        )
+        .unwrap();
+        assert_eq!(
+            st.sql,
+            "SELECT ':id', a::text FROM t WHERE id = $1 AND n = $2 OR id = $3"
+        );
+        assert_eq!(st.params, vec![json!(1), json!("x"), json!(1)]);
+        assert!(named_params("SELECT :missing", Backend::Sqlite, &p).is_err());
+    }
+}

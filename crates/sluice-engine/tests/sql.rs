@@ -1,0 +1,276 @@
+//! The SQL actions on real databases: SQLite always; PostgreSQL and MariaDB
+//! when `SLUICE_TEST_POSTGRES_URL` / `SLUICE_TEST_MYSQL_URL` are set (as
+//! `.ci/run` sets them). A URL that is set must be reachable: the test fails
+//! rather than skips. Under CI both must be set.
+
+use serde_json::{Value, json};
+use sluice_connect::Registry;
+use sluice_engine::{Engine, RunRequest};
+use sluice_store::{RunStatus, SqliteStore};
+use std::sync::Arc;
+
+struct Backend {
+    name: &'static str,
+    url: String,
+    ddl: &'static str,
+}
+
+fn backends() -> Vec<Backend> {
+    let dir = std::env::temp_dir().join(format!("sluice-sql-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v = vec![Backend {
+        name: "sqlite",
+        url: format!("sqlite://{}?mode=rwc", dir.join("app.db").display()),
+        ddl: "CREATE TABLE TBL (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL UNIQUE, name TEXT, score REAL, active BOOLEAN, created TEXT DEFAULT CURRENT_TIMESTAMP)",
+    }];
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    for (name, var, ddl) in [
+        (
+            "postgres",
+            "SLUICE_TEST_POSTGRES_URL",
+            "CREATE TABLE TBL (id SERIAL PRIMARY KEY, email TEXT NOT NULL UNIQUE, name VARCHAR(100), score NUMERIC(6,2), active BOOLEAN, created TIMESTAMPTZ DEFAULT now())",
+        ),
+        (
+            "mariadb",
+            "SLUICE_TEST_MYSQL_URL",
+            "CREATE TABLE TBL (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(200) NOT NULL UNIQUE, name VARCHAR(100), score DECIMAL(6,2), active BOOLEAN, created DATETIME DEFAULT CURRENT_TIMESTAMP)",
+        ),
+    ] {
+        match std::env::var(var) {
+            Ok(url) => v.push(Backend { name, url, ddl }),
+            Err(_) if ci => panic!("{var} must be set under CI"),
+            Err(_) => eprintln!("skipped {name}: {var} is not set"),
+        }
+    }
+    v
+}
+
+async fn run(
+    engine: &Engine<SqliteStore>,
+    registry: &Registry,
+    flow: &str,
+    input: Value,
+) -> (RunStatus, Option<Value>, String) {
+    let flow = sluice_model::load("test.yaml", flow, registry).unwrap_or_else(|d| panic!("{d}"));
+    let r = engine
+        .run(
+            &flow,
+            RunRequest {
+                input: Some(input),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    (
+        r.status,
+        r.output,
+        r.failure.map(|f| f.message).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_actions_on_every_database() {
+    let registry = Arc::new(Registry::builtin());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let mut summary = Vec::new();
+    for b in backends() {
+        let table = format!("customers_{}", std::process::id());
+        let head = format!(
+            "id: t\nunmappedResults: replace\nconnections:\n  app: {{url: \"{}\"}}\nsteps:\n",
+            b.url
+        );
+        // Fresh table.
+        let setup = format!(
+            "{head}  - {{key: drop, type: sql.query, options: {{connection: app, mode: statement, query: \"DROP TABLE IF EXISTS {table}\"}}}}\n  - {{key: create, type: sql.query, options: {{connection: app, mode: statement, query: \"{}\"}}}}\n",
+            b.ddl.replace("TBL", &table)
+        );
+        let (st, _, err) = run(&engine, &registry, &setup, json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: setup: {err}", b.name);
+
+        // sql.create emits the stored row, defaults and all; values are bound.
+        let create = format!(
+            "{head}  - key: c\n    type: sql.create\n    options:\n      connection: app\n      collection: {table}\n      properties: {{email: \"{{{{ .email }}}}\", name: \"{{{{ .name }}}}\", score: \"{{{{ .score }}}}\", active: true}}\n"
+        );
+        for (email, name, score) in [
+            ("ada@example.com", "Ada", 4.5),
+            ("bob@example.com", "Bob", 3.25),
+            ("ann@example.com", "Ada", 1.0),
+        ] {
+            let (st, out, err) = run(
+                &engine,
+                &registry,
+                &create,
+                json!({"email": email, "name": name, "score": score}),
+            )
+            .await;
+            assert_eq!(st, RunStatus::Succeeded, "{}: create: {err}", b.name);
+            let row = out.unwrap();
+            assert_eq!(row["email"], json!(email), "{}: {row}", b.name);
+            assert!(
+                row["id"].as_i64().is_some_and(|i| i > 0),
+                "{}: {row}",
+                b.name
+            );
+            assert_eq!(row["score"].as_f64(), Some(score), "{}: {row}", b.name);
+            assert!(
+                !row["created"].is_null(),
+                "{}: default filled in: {row}",
+                b.name
+            );
+        }
+        // A value that breaks a constraint: the database's own message, blamed on the outside system.
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &create,
+            json!({"email": "ada@example.com", "name": "Dup", "score": 0}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Failed, "{}", b.name);
+        assert!(
+            err.to_lowercase().contains("unique") || err.to_lowercase().contains("duplicate"),
+            "{}: {err}",
+            b.name
+        );
+
+        // sql.lookup: one, none, several, omitted criteria.
+        let lookup = |criteria: &str, extra: &str| {
+            format!(
+                "{head}  - {{key: l, type: sql.lookup, options: {{connection: app, collection: {table}, criteria: {criteria}{extra}}}}}\n"
+            )
+        };
+        let (st, out, err) = run(
+            &engine,
+            &registry,
+            &lookup("{email: \"{{ .email }}\"}", ""),
+            json!({"email": "bob@example.com"}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        assert_eq!(out.unwrap()["name"], json!("Bob"));
+        let (st, _, err) = run(&engine, &registry, &lookup("{name: Ada}", ""), json!({})).await;
+        assert_eq!(st, RunStatus::Incident, "{}", b.name);
+        assert!(
+            err.contains("more than one matching object"),
+            "{}: {err}",
+            b.name
+        );
+        let (st, _, err) = run(&engine, &registry, &lookup("{name: Nobody}", ""), json!({})).await;
+        assert!(
+            st == RunStatus::Incident && err.contains("not found"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &lookup("{name: Nobody}", ", allowZeroResults: true"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(out, Some(json!({})), "{}", b.name);
+        let (st, _, err) = run(&engine, &registry, &lookup("{name: null}", ""), json!({})).await;
+        assert!(
+            st == RunStatus::Incident && err.contains("criteria are missing"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &lookup("{}", ", allowCriteriaToBeOmitted: true"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(out, Some(json!({})), "{}", b.name);
+
+        // Identifiers are checked against the schema: injection and unknown fields refused.
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &lookup("{\"name; DROP TABLE x\": 1}", ""),
+            json!({}),
+        )
+        .await;
+        assert!(
+            st == RunStatus::Incident && err.contains("has no field"),
+            "{}: {err}",
+            b.name
+        );
+        let bad_table = lookup("{name: Ada}", "").replace(
+            &format!("collection: {table}"),
+            "collection: \"x; DROP TABLE y\"",
+        );
+        let (st, _, err) = run(&engine, &registry, &bad_table, json!({})).await;
+        assert!(
+            st != RunStatus::Succeeded && err.contains("not a valid collection name"),
+            "{}: {err}",
+            b.name
+        );
+        let missing = lookup("{name: Ada}", "")
+            .replace(&format!("collection: {table}"), "collection: no_such_table");
+        let (_, _, err) = run(&engine, &registry, &missing, json!({})).await;
+        assert!(err.contains("does not exist"), "{}: {err}", b.name);
+
+        // sql.query with named parameters, fetchAll and expectSingle.
+        let q = format!("SELECT email, score FROM {table} WHERE name = :name ORDER BY email");
+        let query = format!(
+            "{head}  - {{key: q, type: sql.query, options: {{connection: app, query: \"{q}\", params: {{name: \"{{{{ .who }}}}\"}}}}}}\n"
+        );
+        let (st, out, err) = run(&engine, &registry, &query, json!({"who": "Ada"})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        let results = out.unwrap()["results"].clone();
+        assert_eq!(
+            results.as_array().map(Vec::len),
+            Some(2),
+            "{}: {results}",
+            b.name
+        );
+        assert_eq!(results[0]["email"], json!("ada@example.com"));
+        let single = query.replace("params:", "mode: expectSingle, params:");
+        let (st, _, err) = run(&engine, &registry, &single, json!({"who": "Ada"})).await;
+        assert!(
+            st == RunStatus::Incident && err.contains("more than one matching object"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(&engine, &registry, &single, json!({"who": "Bob"})).await;
+        assert_eq!(out.unwrap()["email"], json!("bob@example.com"));
+        let stmt = format!(
+            "{head}  - {{key: u, type: sql.query, options: {{connection: app, mode: statement, query: \"UPDATE {table} SET active = :a WHERE name = :n\", params: {{a: false, n: Ada}}}}}}\n"
+        );
+        let (_, out, err) = run(&engine, &registry, &stmt, json!({})).await;
+        assert_eq!(out, Some(json!({"rowsAffected": 2})), "{}: {err}", b.name);
+
+        let (_, _, _) = run(&engine, &registry, &format!("{head}  - {{key: d, type: sql.query, options: {{connection: app, mode: statement, query: \"DROP TABLE {table}\"}}}}\n"), json!({})).await;
+        summary.push(b.name);
+    }
+    println!(
+        "sql actions: {} passed, 0 failed ({})",
+        summary.len(),
+        summary.join(", ")
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_refuses_names_it_without_its_password() {
+    let registry = Registry::builtin();
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        Arc::new(Registry::builtin()),
+    );
+    // SAFETY of the test: a variable only this test reads.
+    unsafe { std::env::set_var("SLUICE_TEST_SECRET_PW", "hunter2") };
+    let flow = "id: t\nconnections:\n  crm: {url: \"postgres://app:${env:SLUICE_TEST_SECRET_PW}@127.0.0.1:1/crm\"}\nsteps:\n  - {key: q, type: sql.query, options: {connection: crm, query: \"SELECT 1\"}}\n";
+    let (st, _, err) = run(&engine, &registry, flow, json!({})).await;
+    assert_eq!(st, RunStatus::Failed);
+    assert!(
+        err.contains("connection `crm` (postgres://app:***@127.0.0.1:1/crm) refused"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"));
+}
