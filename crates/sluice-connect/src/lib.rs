@@ -301,6 +301,9 @@ impl Registry {
         r.add(sql::SqlQuery);
         r.add(sql::SqlCreate);
         r.add(sql::SqlLookup);
+        r.add(sql::SqlUpdate);
+        r.add(sql::SqlUpsert);
+        r.add(sql::SqlDelete);
         r.add_trigger::<core_ops::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r

@@ -8,7 +8,8 @@
 //! * Collections and fields are checked against the database's own schema and
 //!   quoted; values are always bound parameters.
 //!
-//! This first increment has `sql.query`, `sql.create` and `sql.lookup`.
+//! Actions so far: `sql.query`, `sql.create`, `sql.lookup`, `sql.update`,
+//! `sql.upsert` and `sql.delete`; each write runs in one transaction.
 
 use crate::{Action, ActionCx, ActionError, Outcome};
 use schemars::JsonSchema;
@@ -108,12 +109,21 @@ enum Pool {
     MySql(sqlx::MySqlPool),
 }
 
+/// A table as the database describes it.
+#[derive(Debug, Default)]
+struct Table {
+    /// column -> database type (lower case)
+    cols: BTreeMap<String, String>,
+    /// the primary key's columns
+    pk: Vec<String>,
+}
+
 /// One open database with its schema cache.
 pub struct Db {
     backend: Backend,
     pool: Pool,
     /// table -> (column -> database type)
-    schema: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
+    schema: Mutex<HashMap<String, Arc<Table>>>,
     shown: String,
 }
 
@@ -225,6 +235,74 @@ macro_rules! bind_all {
     }};
 }
 
+/// Run a statement on an executor, decoding rows with `$decode`.
+macro_rules! exec {
+    ($db:expr, $st:expr, $fetch:expr, $ex:expr, $decode:expr) => {{
+        let q = bind_all!(sqlx::query(AssertSqlSafe($st.sql.clone())), &$st.params);
+        if $fetch {
+            let rows = q.fetch_all($ex).await.map_err(|e| $db.err(e))?;
+            rows.iter()
+                .map($decode)
+                .collect::<Result<_, _>>()
+                .map(Fetched::Rows)
+        } else {
+            Ok(Fetched::Affected(
+                q.execute($ex)
+                    .await
+                    .map_err(|e| $db.err(e))?
+                    .rows_affected(),
+            ))
+        }
+    }};
+}
+
+enum TxConn {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+/// A transaction on one connection of a [`Db`]. Dropped without
+/// [`Tx::commit`], it rolls back.
+pub struct Tx {
+    db: Arc<Db>,
+    conn: TxConn,
+}
+
+impl Tx {
+    async fn run(&mut self, st: &Stmt, fetch: bool) -> Result<Fetched, ActionError> {
+        let db = self.db.clone();
+        match &mut self.conn {
+            TxConn::Sqlite(t) => exec!(db, st, fetch, &mut **t, decode_sqlite),
+            TxConn::Postgres(t) => exec!(db, st, fetch, &mut **t, decode_pg),
+            TxConn::MySql(t) => exec!(db, st, fetch, &mut **t, decode_mysql),
+        }
+    }
+
+    async fn rows(
+        &mut self,
+        st: &Stmt,
+        table: &Table,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        let rows = match self.run(st, true).await? {
+            Fetched::Rows(r) => r,
+            Fetched::Affected(_) => Vec::new(),
+        };
+        Ok(numbers_again(rows, &table.cols))
+    }
+
+    /// Commit.
+    pub async fn commit(self) -> Result<(), ActionError> {
+        let db = self.db;
+        match self.conn {
+            TxConn::Sqlite(t) => t.commit().await,
+            TxConn::Postgres(t) => t.commit().await,
+            TxConn::MySql(t) => t.commit().await,
+        }
+        .map_err(|e| db.err(e))
+    }
+}
+
 /// What a statement returned.
 enum Fetched {
     Rows(Vec<Map<String, Value>>),
@@ -243,17 +321,7 @@ impl Db {
         st: &Stmt,
         cols: &BTreeMap<String, String>,
     ) -> Result<Vec<Map<String, Value>>, ActionError> {
-        let mut rows = self.rows(st).await?;
-        for row in &mut rows {
-            for (k, v) in row.iter_mut() {
-                if let (Some(t), Value::String(s)) = (cols.get(k), &*v)
-                    && matches!(t.as_str(), "numeric" | "decimal")
-                {
-                    *v = number_from_text(s);
-                }
-            }
-        }
-        Ok(rows)
+        Ok(numbers_again(self.rows(st).await?, cols))
     }
 
     async fn rows(&self, st: &Stmt) -> Result<Vec<Map<String, Value>>, ActionError> {
@@ -264,55 +332,29 @@ impl Db {
     }
 
     async fn run(&self, st: &Stmt, fetch: bool) -> Result<Fetched, ActionError> {
-        let sql = AssertSqlSafe(st.sql.clone());
         match &self.pool {
-            Pool::Sqlite(p) => {
-                let q = bind_all!(sqlx::query(sql), &st.params);
-                if fetch {
-                    let rows = q.fetch_all(p).await.map_err(|e| self.err(e))?;
-                    rows.iter()
-                        .map(decode_sqlite)
-                        .collect::<Result<_, _>>()
-                        .map(Fetched::Rows)
-                } else {
-                    Ok(Fetched::Affected(
-                        q.execute(p).await.map_err(|e| self.err(e))?.rows_affected(),
-                    ))
-                }
-            }
-            Pool::Postgres(p) => {
-                let q = bind_all!(sqlx::query(sql), &st.params);
-                if fetch {
-                    let rows = q.fetch_all(p).await.map_err(|e| self.err(e))?;
-                    rows.iter()
-                        .map(decode_pg)
-                        .collect::<Result<_, _>>()
-                        .map(Fetched::Rows)
-                } else {
-                    Ok(Fetched::Affected(
-                        q.execute(p).await.map_err(|e| self.err(e))?.rows_affected(),
-                    ))
-                }
-            }
-            Pool::MySql(p) => {
-                let q = bind_all!(sqlx::query(sql), &st.params);
-                if fetch {
-                    let rows = q.fetch_all(p).await.map_err(|e| self.err(e))?;
-                    rows.iter()
-                        .map(decode_mysql)
-                        .collect::<Result<_, _>>()
-                        .map(Fetched::Rows)
-                } else {
-                    Ok(Fetched::Affected(
-                        q.execute(p).await.map_err(|e| self.err(e))?.rows_affected(),
-                    ))
-                }
-            }
+            Pool::Sqlite(p) => exec!(self, st, fetch, p, decode_sqlite),
+            Pool::Postgres(p) => exec!(self, st, fetch, p, decode_pg),
+            Pool::MySql(p) => exec!(self, st, fetch, p, decode_mysql),
         }
     }
 
-    /// The columns of `table` with their types, from the database itself.
-    async fn columns(&self, table: &str) -> Result<Arc<BTreeMap<String, String>>, ActionError> {
+    /// Begin a transaction on one connection; dropping it rolls back.
+    pub async fn begin(self: &Arc<Self>) -> Result<Tx, ActionError> {
+        let conn = match &self.pool {
+            Pool::Sqlite(p) => TxConn::Sqlite(p.begin().await.map_err(|e| self.err(e))?),
+            Pool::Postgres(p) => TxConn::Postgres(p.begin().await.map_err(|e| self.err(e))?),
+            Pool::MySql(p) => TxConn::MySql(p.begin().await.map_err(|e| self.err(e))?),
+        };
+        Ok(Tx {
+            db: self.clone(),
+            conn,
+        })
+    }
+
+    /// The columns of `table` with their types and its primary key, from
+    /// the database itself (cached).
+    async fn table(&self, table: &str) -> Result<Arc<Table>, ActionError> {
         if !valid_ident(table) {
             return Err(ActionError::flow(format!(
                 "`{table}` is not a valid collection name (letters, digits and `_`)"
@@ -321,62 +363,76 @@ impl Db {
         if let Some(c) = self.schema.lock().ok().and_then(|s| s.get(table).cloned()) {
             return Ok(c);
         }
-        let st = match self.backend {
-            Backend::Sqlite => Stmt {
-                sql: "SELECT name AS column_name, type AS data_type FROM pragma_table_info(?)".into(),
-                params: vec![Value::from(table)],
-            },
-            Backend::Postgres => Stmt {
-                sql: "SELECT column_name::text AS column_name, udt_name::text AS data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1".into(),
-                params: vec![Value::from(table)],
-            },
-            Backend::MySql => Stmt {
-                sql: "SELECT CAST(column_name AS CHAR) AS column_name, CAST(data_type AS CHAR) AS data_type FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?".into(),
-                params: vec![Value::from(table)],
-            },
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name AS column_name, type AS data_type, pk > 0 AS is_pk FROM pragma_table_info(?)"
+            }
+            Backend::Postgres => {
+                "SELECT c.column_name::text AS column_name, c.udt_name::text AS data_type, \
+                 EXISTS (SELECT 1 FROM information_schema.table_constraints tc \
+                   JOIN information_schema.key_column_usage k ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema \
+                   WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = c.table_schema AND tc.table_name = c.table_name AND k.column_name = c.column_name) AS is_pk \
+                 FROM information_schema.columns c WHERE c.table_schema = current_schema() AND c.table_name = $1"
+            }
+            Backend::MySql => {
+                "SELECT CAST(column_name AS CHAR) AS column_name, CAST(data_type AS CHAR) AS data_type, column_key = 'PRI' AS is_pk \
+                 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?"
+            }
         };
-        let rows = self.rows(&st).await?;
+        let rows = self
+            .rows(&Stmt {
+                sql: sql.into(),
+                params: vec![Value::from(table)],
+            })
+            .await?;
         if rows.is_empty() {
             return Err(ActionError::data(format!(
                 "collection `{table}` does not exist in {}",
                 self.shown
             )));
         }
-        let cols: BTreeMap<String, String> = rows
-            .into_iter()
-            .filter_map(|r| {
-                let name = r.get("column_name")?.as_str()?.to_owned();
-                let ty = r
-                    .get("data_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                Some((name, ty))
-            })
-            .collect();
-        let cols = Arc::new(cols);
-        if let Ok(mut s) = self.schema.lock() {
-            s.insert(table.to_owned(), cols.clone());
+        let mut t = Table::default();
+        for r in rows {
+            let Some(name) = r.get("column_name").and_then(Value::as_str) else {
+                continue;
+            };
+            let ty = r
+                .get("data_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let pk = matches!(r.get("is_pk"), Some(Value::Bool(true)))
+                || r.get("is_pk")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|n| n != 0);
+            if pk {
+                t.pk.push(name.to_owned());
+            }
+            t.cols.insert(name.to_owned(), ty);
         }
-        Ok(cols)
+        let t = Arc::new(t);
+        if let Ok(mut s) = self.schema.lock() {
+            s.insert(table.to_owned(), t.clone());
+        }
+        Ok(t)
     }
 
-    /// Check that every field exists in `table`.
+    /// The table, after checking that every field exists in it.
     async fn check_fields<'f>(
         &self,
         table: &str,
         fields: impl Iterator<Item = &'f String>,
-    ) -> Result<Arc<BTreeMap<String, String>>, ActionError> {
-        let cols = self.columns(table).await?;
+    ) -> Result<Arc<Table>, ActionError> {
+        let t = self.table(table).await?;
         for f in fields {
-            if !valid_ident(f) || !cols.contains_key(f) {
+            if !valid_ident(f) || !t.cols.contains_key(f) {
                 return Err(ActionError::data(format!(
                     "collection `{table}` has no field `{f}` (fields: {})",
-                    cols.keys().cloned().collect::<Vec<_>>().join(", ")
+                    t.cols.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
             }
         }
-        Ok(cols)
+        Ok(t)
     }
 
     /// A placeholder for a value written to or compared with a column of
@@ -472,6 +528,23 @@ fn readable(b: Backend, t: &str) -> bool {
                 | "json"
         ),
     }
+}
+
+/// Decimals read as text become numbers again.
+fn numbers_again(
+    mut rows: Vec<Map<String, Value>>,
+    cols: &BTreeMap<String, String>,
+) -> Vec<Map<String, Value>> {
+    for row in &mut rows {
+        for (k, v) in row.iter_mut() {
+            if let (Some(t), Value::String(s)) = (cols.get(k), &*v)
+                && matches!(t.as_str(), "numeric" | "decimal")
+            {
+                *v = number_from_text(s);
+            }
+        }
+    }
+    rows
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -799,7 +872,8 @@ impl Action for SqlCreate {
         o: SqlCreateOptions,
     ) -> Result<Outcome, ActionError> {
         let db = cx.connections.db(&o.connection).await?;
-        let cols = db.check_fields(&o.collection, o.properties.keys()).await?;
+        let table_info = db.check_fields(&o.collection, o.properties.keys()).await?;
+        let cols = &table_info.cols;
         let table = db.backend.quote(&o.collection);
         let names: Vec<String> = o.properties.keys().map(|k| db.backend.quote(k)).collect();
         let marks: Vec<String> = o
@@ -822,13 +896,13 @@ impl Action for SqlCreate {
                 marks.join(", ")
             )
         };
-        let select = db.select_list(&cols);
+        let select = db.select_list(cols);
         // SQLite, PostgreSQL and MariaDB (10.5+) all return the stored row.
         let st = Stmt {
             sql: format!("{insert} RETURNING {select}"),
             params,
         };
-        let row = db.table_rows(&st, &cols).await?.into_iter().next();
+        let row = db.table_rows(&st, cols).await?.into_iter().next();
         Ok(Outcome::value(Value::Object(row.unwrap_or_default())))
     }
 }
@@ -865,7 +939,8 @@ impl Action for SqlLookup {
         o: SqlLookupOptions,
     ) -> Result<Outcome, ActionError> {
         let db = cx.connections.db(&o.connection).await?;
-        let cols = db.check_fields(&o.collection, o.criteria.keys()).await?;
+        let table_info = db.check_fields(&o.collection, o.criteria.keys()).await?;
+        let cols = &table_info.cols;
         if o.criteria.values().all(Value::is_null) {
             return if o.allow_criteria_to_be_omitted {
                 Ok(Outcome::value(Value::Object(Map::new())))
@@ -876,16 +951,16 @@ impl Action for SqlLookup {
             };
         }
         let mut params = Vec::new();
-        let w = where_clause(&db, &cols, &o.criteria, &mut params);
+        let w = where_clause(&db, cols, &o.criteria, &mut params);
         let st = Stmt {
             sql: format!(
                 "SELECT {} FROM {} WHERE {w} LIMIT 2",
-                db.select_list(&cols),
+                db.select_list(cols),
                 db.backend.quote(&o.collection)
             ),
             params,
         };
-        let mut rows = db.table_rows(&st, &cols).await?;
+        let mut rows = db.table_rows(&st, cols).await?;
         match rows.len() {
             1 => Ok(Outcome::value(Value::Object(rows.remove(0)))),
             0 if o.allow_zero_results => Ok(Outcome::value(Value::Object(Map::new()))),
@@ -945,5 +1020,255 @@ mod tests {
         );
         assert_eq!(st.params, vec![json!(1), json!("x"), json!(1)]);
         assert!(named_params("SELECT :missing", Backend::Sqlite, &p).is_err());
+    }
+}
+
+/// Objects matching `criteria` (at most two: enough to tell one from several).
+async fn find(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    criteria: &Map<String, Value>,
+) -> Result<Vec<Map<String, Value>>, ActionError> {
+    let mut params = Vec::new();
+    let w = where_clause(db, &t.cols, criteria, &mut params);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {w} LIMIT 2",
+        db.select_list(&t.cols),
+        db.backend.quote(name)
+    );
+    tx.rows(&Stmt { sql, params }, t).await
+}
+
+/// What selects exactly `row`: its primary key, or else the criteria.
+fn row_key(
+    t: &Table,
+    row: &Map<String, Value>,
+    criteria: &Map<String, Value>,
+) -> Map<String, Value> {
+    if !t.pk.is_empty()
+        && t.pk
+            .iter()
+            .all(|k| row.get(k).is_some_and(|v| !v.is_null()))
+    {
+        t.pk.iter().map(|k| (k.clone(), row[k].clone())).collect()
+    } else {
+        criteria.clone()
+    }
+}
+
+/// Update `props` of the row selected by `key`, and read it back.
+async fn update_row(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    key: &Map<String, Value>,
+    props: &Map<String, Value>,
+) -> Result<Map<String, Value>, ActionError> {
+    if !props.is_empty() {
+        let mut params = Vec::new();
+        let sets: Vec<String> = props
+            .iter()
+            .map(|(k, v)| {
+                params.push(db.param_value(v, t.cols.get(k)));
+                format!(
+                    "{} = {}",
+                    db.backend.quote(k),
+                    db.param(params.len(), t.cols.get(k))
+                )
+            })
+            .collect();
+        let w = where_clause(db, &t.cols, key, &mut params);
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {w}",
+            db.backend.quote(name),
+            sets.join(", ")
+        );
+        tx.run(&Stmt { sql, params }, false).await?;
+    }
+    // The key may have been updated too.
+    let mut after = key.clone();
+    for (k, v) in props {
+        if after.contains_key(k) {
+            after.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(find(tx, db, name, t, &after)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+fn criteria_missing(c: &Map<String, Value>) -> bool {
+    c.values().all(Value::is_null)
+}
+
+/// Options of `sql.update` and `sql.upsert`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlWriteOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The table.
+    pub collection: String,
+    /// Field values that identify the object: its id or unique fields.
+    pub criteria: Map<String, Value>,
+    /// The fields to write (an update is partial: other fields are kept).
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+}
+
+/// `sql.update`: update the one object matching the criteria; none is "not found".
+pub struct SqlUpdate;
+
+/// `sql.upsert`: update the one object matching the criteria, or create it.
+pub struct SqlUpsert;
+
+async fn write(
+    cx: &ActionCx<'_>,
+    o: SqlWriteOptions,
+    create: bool,
+) -> Result<Outcome, ActionError> {
+    let db = cx.connections.db(&o.connection).await?;
+    let t = db
+        .check_fields(&o.collection, o.criteria.keys().chain(o.properties.keys()))
+        .await?;
+    if criteria_missing(&o.criteria) {
+        return Err(ActionError::data(
+            "the criteria are missing: give the object's id or unique fields",
+        ));
+    }
+    let mut tx = db.begin().await?;
+    let found = find(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
+    let row = match found.len() {
+        0 if create => {
+            let mut props = o.criteria.clone();
+            props.extend(o.properties.clone());
+            let names: Vec<String> = props.keys().map(|k| db.backend.quote(k)).collect();
+            let marks: Vec<String> = props
+                .keys()
+                .enumerate()
+                .map(|(i, k)| db.param(i + 1, t.cols.get(k)))
+                .collect();
+            let params: Vec<Value> = props
+                .iter()
+                .map(|(k, v)| db.param_value(v, t.cols.get(k)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+                db.backend.quote(&o.collection),
+                names.join(", "),
+                marks.join(", "),
+                db.select_list(&t.cols)
+            );
+            tx.rows(&Stmt { sql, params }, &t)
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+        }
+        0 => {
+            return Err(ActionError::data(format!(
+                "not found: no object in `{}` matches the criteria",
+                o.collection
+            )));
+        }
+        1 => {
+            let key = row_key(&t, &found[0], &o.criteria);
+            update_row(&mut tx, &db, &o.collection, &t, &key, &o.properties).await?
+        }
+        _ => {
+            return Err(ActionError::data(format!(
+                "more than one matching object in `{}`; nothing was written",
+                o.collection
+            )));
+        }
+    };
+    tx.commit().await?;
+    Ok(Outcome::value(Value::Object(row)))
+}
+
+impl Action for SqlUpdate {
+    const KIND: &'static str = "sql.update";
+    type Options = SqlWriteOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlWriteOptions,
+    ) -> Result<Outcome, ActionError> {
+        write(&cx, o, false).await
+    }
+}
+
+impl Action for SqlUpsert {
+    const KIND: &'static str = "sql.upsert";
+    type Options = SqlWriteOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlWriteOptions,
+    ) -> Result<Outcome, ActionError> {
+        write(&cx, o, true).await
+    }
+}
+
+/// `sql.delete`: delete the one object matching the criteria, emitting its
+/// key (`{id}`); none emits `{}`; several fail and delete nothing.
+pub struct SqlDelete;
+
+/// Options of `sql.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlDeleteOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The table.
+    pub collection: String,
+    /// Field values that identify the object: its id or unique fields.
+    pub criteria: Map<String, Value>,
+}
+
+impl Action for SqlDelete {
+    const KIND: &'static str = "sql.delete";
+    type Options = SqlDeleteOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlDeleteOptions,
+    ) -> Result<Outcome, ActionError> {
+        let db = cx.connections.db(&o.connection).await?;
+        let t = db.check_fields(&o.collection, o.criteria.keys()).await?;
+        if criteria_missing(&o.criteria) {
+            return Err(ActionError::data(
+                "the criteria are missing: give the object's id or unique fields",
+            ));
+        }
+        let mut tx = db.begin().await?;
+        let found = find(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
+        let out = match found.len() {
+            0 => Map::new(),
+            1 => {
+                let key = row_key(&t, &found[0], &o.criteria);
+                let mut params = Vec::new();
+                let w = where_clause(&db, &t.cols, &key, &mut params);
+                let sql = format!("DELETE FROM {} WHERE {w}", db.backend.quote(&o.collection));
+                tx.run(&Stmt { sql, params }, false).await?;
+                key
+            }
+            _ => {
+                return Err(ActionError::data(format!(
+                    "more than one matching object in `{}`; nothing was deleted",
+                    o.collection
+                )));
+            }
+        };
+        tx.commit().await?;
+        Ok(Outcome::value(Value::Object(out)))
     }
 }

@@ -246,6 +246,166 @@ async fn sql_actions_on_every_database() {
         let (_, out, err) = run(&engine, &registry, &stmt, json!({})).await;
         assert_eq!(out, Some(json!({"rowsAffected": 2})), "{}: {err}", b.name);
 
+        // sql.update: partial, one object only; sql.upsert creates or updates; sql.delete.
+        let write = |kind: &str, criteria: &str, props: &str| {
+            format!(
+                "{head}  - {{key: w, type: {kind}, options: {{connection: app, collection: {table}, criteria: {criteria}{props}}}}}\n"
+            )
+        };
+        let (st, out, err) = run(
+            &engine,
+            &registry,
+            &write(
+                "sql.update",
+                "{email: bob@example.com}",
+                ", properties: {score: 9.5}",
+            ),
+            json!({}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: update: {err}", b.name);
+        let row = out.unwrap();
+        assert_eq!(
+            (row["score"].as_f64(), &row["name"]),
+            (Some(9.5), &json!("Bob")),
+            "{}: partial update keeps other fields: {row}",
+            b.name
+        );
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &write(
+                "sql.update",
+                "{email: nobody@example.com}",
+                ", properties: {score: 1}",
+            ),
+            json!({}),
+        )
+        .await;
+        assert!(
+            st == RunStatus::Incident && err.contains("not found"),
+            "{}: {err}",
+            b.name
+        );
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &write("sql.update", "{name: Ada}", ", properties: {score: 0}"),
+            json!({}),
+        )
+        .await;
+        assert!(
+            st == RunStatus::Incident && err.contains("more than one matching object"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &lookup("{email: ada@example.com}", ""),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            out.unwrap()["score"].as_f64(),
+            Some(4.5),
+            "{}: several matches write nothing",
+            b.name
+        );
+        // The key itself may change.
+        let (_, out, err) = run(
+            &engine,
+            &registry,
+            &write(
+                "sql.update",
+                "{email: bob@example.com}",
+                ", properties: {email: robert@example.com}",
+            ),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            out.as_ref().map(|r| r["email"].clone()),
+            Some(json!("robert@example.com")),
+            "{}: {err}",
+            b.name
+        );
+        let (st, out, err) = run(
+            &engine,
+            &registry,
+            &write(
+                "sql.upsert",
+                "{email: cy@example.com}",
+                ", properties: {name: Cy}",
+            ),
+            json!({}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: upsert create: {err}", b.name);
+        let created = out.unwrap();
+        assert_eq!(
+            (&created["email"], &created["name"]),
+            (&json!("cy@example.com"), &json!("Cy")),
+            "{}",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &write(
+                "sql.upsert",
+                "{email: cy@example.com}",
+                ", properties: {name: Cyrus}",
+            ),
+            json!({}),
+        )
+        .await;
+        let updated = out.unwrap();
+        assert_eq!(
+            (&updated["id"], &updated["name"]),
+            (&created["id"], &json!("Cyrus")),
+            "{}: upsert updates the same row",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &write("sql.delete", "{email: cy@example.com}", ""),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            out,
+            Some(json!({"id": created["id"]})),
+            "{}: delete emits the key",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &write("sql.delete", "{email: cy@example.com}", ""),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            out,
+            Some(json!({})),
+            "{}: nothing to delete emits {{}}",
+            b.name
+        );
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &write("sql.delete", "{name: Ada}", ""),
+            json!({}),
+        )
+        .await;
+        assert!(
+            st == RunStatus::Incident && err.contains("more than one matching object"),
+            "{}: {err}",
+            b.name
+        );
+
         let (_, _, _) = run(&engine, &registry, &format!("{head}  - {{key: d, type: sql.query, options: {{connection: app, mode: statement, query: \"DROP TABLE {table}\"}}}}\n"), json!({})).await;
         summary.push(b.name);
     }
