@@ -304,6 +304,7 @@ impl Registry {
         r.add(sql::SqlUpdate);
         r.add(sql::SqlUpsert);
         r.add(sql::SqlDelete);
+        r.add(sql::SqlLookupMany);
         r.add_trigger::<core_ops::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r

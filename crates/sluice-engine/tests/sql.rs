@@ -246,6 +246,57 @@ async fn sql_actions_on_every_database() {
         let (_, out, err) = run(&engine, &registry, &stmt, json!({})).await;
         assert_eq!(out, Some(json!({"rowsAffected": 2})), "{}: {err}", b.name);
 
+        // sql.lookupMany: terms joined by and/or, fetchAll with its limit, fetchPage.
+        let many = |opts: &str| {
+            format!(
+                "{head}  - {{key: m, type: sql.lookupMany, options: {{connection: app, collection: {table}{opts}}}}}\n"
+            )
+        };
+        let emails = |out: Option<Value>| -> Vec<String> {
+            out.map(|o| o["results"].as_array().cloned().unwrap_or_default())
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r["email"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let (st, out, err) = run(
+            &engine,
+            &registry,
+            &many(
+                ", terms: [{field: score, condition: \">=\", value: 3}], orderBy: [{field: email}]",
+            ),
+            json!({}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        assert_eq!(
+            emails(out),
+            vec!["ada@example.com", "bob@example.com"],
+            "{}",
+            b.name
+        );
+        let (_, out, _) = run(&engine, &registry, &many(", terms: [{field: email, condition: like, value: \"a%\"}, {field: name, value: Bob}], join: or, orderBy: [{field: email, order: desc}]"), json!({})).await;
+        assert_eq!(
+            emails(out),
+            vec!["bob@example.com", "ann@example.com", "ada@example.com"],
+            "{}",
+            b.name
+        );
+        let (st, _, err) = run(&engine, &registry, &many(", maxResultSize: 3"), json!({})).await;
+        assert!(
+            st == RunStatus::Incident && err.contains("too many results"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &many(", mode: fetchPage, pageSize: 2, pageNumber: 1, orderBy: [{field: email}]"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(emails(out), vec!["bob@example.com"], "{}", b.name);
+
         // sql.update: partial, one object only; sql.upsert creates or updates; sql.delete.
         let write = |kind: &str, criteria: &str, props: &str| {
             format!(
