@@ -94,6 +94,7 @@ impl Action for Log {
         Ok(Outcome {
             payload: None,
             logs: vec![text(options.message)],
+            tokens: None,
         })
     }
 }
@@ -250,6 +251,7 @@ mod tests {
             expressions: &exprs,
             limits: &limits,
             connections: &connections,
+            deferred: &BTreeMap::new(),
         };
         reg.get(kind).unwrap().action.run_json(cx, options).await
     }

@@ -90,6 +90,8 @@ pub struct Outcome {
     pub payload: Option<Value>,
     /// Lines for the run log.
     pub logs: Vec<String>,
+    /// Tokens the step set, for the run's `$tokens`.
+    pub tokens: Option<serde_json::Map<String, Value>>,
 }
 
 impl Outcome {
@@ -98,6 +100,7 @@ impl Outcome {
         Self {
             payload: Some(v),
             logs: Vec::new(),
+            tokens: None,
         }
     }
 
@@ -124,6 +127,8 @@ pub struct ActionCx<'a> {
     pub limits: &'a Limits,
     /// The flow's connections.
     pub connections: &'a sql::Connections<'a>,
+    /// The deferred options, compiled: the step renders them itself.
+    pub deferred: &'a BTreeMap<String, (Value, sluice_expr::TemplateValue)>,
 }
 
 impl ActionCx<'_> {
@@ -148,6 +153,8 @@ pub trait Action: Send + Sync + 'static {
     const KIND: &'static str;
     /// Options that are jq expressions rather than templated values.
     const EXPRESSIONS: &'static [&'static str] = &[];
+    /// Options whose templates the step renders itself (see [`ActionCx::deferred`]).
+    const DEFERRED: &'static [&'static str] = &[];
     /// The typed options.
     type Options: DeserializeOwned + JsonSchema + Send;
     /// Run once with templated options.
@@ -305,6 +312,7 @@ impl Registry {
         r.add(sql::SqlUpsert);
         r.add(sql::SqlDelete);
         r.add(sql::SqlLookupMany);
+        r.add(sql::Envelope);
         r.add_trigger::<core_ops::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r
@@ -317,6 +325,7 @@ impl Registry {
             Entry {
                 spec: StepSpec {
                     expressions: A::EXPRESSIONS,
+                    deferred: A::DEFERRED,
                     check: check_options::<A::Options>,
                 },
                 action: Arc::new(action),
@@ -331,6 +340,7 @@ impl Registry {
             TriggerEntry {
                 spec: StepSpec {
                     expressions: &[],
+                    deferred: &[],
                     check: check_options::<O>,
                 },
             },

@@ -1127,6 +1127,112 @@ pub struct SqlUpdate;
 /// `sql.upsert`: update the one object matching the criteria, or create it.
 pub struct SqlUpsert;
 
+/// Create one object in a transaction and read it back.
+async fn create_in(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    props: &Map<String, Value>,
+) -> Result<Map<String, Value>, ActionError> {
+    let table = db.backend.quote(name);
+    let names: Vec<String> = props.keys().map(|k| db.backend.quote(k)).collect();
+    let marks: Vec<String> = props
+        .keys()
+        .enumerate()
+        .map(|(i, k)| db.param(i + 1, t.cols.get(k)))
+        .collect();
+    let params: Vec<Value> = props
+        .iter()
+        .map(|(k, v)| db.param_value(v, t.cols.get(k)))
+        .collect();
+    let insert = if names.is_empty() {
+        match db.backend {
+            Backend::MySql => format!("INSERT INTO {table} () VALUES ()"),
+            _ => format!("INSERT INTO {table} DEFAULT VALUES"),
+        }
+    } else {
+        format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            names.join(", "),
+            marks.join(", ")
+        )
+    };
+    // SQLite, PostgreSQL and MariaDB (10.5+) all return the stored row.
+    let sql = format!("{insert} RETURNING {}", db.select_list(&t.cols));
+    Ok(tx
+        .rows(&Stmt { sql, params }, t)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// Update (or, with `create`, create) the one object matching `criteria`.
+async fn write_in(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    criteria: &Map<String, Value>,
+    props: &Map<String, Value>,
+    create: bool,
+) -> Result<Map<String, Value>, ActionError> {
+    if criteria_missing(criteria) {
+        return Err(ActionError::data(
+            "the criteria are missing: give the object's id or unique fields",
+        ));
+    }
+    let found = find(tx, db, name, t, criteria).await?;
+    match found.len() {
+        0 if create => {
+            let mut all = criteria.clone();
+            all.extend(props.clone());
+            create_in(tx, db, name, t, &all).await
+        }
+        0 => Err(ActionError::data(format!(
+            "not found: no object in `{name}` matches the criteria"
+        ))),
+        1 => {
+            let key = row_key(t, &found[0], criteria);
+            update_row(tx, db, name, t, &key, props).await
+        }
+        _ => Err(ActionError::data(format!(
+            "more than one matching object in `{name}`; nothing was written"
+        ))),
+    }
+}
+
+/// Delete the one object matching `criteria`; its key, or `{}` when none.
+async fn delete_in(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    criteria: &Map<String, Value>,
+) -> Result<Map<String, Value>, ActionError> {
+    if criteria_missing(criteria) {
+        return Err(ActionError::data(
+            "the criteria are missing: give the object's id or unique fields",
+        ));
+    }
+    let found = find(tx, db, name, t, criteria).await?;
+    match found.len() {
+        0 => Ok(Map::new()),
+        1 => {
+            let key = row_key(t, &found[0], criteria);
+            let mut params = Vec::new();
+            let w = where_clause(db, &t.cols, &key, &mut params);
+            let sql = format!("DELETE FROM {} WHERE {w}", db.backend.quote(name));
+            tx.run(&Stmt { sql, params }, false).await?;
+            Ok(key)
+        }
+        _ => Err(ActionError::data(format!(
+            "more than one matching object in `{name}`; nothing was deleted"
+        ))),
+    }
+}
+
 async fn write(
     cx: &ActionCx<'_>,
     o: SqlWriteOptions,
@@ -1136,61 +1242,20 @@ async fn write(
     let t = db
         .check_fields(&o.collection, o.criteria.keys().chain(o.properties.keys()))
         .await?;
-    if criteria_missing(&o.criteria) {
-        return Err(ActionError::data(
-            "the criteria are missing: give the object's id or unique fields",
-        ));
-    }
     let mut tx = db.begin().await?;
-    let found = find(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
-    let row = match found.len() {
-        0 if create => {
-            let mut props = o.criteria.clone();
-            props.extend(o.properties.clone());
-            let names: Vec<String> = props.keys().map(|k| db.backend.quote(k)).collect();
-            let marks: Vec<String> = props
-                .keys()
-                .enumerate()
-                .map(|(i, k)| db.param(i + 1, t.cols.get(k)))
-                .collect();
-            let params: Vec<Value> = props
-                .iter()
-                .map(|(k, v)| db.param_value(v, t.cols.get(k)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
-                db.backend.quote(&o.collection),
-                names.join(", "),
-                marks.join(", "),
-                db.select_list(&t.cols)
-            );
-            tx.rows(&Stmt { sql, params }, &t)
-                .await?
-                .into_iter()
-                .next()
-                .unwrap_or_default()
-        }
-        0 => {
-            return Err(ActionError::data(format!(
-                "not found: no object in `{}` matches the criteria",
-                o.collection
-            )));
-        }
-        1 => {
-            let key = row_key(&t, &found[0], &o.criteria);
-            update_row(&mut tx, &db, &o.collection, &t, &key, &o.properties).await?
-        }
-        _ => {
-            return Err(ActionError::data(format!(
-                "more than one matching object in `{}`; nothing was written",
-                o.collection
-            )));
-        }
-    };
+    let row = write_in(
+        &mut tx,
+        &db,
+        &o.collection,
+        &t,
+        &o.criteria,
+        &o.properties,
+        create,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Outcome::value(Value::Object(row)))
 }
-
 impl Action for SqlUpdate {
     const KIND: &'static str = "sql.update";
     type Options = SqlWriteOptions;
@@ -1250,24 +1315,7 @@ impl Action for SqlDelete {
             ));
         }
         let mut tx = db.begin().await?;
-        let found = find(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
-        let out = match found.len() {
-            0 => Map::new(),
-            1 => {
-                let key = row_key(&t, &found[0], &o.criteria);
-                let mut params = Vec::new();
-                let w = where_clause(&db, &t.cols, &key, &mut params);
-                let sql = format!("DELETE FROM {} WHERE {w}", db.backend.quote(&o.collection));
-                tx.run(&Stmt { sql, params }, false).await?;
-                key
-            }
-            _ => {
-                return Err(ActionError::data(format!(
-                    "more than one matching object in `{}`; nothing was deleted",
-                    o.collection
-                )));
-            }
-        };
+        let out = delete_in(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
         tx.commit().await?;
         Ok(Outcome::value(Value::Object(out)))
     }
@@ -1507,5 +1555,250 @@ impl Action for SqlLookupMany {
                 ))
             }
         }
+    }
+}
+
+/// The write a patch makes.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchOp {
+    /// Insert.
+    Create,
+    /// Update the one object matching `criteria`.
+    Update,
+    /// Update it, or create it when none matches.
+    Upsert,
+    /// Delete the one object matching `criteria`.
+    Delete,
+}
+
+impl PatchOp {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Upsert => "upsert",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// One patch of an envelope.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Patch {
+    /// `create`, `update`, `upsert` or `delete`.
+    pub op: PatchOp,
+    /// The table.
+    pub collection: String,
+    /// Field values (templates allowed; `$tokens` holds tokens set so far).
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    /// For update, upsert and delete: what identifies the object.
+    #[serde(default)]
+    pub criteria: Map<String, Value>,
+    /// Tokens to set from the patch's response: token name -> field.
+    #[serde(default)]
+    pub set_tokens: BTreeMap<String, String>,
+    /// For a child patch: the field that receives the parent's new id.
+    #[serde(default)]
+    pub parent_key: Option<String>,
+    /// Patches of objects that belong to this one, written after it.
+    #[serde(default)]
+    pub children: Vec<Patch>,
+}
+
+/// Options of `envelope`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvelopeOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The patches, in order; all or none are written.
+    pub patches: Vec<Patch>,
+}
+
+/// `envelope`: patches written all or none, in one transaction.
+pub struct Envelope;
+
+/// A scope with the envelope's tokens over the run's.
+struct WithTokens<'a> {
+    inner: &'a (dyn sluice_expr::Scope + Sync),
+    tokens: sluice_expr::Val,
+}
+
+impl sluice_expr::Scope for WithTokens<'_> {
+    fn get(&self, name: &str) -> Option<sluice_expr::Val> {
+        if name == "tokens" {
+            Some(self.tokens.clone())
+        } else {
+            self.inner.get(name)
+        }
+    }
+}
+
+/// The id a child's `parentKey` receives: the parent's primary key (or `id`).
+fn new_id(t: &Table, row: &Map<String, Value>) -> Value {
+    t.pk.first()
+        .and_then(|k| row.get(k))
+        .or_else(|| row.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Write one patch and its children; `Err` carries the failing patch's label.
+fn apply_patch<'a>(
+    tx: &'a mut Tx,
+    db: &'a Db,
+    patch: &'a Patch,
+    label: String,
+    parent_id: Option<Value>,
+    tokens: &'a mut Map<String, Value>,
+) -> crate::BoxFuture<'a, Result<Value, (String, ActionError)>> {
+    Box::pin(async move {
+        let fail = |e: ActionError| {
+            (
+                format!("{label} ({} {})", patch.op.word(), patch.collection),
+                e,
+            )
+        };
+        let mut props = patch.properties.clone();
+        if let Some(k) = &patch.parent_key {
+            let id = parent_id
+                .ok_or_else(|| fail(ActionError::flow("`parentKey` is only for child patches")))?;
+            props.insert(k.clone(), id);
+        }
+        let t = db
+            .check_fields(&patch.collection, props.keys().chain(patch.criteria.keys()))
+            .await
+            .map_err(fail)?;
+        let row = match patch.op {
+            PatchOp::Create => create_in(tx, db, &patch.collection, &t, &props).await,
+            PatchOp::Update => {
+                write_in(
+                    tx,
+                    db,
+                    &patch.collection,
+                    &t,
+                    &patch.criteria,
+                    &props,
+                    false,
+                )
+                .await
+            }
+            PatchOp::Upsert => {
+                write_in(tx, db, &patch.collection, &t, &patch.criteria, &props, true).await
+            }
+            PatchOp::Delete => delete_in(tx, db, &patch.collection, &t, &patch.criteria).await,
+        }
+        .map_err(fail)?;
+        for (token, field) in &patch.set_tokens {
+            let v = row.get(field).cloned().ok_or_else(|| {
+                fail(ActionError::flow(format!(
+                    "setTokens: the response has no field `{field}` for token `{token}`"
+                )))
+            })?;
+            tokens.insert(token.clone(), v);
+        }
+        let id = new_id(&t, &row);
+        let mut children = Vec::new();
+        for (i, child) in patch.children.iter().enumerate() {
+            children.push(
+                apply_patch(
+                    tx,
+                    db,
+                    child,
+                    format!("{label}.{}", i + 1),
+                    Some(id.clone()),
+                    tokens,
+                )
+                .await?,
+            );
+        }
+        let mut out = row;
+        if !children.is_empty() {
+            out.insert("children".into(), Value::Array(children));
+        }
+        Ok(Value::Object(out))
+    })
+}
+
+impl Action for Envelope {
+    const KIND: &'static str = "envelope";
+    const DEFERRED: &'static [&'static str] = &["patches"];
+    type Options = EnvelopeOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: EnvelopeOptions,
+    ) -> Result<Outcome, ActionError> {
+        let db = cx.connections.db(&o.connection).await?;
+        let compiled = cx.deferred.get("patches").map(|(_, t)| t);
+        let input = sluice_expr::to_val(cx.input);
+        let global = cx
+            .scope
+            .get("tokens")
+            .and_then(|v| sluice_expr::from_val(&v).ok());
+        let global = match global {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let mut tokens = global.clone();
+        let mut tx = db.begin().await?;
+        let mut results = Vec::new();
+        for i in 0..o.patches.len() {
+            // Each patch is templated just before it is written, so that it
+            // sees the tokens the patches before it have set.
+            let patch = match compiled {
+                Some(t) => {
+                    let scope = WithTokens {
+                        inner: cx.scope,
+                        tokens: sluice_expr::to_val(&Value::Object(tokens.clone())),
+                    };
+                    let v = t
+                        .render_item(i, &input, &scope, cx.limits)?
+                        .unwrap_or(Value::Null);
+                    serde_json::from_value::<Patch>(v).map_err(|e| {
+                        ActionError::data(format!("patch {}: after templating: {e}", i + 1))
+                    })?
+                }
+                None => o.patches[i].clone(),
+            };
+            match apply_patch(
+                &mut tx,
+                &db,
+                &patch,
+                format!("patch {}", i + 1),
+                None,
+                &mut tokens,
+            )
+            .await
+            {
+                Ok(v) => results.push(v),
+                Err((which, e)) => {
+                    // Dropping the transaction rolls back every earlier patch.
+                    drop(tx);
+                    return Err(ActionError {
+                        blame: e.blame,
+                        message: format!(
+                            "{which} failed: {}; the envelope was rolled back, none of its patches was written",
+                            e.message
+                        ),
+                    });
+                }
+            }
+        }
+        tx.commit().await?;
+        // The tokens this envelope set (they shadow the run's from now on).
+        let set_tokens: Map<String, Value> = tokens
+            .into_iter()
+            .filter(|(k, v)| global.get(k) != Some(v))
+            .collect();
+        Ok(Outcome {
+            payload: Some(serde_json::json!({ "results": results, "tokens": set_tokens })),
+            logs: Vec::new(),
+            tokens: Some(set_tokens),
+        })
     }
 }

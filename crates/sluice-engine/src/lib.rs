@@ -149,6 +149,8 @@ struct FlowObject {
     entries: HashMap<String, Val>,
     /// The event that started the run, if an event did.
     event: Option<Value>,
+    /// `$tokens`: tokens set by the envelopes that ran.
+    tokens: Map<String, Value>,
 }
 
 impl Scope for FlowObject {
@@ -157,6 +159,7 @@ impl Scope for FlowObject {
             "trigger" => Some(self.trigger.clone()),
             "last" => Some(self.last.clone()),
             "accountability" => Some(self.accountability.clone()),
+            "tokens" => Some(to_val(&Value::Object(self.tokens.clone()))),
             key => self.entries.get(key).cloned(),
         }
     }
@@ -168,6 +171,7 @@ struct Done {
     result: Option<Value>,
     state: Value,
     logs: Vec<String>,
+    tokens: Option<Map<String, Value>>,
 }
 
 /// A step that failed.
@@ -230,6 +234,7 @@ impl<S: Store> Engine<S> {
                 accountability: to_val(&req.accountability),
                 entries: HashMap::new(),
                 event: None,
+                tokens: Map::new(),
             };
             input = apply_event(
                 &flow.trigger.event_filter,
@@ -273,6 +278,7 @@ impl<S: Store> Engine<S> {
             accountability: to_val(&req.accountability),
             entries: HashMap::new(),
             event,
+            tokens: Map::new(),
         };
         self.drive(flow, run_id, fo, input, 0, 0).await
     }
@@ -330,6 +336,7 @@ impl<S: Store> Engine<S> {
             event: EVENT_TRIGGERS
                 .contains(&flow.trigger.kind.as_str())
                 .then(|| detail.trigger.clone()),
+            tokens: Map::new(),
         };
         let n = detail.steps.len();
         for (i, r) in detail.steps.iter().enumerate() {
@@ -344,6 +351,15 @@ impl<S: Store> Engine<S> {
             };
             fo.entries.insert(r.step_key.clone(), v.clone());
             fo.last = v;
+            if r.ok
+                && let Some(Value::Object(t)) = r
+                    .result
+                    .as_ref()
+                    .and_then(|res| res.get("tokens"))
+                    .filter(|_| r.kind == "envelope")
+            {
+                fo.tokens.extend(t.clone());
+            }
         }
         self.store.resume_run(run_id, &state).await?;
         self.drive(flow, run_id.to_owned(), fo, state, index, n as i64)
@@ -391,6 +407,9 @@ impl<S: Store> Engine<S> {
                 Ok(done) => {
                     let result_val = done.result.as_ref().map(to_val).unwrap_or(Val::Null);
                     fo.entries.insert(step.key.clone(), result_val.clone());
+                    if let Some(t) = &done.tokens {
+                        fo.tokens.extend(t.clone());
+                    }
                     fo.last = result_val;
                     state = done.state;
                     pos = match step.on_success {
@@ -569,6 +588,10 @@ impl<S: Store> Engine<S> {
             for (k, p) in &step.expressions {
                 m.insert(k.clone(), Value::String(p.code().to_owned()));
             }
+            // Deferred options go to the step as written; it renders them.
+            for (k, (raw, _)) in &step.deferred {
+                m.insert(k.clone(), raw.clone());
+            }
         }
         let connections = sluice_connect::sql::Connections {
             declared: &flow.connections,
@@ -582,8 +605,13 @@ impl<S: Store> Engine<S> {
             expressions: &step.expressions,
             limits,
             connections: &connections,
+            deferred: &step.deferred,
         };
-        let Outcome { payload, logs } = match entry.action.run_json(cx, options).await {
+        let Outcome {
+            payload,
+            logs,
+            tokens,
+        } = match entry.action.run_json(cx, options).await {
             Ok(o) => o,
             Err(error) => {
                 return Err(Failed {
@@ -657,6 +685,7 @@ impl<S: Store> Engine<S> {
             result: payload,
             state: out,
             logs,
+            tokens,
         })
     }
 }

@@ -485,3 +485,147 @@ async fn a_connection_that_refuses_names_it_without_its_password() {
     );
     assert!(!err.contains("hunter2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_are_all_or_none_on_every_database() {
+    let registry = Arc::new(Registry::builtin());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let mut done = Vec::new();
+    for b in backends() {
+        let pid = std::process::id();
+        let (acc, con, ord) = (
+            format!("acc_{pid}"),
+            format!("con_{pid}"),
+            format!("ord_{pid}"),
+        );
+        let (id, num) = match b.name {
+            "sqlite" => ("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL"),
+            "postgres" => ("SERIAL PRIMARY KEY", "NUMERIC(10,2)"),
+            _ => ("INT AUTO_INCREMENT PRIMARY KEY", "DECIMAL(10,2)"),
+        };
+        let head = format!(
+            "id: t\nunmappedResults: replace\nconnections:\n  app: {{url: \"{}\"}}\nsteps:\n",
+            b.url
+        );
+        let ddl = [
+            format!("DROP TABLE IF EXISTS {ord}"),
+            format!("DROP TABLE IF EXISTS {con}"),
+            format!("DROP TABLE IF EXISTS {acc}"),
+            format!("CREATE TABLE {acc} (id {id}, name VARCHAR(100) NOT NULL UNIQUE)"),
+            format!("CREATE TABLE {con} (id {id}, account_id INT NOT NULL, email VARCHAR(200))"),
+            format!(
+                "CREATE TABLE {ord} (id {id}, account_id INT NOT NULL, total {num}, ref VARCHAR(20) NOT NULL UNIQUE)"
+            ),
+        ];
+        let setup: String = ddl
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("  - {{key: s{i}, type: sql.query, options: {{connection: app, mode: statement, query: \"{q}\"}}}}\n"))
+            .collect();
+        let (st, _, err) = run(&engine, &registry, &format!("{head}{setup}"), json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: setup: {err}", b.name);
+
+        let flow = format!(
+            "{head}  - key: import
+    type: envelope
+    options:
+      connection: app
+      patches:
+        - op: create
+          collection: {acc}
+          properties: {{name: \"{{{{ .name }}}}\"}}
+          setTokens: {{accountId: id}}
+          children:
+            - {{op: create, collection: {con}, parentKey: account_id, properties: {{email: \"{{{{ .email }}}}\"}}}}
+        - op: create
+          collection: {ord}
+          properties: {{account_id: \"{{{{ $tokens.accountId }}}}\", total: \"{{{{ .total }}}}\", ref: \"{{{{ .ref }}}}\"}}
+  - key: after
+    type: transform
+    options: {{value: {{account: \"{{{{ $tokens.accountId }}}}\", order: \"{{{{ $import.results[1].ref }}}}\"}}}}
+"
+        );
+        let (st, out, err) = run(
+            &engine,
+            &registry,
+            &flow,
+            json!({"name": "Ada", "email": "ada@example.com", "total": 12.5, "ref": "R1"}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: envelope: {err}", b.name);
+        let out = out.unwrap();
+        assert!(
+            out["account"].as_i64().is_some_and(|i| i > 0),
+            "{}: tokens reach later steps: {out}",
+            b.name
+        );
+        assert_eq!(out["order"], json!("R1"));
+
+        // The second patch fails (its ref is taken): the first patch and its child are rolled back.
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &flow,
+            json!({"name": "Zed", "email": "zed@example.com", "total": 1, "ref": "R1"}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Failed, "{}", b.name);
+        assert!(
+            err.contains(&format!("patch 2 (create {ord}) failed")) && err.contains("rolled back"),
+            "{}: {err}",
+            b.name
+        );
+        let count = |table: &str| {
+            format!(
+                "{head}  - {{key: c, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"SELECT COUNT(*) AS n FROM {table}\"}}}}\n"
+            )
+        };
+        for (table, want) in [(&acc, 1), (&con, 1), (&ord, 1)] {
+            let (_, out, err) = run(&engine, &registry, &count(table), json!({})).await;
+            assert_eq!(
+                out.as_ref().and_then(|o| o["n"].as_i64()),
+                Some(want),
+                "{}: {table} keeps only the first import: {err}",
+                b.name
+            );
+        }
+        // A failing child names its place.
+        let bad_child = flow.replace("properties: {email:", "properties: {nope: 1, email:");
+        let (_, _, err) = run(
+            &engine,
+            &registry,
+            &bad_child,
+            json!({"name": "Kay", "email": "k@example.com", "total": 1, "ref": "R9"}),
+        )
+        .await;
+        assert!(
+            err.contains(&format!("patch 1.1 (create {con}) failed"))
+                && err.contains("no field `nope`"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(&engine, &registry, &count(&acc), json!({})).await;
+        assert_eq!(
+            out.and_then(|o| o["n"].as_i64()),
+            Some(1),
+            "{}: the parent of a failed child is rolled back",
+            b.name
+        );
+
+        let drop: String = ddl[..3]
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("  - {{key: d{i}, type: sql.query, options: {{connection: app, mode: statement, query: \"{q}\"}}}}\n"))
+            .collect();
+        let _ = run(&engine, &registry, &format!("{head}{drop}"), json!({})).await;
+        done.push(b.name);
+    }
+    println!(
+        "sql envelopes: {} passed, 0 failed ({})",
+        done.len(),
+        done.join(", ")
+    );
+}

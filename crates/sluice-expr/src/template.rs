@@ -321,6 +321,25 @@ impl TemplateValue {
         })
     }
 
+    /// Render element `i` of an array value (`None` past its end, or when
+    /// the value is not an array).
+    pub fn render_item(
+        &self,
+        i: usize,
+        input: &Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Value>, Error> {
+        match self {
+            Self::Const(Value::Array(a)) => Ok(a.get(i).cloned()),
+            Self::Array(items) => items
+                .get(i)
+                .map(|t| t.render(input, scope, limits))
+                .transpose(),
+            _ => Ok(None),
+        }
+    }
+
     /// Render with a JSON input.
     pub fn render_json(
         &self,

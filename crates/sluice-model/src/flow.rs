@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Variables every expression sees besides the upstream steps' keys.
-pub const BUILTIN_VARS: [&str; 3] = ["trigger", "last", "accountability"];
+pub const BUILTIN_VARS: [&str; 4] = ["trigger", "last", "accountability", "tokens"];
 
 /// What the step types and triggers are, as the model needs to know them.
 /// The connector registry implements it.
@@ -28,6 +28,9 @@ pub trait Catalog {
 pub struct StepSpec {
     /// Options that are jq expressions (compiled when the flow loads, not templated).
     pub expressions: &'static [&'static str],
+    /// Options whose templates the step renders itself, piece by piece (for
+    /// example an envelope's patches, which read tokens set by earlier ones).
+    pub deferred: &'static [&'static str],
     /// Check options against the type's typed options; templated strings are
     /// passed as they are written.
     pub check: fn(&Value) -> Vec<OptionIssue>,
@@ -111,6 +114,8 @@ pub struct Step {
     pub options: TemplateValue,
     /// Options that are jq expressions, compiled.
     pub expressions: BTreeMap<String, Program>,
+    /// Options the step renders itself: as written, and compiled.
+    pub deferred: BTreeMap<String, (Value, TemplateValue)>,
     /// Where the run goes on success.
     pub on_success: Next,
     /// Where the run goes on failure.
@@ -987,6 +992,38 @@ impl Checker<'_> {
                 }
             }
         }
+        let mut deferred = BTreeMap::new();
+        if let Some((kind, _)) = &r.kind
+            && let Some(spec) = self.catalog.step(kind)
+        {
+            for name in spec.deferred {
+                let Some(raw) = templated.as_object_mut().and_then(|o| o.remove(*name)) else {
+                    continue;
+                };
+                match TemplateValue::compile(&raw, &var_refs) {
+                    Ok(t) => {
+                        deferred.insert((*name).to_owned(), (raw, t));
+                    }
+                    Err(errors) => {
+                        ok = false;
+                        for e in errors {
+                            let mut path = vec![PathSeg::Key((*name).to_owned())];
+                            path.extend(e.path.iter().cloned());
+                            let node = r.options.and_then(|o| o.at(&path));
+                            self.expr_issues(
+                                node,
+                                &e.error.source_text,
+                                &e.error.issues,
+                                step_keys,
+                                &who,
+                                &format!("option `{}`", display_path(&path)),
+                                "template",
+                            );
+                        }
+                    }
+                }
+            }
+        }
         let options = match TemplateValue::compile(&templated, &var_refs) {
             Ok(t) => t,
             Err(errors) => {
@@ -1120,6 +1157,7 @@ impl Checker<'_> {
             kind: r.kind.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(),
             options,
             expressions,
+            deferred,
             on_success,
             on_failure,
             has_failure_path: r.reject.is_some(),
@@ -1358,7 +1396,7 @@ impl Checker<'_> {
                 Some(v) if step_keys.contains(&v.as_str()) => Diagnostic::new(span, format!("{who}: {what} refers to step `{v}`, which is not upstream of this step"), "not upstream")
                     .with_help(format!("a {noun} can read `$trigger`, `$last`, `$accountability` and the steps that can run before this one")),
                 Some(v) => Diagnostic::new(span, format!("{who}: {what} uses unknown variable `${v}`"), "unknown variable")
-                    .with_help("the flow object has `$trigger`, `$last`, `$accountability` and one `$<key>` per upstream step"),
+                    .with_help("the flow object has `$trigger`, `$last`, `$accountability`, `$tokens` and one `$<key>` per upstream step"),
                 None => Diagnostic::new(span, format!("{who}: {what} is not a valid jq {noun}: {}", issue.message), "here"),
             };
             self.diags.push(d);
