@@ -270,6 +270,7 @@ impl<S: Store> Engine<S> {
                 next_step: flow.steps.first().map(|s| s.key.clone()),
                 started_at: now_micros(),
                 flow_version: Some(version),
+                accountability: req.accountability.clone(),
             })
             .await?;
         let fo = FlowObject {
@@ -331,7 +332,7 @@ impl<S: Store> Engine<S> {
         let mut fo = FlowObject {
             trigger: to_val(&detail.trigger),
             last: Val::Null,
-            accountability: Val::Null,
+            accountability: to_val(&detail.accountability),
             entries: HashMap::new(),
             event: EVENT_TRIGGERS
                 .contains(&flow.trigger.kind.as_str())

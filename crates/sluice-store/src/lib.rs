@@ -73,6 +73,8 @@ pub struct NewRun {
     pub started_at: i64,
     /// The version of the flow file it runs (see [`Store::save_flow_version`]).
     pub flow_version: Option<String>,
+    /// `$accountability`: who or what started it.
+    pub accountability: Value,
 }
 
 /// One executed step.
@@ -165,6 +167,8 @@ pub struct RunDetail {
     pub next_step: Option<String>,
     /// The version of the flow file it ran with.
     pub flow_version: Option<String>,
+    /// `$accountability`.
+    pub accountability: Value,
     /// The run log, in order.
     pub steps: Vec<StepRecord>,
 }

@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "flow versions",
         include_str!("../migrations/sqlite/0002_flow_versions.sql"),
     ),
+    (
+        3,
+        "accountability",
+        include_str!("../migrations/sqlite/0003_accountability.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -169,7 +174,7 @@ const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
         let r = sqlx::query(
-            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?)",
+            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?, ?)",
         )
         .bind(&run.id)
         .bind(&run.flow_id)
@@ -180,6 +185,7 @@ impl Store for SqliteStore {
         .bind(run.started_at)
         .bind(run.started_at)
         .bind(&run.flow_version)
+        .bind(json(&run.accountability))
         .execute(&self.pool)
         .await;
         match r {
@@ -306,7 +312,7 @@ impl Store for SqliteStore {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version FROM runs WHERE id = ?",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability FROM runs WHERE id = ?",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -350,6 +356,8 @@ impl Store for SqliteStore {
             output: parse_json(row.try_get("output")?, "run output")?,
             next_step: row.try_get("next_step")?,
             flow_version: row.try_get("flow_version")?,
+            accountability: parse_json(row.try_get("accountability")?, "run accountability")?
+                .unwrap_or(Value::Null),
             steps,
         }))
     }

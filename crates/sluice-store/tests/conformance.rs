@@ -15,6 +15,7 @@ fn new_run(flow: &str) -> NewRun {
         next_step: Some("first".into()),
         started_at: now_micros(),
         flow_version: Some("v1".into()),
+        accountability: json!({"user": "ada"}),
     }
 }
 
@@ -177,6 +178,41 @@ async fn suite<S: Store>(store: &S) {
         store.update_run("missing", &fail).await,
         Err(StoreError::NoSuchRun(_))
     ));
+
+    // Resuming: only an incident, only once.
+    store
+        .resume_run(&failed.id, &json!({"fixed": true}))
+        .await
+        .unwrap();
+    let resumed = store.get_run(&failed.id).await.unwrap().unwrap();
+    assert_eq!(resumed.summary.status, RunStatus::Running);
+    assert_eq!(resumed.state, json!({"fixed": true}));
+    assert_eq!(resumed.summary.error, None);
+    assert_eq!(resumed.flow_version.as_deref(), Some("v1"));
+    assert_eq!(resumed.accountability, json!({"user": "ada"}));
+    assert!(matches!(
+        store.resume_run(&failed.id, &json!({})).await,
+        Err(StoreError::NotResumable {
+            status: "running",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.resume_run("missing", &json!({})).await,
+        Err(StoreError::NoSuchRun(_))
+    ));
+
+    // Flow versions.
+    let v = sluice_store::flow_version_of("id: x\n");
+    assert_eq!(v, sluice_store::flow_version_of("id: x\n"));
+    assert_ne!(v, sluice_store::flow_version_of("id: y\n"));
+    store.save_flow_version("x", &v, "id: x\n").await.unwrap();
+    store.save_flow_version("x", &v, "id: x\n").await.unwrap();
+    assert_eq!(
+        store.flow_version("x", &v).await.unwrap().as_deref(),
+        Some("id: x\n")
+    );
+    assert_eq!(store.flow_version("x", "nope").await.unwrap(), None);
 }
 
 trait CloneWithTimes {
