@@ -149,8 +149,16 @@ struct FlowObject {
     entries: HashMap<String, Val>,
     /// The event that started the run, if an event did.
     event: Option<Value>,
-    /// `$tokens`: tokens set by the envelopes that ran.
+    /// `$tokens`: tokens set by the envelopes that ran, as JSON and as jq value.
     tokens: Map<String, Value>,
+    tokens_val: Val,
+}
+
+impl FlowObject {
+    fn add_tokens(&mut self, t: &Map<String, Value>) {
+        self.tokens.extend(t.clone());
+        self.tokens_val = to_val(&Value::Object(self.tokens.clone()));
+    }
 }
 
 impl Scope for FlowObject {
@@ -159,7 +167,7 @@ impl Scope for FlowObject {
             "trigger" => Some(self.trigger.clone()),
             "last" => Some(self.last.clone()),
             "accountability" => Some(self.accountability.clone()),
-            "tokens" => Some(to_val(&Value::Object(self.tokens.clone()))),
+            "tokens" => Some(self.tokens_val.clone()),
             key => self.entries.get(key).cloned(),
         }
     }
@@ -235,6 +243,7 @@ impl<S: Store> Engine<S> {
                 entries: HashMap::new(),
                 event: None,
                 tokens: Map::new(),
+                tokens_val: to_val(&json!({})),
             };
             input = apply_event(
                 &flow.trigger.event_filter,
@@ -280,6 +289,7 @@ impl<S: Store> Engine<S> {
             entries: HashMap::new(),
             event,
             tokens: Map::new(),
+            tokens_val: to_val(&json!({})),
         };
         self.drive(flow, run_id, fo, input, 0, 0).await
     }
@@ -338,6 +348,7 @@ impl<S: Store> Engine<S> {
                 .contains(&flow.trigger.kind.as_str())
                 .then(|| detail.trigger.clone()),
             tokens: Map::new(),
+            tokens_val: to_val(&json!({})),
         };
         let n = detail.steps.len();
         for (i, r) in detail.steps.iter().enumerate() {
@@ -359,7 +370,7 @@ impl<S: Store> Engine<S> {
                     .and_then(|res| res.get("tokens"))
                     .filter(|_| r.kind == "envelope")
             {
-                fo.tokens.extend(t.clone());
+                fo.add_tokens(t);
             }
         }
         self.store.resume_run(run_id, &state).await?;
@@ -409,7 +420,7 @@ impl<S: Store> Engine<S> {
                     let result_val = done.result.as_ref().map(to_val).unwrap_or(Val::Null);
                     fo.entries.insert(step.key.clone(), result_val.clone());
                     if let Some(t) = &done.tokens {
-                        fo.tokens.extend(t.clone());
+                        fo.add_tokens(t);
                     }
                     fo.last = result_val;
                     state = done.state;
