@@ -872,38 +872,11 @@ impl Action for SqlCreate {
         o: SqlCreateOptions,
     ) -> Result<Outcome, ActionError> {
         let db = cx.connections.db(&o.connection).await?;
-        let table_info = db.check_fields(&o.collection, o.properties.keys()).await?;
-        let cols = &table_info.cols;
-        let table = db.backend.quote(&o.collection);
-        let names: Vec<String> = o.properties.keys().map(|k| db.backend.quote(k)).collect();
-        let marks: Vec<String> = o
-            .properties
-            .keys()
-            .enumerate()
-            .map(|(i, k)| db.param(i + 1, cols.get(k)))
-            .collect();
-        let params: Vec<Value> = o
-            .properties
-            .iter()
-            .map(|(k, v)| db.param_value(v, cols.get(k)))
-            .collect();
-        let insert = if names.is_empty() {
-            format!("INSERT INTO {table} DEFAULT VALUES")
-        } else {
-            format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
-                names.join(", "),
-                marks.join(", ")
-            )
-        };
-        let select = db.select_list(cols);
-        // SQLite, PostgreSQL and MariaDB (10.5+) all return the stored row.
-        let st = Stmt {
-            sql: format!("{insert} RETURNING {select}"),
-            params,
-        };
-        let row = db.table_rows(&st, cols).await?.into_iter().next();
-        Ok(Outcome::value(Value::Object(row.unwrap_or_default())))
+        let t = db.check_fields(&o.collection, o.properties.keys()).await?;
+        let mut tx = db.begin().await?;
+        let row = create_in(&mut tx, &db, &o.collection, &t, &o.properties).await?;
+        tx.commit().await?;
+        Ok(Outcome::value(Value::Object(row)))
     }
 }
 
@@ -1309,11 +1282,6 @@ impl Action for SqlDelete {
     ) -> Result<Outcome, ActionError> {
         let db = cx.connections.db(&o.connection).await?;
         let t = db.check_fields(&o.collection, o.criteria.keys()).await?;
-        if criteria_missing(&o.criteria) {
-            return Err(ActionError::data(
-                "the criteria are missing: give the object's id or unique fields",
-            ));
-        }
         let mut tx = db.begin().await?;
         let out = delete_in(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
         tx.commit().await?;
