@@ -95,6 +95,7 @@ impl Action for Log {
             payload: None,
             logs: vec![text(options.message)],
             tokens: None,
+            items: None,
         })
     }
 }
@@ -152,6 +153,35 @@ impl Action for Throw {
         options: ThrowOptions,
     ) -> Result<Outcome, ActionError> {
         Err(ActionError::flow(text(options.message)))
+    }
+}
+
+/// `split`: emits each element of its `items` option individually; the
+/// steps after it run once per element, each in a run of its own.
+pub struct Split;
+
+/// Options of `split`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitOptions {
+    /// The elements (templates allowed, such as `"{{ .orders }}"`).
+    pub items: Vec<Value>,
+}
+
+impl Action for Split {
+    const KIND: &'static str = "split";
+    type Options = SplitOptions;
+
+    async fn run<'a>(
+        &'a self,
+        _cx: ActionCx<'a>,
+        options: SplitOptions,
+    ) -> Result<Outcome, ActionError> {
+        Ok(Outcome {
+            payload: Some(Value::Array(options.items.clone())),
+            items: Some(options.items),
+            ..Outcome::default()
+        })
     }
 }
 

@@ -92,6 +92,9 @@ pub struct Outcome {
     pub logs: Vec<String>,
     /// Tokens the step set, for the run's `$tokens`.
     pub tokens: Option<serde_json::Map<String, Value>>,
+    /// Results emitted individually: the steps after this one run once per
+    /// item, each in a run of its own.
+    pub items: Option<Vec<Value>>,
 }
 
 impl Outcome {
@@ -101,6 +104,7 @@ impl Outcome {
             payload: Some(v),
             logs: Vec::new(),
             tokens: None,
+            items: None,
         }
     }
 
@@ -305,6 +309,7 @@ impl Registry {
         r.add(core_ops::Log);
         r.add(core_ops::Sleep);
         r.add(core_ops::Throw);
+        r.add(core_ops::Split);
         r.add(sql::SqlQuery);
         r.add(sql::SqlCreate);
         r.add(sql::SqlLookup);

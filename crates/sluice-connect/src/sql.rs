@@ -777,6 +777,16 @@ fn where_clause(
         .join(" AND ")
 }
 
+/// Rows emitted one by one: the steps after run once per row.
+fn emit_individually(rows: Vec<Map<String, Value>>) -> Outcome {
+    let items: Vec<Value> = rows.into_iter().map(Value::Object).collect();
+    Outcome {
+        payload: Some(Value::Array(items.clone())),
+        items: Some(items),
+        ..Outcome::default()
+    }
+}
+
 /// `sql.query`: a query or statement with named parameters.
 pub struct SqlQuery;
 
@@ -791,6 +801,8 @@ pub enum QueryMode {
     ExpectSingle,
     /// A statement: `{rowsAffected}`.
     Statement,
+    /// Each row continues the flow on its own (a run per row).
+    EmitIndividually,
 }
 
 /// Options of `sql.query`.
@@ -804,7 +816,7 @@ pub struct SqlQueryOptions {
     /// Values of the parameters (templates allowed).
     #[serde(default)]
     pub params: Map<String, Value>,
-    /// `fetchAll` (default), `expectSingle` or `statement`.
+    /// `fetchAll` (default), `expectSingle`, `statement` or `emitIndividually`.
     #[serde(default)]
     pub mode: QueryMode,
     /// With `expectSingle`: no row emits `{}` instead of failing.
@@ -828,6 +840,7 @@ impl Action for SqlQuery {
                 Fetched::Affected(n) => Ok(Outcome::value(serde_json::json!({"rowsAffected": n}))),
                 Fetched::Rows(_) => Ok(Outcome::value(serde_json::json!({"rowsAffected": 0}))),
             },
+            QueryMode::EmitIndividually => Ok(emit_individually(db.rows(&st).await?)),
             QueryMode::FetchAll => {
                 let rows = db.rows(&st).await?;
                 Ok(Outcome::value(serde_json::json!({"results": rows})))
@@ -1352,6 +1365,8 @@ pub enum ManyMode {
     FetchAll,
     /// One page: `{results, pageNumber, pageSize}`.
     FetchPage,
+    /// Each result continues the flow on its own (a run per result).
+    EmitIndividually,
 }
 
 /// Sort order.
@@ -1492,7 +1507,7 @@ impl Action for SqlLookupMany {
             })
             .collect();
         match o.mode {
-            ManyMode::FetchAll => {
+            ManyMode::FetchAll | ManyMode::EmitIndividually => {
                 if !order.is_empty() {
                     sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
                 }
@@ -1503,6 +1518,9 @@ impl Action for SqlLookupMany {
                         "too many results: {} or more objects match (maxResultSize is {})",
                         o.max_result_size, o.max_result_size
                     )));
+                }
+                if o.mode == ManyMode::EmitIndividually {
+                    return Ok(emit_individually(rows));
                 }
                 Ok(Outcome::value(serde_json::json!({ "results": rows })))
             }
@@ -1767,6 +1785,7 @@ impl Action for Envelope {
             payload: Some(serde_json::json!({ "results": results, "tokens": set_tokens })),
             logs: Vec::new(),
             tokens: Some(set_tokens),
+            items: None,
         })
     }
 }

@@ -142,6 +142,7 @@ impl<S: Store> Clone for Engine<S> {
 }
 
 /// The flow object of one run.
+#[derive(Clone)]
 struct FlowObject {
     trigger: Val,
     last: Val,
@@ -180,6 +181,9 @@ struct Done {
     state: Value,
     logs: Vec<String>,
     tokens: Option<Map<String, Value>>,
+    /// For a step that emits its results individually: each item, with the
+    /// state data it starts its own run with.
+    items: Option<Vec<(Value, Value)>>,
 }
 
 /// A step that failed.
@@ -280,6 +284,7 @@ impl<S: Store> Engine<S> {
                 started_at: now_micros(),
                 flow_version: Some(version),
                 accountability: req.accountability.clone(),
+                parent: None,
             })
             .await?;
         let fo = FlowObject {
@@ -432,6 +437,11 @@ impl<S: Store> Engine<S> {
                     record.result = done.result;
                     record.output = Some(state.clone());
                     record.logs = done.logs;
+                    if let Some(items) = done.items {
+                        return self
+                            .fan_out(flow, run_id, record, &fo, step, items, pos)
+                            .await;
+                    }
                     let finished = pos.is_none();
                     let update = RunUpdate {
                         status: if finished {
@@ -533,7 +543,120 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// A step emitted its results individually: the steps after it run once
+    /// per item, each item in a run of its own (linked to this one), so that
+    /// each has its own state data and run log and can fail, or stop at an
+    /// incident and be resumed, without hiding the others. This run then ends:
+    /// succeeded with the list of the items' outputs when every item
+    /// succeeded, failed otherwise, naming each failed item and its run.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out<'a>(
+        &'a self,
+        flow: &'a Flow,
+        run_id: String,
+        record: StepRecord,
+        fo: &'a FlowObject,
+        step: &'a Step,
+        items: Vec<(Value, Value)>,
+        next: Option<usize>,
+    ) -> sluice_connect::BoxFuture<'a, Result<RunResult, EngineError>> {
+        // Boxed with its `Send` stated: the items' runs drive the flow again.
+        Box::pin(async move {
+            let running = RunUpdate {
+                status: RunStatus::Running,
+                state: record.input.clone(),
+                next_step: None,
+                output: None,
+                error: None,
+                error_step: None,
+                ended_at: None,
+            };
+            self.store.record_step(&record, &running).await?;
+            let count = items.len();
+            let mut outputs = Vec::with_capacity(count);
+            let mut failures = Vec::new();
+            for (k, (item, state)) in items.into_iter().enumerate() {
+                let Some(start) = next else {
+                    outputs.push(state);
+                    continue;
+                };
+                let child_id = new_run_id();
+                self.store
+                    .create_run(&NewRun {
+                        id: child_id.clone(),
+                        flow_id: flow.id.clone(),
+                        trigger: from_val(&fo.trigger).unwrap_or(Value::Null),
+                        input: state.clone(),
+                        next_step: Some(flow.steps[start].key.clone()),
+                        started_at: now_micros(),
+                        flow_version: Some(flow_version_of(&flow.source.text)),
+                        accountability: from_val(&fo.accountability).unwrap_or(Value::Null),
+                        parent: Some((run_id.clone(), k as i64)),
+                    })
+                    .await?;
+                let mut child = fo.clone();
+                let v = to_val(&item);
+                child.entries.insert(step.key.clone(), v.clone());
+                child.last = v;
+                let r = self.drive(flow, child_id, child, state, start, 0).await?;
+                match r.status {
+                    RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Value::Null)),
+                    other => failures.push(format!(
+                        "item {} (run {}) {}: {}",
+                        k + 1,
+                        r.run_id,
+                        other.as_str(),
+                        r.failure.map(|f| f.message).unwrap_or_default()
+                    )),
+                }
+            }
+            let ok = failures.is_empty();
+            let message = (!ok).then(|| {
+                format!(
+                    "{} of {count} items did not succeed: {}",
+                    failures.len(),
+                    failures.join("; ")
+                )
+            });
+            let output = Value::Array(outputs);
+            self.store
+                .update_run(
+                    &run_id,
+                    &RunUpdate {
+                        status: if ok {
+                            RunStatus::Succeeded
+                        } else {
+                            RunStatus::Failed
+                        },
+                        state: record.input.clone(),
+                        next_step: None,
+                        output: ok.then(|| output.clone()),
+                        error: message.clone(),
+                        error_step: (!ok).then(|| step.key.clone()),
+                        ended_at: Some(now_micros()),
+                    },
+                )
+                .await?;
+            Ok(RunResult {
+                run_id,
+                status: if ok {
+                    RunStatus::Succeeded
+                } else {
+                    RunStatus::Failed
+                },
+                output: ok.then_some(output),
+                failure: message.map(|m| StepFailure {
+                    step: step.key.clone(),
+                    message: m,
+                    blame: Blame::Data,
+                }),
+            })
+        })
+    }
+
     /// Run one step on `state`; never touches the store.
+    // `Failed` carries the recorded options and logs; it is built once per failure.
+    #[allow(clippy::result_large_err)]
     async fn step(
         &self,
         flow: &Flow,
@@ -623,6 +746,7 @@ impl<S: Store> Engine<S> {
             payload,
             logs,
             tokens,
+            items,
         } = match entry.action.run_json(cx, options).await {
             Ok(o) => o,
             Err(error) => {
@@ -640,64 +764,85 @@ impl<S: Store> Engine<S> {
             logs: logs.clone(),
             incident,
         };
-        // 4. the result meets the state data
-        let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
-        let new_state = if mapped {
-            match (&step.output_mappings, &payload) {
-                (Some(outs), Some(p)) => sluice_expr::mapping::merge_into(p, data.clone(), outs)
-                    .map_err(|e| fail(format!("outputMappings: {e}"), false))?,
-                (Some(_), None) => {
-                    return Err(fail(
-                        "incident: the step has output mappings but its action returned no payload"
-                            .to_owned(),
-                        true,
-                    ));
-                }
-                (None, Some(p)) => p.clone(),
-                (None, None) => data.clone(),
-            }
-        } else {
-            match (flow.unmapped_results, &payload) {
-                (_, None) => data.clone(),
-                (UnmappedResults::Replace, Some(p)) => p.clone(),
-                (UnmappedResults::Merge, Some(_)) if !step.action_filter.use_results => {
-                    data.clone()
-                }
-                (UnmappedResults::Merge, Some(p)) => {
-                    // A `results` filter that selects nothing (no output, or
-                    // null) leaves nothing to merge, like the state filters.
-                    let result = match &step.action_filter.results {
-                        None => Some(p.clone()),
-                        Some(prog) => eval(prog, p, fo, limits)
-                            .map_err(|m| fail(format!("actionDataFilter.results: {m}"), false))?
-                            .filter(|v| !v.is_null()),
-                    };
-                    let mut doc = data.clone();
-                    match (result, &step.action_filter.to_state_data) {
-                        (None, _) => {}
-                        (Some(result), None) => {
-                            merge(&mut doc, result, ".").map_err(|e| fail(e.to_string(), false))?
-                        }
-                        (Some(result), Some((text, path))) => {
-                            let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
-                            merge(&mut target, result, text)
-                                .map_err(|e| fail(e.to_string(), false))?;
-                            path.set(&mut doc, target);
-                        }
+        // 4. the result meets the state data; 5. stateDataFilter.output
+        let settle = |payload: &Option<Value>| -> Result<Value, Failed> {
+            let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
+            let new_state = if mapped {
+                match (&step.output_mappings, payload) {
+                    (Some(outs), Some(p)) => {
+                        sluice_expr::mapping::merge_into(p, data.clone(), outs)
+                            .map_err(|e| fail(format!("outputMappings: {e}"), false))?
                     }
-                    doc
+                    (Some(_), None) => {
+                        return Err(fail(
+                            "incident: the step has output mappings but its action returned no payload"
+                                .to_owned(),
+                            true,
+                        ));
+                    }
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => data.clone(),
                 }
-            }
+            } else {
+                match (flow.unmapped_results, payload) {
+                    (_, None) => data.clone(),
+                    (UnmappedResults::Replace, Some(p)) => p.clone(),
+                    (UnmappedResults::Merge, Some(_)) if !step.action_filter.use_results => {
+                        data.clone()
+                    }
+                    (UnmappedResults::Merge, Some(p)) => {
+                        // A `results` filter that selects nothing (no output, or
+                        // null) leaves nothing to merge, like the state filters.
+                        let result = match &step.action_filter.results {
+                            None => Some(p.clone()),
+                            Some(prog) => eval(prog, p, fo, limits)
+                                .map_err(|m| fail(format!("actionDataFilter.results: {m}"), false))?
+                                .filter(|v| !v.is_null()),
+                        };
+                        let mut doc = data.clone();
+                        match (result, &step.action_filter.to_state_data) {
+                            (None, _) => {}
+                            (Some(result), None) => merge(&mut doc, result, ".")
+                                .map_err(|e| fail(e.to_string(), false))?,
+                            (Some(result), Some((text, path))) => {
+                                let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
+                                merge(&mut target, result, text)
+                                    .map_err(|e| fail(e.to_string(), false))?;
+                                path.set(&mut doc, target);
+                            }
+                        }
+                        doc
+                    }
+                }
+            };
+            // 5. stateDataFilter.output
+            let out = filter_or_keep(step.state_filter.output.as_ref(), &new_state, fo, limits)
+                .map_err(|m| fail(format!("stateDataFilter.output: {m}"), false))?;
+            Ok(out)
         };
-        // 5. stateDataFilter.output
-        let out = filter_or_keep(step.state_filter.output.as_ref(), &new_state, fo, limits)
-            .map_err(|m| fail(format!("stateDataFilter.output: {m}"), false))?;
+        let items = match items {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .map(|item| {
+                        let state = settle(&Some(item.clone()))?;
+                        Ok((item, state))
+                    })
+                    .collect::<Result<Vec<_>, Failed>>()?,
+            ),
+        };
+        let out = if items.is_some() {
+            data.clone()
+        } else {
+            settle(&payload)?
+        };
         Ok(Done {
             options: recorded_options,
             result: payload,
             state: out,
             logs,
             tokens,
+            items,
         })
     }
 }

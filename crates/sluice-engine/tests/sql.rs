@@ -297,6 +297,23 @@ async fn sql_actions_on_every_database() {
         .await;
         assert_eq!(emails(out), vec!["bob@example.com"], "{}", b.name);
 
+        // emitIndividually: the steps after run once per row.
+        let each = format!(
+            "{head}  - {{key: m, type: sql.lookupMany, options: {{connection: app, collection: {table}, mode: emitIndividually, orderBy: [{{field: email}}]}}}}\n  - {{key: e, type: transform, options: {{value: \"{{{{ .email }}}}\"}}}}\n"
+        );
+        let (st, out, err) = run(&engine, &registry, &each, json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        assert_eq!(
+            out,
+            Some(json!([
+                "ada@example.com",
+                "ann@example.com",
+                "bob@example.com"
+            ])),
+            "{}",
+            b.name
+        );
+
         // sql.update: partial, one object only; sql.upsert creates or updates; sql.delete.
         let write = |kind: &str, criteria: &str, props: &str| {
             format!(

@@ -75,6 +75,9 @@ pub struct NewRun {
     pub flow_version: Option<String>,
     /// `$accountability`: who or what started it.
     pub accountability: Value,
+    /// For the run of one item of a fan-out: the run that emitted it, and the
+    /// item's index from 0.
+    pub parent: Option<(String, i64)>,
 }
 
 /// One executed step.
@@ -169,6 +172,8 @@ pub struct RunDetail {
     pub flow_version: Option<String>,
     /// `$accountability`.
     pub accountability: Value,
+    /// For the run of one item of a fan-out: the run that emitted it, and the index.
+    pub parent: Option<(String, i64)>,
     /// The run log, in order.
     pub steps: Vec<StepRecord>,
 }

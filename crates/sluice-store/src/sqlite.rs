@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "accountability",
         include_str!("../migrations/sqlite/0003_accountability.sql"),
     ),
+    (
+        4,
+        "fan-out",
+        include_str!("../migrations/sqlite/0004_fan_out.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -174,7 +179,7 @@ const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
         let r = sqlx::query(
-            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&run.id)
         .bind(&run.flow_id)
@@ -186,6 +191,8 @@ impl Store for SqliteStore {
         .bind(run.started_at)
         .bind(&run.flow_version)
         .bind(json(&run.accountability))
+        .bind(run.parent.as_ref().map(|p| p.0.clone()))
+        .bind(run.parent.as_ref().map(|p| p.1))
         .execute(&self.pool)
         .await;
         match r {
@@ -312,7 +319,7 @@ impl Store for SqliteStore {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability FROM runs WHERE id = ?",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item FROM runs WHERE id = ?",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -358,6 +365,9 @@ impl Store for SqliteStore {
             flow_version: row.try_get("flow_version")?,
             accountability: parse_json(row.try_get("accountability")?, "run accountability")?
                 .unwrap_or(Value::Null),
+            parent: row
+                .try_get::<Option<String>, _>("parent_run")?
+                .zip(row.try_get::<Option<i64>, _>("item")?),
             steps,
         }))
     }

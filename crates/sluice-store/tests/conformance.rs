@@ -16,6 +16,7 @@ fn new_run(flow: &str) -> NewRun {
         started_at: now_micros(),
         flow_version: Some("v1".into()),
         accountability: json!({"user": "ada"}),
+        parent: None,
     }
 }
 
@@ -190,6 +191,18 @@ async fn suite<S: Store>(store: &S) {
     assert_eq!(resumed.summary.error, None);
     assert_eq!(resumed.flow_version.as_deref(), Some("v1"));
     assert_eq!(resumed.accountability, json!({"user": "ada"}));
+    assert_eq!(resumed.parent, None);
+
+    // A run of one item of a fan-out points at its parent.
+    let child = NewRun {
+        parent: Some((failed.id.clone(), 2)),
+        ..new_run("billing")
+    };
+    store.create_run(&child).await.unwrap();
+    assert_eq!(
+        store.get_run(&child.id).await.unwrap().unwrap().parent,
+        Some((failed.id.clone(), 2))
+    );
     assert!(matches!(
         store.resume_run(&failed.id, &json!({})).await,
         Err(StoreError::NotResumable {
@@ -251,7 +264,7 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        2
+        3
     );
 }
 

@@ -129,6 +129,9 @@ pub fn run_detail(d: &RunDetail) -> String {
             duration(e - s.started_at)
         );
     }
+    if let Some((parent, item)) = &d.parent {
+        let _ = writeln!(out, "item      {} of the fan-out of run {parent}", item + 1);
+    }
     if let Some(step) = &d.next_step {
         let _ = writeln!(out, "next      {step}");
     }
