@@ -318,6 +318,10 @@ impl Registry {
         r.add(sql::SqlDelete);
         r.add(sql::SqlLookupMany);
         r.add(sql::Envelope);
+        r.add(sql::SqlLookupSet);
+        r.add(sql::SqlLink);
+        r.add(sql::SqlUnlink);
+        r.add(sql::SqlAssertOption);
         r.add_trigger::<core_ops::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r

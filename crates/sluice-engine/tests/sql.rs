@@ -314,6 +314,128 @@ async fn sql_actions_on_every_database() {
             b.name
         );
 
+        // sql.lookupSet: ids give a dictionary, criteria a list; each must match once.
+        let set = |opts: &str| {
+            format!(
+                "{head}  - {{key: s, type: sql.lookupSet, options: {{connection: app, collection: {table}{opts}}}}}\n"
+            )
+        };
+        let (st, out, err) = run(&engine, &registry, &set(", ids: [1, 2]"), json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        let out = out.unwrap();
+        assert_eq!(
+            (&out["1"]["email"], &out["2"]["email"]),
+            (&json!("ada@example.com"), &json!("bob@example.com")),
+            "{}: {out}",
+            b.name
+        );
+        let (st, _, err) = run(&engine, &registry, &set(", ids: [1, 999]"), json!({})).await;
+        assert!(
+            st == RunStatus::Incident
+                && err.contains("id `999`")
+                && err.contains("matched 0 objects"),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, err) = run(
+            &engine,
+            &registry,
+            &set(", criteria: [{email: bob@example.com}, {name: Ada, score: 1}]"),
+            json!({}),
+        )
+        .await;
+        let out = out.unwrap_or_else(|| panic!("{}: {err}", b.name));
+        assert_eq!(out[1]["key"], json!({"name": "Ada", "score": 1}));
+        assert_eq!(
+            out[1]["value"]["email"],
+            json!("ann@example.com"),
+            "{}: {out}",
+            b.name
+        );
+        let (_, _, err) = run(
+            &engine,
+            &registry,
+            &set(", criteria: [{name: Ada}]"),
+            json!({}),
+        )
+        .await;
+        assert!(
+            err.contains("matched more than one object"),
+            "{}: {err}",
+            b.name
+        );
+
+        // sql.assertOption, sql.link, sql.unlink on a many-to-many relation.
+        let (tags, links) = (
+            format!("tags_{}", std::process::id()),
+            format!("ctags_{}", std::process::id()),
+        );
+        let id = match b.name {
+            "sqlite" => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "postgres" => "SERIAL PRIMARY KEY",
+            _ => "INT AUTO_INCREMENT PRIMARY KEY",
+        };
+        let ddl = [
+            format!("DROP TABLE IF EXISTS {links}"),
+            format!("DROP TABLE IF EXISTS {tags}"),
+            format!(
+                "CREATE TABLE {tags} (id {id}, code VARCHAR(20) NOT NULL UNIQUE, label VARCHAR(50))"
+            ),
+            format!(
+                "CREATE TABLE {links} (customer_id INT NOT NULL, tag_id INT NOT NULL, weight INT, PRIMARY KEY (customer_id, tag_id))"
+            ),
+        ];
+        let setup: String = ddl.iter().enumerate().map(|(i, q)| format!("  - {{key: t{i}, type: sql.query, options: {{connection: app, mode: statement, query: \"{q}\"}}}}\n")).collect();
+        let (st, _, err) = run(&engine, &registry, &format!("{head}{setup}"), json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        let assert_opt = |label: &str| {
+            format!(
+                "{head}  - {{key: o, type: sql.assertOption, options: {{connection: app, collection: {tags}, field: code, value: vip, properties: {{label: {label}}}}}}}\n"
+            )
+        };
+        let (_, first, err) = run(&engine, &registry, &assert_opt("VIP"), json!({})).await;
+        let first = first.unwrap_or_else(|| panic!("{}: {err}", b.name));
+        let (_, second, _) =
+            run(&engine, &registry, &assert_opt("Very important"), json!({})).await;
+        let second = second.unwrap();
+        assert_eq!(
+            (&second["id"], &second["label"]),
+            (&first["id"], &json!("Very important")),
+            "{}: asserted once, updated",
+            b.name
+        );
+        let link = |kind: &str, weight: i64| {
+            format!(
+                "{head}  - {{key: l, type: {kind}, options: {{connection: app, linkCollection: {links}, from: {{collection: {table}, criteria: {{email: ada@example.com}}, field: customer_id}}, to: {{collection: {tags}, criteria: {{code: vip}}, field: tag_id}}, data: {{weight: {weight}}}}}}}\n"
+            )
+        };
+        let (st, out, err) = run(&engine, &registry, &link("sql.link", 1), json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: link: {err}", b.name);
+        assert_eq!(out.unwrap()["weight"], json!(1));
+        let (_, out, _) = run(&engine, &registry, &link("sql.link", 2), json!({})).await;
+        assert_eq!(
+            out.unwrap()["weight"],
+            json!(2),
+            "{}: linking again updates the link's data",
+            b.name
+        );
+        let unlink = link("sql.unlink", 0).replace(", data: {weight: 0}", "");
+        let (_, out, err) = run(&engine, &registry, &unlink, json!({})).await;
+        assert_eq!(
+            out.as_ref().map(|o| o["tag_id"].clone()),
+            Some(first["id"].clone()),
+            "{}: {err}",
+            b.name
+        );
+        let (_, out, _) = run(&engine, &registry, &unlink, json!({})).await;
+        assert_eq!(
+            out,
+            Some(json!({})),
+            "{}: unlinking twice finds nothing",
+            b.name
+        );
+        let _ = run(&engine, &registry, &format!("{head}  - {{key: d1, type: sql.query, options: {{connection: app, mode: statement, query: \"{}\"}}}}\n  - {{key: d2, type: sql.query, options: {{connection: app, mode: statement, query: \"{}\"}}}}\n", ddl[0], ddl[1]), json!({})).await;
+
         // sql.update: partial, one object only; sql.upsert creates or updates; sql.delete.
         let write = |kind: &str, criteria: &str, props: &str| {
             format!(
