@@ -277,6 +277,27 @@ fn value_at<'v>(v: &'v Value, path: &[PathSeg]) -> Option<&'v Value> {
     Some(cur)
 }
 
+fn model_event_trigger(kind: &str) -> bool {
+    sluice_model::EVENT_TRIGGERS.contains(&kind)
+}
+
+/// The JSON Schema of an options struct, as a value.
+fn options_schema<T: JsonSchema>() -> Value {
+    schemars::schema_for!(T).to_value()
+}
+
+/// Let every option of `schema` also be a templated string, as flow files may
+/// write any value as a template.
+fn templatable(mut schema: Value) -> Value {
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for p in props.values_mut() {
+            let original = std::mem::take(p);
+            *p = serde_json::json!({"anyOf": [original, {"type": "string", "pattern": "\\{\\{"}]});
+        }
+    }
+    schema
+}
+
 /// One registered step type.
 #[derive(Clone)]
 pub struct Entry {
@@ -284,6 +305,8 @@ pub struct Entry {
     pub spec: StepSpec,
     /// How the engine runs it.
     pub action: Arc<dyn DynAction>,
+    /// The JSON Schema of its options.
+    pub schema: fn() -> Value,
 }
 
 /// A trigger type: only its options, for now.
@@ -291,6 +314,8 @@ pub struct Entry {
 pub struct TriggerEntry {
     /// How the model checks it.
     pub spec: StepSpec,
+    /// The JSON Schema of its options.
+    pub schema: fn() -> Value,
 }
 
 /// The one list of step types and triggers.
@@ -338,6 +363,7 @@ impl Registry {
                     check: check_options::<A::Options>,
                 },
                 action: Arc::new(action),
+                schema: options_schema::<A::Options>,
             },
         );
     }
@@ -352,8 +378,80 @@ impl Registry {
                     deferred: &[],
                     check: check_options::<O>,
                 },
+                schema: options_schema::<O>,
             },
         );
+    }
+
+    /// The JSON Schema of flow files with these step types and triggers
+    /// (draft 2020-12), for editors to complete and check flow files.
+    pub fn flow_schema(&self) -> Value {
+        use serde_json::json;
+        let jq = json!({"type": "string", "description": "a jq expression"});
+        let path = json!({"type": "string", "description": "a JSONPath of names and indexes"});
+        let mappings = json!({"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["source", "target"], "properties": {"source": path, "target": path}}});
+        let event_filter = json!({"type": "object", "additionalProperties": false, "properties": {"data": jq, "toStateData": jq, "useData": {"type": "boolean"}}});
+        let key = json!({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|(kind, e)| {
+                let mut options = templatable((e.schema)());
+                if let Some(o) = options.as_object_mut() {
+                    o.remove("$schema");
+                }
+                json!({
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["key", "type"],
+                    "properties": {
+                        "key": key, "type": {"const": kind}, "name": {"type": "string"}, "description": {"type": "string"},
+                        "options": options,
+                        "resolve": {"anyOf": [key, {"type": "null"}]}, "reject": key,
+                        "stateDataFilter": {"type": "object", "additionalProperties": false, "properties": {"input": jq, "output": jq}},
+                        "actionDataFilter": {"type": "object", "additionalProperties": false, "properties": {"fromStateData": jq, "results": jq, "toStateData": jq, "useResults": {"type": "boolean"}}},
+                        "inputMappings": mappings, "outputMappings": mappings,
+                        "eventDataFilter": event_filter,
+                    }
+                })
+            })
+            .collect();
+        let triggers: Vec<Value> = self
+            .triggers
+            .iter()
+            .map(|(kind, t)| {
+                let mut s = templatable((t.schema)());
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("$schema");
+                    let props = o.entry("properties").or_insert_with(|| json!({}));
+                    if let Some(p) = props.as_object_mut() {
+                        p.insert("type".into(), json!({"const": kind}));
+                        if model_event_trigger(kind) {
+                            p.insert("dataOnly".into(), json!({"type": "boolean"}));
+                            p.insert("eventDataFilter".into(), event_filter.clone());
+                        }
+                    }
+                    o.insert("required".into(), json!(["type"]));
+                }
+                s
+            })
+            .collect();
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Sluice flow file",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["steps"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "trigger": {"oneOf": triggers},
+                "unmappedResults": {"enum": ["merge", "replace"]},
+                "connections": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {"url": {"type": "string"}}}},
+                "steps": {"type": "array", "minItems": 1, "items": {"oneOf": steps}},
+            }
+        })
     }
 
     /// A step type by name.

@@ -52,6 +52,8 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Print the JSON Schema of flow files (for editors).
+    Schema,
     /// List and show recorded runs.
     Runs {
         #[command(subcommand)]
@@ -124,6 +126,14 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Check { files } => check(&files),
+            Command::Schema => {
+                let schema = Registry::builtin().flow_schema();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_else(|_| schema.to_string())
+                );
+                0
+            }
             Command::Run {
                 flow,
                 input,

@@ -419,3 +419,60 @@ fn events_are_checked_before_a_run() {
         o.stderr
     );
 }
+
+#[test]
+fn the_flow_file_schema_names_every_step_type_and_its_options() {
+    let o = run(sluice().arg("schema"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let schema: Value = serde_json::from_str(&o.stdout).unwrap();
+    let steps = schema["properties"]["steps"]["items"]["oneOf"]
+        .as_array()
+        .unwrap();
+    let kind = |k: &str| {
+        steps
+            .iter()
+            .find(|s| s["properties"]["type"]["const"] == k)
+            .unwrap_or_else(|| panic!("{k} missing"))
+    };
+    for k in [
+        "transform",
+        "condition",
+        "log",
+        "sleep",
+        "throw",
+        "split",
+        "sql.query",
+        "sql.create",
+        "sql.lookup",
+        "sql.lookupMany",
+        "sql.lookupSet",
+        "sql.update",
+        "sql.upsert",
+        "sql.delete",
+        "sql.link",
+        "sql.unlink",
+        "sql.assertOption",
+        "envelope",
+    ] {
+        kind(k);
+    }
+    // Options come from the step's own types; templates are allowed for any value.
+    let ms = &kind("sleep")["properties"]["options"]["properties"]["ms"];
+    assert_eq!(ms["anyOf"][1]["type"], json!("string"), "{ms}");
+    assert!(
+        kind("sleep")["properties"]["options"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ms"))
+    );
+    let triggers = schema["properties"]["trigger"]["oneOf"].as_array().unwrap();
+    let ce = triggers
+        .iter()
+        .find(|t| t["properties"]["type"]["const"] == "cloudevent")
+        .unwrap();
+    assert!(
+        ce["properties"]["eventType"].is_object()
+            && ce["properties"]["eventDataFilter"].is_object(),
+        "{ce}"
+    );
+}
