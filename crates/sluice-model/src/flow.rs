@@ -1099,32 +1099,13 @@ impl Checker<'_> {
                     "actionDataFilter.results",
                     &mut ok,
                 );
-                if let Some(t) = n.get("toStateData") {
-                    match t.as_str().map(jq_path_to_mapping) {
-                        Some(Ok(p)) => {
-                            action_filter.to_state_data =
-                                Some((t.as_str().unwrap_or_default().to_owned(), p))
-                        }
-                        _ => {
-                            ok = false;
-                            self.err_help(t.span.clone(), format!("{who}: `actionDataFilter.toStateData` must be a jq path such as `.a.b`"), "not a path", "names (`.name` or `.[\"name\"]`) and indexes (`[0]`) only");
-                        }
-                    }
+                match self.state_path(n, &who, "actionDataFilter") {
+                    Ok(p) => action_filter.to_state_data = p,
+                    Err(()) => ok = false,
                 }
-                if let Some(u) = n.get("useResults") {
-                    match u.kind {
-                        Kind::Bool(b) => action_filter.use_results = b,
-                        _ => {
-                            ok = false;
-                            self.err(
-                                u.span.clone(),
-                                format!(
-                                    "{who}: `actionDataFilter.useResults` must be true or false"
-                                ),
-                                "expected a boolean",
-                            );
-                        }
-                    }
+                match self.bool_field(n, "useResults", &who, "actionDataFilter") {
+                    Ok(b) => action_filter.use_results = b.unwrap_or(true),
+                    Err(()) => ok = false,
                 }
             } else {
                 ok = false;
@@ -1195,32 +1176,59 @@ impl Checker<'_> {
             ),
             ..EventDataFilter::default()
         };
-        if let Some(t) = n.get("toStateData") {
-            match t.as_str().map(jq_path_to_mapping) {
-                Some(Ok(p)) => {
-                    f.to_state_data = Some((t.as_str().unwrap_or_default().to_owned(), p))
-                }
-                _ => self.err_help(
+        f.to_state_data = self.state_path(n, who, "eventDataFilter").unwrap_or(None);
+        f.use_data = self
+            .bool_field(n, "useData", who, "eventDataFilter")
+            .unwrap_or(None)
+            .unwrap_or(true);
+        (ok && self.diags.len() == before).then_some(f)
+    }
+
+    /// `toStateData` of a data filter: a jq path of names and indexes, kept
+    /// as written and parsed. `Err` when it is reported as invalid.
+    fn state_path(
+        &mut self,
+        filter: &Node,
+        who: &str,
+        what: &str,
+    ) -> Result<Option<(String, MappingPath)>, ()> {
+        let Some(t) = filter.get("toStateData") else {
+            return Ok(None);
+        };
+        match t.as_str().map(|s| (s, jq_path_to_mapping(s))) {
+            Some((s, Ok(p))) => Ok(Some((s.to_owned(), p))),
+            _ => {
+                self.err_help(
                     t.span.clone(),
-                    format!(
-                        "{who}: `eventDataFilter.toStateData` must be a jq path such as `.a.b`"
-                    ),
+                    format!("{who}: `{what}.toStateData` must be a jq path such as `.a.b`"),
                     "not a path",
                     "names (`.name` or `.[\"name\"]`) and indexes (`[0]`) only",
-                ),
+                );
+                Err(())
             }
         }
-        if let Some(u) = n.get("useData") {
-            match u.kind {
-                Kind::Bool(b) => f.use_data = b,
-                _ => self.err(
-                    u.span.clone(),
-                    format!("{who}: `eventDataFilter.useData` must be true or false"),
+    }
+
+    /// A boolean field of a data filter. `Err` when it is reported as invalid.
+    fn bool_field(
+        &mut self,
+        filter: &Node,
+        field: &str,
+        who: &str,
+        what: &str,
+    ) -> Result<Option<bool>, ()> {
+        match filter.get(field).map(|n| (n, &n.kind)) {
+            None => Ok(None),
+            Some((_, Kind::Bool(b))) => Ok(Some(*b)),
+            Some((n, _)) => {
+                self.err(
+                    n.span.clone(),
+                    format!("{who}: `{what}.{field}` must be true or false"),
                     "expected a boolean",
-                ),
+                );
+                Err(())
             }
         }
-        (ok && self.diags.len() == before).then_some(f)
     }
 
     fn mapping<'n>(&mut self, n: &'n Node, what: &str) -> Option<&'n [(Key, Node)]> {
