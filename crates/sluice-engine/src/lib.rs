@@ -25,8 +25,7 @@ use sluice_connect::{ActionCx, ActionError, Blame, Outcome, Registry};
 use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
 use sluice_model::{EVENT_TRIGGERS, EventDataFilter, Flow, Next, Step, UnmappedResults};
 use sluice_store::{
-    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, flow_version_of, new_run_id,
-    now_micros,
+    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, new_run_id, now_micros,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -156,6 +155,19 @@ struct FlowObject {
 }
 
 impl FlowObject {
+    /// The flow object before any step has run.
+    fn new(trigger: &Value, accountability: &Value) -> Self {
+        Self {
+            trigger: to_val(trigger),
+            last: Val::Null,
+            accountability: to_val(accountability),
+            entries: HashMap::new(),
+            event: None,
+            tokens: Map::new(),
+            tokens_val: to_val(&json!({})),
+        }
+    }
+
     fn add_tokens(&mut self, t: &Map<String, Value>) {
         self.tokens.extend(t.clone());
         self.tokens_val = to_val(&Value::Object(self.tokens.clone()));
@@ -237,18 +249,10 @@ impl<S: Store> Engine<S> {
         let event = req
             .event
             .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
+        let mut fo = FlowObject::new(&req.trigger, &req.accountability);
         if let Some(ev) = &event {
             // The trigger's eventDataFilter: the event meets the run's input
             // as an event state merges a consumed event.
-            let fo = FlowObject {
-                trigger: to_val(&req.trigger),
-                last: Val::Null,
-                accountability: to_val(&req.accountability),
-                entries: HashMap::new(),
-                event: None,
-                tokens: Map::new(),
-                tokens_val: to_val(&json!({})),
-            };
             input = apply_event(
                 &flow.trigger.event_filter,
                 flow.trigger.data_only,
@@ -260,18 +264,17 @@ impl<S: Store> Engine<S> {
             .map_err(EngineError::Event)?;
         }
         let run_id = new_run_id();
-        let version = flow_version_of(&flow.source.text);
         let known = self
             .saved_versions
             .lock()
-            .map(|v| v.contains(&version))
+            .map(|v| v.contains(&flow.version))
             .unwrap_or(false);
         if !known {
             self.store
-                .save_flow_version(&flow.id, &version, &flow.source.text)
+                .save_flow_version(&flow.id, &flow.version, &flow.source.text)
                 .await?;
             if let Ok(mut v) = self.saved_versions.lock() {
-                v.insert(version.clone());
+                v.insert(flow.version.clone());
             }
         }
         self.store
@@ -282,20 +285,12 @@ impl<S: Store> Engine<S> {
                 input: input.clone(),
                 next_step: flow.steps.first().map(|s| s.key.clone()),
                 started_at: now_micros(),
-                flow_version: Some(version),
+                flow_version: Some(flow.version.clone()),
                 accountability: req.accountability.clone(),
                 parent: None,
             })
             .await?;
-        let fo = FlowObject {
-            trigger: to_val(&req.trigger),
-            last: Val::Null,
-            accountability: to_val(&req.accountability),
-            entries: HashMap::new(),
-            event,
-            tokens: Map::new(),
-            tokens_val: to_val(&json!({})),
-        };
+        fo.event = event;
         self.drive(flow, run_id, fo, input, 0, 0).await
     }
 
@@ -344,17 +339,10 @@ impl<S: Store> Engine<S> {
         // followed by another attempt of the same step, or that is the last
         // record of a run at an incident, is an attempt that did not take
         // effect: it is left out.
-        let mut fo = FlowObject {
-            trigger: to_val(&detail.trigger),
-            last: Val::Null,
-            accountability: to_val(&detail.accountability),
-            entries: HashMap::new(),
-            event: EVENT_TRIGGERS
-                .contains(&flow.trigger.kind.as_str())
-                .then(|| detail.trigger.clone()),
-            tokens: Map::new(),
-            tokens_val: to_val(&json!({})),
-        };
+        let mut fo = FlowObject::new(&detail.trigger, &detail.accountability);
+        fo.event = EVENT_TRIGGERS
+            .contains(&flow.trigger.kind.as_str())
+            .then(|| detail.trigger.clone());
         let n = detail.steps.len();
         for (i, r) in detail.steps.iter().enumerate() {
             let retried = !r.ok && (i + 1 == n || detail.steps[i + 1].step_key == r.step_key);
@@ -589,7 +577,7 @@ impl<S: Store> Engine<S> {
                         input: state.clone(),
                         next_step: Some(flow.steps[start].key.clone()),
                         started_at: now_micros(),
-                        flow_version: Some(flow_version_of(&flow.source.text)),
+                        flow_version: Some(flow.version.clone()),
                         accountability: from_val(&fo.accountability).unwrap_or(Value::Null),
                         parent: Some((run_id.clone(), k as i64)),
                     })
@@ -710,19 +698,13 @@ impl<S: Store> Engine<S> {
             logs: Vec::new(),
             incident: false,
         })?;
-        let recorded_options = {
-            let mut o = options.clone();
-            if let Value::Object(m) = &mut o {
-                for (k, p) in &step.expressions {
-                    m.insert(k.clone(), Value::String(p.code().to_owned()));
-                }
-            }
-            o
-        };
         if let Value::Object(m) = &mut options {
             for (k, p) in &step.expressions {
                 m.insert(k.clone(), Value::String(p.code().to_owned()));
             }
+        }
+        let recorded_options = options.clone();
+        if let Value::Object(m) = &mut options {
             // Deferred options go to the step as written; it renders them.
             for (k, (raw, _)) in &step.deferred {
                 m.insert(k.clone(), raw.clone());

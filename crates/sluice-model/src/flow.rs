@@ -197,6 +197,9 @@ pub struct Flow {
     pub unmapped_results: UnmappedResults,
     /// The file it came from.
     pub source: Arc<Source>,
+    /// The file's version: a hash of its text (see [`version_of`]), by which
+    /// the store keeps it for resuming runs.
+    pub version: String,
 }
 
 impl Flow {
@@ -204,6 +207,16 @@ impl Flow {
     pub fn step_index(&self, key: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.key == key)
     }
+}
+
+/// The version of a flow file: a hash of its text (FNV-1a, 64 bits, hex).
+pub fn version_of(source: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Whether a string is a valid step key: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -511,6 +524,7 @@ impl Checker<'_> {
             connections,
             unmapped_results,
             source: self.source.clone(),
+            version: version_of(&self.source.text),
         })
     }
 

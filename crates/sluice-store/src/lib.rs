@@ -271,16 +271,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// The version of a flow file: a hash of its text (FNV-1a, 64 bits, hex).
-pub fn flow_version_of(source: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in source.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
