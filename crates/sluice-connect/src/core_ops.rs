@@ -282,6 +282,7 @@ mod tests {
             limits: &limits,
             connections: &connections,
             deferred: &BTreeMap::new(),
+            batch: None,
         };
         reg.get(kind).unwrap().action.run_json(cx, options).await
     }

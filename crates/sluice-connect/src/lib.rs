@@ -133,6 +133,9 @@ pub struct ActionCx<'a> {
     pub connections: &'a sql::Connections<'a>,
     /// The deferred options, compiled: the step renders them itself.
     pub deferred: &'a BTreeMap<String, (Value, sluice_expr::TemplateValue)>,
+    /// Set when the run is one record of an import: envelopes are written
+    /// by the import's batch.
+    pub batch: Option<sql::bulk::InBatch<'a>>,
 }
 
 impl ActionCx<'_> {

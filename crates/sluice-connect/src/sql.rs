@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
+pub mod bulk;
+
 /// The database behind a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -289,6 +291,17 @@ impl Tx {
             Fetched::Affected(_) => Vec::new(),
         };
         Ok(numbers_again(rows, &table.cols))
+    }
+
+    /// Run a statement without parameters or results (savepoints).
+    async fn raw(&mut self, sql: &str) -> Result<(), ActionError> {
+        let q = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));
+        match &mut self.conn {
+            TxConn::Sqlite(t) => q.execute(&mut **t).await.map(drop),
+            TxConn::Postgres(t) => q.execute(&mut **t).await.map(drop),
+            TxConn::MySql(t) => q.execute(&mut **t).await.map(drop),
+        }
+        .map_err(|e| self.db.err(e))
     }
 
     /// Commit.
@@ -1719,6 +1732,12 @@ impl Action for Envelope {
         cx: ActionCx<'a>,
         o: EnvelopeOptions,
     ) -> Result<Outcome, ActionError> {
+        if let Some(b) = cx.batch {
+            return b
+                .batch
+                .submit(&cx, b.record, &o.connection, o.patches)
+                .await;
+        }
         let db = cx.connections.db(&o.connection).await?;
         let compiled = cx.deferred.get("patches").map(|(_, t)| t);
         let input = sluice_expr::to_val(cx.input);
@@ -1765,28 +1784,42 @@ impl Action for Envelope {
                 Err((which, e)) => {
                     // Dropping the transaction rolls back every earlier patch.
                     drop(tx);
-                    return Err(ActionError {
-                        blame: e.blame,
-                        message: format!(
-                            "{which} failed: {}; the envelope was rolled back, none of its patches was written",
-                            e.message
-                        ),
-                    });
+                    return Err(envelope_failure(&which, e));
                 }
             }
         }
         tx.commit().await?;
-        // The tokens this envelope set (they shadow the run's from now on).
-        let set_tokens: Map<String, Value> = tokens
-            .into_iter()
-            .filter(|(k, v)| global.get(k) != Some(v))
-            .collect();
-        Ok(Outcome {
-            payload: Some(serde_json::json!({ "results": results, "tokens": set_tokens })),
-            logs: Vec::new(),
-            tokens: Some(set_tokens),
-            items: None,
-        })
+        Ok(envelope_outcome(&global, tokens, results))
+    }
+}
+
+/// The error of an envelope whose patch `which` failed.
+fn envelope_failure(which: &str, e: ActionError) -> ActionError {
+    ActionError {
+        blame: e.blame,
+        message: format!(
+            "{which} failed: {}; the envelope was rolled back, none of its patches was written",
+            e.message
+        ),
+    }
+}
+
+/// What an envelope emits: its patches' results and the tokens it set
+/// (they shadow the run's from now on).
+fn envelope_outcome(
+    global: &Map<String, Value>,
+    tokens: Map<String, Value>,
+    results: Vec<Value>,
+) -> Outcome {
+    let set_tokens: Map<String, Value> = tokens
+        .into_iter()
+        .filter(|(k, v)| global.get(k) != Some(v))
+        .collect();
+    Outcome {
+        payload: Some(serde_json::json!({ "results": results, "tokens": set_tokens })),
+        logs: Vec::new(),
+        tokens: Some(set_tokens),
+        items: None,
     }
 }
 

@@ -30,6 +30,9 @@ use sluice_store::{
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+mod import;
+pub use import::{ImportError, ImportOptions, ImportSummary, Progress, failures_path};
+
 /// What starts a run.
 #[derive(Clone, Debug, Default)]
 pub struct RunRequest {
@@ -138,6 +141,21 @@ impl<S: Store> Clone for Engine<S> {
             pools: self.pools.clone(),
         }
     }
+}
+
+/// Whether a run is recorded in the store, and the import batch it writes
+/// through, if it is one record of an import.
+#[derive(Clone, Copy)]
+struct Mode<'a> {
+    recorded: bool,
+    batch: Option<sluice_connect::sql::bulk::InBatch<'a>>,
+}
+
+impl Mode<'_> {
+    const RECORDED: Mode<'static> = Mode {
+        recorded: true,
+        batch: None,
+    };
 }
 
 /// The flow object of one run.
@@ -264,19 +282,7 @@ impl<S: Store> Engine<S> {
             .map_err(EngineError::Event)?;
         }
         let run_id = new_run_id();
-        let known = self
-            .saved_versions
-            .lock()
-            .map(|v| v.contains(&flow.version))
-            .unwrap_or(false);
-        if !known {
-            self.store
-                .save_flow_version(&flow.id, &flow.version, &flow.source.text)
-                .await?;
-            if let Ok(mut v) = self.saved_versions.lock() {
-                v.insert(flow.version.clone());
-            }
-        }
+        self.save_version(flow).await?;
         self.store
             .create_run(&NewRun {
                 id: run_id.clone(),
@@ -291,7 +297,26 @@ impl<S: Store> Engine<S> {
             })
             .await?;
         fo.event = event;
-        self.drive(flow, run_id, fo, input, 0, 0).await
+        self.drive(flow, run_id, fo, input, 0, 0, Mode::RECORDED)
+            .await
+    }
+
+    /// Keep the flow's text in the store under its version (once per engine).
+    async fn save_version(&self, flow: &Flow) -> Result<(), StoreError> {
+        let known = self
+            .saved_versions
+            .lock()
+            .map(|v| v.contains(&flow.version))
+            .unwrap_or(false);
+        if !known {
+            self.store
+                .save_flow_version(&flow.id, &flow.version, &flow.source.text)
+                .await?;
+            if let Ok(mut v) = self.saved_versions.lock() {
+                v.insert(flow.version.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Continue a run stopped at an incident, from the step where it stopped,
@@ -367,11 +392,20 @@ impl<S: Store> Engine<S> {
             }
         }
         self.store.resume_run(run_id, &state).await?;
-        self.drive(flow, run_id.to_owned(), fo, state, index, n as i64)
-            .await
+        self.drive(
+            flow,
+            run_id.to_owned(),
+            fo,
+            state,
+            index,
+            n as i64,
+            Mode::RECORDED,
+        )
+        .await
     }
 
     /// Run steps from `start` until the run ends or stops.
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         flow: &Flow,
@@ -380,7 +414,9 @@ impl<S: Store> Engine<S> {
         mut state: Value,
         start: usize,
         mut seq: i64,
+        mode: Mode<'_>,
     ) -> Result<RunResult, EngineError> {
+        let rec = mode.recorded;
         let mut pos = if start < flow.steps.len() {
             Some(start)
         } else {
@@ -389,7 +425,7 @@ impl<S: Store> Engine<S> {
         while let Some(i) = pos {
             let step = &flow.steps[i];
             let started_at = now_micros();
-            let outcome = self.step(flow, step, &state, &fo).await;
+            let outcome = self.step(flow, step, &state, &fo, mode.batch).await;
             let ended_at = now_micros();
             let mut record = StepRecord {
                 run_id: run_id.clone(),
@@ -398,7 +434,7 @@ impl<S: Store> Engine<S> {
                 kind: step.kind.clone(),
                 ok: outcome.is_ok(),
                 options: Value::Null,
-                input: state.clone(),
+                input: if rec { state.clone() } else { Value::Null },
                 result: None,
                 output: None,
                 error: None,
@@ -423,14 +459,25 @@ impl<S: Store> Engine<S> {
                     };
                     record.options = done.options;
                     record.result = done.result;
-                    record.output = Some(state.clone());
                     record.logs = done.logs;
                     if let Some(items) = done.items {
                         return self
-                            .fan_out(flow, run_id, record, &fo, step, items, pos)
+                            .fan_out(flow, run_id, record, &fo, step, items, pos, mode)
                             .await;
                     }
                     let finished = pos.is_none();
+                    if !rec {
+                        if finished {
+                            return Ok(RunResult {
+                                run_id,
+                                status: RunStatus::Succeeded,
+                                output: Some(state),
+                                failure: None,
+                            });
+                        }
+                        continue;
+                    }
+                    record.output = Some(state.clone());
                     let update = RunUpdate {
                         status: if finished {
                             RunStatus::Succeeded
@@ -479,6 +526,21 @@ impl<S: Store> Engine<S> {
                     };
                     pos = next;
                     let stopped = pos.is_none();
+                    if !rec {
+                        if stopped {
+                            return Ok(RunResult {
+                                run_id,
+                                status,
+                                output: None,
+                                failure: Some(StepFailure {
+                                    step: step.key.clone(),
+                                    message,
+                                    blame: failed.error.blame,
+                                }),
+                            });
+                        }
+                        continue;
+                    }
                     let update = RunUpdate {
                         status,
                         state: state.clone(),
@@ -509,20 +571,22 @@ impl<S: Store> Engine<S> {
             }
         }
         // A flow always has a step; a run that had none ends as it began.
-        self.store
-            .update_run(
-                &run_id,
-                &RunUpdate {
-                    status: RunStatus::Succeeded,
-                    state: state.clone(),
-                    next_step: None,
-                    output: Some(state.clone()),
-                    error: None,
-                    error_step: None,
-                    ended_at: Some(now_micros()),
-                },
-            )
-            .await?;
+        if rec {
+            self.store
+                .update_run(
+                    &run_id,
+                    &RunUpdate {
+                        status: RunStatus::Succeeded,
+                        state: state.clone(),
+                        next_step: None,
+                        output: Some(state.clone()),
+                        error: None,
+                        error_step: None,
+                        ended_at: Some(now_micros()),
+                    },
+                )
+                .await?;
+        }
         Ok(RunResult {
             run_id,
             status: RunStatus::Succeeded,
@@ -547,7 +611,9 @@ impl<S: Store> Engine<S> {
         step: &'a Step,
         items: Vec<(Value, Value)>,
         next: Option<usize>,
+        mode: Mode<'a>,
     ) -> sluice_connect::BoxFuture<'a, Result<RunResult, EngineError>> {
+        let rec = mode.recorded;
         // Boxed with its `Send` stated: the items' runs drive the flow again.
         Box::pin(async move {
             let running = RunUpdate {
@@ -559,7 +625,9 @@ impl<S: Store> Engine<S> {
                 error_step: None,
                 ended_at: None,
             };
-            self.store.record_step(&record, &running).await?;
+            if rec {
+                self.store.record_step(&record, &running).await?;
+            }
             let count = items.len();
             let mut outputs = Vec::with_capacity(count);
             let mut failures = Vec::new();
@@ -568,25 +636,29 @@ impl<S: Store> Engine<S> {
                     outputs.push(state);
                     continue;
                 };
-                let child_id = new_run_id();
-                self.store
-                    .create_run(&NewRun {
-                        id: child_id.clone(),
-                        flow_id: flow.id.clone(),
-                        trigger: from_val(&fo.trigger).unwrap_or(Value::Null),
-                        input: state.clone(),
-                        next_step: Some(flow.steps[start].key.clone()),
-                        started_at: now_micros(),
-                        flow_version: Some(flow.version.clone()),
-                        accountability: from_val(&fo.accountability).unwrap_or(Value::Null),
-                        parent: Some((run_id.clone(), k as i64)),
-                    })
-                    .await?;
+                let child_id = if rec { new_run_id() } else { String::new() };
+                if rec {
+                    self.store
+                        .create_run(&NewRun {
+                            id: child_id.clone(),
+                            flow_id: flow.id.clone(),
+                            trigger: from_val(&fo.trigger).unwrap_or(Value::Null),
+                            input: state.clone(),
+                            next_step: Some(flow.steps[start].key.clone()),
+                            started_at: now_micros(),
+                            flow_version: Some(flow.version.clone()),
+                            accountability: from_val(&fo.accountability).unwrap_or(Value::Null),
+                            parent: Some((run_id.clone(), k as i64)),
+                        })
+                        .await?;
+                }
                 let mut child = fo.clone();
                 let v = to_val(&item);
                 child.entries.insert(step.key.clone(), v.clone());
                 child.last = v;
-                let r = self.drive(flow, child_id, child, state, start, 0).await?;
+                let r = self
+                    .drive(flow, child_id, child, state, start, 0, mode)
+                    .await?;
                 match r.status {
                     RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Value::Null)),
                     other => failures.push(format!(
@@ -607,24 +679,26 @@ impl<S: Store> Engine<S> {
                 )
             });
             let output = Value::Array(outputs);
-            self.store
-                .update_run(
-                    &run_id,
-                    &RunUpdate {
-                        status: if ok {
-                            RunStatus::Succeeded
-                        } else {
-                            RunStatus::Failed
+            if rec {
+                self.store
+                    .update_run(
+                        &run_id,
+                        &RunUpdate {
+                            status: if ok {
+                                RunStatus::Succeeded
+                            } else {
+                                RunStatus::Failed
+                            },
+                            state: record.input.clone(),
+                            next_step: None,
+                            output: ok.then(|| output.clone()),
+                            error: message.clone(),
+                            error_step: (!ok).then(|| step.key.clone()),
+                            ended_at: Some(now_micros()),
                         },
-                        state: record.input.clone(),
-                        next_step: None,
-                        output: ok.then(|| output.clone()),
-                        error: message.clone(),
-                        error_step: (!ok).then(|| step.key.clone()),
-                        ended_at: Some(now_micros()),
-                    },
-                )
-                .await?;
+                    )
+                    .await?;
+            }
             Ok(RunResult {
                 run_id,
                 status: if ok {
@@ -651,6 +725,7 @@ impl<S: Store> Engine<S> {
         step: &Step,
         state: &Value,
         fo: &FlowObject,
+        batch: Option<sluice_connect::sql::bulk::InBatch<'_>>,
     ) -> Result<Done, Failed> {
         let none = Value::Null;
         let limits = &self.limits;
@@ -723,6 +798,7 @@ impl<S: Store> Engine<S> {
             limits,
             connections: &connections,
             deferred: &step.deferred,
+            batch,
         };
         let Outcome {
             payload,

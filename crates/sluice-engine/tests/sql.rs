@@ -9,6 +9,8 @@ use sluice_engine::{Engine, RunRequest};
 use sluice_store::{RunStatus, SqliteStore};
 use std::sync::Arc;
 
+mod common;
+
 struct Backend {
     name: &'static str,
     url: String,
@@ -16,33 +18,18 @@ struct Backend {
 }
 
 fn backends() -> Vec<Backend> {
-    let dir = std::env::temp_dir().join(format!("sluice-sql-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut v = vec![Backend {
-        name: "sqlite",
-        url: format!("sqlite://{}?mode=rwc", dir.join("app.db").display()),
-        ddl: "CREATE TABLE TBL (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL UNIQUE, name TEXT, score REAL, active BOOLEAN, created TEXT DEFAULT CURRENT_TIMESTAMP)",
-    }];
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    for (name, var, ddl) in [
-        (
-            "postgres",
-            "SLUICE_TEST_POSTGRES_URL",
-            "CREATE TABLE TBL (id SERIAL PRIMARY KEY, email TEXT NOT NULL UNIQUE, name VARCHAR(100), score NUMERIC(6,2), active BOOLEAN, created TIMESTAMPTZ DEFAULT now())",
-        ),
-        (
-            "mariadb",
-            "SLUICE_TEST_MYSQL_URL",
-            "CREATE TABLE TBL (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(200) NOT NULL UNIQUE, name VARCHAR(100), score DECIMAL(6,2), active BOOLEAN, created DATETIME DEFAULT CURRENT_TIMESTAMP)",
-        ),
-    ] {
-        match std::env::var(var) {
-            Ok(url) => v.push(Backend { name, url, ddl }),
-            Err(_) if ci => panic!("{var} must be set under CI"),
-            Err(_) => eprintln!("skipped {name}: {var} is not set"),
-        }
-    }
-    v
+    common::databases("sql-test")
+        .into_iter()
+        .map(|(name, url)| Backend {
+            name,
+            url,
+            ddl: match name {
+                "sqlite" => "CREATE TABLE TBL (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL UNIQUE, name TEXT, score REAL, active BOOLEAN, created TEXT DEFAULT CURRENT_TIMESTAMP)",
+                "postgres" => "CREATE TABLE TBL (id SERIAL PRIMARY KEY, email TEXT NOT NULL UNIQUE, name VARCHAR(100), score NUMERIC(6,2), active BOOLEAN, created TIMESTAMPTZ DEFAULT now())",
+                _ => "CREATE TABLE TBL (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(200) NOT NULL UNIQUE, name VARCHAR(100), score DECIMAL(6,2), active BOOLEAN, created DATETIME DEFAULT CURRENT_TIMESTAMP)",
+            },
+        })
+        .collect()
 }
 
 async fn run(

@@ -49,6 +49,18 @@ enum Command {
         /// mode, or `-`), as the flow's `cloudevent` trigger would.
         #[arg(long, short)]
         event: Option<String>,
+        /// Import: run the flow once per record of this file (JSON lines, or
+        /// CSV with a header when it ends in `.csv`); failures go to
+        /// FILE.failures.jsonl and an interrupted import resumes where it stopped.
+        #[arg(long, conflicts_with_all = ["input", "event"])]
+        records: Option<String>,
+        /// Records written per transaction in an import.
+        #[arg(long, default_value_t = 1000, requires = "records")]
+        chunk: usize,
+        /// Import from the first record even if an earlier import of the file
+        /// stopped or finished.
+        #[arg(long, requires = "records")]
+        restart: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -136,9 +148,18 @@ fn main() -> ExitCode {
             }
             Command::Run {
                 flow,
+                records: Some(records),
+                chunk,
+                restart,
+                store,
+                ..
+            } => import(&flow, &records, chunk, restart, &store.store).await,
+            Command::Run {
+                flow,
                 input,
                 event,
                 store,
+                ..
             } => run(&flow, input.as_deref(), event.as_deref(), &store.store).await,
             Command::Runs { command } => match command {
                 RunsCommand::List {
@@ -331,6 +352,77 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
     };
     report(engine.run(&flow, req).await)
+}
+
+/// `sluice run FLOW --records FILE`.
+async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_url: &str) -> u8 {
+    let registry = Arc::new(Registry::builtin());
+    let flow = match reported(load_flow(path, &registry)) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let store = match open_store(store_url).await {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
+    let engine = Engine::new(store, registry);
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} records  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let options = sluice_engine::ImportOptions { chunk, restart };
+    let result = engine
+        .import(
+            &flow,
+            std::path::Path::new(records),
+            &options,
+            &mut progress,
+        )
+        .await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(s) => {
+            let rate = (s.total - s.skipped) as f64 / s.seconds.max(1e-9);
+            let skipped = if s.skipped > 0 {
+                format!(", {} skipped (landed by an earlier import)", s.skipped)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "imported {records}: {} records, {} succeeded, {} failed{skipped}, in {:.2} s ({:.0} records/s); run {}",
+                s.total, s.succeeded, s.failed, s.seconds, rate, s.run_id
+            );
+            if s.failed > 0 {
+                eprintln!("failures: {}", s.failures_file.display());
+                FAILED
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                sluice_engine::ImportError::Flow(_)
+                | sluice_engine::ImportError::File(_)
+                | sluice_engine::ImportError::Refused(_) => INVALID,
+                _ => FAILED,
+            }
+        }
+    }
 }
 
 /// Print how a run ended and choose the exit code.

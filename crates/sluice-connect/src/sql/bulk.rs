@@ -1,0 +1,695 @@
+//! Imports: the envelopes of many records written together.
+//!
+//! `sluice run FLOW --records FILE` runs the flow once per record, a chunk of
+//! records at a time, the chunk's records side by side. An `envelope` step of
+//! a record does not write at once: it hands its patches to the chunk's
+//! [`Batch`] and waits. When every record of the chunk that is still running
+//! waits, the importer calls [`Batch::flush`], which writes them all:
+//!
+//! * patch by patch across the records (patch 1 of every record, then its
+//!   children, then patch 2, ...), each record's patches templated with its
+//!   own tokens; consecutive `create` patches of one collection with the
+//!   same fields become one multi-row INSERT; other patches are written one
+//!   by one, in record order;
+//! * under a savepoint: when anything fails, the batch rolls back to it and
+//!   writes each half of the records again under a savepoint of its own,
+//!   down to the single record that fails. That record's envelope fails
+//!   alone, with the database's own message; the others land whole, in
+//!   record order, as if written one after another.
+//!
+//! A chunk's writes and the import's position (a row of `sluice_imports` in
+//! the same database) commit in one transaction ([`Batch::commit_chunk`]), so
+//! an interrupted import resumes after its last committed chunk and never
+//! writes a record twice.
+//!
+//! A multi-row INSERT returns its rows in no promised order. They are matched
+//! to the records by the primary key: the key given in the patch, or else a
+//! generated integer key, which every supported database assigns in
+//! increasing order within one statement. When neither holds, the rows are
+//! written one by one.
+
+use super::{
+    Backend, Db, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in, delete_in, id_text,
+    new_id, write_in,
+};
+use crate::{ActionError, Blame, BoxFuture, Outcome};
+use serde_json::{Map, Value};
+use sluice_expr::{Limits, MapScope, TemplateValue, Val};
+use sluice_model::Flow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// At most this many bound values in one statement (SQLite allows 32766).
+const MAX_PARAMS: usize = 30_000;
+
+/// The writes of one chunk of an import, on the import's connection.
+pub struct Batch {
+    connection: String,
+    db: Arc<Db>,
+    /// The flow-object variables an envelope's templates may read.
+    names: Vec<String>,
+    waiting: Mutex<Vec<Waiting>>,
+    tx: tokio::sync::Mutex<Option<Tx>>,
+    /// The patch that failed, per record of the chunk.
+    failed_patches: Mutex<HashMap<usize, String>>,
+}
+
+/// A step of one record running inside a batch.
+#[derive(Clone, Copy)]
+pub struct InBatch<'a> {
+    /// The batch.
+    pub batch: &'a Batch,
+    /// The record's position in its chunk.
+    pub record: usize,
+}
+
+/// An envelope waiting to be written.
+struct Waiting {
+    record: usize,
+    step: String,
+    count: usize,
+    /// The patches, when they hold no template.
+    fixed: Option<Vec<Patch>>,
+    input: Val,
+    scope: MapScope,
+    global: Map<String, Value>,
+    reply: oneshot::Sender<Result<Outcome, ActionError>>,
+}
+
+/// What failed in a group: the error as the record's envelope reports it,
+/// and the patch.
+struct Fail {
+    error: ActionError,
+    patch: String,
+}
+
+fn fail(which: String, e: ActionError) -> Fail {
+    Fail {
+        error: super::envelope_failure(&which, e),
+        patch: which,
+    }
+}
+
+/// One patch of one record, at one position of the envelopes.
+struct Item {
+    job: usize,
+    patch: Patch,
+    label: String,
+    parent: Option<Value>,
+}
+
+/// What one record's envelope has written so far.
+struct Work {
+    tokens: Map<String, Value>,
+    results: Vec<Value>,
+}
+
+/// Where an import stands, as kept in the database it writes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Records committed so far (the next record's index, from 0).
+    pub next_record: u64,
+    /// The records file's hash when the import started.
+    pub file_hash: String,
+    /// Whether the import went through the whole file.
+    pub finished: bool,
+}
+
+impl Batch {
+    /// A batch writing through connection `connection`; `names` are the
+    /// flow-object variables (`trigger`, step keys, ...) templates may read.
+    pub async fn open(
+        connections: &super::Connections<'_>,
+        connection: &str,
+        names: Vec<String>,
+    ) -> Result<Self, ActionError> {
+        let db = connections.db(connection).await?;
+        Ok(Self {
+            connection: connection.to_owned(),
+            db,
+            names,
+            waiting: Mutex::new(Vec::new()),
+            tx: tokio::sync::Mutex::new(None),
+            failed_patches: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The connection's name.
+    pub fn connection(&self) -> &str {
+        &self.connection
+    }
+
+    /// How many envelopes wait to be written.
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// The patch that failed for record `record` of the chunk, if one did.
+    pub fn failed_patch(&self, record: usize) -> Option<String> {
+        self.failed_patches
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&record).cloned())
+    }
+
+    /// Hand an envelope to the batch and wait until it is written.
+    pub(super) async fn submit(
+        &self,
+        cx: &crate::ActionCx<'_>,
+        record: usize,
+        connection: &str,
+        patches: Vec<Patch>,
+    ) -> Result<Outcome, ActionError> {
+        if connection != self.connection {
+            return Err(ActionError::flow(format!(
+                "in an import every envelope writes through the import's connection `{}`; this one names `{connection}`",
+                self.connection
+            )));
+        }
+        let mut scope = MapScope::default();
+        for n in &self.names {
+            if let Some(v) = cx.scope.get(n) {
+                scope.0.insert(n.clone(), v);
+            }
+        }
+        let global = match cx.scope.get("tokens").map(|v| sluice_expr::from_val(&v)) {
+            Some(Ok(Value::Object(m))) => m,
+            _ => Map::new(),
+        };
+        let templated = cx.deferred.contains_key("patches");
+        let (reply, answer) = oneshot::channel();
+        let job = Waiting {
+            record,
+            step: cx.step_key.to_owned(),
+            count: patches.len(),
+            fixed: (!templated).then_some(patches),
+            input: sluice_expr::to_val(cx.input),
+            scope,
+            global,
+            reply,
+        };
+        self.waiting
+            .lock()
+            .map_err(|_| ActionError::external("the import's batch is poisoned"))?
+            .push(job);
+        answer.await.map_err(|_| ActionError {
+            blame: Blame::External,
+            message: "the import stopped before this record's envelope was written".into(),
+        })?
+    }
+
+    /// Write every waiting envelope (see the module's description). `Err`
+    /// means the connection itself failed: the chunk cannot be committed.
+    pub async fn flush(&self, flow: &Flow, limits: &Limits) -> Result<(), ActionError> {
+        let mut jobs = std::mem::take(
+            &mut *self
+                .waiting
+                .lock()
+                .map_err(|_| ActionError::external("the import's batch is poisoned"))?,
+        );
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        jobs.sort_by_key(|w| w.record);
+        let jobs: Vec<(Waiting, Option<&TemplateValue>)> = jobs
+            .into_iter()
+            .map(|w| {
+                let t = flow
+                    .step_index(&w.step)
+                    .and_then(|i| flow.steps[i].deferred.get("patches"))
+                    .map(|(_, t)| t);
+                (w, t)
+            })
+            .collect();
+        let mut guard = self.tx.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.db.begin().await?);
+        }
+        let Some(tx) = guard.as_mut() else {
+            return Err(ActionError::external("the import's transaction is gone"));
+        };
+        self.write_group(tx, jobs, limits, 0).await
+    }
+
+    /// Write a group of envelopes under a savepoint; on failure, each half again.
+    fn write_group<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        jobs: Vec<(Waiting, Option<&'a TemplateValue>)>,
+        limits: &'a Limits,
+        depth: usize,
+    ) -> BoxFuture<'a, Result<(), ActionError>> {
+        Box::pin(async move {
+            let sp = format!("sluice_sp{depth}");
+            tx.raw(&format!("SAVEPOINT {sp}")).await?;
+            match self.write_all(tx, &jobs, limits).await {
+                Ok(outcomes) => {
+                    tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
+                    for ((w, _), o) in jobs.into_iter().zip(outcomes) {
+                        let _ = w.reply.send(Ok(o));
+                    }
+                }
+                Err(f) => {
+                    // A connection that cannot roll back to the savepoint is gone.
+                    tx.raw(&format!("ROLLBACK TO SAVEPOINT {sp}")).await?;
+                    tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
+                    if jobs.len() == 1 {
+                        for (w, _) in jobs {
+                            if let Ok(mut m) = self.failed_patches.lock() {
+                                m.insert(w.record, f.patch.clone());
+                            }
+                            let _ = w.reply.send(Err(f.error.clone()));
+                        }
+                    } else {
+                        let mut left = jobs;
+                        let right = left.split_off(left.len() / 2);
+                        self.write_group(tx, left, limits, depth + 1).await?;
+                        self.write_group(tx, right, limits, depth + 1).await?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Write the envelopes patch position by patch position.
+    async fn write_all(
+        &self,
+        tx: &mut Tx,
+        jobs: &[(Waiting, Option<&TemplateValue>)],
+        limits: &Limits,
+    ) -> Result<Vec<Outcome>, Fail> {
+        let mut works: Vec<Work> = jobs
+            .iter()
+            .map(|(w, _)| Work {
+                tokens: w.global.clone(),
+                results: Vec::with_capacity(w.count),
+            })
+            .collect();
+        let most = jobs.iter().map(|(w, _)| w.count).max().unwrap_or(0);
+        for i in 0..most {
+            let label = format!("patch {}", i + 1);
+            let mut items = Vec::with_capacity(jobs.len());
+            for (j, (w, t)) in jobs.iter().enumerate() {
+                if i >= w.count {
+                    continue;
+                }
+                let patch = match (t, &w.fixed) {
+                    (Some(t), _) => {
+                        let scope = WithTokens {
+                            inner: &w.scope,
+                            tokens: sluice_expr::to_val(&Value::Object(works[j].tokens.clone())),
+                        };
+                        let render = |e: ActionError| Fail {
+                            error: e,
+                            patch: label.clone(),
+                        };
+                        let v = t
+                            .render_item(i, &w.input, &scope, limits)
+                            .map_err(|e| render(e.into()))?
+                            .unwrap_or(Value::Null);
+                        serde_json::from_value::<Patch>(v).map_err(|e| {
+                            render(ActionError::data(format!("{label}: after templating: {e}")))
+                        })?
+                    }
+                    (None, Some(fixed)) => fixed[i].clone(),
+                    (None, None) => {
+                        return Err(Fail {
+                            error: ActionError {
+                                blame: Blame::Bug,
+                                message: format!("step `{}` has no patches", w.step),
+                            },
+                            patch: label,
+                        });
+                    }
+                };
+                items.push(Item {
+                    job: j,
+                    patch,
+                    label: label.clone(),
+                    parent: None,
+                });
+            }
+            let rows = self.write_items(tx, &items, &mut works).await?;
+            for (it, row) in items.iter().zip(rows) {
+                works[it.job].results.push(row);
+            }
+        }
+        Ok(jobs
+            .iter()
+            .zip(works)
+            .map(|((w, _), work)| super::envelope_outcome(&w.global, work.tokens, work.results))
+            .collect())
+    }
+
+    /// Write the patches at one position (and then their children's positions).
+    fn write_items<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        items: &'a [Item],
+        works: &'a mut [Work],
+    ) -> BoxFuture<'a, Result<Vec<Value>, Fail>> {
+        Box::pin(async move {
+            let db = &*self.db;
+            let which = |it: &Item| {
+                format!(
+                    "{} ({} {})",
+                    it.label,
+                    it.patch.op.word(),
+                    it.patch.collection
+                )
+            };
+            let mut prepared: Vec<(Map<String, Value>, Arc<Table>)> =
+                Vec::with_capacity(items.len());
+            for it in items {
+                let p = &it.patch;
+                let mut props = p.properties.clone();
+                if let Some(k) = &p.parent_key {
+                    let id = it.parent.clone().ok_or_else(|| {
+                        fail(
+                            which(it),
+                            ActionError::flow("`parentKey` is only for child patches"),
+                        )
+                    })?;
+                    props.insert(k.clone(), id);
+                }
+                let t = db
+                    .check_fields(&p.collection, props.keys().chain(p.criteria.keys()))
+                    .await
+                    .map_err(|e| fail(which(it), e))?;
+                prepared.push((props, t));
+            }
+            let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(items.len());
+            let mut k = 0;
+            while k < items.len() {
+                let it = &items[k];
+                let p = &it.patch;
+                let (props, t) = &prepared[k];
+                if p.op == PatchOp::Create {
+                    let mut e = k + 1;
+                    while e < items.len()
+                        && items[e].patch.op == PatchOp::Create
+                        && items[e].patch.collection == p.collection
+                        && prepared[e].0.keys().eq(props.keys())
+                    {
+                        e += 1;
+                    }
+                    let all: Vec<&Map<String, Value>> =
+                        prepared[k..e].iter().map(|(m, _)| m).collect();
+                    let made = create_many(tx, db, &p.collection, t, &all)
+                        .await
+                        .map_err(|err| fail(which(it), err))?;
+                    rows.extend(made);
+                    k = e;
+                    continue;
+                }
+                let c = &p.collection;
+                let row = match p.op {
+                    PatchOp::Update => write_in(tx, db, c, t, &p.criteria, props, false).await,
+                    PatchOp::Upsert => write_in(tx, db, c, t, &p.criteria, props, true).await,
+                    PatchOp::Delete => delete_in(tx, db, c, t, &p.criteria).await,
+                    PatchOp::Create => create_in(tx, db, c, t, props).await,
+                }
+                .map_err(|err| fail(which(it), err))?;
+                rows.push(row);
+                k += 1;
+            }
+            for (it, row) in items.iter().zip(&rows) {
+                for (token, field) in &it.patch.set_tokens {
+                    let v = row.get(field).cloned().ok_or_else(|| {
+                        fail(
+                            which(it),
+                            ActionError::flow(format!(
+                                "setTokens: the response has no field `{field}` for token `{token}`"
+                            )),
+                        )
+                    })?;
+                    works[it.job].tokens.insert(token.clone(), v);
+                }
+            }
+            let most = items
+                .iter()
+                .map(|it| it.patch.children.len())
+                .max()
+                .unwrap_or(0);
+            let mut children: Vec<Vec<Value>> = vec![Vec::new(); items.len()];
+            for c in 0..most {
+                let mut owners = Vec::new();
+                let mut sub = Vec::new();
+                for (x, it) in items.iter().enumerate() {
+                    if let Some(child) = it.patch.children.get(c) {
+                        owners.push(x);
+                        sub.push(Item {
+                            job: it.job,
+                            patch: child.clone(),
+                            label: format!("{}.{}", it.label, c + 1),
+                            parent: Some(new_id(&prepared[x].1, &rows[x])),
+                        });
+                    }
+                }
+                let outs = self.write_items(tx, &sub, works).await?;
+                for (x, o) in owners.into_iter().zip(outs) {
+                    children[x].push(o);
+                }
+            }
+            Ok(rows
+                .into_iter()
+                .zip(children)
+                .map(|(mut r, ch)| {
+                    if !ch.is_empty() {
+                        r.insert("children".into(), Value::Array(ch));
+                    }
+                    Value::Object(r)
+                })
+                .collect())
+        })
+    }
+
+    /// Create the bookkeeping table when missing and read import `key`'s position.
+    pub async fn position(&self, key: &str) -> Result<Option<Position>, ActionError> {
+        let db = &self.db;
+        db.run(
+            &Stmt {
+                sql: "CREATE TABLE IF NOT EXISTS sluice_imports (\
+                      import_key VARCHAR(255) NOT NULL PRIMARY KEY, \
+                      source TEXT NOT NULL, \
+                      file_hash VARCHAR(64) NOT NULL, \
+                      next_record BIGINT NOT NULL, \
+                      finished BIGINT NOT NULL, \
+                      updated_at VARCHAR(40) NOT NULL)"
+                    .into(),
+                params: Vec::new(),
+            },
+            false,
+        )
+        .await?;
+        let p = |n| db.backend.placeholder(n);
+        let rows = db
+            .rows(&Stmt {
+                sql: format!(
+                    "SELECT file_hash, next_record, finished FROM sluice_imports WHERE import_key = {}",
+                    p(1)
+                ),
+                params: vec![Value::from(key)],
+            })
+            .await?;
+        Ok(rows.into_iter().next().map(|r| Position {
+            file_hash: r
+                .get("file_hash")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            next_record: r.get("next_record").and_then(Value::as_u64).unwrap_or(0),
+            finished: r.get("finished").and_then(Value::as_i64).unwrap_or(0) != 0,
+        }))
+    }
+
+    /// Start import `key` from the first record (forgetting any earlier one).
+    pub async fn start(&self, key: &str, source: &str, hash: &str) -> Result<(), ActionError> {
+        let db = &self.db;
+        let p = |n| db.backend.placeholder(n);
+        let mut tx = db.begin().await?;
+        tx.run(
+            &Stmt {
+                sql: format!("DELETE FROM sluice_imports WHERE import_key = {}", p(1)),
+                params: vec![Value::from(key)],
+            },
+            false,
+        )
+        .await?;
+        tx.run(
+            &Stmt {
+                sql: format!(
+                    "INSERT INTO sluice_imports (import_key, source, file_hash, next_record, finished, updated_at) \
+                     VALUES ({}, {}, {}, 0, 0, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4)
+                ),
+                params: vec![
+                    Value::from(key),
+                    Value::from(source),
+                    Value::from(hash),
+                    Value::from(now_text()),
+                ],
+            },
+            false,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Commit the chunk's writes together with the import's new position.
+    pub async fn commit_chunk(
+        &self,
+        key: &str,
+        next_record: u64,
+        finished: bool,
+    ) -> Result<(), ActionError> {
+        let mut guard = self.tx.lock().await;
+        let mut tx = match guard.take() {
+            Some(tx) => tx,
+            None => self.db.begin().await?,
+        };
+        let p = |n| self.db.backend.placeholder(n);
+        tx.run(
+            &Stmt {
+                sql: format!(
+                    "UPDATE sluice_imports SET next_record = {}, finished = {}, updated_at = {} WHERE import_key = {}",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4)
+                ),
+                params: vec![
+                    Value::from(next_record),
+                    Value::from(i64::from(finished)),
+                    Value::from(now_text()),
+                    Value::from(key),
+                ],
+            },
+            false,
+        )
+        .await?;
+        tx.commit().await?;
+        if let Ok(mut m) = self.failed_patches.lock() {
+            m.clear();
+        }
+        Ok(())
+    }
+}
+
+fn now_text() -> String {
+    super::rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// Whether the database generates values for an integer key of this type.
+fn integer_key(b: Backend, ty: Option<&String>) -> bool {
+    let Some(ty) = ty else { return false };
+    match b {
+        // Only `INTEGER PRIMARY KEY` is the rowid.
+        Backend::Sqlite => ty == "integer",
+        Backend::Postgres => matches!(ty.as_str(), "int2" | "int4" | "int8"),
+        Backend::MySql => matches!(
+            ty.as_str(),
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+        ),
+    }
+}
+
+fn unmatched() -> ActionError {
+    ActionError {
+        blame: Blame::Bug,
+        message: "the rows a multi-row insert returned do not match its records".into(),
+    }
+}
+
+/// Create objects that have the same fields, as few statements as possible;
+/// the stored rows, in the order given.
+async fn create_many(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    props: &[&Map<String, Value>],
+) -> Result<Vec<Map<String, Value>>, ActionError> {
+    let Some(first) = props.first() else {
+        return Ok(Vec::new());
+    };
+    let pk = match t.pk.as_slice() {
+        [pk] => Some(pk),
+        _ => None,
+    };
+    let given = pk.is_some_and(|k| first.contains_key(k));
+    let matchable = match pk {
+        Some(k) if given => props.iter().all(|p| p.get(k).is_some_and(|v| !v.is_null())),
+        Some(k) => integer_key(db.backend, t.cols.get(k)),
+        None => false,
+    };
+    if props.len() == 1 || first.is_empty() || !matchable {
+        let mut out = Vec::with_capacity(props.len());
+        for p in props {
+            out.push(create_in(tx, db, name, t, p).await?);
+        }
+        return Ok(out);
+    }
+    let Some(pk) = pk else {
+        return Err(unmatched());
+    };
+    let keys: Vec<&String> = first.keys().collect();
+    let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
+    let per = (MAX_PARAMS / keys.len()).max(1);
+    let mut out = Vec::with_capacity(props.len());
+    for chunk in props.chunks(per) {
+        let mut params = Vec::with_capacity(chunk.len() * keys.len());
+        let mut tuples = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            let marks: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    let ty = t.cols.get(*k);
+                    params.push(db.param_value(p.get(*k).unwrap_or(&Value::Null), ty));
+                    db.param(params.len(), ty)
+                })
+                .collect();
+            tuples.push(format!("({})", marks.join(", ")));
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {} RETURNING {}",
+            db.backend.quote(name),
+            cols.join(", "),
+            tuples.join(", "),
+            db.select_list(&t.cols)
+        );
+        let rows = tx.rows(&Stmt { sql, params }, t).await?;
+        if rows.len() != chunk.len() {
+            return Err(unmatched());
+        }
+        if given {
+            let mut by: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+            for r in rows {
+                let id = id_text(r.get(pk).unwrap_or(&Value::Null));
+                by.insert(id, r);
+            }
+            for p in chunk {
+                let id = id_text(p.get(pk).unwrap_or(&Value::Null));
+                out.push(by.remove(&id).ok_or_else(unmatched)?);
+            }
+        } else {
+            let mut keyed = rows
+                .into_iter()
+                .map(|r| {
+                    r.get(pk)
+                        .and_then(Value::as_i64)
+                        .map(|id| (id, r))
+                        .ok_or_else(unmatched)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            keyed.sort_by_key(|(id, _)| *id);
+            out.extend(keyed.into_iter().map(|(_, r)| r));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,690 @@
+//! Imports: `sluice run FLOW --records FILE` runs the flow once per record
+//! of a JSON-lines or CSV file, as a data import or migration would.
+//!
+//! * Records are read a chunk at a time and a chunk's records run side by
+//!   side; their `envelope` steps are written together by one
+//!   [`Batch`](sluice_connect::sql::bulk::Batch) (multi-row statements, a
+//!   savepoint per failing group down to the failing record), so a bad
+//!   record rolls back alone and good records land whole.
+//! * Every envelope of the flow must write through one connection, and no
+//!   other step may write: the chunk's writes and the import's position
+//!   (table `sluice_imports` there) then commit in one transaction, and an
+//!   interrupted import resumes after its last committed chunk without
+//!   writing any record twice.
+//! * A record that fails (it is not JSON, a step fails, its envelope is
+//!   refused) is written to the failure report `FILE.failures.jsonl`, one
+//!   JSON object per line: record, line, step, patch, error, blame, data.
+//! * A record's run is not recorded step by step; the import is recorded as
+//!   one run whose output is the summary.
+
+use crate::{Engine, EngineError, FlowObject, Mode};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Map, Value, json};
+use sluice_connect::ActionError;
+use sluice_connect::sql::bulk::{Batch, InBatch};
+use sluice_expr::TemplateValue;
+use sluice_model::Flow;
+use sluice_store::{NewRun, RunStatus, RunUpdate, Store, StoreError, new_run_id, now_micros};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::task::Poll;
+use std::time::Instant;
+
+/// Step types that write outside an envelope.
+const WRITERS: &[&str] = &[
+    "sql.create",
+    "sql.update",
+    "sql.upsert",
+    "sql.delete",
+    "sql.link",
+    "sql.unlink",
+    "sql.assertOption",
+];
+
+/// How to import.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Records per chunk (one transaction).
+    pub chunk: usize,
+    /// Start from the first record even when an earlier import of the same
+    /// file stopped, or finished.
+    pub restart: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            chunk: 1000,
+            restart: false,
+        }
+    }
+}
+
+/// Why an import could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The flow cannot import (the flow author must act).
+    #[error("{0}")]
+    Flow(String),
+    /// The records file cannot be read.
+    #[error("{0}")]
+    File(String),
+    /// The import's state says it must not start (already done, file changed).
+    #[error("{0}")]
+    Refused(String),
+    /// The database the import writes to failed; the import stopped after its
+    /// last committed chunk and resumes from there.
+    #[error("{0}; the import stopped after record {1} and resumes from there when run again")]
+    Database(ActionError, u64),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// How an import ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportSummary {
+    /// The import's run in the store.
+    pub run_id: String,
+    /// Records in the file.
+    pub total: u64,
+    /// Records skipped because an earlier, interrupted import landed them.
+    pub skipped: u64,
+    /// Records that succeeded in this import.
+    pub succeeded: u64,
+    /// Records that failed (see the failure report).
+    pub failed: u64,
+    /// The failure report.
+    pub failures_file: PathBuf,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+impl ImportSummary {
+    /// The summary as JSON (the import run's output).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "total": self.total,
+            "skipped": self.skipped,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "failuresFile": self.failures_file.display().to_string(),
+            "seconds": self.seconds,
+        })
+    }
+}
+
+/// One record as read.
+struct Raw {
+    /// 1-based position among the records.
+    number: u64,
+    /// 1-based line where it starts.
+    line: u64,
+    data: RawData,
+}
+
+enum RawData {
+    Json(String),
+    Csv(csv::StringRecord),
+    Bad(String),
+}
+
+/// A JSON-lines or CSV (with a header) reader of records.
+enum Records {
+    Jsonl {
+        lines: std::io::Lines<BufReader<File>>,
+        line: u64,
+        number: u64,
+    },
+    Csv {
+        reader: csv::Reader<File>,
+        headers: Vec<String>,
+        number: u64,
+    },
+}
+
+fn is_csv(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+impl Records {
+    fn open(path: &Path) -> Result<Self, ImportError> {
+        let shown = path.display();
+        let file =
+            File::open(path).map_err(|e| ImportError::File(format!("cannot read {shown}: {e}")))?;
+        if is_csv(path) {
+            let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+            let headers: Vec<String> = reader
+                .headers()
+                .map_err(|e| ImportError::File(format!("{shown}: cannot read the header: {e}")))?
+                .iter()
+                .map(str::to_owned)
+                .collect();
+            if headers.is_empty() || headers.iter().all(String::is_empty) {
+                return Err(ImportError::File(format!(
+                    "{shown}: the first line must name the columns"
+                )));
+            }
+            Ok(Self::Csv {
+                reader,
+                headers,
+                number: 0,
+            })
+        } else {
+            Ok(Self::Jsonl {
+                lines: BufReader::new(file).lines(),
+                line: 0,
+                number: 0,
+            })
+        }
+    }
+
+    fn next_raw(&mut self) -> Result<Option<Raw>, ImportError> {
+        match self {
+            Self::Jsonl {
+                lines,
+                line,
+                number,
+            } => loop {
+                let Some(text) = lines.next() else {
+                    return Ok(None);
+                };
+                *line += 1;
+                let text = text.map_err(|e| ImportError::File(format!("line {line}: {e}")))?;
+                if text.trim().is_empty() {
+                    continue;
+                }
+                *number += 1;
+                return Ok(Some(Raw {
+                    number: *number,
+                    line: *line,
+                    data: RawData::Json(text),
+                }));
+            },
+            Self::Csv {
+                reader,
+                headers,
+                number,
+            } => {
+                let mut rec = csv::StringRecord::new();
+                match reader.read_record(&mut rec) {
+                    Ok(false) => Ok(None),
+                    Ok(true) => {
+                        *number += 1;
+                        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+                        let data = if rec.len() == headers.len() {
+                            RawData::Csv(rec)
+                        } else {
+                            RawData::Bad(format!(
+                                "the row has {} fields, the header {}",
+                                rec.len(),
+                                headers.len()
+                            ))
+                        };
+                        Ok(Some(Raw {
+                            number: *number,
+                            line,
+                            data,
+                        }))
+                    }
+                    Err(e) => {
+                        // A row the CSV reader cannot split: report it, go on.
+                        *number += 1;
+                        let line = e.position().map(|p| p.line()).unwrap_or(0);
+                        if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                            return Err(ImportError::File(format!("line {line}: {e}")));
+                        }
+                        Ok(Some(Raw {
+                            number: *number,
+                            line,
+                            data: RawData::Bad(e.to_string()),
+                        }))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The record as JSON: a JSON line as written; a CSV row as an object
+    /// of the header's names (an empty field is null).
+    fn value(&self, raw: &Raw) -> Result<Value, String> {
+        match (&raw.data, self) {
+            (RawData::Json(text), _) => serde_json::from_str(text).map_err(|e| {
+                format!(
+                    "the record is not JSON: {}",
+                    e.to_string().split(" at line ").next().unwrap_or_default()
+                )
+            }),
+            (RawData::Csv(rec), Self::Csv { headers, .. }) => {
+                let mut m = Map::with_capacity(headers.len());
+                for (h, v) in headers.iter().zip(rec.iter()) {
+                    let v = if v.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::String(v.to_owned())
+                    };
+                    m.insert(h.clone(), v);
+                }
+                Ok(Value::Object(m))
+            }
+            (RawData::Bad(m), _) => Err(m.clone()),
+            (RawData::Csv(_), Self::Jsonl { .. }) => Err("a CSV row in a JSON-lines file".into()),
+        }
+    }
+}
+
+/// The file's hash (FNV-1a, 64 bits) and its number of records.
+fn scan(path: &Path) -> Result<(String, u64), ImportError> {
+    let shown = path.display();
+    let mut file =
+        File::open(path).map_err(|e| ImportError::File(format!("cannot read {shown}: {e}")))?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| ImportError::File(format!("cannot read {shown}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let mut records = Records::open(path)?;
+    let mut count = 0;
+    while records.next_raw()?.is_some() {
+        count += 1;
+    }
+    Ok((format!("{hash:016x}"), count))
+}
+
+/// The value of option `key` when it is written out (not templated).
+fn literal<'a>(options: &'a TemplateValue, key: &str) -> Result<Option<&'a Value>, ()> {
+    match options {
+        TemplateValue::Const(Value::Object(m)) => Ok(m.get(key)),
+        TemplateValue::Object(fields) => match fields.iter().find(|(k, _)| k == key) {
+            None => Ok(None),
+            Some((_, TemplateValue::Const(v))) => Ok(Some(v)),
+            Some(_) => Err(()),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// The connection the flow's envelopes write through, after checking that
+/// nothing else writes.
+fn import_connection(flow: &Flow) -> Result<Option<String>, ImportError> {
+    let mut found: Option<String> = None;
+    for step in &flow.steps {
+        if step.event_filter.is_some() {
+            return Err(ImportError::Flow(format!(
+                "step `{}` consumes the event that starts a run; records are not events",
+                step.key
+            )));
+        }
+        if WRITERS.contains(&step.kind.as_str()) {
+            return Err(ImportError::Flow(format!(
+                "step `{}` ({}) writes outside an envelope; in an import every write goes through an `envelope` step, so that each record lands whole and exactly once (an envelope with one patch does what this step does)",
+                step.key, step.kind
+            )));
+        }
+        if step.kind == "sql.query"
+            && literal(&step.options, "mode").ok().flatten() == Some(&Value::from("statement"))
+        {
+            return Err(ImportError::Flow(format!(
+                "step `{}` (sql.query) runs a statement; in an import every write goes through an `envelope` step",
+                step.key
+            )));
+        }
+        if step.kind == "envelope" {
+            let conn = match literal(&step.options, "connection") {
+                Ok(Some(Value::String(c))) => c.clone(),
+                _ => {
+                    return Err(ImportError::Flow(format!(
+                        "envelope `{}`: in an import the connection is written out, not templated",
+                        step.key
+                    )));
+                }
+            };
+            match &found {
+                Some(c) if *c != conn => {
+                    return Err(ImportError::Flow(format!(
+                        "envelope `{}` writes through `{conn}` and another through `{c}`; an import writes through one connection, so that each chunk commits in one transaction",
+                        step.key
+                    )));
+                }
+                _ => found = Some(conn),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A record that did not land.
+fn failure_line(raw: &Raw, data: Option<&Value>, failure: Value) -> Value {
+    let mut m = Map::new();
+    m.insert("record".into(), raw.number.into());
+    m.insert("line".into(), raw.line.into());
+    if let Value::Object(f) = failure {
+        m.extend(f);
+    }
+    m.insert("data".into(), data.cloned().unwrap_or(Value::Null));
+    Value::Object(m)
+}
+
+/// Keep the failure report's lines of records before `next` (a resumed
+/// import writes the others again).
+fn trim_report(path: &Path, next: u64) -> Result<(), ImportError> {
+    let Ok(file) = File::open(path) else {
+        return Ok(());
+    };
+    let mut kept = String::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| ImportError::File(format!("{}: {e}", path.display())))?;
+        let n = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v.get("record").and_then(Value::as_u64));
+        if n.is_some_and(|n| n <= next) {
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    }
+    std::fs::write(path, kept).map_err(|e| ImportError::File(format!("{}: {e}", path.display())))
+}
+
+/// The failure report beside `records`.
+pub fn failures_path(records: &Path) -> PathBuf {
+    let mut name = records.as_os_str().to_owned();
+    name.push(".failures.jsonl");
+    PathBuf::from(name)
+}
+
+/// What an import reports as it goes: records done (skipped ones included) of the total.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+impl<S: Store> Engine<S> {
+    /// Import the records of `path` (see the module's description).
+    pub async fn import(
+        &self,
+        flow: &Flow,
+        path: &Path,
+        options: &ImportOptions,
+        progress: Progress<'_>,
+    ) -> Result<ImportSummary, ImportError> {
+        let began = Instant::now();
+        let connection = import_connection(flow)?;
+        let (hash, total) = scan(path)?;
+        let source = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_owned())
+            .display()
+            .to_string();
+        let key = format!(
+            "{}:{}",
+            flow.id,
+            &sluice_model::version_of(&source)
+                .chars()
+                .take(16)
+                .collect::<String>()
+        );
+        let connections = sluice_connect::sql::Connections {
+            declared: &flow.connections,
+            pools: &self.pools,
+        };
+        let mut names: Vec<String> = ["trigger", "last", "accountability"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        names.extend(flow.steps.iter().map(|s| s.key.clone()));
+        let batch = match &connection {
+            Some(c) => Some(
+                Batch::open(&connections, c, names)
+                    .await
+                    .map_err(|e| ImportError::Database(e, 0))?,
+            ),
+            None => None,
+        };
+        let report_path = failures_path(path);
+        let mut start = 0;
+        if let Some(b) = &batch {
+            let at = b
+                .position(&key)
+                .await
+                .map_err(|e| ImportError::Database(e, 0))?;
+            match at {
+                Some(p) if !options.restart && p.finished => {
+                    return Err(ImportError::Refused(format!(
+                        "{} was imported by flow `{}` already (all {} records); give --restart to import it again",
+                        path.display(),
+                        flow.id,
+                        p.next_record
+                    )));
+                }
+                Some(p) if !options.restart && p.file_hash != hash => {
+                    return Err(ImportError::Refused(format!(
+                        "{} changed since its import stopped after record {}; give --restart to import it from the first record",
+                        path.display(),
+                        p.next_record
+                    )));
+                }
+                Some(p) if !options.restart => start = p.next_record,
+                _ => b
+                    .start(&key, &source, &hash)
+                    .await
+                    .map_err(|e| ImportError::Database(e, 0))?,
+            }
+        }
+        if start == 0 {
+            let _ = std::fs::remove_file(&report_path);
+        } else {
+            trim_report(&report_path, start)?;
+        }
+        let mut report = BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&report_path)
+                .map_err(|e| ImportError::File(format!("{}: {e}", report_path.display())))?,
+        );
+
+        self.save_version(flow).await?;
+        let run_id = new_run_id();
+        let trigger = json!({"records": source, "from": start + 1});
+        let accountability = json!({"source": "import"});
+        self.store
+            .create_run(&NewRun {
+                id: run_id.clone(),
+                flow_id: flow.id.clone(),
+                trigger: trigger.clone(),
+                input: Value::Null,
+                next_step: None,
+                started_at: now_micros(),
+                flow_version: Some(flow.version.clone()),
+                accountability: accountability.clone(),
+                parent: None,
+            })
+            .await?;
+
+        let mut records = Records::open(path)?;
+        let mut done = 0;
+        while done < start {
+            if records.next_raw()?.is_none() {
+                break;
+            }
+            done += 1;
+        }
+        progress(done, total);
+        let (mut succeeded, mut failed) = (0u64, 0u64);
+        let chunk_size = options.chunk.max(1);
+        loop {
+            let mut chunk = Vec::with_capacity(chunk_size);
+            while chunk.len() < chunk_size {
+                match records.next_raw()? {
+                    Some(r) => chunk.push(r),
+                    None => break,
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let values: Vec<Result<Value, String>> =
+                chunk.iter().map(|r| records.value(r)).collect();
+            let mut results: Vec<Option<crate::RunResult>> = vec![None; chunk.len()];
+            let mut futs = FuturesUnordered::new();
+            for (k, v) in values.iter().enumerate() {
+                if let Ok(v) = v {
+                    let in_batch = batch.as_ref().map(|b| InBatch {
+                        batch: b,
+                        record: k,
+                    });
+                    let accountability = &accountability;
+                    futs.push(async move {
+                        let fo = FlowObject::new(v, accountability);
+                        let mode = Mode {
+                            recorded: false,
+                            batch: in_batch,
+                        };
+                        (
+                            k,
+                            self.drive(flow, String::new(), fo, v.clone(), 0, 0, mode)
+                                .await,
+                        )
+                    });
+                }
+            }
+            enum Ev {
+                Done(usize, Result<crate::RunResult, EngineError>),
+                Flush,
+                End,
+            }
+            loop {
+                let ev = std::future::poll_fn(|cx| match futs.poll_next_unpin(cx) {
+                    Poll::Ready(Some((k, r))) => Poll::Ready(Ev::Done(k, r)),
+                    Poll::Ready(None) => Poll::Ready(Ev::End),
+                    Poll::Pending => {
+                        let waiting = batch.as_ref().map_or(0, Batch::waiting);
+                        if waiting > 0 && waiting == futs.len() {
+                            Poll::Ready(Ev::Flush)
+                        } else {
+                            Poll::Pending
+                        }
+                    }
+                })
+                .await;
+                match ev {
+                    Ev::Done(k, r) => results[k] = Some(r?),
+                    Ev::End => break,
+                    Ev::Flush => {
+                        if let Some(b) = &batch {
+                            b.flush(flow, &self.limits)
+                                .await
+                                .map_err(|e| ImportError::Database(e, done))?;
+                        }
+                    }
+                }
+            }
+            drop(futs);
+            let mut wrote = false;
+            for (k, raw) in chunk.iter().enumerate() {
+                let line = match (&values[k], &results[k]) {
+                    (Err(m), _) => Some(failure_line(
+                        raw,
+                        None,
+                        json!({"step": null, "patch": null, "error": m, "blame": "data"}),
+                    )),
+                    (Ok(_), Some(r)) if r.status == RunStatus::Succeeded => None,
+                    (Ok(v), r) => {
+                        let f = r.as_ref().and_then(|r| r.failure.clone());
+                        let step = f.as_ref().map(|f| f.step.clone());
+                        let patch = step
+                            .as_deref()
+                            .and_then(|s| flow.step_index(s))
+                            .filter(|i| flow.steps[*i].kind == "envelope")
+                            .and_then(|_| batch.as_ref().and_then(|b| b.failed_patch(k)));
+                        Some(failure_line(
+                            raw,
+                            Some(v),
+                            json!({
+                                "step": step,
+                                "patch": patch,
+                                "error": f.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| "the record's run did not end".into()),
+                                "blame": f.map(|f| crate::blame_word(f.blame)).unwrap_or("bug"),
+                            }),
+                        ))
+                    }
+                };
+                match line {
+                    None => succeeded += 1,
+                    Some(l) => {
+                        failed += 1;
+                        wrote = true;
+                        writeln!(report, "{l}").map_err(|e| {
+                            ImportError::File(format!("{}: {e}", report_path.display()))
+                        })?;
+                    }
+                }
+            }
+            if wrote {
+                // The report's lines are on disk before the position that
+                // would skip their records on a resume.
+                report
+                    .flush()
+                    .and_then(|()| report.get_ref().sync_data())
+                    .map_err(|e| ImportError::File(format!("{}: {e}", report_path.display())))?;
+            }
+            done += chunk.len() as u64;
+            if let Some(b) = &batch {
+                b.commit_chunk(&key, done, false)
+                    .await
+                    .map_err(|e| ImportError::Database(e, done - chunk.len() as u64))?;
+            }
+            progress(done, total);
+        }
+        if let Some(b) = &batch {
+            b.commit_chunk(&key, done, true)
+                .await
+                .map_err(|e| ImportError::Database(e, done))?;
+        }
+        let summary = ImportSummary {
+            run_id: run_id.clone(),
+            total: done,
+            skipped: start.min(done),
+            succeeded,
+            failed,
+            failures_file: report_path,
+            seconds: began.elapsed().as_secs_f64(),
+        };
+        let ok = failed == 0;
+        self.store
+            .update_run(
+                &run_id,
+                &RunUpdate {
+                    status: if ok {
+                        RunStatus::Succeeded
+                    } else {
+                        RunStatus::Failed
+                    },
+                    state: Value::Null,
+                    next_step: None,
+                    output: Some(summary.to_json()),
+                    error: (!ok).then(|| {
+                        format!(
+                            "{failed} records failed; see {}",
+                            summary.failures_file.display()
+                        )
+                    }),
+                    error_step: None,
+                    ended_at: Some(now_micros()),
+                },
+            )
+            .await?;
+        Ok(summary)
+    }
+}

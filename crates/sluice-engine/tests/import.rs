@@ -1,0 +1,260 @@
+//! Imports (`sluice run --records`) on real databases: bad records among good
+//! ones, over several chunks, on SQLite, PostgreSQL and MariaDB (see
+//! `common/mod.rs` for which run).
+
+use serde_json::{Value, json};
+use sluice_connect::Registry;
+use sluice_engine::{Engine, ImportError, ImportOptions, RunRequest};
+use sluice_store::{RunStatus, SqliteStore};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+
+mod common;
+
+async fn run_flow(engine: &Engine<SqliteStore>, registry: &Registry, flow: &str) -> Value {
+    let flow = sluice_model::load("q.yaml", flow, registry).unwrap_or_else(|d| panic!("{d}"));
+    let r = engine.run(&flow, RunRequest::default()).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
+    r.output.unwrap()
+}
+
+/// Why record `i` (from 1) is bad, if it is: `(reason, failing patch)`.
+fn bad(i: u64) -> Option<(&'static str, &'static str)> {
+    if i.is_multiple_of(251) {
+        Some(("duplicate", "patch 1 (create cust"))
+    } else if i.is_multiple_of(313) {
+        Some(("negative", "patch 2 (create ord"))
+    } else if i.is_multiple_of(401) {
+        Some(("no name", "patch 1 (create cust"))
+    } else if i.is_multiple_of(577) {
+        Some(("not a number", "patch 2"))
+    } else if i == 1000 {
+        Some(("not json", ""))
+    } else {
+        None
+    }
+}
+
+fn record(i: u64) -> String {
+    let id = match bad(i) {
+        // the same external id as the record before
+        Some(("duplicate", _)) => format!("C-{}", i - 1),
+        _ => format!("C-{i}"),
+    };
+    let name = match bad(i) {
+        Some(("no name", _)) => Value::Null,
+        _ => json!(format!("Customer {i}")),
+    };
+    let total = match bad(i) {
+        Some(("negative", _)) => json!("-1"),
+        Some(("not a number", _)) => json!("n/a"),
+        _ => json!(format!("{}.25", i % 100)),
+    };
+    match bad(i) {
+        Some(("not json", _)) => format!("{{\"id\": \"C-{i}\", "),
+        _ => {
+            json!({"id": id, "name": name, "contact": format!("contact of C-{i}"), "total": total})
+                .to_string()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_lands_good_records_once_and_reports_bad_ones() {
+    let registry = Arc::new(Registry::builtin());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let n: u64 = 2600;
+    let dir = std::env::temp_dir().join(format!("sluice-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("customers.jsonl");
+    let mut w = std::fs::File::create(&file).unwrap();
+    for i in 1..=n {
+        writeln!(w, "{}", record(i)).unwrap();
+        if i == 10 {
+            writeln!(w).unwrap(); // a blank line is not a record
+        }
+    }
+    drop(w);
+    let expected_bad: BTreeMap<u64, &str> = (1..=n)
+        .filter_map(|i| bad(i).map(|(_, p)| (i, p)))
+        .collect();
+    let good = n - expected_bad.len() as u64;
+    let mut summary = Vec::new();
+    for (name, url) in common::databases("import-test") {
+        let p = std::process::id();
+        let (cust, contact, ord) = (
+            format!("cust_{p}"),
+            format!("contact_{p}"),
+            format!("ord_{p}"),
+        );
+        let (key, num) = match name {
+            "sqlite" => ("INTEGER PRIMARY KEY", "NUMERIC"),
+            "postgres" => ("SERIAL PRIMARY KEY", "NUMERIC(10,2)"),
+            _ => ("INT AUTO_INCREMENT PRIMARY KEY", "DECIMAL(10,2)"),
+        };
+        let head = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
+        let mut setup = head.clone();
+        for (k, sql) in [
+            ("d1", format!("DROP TABLE IF EXISTS {ord}")),
+            ("d2", format!("DROP TABLE IF EXISTS {contact}")),
+            ("d3", format!("DROP TABLE IF EXISTS {cust}")),
+            ("d4", "DROP TABLE IF EXISTS sluice_imports".to_owned()),
+            (
+                "c1",
+                format!(
+                    "CREATE TABLE {cust} (id {key}, external_id VARCHAR(40) NOT NULL UNIQUE, name VARCHAR(100) NOT NULL)"
+                ),
+            ),
+            (
+                "c2",
+                format!(
+                    "CREATE TABLE {contact} (id {key}, customer_id INT NOT NULL, name VARCHAR(100) NOT NULL)"
+                ),
+            ),
+            (
+                "c3",
+                format!(
+                    "CREATE TABLE {ord} (id {key}, customer_id INT NOT NULL, number VARCHAR(40) NOT NULL UNIQUE, total {num} NOT NULL CHECK (total >= 0))"
+                ),
+            ),
+        ] {
+            setup.push_str(&format!(
+                "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: \"{sql}\"}}}}\n"
+            ));
+        }
+        run_flow(&engine, &registry, &setup).await;
+
+        let flow_text = format!(
+            r#"id: import-test
+connections:
+  app: {{url: "{url}"}}
+steps:
+  - key: write
+    type: envelope
+    options:
+      connection: app
+      patches:
+        - op: create
+          collection: {cust}
+          properties: {{external_id: "{{{{ .id }}}}", name: "{{{{ .name }}}}"}}
+          setTokens: {{customer: id}}
+          children:
+            - op: create
+              collection: {contact}
+              parentKey: customer_id
+              properties: {{name: "{{{{ .contact }}}}"}}
+        - op: create
+          collection: {ord}
+          properties:
+            customer_id: "{{{{ $tokens.customer }}}}"
+            number: "O-{{{{ .id }}}}"
+            total: "{{{{ .total | tonumber }}}}"
+  - key: after
+    type: transform
+    options:
+      value: {{customer: "{{{{ $tokens.customer }}}}"}}
+"#
+        );
+        let flow = sluice_model::load("import.yaml", &flow_text, registry.as_ref())
+            .unwrap_or_else(|d| panic!("{d}"));
+        let options = ImportOptions {
+            chunk: 700,
+            restart: false,
+        };
+        let mut last = (0, 0);
+        let s = engine
+            .import(&flow, &file, &options, &mut |d, t| last = (d, t))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(last, (n, n), "{name}: progress");
+        assert_eq!(
+            (s.total, s.succeeded, s.failed, s.skipped),
+            (n, good, expected_bad.len() as u64, 0),
+            "{name}: {s:?}"
+        );
+
+        // Every good record landed once, whole, with its children on it.
+        let count = |sql: String| {
+            format!(
+                "{head}  - {{key: q, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"{sql}\"}}}}\n"
+            )
+            .replace("id: setup", "id: count")
+        };
+        let cat = |a: &str, b: &str| match name {
+            "mariadb" => format!("CONCAT({a}, {b})"),
+            _ => format!("{a} || {b}"),
+        };
+        let checks = [
+            format!("SELECT COUNT(*) AS n FROM {cust}"),
+            format!(
+                "SELECT COUNT(*) AS n FROM {contact} c JOIN {cust} k ON c.customer_id = k.id WHERE c.name = {}",
+                cat("'contact of '", "k.external_id")
+            ),
+            format!(
+                "SELECT COUNT(*) AS n FROM {ord} o JOIN {cust} k ON o.customer_id = k.id WHERE o.number = {}",
+                cat("'O-'", "k.external_id")
+            ),
+            format!("SELECT COUNT(*) AS n FROM {contact}"),
+            format!("SELECT COUNT(*) AS n FROM {ord}"),
+        ];
+        for sql in checks {
+            let out = run_flow(&engine, &registry, &count(sql.clone())).await;
+            let got = out["q"]["n"]
+                .as_u64()
+                .or_else(|| out["n"].as_u64())
+                .unwrap_or_else(|| panic!("{name}: {sql}: {out}"));
+            assert_eq!(got, good, "{name}: {sql}");
+        }
+
+        // Every bad record is reported once, with its step and patch.
+        let report = std::fs::read_to_string(&s.failures_file).unwrap();
+        let mut seen = BTreeMap::new();
+        for line in report.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let r = v["record"].as_u64().unwrap();
+            assert!(seen.insert(r, v.clone()).is_none(), "{name}: twice: {line}");
+        }
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            expected_bad.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        for (r, patch) in &expected_bad {
+            let v = &seen[r];
+            if patch.is_empty() {
+                assert!(v["step"].is_null(), "{name}: {v}");
+                assert!(
+                    v["error"].as_str().unwrap().contains("not JSON"),
+                    "{name}: {v}"
+                );
+            } else {
+                assert_eq!(v["step"], json!("write"), "{name}: {v}");
+                assert!(
+                    v["patch"].as_str().unwrap_or_default().starts_with(patch),
+                    "{name}: record {r}: {v}"
+                );
+                assert!(!v["data"].is_null(), "{name}: {v}");
+            }
+        }
+        // The record after the blank line is numbered as a record, on its line.
+        if let Some(v) = seen.get(&1000) {
+            assert_eq!(v["line"], json!(1001), "{name}: {v}");
+        }
+
+        // The same file again: refused, nothing written twice.
+        let again = engine
+            .import(&flow, &file, &options, &mut |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(again, ImportError::Refused(_)), "{name}: {again}");
+        summary.push(format!(
+            "{name}: {good} landed, {} reported",
+            expected_bad.len()
+        ));
+    }
+    println!("import: {}", summary.join("; "));
+}
