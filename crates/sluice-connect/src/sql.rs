@@ -620,7 +620,7 @@ fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionEr
                 "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(get)?),
                 "FLOAT4" => Value::from(row.try_get::<f32, _>(i).map_err(get)?),
                 "FLOAT8" => Value::from(row.try_get::<f64, _>(i).map_err(get)?),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
+                "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" => {
                     Value::from(row.try_get::<String, _>(i).map_err(get)?)
                 }
                 "JSON" | "JSONB" => {

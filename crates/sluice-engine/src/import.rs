@@ -214,11 +214,11 @@ impl Records {
                 number,
             } => {
                 let mut rec = csv::StringRecord::new();
+                let line = reader.position().line();
                 match reader.read_record(&mut rec) {
                     Ok(false) => Ok(None),
                     Ok(true) => {
                         *number += 1;
-                        let line = rec.position().map(|p| p.line()).unwrap_or(0);
                         let data = if rec.len() == headers.len() {
                             RawData::Csv(rec)
                         } else {
@@ -237,7 +237,6 @@ impl Records {
                     Err(e) => {
                         // A row the CSV reader cannot split: report it, go on.
                         *number += 1;
-                        let line = e.position().map(|p| p.line()).unwrap_or(0);
                         if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                             return Err(ImportError::File(format!("line {line}: {e}")));
                         }

@@ -396,6 +396,8 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
     }
     match result {
         Ok(s) => {
+            let summary = serde_json::to_string_pretty(&s.to_json()).unwrap_or_default();
+            let _ = writeln!(std::io::stdout().lock(), "{summary}");
             let rate = (s.total - s.skipped) as f64 / s.seconds.max(1e-9);
             let skipped = if s.skipped > 0 {
                 format!(", {} skipped (landed by an earlier import)", s.skipped)

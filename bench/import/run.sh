@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The import benchmark: N customers (an account, a contact and an order each:
+# three patches per envelope) imported into PostgreSQL and into SQLite with
+# `sluice run --records`, then counted.
+#
+# usage: bench/import/run.sh [N=1000000] [BAD_EVERY=10000]
+# PostgreSQL: BENCH_PG_URL (default postgres://root@127.0.0.1:5432/test).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-1000000}
+BAD=${2:-10000}
+PG=${BENCH_PG_URL:-postgres://root@127.0.0.1:5432/test}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cargo build --release -q -p sluice
+SLUICE=$PWD/target/release/sluice
+python3 bench/import/generate.py "$N" "$BAD" "$WORK/customers.csv"
+BAD_COUNT=$(( BAD > 0 ? N / BAD : 0 ))
+GOOD=$(( N - BAD_COUNT ))
+
+check() { # name got
+  if [ "$2" != "$GOOD" ]; then echo "$1: $2 rows, expected $GOOD" >&2; exit 1; fi
+}
+
+measure() { # label url
+  local start end
+  start=$(date +%s.%N)
+  BENCH_DB_URL=$2 "$SLUICE" run bench/import/flow.yaml --records "$WORK/customers.csv" \
+    --store "$WORK/store.db" || [ $? -eq 1 ] # 1: some records failed, as planned
+  end=$(date +%s.%N)
+  local failed
+  failed=$(wc -l < "$WORK/customers.csv.failures.jsonl")
+  if [ "$failed" != "$BAD_COUNT" ]; then echo "$1: $failed failures reported, expected $BAD_COUNT" >&2; exit 1; fi
+  echo "$1: $N records ($failed bad) in $(echo "$end - $start" | bc) s: $(echo "$N / ($end - $start)" | bc) records/s (wall, process start to end)"
+}
+
+# PostgreSQL
+sed 's/INTEGER PRIMARY KEY/SERIAL PRIMARY KEY/' bench/import/schema.sql | psql -q "$PG" 2>&1 | grep -v NOTICE || true
+measure postgres "$PG"
+for t in customers contacts orders; do check "postgres $t" "$(psql -tAc "SELECT count(*) FROM $t" "$PG")"; done
+check "postgres orders of their customer" "$(psql -tAc "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN contacts k ON k.customer_id = c.id WHERE 'SO-' || substr(c.external_id, 3) = o.number AND 'Contact ' || substr(c.external_id, 3) = k.name" "$PG")"
+
+# SQLite
+rm -f "$WORK/store.db"* "$WORK/customers.csv.failures.jsonl"
+sqlite3 "$WORK/bench.db" < bench/import/schema.sql
+measure sqlite "sqlite://$WORK/bench.db"
+for t in customers contacts orders; do check "sqlite $t" "$(sqlite3 "$WORK/bench.db" "SELECT count(*) FROM $t")"; done
+echo "every good record landed once, every bad one reported"
