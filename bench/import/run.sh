@@ -5,6 +5,7 @@
 #
 # usage: bench/import/run.sh [N=1000000] [BAD_EVERY=10000]
 # PostgreSQL: BENCH_PG_URL (default postgres://root@127.0.0.1:5432/test).
+# BENCH_ONLY=postgres or BENCH_ONLY=sqlite runs one of the two.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-1000000}
@@ -25,7 +26,7 @@ check() { # name got
 measure() { # label url
   local start end
   start=$(date +%s.%N)
-  BENCH_DB_URL=$2 "$SLUICE" run bench/import/flow.yaml --records "$WORK/customers.csv" \
+  BENCH_DB_URL=$2 "$SLUICE" run bench/import/flow.yaml --records "$WORK/customers.csv" >/dev/null \
     --store "$WORK/store.db" || [ $? -eq 1 ] # 1: some records failed, as planned
   end=$(date +%s.%N)
   local failed
@@ -34,15 +35,20 @@ measure() { # label url
   echo "$1: $N records ($failed bad) in $(echo "$end - $start" | bc) s: $(echo "$N / ($end - $start)" | bc) records/s (wall, process start to end)"
 }
 
+ONLY=${BENCH_ONLY:-}
+if [ "$ONLY" != sqlite ]; then
 # PostgreSQL
 sed 's/INTEGER PRIMARY KEY/SERIAL PRIMARY KEY/' bench/import/schema.sql | psql -q "$PG" 2>&1 | grep -v NOTICE || true
 measure postgres "$PG"
 for t in customers contacts orders; do check "postgres $t" "$(psql -tAc "SELECT count(*) FROM $t" "$PG")"; done
 check "postgres orders of their customer" "$(psql -tAc "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN contacts k ON k.customer_id = c.id WHERE 'SO-' || substr(c.external_id, 3) = o.number AND 'Contact ' || substr(c.external_id, 3) = k.name" "$PG")"
 
+fi
+if [ "$ONLY" != postgres ]; then
 # SQLite
 rm -f "$WORK/store.db"* "$WORK/customers.csv.failures.jsonl"
 sqlite3 "$WORK/bench.db" < bench/import/schema.sql
 measure sqlite "sqlite://$WORK/bench.db"
 for t in customers contacts orders; do check "sqlite $t" "$(sqlite3 "$WORK/bench.db" "SELECT count(*) FROM $t")"; done
+fi
 echo "every good record landed once, every bad one reported"

@@ -454,6 +454,10 @@ impl Db {
     /// there (see [`Db::param_value`]).
     fn param(&self, n: usize, column_type: Option<&String>) -> String {
         match (self.backend, column_type) {
+            // Text goes to text and varchar columns as it is.
+            (Backend::Postgres, Some(t)) if matches!(t.as_str(), "text" | "varchar") => {
+                self.backend.placeholder(n)
+            }
             (Backend::Postgres, Some(t)) if !t.is_empty() => {
                 format!("CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t))
             }
@@ -608,12 +612,13 @@ fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionEr
         let raw = row
             .try_get_raw(i)
             .map_err(|e| ActionError::external(e.to_string()))?;
-        let ty = c.type_info().name().to_ascii_uppercase();
+        // sqlx names PostgreSQL's types in upper case.
+        let ty = c.type_info().name();
         let get = |e: sqlx::Error| ActionError::external(e.to_string());
         let v = if raw.is_null() {
             Value::Null
         } else {
-            match ty.as_str() {
+            match ty {
                 "BOOL" => Value::from(row.try_get::<bool, _>(i).map_err(get)?),
                 "INT2" => Value::from(row.try_get::<i16, _>(i).map_err(get)?),
                 "INT4" => Value::from(row.try_get::<i32, _>(i).map_err(get)?),

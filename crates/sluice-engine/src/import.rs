@@ -56,7 +56,7 @@ pub struct ImportOptions {
 impl Default for ImportOptions {
     fn default() -> Self {
         Self {
-            chunk: 1000,
+            chunk: 500,
             restart: false,
         }
     }
@@ -595,7 +595,12 @@ impl<S: Store> Engine<S> {
                 let line = match (&values[k], &results[k]) {
                     (Err(m), _) => Some(failure_line(
                         raw,
-                        None,
+                        match &raw.data {
+                            // The line as written, to be fixed.
+                            RawData::Json(text) => Some(Value::String(text.clone())),
+                            _ => None,
+                        }
+                        .as_ref(),
                         json!({"step": null, "patch": null, "error": m, "blame": "data"}),
                     )),
                     (Ok(_), Some(r)) if r.status == RunStatus::Succeeded => None,

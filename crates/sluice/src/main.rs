@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, conflicts_with_all = ["input", "event"])]
         records: Option<String>,
         /// Records written per transaction in an import.
-        #[arg(long, default_value_t = 1000, requires = "records")]
+        #[arg(long, default_value_t = 500, requires = "records")]
         chunk: usize,
         /// Import from the first record even if an earlier import of the file
         /// stopped or finished.
