@@ -526,35 +526,22 @@ impl<S: Store> Engine<S> {
                     };
                     pos = next;
                     let stopped = pos.is_none();
-                    if !rec {
-                        if stopped {
-                            return Ok(RunResult {
-                                run_id,
-                                status,
-                                output: None,
-                                failure: Some(StepFailure {
-                                    step: step.key.clone(),
-                                    message,
-                                    blame: failed.error.blame,
-                                }),
-                            });
-                        }
-                        continue;
+                    if rec {
+                        let update = RunUpdate {
+                            status,
+                            state: state.clone(),
+                            next_step: if incident {
+                                Some(step.key.clone())
+                            } else {
+                                pos.map(|j| flow.steps[j].key.clone())
+                            },
+                            output: None,
+                            error: stopped.then(|| message.clone()),
+                            error_step: stopped.then(|| step.key.clone()),
+                            ended_at: (stopped && !incident).then(now_micros),
+                        };
+                        self.store.record_step(&record, &update).await?;
                     }
-                    let update = RunUpdate {
-                        status,
-                        state: state.clone(),
-                        next_step: if incident {
-                            Some(step.key.clone())
-                        } else {
-                            pos.map(|j| flow.steps[j].key.clone())
-                        },
-                        output: None,
-                        error: stopped.then(|| message.clone()),
-                        error_step: stopped.then(|| step.key.clone()),
-                        ended_at: (stopped && !incident).then(now_micros),
-                    };
-                    self.store.record_step(&record, &update).await?;
                     if stopped {
                         return Ok(RunResult {
                             run_id,

@@ -77,17 +77,9 @@ fn billing_example_lands_good_rows_and_reports_bad_ones() {
     assert!(o.status.success(), "{}", text(&o));
     let csv = dir.join("customers.csv");
     std::fs::copy(example("customers.csv"), &csv).unwrap();
-    let o = sluice(
-        &dir,
-        &[
-            "run",
-            &example("flow.yaml"),
-            "--records",
-            csv.to_str().unwrap(),
-        ],
-    )
-    .output()
-    .unwrap();
+    let flow = example("flow.yaml");
+    let import = || sluice(&dir, &["run", &flow, "--records", csv.to_str().unwrap()]);
+    let o = import().output().unwrap();
     // Some records failed, as the example means them to.
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -136,17 +128,7 @@ fn billing_example_lands_good_rows_and_reports_bad_ones() {
     assert_eq!(failures[0]["data"]["customer_id"], "C-1002");
 
     // Running it again would write every record twice: refused.
-    let o = sluice(
-        &dir,
-        &[
-            "run",
-            &example("flow.yaml"),
-            "--records",
-            csv.to_str().unwrap(),
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = import().output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("--restart"),
