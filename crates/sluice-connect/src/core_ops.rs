@@ -245,10 +245,6 @@ pub fn check_cloudevent(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Options of the `manual` trigger: none.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ManualTrigger {}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 
 pub mod core_ops;
 pub mod sql;
+pub mod triggers;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -350,8 +351,10 @@ impl Registry {
         r.add(sql::SqlLink);
         r.add(sql::SqlUnlink);
         r.add(sql::SqlAssertOption);
-        r.add_trigger::<core_ops::ManualTrigger>("manual");
+        r.add_trigger::<triggers::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
+        r.add_trigger::<triggers::WebhookTrigger>("webhook");
+        r.add_trigger_checked::<triggers::ScheduleTrigger>("schedule", triggers::check_schedule);
         r
     }
 
@@ -373,13 +376,23 @@ impl Registry {
 
     /// Register a trigger type with its options.
     pub fn add_trigger<O: DeserializeOwned + JsonSchema>(&mut self, kind: &'static str) {
+        self.add_trigger_checked::<O>(kind, check_options::<O>);
+    }
+
+    /// Register a trigger type whose options need more checks than their
+    /// type says (`check` reports every issue, those of the type included).
+    pub fn add_trigger_checked<O: DeserializeOwned + JsonSchema>(
+        &mut self,
+        kind: &'static str,
+        check: fn(&Value) -> Vec<OptionIssue>,
+    ) {
         self.triggers.insert(
             kind,
             TriggerEntry {
                 spec: StepSpec {
                     expressions: &[],
                     deferred: &[],
-                    check: check_options::<O>,
+                    check,
                 },
                 schema: options_schema::<O>,
             },

@@ -669,24 +669,17 @@ impl<S: Store> Engine<S> {
         self.store
             .update_run(
                 &run_id,
-                &RunUpdate {
-                    status: if ok {
-                        RunStatus::Succeeded
-                    } else {
-                        RunStatus::Failed
-                    },
-                    state: Value::Null,
-                    next_step: None,
-                    output: Some(summary.to_json()),
-                    error: (!ok).then(|| {
+                &RunUpdate::ended(
+                    Value::Null,
+                    Some(summary.to_json()),
+                    (!ok).then(|| {
                         format!(
                             "{failed} records failed; see {}",
                             summary.failures_file.display()
                         )
                     }),
-                    error_step: None,
-                    ended_at: Some(now_micros()),
-                },
+                    None,
+                ),
             )
             .await?;
         Ok(summary)

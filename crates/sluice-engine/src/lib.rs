@@ -68,6 +68,22 @@ pub struct RunResult {
     pub output: Option<Value>,
     /// The failure that ended it, otherwise.
     pub failure: Option<StepFailure>,
+    /// `$last`: the result of the last step that ran (its error, if it failed).
+    pub last: Value,
+}
+
+/// A run recorded in the store and not yet driven: see [`Engine::start`].
+pub struct Started {
+    run_id: String,
+    fo: FlowObject,
+    input: Value,
+}
+
+impl Started {
+    /// The run's id in the store.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
 }
 
 /// The engine could not keep its record.
@@ -97,6 +113,14 @@ pub enum EngineError {
         run: String,
         /// The step.
         step: String,
+    },
+    /// Only a running run can be recovered.
+    #[error("run `{run}` is {status}, not running; there is nothing to recover")]
+    NotRunning {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
     },
 }
 
@@ -129,6 +153,9 @@ pub struct Engine<S: Store> {
     saved_versions: Arc<Mutex<HashSet<String>>>,
     /// Database pools of the flows' connections, shared by every run.
     pools: Arc<sluice_connect::sql::Pools>,
+    /// Runs cancelled while this engine may be driving them: they stop
+    /// before their next step.
+    cancelled: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<S: Store> Clone for Engine<S> {
@@ -139,6 +166,7 @@ impl<S: Store> Clone for Engine<S> {
             limits: self.limits,
             saved_versions: self.saved_versions.clone(),
             pools: self.pools.clone(),
+            cancelled: self.cancelled.clone(),
         }
     }
 }
@@ -246,6 +274,7 @@ impl<S: Store> Engine<S> {
             limits: Limits::default(),
             saved_versions: Arc::default(),
             pools: Arc::default(),
+            cancelled: Arc::default(),
         }
     }
 
@@ -263,6 +292,14 @@ impl<S: Store> Engine<S> {
     /// Run `flow` to completion. `source` is the flow file's text, kept in
     /// the store under its version so that the run can be resumed with it.
     pub async fn run(&self, flow: &Flow, req: RunRequest) -> Result<RunResult, EngineError> {
+        let started = self.start(flow, req).await?;
+        self.finish(flow, started).await
+    }
+
+    /// Record a new run of `flow` in the store, without running a step yet:
+    /// once this returns, the run is durable (a restart recovers it, see
+    /// [`Engine::recover`]) and [`Engine::finish`] drives it.
+    pub async fn start(&self, flow: &Flow, req: RunRequest) -> Result<Started, EngineError> {
         let mut input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
         let event = req
             .event
@@ -297,8 +334,153 @@ impl<S: Store> Engine<S> {
             })
             .await?;
         fo.event = event;
+        Ok(Started { run_id, fo, input })
+    }
+
+    /// Drive a run recorded by [`Engine::start`] to its end.
+    pub async fn finish(&self, flow: &Flow, started: Started) -> Result<RunResult, EngineError> {
+        let Started { run_id, fo, input } = started;
         self.drive(flow, run_id, fo, input, 0, 0, Mode::RECORDED)
             .await
+    }
+
+    /// Cancel a run: the store marks it cancelled, and if this engine is
+    /// driving it, it stops before its next step (a step under way finishes).
+    pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
+        self.store.cancel_run(run_id).await?;
+        if let Ok(mut c) = self.cancelled.lock() {
+            c.insert(run_id.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether `run_id` was cancelled while running here (and forget it).
+    fn take_cancelled(&self, run_id: &str) -> bool {
+        self.cancelled
+            .lock()
+            .map(|mut c| c.remove(run_id))
+            .unwrap_or(false)
+    }
+
+    /// Continue a run that was running when the process stopped (a crash,
+    /// `kill -9`), from the step it was at: steps whose record was committed
+    /// are not run again; the step that was under way runs again.
+    ///
+    /// A run that had fanned out (its items' runs are recovered on their
+    /// own) cannot gather its items' outputs again: it ends failed, saying so.
+    pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
+        let detail = self.load_run(flow, run_id).await?;
+        if detail.summary.status != RunStatus::Running {
+            return Err(EngineError::NotRunning {
+                run: run_id.to_owned(),
+                status: detail.summary.status.as_str(),
+            });
+        }
+        let Some(at) = detail.next_step.clone() else {
+            let message = "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned();
+            let last = detail.steps.last().map(|s| s.step_key.clone());
+            self.store
+                .update_run(
+                    run_id,
+                    &RunUpdate::ended(
+                        detail.state.clone(),
+                        None,
+                        Some(message.clone()),
+                        last.clone(),
+                    ),
+                )
+                .await?;
+            return Ok(RunResult {
+                last: Value::Null,
+                run_id: run_id.to_owned(),
+                status: RunStatus::Failed,
+                output: None,
+                failure: Some(StepFailure {
+                    step: last.unwrap_or_default(),
+                    message,
+                    blame: Blame::Store,
+                }),
+            });
+        };
+        let index = flow
+            .step_index(&at)
+            .ok_or_else(|| EngineError::NoSuchStep {
+                run: run_id.to_owned(),
+                step: at.clone(),
+            })?;
+        let fo = self.rebuild(flow, &detail, false);
+        let n = detail.steps.len() as i64;
+        self.drive(
+            flow,
+            run_id.to_owned(),
+            fo,
+            detail.state,
+            index,
+            n,
+            Mode::RECORDED,
+        )
+        .await
+    }
+
+    /// A run of `flow`, from the store.
+    async fn load_run(
+        &self,
+        flow: &Flow,
+        run_id: &str,
+    ) -> Result<sluice_store::RunDetail, EngineError> {
+        let detail = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchRun(run_id.to_owned()))?;
+        if detail.summary.flow_id != flow.id {
+            return Err(EngineError::WrongFlow {
+                run: run_id.to_owned(),
+                expected: detail.summary.flow_id.clone(),
+                given: flow.id.clone(),
+            });
+        }
+        Ok(detail)
+    }
+
+    /// The flow object of a run, rebuilt from its run log. A failed record
+    /// that is followed by another attempt of the same step, or that is the
+    /// last record of a run stopped at an incident, is an attempt that did
+    /// not take effect: it is left out.
+    fn rebuild(&self, flow: &Flow, detail: &sluice_store::RunDetail, incident: bool) -> FlowObject {
+        let mut fo = FlowObject::new(&detail.trigger, &detail.accountability);
+        fo.event = EVENT_TRIGGERS
+            .contains(&flow.trigger.kind.as_str())
+            .then(|| detail.trigger.clone());
+        let n = detail.steps.len();
+        for (i, r) in detail.steps.iter().enumerate() {
+            let retried = !r.ok
+                && ((incident && i + 1 == n)
+                    || detail
+                        .steps
+                        .get(i + 1)
+                        .is_some_and(|next| next.step_key == r.step_key));
+            if retried {
+                continue;
+            }
+            let v = if r.ok {
+                r.result.as_ref().map(to_val).unwrap_or(Val::Null)
+            } else {
+                to_val(&json!({"error": r.error}))
+            };
+            fo.entries.insert(r.step_key.clone(), v.clone());
+            fo.last = v;
+            if r.ok
+                && let Some(Value::Object(t)) = r
+                    .result
+                    .as_ref()
+                    .and_then(|res| res.get("tokens"))
+                    .filter(|_| r.kind == "envelope")
+            {
+                fo.add_tokens(t);
+            }
+        }
+        fo
     }
 
     /// Keep the flow's text in the store under its version (once per engine).
@@ -330,24 +512,13 @@ impl<S: Store> Engine<S> {
         run_id: &str,
         patch: Option<&Value>,
     ) -> Result<RunResult, EngineError> {
-        let detail = self
-            .store
-            .get_run(run_id)
-            .await?
-            .ok_or_else(|| StoreError::NoSuchRun(run_id.to_owned()))?;
+        let detail = self.load_run(flow, run_id).await?;
         if detail.summary.status != RunStatus::Incident {
             return Err(StoreError::NotResumable {
                 run: run_id.to_owned(),
                 status: detail.summary.status.as_str(),
             }
             .into());
-        }
-        if detail.summary.flow_id != flow.id {
-            return Err(EngineError::WrongFlow {
-                run: run_id.to_owned(),
-                expected: detail.summary.flow_id.clone(),
-                given: flow.id.clone(),
-            });
         }
         let at = detail.next_step.clone().unwrap_or_default();
         let index = flow
@@ -360,37 +531,8 @@ impl<S: Store> Engine<S> {
         if let Some(p) = patch {
             merge_patch(&mut state, p);
         }
-        // Rebuild the flow object from the run log. A failed record that is
-        // followed by another attempt of the same step, or that is the last
-        // record of a run at an incident, is an attempt that did not take
-        // effect: it is left out.
-        let mut fo = FlowObject::new(&detail.trigger, &detail.accountability);
-        fo.event = EVENT_TRIGGERS
-            .contains(&flow.trigger.kind.as_str())
-            .then(|| detail.trigger.clone());
+        let fo = self.rebuild(flow, &detail, true);
         let n = detail.steps.len();
-        for (i, r) in detail.steps.iter().enumerate() {
-            let retried = !r.ok && (i + 1 == n || detail.steps[i + 1].step_key == r.step_key);
-            if retried {
-                continue;
-            }
-            let v = if r.ok {
-                r.result.as_ref().map(to_val).unwrap_or(Val::Null)
-            } else {
-                to_val(&json!({"error": r.error}))
-            };
-            fo.entries.insert(r.step_key.clone(), v.clone());
-            fo.last = v;
-            if r.ok
-                && let Some(Value::Object(t)) = r
-                    .result
-                    .as_ref()
-                    .and_then(|res| res.get("tokens"))
-                    .filter(|_| r.kind == "envelope")
-            {
-                fo.add_tokens(t);
-            }
-        }
         self.store.resume_run(run_id, &state).await?;
         self.drive(
             flow,
@@ -424,9 +566,26 @@ impl<S: Store> Engine<S> {
         };
         while let Some(i) = pos {
             let step = &flow.steps[i];
+            if rec && self.take_cancelled(&run_id) {
+                return Ok(RunResult {
+                    last: from_val(&fo.last).unwrap_or(Value::Null),
+                    run_id,
+                    status: RunStatus::Cancelled,
+                    output: None,
+                    failure: Some(StepFailure {
+                        step: step.key.clone(),
+                        message: format!("cancelled before step `{}`", step.key),
+                        blame: Blame::Flow,
+                    }),
+                });
+            }
             let started_at = now_micros();
             let outcome = self.step(flow, step, &state, &fo, mode.batch).await;
             let ended_at = now_micros();
+            if rec {
+                metrics::histogram!("sluice_step_duration_seconds", "flow" => flow.id.clone(), "step" => step.key.clone())
+                    .record((ended_at - started_at) as f64 / 1e6);
+            }
             let mut record = StepRecord {
                 run_id: run_id.clone(),
                 seq,
@@ -469,6 +628,7 @@ impl<S: Store> Engine<S> {
                     if !rec {
                         if finished {
                             return Ok(RunResult {
+                                last: from_val(&fo.last).unwrap_or(Value::Null),
                                 run_id,
                                 status: RunStatus::Succeeded,
                                 output: Some(state),
@@ -494,6 +654,7 @@ impl<S: Store> Engine<S> {
                     self.store.record_step(&record, &update).await?;
                     if finished {
                         return Ok(RunResult {
+                            last: from_val(&fo.last).unwrap_or(Value::Null),
                             run_id,
                             status: RunStatus::Succeeded,
                             output: Some(state),
@@ -544,6 +705,7 @@ impl<S: Store> Engine<S> {
                     }
                     if stopped {
                         return Ok(RunResult {
+                            last: from_val(&fo.last).unwrap_or(Value::Null),
                             run_id,
                             status,
                             output: None,
@@ -562,19 +724,12 @@ impl<S: Store> Engine<S> {
             self.store
                 .update_run(
                     &run_id,
-                    &RunUpdate {
-                        status: RunStatus::Succeeded,
-                        state: state.clone(),
-                        next_step: None,
-                        output: Some(state.clone()),
-                        error: None,
-                        error_step: None,
-                        ended_at: Some(now_micros()),
-                    },
+                    &RunUpdate::ended(state.clone(), Some(state.clone()), None, None),
                 )
                 .await?;
         }
         Ok(RunResult {
+            last: from_val(&fo.last).unwrap_or(Value::Null),
             run_id,
             status: RunStatus::Succeeded,
             output: Some(state),
@@ -670,23 +825,17 @@ impl<S: Store> Engine<S> {
                 self.store
                     .update_run(
                         &run_id,
-                        &RunUpdate {
-                            status: if ok {
-                                RunStatus::Succeeded
-                            } else {
-                                RunStatus::Failed
-                            },
-                            state: record.input.clone(),
-                            next_step: None,
-                            output: ok.then(|| output.clone()),
-                            error: message.clone(),
-                            error_step: (!ok).then(|| step.key.clone()),
-                            ended_at: Some(now_micros()),
-                        },
+                        &RunUpdate::ended(
+                            record.input.clone(),
+                            ok.then(|| output.clone()),
+                            message.clone(),
+                            (!ok).then(|| step.key.clone()),
+                        ),
                     )
                     .await?;
             }
             Ok(RunResult {
+                last: if ok { output.clone() } else { Value::Null },
                 run_id,
                 status: if ok {
                     RunStatus::Succeeded

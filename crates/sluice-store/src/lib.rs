@@ -28,6 +28,8 @@ pub enum RunStatus {
     Failed,
     /// Stopped at a step a person must fix; resumable.
     Incident,
+    /// Stopped by a person (`cancel`) before it finished.
+    Cancelled,
 }
 
 impl RunStatus {
@@ -38,6 +40,7 @@ impl RunStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Incident => "incident",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -48,12 +51,24 @@ impl RunStatus {
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
             "incident" => Self::Incident,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
 
     /// Every status.
-    pub const ALL: [RunStatus; 4] = [Self::Running, Self::Succeeded, Self::Failed, Self::Incident];
+    pub const ALL: [RunStatus; 5] = [
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Incident,
+        Self::Cancelled,
+    ];
+
+    /// Whether the run is over (it will not move again by itself or by a resume).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
 }
 
 /// A run as it starts.
@@ -132,6 +147,31 @@ pub struct RunUpdate {
     pub ended_at: Option<i64>,
 }
 
+impl RunUpdate {
+    /// A run that ends now: succeeded when there is no `error`, failed
+    /// otherwise (at `error_step`, if a step failed).
+    pub fn ended(
+        state: Value,
+        output: Option<Value>,
+        error: Option<String>,
+        error_step: Option<String>,
+    ) -> Self {
+        Self {
+            status: if error.is_some() {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            },
+            state,
+            next_step: None,
+            output,
+            error,
+            error_step,
+            ended_at: Some(now_micros()),
+        }
+    }
+}
+
 /// A run in a listing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSummary {
@@ -185,6 +225,10 @@ pub struct RunFilter {
     pub flow_id: Option<String>,
     /// Only this status.
     pub status: Option<RunStatus>,
+    /// Only runs started at or after this time (µs since the epoch).
+    pub started_after: Option<i64>,
+    /// Only runs started before this time (µs since the epoch).
+    pub started_before: Option<i64>,
     /// At most this many, newest first (0: no limit).
     pub limit: u32,
 }
@@ -215,6 +259,14 @@ pub enum StoreError {
     /// A run that is not stopped at an incident cannot be resumed.
     #[error("run `{run}` is {status}, not stopped at an incident; only an incident can be resumed")]
     NotResumable {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// A run that already ended cannot be cancelled.
+    #[error("run `{run}` already {status}; only a running run or one at an incident can be cancelled")]
+    NotCancellable {
         /// The run.
         run: String,
         /// Its status.
@@ -269,6 +321,23 @@ pub trait Store: Send + Sync + 'static {
         run_id: &str,
         state: &Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stop a running run or one at an incident: its status becomes
+    /// `cancelled` and later step records no longer move it. Fails with
+    /// [`StoreError::NotCancellable`] when it already ended.
+    fn cancel_run(&self, run_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Claim the fire of a schedule at `at` (µs since the epoch) for `flow_id`:
+    /// true for exactly one caller per flow and time, across restarts and
+    /// processes sharing the store.
+    fn claim_fire(
+        &self,
+        flow_id: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The latest claimed fire of a flow's schedule, if any.
+    fn last_fire(
+        &self,
+        flow_id: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fan-out",
         include_str!("../migrations/sqlite/0004_fan_out.sql"),
     ),
+    (
+        5,
+        "schedules",
+        include_str!("../migrations/sqlite/0005_schedules.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -171,10 +176,10 @@ fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
 const RECORD_STEP: &str = "BEGIN IMMEDIATE; \
 INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) \
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14); \
-UPDATE runs SET status = ?15, state = ?16, next_step = ?17, output = ?18, error = ?19, error_step = ?20, ended_at = ?21, updated_at = ?22, steps = steps + 1 WHERE id = ?1; \
+UPDATE runs SET status = ?15, state = ?16, next_step = ?17, output = ?18, error = ?19, error_step = ?20, ended_at = ?21, updated_at = ?22, steps = steps + 1 WHERE id = ?1 AND status <> 'cancelled'; \
 COMMIT;";
 
-const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ?";
+const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ? AND status <> 'cancelled'";
 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
@@ -247,7 +252,11 @@ impl Store for SqliteStore {
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
         let done = update(run, run_id).execute(&self.pool).await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::NoSuchRun(run_id.to_owned()));
+            // A cancelled run keeps its status; any other miss is no run.
+            return match self.status_of(run_id).await? {
+                Some(RunStatus::Cancelled) => Ok(()),
+                _ => Err(StoreError::NoSuchRun(run_id.to_owned())),
+            };
         }
         Ok(())
     }
@@ -259,11 +268,13 @@ impl Store for SqliteStore {
             i64::from(filter.limit)
         };
         let rows = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY started_at DESC, id DESC LIMIT ?3",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?4 IS NULL OR started_at >= ?4) AND (?5 IS NULL OR started_at < ?5) ORDER BY started_at DESC, id DESC LIMIT ?3",
         )
         .bind(&filter.flow_id)
         .bind(filter.status.map(RunStatus::as_str))
         .bind(limit)
+        .bind(filter.started_after)
+        .bind(filter.started_before)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(summary).collect()
@@ -315,6 +326,44 @@ impl Store for SqliteStore {
                 status: s.as_str(),
             }),
         }
+    }
+
+    async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let now = crate::now_micros();
+        let done = sqlx::query("UPDATE runs SET status = 'cancelled', error = 'cancelled', ended_at = ?, updated_at = ? WHERE id = ? AND status IN ('running', 'incident')")
+            .bind(now)
+            .bind(now)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        match self.status_of(run_id).await? {
+            None => Err(StoreError::NoSuchRun(run_id.to_owned())),
+            Some(s) => Err(StoreError::NotCancellable {
+                run: run_id.to_owned(),
+                status: s.as_str(),
+            }),
+        }
+    }
+
+    async fn claim_fire(&self, flow_id: &str, at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO schedule_fires (flow_id, fire_at, claimed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(flow_id)
+            .bind(at)
+            .bind(crate::now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn last_fire(&self, flow_id: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(fire_at) AS at FROM schedule_fires WHERE flow_id = ?")
+            .bind(flow_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("at")?)
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {

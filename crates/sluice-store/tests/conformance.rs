@@ -224,6 +224,65 @@ async fn suite<S: Store>(store: &S) {
         Some("id: x\n")
     );
     assert_eq!(store.flow_version("x", "nope").await.unwrap(), None);
+
+    // Cancelling: a running run stops and later records do not move it.
+    store.cancel_run(&failed.id).await.unwrap();
+    let cancelled = store.get_run(&failed.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.summary.status, RunStatus::Cancelled);
+    assert!(cancelled.summary.ended_at.is_some());
+    store
+        .update_run(&failed.id, &running(json!({}), Some("b")))
+        .await
+        .unwrap();
+    let seq = cancelled.summary.steps;
+    store
+        .record_step(&step(&failed.id, seq, true), &running(json!({}), Some("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_run(&failed.id).await.unwrap().unwrap().summary.status,
+        RunStatus::Cancelled
+    );
+    assert!(matches!(
+        store.cancel_run(&failed.id).await,
+        Err(StoreError::NotCancellable {
+            status: "cancelled",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.cancel_run("missing").await,
+        Err(StoreError::NoSuchRun(_))
+    ));
+
+    // Listing by start time.
+    let all = store.list_runs(&RunFilter::default()).await.unwrap();
+    let newest = all.first().unwrap().started_at;
+    let after = store
+        .list_runs(&RunFilter {
+            started_after: Some(newest),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!after.is_empty() && after.iter().all(|r| r.started_at >= newest));
+    let before = store
+        .list_runs(&RunFilter {
+            started_before: Some(newest),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(before.iter().all(|r| r.started_at < newest));
+    assert_eq!(before.len() + after.len(), all.len());
+
+    // A schedule's fire is claimed once.
+    assert_eq!(store.last_fire("nightly").await.unwrap(), None);
+    assert!(store.claim_fire("nightly", 1_000).await.unwrap());
+    assert!(!store.claim_fire("nightly", 1_000).await.unwrap());
+    assert!(store.claim_fire("nightly", 2_000).await.unwrap());
+    assert!(store.claim_fire("other", 1_000).await.unwrap());
+    assert_eq!(store.last_fire("nightly").await.unwrap(), Some(2_000));
 }
 
 trait CloneWithTimes {

@@ -64,6 +64,23 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Serve the flows of a folder: their triggers (webhooks, schedules,
+    /// manual runs), the HTTP API and metrics. Runs left unfinished by a
+    /// crash continue from their last step at start. SIGHUP reloads the
+    /// flows; SIGTERM or Ctrl-C stops gracefully.
+    Serve {
+        /// The folder of flow files (YAML or JSON; sub-folders too).
+        #[arg(long)]
+        flows: String,
+        /// The address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// How long to wait for runs under way at shutdown, in seconds.
+        #[arg(long, default_value_t = 30)]
+        grace_secs: u64,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Print the JSON Schema of flow files (for editors).
     Schema,
     /// List and show recorded runs.
@@ -125,10 +142,17 @@ const INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The server uses every core; one-shot commands need one thread.
+    let runtime = if matches!(cli.command, Command::Serve { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -138,6 +162,12 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Check { files } => check(&files),
+            Command::Serve {
+                flows,
+                listen,
+                grace_secs,
+                store,
+            } => serve(&flows, &listen, grace_secs, &store.store).await,
             Command::Schema => {
                 let schema = Registry::builtin().flow_schema();
                 println!(
@@ -179,6 +209,104 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// `sluice serve`.
+async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 {
+    let registry = Arc::new(Registry::builtin());
+    let set = match sluice_server::FlowSet::load(std::path::Path::new(dir), &registry) {
+        Ok(s) => s,
+        Err(failures) => {
+            print_load_failures(&failures);
+            eprintln!("error: not serving: {} flow file(s) have problems", failures.len());
+            return INVALID;
+        }
+    };
+    let store = match open_store(store_url).await {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return INVALID;
+        }
+    };
+    let engine = Engine::new(store, registry.clone());
+    let n = set.flows.len();
+    let server = sluice_server::Server::new(engine, registry, set, dir.into());
+    match server.recover().await {
+        Ok(r) if r.resumed + r.failed > 0 => eprintln!(
+            "sluice: continuing {} run(s) left unfinished{}",
+            r.resumed,
+            if r.failed > 0 {
+                format!("; {} could not continue and failed", r.failed)
+            } else {
+                String::new()
+            }
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: cannot read unfinished runs: {e}");
+            return FAILED;
+        }
+    }
+    server.start_schedules();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| listen.to_owned());
+    eprintln!("sluice: serving {n} flow(s) from {dir} on http://{addr}");
+    let reloader = server.clone();
+    let shutdown = async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => match reloader.reload() {
+                    Ok(n) => eprintln!("sluice: reloaded {n} flow(s)"),
+                    Err(f) => {
+                        print_load_failures(&f);
+                        eprintln!("sluice: reload refused; still serving the flows loaded before");
+                    }
+                },
+            }
+        }
+        eprintln!("sluice: stopping: no new requests; waiting for runs under way");
+    };
+    match server
+        .serve(listener, shutdown, std::time::Duration::from_secs(grace_secs))
+        .await
+    {
+        Ok(()) => {
+            eprintln!("sluice: stopped");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: the server failed: {e}");
+            FAILED
+        }
+    }
+}
+
+fn print_load_failures(failures: &[sluice_server::LoadFailure]) {
+    for f in failures {
+        match f {
+            sluice_server::LoadFailure::Invalid(d) => print_diagnostics(d),
+            sluice_server::LoadFailure::Io { path, message }
+            | sluice_server::LoadFailure::Conflict { path, message } => {
+                eprintln!("error: {}: {message}", path.display())
+            }
+        }
+    }
 }
 
 /// Read and check one flow file.
@@ -569,6 +697,7 @@ async fn list(store_url: &str, flow: Option<String>, status: Option<String>, lim
             flow_id: flow,
             status,
             limit,
+            ..Default::default()
         })
         .await
     {

@@ -1,0 +1,421 @@
+//! The HTTP API: flows, runs, health, metrics and the OpenAPI document.
+//! Every error answer is an [`ApiError`].
+
+use crate::hooks::{hook, query_object, read_body};
+use crate::{ApiError, Server, rfc3339};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::{Value, json};
+use sluice_engine::{RunRequest, RunResult};
+use sluice_model::Flow;
+use sluice_store::{RunDetail, RunFilter, RunStatus, RunSummary, StepRecord, Store};
+
+/// The OpenAPI document, kept beside this file; a test checks that it lists
+/// every route of [`router`] and nothing else.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+/// The largest body the API takes (flow files and run inputs): 8 MiB.
+const API_BODY_LIMIT: u64 = 8 << 20;
+
+type Json = axum::Json<Value>;
+
+/// Every route.
+pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
+    Router::new()
+        .route("/hooks/{*path}", any(hook::<S>))
+        .route("/api/health", get(health::<S>))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/flows", get(list_flows::<S>))
+        .route("/api/flows/check", post(check_flow::<S>))
+        .route("/api/flows/{id}", get(get_flow::<S>))
+        .route("/api/flows/{id}/runs", post(start_run::<S>))
+        .route("/api/reload", post(reload::<S>))
+        .route("/api/runs", get(list_runs::<S>))
+        .route("/api/runs/{id}", get(get_run::<S>))
+        .route("/api/runs/{id}/retry", post(retry::<S>))
+        .route("/api/runs/{id}/resume", post(resume::<S>))
+        .route("/api/runs/{id}/cancel", post(cancel::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .fallback(not_found)
+        .with_state(server)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("nothing at {}", uri.path()))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn health<S: Store>(State(s): State<Server<S>>) -> Json {
+    axum::Json(json!({
+        "status": "ok",
+        "flows": s.flows().flows.len(),
+        "runsInFlight": s.in_flight(),
+    }))
+}
+
+async fn metrics<S: Store>(State(s): State<Server<S>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics_text(),
+    )
+        .into_response()
+}
+
+fn flow_json(f: &Flow, file: Option<&std::path::Path>) -> Value {
+    let mut trigger = f.trigger.options.clone();
+    if let Value::Object(m) = &mut trigger {
+        m.insert("type".into(), Value::String(f.trigger.kind.clone()));
+    }
+    json!({
+        "id": f.id,
+        "name": f.name,
+        "description": f.description,
+        "version": f.version,
+        "file": file.map(|p| p.display().to_string()),
+        "trigger": trigger,
+        "steps": f.steps.iter().map(|s| json!({"key": s.key, "type": s.kind})).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_flows<S: Store>(State(s): State<Server<S>>) -> Json {
+    let set = s.flows();
+    axum::Json(Value::Array(
+        set.flows
+            .values()
+            .map(|f| flow_json(f, set.files.get(&f.id).map(|p| p.as_path())))
+            .collect(),
+    ))
+}
+
+async fn get_flow<S: Store>(
+    State(s): State<Server<S>>,
+    Path(id): Path<String>,
+) -> Result<Json, ApiError> {
+    let set = s.flows();
+    let f = set
+        .flows
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))?;
+    let mut v = flow_json(f, set.files.get(&id).map(|p| p.as_path()));
+    v["source"] = Value::String(f.source.text.clone());
+    Ok(axum::Json(v))
+}
+
+/// `POST /api/flows/check`: the body is a flow file's text (YAML or JSON).
+async fn check_flow<S: Store>(
+    State(s): State<Server<S>>,
+    body: Body,
+) -> Result<Json, ApiError> {
+    let bytes = axum::body::to_bytes(body, API_BODY_LIMIT as usize)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("a flow file is at most {API_BODY_LIMIT} bytes"),
+            )
+        })?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("the flow file is not UTF-8 text"))?;
+    Ok(axum::Json(
+        match sluice_model::load("request", &text, s.inner.registry.as_ref()) {
+            Ok(f) => json!({"valid": true, "flow": f.id, "problems": []}),
+            Err(d) => {
+                let problems = crate::LoadFailure::Invalid(d).to_json()["problems"].take();
+                json!({"valid": false, "problems": problems})
+            }
+        },
+    ))
+}
+
+async fn reload<S: Store>(State(s): State<Server<S>>) -> Result<Json, ApiError> {
+    match s.reload() {
+        Ok(n) => Ok(axum::Json(json!({"flows": n}))),
+        Err(failures) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flows",
+            format!(
+                "{} flow file(s) have problems; the flows served are unchanged",
+                failures.len()
+            ),
+        )
+        .with_details(json!({
+            "files": failures.iter().map(crate::LoadFailure::to_json).collect::<Vec<_>>()
+        }))),
+    }
+}
+
+/// Whether the query asks to wait for the run (`?wait=true`).
+fn wants_wait(query: &Value) -> Result<bool, ApiError> {
+    match query.get("wait").and_then(Value::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`wait` is true or false, not `{other}`"
+        ))),
+    }
+}
+
+/// `POST /api/flows/{id}/runs`: start a run of a flow with a `manual`
+/// trigger; the body is its input. Answers 202 with the run id, or with
+/// `?wait=true` the run's end.
+async fn start_run<S: Store>(
+    State(s): State<Server<S>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let query = query_object(q.as_deref());
+    let wait = wants_wait(&query)?;
+    let flow = s
+        .flows()
+        .flows
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))?;
+    if flow.trigger.kind != "manual" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_manual",
+            format!(
+                "flow `{id}` has a `{}` trigger; only flows with a `manual` trigger start from the API",
+                flow.trigger.kind
+            ),
+        ));
+    }
+    let input = read_body(&headers, body, API_BODY_LIMIT, true).await?;
+    let req = RunRequest {
+        trigger: json!({"type": "manual", "body": input}),
+        input: (!input.is_null()).then(|| input.clone()),
+        accountability: json!({"trigger": "manual"}),
+        event: None,
+    };
+    let (run_id, task) = s.launch(flow, req).await?;
+    finish(run_id, task, wait).await
+}
+
+/// Answer 202 with the run id, or wait for the run and answer its end.
+async fn finish(
+    run_id: String,
+    task: tokio::task::JoinHandle<Result<RunResult, sluice_engine::EngineError>>,
+    wait: bool,
+) -> Result<Response, ApiError> {
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
+    }
+    let r = task.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "run_lost",
+            format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
+        )
+    })??;
+    Ok(axum::Json(json!({
+        "runId": r.run_id,
+        "status": r.status.as_str(),
+        "output": r.output,
+        "error": r.failure.as_ref().map(|f| f.message.clone()),
+        "step": r.failure.as_ref().map(|f| f.step.clone()),
+    }))
+    .into_response())
+}
+
+/// A time in a query: RFC 3339, or microseconds since the epoch.
+fn time_param(q: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(text) = q.get(name).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if let Ok(n) = text.parse::<i64>() {
+        return Ok(Some(n));
+    }
+    text.parse::<jiff::Timestamp>()
+        .map(|t| Some(t.as_microsecond()))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "`{name}` is an RFC 3339 time (such as 2026-11-23T10:00:00Z) or microseconds since the epoch, not `{text}`"
+            ))
+        })
+}
+
+fn summary_json(r: &RunSummary) -> Value {
+    json!({
+        "id": r.id,
+        "flowId": r.flow_id,
+        "status": r.status.as_str(),
+        "startedAt": rfc3339(r.started_at),
+        "endedAt": r.ended_at.map(rfc3339),
+        "steps": r.steps,
+        "error": r.error,
+        "errorStep": r.error_step,
+    })
+}
+
+/// `GET /api/runs?flow=&status=&since=&until=&limit=`.
+async fn list_runs<S: Store>(
+    State(s): State<Server<S>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json, ApiError> {
+    let q = query_object(q.as_deref());
+    let status = match q.get("status").and_then(Value::as_str) {
+        None => None,
+        Some(w) => Some(RunStatus::parse(w).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status `{w}` (one of {})",
+                RunStatus::ALL.map(RunStatus::as_str).join(", ")
+            ))
+        })?),
+    };
+    let limit = match q.get("limit").and_then(Value::as_str) {
+        None => 100,
+        Some(l) => l.parse::<u32>().map_err(|_| {
+            ApiError::bad_request(format!("`limit` is a whole number, not `{l}`"))
+        })?,
+    };
+    let filter = RunFilter {
+        flow_id: q.get("flow").and_then(Value::as_str).map(str::to_owned),
+        status,
+        started_after: time_param(&q, "since")?,
+        started_before: time_param(&q, "until")?,
+        limit,
+    };
+    let runs = s.engine().store().list_runs(&filter).await?;
+    Ok(axum::Json(Value::Array(runs.iter().map(summary_json).collect())))
+}
+
+fn step_json(r: &StepRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "key": r.step_key,
+        "type": r.kind,
+        "ok": r.ok,
+        "options": r.options,
+        "input": r.input,
+        "result": r.result,
+        "output": r.output,
+        "error": r.error,
+        "blame": r.blame,
+        "logs": r.logs,
+        "startedAt": rfc3339(r.started_at),
+        "durationMs": (r.ended_at - r.started_at) as f64 / 1000.0,
+    })
+}
+
+fn detail_json(d: &RunDetail) -> Value {
+    let mut v = summary_json(&d.summary);
+    v["trigger"] = d.trigger.clone();
+    v["input"] = d.input.clone();
+    v["state"] = d.state.clone();
+    v["output"] = d.output.clone().unwrap_or(Value::Null);
+    v["nextStep"] = json!(d.next_step);
+    v["flowVersion"] = json!(d.flow_version);
+    v["accountability"] = d.accountability.clone();
+    v["parent"] = match &d.parent {
+        Some((run, item)) => json!({"runId": run, "item": item}),
+        None => Value::Null,
+    };
+    v["stepLog"] = Value::Array(d.steps.iter().map(step_json).collect());
+    v
+}
+
+async fn load_run<S: Store>(s: &Server<S>, id: &str) -> Result<RunDetail, ApiError> {
+    s.engine()
+        .store()
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))
+}
+
+async fn get_run<S: Store>(
+    State(s): State<Server<S>>,
+    Path(id): Path<String>,
+) -> Result<Json, ApiError> {
+    Ok(axum::Json(detail_json(&load_run(&s, &id).await?)))
+}
+
+/// `POST /api/runs/{id}/retry`: a new run of the same flow with the same
+/// trigger and input (the flow as served now, or the run's own version if
+/// the flow is no longer served).
+async fn retry<S: Store>(
+    State(s): State<Server<S>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let wait = wants_wait(&query_object(q.as_deref()))?;
+    let d = load_run(&s, &id).await?;
+    if d.summary.status == RunStatus::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run `{id}` is still running; cancel it first or wait for its end"),
+        ));
+    }
+    let flow = match s.flows().flows.get(&d.summary.flow_id) {
+        Some(f) => f.clone(),
+        None => s
+            .flow_of(&d.summary.flow_id, d.flow_version.as_deref())
+            .await
+            .map_err(|m| ApiError::new(StatusCode::CONFLICT, "flow_gone", m))?,
+    };
+    let req = RunRequest {
+        trigger: d.trigger.clone(),
+        input: Some(d.input.clone()),
+        accountability: json!({"trigger": "retry", "retryOf": id}),
+        event: sluice_model::EVENT_TRIGGERS
+            .contains(&flow.trigger.kind.as_str())
+            .then(|| d.trigger.clone()),
+    };
+    let (run_id, task) = s.launch(flow, req).await?;
+    finish(run_id, task, wait).await
+}
+
+/// `POST /api/runs/{id}/resume`: continue a run stopped at an incident; the
+/// body, if any, is a JSON Merge Patch for its state data.
+async fn resume<S: Store>(
+    State(s): State<Server<S>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let wait = wants_wait(&query_object(q.as_deref()))?;
+    let patch = read_body(&headers, body, API_BODY_LIMIT, true).await?;
+    let d = load_run(&s, &id).await?;
+    if d.summary.status != RunStatus::Incident {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "run `{id}` is {}, not stopped at an incident; only an incident can be resumed",
+                d.summary.status.as_str()
+            ),
+        ));
+    }
+    let flow = s
+        .flow_of(&d.summary.flow_id, d.flow_version.as_deref())
+        .await
+        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "flow_gone", m))?;
+    let engine = s.engine().clone();
+    let f = flow.clone();
+    let run = id.clone();
+    let task = s.track(flow, async move {
+        let patch = (!patch.is_null()).then_some(patch);
+        engine.resume(&f, &run, patch.as_ref()).await
+    });
+    finish(id, task, wait).await
+}
+
+async fn cancel<S: Store>(
+    State(s): State<Server<S>>,
+    Path(id): Path<String>,
+) -> Result<Json, ApiError> {
+    s.engine().cancel(&id).await?;
+    Ok(axum::Json(json!({"runId": id, "status": "cancelled"})))
+}

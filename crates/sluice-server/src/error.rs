@@ -1,0 +1,97 @@
+//! The one JSON error shape of the API and the webhooks:
+//! `{"code": "...", "message": "...", "details": {...}}`, never internals.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sluice_engine::EngineError;
+use sluice_store::StoreError;
+
+/// An answer that is an error.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code such as `not_found`.
+    pub code: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// More, as data (`{}` when nothing).
+    pub details: Value,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+
+    /// The same error with details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// 404 for something that does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 400 for a request that is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The store failed: the caller can only retry; the cause goes to the log.
+    pub fn store(e: &StoreError) -> Self {
+        eprintln!("sluice: store error: {e}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the run store failed; try again",
+        )
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(StoreError::NoSuchRun(id)) => {
+                Self::not_found(format!("no run `{id}`"))
+            }
+            EngineError::Store(e @ StoreError::NotResumable { .. })
+            | EngineError::Store(e @ StoreError::NotCancellable { .. }) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            EngineError::Store(e) => Self::store(&e),
+            e @ (EngineError::WrongFlow { .. }
+            | EngineError::NoSuchStep { .. }
+            | EngineError::NotRunning { .. }) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            EngineError::Event(m) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "event_mismatch",
+                format!("the event does not fit the trigger: {m}"),
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.code, "message": self.message, "details": self.details});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,214 @@
+//! The flows a server runs: every flow file of a folder, checked, with the
+//! webhooks and schedules their triggers declare.
+
+use serde_json::Value;
+use sluice_connect::Registry;
+use sluice_connect::triggers::{HookMethod, MissedFires, Schedule, ScheduleTrigger, WebhookTrigger};
+use sluice_expr::Program;
+use sluice_model::{Diagnostics, Flow};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a flow file was not loaded.
+#[derive(Debug)]
+pub enum LoadFailure {
+    /// The file or folder could not be read.
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The file has problems, each with its line and column.
+    Invalid(Diagnostics),
+    /// The file is valid alone but clashes with another (same id, same webhook).
+    Conflict {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+impl LoadFailure {
+    /// One line per problem, as data, for the API.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Io { path, message } | Self::Conflict { path, message } => {
+                serde_json::json!({"file": path.display().to_string(), "message": message})
+            }
+            Self::Invalid(d) => {
+                let problems: Vec<Value> = d
+                    .items
+                    .iter()
+                    .map(|i| {
+                        let (line, column) = d.file.line_col(i.span.start);
+                        serde_json::json!({"line": line, "column": column, "message": i.message, "help": i.help})
+                    })
+                    .collect();
+                serde_json::json!({"file": d.file.name, "problems": problems})
+            }
+        }
+    }
+}
+
+/// A flow's webhook.
+#[derive(Debug)]
+pub struct Hook {
+    /// The flow.
+    pub flow: Arc<Flow>,
+    /// Its options.
+    pub options: WebhookTrigger,
+    /// The answer's body expression, compiled (`None`: `$last`).
+    pub body: Option<Program>,
+}
+
+/// A flow's schedule.
+#[derive(Clone, Debug)]
+pub struct Scheduled {
+    /// The flow.
+    pub flow: Arc<Flow>,
+    /// When it fires.
+    pub schedule: Schedule,
+    /// What it does about fires missed while no server ran.
+    pub missed: MissedFires,
+}
+
+/// Every flow of a folder, by id, and what their triggers listen to.
+#[derive(Debug, Default)]
+pub struct FlowSet {
+    /// Flows by id.
+    pub flows: BTreeMap<String, Arc<Flow>>,
+    /// The file of each flow.
+    pub files: BTreeMap<String, PathBuf>,
+    /// Webhooks by method and path (without `/hooks/`).
+    pub hooks: HashMap<(HookMethod, String), Arc<Hook>>,
+    /// Schedules.
+    pub schedules: Vec<Scheduled>,
+}
+
+/// Whether a path is a flow file: `.yaml`, `.yml` or `.json`, not hidden.
+fn is_flow_file(p: &Path) -> bool {
+    let hidden = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+}
+
+/// The flow files under `dir` (sub-folders too), sorted.
+fn flow_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadFailure> {
+    let io = |e: std::io::Error| LoadFailure::Io {
+        path: dir.to_owned(),
+        message: format!("cannot read the flows folder: {e}"),
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort();
+    for p in entries {
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if p.is_dir() && !hidden {
+            flow_files(&p, out)?;
+        } else if is_flow_file(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+impl FlowSet {
+    /// Load and check every flow file under `dir`. Every problem of every
+    /// file is reported; one bad file refuses the whole set.
+    pub fn load(dir: &Path, registry: &Registry) -> Result<Self, Vec<LoadFailure>> {
+        let mut files = Vec::new();
+        flow_files(dir, &mut files).map_err(|e| vec![e])?;
+        let mut set = Self::default();
+        let mut failures = Vec::new();
+        for path in files {
+            match std::fs::read_to_string(&path) {
+                Err(e) => failures.push(LoadFailure::Io {
+                    path: path.clone(),
+                    message: format!("cannot read the flow file: {e}"),
+                }),
+                Ok(text) => match sluice_model::load(&path.display().to_string(), &text, registry)
+                {
+                    Err(d) => failures.push(LoadFailure::Invalid(d)),
+                    Ok(flow) => {
+                        if let Err(message) = set.add(Arc::new(flow), &path) {
+                            failures.push(LoadFailure::Conflict { path, message });
+                        }
+                    }
+                },
+            }
+        }
+        if failures.is_empty() {
+            Ok(set)
+        } else {
+            Err(failures)
+        }
+    }
+
+    /// Add one flow, refusing a second flow with its id or its webhook.
+    fn add(&mut self, flow: Arc<Flow>, path: &Path) -> Result<(), String> {
+        if let Some(other) = self.files.get(&flow.id) {
+            return Err(format!(
+                "flow id `{}` is already the id of {}",
+                flow.id,
+                other.display()
+            ));
+        }
+        let options = &flow.trigger.options;
+        match flow.trigger.kind.as_str() {
+            "webhook" => {
+                let options: WebhookTrigger = serde_json::from_value(options.clone())
+                    .map_err(|e| format!("webhook trigger: {e}"))?;
+                let body = match &options.response.body {
+                    None => None,
+                    Some(code) => Some(Program::compile(code, &["trigger", "last"]).map_err(
+                        |e| format!("webhook trigger, response.body: {e}"),
+                    )?),
+                };
+                let key = (options.method, options.path.clone());
+                if let Some(other) = self.hooks.get(&key) {
+                    return Err(format!(
+                        "webhook {:?} /hooks/{} is already the trigger of flow `{}`",
+                        key.0, key.1, other.flow.id
+                    ));
+                }
+                self.hooks.insert(
+                    key,
+                    Arc::new(Hook {
+                        flow: flow.clone(),
+                        options,
+                        body,
+                    }),
+                );
+            }
+            "schedule" => {
+                let options: ScheduleTrigger = serde_json::from_value(options.clone())
+                    .map_err(|e| format!("schedule trigger: {e}"))?;
+                let schedule = options.schedule()?;
+                self.schedules.push(Scheduled {
+                    flow: flow.clone(),
+                    schedule,
+                    missed: options.missed,
+                });
+            }
+            _ => {}
+        }
+        self.files.insert(flow.id.clone(), path.to_owned());
+        self.flows.insert(flow.id.clone(), flow);
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! Webhooks: `GET` or `POST /hooks/PATH` starts a run of the flow whose
+//! `webhook` trigger has that path and method.
+//!
+//! `$trigger` is `{method, path, query, headers, body}` (header names in
+//! lower case; `authorization`, `cookie` and `proxy-authorization` are left
+//! out so that credentials never reach the run log). The run's input is the
+//! body (`{}` when there is none). A JSON body (no content type, or a JSON
+//! one) must parse; a form (`application/x-www-form-urlencoded`) is an
+//! object like the query; a `text/*` body is a string; anything else is
+//! refused.
+//!
+//! Asynchronous hooks answer `202 {"runId"}` once the run is recorded;
+//! synchronous ones wait for the run and answer `$last` (or the trigger's
+//! `response.body` expression over the run's output) with the trigger's
+//! status and headers. A failed run answers `500 {"code": "run_failed"}`
+//! with its id and failing step in `details`.
+
+use crate::{ApiError, Server};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use sluice_connect::triggers::HookMethod;
+use sluice_engine::{RunRequest, RunResult};
+use sluice_expr::{Limits, MapScope};
+use sluice_store::{RunStatus, Store};
+
+/// Headers never copied into `$trigger`.
+const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// The query string as an object; a repeated name keeps every value, in an array.
+pub(crate) fn query_object(raw: Option<&str>) -> Value {
+    let mut m = Map::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        let v = Value::String(v.into_owned());
+        match m.get_mut(k.as_ref()) {
+            None => {
+                m.insert(k.into_owned(), v);
+            }
+            Some(Value::Array(a)) => a.push(v),
+            Some(first) => {
+                let f = first.take();
+                *first = Value::Array(vec![f, v]);
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+fn headers_object(h: &HeaderMap) -> Value {
+    let mut m = Map::new();
+    for (name, value) in h {
+        let n = name.as_str();
+        if SECRET_HEADERS.contains(&n) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            m.insert(n.to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    Value::Object(m)
+}
+
+/// Read a body of at most `limit` bytes and make it JSON: see the module
+/// doc (`json_only`: parse it as JSON whatever its content type says).
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    json_only: bool,
+) -> Result<Value, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .with_details(json!({"limitBytes": limit}))
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    let ctype = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !json_only)
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let mime = ctype.split(';').next().unwrap_or_default().trim();
+    if mime == "application/json" || mime.ends_with("+json") {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body is not valid JSON: {} at line {}, column {}",
+                e.to_string().split(" at line ").next().unwrap_or_default(),
+                e.line(),
+                e.column()
+            ))
+            .with_details(json!({"line": e.line(), "column": e.column()}))
+        })
+    } else if mime == "application/x-www-form-urlencoded" {
+        Ok(query_object(Some(&String::from_utf8_lossy(&bytes))))
+    } else if mime.starts_with("text/") {
+        String::from_utf8(bytes.to_vec())
+            .map(Value::String)
+            .map_err(|_| ApiError::bad_request("the text body is not UTF-8"))
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("a webhook takes JSON or text bodies, not `{mime}`"),
+        ))
+    }
+}
+
+/// `/hooks/{*path}`.
+pub(crate) async fn hook<S: Store>(
+    State(server): State<Server<S>>,
+    method: Method,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = path.trim_matches('/').to_owned();
+    let set = server.flows();
+    let m = match method {
+        Method::POST => Some(HookMethod::Post),
+        Method::GET => Some(HookMethod::Get),
+        _ => None,
+    };
+    let hook = m.and_then(|m| set.hooks.get(&(m, path.clone())));
+    let Some(hook) = hook.cloned() else {
+        let other = [HookMethod::Post, HookMethod::Get]
+            .into_iter()
+            .find(|m| set.hooks.contains_key(&(*m, path.clone())));
+        return Err(match other {
+            Some(m) => ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("/hooks/{path} takes {m:?}, not {method}").replace("Post", "POST").replace("Get", "GET"),
+            ),
+            None => ApiError::not_found(format!("no webhook at /hooks/{path}")),
+        });
+    };
+    drop(set);
+    let body = read_body(&headers, body, hook.options.max_body_bytes, false).await?;
+    let trigger = json!({
+        "method": method.as_str(),
+        "path": format!("/hooks/{path}"),
+        "query": query_object(query.as_deref()),
+        "headers": headers_object(&headers),
+        "body": body,
+    });
+    let input = match &trigger["body"] {
+        Value::Null => None,
+        b => Some(b.clone()),
+    };
+    let req = RunRequest {
+        trigger: trigger.clone(),
+        input,
+        accountability: json!({"trigger": "webhook", "path": format!("/hooks/{path}")}),
+        event: None,
+    };
+    let (run_id, task) = server.launch(hook.flow.clone(), req).await?;
+    if hook.options.is_async {
+        return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
+    }
+    let result = match task.await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "run_lost",
+                format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
+            ));
+        }
+    };
+    answer(&hook, &trigger, result)
+}
+
+/// The answer of a synchronous webhook.
+fn answer(hook: &crate::Hook, trigger: &Value, r: RunResult) -> Result<Response, ApiError> {
+    let run_header = HeaderValue::from_str(&r.run_id).ok();
+    if r.status != RunStatus::Succeeded {
+        let (code, status) = match r.status {
+            RunStatus::Incident => ("run_incident", StatusCode::INTERNAL_SERVER_ERROR),
+            RunStatus::Cancelled => ("run_cancelled", StatusCode::CONFLICT),
+            _ => ("run_failed", StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        let failure = r.failure.as_ref();
+        return Err(ApiError::new(
+            status,
+            code,
+            failure
+                .map(|f| f.message.clone())
+                .unwrap_or_else(|| format!("the run ended {}", r.status.as_str())),
+        )
+        .with_details(json!({
+            "runId": r.run_id,
+            "status": r.status.as_str(),
+            "step": failure.map(|f| f.step.clone()),
+        })));
+    }
+    let body = match &hook.body {
+        None => r.last,
+        Some(p) => {
+            let mut scope = MapScope::default();
+            scope.0.insert("trigger".into(), sluice_expr::to_val(trigger));
+            scope.0.insert("last".into(), sluice_expr::to_val(&r.last));
+            let output = r.output.unwrap_or(Value::Null);
+            p.eval_json(&output, &scope, &Limits::default())
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "response_failed",
+                        format!("the webhook's response.body failed: {e}"),
+                    )
+                    .with_details(json!({"runId": r.run_id}))
+                })?
+                .unwrap_or(Value::Null)
+        }
+    };
+    let status = hook
+        .options
+        .response
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut resp = (status, axum::Json(body)).into_response();
+    let h = resp.headers_mut();
+    for (k, v) in &hook.options.response.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            h.insert(k, v);
+        }
+    }
+    if let Some(v) = run_header {
+        h.insert("x-sluice-run", v);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,362 @@
+//! `sluice serve`: the server that runs flows on their own.
+//!
+//! It loads every flow file of a folder ([`FlowSet`]), starts their triggers
+//! (webhooks at `/hooks/PATH`, schedules, manual runs through the API), and
+//! serves the HTTP API (`/api/...`, its OpenAPI document at
+//! `/api/openapi.json`) and Prometheus metrics (`/metrics`).
+//!
+//! Durability: a run is recorded in the store before anything answers for it
+//! (an asynchronous webhook's `202` carries the id of a run already
+//! committed), and every step is committed before the next one starts. Runs
+//! are driven on tasks of their own, so a client that hangs up does not stop
+//! its run. When the process dies (`kill -9`), [`Server::recover`] at the
+//! next start continues every run left `running` from its last committed
+//! step. A schedule's fire is claimed in the store before it runs, so it
+//! never fires twice for the same time, across restarts.
+//!
+//! Every error answer has one shape: `{"code", "message", "details"}`
+//! ([`ApiError`]).
+
+mod api;
+mod error;
+mod flows;
+mod hooks;
+mod schedule;
+
+pub use error::ApiError;
+pub use flows::{FlowSet, Hook, LoadFailure, Scheduled};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+use sluice_connect::Registry;
+use sluice_engine::{Engine, EngineError, RunRequest, RunResult};
+use sluice_model::Flow;
+use sluice_store::{RunFilter, RunStatus, RunUpdate, Store, StoreError};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Runs under way in this process, to wait for at shutdown.
+#[derive(Default)]
+struct Inflight {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one run under way while it lives.
+struct InflightGuard(Arc<Inflight>);
+
+impl InflightGuard {
+    fn new(i: &Arc<Inflight>) -> Self {
+        let n = i.n.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("sluice_runs_in_flight").set(n as f64);
+        Self(i.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let n = self.0.n.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("sluice_runs_in_flight").set(n as f64);
+        if n == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The process's Prometheus recorder (one per process: metrics are global).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding
+            // program's); then /metrics shows only what this one sees.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A server over a store.
+pub struct Server<S: Store> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for Server<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<S: Store> {
+    engine: Engine<S>,
+    registry: Arc<Registry>,
+    flows: RwLock<Arc<FlowSet>>,
+    dir: PathBuf,
+    inflight: Arc<Inflight>,
+    schedules: Mutex<Vec<JoinHandle<()>>>,
+    metrics: PrometheusHandle,
+}
+
+/// What [`Server::recover`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Runs continued from their last committed step.
+    pub resumed: usize,
+    /// Runs that could not be continued (their flow is gone), now failed.
+    pub failed: usize,
+}
+
+impl<S: Store> Server<S> {
+    /// A server running `flows` (loaded from `dir`, which [`Server::reload`]
+    /// reads again) on `engine`.
+    pub fn new(engine: Engine<S>, registry: Arc<Registry>, flows: FlowSet, dir: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                registry,
+                flows: RwLock::new(Arc::new(flows)),
+                dir,
+                inflight: Arc::default(),
+                schedules: Mutex::new(Vec::new()),
+                metrics: prometheus(),
+            }),
+        }
+    }
+
+    /// The flows now served.
+    pub fn flows(&self) -> Arc<FlowSet> {
+        self.inner
+            .flows
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<S> {
+        &self.inner.engine
+    }
+
+    /// The HTTP routes: webhooks, the API and metrics.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// Read the flows folder again and serve what it holds now. Runs under
+    /// way keep the flow they started with; schedules restart. When a file
+    /// is invalid nothing changes and every problem is returned.
+    pub fn reload(&self) -> Result<usize, Vec<LoadFailure>> {
+        let set = FlowSet::load(&self.inner.dir, &self.inner.registry)?;
+        let n = set.flows.len();
+        match self.inner.flows.write() {
+            Ok(mut f) => *f = Arc::new(set),
+            Err(p) => *p.into_inner() = Arc::new(set),
+        }
+        self.start_schedules();
+        Ok(n)
+    }
+
+    /// Start (or restart) the schedules of the flows now served.
+    pub fn start_schedules(&self) {
+        let set = self.flows();
+        let mut handles = match self.inner.schedules.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        };
+        for h in handles.drain(..) {
+            h.abort();
+        }
+        for s in &set.schedules {
+            handles.push(tokio::spawn(schedule::run(self.clone(), s.clone())));
+        }
+    }
+
+    /// Record a new run and drive it on a task of its own. Returns once the
+    /// run is durable, with its id and the task that ends with its result.
+    pub async fn launch(
+        &self,
+        flow: Arc<Flow>,
+        req: RunRequest,
+    ) -> Result<(String, JoinHandle<Result<RunResult, EngineError>>), EngineError> {
+        let started = self.inner.engine.start(&flow, req).await?;
+        let id = started.run_id().to_owned();
+        metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
+        let engine = self.inner.engine.clone();
+        let task = self.track(flow.clone(), async move { engine.finish(&flow, started).await });
+        Ok((id, task))
+    }
+
+    /// Drive `run` on a task of its own, counted as under way.
+    fn track<F>(&self, flow: Arc<Flow>, run: F) -> JoinHandle<Result<RunResult, EngineError>>
+    where
+        F: Future<Output = Result<RunResult, EngineError>> + Send + 'static,
+    {
+        let guard = InflightGuard::new(&self.inner.inflight);
+        tokio::spawn(async move {
+            let r = run.await;
+            let status = match &r {
+                Ok(r) => r.status.as_str(),
+                Err(e) => {
+                    eprintln!("sluice: a run of flow `{}` stopped: {e}", flow.id);
+                    "error"
+                }
+            };
+            metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => status)
+                .increment(1);
+            drop(guard);
+            r
+        })
+    }
+
+    /// The flow a recorded run ran: the one served now if it is the same
+    /// version, else the version kept in the store.
+    pub async fn flow_of(
+        &self,
+        flow_id: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Flow>, String> {
+        let set = self.flows();
+        if let Some(f) = set.flows.get(flow_id)
+            && version.is_none_or(|v| v == f.version)
+        {
+            return Ok(f.clone());
+        }
+        let version = version.unwrap_or_default();
+        match self
+            .inner
+            .engine
+            .store()
+            .flow_version(flow_id, version)
+            .await
+        {
+            Ok(Some(text)) => {
+                let name = format!("{flow_id} (version {version}, from the store)");
+                sluice_model::load(&name, &text, self.inner.registry.as_ref())
+                    .map(Arc::new)
+                    .map_err(|d| {
+                        format!(
+                            "the stored version {version} of flow `{flow_id}` no longer loads: {}",
+                            d.items
+                                .iter()
+                                .map(|i| i.message.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })
+            }
+            Ok(None) => Err(format!(
+                "flow `{flow_id}` (version {version}) is neither served nor kept in the store"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Continue every run left `running` by a process that stopped (a
+    /// crash, `kill -9`), oldest first, each on a task of its own, from its
+    /// last committed step. Call it once at start, before serving.
+    pub async fn recover(&self) -> Result<Recovered, StoreError> {
+        let store = self.inner.engine.store().clone();
+        let mut running = store
+            .list_runs(&RunFilter {
+                status: Some(RunStatus::Running),
+                ..Default::default()
+            })
+            .await?;
+        running.reverse();
+        let mut done = Recovered::default();
+        for r in running {
+            let Some(detail) = store.get_run(&r.id).await? else {
+                continue;
+            };
+            match self
+                .flow_of(&r.flow_id, detail.flow_version.as_deref())
+                .await
+            {
+                Ok(flow) => {
+                    let engine = self.inner.engine.clone();
+                    let id = r.id.clone();
+                    let f = flow.clone();
+                    drop(self.track(flow, async move { engine.recover(&f, &id).await }));
+                    done.resumed += 1;
+                }
+                Err(message) => {
+                    store
+                        .update_run(
+                            &r.id,
+                            &RunUpdate::ended(
+                                detail.state,
+                                None,
+                                Some(format!("cannot continue after a restart: {message}")),
+                                detail.next_step,
+                            ),
+                        )
+                        .await?;
+                    done.failed += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Serve on `listener` until `shutdown` completes; then stop taking
+    /// requests, stop the schedules, and wait up to `grace` for the runs
+    /// under way (a run still going then is continued at the next start).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        let app = self.router();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        if let Ok(mut h) = self.inner.schedules.lock() {
+            for h in h.drain(..) {
+                h.abort();
+            }
+        }
+        let wait = async {
+            loop {
+                let idle = self.inner.inflight.idle.notified();
+                if self.inner.inflight.n.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, wait).await;
+        Ok(())
+    }
+
+    /// Runs under way in this process.
+    pub fn in_flight(&self) -> usize {
+        self.inner.inflight.n.load(Ordering::SeqCst)
+    }
+
+    /// The Prometheus text of the process's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
+    }
+}
+
+/// Microseconds since the epoch as an RFC 3339 time (UTC).
+pub(crate) fn rfc3339(micros: i64) -> Value {
+    jiff::Timestamp::from_microsecond(micros)
+        .map(|t| Value::String(t.to_string()))
+        .unwrap_or(Value::Null)
+}

@@ -1,0 +1,79 @@
+//! Schedules: each flow with a `schedule` trigger has a task that sleeps
+//! until its next fire, claims that fire in the store (so that no fire runs
+//! twice, across restarts and processes sharing the store) and starts a run.
+//!
+//! Missed fires (times that passed while no server ran) follow the trigger's
+//! `missed` option: `skip`, or `runOnce` for the latest one, at start-up. A
+//! schedule that never fired before has missed nothing.
+
+use crate::{Scheduled, Server, rfc3339};
+use serde_json::json;
+use sluice_connect::triggers::MissedFires;
+use sluice_engine::RunRequest;
+use sluice_store::{Store, now_micros};
+use std::time::Duration;
+
+/// The longest single sleep: wall-clock changes are noticed within it.
+const MAX_NAP: Duration = Duration::from_secs(30);
+
+/// Run `s` until the task is aborted.
+pub(crate) async fn run<S: Store>(server: Server<S>, s: Scheduled) {
+    let store = server.engine().store().clone();
+    let now = now_micros();
+    if s.missed == MissedFires::RunOnce
+        && let Ok(Some(last)) = store.last_fire(&s.flow.id).await
+        && let Some(latest) = s.schedule.latest_until(now)
+        && latest > last
+    {
+        fire(&server, &s, latest, true).await;
+    }
+    let mut after = now;
+    while let Some(next) = s.schedule.next_after(after) {
+        loop {
+            let wait = next - now_micros();
+            if wait <= 0 {
+                break;
+            }
+            let nap = Duration::from_micros(wait as u64).min(MAX_NAP);
+            tokio::time::sleep(nap).await;
+        }
+        fire(&server, &s, next, false).await;
+        after = next;
+    }
+}
+
+/// Claim the fire at `at` and, if this process got it, start the run.
+async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool) {
+    let store = server.engine().store();
+    match store.claim_fire(&s.flow.id, at).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            eprintln!(
+                "sluice: schedule of flow `{}`: cannot claim the fire at {}: {e}",
+                s.flow.id,
+                rfc3339(at)
+            );
+            return;
+        }
+    }
+    let trigger = json!({
+        "type": "schedule",
+        "scheduledAt": rfc3339(at),
+        "firedAt": rfc3339(now_micros()),
+        "missed": missed,
+    });
+    let req = RunRequest {
+        trigger,
+        input: None,
+        accountability: json!({"trigger": "schedule"}),
+        event: None,
+    };
+    if let Err(e) = server.launch(s.flow.clone(), req).await {
+        eprintln!(
+            "sluice: schedule of flow `{}`: cannot start the run of {}: {e}",
+            s.flow.id,
+            rfc3339(at)
+        );
+    }
+}
