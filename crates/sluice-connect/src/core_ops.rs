@@ -245,7 +245,6 @@ pub fn check_cloudevent(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

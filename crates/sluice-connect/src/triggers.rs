@@ -119,8 +119,9 @@ impl Schedule {
             .build()
             .parse(cron)
             .map_err(|e| format!("`{cron}` is not a cron expression: {e}"))?;
-        let zone = jiff::tz::TimeZone::get(tz)
-            .map_err(|_| format!("unknown time zone `{tz}` (use an IANA name such as `Europe/Paris` or `UTC`)"))?;
+        let zone = jiff::tz::TimeZone::get(tz).map_err(|_| {
+            format!("unknown time zone `{tz}` (use an IANA name such as `Europe/Paris` or `UTC`)")
+        })?;
         let s = Self {
             cron: parsed,
             tz: zone,
@@ -211,7 +212,10 @@ mod tests {
         let start = 1_767_225_600_000_000;
         let every10 = Schedule::new("*/10 * * * * *", "UTC").unwrap();
         assert_eq!(every10.next_after(start), Some(start + 10_000_000));
-        assert_eq!(every10.latest_until(start + 15_000_000), Some(start + 10_000_000));
+        assert_eq!(
+            every10.latest_until(start + 15_000_000),
+            Some(start + 10_000_000)
+        );
         // 09:00 in Paris is 08:00 UTC in winter.
         let nine = Schedule::new("0 9 * * *", "Europe/Paris").unwrap();
         assert_eq!(nine.next_after(start), Some(start + 8 * 3_600_000_000));
@@ -228,19 +232,31 @@ mod tests {
         };
         assert!(bad(json!({"cron": "0 0 30 2 *"})).contains("never fires"));
         assert!(bad(json!({"cron": "every day"})).contains("not a cron expression"));
-        assert!(bad(json!({"cron": "* * * * *", "timezone": "Mars/Olympus"})).contains("unknown time zone"));
+        assert!(
+            bad(json!({"cron": "* * * * *", "timezone": "Mars/Olympus"}))
+                .contains("unknown time zone")
+        );
         assert!(bad(json!({"cron": "* * * * *", "missed": "twice"})).contains("unknown variant"));
-        assert_eq!(bad(json!({"cron": "0 */5 * * * *", "timezone": "America/New_York", "missed": "runOnce"})), "");
+        assert_eq!(
+            bad(
+                json!({"cron": "0 */5 * * * *", "timezone": "America/New_York", "missed": "runOnce"})
+            ),
+            ""
+        );
     }
 
     #[test]
     fn webhook_paths_are_checked() {
-        let ok = |p: &str| serde_json::from_value::<WebhookTrigger>(json!({"path": p})).map(|t| t.path);
+        let ok =
+            |p: &str| serde_json::from_value::<WebhookTrigger>(json!({"path": p})).map(|t| t.path);
         assert_eq!(ok("/orders/new/").unwrap(), "orders/new");
         assert!(ok("a/../b").is_err());
         assert!(ok("a b").is_err());
         assert!(ok("").is_err());
         let t: WebhookTrigger = serde_json::from_value(json!({"path": "x"})).unwrap();
-        assert_eq!((t.method, t.is_async, t.max_body_bytes), (HookMethod::Post, false, 1 << 20));
+        assert_eq!(
+            (t.method, t.is_async, t.max_body_bytes),
+            (HookMethod::Post, false, 1 << 20)
+        );
     }
 }

@@ -559,13 +559,13 @@ impl<S: Store> Engine<S> {
                 }
             }
             enum Ev {
-                Done(usize, Result<crate::RunResult, EngineError>),
+                Done(usize, Box<Result<crate::RunResult, EngineError>>),
                 Flush,
                 End,
             }
             loop {
                 let ev = std::future::poll_fn(|cx| match futs.poll_next_unpin(cx) {
-                    Poll::Ready(Some((k, r))) => Poll::Ready(Ev::Done(k, r)),
+                    Poll::Ready(Some((k, r))) => Poll::Ready(Ev::Done(k, Box::new(r))),
                     Poll::Ready(None) => Poll::Ready(Ev::End),
                     Poll::Pending => {
                         let waiting = batch.as_ref().map_or(0, Batch::waiting);
@@ -578,7 +578,7 @@ impl<S: Store> Engine<S> {
                 })
                 .await;
                 match ev {
-                    Ev::Done(k, r) => results[k] = Some(r?),
+                    Ev::Done(k, r) => results[k] = Some((*r)?),
                     Ev::End => break,
                     Ev::Flush => {
                         if let Some(b) = &batch {

@@ -109,10 +109,7 @@ async fn get_flow<S: Store>(
 }
 
 /// `POST /api/flows/check`: the body is a flow file's text (YAML or JSON).
-async fn check_flow<S: Store>(
-    State(s): State<Server<S>>,
-    body: Body,
-) -> Result<Json, ApiError> {
+async fn check_flow<S: Store>(State(s): State<Server<S>>, body: Body) -> Result<Json, ApiError> {
     let bytes = axum::body::to_bytes(body, API_BODY_LIMIT as usize)
         .await
         .map_err(|_| {
@@ -275,9 +272,9 @@ async fn list_runs<S: Store>(
     };
     let limit = match q.get("limit").and_then(Value::as_str) {
         None => 100,
-        Some(l) => l.parse::<u32>().map_err(|_| {
-            ApiError::bad_request(format!("`limit` is a whole number, not `{l}`"))
-        })?,
+        Some(l) => l
+            .parse::<u32>()
+            .map_err(|_| ApiError::bad_request(format!("`limit` is a whole number, not `{l}`")))?,
     };
     let filter = RunFilter {
         flow_id: q.get("flow").and_then(Value::as_str).map(str::to_owned),
@@ -287,7 +284,9 @@ async fn list_runs<S: Store>(
         limit,
     };
     let runs = s.engine().store().list_runs(&filter).await?;
-    Ok(axum::Json(Value::Array(runs.iter().map(summary_json).collect())))
+    Ok(axum::Json(Value::Array(
+        runs.iter().map(summary_json).collect(),
+    )))
 }
 
 fn step_json(r: &StepRecord) -> Value {

@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 use sluice_connect::Registry;
-use sluice_connect::triggers::{HookMethod, MissedFires, Schedule, ScheduleTrigger, WebhookTrigger};
+use sluice_connect::triggers::{
+    HookMethod, MissedFires, Schedule, ScheduleTrigger, WebhookTrigger,
+};
 use sluice_expr::Program;
 use sluice_model::{Diagnostics, Flow};
 use std::collections::{BTreeMap, HashMap};
@@ -141,15 +143,16 @@ impl FlowSet {
                     path: path.clone(),
                     message: format!("cannot read the flow file: {e}"),
                 }),
-                Ok(text) => match sluice_model::load(&path.display().to_string(), &text, registry)
-                {
-                    Err(d) => failures.push(LoadFailure::Invalid(d)),
-                    Ok(flow) => {
-                        if let Err(message) = set.add(Arc::new(flow), &path) {
-                            failures.push(LoadFailure::Conflict { path, message });
+                Ok(text) => {
+                    match sluice_model::load(&path.display().to_string(), &text, registry) {
+                        Err(d) => failures.push(LoadFailure::Invalid(d)),
+                        Ok(flow) => {
+                            if let Err(message) = set.add(Arc::new(flow), &path) {
+                                failures.push(LoadFailure::Conflict { path, message });
+                            }
                         }
                     }
-                },
+                }
             }
         }
         if failures.is_empty() {
@@ -173,11 +176,28 @@ impl FlowSet {
             "webhook" => {
                 let options: WebhookTrigger = serde_json::from_value(options.clone())
                     .map_err(|e| format!("webhook trigger: {e}"))?;
+                if let Some(s) = options.response.status
+                    && !(100..=599).contains(&s)
+                {
+                    return Err(format!(
+                        "webhook trigger, response.status: {s} is not an HTTP status"
+                    ));
+                }
+                for (k, v) in &options.response.headers {
+                    if axum::http::HeaderName::try_from(k.as_str()).is_err()
+                        || axum::http::HeaderValue::from_str(v).is_err()
+                    {
+                        return Err(format!(
+                            "webhook trigger, response.headers: `{k}: {v}` is not a valid HTTP header"
+                        ));
+                    }
+                }
                 let body = match &options.response.body {
                     None => None,
-                    Some(code) => Some(Program::compile(code, &["trigger", "last"]).map_err(
-                        |e| format!("webhook trigger, response.body: {e}"),
-                    )?),
+                    Some(code) => Some(
+                        Program::compile(code, &["trigger", "last"])
+                            .map_err(|e| format!("webhook trigger, response.body: {e}"))?,
+                    ),
                 };
                 let key = (options.method, options.path.clone());
                 if let Some(other) = self.hooks.get(&key) {

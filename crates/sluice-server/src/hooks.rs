@@ -148,7 +148,9 @@ pub(crate) async fn hook<S: Store>(
             Some(m) => ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("/hooks/{path} takes {m:?}, not {method}").replace("Post", "POST").replace("Get", "GET"),
+                format!("/hooks/{path} takes {m:?}, not {method}")
+                    .replace("Post", "POST")
+                    .replace("Get", "GET"),
             ),
             None => ApiError::not_found(format!("no webhook at /hooks/{path}")),
         });
@@ -216,7 +218,9 @@ fn answer(hook: &crate::Hook, trigger: &Value, r: RunResult) -> Result<Response,
         None => r.last,
         Some(p) => {
             let mut scope = MapScope::default();
-            scope.0.insert("trigger".into(), sluice_expr::to_val(trigger));
+            scope
+                .0
+                .insert("trigger".into(), sluice_expr::to_val(trigger));
             scope.0.insert("last".into(), sluice_expr::to_val(&r.last));
             let output = r.output.unwrap_or(Value::Null);
             p.eval_json(&output, &scope, &Limits::default())

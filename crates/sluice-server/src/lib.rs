@@ -196,7 +196,10 @@ impl<S: Store> Server<S> {
         let id = started.run_id().to_owned();
         metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
         let engine = self.inner.engine.clone();
-        let task = self.track(flow.clone(), async move { engine.finish(&flow, started).await });
+        let task = self.track(
+            flow.clone(),
+            async move { engine.finish(&flow, started).await },
+        );
         Ok((id, task))
     }
 
@@ -224,11 +227,7 @@ impl<S: Store> Server<S> {
 
     /// The flow a recorded run ran: the one served now if it is the same
     /// version, else the version kept in the store.
-    pub async fn flow_of(
-        &self,
-        flow_id: &str,
-        version: Option<&str>,
-    ) -> Result<Arc<Flow>, String> {
+    pub async fn flow_of(&self, flow_id: &str, version: Option<&str>) -> Result<Arc<Flow>, String> {
         let set = self.flows();
         if let Some(f) = set.flows.get(flow_id)
             && version.is_none_or(|v| v == f.version)

@@ -265,7 +265,9 @@ pub enum StoreError {
         status: &'static str,
     },
     /// A run that already ended cannot be cancelled.
-    #[error("run `{run}` already {status}; only a running run or one at an incident can be cancelled")]
+    #[error(
+        "run `{run}` already {status}; only a running run or one at an incident can be cancelled"
+    )]
     NotCancellable {
         /// The run.
         run: String,

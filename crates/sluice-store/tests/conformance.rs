@@ -240,7 +240,13 @@ async fn suite<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(
-        store.get_run(&failed.id).await.unwrap().unwrap().summary.status,
+        store
+            .get_run(&failed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .status,
         RunStatus::Cancelled
     );
     assert!(matches!(

@@ -218,7 +218,10 @@ async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 
         Ok(s) => s,
         Err(failures) => {
             print_load_failures(&failures);
-            eprintln!("error: not serving: {} flow file(s) have problems", failures.len());
+            eprintln!(
+                "error: not serving: {} flow file(s) have problems",
+                failures.len()
+            );
             return INVALID;
         }
     };
@@ -261,9 +264,10 @@ async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 
     let reloader = server.clone();
     let shutdown = async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-        else {
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -283,7 +287,11 @@ async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 
         eprintln!("sluice: stopping: no new requests; waiting for runs under way");
     };
     match server
-        .serve(listener, shutdown, std::time::Duration::from_secs(grace_secs))
+        .serve(
+            listener,
+            shutdown,
+            std::time::Duration::from_secs(grace_secs),
+        )
         .await
     {
         Ok(()) => {

@@ -1,0 +1,744 @@
+//! `sluice serve` as a user meets it: the real binary on a loopback port,
+//! driven over HTTP. Webhooks, manual runs, the runs API, reload, schedules
+//! across restarts and processes, and a `kill -9` in the middle of a load
+//! after which every accepted run completes exactly once.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-serve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    dir
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::write(dir.join("flows").join(file), text).unwrap();
+}
+
+/// A running `sluice serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+            .current_dir(dir)
+            .args(["serve", "--flows", "flows", "--listen", "127.0.0.1:0"])
+            .args(["--store", "store.db", "--grace-secs", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut port = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            log.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some(addr) = line.split("http://127.0.0.1:").nth(1) {
+                port = addr.trim().parse().unwrap();
+                break;
+            }
+        }
+        assert!(
+            port > 0,
+            "the server did not start:\n{}",
+            log.lock().unwrap()
+        );
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                l.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Self { child, port, log }
+    }
+
+    /// One request; the answer's status, headers (lower-case names) and JSON body.
+    fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        try_call(self.port, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            &body.to_string(),
+        )
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, &[], "")
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the run ends; its record.
+    fn ended(&self, run: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let r = self.get(&format!("/api/runs/{run}"));
+            if r.body["status"] != "running" {
+                return r.body;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "run {run} did not end"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// SIGTERM, then wait for the exit; the exit code.
+    fn stop(mut self) -> Option<i32> {
+        self.signal("-TERM");
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn try_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body_text = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    let body = if body_text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body_text).unwrap_or(Value::String(body_text))
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Every error answer has the one shape.
+fn assert_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.body["code"], code, "{r:?}");
+    assert!(
+        r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{r:?}"
+    );
+    assert!(r.body["details"].is_object(), "{r:?}");
+}
+
+const ORDER: &str = r#"
+id: order
+trigger: {type: webhook, path: order}
+unmappedResults: replace
+steps:
+  - key: map
+    type: transform
+    options:
+      value: {orderId: "{{ .orderId }}", sum: "{{ .totalPrice }}"}
+"#;
+
+#[test]
+fn webhooks_answer_and_record_their_runs() {
+    let dir = temp("hooks");
+    write(&dir, "order.yaml", ORDER);
+    write(
+        &dir,
+        "later.yaml",
+        r#"
+id: later
+trigger: {type: webhook, path: orders/later, async: true, maxBodyBytes: 200}
+steps:
+  - key: nap
+    type: sleep
+    options: {ms: 50}
+  - key: done
+    type: transform
+    options: {value: {seen: "{{ .orderId }}"}}
+"#,
+    );
+    write(
+        &dir,
+        "lookup.yaml",
+        r#"
+id: lookup
+trigger:
+  type: webhook
+  path: lookup
+  method: GET
+  response: {body: '{id: $trigger.query.id, tags: $trigger.query.tag}', status: 203, headers: {x-flow: lookup}}
+steps:
+  - key: ok
+    type: log
+    options: {message: "looked up {{ $trigger.query.id }}"}
+"#,
+    );
+    write(
+        &dir,
+        "refuse.yaml",
+        r#"
+id: refuse
+trigger: {type: webhook, path: refuse}
+steps:
+  - key: refuse_it
+    type: throw
+    options: {message: "order {{ .orderId }} refused"}
+"#,
+    );
+    let s = Serve::start(&dir);
+
+    // Synchronous: the answer is $last, and the run is recorded.
+    let r = s.call(
+        "POST",
+        "/hooks/order",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer secret"),
+            ("x-shop", "berlin"),
+        ],
+        r#"{"orderId":"ORD-1","totalPrice":129.95}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, json!({"orderId": "ORD-1", "sum": 129.95}));
+    let run = r.header("x-sluice-run").unwrap().to_owned();
+    let rec = s.get(&format!("/api/runs/{run}")).body;
+    assert_eq!(rec["status"], "succeeded");
+    assert_eq!(rec["flowId"], "order");
+    assert_eq!(rec["trigger"]["method"], "POST");
+    assert_eq!(rec["trigger"]["path"], "/hooks/order");
+    assert_eq!(rec["trigger"]["body"]["orderId"], "ORD-1");
+    assert_eq!(rec["trigger"]["headers"]["x-shop"], "berlin");
+    assert!(rec["trigger"]["headers"].get("authorization").is_none());
+    assert_eq!(rec["stepLog"].as_array().unwrap().len(), 1);
+    assert_eq!(rec["stepLog"][0]["key"], "map");
+
+    // A form body is an object, like a query.
+    let r = s.call(
+        "POST",
+        "/hooks/order",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "orderId=F-2&totalPrice=3",
+    );
+    assert_eq!(r.body, json!({"orderId": "F-2", "sum": "3"}));
+
+    // Bad input: a clear error, in the one shape, and no run.
+    let before = s.get("/api/runs?flow=order").body.as_array().unwrap().len();
+    let r = s.call(
+        "POST",
+        "/hooks/order",
+        &[("content-type", "application/json")],
+        "{\"orderId\": ",
+    );
+    assert_error(&r, 400, "bad_request");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
+    assert_error(
+        &s.call(
+            "POST",
+            "/hooks/order",
+            &[("content-type", "image/png")],
+            "x",
+        ),
+        415,
+        "unsupported_media_type",
+    );
+    let big = json!({"orderId": "x".repeat(300)});
+    let r = s.post("/hooks/orders/later", big);
+    assert_error(&r, 413, "body_too_large");
+    assert_eq!(r.body["details"]["limitBytes"], 200);
+    assert_eq!(
+        s.get("/api/runs?flow=order").body.as_array().unwrap().len(),
+        before
+    );
+    assert_error(&s.post("/hooks/nowhere", json!({})), 404, "not_found");
+    assert_error(&s.get("/hooks/order"), 405, "method_not_allowed");
+
+    // Asynchronous: 202 with the id of a recorded run, which then ends.
+    let r = s.post("/hooks/orders/later", json!({"orderId": "L-1"}));
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.body["runId"].as_str().unwrap().to_owned();
+    let rec = s.ended(&id);
+    assert_eq!(rec["status"], "succeeded");
+    assert_eq!(rec["output"]["seen"], "L-1");
+
+    // GET with a query, a chosen answer, status and headers.
+    let r = s.get("/hooks/lookup?id=7&tag=a&tag=b");
+    assert_eq!(r.status, 203, "{r:?}");
+    assert_eq!(r.body, json!({"id": "7", "tags": ["a", "b"]}));
+    assert_eq!(r.header("x-flow"), Some("lookup"));
+
+    // A run that fails answers 500 with its id and step.
+    let r = s.post("/hooks/refuse", json!({"orderId": "R-9"}));
+    assert_error(&r, 500, "run_failed");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("order R-9 refused")
+    );
+    assert_eq!(r.body["details"]["step"], "refuse_it");
+    let failed = s.get(&format!(
+        "/api/runs/{}",
+        r.body["details"]["runId"].as_str().unwrap()
+    ));
+    assert_eq!(failed.body["status"], "failed");
+
+    // Metrics count the runs per flow.
+    let m = s.get("/metrics").body;
+    let m = m.as_str().unwrap();
+    assert!(
+        m.contains("sluice_runs_started_total{flow=\"order\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("sluice_step_duration_seconds_bucket{flow=\"later\",step=\"nap\""));
+    assert_eq!(s.stop(), Some(0));
+}
+
+#[test]
+fn the_api_starts_lists_cancels_retries_resumes_and_reloads() {
+    let dir = temp("api");
+    write(&dir, "order.yaml", ORDER);
+    write(
+        &dir,
+        "greet.yaml",
+        r#"
+id: greet
+steps:
+  - key: hello
+    type: transform
+    options: {value: {greeting: "hello {{ .name }}"}}
+"#,
+    );
+    write(
+        &dir,
+        "slow.yaml",
+        r#"
+id: slow
+trigger: {type: manual}
+steps:
+  - key: nap
+    type: sleep
+    options: {ms: 1500}
+  - key: after
+    type: log
+    options: {message: "woke up"}
+"#,
+    );
+    let s = Serve::start(&dir);
+    assert_eq!(s.get("/api/health").body["flows"], 3);
+
+    // Manual runs: waited for, or 202.
+    let r = s.post("/api/flows/greet/runs?wait=true", json!({"name": "ada"}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["status"], "succeeded");
+    assert_eq!(r.body["output"]["greeting"], "hello ada");
+    assert_error(&s.post("/api/flows/nope/runs", json!({})), 404, "not_found");
+    assert_error(
+        &s.post("/api/flows/order/runs", json!({})),
+        409,
+        "not_manual",
+    );
+    assert_error(
+        &s.post("/api/flows/greet/runs?wait=maybe", json!({})),
+        400,
+        "bad_request",
+    );
+
+    // An incident (a template over data that does not fit), resumed with a patch.
+    let r = s.post(
+        "/api/flows/greet/runs?wait=true",
+        json!(["not", "an object"]),
+    );
+    assert_eq!(r.body["status"], "incident", "{r:?}");
+    let inc = r.body["runId"].as_str().unwrap().to_owned();
+    let r = s.post(
+        &format!("/api/runs/{inc}/resume?wait=true"),
+        json!({"name": "bo"}),
+    );
+    assert_eq!(r.body["status"], "succeeded", "{r:?}");
+    assert_eq!(r.body["output"]["greeting"], "hello bo");
+    assert_error(
+        &s.post(&format!("/api/runs/{inc}/resume"), json!({})),
+        409,
+        "conflict",
+    );
+
+    // Retry: a new run with the same input.
+    let r = s.post(&format!("/api/runs/{inc}/retry?wait=true"), Value::Null);
+    assert_eq!(r.body["status"], "incident", "the same bad input: {r:?}");
+    let again = s.get(&format!("/api/runs/{}", r.body["runId"].as_str().unwrap()));
+    assert_eq!(again.body["accountability"]["retryOf"], inc.as_str());
+
+    // Cancel a sleeping run: it stops before its next step.
+    let r = s.post("/api/flows/slow/runs", Value::Null);
+    assert_eq!(r.status, 202);
+    let slow = r.body["runId"].as_str().unwrap().to_owned();
+    let r = s.post(&format!("/api/runs/{slow}/cancel"), Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    std::thread::sleep(Duration::from_millis(1800));
+    let rec = s.get(&format!("/api/runs/{slow}")).body;
+    assert_eq!(rec["status"], "cancelled");
+    let keys: Vec<&str> = rec["stepLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert!(!keys.contains(&"after"), "{rec}");
+    assert_error(
+        &s.post(&format!("/api/runs/{slow}/cancel"), Value::Null),
+        409,
+        "conflict",
+    );
+    assert_error(
+        &s.post("/api/runs/nope/cancel", Value::Null),
+        404,
+        "not_found",
+    );
+
+    // Listing with filters.
+    let all = s.get("/api/runs?flow=greet").body;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let inc_only = s.get("/api/runs?flow=greet&status=incident").body;
+    assert_eq!(inc_only.as_array().unwrap().len(), 1);
+    let newest = all[0]["startedAt"].as_str().unwrap();
+    let since = s.get(&format!("/api/runs?since={newest}")).body;
+    assert!(
+        since
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["startedAt"].as_str() >= Some(newest))
+    );
+    assert_error(&s.get("/api/runs?status=sleeping"), 400, "bad_request");
+    assert_error(&s.get("/api/runs?since=yesterday"), 400, "bad_request");
+    assert_error(&s.get("/api/runs/nope"), 404, "not_found");
+
+    // Flows: list, one, check.
+    let flows = s.get("/api/flows").body;
+    assert_eq!(flows.as_array().unwrap().len(), 3);
+    let one = s.get("/api/flows/order").body;
+    assert_eq!(one["trigger"]["type"], "webhook");
+    assert!(one["source"].as_str().unwrap().contains("id: order"));
+    let c = s.call(
+        "POST",
+        "/api/flows/check",
+        &[],
+        "id: x\nsteps:\n  - key: a\n    type: nope\n",
+    );
+    assert_eq!(c.body["valid"], false);
+    assert_eq!(c.body["problems"][0]["line"], 4, "{c:?}");
+
+    // Reload: a bad file changes nothing; a good one is served.
+    write(
+        &dir,
+        "bad.yaml",
+        "id: bad\ntrigger: {type: schedule, cron: '0 0 30 2 *'}\nsteps: []\n",
+    );
+    let r = s.post("/api/reload", Value::Null);
+    assert_error(&r, 422, "invalid_flows");
+    assert!(
+        r.body["details"].to_string().contains("never fires"),
+        "{r:?}"
+    );
+    assert_eq!(s.get("/api/health").body["flows"], 3);
+    std::fs::remove_file(dir.join("flows/bad.yaml")).unwrap();
+    write(
+        &dir,
+        "pong.yaml",
+        "id: pong\ntrigger: {type: webhook, path: ping}\nsteps:\n  - {key: p, type: transform, options: {value: pong}}\n",
+    );
+    let r = s.post("/api/reload", Value::Null);
+    assert_eq!(r.body["flows"], 4, "{r:?}");
+    assert_eq!(s.post("/hooks/ping", Value::Null).body, "pong");
+    // SIGHUP reloads too.
+    std::fs::remove_file(dir.join("flows/pong.yaml")).unwrap();
+    s.signal("-HUP");
+    let t = Instant::now();
+    while s.get("/api/health").body["flows"] != 3 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Every path of the OpenAPI document is served.
+    let doc = s.get("/api/openapi.json").body;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let p = path.replace("{path}", "order").replace("{id}", "nope");
+            let r = s.call(&method.to_uppercase(), &p, &[], "");
+            let fell = r.body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("nothing at"));
+            assert!(!fell, "{method} {path} is in the document but not served");
+        }
+    }
+    assert_error(&s.get("/api/nothing"), 404, "not_found");
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// The `scheduledAt` of every run of `flow`, oldest first.
+fn fires(s: &Serve, flow: &str) -> Vec<(String, bool)> {
+    let runs = s.get(&format!("/api/runs?flow={flow}&limit=0")).body;
+    let mut v: Vec<(String, bool)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let d = s
+                .get(&format!("/api/runs/{}", r["id"].as_str().unwrap()))
+                .body;
+            (
+                d["trigger"]["scheduledAt"].as_str().unwrap().to_owned(),
+                d["trigger"]["missed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn schedules_fire_once_per_time_across_processes_and_restarts() {
+    let dir = temp("schedule");
+    write(
+        &dir,
+        "tick.yaml",
+        r#"
+id: tick
+trigger: {type: schedule, cron: "* * * * * *", missed: runOnce}
+steps:
+  - key: log
+    type: log
+    options: {message: "tick at {{ $trigger.scheduledAt }}"}
+"#,
+    );
+    // Two servers on one store: each second fires once.
+    let a = Serve::start(&dir);
+    let b = Serve::start(&dir);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    std::thread::sleep(Duration::from_millis(2500));
+    // Restarted after missing two fires or more: one run for the latest.
+    let c = Serve::start(&dir);
+    std::thread::sleep(Duration::from_millis(500));
+    let all = fires(&c, "tick");
+    let times: Vec<&String> = all.iter().map(|(t, _)| t).collect();
+    let mut unique = times.clone();
+    unique.dedup();
+    assert_eq!(times, unique, "a time fired twice: {all:?}");
+    assert!(all.len() >= 4, "{all:?}");
+    let missed: Vec<_> = all.iter().filter(|(_, m)| *m).collect();
+    assert_eq!(missed.len(), 1, "{all:?}");
+    let runs = c.get("/api/runs?flow=tick&limit=0").body;
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "succeeded"),
+        "{runs}"
+    );
+}
+
+#[test]
+fn kill_9_during_a_load_then_restart_every_run_completes_once() {
+    let dir = temp("kill");
+    write(
+        &dir,
+        "work.yaml",
+        r#"
+id: work
+trigger: {type: webhook, path: work, async: true}
+steps:
+  - key: take
+    type: transform
+    options: {value: {n: "{{ .n }}"}}
+  - key: nap
+    type: sleep
+    options: {ms: 300}
+  - key: done
+    type: transform
+    options: {value: {n: "{{ .n }}", done: true}}
+"#,
+    );
+    let s = Serve::start(&dir);
+    let port = s.port;
+    // Four clients post until the server dies under them.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let accepted = accepted.clone();
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let body = json!({"n": c * 100_000 + i}).to_string();
+                    match try_call(port, "POST", "/hooks/work", &[], &body) {
+                        Ok(r) if r.status == 202 => accepted
+                            .lock()
+                            .unwrap()
+                            .push(r.body["runId"].as_str().unwrap().to_owned()),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    while accepted.lock().unwrap().len() < 150 {
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.signal("-KILL");
+    for c in clients {
+        c.join().unwrap();
+    }
+    drop(s);
+    let accepted = accepted.lock().unwrap().clone();
+
+    let s = Serve::start(&dir);
+    assert!(s.log().contains("continuing"), "{}", s.log());
+    let t = Instant::now();
+    while !s
+        .get("/api/runs?status=running&limit=1")
+        .body
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "runs still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runs = s.get("/api/runs?flow=work&limit=0").body;
+    let runs = runs.as_array().unwrap();
+    // Every accepted run is in the store; a run recorded just before the
+    // kill whose 202 never left is there too, and completes like the rest.
+    assert!(runs.len() >= accepted.len());
+    for id in &accepted {
+        assert!(
+            runs.iter().any(|r| &r["id"] == id),
+            "accepted run {id} is lost"
+        );
+    }
+    for r in runs {
+        let d = s
+            .get(&format!("/api/runs/{}", r["id"].as_str().unwrap()))
+            .body;
+        assert_eq!(d["status"], "succeeded", "{d}");
+        let keys: Vec<&str> = d["stepLog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["take", "nap", "done"],
+            "each step recorded once: {d}"
+        );
+        assert_eq!(d["output"]["n"], d["trigger"]["body"]["n"]);
+    }
+    eprintln!(
+        "serve kill test: {} accepted before SIGKILL, {} runs recorded, all succeeded once after restart",
+        accepted.len(),
+        runs.len()
+    );
+    assert_eq!(s.stop(), Some(0));
+}
