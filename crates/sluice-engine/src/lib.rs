@@ -114,6 +114,9 @@ pub enum EngineError {
         /// The step.
         step: String,
     },
+    /// The run could not be recorded, so it did not start.
+    #[error("the run did not start: {0}")]
+    NotStarted(String),
     /// Only a running run can be recovered.
     #[error("run `{run}` is {status}, not running; there is nothing to recover")]
     NotRunning {

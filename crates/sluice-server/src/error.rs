@@ -74,6 +74,14 @@ impl From<EngineError> for ApiError {
             | EngineError::NotRunning { .. }) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            EngineError::NotStarted(m) => {
+                eprintln!("sluice: a run did not start: {m}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the run could not be recorded; try again",
+                )
+            }
             EngineError::Event(m) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "event_mismatch",

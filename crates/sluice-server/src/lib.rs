@@ -187,20 +187,38 @@ impl<S: Store> Server<S> {
 
     /// Record a new run and drive it on a task of its own. Returns once the
     /// run is durable, with its id and the task that ends with its result.
+    ///
+    /// Recording and driving both happen on the task, so a caller that is
+    /// dropped half-way (a client hanging up) cannot leave a recorded run
+    /// that nobody drives.
     pub async fn launch(
         &self,
         flow: Arc<Flow>,
         req: RunRequest,
     ) -> Result<(String, JoinHandle<Result<RunResult, EngineError>>), EngineError> {
-        let started = self.inner.engine.start(&flow, req).await?;
-        let id = started.run_id().to_owned();
-        metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let engine = self.inner.engine.clone();
-        let task = self.track(
-            flow.clone(),
-            async move { engine.finish(&flow, started).await },
-        );
-        Ok((id, task))
+        let f = flow.clone();
+        let task = self.track(flow, async move {
+            let started = match engine.start(&f, req).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(e));
+                    return Err(EngineError::NotStarted(message));
+                }
+            };
+            metrics::counter!("sluice_runs_started_total", "flow" => f.id.clone()).increment(1);
+            let _ = tx.send(Ok(started.run_id().to_owned()));
+            engine.finish(&f, started).await
+        });
+        match rx.await {
+            Ok(Ok(id)) => Ok((id, task)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(EngineError::NotStarted(
+                "the run's task ended before it was recorded".to_owned(),
+            )),
+        }
     }
 
     /// Drive `run` on a task of its own, counted as under way.
@@ -213,6 +231,8 @@ impl<S: Store> Server<S> {
             let r = run.await;
             let status = match &r {
                 Ok(r) => r.status.as_str(),
+                // Not recorded: the caller was told.
+                Err(EngineError::NotStarted(_)) => "not_started",
                 Err(e) => {
                     eprintln!("sluice: a run of flow `{}` stopped: {e}", flow.id);
                     "error"

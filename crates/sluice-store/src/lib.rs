@@ -10,6 +10,7 @@
 //! the PostgreSQL implementation of a later issue passes the same conformance
 //! suite (`tests/conformance.rs`).
 
+mod group;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -250,6 +251,9 @@ pub enum StoreError {
     /// A stored document did not parse (the store was changed by hand).
     #[error("store holds an unreadable record: {0}")]
     Corrupt(String),
+    /// The store's writer stopped (its runtime is shutting down).
+    #[error("the store is closed")]
+    Stopped,
     /// A run that does not exist.
     #[error("no run `{0}`")]
     NoSuchRun(String),

@@ -4,6 +4,7 @@
 //! step survives a crash or `kill -9` of the process; a power failure may lose
 //! the last commits. Add `?synchronous=full` to the URL to sync every commit.
 
+use crate::group::{CreateVals, Group, StepVals, Write};
 use crate::{
     NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError,
 };
@@ -48,6 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    group: Group,
 }
 
 impl SqliteStore {
@@ -139,7 +141,8 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
-        Ok(Self { pool })
+        let group = Group::start(pool.clone());
+        Ok(Self { pool, group })
     }
 }
 
@@ -173,80 +176,61 @@ fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     })
 }
 
-const RECORD_STEP: &str = "BEGIN IMMEDIATE; \
-INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) \
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14); \
-UPDATE runs SET status = ?15, state = ?16, next_step = ?17, output = ?18, error = ?19, error_step = ?20, ended_at = ?21, updated_at = ?22, steps = steps + 1 WHERE id = ?1 AND status <> 'cancelled'; \
-COMMIT;";
-
 const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ? AND status <> 'cancelled'";
 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item) VALUES (?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&run.id)
-        .bind(&run.flow_id)
-        .bind(json(&run.trigger))
-        .bind(json(&run.input))
-        .bind(json(&run.input))
-        .bind(&run.next_step)
-        .bind(run.started_at)
-        .bind(run.started_at)
-        .bind(&run.flow_version)
-        .bind(json(&run.accountability))
-        .bind(run.parent.as_ref().map(|p| p.0.clone()))
-        .bind(run.parent.as_ref().map(|p| p.1))
-        .execute(&self.pool)
-        .await;
-        match r {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict(run.id.clone()))
-            }
-            Err(e) => Err(e.into()),
-            Ok(_) => Ok(()),
-        }
+        self.group
+            .write(Write::Create(Box::new(CreateVals {
+                id: run.id.clone(),
+                flow_id: run.flow_id.clone(),
+                trigger: json(&run.trigger),
+                input: json(&run.input),
+                next_step: run.next_step.clone(),
+                started_at: run.started_at,
+                flow_version: run.flow_version.clone(),
+                accountability: json(&run.accountability),
+                parent_run: run.parent.as_ref().map(|p| p.0.clone()),
+                item: run.parent.as_ref().map(|p| p.1),
+            })))
+            .await
     }
 
     async fn record_step(&self, step: &StepRecord, run: &RunUpdate) -> Result<(), StoreError> {
-        // One round trip: the step's record and the run's new position in
-        // one transaction. The foreign key refuses a step of an unknown run.
+        // The step's record and the run's new position in one transaction
+        // (shared with other runs' writes). The foreign key refuses a step
+        // of an unknown run.
         let output = opt_json(&step.output);
         let state = match (&output, &step.output) {
             (Some(text), Some(v)) if *v == run.state => text.clone(),
             _ => json(&run.state),
         };
-        let mut conn = self.pool.acquire().await?;
-        let r = sqlx::query(RECORD_STEP)
-            .bind(&step.run_id)
-            .bind(step.seq)
-            .bind(&step.step_key)
-            .bind(&step.kind)
-            .bind(step.ok)
-            .bind(json(&step.options))
-            .bind(json(&step.input))
-            .bind(opt_json(&step.result))
-            .bind(output)
-            .bind(&step.error)
-            .bind(&step.blame)
-            .bind(json(&Value::from(step.logs.clone())))
-            .bind(step.started_at)
-            .bind(step.ended_at);
-        let r = bind_run(r, run, state).execute(&mut *conn).await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // Leave the connection clean for the next user.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                match e {
-                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                        Err(StoreError::NoSuchRun(step.run_id.clone()))
-                    }
-                    other => Err(other.into()),
-                }
-            }
-        }
+        self.group
+            .write(Write::Step(Box::new(StepVals {
+                run_id: step.run_id.clone(),
+                seq: step.seq,
+                step_key: step.step_key.clone(),
+                kind: step.kind.clone(),
+                ok: step.ok,
+                options: json(&step.options),
+                input: json(&step.input),
+                result: opt_json(&step.result),
+                output,
+                error: step.error.clone(),
+                blame: step.blame.clone(),
+                logs: json(&Value::from(step.logs.clone())),
+                started_at: step.started_at,
+                ended_at: step.ended_at,
+                status: run.status.as_str(),
+                state,
+                next_step: run.next_step.clone(),
+                run_output: opt_json(&run.output),
+                run_error: run.error.clone(),
+                error_step: run.error_step.clone(),
+                run_ended_at: run.ended_at,
+                updated_at: crate::now_micros(),
+            })))
+            .await
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
