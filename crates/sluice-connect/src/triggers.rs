@@ -25,6 +25,16 @@ pub enum HookMethod {
     Get,
 }
 
+impl HookMethod {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Get => "GET",
+        }
+    }
+}
+
 /// Options of the `webhook` trigger: a request to `/hooks/PATH` starts a run.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

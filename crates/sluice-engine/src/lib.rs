@@ -628,33 +628,23 @@ impl<S: Store> Engine<S> {
                             .await;
                     }
                     let finished = pos.is_none();
-                    if !rec {
-                        if finished {
-                            return Ok(RunResult {
-                                last: from_val(&fo.last).unwrap_or(Value::Null),
-                                run_id,
-                                status: RunStatus::Succeeded,
-                                output: Some(state),
-                                failure: None,
-                            });
-                        }
-                        continue;
+                    if rec {
+                        record.output = Some(state.clone());
+                        let update = RunUpdate {
+                            status: if finished {
+                                RunStatus::Succeeded
+                            } else {
+                                RunStatus::Running
+                            },
+                            state: state.clone(),
+                            next_step: pos.map(|j| flow.steps[j].key.clone()),
+                            output: finished.then(|| state.clone()),
+                            error: None,
+                            error_step: None,
+                            ended_at: finished.then(now_micros),
+                        };
+                        self.store.record_step(&record, &update).await?;
                     }
-                    record.output = Some(state.clone());
-                    let update = RunUpdate {
-                        status: if finished {
-                            RunStatus::Succeeded
-                        } else {
-                            RunStatus::Running
-                        },
-                        state: state.clone(),
-                        next_step: pos.map(|j| flow.steps[j].key.clone()),
-                        output: finished.then(|| state.clone()),
-                        error: None,
-                        error_step: None,
-                        ended_at: finished.then(now_micros),
-                    };
-                    self.store.record_step(&record, &update).await?;
                     if finished {
                         return Ok(RunResult {
                             last: from_val(&fo.last).unwrap_or(Value::Null),

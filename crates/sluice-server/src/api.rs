@@ -208,13 +208,7 @@ async fn finish(
     if !wait {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
     }
-    let r = task.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "run_lost",
-            format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
-        )
-    })??;
+    let r = crate::joined(&run_id, task).await?;
     Ok(axum::Json(json!({
         "runId": r.run_id,
         "status": r.status.as_str(),

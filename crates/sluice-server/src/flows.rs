@@ -202,8 +202,10 @@ impl FlowSet {
                 let key = (options.method, options.path.clone());
                 if let Some(other) = self.hooks.get(&key) {
                     return Err(format!(
-                        "webhook {:?} /hooks/{} is already the trigger of flow `{}`",
-                        key.0, key.1, other.flow.id
+                        "webhook {} /hooks/{} is already the trigger of flow `{}`",
+                        key.0.as_str(),
+                        key.1,
+                        other.flow.id
                     ));
                 }
                 self.hooks.insert(

@@ -148,9 +148,7 @@ pub(crate) async fn hook<S: Store>(
             Some(m) => ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("/hooks/{path} takes {m:?}, not {method}")
-                    .replace("Post", "POST")
-                    .replace("Get", "GET"),
+                format!("/hooks/{path} takes {}, not {method}", m.as_str()),
             ),
             None => ApiError::not_found(format!("no webhook at /hooks/{path}")),
         });
@@ -168,8 +166,10 @@ pub(crate) async fn hook<S: Store>(
         Value::Null => None,
         b => Some(b.clone()),
     };
+    // Only an answer expression reads `$trigger` after the run.
+    let kept = hook.body.as_ref().map(|_| trigger.clone());
     let req = RunRequest {
-        trigger: trigger.clone(),
+        trigger,
         input,
         accountability: json!({"trigger": "webhook", "path": format!("/hooks/{path}")}),
         event: None,
@@ -178,21 +178,12 @@ pub(crate) async fn hook<S: Store>(
     if hook.options.is_async {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
     }
-    let result = match task.await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "run_lost",
-                format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
-            ));
-        }
-    };
-    answer(&hook, &trigger, result)
+    let result = crate::joined(&run_id, task).await?;
+    answer(&hook, kept.as_ref(), result)
 }
 
 /// The answer of a synchronous webhook.
-fn answer(hook: &crate::Hook, trigger: &Value, r: RunResult) -> Result<Response, ApiError> {
+fn answer(hook: &crate::Hook, trigger: Option<&Value>, r: RunResult) -> Result<Response, ApiError> {
     let run_header = HeaderValue::from_str(&r.run_id).ok();
     if r.status != RunStatus::Succeeded {
         let (code, status) = match r.status {
@@ -218,6 +209,7 @@ fn answer(hook: &crate::Hook, trigger: &Value, r: RunResult) -> Result<Response,
         None => r.last,
         Some(p) => {
             let mut scope = MapScope::default();
+            let trigger = trigger.unwrap_or(&Value::Null);
             scope
                 .0
                 .insert("trigger".into(), sluice_expr::to_val(trigger));

@@ -373,6 +373,22 @@ impl<S: Store> Server<S> {
     }
 }
 
+/// Wait for a run's task; a task that died (a bug: runs do not panic on
+/// user input) is reported as lost, to be continued at the next start.
+pub(crate) async fn joined(
+    run_id: &str,
+    task: JoinHandle<Result<RunResult, EngineError>>,
+) -> Result<RunResult, ApiError> {
+    match task.await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "run_lost",
+            format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
+        )),
+    }
+}
+
 /// Microseconds since the epoch as an RFC 3339 time (UTC).
 pub(crate) fn rfc3339(micros: i64) -> Value {
     jiff::Timestamp::from_microsecond(micros)

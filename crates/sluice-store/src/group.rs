@@ -71,31 +71,9 @@ struct Pending {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-pub(crate) type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-/// The statement of a new run, its parameters numbered from `o + 1`.
-/// (Statements are run one at a time: a step's two statements each have
-/// their result checked.)
-fn create_sql(o: usize, out: &mut String) {
-    let p = |k: usize| o + k;
-    out.push_str(&format!(
-        "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item) VALUES (?{}, ?{}, 'running', ?{}, ?{}, ?{}, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{});",
-        p(1), p(2), p(3), p(4), p(4), p(5), p(6), p(6), p(7), p(8), p(9), p(10)
-    ));
-}
-
-fn bind_create<'q>(q: Query<'q>, v: &'q CreateVals) -> Query<'q> {
-    q.bind(&v.id)
-        .bind(&v.flow_id)
-        .bind(&v.trigger)
-        .bind(&v.input)
-        .bind(&v.next_step)
-        .bind(v.started_at)
-        .bind(&v.flow_version)
-        .bind(&v.accountability)
-        .bind(&v.parent_run)
-        .bind(v.item)
-}
+/// A new run. (Statements are run one at a time, so that each has its
+/// result checked.)
+const INSERT_RUN: &str = "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item) VALUES (?1, ?2, 'running', ?3, ?4, ?4, ?5, 0, ?6, ?6, ?7, ?8, ?9, ?10)";
 
 /// The step's record.
 const INSERT_STEP: &str = "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -162,12 +140,20 @@ async fn create_statement(
     conn: &mut sqlx::SqliteConnection,
     v: &CreateVals,
 ) -> Result<(), StoreError> {
-    let mut sql = String::new();
-    create_sql(0, &mut sql);
-    match bind_create(sqlx::query(sqlx::AssertSqlSafe(sql)), v)
+    let r = sqlx::query(INSERT_RUN)
+        .bind(&v.id)
+        .bind(&v.flow_id)
+        .bind(&v.trigger)
+        .bind(&v.input)
+        .bind(&v.next_step)
+        .bind(v.started_at)
+        .bind(&v.flow_version)
+        .bind(&v.accountability)
+        .bind(&v.parent_run)
+        .bind(v.item)
         .execute(&mut *conn)
-        .await
-    {
+        .await;
+    match r {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             Err(StoreError::Conflict(v.id.clone()))

@@ -303,13 +303,12 @@ impl Store for SqliteStore {
         if done.rows_affected() == 1 {
             return Ok(());
         }
-        match self.status_of(run_id).await? {
-            None => Err(StoreError::NoSuchRun(run_id.to_owned())),
-            Some(s) => Err(StoreError::NotResumable {
-                run: run_id.to_owned(),
-                status: s.as_str(),
-            }),
-        }
+        Err(self
+            .refused(run_id, |run, status| StoreError::NotResumable {
+                run,
+                status,
+            })
+            .await)
     }
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {
@@ -323,13 +322,12 @@ impl Store for SqliteStore {
         if done.rows_affected() == 1 {
             return Ok(());
         }
-        match self.status_of(run_id).await? {
-            None => Err(StoreError::NoSuchRun(run_id.to_owned())),
-            Some(s) => Err(StoreError::NotCancellable {
-                run: run_id.to_owned(),
-                status: s.as_str(),
-            }),
-        }
+        Err(self
+            .refused(run_id, |run, status| StoreError::NotCancellable {
+                run,
+                status,
+            })
+            .await)
     }
 
     async fn claim_fire(&self, flow_id: &str, at: i64) -> Result<bool, StoreError> {
@@ -407,6 +405,20 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Why a status change guarded by the run's status did not happen: no
+    /// such run, or `refusal` with the status it is in.
+    async fn refused(
+        &self,
+        run_id: &str,
+        refusal: fn(String, &'static str) -> StoreError,
+    ) -> StoreError {
+        match self.status_of(run_id).await {
+            Err(e) => e,
+            Ok(None) => StoreError::NoSuchRun(run_id.to_owned()),
+            Ok(Some(s)) => refusal(run_id.to_owned(), s.as_str()),
+        }
+    }
+
     async fn status_of(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError> {
         let row = sqlx::query("SELECT status FROM runs WHERE id = ?")
             .bind(run_id)
