@@ -1,12 +1,11 @@
 //! Core operations, modelled on Directus's: `transform`, `condition`, `log`,
 //! `sleep` and `throw`, and the `manual` trigger.
 
-use crate::{Action, ActionCx, ActionError, Outcome};
+use crate::{Action, ActionCx, ActionError, Effect, Outcome};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_expr::to_val;
-use std::time::Duration;
 
 /// `transform`: the result is the templated `value` option.
 pub struct Transform;
@@ -92,10 +91,8 @@ impl Action for Log {
         options: LogOptions,
     ) -> Result<Outcome, ActionError> {
         Ok(Outcome {
-            payload: None,
             logs: vec![text(options.message)],
-            tokens: None,
-            items: None,
+            ..Outcome::default()
         })
     }
 }
@@ -107,7 +104,8 @@ fn text(v: Value) -> String {
     }
 }
 
-/// `sleep`: waits `ms` milliseconds; no payload.
+/// `sleep`: waits `ms` milliseconds; no payload. In a recorded run the run
+/// is suspended durably: after a restart it wakes at the time it was due.
 pub struct Sleep;
 
 /// Options of `sleep`.
@@ -124,13 +122,145 @@ impl Action for Sleep {
 
     async fn run<'a>(
         &'a self,
-        _cx: ActionCx<'a>,
+        cx: ActionCx<'a>,
         options: SleepOptions,
     ) -> Result<Outcome, ActionError> {
-        tokio::time::sleep(Duration::from_millis(options.ms)).await;
-        Ok(Outcome::none())
+        if cx.wake.is_some() {
+            return Ok(Outcome::none());
+        }
+        let ms = i64::try_from(options.ms).unwrap_or(i64::MAX / 2_000);
+        Ok(Outcome::effect(Effect::Sleep {
+            until: sluice_now_micros().saturating_add(ms.saturating_mul(1_000)),
+        }))
     }
 }
+
+/// Microseconds since the Unix epoch, now.
+fn sluice_now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `wait`: suspends the run until a CloudEvent that matches arrives at
+/// `POST /events`, or the timeout passes (the step then fails, so a failure
+/// path can handle it). The step's result is the whole event; its
+/// `eventDataFilter` merges the event's `data` into the state data.
+pub struct WaitEvent;
+
+/// Options of `wait`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaitOptions {
+    /// The CloudEvent `type` that ends the wait (any type when absent).
+    pub event_type: Option<String>,
+    /// The CloudEvent `source` that ends the wait (any source when absent).
+    pub source: Option<String>,
+    /// Context attributes the event must carry, each with the value given
+    /// (templates allowed, such as `orderid: "{{ .orderId }}"`): this is
+    /// how an event finds the run that waits for it.
+    #[serde(default)]
+    pub correlation: serde_json::Map<String, Value>,
+    /// Give up after this many milliseconds (the step fails); none: wait
+    /// for as long as it takes.
+    pub timeout_ms: Option<u64>,
+}
+
+impl Action for WaitEvent {
+    const KIND: &'static str = "wait";
+    type Options = WaitOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: WaitOptions,
+    ) -> Result<Outcome, ActionError> {
+        if let Some(event) = cx.wake {
+            return Ok(Outcome::value(event.clone()));
+        }
+        for (attr, v) in &options.correlation {
+            if !v.is_string() {
+                return Err(ActionError::data(format!(
+                    "correlation `{attr}` must be a string after templating (CloudEvent attributes are strings), found {v}"
+                )));
+            }
+        }
+        let timeout_at = options.timeout_ms.map(|ms| {
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX / 2_000);
+            sluice_now_micros().saturating_add(ms.saturating_mul(1_000))
+        });
+        Ok(Outcome::effect(Effect::WaitEvent {
+            event_type: options.event_type,
+            source: options.source,
+            correlation: options.correlation,
+            timeout_at,
+        }))
+    }
+}
+
+/// Whether `event` (a CloudEvent) ends a wait for `event_type` from
+/// `source` with the `correlation` attributes.
+pub fn event_matches(
+    event: &Value,
+    event_type: Option<&str>,
+    source: Option<&str>,
+    correlation: &Value,
+) -> bool {
+    let attr = |name: &str| event.get(name).and_then(Value::as_str);
+    event_type.is_none_or(|t| attr("type") == Some(t))
+        && source.is_none_or(|s| attr("source") == Some(s))
+        && correlation.as_object().is_none_or(|c| {
+            c.iter()
+                .all(|(name, want)| event.get(name).is_some_and(|got| got == want))
+        })
+}
+
+/// `flow`: starts a run of another flow (one whose trigger is `flow`) with
+/// `input`, and waits for its output (the step's result) or, with
+/// `wait: false`, goes on at once with `{runId}`.
+pub struct StartFlow;
+
+/// Options of `flow`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartFlowOptions {
+    /// The id of the flow to run.
+    pub flow: String,
+    /// The run's input (templates allowed); the step's input when absent.
+    pub input: Option<Value>,
+    /// Wait for the run to end (the default), or not.
+    #[serde(default = "yes")]
+    pub wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Action for StartFlow {
+    const KIND: &'static str = "flow";
+    type Options = StartFlowOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: StartFlowOptions,
+    ) -> Result<Outcome, ActionError> {
+        Ok(Outcome::effect(Effect::StartFlow {
+            flow: options.flow,
+            input: options.input.unwrap_or_else(|| cx.input.clone()),
+            wait: options.wait,
+        }))
+    }
+}
+
+/// Options of the `flow` trigger: the flow is run by other flows' `flow`
+/// steps, with the step's input as its input and `$trigger` =
+/// `{flow, run, step, body}` (the starting flow, run and step, and the input).
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTrigger {}
 
 /// `throw`: fails the step with its templated message.
 pub struct Throw;
@@ -278,6 +408,9 @@ mod tests {
             connections: &connections,
             deferred: &BTreeMap::new(),
             batch: None,
+            wake: None,
+            attempt: 1,
+            idempotency_key: "r/s/0/1",
         };
         reg.get(kind).unwrap().action.run_json(cx, options).await
     }
@@ -343,12 +476,16 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out.logs, vec!["{\"a\":1}".to_owned()]);
-        assert_eq!(
-            run("sleep", json!({"ms": 1}), json!({}), BTreeMap::new())
-                .await
-                .unwrap(),
-            Outcome::none()
-        );
+        // A sleep asks the engine to suspend the run until its time.
+        let before = sluice_now_micros();
+        let out = run("sleep", json!({"ms": 5}), json!({}), BTreeMap::new())
+            .await
+            .unwrap();
+        match out.effect {
+            Some(Effect::Sleep { until }) => assert!(until >= before + 5_000),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.payload, None);
         let err = run("sleep", json!({"ms": "x"}), json!({}), BTreeMap::new())
             .await
             .unwrap_err();

@@ -96,6 +96,45 @@ pub struct Outcome {
     /// Results emitted individually: the steps after this one run once per
     /// item, each in a run of its own.
     pub items: Option<Vec<Value>>,
+    /// Work the engine does for the step: suspending the run, or starting
+    /// another flow (the step's result comes from it).
+    pub effect: Option<Effect>,
+}
+
+/// Work a step asks of the engine, returned as data (in the manner of
+/// Restate's state machine): the engine records the run's suspension or the
+/// other flow's run durably before it does anything.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Suspend the run until this time (µs since the epoch); the step is
+    /// then run again with [`ActionCx::wake`] set.
+    Sleep {
+        /// The time it wakes.
+        until: i64,
+    },
+    /// Suspend the run until a CloudEvent that matches arrives (the step is
+    /// run again with the event in [`ActionCx::wake`]) or the timeout passes
+    /// (the step fails).
+    WaitEvent {
+        /// The event's `type` (any when `None`).
+        event_type: Option<String>,
+        /// The event's `source` (any when `None`).
+        source: Option<String>,
+        /// Context attributes the event must carry, with their values.
+        correlation: serde_json::Map<String, Value>,
+        /// When it times out (µs since the epoch), if ever.
+        timeout_at: Option<i64>,
+    },
+    /// Start a run of another flow with `input`; the step's result is that
+    /// run's output (when `wait`) or `{runId}`.
+    StartFlow {
+        /// The flow's id.
+        flow: String,
+        /// The run's input.
+        input: Value,
+        /// Whether the step waits for the run to end.
+        wait: bool,
+    },
 }
 
 impl Outcome {
@@ -106,6 +145,15 @@ impl Outcome {
             logs: Vec::new(),
             tokens: None,
             items: None,
+            effect: None,
+        }
+    }
+
+    /// Ask the engine for `effect`.
+    pub fn effect(effect: Effect) -> Self {
+        Self {
+            effect: Some(effect),
+            ..Self::default()
         }
     }
 
@@ -137,6 +185,16 @@ pub struct ActionCx<'a> {
     /// Set when the run is one record of an import: envelopes are written
     /// by the import's batch.
     pub batch: Option<sql::bulk::InBatch<'a>>,
+    /// Set when the step runs again after its run was suspended by its
+    /// [`Effect`]: `null` for a sleep that ended, the CloudEvent for a wait.
+    pub wake: Option<&'a Value>,
+    /// This attempt of the step, from 1 (see a step's `retry`).
+    pub attempt: u32,
+    /// The key of this attempt, the same for every run of it (after a
+    /// restart too) and different for every other: run, step, item and
+    /// attempt. An outside system that is handed it can recognise a request
+    /// it already carried out. Empty for runs that are not recorded.
+    pub idempotency_key: &'a str,
 }
 
 impl ActionCx<'_> {
@@ -339,6 +397,8 @@ impl Registry {
         r.add(core_ops::Sleep);
         r.add(core_ops::Throw);
         r.add(core_ops::Split);
+        r.add(core_ops::WaitEvent);
+        r.add(core_ops::StartFlow);
         r.add(sql::SqlQuery);
         r.add(sql::SqlCreate);
         r.add(sql::SqlLookup);
@@ -354,6 +414,7 @@ impl Registry {
         r.add_trigger::<triggers::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r.add_trigger::<triggers::WebhookTrigger>("webhook");
+        r.add_trigger::<core_ops::FlowTrigger>("flow");
         r.add_trigger_checked::<triggers::ScheduleTrigger>("schedule", triggers::check_schedule);
         r
     }

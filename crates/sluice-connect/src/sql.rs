@@ -1825,6 +1825,7 @@ fn envelope_outcome(
         logs: Vec::new(),
         tokens: Some(set_tokens),
         items: None,
+        effect: None,
     }
 }
 

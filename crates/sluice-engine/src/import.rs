@@ -552,8 +552,16 @@ impl<S: Store> Engine<S> {
                         };
                         (
                             k,
-                            self.drive(flow, String::new(), fo, v.clone(), 0, 0, mode)
-                                .await,
+                            self.drive(
+                                flow,
+                                crate::Cursor::new(String::new()),
+                                fo,
+                                v.clone(),
+                                0,
+                                0,
+                                mode,
+                            )
+                            .await,
                         )
                     });
                 }

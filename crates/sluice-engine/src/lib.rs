@@ -21,14 +21,16 @@
 //! is its error, `{"error": message}`, so a failure path can read it.
 
 use serde_json::{Map, Value, json};
-use sluice_connect::{ActionCx, ActionError, Blame, Outcome, Registry};
+use sluice_connect::{ActionCx, ActionError, Blame, Effect, Outcome, Registry};
 use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
-use sluice_model::{EVENT_TRIGGERS, EventDataFilter, Flow, Next, Step, UnmappedResults};
+use sluice_model::{EVENT_TRIGGERS, EventDataFilter, Flow, Next, RetryOn, Step, UnmappedResults};
 use sluice_store::{
-    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, new_run_id, now_micros,
+    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id,
+    now_micros,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 mod import;
 pub use import::{ImportError, ImportOptions, ImportSummary, Progress, failures_path};
@@ -70,7 +72,31 @@ pub struct RunResult {
     pub failure: Option<StepFailure>,
     /// `$last`: the result of the last step that ran (its error, if it failed).
     pub last: Value,
+    /// For a run that is `waiting`: what it waits for.
+    pub wait: Option<Wait>,
 }
+
+impl RunResult {
+    fn ended(run_id: String, status: RunStatus, fo: &FlowObject) -> Self {
+        Self {
+            run_id,
+            status,
+            output: None,
+            failure: None,
+            last: from_val(&fo.last).unwrap_or(Value::Null),
+            wait: None,
+        }
+    }
+}
+
+/// The flows a `flow` step can start, by id (the server's loaded flows).
+pub trait FlowLookup: Send + Sync {
+    /// The flow with this id, if there is one.
+    fn flow(&self, id: &str) -> Option<Arc<Flow>>;
+}
+
+/// How deep `flow` steps may nest runs (a flow that starts itself stops here).
+pub const MAX_FLOW_DEPTH: u64 = 32;
 
 /// A run recorded in the store and not yet driven: see [`Engine::start`].
 pub struct Started {
@@ -159,6 +185,11 @@ pub struct Engine<S: Store> {
     /// Runs cancelled while this engine may be driving them: they stop
     /// before their next step.
     cancelled: Arc<Mutex<HashSet<String>>>,
+    /// The flows `flow` steps start.
+    flows: Arc<RwLock<Option<Arc<dyn FlowLookup>>>>,
+    /// Set when the process stops: runs sleeping here stop waiting (their
+    /// waits stay in the store, for the next start).
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl<S: Store> Clone for Engine<S> {
@@ -170,8 +201,58 @@ impl<S: Store> Clone for Engine<S> {
             saved_versions: self.saved_versions.clone(),
             pools: self.pools.clone(),
             cancelled: self.cancelled.clone(),
+            flows: self.flows.clone(),
+            stopping: self.stopping.clone(),
         }
     }
+}
+
+/// How `drive` enters the first step it runs.
+#[derive(Clone, Debug, Default)]
+enum Entry {
+    /// Run it (again): attempt 1, or the attempt after the failed ones the
+    /// run log holds.
+    #[default]
+    Fresh,
+    /// Its run was suspended by it (since when) and woke: `null` after a
+    /// sleep, or the event that ended a wait.
+    Woken(Value, i64),
+    /// It waited for an event that did not come in time (since when).
+    TimedOut(i64),
+}
+
+/// Where a run is, for `drive`.
+struct Cursor {
+    run_id: String,
+    /// The fan-out item it runs, from 0 (0 when not an item).
+    item: i64,
+    /// The attempt of the first step, from 1.
+    attempt: u32,
+    entry: Entry,
+}
+
+impl Cursor {
+    fn new(run_id: String) -> Self {
+        Self {
+            run_id,
+            item: 0,
+            attempt: 1,
+            entry: Entry::Fresh,
+        }
+    }
+}
+
+/// What a step runs with besides its data.
+struct StepCx<'a> {
+    run_id: &'a str,
+    step_key: &'a str,
+    attempt: u32,
+    key: &'a str,
+    wake: Option<&'a Value>,
+    batch: Option<sluice_connect::sql::bulk::InBatch<'a>>,
+    /// How deep in `flow` steps the run is.
+    depth: u64,
+    recorded: bool,
 }
 
 /// Whether a run is recorded in the store, and the import batch it writes
@@ -235,8 +316,23 @@ impl Scope for FlowObject {
     }
 }
 
+/// How a step suspends its run (from its [`Effect`]).
+enum Suspend {
+    Sleep {
+        until: i64,
+    },
+    Event {
+        event_type: Option<String>,
+        source: Option<String>,
+        correlation: Map<String, Value>,
+        timeout_at: Option<i64>,
+    },
+}
+
 /// A step that ran.
 struct Done {
+    /// Set when the step suspends the run rather than ending.
+    suspend: Option<Suspend>,
     options: Value,
     result: Option<Value>,
     state: Value,
@@ -278,7 +374,22 @@ impl<S: Store> Engine<S> {
             saved_versions: Arc::default(),
             pools: Arc::default(),
             cancelled: Arc::default(),
+            flows: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// The flows that `flow` steps start (the server sets it at each load).
+    pub fn set_flows(&self, flows: Arc<dyn FlowLookup>) {
+        if let Ok(mut f) = self.flows.write() {
+            *f = Some(flows);
+        }
+    }
+
+    /// The process is stopping: runs sleeping here stop waiting and return
+    /// `waiting` (their waits stay in the store; a restart wakes them).
+    pub fn stop_waiting(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Use other expression limits.
@@ -303,6 +414,16 @@ impl<S: Store> Engine<S> {
     /// once this returns, the run is durable (a restart recovers it, see
     /// [`Engine::recover`]) and [`Engine::finish`] drives it.
     pub async fn start(&self, flow: &Flow, req: RunRequest) -> Result<Started, EngineError> {
+        self.start_as(flow, req, new_run_id()).await
+    }
+
+    /// [`Engine::start`] with the run's id given.
+    async fn start_as(
+        &self,
+        flow: &Flow,
+        req: RunRequest,
+        run_id: String,
+    ) -> Result<Started, EngineError> {
         let mut input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
         let event = req
             .event
@@ -321,7 +442,6 @@ impl<S: Store> Engine<S> {
             )
             .map_err(EngineError::Event)?;
         }
-        let run_id = new_run_id();
         self.save_version(flow).await?;
         self.store
             .create_run(&NewRun {
@@ -343,7 +463,7 @@ impl<S: Store> Engine<S> {
     /// Drive a run recorded by [`Engine::start`] to its end.
     pub async fn finish(&self, flow: &Flow, started: Started) -> Result<RunResult, EngineError> {
         let Started { run_id, fo, input } = started;
-        self.drive(flow, run_id, fo, input, 0, 0, Mode::RECORDED)
+        self.drive(flow, Cursor::new(run_id), fo, input, 0, 0, Mode::RECORDED)
             .await
     }
 
@@ -367,19 +487,42 @@ impl<S: Store> Engine<S> {
 
     /// Continue a run that was running when the process stopped (a crash,
     /// `kill -9`), from the step it was at: steps whose record was committed
-    /// are not run again; the step that was under way runs again.
+    /// are not run again; the step that was under way runs again (with the
+    /// same attempt, so the same idempotency key). A run that is `waiting`
+    /// waits until its wait is due (a sleep's end, a backoff's end, an event
+    /// wait's timeout) and continues then, unless an event or another
+    /// process wakes it first.
     ///
     /// A run that had fanned out (its items' runs are recovered on their
     /// own) cannot gather its items' outputs again: it ends failed, saying so.
     pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
         let detail = self.load_run(flow, run_id).await?;
+        if detail.summary.status == RunStatus::Waiting {
+            let wait = self
+                .store
+                .list_waits(None)
+                .await?
+                .into_iter()
+                .find(|w| w.run_id == run_id);
+            return match wait {
+                Some(w) => self.await_wait(flow, w).await,
+                // Claimed between the two reads: another caller drives it.
+                None => {
+                    self.moved_on(
+                        run_id.to_owned(),
+                        &FlowObject::new(&Value::Null, &Value::Null),
+                    )
+                    .await
+                }
+            };
+        }
         if detail.summary.status != RunStatus::Running {
             return Err(EngineError::NotRunning {
                 run: run_id.to_owned(),
                 status: detail.summary.status.as_str(),
             });
         }
-        let Some(at) = detail.next_step.clone() else {
+        if detail.next_step.is_none() {
             let message = "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned();
             let last = detail.steps.last().map(|s| s.step_key.clone());
             self.store
@@ -403,26 +546,85 @@ impl<S: Store> Engine<S> {
                     message,
                     blame: Blame::Store,
                 }),
+                wait: None,
             });
+        }
+        self.continue_at(flow, detail, Entry::Fresh, None).await
+    }
+
+    /// A suspended run: wait until `wait` is due, claim it and continue the
+    /// run. Returns the run as `waiting` at once when the wait has no time
+    /// (an event wait with no timeout), or when the process is stopping.
+    pub async fn await_wait(&self, flow: &Flow, wait: Wait) -> Result<RunResult, EngineError> {
+        let none = FlowObject::new(&Value::Null, &Value::Null);
+        if wait.wake_at.is_none() {
+            return Ok(RunResult {
+                wait: Some(wait.clone()),
+                ..RunResult::ended(wait.run_id, RunStatus::Waiting, &none)
+            });
+        }
+        match self.sleep_then_claim(&wait).await? {
+            Some(w) => self.continue_wait(flow, w, None).await,
+            None => self.moved_on(wait.run_id, &none).await,
+        }
+    }
+
+    /// Continue a run whose wait the caller claimed ([`Store::claim_wait`]):
+    /// with the `event` that ended an event wait, or, with none, after its
+    /// time passed (a sleep or backoff ended; an event wait timed out, which
+    /// fails the step).
+    pub async fn continue_wait(
+        &self,
+        flow: &Flow,
+        wait: Wait,
+        event: Option<Value>,
+    ) -> Result<RunResult, EngineError> {
+        let detail = self.load_run(flow, &wait.run_id).await?;
+        let entry = match (wait.kind, event) {
+            (WaitKind::Sleep, _) => Entry::Woken(Value::Null, wait.since),
+            (WaitKind::Retry, _) => Entry::Fresh,
+            (WaitKind::Event, Some(ev)) => Entry::Woken(ev, wait.since),
+            (WaitKind::Event, None) => Entry::TimedOut(wait.since),
         };
+        self.continue_at(flow, detail, entry, None).await
+    }
+
+    /// Drive a run from the step the store has it at (with `state`, if given,
+    /// instead of its stored state data).
+    async fn continue_at(
+        &self,
+        flow: &Flow,
+        detail: sluice_store::RunDetail,
+        entry: Entry,
+        state: Option<Value>,
+    ) -> Result<RunResult, EngineError> {
+        let run_id = detail.summary.id.clone();
+        let at = detail.next_step.clone().unwrap_or_default();
         let index = flow
             .step_index(&at)
             .ok_or_else(|| EngineError::NoSuchStep {
-                run: run_id.to_owned(),
+                run: run_id.clone(),
                 step: at.clone(),
             })?;
-        let fo = self.rebuild(flow, &detail, false);
+        let incident = state.is_some();
+        let fo = self.rebuild(flow, &detail, incident);
+        // Failed attempts of this step at the end of the log came before.
+        let failed = detail
+            .steps
+            .iter()
+            .rev()
+            .take_while(|r| r.step_key == at && !r.ok)
+            .count();
+        let cursor = Cursor {
+            run_id,
+            item: detail.parent.as_ref().map_or(0, |p| p.1),
+            attempt: u32::try_from(failed).unwrap_or(u32::MAX - 1) + 1,
+            entry,
+        };
         let n = detail.steps.len() as i64;
-        self.drive(
-            flow,
-            run_id.to_owned(),
-            fo,
-            detail.state,
-            index,
-            n,
-            Mode::RECORDED,
-        )
-        .await
+        let state = state.unwrap_or(detail.state);
+        self.drive(flow, cursor, fo, state, index, n, Mode::RECORDED)
+            .await
     }
 
     /// A run of `flow`, from the store.
@@ -524,37 +726,27 @@ impl<S: Store> Engine<S> {
             .into());
         }
         let at = detail.next_step.clone().unwrap_or_default();
-        let index = flow
-            .step_index(&at)
-            .ok_or_else(|| EngineError::NoSuchStep {
+        if flow.step_index(&at).is_none() {
+            return Err(EngineError::NoSuchStep {
                 run: run_id.to_owned(),
-                step: at.clone(),
-            })?;
+                step: at,
+            });
+        }
         let mut state = detail.state.clone();
         if let Some(p) = patch {
             merge_patch(&mut state, p);
         }
-        let fo = self.rebuild(flow, &detail, true);
-        let n = detail.steps.len();
         self.store.resume_run(run_id, &state).await?;
-        self.drive(
-            flow,
-            run_id.to_owned(),
-            fo,
-            state,
-            index,
-            n as i64,
-            Mode::RECORDED,
-        )
-        .await
+        self.continue_at(flow, detail, Entry::Fresh, Some(state))
+            .await
     }
 
-    /// Run steps from `start` until the run ends or stops.
+    /// Run steps from `start` until the run ends, stops or is suspended.
     #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         flow: &Flow,
-        run_id: String,
+        cursor: Cursor,
         mut fo: FlowObject,
         mut state: Value,
         start: usize,
@@ -562,6 +754,13 @@ impl<S: Store> Engine<S> {
         mode: Mode<'_>,
     ) -> Result<RunResult, EngineError> {
         let rec = mode.recorded;
+        let Cursor {
+            run_id,
+            item,
+            mut attempt,
+            mut entry,
+        } = cursor;
+        let depth = depth_of(&fo);
         let mut pos = if start < flow.steps.len() {
             Some(start)
         } else {
@@ -570,20 +769,51 @@ impl<S: Store> Engine<S> {
         while let Some(i) = pos {
             let step = &flow.steps[i];
             if rec && self.take_cancelled(&run_id) {
-                return Ok(RunResult {
-                    last: from_val(&fo.last).unwrap_or(Value::Null),
-                    run_id,
-                    status: RunStatus::Cancelled,
-                    output: None,
-                    failure: Some(StepFailure {
-                        step: step.key.clone(),
-                        message: format!("cancelled before step `{}`", step.key),
-                        blame: Blame::Flow,
-                    }),
+                let mut r = RunResult::ended(run_id, RunStatus::Cancelled, &fo);
+                r.failure = Some(StepFailure {
+                    step: step.key.clone(),
+                    message: format!("cancelled before step `{}`", step.key),
+                    blame: Blame::Flow,
                 });
+                return Ok(r);
             }
-            let started_at = now_micros();
-            let outcome = self.step(flow, step, &state, &fo, mode.batch).await;
+            let key = if rec {
+                format!("{run_id}/{}/{item}/{attempt}", step.key)
+            } else {
+                String::new()
+            };
+            let started_at = match &entry {
+                Entry::TimedOut(since) | Entry::Woken(_, since) => *since,
+                Entry::Fresh => now_micros(),
+            };
+            let outcome = match std::mem::take(&mut entry) {
+                Entry::TimedOut(_) => Err(Failed {
+                    options: Value::Null,
+                    error: ActionError::external(format!(
+                        "no event that matches arrived within the timeout of step `{}`",
+                        step.key
+                    )),
+                    logs: Vec::new(),
+                    incident: false,
+                }),
+                e => {
+                    let wake = match &e {
+                        Entry::Woken(v, _) => Some(v),
+                        _ => None,
+                    };
+                    let scx = StepCx {
+                        run_id: &run_id,
+                        step_key: &step.key,
+                        attempt,
+                        key: &key,
+                        wake,
+                        batch: mode.batch,
+                        depth,
+                        recorded: rec,
+                    };
+                    self.step(flow, step, &state, &fo, scx).await
+                }
+            };
             let ended_at = now_micros();
             if rec {
                 metrics::histogram!("sluice_step_duration_seconds", "flow" => flow.id.clone(), "step" => step.key.clone())
@@ -605,9 +835,83 @@ impl<S: Store> Engine<S> {
                 started_at,
                 ended_at,
             };
-            seq += 1;
             match outcome {
+                Ok(Done {
+                    suspend: Some(suspend),
+                    ..
+                }) => {
+                    // The step suspends the run: durably when recorded.
+                    let (wait, timer) = match suspend {
+                        Suspend::Sleep { until } => (
+                            Wait {
+                                run_id: run_id.clone(),
+                                flow_id: flow.id.clone(),
+                                step_key: step.key.clone(),
+                                kind: WaitKind::Sleep,
+                                wake_at: Some(until),
+                                event_type: None,
+                                source: None,
+                                correlation: json!({}),
+                                since: started_at,
+                            },
+                            true,
+                        ),
+                        Suspend::Event {
+                            event_type,
+                            source,
+                            correlation,
+                            timeout_at,
+                        } => (
+                            Wait {
+                                run_id: run_id.clone(),
+                                flow_id: flow.id.clone(),
+                                step_key: step.key.clone(),
+                                kind: WaitKind::Event,
+                                wake_at: timeout_at,
+                                event_type,
+                                source,
+                                correlation: Value::Object(correlation),
+                                since: started_at,
+                            },
+                            false,
+                        ),
+                    };
+                    if !rec {
+                        if !timer {
+                            // A wait for an event needs a recorded run to wake.
+                            return Ok(RunResult {
+                                failure: Some(StepFailure {
+                                    step: step.key.clone(),
+                                    message: format!(
+                                        "step `{}` (wait) waits for an event, which only a recorded run under `sluice serve` can receive",
+                                        step.key
+                                    ),
+                                    blame: Blame::Flow,
+                                }),
+                                ..RunResult::ended(run_id, RunStatus::Failed, &fo)
+                            });
+                        }
+                        self.sleep_until(wait.wake_at.unwrap_or(0)).await;
+                        entry = Entry::Woken(Value::Null, started_at);
+                        continue;
+                    }
+                    if !self.store.suspend(None, &state, &wait).await? {
+                        return self.moved_on(run_id, &fo).await;
+                    }
+                    if !timer {
+                        return Ok(RunResult {
+                            wait: Some(wait),
+                            ..RunResult::ended(run_id, RunStatus::Waiting, &fo)
+                        });
+                    }
+                    match self.sleep_then_claim(&wait).await? {
+                        Some(_) => entry = Entry::Woken(Value::Null, started_at),
+                        None => return self.moved_on(run_id, &fo).await,
+                    }
+                }
                 Ok(done) => {
+                    seq += 1;
+                    attempt = 1;
                     let result_val = done.result.as_ref().map(to_val).unwrap_or(Val::Null);
                     fo.entries.insert(step.key.clone(), result_val.clone());
                     if let Some(t) = &done.tokens {
@@ -647,15 +951,45 @@ impl<S: Store> Engine<S> {
                     }
                     if finished {
                         return Ok(RunResult {
-                            last: from_val(&fo.last).unwrap_or(Value::Null),
-                            run_id,
-                            status: RunStatus::Succeeded,
                             output: Some(state),
-                            failure: None,
+                            ..RunResult::ended(run_id, RunStatus::Succeeded, &fo)
                         });
                     }
                 }
                 Err(failed) => {
+                    seq += 1;
+                    record.options = failed.options;
+                    record.error = Some(failed.error.message.clone());
+                    record.blame = Some(blame_word(failed.error.blame).to_owned());
+                    record.logs = failed.logs;
+                    // `retry`: attempt it again after a backoff, durably.
+                    if let Some(ms) = retry_delay(step, &failed.error, failed.incident, attempt) {
+                        let wake_at = now_micros() + ms as i64 * 1_000;
+                        if rec {
+                            let wait = Wait {
+                                run_id: run_id.clone(),
+                                flow_id: flow.id.clone(),
+                                step_key: step.key.clone(),
+                                kind: WaitKind::Retry,
+                                wake_at: Some(wake_at),
+                                event_type: None,
+                                source: None,
+                                correlation: json!({}),
+                                since: ended_at,
+                            };
+                            if !self.store.suspend(Some(&record), &state, &wait).await? {
+                                return self.moved_on(run_id, &fo).await;
+                            }
+                            if self.sleep_then_claim(&wait).await?.is_none() {
+                                return self.moved_on(run_id, &fo).await;
+                            }
+                        } else {
+                            self.sleep_until(wake_at).await;
+                        }
+                        attempt += 1;
+                        continue;
+                    }
+                    attempt = 1;
                     let message = format!(
                         "step `{}` ({}) failed: {}",
                         step.key, step.kind, failed.error.message
@@ -663,10 +997,6 @@ impl<S: Store> Engine<S> {
                     let err_val = to_val(&json!({"error": failed.error.message}));
                     fo.entries.insert(step.key.clone(), err_val.clone());
                     fo.last = err_val;
-                    record.options = failed.options;
-                    record.error = Some(failed.error.message.clone());
-                    record.blame = Some(blame_word(failed.error.blame).to_owned());
-                    record.logs = failed.logs;
                     // A data problem with no failure path stops the run for a person.
                     let incident = failed.incident
                         || (step.on_failure == Next::End && failed.error.blame == Blame::Data);
@@ -698,15 +1028,12 @@ impl<S: Store> Engine<S> {
                     }
                     if stopped {
                         return Ok(RunResult {
-                            last: from_val(&fo.last).unwrap_or(Value::Null),
-                            run_id,
-                            status,
-                            output: None,
                             failure: Some(StepFailure {
                                 step: step.key.clone(),
                                 message,
                                 blame: failed.error.blame,
                             }),
+                            ..RunResult::ended(run_id, status, &fo)
                         });
                     }
                 }
@@ -722,12 +1049,42 @@ impl<S: Store> Engine<S> {
                 .await?;
         }
         Ok(RunResult {
-            last: from_val(&fo.last).unwrap_or(Value::Null),
-            run_id,
-            status: RunStatus::Succeeded,
             output: Some(state),
-            failure: None,
+            ..RunResult::ended(run_id, RunStatus::Succeeded, &fo)
         })
+    }
+
+    /// A run that another caller moved while this one waited (it was
+    /// cancelled, or another process woke it): where the store has it.
+    async fn moved_on(&self, run_id: String, fo: &FlowObject) -> Result<RunResult, EngineError> {
+        let status = self
+            .store
+            .get_run(&run_id)
+            .await?
+            .map(|d| d.summary.status)
+            .ok_or_else(|| StoreError::NoSuchRun(run_id.clone()))?;
+        Ok(RunResult::ended(run_id, status, fo))
+    }
+
+    /// Sleep until `at` (µs since the epoch); false when the process is
+    /// stopping first.
+    async fn sleep_until(&self, at: i64) -> bool {
+        let mut stopping = self.stopping.subscribe();
+        let ms = u64::try_from((at - now_micros()).max(0) / 1_000).unwrap_or(0);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+            _ = stopping.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Sleep until `wait` is due, then claim it: `None` when the process is
+    /// stopping (the wait stays for the next start) or another caller took
+    /// it.
+    async fn sleep_then_claim(&self, wait: &Wait) -> Result<Option<Wait>, EngineError> {
+        if !self.sleep_until(wait.wake_at.unwrap_or(0)).await {
+            return Ok(None);
+        }
+        Ok(self.store.claim_wait(&wait.run_id).await?)
     }
 
     /// A step emitted its results individually: the steps after it run once
@@ -792,7 +1149,18 @@ impl<S: Store> Engine<S> {
                 child.entries.insert(step.key.clone(), v.clone());
                 child.last = v;
                 let r = self
-                    .drive(flow, child_id, child, state, start, 0, mode)
+                    .drive(
+                        flow,
+                        Cursor {
+                            item: k as i64,
+                            ..Cursor::new(child_id)
+                        },
+                        child,
+                        state,
+                        start,
+                        0,
+                        mode,
+                    )
                     .await?;
                 match r.status {
                     RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Value::Null)),
@@ -828,6 +1196,7 @@ impl<S: Store> Engine<S> {
                     .await?;
             }
             Ok(RunResult {
+                wait: None,
                 last: if ok { output.clone() } else { Value::Null },
                 run_id,
                 status: if ok {
@@ -845,6 +1214,144 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// Carry out a `flow` step: start a run of `flow_id` (a flow whose
+    /// trigger is `flow`) and, with `wait`, drive it to its end here; its
+    /// output is the step's result. The run's id is made from the step's
+    /// idempotency key, so a step that runs again after a restart finds the
+    /// run it started rather than starting a second one.
+    fn subflow<'a>(
+        &'a self,
+        parent: &'a Flow,
+        fo: &'a FlowObject,
+        scx: &'a StepCx<'a>,
+        flow_id: &'a str,
+        input: Value,
+        wait: bool,
+    ) -> sluice_connect::BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            let lookup = self.flows.read().ok().and_then(|f| f.clone());
+            let target = lookup.and_then(|l| l.flow(flow_id)).ok_or_else(|| {
+                ActionError::flow(format!("there is no flow `{flow_id}` to start"))
+            })?;
+            if target.trigger.kind != "flow" {
+                return Err(ActionError::flow(format!(
+                    "flow `{flow_id}` has a `{}` trigger; a flow step starts only flows whose trigger is `flow`",
+                    target.trigger.kind
+                )));
+            }
+            if scx.depth >= MAX_FLOW_DEPTH {
+                return Err(ActionError::flow(format!(
+                    "flow steps nest runs {MAX_FLOW_DEPTH} deep here; a flow that starts itself without end is stopped"
+                )));
+            }
+            let trigger = json!({
+                "flow": parent.id,
+                "run": scx.run_id,
+                "step": scx.step_key,
+                "body": input,
+                "depth": scx.depth + 1,
+            });
+            let accountability = from_val(&fo.accountability).unwrap_or(Value::Null);
+            if !scx.recorded {
+                // A run that is not recorded (an import's record) runs the
+                // other flow unrecorded too.
+                let child = FlowObject::new(&trigger, &accountability);
+                let mode = Mode {
+                    recorded: false,
+                    batch: None,
+                };
+                let engine = self.clone();
+                // Each run on a task of its own, so nesting does not deepen the stack.
+                let r = tokio::spawn(async move {
+                    engine
+                        .drive(
+                            &target,
+                            Cursor::new(String::new()),
+                            child,
+                            input,
+                            0,
+                            0,
+                            mode,
+                        )
+                        .await
+                })
+                .await
+                .map_err(|e| ActionError {
+                    blame: Blame::Bug,
+                    message: format!("the run of flow `{flow_id}` panicked: {e}"),
+                })?
+                .map_err(|e| ActionError {
+                    blame: Blame::Store,
+                    message: e.to_string(),
+                })?;
+                return child_result(flow_id, r.status, r.output, r.failure.map(|f| f.message));
+            }
+            let req = RunRequest {
+                trigger,
+                input: Some(input),
+                accountability,
+                event: None,
+            };
+            let child_id = format!("{}-{}-{}", scx.run_id, scx.step_key, scx.attempt);
+            let store_err = |e: EngineError| ActionError {
+                blame: Blame::Store,
+                message: e.to_string(),
+            };
+            match self.start_as(&target, req, child_id.clone()).await {
+                Ok(started) if !wait => {
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = engine.finish(&target, started).await {
+                            eprintln!("sluice: a run of flow `{}` stopped: {e}", target.id);
+                        }
+                    });
+                    return Ok(json!({ "runId": child_id }));
+                }
+                Ok(started) => {
+                    let engine = self.clone();
+                    let r = tokio::spawn(async move { engine.finish(&target, started).await })
+                        .await
+                        .map_err(|e| ActionError {
+                            blame: Blame::Bug,
+                            message: format!("the run of flow `{flow_id}` panicked: {e}"),
+                        })?
+                        .map_err(store_err)?;
+                    if r.status != RunStatus::Waiting {
+                        return child_result(
+                            flow_id,
+                            r.status,
+                            r.output,
+                            r.failure.map(|f| f.message),
+                        );
+                    }
+                }
+                // The step ran before (the process stopped): that run is
+                // the step's.
+                Err(EngineError::Store(StoreError::Conflict(_))) if !wait => {
+                    return Ok(json!({ "runId": child_id }));
+                }
+                Err(EngineError::Store(StoreError::Conflict(_))) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+            // The run is suspended, or driven elsewhere: wait for its end.
+            let mut pause = Duration::from_millis(20);
+            loop {
+                let d = self
+                    .store
+                    .get_run(&child_id)
+                    .await
+                    .map_err(|e| store_err(e.into()))?
+                    .ok_or_else(|| store_err(StoreError::NoSuchRun(child_id.clone()).into()))?;
+                let status = d.summary.status;
+                if status.is_final() || status == RunStatus::Incident {
+                    return child_result(flow_id, status, d.output, d.summary.error);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        })
+    }
+
     /// Run one step on `state`; never touches the store.
     // `Failed` carries the recorded options and logs; it is built once per failure.
     #[allow(clippy::result_large_err)]
@@ -854,15 +1361,16 @@ impl<S: Store> Engine<S> {
         step: &Step,
         state: &Value,
         fo: &FlowObject,
-        batch: Option<sluice_connect::sql::bulk::InBatch<'_>>,
+        scx: StepCx<'_>,
     ) -> Result<Done, Failed> {
         let none = Value::Null;
         let limits = &self.limits;
         // 1. stateDataFilter.input
         let mut data = filter_or_keep(step.state_filter.input.as_ref(), state, fo, limits)
             .map_err(|m| Failed::data(&none, format!("stateDataFilter.input: {m}")))?;
-        // 1b. a step that consumes the run's event merges it here
-        if let Some(ef) = &step.event_filter {
+        // 1b. a step that consumes the run's event merges it here (a `wait`
+        // step's filter is for the event it waits for)
+        if let Some(ef) = step.event_filter.as_ref().filter(|_| step.kind != WAIT) {
             let Some(ev) = &fo.event else {
                 return Err(Failed::data(
                     &none,
@@ -919,7 +1427,7 @@ impl<S: Store> Engine<S> {
             pools: &self.pools,
         };
         let cx = ActionCx {
-            run_id: "",
+            run_id: scx.run_id,
             step_key: &step.key,
             input: &action_input,
             scope: fo,
@@ -927,13 +1435,17 @@ impl<S: Store> Engine<S> {
             limits,
             connections: &connections,
             deferred: &step.deferred,
-            batch,
+            batch: scx.batch,
+            wake: scx.wake,
+            attempt: scx.attempt,
+            idempotency_key: scx.key,
         };
         let Outcome {
-            payload,
+            mut payload,
             logs,
             tokens,
             items,
+            effect,
         } = match entry.action.run_json(cx, options).await {
             Ok(o) => o,
             Err(error) => {
@@ -945,6 +1457,49 @@ impl<S: Store> Engine<S> {
                 });
             }
         };
+        let suspend = match effect {
+            None => None,
+            Some(Effect::Sleep { until }) => Some(Suspend::Sleep { until }),
+            Some(Effect::WaitEvent {
+                event_type,
+                source,
+                correlation,
+                timeout_at,
+            }) => Some(Suspend::Event {
+                event_type,
+                source,
+                correlation,
+                timeout_at,
+            }),
+            Some(Effect::StartFlow {
+                flow: flow_id,
+                input,
+                wait,
+            }) => {
+                let started = self
+                    .subflow(flow, fo, &scx, &flow_id, input, wait)
+                    .await
+                    .map_err(|error| Failed {
+                        options: recorded_options.clone(),
+                        error,
+                        logs: logs.clone(),
+                        incident: false,
+                    })?;
+                payload = Some(started);
+                None
+            }
+        };
+        if suspend.is_some() {
+            return Ok(Done {
+                suspend,
+                options: recorded_options,
+                result: None,
+                state: state.clone(),
+                logs,
+                tokens: None,
+                items: None,
+            });
+        }
         let fail = |message: String, incident: bool| Failed {
             options: recorded_options.clone(),
             error: ActionError::data(message),
@@ -954,7 +1509,14 @@ impl<S: Store> Engine<S> {
         // 4. the result meets the state data; 5. stateDataFilter.output
         let settle = |payload: &Option<Value>| -> Result<Value, Failed> {
             let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
-            let new_state = if mapped {
+            let new_state = if let (WAIT, Some(event)) = (step.kind.as_str(), payload) {
+                // The event a `wait` step received meets the state data
+                // through its eventDataFilter (its `data`, merged at the top
+                // by default).
+                let f = step.event_filter.clone().unwrap_or_default();
+                apply_event(&f, true, event, data.clone(), fo, limits)
+                    .map_err(|m| fail(m, false))?
+            } else if mapped {
                 match (&step.output_mappings, payload) {
                     (Some(outs), Some(p)) => {
                         sluice_expr::mapping::merge_into(p, data.clone(), outs)
@@ -1024,6 +1586,7 @@ impl<S: Store> Engine<S> {
             settle(&payload)?
         };
         Ok(Done {
+            suspend: None,
             options: recorded_options,
             result: payload,
             state: out,
@@ -1032,6 +1595,66 @@ impl<S: Store> Engine<S> {
             items,
         })
     }
+}
+
+/// A `flow` step's result from the run it started: its output, or why not.
+fn child_result(
+    flow_id: &str,
+    status: RunStatus,
+    output: Option<Value>,
+    error: Option<String>,
+) -> Result<Value, ActionError> {
+    match status {
+        RunStatus::Succeeded => Ok(output.unwrap_or(Value::Null)),
+        other => Err(ActionError {
+            // A run stopped at an incident needs a person, as this one does.
+            blame: if other == RunStatus::Incident {
+                Blame::Data
+            } else {
+                Blame::External
+            },
+            message: format!(
+                "the run of flow `{flow_id}` {}: {}",
+                other.as_str(),
+                error.unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+/// The step type that waits for an event.
+const WAIT: &str = "wait";
+
+/// How deep in `flow` steps a run is (its `$trigger.depth`).
+fn depth_of(fo: &FlowObject) -> u64 {
+    from_val(&fo.trigger)
+        .ok()
+        .and_then(|t| t.get("depth").and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// How long to wait before attempting `step` again after its `attempt`-th
+/// attempt failed with `error`, if its `retry` says to.
+fn retry_delay(step: &Step, error: &ActionError, incident: bool, attempt: u32) -> Option<u64> {
+    let retry = step.retry.as_ref()?;
+    let kind = match error.blame {
+        Blame::External => RetryOn::External,
+        Blame::Data => RetryOn::Data,
+        Blame::Flow => RetryOn::Flow,
+        Blame::Store | Blame::Bug => return None,
+    };
+    if incident || attempt >= retry.attempts || !retry.on.contains(&kind) {
+        return None;
+    }
+    Some(retry.delay_after(attempt, random_unit()))
+}
+
+/// A number in [0, 1) that differs from call to call (for retry jitter).
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_micros());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn blame_word(b: Blame) -> &'static str {

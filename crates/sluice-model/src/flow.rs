@@ -133,10 +133,104 @@ pub struct Step {
     /// `outputMappings`, in order (`None` when absent).
     pub output_mappings: Option<Vec<Mapping>>,
     /// `eventDataFilter`: the step consumes the run's event, merging it into
-    /// its input after `stateDataFilter.input`.
+    /// its input after `stateDataFilter.input` (for a `wait` step: the event
+    /// it waited for, merged into its output).
     pub event_filter: Option<EventDataFilter>,
+    /// `retry`: attempt the step again when it fails.
+    pub retry: Option<Retry>,
     /// Where the step is in the file.
     pub span: Span,
+}
+
+/// `retry` of a step: how many times it is attempted and how long the run
+/// waits between attempts (durably: a retry's backoff survives a restart).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retry {
+    /// Attempts in all, the first one included (1 to 100).
+    pub attempts: u32,
+    /// The wait after the first failed attempt, in milliseconds.
+    #[serde(default = "Retry::default_delay")]
+    pub delay_ms: u64,
+    /// Each later wait is the one before times this (at least 1).
+    #[serde(default = "Retry::default_factor")]
+    pub factor: f64,
+    /// No wait is longer than this, in milliseconds.
+    #[serde(default = "Retry::default_max_delay")]
+    pub max_delay_ms: u64,
+    /// Spread the waits: each is drawn between half the computed wait and
+    /// the whole of it, so that runs failing together do not retry together.
+    #[serde(default = "Retry::yes")]
+    pub jitter: bool,
+    /// Which failures are attempted again, by who must act on them.
+    #[serde(default = "Retry::default_on")]
+    pub on: Vec<RetryOn>,
+}
+
+/// A kind of failure that `retry` attempts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RetryOn {
+    /// An outside system refused or failed (the default).
+    External,
+    /// The data did not fit.
+    Data,
+    /// The flow failed the step on purpose (`throw`, a false `condition`).
+    Flow,
+}
+
+impl Retry {
+    fn default_delay() -> u64 {
+        1_000
+    }
+    fn default_factor() -> f64 {
+        2.0
+    }
+    fn default_max_delay() -> u64 {
+        60_000
+    }
+    fn yes() -> bool {
+        true
+    }
+    fn default_on() -> Vec<RetryOn> {
+        vec![RetryOn::External]
+    }
+
+    /// What is wrong with the policy, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if !(1..=100).contains(&self.attempts) {
+            return Some(format!(
+                "`attempts` must be from 1 to 100, found {}",
+                self.attempts
+            ));
+        }
+        if !self.factor.is_finite() || self.factor < 1.0 || self.factor > 100.0 {
+            return Some(format!(
+                "`factor` must be from 1 to 100, found {}",
+                self.factor
+            ));
+        }
+        if self.max_delay_ms < self.delay_ms {
+            return Some(format!(
+                "`maxDelayMs` ({}) is less than `delayMs` ({})",
+                self.max_delay_ms, self.delay_ms
+            ));
+        }
+        None
+    }
+
+    /// The wait, in milliseconds, after the `failed`-th failed attempt
+    /// (from 1), given `random` in [0, 1) for the jitter.
+    pub fn delay_after(&self, failed: u32, random: f64) -> u64 {
+        let exp = f64::from(failed.saturating_sub(1).min(64));
+        let full = (self.delay_ms as f64 * self.factor.powf(exp)).min(self.max_delay_ms as f64);
+        let ms = if self.jitter {
+            full / 2.0 + full / 2.0 * random.clamp(0.0, 1.0)
+        } else {
+            full
+        };
+        ms.round() as u64
+    }
 }
 
 /// `eventDataFilter` of an event trigger or of a step that consumes an event.
@@ -248,6 +342,7 @@ const STEP_KEYS: &[&str] = &[
     "inputMappings",
     "outputMappings",
     "eventDataFilter",
+    "retry",
 ];
 const RESERVED_KEYS: &[&str] = &[
     "trigger",
@@ -1135,6 +1230,33 @@ impl Checker<'_> {
                 f
             }
         };
+        let retry = match r.node.get("retry") {
+            None => None,
+            Some(n) => match serde_json::from_value::<Retry>(n.to_json()) {
+                Ok(p) => match p.problem() {
+                    None => Some(p),
+                    Some(m) => {
+                        ok = false;
+                        self.err(
+                            n.span.clone(),
+                            format!("{who}: retry: {m}"),
+                            "invalid retry",
+                        );
+                        None
+                    }
+                },
+                Err(e) => {
+                    ok = false;
+                    self.err_help(
+                        n.span.clone(),
+                        format!("{who}: retry: {e}"),
+                        "invalid retry",
+                        "retry: {attempts, delayMs, factor, maxDelayMs, jitter, on: [external, data, flow]}".to_owned(),
+                    );
+                    None
+                }
+            },
+        };
         let input_mappings = r
             .node
             .get("inputMappings")
@@ -1162,6 +1284,7 @@ impl Checker<'_> {
             input_mappings,
             output_mappings,
             event_filter,
+            retry,
             span: r.node.span.clone(),
         })
     }

@@ -17,6 +17,6 @@ pub mod node;
 pub use diag::{Diagnostic, Diagnostics, Report, Source};
 pub use flow::{
     ActionDataFilter, BUILTIN_VARS, Catalog, EVENT_TRIGGERS, EventDataFilter, Flow, Mapping, Next,
-    OptionIssue, StateDataFilter, Step, StepSpec, Trigger, UnmappedResults, is_identifier,
-    jq_path_to_mapping, load, version_of,
+    OptionIssue, Retry, RetryOn, StateDataFilter, Step, StepSpec, Trigger, UnmappedResults,
+    is_identifier, jq_path_to_mapping, load, version_of,
 };

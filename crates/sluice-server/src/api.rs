@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::{Value, json};
-use sluice_engine::{RunRequest, RunResult};
+use sluice_engine::RunRequest;
 use sluice_model::Flow;
 use sluice_store::{RunDetail, RunFilter, RunStatus, RunSummary, StepRecord, Store};
 
@@ -27,6 +27,7 @@ type Json = axum::Json<Value>;
 pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
     Router::new()
         .route("/hooks/{*path}", any(hook::<S>))
+        .route("/events", post(crate::events::intake::<S>))
         .route("/api/health", get(health::<S>))
         .route("/api/openapi.json", get(openapi))
         .route("/api/flows", get(list_flows::<S>))
@@ -200,11 +201,7 @@ async fn start_run<S: Store>(
 }
 
 /// Answer 202 with the run id, or wait for the run and answer its end.
-async fn finish(
-    run_id: String,
-    task: tokio::task::JoinHandle<Result<RunResult, sluice_engine::EngineError>>,
-    wait: bool,
-) -> Result<Response, ApiError> {
+async fn finish(run_id: String, task: crate::RunTask, wait: bool) -> Result<Response, ApiError> {
     if !wait {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
     }
@@ -343,11 +340,14 @@ async fn retry<S: Store>(
 ) -> Result<Response, ApiError> {
     let wait = wants_wait(&query_object(q.as_deref()))?;
     let d = load_run(&s, &id).await?;
-    if d.summary.status == RunStatus::Running {
+    if matches!(d.summary.status, RunStatus::Running | RunStatus::Waiting) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("run `{id}` is still running; cancel it first or wait for its end"),
+            format!(
+                "run `{id}` is still {}; cancel it first or wait for its end",
+                d.summary.status.as_str()
+            ),
         ));
     }
     let flow = match s.flows().flows.get(&d.summary.flow_id) {

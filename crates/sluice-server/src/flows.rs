@@ -90,6 +90,12 @@ pub struct FlowSet {
     pub schedules: Vec<Scheduled>,
 }
 
+impl sluice_engine::FlowLookup for FlowSet {
+    fn flow(&self, id: &str) -> Option<Arc<Flow>> {
+        self.flows.get(id).cloned()
+    }
+}
+
 /// Whether a path is a flow file: `.yaml`, `.yml` or `.json`, not hidden.
 fn is_flow_file(p: &Path) -> bool {
     let hidden = p

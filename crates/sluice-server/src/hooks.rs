@@ -185,6 +185,14 @@ pub(crate) async fn hook<S: Store>(
 /// The answer of a synchronous webhook.
 fn answer(hook: &crate::Hook, trigger: Option<&Value>, r: RunResult) -> Result<Response, ApiError> {
     let run_header = HeaderValue::from_str(&r.run_id).ok();
+    if r.status == RunStatus::Waiting {
+        // Suspended for an event: the answer cannot wait for it.
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"runId": r.run_id, "status": "waiting"})),
+        )
+            .into_response());
+    }
     if r.status != RunStatus::Succeeded {
         let (code, status) = match r.status {
             RunStatus::Incident => ("run_incident", StatusCode::INTERNAL_SERVER_ERROR),

@@ -19,6 +19,7 @@
 
 mod api;
 mod error;
+mod events;
 mod flows;
 mod hooks;
 mod schedule;
@@ -37,8 +38,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+
+/// A run driven on a task of its own: its result, when it ends or is
+/// suspended.
+pub type RunTask = oneshot::Receiver<Result<RunResult, EngineError>>;
 
 /// Runs under way in this process, to wait for at shutdown.
 #[derive(Default)]
@@ -116,6 +121,9 @@ struct Inner<S: Store> {
 pub struct Recovered {
     /// Runs continued from their last committed step.
     pub resumed: usize,
+    /// Suspended runs whose wait has a time (a sleep, a backoff, an event
+    /// wait's timeout): each wakes then.
+    pub waiting: usize,
     /// Runs that could not be continued (their flow is gone), now failed.
     pub failed: usize,
 }
@@ -124,11 +132,13 @@ impl<S: Store> Server<S> {
     /// A server running `flows` (loaded from `dir`, which [`Server::reload`]
     /// reads again) on `engine`.
     pub fn new(engine: Engine<S>, registry: Arc<Registry>, flows: FlowSet, dir: PathBuf) -> Self {
+        let flows = Arc::new(flows);
+        engine.set_flows(flows.clone());
         Self {
             inner: Arc::new(Inner {
                 engine,
                 registry,
-                flows: RwLock::new(Arc::new(flows)),
+                flows: RwLock::new(flows),
                 dir,
                 inflight: Arc::default(),
                 schedules: Mutex::new(Vec::new()),
@@ -160,11 +170,12 @@ impl<S: Store> Server<S> {
     /// way keep the flow they started with; schedules restart. When a file
     /// is invalid nothing changes and every problem is returned.
     pub fn reload(&self) -> Result<usize, Vec<LoadFailure>> {
-        let set = FlowSet::load(&self.inner.dir, &self.inner.registry)?;
+        let set = Arc::new(FlowSet::load(&self.inner.dir, &self.inner.registry)?);
         let n = set.flows.len();
+        self.inner.engine.set_flows(set.clone());
         match self.inner.flows.write() {
-            Ok(mut f) => *f = Arc::new(set),
-            Err(p) => *p.into_inner() = Arc::new(set),
+            Ok(mut f) => *f = set,
+            Err(p) => *p.into_inner() = set,
         }
         self.start_schedules();
         Ok(n)
@@ -195,7 +206,7 @@ impl<S: Store> Server<S> {
         &self,
         flow: Arc<Flow>,
         req: RunRequest,
-    ) -> Result<(String, JoinHandle<Result<RunResult, EngineError>>), EngineError> {
+    ) -> Result<(String, RunTask), EngineError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let engine = self.inner.engine.clone();
         let f = flow.clone();
@@ -221,12 +232,16 @@ impl<S: Store> Server<S> {
         }
     }
 
-    /// Drive `run` on a task of its own, counted as under way.
-    fn track<F>(&self, flow: Arc<Flow>, run: F) -> JoinHandle<Result<RunResult, EngineError>>
+    /// Drive `run` on a task of its own, counted as under way. When it is
+    /// suspended until a time (a sleep, a backoff, an event wait's
+    /// timeout), a task of its own wakes it then.
+    fn track<F>(&self, flow: Arc<Flow>, run: F) -> RunTask
     where
         F: Future<Output = Result<RunResult, EngineError>> + Send + 'static,
     {
         let guard = InflightGuard::new(&self.inner.inflight);
+        let (tx, rx) = oneshot::channel();
+        let server = self.clone();
         tokio::spawn(async move {
             let r = run.await;
             let status = match &r {
@@ -241,8 +256,28 @@ impl<S: Store> Server<S> {
             metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => status)
                 .increment(1);
             drop(guard);
-            r
-        })
+            let timed = match &r {
+                Ok(RunResult {
+                    wait: Some(w),
+                    status: RunStatus::Waiting,
+                    ..
+                }) if w.wake_at.is_some() => Some(w.clone()),
+                _ => None,
+            };
+            let _ = tx.send(r);
+            if let Some(w) = timed {
+                server.follow(flow, w);
+            }
+        });
+        rx
+    }
+
+    /// Wake a suspended run when its wait is due (unless an event or
+    /// another process wakes it first).
+    fn follow(&self, flow: Arc<Flow>, wait: sluice_store::Wait) {
+        let engine = self.inner.engine.clone();
+        let f = flow.clone();
+        drop(self.track(flow, async move { engine.await_wait(&f, wait).await }));
     }
 
     /// The flow a recorded run ran: the one served now if it is the same
@@ -297,6 +332,28 @@ impl<S: Store> Server<S> {
             .await?;
         running.reverse();
         let mut done = Recovered::default();
+        // Suspended runs with a time wake then; event waits with no timeout
+        // need nothing until their event comes.
+        for w in store.list_waits(None).await? {
+            if w.wake_at.is_none() {
+                continue;
+            }
+            let Some(detail) = store.get_run(&w.run_id).await? else {
+                continue;
+            };
+            match self
+                .flow_of(&w.flow_id, detail.flow_version.as_deref())
+                .await
+            {
+                Ok(flow) => {
+                    self.follow(flow, w);
+                    done.waiting += 1;
+                }
+                Err(message) => {
+                    eprintln!("sluice: run `{}` stays waiting: {message}", w.run_id);
+                }
+            }
+        }
         for r in running {
             let Some(detail) = store.get_run(&r.id).await? else {
                 continue;
@@ -341,6 +398,13 @@ impl<S: Store> Server<S> {
         grace: Duration,
     ) -> std::io::Result<()> {
         let app = self.router();
+        let engine = self.inner.engine.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Sleeping runs stop waiting (their waits stay in the store, for
+            // the next start), so no request waits for them.
+            engine.stop_waiting();
+        };
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -375,10 +439,7 @@ impl<S: Store> Server<S> {
 
 /// Wait for a run's task; a task that died (a bug: runs do not panic on
 /// user input) is reported as lost, to be continued at the next start.
-pub(crate) async fn joined(
-    run_id: &str,
-    task: JoinHandle<Result<RunResult, EngineError>>,
-) -> Result<RunResult, ApiError> {
+pub(crate) async fn joined(run_id: &str, task: RunTask) -> Result<RunResult, ApiError> {
     match task.await {
         Ok(r) => Ok(r?),
         Err(_) => Err(ApiError::new(

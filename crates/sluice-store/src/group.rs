@@ -59,11 +59,23 @@ pub(crate) struct StepVals {
     pub updated_at: i64,
 }
 
+/// A run suspended: the failed attempt it records (if any, with the run's
+/// new position as status `waiting`), or else its new position alone, and
+/// its wait.
+#[derive(Debug)]
+pub(crate) struct SuspendVals {
+    pub step: Option<StepVals>,
+    pub state: String,
+    pub wait: crate::Wait,
+    pub correlation: String,
+}
+
 /// One write.
 #[derive(Debug)]
 pub(crate) enum Write {
     Create(Box<CreateVals>),
     Step(Box<StepVals>),
+    Suspend(Box<SuspendVals>),
 }
 
 struct Pending {
@@ -162,10 +174,53 @@ async fn create_statement(
     }
 }
 
+/// Suspend a run (see [`crate::Store::suspend`]); a cancelled run is left
+/// as it is, with no wait.
+async fn suspend_statements(
+    conn: &mut sqlx::SqliteConnection,
+    v: &SuspendVals,
+) -> Result<(), StoreError> {
+    let w = &v.wait;
+    match &v.step {
+        Some(step) => step_statements(conn, step).await?,
+        None => {
+            sqlx::query("UPDATE runs SET status = 'waiting', state = ?, next_step = ?, updated_at = ? WHERE id = ? AND status = 'running'")
+                .bind(&v.state)
+                .bind(&w.step_key)
+                .bind(crate::now_micros())
+                .bind(&w.run_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    let waiting: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM runs WHERE id = ? AND status = 'waiting'")
+            .bind(&w.run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if waiting.is_none() {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO waits (run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(&w.run_id)
+        .bind(&w.flow_id)
+        .bind(&w.step_key)
+        .bind(w.kind.as_str())
+        .bind(w.wake_at)
+        .bind(&w.event_type)
+        .bind(&w.source)
+        .bind(&v.correlation)
+        .bind(w.since)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn statements(conn: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), StoreError> {
     match w {
         Write::Create(v) => create_statement(conn, v).await,
         Write::Step(v) => step_statements(conn, v).await,
+        Write::Suspend(v) => suspend_statements(conn, v).await,
     }
 }
 

@@ -31,6 +31,8 @@ pub enum RunStatus {
     Incident,
     /// Stopped by a person (`cancel`) before it finished.
     Cancelled,
+    /// Suspended at a step until a time or an event (see [`Wait`]).
+    Waiting,
 }
 
 impl RunStatus {
@@ -42,6 +44,7 @@ impl RunStatus {
             Self::Failed => "failed",
             Self::Incident => "incident",
             Self::Cancelled => "cancelled",
+            Self::Waiting => "waiting",
         }
     }
 
@@ -53,17 +56,19 @@ impl RunStatus {
             "failed" => Self::Failed,
             "incident" => Self::Incident,
             "cancelled" => Self::Cancelled,
+            "waiting" => Self::Waiting,
             _ => return None,
         })
     }
 
     /// Every status.
-    pub const ALL: [RunStatus; 5] = [
+    pub const ALL: [RunStatus; 6] = [
         Self::Running,
         Self::Succeeded,
         Self::Failed,
         Self::Incident,
         Self::Cancelled,
+        Self::Waiting,
     ];
 
     /// Whether the run is over (it will not move again by itself or by a resume).
@@ -173,6 +178,65 @@ impl RunUpdate {
     }
 }
 
+/// What a suspended run waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitKind {
+    /// A `sleep` step: it wakes at `wake_at`.
+    Sleep,
+    /// The backoff between two attempts of a step with `retry`: the next
+    /// attempt runs at `wake_at`.
+    Retry,
+    /// A `wait` step: an event that matches, or its timeout at `wake_at`.
+    Event,
+}
+
+impl WaitKind {
+    /// The word stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sleep => "sleep",
+            Self::Retry => "retry",
+            Self::Event => "event",
+        }
+    }
+
+    /// Parse the stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sleep" => Self::Sleep,
+            "retry" => Self::Retry,
+            "event" => Self::Event,
+            _ => return None,
+        })
+    }
+}
+
+/// A run suspended at a step, durably: it is `waiting` in the store until
+/// one caller claims its wait ([`Store::claim_wait`]) and continues it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wait {
+    /// The run.
+    pub run_id: String,
+    /// Its flow.
+    pub flow_id: String,
+    /// The step it waits at (the run's next step).
+    pub step_key: String,
+    /// What it waits for.
+    pub kind: WaitKind,
+    /// When it wakes by itself (µs since the epoch): the end of a sleep or
+    /// a backoff, or an event wait's timeout; `None`: no timeout.
+    pub wake_at: Option<i64>,
+    /// For an event wait: the CloudEvent `type` it needs (any when `None`).
+    pub event_type: Option<String>,
+    /// For an event wait: the CloudEvent `source` it needs (any when `None`).
+    pub source: Option<String>,
+    /// For an event wait: context attributes the event must carry with
+    /// these values (an object; empty for none).
+    pub correlation: Value,
+    /// When it began waiting (µs since the epoch).
+    pub since: i64,
+}
+
 /// A run in a listing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSummary {
@@ -270,7 +334,7 @@ pub enum StoreError {
     },
     /// A run that already ended cannot be cancelled.
     #[error(
-        "run `{run}` already {status}; only a running run or one at an incident can be cancelled"
+        "run `{run}` already {status}; only a running or waiting run, or one at an incident, can be cancelled"
     )]
     NotCancellable {
         /// The run.
@@ -327,10 +391,36 @@ pub trait Store: Send + Sync + 'static {
         run_id: &str,
         state: &Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Stop a running run or one at an incident: its status becomes
-    /// `cancelled` and later step records no longer move it. Fails with
+    /// Stop a running or waiting run, or one at an incident: its status
+    /// becomes `cancelled`, its wait is dropped, and later step records no
+    /// longer move it. Fails with
     /// [`StoreError::NotCancellable`] when it already ended.
     fn cancel_run(&self, run_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Suspend a running run at `wait.step_key` with `state` as its state
+    /// data, recording `step` first if given (a failed attempt before a
+    /// retry's backoff), all in one transaction. Returns false, and records
+    /// no wait, when the run is no longer running (it was cancelled).
+    fn suspend(
+        &self,
+        step: Option<&StepRecord>,
+        state: &Value,
+        wait: &Wait,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Take a suspended run's wait and move the run back to running, in one
+    /// transaction: `Some` for exactly one caller, across processes sharing
+    /// the store; `None` when it was claimed already, or the run is not
+    /// waiting (cancelled).
+    fn claim_wait(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<Wait>, StoreError>> + Send;
+    /// The waits of suspended runs: all of them, or with `event_type`, the
+    /// event waits that an event of that type may end (their type is that
+    /// one, or any).
+    fn list_waits(
+        &self,
+        event_type: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Wait>, StoreError>> + Send;
     /// Claim the fire of a schedule at `at` (µs since the epoch) for `flow_id`:
     /// true for exactly one caller per flow and time, across restarts and
     /// processes sharing the store.

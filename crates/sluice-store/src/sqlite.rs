@@ -4,9 +4,10 @@
 //! step survives a crash or `kill -9` of the process; a power failure may lose
 //! the last commits. Add `?synchronous=full` to the URL to sync every commit.
 
-use crate::group::{CreateVals, Group, StepVals, Write};
+use crate::group::{CreateVals, Group, StepVals, SuspendVals, Write};
 use crate::{
     NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError,
+    Wait, WaitKind,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -42,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "schedules",
         include_str!("../migrations/sqlite/0005_schedules.sql"),
+    ),
+    (
+        6,
+        "waits",
+        include_str!("../migrations/sqlite/0006_waits.sql"),
     ),
 ];
 
@@ -176,6 +182,60 @@ fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     })
 }
 
+/// A step record and the run's new position, ready for the writer.
+fn step_vals(step: &StepRecord, run: &RunUpdate) -> StepVals {
+    let output = opt_json(&step.output);
+    let state = match (&output, &step.output) {
+        (Some(text), Some(v)) if *v == run.state => text.clone(),
+        _ => json(&run.state),
+    };
+    StepVals {
+        run_id: step.run_id.clone(),
+        seq: step.seq,
+        step_key: step.step_key.clone(),
+        kind: step.kind.clone(),
+        ok: step.ok,
+        options: json(&step.options),
+        input: json(&step.input),
+        result: opt_json(&step.result),
+        output,
+        error: step.error.clone(),
+        blame: step.blame.clone(),
+        logs: json(&Value::from(step.logs.clone())),
+        started_at: step.started_at,
+        ended_at: step.ended_at,
+        status: run.status.as_str(),
+        state,
+        next_step: run.next_step.clone(),
+        run_output: opt_json(&run.output),
+        run_error: run.error.clone(),
+        error_step: run.error_step.clone(),
+        run_ended_at: run.ended_at,
+        updated_at: crate::now_micros(),
+    }
+}
+
+const CLAIM_WAIT: &str = "DELETE FROM waits WHERE run_id = ? RETURNING run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since";
+const ALL_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits ORDER BY since";
+const EVENT_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE kind = 'event' AND (event_type = ? OR event_type IS NULL) ORDER BY since";
+
+fn wait_of(row: &SqliteRow) -> Result<Wait, StoreError> {
+    let kind: &str = row.try_get("kind")?;
+    Ok(Wait {
+        run_id: row.try_get("run_id")?,
+        flow_id: row.try_get("flow_id")?,
+        step_key: row.try_get("step_key")?,
+        kind: WaitKind::parse(kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown wait kind `{kind}`")))?,
+        wake_at: row.try_get("wake_at")?,
+        event_type: row.try_get("event_type")?,
+        source: row.try_get("event_source")?,
+        correlation: parse_json(row.try_get("correlation")?, "wait correlation")?
+            .unwrap_or(Value::Null),
+        since: row.try_get("since")?,
+    })
+}
+
 const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ? AND status <> 'cancelled'";
 
 impl Store for SqliteStore {
@@ -200,37 +260,74 @@ impl Store for SqliteStore {
         // The step's record and the run's new position in one transaction
         // (shared with other runs' writes). The foreign key refuses a step
         // of an unknown run.
-        let output = opt_json(&step.output);
-        let state = match (&output, &step.output) {
-            (Some(text), Some(v)) if *v == run.state => text.clone(),
-            _ => json(&run.state),
-        };
         self.group
-            .write(Write::Step(Box::new(StepVals {
-                run_id: step.run_id.clone(),
-                seq: step.seq,
-                step_key: step.step_key.clone(),
-                kind: step.kind.clone(),
-                ok: step.ok,
-                options: json(&step.options),
-                input: json(&step.input),
-                result: opt_json(&step.result),
-                output,
-                error: step.error.clone(),
-                blame: step.blame.clone(),
-                logs: json(&Value::from(step.logs.clone())),
-                started_at: step.started_at,
-                ended_at: step.ended_at,
-                status: run.status.as_str(),
-                state,
-                next_step: run.next_step.clone(),
-                run_output: opt_json(&run.output),
-                run_error: run.error.clone(),
-                error_step: run.error_step.clone(),
-                run_ended_at: run.ended_at,
-                updated_at: crate::now_micros(),
-            })))
+            .write(Write::Step(Box::new(step_vals(step, run))))
             .await
+    }
+
+    async fn suspend(
+        &self,
+        step: Option<&StepRecord>,
+        state: &Value,
+        wait: &Wait,
+    ) -> Result<bool, StoreError> {
+        let step = step.map(|s| {
+            step_vals(
+                s,
+                &RunUpdate {
+                    status: RunStatus::Waiting,
+                    state: state.clone(),
+                    next_step: Some(wait.step_key.clone()),
+                    output: None,
+                    error: None,
+                    error_step: None,
+                    ended_at: None,
+                },
+            )
+        });
+        self.group
+            .write(Write::Suspend(Box::new(SuspendVals {
+                step,
+                state: json(state),
+                wait: wait.clone(),
+                correlation: json(&wait.correlation),
+            })))
+            .await?;
+        Ok(self.status_of(&wait.run_id).await? == Some(RunStatus::Waiting))
+    }
+
+    async fn claim_wait(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(CLAIM_WAIT)
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let wait = wait_of(&row)?;
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'running', updated_at = ? WHERE id = ? AND status = 'waiting'",
+        )
+        .bind(crate::now_micros())
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((done.rows_affected() == 1).then_some(wait))
+    }
+
+    async fn list_waits(&self, event_type: Option<&str>) -> Result<Vec<Wait>, StoreError> {
+        let rows = match event_type {
+            None => sqlx::query(ALL_WAITS).fetch_all(&self.pool).await?,
+            Some(t) => {
+                sqlx::query(EVENT_WAITS)
+                    .bind(t)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(wait_of).collect()
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
@@ -313,15 +410,22 @@ impl Store for SqliteStore {
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {
         let now = crate::now_micros();
-        let done = sqlx::query("UPDATE runs SET status = 'cancelled', error = 'cancelled', ended_at = ?, updated_at = ? WHERE id = ? AND status IN ('running', 'incident')")
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query("UPDATE runs SET status = 'cancelled', error = 'cancelled', ended_at = ?, updated_at = ? WHERE id = ? AND status IN ('running', 'incident', 'waiting')")
             .bind(now)
             .bind(now)
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 1 {
+            sqlx::query("DELETE FROM waits WHERE run_id = ?")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             return Ok(());
         }
+        drop(tx);
         Err(self
             .refused(run_id, |run, status| StoreError::NotCancellable {
                 run,

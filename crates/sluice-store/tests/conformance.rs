@@ -2,8 +2,8 @@
 
 use serde_json::json;
 use sluice_store::{
-    NewRun, RunFilter, RunStatus, RunUpdate, SqliteStore, StepRecord, Store, StoreError,
-    new_run_id, now_micros,
+    NewRun, RunFilter, RunStatus, RunUpdate, SqliteStore, StepRecord, Store, StoreError, Wait,
+    WaitKind, new_run_id, now_micros,
 };
 
 fn new_run(flow: &str) -> NewRun {
@@ -289,6 +289,93 @@ async fn suite<S: Store>(store: &S) {
     assert!(store.claim_fire("nightly", 2_000).await.unwrap());
     assert!(store.claim_fire("other", 1_000).await.unwrap());
     assert_eq!(store.last_fire("nightly").await.unwrap(), Some(2_000));
+
+    waits(store).await;
+}
+
+fn wait_of(run: &NewRun, kind: WaitKind, event_type: Option<&str>) -> Wait {
+    Wait {
+        run_id: run.id.clone(),
+        flow_id: run.flow_id.clone(),
+        step_key: "first".into(),
+        kind,
+        wake_at: Some(now_micros() + 1_000_000),
+        event_type: event_type.map(str::to_owned),
+        source: Some("/shop".into()),
+        correlation: json!({"orderid": "o-1"}),
+        since: now_micros(),
+    }
+}
+
+/// Suspended runs: one claim wins, a failed attempt is recorded with the
+/// suspension, event waits are found by type, a cancelled run loses its wait.
+async fn waits<S: Store>(store: &S) {
+    let sleeper = new_run("waits");
+    store.create_run(&sleeper).await.unwrap();
+    let w = wait_of(&sleeper, WaitKind::Sleep, None);
+    assert!(store.suspend(None, &json!({"s": 1}), &w).await.unwrap());
+    let d = store.get_run(&sleeper.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Waiting);
+    assert_eq!(d.state, json!({"s": 1}));
+    assert_eq!(d.next_step.as_deref(), Some("first"));
+    assert_eq!(d.summary.steps, 0);
+    assert!(store.list_waits(None).await.unwrap().contains(&w));
+    // Exactly one claim takes it, and the run runs again.
+    assert_eq!(
+        store.claim_wait(&sleeper.id).await.unwrap(),
+        Some(w.clone())
+    );
+    assert_eq!(store.claim_wait(&sleeper.id).await.unwrap(), None);
+    let d = store.get_run(&sleeper.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Running);
+    assert!(!store.list_waits(None).await.unwrap().contains(&w));
+
+    // A failed attempt recorded with its backoff.
+    let retried = new_run("waits");
+    store.create_run(&retried).await.unwrap();
+    let mut attempt = step(&retried.id, 0, false);
+    attempt.step_key = "first".into();
+    let w = wait_of(&retried, WaitKind::Retry, None);
+    assert!(
+        store
+            .suspend(Some(&attempt), &json!({"a": 1}), &w)
+            .await
+            .unwrap()
+    );
+    let d = store.get_run(&retried.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Waiting);
+    assert_eq!(d.steps, vec![attempt.clone()]);
+    assert_eq!(d.summary.steps, 1);
+
+    // Event waits by type (a wait for any type matches every type).
+    let waiter = new_run("waits");
+    store.create_run(&waiter).await.unwrap();
+    let ev = wait_of(&waiter, WaitKind::Event, Some("order.paid"));
+    assert!(store.suspend(None, &json!({}), &ev).await.unwrap());
+    let any = new_run("waits");
+    store.create_run(&any).await.unwrap();
+    let ev_any = Wait {
+        wake_at: None,
+        ..wait_of(&any, WaitKind::Event, None)
+    };
+    assert!(store.suspend(None, &json!({}), &ev_any).await.unwrap());
+    let paid = store.list_waits(Some("order.paid")).await.unwrap();
+    assert!(paid.contains(&ev) && paid.contains(&ev_any) && paid.len() == 2);
+    let other = store.list_waits(Some("order.shipped")).await.unwrap();
+    assert_eq!(other, vec![ev_any.clone()]);
+
+    // Cancelling a waiting run drops its wait; nothing can claim it then.
+    store.cancel_run(&waiter.id).await.unwrap();
+    assert_eq!(store.claim_wait(&waiter.id).await.unwrap(), None);
+    assert!(!store.list_waits(None).await.unwrap().contains(&ev));
+    // A cancelled run is not suspended.
+    assert!(!store.suspend(None, &json!({}), &ev).await.unwrap());
+    assert_eq!(store.claim_wait(&waiter.id).await.unwrap(), None);
+    let d = store.get_run(&waiter.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Cancelled);
+    // A wait of an unknown run is refused.
+    let ghost = wait_of(&new_run("waits"), WaitKind::Sleep, None);
+    assert!(!store.suspend(None, &json!({}), &ghost).await.unwrap());
 }
 
 trait CloneWithTimes {
@@ -327,8 +414,10 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        3
+        7
     );
+    // Waits survive the reopen too.
+    assert_eq!(store.list_waits(None).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

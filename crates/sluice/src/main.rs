@@ -240,9 +240,14 @@ async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 
     let n = set.flows.len();
     let server = sluice_server::Server::new(engine, registry, set, dir.into());
     match server.recover().await {
-        Ok(r) if r.resumed + r.failed > 0 => eprintln!(
-            "sluice: continuing {} run(s) left unfinished{}",
+        Ok(r) if r.resumed + r.failed + r.waiting > 0 => eprintln!(
+            "sluice: continuing {} run(s) left unfinished{}{}",
             r.resumed,
+            if r.waiting > 0 {
+                format!("; {} suspended run(s) wake when due", r.waiting)
+            } else {
+                String::new()
+            },
             if r.failed > 0 {
                 format!("; {} could not continue and failed", r.failed)
             } else {
@@ -443,7 +448,10 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         }
     };
     if event.is_none()
-        && let Some(step) = flow.steps.iter().find(|s| s.event_filter.is_some())
+        && let Some(step) = flow
+            .steps
+            .iter()
+            .find(|s| s.event_filter.is_some() && s.kind != "wait")
     {
         eprintln!(
             "error: step `{}` of flow `{}` consumes the event that starts the run; give one with --event FILE",
@@ -476,7 +484,27 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    let engine = Engine::new(store, registry);
+    let engine = Engine::new(store, registry.clone());
+    // `flow` steps start the flows of the flow file's folder.
+    if flow.steps.iter().any(|s| s.kind == "flow") {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        match sluice_server::FlowSet::load(dir, &registry) {
+            Ok(set) => engine.set_flows(Arc::new(set)),
+            Err(failures) => {
+                for f in failures {
+                    eprintln!("error: {}", f.to_json());
+                }
+                eprintln!(
+                    "error: the flow's `flow` steps start flows of `{}`, which does not load",
+                    dir.display()
+                );
+                return INVALID;
+            }
+        }
+    }
     // A run started from the command line: `$trigger` is the input as given.
     let req = RunRequest {
         trigger: event
@@ -584,7 +612,12 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>) 
                     eprintln!("error: {}", f.message);
                     eprintln!("  step: {}", f.step);
                 }
-                if status == RunStatus::Incident {
+                if status == RunStatus::Waiting {
+                    eprintln!(
+                        "run {id} is waiting for an event; `sluice serve` on this store wakes it when one arrives at POST /events",
+                        id = result.run_id
+                    );
+                } else if status == RunStatus::Incident {
                     eprintln!(
                         "run {id} stopped at an incident; fix the data (or the flow) and `sluice runs resume {id} [--input-patch FILE] [--flow FILE]`",
                         id = result.run_id

@@ -92,7 +92,7 @@ impl Serve {
         let t = Instant::now();
         loop {
             let r = self.get(&format!("/api/runs/{run}"));
-            if r.body["status"] != "running" {
+            if r.body["status"] != "running" && r.body["status"] != "waiting" {
                 return r.body;
             }
             assert!(
@@ -711,13 +711,15 @@ steps:
     let s = Serve::start(&dir);
     assert!(s.log().contains("continuing"), "{}", s.log());
     let t = Instant::now();
-    while !s
-        .get("/api/runs?status=running&limit=1")
-        .body
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
+    // Runs that were asleep at the kill wake when their sleep is due.
+    let unfinished = |status: &str| {
+        !s.get(&format!("/api/runs?status={status}&limit=1"))
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
+    };
+    while unfinished("running") || unfinished("waiting") {
         assert!(t.elapsed() < Duration::from_secs(60), "runs still running");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -755,5 +757,278 @@ steps:
         accepted.len(),
         runs.len()
     );
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// Wait until the run is at `status`; its record.
+fn reach(s: &Serve, run: &str, status: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let r = s.get(&format!("/api/runs/{run}"));
+        if r.body["status"] == status {
+            return r.body;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "run {run} is not {status}: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn structured(s: &Serve, event: Value) -> Reply {
+    s.call(
+        "POST",
+        "/events",
+        &[("content-type", "application/cloudevents+json")],
+        &event.to_string(),
+    )
+}
+
+#[test]
+fn events_waits_and_flow_steps() {
+    let dir = temp("events");
+    write(
+        &dir,
+        "signup.yaml",
+        r#"
+id: signup
+trigger: {type: cloudevent, eventType: user.created, eventDataFilter: {data: .user, toStateData: .who}}
+steps:
+  - {key: hello, type: transform, options: {value: {greeting: "hello {{ .who.name }}"}}}
+"#,
+    );
+    write(
+        &dir,
+        "order.yaml",
+        r#"
+id: order
+trigger: {type: webhook, path: order}
+steps:
+  - key: paid
+    type: wait
+    options:
+      eventType: order.paid
+      source: /payments
+      correlation: {orderid: "{{ .id }}"}
+    eventDataFilter: {data: .amount, toStateData: .paid}
+  - {key: ship, type: transform, options: {value: {shipped: true}}}
+"#,
+    );
+    write(
+        &dir,
+        "late.yaml",
+        r#"
+id: late
+trigger: {type: webhook, path: late}
+unmappedResults: replace
+steps:
+  - {key: w, type: wait, options: {eventType: never, timeoutMs: 300}, reject: gave_up}
+  - {key: got, type: transform, options: {value: got it}, resolve: null}
+  - {key: gave_up, type: transform, options: {value: "gave up: {{ $w.error }}"}}
+"#,
+    );
+    write(
+        &dir,
+        "parent.yaml",
+        r#"
+id: parent
+trigger: {type: manual}
+steps:
+  - {key: total, type: flow, options: {flow: sum, input: {items: "{{ .items }}"}}, actionDataFilter: {toStateData: .sum}}
+  - {key: later, type: flow, options: {flow: sum, input: {items: [1]}, wait: false}, actionDataFilter: {toStateData: .queued}}
+"#,
+    );
+    write(
+        &dir,
+        "sum.yaml",
+        r#"
+id: sum
+trigger: {type: flow}
+unmappedResults: replace
+steps:
+  - {key: add, type: transform, options: {value: {total: "{{ .items | add }}", by: "{{ $trigger.flow }}"}}}
+"#,
+    );
+    let s = Serve::start(&dir);
+
+    // An event starts the flows whose trigger it matches.
+    let r = structured(
+        &s,
+        json!({"specversion": "1.0", "id": "e-1", "source": "/accounts", "type": "user.created", "data": {"user": {"name": "Ada"}}}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.body["started"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["resumed"], json!([]));
+    let run = r.body["started"][0]["runId"].as_str().unwrap().to_owned();
+    let rec = s.ended(&run);
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert_eq!(rec["output"]["greeting"], "hello Ada");
+    assert_eq!(rec["trigger"]["id"], "e-1");
+
+    // Bad events: not JSON, missing attributes, no CloudEvent at all,
+    // nothing that takes it.
+    let bad = s.call(
+        "POST",
+        "/events",
+        &[("content-type", "application/cloudevents+json")],
+        "{",
+    );
+    assert_error(&bad, 400, "bad_request");
+    assert_error(
+        &structured(&s, json!({"specversion": "1.0", "id": "x", "type": "t"})),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &s.post("/events", json!({"a": 1})),
+        415,
+        "unsupported_media_type",
+    );
+    let none = structured(
+        &s,
+        json!({"specversion": "1.0", "id": "e-2", "source": "/x", "type": "nobody.cares"}),
+    );
+    assert_error(&none, 422, "no_match");
+
+    // A run waits for its event (the webhook answers 202: it is suspended).
+    let r = s.post("/hooks/order", json!({"id": "o-1"}));
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.body["status"], "waiting");
+    let order = r.body["runId"].as_str().unwrap().to_owned();
+    reach(&s, &order, "waiting");
+    let paid = |orderid: &str, source: &str| {
+        s.call(
+            "POST",
+            "/events",
+            &[
+                ("content-type", "application/json"),
+                ("ce-specversion", "1.0"),
+                ("ce-id", &format!("pay-{orderid}")),
+                ("ce-source", source),
+                ("ce-type", "order.paid"),
+                ("ce-orderid", orderid),
+            ],
+            r#"{"amount": 42}"#,
+        )
+    };
+    // Another order's event, or the right order from another source, wakes nothing.
+    assert_error(&paid("o-2", "/payments"), 422, "no_match");
+    assert_error(&paid("o-1", "/elsewhere"), 422, "no_match");
+    let r = paid("o-1", "/payments");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(
+        r.body["resumed"],
+        json!([{"flow": "order", "runId": order}])
+    );
+    let rec = reach(&s, &order, "succeeded");
+    assert_eq!(
+        rec["output"],
+        json!({"id": "o-1", "paid": 42, "shipped": true})
+    );
+    assert_eq!(rec["stepLog"][0]["result"]["data"], json!({"amount": 42}));
+    // The same event again finds nobody waiting.
+    assert_error(&paid("o-1", "/payments"), 422, "no_match");
+
+    // A wait that times out takes its failure path.
+    let r = s.post("/hooks/late", json!({}));
+    assert_eq!(r.status, 202);
+    let late = r.body["runId"].as_str().unwrap().to_owned();
+    let rec = reach(&s, &late, "succeeded");
+    assert_eq!(
+        rec["output"],
+        "gave up: no event that matches arrived within the timeout of step `w`"
+    );
+
+    // A flow step runs another flow and waits for its output, or not.
+    let r = s.post(
+        "/api/flows/parent/runs?wait=true",
+        json!({"items": [1, 2, 3]}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["status"], "succeeded", "{r:?}");
+    let parent = r.body["runId"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["output"]["sum"], json!({"total": 6, "by": "parent"}));
+    let queued = r.body["output"]["queued"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(queued, format!("{parent}-later-1"));
+    let rec = s.ended(&queued);
+    assert_eq!(rec["status"], "succeeded");
+    assert_eq!(rec["output"]["total"], 1);
+    let sums = s.get("/api/runs?flow=sum").body;
+    assert_eq!(sums.as_array().unwrap().len(), 2);
+    // A flow whose trigger is `flow` does not start from the API.
+    assert_error(&s.post("/api/flows/sum/runs", json!({})), 409, "not_manual");
+    assert_eq!(s.stop(), Some(0));
+}
+
+#[test]
+fn suspended_runs_survive_kill_9_and_wake_on_time() {
+    let dir = temp("suspended");
+    write(
+        &dir,
+        "nap.yaml",
+        r#"
+id: nap
+trigger: {type: webhook, path: nap, async: true}
+steps:
+  - {key: nap, type: sleep, options: {ms: 1500}}
+  - {key: done, type: transform, options: {value: {done: true}}}
+"#,
+    );
+    write(
+        &dir,
+        "order.yaml",
+        r#"
+id: order
+trigger: {type: webhook, path: order, async: true}
+steps:
+  - {key: paid, type: wait, options: {eventType: order.paid, correlation: {orderid: "{{ .id }}"}}}
+  - {key: ship, type: transform, options: {value: {shipped: true}}}
+"#,
+    );
+    let s = Serve::start(&dir);
+    let nap = s.post("/hooks/nap", json!({})).body["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let order = s.post("/hooks/order", json!({"id": "o-9"})).body["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    reach(&s, &nap, "waiting");
+    reach(&s, &order, "waiting");
+    s.signal("-KILL");
+    drop(s);
+
+    let s = Serve::start(&dir);
+    assert!(
+        s.log().contains("1 suspended run(s) wake when due"),
+        "{}",
+        s.log()
+    );
+    let rec = reach(&s, &nap, "succeeded");
+    let step = &rec["stepLog"][0];
+    assert_eq!(step["key"], "nap");
+    assert!(
+        step["durationMs"].as_f64().unwrap() >= 1500.0,
+        "the sleep lasted its whole time across the restart: {step}"
+    );
+    assert_eq!(rec["stepLog"].as_array().unwrap().len(), 2);
+    // The run waiting for its event still does, and takes it now.
+    assert_eq!(
+        s.get(&format!("/api/runs/{order}")).body["status"],
+        "waiting"
+    );
+    let r = structured(
+        &s,
+        json!({"specversion": "1.0", "id": "p-9", "source": "/pay", "type": "order.paid", "orderid": "o-9"}),
+    );
+    assert_eq!(r.body["resumed"][0]["runId"], json!(order), "{r:?}");
+    let rec = reach(&s, &order, "succeeded");
+    assert_eq!(rec["output"]["shipped"], true);
     assert_eq!(s.stop(), Some(0));
 }

@@ -1,0 +1,408 @@
+//! Durable execution in the engine: sleeps, retries and event waits suspend a
+//! run in the store and wake it (after a restart too); `flow` steps start
+//! other flows' runs exactly once per attempt.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_connect::{Action, ActionCx, ActionError, Outcome, Registry};
+use sluice_engine::{Engine, FlowLookup, RunRequest};
+use sluice_model::Flow;
+use sluice_store::{RunStatus, SqliteStore, Store, WaitKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A step that fails as an outside system would until its `succeedAt`-th
+/// attempt, noting the idempotency key of every attempt.
+struct Flaky(Arc<Mutex<Vec<String>>>);
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct FlakyOptions {
+    succeed_at: u32,
+}
+
+impl Action for Flaky {
+    const KIND: &'static str = "flaky";
+    type Options = FlakyOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: FlakyOptions,
+    ) -> Result<Outcome, ActionError> {
+        self.0.lock().unwrap().push(cx.idempotency_key.to_owned());
+        if cx.attempt < options.succeed_at {
+            return Err(ActionError::external(format!(
+                "unavailable (attempt {})",
+                cx.attempt
+            )));
+        }
+        Ok(Outcome::value(json!({"attempt": cx.attempt})))
+    }
+}
+
+struct Setup {
+    store: Arc<SqliteStore>,
+    registry: Arc<Registry>,
+    keys: Arc<Mutex<Vec<String>>>,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let mut r = Registry::builtin();
+        r.add(Flaky(keys.clone()));
+        Self {
+            store: Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+            registry: Arc::new(r),
+            keys,
+        }
+    }
+
+    fn engine(&self) -> Engine<SqliteStore> {
+        Engine::new(self.store.clone(), self.registry.clone())
+    }
+
+    fn flow(&self, yaml: &str) -> Flow {
+        match sluice_model::load("t.yaml", yaml, self.registry.as_ref()) {
+            Ok(f) => f,
+            Err(d) => panic!("{d:?}"),
+        }
+    }
+}
+
+fn input(v: Value) -> RunRequest {
+    RunRequest {
+        input: Some(v),
+        ..RunRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn a_sleep_suspends_the_run_and_wakes_it() {
+    let s = Setup::new().await;
+    let flow = s.flow("id: nap\nsteps:\n  - {key: nap, type: sleep, options: {ms: 120}}\n  - {key: after, type: transform, options: {value: {done: true}}}\n");
+    let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    let keys: Vec<_> = d.steps.iter().map(|s| s.step_key.as_str()).collect();
+    assert_eq!(keys, ["nap", "after"], "the sleep is one record");
+    let nap = &d.steps[0];
+    assert!(nap.ended_at - nap.started_at >= 120_000, "{nap:?}");
+    assert!(s.store.list_waits(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_sleeping_run_stays_suspended_across_a_stop_and_wakes_on_time() {
+    let s = Setup::new().await;
+    let flow = s.flow("id: nap\nsteps:\n  - {key: nap, type: sleep, options: {ms: 400}}\n  - {key: after, type: transform, options: {value: {done: true}}}\n");
+    let first = s.engine();
+    let started = first.start(&flow, input(json!({"a": 1}))).await.unwrap();
+    let id = started.run_id().to_owned();
+    let driving = {
+        let (e, f) = (first.clone(), flow.clone());
+        tokio::spawn(async move { e.finish(&f, started).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The process stops: the run is left waiting, its wait in the store.
+    first.stop_waiting();
+    let r = driving.await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Waiting);
+    let waits = s.store.list_waits(None).await.unwrap();
+    assert_eq!(waits.len(), 1);
+    assert_eq!(waits[0].kind, WaitKind::Sleep);
+    let due = waits[0].wake_at.unwrap();
+    // A new process recovers it: it sleeps only what was left.
+    let second = s.engine();
+    let before = sluice_store::now_micros();
+    let r = second.recover(&flow, &id).await.unwrap();
+    let after = sluice_store::now_micros();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(r.output, Some(json!({"a": 1, "done": true})));
+    assert!(after >= due, "it woke on time");
+    assert!(
+        after - before < 390_000,
+        "it slept only the rest of its time"
+    );
+    let d = s.store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 2);
+}
+
+#[tokio::test]
+async fn retry_attempts_again_with_a_new_key_each_time() {
+    let s = Setup::new().await;
+    let flow = s.flow("id: r\nsteps:\n  - key: call\n    type: flaky\n    options: {succeedAt: 3}\n    retry: {attempts: 3, delayMs: 20, factor: 2}\n");
+    let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.output, Some(json!({"attempt": 3})));
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    let oks: Vec<_> = d.steps.iter().map(|s| s.ok).collect();
+    assert_eq!(oks, [false, false, true], "every attempt is recorded");
+    assert_eq!(d.steps[0].error.as_deref(), Some("unavailable (attempt 1)"));
+    // At least the backoffs (20 ms, then 40 ms, at least half with jitter).
+    assert!(d.steps[1].started_at - d.steps[0].ended_at >= 10_000);
+    assert!(d.steps[2].started_at - d.steps[1].ended_at >= 20_000);
+    let keys = s.keys.lock().unwrap().clone();
+    let id = &r.run_id;
+    assert_eq!(
+        keys,
+        [
+            format!("{id}/call/0/1"),
+            format!("{id}/call/0/2"),
+            format!("{id}/call/0/3")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn retry_gives_up_after_its_attempts_and_only_on_the_failures_it_names() {
+    let s = Setup::new().await;
+    let flow = s.flow("id: r\nsteps:\n  - {key: call, type: flaky, options: {succeedAt: 9}, retry: {attempts: 2, delayMs: 1}}\n");
+    let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(
+        r.failure.unwrap().message,
+        "step `call` (flaky) failed: unavailable (attempt 2)"
+    );
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 2);
+
+    // A `throw` is the flow's own failure: not retried unless named.
+    let flow = s.flow("id: t\nsteps:\n  - {key: stop, type: throw, options: {message: stop}, retry: {attempts: 5, delayMs: 1}}\n");
+    let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 1);
+    let flow = s.flow("id: t\nsteps:\n  - {key: stop, type: throw, options: {message: stop}, retry: {attempts: 3, delayMs: 1, on: [flow]}}\n");
+    let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 3);
+}
+
+#[tokio::test]
+async fn a_retry_backoff_survives_a_stop() {
+    let s = Setup::new().await;
+    let flow = s.flow("id: r\nsteps:\n  - {key: call, type: flaky, options: {succeedAt: 2}, retry: {attempts: 2, delayMs: 300, jitter: false}}\n");
+    let first = s.engine();
+    let started = first.start(&flow, input(json!({}))).await.unwrap();
+    let id = started.run_id().to_owned();
+    let driving = {
+        let (e, f) = (first.clone(), flow.clone());
+        tokio::spawn(async move { e.finish(&f, started).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.stop_waiting();
+    assert_eq!(driving.await.unwrap().unwrap().status, RunStatus::Waiting);
+    let waits = s.store.list_waits(None).await.unwrap();
+    assert_eq!(waits[0].kind, WaitKind::Retry);
+    let r = s.engine().recover(&flow, &id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(
+        s.keys.lock().unwrap().clone(),
+        [format!("{id}/call/0/1"), format!("{id}/call/0/2")],
+        "the attempt after the restart is the second"
+    );
+}
+
+#[tokio::test]
+async fn a_step_rerun_after_a_crash_keeps_its_attempts_key() {
+    // A run whose first step was under way when the process died: nothing
+    // of it is recorded, so it runs again as the same (first) attempt, with
+    // the key the lost attempt had.
+    let s = Setup::new().await;
+    let flow = s.flow("id: r\nsteps:\n  - {key: call, type: flaky, options: {succeedAt: 1}}\n");
+    let engine = s.engine();
+    let started = engine.start(&flow, input(json!({}))).await.unwrap();
+    let id = started.run_id().to_owned();
+    drop(started);
+    let r = engine.recover(&flow, &id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(s.keys.lock().unwrap().clone(), [format!("{id}/call/0/1")]);
+}
+
+const WAITER: &str = r#"id: pay
+steps:
+  - key: paid
+    type: wait
+    options:
+      eventType: order.paid
+      correlation: {orderid: "{{ .id }}"}
+    eventDataFilter: {data: .amount, toStateData: .paid}
+  - {key: thanks, type: transform, options: {value: {note: "paid {{ $paid.data.amount }}"}}}
+"#;
+
+#[tokio::test]
+async fn a_wait_suspends_until_its_event_and_merges_it() {
+    let s = Setup::new().await;
+    let flow = s.flow(WAITER);
+    let engine = s.engine();
+    let r = engine
+        .run(&flow, input(json!({"id": "o-7"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RunStatus::Waiting);
+    let wait = r.wait.clone().unwrap();
+    assert_eq!(wait.kind, WaitKind::Event);
+    assert_eq!(wait.correlation, json!({"orderid": "o-7"}));
+    assert_eq!(wait.wake_at, None);
+    let found = s.store.list_waits(Some("order.paid")).await.unwrap();
+    assert_eq!(found, vec![wait.clone()]);
+    let event = json!({"specversion": "1.0", "id": "e1", "source": "/pay", "type": "order.paid", "orderid": "o-7", "data": {"amount": 12}});
+    assert!(sluice_connect::core_ops::event_matches(
+        &event,
+        wait.event_type.as_deref(),
+        wait.source.as_deref(),
+        &wait.correlation
+    ));
+    let other = json!({"type": "order.paid", "orderid": "o-8"});
+    assert!(!sluice_connect::core_ops::event_matches(
+        &other,
+        wait.event_type.as_deref(),
+        None,
+        &wait.correlation
+    ));
+    let claimed = s.store.claim_wait(&r.run_id).await.unwrap().unwrap();
+    let done = engine
+        .continue_wait(&flow, claimed, Some(event.clone()))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(
+        done.output,
+        Some(json!({"id": "o-7", "paid": 12, "note": "paid 12"}))
+    );
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.steps[0].result, Some(event));
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_takes_the_failure_path() {
+    let s = Setup::new().await;
+    let flow = s.flow("id: t\nsteps:\n  - {key: w, type: wait, options: {eventType: x, timeoutMs: 150}, reject: late}\n  - {key: ok, type: transform, options: {value: on time}, resolve: null}\n  - {key: late, type: transform, options: {value: \"late: {{ $w.error }}\"}}\nunmappedResults: replace\n");
+    let engine = s.engine();
+    let r = engine.run(&flow, input(json!({}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Waiting);
+    // The server (or a restart) waits for the timeout.
+    let r = engine.recover(&flow, &r.run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(
+        r.output,
+        Some(json!(
+            "late: no event that matches arrived within the timeout of step `w`"
+        ))
+    );
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert!(d.steps[0].ended_at - d.steps[0].started_at >= 150_000);
+}
+
+struct Flows(HashMap<String, Arc<Flow>>);
+
+impl FlowLookup for Flows {
+    fn flow(&self, id: &str) -> Option<Arc<Flow>> {
+        self.0.get(id).cloned()
+    }
+}
+
+#[tokio::test]
+async fn a_flow_step_runs_another_flow_once_per_attempt() {
+    let s = Setup::new().await;
+    let child = s.flow("id: double\ntrigger: {type: flow}\nunmappedResults: replace\nsteps:\n  - {key: d, type: transform, options: {value: {n: \"{{ .n * 2 }}\", from: \"{{ $trigger.flow }}\"}}}\n");
+    let hook = s.flow("id: hook\ntrigger: {type: webhook, path: h}\nsteps:\n  - {key: d, type: log, options: {message: x}}\n");
+    let mut flows = HashMap::new();
+    flows.insert("double".to_owned(), Arc::new(child));
+    flows.insert("hook".to_owned(), Arc::new(hook));
+    let engine = s.engine();
+    engine.set_flows(Arc::new(Flows(flows)));
+
+    let parent = s.flow("id: parent\nsteps:\n  - {key: call, type: flow, options: {flow: double, input: {n: \"{{ .n }}\"}}, actionDataFilter: {toStateData: .doubled}}\n");
+    let r = engine.run(&parent, input(json!({"n": 21}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        r.output,
+        Some(json!({"n": 21, "doubled": {"n": 42, "from": "parent"}}))
+    );
+    let child_id = format!("{}-call-1", r.run_id);
+    let c = s.store.get_run(&child_id).await.unwrap().unwrap();
+    assert_eq!(c.summary.flow_id, "double");
+    assert_eq!(c.trigger["run"], json!(r.run_id));
+    assert_eq!(c.trigger["depth"], json!(1));
+
+    // Run again after a "crash" at that step: the run it started is found.
+    let again = s.engine();
+    let flows2 = Flows(
+        [(
+            "double".to_owned(),
+            Arc::new(s.flow("id: double\ntrigger: {type: flow}\nsteps:\n  - {key: d, type: throw, options: {message: must not run}}\n")),
+        )]
+        .into(),
+    );
+    again.set_flows(Arc::new(flows2));
+    let started = again.start(&parent, input(json!({"n": 1}))).await.unwrap();
+    let pid = started.run_id().to_owned();
+    let existing = sluice_store::NewRun {
+        id: format!("{pid}-call-1"),
+        flow_id: "double".into(),
+        trigger: json!({}),
+        input: json!({}),
+        next_step: None,
+        started_at: sluice_store::now_micros(),
+        flow_version: None,
+        accountability: json!(null),
+        parent: None,
+    };
+    s.store.create_run(&existing).await.unwrap();
+    s.store
+        .update_run(
+            &existing.id,
+            &sluice_store::RunUpdate::ended(json!({}), Some(json!({"n": 2})), None, None),
+        )
+        .await
+        .unwrap();
+    let r = again.finish(&parent, started).await.unwrap();
+    assert_eq!(r.output, Some(json!({"n": 1, "doubled": {"n": 2}})));
+
+    // Not waiting: the step goes on with the run's id.
+    let nowait = s.flow("id: p2\nunmappedResults: replace\nsteps:\n  - {key: go, type: flow, options: {flow: double, wait: false}}\n");
+    let r = engine.run(&nowait, input(json!({"n": 5}))).await.unwrap();
+    let child_id = format!("{}-go-1", r.run_id);
+    assert_eq!(r.output, Some(json!({"runId": child_id})));
+    let mut status = RunStatus::Running;
+    for _ in 0..100 {
+        status = s
+            .store
+            .get_run(&child_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .status;
+        if status.is_final() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, RunStatus::Succeeded);
+
+    // Unknown flows, flows with another trigger, and endless nesting fail.
+    for (target, expected) in [
+        ("nope", "there is no flow `nope` to start"),
+        ("hook", "flow `hook` has a `webhook` trigger"),
+    ] {
+        let f = s.flow(&format!(
+            "id: p3\nsteps:\n  - {{key: go, type: flow, options: {{flow: {target}}}}}\n"
+        ));
+        let r = engine.run(&f, input(json!({}))).await.unwrap();
+        assert_eq!(r.status, RunStatus::Failed);
+        assert!(r.failure.unwrap().message.contains(expected));
+    }
+    let selfish = Arc::new(s.flow("id: again\ntrigger: {type: flow}\nsteps:\n  - {key: go, type: flow, options: {flow: again}}\n"));
+    engine.set_flows(Arc::new(Flows(
+        [("again".to_owned(), selfish.clone())].into(),
+    )));
+    let r = engine.run(&selfish, input(json!({}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(
+        r.failure.unwrap().message.contains("32 deep"),
+        "nesting stops"
+    );
+}

@@ -1,0 +1,262 @@
+//! CloudEvents intake: `POST /events`, in the CloudEvents HTTP binding.
+//!
+//! - Structured mode: `Content-Type: application/cloudevents+json`, the body
+//!   is the whole event.
+//! - Binary mode: any other content type; the context attributes are the
+//!   `ce-*` headers (percent-decoded), the body is the event's `data`
+//!   (JSON for a JSON content type, a string for text and XML, otherwise
+//!   `data_base64`), and the content type is its `datacontenttype`.
+//!
+//! One event starts a run of every flow whose `cloudevent` trigger it
+//! matches (by `eventType` and `source`), and wakes every run waiting at a
+//! `wait` step that it matches (type, source and correlation attributes).
+//! The answer is `202 {id, started: [{flow, runId}], resumed: [{flow,
+//! runId}]}`; an event that matches nothing is refused with `422 no_match`
+//! so that its sender knows nobody took it.
+
+use crate::{ApiError, Server};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+use sluice_connect::core_ops::{CloudEventTrigger, check_cloudevent, event_matches};
+use sluice_engine::{EngineError, RunRequest};
+use sluice_store::Store;
+
+/// The largest event taken.
+const EVENT_LIMIT: usize = 1 << 20;
+
+/// `POST /events`.
+pub(crate) async fn intake<S: Store>(
+    State(server): State<Server<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, EVENT_LIMIT).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("an event is at most {EVENT_LIMIT} bytes"),
+        )
+    })?;
+    let event = parse(&headers, &bytes)?;
+    check_cloudevent(&event).map_err(ApiError::bad_request)?;
+    let id = event["id"].clone();
+
+    // Flows that this event starts.
+    let mut started = Vec::new();
+    let mut refused = Vec::new();
+    let set = server.flows();
+    for flow in set.flows.values() {
+        if flow.trigger.kind != "cloudevent"
+            || CloudEventTrigger::mismatch(&flow.trigger.options, &event).is_some()
+        {
+            continue;
+        }
+        let req = RunRequest {
+            trigger: event.clone(),
+            input: None,
+            accountability: json!({"trigger": "cloudevent", "source": event["source"], "id": id}),
+            event: Some(event.clone()),
+        };
+        match server.launch(flow.clone(), req).await {
+            Ok((run_id, _)) => started.push(json!({"flow": flow.id, "runId": run_id})),
+            Err(EngineError::Event(m)) => refused.push(json!({"flow": flow.id, "message": m})),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(set);
+
+    // Runs waiting for it: each is claimed once (across processes too).
+    let store = server.engine().store().clone();
+    let event_type = event["type"].as_str().unwrap_or_default();
+    let mut resumed = Vec::new();
+    for w in store.list_waits(Some(event_type)).await? {
+        if !event_matches(
+            &event,
+            w.event_type.as_deref(),
+            w.source.as_deref(),
+            &w.correlation,
+        ) {
+            continue;
+        }
+        let Some(detail) = store.get_run(&w.run_id).await? else {
+            continue;
+        };
+        let flow = match server
+            .flow_of(&w.flow_id, detail.flow_version.as_deref())
+            .await
+        {
+            Ok(f) => f,
+            Err(m) => {
+                refused.push(json!({"flow": w.flow_id, "runId": w.run_id, "message": m}));
+                continue;
+            }
+        };
+        let Some(claimed) = store.claim_wait(&w.run_id).await? else {
+            continue;
+        };
+        resumed.push(json!({"flow": w.flow_id, "runId": w.run_id}));
+        let engine = server.engine().clone();
+        let ev = event.clone();
+        let f = flow.clone();
+        drop(server.track(flow, async move {
+            engine.continue_wait(&f, claimed, Some(ev)).await
+        }));
+    }
+    if started.is_empty() && resumed.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_match",
+            format!(
+                "no flow's trigger and no waiting run takes an event of type `{event_type}` from `{}`",
+                event["source"].as_str().unwrap_or_default()
+            ),
+        )
+        .with_details(json!({"id": id, "type": event_type, "source": event["source"], "refused": refused})));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"id": id, "started": started, "resumed": resumed, "refused": refused})),
+    )
+        .into_response())
+}
+
+/// The event of a request, in structured or binary mode.
+fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    let ctype = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mime = ctype
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let bad_json = |e: serde_json::Error| {
+        ApiError::bad_request(format!(
+            "the event is not valid JSON: {} at line {}, column {}",
+            e.to_string().split(" at line ").next().unwrap_or_default(),
+            e.line(),
+            e.column()
+        ))
+    };
+    if mime == "application/cloudevents+json" {
+        return serde_json::from_slice(bytes).map_err(bad_json);
+    }
+    if mime == "application/cloudevents-batch+json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "batches of events are not taken; send each event on its own",
+        ));
+    }
+    // Binary mode.
+    let mut event = Map::new();
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let text = value
+            .to_str()
+            .ok()
+            .and_then(|v| percent_encoding::percent_decode_str(v).decode_utf8().ok())
+            .ok_or_else(|| ApiError::bad_request(format!("the header `{name}` is not UTF-8")))?;
+        event.insert(attr.to_owned(), Value::String(text.into_owned()));
+    }
+    if !event.contains_key("specversion") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "an event is sent as `application/cloudevents+json` (structured mode) or with `ce-specversion`, `ce-id`, `ce-source` and `ce-type` headers (binary mode)",
+        ));
+    }
+    if !bytes.is_empty() {
+        if !mime.is_empty() {
+            event.insert("datacontenttype".into(), Value::String(ctype.clone()));
+        }
+        if mime.is_empty() || mime == "application/json" || mime.ends_with("+json") {
+            event.insert(
+                "data".into(),
+                serde_json::from_slice(bytes).map_err(bad_json)?,
+            );
+        } else if mime.starts_with("text/") || mime == "application/xml" || mime.ends_with("+xml") {
+            let text = String::from_utf8(bytes.to_vec())
+                .map_err(|_| ApiError::bad_request("the event's text data is not UTF-8"))?;
+            event.insert("data".into(), Value::String(text));
+        } else {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            event.insert("data_base64".into(), Value::String(b64));
+        }
+    }
+    Ok(Value::Object(event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn structured_mode_is_the_whole_event() {
+        let h = headers(&[(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )]);
+        let e = parse(
+            &h,
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(e["data"], json!({"a": 1}));
+        assert!(
+            parse(&h, b"{")
+                .unwrap_err()
+                .message
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn binary_mode_takes_attributes_from_headers() {
+        let base = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "42"),
+            ("ce-source", "/shop"),
+            ("ce-type", "order.paid"),
+            ("ce-orderid", "o%201"),
+        ];
+        let mut h = headers(&base);
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let e = parse(&h, br#"{"amount":3}"#).unwrap();
+        assert_eq!(
+            e,
+            json!({"specversion": "1.0", "id": "42", "source": "/shop", "type": "order.paid", "orderid": "o 1", "datacontenttype": "application/json", "data": {"amount": 3}})
+        );
+        check_cloudevent(&e).unwrap();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(parse(&h, b"hi").unwrap()["data"], json!("hi"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        assert_eq!(parse(&h, &[0, 255]).unwrap()["data_base64"], json!("AP8="));
+        let none = headers(&[("content-type", "application/json")]);
+        assert_eq!(
+            parse(&none, b"{}").unwrap_err().code,
+            "unsupported_media_type"
+        );
+    }
+}
