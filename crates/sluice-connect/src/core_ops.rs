@@ -1,5 +1,7 @@
 //! Core operations, modelled on Directus's: `transform`, `condition`, `log`,
-//! `sleep` and `throw`, and the `manual` trigger.
+//! `sleep`, `throw` and `split`; `wait` (for a CloudEvent) and `flow` (run
+//! another flow), which ask the engine for an [`Effect`]; and the
+//! `cloudevent` and `flow` triggers.
 
 use crate::{Action, ActionCx, ActionError, Effect, Outcome};
 use schemars::JsonSchema;

@@ -469,6 +469,14 @@ impl Registry {
         let mappings = json!({"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["source", "target"], "properties": {"source": path, "target": path}}});
         let event_filter = json!({"type": "object", "additionalProperties": false, "properties": {"data": jq, "toStateData": jq, "useData": {"type": "boolean"}}});
         let key = json!({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
+        let retry = json!({"type": "object", "additionalProperties": false, "required": ["attempts"], "properties": {
+            "attempts": {"type": "integer", "minimum": 1, "maximum": 100, "description": "attempts in all, the first included"},
+            "delayMs": {"type": "integer", "minimum": 0, "description": "the wait after the first failure (default 1000)"},
+            "factor": {"type": "number", "minimum": 1, "maximum": 100, "description": "each wait is the one before times this (default 2)"},
+            "maxDelayMs": {"type": "integer", "minimum": 0, "description": "no wait is longer (default 60000)"},
+            "jitter": {"type": "boolean", "description": "draw each wait between half and all of it (default true)"},
+            "on": {"type": "array", "items": {"enum": ["external", "data", "flow"]}, "description": "which failures are retried (default [external])"}
+        }});
         let steps: Vec<Value> = self
             .steps
             .iter()
@@ -489,6 +497,7 @@ impl Registry {
                         "actionDataFilter": {"type": "object", "additionalProperties": false, "properties": {"fromStateData": jq, "results": jq, "toStateData": jq, "useResults": {"type": "boolean"}}},
                         "inputMappings": mappings, "outputMappings": mappings,
                         "eventDataFilter": event_filter,
+                        "retry": retry,
                     }
                 })
             })

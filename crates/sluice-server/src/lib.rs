@@ -1,7 +1,8 @@
 //! `sluice serve`: the server that runs flows on their own.
 //!
 //! It loads every flow file of a folder ([`FlowSet`]), starts their triggers
-//! (webhooks at `/hooks/PATH`, schedules, manual runs through the API), and
+//! (webhooks at `/hooks/PATH`, schedules, CloudEvents at `/events`, manual
+//! runs through the API; `flow` steps start flows with a `flow` trigger), and
 //! serves the HTTP API (`/api/...`, its OpenAPI document at
 //! `/api/openapi.json`) and Prometheus metrics (`/metrics`).
 //!
@@ -11,8 +12,11 @@
 //! are driven on tasks of their own, so a client that hangs up does not stop
 //! its run. When the process dies (`kill -9`), [`Server::recover`] at the
 //! next start continues every run left `running` from its last committed
-//! step. A schedule's fire is claimed in the store before it runs, so it
-//! never fires twice for the same time, across restarts.
+//! step, and wakes every suspended run (a sleep, a retry's backoff, an event
+//! wait's timeout) when it is due. A schedule's fire is claimed in the store
+//! before it runs, so it never fires twice for the same time, across
+//! restarts; a wait is claimed before its run continues, so an event or a
+//! timer wakes a run once.
 //!
 //! Every error answer has one shape: `{"code", "message", "details"}`
 //! ([`ApiError`]).

@@ -491,19 +491,10 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        match sluice_server::FlowSet::load(dir, &registry) {
-            Ok(set) => engine.set_flows(Arc::new(set)),
-            Err(failures) => {
-                for f in failures {
-                    eprintln!("error: {}", f.to_json());
-                }
-                eprintln!(
-                    "error: the flow's `flow` steps start flows of `{}`, which does not load",
-                    dir.display()
-                );
-                return INVALID;
-            }
-        }
+        engine.set_flows(Arc::new(FolderFlows {
+            dir: dir.to_owned(),
+            registry: registry.clone(),
+        }));
     }
     // A run started from the command line: `$trigger` is the input as given.
     let req = RunRequest {
@@ -516,6 +507,37 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
     };
     report(engine.run(&flow, req).await)
+}
+
+/// The flows of a folder, for `flow` steps under `sluice run`: the flow
+/// files in it (not its sub-folders) that load, found by id when a step asks
+/// (other files, such as inputs, are passed over).
+struct FolderFlows {
+    dir: std::path::PathBuf,
+    registry: Arc<Registry>,
+}
+
+impl sluice_engine::FlowLookup for FolderFlows {
+    fn flow(&self, id: &str) -> Option<Arc<sluice_model::Flow>> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        files.into_iter().find_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            sluice_model::load(&p.display().to_string(), &text, self.registry.as_ref())
+                .ok()
+                .filter(|f| f.id == id)
+                .map(Arc::new)
+        })
+    }
 }
 
 /// `sluice run FLOW --records FILE`.

@@ -441,6 +441,8 @@ fn the_flow_file_schema_names_every_step_type_and_its_options() {
         "sleep",
         "throw",
         "split",
+        "wait",
+        "flow",
         "sql.query",
         "sql.create",
         "sql.lookup",
@@ -456,6 +458,10 @@ fn the_flow_file_schema_names_every_step_type_and_its_options() {
     ] {
         kind(k);
     }
+    assert_eq!(
+        kind("transform")["properties"]["retry"]["required"],
+        json!(["attempts"])
+    );
     // Options come from the step's own types; templates are allowed for any value.
     let ms = &kind("sleep")["properties"]["options"]["properties"]["ms"];
     assert_eq!(ms["anyOf"][1]["type"], json!("string"), "{ms}");
@@ -474,5 +480,50 @@ fn the_flow_file_schema_names_every_step_type_and_its_options() {
         ce["properties"]["eventType"].is_object()
             && ce["properties"]["eventDataFilter"].is_object(),
         "{ce}"
+    );
+}
+
+#[test]
+fn run_starts_the_flows_of_the_folder_for_flow_steps() {
+    let dir = temp("subflow");
+    std::fs::write(
+        dir.join("main.yaml"),
+        "id: main\nsteps:\n  - {key: nap, type: sleep, options: {ms: 50}}\n  - {key: sum, type: flow, options: {flow: sum, input: {items: \"{{ .items }}\"}}, actionDataFilter: {toStateData: .sum}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sum.yaml"),
+        "id: sum\ntrigger: {type: flow}\nunmappedResults: replace\nsteps:\n  - {key: add, type: transform, options: {value: \"{{ .items | add }}\"}}\n",
+    )
+    .unwrap();
+    // An input file beside the flows is passed over.
+    std::fs::write(dir.join("in.json"), r#"{"items": [1, 2, 3]}"#).unwrap();
+    let store = dir.join("s.db");
+    let o = run(sluice()
+        .arg("run")
+        .arg(dir.join("main.yaml"))
+        .arg("--input")
+        .arg(dir.join("in.json"))
+        .arg("--store")
+        .arg(&store));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(out, json!({"items": [1, 2, 3], "sum": 6}));
+    // A flow step naming a flow the folder does not have fails the run.
+    std::fs::write(
+        dir.join("lost.yaml"),
+        "id: lost\nsteps:\n  - {key: go, type: flow, options: {flow: nowhere}}\n",
+    )
+    .unwrap();
+    let o = run(sluice()
+        .arg("run")
+        .arg(dir.join("lost.yaml"))
+        .arg("--store")
+        .arg(&store));
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("there is no flow `nowhere` to start"),
+        "{}",
+        o.stderr
     );
 }
