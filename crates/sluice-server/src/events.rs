@@ -82,13 +82,10 @@ pub(crate) async fn intake<S: Store>(
         ) {
             continue;
         }
-        let Some(detail) = store.get_run(&w.run_id).await? else {
+        let Some((_, flow)) = server.run_and_flow(&w.run_id).await? else {
             continue;
         };
-        let flow = match server
-            .flow_of(&w.flow_id, detail.flow_version.as_deref())
-            .await
-        {
+        let flow = match flow {
             Ok(f) => f,
             Err(m) => {
                 refused.push(json!({"flow": w.flow_id, "runId": w.run_id, "message": m}));

@@ -6,7 +6,7 @@ use sluice_connect::Registry;
 use sluice_connect::triggers::{
     HookMethod, MissedFires, Schedule, ScheduleTrigger, WebhookTrigger,
 };
-use sluice_expr::Program;
+use sluice_expr::{Program, TemplateValue};
 use sluice_model::{Diagnostics, Flow};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -162,10 +162,47 @@ impl FlowSet {
             }
         }
         if failures.is_empty() {
+            failures.extend(set.unknown_subflows());
+        }
+        if failures.is_empty() {
             Ok(set)
         } else {
             Err(failures)
         }
+    }
+
+    /// `flow` steps whose flow (when written as a constant) is not in the
+    /// set, or does not have a `flow` trigger.
+    fn unknown_subflows(&self) -> Vec<LoadFailure> {
+        let mut out = Vec::new();
+        for (id, flow) in &self.flows {
+            for step in flow.steps.iter().filter(|s| s.kind == "flow") {
+                let target = match &step.options {
+                    TemplateValue::Const(v) => v.get("flow").and_then(Value::as_str),
+                    TemplateValue::Object(fields) => {
+                        fields.iter().find_map(|(k, v)| match (k.as_str(), v) {
+                            ("flow", TemplateValue::Const(Value::String(s))) => Some(s.as_str()),
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                };
+                let Some(target) = target else { continue };
+                let problem = match self.flows.get(target) {
+                    None => format!("there is no flow `{target}` in the folder"),
+                    Some(t) if t.trigger.kind != "flow" => format!(
+                        "flow `{target}` has a `{}` trigger; a flow step starts only flows whose trigger is `flow`",
+                        t.trigger.kind
+                    ),
+                    Some(_) => continue,
+                };
+                out.push(LoadFailure::Conflict {
+                    path: self.files.get(id).cloned().unwrap_or_default(),
+                    message: format!("flow `{id}`, step `{}`: {problem}", step.key),
+                });
+            }
+        }
+        out
     }
 
     /// Add one flow, refusing a second flow with its id or its webhook.
@@ -238,5 +275,50 @@ impl FlowSet {
         self.files.insert(flow.id.clone(), path.to_owned());
         self.flows.insert(flow.id.clone(), flow);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_steps_must_name_a_flow_of_the_folder_with_a_flow_trigger() {
+        let dir = std::env::temp_dir().join(format!("sluice-flowset-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry = Registry::builtin();
+        let write = |f: &str, t: &str| std::fs::write(dir.join(f), t).unwrap();
+        write(
+            "a.yaml",
+            "id: a\nsteps:\n  - {key: go, type: flow, options: {flow: b, input: \"{{ . }}\"}}\n  - {key: dyn, type: flow, options: {flow: \"{{ .name }}\"}}\n",
+        );
+        write(
+            "b.yaml",
+            "id: b\ntrigger: {type: flow}\nsteps:\n  - {key: s, type: log, options: {message: x}}\n",
+        );
+        assert!(FlowSet::load(&dir, &registry).is_ok());
+        write(
+            "b.yaml",
+            "id: b\nsteps:\n  - {key: s, type: log, options: {message: x}}\n",
+        );
+        let err = FlowSet::load(&dir, &registry).unwrap_err();
+        assert!(
+            err[0].to_json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("flow `a`, step `go`: flow `b` has a `manual` trigger"),
+            "{:?}",
+            err[0].to_json()
+        );
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        let err = FlowSet::load(&dir, &registry).unwrap_err();
+        assert!(
+            err[0].to_json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("there is no flow `b`")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -249,16 +249,20 @@ impl<S: Store> Server<S> {
         tokio::spawn(async move {
             let r = run.await;
             let status = match &r {
-                Ok(r) => r.status.as_str(),
+                // Suspended, or moved on by another caller: not an end.
+                Ok(r) if matches!(r.status, RunStatus::Waiting | RunStatus::Running) => None,
+                Ok(r) => Some(r.status.as_str()),
                 // Not recorded: the caller was told.
-                Err(EngineError::NotStarted(_)) => "not_started",
+                Err(EngineError::NotStarted(_)) => Some("not_started"),
                 Err(e) => {
                     eprintln!("sluice: a run of flow `{}` stopped: {e}", flow.id);
-                    "error"
+                    Some("error")
                 }
             };
-            metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => status)
-                .increment(1);
+            if let Some(status) = status {
+                metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => status)
+                    .increment(1);
+            }
             drop(guard);
             let timed = match &r {
                 Ok(RunResult {
@@ -323,6 +327,21 @@ impl<S: Store> Server<S> {
         }
     }
 
+    /// A recorded run and the flow it runs (see [`Server::flow_of`]), or why
+    /// that flow cannot be had; `None` when there is no such run.
+    pub(crate) async fn run_and_flow(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(sluice_store::RunDetail, Result<Arc<Flow>, String>)>, StoreError> {
+        let Some(detail) = self.inner.engine.store().get_run(run_id).await? else {
+            return Ok(None);
+        };
+        let flow = self
+            .flow_of(&detail.summary.flow_id, detail.flow_version.as_deref())
+            .await;
+        Ok(Some((detail, flow)))
+    }
+
     /// Continue every run left `running` by a process that stopped (a
     /// crash, `kill -9`), oldest first, each on a task of its own, from its
     /// last committed step. Call it once at start, before serving.
@@ -342,13 +361,10 @@ impl<S: Store> Server<S> {
             if w.wake_at.is_none() {
                 continue;
             }
-            let Some(detail) = store.get_run(&w.run_id).await? else {
+            let Some((_, flow)) = self.run_and_flow(&w.run_id).await? else {
                 continue;
             };
-            match self
-                .flow_of(&w.flow_id, detail.flow_version.as_deref())
-                .await
-            {
+            match flow {
                 Ok(flow) => {
                     self.follow(flow, w);
                     done.waiting += 1;
@@ -359,13 +375,10 @@ impl<S: Store> Server<S> {
             }
         }
         for r in running {
-            let Some(detail) = store.get_run(&r.id).await? else {
+            let Some((detail, flow)) = self.run_and_flow(&r.id).await? else {
                 continue;
             };
-            match self
-                .flow_of(&r.flow_id, detail.flow_version.as_deref())
-                .await
-            {
+            match flow {
                 Ok(flow) => {
                     let engine = self.inner.engine.clone();
                     let id = r.id.clone();
