@@ -106,11 +106,11 @@ pub struct Outcome {
 /// other flow's run durably before it does anything.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Suspend the run until this time (µs since the epoch); the step is
-    /// then run again with [`ActionCx::wake`] set.
+    /// Suspend the run for `ms` milliseconds from now; the step is then run
+    /// again with [`ActionCx::wake`] set.
     Sleep {
-        /// The time it wakes.
-        until: i64,
+        /// How long.
+        ms: u64,
     },
     /// Suspend the run until a CloudEvent that matches arrives (the step is
     /// run again with the event in [`ActionCx::wake`]) or the timeout passes
@@ -122,8 +122,8 @@ pub enum Effect {
         source: Option<String>,
         /// Context attributes the event must carry, with their values.
         correlation: serde_json::Map<String, Value>,
-        /// When it times out (µs since the epoch), if ever.
-        timeout_at: Option<i64>,
+        /// How long until it times out, in milliseconds from now, if ever.
+        timeout_ms: Option<u64>,
     },
     /// Start a run of another flow with `input`; the step's result is that
     /// run's output (when `wait`) or `{runId}`.

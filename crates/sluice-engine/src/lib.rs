@@ -843,17 +843,14 @@ impl<S: Store> Engine<S> {
                     // The step suspends the run: durably when recorded.
                     let (wait, timer) = match suspend {
                         Suspend::Sleep { until } => (
-                            Wait {
-                                run_id: run_id.clone(),
-                                flow_id: flow.id.clone(),
-                                step_key: step.key.clone(),
-                                kind: WaitKind::Sleep,
-                                wake_at: Some(until),
-                                event_type: None,
-                                source: None,
-                                correlation: json!({}),
-                                since: started_at,
-                            },
+                            Wait::timer(
+                                &run_id,
+                                &flow.id,
+                                &step.key,
+                                WaitKind::Sleep,
+                                until,
+                                started_at,
+                            ),
                             true,
                         ),
                         Suspend::Event {
@@ -964,19 +961,16 @@ impl<S: Store> Engine<S> {
                     record.logs = failed.logs;
                     // `retry`: attempt it again after a backoff, durably.
                     if let Some(ms) = retry_delay(step, &failed.error, failed.incident, attempt) {
-                        let wake_at = now_micros() + ms as i64 * 1_000;
+                        let wake_at = after_ms(ms);
                         if rec {
-                            let wait = Wait {
-                                run_id: run_id.clone(),
-                                flow_id: flow.id.clone(),
-                                step_key: step.key.clone(),
-                                kind: WaitKind::Retry,
-                                wake_at: Some(wake_at),
-                                event_type: None,
-                                source: None,
-                                correlation: json!({}),
-                                since: ended_at,
-                            };
+                            let wait = Wait::timer(
+                                &run_id,
+                                &flow.id,
+                                &step.key,
+                                WaitKind::Retry,
+                                wake_at,
+                                ended_at,
+                            );
                             if !self.store.suspend(Some(&record), &state, &wait).await? {
                                 return self.moved_on(run_id, &fo).await;
                             }
@@ -1459,17 +1453,19 @@ impl<S: Store> Engine<S> {
         };
         let suspend = match effect {
             None => None,
-            Some(Effect::Sleep { until }) => Some(Suspend::Sleep { until }),
+            Some(Effect::Sleep { ms }) => Some(Suspend::Sleep {
+                until: after_ms(ms),
+            }),
             Some(Effect::WaitEvent {
                 event_type,
                 source,
                 correlation,
-                timeout_at,
+                timeout_ms,
             }) => Some(Suspend::Event {
                 event_type,
                 source,
                 correlation,
-                timeout_at,
+                timeout_at: timeout_ms.map(after_ms),
             }),
             Some(Effect::StartFlow {
                 flow: flow_id,
@@ -1647,6 +1643,12 @@ fn retry_delay(step: &Step, error: &ActionError, incident: bool, attempt: u32) -
         return None;
     }
     Some(retry.delay_after(attempt, random_unit()))
+}
+
+/// The time (µs since the epoch) `ms` milliseconds from now.
+fn after_ms(ms: u64) -> i64 {
+    let us = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000);
+    now_micros().saturating_add(us)
 }
 
 /// A number in [0, 1) that differs from call to call (for retry jitter).

@@ -237,6 +237,30 @@ pub struct Wait {
     pub since: i64,
 }
 
+impl Wait {
+    /// A wait that ends at `wake_at` by itself (a sleep or a backoff).
+    pub fn timer(
+        run_id: &str,
+        flow_id: &str,
+        step_key: &str,
+        kind: WaitKind,
+        wake_at: i64,
+        since: i64,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            flow_id: flow_id.to_owned(),
+            step_key: step_key.to_owned(),
+            kind,
+            wake_at: Some(wake_at),
+            event_type: None,
+            source: None,
+            correlation: Value::Object(serde_json::Map::new()),
+            since,
+        }
+    }
+}
+
 /// A run in a listing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSummary {
