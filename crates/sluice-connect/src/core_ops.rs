@@ -398,6 +398,7 @@ mod tests {
             wake: None,
             attempt: 1,
             idempotency_key: "r/s/0/1",
+            hooks: None,
         };
         reg.get(kind).unwrap().action.run_json(cx, options).await
     }

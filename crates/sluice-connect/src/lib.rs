@@ -9,6 +9,7 @@
 //! way: one struct, one `impl Action`, one line in [`Registry::builtin`].
 
 pub mod core_ops;
+pub mod hooks;
 pub mod sql;
 pub mod triggers;
 
@@ -195,6 +196,10 @@ pub struct ActionCx<'a> {
     /// attempt. An outside system that is handed it can recognise a request
     /// it already carried out. Empty for runs that are not recorded.
     pub idempotency_key: &'a str,
+    /// The data hooks of the flows the run can reach (`event` triggers),
+    /// which SQL actions ask before and after each change; `None` when the
+    /// run has none.
+    pub hooks: Option<&'a dyn hooks::DataHooks>,
 }
 
 impl ActionCx<'_> {
@@ -415,6 +420,7 @@ impl Registry {
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r.add_trigger::<triggers::WebhookTrigger>("webhook");
         r.add_trigger::<core_ops::FlowTrigger>("flow");
+        r.add_trigger_checked::<hooks::EventTrigger>("event", hooks::check_event);
         r.add_trigger_checked::<triggers::ScheduleTrigger>("schedule", triggers::check_schedule);
         r
     }

@@ -11,6 +11,7 @@
 //! Actions so far: `sql.query`, `sql.create`, `sql.lookup`, `sql.update`,
 //! `sql.upsert` and `sql.delete`; each write runs in one transaction.
 
+use crate::hooks::{Change, ChangeOp, DataHooks, When};
 use crate::{Action, ActionCx, ActionError, Outcome};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -902,12 +903,16 @@ impl Action for SqlCreate {
         cx: ActionCx<'a>,
         o: SqlCreateOptions,
     ) -> Result<Outcome, ActionError> {
-        let db = cx.connections.db(&o.connection).await?;
-        let t = db.check_fields(&o.collection, o.properties.keys()).await?;
-        let mut tx = db.begin().await?;
-        let row = create_in(&mut tx, &db, &o.collection, &t, &o.properties).await?;
-        tx.commit().await?;
-        Ok(Outcome::value(Value::Object(row)))
+        let none = Map::new();
+        single_change(
+            &cx,
+            &o.connection,
+            &o.collection,
+            PatchOp::Create,
+            &none,
+            o.properties,
+        )
+        .await
     }
 }
 
@@ -1182,29 +1187,13 @@ async fn write_in(
     props: &Map<String, Value>,
     create: bool,
 ) -> Result<Map<String, Value>, ActionError> {
-    if criteria_missing(criteria) {
-        return Err(ActionError::data(
-            "the criteria are missing: give the object's id or unique fields",
-        ));
-    }
-    let found = find(tx, db, name, t, criteria).await?;
-    match found.len() {
-        0 if create => {
-            let mut all = criteria.clone();
-            all.extend(props.clone());
-            create_in(tx, db, name, t, &all).await
-        }
-        0 => Err(ActionError::data(format!(
-            "not found: no object in `{name}` matches the criteria"
-        ))),
-        1 => {
-            let key = row_key(t, &found[0], criteria);
-            update_row(tx, db, name, t, &key, props).await
-        }
-        _ => Err(ActionError::data(format!(
-            "more than one matching object in `{name}`; nothing was written"
-        ))),
-    }
+    let op = if create {
+        PatchOp::Upsert
+    } else {
+        PatchOp::Update
+    };
+    let planned = plan_in(tx, db, name, t, op, criteria, props.clone()).await?;
+    apply_in(tx, db, name, t, planned).await.map(|(row, _)| row)
 }
 
 /// Delete the one object matching `criteria`; its key, or `{}` when none.
@@ -1215,26 +1204,215 @@ async fn delete_in(
     t: &Table,
     criteria: &Map<String, Value>,
 ) -> Result<Map<String, Value>, ActionError> {
+    let planned = plan_in(tx, db, name, t, PatchOp::Delete, criteria, Map::new()).await?;
+    apply_in(tx, db, name, t, planned).await.map(|(row, _)| row)
+}
+
+/// The change `op` makes to `name`, decided in `tx` (not written yet):
+/// `None` for a delete that finds nothing; "not found" and "more than one
+/// matching object" are errors, as SEMANTICS.md section 6 says.
+async fn plan_in(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    op: PatchOp,
+    criteria: &Map<String, Value>,
+    props: Map<String, Value>,
+) -> Result<Option<Change>, ActionError> {
+    let change = |op, key, payload, previous| Change {
+        connection: String::new(),
+        collection: name.to_owned(),
+        op,
+        key,
+        payload,
+        previous,
+        row: None,
+    };
+    if op == PatchOp::Create {
+        return Ok(Some(change(ChangeOp::Create, Map::new(), props, None)));
+    }
     if criteria_missing(criteria) {
         return Err(ActionError::data(
             "the criteria are missing: give the object's id or unique fields",
         ));
     }
-    let found = find(tx, db, name, t, criteria).await?;
-    match found.len() {
-        0 => Ok(Map::new()),
-        1 => {
-            let key = row_key(t, &found[0], criteria);
+    let mut found = find(tx, db, name, t, criteria).await?;
+    if found.len() > 1 {
+        let what = if op == PatchOp::Delete {
+            "deleted"
+        } else {
+            "written"
+        };
+        return Err(ActionError::data(format!(
+            "more than one matching object in `{name}`; nothing was {what}"
+        )));
+    }
+    Ok(match (op, found.pop()) {
+        (PatchOp::Upsert, None) => {
+            let mut all = criteria.clone();
+            all.extend(props);
+            Some(change(ChangeOp::Create, Map::new(), all, None))
+        }
+        (PatchOp::Delete, None) => None,
+        (_, None) => {
+            return Err(ActionError::data(format!(
+                "not found: no object in `{name}` matches the criteria"
+            )));
+        }
+        (PatchOp::Delete, Some(row)) => Some(change(
+            ChangeOp::Delete,
+            row_key(t, &row, criteria),
+            Map::new(),
+            Some(row),
+        )),
+        (_, Some(row)) => Some(change(
+            ChangeOp::Update,
+            row_key(t, &row, criteria),
+            props,
+            Some(row),
+        )),
+    })
+}
+
+/// Write a planned change in `tx`: the row as stored (for a delete, its
+/// key; `{}` when there was nothing to delete), and the change with its key
+/// and row filled in, for after-hooks.
+async fn apply_in(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    planned: Option<Change>,
+) -> Result<(Map<String, Value>, Option<Change>), ActionError> {
+    let Some(mut c) = planned else {
+        return Ok((Map::new(), None));
+    };
+    let out = match c.op {
+        ChangeOp::Create => {
+            let row = create_in(tx, db, name, t, &c.payload).await?;
+            c.key = row_key(t, &row, &Map::new());
+            c.row = Some(row.clone());
+            row
+        }
+        ChangeOp::Update => {
+            let row = update_row(tx, db, name, t, &c.key, &c.payload).await?;
+            c.row = Some(row.clone());
+            row
+        }
+        ChangeOp::Delete => {
             let mut params = Vec::new();
-            let w = where_clause(db, &t.cols, &key, &mut params);
+            let w = where_clause(db, &t.cols, &c.key, &mut params);
             let sql = format!("DELETE FROM {} WHERE {w}", db.backend.quote(name));
             tx.run(&Stmt { sql, params }, false).await?;
-            Ok(key)
+            c.key.clone()
         }
-        _ => Err(ActionError::data(format!(
-            "more than one matching object in `{name}`; nothing was deleted"
-        ))),
+    };
+    Ok((out, Some(c)))
+}
+
+/// The hooks a change through one connection meets.
+#[derive(Clone, Copy)]
+struct Hooked<'a> {
+    hooks: &'a dyn DataHooks,
+    connection: &'a str,
+}
+
+impl<'a> Hooked<'a> {
+    /// The step's hooks on `connection`, if the run has any.
+    fn of(cx: &ActionCx<'a>, connection: &'a str) -> Option<Self> {
+        cx.hooks.map(|hooks| Self { hooks, connection })
     }
+
+    fn listens(self, when: When, op: ChangeOp, collection: &str) -> bool {
+        self.hooks.listens(when, op, self.connection, collection)
+    }
+
+    /// Whether a before-hook listens to any change `op` may turn out to be.
+    fn before_any(self, op: PatchOp, collection: &str) -> bool {
+        let ops: &[ChangeOp] = match op {
+            PatchOp::Create => &[ChangeOp::Create],
+            PatchOp::Update => &[ChangeOp::Update],
+            PatchOp::Upsert => &[ChangeOp::Create, ChangeOp::Update],
+            PatchOp::Delete => &[ChangeOp::Delete],
+        };
+        ops.iter()
+            .any(|o| self.listens(When::Before, *o, collection))
+    }
+
+    /// Run the before-hooks of a planned change: the change with the fields
+    /// they let through, checked against the table again when a hook
+    /// replaced them.
+    async fn before(self, db: &Db, planned: Option<Change>) -> Result<Option<Change>, ActionError> {
+        let Some(mut c) = planned else {
+            return Ok(None);
+        };
+        if !self.listens(When::Before, c.op, &c.collection) {
+            return Ok(Some(c));
+        }
+        c.connection = self.connection.to_owned();
+        let payload = self.hooks.before(c.clone()).await?;
+        if payload != c.payload {
+            db.check_fields(&c.collection, payload.keys()).await?;
+            c.payload = payload;
+        }
+        Ok(Some(c))
+    }
+
+    /// Start the after-hooks of committed changes: lines for the step's
+    /// log about hooks that could not start.
+    async fn after(self, changes: Vec<Change>) -> Vec<String> {
+        let heard: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| self.listens(When::After, c.op, &c.collection))
+            .map(|mut c| {
+                c.connection = self.connection.to_owned();
+                c
+            })
+            .collect();
+        if heard.is_empty() {
+            return Vec::new();
+        }
+        self.hooks.after(heard).await
+    }
+}
+
+/// One change by a step of its own (`sql.create`, `sql.update`,
+/// `sql.upsert`, `sql.delete`), in its own transaction. Its before-hooks
+/// run before that transaction begins, on the row as it is then, so that a
+/// hook's flow may write to the same database (SQLite has one writer at a
+/// time); its after-hooks start once it is committed.
+async fn single_change(
+    cx: &ActionCx<'_>,
+    connection: &str,
+    name: &str,
+    op: PatchOp,
+    criteria: &Map<String, Value>,
+    props: Map<String, Value>,
+) -> Result<Outcome, ActionError> {
+    let db = cx.connections.db(connection).await?;
+    let t = db
+        .check_fields(name, criteria.keys().chain(props.keys()))
+        .await?;
+    let hooked = Hooked::of(cx, connection);
+    let mut props = props;
+    if let Some(h) = hooked.filter(|h| h.before_any(op, name)) {
+        let mut look = db.begin().await?;
+        let planned = plan_in(&mut look, &db, name, &t, op, criteria, props.clone()).await?;
+        drop(look);
+        if let Some(c) = h.before(&db, planned).await? {
+            props = c.payload;
+        }
+    }
+    let mut tx = db.begin().await?;
+    let planned = plan_in(&mut tx, &db, name, &t, op, criteria, props).await?;
+    let (out, change) = apply_in(&mut tx, &db, name, &t, planned).await?;
+    tx.commit().await?;
+    let mut outcome = Outcome::value(Value::Object(out));
+    if let (Some(h), Some(c)) = (hooked, change) {
+        outcome.logs = h.after(vec![c]).await;
+    }
+    Ok(outcome)
 }
 
 async fn write(
@@ -1242,24 +1420,22 @@ async fn write(
     o: SqlWriteOptions,
     create: bool,
 ) -> Result<Outcome, ActionError> {
-    let db = cx.connections.db(&o.connection).await?;
-    let t = db
-        .check_fields(&o.collection, o.criteria.keys().chain(o.properties.keys()))
-        .await?;
-    let mut tx = db.begin().await?;
-    let row = write_in(
-        &mut tx,
-        &db,
+    let op = if create {
+        PatchOp::Upsert
+    } else {
+        PatchOp::Update
+    };
+    single_change(
+        cx,
+        &o.connection,
         &o.collection,
-        &t,
+        op,
         &o.criteria,
-        &o.properties,
-        create,
+        o.properties,
     )
-    .await?;
-    tx.commit().await?;
-    Ok(Outcome::value(Value::Object(row)))
+    .await
 }
+
 impl Action for SqlUpdate {
     const KIND: &'static str = "sql.update";
     type Options = SqlWriteOptions;
@@ -1311,12 +1487,15 @@ impl Action for SqlDelete {
         cx: ActionCx<'a>,
         o: SqlDeleteOptions,
     ) -> Result<Outcome, ActionError> {
-        let db = cx.connections.db(&o.connection).await?;
-        let t = db.check_fields(&o.collection, o.criteria.keys()).await?;
-        let mut tx = db.begin().await?;
-        let out = delete_in(&mut tx, &db, &o.collection, &t, &o.criteria).await?;
-        tx.commit().await?;
-        Ok(Outcome::value(Value::Object(out)))
+        single_change(
+            &cx,
+            &o.connection,
+            &o.collection,
+            PatchOp::Delete,
+            &o.criteria,
+            Map::new(),
+        )
+        .await
     }
 }
 
@@ -1650,14 +1829,27 @@ fn new_id(t: &Table, row: &Map<String, Value>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// What an envelope's patches leave for the patches after them and for the
+/// end of the envelope.
+#[derive(Default)]
+struct Written {
+    /// The tokens set so far (over the run's).
+    tokens: Map<String, Value>,
+    /// The changes made, for after-hooks once the envelope commits.
+    changes: Vec<Change>,
+}
+
 /// Write one patch and its children; `Err` carries the failing patch's label.
+/// Its before-hooks run in the envelope's transaction, between finding the
+/// row and writing it.
 fn apply_patch<'a>(
     tx: &'a mut Tx,
     db: &'a Db,
     patch: &'a Patch,
     label: String,
     parent_id: Option<Value>,
-    tokens: &'a mut Map<String, Value>,
+    hooked: Option<Hooked<'a>>,
+    written: &'a mut Written,
 ) -> crate::BoxFuture<'a, Result<Value, (String, ActionError)>> {
     Box::pin(async move {
         let fail = |e: ActionError| {
@@ -1676,33 +1868,22 @@ fn apply_patch<'a>(
             .check_fields(&patch.collection, props.keys().chain(patch.criteria.keys()))
             .await
             .map_err(fail)?;
-        let row = match patch.op {
-            PatchOp::Create => create_in(tx, db, &patch.collection, &t, &props).await,
-            PatchOp::Update => {
-                write_in(
-                    tx,
-                    db,
-                    &patch.collection,
-                    &t,
-                    &patch.criteria,
-                    &props,
-                    false,
-                )
-                .await
-            }
-            PatchOp::Upsert => {
-                write_in(tx, db, &patch.collection, &t, &patch.criteria, &props, true).await
-            }
-            PatchOp::Delete => delete_in(tx, db, &patch.collection, &t, &patch.criteria).await,
+        let name = &patch.collection;
+        let mut planned = plan_in(tx, db, name, &t, patch.op, &patch.criteria, props)
+            .await
+            .map_err(fail)?;
+        if let Some(h) = hooked {
+            planned = h.before(db, planned).await.map_err(fail)?;
         }
-        .map_err(fail)?;
+        let (row, change) = apply_in(tx, db, name, &t, planned).await.map_err(fail)?;
+        written.changes.extend(change);
         for (token, field) in &patch.set_tokens {
             let v = row.get(field).cloned().ok_or_else(|| {
                 fail(ActionError::flow(format!(
                     "setTokens: the response has no field `{field}` for token `{token}`"
                 )))
             })?;
-            tokens.insert(token.clone(), v);
+            written.tokens.insert(token.clone(), v);
         }
         let id = new_id(&t, &row);
         let mut children = Vec::new();
@@ -1714,7 +1895,8 @@ fn apply_patch<'a>(
                     child,
                     format!("{label}.{}", i + 1),
                     Some(id.clone()),
-                    tokens,
+                    hooked,
+                    written,
                 )
                 .await?,
             );
@@ -1754,7 +1936,11 @@ impl Action for Envelope {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        let mut tokens = global.clone();
+        let hooked = Hooked::of(&cx, &o.connection);
+        let mut written = Written {
+            tokens: global.clone(),
+            changes: Vec::new(),
+        };
         let mut tx = db.begin().await?;
         let mut results = Vec::new();
         for i in 0..o.patches.len() {
@@ -1764,7 +1950,7 @@ impl Action for Envelope {
                 Some(t) => {
                     let scope = WithTokens {
                         inner: cx.scope,
-                        tokens: sluice_expr::to_val(&Value::Object(tokens.clone())),
+                        tokens: sluice_expr::to_val(&Value::Object(written.tokens.clone())),
                     };
                     let v = t
                         .render_item(i, &input, &scope, cx.limits)?
@@ -1781,7 +1967,8 @@ impl Action for Envelope {
                 &patch,
                 format!("patch {}", i + 1),
                 None,
-                &mut tokens,
+                hooked,
+                &mut written,
             )
             .await
             {
@@ -1794,7 +1981,11 @@ impl Action for Envelope {
             }
         }
         tx.commit().await?;
-        Ok(envelope_outcome(&global, tokens, results))
+        let mut outcome = envelope_outcome(&global, written.tokens, results);
+        if let Some(h) = hooked {
+            outcome.logs = h.after(written.changes).await;
+        }
+        Ok(outcome)
     }
 }
 

@@ -21,6 +21,7 @@
 //! is its error, `{"error": message}`, so a failure path can read it.
 
 use serde_json::{Map, Value, json};
+use sluice_connect::hooks::{Change, ChangeOp, DataHooks, EventTrigger, When};
 use sluice_connect::{ActionCx, ActionError, Blame, Effect, Outcome, Registry};
 use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
 use sluice_model::{EVENT_TRIGGERS, EventDataFilter, Flow, Next, RetryOn, Step, UnmappedResults};
@@ -29,6 +30,7 @@ use sluice_store::{
     now_micros,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -89,10 +91,51 @@ impl RunResult {
     }
 }
 
-/// The flows a `flow` step can start, by id (the server's loaded flows).
+/// The flows a run can reach: those `flow` steps start, by id, and those
+/// whose `event` trigger hooks the changes SQL steps make (the server's
+/// loaded flows).
 pub trait FlowLookup: Send + Sync {
     /// The flow with this id, if there is one.
     fn flow(&self, id: &str) -> Option<Arc<Flow>>;
+    /// Every flow (the engine picks those with an `event` trigger).
+    fn all(&self) -> Vec<Arc<Flow>>;
+}
+
+/// The flows runs reach, as [`Engine::set_flows`] last set them.
+#[derive(Clone, Default)]
+struct Reach {
+    lookup: Option<Arc<dyn FlowLookup>>,
+    /// The flows with an `event` trigger, with its options.
+    hooks: Arc<Vec<(EventTrigger, Arc<Flow>)>>,
+}
+
+/// How a run that a step started ended (or that it started, when the step
+/// does not wait).
+struct ChildEnd {
+    run_id: String,
+    status: RunStatus,
+    output: Option<Value>,
+    failure: Option<StepFailure>,
+}
+
+impl ChildEnd {
+    fn started(run_id: String) -> Self {
+        Self {
+            run_id,
+            status: RunStatus::Running,
+            output: None,
+            failure: None,
+        }
+    }
+
+    fn of(r: RunResult) -> Self {
+        Self {
+            run_id: r.run_id,
+            status: r.status,
+            output: r.output,
+            failure: r.failure,
+        }
+    }
 }
 
 /// How deep `flow` steps may nest runs (a flow that starts itself stops here).
@@ -185,8 +228,8 @@ pub struct Engine<S: Store> {
     /// Runs cancelled while this engine may be driving them: they stop
     /// before their next step.
     cancelled: Arc<Mutex<HashSet<String>>>,
-    /// The flows `flow` steps start.
-    flows: Arc<RwLock<Option<Arc<dyn FlowLookup>>>>,
+    /// The flows `flow` steps start and data hooks run.
+    flows: Arc<RwLock<Reach>>,
     /// Set when the process stops: runs sleeping here stop waiting (their
     /// waits stay in the store, for the next start).
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -379,10 +422,28 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// The flows that `flow` steps start (the server sets it at each load).
+    /// The flows that `flow` steps start and whose `event` triggers hook
+    /// the changes of SQL steps (the server sets it at each load).
     pub fn set_flows(&self, flows: Arc<dyn FlowLookup>) {
+        let hooks: Vec<(EventTrigger, Arc<Flow>)> = flows
+            .all()
+            .into_iter()
+            .filter(|f| f.trigger.kind == "event")
+            .filter_map(|f| {
+                // Options the model checked when the flow loaded.
+                serde_json::from_value::<EventTrigger>(f.trigger.options.clone())
+                    .ok()
+                    .map(|t| (t, f))
+            })
+            .collect();
+        // Before-hooks run one after the other, in the order of their ids.
+        let mut hooks = hooks;
+        hooks.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         if let Ok(mut f) = self.flows.write() {
-            *f = Some(flows);
+            *f = Reach {
+                lookup: Some(flows),
+                hooks: Arc::new(hooks),
+            };
         }
     }
 
@@ -1223,7 +1284,7 @@ impl<S: Store> Engine<S> {
         wait: bool,
     ) -> sluice_connect::BoxFuture<'a, Result<Value, ActionError>> {
         Box::pin(async move {
-            let lookup = self.flows.read().ok().and_then(|f| f.clone());
+            let lookup = self.flows.read().ok().and_then(|f| f.lookup.clone());
             let target = lookup.and_then(|l| l.flow(flow_id)).ok_or_else(|| {
                 ActionError::flow(format!("there is no flow `{flow_id}` to start"))
             })?;
@@ -1233,22 +1294,66 @@ impl<S: Store> Engine<S> {
                     target.trigger.kind
                 )));
             }
+            let trigger = json!({ "body": input });
+            let id = format!("{}-{}-{}", scx.run_id, scx.step_key, scx.attempt);
+            let end = self
+                .child_run(parent, fo, scx, target, trigger, input, id, wait)
+                .await?;
+            if !wait {
+                return Ok(json!({ "runId": end.run_id }));
+            }
+            child_result(
+                flow_id,
+                end.status,
+                end.output,
+                end.failure.map(|f| f.message),
+            )
+        })
+    }
+
+    /// Start a run of `target` for a step (a `flow` step, or a data hook of
+    /// a change the step makes) and, with `wait`, drive it to its end here.
+    /// Its `$trigger` is `trigger` with the step that started it and how
+    /// deep such runs nest (`flow`, `run`, `step`, `depth`). A recorded
+    /// run's id is `id` (made from the step's attempt), so that a step that
+    /// runs again after a restart finds the run it started rather than
+    /// starting a second one; a step of a run that is not recorded (an
+    /// import's record) runs the other flow unrecorded too.
+    #[allow(clippy::too_many_arguments)]
+    fn child_run<'a>(
+        &'a self,
+        parent: &'a Flow,
+        fo: &'a FlowObject,
+        scx: &'a StepCx<'a>,
+        target: Arc<Flow>,
+        mut trigger: Value,
+        input: Value,
+        id: String,
+        wait: bool,
+    ) -> sluice_connect::BoxFuture<'a, Result<ChildEnd, ActionError>> {
+        Box::pin(async move {
+            let flow_id = target.id.clone();
             if scx.depth >= MAX_FLOW_DEPTH {
                 return Err(ActionError::flow(format!(
-                    "flow steps nest runs {MAX_FLOW_DEPTH} deep here; a flow that starts itself without end is stopped"
+                    "flow steps and data hooks nest runs {MAX_FLOW_DEPTH} deep here; a flow that starts itself without end is stopped"
                 )));
             }
-            let trigger = json!({
-                "flow": parent.id,
-                "run": scx.run_id,
-                "step": scx.step_key,
-                "body": input,
-                "depth": scx.depth + 1,
-            });
+            if let Value::Object(t) = &mut trigger {
+                t.insert("flow".into(), json!(parent.id));
+                t.insert("run".into(), json!(scx.run_id));
+                t.insert("step".into(), json!(scx.step_key));
+                t.insert("depth".into(), json!(scx.depth + 1));
+            }
             let accountability = from_val(&fo.accountability).unwrap_or(Value::Null);
+            let panicked = |e: tokio::task::JoinError| ActionError {
+                blame: Blame::Bug,
+                message: format!("the run of flow `{flow_id}` panicked: {e}"),
+            };
+            let store_err = |e: EngineError| ActionError {
+                blame: Blame::Store,
+                message: e.to_string(),
+            };
             if !scx.recorded {
-                // A run that is not recorded (an import's record) runs the
-                // other flow unrecorded too.
                 let child = FlowObject::new(&trigger, &accountability);
                 let mode = Mode {
                     recorded: false,
@@ -1256,7 +1361,7 @@ impl<S: Store> Engine<S> {
                 };
                 let engine = self.clone();
                 // Each run on a task of its own, so nesting does not deepen the stack.
-                let r = tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     engine
                         .drive(
                             &target,
@@ -1268,17 +1373,12 @@ impl<S: Store> Engine<S> {
                             mode,
                         )
                         .await
-                })
-                .await
-                .map_err(|e| ActionError {
-                    blame: Blame::Bug,
-                    message: format!("the run of flow `{flow_id}` panicked: {e}"),
-                })?
-                .map_err(|e| ActionError {
-                    blame: Blame::Store,
-                    message: e.to_string(),
-                })?;
-                return child_result(flow_id, r.status, r.output, r.failure.map(|f| f.message));
+                });
+                if !wait {
+                    return Ok(ChildEnd::started(String::new()));
+                }
+                let r = task.await.map_err(panicked)?.map_err(store_err)?;
+                return Ok(ChildEnd::of(r));
             }
             let req = RunRequest {
                 trigger,
@@ -1286,12 +1386,7 @@ impl<S: Store> Engine<S> {
                 accountability,
                 event: None,
             };
-            let child_id = format!("{}-{}-{}", scx.run_id, scx.step_key, scx.attempt);
-            let store_err = |e: EngineError| ActionError {
-                blame: Blame::Store,
-                message: e.to_string(),
-            };
-            match self.start_as(&target, req, child_id.clone()).await {
+            match self.start_as(&target, req, id.clone()).await {
                 Ok(started) if !wait => {
                     let engine = self.clone();
                     tokio::spawn(async move {
@@ -1299,30 +1394,22 @@ impl<S: Store> Engine<S> {
                             eprintln!("sluice: a run of flow `{}` stopped: {e}", target.id);
                         }
                     });
-                    return Ok(json!({ "runId": child_id }));
+                    return Ok(ChildEnd::started(id));
                 }
                 Ok(started) => {
                     let engine = self.clone();
                     let r = tokio::spawn(async move { engine.finish(&target, started).await })
                         .await
-                        .map_err(|e| ActionError {
-                            blame: Blame::Bug,
-                            message: format!("the run of flow `{flow_id}` panicked: {e}"),
-                        })?
+                        .map_err(panicked)?
                         .map_err(store_err)?;
                     if r.status != RunStatus::Waiting {
-                        return child_result(
-                            flow_id,
-                            r.status,
-                            r.output,
-                            r.failure.map(|f| f.message),
-                        );
+                        return Ok(ChildEnd::of(r));
                     }
                 }
                 // The step ran before (the process stopped): that run is
                 // the step's.
                 Err(EngineError::Store(StoreError::Conflict(_))) if !wait => {
-                    return Ok(json!({ "runId": child_id }));
+                    return Ok(ChildEnd::started(id));
                 }
                 Err(EngineError::Store(StoreError::Conflict(_))) => {}
                 Err(e) => return Err(store_err(e)),
@@ -1332,13 +1419,22 @@ impl<S: Store> Engine<S> {
             loop {
                 let d = self
                     .store
-                    .get_run(&child_id)
+                    .get_run(&id)
                     .await
                     .map_err(|e| store_err(e.into()))?
-                    .ok_or_else(|| store_err(StoreError::NoSuchRun(child_id.clone()).into()))?;
+                    .ok_or_else(|| store_err(StoreError::NoSuchRun(id.clone()).into()))?;
                 let status = d.summary.status;
                 if status.is_final() || status == RunStatus::Incident {
-                    return child_result(flow_id, status, d.output, d.summary.error);
+                    return Ok(ChildEnd {
+                        run_id: id,
+                        status,
+                        output: d.output,
+                        failure: d.summary.error.map(|message| StepFailure {
+                            step: d.summary.error_step.unwrap_or_default(),
+                            message,
+                            blame: Blame::External,
+                        }),
+                    });
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
@@ -1420,6 +1516,20 @@ impl<S: Store> Engine<S> {
             declared: &flow.connections,
             pools: &self.pools,
         };
+        let hooks = self
+            .flows
+            .read()
+            .ok()
+            .map(|f| f.hooks.clone())
+            .filter(|h| !h.is_empty())
+            .map(|hooks| StepHooks {
+                engine: self,
+                hooks,
+                parent: flow,
+                fo,
+                scx: &scx,
+                seq: AtomicU32::new(0),
+            });
         let cx = ActionCx {
             run_id: scx.run_id,
             step_key: &step.key,
@@ -1433,6 +1543,7 @@ impl<S: Store> Engine<S> {
             wake: scx.wake,
             attempt: scx.attempt,
             idempotency_key: scx.key,
+            hooks: hooks.as_ref().map(|h| h as &dyn DataHooks),
         };
         let Outcome {
             mut payload,
@@ -1730,5 +1841,164 @@ fn filter_or_keep(
             None | Some(Value::Null) => Ok(data.clone()),
             Some(v) => Ok(v),
         },
+    }
+}
+
+/// The data hooks of one step: the `event`-triggered flows its SQL changes
+/// start. A hook's run is a child of the step, like a `flow` step's; its id
+/// is made from the step's attempt and the change's place among the step's
+/// changes, so a step run again after a restart finds its hooks' runs.
+struct StepHooks<'a, S: Store> {
+    engine: &'a Engine<S>,
+    hooks: Arc<Vec<(EventTrigger, Arc<Flow>)>>,
+    parent: &'a Flow,
+    fo: &'a FlowObject,
+    scx: &'a StepCx<'a>,
+    /// Changes asked about so far.
+    seq: AtomicU32,
+}
+
+impl<S: Store> StepHooks<'_, S> {
+    fn heard<'h>(
+        &'h self,
+        when: When,
+        c: &'h Change,
+    ) -> impl Iterator<Item = &'h (EventTrigger, Arc<Flow>)> + 'h {
+        self.hooks
+            .iter()
+            .filter(move |(t, _)| t.listens(when, c.op, &c.connection, &c.collection))
+    }
+
+    fn child_id(&self, when: When, n: u32, flow: &Flow) -> String {
+        let s = self.scx;
+        format!(
+            "{}-{}-{}-{}{n}-{}",
+            s.run_id,
+            s.step_key,
+            s.attempt,
+            when.as_str(),
+            flow.id
+        )
+    }
+}
+
+/// The error of a change a before-hook's run refused.
+fn refused(flow: &Flow, end: ChildEnd) -> ActionError {
+    let (blame, message) = match end.failure {
+        // The hook could not do its work: worth retrying.
+        Some(f) if matches!(f.blame, Blame::External | Blame::Store) => {
+            (Blame::External, f.message)
+        }
+        Some(f) => (Blame::Data, f.message),
+        None => (Blame::Data, String::new()),
+    };
+    let run = if end.run_id.is_empty() {
+        String::new()
+    } else {
+        format!("run {}, ", end.run_id)
+    };
+    ActionError {
+        blame,
+        message: format!(
+            "the change was refused by before-hook flow `{}` ({run}{}): {message}",
+            flow.id,
+            end.status.as_str()
+        ),
+    }
+}
+
+impl<S: Store> DataHooks for StepHooks<'_, S> {
+    fn listens(&self, when: When, op: ChangeOp, connection: &str, collection: &str) -> bool {
+        self.hooks
+            .iter()
+            .any(|(t, _)| t.listens(when, op, connection, collection))
+    }
+
+    fn before<'b>(
+        &'b self,
+        change: Change,
+    ) -> sluice_connect::BoxFuture<'b, Result<Map<String, Value>, ActionError>> {
+        Box::pin(async move {
+            let n = self.seq.fetch_add(1, Ordering::Relaxed);
+            let mut payload = change.payload.clone();
+            for (t, flow) in self.heard(When::Before, &change) {
+                // Each hook sees the fields the hooks before it let through.
+                let mut c = change.clone();
+                c.payload = payload.clone();
+                let run = self.engine.child_run(
+                    self.parent,
+                    self.fo,
+                    self.scx,
+                    flow.clone(),
+                    c.trigger(When::Before),
+                    Value::Object(payload.clone()),
+                    self.child_id(When::Before, n, flow),
+                    true,
+                );
+                // The run goes on, on its own, when the change stops waiting.
+                let end = tokio::time::timeout(Duration::from_millis(t.timeout_ms), run)
+                    .await
+                    .map_err(|_| {
+                        ActionError::external(format!(
+                            "the change was refused: before-hook flow `{}` did not end within {} ms",
+                            flow.id, t.timeout_ms
+                        ))
+                    })??;
+                if end.status != RunStatus::Succeeded {
+                    return Err(refused(flow, end));
+                }
+                if t.replace_payload {
+                    payload = match end.output {
+                        Some(Value::Object(m)) => m,
+                        other => {
+                            return Err(ActionError::data(format!(
+                                "before-hook flow `{}` replaces the payload, but its output is {} rather than an object of fields",
+                                flow.id,
+                                other.map_or("nothing", |v| sluice_expr::value::kind(&v))
+                            )));
+                        }
+                    };
+                }
+            }
+            Ok(payload)
+        })
+    }
+
+    fn after<'b>(&'b self, changes: Vec<Change>) -> sluice_connect::BoxFuture<'b, Vec<String>> {
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            for c in &changes {
+                let n = self.seq.fetch_add(1, Ordering::Relaxed);
+                let input = c
+                    .row
+                    .clone()
+                    .or_else(|| c.previous.clone())
+                    .unwrap_or_default();
+                for (_, flow) in self.heard(When::After, c) {
+                    let started = self
+                        .engine
+                        .child_run(
+                            self.parent,
+                            self.fo,
+                            self.scx,
+                            flow.clone(),
+                            c.trigger(When::After),
+                            Value::Object(input.clone()),
+                            self.child_id(When::After, n, flow),
+                            false,
+                        )
+                        .await;
+                    if let Err(e) = started {
+                        problems.push(format!(
+                            "after-hook flow `{}` of the {} in `{}` did not start: {e}",
+                            flow.id,
+                            c.op.as_str(),
+                            c.collection
+                        ));
+                    }
+                }
+            }
+            problems
+        })
     }
 }

@@ -301,6 +301,10 @@ impl FlowLookup for Flows {
     fn flow(&self, id: &str) -> Option<Arc<Flow>> {
         self.0.get(id).cloned()
     }
+
+    fn all(&self) -> Vec<Arc<Flow>> {
+        self.0.values().cloned().collect()
+    }
 }
 
 #[tokio::test]

@@ -94,6 +94,10 @@ impl sluice_engine::FlowLookup for FlowSet {
     fn flow(&self, id: &str) -> Option<Arc<Flow>> {
         self.flows.get(id).cloned()
     }
+
+    fn all(&self) -> Vec<Arc<Flow>> {
+        self.flows.values().cloned().collect()
+    }
 }
 
 /// Whether a path is a flow file: `.yaml`, `.yml` or `.json`, not hidden.

@@ -485,8 +485,15 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         Err(code) => return code,
     };
     let engine = Engine::new(store, registry.clone());
-    // `flow` steps start the flows of the flow file's folder.
-    if flow.steps.iter().any(|s| s.kind == "flow") {
+    // `flow` steps start the flows of the flow file's folder, and the
+    // changes SQL steps make start its `event`-triggered flows.
+    let reaches = |k: &str| {
+        matches!(
+            k,
+            "flow" | "envelope" | "sql.create" | "sql.update" | "sql.upsert" | "sql.delete"
+        )
+    };
+    if flow.steps.iter().any(|s| reaches(&s.kind)) {
         let dir = std::path::Path::new(path)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -509,9 +516,9 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
     report(engine.run(&flow, req).await)
 }
 
-/// The flows of a folder, for `flow` steps under `sluice run`: the flow
-/// files in it (not its sub-folders) that load, found by id when a step asks
-/// (other files, such as inputs, are passed over).
+/// The flows of a folder, for `flow` steps and data hooks under `sluice
+/// run`: the flow files in it (not its sub-folders) that load (other files,
+/// such as inputs, are passed over).
 struct FolderFlows {
     dir: std::path::PathBuf,
     registry: Arc<Registry>,
@@ -519,8 +526,14 @@ struct FolderFlows {
 
 impl sluice_engine::FlowLookup for FolderFlows {
     fn flow(&self, id: &str) -> Option<Arc<sluice_model::Flow>> {
-        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
-            .ok()?
+        self.all().into_iter().find(|f| f.id == id)
+    }
+
+    fn all(&self) -> Vec<Arc<sluice_model::Flow>> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 matches!(
@@ -530,13 +543,15 @@ impl sluice_engine::FlowLookup for FolderFlows {
             })
             .collect();
         files.sort();
-        files.into_iter().find_map(|p| {
-            let text = std::fs::read_to_string(&p).ok()?;
-            sluice_model::load(&p.display().to_string(), &text, self.registry.as_ref())
-                .ok()
-                .filter(|f| f.id == id)
-                .map(Arc::new)
-        })
+        files
+            .into_iter()
+            .filter_map(|p| {
+                let text = std::fs::read_to_string(&p).ok()?;
+                sluice_model::load(&p.display().to_string(), &text, self.registry.as_ref())
+                    .ok()
+                    .map(Arc::new)
+            })
+            .collect()
     }
 }
 
