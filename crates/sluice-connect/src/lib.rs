@@ -421,6 +421,7 @@ impl Registry {
         r.add_trigger::<triggers::WebhookTrigger>("webhook");
         r.add_trigger::<core_ops::FlowTrigger>("flow");
         r.add_trigger_checked::<hooks::EventTrigger>("event", hooks::check_event);
+        r.add_trigger_checked::<triggers::PollTrigger>("poll", triggers::check_poll);
         r.add_trigger_checked::<triggers::ScheduleTrigger>("schedule", triggers::check_schedule);
         r
     }

@@ -1499,6 +1499,78 @@ impl Action for SqlDelete {
     }
 }
 
+/// A row a `poll` trigger read, with its time and key (for the snapshot).
+pub struct Polled {
+    /// The row, as `sql.lookup` emits rows.
+    pub row: Map<String, Value>,
+    /// Its `timestampField` and key.
+    pub at: (Value, Value),
+}
+
+/// One page of a `poll` trigger: the rows of its collection changed since
+/// the snapshot (SEMANTICS.md section 6: `lastModified >= start` until a
+/// round found rows, `> previousLastModified` afterwards, always
+/// `<= endTime`), in the order of their time and key. The page after a full
+/// one starts after its last row's time and key rather than at an offset, so
+/// rows that change while a round is read do not shift the pages.
+pub async fn poll_page(
+    connections: &Connections<'_>,
+    o: &crate::triggers::PollTrigger,
+    snap: &crate::triggers::PollSnapshot,
+) -> Result<Vec<Polled>, ActionError> {
+    let db = connections.db(&o.connection).await?;
+    let t = db.table(&o.collection).await?;
+    let ts = &o.timestamp_field;
+    let key = match (&o.key_field, t.pk.as_slice()) {
+        (Some(k), _) => k,
+        (None, [k]) => k,
+        (None, _) => {
+            return Err(ActionError::flow(format!(
+                "collection `{}` has no one-column primary key: name the column that orders rows of one time as `keyField`",
+                o.collection
+            )));
+        }
+    };
+    db.check_fields(&o.collection, [ts, key].into_iter())
+        .await?;
+    let (qt, qk) = (db.backend.quote(ts), db.backend.quote(key));
+    let mut params = Vec::new();
+    let mut bind = |v: &Value, col: &str| {
+        params.push(db.param_value(v, t.cols.get(col)));
+        db.param(params.len(), t.cols.get(col))
+    };
+    let mut conds = vec![format!("{qt} IS NOT NULL")];
+    if let Some(prev) = &snap.previous_last_modified {
+        let op = if snap.found { ">" } else { ">=" };
+        conds.push(format!("{qt} {op} {}", bind(prev, ts)));
+    }
+    if let Some(end) = &o.end_time {
+        conds.push(format!("{qt} <= {}", bind(end, ts)));
+    }
+    if let Some((at, k)) = &snap.after {
+        let (a1, a2, k1) = (bind(at, ts), bind(at, ts), bind(k, key));
+        conds.push(format!("({qt} > {a1} OR ({qt} = {a2} AND {qk} > {k1}))"));
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} ORDER BY {qt}, {qk} LIMIT {}",
+        db.select_list(&t.cols),
+        db.backend.quote(&o.collection),
+        conds.join(" AND "),
+        o.page_size
+    );
+    let rows = db.table_rows(&Stmt { sql, params }, &t.cols).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let at = (
+                row.get(ts).cloned().unwrap_or(Value::Null),
+                row.get(key).cloned().unwrap_or(Value::Null),
+            );
+            Polled { row, at }
+        })
+        .collect())
+}
+
 /// A condition of a search term.
 #[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
 pub enum Condition {

@@ -1,11 +1,12 @@
-//! Trigger types and their options: `manual`, `webhook`, `schedule` (the
+//! Trigger types and their options: `manual`, `webhook`, `schedule`, `poll` (the
 //! `cloudevent` trigger's options live with the CloudEvent helpers in
 //! [`crate::core_ops`]). Options are checked when a flow file is loaded, so
 //! `sluice check` reports a cron expression that cannot fire or an unknown
 //! time zone with its line and column.
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Options of the `manual` trigger: none. A manual flow starts from
@@ -164,6 +165,145 @@ impl Schedule {
     }
 }
 
+/// Options of the `poll` trigger: new and updated rows of a SQL table, read
+/// by the snapshot rules of SEMANTICS.md section 6.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PollTrigger {
+    /// One of the flow's connections.
+    pub connection: String,
+    /// The table.
+    pub collection: String,
+    /// The column that holds when a row last changed (its `lastModified`).
+    pub timestamp_field: String,
+    /// The column that orders rows of one time (default: the table's
+    /// one-column primary key).
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Time between polls, in milliseconds (default 60000, at least 100).
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Rows changed at or after this time (in the column's own form, such as
+    /// `2026-01-01T00:00:00Z`); default: all.
+    #[serde(default)]
+    pub start_time: Option<Value>,
+    /// Rows changed at or before this time; default: no end.
+    #[serde(default)]
+    pub end_time: Option<Value>,
+    /// Rows read per page (default 100, at most 10000).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// One page per interval (the default); `false` reads every page of new
+    /// rows at each poll.
+    #[serde(default = "yes")]
+    pub single_page_per_interval: bool,
+}
+
+fn default_interval() -> u64 {
+    60_000
+}
+
+fn default_page_size() -> u32 {
+    100
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a poll is: kept in the store, advanced with the runs each page
+/// starts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollSnapshot {
+    /// The newest `lastModified` of the rounds done (at first the
+    /// trigger's `startTime`, or none: from the beginning).
+    pub previous_last_modified: Option<Value>,
+    /// Whether a round found rows: until then polls read
+    /// `lastModified >= previousLastModified`, afterwards `>`.
+    pub found: bool,
+    /// The page of the round under way, from 0.
+    pub page: u64,
+    /// The last row read in the round under way: its `lastModified` and
+    /// key (the next page starts after it).
+    pub after: Option<(Value, Value)>,
+}
+
+impl PollSnapshot {
+    /// The snapshot a poll starts from.
+    pub fn start(t: &PollTrigger) -> Self {
+        Self {
+            previous_last_modified: t.start_time.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// The snapshot after reading `rows` (a page, in time order; each row's
+    /// time and key given): a full page means more may follow in this
+    /// round; a shorter one ends the round, whose newest time becomes
+    /// `previousLastModified`. Returns whether the round goes on.
+    pub fn advance(&mut self, rows: &[(Value, Value)], page_size: u32) -> bool {
+        let last = rows.last().cloned();
+        if rows.len() >= page_size as usize && page_size > 0 {
+            self.page += 1;
+            self.after = last;
+            return true;
+        }
+        if let Some((t, _)) = last.or_else(|| self.after.take()) {
+            self.previous_last_modified = Some(t);
+            self.found = true;
+        }
+        self.page = 0;
+        self.after = None;
+        false
+    }
+}
+
+/// Check a poll trigger's options (the model calls this when a flow file
+/// loads; the server checks the connection against the flow's).
+pub(crate) fn check_poll(options: &serde_json::Value) -> Vec<crate::OptionIssue> {
+    let mut issues = crate::check_options::<PollTrigger>(options);
+    if !issues.is_empty() {
+        return issues;
+    }
+    let Ok(t) = serde_json::from_value::<PollTrigger>(options.clone()) else {
+        return issues;
+    };
+    let mut bad = |key: &str, message: String, help: &str| {
+        issues.push(crate::OptionIssue {
+            path: vec![sluice_expr::PathSeg::Key(key.to_owned())],
+            message,
+            at_key: false,
+            help: Some(help.to_owned()),
+        });
+    };
+    let ident = "use letters, digits and `_`";
+    for (key, v) in [
+        ("collection", Some(&t.collection)),
+        ("timestampField", Some(&t.timestamp_field)),
+        ("keyField", t.key_field.as_ref()),
+    ] {
+        if let Some(v) = v.filter(|v| !crate::sql::valid_ident(v)) {
+            bad(key, format!("`{v}` is not a table or column name"), ident);
+        }
+    }
+    if t.interval_ms < 100 {
+        bad(
+            "intervalMs",
+            format!("{} ms is too short an interval", t.interval_ms),
+            "poll at most ten times a second: `intervalMs: 100` or more",
+        );
+    }
+    if t.page_size == 0 || t.page_size > 10_000 {
+        bad(
+            "pageSize",
+            format!("a page of {} rows", t.page_size),
+            "read 1 to 10000 rows a page",
+        );
+    }
+    issues
+}
+
 /// A webhook path: non-empty segments of `[A-Za-z0-9._-]` joined by `/`.
 fn hook_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
@@ -253,6 +393,65 @@ mod tests {
             ),
             ""
         );
+    }
+
+    #[test]
+    fn poll_snapshots_follow_the_rounds() {
+        let t: PollTrigger = serde_json::from_value(json!({
+            "connection": "db", "collection": "t", "timestampField": "at",
+            "startTime": "2026-01-01", "pageSize": 2
+        }))
+        .unwrap();
+        assert!(t.single_page_per_interval);
+        let mut s = PollSnapshot::start(&t);
+        assert_eq!(s.previous_last_modified, Some(json!("2026-01-01")));
+        assert!(!s.found);
+        // A full page: the round goes on after its last row.
+        let page = [
+            (json!("2026-01-02"), json!(1)),
+            (json!("2026-01-03"), json!(2)),
+        ];
+        assert!(s.advance(&page, 2));
+        assert_eq!((s.page, s.after.clone()), (1, Some(page[1].clone())));
+        assert_eq!(s.previous_last_modified, Some(json!("2026-01-01")));
+        // An empty page ends it: the newest time read becomes the start.
+        assert!(!s.advance(&[], 2));
+        assert_eq!(s.previous_last_modified, Some(json!("2026-01-03")));
+        assert!(s.found);
+        assert_eq!((s.page, s.after.clone()), (0, None));
+        // A round with nothing new keeps it.
+        assert!(!s.advance(&[], 2));
+        assert_eq!(s.previous_last_modified, Some(json!("2026-01-03")));
+        // A short page ends the round at its last row.
+        assert!(!s.advance(&[(json!("2026-01-05"), json!(9))], 2));
+        assert_eq!(s.previous_last_modified, Some(json!("2026-01-05")));
+        // Until a round finds a row, `>=` stays.
+        let mut empty = PollSnapshot::start(&t);
+        assert!(!empty.advance(&[], 2));
+        assert!(!empty.found);
+    }
+
+    #[test]
+    fn bad_polls_are_refused() {
+        let bad = |o: serde_json::Value| {
+            check_poll(&o)
+                .into_iter()
+                .map(|i| i.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let base = json!({"connection": "db", "collection": "t", "timestampField": "at"});
+        assert_eq!(bad(base.clone()), "");
+        let with = |k: &str, v: serde_json::Value| {
+            let mut o = base.clone();
+            o[k] = v;
+            o
+        };
+        assert!(bad(with("collection", json!("t; drop"))).contains("not a table or column name"));
+        assert!(bad(with("keyField", json!("a b"))).contains("not a table or column name"));
+        assert!(bad(with("intervalMs", json!(5))).contains("too short"));
+        assert!(bad(with("pageSize", json!(0))).contains("a page of 0 rows"));
+        assert!(bad(json!({"connection": "db", "collection": "t"})).contains("timestampField"));
     }
 
     #[test]

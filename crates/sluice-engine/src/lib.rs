@@ -464,6 +464,12 @@ impl<S: Store> Engine<S> {
         &self.store
     }
 
+    /// The database pools of the flows' connections (a `poll` trigger
+    /// reads through them too).
+    pub fn pools(&self) -> &sluice_connect::sql::Pools {
+        &self.pools
+    }
+
     /// Run `flow` to completion. `source` is the flow file's text, kept in
     /// the store under its version so that the run can be resumed with it.
     pub async fn run(&self, flow: &Flow, req: RunRequest) -> Result<RunResult, EngineError> {
@@ -485,6 +491,29 @@ impl<S: Store> Engine<S> {
         req: RunRequest,
         run_id: String,
     ) -> Result<Started, EngineError> {
+        let (new, started) = self.prepare_as(flow, req, run_id).await?;
+        self.store.create_run(&new).await?;
+        Ok(started)
+    }
+
+    /// A new run of `flow`, ready for the store to record (with other
+    /// writes, such as a poll's snapshot, in one transaction) and then for
+    /// [`Engine::finish`] to drive. Nothing is recorded but the flow's
+    /// version.
+    pub async fn prepare(
+        &self,
+        flow: &Flow,
+        req: RunRequest,
+    ) -> Result<(NewRun, Started), EngineError> {
+        self.prepare_as(flow, req, new_run_id()).await
+    }
+
+    async fn prepare_as(
+        &self,
+        flow: &Flow,
+        req: RunRequest,
+        run_id: String,
+    ) -> Result<(NewRun, Started), EngineError> {
         let mut input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
         let event = req
             .event
@@ -504,21 +533,19 @@ impl<S: Store> Engine<S> {
             .map_err(EngineError::Event)?;
         }
         self.save_version(flow).await?;
-        self.store
-            .create_run(&NewRun {
-                id: run_id.clone(),
-                flow_id: flow.id.clone(),
-                trigger: req.trigger.clone(),
-                input: input.clone(),
-                next_step: flow.steps.first().map(|s| s.key.clone()),
-                started_at: now_micros(),
-                flow_version: Some(flow.version.clone()),
-                accountability: req.accountability.clone(),
-                parent: None,
-            })
-            .await?;
+        let new = NewRun {
+            id: run_id.clone(),
+            flow_id: flow.id.clone(),
+            trigger: req.trigger,
+            input: input.clone(),
+            next_step: flow.steps.first().map(|s| s.key.clone()),
+            started_at: now_micros(),
+            flow_version: Some(flow.version.clone()),
+            accountability: req.accountability,
+            parent: None,
+        };
         fo.event = event;
-        Ok(Started { run_id, fo, input })
+        Ok((new, Started { run_id, fo, input }))
     }
 
     /// Drive a run recorded by [`Engine::start`] to its end.

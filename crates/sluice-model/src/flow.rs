@@ -537,7 +537,6 @@ impl Checker<'_> {
         };
         let name = self.string(root, "name", "the flow").map(|(s, _)| s);
         let description = self.string(root, "description", "the flow").map(|(s, _)| s);
-        let trigger = self.trigger(root.get("trigger"));
         let unmapped_results = match root.get("unmappedResults") {
             None => UnmappedResults::Merge,
             Some(n) => match n.as_str() {
@@ -609,6 +608,8 @@ impl Checker<'_> {
                 }
             },
         };
+        // After the connections: a trigger may name one.
+        let trigger = self.trigger(root.get("trigger"));
         let steps = self.steps(root);
         Some(Flow {
             id,
@@ -710,6 +711,29 @@ impl Checker<'_> {
                 None
             }
             Some(spec) => {
+                // A poll reads through one of the flow's connections (an
+                // event trigger's `connection` names the writing flow's).
+                if kind == "poll"
+                    && let Some(Value::String(c)) = options.get("connection")
+                    && !self.connection_names.contains(c)
+                {
+                    ok = false;
+                    let span = node
+                        .get("connection")
+                        .map(|n| n.span.clone())
+                        .unwrap_or_else(|| node.span.clone());
+                    let help = if self.connection_names.is_empty() {
+                        "declare it under `connections:` with a `url`".to_owned()
+                    } else {
+                        format!("connections: {}", self.connection_names.join(", "))
+                    };
+                    self.err_help(
+                        span,
+                        format!("trigger `{kind}`: no connection `{c}` in the flow"),
+                        "unknown connection",
+                        help,
+                    );
+                }
                 // Trigger options sit beside `type`: check them as a mapping.
                 let before = self.diags.len();
                 self.option_issues(node, (spec.check)(&options), &format!("trigger `{kind}`"));

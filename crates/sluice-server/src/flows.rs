@@ -1,10 +1,10 @@
 //! The flows a server runs: every flow file of a folder, checked, with the
-//! webhooks and schedules their triggers declare.
+//! webhooks, schedules and polls their triggers declare.
 
 use serde_json::Value;
 use sluice_connect::Registry;
 use sluice_connect::triggers::{
-    HookMethod, MissedFires, Schedule, ScheduleTrigger, WebhookTrigger,
+    HookMethod, MissedFires, PollTrigger, Schedule, ScheduleTrigger, WebhookTrigger,
 };
 use sluice_expr::{Program, TemplateValue};
 use sluice_model::{Diagnostics, Flow};
@@ -77,6 +77,15 @@ pub struct Scheduled {
     pub missed: MissedFires,
 }
 
+/// A flow's poll.
+#[derive(Clone, Debug)]
+pub struct Polled {
+    /// The flow.
+    pub flow: Arc<Flow>,
+    /// Its options.
+    pub options: PollTrigger,
+}
+
 /// Every flow of a folder, by id, and what their triggers listen to.
 #[derive(Debug, Default)]
 pub struct FlowSet {
@@ -88,6 +97,8 @@ pub struct FlowSet {
     pub hooks: HashMap<(HookMethod, String), Arc<Hook>>,
     /// Schedules.
     pub schedules: Vec<Scheduled>,
+    /// Polls.
+    pub polls: Vec<Polled>,
 }
 
 impl sluice_engine::FlowLookup for FlowSet {
@@ -272,6 +283,14 @@ impl FlowSet {
                     flow: flow.clone(),
                     schedule,
                     missed: options.missed,
+                });
+            }
+            "poll" => {
+                let options: PollTrigger = serde_json::from_value(options.clone())
+                    .map_err(|e| format!("poll trigger: {e}"))?;
+                self.polls.push(Polled {
+                    flow: flow.clone(),
+                    options,
                 });
             }
             _ => {}

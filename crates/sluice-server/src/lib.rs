@@ -26,10 +26,11 @@ mod error;
 mod events;
 mod flows;
 mod hooks;
+mod poll;
 mod schedule;
 
 pub use error::ApiError;
-pub use flows::{FlowSet, Hook, LoadFailure, Scheduled};
+pub use flows::{FlowSet, Hook, LoadFailure, Polled, Scheduled};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::Value;
@@ -185,7 +186,7 @@ impl<S: Store> Server<S> {
         Ok(n)
     }
 
-    /// Start (or restart) the schedules of the flows now served.
+    /// Start (or restart) the schedules and polls of the flows now served.
     pub fn start_schedules(&self) {
         let set = self.flows();
         let mut handles = match self.inner.schedules.lock() {
@@ -197,6 +198,9 @@ impl<S: Store> Server<S> {
         }
         for s in &set.schedules {
             handles.push(tokio::spawn(schedule::run(self.clone(), s.clone())));
+        }
+        for p in &set.polls {
+            handles.push(tokio::spawn(poll::run(self.clone(), p.clone())));
         }
     }
 
@@ -234,6 +238,15 @@ impl<S: Store> Server<S> {
                 "the run's task ended before it was recorded".to_owned(),
             )),
         }
+    }
+
+    /// Drive a run that is recorded (by [`Engine::prepare`] and a store
+    /// write of the caller's) on a task of its own.
+    pub fn drive(&self, flow: Arc<Flow>, started: sluice_engine::Started) -> RunTask {
+        metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
+        let engine = self.inner.engine.clone();
+        let f = flow.clone();
+        self.track(flow, async move { engine.finish(&f, started).await })
     }
 
     /// Drive `run` on a task of its own, counted as under way. When it is

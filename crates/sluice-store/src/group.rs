@@ -148,7 +148,7 @@ async fn step_statements(
     Ok(())
 }
 
-async fn create_statement(
+pub(crate) async fn create_statement(
     conn: &mut sqlx::SqliteConnection,
     v: &CreateVals,
 ) -> Result<(), StoreError> {

@@ -458,6 +458,24 @@ pub trait Store: Send + Sync + 'static {
         &self,
         flow_id: &str,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// A flow's poll snapshot and its sequence number (0 before the first
+    /// poll advanced it).
+    fn poll_snapshot(
+        &self,
+        flow_id: &str,
+    ) -> impl Future<Output = Result<(i64, Option<Value>), StoreError>> + Send;
+    /// Advance a flow's poll snapshot from sequence number `seq` (as
+    /// [`Store::poll_snapshot`] read it) to `seq + 1` with `snapshot`, and
+    /// record `runs`, in one transaction: true for exactly one caller per
+    /// flow and number, across restarts and processes sharing the store;
+    /// false (and nothing recorded) when another advanced it first.
+    fn advance_poll(
+        &self,
+        flow_id: &str,
+        seq: i64,
+        snapshot: &Value,
+        runs: &[NewRun],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Microseconds since the Unix epoch, now.

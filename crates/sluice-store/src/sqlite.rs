@@ -4,7 +4,7 @@
 //! step survives a crash or `kill -9` of the process; a power failure may lose
 //! the last commits. Add `?synchronous=full` to the URL to sync every commit.
 
-use crate::group::{CreateVals, Group, StepVals, SuspendVals, Write};
+use crate::group::{CreateVals, Group, StepVals, SuspendVals, Write, create_statement};
 use crate::{
     NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError,
     Wait, WaitKind,
@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "waits",
         include_str!("../migrations/sqlite/0006_waits.sql"),
+    ),
+    (
+        7,
+        "polls",
+        include_str!("../migrations/sqlite/0007_polls.sql"),
     ),
 ];
 
@@ -241,18 +246,7 @@ const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
         self.group
-            .write(Write::Create(Box::new(CreateVals {
-                id: run.id.clone(),
-                flow_id: run.flow_id.clone(),
-                trigger: json(&run.trigger),
-                input: json(&run.input),
-                next_step: run.next_step.clone(),
-                started_at: run.started_at,
-                flow_version: run.flow_version.clone(),
-                accountability: json(&run.accountability),
-                parent_run: run.parent.as_ref().map(|p| p.0.clone()),
-                item: run.parent.as_ref().map(|p| p.1),
-            })))
+            .write(Write::Create(Box::new(create_vals(run))))
             .await
     }
 
@@ -444,6 +438,58 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn poll_snapshot(&self, flow_id: &str) -> Result<(i64, Option<Value>), StoreError> {
+        let row = sqlx::query("SELECT seq, snapshot FROM poll_snapshots WHERE flow_id = ?")
+            .bind(flow_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok((0, None)),
+            Some(r) => {
+                let text: String = r.try_get("snapshot")?;
+                let snap = serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Corrupt(format!("poll snapshot of `{flow_id}`: {e}"))
+                })?;
+                Ok((r.try_get("seq")?, Some(snap)))
+            }
+        }
+    }
+
+    async fn advance_poll(
+        &self,
+        flow_id: &str,
+        seq: i64,
+        snapshot: &Value,
+        runs: &[NewRun],
+    ) -> Result<bool, StoreError> {
+        let now = crate::now_micros();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let moved = if seq == 0 {
+            sqlx::query("INSERT INTO poll_snapshots (flow_id, seq, snapshot, updated_at) VALUES (?, 1, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(flow_id)
+                .bind(json(snapshot))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+        } else {
+            sqlx::query("UPDATE poll_snapshots SET seq = seq + 1, snapshot = ?, updated_at = ? WHERE flow_id = ? AND seq = ?")
+                .bind(json(snapshot))
+                .bind(now)
+                .bind(flow_id)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?
+        };
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for run in runs {
+            create_statement(&mut tx, &create_vals(run)).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn last_fire(&self, flow_id: &str) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query("SELECT MAX(fire_at) AS at FROM schedule_fires WHERE flow_id = ?")
             .bind(flow_id)
@@ -549,4 +595,20 @@ fn bind_run<'q>(q: Query<'q>, run: &'q RunUpdate, state: String) -> Query<'q> {
 
 fn update<'q>(run: &'q RunUpdate, run_id: &'q str) -> Query<'q> {
     bind_run(sqlx::query(UPDATE_RUN), run, json(&run.state)).bind(run_id)
+}
+
+/// A new run's values, ready to bind.
+fn create_vals(run: &NewRun) -> CreateVals {
+    CreateVals {
+        id: run.id.clone(),
+        flow_id: run.flow_id.clone(),
+        trigger: json(&run.trigger),
+        input: json(&run.input),
+        next_step: run.next_step.clone(),
+        started_at: run.started_at,
+        flow_version: run.flow_version.clone(),
+        accountability: json(&run.accountability),
+        parent_run: run.parent.as_ref().map(|p| p.0.clone()),
+        item: run.parent.as_ref().map(|p| p.1),
+    }
 }

@@ -291,6 +291,52 @@ async fn suite<S: Store>(store: &S) {
     assert_eq!(store.last_fire("nightly").await.unwrap(), Some(2_000));
 
     waits(store).await;
+    polls(store).await;
+}
+
+/// Poll snapshots: advanced from the number read, with the runs a page
+/// starts, once; a loser records nothing; a run that exists undoes the
+/// advance.
+async fn polls<S: Store>(store: &S) {
+    assert_eq!(store.poll_snapshot("poller").await.unwrap(), (0, None));
+    let (a, b) = (new_run("poller"), new_run("poller"));
+    let first = json!({"previousLastModified": "2026-01-01", "page": 0});
+    assert!(
+        store
+            .advance_poll("poller", 0, &first, &[a.clone(), b.clone()])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.poll_snapshot("poller").await.unwrap(),
+        (1, Some(first.clone()))
+    );
+    assert!(store.get_run(&a.id).await.unwrap().is_some());
+    assert!(store.get_run(&b.id).await.unwrap().is_some());
+    // Another process read the same snapshot: it loses, and starts nothing.
+    let late = new_run("poller");
+    assert!(
+        !store
+            .advance_poll("poller", 0, &json!({"x": 1}), std::slice::from_ref(&late))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_run(&late.id).await.unwrap().is_none());
+    // A page whose run exists already: nothing moves.
+    let second = json!({"previousLastModified": "2026-01-02", "page": 0});
+    assert!(matches!(
+        store
+            .advance_poll("poller", 1, &second, &[late.clone(), a.clone()])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.poll_snapshot("poller").await.unwrap().0, 1);
+    assert!(store.get_run(&late.id).await.unwrap().is_none());
+    assert!(store.advance_poll("poller", 1, &second, &[]).await.unwrap());
+    assert_eq!(
+        store.poll_snapshot("poller").await.unwrap(),
+        (2, Some(second))
+    );
 }
 
 fn wait_of(run: &NewRun, kind: WaitKind, event_type: Option<&str>) -> Wait {
@@ -414,8 +460,9 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        7
+        9
     );
+    assert_eq!(store.poll_snapshot("poller").await.unwrap().0, 2);
     // Waits survive the reopen too.
     assert_eq!(store.list_waits(None).await.unwrap().len(), 2);
 }

@@ -1032,3 +1032,133 @@ steps:
     assert_eq!(rec["output"]["shipped"], true);
     assert_eq!(s.stop(), Some(0));
 }
+
+/// `$trigger.row.ref` of every run of `flow` (a poll's), sorted, once each
+/// has ended; and whether all succeeded.
+fn polled_refs(s: &Serve, flow: &str) -> (Vec<String>, bool) {
+    let runs = s.get(&format!("/api/runs?flow={flow}&limit=0")).body;
+    let mut ok = true;
+    let mut refs: Vec<String> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let d = s.ended(r["id"].as_str().unwrap());
+            ok &= d["status"] == "succeeded";
+            d["trigger"]["row"]["ref"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect();
+    refs.sort();
+    (refs, ok)
+}
+
+/// Wait until `flow` has `n` runs; their refs.
+fn wait_runs(s: &Serve, flow: &str, n: usize) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let (refs, ok) = polled_refs(s, flow);
+        if refs.len() >= n {
+            assert!(ok, "a run of `{flow}` failed: {refs:?}\n{}", s.log());
+            return refs;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "`{flow}` has {refs:?}, not {n} runs\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn data_hooks_and_polls_on_the_real_server() {
+    let dir = temp("hooks");
+    let db = dir.join("app.db");
+    let conn = format!(
+        "connections:\n  app: {{url: \"sqlite://{}?mode=rwc\"}}\n",
+        db.display()
+    );
+    write(
+        &dir,
+        "setup.yaml",
+        &format!(
+            "id: setup\ntrigger: {{type: manual}}\n{conn}steps:\n  - {{key: o, type: sql.query, options: {{connection: app, mode: statement, query: \"CREATE TABLE orders (id INTEGER PRIMARY KEY, ref TEXT UNIQUE, total INT, at TEXT)\"}}}}\n  - {{key: a, type: sql.query, options: {{connection: app, mode: statement, query: \"CREATE TABLE audit (id INTEGER PRIMARY KEY, ref TEXT)\"}}}}\n"
+        ),
+    );
+    write(
+        &dir,
+        "order.yaml",
+        &format!(
+            "id: order\ntrigger: {{type: webhook, path: order}}\nunmappedResults: replace\n{conn}steps:\n  - {{key: c, type: sql.create, options: {{connection: app, collection: orders, properties: {{ref: \"{{{{ .ref }}}}\", total: \"{{{{ .total }}}}\", at: \"{{{{ .at }}}}\"}}}}}}\n"
+        ),
+    );
+    write(
+        &dir,
+        "check.yaml",
+        "id: check\ntrigger: {type: event, when: before, on: [create], collections: [orders]}\nsteps:\n  - {key: ok, type: condition, options: {filter: \".total >= 0\"}, resolve: null, reject: refuse}\n  - {key: refuse, type: throw, options: {message: \"a negative total\"}}\n",
+    );
+    write(
+        &dir,
+        "audit.yaml",
+        &format!(
+            "id: audit\ntrigger: {{type: event, on: [create], collections: [orders]}}\n{conn}steps:\n  - {{key: a, type: sql.create, options: {{connection: app, collection: audit, properties: {{ref: \"{{{{ $trigger.row.ref }}}}\"}}}}}}\n"
+        ),
+    );
+    write(
+        &dir,
+        "watch.yaml",
+        &format!(
+            "id: watch\ntrigger: {{type: poll, connection: app, collection: orders, timestampField: at, intervalMs: 100, pageSize: 2}}\n{conn}steps:\n  - {{key: seen, type: log, options: {{message: \"order {{{{ .ref }}}} at {{{{ $trigger.polledAt }}}}\"}}}}\n"
+        ),
+    );
+    let s = Serve::start(&dir);
+    let r = s.post("/api/flows/setup/runs", json!({}));
+    assert_eq!(
+        s.ended(r.body["runId"].as_str().unwrap())["status"],
+        "succeeded"
+    );
+    let order = |s: &Serve, r: &str, total: i64, sec: u32| {
+        s.post(
+            "/hooks/order",
+            json!({"ref": r, "total": total, "at": format!("2026-01-01T00:00:{sec:02}Z")}),
+        )
+    };
+    for (r, total, sec) in [("A", 1, 1), ("C", 3, 3), ("D", 4, 4)] {
+        let reply = order(&s, r, total, sec);
+        assert_eq!(reply.status, 200, "{reply:?}\n{}", s.log());
+        assert_eq!(reply.body["ref"], r);
+    }
+    // The before-hook refuses: the webhook's run fails, nothing is written.
+    let refused = order(&s, "B", -1, 2);
+    assert!(refused.status == 500, "{refused:?}");
+    let run = refused.body["details"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d = s.ended(&run);
+    assert!(
+        d["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused by before-hook flow `check`")
+                && e.contains("a negative total")),
+        "{d}"
+    );
+    // After-hooks audit each created order; the poll starts one run per
+    // row, one page of two per interval.
+    assert_eq!(wait_runs(&s, "audit", 3).len(), 3);
+    assert_eq!(wait_runs(&s, "watch", 3), ["A", "C", "D"]);
+    // kill -9 and a restart: the snapshot holds, no row runs twice.
+    s.signal("-KILL");
+    drop(s);
+    let s = Serve::start(&dir);
+    let reply = order(&s, "E", 5, 5);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(wait_runs(&s, "watch", 4), ["A", "C", "D", "E"]);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(polled_refs(&s, "watch").0, ["A", "C", "D", "E"]);
+    assert_eq!(wait_runs(&s, "audit", 4).len(), 4);
+    assert_eq!(s.stop(), Some(0));
+}
