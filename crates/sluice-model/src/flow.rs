@@ -624,6 +624,33 @@ impl Checker<'_> {
         })
     }
 
+    /// Whether the `connection` option (in `options`, written under
+    /// `node`), if any, names a connection of the flow; reported when not.
+    fn known_connection(&mut self, options: &Value, node: &Node, who: &str) -> bool {
+        let Some(Value::String(c)) = options.get("connection") else {
+            return true;
+        };
+        if self.connection_names.contains(c) {
+            return true;
+        }
+        let span = node
+            .get("connection")
+            .map(|n| n.span.clone())
+            .unwrap_or_else(|| node.span.clone());
+        let help = if self.connection_names.is_empty() {
+            "declare it under `connections:` with a `url`".to_owned()
+        } else {
+            format!("connections: {}", self.connection_names.join(", "))
+        };
+        self.err_help(
+            span,
+            format!("{who}: no connection `{c}` in the flow"),
+            "unknown connection",
+            help,
+        );
+        false
+    }
+
     fn trigger(&mut self, node: Option<&Node>) -> Option<Trigger> {
         let Some(node) = node else {
             return Some(Trigger {
@@ -713,26 +740,8 @@ impl Checker<'_> {
             Some(spec) => {
                 // A poll reads through one of the flow's connections (an
                 // event trigger's `connection` names the writing flow's).
-                if kind == "poll"
-                    && let Some(Value::String(c)) = options.get("connection")
-                    && !self.connection_names.contains(c)
-                {
-                    ok = false;
-                    let span = node
-                        .get("connection")
-                        .map(|n| n.span.clone())
-                        .unwrap_or_else(|| node.span.clone());
-                    let help = if self.connection_names.is_empty() {
-                        "declare it under `connections:` with a `url`".to_owned()
-                    } else {
-                        format!("connections: {}", self.connection_names.join(", "))
-                    };
-                    self.err_help(
-                        span,
-                        format!("trigger `{kind}`: no connection `{c}` in the flow"),
-                        "unknown connection",
-                        help,
-                    );
+                if kind == "poll" {
+                    ok &= self.known_connection(&options, node, &format!("trigger `{kind}`"));
                 }
                 // Trigger options sit beside `type`: check them as a mapping.
                 let before = self.diags.len();
@@ -1080,27 +1089,7 @@ impl Checker<'_> {
         if let Some((kind, _)) = &r.kind
             && let Some(spec) = self.catalog.step(kind)
         {
-            if let Some(Value::String(c)) = options_json.get("connection")
-                && !self.connection_names.contains(c)
-            {
-                ok = false;
-                let span = r
-                    .options
-                    .and_then(|o| o.get("connection"))
-                    .map(|n| n.span.clone())
-                    .unwrap_or_else(|| r.node.span.clone());
-                let help = if self.connection_names.is_empty() {
-                    "declare it under `connections:` with a `url`".to_owned()
-                } else {
-                    format!("connections: {}", self.connection_names.join(", "))
-                };
-                self.err_help(
-                    span,
-                    format!("{who}: no connection `{c}` in the flow"),
-                    "unknown connection",
-                    help,
-                );
-            }
+            ok &= self.known_connection(&options_json, r.options.unwrap_or(r.node), &who);
             let before = self.diags.len();
             let anchor = r.options.unwrap_or(r.node);
             self.option_issues(
