@@ -1,8 +1,10 @@
 //! `sluice serve`: the server that runs flows on their own.
 //!
 //! It loads every flow file of a folder ([`FlowSet`]), starts their triggers
-//! (webhooks at `/hooks/PATH`, schedules, CloudEvents at `/events`, manual
-//! runs through the API; `flow` steps start flows with a `flow` trigger), and
+//! (webhooks at `/hooks/PATH`, schedules, polls of SQL tables, CloudEvents
+//! at `/events`, manual runs through the API; `flow` steps start flows with a
+//! `flow` trigger, and the engine runs `event` flows as data hooks of SQL
+//! steps), and
 //! serves the HTTP API (`/api/...`, its OpenAPI document at
 //! `/api/openapi.json`) and Prometheus metrics (`/metrics`).
 //!
@@ -16,7 +18,8 @@
 //! wait's timeout) when it is due. A schedule's fire is claimed in the store
 //! before it runs, so it never fires twice for the same time, across
 //! restarts; a wait is claimed before its run continues, so an event or a
-//! timer wakes a run once.
+//! timer wakes a run once; a poll's page records its runs with the
+//! snapshot's advance, so a row's change starts one run.
 //!
 //! Every error answer has one shape: `{"code", "message", "details"}`
 //! ([`ApiError`]).
