@@ -425,7 +425,7 @@ impl<S: Store> Engine<S> {
     /// The flows that `flow` steps start and whose `event` triggers hook
     /// the changes of SQL steps (the server sets it at each load).
     pub fn set_flows(&self, flows: Arc<dyn FlowLookup>) {
-        let hooks: Vec<(EventTrigger, Arc<Flow>)> = flows
+        let mut hooks: Vec<(EventTrigger, Arc<Flow>)> = flows
             .all()
             .into_iter()
             .filter(|f| f.trigger.kind == "event")
@@ -437,7 +437,6 @@ impl<S: Store> Engine<S> {
             })
             .collect();
         // Before-hooks run one after the other, in the order of their ids.
-        let mut hooks = hooks;
         hooks.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         if let Ok(mut f) = self.flows.write() {
             *f = Reach {

@@ -1128,20 +1128,8 @@ impl Checker<'_> {
                     }
                     Err(errors) => {
                         ok = false;
-                        for e in errors {
-                            let mut path = vec![PathSeg::Key((*name).to_owned())];
-                            path.extend(e.path.iter().cloned());
-                            let node = r.options.and_then(|o| o.at(&path));
-                            self.expr_issues(
-                                node,
-                                &e.error.source_text,
-                                &e.error.issues,
-                                step_keys,
-                                &who,
-                                &format!("option `{}`", display_path(&path)),
-                                "template",
-                            );
-                        }
+                        let at = [PathSeg::Key((*name).to_owned())];
+                        self.template_issues(r.options, &at, errors, step_keys, &who);
                     }
                 }
             }
@@ -1150,20 +1138,7 @@ impl Checker<'_> {
             Ok(t) => t,
             Err(errors) => {
                 ok = false;
-                for e in errors {
-                    let mut path = vec![];
-                    path.extend(e.path.iter().cloned());
-                    let node = r.options.and_then(|o| o.at(&path));
-                    self.expr_issues(
-                        node,
-                        &e.error.source_text,
-                        &e.error.issues,
-                        step_keys,
-                        &who,
-                        &format!("option `{}`", display_path(&e.path)),
-                        "template",
-                    );
-                }
+                self.template_issues(r.options, &[], errors, step_keys, &who);
                 TemplateValue::Const(Value::Null)
             }
         };
@@ -1531,6 +1506,32 @@ impl Checker<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// Report the templates of a step's options (under `at`) that did not
+    /// compile, each at its place in `options`.
+    fn template_issues(
+        &mut self,
+        options: Option<&Node>,
+        at: &[PathSeg],
+        errors: Vec<sluice_expr::template::LocatedTemplateError>,
+        step_keys: &[&str],
+        who: &str,
+    ) {
+        for e in errors {
+            let mut path = at.to_vec();
+            path.extend(e.path.iter().cloned());
+            let node = options.and_then(|o| o.at(&path));
+            self.expr_issues(
+                node,
+                &e.error.source_text,
+                &e.error.issues,
+                step_keys,
+                who,
+                &format!("option `{}`", display_path(&path)),
+                "template",
+            );
         }
     }
 
