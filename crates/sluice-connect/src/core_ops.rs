@@ -22,6 +22,7 @@ pub struct TransformOptions {
 
 impl Action for Transform {
     const KIND: &'static str = "transform";
+    const PURE: bool = true;
     type Options = TransformOptions;
 
     async fn run<'a>(
@@ -47,6 +48,7 @@ pub struct ConditionOptions {
 
 impl Action for Condition {
     const KIND: &'static str = "condition";
+    const PURE: bool = true;
     const EXPRESSIONS: &'static [&'static str] = &["filter"];
     type Options = ConditionOptions;
 
@@ -85,6 +87,7 @@ pub struct LogOptions {
 
 impl Action for Log {
     const KIND: &'static str = "log";
+    const PURE: bool = true;
     type Options = LogOptions;
 
     async fn run<'a>(
@@ -262,6 +265,7 @@ pub struct ThrowOptions {
 
 impl Action for Throw {
     const KIND: &'static str = "throw";
+    const PURE: bool = true;
     type Options = ThrowOptions;
 
     async fn run<'a>(

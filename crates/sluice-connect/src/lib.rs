@@ -226,6 +226,11 @@ pub trait Action: Send + Sync + 'static {
     const EXPRESSIONS: &'static [&'static str] = &[];
     /// Options whose templates the step renders itself (see [`ActionCx::deferred`]).
     const DEFERRED: &'static [&'static str] = &[];
+    /// The step touches nothing outside the run: no outside system, no other
+    /// run, no clock to wait for; what it did is seen only through the run's
+    /// record. The engine may then commit its record with the next write (a
+    /// stretch of such steps is recorded in one; see docs/data-flow.md).
+    const PURE: bool = false;
     /// The typed options.
     type Options: DeserializeOwned + JsonSchema + Send;
     /// Run once with templated options.
@@ -372,6 +377,8 @@ pub struct Entry {
     pub spec: StepSpec,
     /// How the engine runs it.
     pub action: Arc<dyn DynAction>,
+    /// See [`Action::PURE`].
+    pub pure: bool,
     /// The JSON Schema of its options.
     pub schema: fn() -> Value,
 }
@@ -437,6 +444,7 @@ impl Registry {
                     check: check_options::<A::Options>,
                 },
                 action: Arc::new(action),
+                pure: A::PURE,
                 schema: options_schema::<A::Options>,
             },
         );

@@ -141,11 +141,14 @@ impl ChildEnd {
 /// How deep `flow` steps may nest runs (a flow that starts itself stops here).
 pub const MAX_FLOW_DEPTH: u64 = 32;
 
-/// A run recorded in the store and not yet driven: see [`Engine::start`].
+/// A run not yet driven: recorded in the store (see [`Engine::start`]), or
+/// to be recorded with its first write (see [`Engine::begin`]).
 pub struct Started {
     run_id: String,
     fo: FlowObject,
     input: Value,
+    /// The run's record, when it is not in the store yet.
+    new: Option<Box<NewRun>>,
 }
 
 impl Started {
@@ -272,6 +275,8 @@ struct Cursor {
     /// The attempt of the first step, from 1.
     attempt: u32,
     entry: Entry,
+    /// The run's record, when the store does not have it yet.
+    new: Option<Box<NewRun>>,
 }
 
 impl Cursor {
@@ -281,8 +286,19 @@ impl Cursor {
             item: 0,
             attempt: 1,
             entry: Entry::Fresh,
+            new: None,
         }
     }
+}
+
+/// What a run has done that the store does not have yet: the run itself
+/// (see [`Engine::begin`]) and the records of the pure steps since its last
+/// write (see [`sluice_connect::Action::PURE`]). They are written with the
+/// run's next write, in its transaction.
+#[derive(Default)]
+struct Held {
+    new: Option<Box<NewRun>>,
+    steps: Vec<StepRecord>,
 }
 
 /// What a step runs with besides its data.
@@ -472,8 +488,20 @@ impl<S: Store> Engine<S> {
     /// Run `flow` to completion. `source` is the flow file's text, kept in
     /// the store under its version so that the run can be resumed with it.
     pub async fn run(&self, flow: &Flow, req: RunRequest) -> Result<RunResult, EngineError> {
-        let started = self.start(flow, req).await?;
+        let started = self.begin(flow, req).await?;
         self.finish(flow, started).await
+    }
+
+    /// A new run of `flow`, recorded with its first write rather than now:
+    /// before its first step that is not pure, or with the records of its
+    /// steps when all of them are. For a caller that answers only once the
+    /// run ends (a synchronous webhook, `sluice run`): until then nobody has
+    /// been told the run exists, and nothing outside has seen it, so a
+    /// crash before that write loses nothing that was accepted.
+    pub async fn begin(&self, flow: &Flow, req: RunRequest) -> Result<Started, EngineError> {
+        let (new, mut started) = self.prepare_as(flow, req, new_run_id()).await?;
+        started.new = Some(Box::new(new));
+        Ok(started)
     }
 
     /// Record a new run of `flow` in the store, without running a step yet:
@@ -544,13 +572,30 @@ impl<S: Store> Engine<S> {
             parent: None,
         };
         fo.event = event;
-        Ok((new, Started { run_id, fo, input }))
+        Ok((
+            new,
+            Started {
+                run_id,
+                fo,
+                input,
+                new: None,
+            },
+        ))
     }
 
     /// Drive a run recorded by [`Engine::start`] to its end.
     pub async fn finish(&self, flow: &Flow, started: Started) -> Result<RunResult, EngineError> {
-        let Started { run_id, fo, input } = started;
-        self.drive(flow, Cursor::new(run_id), fo, input, 0, 0, Mode::RECORDED)
+        let Started {
+            run_id,
+            fo,
+            input,
+            new,
+        } = started;
+        let cursor = Cursor {
+            new,
+            ..Cursor::new(run_id)
+        };
+        self.drive(flow, cursor, fo, input, 0, 0, Mode::RECORDED)
             .await
     }
 
@@ -707,6 +752,7 @@ impl<S: Store> Engine<S> {
             item: detail.parent.as_ref().map_or(0, |p| p.1),
             attempt: u32::try_from(failed).unwrap_or(u32::MAX - 1) + 1,
             entry,
+            new: None,
         };
         let n = detail.steps.len() as i64;
         let state = state.unwrap_or(detail.state);
@@ -846,7 +892,12 @@ impl<S: Store> Engine<S> {
             item,
             mut attempt,
             mut entry,
+            new,
         } = cursor;
+        let mut held = Held {
+            new,
+            steps: Vec::new(),
+        };
         let depth = depth_of(&fo);
         let mut pos = if start < flow.steps.len() {
             Some(start)
@@ -855,7 +906,19 @@ impl<S: Store> Engine<S> {
         };
         while let Some(i) = pos {
             let step = &flow.steps[i];
+            // The run's position before this step, for the records it holds.
+            let here = || RunUpdate {
+                status: RunStatus::Running,
+                state: state.clone(),
+                next_step: Some(step.key.clone()),
+                output: None,
+                error: None,
+                error_step: None,
+                ended_at: None,
+            };
             if rec && self.take_cancelled(&run_id) {
+                // The steps it ran are recorded; the store keeps it cancelled.
+                self.write_held(&mut held, None, &here()).await?;
                 let mut r = RunResult::ended(run_id, RunStatus::Cancelled, &fo);
                 r.failure = Some(StepFailure {
                     step: step.key.clone(),
@@ -863,6 +926,12 @@ impl<S: Store> Engine<S> {
                     blame: Blame::Flow,
                 });
                 return Ok(r);
+            }
+            // A step that is not pure runs only once the store has what
+            // came before it.
+            let pure = self.pure(step);
+            if rec && !pure {
+                self.write_held(&mut held, None, &here()).await?;
             }
             let key = if rec {
                 format!("{run_id}/{}/{item}/{attempt}", step.key)
@@ -1031,7 +1100,11 @@ impl<S: Store> Engine<S> {
                             error_step: None,
                             ended_at: finished.then(now_micros),
                         };
-                        self.store.record_step(&record, &update).await?;
+                        if pure && !finished {
+                            held.steps.push(record);
+                        } else {
+                            self.write_held(&mut held, Some(record), &update).await?;
+                        }
                     }
                     if finished {
                         return Ok(RunResult {
@@ -1105,7 +1178,11 @@ impl<S: Store> Engine<S> {
                             error_step: stopped.then(|| step.key.clone()),
                             ended_at: (stopped && !incident).then(now_micros),
                         };
-                        self.store.record_step(&record, &update).await?;
+                        if pure && !stopped {
+                            held.steps.push(record);
+                        } else {
+                            self.write_held(&mut held, Some(record), &update).await?;
+                        }
                     }
                     if stopped {
                         return Ok(RunResult {
@@ -1122,17 +1199,46 @@ impl<S: Store> Engine<S> {
         }
         // A flow always has a step; a run that had none ends as it began.
         if rec {
-            self.store
-                .update_run(
-                    &run_id,
-                    &RunUpdate::ended(state.clone(), Some(state.clone()), None, None),
-                )
-                .await?;
+            let end = RunUpdate::ended(state.clone(), Some(state.clone()), None, None);
+            if held.new.is_some() || !held.steps.is_empty() {
+                self.write_held(&mut held, None, &end).await?;
+            } else {
+                self.store.update_run(&run_id, &end).await?;
+            }
         }
         Ok(RunResult {
             output: Some(state),
             ..RunResult::ended(run_id, RunStatus::Succeeded, &fo)
         })
+    }
+
+    /// Whether `step` is pure (see [`sluice_connect::Action::PURE`]); a step
+    /// that retries is not, since each attempt's failure is recorded
+    /// before its backoff.
+    fn pure(&self, step: &Step) -> bool {
+        step.retry.is_none() && self.registry.get(&step.kind).is_some_and(|e| e.pure)
+    }
+
+    /// Write what the run holds (see [`Held`]), then `record` (if any), and
+    /// the run's new position `at`, in one transaction; with nothing held
+    /// and no record, nothing is written.
+    async fn write_held(
+        &self,
+        held: &mut Held,
+        record: Option<StepRecord>,
+        at: &RunUpdate,
+    ) -> Result<(), StoreError> {
+        held.steps.extend(record);
+        if held.new.is_none() && held.steps.is_empty() {
+            return Ok(());
+        }
+        let new = held.new.take();
+        let r = self
+            .store
+            .record_steps(new.as_deref(), &held.steps, at)
+            .await;
+        held.steps.clear();
+        r
     }
 
     /// A run that another caller moved while this one waited (it was

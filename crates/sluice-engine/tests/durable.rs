@@ -42,6 +42,32 @@ impl Action for Flaky {
     }
 }
 
+/// A step that is not pure and looks at what the store holds of its run
+/// when it runs.
+struct Probe(Arc<SqliteStore>);
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct NoOptions {}
+
+impl Action for Probe {
+    const KIND: &'static str = "probe";
+    type Options = NoOptions;
+
+    async fn run<'a>(&'a self, cx: ActionCx<'a>, _: NoOptions) -> Result<Outcome, ActionError> {
+        let seen = match self.0.get_run(cx.run_id).await {
+            Ok(Some(d)) => json!({
+                "status": d.summary.status.as_str(),
+                "steps": d.steps.iter().map(|s| s.step_key.clone()).collect::<Vec<_>>(),
+                "next": d.next_step,
+                "state": d.state,
+            }),
+            Ok(None) => json!("no run"),
+            Err(e) => json!(e.to_string()),
+        };
+        Ok(Outcome::value(json!({ "seen": seen })))
+    }
+}
+
 struct Setup {
     store: Arc<SqliteStore>,
     registry: Arc<Registry>,
@@ -51,10 +77,12 @@ struct Setup {
 impl Setup {
     async fn new() -> Self {
         let keys = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
         let mut r = Registry::builtin();
         r.add(Flaky(keys.clone()));
+        r.add(Probe(store.clone()));
         Self {
-            store: Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+            store,
             registry: Arc::new(r),
             keys,
         }
@@ -77,6 +105,75 @@ fn input(v: Value) -> RunRequest {
         input: Some(v),
         ..RunRequest::default()
     }
+}
+
+/// Pure steps (transform, condition, log, throw) are recorded with the
+/// run's next write; a run `run` begins is recorded with its first write;
+/// and every step that is not pure runs only once the store holds the run
+/// and every step before it.
+#[tokio::test]
+async fn pure_steps_are_recorded_with_the_next_write_before_any_other_step() {
+    let s = Setup::new().await;
+    let flow = s.flow(
+        "id: p\nsteps:\n  - {key: a, type: transform, options: {value: {a: 1}}}\n  - {key: b, type: condition, options: {filter: '.a == 1'}}\n  - {key: look, type: probe, options: {}}\n  - {key: c, type: log, options: {message: hi}}\n  - {key: d, type: transform, options: {value: {d: 4}}}\n",
+    );
+    let r = s
+        .engine()
+        .run(&flow, input(json!({"in": 0})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let out = r.output.unwrap();
+    assert_eq!(
+        out["seen"],
+        json!({"status": "running", "steps": ["a", "b"], "next": "look", "state": {"in": 0, "a": 1}})
+    );
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    let keys: Vec<_> = d.steps.iter().map(|s| s.step_key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "look", "c", "d"]);
+    assert_eq!(d.summary.steps, 5);
+    assert_eq!(d.steps[3].logs, ["hi"]);
+    assert_eq!(d.output, Some(out.clone()));
+    assert_eq!(d.state, out);
+    assert_eq!(d.input, json!({"in": 0}));
+    let seqs: Vec<_> = d.steps.iter().map(|s| s.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+
+    // A first step that is not pure sees its run recorded, with no step.
+    let flow = s.flow("id: q\nsteps:\n  - {key: look, type: probe, options: {}}\n");
+    let r = s.engine().run(&flow, input(json!({"x": 1}))).await.unwrap();
+    assert_eq!(
+        r.output.unwrap()["seen"],
+        json!({"status": "running", "steps": [], "next": "look", "state": {"x": 1}})
+    );
+
+    // Pure steps that fail: every record is kept, with the failure path.
+    let flow = s.flow(
+        "id: t\nsteps:\n  - {key: a, type: transform, options: {value: {a: 1}}}\n  - key: b\n    type: throw\n    options: {message: nope}\n    reject: c\n  - {key: c, type: transform, options: {value: {c: 3}}}\n  - {key: e, type: throw, options: {message: 'stop {{ .c }}'}}\n",
+    );
+    let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
+    assert_ne!(r.status, RunStatus::Succeeded);
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    let keys: Vec<_> = d
+        .steps
+        .iter()
+        .map(|s| (s.step_key.as_str(), s.ok))
+        .collect();
+    assert_eq!(keys, [("a", true), ("b", false), ("c", true), ("e", false)]);
+    assert_eq!(d.summary.status, r.status);
+    assert_eq!(d.summary.error_step.as_deref(), Some("e"));
+    assert!(d.summary.error.unwrap().contains("stop 3"));
+
+    // A run `start` recorded first: its pure steps are recorded at its end.
+    let flow = s.flow("id: u\nsteps:\n  - {key: a, type: transform, options: {value: {a: 1}}}\n  - {key: b, type: transform, options: {value: {b: 2}}}\n");
+    let e = s.engine();
+    let started = e.start(&flow, input(json!({}))).await.unwrap();
+    let id = started.run_id().to_owned();
+    let d = s.store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!((d.summary.status, d.steps.len()), (RunStatus::Running, 0));
+    let r = e.finish(&flow, started).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(s.store.get_run(&id).await.unwrap().unwrap().steps.len(), 2);
 }
 
 #[tokio::test]

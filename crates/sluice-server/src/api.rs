@@ -196,7 +196,7 @@ async fn start_run<S: Store>(
         accountability: json!({"trigger": "manual"}),
         event: None,
     };
-    let (run_id, task) = s.launch(flow, req).await?;
+    let (run_id, task) = s.launch(flow, req, wait).await?;
     finish(run_id, task, wait).await
 }
 
@@ -365,7 +365,7 @@ async fn retry<S: Store>(
             .contains(&flow.trigger.kind.as_str())
             .then(|| d.trigger.clone()),
     };
-    let (run_id, task) = s.launch(flow, req).await?;
+    let (run_id, task) = s.launch(flow, req, wait).await?;
     finish(run_id, task, wait).await
 }
 

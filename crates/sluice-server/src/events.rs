@@ -61,7 +61,7 @@ pub(crate) async fn intake<S: Store>(
             accountability: json!({"trigger": "cloudevent", "source": event["source"], "id": id}),
             event: Some(event.clone()),
         };
-        match server.launch(flow.clone(), req).await {
+        match server.launch(flow.clone(), req, false).await {
             Ok((run_id, _)) => started.push(json!({"flow": flow.id, "runId": run_id})),
             Err(EngineError::Event(m)) => refused.push(json!({"flow": flow.id, "message": m})),
             Err(e) => return Err(e.into()),

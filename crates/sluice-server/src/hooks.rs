@@ -174,7 +174,9 @@ pub(crate) async fn hook<S: Store>(
         accountability: json!({"trigger": "webhook", "path": format!("/hooks/{path}")}),
         event: None,
     };
-    let (run_id, task) = server.launch(hook.flow.clone(), req).await?;
+    let (run_id, task) = server
+        .launch(hook.flow.clone(), req, !hook.options.is_async)
+        .await?;
     if hook.options.is_async {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
     }

@@ -209,6 +209,9 @@ impl<S: Store> Server<S> {
 
     /// Record a new run and drive it on a task of its own. Returns once the
     /// run is durable, with its id and the task that ends with its result.
+    /// A caller that `waits` for the result and tells nobody of the run
+    /// before it ends (a synchronous webhook) lets the run be recorded with
+    /// its first write instead (see [`sluice_engine::Engine::begin`]).
     ///
     /// Recording and driving both happen on the task, so a caller that is
     /// dropped half-way (a client hanging up) cannot leave a recorded run
@@ -217,12 +220,18 @@ impl<S: Store> Server<S> {
         &self,
         flow: Arc<Flow>,
         req: RunRequest,
+        waits: bool,
     ) -> Result<(String, RunTask), EngineError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let engine = self.inner.engine.clone();
         let f = flow.clone();
         let task = self.track(flow, async move {
-            let started = match engine.start(&f, req).await {
+            let started = if waits {
+                engine.begin(&f, req).await
+            } else {
+                engine.start(&f, req).await
+            };
+            let started = match started {
                 Ok(s) => s,
                 Err(e) => {
                     let message = e.to_string();

@@ -69,7 +69,7 @@ async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool
         accountability: json!({"trigger": "schedule"}),
         event: None,
     };
-    if let Err(e) = server.launch(s.flow.clone(), req).await {
+    if let Err(e) = server.launch(s.flow.clone(), req, false).await {
         eprintln!(
             "sluice: schedule of flow `{}`: cannot start the run of {}: {e}",
             s.flow.id,

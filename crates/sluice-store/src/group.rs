@@ -6,16 +6,29 @@
 //! durability of a step is unchanged (DESIGN.md: a step's record is
 //! committed before anything downstream happens); only the cost is shared.
 //! Writes in one batch belong to different runs (a run waits for each of its
-//! writes before it makes the next), so they are independent. When a batch
-//! fails (a duplicate run id, a step of an unknown run), it is rolled back
-//! and each write is done alone, so that each gets its own answer.
+//! writes before it makes the next), so they are independent, and a batch
+//! is written with a few multi-row statements (every new run, then every
+//! step record, then every run's new position) rather than a few statements
+//! per write: each statement is a round trip to sqlx's SQLite thread. When
+//! a batch fails (a duplicate run id, a step of an unknown run, a cancelled
+//! run), it is rolled back and each write is done alone, so that each gets
+//! its own answer.
+//!
+//! The writer keeps one connection of its own for a store on file, so that
+//! SQLite's page cache stays valid from one transaction to the next.
 
 use crate::StoreError;
-use sqlx::SqlitePool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use std::sync::OnceLock;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most writes in one transaction.
 const MAX_BATCH: usize = 128;
+
+/// The most rows in one statement (at most 18 values each, far below
+/// SQLite's limit on bound values); a batch needs a statement per chunk.
+const CHUNK: usize = 32;
 
 /// A new run, its values ready to bind.
 #[derive(Debug)]
@@ -32,7 +45,7 @@ pub(crate) struct CreateVals {
     pub item: Option<i64>,
 }
 
-/// A step record and the run's new position, ready to bind.
+/// A step record, ready to bind.
 #[derive(Debug)]
 pub(crate) struct StepVals {
     pub run_id: String,
@@ -49,14 +62,29 @@ pub(crate) struct StepVals {
     pub logs: String,
     pub started_at: i64,
     pub ended_at: i64,
+}
+
+/// A run's new position, ready to bind.
+#[derive(Debug)]
+pub(crate) struct RunVals {
+    pub run_id: String,
     pub status: &'static str,
     pub state: String,
     pub next_step: Option<String>,
-    pub run_output: Option<String>,
-    pub run_error: Option<String>,
+    pub output: Option<String>,
+    pub error: Option<String>,
     pub error_step: Option<String>,
-    pub run_ended_at: Option<i64>,
+    pub ended_at: Option<i64>,
     pub updated_at: i64,
+}
+
+/// Step records of one run and its new position; with `create`, the run is
+/// new and its record is written at that position at once.
+#[derive(Debug)]
+pub(crate) struct RecordVals {
+    pub create: Option<CreateVals>,
+    pub steps: Vec<StepVals>,
+    pub run: RunVals,
 }
 
 /// A run suspended: the failed attempt it records (if any, with the run's
@@ -64,7 +92,7 @@ pub(crate) struct StepVals {
 /// its wait.
 #[derive(Debug)]
 pub(crate) struct SuspendVals {
-    pub step: Option<StepVals>,
+    pub record: Option<RecordVals>,
     pub state: String,
     pub wait: crate::Wait,
     pub correlation: String,
@@ -74,7 +102,7 @@ pub(crate) struct SuspendVals {
 #[derive(Debug)]
 pub(crate) enum Write {
     Create(Box<CreateVals>),
-    Step(Box<StepVals>),
+    Record(Box<RecordVals>),
     Suspend(Box<SuspendVals>),
 }
 
@@ -83,106 +111,232 @@ struct Pending {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// A new run. (Statements are run one at a time, so that each has its
-/// result checked.)
-const INSERT_RUN: &str = "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item) VALUES (?1, ?2, 'running', ?3, ?4, ?4, ?5, 0, ?6, ?6, ?7, ?8, ?9, ?10)";
+/// The columns of a new run's record.
+const RUN_COLUMNS: &str = "id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at";
 
-/// The step's record.
-const INSERT_STEP: &str = "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// The columns of a step's record.
+const STEP_COLUMNS: &str = "run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at";
 
-/// The run's new position; a cancelled run keeps its status.
-const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ?, steps = steps + 1 WHERE id = ? AND status <> 'cancelled'";
+/// The runs' new positions, from a table of values (column1 the run's id);
+/// a cancelled run keeps its status.
+const MOVE_RUNS: &str = "UPDATE runs SET status = v.column2, state = v.column3, next_step = v.column4, output = v.column5, error = v.column6, error_step = v.column7, ended_at = v.column8, updated_at = v.column9, steps = runs.steps + v.column10 FROM (VALUES ";
+const MOVE_RUNS_END: &str = ") AS v WHERE runs.id = v.column1 AND runs.status <> 'cancelled'";
 
-/// The step's record and the run's new position, on a connection inside a
-/// transaction; a run that is gone (or that the update did not find while
-/// not cancelled) is an error.
-async fn step_statements(
-    conn: &mut sqlx::SqliteConnection,
-    v: &StepVals,
-) -> Result<(), StoreError> {
-    let r = sqlx::query(INSERT_STEP)
-        .bind(&v.run_id)
-        .bind(v.seq)
-        .bind(&v.step_key)
-        .bind(&v.kind)
-        .bind(v.ok)
-        .bind(&v.options)
-        .bind(&v.input)
-        .bind(&v.result)
-        .bind(&v.output)
-        .bind(&v.error)
-        .bind(&v.blame)
-        .bind(&v.logs)
-        .bind(v.started_at)
-        .bind(v.ended_at)
-        .execute(&mut *conn)
-        .await;
-    match r {
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            return Err(StoreError::NoSuchRun(v.run_id.clone()));
-        }
-        r => r?,
-    };
-    let done = sqlx::query(UPDATE_RUN)
-        .bind(v.status)
-        .bind(&v.state)
-        .bind(&v.next_step)
-        .bind(&v.run_output)
-        .bind(&v.run_error)
-        .bind(&v.error_step)
-        .bind(v.run_ended_at)
-        .bind(v.updated_at)
-        .bind(&v.run_id)
-        .execute(&mut *conn)
-        .await?;
-    if done.rows_affected() != 1 {
-        let cancelled: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM runs WHERE id = ? AND status = 'cancelled'")
-                .bind(&v.run_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if cancelled.is_none() {
-            return Err(StoreError::NoSuchRun(v.run_id.clone()));
-        }
-    }
-    Ok(())
+/// The three multi-row statements, by the number of rows (1 to [`CHUNK`]).
+#[derive(Clone, Copy)]
+enum Rows {
+    Runs,
+    Steps,
+    Moves,
 }
 
-pub(crate) async fn create_statement(
-    conn: &mut sqlx::SqliteConnection,
-    v: &CreateVals,
-) -> Result<(), StoreError> {
-    let r = sqlx::query(INSERT_RUN)
-        .bind(&v.id)
-        .bind(&v.flow_id)
-        .bind(&v.trigger)
-        .bind(&v.input)
-        .bind(&v.next_step)
-        .bind(v.started_at)
-        .bind(&v.flow_version)
-        .bind(&v.accountability)
-        .bind(&v.parent_run)
-        .bind(v.item)
-        .execute(&mut *conn)
-        .await;
-    match r {
+/// The text of a multi-row statement of `n` rows (built once per size, so
+/// that sqlx's statement cache keeps each prepared).
+fn rows_sql(kind: Rows, n: usize) -> &'static str {
+    static TEXTS: OnceLock<[Vec<String>; 3]> = OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        let make = |head: &str, cols: usize, tail: &str| {
+            let row = format!("({})", vec!["?"; cols].join(", "));
+            (1..=CHUNK)
+                .map(|n| format!("{head}{}{tail}", vec![row.as_str(); n].join(", ")))
+                .collect()
+        };
+        [
+            make(&format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES "), 18, ""),
+            make(
+                &format!("INSERT INTO run_steps ({STEP_COLUMNS}) VALUES "),
+                14,
+                "",
+            ),
+            make(MOVE_RUNS, 10, MOVE_RUNS_END),
+        ]
+    });
+    &texts[kind as usize][n.clamp(1, CHUNK) - 1]
+}
+
+/// A new run's record: as started, or (from a record) at its new position.
+struct NewRow<'a> {
+    run: &'a CreateVals,
+    at: Option<(&'a RunVals, i64)>,
+}
+
+/// The writes of a transaction, sorted into the three statements.
+#[derive(Default)]
+struct Sorted<'a> {
+    runs: Vec<NewRow<'a>>,
+    steps: Vec<&'a StepVals>,
+    moves: Vec<(&'a RunVals, i64)>,
+}
+
+impl<'a> Sorted<'a> {
+    fn add(&mut self, r: &'a RecordVals) {
+        let n = i64::try_from(r.steps.len()).unwrap_or(i64::MAX);
+        match &r.create {
+            Some(run) => self.runs.push(NewRow {
+                run,
+                at: Some((&r.run, n)),
+            }),
+            None => self.moves.push((&r.run, n)),
+        }
+        self.steps.extend(r.steps.iter());
+    }
+
+    /// Write them: new runs first, then steps (whose runs now exist), then
+    /// the positions.
+    async fn write(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        for chunk in self.runs.chunks(CHUNK) {
+            insert_runs(conn, chunk).await?;
+        }
+        for chunk in self.steps.chunks(CHUNK) {
+            insert_steps(conn, chunk).await?;
+        }
+        for chunk in self.moves.chunks(CHUNK) {
+            move_runs(conn, chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn insert_runs(conn: &mut SqliteConnection, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
+    let mut q = sqlx::query(rows_sql(Rows::Runs, rows.len()));
+    for NewRow { run, at } in rows {
+        q = q.bind(&run.id).bind(&run.flow_id);
+        q = match at {
+            None => q
+                .bind("running")
+                .bind(&run.trigger)
+                .bind(&run.input)
+                .bind(&run.input)
+                .bind(&run.next_step)
+                .bind(0_i64)
+                .bind(run.started_at)
+                .bind(run.started_at),
+            Some((p, n)) => q
+                .bind(p.status)
+                .bind(&run.trigger)
+                .bind(&run.input)
+                .bind(&p.state)
+                .bind(&p.next_step)
+                .bind(*n)
+                .bind(run.started_at)
+                .bind(p.updated_at),
+        };
+        q = q
+            .bind(&run.flow_version)
+            .bind(&run.accountability)
+            .bind(&run.parent_run)
+            .bind(run.item);
+        q = match at {
+            None => q
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<i64>),
+            Some((p, _)) => q
+                .bind(&p.output)
+                .bind(&p.error)
+                .bind(&p.error_step)
+                .bind(p.ended_at),
+        };
+    }
+    match q.execute(&mut *conn).await {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(StoreError::Conflict(v.id.clone()))
+            Err(StoreError::Conflict(rows[0].run.id.clone()))
         }
         Err(e) => Err(e.into()),
     }
 }
 
+async fn insert_steps(conn: &mut SqliteConnection, rows: &[&StepVals]) -> Result<(), StoreError> {
+    let mut q = sqlx::query(rows_sql(Rows::Steps, rows.len()));
+    for v in rows {
+        q = q
+            .bind(&v.run_id)
+            .bind(v.seq)
+            .bind(&v.step_key)
+            .bind(&v.kind)
+            .bind(v.ok)
+            .bind(&v.options)
+            .bind(&v.input)
+            .bind(&v.result)
+            .bind(&v.output)
+            .bind(&v.error)
+            .bind(&v.blame)
+            .bind(&v.logs)
+            .bind(v.started_at)
+            .bind(v.ended_at);
+    }
+    match q.execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        // The step of a run that does not exist (alone, the run is known).
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(StoreError::NoSuchRun(rows[0].run_id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The runs' new positions. A run the update misses is an error unless it
+/// is one run and cancelled; with several, the batch is then done write by
+/// write to tell which.
+async fn move_runs(
+    conn: &mut SqliteConnection,
+    rows: &[(&RunVals, i64)],
+) -> Result<(), StoreError> {
+    let mut q = sqlx::query(rows_sql(Rows::Moves, rows.len()));
+    for (v, n) in rows {
+        q = q
+            .bind(&v.run_id)
+            .bind(v.status)
+            .bind(&v.state)
+            .bind(&v.next_step)
+            .bind(&v.output)
+            .bind(&v.error)
+            .bind(&v.error_step)
+            .bind(v.ended_at)
+            .bind(v.updated_at)
+            .bind(*n);
+    }
+    let done = q.execute(&mut *conn).await?;
+    if done.rows_affected() == rows.len() as u64 {
+        return Ok(());
+    }
+    let first = &rows[0].0.run_id;
+    if rows.len() == 1 {
+        let cancelled: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM runs WHERE id = ? AND status = 'cancelled'")
+                .bind(first)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if cancelled.is_some() {
+            return Ok(());
+        }
+    }
+    Err(StoreError::NoSuchRun(first.clone()))
+}
+
+/// A new run, alone (in the caller's transaction).
+pub(crate) async fn create_statement(
+    conn: &mut SqliteConnection,
+    v: &CreateVals,
+) -> Result<(), StoreError> {
+    insert_runs(conn, &[NewRow { run: v, at: None }]).await
+}
+
 /// Suspend a run (see [`crate::Store::suspend`]); a cancelled run is left
 /// as it is, with no wait.
 async fn suspend_statements(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut SqliteConnection,
     v: &SuspendVals,
 ) -> Result<(), StoreError> {
     let w = &v.wait;
-    match &v.step {
-        Some(step) => step_statements(conn, step).await?,
+    match &v.record {
+        Some(record) => {
+            let mut s = Sorted::default();
+            s.add(record);
+            s.write(conn).await?;
+        }
         None => {
             sqlx::query("UPDATE runs SET status = 'waiting', state = ?, next_step = ?, updated_at = ? WHERE id = ? AND status = 'running'")
                 .bind(&v.state)
@@ -216,23 +370,30 @@ async fn suspend_statements(
     Ok(())
 }
 
-async fn statements(conn: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), StoreError> {
-    match w {
-        Write::Create(v) => create_statement(conn, v).await,
-        Write::Step(v) => step_statements(conn, v).await,
-        Write::Suspend(v) => suspend_statements(conn, v).await,
+/// Every write's statements, in one go.
+async fn statements(conn: &mut SqliteConnection, writes: &[&Write]) -> Result<(), StoreError> {
+    let mut sorted = Sorted::default();
+    let mut suspends = Vec::new();
+    for w in writes {
+        match w {
+            Write::Create(run) => sorted.runs.push(NewRow { run, at: None }),
+            Write::Record(r) => sorted.add(r),
+            Write::Suspend(s) => suspends.push(s),
+        }
     }
+    sorted.write(conn).await?;
+    for s in suspends {
+        suspend_statements(conn, s).await?;
+    }
+    Ok(())
 }
 
-/// Run `writes` in one transaction on one connection; on any error, roll back.
-async fn in_transaction(pool: &SqlitePool, writes: &[&Write]) -> Result<(), StoreError> {
-    let mut conn = pool.acquire().await?;
+/// Run `writes` in one transaction on `conn`; on any error, roll back.
+async fn in_transaction(conn: &mut SqliteConnection, writes: &[&Write]) -> Result<(), StoreError> {
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    for w in writes {
-        if let Err(e) = statements(&mut conn, w).await {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return Err(e);
-        }
+    if let Err(e) = statements(conn, writes).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(e);
     }
     if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -241,13 +402,16 @@ async fn in_transaction(pool: &SqlitePool, writes: &[&Write]) -> Result<(), Stor
     Ok(())
 }
 
-/// Do one write alone, in its own transaction, with its own answer.
-pub(crate) async fn write_one(pool: &SqlitePool, w: &Write) -> Result<(), StoreError> {
-    in_transaction(pool, &[w]).await
+/// Whether a connection that failed a write should be given up (anything
+/// but an answer about the data written).
+fn broken(e: &StoreError) -> bool {
+    !matches!(e, StoreError::Conflict(_) | StoreError::NoSuchRun(_))
 }
 
-async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// The writer: takes what is queued, writes it in one transaction, answers.
+async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut held: Option<PoolConnection<Sqlite>> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -256,19 +420,44 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 Err(_) => break,
             }
         }
+        let mut conn = match held.take() {
+            Some(c) => c,
+            None => match pool.acquire().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let message = e.to_string();
+                    for p in batch.drain(..) {
+                        let _ = p.done.send(Err(StoreError::Database(sqlx::Error::Protocol(
+                            message.clone(),
+                        ))));
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut healthy = true;
         let together = if batch.len() == 1 {
             None
         } else {
             let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-            Some(in_transaction(&pool, &writes).await)
+            let r = in_transaction(&mut conn, &writes).await;
+            healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
+            Some(r)
         };
         for p in batch.drain(..) {
             let r = match &together {
                 Some(Ok(())) => Ok(()),
                 // One failed (or the batch could not be written): each alone.
-                _ => write_one(&pool, &p.write).await,
+                _ => {
+                    let r = in_transaction(&mut conn, &[&p.write]).await;
+                    healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
+                    r
+                }
             };
             let _ = p.done.send(r);
+        }
+        if keep && healthy {
+            held = Some(conn);
         }
     }
 }
@@ -280,9 +469,11 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    pub(crate) fn start(pool: SqlitePool) -> Self {
+    /// Start the writer; `keep`: hold one connection of the pool for it
+    /// (not for a store in memory, whose pool has one connection).
+    pub(crate) fn start(pool: SqlitePool, keep: bool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, rx));
+        tokio::spawn(writer(pool, keep, rx));
         Self { tx }
     }
 

@@ -377,6 +377,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         step: &StepRecord,
         run: &RunUpdate,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.record_steps(None, std::slice::from_ref(step), run)
+    }
+    /// Record steps of one run (in order) and its new position, in one
+    /// transaction; with `new`, the run itself too, in the same transaction
+    /// (a run the engine records only once its first steps are done, see
+    /// DESIGN.md on steps that touch nothing outside).
+    fn record_steps(
+        &self,
+        new: Option<&NewRun>,
+        steps: &[StepRecord],
+        run: &RunUpdate,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Update a run without a step (for example when it ends with no step).
     fn update_run(

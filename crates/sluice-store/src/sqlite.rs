@@ -4,7 +4,9 @@
 //! step survives a crash or `kill -9` of the process; a power failure may lose
 //! the last commits. Add `?synchronous=full` to the URL to sync every commit.
 
-use crate::group::{CreateVals, Group, StepVals, SuspendVals, Write, create_statement};
+use crate::group::{
+    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
+};
 use crate::{
     NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError,
     Wait, WaitKind,
@@ -119,6 +121,7 @@ impl SqliteStore {
         };
         let options = options
             .busy_timeout(Duration::from_secs(10))
+            .statement_cache_capacity(256)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(if memory { 1 } else { 4 })
@@ -152,7 +155,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
-        let group = Group::start(pool.clone());
+        let group = Group::start(pool.clone(), !memory);
         Ok(Self { pool, group })
     }
 }
@@ -187,13 +190,8 @@ fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     })
 }
 
-/// A step record and the run's new position, ready for the writer.
-fn step_vals(step: &StepRecord, run: &RunUpdate) -> StepVals {
-    let output = opt_json(&step.output);
-    let state = match (&output, &step.output) {
-        (Some(text), Some(v)) if *v == run.state => text.clone(),
-        _ => json(&run.state),
-    };
+/// A step record, ready for the writer.
+fn step_vals(step: &StepRecord) -> StepVals {
     StepVals {
         run_id: step.run_id.clone(),
         seq: step.seq,
@@ -203,20 +201,48 @@ fn step_vals(step: &StepRecord, run: &RunUpdate) -> StepVals {
         options: json(&step.options),
         input: json(&step.input),
         result: opt_json(&step.result),
-        output,
+        output: opt_json(&step.output),
         error: step.error.clone(),
         blame: step.blame.clone(),
         logs: json(&Value::from(step.logs.clone())),
         started_at: step.started_at,
         ended_at: step.ended_at,
-        status: run.status.as_str(),
-        state,
-        next_step: run.next_step.clone(),
-        run_output: opt_json(&run.output),
-        run_error: run.error.clone(),
-        error_step: run.error_step.clone(),
-        run_ended_at: run.ended_at,
-        updated_at: crate::now_micros(),
+    }
+}
+
+/// Steps of one run (and the run, when new) and its new position, ready for
+/// the writer. The state is usually the last step's output: its text is
+/// then reused, and so is the state's for the run's output.
+fn record_vals(
+    run_id: &str,
+    new: Option<&NewRun>,
+    steps: &[StepRecord],
+    run: &RunUpdate,
+) -> RecordVals {
+    let same = steps.last().and_then(|s| s.output.as_ref()) == Some(&run.state);
+    let steps: Vec<StepVals> = steps.iter().map(step_vals).collect();
+    let state = match steps.last().and_then(|s| s.output.as_ref()) {
+        Some(text) if same => text.clone(),
+        _ => json(&run.state),
+    };
+    let output = match &run.output {
+        Some(o) if *o == run.state => Some(state.clone()),
+        o => opt_json(o),
+    };
+    RecordVals {
+        create: new.map(create_vals),
+        steps,
+        run: RunVals {
+            run_id: run_id.to_owned(),
+            status: run.status.as_str(),
+            state,
+            next_step: run.next_step.clone(),
+            output,
+            error: run.error.clone(),
+            error_step: run.error_step.clone(),
+            ended_at: run.ended_at,
+            updated_at: crate::now_micros(),
+        },
     }
 }
 
@@ -250,12 +276,25 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn record_step(&self, step: &StepRecord, run: &RunUpdate) -> Result<(), StoreError> {
-        // The step's record and the run's new position in one transaction
+    async fn record_steps(
+        &self,
+        new: Option<&NewRun>,
+        steps: &[StepRecord],
+        run: &RunUpdate,
+    ) -> Result<(), StoreError> {
+        // The steps' records and the run's new position in one transaction
         // (shared with other runs' writes). The foreign key refuses a step
         // of an unknown run.
+        let Some(run_id) = new
+            .map(|n| n.id.as_str())
+            .or_else(|| steps.first().map(|s| s.run_id.as_str()))
+        else {
+            return Ok(());
+        };
         self.group
-            .write(Write::Step(Box::new(step_vals(step, run))))
+            .write(Write::Record(Box::new(record_vals(
+                run_id, new, steps, run,
+            ))))
             .await
     }
 
@@ -265,9 +304,11 @@ impl Store for SqliteStore {
         state: &Value,
         wait: &Wait,
     ) -> Result<bool, StoreError> {
-        let step = step.map(|s| {
-            step_vals(
-                s,
+        let record = step.map(|s| {
+            record_vals(
+                &s.run_id,
+                None,
+                std::slice::from_ref(s),
                 &RunUpdate {
                     status: RunStatus::Waiting,
                     state: state.clone(),
@@ -281,7 +322,7 @@ impl Store for SqliteStore {
         });
         self.group
             .write(Write::Suspend(Box::new(SuspendVals {
-                step,
+                record,
                 state: json(state),
                 wait: wait.clone(),
                 correlation: json(&wait.correlation),

@@ -294,6 +294,172 @@ async fn suite<S: Store>(store: &S) {
     polls(store).await;
 }
 
+/// Steps recorded together, and runs recorded with their first steps; many
+/// runs' writes at once (the SQLite store writes them in one transaction),
+/// each with its own answer when some of them fail.
+async fn batches<S: Store + Clone>(store: &S) {
+    // A run recorded only once its steps are done: run, steps and end in one.
+    let run = new_run("pure");
+    let done = RunUpdate {
+        status: RunStatus::Succeeded,
+        output: Some(json!({"a": 1, "n": 2})),
+        ended_at: Some(now_micros()),
+        ..running(json!({"a": 1, "n": 2}), None)
+    };
+    let steps: Vec<StepRecord> = (0..3).map(|i| step(&run.id, i, true)).collect();
+    store.record_steps(Some(&run), &steps, &done).await.unwrap();
+    let d = store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Succeeded);
+    assert_eq!(d.summary.steps, 3);
+    assert_eq!(d.steps.len(), 3);
+    assert_eq!(d.input, run.input);
+    assert_eq!(d.output, Some(json!({"a": 1, "n": 2})));
+    assert_eq!(d.state, json!({"a": 1, "n": 2}));
+    assert!(d.summary.ended_at.is_some());
+    // The same run again: refused whole, its steps not added.
+    let again = store
+        .record_steps(Some(&run), &[step(&run.id, 3, true)], &done)
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap().unwrap().steps.len(),
+        3
+    );
+
+    // Many at once: good runs, a run that does not exist, a cancelled run,
+    // a step position taken, and new runs with their steps.
+    let mut good = Vec::new();
+    for _ in 0..40 {
+        let r = new_run("many");
+        store.create_run(&r).await.unwrap();
+        good.push(r);
+    }
+    let cancelled = new_run("many");
+    store.create_run(&cancelled).await.unwrap();
+    store.cancel_run(&cancelled.id).await.unwrap();
+    let taken = new_run("many");
+    store
+        .record_steps(
+            Some(&taken),
+            &[step(&taken.id, 0, true)],
+            &running(json!({"t": 0}), Some("s1")),
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (i, r) in good.iter().enumerate() {
+        let (s, id) = (store.clone(), r.id.clone());
+        let end = RunUpdate {
+            status: RunStatus::Succeeded,
+            output: Some(json!({"i": i})),
+            ended_at: Some(now_micros()),
+            ..running(json!({"i": i}), None)
+        };
+        tasks.push((
+            "good",
+            tokio::spawn(async move {
+                s.record_steps(None, &[step(&id, 0, true), step(&id, 1, true)], &end)
+                    .await
+            }),
+        ));
+        let (s, fresh) = (store.clone(), new_run("fresh"));
+        tasks.push((
+            "fresh",
+            tokio::spawn(async move {
+                let steps = [step(&fresh.id, 0, true)];
+                s.record_steps(Some(&fresh), &steps, &running(json!({"f": i}), Some("s1")))
+                    .await
+            }),
+        ));
+        if i == 10 {
+            let s = store.clone();
+            tasks.push((
+                "missing",
+                tokio::spawn(async move {
+                    s.record_steps(None, &[step("missing", 0, true)], &running(json!({}), None))
+                        .await
+                }),
+            ));
+            let (s, id) = (store.clone(), cancelled.id.clone());
+            tasks.push((
+                "cancelled",
+                tokio::spawn(async move {
+                    s.record_steps(None, &[step(&id, 0, true)], &running(json!({}), Some("b")))
+                        .await
+                }),
+            ));
+            let (s, id) = (store.clone(), taken.id.clone());
+            tasks.push((
+                "taken",
+                tokio::spawn(async move {
+                    s.record_steps(None, &[step(&id, 0, true)], &running(json!({"t": 1}), None))
+                        .await
+                }),
+            ));
+        }
+    }
+    for (what, t) in tasks {
+        let r = t.await.unwrap();
+        match what {
+            "missing" => assert!(matches!(r, Err(StoreError::NoSuchRun(_))), "{r:?}"),
+            "taken" => assert!(r.is_err(), "a step position taken must fail"),
+            _ => r.unwrap(),
+        }
+    }
+    for (i, r) in good.iter().enumerate() {
+        let d = store.get_run(&r.id).await.unwrap().unwrap();
+        assert_eq!(d.summary.status, RunStatus::Succeeded);
+        assert_eq!((d.summary.steps, d.steps.len()), (2, 2));
+        assert_eq!(d.output, Some(json!({"i": i})));
+    }
+    let c = store.get_run(&cancelled.id).await.unwrap().unwrap();
+    assert_eq!(c.summary.status, RunStatus::Cancelled);
+    let t = store.get_run(&taken.id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.steps.len()), (json!({"t": 0}), 1));
+    let fresh = store
+        .list_runs(&RunFilter {
+            flow_id: Some("fresh".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.len(), 40);
+    assert!(
+        fresh
+            .iter()
+            .all(|r| r.status == RunStatus::Running && r.steps == 1)
+    );
+
+    // Many at once, all good (one transaction, statements of many rows).
+    let tasks: Vec<_> = fresh
+        .iter()
+        .map(|r| {
+            let (s, id) = (store.clone(), r.id.clone());
+            tokio::spawn(async move {
+                let end = RunUpdate {
+                    status: RunStatus::Failed,
+                    error: Some(format!("{id} failed")),
+                    error_step: Some("s1".into()),
+                    ended_at: Some(now_micros()),
+                    ..running(json!({"id": id}), None)
+                };
+                s.record_steps(None, &[step(&id, 1, false)], &end).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for r in &fresh {
+        let d = store.get_run(&r.id).await.unwrap().unwrap();
+        assert_eq!(d.summary.status, RunStatus::Failed);
+        assert_eq!(d.summary.error, Some(format!("{} failed", r.id)));
+        assert_eq!(d.state, json!({"id": r.id}));
+        assert_eq!(d.summary.steps, 2);
+        assert_eq!(d.steps[1].error.as_deref(), Some("boom"));
+    }
+}
+
 /// Poll snapshots: advanced from the number read, with the runs a page
 /// starts, once; a loser records nothing; a run that exists undoes the
 /// advance.
@@ -447,7 +613,9 @@ fn temp_db(name: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn sqlite_memory_passes_the_suite() {
-    suite(&SqliteStore::open("sqlite::memory:").await.unwrap()).await;
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    suite(&store).await;
+    batches(&store).await;
 }
 
 #[tokio::test]
@@ -461,6 +629,13 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
         9
+    );
+    batches(&store).await;
+    drop(store);
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(
+        store.list_runs(&RunFilter::default()).await.unwrap().len(),
+        9 + 1 + 40 + 2 + 40
     );
     assert_eq!(store.poll_snapshot("poller").await.unwrap().0, 2);
     // Waits survive the reopen too.
