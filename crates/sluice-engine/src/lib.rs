@@ -29,6 +29,7 @@ use sluice_store::{
     NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id,
     now_micros,
 };
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -333,6 +334,8 @@ impl Mode<'_> {
 #[derive(Clone)]
 struct FlowObject {
     trigger: Val,
+    /// How deep in `flow` steps the run is (`$trigger.depth`).
+    depth: u64,
     last: Val,
     accountability: Val,
     entries: HashMap<String, Val>,
@@ -348,6 +351,7 @@ impl FlowObject {
     fn new(trigger: &Value, accountability: &Value) -> Self {
         Self {
             trigger: to_val(trigger),
+            depth: trigger.get("depth").and_then(Value::as_u64).unwrap_or(0),
             last: Val::Null,
             accountability: to_val(accountability),
             entries: HashMap::new(),
@@ -898,7 +902,7 @@ impl<S: Store> Engine<S> {
             new,
             steps: Vec::new(),
         };
-        let depth = depth_of(&fo);
+        let depth = fo.depth;
         let mut pos = if start < flow.steps.len() {
             Some(start)
         } else {
@@ -1600,13 +1604,24 @@ impl<S: Store> Engine<S> {
                         .to_owned(),
                 ));
             };
-            data = apply_event(ef, flow.trigger.data_only, ev, data, fo, limits)
-                .map_err(|m| Failed::data(&none, m))?;
+            data = Cow::Owned(
+                apply_event(
+                    ef,
+                    flow.trigger.data_only,
+                    ev,
+                    data.into_owned(),
+                    fo,
+                    limits,
+                )
+                .map_err(|m| Failed::data(&none, m))?,
+            );
         }
         // 2. the action's input
         let action_input = if let Some(maps) = &step.input_mappings {
-            sluice_expr::mapping::extract(&data, maps)
-                .map_err(|e| Failed::data(&none, format!("inputMappings: {e}")))?
+            Cow::Owned(
+                sluice_expr::mapping::extract(&data, maps)
+                    .map_err(|e| Failed::data(&none, format!("inputMappings: {e}")))?,
+            )
         } else {
             filter_or_keep(
                 step.action_filter.from_state_data.as_ref(),
@@ -1753,12 +1768,12 @@ impl<S: Store> Engine<S> {
                 // through its eventDataFilter (its `data`, merged at the top
                 // by default).
                 let f = step.event_filter.clone().unwrap_or_default();
-                apply_event(&f, true, event, data.clone(), fo, limits)
+                apply_event(&f, true, event, data.as_ref().clone(), fo, limits)
                     .map_err(|m| fail(m, false))?
             } else if mapped {
                 match (&step.output_mappings, payload) {
                     (Some(outs), Some(p)) => {
-                        sluice_expr::mapping::merge_into(p, data.clone(), outs)
+                        sluice_expr::mapping::merge_into(p, data.as_ref().clone(), outs)
                             .map_err(|e| fail(format!("outputMappings: {e}"), false))?
                     }
                     (Some(_), None) => {
@@ -1769,14 +1784,14 @@ impl<S: Store> Engine<S> {
                         ));
                     }
                     (None, Some(p)) => p.clone(),
-                    (None, None) => data.clone(),
+                    (None, None) => data.as_ref().clone(),
                 }
             } else {
                 match (flow.unmapped_results, payload) {
-                    (_, None) => data.clone(),
+                    (_, None) => data.as_ref().clone(),
                     (UnmappedResults::Replace, Some(p)) => p.clone(),
                     (UnmappedResults::Merge, Some(_)) if !step.action_filter.use_results => {
-                        data.clone()
+                        data.as_ref().clone()
                     }
                     (UnmappedResults::Merge, Some(p)) => {
                         // A `results` filter that selects nothing (no output, or
@@ -1787,7 +1802,7 @@ impl<S: Store> Engine<S> {
                                 .map_err(|m| fail(format!("actionDataFilter.results: {m}"), false))?
                                 .filter(|v| !v.is_null()),
                         };
-                        let mut doc = data.clone();
+                        let mut doc = data.as_ref().clone();
                         match (result, &step.action_filter.to_state_data) {
                             (None, _) => {}
                             (Some(result), None) => merge(&mut doc, result, ".")
@@ -1804,9 +1819,8 @@ impl<S: Store> Engine<S> {
                 }
             };
             // 5. stateDataFilter.output
-            let out = filter_or_keep(step.state_filter.output.as_ref(), &new_state, fo, limits)
-                .map_err(|m| fail(format!("stateDataFilter.output: {m}"), false))?;
-            Ok(out)
+            filter_or_keep_owned(step.state_filter.output.as_ref(), new_state, fo, limits)
+                .map_err(|m| fail(format!("stateDataFilter.output: {m}"), false))
         };
         let items = match items {
             None => None,
@@ -1820,7 +1834,7 @@ impl<S: Store> Engine<S> {
             ),
         };
         let out = if items.is_some() {
-            data.clone()
+            data.into_owned()
         } else {
             settle(&payload)?
         };
@@ -1865,13 +1879,6 @@ fn child_result(
 const WAIT: &str = "wait";
 
 /// How deep in `flow` steps a run is (its `$trigger.depth`).
-fn depth_of(fo: &FlowObject) -> u64 {
-    from_val(&fo.trigger)
-        .ok()
-        .and_then(|t| t.get("depth").and_then(Value::as_u64))
-        .unwrap_or(0)
-}
-
 /// How long to wait before attempting `step` again after its `attempt`-th
 /// attempt failed with `error`, if its `retry` says to.
 fn retry_delay(step: &Step, error: &ActionError, incident: bool, attempt: u32) -> Option<u64> {
@@ -1947,7 +1954,7 @@ fn apply_event(
     } else {
         event.clone()
     };
-    let selected = filter_or_keep(f.data.as_ref(), &payload, fo, limits)
+    let selected = filter_or_keep_owned(f.data.as_ref(), payload, fo, limits)
         .map_err(|m| format!("eventDataFilter.data: {m}"))?;
     match &f.to_state_data {
         None => merge(&mut target, selected, ".").map_err(|e| format!("eventDataFilter: {e}"))?,
@@ -1961,18 +1968,31 @@ fn apply_event(
 }
 
 /// Apply a filter; one that selects nothing (no output, or `null`) leaves the data as it was.
-fn filter_or_keep(
+fn filter_or_keep<'d>(
     p: Option<&Program>,
-    data: &Value,
+    data: &'d Value,
+    fo: &FlowObject,
+    limits: &Limits,
+) -> Result<Cow<'d, Value>, String> {
+    match p {
+        None => Ok(Cow::Borrowed(data)),
+        Some(p) => match eval(p, data, fo, limits)? {
+            None | Some(Value::Null) => Ok(Cow::Borrowed(data)),
+            Some(v) => Ok(Cow::Owned(v)),
+        },
+    }
+}
+
+/// [`filter_or_keep`] of a value the caller gives up.
+fn filter_or_keep_owned(
+    p: Option<&Program>,
+    data: Value,
     fo: &FlowObject,
     limits: &Limits,
 ) -> Result<Value, String> {
-    match p {
-        None => Ok(data.clone()),
-        Some(p) => match eval(p, data, fo, limits)? {
-            None | Some(Value::Null) => Ok(data.clone()),
-            Some(v) => Ok(v),
-        },
+    match filter_or_keep(p, &data, fo, limits)? {
+        Cow::Owned(v) => Ok(v),
+        Cow::Borrowed(_) => Ok(data),
     }
 }
 
