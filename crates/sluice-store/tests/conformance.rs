@@ -660,3 +660,45 @@ async fn unopenable_stores_say_why() {
         b"this is not a database, and it must stay as it is"
     );
 }
+
+/// The SQLite store checkpoints its WAL while it writes, and the WAL starts
+/// again from its beginning: writes never make it grow without end. Each of
+/// these 2,000 runs is its own commit of several pages (about 30 KB of WAL
+/// each), so a WAL that never restarts would pass 60 MB.
+#[tokio::test]
+async fn sqlite_file_wal_stays_bounded_while_runs_are_written() {
+    let path = temp_db("wal");
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let mut wal_max = 0;
+    for i in 0..2000 {
+        let run = new_run("wal");
+        let done = RunUpdate {
+            status: RunStatus::Succeeded,
+            output: Some(json!({"i": i})),
+            ended_at: Some(now_micros()),
+            ..running(json!({"i": i}), None)
+        };
+        store
+            .record_steps(Some(&run), &[step(&run.id, 0, true)], &done)
+            .await
+            .unwrap();
+        if i % 100 == 0 {
+            // Let the checkpoint on another connection run.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let wal = std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+        wal_max = wal_max.max(wal);
+    }
+    assert!(
+        wal_max < 30 * 1024 * 1024,
+        "the WAL grew to {wal_max} bytes: it is not checkpointed and restarted"
+    );
+    let runs = store
+        .list_runs(&RunFilter {
+            flow_id: Some("wal".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2000);
+}
