@@ -480,11 +480,10 @@ async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pe
             None => match pool.acquire().await {
                 Ok(c) => c,
                 Err(e) => {
+                    // Every write of the batch waited on this one connection.
                     let message = e.to_string();
                     for p in batch.drain(..) {
-                        let _ = p.done.send(Err(StoreError::Database(sqlx::Error::Protocol(
-                            message.clone(),
-                        ))));
+                        let _ = p.done.send(Err(StoreError::Unreachable(message.clone())));
                     }
                     continue;
                 }

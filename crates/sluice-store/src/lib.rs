@@ -336,6 +336,10 @@ pub enum StoreError {
     /// A query failed.
     #[error("store error: {0}")]
     Database(#[from] sqlx::Error),
+    /// No connection to the store could be had (for a batch of writes,
+    /// which share one connection).
+    #[error("the store cannot be reached: {0}")]
+    Unreachable(String),
     /// A stored document did not parse (the store was changed by hand).
     #[error("store holds an unreadable record: {0}")]
     Corrupt(String),
@@ -382,8 +386,9 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Record steps of one run (in order) and its new position, in one
     /// transaction; with `new`, the run itself too, in the same transaction
-    /// (a run the engine records only once its first steps are done, see
-    /// DESIGN.md on steps that touch nothing outside).
+    /// (a run the engine records only with its first write, see
+    /// docs/data-flow.md). The run is `new`'s or the steps'; with neither
+    /// there is no run to move, and nothing is written.
     fn record_steps(
         &self,
         new: Option<&NewRun>,
