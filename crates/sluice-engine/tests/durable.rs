@@ -5,12 +5,15 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_connect::{Action, ActionCx, ActionError, Outcome, Registry};
-use sluice_engine::{Engine, FlowLookup, RunRequest};
+use sluice_engine::{Engine, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, SqliteStore, Store, WaitKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod common;
+use common::Flows;
 
 /// A step that fails as an outside system would until its `succeedAt`-th
 /// attempt, noting the idempotency key of every attempt.
@@ -390,18 +393,6 @@ async fn a_wait_that_times_out_takes_the_failure_path() {
     );
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
     assert!(d.steps[0].ended_at - d.steps[0].started_at >= 150_000);
-}
-
-struct Flows(HashMap<String, Arc<Flow>>);
-
-impl FlowLookup for Flows {
-    fn flow(&self, id: &str) -> Option<Arc<Flow>> {
-        self.0.get(id).cloned()
-    }
-
-    fn all(&self) -> Vec<Arc<Flow>> {
-        self.0.values().cloned().collect()
-    }
 }
 
 #[tokio::test]

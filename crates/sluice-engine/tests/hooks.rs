@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 use sluice_connect::Registry;
-use sluice_engine::{Engine, FlowLookup, RunRequest};
+use sluice_engine::{Engine, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, SqliteStore, Store};
 use std::collections::HashMap;
@@ -15,18 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-
-struct Flows(HashMap<String, Arc<Flow>>);
-
-impl FlowLookup for Flows {
-    fn flow(&self, id: &str) -> Option<Arc<Flow>> {
-        self.0.get(id).cloned()
-    }
-
-    fn all(&self) -> Vec<Arc<Flow>> {
-        self.0.values().cloned().collect()
-    }
-}
+use common::Flows;
 
 fn load(registry: &Registry, yaml: &str) -> Flow {
     sluice_model::load("t.yaml", yaml, registry).unwrap_or_else(|d| panic!("{d}\n{yaml}"))
