@@ -7,7 +7,6 @@ use crate::{Action, ActionCx, ActionError, Effect, Outcome};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_expr::to_val;
 
 /// `transform`: the result is the templated `value` option.
 pub struct Transform;
@@ -58,7 +57,7 @@ impl Action for Condition {
         _options: ConditionOptions,
     ) -> Result<Outcome, ActionError> {
         let p = cx.expression("filter")?;
-        let v = p.first(to_val(cx.input), cx.scope, cx.limits)?;
+        let v = p.first(cx.input_val.clone(), cx.scope, cx.limits)?;
         let truthy = !matches!(
             v,
             None | Some(sluice_expr::Val::Null) | Some(sluice_expr::Val::Bool(false))
@@ -389,10 +388,12 @@ mod tests {
             declared: &declared,
             pools: &pools,
         };
+        let input_val = sluice_expr::to_val(&input);
         let cx = ActionCx {
             run_id: "r",
             step_key: "s",
             input: &input,
+            input_val: &input_val,
             scope: &scope,
             expressions: &exprs,
             limits: &limits,

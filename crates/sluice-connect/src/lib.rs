@@ -173,6 +173,8 @@ pub struct ActionCx<'a> {
     /// The data the action works on (the state data, after `fromStateData`
     /// and input mappings).
     pub input: &'a Value,
+    /// The same input as a jq value (templates and filters read it).
+    pub input_val: &'a sluice_expr::Val,
     /// The flow object: `$trigger`, `$last`, `$<key>`.
     pub scope: &'a (dyn Scope + Sync),
     /// The step's expression options, compiled.
@@ -224,7 +226,10 @@ pub trait Action: Send + Sync + 'static {
     const KIND: &'static str;
     /// Options that are jq expressions rather than templated values.
     const EXPRESSIONS: &'static [&'static str] = &[];
-    /// Options whose templates the step renders itself (see [`ActionCx::deferred`]).
+    /// Options whose templates the step renders itself (see
+    /// [`ActionCx::deferred`]). They are required, and they reach the step
+    /// only through [`ActionCx::deferred`], not in its typed options (whose
+    /// fields for them are `#[serde(default)]`).
     const DEFERRED: &'static [&'static str] = &[];
     /// The step touches nothing outside the run: no outside system, no other
     /// run, no clock to wait for; what it did is seen only through the run's
@@ -273,6 +278,23 @@ impl<A: Action> DynAction for A {
             self.run(cx, options).await
         })
     }
+}
+
+/// Check a step's options: [`check_options`], and its deferred options,
+/// which the step requires.
+fn check_action<A: Action>(options: &Value) -> Vec<OptionIssue> {
+    let mut issues = check_options::<A::Options>(options);
+    for name in A::DEFERRED {
+        if options.get(*name).is_none() {
+            issues.push(OptionIssue {
+                path: Vec::new(),
+                message: format!("missing field `{name}`"),
+                at_key: false,
+                help: None,
+            });
+        }
+    }
+    issues
 }
 
 /// Check options against `T`: unknown options (from its JSON Schema), then
@@ -441,7 +463,7 @@ impl Registry {
                 spec: StepSpec {
                     expressions: A::EXPRESSIONS,
                     deferred: A::DEFERRED,
-                    check: check_options::<A::Options>,
+                    check: check_action::<A>,
                 },
                 action: Arc::new(action),
                 pure: A::PURE,

@@ -1869,7 +1869,10 @@ pub struct Patch {
 pub struct EnvelopeOptions {
     /// The connection's name.
     pub connection: String,
-    /// The patches, in order; all or none are written.
+    /// The patches, in order; all or none are written. Templated: a step
+    /// of a flow receives them through `ActionCx::deferred` and renders each
+    /// just before writing it.
+    #[serde(default)]
     pub patches: Vec<Patch>,
 }
 
@@ -1992,14 +1995,12 @@ impl Action for Envelope {
         o: EnvelopeOptions,
     ) -> Result<Outcome, ActionError> {
         if let Some(b) = cx.batch {
-            return b
-                .batch
-                .submit(&cx, b.record, &o.connection, o.patches)
-                .await;
+            return b.batch.submit(&cx, b, &o.connection, o.patches).await;
         }
         let db = cx.connections.db(&o.connection).await?;
         let compiled = cx.deferred.get("patches").map(|(_, t)| t);
-        let input = sluice_expr::to_val(cx.input);
+        let count = compiled.map_or(o.patches.len(), |t| t.array_len().unwrap_or(0));
+        let input = cx.input_val;
         let global = cx
             .scope
             .get("tokens")
@@ -2015,7 +2016,7 @@ impl Action for Envelope {
         };
         let mut tx = db.begin().await?;
         let mut results = Vec::new();
-        for i in 0..o.patches.len() {
+        for i in 0..count {
             // Each patch is templated just before it is written, so that it
             // sees the tokens the patches before it have set.
             let patch = match compiled {
@@ -2025,7 +2026,7 @@ impl Action for Envelope {
                         tokens: sluice_expr::to_val(&Value::Object(written.tokens.clone())),
                     };
                     let v = t
-                        .render_item(i, &input, &scope, cx.limits)?
+                        .render_item(i, input, &scope, cx.limits)?
                         .unwrap_or(Value::Null);
                     serde_json::from_value::<Patch>(v).map_err(|e| {
                         ActionError::data(format!("patch {}: after templating: {e}", i + 1))
@@ -2083,8 +2084,11 @@ fn envelope_outcome(
         .into_iter()
         .filter(|(k, v)| global.get(k) != Some(v))
         .collect();
+    let mut payload = Map::with_capacity(2);
+    payload.insert("results".into(), Value::Array(results));
+    payload.insert("tokens".into(), Value::Object(set_tokens.clone()));
     Outcome {
-        payload: Some(serde_json::json!({ "results": results, "tokens": set_tokens })),
+        payload: Some(Value::Object(payload)),
         logs: Vec::new(),
         tokens: Some(set_tokens),
         items: None,

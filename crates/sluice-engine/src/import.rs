@@ -399,6 +399,259 @@ fn trim_report(path: &Path, next: u64) -> Result<(), ImportError> {
     std::fs::write(path, kept).map_err(|e| ImportError::File(format!("{}: {e}", path.display())))
 }
 
+/// Records done so far and how they ended.
+struct Tally {
+    done: u64,
+    succeeded: u64,
+    failed: u64,
+}
+
+/// A record's run that ended: its index in the chunk, the record, how the run ended.
+type Ended = (usize, Value, Result<crate::RunResult, EngineError>);
+
+/// The run of one record.
+type RecordRun<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>;
+
+/// A chunk of records (one transaction) and their runs.
+struct Chunk<'a> {
+    /// The chunk's number in this import, from 0.
+    id: u64,
+    /// Records committed before this chunk.
+    before: u64,
+    raws: Vec<Raw>,
+    /// Each record as JSON (taken by its run while it runs), or why it is not.
+    values: Vec<Result<Value, String>>,
+    results: Vec<Option<crate::RunResult>>,
+    /// Records whose run was started (the first `started` ones).
+    started: usize,
+    runs: FuturesUnordered<RecordRun<'a>>,
+}
+
+/// Records started in a row before the runs of the chunk being written get
+/// their turn (see [`Runs::prepare`]).
+const PREPARE_STEP: usize = 8;
+
+/// Read the next chunk of records.
+fn fill<'a>(
+    records: &mut Records,
+    size: usize,
+    id: u64,
+    before: u64,
+) -> Result<Option<Chunk<'a>>, ImportError> {
+    let mut raws = Vec::with_capacity(size);
+    while raws.len() < size {
+        match records.next_raw()? {
+            Some(r) => raws.push(r),
+            None => break,
+        }
+    }
+    if raws.is_empty() {
+        return Ok(None);
+    }
+    let values = raws.iter().map(|r| records.value(r)).collect();
+    Ok(Some(Chunk {
+        id,
+        before,
+        results: vec![None; raws.len()],
+        raws,
+        values,
+        started: 0,
+        runs: FuturesUnordered::new(),
+    }))
+}
+
+impl Chunk<'_> {
+    fn ended(&mut self, (k, v, r): Ended) -> Result<(), ImportError> {
+        self.values[k] = Ok(v);
+        self.results[k] = Some(r?);
+        Ok(())
+    }
+}
+
+/// What the records' runs share.
+struct Runs<'a, S: Store> {
+    engine: &'a Engine<S>,
+    flow: &'a Flow,
+    batch: Option<&'a Batch>,
+    accountability: &'a Value,
+}
+
+impl<'a, S: Store> Runs<'a, S> {
+    /// Start the run of the chunk's next record (a record that is not JSON has none).
+    fn start(&self, chunk: &mut Chunk<'a>) {
+        let k = chunk.started;
+        chunk.started += 1;
+        let Some(Ok(v)) = chunk.values.get_mut(k) else {
+            return;
+        };
+        let v = std::mem::take(v);
+        let in_batch = self.batch.map(|b| InBatch {
+            batch: b,
+            record: chunk.raws[k].number,
+            chunk: chunk.id,
+        });
+        let (engine, flow, accountability) = (self.engine, self.flow, self.accountability);
+        chunk.runs.push(Box::pin(async move {
+            let fo = FlowObject::new(&v, accountability);
+            let mode = Mode {
+                recorded: false,
+                batch: in_batch,
+            };
+            let r = engine
+                .drive(
+                    flow,
+                    crate::Cursor::new(String::new()),
+                    fo,
+                    v.clone(),
+                    0,
+                    0,
+                    mode,
+                )
+                .await;
+            (k, v, r)
+        }));
+    }
+
+    /// Whether every run of the chunk still going waits for its envelope.
+    fn all_wait(&self, chunk: &Chunk<'a>) -> bool {
+        self.batch
+            .is_some_and(|b| b.waiting(chunk.id) == chunk.runs.len())
+    }
+
+    /// Run the chunk's records up to their envelopes, a few at a time, so
+    /// that the chunk being written gets its turn whenever the database
+    /// answers. Never writes.
+    async fn prepare(&self, chunk: &mut Chunk<'a>) -> Result<(), ImportError> {
+        while chunk.started < chunk.raws.len() {
+            for _ in 0..PREPARE_STEP {
+                if chunk.started < chunk.raws.len() {
+                    self.start(chunk);
+                }
+            }
+            // What is ready runs now; the rest wakes this task later.
+            while let Poll::Ready(Some(ended)) =
+                std::future::poll_fn(|cx| Poll::Ready(chunk.runs.poll_next_unpin(cx))).await
+            {
+                chunk.ended(ended)?;
+            }
+            tokio::task::yield_now().await;
+        }
+        std::future::poll_fn(|cx| {
+            loop {
+                match chunk.runs.poll_next_unpin(cx) {
+                    Poll::Ready(Some(ended)) => {
+                        if let Err(e) = chunk.ended(ended) {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending if self.all_wait(chunk) => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Run the chunk's records to their end, writing their envelopes
+    /// whenever every run still going waits for one.
+    async fn finish(&self, chunk: &mut Chunk<'a>) -> Result<(), ImportError> {
+        while chunk.started < chunk.raws.len() {
+            self.start(chunk);
+        }
+        enum Ev {
+            Ended(Box<Ended>),
+            Flush,
+            End,
+        }
+        loop {
+            let ev = std::future::poll_fn(|cx| match chunk.runs.poll_next_unpin(cx) {
+                Poll::Ready(Some(ended)) => Poll::Ready(Ev::Ended(Box::new(ended))),
+                Poll::Ready(None) => Poll::Ready(Ev::End),
+                Poll::Pending if self.all_wait(chunk) => Poll::Ready(Ev::Flush),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            match ev {
+                Ev::Ended(ended) => chunk.ended(*ended)?,
+                Ev::End => return Ok(()),
+                Ev::Flush => {
+                    if let Some(b) = self.batch {
+                        b.flush(self.flow, &self.engine.limits, chunk.id)
+                            .await
+                            .map_err(|e| ImportError::Database(e, chunk.before))?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write the failure report's lines of the chunk's failed records, on
+    /// disk before the position that would skip them on a resume.
+    fn report(
+        &self,
+        chunk: &Chunk<'a>,
+        tally: &mut Tally,
+        report: &mut BufWriter<File>,
+        report_path: &Path,
+    ) -> Result<(), ImportError> {
+        let flow = self.flow;
+        let mut wrote = false;
+        for (k, raw) in chunk.raws.iter().enumerate() {
+            let line = match (&chunk.values[k], &chunk.results[k]) {
+                (Err(m), _) => Some(failure_line(
+                    raw,
+                    match &raw.data {
+                        // The line as written, to be fixed.
+                        RawData::Json(text) => Some(Value::String(text.clone())),
+                        _ => None,
+                    }
+                    .as_ref(),
+                    json!({"step": null, "patch": null, "error": m, "blame": "data"}),
+                )),
+                (Ok(_), Some(r)) if r.status == RunStatus::Succeeded => None,
+                (Ok(v), r) => {
+                    let f = r.as_ref().and_then(|r| r.failure.clone());
+                    let step = f.as_ref().map(|f| f.step.clone());
+                    let patch = step
+                        .as_deref()
+                        .and_then(|s| flow.step_index(s))
+                        .filter(|i| flow.steps[*i].kind == "envelope")
+                        .and_then(|_| self.batch.and_then(|b| b.failed_patch(raw.number)));
+                    Some(failure_line(
+                        raw,
+                        Some(v),
+                        json!({
+                            "step": step,
+                            "patch": patch,
+                            "error": f.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| "the record's run did not end".into()),
+                            "blame": f.map(|f| crate::blame_word(f.blame)).unwrap_or("bug"),
+                        }),
+                    ))
+                }
+            };
+            match line {
+                None => tally.succeeded += 1,
+                Some(l) => {
+                    tally.failed += 1;
+                    wrote = true;
+                    writeln!(report, "{l}").map_err(|e| {
+                        ImportError::File(format!("{}: {e}", report_path.display()))
+                    })?;
+                }
+            }
+        }
+        if wrote {
+            report
+                .flush()
+                .and_then(|()| report.get_ref().sync_data())
+                .map_err(|e| ImportError::File(format!("{}: {e}", report_path.display())))?;
+        }
+        tally.done += chunk.raws.len() as u64;
+        Ok(())
+    }
+}
+
 /// The failure report beside `records`.
 pub fn failures_path(records: &Path) -> PathBuf {
     let mut name = records.as_os_str().to_owned();
@@ -520,145 +773,51 @@ impl<S: Store> Engine<S> {
             done += 1;
         }
         progress(done, total);
-        let (mut succeeded, mut failed) = (0u64, 0u64);
+        let mut tally = Tally {
+            done,
+            succeeded: 0,
+            failed: 0,
+        };
         let chunk_size = options.chunk.max(1);
-        loop {
-            let mut chunk = Vec::with_capacity(chunk_size);
-            while chunk.len() < chunk_size {
-                match records.next_raw()? {
-                    Some(r) => chunk.push(r),
-                    None => break,
+        let runs = Runs {
+            engine: self,
+            flow,
+            batch: batch.as_ref(),
+            accountability: &accountability,
+        };
+        // Two chunks are in flight: while one is written to the database
+        // (the process waits), the next one's records run up to their
+        // envelopes. A chunk is committed before the next one writes.
+        let mut current = fill(&mut records, chunk_size, 0, tally.done)?;
+        while let Some(mut chunk) = current.take() {
+            let before = chunk.before + chunk.raws.len() as u64;
+            let mut next = fill(&mut records, chunk_size, chunk.id + 1, before)?;
+            let written = async {
+                runs.finish(&mut chunk).await?;
+                runs.report(&chunk, &mut tally, &mut report, &report_path)?;
+                if let Some(b) = &batch {
+                    b.commit_chunk(&key, tally.done, false).await.map_err(|e| {
+                        ImportError::Database(e, tally.done - chunk.raws.len() as u64)
+                    })?;
                 }
-            }
-            if chunk.is_empty() {
-                break;
-            }
-            let values: Vec<Result<Value, String>> =
-                chunk.iter().map(|r| records.value(r)).collect();
-            let mut results: Vec<Option<crate::RunResult>> = vec![None; chunk.len()];
-            let mut futs = FuturesUnordered::new();
-            for (k, v) in values.iter().enumerate() {
-                if let Ok(v) = v {
-                    let in_batch = batch.as_ref().map(|b| InBatch {
-                        batch: b,
-                        record: k,
-                    });
-                    let accountability = &accountability;
-                    futs.push(async move {
-                        let fo = FlowObject::new(v, accountability);
-                        let mode = Mode {
-                            recorded: false,
-                            batch: in_batch,
-                        };
-                        (
-                            k,
-                            self.drive(
-                                flow,
-                                crate::Cursor::new(String::new()),
-                                fo,
-                                v.clone(),
-                                0,
-                                0,
-                                mode,
-                            )
-                            .await,
-                        )
-                    });
+                progress(tally.done, total);
+                Ok::<_, ImportError>(())
+            };
+            match next.as_mut() {
+                Some(n) => {
+                    let (w, r) = futures_util::future::join(written, runs.prepare(n)).await;
+                    w?;
+                    r?;
                 }
+                None => written.await?,
             }
-            enum Ev {
-                Done(usize, Box<Result<crate::RunResult, EngineError>>),
-                Flush,
-                End,
-            }
-            loop {
-                let ev = std::future::poll_fn(|cx| match futs.poll_next_unpin(cx) {
-                    Poll::Ready(Some((k, r))) => Poll::Ready(Ev::Done(k, Box::new(r))),
-                    Poll::Ready(None) => Poll::Ready(Ev::End),
-                    Poll::Pending => {
-                        let waiting = batch.as_ref().map_or(0, Batch::waiting);
-                        if waiting > 0 && waiting == futs.len() {
-                            Poll::Ready(Ev::Flush)
-                        } else {
-                            Poll::Pending
-                        }
-                    }
-                })
-                .await;
-                match ev {
-                    Ev::Done(k, r) => results[k] = Some((*r)?),
-                    Ev::End => break,
-                    Ev::Flush => {
-                        if let Some(b) = &batch {
-                            b.flush(flow, &self.limits)
-                                .await
-                                .map_err(|e| ImportError::Database(e, done))?;
-                        }
-                    }
-                }
-            }
-            drop(futs);
-            let mut wrote = false;
-            for (k, raw) in chunk.iter().enumerate() {
-                let line = match (&values[k], &results[k]) {
-                    (Err(m), _) => Some(failure_line(
-                        raw,
-                        match &raw.data {
-                            // The line as written, to be fixed.
-                            RawData::Json(text) => Some(Value::String(text.clone())),
-                            _ => None,
-                        }
-                        .as_ref(),
-                        json!({"step": null, "patch": null, "error": m, "blame": "data"}),
-                    )),
-                    (Ok(_), Some(r)) if r.status == RunStatus::Succeeded => None,
-                    (Ok(v), r) => {
-                        let f = r.as_ref().and_then(|r| r.failure.clone());
-                        let step = f.as_ref().map(|f| f.step.clone());
-                        let patch = step
-                            .as_deref()
-                            .and_then(|s| flow.step_index(s))
-                            .filter(|i| flow.steps[*i].kind == "envelope")
-                            .and_then(|_| batch.as_ref().and_then(|b| b.failed_patch(k)));
-                        Some(failure_line(
-                            raw,
-                            Some(v),
-                            json!({
-                                "step": step,
-                                "patch": patch,
-                                "error": f.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| "the record's run did not end".into()),
-                                "blame": f.map(|f| crate::blame_word(f.blame)).unwrap_or("bug"),
-                            }),
-                        ))
-                    }
-                };
-                match line {
-                    None => succeeded += 1,
-                    Some(l) => {
-                        failed += 1;
-                        wrote = true;
-                        writeln!(report, "{l}").map_err(|e| {
-                            ImportError::File(format!("{}: {e}", report_path.display()))
-                        })?;
-                    }
-                }
-            }
-            if wrote {
-                // The report's lines are on disk before the position that
-                // would skip their records on a resume.
-                report
-                    .flush()
-                    .and_then(|()| report.get_ref().sync_data())
-                    .map_err(|e| ImportError::File(format!("{}: {e}", report_path.display())))?;
-            }
-            done += chunk.len() as u64;
-            if let Some(b) = &batch {
-                b.commit_chunk(&key, done, false)
-                    .await
-                    .map_err(|e| ImportError::Database(e, done - chunk.len() as u64))?;
-            }
-            progress(done, total);
+            current = next;
         }
+        let Tally {
+            done,
+            succeeded,
+            failed,
+        } = tally;
         if let Some(b) = &batch {
             b.commit_chunk(&key, done, true)
                 .await

@@ -1652,13 +1652,8 @@ impl<S: Store> Engine<S> {
                 m.insert(k.clone(), Value::String(p.code().to_owned()));
             }
         }
+        // Deferred options reach the step through `cx.deferred` only.
         let recorded_options = options.clone();
-        if let Value::Object(m) = &mut options {
-            // Deferred options go to the step as written; it renders them.
-            for (k, (raw, _)) in &step.deferred {
-                m.insert(k.clone(), raw.clone());
-            }
-        }
         let connections = sluice_connect::sql::Connections {
             declared: &flow.connections,
             pools: &self.pools,
@@ -1681,6 +1676,7 @@ impl<S: Store> Engine<S> {
             run_id: scx.run_id,
             step_key: &step.key,
             input: &action_input,
+            input_val: &input_val,
             scope: fo,
             expressions: &step.expressions,
             limits,

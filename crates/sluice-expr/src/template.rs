@@ -321,6 +321,15 @@ impl TemplateValue {
         })
     }
 
+    /// How many elements an array value has (`None` when it is not an array).
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            Self::Const(Value::Array(a)) => Some(a.len()),
+            Self::Array(items) => Some(items.len()),
+            _ => None,
+        }
+    }
+
     /// Render element `i` of an array value (`None` past its end, or when
     /// the value is not an array).
     pub fn render_item(

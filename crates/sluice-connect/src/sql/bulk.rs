@@ -4,7 +4,9 @@
 //! records at a time, the chunk's records side by side. An `envelope` step of
 //! a record does not write at once: it hands its patches to the chunk's
 //! [`Batch`] and waits. When every record of the chunk that is still running
-//! waits, the importer calls [`Batch::flush`], which writes them all:
+//! waits, the importer calls [`Batch::flush`], which writes them all (the
+//! envelopes of the next chunk may wait beside them meanwhile: each
+//! envelope is marked with its chunk, and a flush writes one chunk's):
 //!
 //! * patch by patch across the records (patch 1 of every record, then its
 //!   children, then patch 2, ...), each record's patches templated with its
@@ -36,6 +38,7 @@ use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
 use sluice_expr::{Limits, MapScope, TemplateValue, Val};
 use sluice_model::Flow;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -51,8 +54,8 @@ pub struct Batch {
     names: Vec<String>,
     waiting: Mutex<Vec<Waiting>>,
     tx: tokio::sync::Mutex<Option<Tx>>,
-    /// The patch that failed, per record of the chunk.
-    failed_patches: Mutex<HashMap<usize, String>>,
+    /// The patch that failed, per record.
+    failed_patches: Mutex<HashMap<u64, String>>,
 }
 
 /// A step of one record running inside a batch.
@@ -60,13 +63,16 @@ pub struct Batch {
 pub struct InBatch<'a> {
     /// The batch.
     pub batch: &'a Batch,
-    /// The record's position in its chunk.
-    pub record: usize,
+    /// The record's number in the import.
+    pub record: u64,
+    /// The record's chunk.
+    pub chunk: u64,
 }
 
 /// An envelope waiting to be written.
 struct Waiting {
-    record: usize,
+    record: u64,
+    chunk: u64,
     step: String,
     count: usize,
     /// The patches, when they hold no template.
@@ -91,10 +97,13 @@ fn fail(which: String, e: ActionError) -> Fail {
     }
 }
 
+/// A patch's properties, with its parent's key when it is a child.
+type Props<'p> = Cow<'p, Map<String, Value>>;
+
 /// One patch of one record, at one position of the envelopes.
-struct Item {
+struct Item<'p> {
     job: usize,
-    patch: Patch,
+    patch: &'p Patch,
     label: String,
     parent: Option<Value>,
 }
@@ -102,7 +111,17 @@ struct Item {
 /// What one record's envelope has written so far.
 struct Work {
     tokens: Map<String, Value>,
+    /// `tokens` as a jq value, once templates needed it (until a token is set).
+    tokens_val: Option<Val>,
     results: Vec<Value>,
+}
+
+impl Work {
+    fn tokens_val(&mut self) -> Val {
+        self.tokens_val
+            .get_or_insert_with(|| sluice_expr::to_val(&Value::Object(self.tokens.clone())))
+            .clone()
+    }
 }
 
 /// Where an import stands, as kept in the database it writes to.
@@ -140,24 +159,27 @@ impl Batch {
         &self.connection
     }
 
-    /// How many envelopes wait to be written.
-    pub fn waiting(&self) -> usize {
-        self.waiting.lock().map(|w| w.len()).unwrap_or(0)
+    /// How many envelopes of chunk `chunk` wait to be written.
+    pub fn waiting(&self, chunk: u64) -> usize {
+        self.waiting
+            .lock()
+            .map(|w| w.iter().filter(|w| w.chunk == chunk).count())
+            .unwrap_or(0)
     }
 
-    /// The patch that failed for record `record` of the chunk, if one did.
-    pub fn failed_patch(&self, record: usize) -> Option<String> {
+    /// The patch that failed for record `record`, if one did (told once).
+    pub fn failed_patch(&self, record: u64) -> Option<String> {
         self.failed_patches
             .lock()
             .ok()
-            .and_then(|m| m.get(&record).cloned())
+            .and_then(|mut m| m.remove(&record))
     }
 
     /// Hand an envelope to the batch and wait until it is written.
     pub(super) async fn submit(
         &self,
         cx: &crate::ActionCx<'_>,
-        record: usize,
+        at: InBatch<'_>,
         connection: &str,
         patches: Vec<Patch>,
     ) -> Result<Outcome, ActionError> {
@@ -177,14 +199,15 @@ impl Batch {
             Some(Ok(Value::Object(m))) => m,
             _ => Map::new(),
         };
-        let templated = cx.deferred.contains_key("patches");
+        let compiled = cx.deferred.get("patches").map(|(_, t)| t);
         let (reply, answer) = oneshot::channel();
         let job = Waiting {
-            record,
+            record: at.record,
+            chunk: at.chunk,
             step: cx.step_key.to_owned(),
-            count: patches.len(),
-            fixed: (!templated).then_some(patches),
-            input: sluice_expr::to_val(cx.input),
+            count: compiled.map_or(patches.len(), |t| t.array_len().unwrap_or(0)),
+            fixed: compiled.is_none().then_some(patches),
+            input: cx.input_val.clone(),
             scope,
             global,
             reply,
@@ -199,15 +222,21 @@ impl Batch {
         })?
     }
 
-    /// Write every waiting envelope (see the module's description). `Err`
-    /// means the connection itself failed: the chunk cannot be committed.
-    pub async fn flush(&self, flow: &Flow, limits: &Limits) -> Result<(), ActionError> {
-        let mut jobs = std::mem::take(
-            &mut *self
+    /// Write every waiting envelope of chunk `chunk` (see the module's
+    /// description). `Err` means the connection itself failed: the chunk
+    /// cannot be committed.
+    pub async fn flush(&self, flow: &Flow, limits: &Limits, chunk: u64) -> Result<(), ActionError> {
+        let mut jobs: Vec<Waiting> = {
+            let mut all = self
                 .waiting
                 .lock()
-                .map_err(|_| ActionError::external("the import's batch is poisoned"))?,
-        );
+                .map_err(|_| ActionError::external("the import's batch is poisoned"))?;
+            let (mine, others) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|w| w.chunk == chunk);
+            *all = others;
+            mine
+        };
         if jobs.is_empty() {
             return Ok(());
         }
@@ -284,13 +313,17 @@ impl Batch {
             .iter()
             .map(|(w, _)| Work {
                 tokens: w.global.clone(),
+                tokens_val: None,
                 results: Vec::with_capacity(w.count),
             })
             .collect();
         let most = jobs.iter().map(|(w, _)| w.count).max().unwrap_or(0);
         for i in 0..most {
             let label = format!("patch {}", i + 1);
-            let mut items = Vec::with_capacity(jobs.len());
+            // The patches at position `i`, rendered (or as written), then
+            // the records they belong to.
+            let mut patches: Vec<Cow<'_, Patch>> = Vec::with_capacity(jobs.len());
+            let mut owners = Vec::with_capacity(jobs.len());
             for (j, (w, t)) in jobs.iter().enumerate() {
                 if i >= w.count {
                     continue;
@@ -299,7 +332,7 @@ impl Batch {
                     (Some(t), _) => {
                         let scope = WithTokens {
                             inner: &w.scope,
-                            tokens: sluice_expr::to_val(&Value::Object(works[j].tokens.clone())),
+                            tokens: works[j].tokens_val(),
                         };
                         let render = |e: ActionError| Fail {
                             error: e,
@@ -309,11 +342,11 @@ impl Batch {
                             .render_item(i, &w.input, &scope, limits)
                             .map_err(|e| render(e.into()))?
                             .unwrap_or(Value::Null);
-                        serde_json::from_value::<Patch>(v).map_err(|e| {
+                        Cow::Owned(serde_json::from_value::<Patch>(v).map_err(|e| {
                             render(ActionError::data(format!("{label}: after templating: {e}")))
-                        })?
+                        })?)
                     }
-                    (None, Some(fixed)) => fixed[i].clone(),
+                    (None, Some(fixed)) => Cow::Borrowed(&fixed[i]),
                     (None, None) => {
                         return Err(Fail {
                             error: ActionError {
@@ -324,13 +357,19 @@ impl Batch {
                         });
                     }
                 };
-                items.push(Item {
-                    job: j,
+                patches.push(patch);
+                owners.push(j);
+            }
+            let items: Vec<Item<'_>> = patches
+                .iter()
+                .zip(owners)
+                .map(|(patch, job)| Item {
+                    job,
                     patch,
                     label: label.clone(),
                     parent: None,
-                });
-            }
+                })
+                .collect();
             let rows = self.write_items(tx, &items, &mut works).await?;
             for (it, row) in items.iter().zip(rows) {
                 works[it.job].results.push(row);
@@ -347,7 +386,7 @@ impl Batch {
     fn write_items<'a>(
         &'a self,
         tx: &'a mut Tx,
-        items: &'a [Item],
+        items: &'a [Item<'a>],
         works: &'a mut [Work],
     ) -> BoxFuture<'a, Result<Vec<Value>, Fail>> {
         Box::pin(async move {
@@ -360,11 +399,10 @@ impl Batch {
                     it.patch.collection
                 )
             };
-            let mut prepared: Vec<(Map<String, Value>, Arc<Table>)> =
-                Vec::with_capacity(items.len());
+            let mut prepared: Vec<(Props<'_>, Arc<Table>)> = Vec::with_capacity(items.len());
             for it in items {
-                let p = &it.patch;
-                let mut props = p.properties.clone();
+                let p = it.patch;
+                let mut props = Cow::Borrowed(&p.properties);
                 if let Some(k) = &p.parent_key {
                     let id = it.parent.clone().ok_or_else(|| {
                         fail(
@@ -372,7 +410,7 @@ impl Batch {
                             ActionError::flow("`parentKey` is only for child patches"),
                         )
                     })?;
-                    props.insert(k.clone(), id);
+                    props.to_mut().insert(k.clone(), id);
                 }
                 let t = db
                     .check_fields(&p.collection, props.keys().chain(p.criteria.keys()))
@@ -384,7 +422,7 @@ impl Batch {
             let mut k = 0;
             while k < items.len() {
                 let it = &items[k];
-                let p = &it.patch;
+                let p = it.patch;
                 let (props, t) = &prepared[k];
                 if p.op == PatchOp::Create {
                     let mut e = k + 1;
@@ -396,7 +434,7 @@ impl Batch {
                         e += 1;
                     }
                     let all: Vec<&Map<String, Value>> =
-                        prepared[k..e].iter().map(|(m, _)| m).collect();
+                        prepared[k..e].iter().map(|(m, _)| &**m).collect();
                     let made = create_many(tx, db, &p.collection, t, &all)
                         .await
                         .map_err(|err| fail(which(it), err))?;
@@ -425,7 +463,9 @@ impl Batch {
                             )),
                         )
                     })?;
-                    works[it.job].tokens.insert(token.clone(), v);
+                    let work = &mut works[it.job];
+                    work.tokens.insert(token.clone(), v);
+                    work.tokens_val = None;
                 }
             }
             let most = items
@@ -442,7 +482,7 @@ impl Batch {
                         owners.push(x);
                         sub.push(Item {
                             job: it.job,
-                            patch: child.clone(),
+                            patch: child,
                             label: format!("{}.{}", it.label, c + 1),
                             parent: Some(new_id(&prepared[x].1, &rows[x])),
                         });
@@ -573,11 +613,7 @@ impl Batch {
             false,
         )
         .await?;
-        tx.commit().await?;
-        if let Ok(mut m) = self.failed_patches.lock() {
-            m.clear();
-        }
-        Ok(())
+        tx.commit().await
     }
 }
 
