@@ -338,6 +338,36 @@ impl Db {
         Ok(numbers_again(self.rows(st).await?, cols))
     }
 
+    /// The columns of a query's result and their types (PostgreSQL's names,
+    /// as the schema gives them; empty for the other databases, whose
+    /// parameters need no type), from the database's description of it.
+    async fn query_columns(&self, sql: &str) -> Result<BTreeMap<String, String>, ActionError> {
+        use sqlx::{Executor, SqlSafeStr, Statement};
+        let sql = AssertSqlSafe(sql.to_owned()).into_sql_str();
+        let columns: Vec<(String, String)> = match &self.pool {
+            Pool::Sqlite(p) => p.prepare(sql).await.map(|s| {
+                s.columns()
+                    .iter()
+                    .map(|c| (c.name().to_owned(), String::new()))
+                    .collect()
+            }),
+            Pool::Postgres(p) => p.prepare(sql).await.map(|s| {
+                s.columns()
+                    .iter()
+                    .map(|c| (c.name().to_owned(), c.type_info().name().to_lowercase()))
+                    .collect()
+            }),
+            Pool::MySql(p) => p.prepare(sql).await.map(|s| {
+                s.columns()
+                    .iter()
+                    .map(|c| (c.name().to_owned(), String::new()))
+                    .collect()
+            }),
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(columns.into_iter().collect())
+    }
+
     async fn rows(&self, st: &Stmt) -> Result<Vec<Map<String, Value>>, ActionError> {
         match self.run(st, true).await? {
             Fetched::Rows(r) => Ok(r),
@@ -1519,25 +1549,55 @@ pub async fn poll_page(
     snap: &crate::triggers::PollSnapshot,
 ) -> Result<Vec<Polled>, ActionError> {
     let db = connections.db(&o.connection).await?;
-    let t = db.table(&o.collection).await?;
     let ts = &o.timestamp_field;
-    let key = match (&o.key_field, t.pk.as_slice()) {
-        (Some(k), _) => k,
-        (None, [k]) => k,
-        (None, _) => {
-            return Err(ActionError::flow(format!(
-                "collection `{}` has no one-column primary key: name the column that orders rows of one time as `keyField`",
-                o.collection
-            )));
+    // What is read: a table (its columns' types from the schema) or a
+    // query, as a derived table (its columns' types from the database's
+    // description of it).
+    let (from, cols, key) = match (&o.collection, &o.query) {
+        (Some(c), _) => {
+            let t = db.table(c).await?;
+            let key = match (&o.key_field, t.pk.as_slice()) {
+                (Some(k), _) => k.clone(),
+                (None, [k]) => k.clone(),
+                (None, _) => {
+                    return Err(ActionError::flow(format!(
+                        "collection `{c}` has no one-column primary key: name the column that orders rows of one time as `keyField`"
+                    )));
+                }
+            };
+            db.check_fields(c, [ts, &key].into_iter()).await?;
+            (db.backend.quote(c), t.cols.clone(), key)
+        }
+        (None, Some(q)) => {
+            let q = q.trim().trim_end_matches(';').trim_end();
+            let from = format!("({q}) sluice_poll");
+            let cols = db.query_columns(&format!("SELECT * FROM {from}")).await?;
+            let key = o
+                .key_field
+                .clone()
+                .ok_or_else(|| ActionError::flow("a poll of a query needs `keyField`"))?;
+            for f in [ts, &key] {
+                if !valid_ident(f) || !cols.contains_key(f) {
+                    return Err(ActionError::data(format!(
+                        "the poll's query has no column `{f}` (columns: {})",
+                        cols.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            (from, cols, key)
+        }
+        (None, None) => {
+            return Err(ActionError::flow(
+                "a poll needs a `collection` (a table) or a `query`",
+            ));
         }
     };
-    db.check_fields(&o.collection, [ts, key].into_iter())
-        .await?;
+    let key = &key;
     let (qt, qk) = (db.backend.quote(ts), db.backend.quote(key));
     let mut params = Vec::new();
     let mut bind = |v: &Value, col: &str| {
-        params.push(db.param_value(v, t.cols.get(col)));
-        db.param(params.len(), t.cols.get(col))
+        params.push(db.param_value(v, cols.get(col)));
+        db.param(params.len(), cols.get(col))
     };
     let mut conds = vec![format!("{qt} IS NOT NULL")];
     if let Some(prev) = &snap.previous_last_modified {
@@ -1551,14 +1611,17 @@ pub async fn poll_page(
         let (a1, a2, k1) = (bind(at, ts), bind(at, ts), bind(k, key));
         conds.push(format!("({qt} > {a1} OR ({qt} = {a2} AND {qk} > {k1}))"));
     }
+    let list = if o.collection.is_some() {
+        db.select_list(&cols)
+    } else {
+        "*".to_owned()
+    };
     let sql = format!(
-        "SELECT {} FROM {} WHERE {} ORDER BY {qt}, {qk} LIMIT {}",
-        db.select_list(&t.cols),
-        db.backend.quote(&o.collection),
+        "SELECT {list} FROM {from} WHERE {} ORDER BY {qt}, {qk} LIMIT {}",
         conds.join(" AND "),
         o.page_size
     );
-    let rows = db.table_rows(&Stmt { sql, params }, &t.cols).await?;
+    let rows = db.table_rows(&Stmt { sql, params }, &cols).await?;
     Ok(rows
         .into_iter()
         .map(|row| {

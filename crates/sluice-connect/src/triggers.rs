@@ -165,19 +165,24 @@ impl Schedule {
     }
 }
 
-/// Options of the `poll` trigger: new and updated rows of a SQL table, read
-/// by the snapshot rules of SEMANTICS.md section 6.
+/// Options of the `poll` trigger: new and updated rows of a SQL table or
+/// query, read by the snapshot rules of SEMANTICS.md section 6.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PollTrigger {
     /// One of the flow's connections.
     pub connection: String,
-    /// The table.
-    pub collection: String,
+    /// The table (or give `query`).
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// A `SELECT` whose rows are polled instead of a table's (such as a
+    /// join); `timestampField` and `keyField` name columns of its result.
+    #[serde(default)]
+    pub query: Option<String>,
     /// The column that holds when a row last changed (its `lastModified`).
     pub timestamp_field: String,
     /// The column that orders rows of one time (default: the table's
-    /// one-column primary key).
+    /// one-column primary key; required with `query`).
     #[serde(default)]
     pub key_field: Option<String>,
     /// Time between polls, in milliseconds (default 60000, at least 100).
@@ -271,15 +276,53 @@ pub(crate) fn check_poll(options: &serde_json::Value) -> Vec<crate::OptionIssue>
     };
     let mut bad = |key: &str, message: String, help: &str| {
         issues.push(crate::OptionIssue {
-            path: vec![sluice_expr::PathSeg::Key(key.to_owned())],
+            // "": the options themselves.
+            path: if key.is_empty() {
+                Vec::new()
+            } else {
+                vec![sluice_expr::PathSeg::Key(key.to_owned())]
+            },
             message,
             at_key: false,
             help: Some(help.to_owned()),
         });
     };
     let ident = "use letters, digits and `_`";
+    if t.collection.is_none() && t.query.is_none() {
+        bad(
+            "",
+            "a poll needs a `collection` (a table) or a `query`".to_owned(),
+            "such as `collection: customers`",
+        );
+    }
+    match (&t.collection, &t.query) {
+        (Some(_), Some(_)) => bad(
+            "query",
+            "a poll reads a `collection` or a `query`, not both".to_owned(),
+            "keep one of the two",
+        ),
+        (None, Some(q)) => {
+            let head = q.trim_start().get(..6).unwrap_or_default();
+            if !head.eq_ignore_ascii_case("select") && !head.eq_ignore_ascii_case("with ") {
+                bad(
+                    "query",
+                    "a poll's query must be a `SELECT` (or `WITH ... SELECT`)".to_owned(),
+                    "its rows are read a page at a time, ordered by `timestampField` and `keyField`",
+                );
+            }
+            if t.key_field.is_none() {
+                bad(
+                    "query",
+                    "a poll of a query needs `keyField`: the column that orders rows of one time"
+                        .to_owned(),
+                    "such as `keyField: id`",
+                );
+            }
+        }
+        _ => {}
+    }
     for (key, v) in [
-        ("collection", Some(&t.collection)),
+        ("collection", t.collection.as_ref()),
         ("timestampField", Some(&t.timestamp_field)),
         ("keyField", t.key_field.as_ref()),
     ] {
@@ -452,6 +495,22 @@ mod tests {
         assert!(bad(with("intervalMs", json!(5))).contains("too short"));
         assert!(bad(with("pageSize", json!(0))).contains("a page of 0 rows"));
         assert!(bad(json!({"connection": "db", "collection": "t"})).contains("timestampField"));
+        // A query instead of a table: a SELECT, with its key named.
+        let q = json!({"connection": "db", "query": "SELECT id, at FROM t", "timestampField": "at", "keyField": "id"});
+        assert_eq!(bad(q.clone()), "");
+        let mut both = q.clone();
+        both["collection"] = json!("t");
+        assert!(bad(both).contains("not both"));
+        let mut keyless = q.clone();
+        keyless.as_object_mut().unwrap().remove("keyField");
+        assert!(bad(keyless).contains("needs `keyField`"));
+        let mut delete = q.clone();
+        delete["query"] = json!("DELETE FROM t");
+        assert!(bad(delete).contains("must be a `SELECT`"));
+        assert!(
+            bad(json!({"connection": "db", "timestampField": "at"}))
+                .contains("needs a `collection` (a table) or a `query`")
+        );
     }
 
     #[test]

@@ -185,5 +185,67 @@ async fn polls_read_new_and_updated_rows_by_the_snapshot_rules() {
             .map(|e| e.message)
             .unwrap_or_default();
         assert!(err.contains("has no field `modified`"), "{name}: {err}");
+
+        // A query instead of a table (a join): the same rules on its result
+        // columns, its parameters typed as the database describes them.
+        let tags = format!("tags_{}", std::process::id());
+        exec(
+            &engine,
+            &registry,
+            &url,
+            &[
+                format!("DROP TABLE IF EXISTS {tags}"),
+                format!("CREATE TABLE {tags} (item_id INT NOT NULL, tag VARCHAR(20) NOT NULL)"),
+                format!(
+                    "INSERT INTO {tags} (item_id, tag) VALUES (2, 'x'), (4, 'x'), (7, 'x'), (9, 'x'), (11, 'x'), (12, 'y')"
+                ),
+            ],
+        )
+        .await;
+        let query = format!(
+            "SELECT i.id AS item_id, i.name AS name, i.updated AS changed, t.tag AS tag FROM {table} i JOIN {tags} t ON t.item_id = i.id WHERE t.tag = 'x';"
+        );
+        let joined: PollTrigger = serde_json::from_value(json!({
+            "connection": "app",
+            "query": query,
+            "timestampField": "changed",
+            "keyField": "item_id",
+            "startTime": ts(3),
+            "pageSize": 2,
+        }))
+        .unwrap();
+        let mut snap = PollSnapshot::start(&joined);
+        assert_eq!(
+            round(&connections, &joined, &mut snap).await,
+            vec![vec!["d", "g"], vec!["i"]],
+            "{name}"
+        );
+        exec(
+            &engine,
+            &registry,
+            &url,
+            &[
+                format!("UPDATE {tags} SET tag = 'x' WHERE item_id = 12"),
+                format!("UPDATE {table} SET updated = '{}' WHERE id = 12", ts(9)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            round(&connections, &joined, &mut snap).await,
+            vec![vec!["j"]],
+            "{name}"
+        );
+        let mut keyless = joined.clone();
+        keyless.key_field = Some("id".into());
+        let err = poll_page(&connections, &keyless, &PollSnapshot::start(&keyless))
+            .await
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(
+            err.contains("the poll's query has no column `id`"),
+            "{name}: {err}"
+        );
+        exec(&engine, &registry, &url, &[format!("DROP TABLE {tags}")]).await;
     }
 }
