@@ -52,7 +52,8 @@ pub struct Batch {
     db: Arc<Db>,
     /// The flow-object variables an envelope's templates may read.
     names: Vec<String>,
-    waiting: Mutex<Vec<Waiting>>,
+    /// The envelopes waiting to be written, by chunk.
+    waiting: Mutex<BTreeMap<u64, Vec<Waiting>>>,
     tx: tokio::sync::Mutex<Option<Tx>>,
     /// The patch that failed, per record.
     failed_patches: Mutex<HashMap<u64, String>>,
@@ -72,7 +73,6 @@ pub struct InBatch<'a> {
 /// An envelope waiting to be written.
 struct Waiting {
     record: u64,
-    chunk: u64,
     step: String,
     count: usize,
     /// The patches, when they hold no template.
@@ -148,7 +148,7 @@ impl Batch {
             connection: connection.to_owned(),
             db,
             names,
-            waiting: Mutex::new(Vec::new()),
+            waiting: Mutex::new(BTreeMap::new()),
             tx: tokio::sync::Mutex::new(None),
             failed_patches: Mutex::new(HashMap::new()),
         })
@@ -163,7 +163,7 @@ impl Batch {
     pub fn waiting(&self, chunk: u64) -> usize {
         self.waiting
             .lock()
-            .map(|w| w.iter().filter(|w| w.chunk == chunk).count())
+            .map(|w| w.get(&chunk).map_or(0, Vec::len))
             .unwrap_or(0)
     }
 
@@ -203,7 +203,6 @@ impl Batch {
         let (reply, answer) = oneshot::channel();
         let job = Waiting {
             record: at.record,
-            chunk: at.chunk,
             step: cx.step_key.to_owned(),
             count: compiled.map_or(patches.len(), |t| t.array_len().unwrap_or(0)),
             fixed: compiled.is_none().then_some(patches),
@@ -215,6 +214,8 @@ impl Batch {
         self.waiting
             .lock()
             .map_err(|_| ActionError::external("the import's batch is poisoned"))?
+            .entry(at.chunk)
+            .or_default()
             .push(job);
         answer.await.map_err(|_| ActionError {
             blame: Blame::External,
@@ -226,17 +227,12 @@ impl Batch {
     /// description). `Err` means the connection itself failed: the chunk
     /// cannot be committed.
     pub async fn flush(&self, flow: &Flow, limits: &Limits, chunk: u64) -> Result<(), ActionError> {
-        let mut jobs: Vec<Waiting> = {
-            let mut all = self
-                .waiting
-                .lock()
-                .map_err(|_| ActionError::external("the import's batch is poisoned"))?;
-            let (mine, others) = std::mem::take(&mut *all)
-                .into_iter()
-                .partition(|w| w.chunk == chunk);
-            *all = others;
-            mine
-        };
+        let mut jobs: Vec<Waiting> = self
+            .waiting
+            .lock()
+            .map_err(|_| ActionError::external("the import's batch is poisoned"))?
+            .remove(&chunk)
+            .unwrap_or_default();
         if jobs.is_empty() {
             return Ok(());
         }
@@ -613,7 +609,13 @@ impl Batch {
             false,
         )
         .await?;
-        tx.commit().await
+        tx.commit().await?;
+        // The next chunk's envelopes are written only after this commit:
+        // every patch failure known is this chunk's.
+        if let Ok(mut m) = self.failed_patches.lock() {
+            m.clear();
+        }
+        Ok(())
     }
 }
 
