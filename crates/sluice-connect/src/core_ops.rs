@@ -405,7 +405,7 @@ mod tests {
             idempotency_key: "r/s/0/1",
             hooks: None,
         };
-        reg.get(kind).unwrap().action.run_json(cx, options).await
+        reg.get(kind).unwrap().action.run_json(cx, &options).await
     }
 
     #[tokio::test]

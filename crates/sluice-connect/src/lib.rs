@@ -248,11 +248,11 @@ pub trait Action: Send + Sync + 'static {
 
 /// A step type with its types erased.
 pub trait DynAction: Send + Sync {
-    /// Deserialize the options and run.
+    /// Deserialize the options (as the step's record shows them) and run.
     fn run_json<'a>(
         &'a self,
         cx: ActionCx<'a>,
-        options: Value,
+        options: &'a Value,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>>;
 }
 
@@ -260,10 +260,10 @@ impl<A: Action> DynAction for A {
     fn run_json<'a>(
         &'a self,
         cx: ActionCx<'a>,
-        options: Value,
+        options: &'a Value,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
-            let options: A::Options = serde_path_to_error::deserialize(&options).map_err(|e| {
+            let options: A::Options = serde_path_to_error::deserialize(options).map_err(|e| {
                 let path = e.path().to_string();
                 let at = if path == "." {
                     String::new()

@@ -343,29 +343,25 @@ impl Db {
     /// parameters need no type), from the database's description of it.
     async fn query_columns(&self, sql: &str) -> Result<BTreeMap<String, String>, ActionError> {
         use sqlx::{Executor, SqlSafeStr, Statement};
-        let sql = AssertSqlSafe(sql.to_owned()).into_sql_str();
-        let columns: Vec<(String, String)> = match &self.pool {
-            Pool::Sqlite(p) => p.prepare(sql).await.map(|s| {
-                s.columns()
-                    .iter()
-                    .map(|c| (c.name().to_owned(), String::new()))
-                    .collect()
-            }),
-            Pool::Postgres(p) => p.prepare(sql).await.map(|s| {
-                s.columns()
-                    .iter()
-                    .map(|c| (c.name().to_owned(), c.type_info().name().to_lowercase()))
-                    .collect()
-            }),
-            Pool::MySql(p) => p.prepare(sql).await.map(|s| {
-                s.columns()
-                    .iter()
-                    .map(|c| (c.name().to_owned(), String::new()))
-                    .collect()
-            }),
+        fn described<C: Column>(cols: &[C], typed: bool) -> BTreeMap<String, String> {
+            cols.iter()
+                .map(|c| {
+                    let ty = if typed {
+                        c.type_info().name().to_lowercase()
+                    } else {
+                        String::new()
+                    };
+                    (c.name().to_owned(), ty)
+                })
+                .collect()
         }
-        .map_err(|e| self.err(e))?;
-        Ok(columns.into_iter().collect())
+        let sql = AssertSqlSafe(sql.to_owned()).into_sql_str();
+        match &self.pool {
+            Pool::Sqlite(p) => p.prepare(sql).await.map(|s| described(s.columns(), false)),
+            Pool::Postgres(p) => p.prepare(sql).await.map(|s| described(s.columns(), true)),
+            Pool::MySql(p) => p.prepare(sql).await.map(|s| described(s.columns(), false)),
+        }
+        .map_err(|e| self.err(e))
     }
 
     async fn rows(&self, st: &Stmt) -> Result<Vec<Map<String, Value>>, ActionError> {
@@ -2062,7 +2058,7 @@ impl Action for Envelope {
         }
         let db = cx.connections.db(&o.connection).await?;
         let compiled = cx.deferred.get("patches").map(|(_, t)| t);
-        let count = compiled.map_or(o.patches.len(), |t| t.array_len().unwrap_or(0));
+        let count = patch_count(compiled, &o.patches);
         let input = cx.input_val;
         let global = cx
             .scope
@@ -2123,6 +2119,12 @@ impl Action for Envelope {
         }
         Ok(outcome)
     }
+}
+
+/// How many patches an envelope has: its compiled template's (a step of a
+/// flow), or else those given in its options.
+fn patch_count(compiled: Option<&sluice_expr::TemplateValue>, given: &[Patch]) -> usize {
+    compiled.map_or(given.len(), |t| t.array_len().unwrap_or(0))
 }
 
 /// The error of an envelope whose patch `which` failed.

@@ -288,14 +288,12 @@ pub(crate) fn check_poll(options: &serde_json::Value) -> Vec<crate::OptionIssue>
         });
     };
     let ident = "use letters, digits and `_`";
-    if t.collection.is_none() && t.query.is_none() {
-        bad(
+    match (&t.collection, &t.query) {
+        (None, None) => bad(
             "",
             "a poll needs a `collection` (a table) or a `query`".to_owned(),
             "such as `collection: customers`",
-        );
-    }
-    match (&t.collection, &t.query) {
+        ),
         (Some(_), Some(_)) => bad(
             "query",
             "a poll reads a `collection` or a `query`, not both".to_owned(),
@@ -319,7 +317,7 @@ pub(crate) fn check_poll(options: &serde_json::Value) -> Vec<crate::OptionIssue>
                 );
             }
         }
-        _ => {}
+        (Some(_), None) => {}
     }
     for (key, v) in [
         ("collection", t.collection.as_ref()),

@@ -416,8 +416,7 @@ type RecordRun<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> +
 struct Chunk<'a> {
     /// The chunk's number in this import, from 0.
     id: u64,
-    /// Records committed before this chunk.
-    before: u64,
+    /// Its records (at least one).
     raws: Vec<Raw>,
     /// Each record as JSON (taken by its run while it runs), or why it is not.
     values: Vec<Result<Value, String>>,
@@ -432,12 +431,7 @@ struct Chunk<'a> {
 const PREPARE_STEP: usize = 8;
 
 /// Read the next chunk of records.
-fn fill<'a>(
-    records: &mut Records,
-    size: usize,
-    id: u64,
-    before: u64,
-) -> Result<Option<Chunk<'a>>, ImportError> {
+fn fill<'a>(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk<'a>>, ImportError> {
     let mut raws = Vec::with_capacity(size);
     while raws.len() < size {
         match records.next_raw()? {
@@ -451,7 +445,6 @@ fn fill<'a>(
     let values = raws.iter().map(|r| records.value(r)).collect();
     Ok(Some(Chunk {
         id,
-        before,
         results: vec![None; raws.len()],
         raws,
         values,
@@ -461,6 +454,11 @@ fn fill<'a>(
 }
 
 impl Chunk<'_> {
+    /// Records before this chunk: committed once it is written.
+    fn before(&self) -> u64 {
+        self.raws.first().map_or(0, |r| r.number - 1)
+    }
+
     fn ended(&mut self, (k, v, r): Ended) -> Result<(), ImportError> {
         self.values[k] = Ok(v);
         self.results[k] = Some(r?);
@@ -579,7 +577,7 @@ impl<'a, S: Store> Runs<'a, S> {
                     if let Some(b) = self.batch {
                         b.flush(self.flow, &self.engine.limits, chunk.id)
                             .await
-                            .map_err(|e| ImportError::Database(e, chunk.before))?;
+                            .map_err(|e| ImportError::Database(e, chunk.before()))?;
                     }
                 }
             }
@@ -788,17 +786,16 @@ impl<S: Store> Engine<S> {
         // Two chunks are in flight: while one is written to the database
         // (the process waits), the next one's records run up to their
         // envelopes. A chunk is committed before the next one writes.
-        let mut current = fill(&mut records, chunk_size, 0, tally.done)?;
+        let mut current = fill(&mut records, chunk_size, 0)?;
         while let Some(mut chunk) = current.take() {
-            let before = chunk.before + chunk.raws.len() as u64;
-            let mut next = fill(&mut records, chunk_size, chunk.id + 1, before)?;
+            let mut next = fill(&mut records, chunk_size, chunk.id + 1)?;
             let written = async {
                 runs.finish(&mut chunk).await?;
                 runs.report(&chunk, &mut tally, &mut report, &report_path)?;
                 if let Some(b) = &batch {
-                    b.commit_chunk(&key, tally.done, false).await.map_err(|e| {
-                        ImportError::Database(e, tally.done - chunk.raws.len() as u64)
-                    })?;
+                    b.commit_chunk(&key, tally.done, false)
+                        .await
+                        .map_err(|e| ImportError::Database(e, chunk.before()))?;
                 }
                 progress(tally.done, total);
                 Ok::<_, ImportError>(())

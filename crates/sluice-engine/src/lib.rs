@@ -1652,8 +1652,9 @@ impl<S: Store> Engine<S> {
                 m.insert(k.clone(), Value::String(p.code().to_owned()));
             }
         }
-        // Deferred options reach the step through `cx.deferred` only.
-        let recorded_options = options.clone();
+        // Deferred options reach the step through `cx.deferred` only: the
+        // step runs on the options its record shows.
+        let recorded_options = options;
         let connections = sluice_connect::sql::Connections {
             declared: &flow.connections,
             pools: &self.pools,
@@ -1694,7 +1695,7 @@ impl<S: Store> Engine<S> {
             tokens,
             items,
             effect,
-        } = match entry.action.run_json(cx, options).await {
+        } = match entry.action.run_json(cx, &recorded_options).await {
             Ok(o) => o,
             Err(error) => {
                 return Err(Failed {

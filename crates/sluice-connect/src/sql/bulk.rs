@@ -204,7 +204,7 @@ impl Batch {
         let job = Waiting {
             record: at.record,
             step: cx.step_key.to_owned(),
-            count: compiled.map_or(patches.len(), |t| t.array_len().unwrap_or(0)),
+            count: super::patch_count(compiled, &patches),
             fixed: compiled.is_none().then_some(patches),
             input: cx.input_val.clone(),
             scope,
