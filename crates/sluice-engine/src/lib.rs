@@ -31,7 +31,7 @@ use sluice_store::{
 };
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -229,9 +229,9 @@ pub struct Engine<S: Store> {
     saved_versions: Arc<Mutex<HashSet<String>>>,
     /// Database pools of the flows' connections, shared by every run.
     pools: Arc<sluice_connect::sql::Pools>,
-    /// Runs cancelled while this engine may be driving them: they stop
-    /// before their next step.
-    cancelled: Arc<Mutex<HashSet<String>>>,
+    /// Runs this engine is driving, each with a flag that a cancel sets:
+    /// they stop before their next step.
+    driving: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     /// The flows `flow` steps start and data hooks run.
     flows: Arc<RwLock<Reach>>,
     /// Set when the process stops: runs sleeping here stop waiting (their
@@ -247,9 +247,29 @@ impl<S: Store> Clone for Engine<S> {
             limits: self.limits,
             saved_versions: self.saved_versions.clone(),
             pools: self.pools.clone(),
-            cancelled: self.cancelled.clone(),
+            driving: self.driving.clone(),
             flows: self.flows.clone(),
             stopping: self.stopping.clone(),
+        }
+    }
+}
+
+/// A run an engine drives: removed from the engine's map when dropped
+/// (unless the run is driven again meanwhile).
+struct Driving {
+    map: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    run_id: String,
+    /// Set by a cancel.
+    flag: Arc<AtomicBool>,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.map.lock()
+            && d.get(&self.run_id)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flag))
+        {
+            d.remove(&self.run_id);
         }
     }
 }
@@ -436,7 +456,7 @@ impl<S: Store> Engine<S> {
             limits: Limits::default(),
             saved_versions: Arc::default(),
             pools: Arc::default(),
-            cancelled: Arc::default(),
+            driving: Arc::default(),
             flows: Arc::default(),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
@@ -607,18 +627,26 @@ impl<S: Store> Engine<S> {
     /// driving it, it stops before its next step (a step under way finishes).
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
         self.store.cancel_run(run_id).await?;
-        if let Ok(mut c) = self.cancelled.lock() {
-            c.insert(run_id.to_owned());
+        if let Ok(d) = self.driving.lock()
+            && let Some(flag) = d.get(run_id)
+        {
+            flag.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Whether `run_id` was cancelled while running here (and forget it).
-    fn take_cancelled(&self, run_id: &str) -> bool {
-        self.cancelled
-            .lock()
-            .map(|mut c| c.remove(run_id))
-            .unwrap_or(false)
+    /// Note that this engine drives `run_id` until the guard is dropped, so
+    /// that a cancel reaches it.
+    fn drives(&self, run_id: &str) -> Driving {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut d) = self.driving.lock() {
+            d.insert(run_id.to_owned(), flag.clone());
+        }
+        Driving {
+            map: self.driving.clone(),
+            run_id: run_id.to_owned(),
+            flag,
+        }
     }
 
     /// Continue a run that was running when the process stopped (a crash,
@@ -902,6 +930,7 @@ impl<S: Store> Engine<S> {
             new,
             steps: Vec::new(),
         };
+        let driving = rec.then(|| self.drives(&run_id));
         let depth = fo.depth;
         let mut pos = if start < flow.steps.len() {
             Some(start)
@@ -920,7 +949,10 @@ impl<S: Store> Engine<S> {
                 error_step: None,
                 ended_at: None,
             };
-            if rec && self.take_cancelled(&run_id) {
+            if driving
+                .as_ref()
+                .is_some_and(|d| d.flag.load(Ordering::Relaxed))
+            {
                 // The steps it ran are recorded; the store keeps it cancelled.
                 self.write_held(&mut held, None, &here()).await?;
                 let mut r = RunResult::ended(run_id, RunStatus::Cancelled, &fo);

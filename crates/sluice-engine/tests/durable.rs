@@ -71,10 +71,29 @@ impl Action for Probe {
     }
 }
 
+/// A step that says it began, then holds until released.
+struct Gate {
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Action for Gate {
+    const KIND: &'static str = "gate";
+    type Options = NoOptions;
+
+    async fn run<'a>(&'a self, _: ActionCx<'a>, _: NoOptions) -> Result<Outcome, ActionError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        Ok(Outcome::value(json!({"passed": true})))
+    }
+}
+
 struct Setup {
     store: Arc<SqliteStore>,
     registry: Arc<Registry>,
     keys: Arc<Mutex<Vec<String>>>,
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl Setup {
@@ -84,10 +103,17 @@ impl Setup {
         let mut r = Registry::builtin();
         r.add(Flaky(keys.clone()));
         r.add(Probe(store.clone()));
+        let (entered, release) = (Arc::default(), Arc::default());
+        r.add(Gate {
+            entered: Arc::clone(&entered),
+            release: Arc::clone(&release),
+        });
         Self {
             store,
             registry: Arc::new(r),
             keys,
+            entered,
+            release,
         }
     }
 
@@ -177,6 +203,45 @@ async fn pure_steps_are_recorded_with_the_next_write_before_any_other_step() {
     let r = e.finish(&flow, started).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded);
     assert_eq!(s.store.get_run(&id).await.unwrap().unwrap().steps.len(), 2);
+}
+
+/// A run cancelled while one of its steps is under way finishes that step
+/// and stops before the next; the cancel of a run this engine does not
+/// drive only marks the store.
+#[tokio::test]
+async fn a_cancel_stops_a_run_before_its_next_step() {
+    let s = Setup::new().await;
+    let flow = s.flow(
+        "id: c\nsteps:\n  - {key: hold, type: gate, options: {}}\n  - {key: after, type: transform, options: {value: {after: 1}}}\n",
+    );
+    let engine = s.engine();
+    let run = tokio::spawn({
+        let (engine, flow) = (engine.clone(), flow.clone());
+        async move { engine.run(&flow, input(json!({}))).await }
+    });
+    s.entered.notified().await;
+    let id = s
+        .store
+        .list_runs(&Default::default())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .id;
+    engine.cancel(&id).await.unwrap();
+    s.release.notify_one();
+    let r = run.await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(r.failure.unwrap().message, "cancelled before step `after`");
+    let d = s.store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Cancelled);
+    let keys: Vec<_> = d.steps.iter().map(|s| s.step_key.as_str()).collect();
+    assert_eq!(keys, ["hold"]);
+
+    // A later run of the same engine is not stopped by that cancel.
+    s.release.notify_one();
+    let r = engine.run(&flow, input(json!({}))).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
 }
 
 #[tokio::test]

@@ -11,8 +11,14 @@
 //! matches (by `eventType` and `source`), and wakes every run waiting at a
 //! `wait` step that it matches (type, source and correlation attributes).
 //! The answer is `202 {id, started: [{flow, runId}], resumed: [{flow,
-//! runId}]}`; an event that matches nothing is refused with `422 no_match`
-//! so that its sender knows nobody took it.
+//! runId}], refused}`; an event that matches nothing is refused with `422
+//! no_match` so that its sender knows nobody took it.
+//!
+//! An event is named by its `source` and `id`: one taken before (a sender's
+//! retry) is answered `200` with the first answer and `duplicate: true`, and
+//! starts no run again; the event and the runs it starts are recorded in one
+//! store transaction, so this holds across crashes and processes sharing the
+//! store.
 
 use crate::{ApiError, Server};
 use axum::body::Body;
@@ -23,7 +29,9 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use sluice_connect::core_ops::{CloudEventTrigger, check_cloudevent, event_matches};
 use sluice_engine::{EngineError, RunRequest};
-use sluice_store::Store;
+use sluice_model::Flow;
+use sluice_store::{Store, Wait, now_micros};
+use std::sync::Arc;
 
 /// The largest event taken.
 const EVENT_LIMIT: usize = 1 << 20;
@@ -43,11 +51,29 @@ pub(crate) async fn intake<S: Store>(
     })?;
     let event = parse(&headers, &bytes)?;
     check_cloudevent(&event).map_err(ApiError::bad_request)?;
-    let id = event["id"].clone();
+    let id = event["id"].as_str().unwrap_or_default();
+    let source = event["source"].as_str().unwrap_or_default();
+    let event_type = event["type"].as_str().unwrap_or_default();
+    let engine = server.engine();
+    let store = engine.store();
+    let mut refused = Vec::new();
+
+    // A retry of an event accepted before starts nothing again; it wakes
+    // only runs that were waiting when the event was first taken (a crash
+    // may have come between taking it and waking them).
+    if let Some(seen) = store.seen_event(source, id).await? {
+        let waiting = waiting_for(&server, &event, Some(seen.received_at), &mut refused).await?;
+        return Ok(duplicate(
+            seen.answer,
+            wake(&server, &event, waiting).await?,
+        ));
+    }
 
     // Flows that this event starts.
+    let received_at = now_micros();
+    let mut news = Vec::new();
+    let mut runs = Vec::new();
     let mut started = Vec::new();
-    let mut refused = Vec::new();
     let set = server.flows();
     for flow in set.flows.values() {
         if flow.trigger.kind != "cloudevent"
@@ -58,40 +84,103 @@ pub(crate) async fn intake<S: Store>(
         let req = RunRequest {
             trigger: event.clone(),
             input: None,
-            accountability: json!({"trigger": "cloudevent", "source": event["source"], "id": id}),
+            accountability: json!({"trigger": "cloudevent", "source": source, "id": id}),
             event: Some(event.clone()),
         };
-        match server.launch(flow.clone(), req, false).await {
-            Ok((run_id, _)) => started.push(json!({"flow": flow.id, "runId": run_id})),
+        match engine.prepare(flow, req).await {
+            Ok((new, s)) => {
+                started.push(json!({"flow": flow.id, "runId": new.id}));
+                news.push(new);
+                runs.push((flow.clone(), s));
+            }
             Err(EngineError::Event(m)) => refused.push(json!({"flow": flow.id, "message": m})),
             Err(e) => return Err(e.into()),
         }
     }
     drop(set);
+    let waiting = waiting_for(&server, &event, None, &mut refused).await?;
+    if started.is_empty() && waiting.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_match",
+            format!(
+                "no flow's trigger and no waiting run takes an event of type `{event_type}` from `{source}`"
+            ),
+        )
+        .with_details(json!({"id": id, "type": event_type, "source": source, "refused": refused})));
+    }
 
-    // Runs waiting for it: each is claimed once (across processes too).
-    let store = server.engine().store().clone();
-    let event_type = event["type"].as_str().unwrap_or_default();
-    let mut resumed = Vec::new();
-    for w in store.list_waits(Some(event_type)).await? {
-        if !event_matches(
-            &event,
-            w.event_type.as_deref(),
-            w.source.as_deref(),
-            &w.correlation,
-        ) {
+    // Taken: the event and the runs it starts are recorded together, once.
+    let answer = json!({"id": id, "started": started, "refused": refused});
+    if !store
+        .accept_event(source, id, received_at, &answer, &news)
+        .await?
+    {
+        // Another delivery of the same event was taken first, just now.
+        let seen = store.seen_event(source, id).await?;
+        return Ok(duplicate(
+            seen.map(|s| s.answer).unwrap_or(answer),
+            Vec::new(),
+        ));
+    }
+    for (flow, s) in runs {
+        drop(server.drive(flow, s));
+    }
+    let mut answer = answer;
+    answer["resumed"] = Value::Array(wake(&server, &event, waiting).await?);
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
+}
+
+/// The answer to a retry of an event taken before: `200` with what the
+/// first delivery started, marked as a duplicate, and the runs it woke now.
+fn duplicate(mut answer: Value, resumed: Vec<Value>) -> Response {
+    answer["duplicate"] = Value::Bool(true);
+    answer["resumed"] = Value::Array(resumed);
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+/// Runs waiting for `event` (that began waiting before `before`, if given),
+/// with the flow each runs; runs whose flow cannot be had go to `refused`.
+async fn waiting_for<S: Store>(
+    server: &Server<S>,
+    event: &Value,
+    before: Option<i64>,
+    refused: &mut Vec<Value>,
+) -> Result<Vec<(Wait, Arc<Flow>)>, ApiError> {
+    let store = server.engine().store();
+    let mut waiting = Vec::new();
+    for w in store.list_waits(event["type"].as_str()).await? {
+        if before.is_some_and(|t| w.since >= t)
+            || !event_matches(
+                event,
+                w.event_type.as_deref(),
+                w.source.as_deref(),
+                &w.correlation,
+            )
+        {
             continue;
         }
-        let Some((_, flow)) = server.run_and_flow(&w.run_id).await? else {
-            continue;
-        };
-        let flow = match flow {
-            Ok(f) => f,
-            Err(m) => {
-                refused.push(json!({"flow": w.flow_id, "runId": w.run_id, "message": m}));
-                continue;
+        match server.run_and_flow(&w.run_id).await? {
+            None => {}
+            Some((_, Ok(flow))) => waiting.push((w, flow)),
+            Some((_, Err(m))) => {
+                refused.push(json!({"flow": w.flow_id, "runId": w.run_id, "message": m}))
             }
-        };
+        }
+    }
+    Ok(waiting)
+}
+
+/// Wake the `waiting` runs with `event`: each is claimed once (across
+/// processes too); the ones this call claimed, as `{flow, runId}`.
+async fn wake<S: Store>(
+    server: &Server<S>,
+    event: &Value,
+    waiting: Vec<(Wait, Arc<Flow>)>,
+) -> Result<Vec<Value>, ApiError> {
+    let store = server.engine().store();
+    let mut resumed = Vec::new();
+    for (w, flow) in waiting {
         let Some(claimed) = store.claim_wait(&w.run_id).await? else {
             continue;
         };
@@ -103,22 +192,7 @@ pub(crate) async fn intake<S: Store>(
             engine.continue_wait(&f, claimed, Some(ev)).await
         }));
     }
-    if started.is_empty() && resumed.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_match",
-            format!(
-                "no flow's trigger and no waiting run takes an event of type `{event_type}` from `{}`",
-                event["source"].as_str().unwrap_or_default()
-            ),
-        )
-        .with_details(json!({"id": id, "type": event_type, "source": event["source"], "refused": refused})));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "started": started, "resumed": resumed, "refused": refused})),
-    )
-        .into_response())
+    Ok(resumed)
 }
 
 /// The event of a request, in structured or binary mode.

@@ -1,6 +1,8 @@
 //! Schedules: each flow with a `schedule` trigger has a task that sleeps
-//! until its next fire, claims that fire in the store (so that no fire runs
-//! twice, across restarts and processes sharing the store) and starts a run.
+//! until its next fire, then claims that fire and records its run in one
+//! store transaction (so that no fire runs twice, and no claimed fire is
+//! without its run, across crashes, restarts and processes sharing the
+//! store), and drives the run.
 //!
 //! Missed fires (times that passed while no server ran) follow the trigger's
 //! `missed` option: `skip`, or `runOnce` for the latest one, at start-up. A
@@ -42,21 +44,10 @@ pub(crate) async fn run<S: Store>(server: Server<S>, s: Scheduled) {
     }
 }
 
-/// Claim the fire at `at` and, if this process got it, start the run.
+/// Claim the fire at `at` with its run and, if this process got it, drive
+/// the run.
 async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool) {
-    let store = server.engine().store();
-    match store.claim_fire(&s.flow.id, at).await {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => {
-            eprintln!(
-                "sluice: schedule of flow `{}`: cannot claim the fire at {}: {e}",
-                s.flow.id,
-                rfc3339(at)
-            );
-            return;
-        }
-    }
+    let engine = server.engine();
     let trigger = json!({
         "type": "schedule",
         "scheduledAt": rfc3339(at),
@@ -69,11 +60,21 @@ async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool
         accountability: json!({"trigger": "schedule"}),
         event: None,
     };
-    if let Err(e) = server.launch(s.flow.clone(), req, false).await {
-        eprintln!(
+    let claimed = match engine.prepare(&s.flow, req).await {
+        Ok((new, started)) => match engine.store().claim_fire(&s.flow.id, at, &new).await {
+            Ok(true) => Ok(Some(started)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match claimed {
+        Ok(Some(started)) => drop(server.drive(s.flow.clone(), started)),
+        Ok(None) => {}
+        Err(e) => eprintln!(
             "sluice: schedule of flow `{}`: cannot start the run of {}: {e}",
             s.flow.id,
             rfc3339(at)
-        );
+        ),
     }
 }

@@ -462,19 +462,43 @@ pub trait Store: Send + Sync + 'static {
         &self,
         event_type: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Wait>, StoreError>> + Send;
-    /// Claim the fire of a schedule at `at` (µs since the epoch) for `flow_id`:
-    /// true for exactly one caller per flow and time, across restarts and
-    /// processes sharing the store.
+    /// Claim the fire of a schedule at `at` (µs since the epoch) for `flow_id`
+    /// and record `run`, the run it starts, in one transaction: true for
+    /// exactly one caller per flow and time, across restarts and processes
+    /// sharing the store; false (and nothing recorded) when the fire was
+    /// claimed already.
     fn claim_fire(
         &self,
         flow_id: &str,
         at: i64,
+        run: &NewRun,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// The latest claimed fire of a flow's schedule, if any.
     fn last_fire(
         &self,
         flow_id: &str,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// The event named by `source` and `id`, if one was accepted (within
+    /// the last [`EVENTS_KEPT_MICROS`]).
+    fn seen_event(
+        &self,
+        source: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SeenEvent>, StoreError>> + Send;
+    /// Accept the event named by `source` and `id`, received at
+    /// `received_at`, with the answer given to its sender and the runs it
+    /// starts, in one transaction: true for exactly one caller per event,
+    /// across restarts and processes sharing the store; false (and nothing
+    /// recorded) when it was accepted already. Events accepted more than
+    /// [`EVENTS_KEPT_MICROS`] before are forgotten.
+    fn accept_event(
+        &self,
+        source: &str,
+        id: &str,
+        received_at: i64,
+        answer: &Value,
+        runs: &[NewRun],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// A flow's poll snapshot and its sequence number (0 before the first
     /// poll advanced it).
     fn poll_snapshot(
@@ -493,6 +517,19 @@ pub trait Store: Send + Sync + 'static {
         snapshot: &Value,
         runs: &[NewRun],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// How long an accepted event is remembered, so that a sender's retry of it
+/// starts nothing again: a week, in µs.
+pub const EVENTS_KEPT_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
+
+/// An event accepted before ([`Store::seen_event`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenEvent {
+    /// When it was received (µs since the epoch).
+    pub received_at: i64,
+    /// The answer its sender was given.
+    pub answer: Value,
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -11,8 +11,8 @@ use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
 };
 use crate::{
-    NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, StepRecord, Store, StoreError,
-    Wait, WaitKind,
+    NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store,
+    StoreError, Wait, WaitKind,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "polls",
         include_str!("../migrations/sqlite/0007_polls.sql"),
+    ),
+    (
+        8,
+        "events",
+        include_str!("../migrations/sqlite/0008_events.sql"),
     ),
 ];
 
@@ -476,14 +481,20 @@ impl Store for SqliteStore {
             .await)
     }
 
-    async fn claim_fire(&self, flow_id: &str, at: i64) -> Result<bool, StoreError> {
+    async fn claim_fire(&self, flow_id: &str, at: i64, run: &NewRun) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("INSERT INTO schedule_fires (flow_id, fire_at, claimed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(flow_id)
             .bind(at)
             .bind(crate::now_micros())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        create_statement(&mut tx, &create_vals(run)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn poll_snapshot(&self, flow_id: &str) -> Result<(i64, Option<Value>), StoreError> {
@@ -529,6 +540,55 @@ impl Store for SqliteStore {
                 .await?
         };
         if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for run in runs {
+            create_statement(&mut tx, &create_vals(run)).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn seen_event(&self, source: &str, id: &str) -> Result<Option<SeenEvent>, StoreError> {
+        let row = sqlx::query("SELECT received_at, answer FROM events WHERE source = ? AND id = ?")
+            .bind(source)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let text: String = row.try_get("answer")?;
+        let answer = serde_json::from_str(&text).map_err(|e| {
+            StoreError::Corrupt(format!("answer to event `{id}` of `{source}`: {e}"))
+        })?;
+        Ok(Some(SeenEvent {
+            received_at: row.try_get("received_at")?,
+            answer,
+        }))
+    }
+
+    async fn accept_event(
+        &self,
+        source: &str,
+        id: &str,
+        received_at: i64,
+        answer: &Value,
+        runs: &[NewRun],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM events WHERE received_at < ?")
+            .bind(received_at - crate::EVENTS_KEPT_MICROS)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("INSERT INTO events (source, id, received_at, answer) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(source)
+            .bind(id)
+            .bind(received_at)
+            .bind(json(answer))
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
             return Ok(false);
         }
         for run in runs {

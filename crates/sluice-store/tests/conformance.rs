@@ -282,16 +282,83 @@ async fn suite<S: Store>(store: &S) {
     assert!(before.iter().all(|r| r.started_at < newest));
     assert_eq!(before.len() + after.len(), all.len());
 
-    // A schedule's fire is claimed once.
+    // A schedule's fire is claimed once, with the run it starts; a loser
+    // records nothing.
     assert_eq!(store.last_fire("nightly").await.unwrap(), None);
-    assert!(store.claim_fire("nightly", 1_000).await.unwrap());
-    assert!(!store.claim_fire("nightly", 1_000).await.unwrap());
-    assert!(store.claim_fire("nightly", 2_000).await.unwrap());
-    assert!(store.claim_fire("other", 1_000).await.unwrap());
+    let (first, twice) = (new_run("nightly"), new_run("nightly"));
+    assert!(store.claim_fire("nightly", 1_000, &first).await.unwrap());
+    assert!(store.get_run(&first.id).await.unwrap().is_some());
+    assert!(!store.claim_fire("nightly", 1_000, &twice).await.unwrap());
+    assert!(store.get_run(&twice.id).await.unwrap().is_none());
+    // A run that exists undoes the claim.
+    assert!(matches!(
+        store.claim_fire("nightly", 2_000, &first).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.last_fire("nightly").await.unwrap(), Some(1_000));
+    assert!(store.claim_fire("nightly", 2_000, &twice).await.unwrap());
+    assert!(
+        store
+            .claim_fire("other", 1_000, &new_run("other"))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.last_fire("nightly").await.unwrap(), Some(2_000));
 
     waits(store).await;
     polls(store).await;
+    events(store).await;
+}
+
+/// Events: accepted once by source and id, with the runs they start; a
+/// retry records nothing; forgotten after a week.
+async fn events<S: Store>(store: &S) {
+    assert_eq!(store.seen_event("/shop", "1").await.unwrap(), None);
+    let (a, b) = (new_run("orders"), new_run("orders"));
+    let answer = json!({"started": [{"flow": "orders", "runId": a.id}]});
+    let at = 1_000_000_000_000;
+    assert!(
+        store
+            .accept_event("/shop", "1", at, &answer, std::slice::from_ref(&a))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_run(&a.id).await.unwrap().is_some());
+    let seen = store.seen_event("/shop", "1").await.unwrap().unwrap();
+    assert_eq!((seen.received_at, seen.answer), (at, answer.clone()));
+    // The same event again: nothing recorded.
+    assert!(
+        !store
+            .accept_event("/shop", "1", at + 5, &json!({}), std::slice::from_ref(&b))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_run(&b.id).await.unwrap().is_none());
+    // The same id from another source is another event.
+    assert!(
+        store
+            .accept_event("/billing", "1", at, &json!({}), &[])
+            .await
+            .unwrap()
+    );
+    // A run that exists undoes the acceptance.
+    assert!(matches!(
+        store
+            .accept_event("/shop", "2", at, &json!({}), std::slice::from_ref(&a))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.seen_event("/shop", "2").await.unwrap(), None);
+    // A week later, the event is forgotten as another arrives.
+    let later = at + sluice_store::EVENTS_KEPT_MICROS + 1;
+    assert!(
+        store
+            .accept_event("/shop", "3", later, &json!({}), &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.seen_event("/shop", "1").await.unwrap(), None);
+    assert!(store.seen_event("/shop", "3").await.unwrap().is_some());
 }
 
 /// Steps recorded together, and runs recorded with their first steps; many
@@ -628,16 +695,18 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        9
+        13
     );
     batches(&store).await;
     drop(store);
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        9 + 1 + 40 + 2 + 40
+        13 + 1 + 40 + 2 + 40
     );
     assert_eq!(store.poll_snapshot("poller").await.unwrap().0, 2);
+    // So do taken events.
+    assert!(store.seen_event("/shop", "3").await.unwrap().is_some());
     // Waits survive the reopen too.
     assert_eq!(store.list_waits(None).await.unwrap().len(), 2);
 }

@@ -866,6 +866,17 @@ steps:
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert_eq!(rec["output"]["greeting"], "hello Ada");
     assert_eq!(rec["trigger"]["id"], "e-1");
+    // Sent again (its sender did not hear the answer): the first answer,
+    // and no second run.
+    let again = structured(
+        &s,
+        json!({"specversion": "1.0", "id": "e-1", "source": "/accounts", "type": "user.created", "data": {"user": {"name": "Ada"}}}),
+    );
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body["duplicate"], true);
+    assert_eq!(again.body["started"], r.body["started"]);
+    let signups = s.get("/api/runs?flow=signup").body;
+    assert_eq!(signups.as_array().unwrap().len(), 1, "{signups}");
 
     // Bad events: not JSON, missing attributes, no CloudEvent at all,
     // nothing that takes it.
@@ -928,8 +939,12 @@ steps:
         json!({"id": "o-1", "paid": 42, "shipped": true})
     );
     assert_eq!(rec["stepLog"][0]["result"]["data"], json!({"amount": 42}));
-    // The same event again finds nobody waiting.
-    assert_error(&paid("o-1", "/payments"), 422, "no_match");
+    // The same event again (a sender's retry) is a duplicate: it wakes
+    // nobody again.
+    let r = paid("o-1", "/payments");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["duplicate"], true);
+    assert_eq!(r.body["resumed"], json!([]));
 
     // A wait that times out takes its failure path.
     let r = s.post("/hooks/late", json!({}));
