@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -935,7 +936,7 @@ impl Action for SqlCreate {
             &o.connection,
             &o.collection,
             PatchOp::Create,
-            &none,
+            Target::Criteria(&none),
             o.properties,
         )
         .await
@@ -1403,8 +1404,40 @@ impl<'a> Hooked<'a> {
     }
 }
 
+/// What the row of a single change is found by.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// The step's criteria.
+    Criteria(&'a Map<String, Value>),
+    /// A link's two objects, each found by its own criteria (in the
+    /// change's transaction): their ids, in the link table's fields.
+    Link(&'a SqlLinkOptions),
+}
+
+impl<'a> Target<'a> {
+    /// The fields of the changed table it names.
+    fn fields(self) -> Vec<&'a String> {
+        match self {
+            Target::Criteria(c) => c.keys().collect(),
+            Target::Link(o) => vec![&o.from.field, &o.to.field],
+        }
+    }
+
+    async fn criteria(
+        self,
+        tx: &mut Tx,
+        db: &Db,
+    ) -> Result<Cow<'a, Map<String, Value>>, ActionError> {
+        match self {
+            Target::Criteria(c) => Ok(Cow::Borrowed(c)),
+            Target::Link(o) => link_key(tx, db, o).await.map(Cow::Owned),
+        }
+    }
+}
+
 /// One change by a step of its own (`sql.create`, `sql.update`,
-/// `sql.upsert`, `sql.delete`), in its own transaction. Its before-hooks
+/// `sql.upsert`, `sql.delete`, `sql.assertOption`, `sql.link`,
+/// `sql.unlink`), in its own transaction. Its before-hooks
 /// run before that transaction begins, on the row as it is then, so that a
 /// hook's flow may write to the same database (SQLite has one writer at a
 /// time); its after-hooks start once it is committed.
@@ -1413,25 +1446,27 @@ async fn single_change(
     connection: &str,
     name: &str,
     op: PatchOp,
-    criteria: &Map<String, Value>,
+    target: Target<'_>,
     props: Map<String, Value>,
 ) -> Result<Outcome, ActionError> {
     let db = cx.connections.db(connection).await?;
     let t = db
-        .check_fields(name, criteria.keys().chain(props.keys()))
+        .check_fields(name, target.fields().into_iter().chain(props.keys()))
         .await?;
     let hooked = Hooked::of(cx, connection);
     let mut props = props;
     if let Some(h) = hooked.filter(|h| h.before_any(op, name)) {
         let mut look = db.begin().await?;
-        let planned = plan_in(&mut look, &db, name, &t, op, criteria, props.clone()).await?;
+        let criteria = target.criteria(&mut look, &db).await?;
+        let planned = plan_in(&mut look, &db, name, &t, op, &criteria, props.clone()).await?;
         drop(look);
         if let Some(c) = h.before(&db, planned).await? {
             props = c.payload;
         }
     }
     let mut tx = db.begin().await?;
-    let planned = plan_in(&mut tx, &db, name, &t, op, criteria, props).await?;
+    let criteria = target.criteria(&mut tx, &db).await?;
+    let planned = plan_in(&mut tx, &db, name, &t, op, &criteria, props).await?;
     let (out, change) = apply_in(&mut tx, &db, name, &t, planned).await?;
     tx.commit().await?;
     let mut outcome = Outcome::value(Value::Object(out));
@@ -1456,7 +1491,7 @@ async fn write(
         &o.connection,
         &o.collection,
         op,
-        &o.criteria,
+        Target::Criteria(&o.criteria),
         o.properties,
     )
     .await
@@ -1518,7 +1553,7 @@ impl Action for SqlDelete {
             &o.connection,
             &o.collection,
             PatchOp::Delete,
-            &o.criteria,
+            Target::Criteria(&o.criteria),
             Map::new(),
         )
         .await
@@ -2322,17 +2357,33 @@ pub struct SqlLink;
 /// `sql.unlink`: remove the link between two objects.
 pub struct SqlUnlink;
 
+/// A link (or unlink) is a change of the link table: an upsert of the row
+/// that joins the two objects (a delete for an unlink), found by their ids;
+/// data hooks hear it as a change of that table.
 async fn link(cx: &ActionCx<'_>, o: SqlLinkOptions, add: bool) -> Result<Outcome, ActionError> {
-    let db = cx.connections.db(&o.connection).await?;
-    let lt = db
-        .check_fields(
-            &o.link_collection,
-            [&o.from.field, &o.to.field]
-                .into_iter()
-                .chain(o.data.keys()),
-        )
-        .await?;
-    let mut tx = db.begin().await?;
+    let (op, data) = if add {
+        (PatchOp::Upsert, o.data.clone())
+    } else {
+        (PatchOp::Delete, Map::new())
+    };
+    single_change(
+        cx,
+        &o.connection,
+        &o.link_collection,
+        op,
+        Target::Link(&o),
+        data,
+    )
+    .await
+}
+
+/// The ids of a link's two objects, each found by its criteria, in the
+/// link table's fields.
+async fn link_key(
+    tx: &mut Tx,
+    db: &Db,
+    o: &SqlLinkOptions,
+) -> Result<Map<String, Value>, ActionError> {
     let mut key = Map::new();
     for side in [&o.from, &o.to] {
         let t = db
@@ -2344,7 +2395,7 @@ async fn link(cx: &ActionCx<'_>, o: SqlLinkOptions, add: bool) -> Result<Outcome
                 side.collection
             )));
         }
-        let rows = find(&mut tx, &db, &side.collection, &t, &side.criteria).await?;
+        let rows = find(tx, db, &side.collection, &t, &side.criteria).await?;
         if rows.len() != 1 {
             let n = if rows.is_empty() {
                 "not found"
@@ -2358,13 +2409,7 @@ async fn link(cx: &ActionCx<'_>, o: SqlLinkOptions, add: bool) -> Result<Outcome
         }
         key.insert(side.field.clone(), new_id(&t, &rows[0]));
     }
-    let row = if add {
-        write_in(&mut tx, &db, &o.link_collection, &lt, &key, &o.data, true).await?
-    } else {
-        delete_in(&mut tx, &db, &o.link_collection, &lt, &key).await?
-    };
-    tx.commit().await?;
-    Ok(Outcome::value(Value::Object(row)))
+    Ok(key)
 }
 
 impl Action for SqlLink {

@@ -309,3 +309,119 @@ async fn a_hook_that_writes_what_it_hooks_stops_at_the_nesting_limit() {
     assert_ne!(st, RunStatus::Succeeded);
     assert!(err.contains("nest runs 32 deep"), "{err}");
 }
+
+/// `sql.link` and `sql.unlink` are changes of the link table: a
+/// before-hook may refuse or rewrite a link's data, and after-hooks hear
+/// the link created, updated and deleted.
+#[tokio::test]
+async fn links_are_changes_of_the_link_table() {
+    let registry = Arc::new(Registry::builtin());
+    let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+    let engine = Engine::new(store.clone(), registry.clone());
+    let dir = std::env::temp_dir().join(format!("sluice-hook-links-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("links.db").display());
+    let conn = format!("connections:\n  app: {{url: \"{url}\"}}\n");
+    let mut setup = format!("id: setup\n{conn}steps:\n");
+    for (k, sql) in [
+        ("d1", "DROP TABLE IF EXISTS members"),
+        ("d2", "DROP TABLE IF EXISTS people"),
+        ("d3", "DROP TABLE IF EXISTS teams"),
+        ("d4", "DROP TABLE IF EXISTS audit"),
+        (
+            "c1",
+            "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+        ),
+        (
+            "c2",
+            "CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+        ),
+        (
+            "c3",
+            "CREATE TABLE members (person_id INT NOT NULL, team_id INT NOT NULL, role TEXT, PRIMARY KEY (person_id, team_id))",
+        ),
+        (
+            "c4",
+            "CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT, role TEXT)",
+        ),
+        ("i1", "INSERT INTO people (name) VALUES ('ada')"),
+        ("i2", "INSERT INTO teams (name) VALUES ('core')"),
+    ] {
+        setup.push_str(&format!(
+            "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: \"{sql}\"}}}}\n"
+        ));
+    }
+    let (st, _, err) = run(&engine, &load(&registry, &setup), json!({})).await;
+    assert_eq!(st, RunStatus::Succeeded, "setup: {err}");
+    let guard = load(
+        &registry,
+        "id: guard\ntrigger: {type: event, when: before, on: [create, update], collections: [members], replacePayload: true}\nsteps:\n  - {key: ok, type: condition, options: {filter: '.role != \"owner\"'}, resolve: low, reject: refuse}\n  - {key: low, type: transform, options: {value: {role: \"{{ .role | ascii_downcase }}\"}}, resolve: null}\n  - {key: refuse, type: throw, options: {message: nobody owns a team}}\n",
+    );
+    let log = load(
+        &registry,
+        &format!(
+            "id: log\ntrigger: {{type: event, collections: [members]}}\n{conn}steps:\n  - {{key: a, type: sql.create, options: {{connection: app, collection: audit, properties: {{what: \"{{{{ $trigger.event }}}}\", role: \"{{{{ ($trigger.row // $trigger.previous).role }}}}\"}}}}}}\n"
+        ),
+    );
+    let flows: HashMap<String, Arc<Flow>> = [guard, log]
+        .into_iter()
+        .map(|f| (f.id.clone(), Arc::new(f)))
+        .collect();
+    engine.set_flows(Arc::new(Flows(flows)));
+    let link = |kind: &str| {
+        load(
+            &registry,
+            &format!(
+                "id: l\nunmappedResults: replace\n{conn}steps:\n  - {{key: l, type: {kind}, options: {{connection: app, linkCollection: members, from: {{collection: people, criteria: {{name: ada}}, field: person_id}}, to: {{collection: teams, criteria: {{name: core}}, field: team_id}}{}}}}}\n",
+                if kind == "sql.link" {
+                    ", data: {role: \"{{ .role }}\"}"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
+    let (linked, unlinked) = (link("sql.link"), link("sql.unlink"));
+
+    let (st, out, err) = run(&engine, &linked, json!({"role": "Member"})).await;
+    assert_eq!(st, RunStatus::Succeeded, "{err}");
+    assert_eq!(out["role"], json!("member"), "rewritten by the hook: {out}");
+    let (st, _, err) = run(&engine, &linked, json!({"role": "owner"})).await;
+    assert_ne!(st, RunStatus::Succeeded);
+    assert!(
+        err.contains("refused by before-hook flow `guard`") && err.contains("nobody owns a team"),
+        "{err}"
+    );
+    let (st, out, err) = run(&engine, &linked, json!({"role": "Lead"})).await;
+    assert_eq!(st, RunStatus::Succeeded, "{err}");
+    assert_eq!(out["role"], json!("lead"));
+    let (st, _, err) = run(&engine, &unlinked, json!({})).await;
+    assert_eq!(st, RunStatus::Succeeded, "{err}");
+
+    let audits = load(
+        &registry,
+        &format!(
+            "id: audits\nunmappedResults: replace\n{conn}steps:\n  - {{key: q, type: sql.query, options: {{connection: app, query: \"SELECT what, role FROM audit ORDER BY id\"}}}}\n"
+        ),
+    );
+    let rows = rows_when(&engine, &audits, |r| r.len() >= 3).await;
+    let mut seen: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["what"].as_str().unwrap_or_default().to_owned(),
+                r["role"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("create".to_owned(), "member".to_owned()),
+            ("delete".to_owned(), "lead".to_owned()),
+            ("update".to_owned(), "lead".to_owned()),
+        ],
+        "{rows:?}"
+    );
+}
