@@ -51,6 +51,19 @@ pub(crate) async fn intake<S: Store>(
     })?;
     let event = parse(&headers, &bytes)?;
     check_cloudevent(&event).map_err(ApiError::bad_request)?;
+    // Taken on a task of its own: a sender that hangs up half-way cannot
+    // leave recorded runs or claimed waits that nobody drives.
+    tokio::spawn(take(server, event)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "event_lost",
+            "the event's task stopped unexpectedly; send the event again",
+        )
+    })?
+}
+
+/// Start the runs an event starts and wake the runs waiting for it.
+async fn take<S: Store>(server: Server<S>, event: Value) -> Result<Response, ApiError> {
     let id = event["id"].as_str().unwrap_or_default();
     let source = event["source"].as_str().unwrap_or_default();
     let event_type = event["type"].as_str().unwrap_or_default();
@@ -62,7 +75,7 @@ pub(crate) async fn intake<S: Store>(
     // only runs that were waiting when the event was first taken (a crash
     // may have come between taking it and waking them).
     if let Some(seen) = store.seen_event(source, id).await? {
-        let waiting = waiting_for(&server, &event, Some(seen.received_at), &mut refused).await?;
+        let waiting = waiting_for(&server, &event, Some(seen.received_at), &mut Vec::new()).await?;
         return Ok(duplicate(
             seen.answer,
             wake(&server, &event, waiting).await?,
