@@ -1236,9 +1236,7 @@ impl<S: Store> Engine<S> {
         // A flow always has a step; a run that had none ends as it began.
         if rec {
             let end = RunUpdate::ended(state.clone(), Some(state.clone()), None, None);
-            if held.new.is_some() || !held.steps.is_empty() {
-                self.write_held(&mut held, None, &end).await?;
-            } else {
+            if !self.write_held(&mut held, None, &end).await? {
                 self.store.update_run(&run_id, &end).await?;
             }
         }
@@ -1256,17 +1254,17 @@ impl<S: Store> Engine<S> {
     }
 
     /// Write what the run holds (see [`Held`]), then `record` (if any), and
-    /// the run's new position `at`, in one transaction; with nothing held
-    /// and no record, nothing is written.
+    /// the run's new position `at`, in one transaction: whether anything
+    /// was written (with nothing held and no record, nothing is).
     async fn write_held(
         &self,
         held: &mut Held,
         record: Option<StepRecord>,
         at: &RunUpdate,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         held.steps.extend(record);
         if held.new.is_none() && held.steps.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let new = held.new.take();
         let r = self
@@ -1274,7 +1272,7 @@ impl<S: Store> Engine<S> {
             .record_steps(new.as_deref(), &held.steps, at)
             .await;
         held.steps.clear();
-        r
+        r.map(|()| true)
     }
 
     /// A run that another caller moved while this one waited (it was
@@ -1907,7 +1905,6 @@ fn child_result(
 /// The step type that waits for an event.
 const WAIT: &str = "wait";
 
-/// How deep in `flow` steps a run is (its `$trigger.depth`).
 /// How long to wait before attempting `step` again after its `attempt`-th
 /// attempt failed with `error`, if its `retry` says to.
 fn retry_delay(step: &Step, error: &ActionError, incident: bool, attempt: u32) -> Option<u64> {

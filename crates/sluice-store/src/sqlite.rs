@@ -171,6 +171,24 @@ impl SqliteStore {
     }
 }
 
+/// End a claim made in `tx` (a fire, a poll's page, an event; `claimed`:
+/// whether its statement took it): record `runs`, the runs it starts, and
+/// commit; false, with nothing recorded, when it was taken already.
+async fn claimed_with_runs(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    claimed: bool,
+    runs: &[NewRun],
+) -> Result<bool, StoreError> {
+    if !claimed {
+        return Ok(false);
+    }
+    for run in runs {
+        create_statement(&mut tx, &create_vals(run)).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// JSON text (through serde_json's writer: faster than `Display`).
 fn json(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -489,12 +507,7 @@ impl Store for SqliteStore {
             .bind(crate::now_micros())
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        create_statement(&mut tx, &create_vals(run)).await?;
-        tx.commit().await?;
-        Ok(true)
+        claimed_with_runs(tx, done.rows_affected() == 1, std::slice::from_ref(run)).await
     }
 
     async fn poll_snapshot(&self, flow_id: &str) -> Result<(i64, Option<Value>), StoreError> {
@@ -539,14 +552,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?
         };
-        if moved.rows_affected() != 1 {
-            return Ok(false);
-        }
-        for run in runs {
-            create_statement(&mut tx, &create_vals(run)).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        claimed_with_runs(tx, moved.rows_affected() == 1, runs).await
     }
 
     async fn seen_event(&self, source: &str, id: &str) -> Result<Option<SeenEvent>, StoreError> {
@@ -588,14 +594,7 @@ impl Store for SqliteStore {
             .bind(json(answer))
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        for run in runs {
-            create_statement(&mut tx, &create_vals(run)).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        claimed_with_runs(tx, done.rows_affected() == 1, runs).await
     }
 
     async fn last_fire(&self, flow_id: &str) -> Result<Option<i64>, StoreError> {
