@@ -163,7 +163,7 @@ const STEP_COLUMNS: &str = "run_id, seq, step_key, kind, ok, options, input, res
 
 /// The runs' new positions, from a table of values (column1 the run's id);
 /// a cancelled run keeps its status.
-const MOVE_RUNS: &str = "UPDATE runs SET status = v.column2, state = v.column3, next_step = v.column4, output = v.column5, error = v.column6, error_step = v.column7, ended_at = v.column8, updated_at = v.column9, steps = runs.steps + v.column10 FROM (VALUES ";
+const MOVE_RUNS: &str = "UPDATE{or} runs SET status = v.column2, state = v.column3, next_step = v.column4, output = v.column5, error = v.column6, error_step = v.column7, ended_at = v.column8, updated_at = v.column9, steps = runs.steps + v.column10 FROM (VALUES ";
 const MOVE_RUNS_END: &str = ") AS v WHERE runs.id = v.column1 AND runs.status <> 'cancelled'";
 
 /// The three multi-row statements, by the number of rows (1 to [`CHUNK`]).
@@ -176,19 +176,34 @@ enum Rows {
 
 /// The text of a multi-row statement of `n` rows (built once per size, so
 /// that sqlx's statement cache keeps each prepared).
+///
+/// A statement of several rows says `OR ROLLBACK`: SQLite would otherwise
+/// keep a statement journal (a copy of every page the statement touches,
+/// so that a failing row undoes only its statement), while a failing batch
+/// is rolled back whole anyway and done again write by write. One row needs
+/// no statement journal, and keeps the default so that a caller's own
+/// transaction survives its failure.
 fn rows_sql(kind: Rows, n: usize) -> &'static str {
     static TEXTS: OnceLock<[Vec<String>; 3]> = OnceLock::new();
     let texts = TEXTS.get_or_init(|| {
         let make = |head: &str, cols: usize, tail: &str| {
             let row = format!("({})", vec!["?"; cols].join(", "));
             (1..=CHUNK)
-                .map(|n| format!("{head}{}{tail}", vec![row.as_str(); n].join(", ")))
+                .map(|n| {
+                    let or = if n == 1 { "" } else { " OR ROLLBACK" };
+                    let rows = vec![row.as_str(); n].join(", ");
+                    format!("{}{rows}{tail}", head.replacen("{or}", or, 1))
+                })
                 .collect()
         };
         [
-            make(&format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES "), 18, ""),
             make(
-                &format!("INSERT INTO run_steps ({STEP_COLUMNS}) VALUES "),
+                &format!("INSERT{{or}} INTO runs ({RUN_COLUMNS}) VALUES "),
+                18,
+                "",
+            ),
+            make(
+                &format!("INSERT{{or}} INTO run_steps ({STEP_COLUMNS}) VALUES "),
                 14,
                 "",
             ),
@@ -452,6 +467,22 @@ fn broken(e: &StoreError) -> bool {
     !matches!(e, StoreError::Conflict(_) | StoreError::NoSuchRun(_))
 }
 
+/// Make a connection of the pool the writer's own: closed when given up
+/// rather than returned to the pool, and with foreign keys off. The writes
+/// check what the keys would: a step record comes with its run's new
+/// position, which fails for a run that is not there, and a wait is
+/// inserted only for a run found waiting. Checked keys would make SQLite
+/// keep a statement journal for every multi-row insert of step records.
+async fn own(conn: &mut PoolConnection<Sqlite>) {
+    conn.close_on_drop();
+    if let Err(e) = sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut **conn)
+        .await
+    {
+        eprintln!("sluice: the store's writer keeps foreign keys checked: {e}");
+    }
+}
+
 /// The writer: takes what is queued, writes it in one transaction, answers.
 async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -478,7 +509,12 @@ async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pe
         let mut conn = match held.take() {
             Some(c) => c,
             None => match pool.acquire().await {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    if keep {
+                        own(&mut c).await;
+                    }
+                    c
+                }
                 Err(e) => {
                     // Every write of the batch waited on this one connection.
                     let message = e.to_string();

@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events",
         include_str!("../migrations/sqlite/0008_events.sql"),
     ),
+    (
+        9,
+        "the parent index holds item runs only",
+        include_str!("../migrations/sqlite/0009_parent_index.sql"),
+    ),
 ];
 
 /// The SQLite store.

@@ -698,6 +698,15 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
         13
     );
     batches(&store).await;
+    // The writer leaves foreign keys unchecked (group.rs): its own checks
+    // left no step record of a run that is not there (`missing`).
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let broken = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert!(broken.is_empty(), "{} rows without their run", broken.len());
+    db.close().await;
     drop(store);
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
