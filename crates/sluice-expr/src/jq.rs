@@ -294,13 +294,29 @@ pub struct CompileError {
     pub issues: Vec<CompileIssue>,
 }
 
+/// Whether `code` mentions the variable `$name` (anywhere, even in a
+/// string: a variable kept for nothing costs a lookup, one left out would
+/// fail to compile).
+fn mentions(code: &str, name: &str) -> bool {
+    let b = code.as_bytes();
+    code.match_indices('$').any(|(i, _)| {
+        let rest = &code[i + 1..];
+        rest.starts_with(name)
+            && b.get(i + 1 + name.len())
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+    })
+}
+
 impl Program {
     /// Compile `code` with the given global variables (names without `$`).
+    /// The program keeps only those its text mentions, so that a run looks
+    /// up (and its caller builds) no value the program cannot read.
     pub fn compile(code: &str, vars: &[&str]) -> Result<Self, CompileError> {
         let fail = |issues: Vec<CompileIssue>| CompileError {
             code: code.to_owned(),
             issues,
         };
+        let vars: Vec<&str> = vars.iter().copied().filter(|v| mentions(code, v)).collect();
         // Refuse user recursion before handing the program to jaq.
         let owned_vars: Vec<String> = vars.iter().map(|v| (*v).to_owned()).collect();
         let mut fast = None;
@@ -376,7 +392,8 @@ impl Program {
         &self.inner.code
     }
 
-    /// The global variables the program was compiled with (without `$`).
+    /// The global variables the program reads (without `$`): those it was
+    /// compiled with that its text mentions.
     pub fn vars(&self) -> &[String] {
         &self.inner.vars
     }
@@ -757,6 +774,24 @@ mod tests {
             eval("[$trigger.t, $last[1], $k]", json!(null)).unwrap(),
             Some(json!([1, 2, "v"]))
         );
+    }
+
+    #[test]
+    fn a_program_keeps_only_the_variables_it_mentions() {
+        let all = ["trigger", "last", "k"];
+        let vars = |code: &str| {
+            Program::compile(code, &all)
+                .expect("compiles")
+                .vars()
+                .to_vec()
+        };
+        assert_eq!(vars(".a"), Vec::<String>::new());
+        assert_eq!(vars("[$last, $k]"), ["last", "k"]);
+        // In a string too, and through interpolation.
+        assert_eq!(vars(r#""\($trigger.t)""#), ["trigger"]);
+        // `$lastly` is another variable: undefined, still refused.
+        let err = Program::compile("$lastly", &all).unwrap_err();
+        assert!(err.issues[0].message.contains("$lastly"), "{err:?}");
     }
 
     #[test]
