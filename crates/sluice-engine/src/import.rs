@@ -29,6 +29,7 @@ use sluice_store::{NewRun, RunStatus, RunUpdate, Store, StoreError, new_run_id, 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -490,7 +491,10 @@ impl<'a, S: Store> Runs<'a, S> {
         });
         let (engine, flow, accountability) = (self.engine, self.flow, self.accountability);
         chunk.runs.push(Box::pin(async move {
-            let fo = FlowObject::new(&v, accountability);
+            // The record is the run's `$trigger` and its first state data.
+            let trigger = Arc::new(v);
+            let state = (*trigger).clone();
+            let fo = FlowObject::new(trigger.clone(), accountability);
             let mode = Mode {
                 recorded: false,
                 batch: in_batch,
@@ -500,12 +504,14 @@ impl<'a, S: Store> Runs<'a, S> {
                     flow,
                     crate::Cursor::new(String::new()),
                     fo,
-                    v.clone(),
+                    state,
                     0,
                     0,
                     mode,
                 )
                 .await;
+            // The run is over, and with it its flow object.
+            let v = Arc::try_unwrap(trigger).unwrap_or_else(|t| (*t).clone());
             (k, v, r)
         }));
     }
@@ -752,7 +758,7 @@ impl<S: Store> Engine<S> {
             .create_run(&NewRun {
                 id: run_id.clone(),
                 flow_id: flow.id.clone(),
-                trigger: trigger.clone(),
+                trigger: Arc::new(trigger.clone()),
                 input: Value::Null,
                 next_step: None,
                 started_at: now_micros(),

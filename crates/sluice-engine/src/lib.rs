@@ -73,20 +73,29 @@ pub struct RunResult {
     pub output: Option<Value>,
     /// The failure that ended it, otherwise.
     pub failure: Option<StepFailure>,
-    /// `$last`: the result of the last step that ran (its error, if it failed).
+    /// `$last`: the result of the last step that ran (its error, if it
+    /// failed), for a run recorded in the store (`null` for the unrecorded
+    /// runs of an import's records and of `flow` steps, whose callers do
+    /// not read it: converting it back to JSON is a good part of a record's
+    /// run).
     pub last: Value,
     /// For a run that is `waiting`: what it waits for.
     pub wait: Option<Wait>,
 }
 
 impl RunResult {
-    fn ended(run_id: String, status: RunStatus, fo: &FlowObject) -> Self {
+    /// `recorded`: whether the run is recorded (see [`RunResult::last`]).
+    fn ended(run_id: String, status: RunStatus, fo: &FlowObject, recorded: bool) -> Self {
         Self {
             run_id,
             status,
             output: None,
             failure: None,
-            last: from_val(&fo.last).unwrap_or(Value::Null),
+            last: if recorded {
+                from_val(&fo.last).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            },
             wait: None,
         }
     }
@@ -353,7 +362,9 @@ impl Mode<'_> {
 /// The flow object of one run.
 #[derive(Clone)]
 struct FlowObject {
-    trigger: Val,
+    /// `$trigger`, and its jq value once a program reads it.
+    trigger: Arc<Value>,
+    trigger_val: std::sync::OnceLock<Val>,
     /// How deep in `flow` steps the run is (`$trigger.depth`).
     depth: u64,
     last: Val,
@@ -368,9 +379,9 @@ struct FlowObject {
 
 impl FlowObject {
     /// The flow object before any step has run.
-    fn new(trigger: &Value, accountability: &Value) -> Self {
+    fn new(trigger: Arc<Value>, accountability: &Value) -> Self {
         Self {
-            trigger: to_val(trigger),
+            trigger_val: std::sync::OnceLock::new(),
             depth: trigger.get("depth").and_then(Value::as_u64).unwrap_or(0),
             last: Val::Null,
             accountability: to_val(accountability),
@@ -378,6 +389,7 @@ impl FlowObject {
             event: None,
             tokens: Map::new(),
             tokens_val: to_val(&json!({})),
+            trigger,
         }
     }
 
@@ -390,7 +402,11 @@ impl FlowObject {
 impl Scope for FlowObject {
     fn get(&self, name: &str) -> Option<Val> {
         match name {
-            "trigger" => Some(self.trigger.clone()),
+            "trigger" => Some(
+                self.trigger_val
+                    .get_or_init(|| to_val(&self.trigger))
+                    .clone(),
+            ),
             "last" => Some(self.last.clone()),
             "accountability" => Some(self.accountability.clone()),
             "tokens" => Some(self.tokens_val.clone()),
@@ -569,7 +585,8 @@ impl<S: Store> Engine<S> {
         let event = req
             .event
             .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
-        let mut fo = FlowObject::new(&req.trigger, &req.accountability);
+        let trigger = Arc::new(req.trigger);
+        let mut fo = FlowObject::new(trigger.clone(), &req.accountability);
         if let Some(ev) = &event {
             // The trigger's eventDataFilter: the event meets the run's input
             // as an event state merges a consumed event.
@@ -587,7 +604,7 @@ impl<S: Store> Engine<S> {
         let new = NewRun {
             id: run_id.clone(),
             flow_id: flow.id.clone(),
-            trigger: req.trigger,
+            trigger,
             input: input.clone(),
             next_step: flow.steps.first().map(|s| s.key.clone()),
             started_at: now_micros(),
@@ -674,7 +691,7 @@ impl<S: Store> Engine<S> {
                 None => {
                     self.moved_on(
                         run_id.to_owned(),
-                        &FlowObject::new(&Value::Null, &Value::Null),
+                        &FlowObject::new(Arc::default(), &Value::Null),
                     )
                     .await
                 }
@@ -720,11 +737,11 @@ impl<S: Store> Engine<S> {
     /// run. Returns the run as `waiting` at once when the wait has no time
     /// (an event wait with no timeout), or when the process is stopping.
     pub async fn await_wait(&self, flow: &Flow, wait: Wait) -> Result<RunResult, EngineError> {
-        let none = FlowObject::new(&Value::Null, &Value::Null);
+        let none = FlowObject::new(Arc::default(), &Value::Null);
         if wait.wake_at.is_none() {
             return Ok(RunResult {
                 wait: Some(wait.clone()),
-                ..RunResult::ended(wait.run_id, RunStatus::Waiting, &none)
+                ..RunResult::ended(wait.run_id, RunStatus::Waiting, &none, true)
             });
         }
         match self.sleep_then_claim(&wait).await? {
@@ -818,7 +835,7 @@ impl<S: Store> Engine<S> {
     /// last record of a run stopped at an incident, is an attempt that did
     /// not take effect: it is left out.
     fn rebuild(&self, flow: &Flow, detail: &sluice_store::RunDetail, incident: bool) -> FlowObject {
-        let mut fo = FlowObject::new(&detail.trigger, &detail.accountability);
+        let mut fo = FlowObject::new(Arc::new(detail.trigger.clone()), &detail.accountability);
         fo.event = EVENT_TRIGGERS
             .contains(&flow.trigger.kind.as_str())
             .then(|| detail.trigger.clone());
@@ -955,7 +972,7 @@ impl<S: Store> Engine<S> {
             {
                 // The steps it ran are recorded; the store keeps it cancelled.
                 self.write_held(&mut held, None, &here()).await?;
-                let mut r = RunResult::ended(run_id, RunStatus::Cancelled, &fo);
+                let mut r = RunResult::ended(run_id, RunStatus::Cancelled, &fo, rec);
                 r.failure = Some(StepFailure {
                     step: step.key.clone(),
                     message: format!("cancelled before step `{}`", step.key),
@@ -1077,7 +1094,7 @@ impl<S: Store> Engine<S> {
                                     ),
                                     blame: Blame::Flow,
                                 }),
-                                ..RunResult::ended(run_id, RunStatus::Failed, &fo)
+                                ..RunResult::ended(run_id, RunStatus::Failed, &fo, rec)
                             });
                         }
                         self.sleep_until(wait.wake_at.unwrap_or(0)).await;
@@ -1090,7 +1107,7 @@ impl<S: Store> Engine<S> {
                     if !timer {
                         return Ok(RunResult {
                             wait: Some(wait),
-                            ..RunResult::ended(run_id, RunStatus::Waiting, &fo)
+                            ..RunResult::ended(run_id, RunStatus::Waiting, &fo, rec)
                         });
                     }
                     match self.sleep_then_claim(&wait).await? {
@@ -1145,7 +1162,7 @@ impl<S: Store> Engine<S> {
                     if finished {
                         return Ok(RunResult {
                             output: Some(state),
-                            ..RunResult::ended(run_id, RunStatus::Succeeded, &fo)
+                            ..RunResult::ended(run_id, RunStatus::Succeeded, &fo, rec)
                         });
                     }
                 }
@@ -1227,7 +1244,7 @@ impl<S: Store> Engine<S> {
                                 message,
                                 blame: failed.error.blame,
                             }),
-                            ..RunResult::ended(run_id, status, &fo)
+                            ..RunResult::ended(run_id, status, &fo, rec)
                         });
                     }
                 }
@@ -1242,7 +1259,7 @@ impl<S: Store> Engine<S> {
         }
         Ok(RunResult {
             output: Some(state),
-            ..RunResult::ended(run_id, RunStatus::Succeeded, &fo)
+            ..RunResult::ended(run_id, RunStatus::Succeeded, &fo, rec)
         })
     }
 
@@ -1284,7 +1301,7 @@ impl<S: Store> Engine<S> {
             .await?
             .map(|d| d.summary.status)
             .ok_or_else(|| StoreError::NoSuchRun(run_id.clone()))?;
-        Ok(RunResult::ended(run_id, status, fo))
+        Ok(RunResult::ended(run_id, status, fo, true))
     }
 
     /// Sleep until `at` (µs since the epoch); false when the process is
@@ -1355,7 +1372,7 @@ impl<S: Store> Engine<S> {
                         .create_run(&NewRun {
                             id: child_id.clone(),
                             flow_id: flow.id.clone(),
-                            trigger: from_val(&fo.trigger).unwrap_or(Value::Null),
+                            trigger: fo.trigger.clone(),
                             input: state.clone(),
                             next_step: Some(flow.steps[start].key.clone()),
                             started_at: now_micros(),
@@ -1520,7 +1537,7 @@ impl<S: Store> Engine<S> {
                 message: e.to_string(),
             };
             if !scx.recorded {
-                let child = FlowObject::new(&trigger, &accountability);
+                let child = FlowObject::new(Arc::new(trigger), &accountability);
                 let mode = Mode {
                     recorded: false,
                     batch: None,

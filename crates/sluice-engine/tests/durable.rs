@@ -499,7 +499,7 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
     let existing = sluice_store::NewRun {
         id: format!("{pid}-call-1"),
         flow_id: "double".into(),
-        trigger: json!({}),
+        trigger: json!({}).into(),
         input: json!({}),
         next_step: None,
         started_at: sluice_store::now_micros(),

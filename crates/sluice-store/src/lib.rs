@@ -17,6 +17,7 @@ pub use sqlite::SqliteStore;
 
 use serde_json::Value;
 use std::future::Future;
+use std::sync::Arc;
 
 /// Where a run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,8 +85,9 @@ pub struct NewRun {
     pub id: String,
     /// The flow's id.
     pub flow_id: String,
-    /// `$trigger`.
-    pub trigger: Value,
+    /// `$trigger` (shared with the run's flow object, which converts it
+    /// for jq only when a program reads it).
+    pub trigger: Arc<Value>,
     /// The run's input state data.
     pub input: Value,
     /// The step it runs first.

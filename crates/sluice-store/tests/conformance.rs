@@ -10,7 +10,7 @@ fn new_run(flow: &str) -> NewRun {
     NewRun {
         id: new_run_id(),
         flow_id: flow.into(),
-        trigger: json!({"body": {"a": 1}}),
+        trigger: json!({"body": {"a": 1}}).into(),
         input: json!({"a": 1}),
         next_step: Some("first".into()),
         started_at: now_micros(),
@@ -80,7 +80,7 @@ async fn suite<S: Store>(store: &S) {
     assert_eq!(d.summary.status, RunStatus::Succeeded);
     assert_eq!(d.summary.steps, 2);
     assert_eq!(d.output, Some(json!({"a": 1, "n": 1})));
-    assert_eq!(d.trigger, run.trigger);
+    assert_eq!(d.trigger, *run.trigger);
     assert_eq!(d.steps.len(), 2);
     assert_eq!(
         d.steps[1],

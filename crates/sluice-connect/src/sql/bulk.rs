@@ -338,7 +338,7 @@ impl Batch {
                             .render_item(i, &w.input, &scope, limits)
                             .map_err(|e| render(e.into()))?
                             .unwrap_or(Value::Null);
-                        Cow::Owned(serde_json::from_value::<Patch>(v).map_err(|e| {
+                        Cow::Owned(Patch::from_json(v).map_err(|e| {
                             render(ActionError::data(format!("{label}: after templating: {e}")))
                         })?)
                     }
