@@ -481,16 +481,26 @@ impl Db {
     /// context, so its values are sent as text and cast to the column's type
     /// there (see [`Db::param_value`]).
     fn param(&self, n: usize, column_type: Option<&String>) -> String {
-        match (self.backend, column_type) {
+        let mut s = String::new();
+        self.push_param(&mut s, n, column_type);
+        s
+    }
+
+    /// [`Db::param`], written at the end of `out` (a statement of many rows
+    /// writes thousands).
+    fn push_param(&self, out: &mut String, n: usize, column_type: Option<&String>) {
+        use std::fmt::Write;
+        let _ = match (self.backend, column_type) {
             // Text goes to text and varchar columns as it is.
             (Backend::Postgres, Some(t)) if matches!(t.as_str(), "text" | "varchar") => {
-                self.backend.placeholder(n)
+                write!(out, "${n}")
             }
             (Backend::Postgres, Some(t)) if !t.is_empty() => {
-                format!("CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t))
+                write!(out, "CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t))
             }
-            _ => self.backend.placeholder(n),
-        }
+            (Backend::Postgres, _) => write!(out, "${n}"),
+            _ => write!(out, "?"),
+        };
     }
 
     /// The value to bind for [`Db::param`].

@@ -682,23 +682,23 @@ async fn create_many(
     let mut out = Vec::with_capacity(props.len());
     for chunk in props.chunks(per) {
         let mut params = Vec::with_capacity(chunk.len() * keys.len());
-        let mut tuples = Vec::with_capacity(chunk.len());
-        for p in chunk {
-            let marks: Vec<String> = keys
-                .iter()
-                .map(|k| {
-                    let ty = t.cols.get(*k);
-                    params.push(db.param_value(p.get(*k).unwrap_or(&Value::Null), ty));
-                    db.param(params.len(), ty)
-                })
-                .collect();
-            tuples.push(format!("({})", marks.join(", ")));
+        let mut tuples = String::with_capacity(chunk.len() * keys.len() * 32);
+        for (r, p) in chunk.iter().enumerate() {
+            tuples.push_str(if r == 0 { "(" } else { ", (" });
+            for (i, k) in keys.iter().enumerate() {
+                let ty = t.cols.get(*k);
+                params.push(db.param_value(p.get(*k).unwrap_or(&Value::Null), ty));
+                if i > 0 {
+                    tuples.push_str(", ");
+                }
+                db.push_param(&mut tuples, params.len(), ty);
+            }
+            tuples.push(')');
         }
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES {} RETURNING {}",
+            "INSERT INTO {} ({}) VALUES {tuples} RETURNING {}",
             db.backend.quote(name),
             cols.join(", "),
-            tuples.join(", "),
             db.select_list(&t.cols)
         );
         let rows = tx.rows(&Stmt { sql, params }, t).await?;
