@@ -173,10 +173,10 @@ async fn waiting_for<S: Store>(
         {
             continue;
         }
-        match server.run_and_flow(&w.run_id).await? {
+        match server.flow_of_run(&w.run_id).await? {
             None => {}
-            Some((_, Ok(flow))) => waiting.push((w, flow)),
-            Some((_, Err(m))) => {
+            Some(Ok(flow)) => waiting.push((w, flow)),
+            Some(Err(m)) => {
                 refused.push(json!({"flow": w.flow_id, "runId": w.run_id, "message": m}))
             }
         }

@@ -352,6 +352,19 @@ impl<S: Store> Server<S> {
         }
     }
 
+    /// The flow a recorded run runs (see [`Server::flow_of`]), or why that
+    /// flow cannot be had, without reading the run's log; `None` when
+    /// there is no such run.
+    pub(crate) async fn flow_of_run(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<Result<Arc<Flow>, String>>, StoreError> {
+        let Some((flow_id, version)) = self.inner.engine.store().flow_of_run(run_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.flow_of(&flow_id, version.as_deref()).await))
+    }
+
     /// A recorded run and the flow it runs (see [`Server::flow_of`]), or why
     /// that flow cannot be had; `None` when there is no such run.
     pub(crate) async fn run_and_flow(
@@ -386,7 +399,7 @@ impl<S: Store> Server<S> {
             if w.wake_at.is_none() {
                 continue;
             }
-            let Some((_, flow)) = self.run_and_flow(&w.run_id).await? else {
+            let Some(flow) = self.flow_of_run(&w.run_id).await? else {
                 continue;
             };
             match flow {

@@ -413,6 +413,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
     ) -> impl Future<Output = Result<Option<RunDetail>, StoreError>> + Send;
+    /// The flow a run runs and the version of its file, without its run
+    /// log (what waking a run needs first); `None` when there is no such run.
+    fn flow_of_run(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<(String, Option<String>)>, StoreError>> + Send;
     /// Keep a flow file's text under its version (idempotent).
     fn save_flow_version(
         &self,

@@ -610,6 +610,18 @@ impl Store for SqliteStore {
         Ok(row.try_get("at")?)
     }
 
+    async fn flow_of_run(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT flow_id, flow_version FROM runs WHERE id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item FROM runs WHERE id = ?",

@@ -77,6 +77,11 @@ async fn suite<S: Store>(store: &S) {
         .await
         .unwrap();
     let d = store.get_run(&run.id).await.unwrap().expect("run exists");
+    assert_eq!(
+        store.flow_of_run(&run.id).await.unwrap(),
+        Some((run.flow_id.clone(), run.flow_version.clone()))
+    );
+    assert_eq!(store.flow_of_run("no-such-run").await.unwrap(), None);
     assert_eq!(d.summary.status, RunStatus::Succeeded);
     assert_eq!(d.summary.steps, 2);
     assert_eq!(d.output, Some(json!({"a": 1, "n": 1})));
