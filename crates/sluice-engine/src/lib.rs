@@ -159,6 +159,9 @@ pub struct Started {
     input: Value,
     /// The run's record, when it is not in the store yet.
     new: Option<Box<NewRun>>,
+    /// Taken before the run is recorded, so that a cancel that finds the
+    /// run in the store finds its flag too, even before its drive starts.
+    driving: Driving,
 }
 
 impl Started {
@@ -307,6 +310,9 @@ struct Cursor {
     entry: Entry,
     /// The run's record, when the store does not have it yet.
     new: Option<Box<NewRun>>,
+    /// The run's cancel flag, when taken before the run was recorded or
+    /// read (otherwise the drive takes it).
+    driving: Option<Driving>,
 }
 
 impl Cursor {
@@ -317,6 +323,7 @@ impl Cursor {
             attempt: 1,
             entry: Entry::Fresh,
             new: None,
+            driving: None,
         }
     }
 }
@@ -616,6 +623,7 @@ impl<S: Store> Engine<S> {
         Ok((
             new,
             Started {
+                driving: self.drives(&run_id),
                 run_id,
                 fo,
                 input,
@@ -631,9 +639,11 @@ impl<S: Store> Engine<S> {
             fo,
             input,
             new,
+            driving,
         } = started;
         let cursor = Cursor {
             new,
+            driving: Some(driving),
             ..Cursor::new(run_id)
         };
         self.drive(flow, cursor, fo, input, 0, 0, Mode::RECORDED)
@@ -677,6 +687,7 @@ impl<S: Store> Engine<S> {
     /// A run that had fanned out (its items' runs are recovered on their
     /// own) cannot gather its items' outputs again: it ends failed, saying so.
     pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
+        let driving = self.drives(run_id);
         let detail = self.load_run(flow, run_id).await?;
         if detail.summary.status == RunStatus::Waiting {
             let wait = self
@@ -730,7 +741,8 @@ impl<S: Store> Engine<S> {
                 wait: None,
             });
         }
-        self.continue_at(flow, detail, Entry::Fresh, None).await
+        self.continue_at(flow, detail, Entry::Fresh, None, driving)
+            .await
     }
 
     /// A suspended run: wait until `wait` is due, claim it and continue the
@@ -760,6 +772,7 @@ impl<S: Store> Engine<S> {
         wait: Wait,
         event: Option<Value>,
     ) -> Result<RunResult, EngineError> {
+        let driving = self.drives(&wait.run_id);
         let detail = self.load_run(flow, &wait.run_id).await?;
         let entry = match (wait.kind, event) {
             (WaitKind::Sleep, _) => Entry::Woken(Value::Null, wait.since),
@@ -767,17 +780,19 @@ impl<S: Store> Engine<S> {
             (WaitKind::Event, Some(ev)) => Entry::Woken(ev, wait.since),
             (WaitKind::Event, None) => Entry::TimedOut(wait.since),
         };
-        self.continue_at(flow, detail, entry, None).await
+        self.continue_at(flow, detail, entry, None, driving).await
     }
 
     /// Drive a run from the step the store has it at (with `state`, if given,
-    /// instead of its stored state data).
+    /// instead of its stored state data); `driving`: its cancel flag, taken
+    /// before the run was read.
     async fn continue_at(
         &self,
         flow: &Flow,
         detail: sluice_store::RunDetail,
         entry: Entry,
         state: Option<Value>,
+        driving: Driving,
     ) -> Result<RunResult, EngineError> {
         let run_id = detail.summary.id.clone();
         let at = detail.next_step.clone().unwrap_or_default();
@@ -802,6 +817,7 @@ impl<S: Store> Engine<S> {
             attempt: u32::try_from(failed).unwrap_or(u32::MAX - 1) + 1,
             entry,
             new: None,
+            driving: Some(driving),
         };
         let n = detail.steps.len() as i64;
         let state = state.unwrap_or(detail.state);
@@ -899,6 +915,7 @@ impl<S: Store> Engine<S> {
         run_id: &str,
         patch: Option<&Value>,
     ) -> Result<RunResult, EngineError> {
+        let driving = self.drives(run_id);
         let detail = self.load_run(flow, run_id).await?;
         if detail.summary.status != RunStatus::Incident {
             return Err(StoreError::NotResumable {
@@ -919,7 +936,7 @@ impl<S: Store> Engine<S> {
             merge_patch(&mut state, p);
         }
         self.store.resume_run(run_id, &state).await?;
-        self.continue_at(flow, detail, Entry::Fresh, Some(state))
+        self.continue_at(flow, detail, Entry::Fresh, Some(state), driving)
             .await
     }
 
@@ -942,12 +959,13 @@ impl<S: Store> Engine<S> {
             mut attempt,
             mut entry,
             new,
+            driving,
         } = cursor;
         let mut held = Held {
             new,
             steps: Vec::new(),
         };
-        let driving = rec.then(|| self.drives(&run_id));
+        let driving = rec.then(|| driving.unwrap_or_else(|| self.drives(&run_id)));
         let depth = fo.depth;
         let mut pos = if start < flow.steps.len() {
             Some(start)

@@ -245,6 +245,23 @@ async fn a_cancel_stops_a_run_before_its_next_step() {
 }
 
 #[tokio::test]
+async fn a_cancel_between_a_runs_record_and_its_drive_stops_it_before_its_first_step() {
+    let s = Setup::new().await;
+    let flow =
+        s.flow("id: c\nsteps:\n  - {key: first, type: transform, options: {value: {a: 1}}}\n");
+    let engine = s.engine();
+    let started = engine.start(&flow, input(json!({}))).await.unwrap();
+    let id = started.run_id().to_owned();
+    engine.cancel(&id).await.unwrap();
+    let r = engine.finish(&flow, started).await.unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(r.failure.unwrap().message, "cancelled before step `first`");
+    let d = s.store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Cancelled);
+    assert!(d.steps.is_empty(), "{:?}", d.steps);
+}
+
+#[tokio::test]
 async fn a_sleep_suspends_the_run_and_wakes_it() {
     let s = Setup::new().await;
     let flow = s.flow("id: nap\nsteps:\n  - {key: nap, type: sleep, options: {ms: 120}}\n  - {key: after, type: transform, options: {value: {done: true}}}\n");
