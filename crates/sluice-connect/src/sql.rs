@@ -57,9 +57,19 @@ impl Backend {
 
     /// The placeholder for the `n`th parameter (from 1).
     fn placeholder(self, n: usize) -> String {
+        let mut s = String::new();
+        self.push_placeholder(&mut s, n);
+        s
+    }
+
+    /// [`Backend::placeholder`], written at the end of `out`.
+    fn push_placeholder(self, out: &mut String, n: usize) {
         match self {
-            Self::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
+            Self::Postgres => {
+                use std::fmt::Write;
+                let _ = write!(out, "${n}");
+            }
+            _ => out.push('?'),
         }
     }
 }
@@ -489,18 +499,17 @@ impl Db {
     /// [`Db::param`], written at the end of `out` (a statement of many rows
     /// writes thousands).
     fn push_param(&self, out: &mut String, n: usize, column_type: Option<&String>) {
-        use std::fmt::Write;
-        let _ = match (self.backend, column_type) {
-            // Text goes to text and varchar columns as it is.
-            (Backend::Postgres, Some(t)) if matches!(t.as_str(), "text" | "varchar") => {
-                write!(out, "${n}")
+        match (self.backend, column_type) {
+            // Cast from text, except for text and varchar columns, which
+            // take text as it is.
+            (Backend::Postgres, Some(t))
+                if !t.is_empty() && !matches!(t.as_str(), "text" | "varchar") =>
+            {
+                use std::fmt::Write;
+                let _ = write!(out, "CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t));
             }
-            (Backend::Postgres, Some(t)) if !t.is_empty() => {
-                write!(out, "CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t))
-            }
-            (Backend::Postgres, _) => write!(out, "${n}"),
-            _ => write!(out, "?"),
-        };
+            _ => self.backend.push_placeholder(out, n),
+        }
     }
 
     /// The value to bind for [`Db::param`].

@@ -752,13 +752,12 @@ impl<S: Store> Engine<S> {
 
         self.save_version(flow).await?;
         let run_id = new_run_id();
-        let trigger = json!({"records": source, "from": start + 1});
         let accountability = json!({"source": "import"});
         self.store
             .create_run(&NewRun {
                 id: run_id.clone(),
                 flow_id: flow.id.clone(),
-                trigger: Arc::new(trigger.clone()),
+                trigger: Arc::new(json!({"records": source, "from": start + 1})),
                 input: Value::Null,
                 next_step: None,
                 started_at: now_micros(),

@@ -687,8 +687,7 @@ impl<S: Store> Engine<S> {
     /// A run that had fanned out (its items' runs are recovered on their
     /// own) cannot gather its items' outputs again: it ends failed, saying so.
     pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
-        let driving = self.drives(run_id);
-        let detail = self.load_run(flow, run_id).await?;
+        let (detail, driving) = self.load_run(flow, run_id).await?;
         if detail.summary.status == RunStatus::Waiting {
             let wait = self
                 .store
@@ -772,8 +771,7 @@ impl<S: Store> Engine<S> {
         wait: Wait,
         event: Option<Value>,
     ) -> Result<RunResult, EngineError> {
-        let driving = self.drives(&wait.run_id);
-        let detail = self.load_run(flow, &wait.run_id).await?;
+        let (detail, driving) = self.load_run(flow, &wait.run_id).await?;
         let entry = match (wait.kind, event) {
             (WaitKind::Sleep, _) => Entry::Woken(Value::Null, wait.since),
             (WaitKind::Retry, _) => Entry::Fresh,
@@ -784,8 +782,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Drive a run from the step the store has it at (with `state`, if given,
-    /// instead of its stored state data); `driving`: its cancel flag, taken
-    /// before the run was read.
+    /// instead of its stored state data); `driving`: its cancel flag, from
+    /// [`Engine::load_run`].
     async fn continue_at(
         &self,
         flow: &Flow,
@@ -826,11 +824,14 @@ impl<S: Store> Engine<S> {
     }
 
     /// A run of `flow`, from the store.
+    /// With its cancel flag, taken before the run is read so that a cancel
+    /// that comes before its drive starts still reaches it.
     async fn load_run(
         &self,
         flow: &Flow,
         run_id: &str,
-    ) -> Result<sluice_store::RunDetail, EngineError> {
+    ) -> Result<(sluice_store::RunDetail, Driving), EngineError> {
+        let driving = self.drives(run_id);
         let detail = self
             .store
             .get_run(run_id)
@@ -843,7 +844,7 @@ impl<S: Store> Engine<S> {
                 given: flow.id.clone(),
             });
         }
-        Ok(detail)
+        Ok((detail, driving))
     }
 
     /// The flow object of a run, rebuilt from its run log. A failed record
@@ -915,8 +916,7 @@ impl<S: Store> Engine<S> {
         run_id: &str,
         patch: Option<&Value>,
     ) -> Result<RunResult, EngineError> {
-        let driving = self.drives(run_id);
-        let detail = self.load_run(flow, run_id).await?;
+        let (detail, driving) = self.load_run(flow, run_id).await?;
         if detail.summary.status != RunStatus::Incident {
             return Err(StoreError::NotResumable {
                 run: run_id.to_owned(),

@@ -365,21 +365,6 @@ impl<S: Store> Server<S> {
         Ok(Some(self.flow_of(&flow_id, version.as_deref()).await))
     }
 
-    /// A recorded run and the flow it runs (see [`Server::flow_of`]), or why
-    /// that flow cannot be had; `None` when there is no such run.
-    pub(crate) async fn run_and_flow(
-        &self,
-        run_id: &str,
-    ) -> Result<Option<(sluice_store::RunDetail, Result<Arc<Flow>, String>)>, StoreError> {
-        let Some(detail) = self.inner.engine.store().get_run(run_id).await? else {
-            return Ok(None);
-        };
-        let flow = self
-            .flow_of(&detail.summary.flow_id, detail.flow_version.as_deref())
-            .await;
-        Ok(Some((detail, flow)))
-    }
-
     /// Continue every run left `running` by a process that stopped (a
     /// crash, `kill -9`), oldest first, each on a task of its own, from its
     /// last committed step. Call it once at start, before serving.
@@ -413,7 +398,7 @@ impl<S: Store> Server<S> {
             }
         }
         for r in running {
-            let Some((detail, flow)) = self.run_and_flow(&r.id).await? else {
+            let Some(flow) = self.flow_of_run(&r.id).await? else {
                 continue;
             };
             match flow {
@@ -425,6 +410,10 @@ impl<S: Store> Server<S> {
                     done.resumed += 1;
                 }
                 Err(message) => {
+                    // Only here is the run's own record needed.
+                    let Some(detail) = store.get_run(&r.id).await? else {
+                        continue;
+                    };
                     store
                         .update_run(
                             &r.id,

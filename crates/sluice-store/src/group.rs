@@ -162,8 +162,8 @@ const RUN_COLUMNS: &str = "id, flow_id, status, trigger, input, state, next_step
 const STEP_COLUMNS: &str = "run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at";
 
 /// The runs' new positions, from a table of values (column1 the run's id);
-/// a cancelled run keeps its status.
-const MOVE_RUNS: &str = "UPDATE{or} runs SET status = v.column2, state = v.column3, next_step = v.column4, output = v.column5, error = v.column6, error_step = v.column7, ended_at = v.column8, updated_at = v.column9, steps = runs.steps + v.column10 FROM (VALUES ";
+/// a cancelled run keeps its status. After `UPDATE` and its conflict clause.
+const MOVE_RUNS: &str = " runs SET status = v.column2, state = v.column3, next_step = v.column4, output = v.column5, error = v.column6, error_step = v.column7, ended_at = v.column8, updated_at = v.column9, steps = runs.steps + v.column10 FROM (VALUES ";
 const MOVE_RUNS_END: &str = ") AS v WHERE runs.id = v.column1 AND runs.status <> 'cancelled'";
 
 /// The three multi-row statements, by the number of rows (1 to [`CHUNK`]).
@@ -186,28 +186,29 @@ enum Rows {
 fn rows_sql(kind: Rows, n: usize) -> &'static str {
     static TEXTS: OnceLock<[Vec<String>; 3]> = OnceLock::new();
     let texts = TEXTS.get_or_init(|| {
-        let make = |head: &str, cols: usize, tail: &str| {
+        // `head` is given the conflict clause.
+        let make = |head: &dyn Fn(&str) -> String, cols: usize, tail: &str| {
             let row = format!("({})", vec!["?"; cols].join(", "));
             (1..=CHUNK)
                 .map(|n| {
                     let or = if n == 1 { "" } else { " OR ROLLBACK" };
                     let rows = vec![row.as_str(); n].join(", ");
-                    format!("{}{rows}{tail}", head.replacen("{or}", or, 1))
+                    format!("{}{rows}{tail}", head(or))
                 })
                 .collect()
         };
         [
             make(
-                &format!("INSERT{{or}} INTO runs ({RUN_COLUMNS}) VALUES "),
+                &|or| format!("INSERT{or} INTO runs ({RUN_COLUMNS}) VALUES "),
                 18,
                 "",
             ),
             make(
-                &format!("INSERT{{or}} INTO run_steps ({STEP_COLUMNS}) VALUES "),
+                &|or| format!("INSERT{or} INTO run_steps ({STEP_COLUMNS}) VALUES "),
                 14,
                 "",
             ),
-            make(MOVE_RUNS, 10, MOVE_RUNS_END),
+            make(&|or| format!("UPDATE{or}{MOVE_RUNS}"), 10, MOVE_RUNS_END),
         ]
     });
     &texts[kind as usize][n.clamp(1, CHUNK) - 1]
