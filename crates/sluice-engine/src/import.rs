@@ -581,7 +581,7 @@ impl<'a, S: Store> Runs<'a, S> {
                 Ev::End => return Ok(()),
                 Ev::Flush => {
                     if let Some(b) = self.batch {
-                        b.flush(self.flow, &self.engine.limits, chunk.id)
+                        b.flush(&self.engine.limits, chunk.id)
                             .await
                             .map_err(|e| ImportError::Database(e, chunk.before()))?;
                     }
@@ -694,14 +694,9 @@ impl<S: Store> Engine<S> {
             declared: &flow.connections,
             pools: &self.pools,
         };
-        let mut names: Vec<String> = ["trigger", "last", "accountability"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        names.extend(flow.steps.iter().map(|s| s.key.clone()));
         let batch = match &connection {
             Some(c) => Some(
-                Batch::open(&connections, c, names)
+                Batch::open(&connections, c)
                     .await
                     .map_err(|e| ImportError::Database(e, 0))?,
             ),

@@ -126,6 +126,11 @@ impl Template {
         })
     }
 
+    /// Whether one of its expressions mentions the variable `$name`.
+    pub fn mentions(&self, name: &str) -> bool {
+        self.programs().any(|p| p.vars().iter().any(|v| v == name))
+    }
+
     /// Render with `input` as `.` and the flow object in `scope`.
     pub fn render(&self, input: &Val, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
         if self.raw
@@ -321,6 +326,81 @@ impl TemplateValue {
         })
     }
 
+    /// Render every template except those `later` picks, which stay as
+    /// they are: what is left is rendered later with [`Self::render`] (for
+    /// example once variables the kept templates read are known). A subtree
+    /// whose templates were all rendered becomes a constant.
+    pub fn render_partial(
+        &self,
+        input: &Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+        later: &dyn Fn(&Template) -> bool,
+    ) -> Result<Self, Error> {
+        Ok(match self {
+            Self::Const(v) => Self::Const(v.clone()),
+            Self::Template(t) if later(t) => Self::Template(t.clone()),
+            Self::Template(t) => Self::Const(t.render(input, scope, limits)?),
+            Self::Array(a) => {
+                let items = a
+                    .iter()
+                    .map(|x| x.render_partial(input, scope, limits, later))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if items.iter().all(Self::is_const) {
+                    Self::Const(Value::Array(
+                        items.into_iter().filter_map(Self::into_const).collect(),
+                    ))
+                } else {
+                    Self::Array(items)
+                }
+            }
+            Self::Object(o) => {
+                let mut entries = Vec::with_capacity(o.len());
+                for (k, x) in o {
+                    entries.push((k.clone(), x.render_partial(input, scope, limits, later)?));
+                }
+                if entries.iter().all(|(_, x)| x.is_const()) {
+                    Self::Const(Value::Object(
+                        entries
+                            .into_iter()
+                            .filter_map(|(k, x)| Some((k, x.into_const()?)))
+                            .collect(),
+                    ))
+                } else {
+                    Self::Object(entries)
+                }
+            }
+        })
+    }
+
+    fn into_const(self) -> Option<Value> {
+        match self {
+            Self::Const(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Element `i` of an array value, its templates rendered as
+    /// [`Self::render_partial`] does (`None` past its end, or when the value
+    /// is not an array).
+    pub fn render_item_partial(
+        &self,
+        i: usize,
+        input: &Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+        later: &dyn Fn(&Template) -> bool,
+    ) -> Result<Option<Self>, Error> {
+        match self {
+            Self::Const(Value::Array(a)) => Ok(a.get(i).cloned().map(Self::Const)),
+            Self::Array(items) => items
+                .get(i)
+                .map(|t| t.render_partial(input, scope, limits, later))
+                .transpose(),
+            _ => Ok(None),
+        }
+    }
+
     /// How many elements an array value has (`None` when it is not an array).
     pub fn array_len(&self) -> Option<usize> {
         match self {
@@ -428,6 +508,60 @@ mod tests {
         let vars = scope.names();
         let t = TemplateValue::compile(&json!(s), &vars).unwrap();
         t.render_json(&input, scope, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_partial_render_leaves_the_picked_templates_for_later() {
+        let early = MapScope::from_json(json!({"tokens": {}, "last": 1}));
+        let late = MapScope::from_json(json!({"tokens": {"id": 7}, "last": 1}));
+        let vars = early.names();
+        let t = TemplateValue::compile(
+            &json!([
+                {"op": "create", "properties": {"a": "{{ .a }}", "n": "{{ $last + 1 }}"}},
+                {"properties": {"id": "{{ $tokens.id }}", "b": "x{{ .a }}"}, "k": [1, "{{ $tokens.id }}"]},
+                "fixed"
+            ]),
+            &vars,
+        )
+        .unwrap();
+        let input = to_val(&json!({"a": "A"}));
+        let limits = Limits::default();
+        let tokens = |t: &Template| t.mentions("tokens");
+        // Without a template reading `$tokens`, the item is rendered whole.
+        let first = t
+            .render_item_partial(0, &input, &early, &limits, &tokens)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&first, TemplateValue::Const(v) if *v == json!({"op": "create", "properties": {"a": "A", "n": 2}}))
+        );
+        // The `$tokens` templates stay; the rest is rendered once.
+        let second = t
+            .render_item_partial(1, &input, &early, &limits, &tokens)
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.templates().len(), 2);
+        assert_eq!(
+            second
+                .render(&to_val(&json!({"a": "changed"})), &late, &limits)
+                .unwrap(),
+            json!({"properties": {"id": 7, "b": "xA"}, "k": [1, 7]})
+        );
+        assert!(matches!(
+            t.render_item_partial(2, &input, &early, &limits, &tokens).unwrap(),
+            Some(TemplateValue::Const(v)) if v == json!("fixed")
+        ));
+        assert!(
+            t.render_item_partial(3, &input, &early, &limits, &tokens)
+                .unwrap()
+                .is_none()
+        );
+        // An error is the template's own.
+        let bad = TemplateValue::compile(&json!(["{{ error(\"no\") }}"]), &vars).unwrap();
+        assert!(
+            bad.render_item_partial(0, &input, &early, &limits, &tokens)
+                .is_err()
+        );
     }
 
     #[test]

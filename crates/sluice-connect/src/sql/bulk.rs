@@ -36,8 +36,7 @@ use super::{
 };
 use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
-use sluice_expr::{Limits, MapScope, TemplateValue, Val};
-use sluice_model::Flow;
+use sluice_expr::{Limits, MapScope, Template, TemplateValue, Val};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -50,8 +49,6 @@ const MAX_PARAMS: usize = 30_000;
 pub struct Batch {
     connection: String,
     db: Arc<Db>,
-    /// The flow-object variables an envelope's templates may read.
-    names: Vec<String>,
     /// The envelopes waiting to be written, by chunk.
     waiting: Mutex<BTreeMap<u64, Vec<Waiting>>>,
     tx: tokio::sync::Mutex<Option<Tx>>,
@@ -73,14 +70,47 @@ pub struct InBatch<'a> {
 /// An envelope waiting to be written.
 struct Waiting {
     record: u64,
-    step: String,
-    count: usize,
-    /// The patches, when they hold no template.
-    fixed: Option<Vec<Patch>>,
+    /// Its patches, templated as far as they can be before any is written.
+    patches: Vec<Pending>,
+    /// What the templates left for the write read: the step's input and
+    /// the flow-object variables they mention.
     input: Val,
     scope: MapScope,
     global: Map<String, Value>,
     reply: oneshot::Sender<Result<Outcome, ActionError>>,
+}
+
+/// A patch of a waiting envelope. The record's own run templates its
+/// patches when it hands its envelope over (so that this work is not the
+/// writer's), except the templates that read `$tokens`: the patches before
+/// may set tokens, so those are rendered just before their patch is
+/// written. Nothing else a template reads changes inside an envelope.
+enum Pending {
+    Ready(Patch),
+    /// Templates reading `$tokens` are left.
+    Later(TemplateValue),
+    /// Templating failed: the envelope fails at this patch, the patches
+    /// before it written and rolled back, as if templated when written.
+    Failed(ActionError),
+}
+
+/// Patch `i` (from 0) of an envelope, from its templated value.
+fn templated(i: usize, v: Value) -> Result<Patch, ActionError> {
+    Patch::from_json(v)
+        .map_err(|e| ActionError::data(format!("patch {}: after templating: {e}", i + 1)))
+}
+
+/// A patch templated before any is written.
+fn ready(i: usize, v: Value) -> Pending {
+    match templated(i, v) {
+        Ok(p) => Pending::Ready(p),
+        Err(e) => Pending::Failed(e),
+    }
+}
+
+/// Whether a template must wait for the tokens of the envelope's earlier patches.
+fn reads_tokens(t: &Template) -> bool {
+    t.mentions("tokens")
 }
 
 /// What failed in a group: the error as the record's envelope reports it,
@@ -136,18 +166,15 @@ pub struct Position {
 }
 
 impl Batch {
-    /// A batch writing through connection `connection`; `names` are the
-    /// flow-object variables (`trigger`, step keys, ...) templates may read.
+    /// A batch writing through connection `connection`.
     pub async fn open(
         connections: &super::Connections<'_>,
         connection: &str,
-        names: Vec<String>,
     ) -> Result<Self, ActionError> {
         let db = connections.db(connection).await?;
         Ok(Self {
             connection: connection.to_owned(),
             db,
-            names,
             waiting: Mutex::new(BTreeMap::new()),
             tx: tokio::sync::Mutex::new(None),
             failed_patches: Mutex::new(HashMap::new()),
@@ -189,23 +216,47 @@ impl Batch {
                 self.connection
             )));
         }
-        let mut scope = MapScope::default();
-        for n in &self.names {
-            if let Some(v) = cx.scope.get(n) {
-                scope.0.insert(n.clone(), v);
-            }
-        }
         let global = match cx.scope.get("tokens").map(|v| sluice_expr::from_val(&v)) {
             Some(Ok(Value::Object(m))) => m,
             _ => Map::new(),
         };
-        let compiled = cx.deferred.get("patches").map(|(_, t)| t);
+        let mut scope = MapScope::default();
+        let patches = match cx.deferred.get("patches").map(|(_, t)| t) {
+            None => patches.into_iter().map(Pending::Ready).collect(),
+            Some(t) => {
+                let count = super::patch_count(Some(t), &patches);
+                let mut out = Vec::with_capacity(count);
+                for i in 0..count {
+                    let rendered =
+                        t.render_item_partial(i, cx.input_val, cx.scope, cx.limits, &reads_tokens);
+                    out.push(match rendered {
+                        Err(e) => Pending::Failed(e.into()),
+                        Ok(None) => ready(i, Value::Null),
+                        Ok(Some(TemplateValue::Const(v))) => ready(i, v),
+                        Ok(Some(later)) => {
+                            for t in later.templates() {
+                                for p in t.programs() {
+                                    for n in p.vars() {
+                                        if n != "tokens"
+                                            && !scope.0.contains_key(n)
+                                            && let Some(v) = cx.scope.get(n)
+                                        {
+                                            scope.0.insert(n.clone(), v);
+                                        }
+                                    }
+                                }
+                            }
+                            Pending::Later(later)
+                        }
+                    });
+                }
+                out
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let job = Waiting {
             record: at.record,
-            step: cx.step_key.to_owned(),
-            count: super::patch_count(compiled, &patches),
-            fixed: compiled.is_none().then_some(patches),
+            patches,
             input: cx.input_val.clone(),
             scope,
             global,
@@ -226,7 +277,7 @@ impl Batch {
     /// Write every waiting envelope of chunk `chunk` (see the module's
     /// description). `Err` means the connection itself failed: the chunk
     /// cannot be committed.
-    pub async fn flush(&self, flow: &Flow, limits: &Limits, chunk: u64) -> Result<(), ActionError> {
+    pub async fn flush(&self, limits: &Limits, chunk: u64) -> Result<(), ActionError> {
         let mut jobs: Vec<Waiting> = self
             .waiting
             .lock()
@@ -237,16 +288,6 @@ impl Batch {
             return Ok(());
         }
         jobs.sort_by_key(|w| w.record);
-        let jobs: Vec<(Waiting, Option<&TemplateValue>)> = jobs
-            .into_iter()
-            .map(|w| {
-                let t = flow
-                    .step_index(&w.step)
-                    .and_then(|i| flow.steps[i].deferred.get("patches"))
-                    .map(|(_, t)| t);
-                (w, t)
-            })
-            .collect();
         let mut guard = self.tx.lock().await;
         if guard.is_none() {
             *guard = Some(self.db.begin().await?);
@@ -261,7 +302,7 @@ impl Batch {
     fn write_group<'a>(
         &'a self,
         tx: &'a mut Tx,
-        jobs: Vec<(Waiting, Option<&'a TemplateValue>)>,
+        jobs: Vec<Waiting>,
         limits: &'a Limits,
         depth: usize,
     ) -> BoxFuture<'a, Result<(), ActionError>> {
@@ -271,7 +312,7 @@ impl Batch {
             match self.write_all(tx, &jobs, limits).await {
                 Ok(outcomes) => {
                     tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
-                    for ((w, _), o) in jobs.into_iter().zip(outcomes) {
+                    for (w, o) in jobs.into_iter().zip(outcomes) {
                         let _ = w.reply.send(Ok(o));
                     }
                 }
@@ -280,7 +321,7 @@ impl Batch {
                     tx.raw(&format!("ROLLBACK TO SAVEPOINT {sp}")).await?;
                     tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
                     if jobs.len() == 1 {
-                        for (w, _) in jobs {
+                        for w in jobs {
                             if let Ok(mut m) = self.failed_patches.lock() {
                                 m.insert(w.record, f.patch.clone());
                             }
@@ -302,56 +343,45 @@ impl Batch {
     async fn write_all(
         &self,
         tx: &mut Tx,
-        jobs: &[(Waiting, Option<&TemplateValue>)],
+        jobs: &[Waiting],
         limits: &Limits,
     ) -> Result<Vec<Outcome>, Fail> {
         let mut works: Vec<Work> = jobs
             .iter()
-            .map(|(w, _)| Work {
+            .map(|w| Work {
                 tokens: w.global.clone(),
                 tokens_val: None,
-                results: Vec::with_capacity(w.count),
+                results: Vec::with_capacity(w.patches.len()),
             })
             .collect();
-        let most = jobs.iter().map(|(w, _)| w.count).max().unwrap_or(0);
+        let most = jobs.iter().map(|w| w.patches.len()).max().unwrap_or(0);
         for i in 0..most {
             let label = format!("patch {}", i + 1);
             // The patches at position `i`, rendered (or as written), then
             // the records they belong to.
             let mut patches: Vec<Cow<'_, Patch>> = Vec::with_capacity(jobs.len());
             let mut owners = Vec::with_capacity(jobs.len());
-            for (j, (w, t)) in jobs.iter().enumerate() {
-                if i >= w.count {
+            for (j, w) in jobs.iter().enumerate() {
+                let Some(pending) = w.patches.get(i) else {
                     continue;
-                }
-                let patch = match (t, &w.fixed) {
-                    (Some(t), _) => {
+                };
+                let failed = |e: ActionError| Fail {
+                    error: e,
+                    patch: label.clone(),
+                };
+                let patch = match pending {
+                    Pending::Ready(p) => Cow::Borrowed(p),
+                    Pending::Later(t) => {
                         let scope = WithTokens {
                             inner: &w.scope,
                             tokens: works[j].tokens_val(),
                         };
-                        let render = |e: ActionError| Fail {
-                            error: e,
-                            patch: label.clone(),
-                        };
                         let v = t
-                            .render_item(i, &w.input, &scope, limits)
-                            .map_err(|e| render(e.into()))?
-                            .unwrap_or(Value::Null);
-                        Cow::Owned(Patch::from_json(v).map_err(|e| {
-                            render(ActionError::data(format!("{label}: after templating: {e}")))
-                        })?)
+                            .render(&w.input, &scope, limits)
+                            .map_err(|e| failed(e.into()))?;
+                        Cow::Owned(templated(i, v).map_err(failed)?)
                     }
-                    (None, Some(fixed)) => Cow::Borrowed(&fixed[i]),
-                    (None, None) => {
-                        return Err(Fail {
-                            error: ActionError {
-                                blame: Blame::Bug,
-                                message: format!("step `{}` has no patches", w.step),
-                            },
-                            patch: label,
-                        });
-                    }
+                    Pending::Failed(e) => return Err(failed(e.clone())),
                 };
                 patches.push(patch);
                 owners.push(j);
@@ -374,7 +404,7 @@ impl Batch {
         Ok(jobs
             .iter()
             .zip(works)
-            .map(|((w, _), work)| super::envelope_outcome(&w.global, work.tokens, work.results))
+            .map(|(w, work)| super::envelope_outcome(&w.global, work.tokens, work.results))
             .collect())
     }
 
