@@ -2196,72 +2196,79 @@ impl Action for Envelope {
         cx: ActionCx<'a>,
         o: EnvelopeOptions,
     ) -> Result<Outcome, ActionError> {
-        if let Some(b) = cx.batch {
-            return b.batch.submit(&cx, b, &o.connection, o.patches).await;
+        match cx.batch {
+            Some(b) => b.batch.submit(&cx, b, &o.connection, o.patches).await,
+            // Boxed: this future is much larger than an import's, which
+            // would otherwise copy its size for every record.
+            None => Box::pin(write_envelope(cx, o)).await,
         }
-        let db = cx.connections.db(&o.connection).await?;
-        let compiled = cx.deferred.get("patches").map(|(_, t)| t);
-        let count = patch_count(compiled, &o.patches);
-        let input = cx.input_val;
-        let global = cx
-            .scope
-            .get("tokens")
-            .and_then(|v| sluice_expr::from_val(&v).ok());
-        let global = match global {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
+    }
+}
+
+/// Write an envelope in a transaction of its own.
+async fn write_envelope(cx: ActionCx<'_>, o: EnvelopeOptions) -> Result<Outcome, ActionError> {
+    let db = cx.connections.db(&o.connection).await?;
+    let compiled = cx.deferred.get("patches").map(|(_, t)| t);
+    let count = patch_count(compiled, &o.patches);
+    let input = cx.input_val;
+    let global = cx
+        .scope
+        .get("tokens")
+        .and_then(|v| sluice_expr::from_val(&v).ok());
+    let global = match global {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let hooked = Hooked::of(&cx, &o.connection);
+    let mut written = Written {
+        tokens: global.clone(),
+        changes: Vec::new(),
+    };
+    let mut tx = db.begin().await?;
+    let mut results = Vec::new();
+    for i in 0..count {
+        // Each patch is templated just before it is written, so that it
+        // sees the tokens the patches before it have set.
+        let patch = match compiled {
+            Some(t) => {
+                let scope = WithTokens {
+                    inner: cx.scope,
+                    tokens: sluice_expr::to_val(&Value::Object(written.tokens.clone())),
+                };
+                let v = t
+                    .render_item(i, input, &scope, cx.limits)?
+                    .unwrap_or(Value::Null);
+                Patch::from_json(v).map_err(|e| {
+                    ActionError::data(format!("patch {}: after templating: {e}", i + 1))
+                })?
+            }
+            None => o.patches[i].clone(),
         };
-        let hooked = Hooked::of(&cx, &o.connection);
-        let mut written = Written {
-            tokens: global.clone(),
-            changes: Vec::new(),
-        };
-        let mut tx = db.begin().await?;
-        let mut results = Vec::new();
-        for i in 0..count {
-            // Each patch is templated just before it is written, so that it
-            // sees the tokens the patches before it have set.
-            let patch = match compiled {
-                Some(t) => {
-                    let scope = WithTokens {
-                        inner: cx.scope,
-                        tokens: sluice_expr::to_val(&Value::Object(written.tokens.clone())),
-                    };
-                    let v = t
-                        .render_item(i, input, &scope, cx.limits)?
-                        .unwrap_or(Value::Null);
-                    Patch::from_json(v).map_err(|e| {
-                        ActionError::data(format!("patch {}: after templating: {e}", i + 1))
-                    })?
-                }
-                None => o.patches[i].clone(),
-            };
-            match apply_patch(
-                &mut tx,
-                &db,
-                &patch,
-                format!("patch {}", i + 1),
-                None,
-                hooked,
-                &mut written,
-            )
-            .await
-            {
-                Ok(v) => results.push(v),
-                Err((which, e)) => {
-                    // Dropping the transaction rolls back every earlier patch.
-                    drop(tx);
-                    return Err(envelope_failure(&which, e));
-                }
+        match apply_patch(
+            &mut tx,
+            &db,
+            &patch,
+            format!("patch {}", i + 1),
+            None,
+            hooked,
+            &mut written,
+        )
+        .await
+        {
+            Ok(v) => results.push(v),
+            Err((which, e)) => {
+                // Dropping the transaction rolls back every earlier patch.
+                drop(tx);
+                return Err(envelope_failure(&which, e));
             }
         }
-        tx.commit().await?;
-        let mut outcome = envelope_outcome(&global, written.tokens, results);
-        if let Some(h) = hooked {
-            outcome.logs = h.after(written.changes).await;
-        }
-        Ok(outcome)
     }
+    tx.commit().await?;
+    let mut outcome = envelope_outcome(&global, written.tokens, results);
+    if let Some(h) = hooked {
+        outcome.logs = h.after(written.changes).await;
+    }
+    Ok(outcome)
 }
 
 /// How many patches an envelope has: its compiled template's (a step of a

@@ -85,6 +85,9 @@ pub enum ImportError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A bug in Sluice.
+    #[error("bug: {0}")]
+    Bug(String),
 }
 
 /// How an import ended.
@@ -411,10 +414,10 @@ struct Tally {
 type Ended = (usize, Value, Result<crate::RunResult, EngineError>);
 
 /// The run of one record.
-type RecordRun<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>;
+type RecordRun = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send>>;
 
 /// A chunk of records (one transaction) and their runs.
-struct Chunk<'a> {
+struct Chunk {
     /// The chunk's number in this import, from 0.
     id: u64,
     /// Its records (at least one).
@@ -424,7 +427,7 @@ struct Chunk<'a> {
     results: Vec<Option<crate::RunResult>>,
     /// Records whose run was started (the first `started` ones).
     started: usize,
-    runs: FuturesUnordered<RecordRun<'a>>,
+    runs: FuturesUnordered<RecordRun>,
 }
 
 /// Records started in a row before the runs of the chunk being written get
@@ -432,7 +435,7 @@ struct Chunk<'a> {
 const PREPARE_STEP: usize = 8;
 
 /// Read the next chunk of records.
-fn fill<'a>(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk<'a>>, ImportError> {
+fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, ImportError> {
     let mut raws = Vec::with_capacity(size);
     while raws.len() < size {
         match records.next_raw()? {
@@ -454,7 +457,7 @@ fn fill<'a>(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk<
     }))
 }
 
-impl Chunk<'_> {
+impl Chunk {
     /// Records before this chunk: committed once it is written.
     fn before(&self) -> u64 {
         self.raws.first().map_or(0, |r| r.number - 1)
@@ -467,41 +470,45 @@ impl Chunk<'_> {
     }
 }
 
-/// What the records' runs share.
-struct Runs<'a, S: Store> {
-    engine: &'a Engine<S>,
-    flow: &'a Flow,
-    batch: Option<&'a Batch>,
-    accountability: &'a Value,
+/// What the records' runs share. The next chunk's records run up to their
+/// envelopes in a task of their own (on another thread when the runtime has
+/// several) while the writer writes the chunk before.
+struct Runs<S: Store> {
+    engine: Engine<S>,
+    flow: Flow,
+    batch: Option<Arc<Batch>>,
+    accountability: Value,
 }
 
-impl<'a, S: Store> Runs<'a, S> {
+impl<S: Store> Runs<S> {
     /// Start the run of the chunk's next record (a record that is not JSON has none).
-    fn start(&self, chunk: &mut Chunk<'a>) {
+    fn start(self: &Arc<Self>, chunk: &mut Chunk) {
         let k = chunk.started;
         chunk.started += 1;
         let Some(Ok(v)) = chunk.values.get_mut(k) else {
             return;
         };
         let v = std::mem::take(v);
-        let in_batch = self.batch.map(|b| InBatch {
-            batch: b,
-            record: chunk.raws[k].number,
-            chunk: chunk.id,
-        });
-        let (engine, flow, accountability) = (self.engine, self.flow, self.accountability);
+        let (record, chunk_id) = (chunk.raws[k].number, chunk.id);
+        let shared = self.clone();
         chunk.runs.push(Box::pin(async move {
+            let in_batch = shared.batch.as_deref().map(|b| InBatch {
+                batch: b,
+                record,
+                chunk: chunk_id,
+            });
             // The record is the run's `$trigger` and its first state data.
             let trigger = Arc::new(v);
             let state = (*trigger).clone();
-            let fo = FlowObject::new(trigger.clone(), accountability);
+            let fo = FlowObject::new(trigger.clone(), &shared.accountability);
             let mode = Mode {
                 recorded: false,
                 batch: in_batch,
             };
-            let r = engine
+            let r = shared
+                .engine
                 .drive(
-                    flow,
+                    &shared.flow,
                     crate::Cursor::new(String::new()),
                     fo,
                     state,
@@ -517,15 +524,16 @@ impl<'a, S: Store> Runs<'a, S> {
     }
 
     /// Whether every run of the chunk still going waits for its envelope.
-    fn all_wait(&self, chunk: &Chunk<'a>) -> bool {
+    fn all_wait(&self, chunk: &Chunk) -> bool {
         self.batch
+            .as_ref()
             .is_some_and(|b| b.waiting(chunk.id) == chunk.runs.len())
     }
 
     /// Run the chunk's records up to their envelopes, a few at a time, so
     /// that the chunk being written gets its turn whenever the database
     /// answers. Never writes.
-    async fn prepare(&self, chunk: &mut Chunk<'a>) -> Result<(), ImportError> {
+    async fn prepare(self: &Arc<Self>, chunk: &mut Chunk) -> Result<(), ImportError> {
         while chunk.started < chunk.raws.len() {
             for _ in 0..PREPARE_STEP {
                 if chunk.started < chunk.raws.len() {
@@ -559,7 +567,7 @@ impl<'a, S: Store> Runs<'a, S> {
 
     /// Run the chunk's records to their end, writing their envelopes
     /// whenever every run still going waits for one.
-    async fn finish(&self, chunk: &mut Chunk<'a>) -> Result<(), ImportError> {
+    async fn finish(self: &Arc<Self>, chunk: &mut Chunk) -> Result<(), ImportError> {
         while chunk.started < chunk.raws.len() {
             self.start(chunk);
         }
@@ -580,7 +588,7 @@ impl<'a, S: Store> Runs<'a, S> {
                 Ev::Ended(ended) => chunk.ended(*ended)?,
                 Ev::End => return Ok(()),
                 Ev::Flush => {
-                    if let Some(b) = self.batch {
+                    if let Some(b) = &self.batch {
                         b.flush(&self.engine.limits, chunk.id)
                             .await
                             .map_err(|e| ImportError::Database(e, chunk.before()))?;
@@ -594,12 +602,12 @@ impl<'a, S: Store> Runs<'a, S> {
     /// disk before the position that would skip them on a resume.
     fn report(
         &self,
-        chunk: &Chunk<'a>,
+        chunk: &Chunk,
         tally: &mut Tally,
         report: &mut BufWriter<File>,
         report_path: &Path,
     ) -> Result<(), ImportError> {
-        let flow = self.flow;
+        let flow = &self.flow;
         let mut wrote = false;
         for (k, raw) in chunk.raws.iter().enumerate() {
             let line = match (&chunk.values[k], &chunk.results[k]) {
@@ -621,7 +629,7 @@ impl<'a, S: Store> Runs<'a, S> {
                         .as_deref()
                         .and_then(|s| flow.step_index(s))
                         .filter(|i| flow.steps[*i].kind == "envelope")
-                        .and_then(|_| self.batch.and_then(|b| b.failed_patch(raw.number)));
+                        .and_then(|_| self.batch.as_ref().and_then(|b| b.failed_patch(raw.number)));
                     Some(failure_line(
                         raw,
                         Some(v),
@@ -695,11 +703,11 @@ impl<S: Store> Engine<S> {
             pools: &self.pools,
         };
         let batch = match &connection {
-            Some(c) => Some(
+            Some(c) => Some(Arc::new(
                 Batch::open(&connections, c)
                     .await
                     .map_err(|e| ImportError::Database(e, 0))?,
-            ),
+            )),
             None => None,
         };
         let report_path = failures_path(path);
@@ -777,18 +785,19 @@ impl<S: Store> Engine<S> {
             failed: 0,
         };
         let chunk_size = options.chunk.max(1);
-        let runs = Runs {
-            engine: self,
-            flow,
-            batch: batch.as_ref(),
-            accountability: &accountability,
-        };
-        // Two chunks are in flight: while one is written to the database
-        // (the process waits), the next one's records run up to their
-        // envelopes. A chunk is committed before the next one writes.
+        let runs = Arc::new(Runs {
+            engine: self.clone(),
+            flow: flow.clone(),
+            batch: batch.clone(),
+            accountability,
+        });
+        // Two chunks are in flight: while one is written to the database,
+        // the next one's records run up to their envelopes in a task of
+        // their own (on a runtime of several threads, beside the writer). A
+        // chunk is committed before the next one writes.
         let mut current = fill(&mut records, chunk_size, 0)?;
         while let Some(mut chunk) = current.take() {
-            let mut next = fill(&mut records, chunk_size, chunk.id + 1)?;
+            let next = fill(&mut records, chunk_size, chunk.id + 1)?;
             let written = async {
                 runs.finish(&mut chunk).await?;
                 runs.report(&chunk, &mut tally, &mut report, &report_path)?;
@@ -800,15 +809,26 @@ impl<S: Store> Engine<S> {
                 progress(tally.done, total);
                 Ok::<_, ImportError>(())
             };
-            match next.as_mut() {
-                Some(n) => {
-                    let (w, r) = futures_util::future::join(written, runs.prepare(n)).await;
+            current = match next {
+                Some(mut n) => {
+                    let shared = runs.clone();
+                    let prepared = tokio::spawn(async move {
+                        let r = shared.prepare(&mut n).await;
+                        (n, r)
+                    });
+                    let (w, p) = futures_util::future::join(written, prepared).await;
+                    let (n, r) = p.map_err(|e| {
+                        ImportError::Bug(format!("the records of a chunk stopped: {e}"))
+                    })?;
                     w?;
                     r?;
+                    Some(n)
                 }
-                None => written.await?,
-            }
-            current = next;
+                None => {
+                    written.await?;
+                    None
+                }
+            };
         }
         let Tally {
             done,

@@ -92,7 +92,7 @@ impl RunResult {
             output: None,
             failure: None,
             last: if recorded {
-                from_val(&fo.last).unwrap_or(Value::Null)
+                fo.last.json().clone()
             } else {
                 Value::Null
             },
@@ -374,9 +374,9 @@ struct FlowObject {
     trigger_val: std::sync::OnceLock<Val>,
     /// How deep in `flow` steps the run is (`$trigger.depth`).
     depth: u64,
-    last: Val,
+    last: Lazy,
     accountability: Val,
-    entries: HashMap<String, Val>,
+    entries: HashMap<String, Lazy>,
     /// The event that started the run, if an event did.
     event: Option<Value>,
     /// `$tokens`: tokens set by the envelopes that ran, as JSON and as jq value.
@@ -390,7 +390,7 @@ impl FlowObject {
         Self {
             trigger_val: std::sync::OnceLock::new(),
             depth: trigger.get("depth").and_then(Value::as_u64).unwrap_or(0),
-            last: Val::Null,
+            last: Lazy::new(Value::Null),
             accountability: to_val(accountability),
             entries: HashMap::new(),
             event: None,
@@ -414,11 +414,31 @@ impl Scope for FlowObject {
                     .get_or_init(|| to_val(&self.trigger))
                     .clone(),
             ),
-            "last" => Some(self.last.clone()),
+            "last" => Some(self.last.val()),
             "accountability" => Some(self.accountability.clone()),
             "tokens" => Some(self.tokens_val.clone()),
-            key => self.entries.get(key).cloned(),
+            key => self.entries.get(key).map(Lazy::val),
         }
+    }
+}
+
+/// `$last` or a step's result in the flow object: JSON, converted for jq
+/// the first time a program reads it (most are never read: converting
+/// every step's result was a good part of an import's work per record).
+#[derive(Clone)]
+struct Lazy(Arc<(Value, std::sync::OnceLock<Val>)>);
+
+impl Lazy {
+    fn new(v: Value) -> Self {
+        Self(Arc::new((v, std::sync::OnceLock::new())))
+    }
+
+    fn json(&self) -> &Value {
+        &self.0.0
+    }
+
+    fn val(&self) -> Val {
+        self.0.1.get_or_init(|| to_val(&self.0.0)).clone()
     }
 }
 
@@ -867,11 +887,11 @@ impl<S: Store> Engine<S> {
             if retried {
                 continue;
             }
-            let v = if r.ok {
-                r.result.as_ref().map(to_val).unwrap_or(Val::Null)
+            let v = Lazy::new(if r.ok {
+                r.result.clone().unwrap_or(Value::Null)
             } else {
-                to_val(&json!({"error": r.error}))
-            };
+                json!({"error": r.error})
+            });
             fo.entries.insert(r.step_key.clone(), v.clone());
             fo.last = v;
             if r.ok
@@ -1133,15 +1153,20 @@ impl<S: Store> Engine<S> {
                         None => return self.moved_on(run_id, &fo).await,
                     }
                 }
-                Ok(done) => {
+                Ok(mut done) => {
                     seq += 1;
                     attempt = 1;
-                    let result_val = done.result.as_ref().map(to_val).unwrap_or(Val::Null);
-                    fo.entries.insert(step.key.clone(), result_val.clone());
+                    // An unrecorded run keeps no step record: the result
+                    // moves to the flow object.
+                    let result = Lazy::new(match &done.result {
+                        Some(r) if rec => r.clone(),
+                        _ => done.result.take().unwrap_or(Value::Null),
+                    });
+                    fo.entries.insert(step.key.clone(), result.clone());
                     if let Some(t) = &done.tokens {
                         fo.add_tokens(t);
                     }
-                    fo.last = result_val;
+                    fo.last = result;
                     state = done.state;
                     pos = match step.on_success {
                         Next::Step(j) => Some(j),
@@ -1219,7 +1244,7 @@ impl<S: Store> Engine<S> {
                         "step `{}` ({}) failed: {}",
                         step.key, step.kind, failed.error.message
                     );
-                    let err_val = to_val(&json!({"error": failed.error.message}));
+                    let err_val = Lazy::new(json!({"error": failed.error.message}));
                     fo.entries.insert(step.key.clone(), err_val.clone());
                     fo.last = err_val;
                     // A data problem with no failure path stops the run for a person.
@@ -1401,7 +1426,7 @@ impl<S: Store> Engine<S> {
                         .await?;
                 }
                 let mut child = fo.clone();
-                let v = to_val(&item);
+                let v = Lazy::new(item.clone());
                 child.entries.insert(step.key.clone(), v.clone());
                 child.last = v;
                 let r = self

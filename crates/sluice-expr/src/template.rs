@@ -247,7 +247,7 @@ pub enum TemplateValue {
     /// A subtree without any template.
     Const(Value),
     /// A templated string.
-    Template(Box<Template>),
+    Template(std::sync::Arc<Template>),
     /// An array with at least one templated element.
     Array(Vec<TemplateValue>),
     /// An object with at least one templated value (keys are never templated).
@@ -451,7 +451,7 @@ fn compile_at(
 ) -> TemplateValue {
     match v {
         Value::String(s) => match Template::compile(s, vars) {
-            Ok(Some(t)) => TemplateValue::Template(Box::new(t)),
+            Ok(Some(t)) => TemplateValue::Template(std::sync::Arc::new(t)),
             Ok(None) => TemplateValue::Const(v.clone()),
             Err(error) => {
                 errors.push(LocatedTemplateError {

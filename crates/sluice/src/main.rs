@@ -142,8 +142,17 @@ const INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The server uses every core; one-shot commands need one thread.
-    let runtime = if matches!(cli.command, Command::Serve { .. }) {
+    // The server uses every core, and so does an import (its records run
+    // beside the writer); other one-shot commands need one thread.
+    let many = matches!(
+        cli.command,
+        Command::Serve { .. }
+            | Command::Run {
+                records: Some(_),
+                ..
+            }
+    );
+    let runtime = if many {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
