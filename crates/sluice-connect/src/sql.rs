@@ -505,8 +505,11 @@ impl Db {
             (Backend::Postgres, Some(t))
                 if !t.is_empty() && !matches!(t.as_str(), "text" | "varchar") =>
             {
-                use std::fmt::Write;
-                let _ = write!(out, "CAST(CAST(${n} AS TEXT) AS {})", pg_cast_type(t));
+                out.push_str("CAST(CAST(");
+                self.backend.push_placeholder(out, n);
+                out.push_str(" AS TEXT) AS ");
+                push_pg_cast_type(out, t);
+                out.push(')');
             }
             _ => self.backend.push_placeholder(out, n),
         }
@@ -548,11 +551,14 @@ fn text_type(b: Backend) -> &'static str {
     }
 }
 
-/// PostgreSQL types used as cast targets (array types start with `_`).
-fn pg_cast_type(udt: &str) -> String {
+/// A PostgreSQL type as a cast target (array types start with `_`).
+fn push_pg_cast_type(out: &mut String, udt: &str) {
     match udt.strip_prefix('_') {
-        Some(elem) => format!("{elem}[]"),
-        None => udt.to_owned(),
+        Some(elem) => {
+            out.push_str(elem);
+            out.push_str("[]");
+        }
+        None => out.push_str(udt),
     }
 }
 

@@ -438,10 +438,23 @@ impl Batch {
                     })?;
                     props.to_mut().insert(k.clone(), id);
                 }
-                let t = db
-                    .check_fields(&p.collection, props.keys().chain(p.criteria.keys()))
-                    .await
-                    .map_err(|e| fail(which(it), e))?;
+                // Patches at one position mostly have the same fields as
+                // the one before: checked once for all of them.
+                let before = prepared.len().checked_sub(1);
+                let same = before.and_then(|b| prepared.get(b).zip(items.get(b)));
+                let t = match same {
+                    Some(((before, t), b))
+                        if b.patch.collection == p.collection
+                            && before.keys().eq(props.keys())
+                            && b.patch.criteria.keys().eq(p.criteria.keys()) =>
+                    {
+                        t.clone()
+                    }
+                    _ => db
+                        .check_fields(&p.collection, props.keys().chain(p.criteria.keys()))
+                        .await
+                        .map_err(|e| fail(which(it), e))?,
+                };
                 prepared.push((props, t));
             }
             let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(items.len());
