@@ -390,6 +390,25 @@ impl Db {
         }
     }
 
+    /// Begin a transaction that will write. SQLite takes its write lock at
+    /// once (`BEGIN IMMEDIATE`), waiting for another writer up to the busy
+    /// timeout: a transaction that reads first and writes later fails at
+    /// once ("database is locked") when another connection wrote meanwhile,
+    /// such as an after-hook's flow writing to the same file.
+    pub async fn begin_write(self: &Arc<Self>) -> Result<Tx, ActionError> {
+        match &self.pool {
+            Pool::Sqlite(p) => Ok(Tx {
+                db: self.clone(),
+                conn: TxConn::Sqlite(
+                    p.begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err(|e| self.err(e))?,
+                ),
+            }),
+            _ => self.begin().await,
+        }
+    }
+
     /// Begin a transaction on one connection; dropping it rolls back.
     pub async fn begin(self: &Arc<Self>) -> Result<Tx, ActionError> {
         let conn = match &self.pool {
@@ -1518,7 +1537,7 @@ async fn single_change(
             props = c.payload;
         }
     }
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let criteria = target.criteria(&mut tx, &db).await?;
     let planned = plan_in(&mut tx, &db, name, &t, op, &criteria, props).await?;
     let (out, change) = apply_in(&mut tx, &db, name, &t, planned).await?;
@@ -2230,7 +2249,7 @@ async fn write_envelope(cx: ActionCx<'_>, o: EnvelopeOptions) -> Result<Outcome,
         tokens: global.clone(),
         changes: Vec::new(),
     };
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let mut results = Vec::new();
     for i in 0..count {
         // Each patch is templated just before it is written, so that it
