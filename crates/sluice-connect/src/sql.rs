@@ -2263,9 +2263,7 @@ async fn write_envelope(cx: ActionCx<'_>, o: EnvelopeOptions) -> Result<Outcome,
                 let v = t
                     .render_item(i, input, &scope, cx.limits)?
                     .unwrap_or(Value::Null);
-                Patch::from_json(v).map_err(|e| {
-                    ActionError::data(format!("patch {}: after templating: {e}", i + 1))
-                })?
+                templated(i, v)?
             }
             None => o.patches[i].clone(),
         };
@@ -2294,6 +2292,12 @@ async fn write_envelope(cx: ActionCx<'_>, o: EnvelopeOptions) -> Result<Outcome,
         outcome.logs = h.after(written.changes).await;
     }
     Ok(outcome)
+}
+
+/// Patch `i` (from 0) of an envelope, from its templated value.
+fn templated(i: usize, v: Value) -> Result<Patch, ActionError> {
+    Patch::from_json(v)
+        .map_err(|e| ActionError::data(format!("patch {}: after templating: {e}", i + 1)))
 }
 
 /// How many patches an envelope has: its compiled template's (a step of a

@@ -32,7 +32,7 @@
 
 use super::{
     Backend, Db, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in, delete_in, id_text,
-    new_id, write_in,
+    new_id, templated, write_in,
 };
 use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
@@ -92,12 +92,6 @@ enum Pending {
     /// Templating failed: the envelope fails at this patch, the patches
     /// before it written and rolled back, as if templated when written.
     Failed(ActionError),
-}
-
-/// Patch `i` (from 0) of an envelope, from its templated value.
-fn templated(i: usize, v: Value) -> Result<Patch, ActionError> {
-    Patch::from_json(v)
-        .map_err(|e| ActionError::data(format!("patch {}: after templating: {e}", i + 1)))
 }
 
 /// A patch templated before any is written.
@@ -234,16 +228,17 @@ impl Batch {
                         Ok(None) => ready(i, Value::Null),
                         Ok(Some(TemplateValue::Const(v))) => ready(i, v),
                         Ok(Some(later)) => {
-                            for t in later.templates() {
-                                for p in t.programs() {
-                                    for n in p.vars() {
-                                        if n != "tokens"
-                                            && !scope.0.contains_key(n)
-                                            && let Some(v) = cx.scope.get(n)
-                                        {
-                                            scope.0.insert(n.clone(), v);
-                                        }
-                                    }
+                            let templates = later.templates();
+                            let names = templates
+                                .iter()
+                                .flat_map(|t| t.programs())
+                                .flat_map(|p| p.vars());
+                            for n in names {
+                                if n != "tokens"
+                                    && !scope.0.contains_key(n)
+                                    && let Some(v) = cx.scope.get(n)
+                                {
+                                    scope.0.insert(n.clone(), v);
                                 }
                             }
                             Pending::Later(later)
