@@ -30,8 +30,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Instant;
+use tokio::sync::Notify;
 
 /// Step types that write outside an envelope.
 const WRITERS: &[&str] = &[
@@ -428,11 +430,19 @@ struct Chunk {
     /// Records whose run was started (the first `started` ones).
     started: usize,
     runs: FuturesUnordered<RecordRun>,
+    going: Arc<Going>,
 }
 
-/// Records started in a row before the runs of the chunk being written get
-/// their turn (see [`Runs::prepare`]).
-const PREPARE_STEP: usize = 8;
+/// What a chunk's records task tells the writer.
+struct Going {
+    /// Runs of the chunk that have not ended, those not started yet included.
+    left: AtomicUsize,
+    /// Woken when every run still going may wait for its envelope.
+    all_wait: Notify,
+}
+
+/// Records started in a row before the records task lets other tasks run.
+const START_STEP: usize = 8;
 
 /// Read the next chunk of records.
 fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, ImportError> {
@@ -446,7 +456,8 @@ fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, Im
     if raws.is_empty() {
         return Ok(None);
     }
-    let values = raws.iter().map(|r| records.value(r)).collect();
+    let values: Vec<_> = raws.iter().map(|r| records.value(r)).collect();
+    let left = values.iter().filter(|v| v.is_ok()).count();
     Ok(Some(Chunk {
         id,
         results: vec![None; raws.len()],
@@ -454,6 +465,10 @@ fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, Im
         values,
         started: 0,
         runs: FuturesUnordered::new(),
+        going: Arc::new(Going {
+            left: AtomicUsize::new(left),
+            all_wait: Notify::new(),
+        }),
     }))
 }
 
@@ -464,15 +479,34 @@ impl Chunk {
     }
 
     fn ended(&mut self, (k, v, r): Ended) -> Result<(), ImportError> {
+        self.going.left.fetch_sub(1, Ordering::AcqRel);
         self.values[k] = Ok(v);
         self.results[k] = Some(r?);
         Ok(())
     }
 }
 
-/// What the records' runs share. The next chunk's records run up to their
-/// envelopes in a task of their own (on another thread when the runtime has
-/// several) while the writer writes the chunk before.
+/// A chunk whose records run in a task of their own.
+struct Running {
+    id: u64,
+    before: u64,
+    going: Arc<Going>,
+    /// The records task; aborted when the import stops without it.
+    task: AbortOnDrop<(Chunk, Result<(), ImportError>)>,
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the records' runs share. Each chunk's records run in a task of
+/// their own (on the runtime's worker threads when it has several), up to
+/// their envelopes and, once those are written, to their end; the writer
+/// only writes.
 struct Runs<S: Store> {
     engine: Engine<S>,
     flow: Flow,
@@ -524,18 +558,35 @@ impl<S: Store> Runs<S> {
     }
 
     /// Whether every run of the chunk still going waits for its envelope.
-    fn all_wait(&self, chunk: &Chunk) -> bool {
-        self.batch
-            .as_ref()
-            .is_some_and(|b| b.waiting(chunk.id) == chunk.runs.len())
+    fn all_wait(&self, id: u64, going: &Going) -> bool {
+        let left = going.left.load(Ordering::Acquire);
+        left > 0 && self.batch.as_ref().is_some_and(|b| b.waiting(id) == left)
     }
 
-    /// Run the chunk's records up to their envelopes, a few at a time, so
-    /// that the chunk being written gets its turn whenever the database
-    /// answers. Never writes.
-    async fn prepare(self: &Arc<Self>, chunk: &mut Chunk) -> Result<(), ImportError> {
+    /// Run the chunk's records in a task of their own.
+    fn spawn(self: &Arc<Self>, mut chunk: Chunk) -> Running {
+        let (id, before, going) = (chunk.id, chunk.before(), chunk.going.clone());
+        let shared = self.clone();
+        let task = tokio::spawn(async move {
+            let r = shared.run(&mut chunk).await;
+            (chunk, r)
+        });
+        Running {
+            id,
+            before,
+            going,
+            task: AbortOnDrop(task),
+        }
+    }
+
+    /// Run the chunk's records to their end. Whenever every run still going
+    /// waits for its envelope, the writer is told (it writes them, and they
+    /// go on). A run waits only in its envelope, and the count of runs left
+    /// and of envelopes waiting change only while this task polls the runs:
+    /// it sees every moment when all wait.
+    async fn run(self: &Arc<Self>, chunk: &mut Chunk) -> Result<(), ImportError> {
         while chunk.started < chunk.raws.len() {
-            for _ in 0..PREPARE_STEP {
+            for _ in 0..START_STEP {
                 if chunk.started < chunk.raws.len() {
                     self.start(chunk);
                 }
@@ -557,41 +608,45 @@ impl<S: Store> Runs<S> {
                         }
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending if self.all_wait(chunk) => return Poll::Ready(Ok(())),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if self.all_wait(chunk.id, &chunk.going) {
+                            chunk.going.all_wait.notify_one();
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
         })
         .await
     }
 
-    /// Run the chunk's records to their end, writing their envelopes
-    /// whenever every run still going waits for one.
-    async fn finish(self: &Arc<Self>, chunk: &mut Chunk) -> Result<(), ImportError> {
-        while chunk.started < chunk.raws.len() {
-            self.start(chunk);
-        }
-        enum Ev {
-            Ended(Box<Ended>),
-            Flush,
-            End,
-        }
+    /// Write the chunk's envelopes whenever every run still going waits
+    /// for one, until its records task has run them all to their end.
+    async fn write(&self, running: Running) -> Result<Chunk, ImportError> {
+        let Running {
+            id,
+            before,
+            going,
+            mut task,
+        } = running;
         loop {
-            let ev = std::future::poll_fn(|cx| match chunk.runs.poll_next_unpin(cx) {
-                Poll::Ready(Some(ended)) => Poll::Ready(Ev::Ended(Box::new(ended))),
-                Poll::Ready(None) => Poll::Ready(Ev::End),
-                Poll::Pending if self.all_wait(chunk) => Poll::Ready(Ev::Flush),
-                Poll::Pending => Poll::Pending,
-            })
-            .await;
-            match ev {
-                Ev::Ended(ended) => chunk.ended(*ended)?,
-                Ev::End => return Ok(()),
-                Ev::Flush => {
-                    if let Some(b) = &self.batch {
-                        b.flush(&self.engine.limits, chunk.id)
+            tokio::select! {
+                biased;
+                done = &mut task.0 => {
+                    let (chunk, r) = done.map_err(|e| {
+                        ImportError::Bug(format!("the records of a chunk stopped: {e}"))
+                    })?;
+                    r?;
+                    return Ok(chunk);
+                }
+                () = going.all_wait.notified() => {
+                    // A wake-up may be stale: the runs may have gone on since.
+                    if let Some(b) = &self.batch
+                        && self.all_wait(id, &going)
+                    {
+                        b.flush(&self.engine.limits, id)
                             .await
-                            .map_err(|e| ImportError::Database(e, chunk.before()))?;
+                            .map_err(|e| ImportError::Database(e, before))?;
                     }
                 }
             }
@@ -791,44 +846,23 @@ impl<S: Store> Engine<S> {
             batch: batch.clone(),
             accountability,
         });
-        // Two chunks are in flight: while one is written to the database,
-        // the next one's records run up to their envelopes in a task of
-        // their own (on a runtime of several threads, beside the writer). A
-        // chunk is committed before the next one writes.
-        let mut current = fill(&mut records, chunk_size, 0)?;
-        while let Some(mut chunk) = current.take() {
-            let next = fill(&mut records, chunk_size, chunk.id + 1)?;
-            let written = async {
-                runs.finish(&mut chunk).await?;
-                runs.report(&chunk, &mut tally, &mut report, &report_path)?;
-                if let Some(b) = &batch {
-                    b.commit_chunk(&key, tally.done, false)
-                        .await
-                        .map_err(|e| ImportError::Database(e, chunk.before()))?;
-                }
-                progress(tally.done, total);
-                Ok::<_, ImportError>(())
-            };
-            current = match next {
-                Some(mut n) => {
-                    let shared = runs.clone();
-                    let prepared = tokio::spawn(async move {
-                        let r = shared.prepare(&mut n).await;
-                        (n, r)
-                    });
-                    let (w, p) = futures_util::future::join(written, prepared).await;
-                    let (n, r) = p.map_err(|e| {
-                        ImportError::Bug(format!("the records of a chunk stopped: {e}"))
-                    })?;
-                    w?;
-                    r?;
-                    Some(n)
-                }
-                None => {
-                    written.await?;
-                    None
-                }
-            };
+        // Two chunks are in flight: while one is written to the database
+        // (and its records, once written, run to their end), the next one's
+        // records run up to their envelopes. Records run in tasks of their
+        // own, on the runtime's worker threads when it has several; this
+        // task only writes. A chunk is committed before the next one writes.
+        let mut current = fill(&mut records, chunk_size, 0)?.map(|c| runs.spawn(c));
+        while let Some(running) = current.take() {
+            let next = fill(&mut records, chunk_size, running.id + 1)?;
+            current = next.map(|c| runs.spawn(c));
+            let chunk = runs.write(running).await?;
+            runs.report(&chunk, &mut tally, &mut report, &report_path)?;
+            if let Some(b) = &batch {
+                b.commit_chunk(&key, tally.done, false)
+                    .await
+                    .map_err(|e| ImportError::Database(e, chunk.before()))?;
+            }
+            progress(tally.done, total);
         }
         let Tally {
             done,
