@@ -241,7 +241,7 @@ macro_rules! bind_all {
                     Some(i) => q.bind(i),
                     None => q.bind(n.as_f64().unwrap_or(f64::NAN)),
                 },
-                Value::String(s) => q.bind(s.clone()),
+                Value::String(s) => q.bind(s.as_str()),
                 other => q.bind(other.to_string()),
             };
         }
@@ -303,6 +303,30 @@ impl Tx {
             Fetched::Affected(_) => Vec::new(),
         };
         Ok(numbers_again(rows, &table.cols))
+    }
+
+    /// PostgreSQL: run `sql` with text arrays as its parameters and read
+    /// the rows it returns. `None` on another database.
+    async fn pg_rows_of_arrays(
+        &mut self,
+        sql: String,
+        arrays: &[Vec<Option<&str>>],
+        table: &Table,
+    ) -> Option<Result<Vec<Map<String, Value>>, ActionError>> {
+        let TxConn::Postgres(t) = &mut self.conn else {
+            return None;
+        };
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for a in arrays {
+            q = q.bind(a);
+        }
+        Some(
+            match q.fetch_all(&mut **t).await {
+                Ok(rows) => rows.iter().map(decode_pg).collect::<Result<Vec<_>, _>>(),
+                Err(e) => Err(self.db.err(e)),
+            }
+            .map(|rows| numbers_again(rows, &table.cols)),
+        )
     }
 
     /// Run a statement without parameters or results (savepoints).

@@ -715,6 +715,12 @@ async fn create_many(
         return Err(unmatched());
     };
     let keys: Vec<&String> = first.keys().collect();
+    if db.backend == Backend::Postgres
+        && let Some(rows) = create_many_pg(tx, db, name, t, props, &keys).await
+    {
+        let rows = rows?;
+        return match_rows(props, pk, given, rows);
+    }
     let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
     let per = (MAX_PARAMS / keys.len()).max(1);
     let mut out = Vec::with_capacity(props.len());
@@ -740,32 +746,131 @@ async fn create_many(
             db.select_list(&t.cols)
         );
         let rows = tx.rows(&Stmt { sql, params }, t).await?;
-        if rows.len() != chunk.len() {
-            return Err(unmatched());
-        }
-        if given {
-            let mut by: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-            for r in rows {
-                let id = id_text(r.get(pk).unwrap_or(&Value::Null));
-                by.insert(id, r);
-            }
-            for p in chunk {
-                let id = id_text(p.get(pk).unwrap_or(&Value::Null));
-                out.push(by.remove(&id).ok_or_else(unmatched)?);
-            }
-        } else {
-            let mut keyed = rows
-                .into_iter()
-                .map(|r| {
-                    r.get(pk)
-                        .and_then(Value::as_i64)
-                        .map(|id| (id, r))
-                        .ok_or_else(unmatched)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            keyed.sort_by_key(|(id, _)| *id);
-            out.extend(keyed.into_iter().map(|(_, r)| r));
-        }
+        out.extend(match_rows(chunk, pk, given, rows)?);
     }
     Ok(out)
+}
+
+/// The rows a multi-row insert of `props` returned, in the order of `props`:
+/// matched by the key given (`given`), or else by the generated integer
+/// key, assigned in increasing order.
+fn match_rows(
+    props: &[&Map<String, Value>],
+    pk: &str,
+    given: bool,
+    rows: Vec<Map<String, Value>>,
+) -> Result<Vec<Map<String, Value>>, ActionError> {
+    if rows.len() != props.len() {
+        return Err(unmatched());
+    }
+    if given {
+        let mut by: HashMap<String, Map<String, Value>> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id = id_text(r.get(pk).unwrap_or(&Value::Null));
+            by.insert(id, r);
+        }
+        props
+            .iter()
+            .map(|p| {
+                let id = id_text(p.get(pk).unwrap_or(&Value::Null));
+                by.remove(&id).ok_or_else(unmatched)
+            })
+            .collect()
+    } else {
+        let mut keyed = rows
+            .into_iter()
+            .map(|r| {
+                r.get(pk)
+                    .and_then(Value::as_i64)
+                    .map(|id| (id, r))
+                    .ok_or_else(unmatched)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        keyed.sort_by_key(|(id, _)| *id);
+        Ok(keyed.into_iter().map(|(_, r)| r).collect())
+    }
+}
+
+/// PostgreSQL: create objects that have the same fields in one statement,
+/// `INSERT ... SELECT ... FROM unnest(...)` of one text array per field,
+/// each cast to its column's type as [`Db::param`] does. Its text is the
+/// same for any number of rows, so it is prepared once per connection.
+/// `None` when a column's type is not known.
+async fn create_many_pg(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    props: &[&Map<String, Value>],
+    keys: &[&String],
+) -> Option<Result<Vec<Map<String, Value>>, ActionError>> {
+    let types = keys
+        .iter()
+        .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
+        .collect::<Option<Vec<_>>>()?;
+    // Values that are not text, as PostgreSQL reads them from text.
+    let mut texts = Vec::new();
+    for p in props {
+        for k in keys {
+            match p.get(*k) {
+                None | Some(Value::Null | Value::String(_)) => {}
+                Some(v) => texts.push(v.to_string()),
+            }
+        }
+    }
+    let mut texts = texts.iter();
+    let mut arrays: Vec<Vec<Option<&str>>> = keys
+        .iter()
+        .map(|_| Vec::with_capacity(props.len()))
+        .collect();
+    for p in props {
+        for (k, a) in keys.iter().zip(&mut arrays) {
+            a.push(match p.get(*k) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.as_str()),
+                Some(_) => texts.next().map(String::as_str),
+            });
+        }
+    }
+    let mut sql = String::with_capacity(128 + keys.len() * 48);
+    sql.push_str("INSERT INTO ");
+    sql.push_str(&db.backend.quote(name));
+    sql.push_str(" (");
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&db.backend.quote(k));
+    }
+    sql.push_str(") SELECT ");
+    for (i, ty) in types.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        // As in `Db::push_param`: text and varchar columns take text as it is.
+        if matches!(ty.as_str(), "text" | "varchar") {
+            sql.push_str(&format!("c{i}"));
+        } else {
+            sql.push_str(&format!("CAST(c{i} AS "));
+            super::push_pg_cast_type(&mut sql, ty);
+            sql.push(')');
+        }
+    }
+    sql.push_str(" FROM unnest(");
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}::text[]", i + 1));
+    }
+    sql.push_str(") AS u(");
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("c{i}"));
+    }
+    sql.push_str(") RETURNING ");
+    sql.push_str(&db.select_list(&t.cols));
+    tx.pg_rows_of_arrays(sql, &arrays, t).await
 }
