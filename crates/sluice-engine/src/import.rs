@@ -30,8 +30,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Notify;
 
@@ -415,10 +415,7 @@ struct Tally {
 /// A record's run that ended: its index in the chunk, the record, how the run ended.
 type Ended = (usize, Value, Result<crate::RunResult, EngineError>);
 
-/// The run of one record.
-type RecordRun = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send>>;
-
-/// A chunk of records (one transaction) and their runs.
+/// A chunk of records (one transaction).
 struct Chunk {
     /// The chunk's number in this import, from 0.
     id: u64,
@@ -427,22 +424,7 @@ struct Chunk {
     /// Each record as JSON (taken by its run while it runs), or why it is not.
     values: Vec<Result<Value, String>>,
     results: Vec<Option<crate::RunResult>>,
-    /// Records whose run was started (the first `started` ones).
-    started: usize,
-    runs: FuturesUnordered<RecordRun>,
-    going: Arc<Going>,
 }
-
-/// What a chunk's records task tells the writer.
-struct Going {
-    /// Runs of the chunk that have not ended, those not started yet included.
-    left: AtomicUsize,
-    /// Woken when every run still going may wait for its envelope.
-    all_wait: Notify,
-}
-
-/// Records started in a row before the records task lets other tasks run.
-const START_STEP: usize = 8;
 
 /// Read the next chunk of records.
 fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, ImportError> {
@@ -456,19 +438,12 @@ fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, Im
     if raws.is_empty() {
         return Ok(None);
     }
-    let values: Vec<_> = raws.iter().map(|r| records.value(r)).collect();
-    let left = values.iter().filter(|v| v.is_ok()).count();
+    let values = raws.iter().map(|r| records.value(r)).collect();
     Ok(Some(Chunk {
         id,
         results: vec![None; raws.len()],
         raws,
         values,
-        started: 0,
-        runs: FuturesUnordered::new(),
-        going: Arc::new(Going {
-            left: AtomicUsize::new(left),
-            all_wait: Notify::new(),
-        }),
     }))
 }
 
@@ -479,34 +454,56 @@ impl Chunk {
     }
 
     fn ended(&mut self, (k, v, r): Ended) -> Result<(), ImportError> {
-        self.going.left.fetch_sub(1, Ordering::AcqRel);
         self.values[k] = Ok(v);
         self.results[k] = Some(r?);
         Ok(())
     }
 }
 
-/// A chunk whose records run in a task of their own.
-struct Running {
-    id: u64,
-    before: u64,
-    going: Arc<Going>,
-    /// The records task; aborted when the import stops without it.
-    task: AbortOnDrop<(Chunk, Result<(), ImportError>)>,
+/// A task's handle that aborts the task when dropped (when the import
+/// stops without waiting for it).
+struct Abort<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for Abort<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
 }
 
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
+impl<T> Drop for Abort<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-/// What the records' runs share. Each chunk's records run in a task of
-/// their own (on the runtime's worker threads when it has several), up to
-/// their envelopes and, once those are written, to their end; the writer
-/// only writes.
+fn stopped(e: tokio::task::JoinError) -> ImportError {
+    ImportError::Bug(format!("the run of a record stopped: {e}"))
+}
+
+/// Wait until `n` (if any) is told.
+async fn told(n: Option<&Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A chunk whose records run.
+struct Running {
+    chunk: Chunk,
+    /// Told whenever every run of the chunk still going waits for its
+    /// envelope (when the flow has envelopes).
+    all_wait: Option<Arc<Notify>>,
+    /// The tasks running the records, a share each.
+    groups: Vec<Abort<Vec<Ended>>>,
+}
+
+/// What the records' runs share. A chunk's records run in as many tasks as
+/// the runtime has worker threads, a share each, up to their envelopes and,
+/// once those are written, to their end; the writer only writes. (A task per
+/// record costs more: the writer would wake hundreds of tasks per write.)
 struct Runs<S: Store> {
     engine: Engine<S>,
     flow: Flow,
@@ -515,134 +512,112 @@ struct Runs<S: Store> {
 }
 
 impl<S: Store> Runs<S> {
-    /// Start the run of the chunk's next record (a record that is not JSON has none).
-    fn start(self: &Arc<Self>, chunk: &mut Chunk) {
-        let k = chunk.started;
-        chunk.started += 1;
-        let Some(Ok(v)) = chunk.values.get_mut(k) else {
-            return;
-        };
-        let v = std::mem::take(v);
-        let (record, chunk_id) = (chunk.raws[k].number, chunk.id);
-        let shared = self.clone();
-        chunk.runs.push(Box::pin(async move {
-            let in_batch = shared.batch.as_deref().map(|b| InBatch {
-                batch: b,
-                record,
-                chunk: chunk_id,
-            });
-            // The record is the run's `$trigger` and its first state data.
-            let trigger = Arc::new(v);
-            let state = (*trigger).clone();
-            let fo = FlowObject::new(trigger.clone(), &shared.accountability);
-            let mode = Mode {
-                recorded: false,
-                batch: in_batch,
-            };
-            let r = shared
-                .engine
-                .drive(
-                    &shared.flow,
-                    crate::Cursor::new(String::new()),
-                    fo,
-                    state,
-                    0,
-                    0,
-                    mode,
-                )
-                .await;
-            // The run is over, and with it its flow object.
-            let v = Arc::try_unwrap(trigger).unwrap_or_else(|t| (*t).clone());
-            (k, v, r)
-        }));
-    }
-
-    /// Whether every run of the chunk still going waits for its envelope.
-    fn all_wait(&self, id: u64, going: &Going) -> bool {
-        let left = going.left.load(Ordering::Acquire);
-        left > 0 && self.batch.as_ref().is_some_and(|b| b.waiting(id) == left)
-    }
-
-    /// Run the chunk's records in a task of their own.
-    fn spawn(self: &Arc<Self>, mut chunk: Chunk) -> Running {
-        let (id, before, going) = (chunk.id, chunk.before(), chunk.going.clone());
-        let shared = self.clone();
-        let task = tokio::spawn(async move {
-            let r = shared.run(&mut chunk).await;
-            (chunk, r)
+    /// The run of record `record` (chunk `chunk_id`, index `k` there).
+    async fn run(self: Arc<Self>, k: usize, record: u64, chunk_id: u64, v: Value) -> Ended {
+        let in_batch = self.batch.as_deref().map(|b| InBatch {
+            batch: b,
+            record,
+            chunk: chunk_id,
         });
-        Running {
-            id,
-            before,
-            going,
-            task: AbortOnDrop(task),
+        // The record is the run's `$trigger` and its first state data.
+        let trigger = Arc::new(v);
+        let state = (*trigger).clone();
+        let fo = FlowObject::new(trigger.clone(), &self.accountability);
+        let mode = Mode {
+            recorded: false,
+            batch: in_batch,
+        };
+        let r = self
+            .engine
+            .drive(
+                &self.flow,
+                crate::Cursor::new(String::new()),
+                fo,
+                state,
+                0,
+                0,
+                mode,
+            )
+            .await;
+        if let Some(b) = &self.batch {
+            b.ended(chunk_id);
         }
+        // The run is over, and with it its flow object.
+        let v = Arc::try_unwrap(trigger).unwrap_or_else(|t| (*t).clone());
+        (k, v, r)
     }
 
-    /// Run the chunk's records to their end. Whenever every run still going
-    /// waits for its envelope, the writer is told (it writes them, and they
-    /// go on). A run waits only in its envelope, and the count of runs left
-    /// and of envelopes waiting change only while this task polls the runs:
-    /// it sees every moment when all wait.
-    async fn run(self: &Arc<Self>, chunk: &mut Chunk) -> Result<(), ImportError> {
-        while chunk.started < chunk.raws.len() {
-            for _ in 0..START_STEP {
-                if chunk.started < chunk.raws.len() {
-                    self.start(chunk);
-                }
+    /// Start the runs of the chunk's records (a record that is not JSON has none).
+    fn start(self: &Arc<Self>, mut chunk: Chunk) -> Result<Running, ImportError> {
+        let mut runs = Vec::with_capacity(chunk.values.len());
+        for (k, v) in chunk.values.iter_mut().enumerate() {
+            if let Ok(v) = v {
+                runs.push((k, chunk.raws[k].number, std::mem::take(v)));
             }
-            // What is ready runs now; the rest wakes this task later.
-            while let Poll::Ready(Some(ended)) =
-                std::future::poll_fn(|cx| Poll::Ready(chunk.runs.poll_next_unpin(cx))).await
-            {
-                chunk.ended(ended)?;
-            }
-            tokio::task::yield_now().await;
         }
-        std::future::poll_fn(|cx| {
-            loop {
-                match chunk.runs.poll_next_unpin(cx) {
-                    Poll::Ready(Some(ended)) => {
-                        if let Err(e) = chunk.ended(ended) {
-                            return Poll::Ready(Err(e));
-                        }
-                    }
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending => {
-                        if self.all_wait(chunk.id, &chunk.going) {
-                            chunk.going.all_wait.notify_one();
-                        }
-                        return Poll::Pending;
-                    }
-                }
+        let all_wait = match &self.batch {
+            Some(b) => Some(
+                b.expect(chunk.id, runs.len())
+                    .map_err(|e| ImportError::Database(e, chunk.before()))?,
+            ),
+            None => None,
+        };
+        let tasks = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+        let share = runs.len().div_ceil(tasks).max(1);
+        let mut groups = Vec::with_capacity(tasks);
+        let mut runs = runs.into_iter();
+        loop {
+            let group: Vec<_> = runs.by_ref().take(share).collect();
+            if group.is_empty() {
+                break;
             }
+            let (shared, id) = (self.clone(), chunk.id);
+            groups.push(Abort(tokio::spawn(async move {
+                let mut going: FuturesUnordered<_> = group
+                    .into_iter()
+                    .map(|(k, record, v)| shared.clone().run(k, record, id, v))
+                    .collect();
+                let mut ended = Vec::with_capacity(going.len());
+                while let Some(e) = going.next().await {
+                    ended.push(e);
+                }
+                ended
+            })));
+        }
+        Ok(Running {
+            chunk,
+            all_wait,
+            groups,
         })
-        .await
     }
 
     /// Write the chunk's envelopes whenever every run still going waits
-    /// for one, until its records task has run them all to their end.
+    /// for one, until every run has ended.
     async fn write(&self, running: Running) -> Result<Chunk, ImportError> {
         let Running {
-            id,
-            before,
-            going,
-            mut task,
+            mut chunk,
+            all_wait,
+            groups,
         } = running;
+        let mut runs: FuturesUnordered<_> = groups.into_iter().collect();
+        let (id, before) = (chunk.id, chunk.before());
+        let mut notified = std::pin::pin!(told(all_wait.as_deref()));
         loop {
             tokio::select! {
                 biased;
-                done = &mut task.0 => {
-                    let (chunk, r) = done.map_err(|e| {
-                        ImportError::Bug(format!("the records of a chunk stopped: {e}"))
-                    })?;
-                    r?;
-                    return Ok(chunk);
-                }
-                () = going.all_wait.notified() => {
+                group = runs.next() => match group {
+                    Some(group) => {
+                        for ended in group.map_err(stopped)? {
+                            chunk.ended(ended)?;
+                        }
+                    }
+                    None => break,
+                },
+                () = &mut notified => {
+                    notified.set(told(all_wait.as_deref()));
                     // A wake-up may be stale: the runs may have gone on since.
                     if let Some(b) = &self.batch
-                        && self.all_wait(id, &going)
+                        && b.all_wait(id)
                     {
                         b.flush(&self.engine.limits, id)
                             .await
@@ -651,6 +626,10 @@ impl<S: Store> Runs<S> {
                 }
             }
         }
+        if let Some(b) = &self.batch {
+            b.forget(id);
+        }
+        Ok(chunk)
     }
 
     /// Write the failure report's lines of the chunk's failed records, on
@@ -851,10 +830,12 @@ impl<S: Store> Engine<S> {
         // records run up to their envelopes. Records run in tasks of their
         // own, on the runtime's worker threads when it has several; this
         // task only writes. A chunk is committed before the next one writes.
-        let mut current = fill(&mut records, chunk_size, 0)?.map(|c| runs.spawn(c));
+        let mut current = fill(&mut records, chunk_size, 0)?
+            .map(|c| runs.start(c))
+            .transpose()?;
         while let Some(running) = current.take() {
-            let next = fill(&mut records, chunk_size, running.id + 1)?;
-            current = next.map(|c| runs.spawn(c));
+            let next = fill(&mut records, chunk_size, running.chunk.id + 1)?;
+            current = next.map(|c| runs.start(c)).transpose()?;
             let chunk = runs.write(running).await?;
             runs.report(&chunk, &mut tally, &mut report, &report_path)?;
             if let Some(b) = &batch {

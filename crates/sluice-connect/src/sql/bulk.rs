@@ -40,7 +40,7 @@ use sluice_expr::{Limits, MapScope, Template, TemplateValue, Val};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// At most this many bound values in one statement (SQLite allows 32766).
 const MAX_PARAMS: usize = 30_000;
@@ -49,8 +49,8 @@ const MAX_PARAMS: usize = 30_000;
 pub struct Batch {
     connection: String,
     db: Arc<Db>,
-    /// The envelopes waiting to be written, by chunk.
-    waiting: Mutex<BTreeMap<u64, Vec<Waiting>>>,
+    /// The runs of each chunk and the envelopes waiting to be written.
+    chunks: Mutex<BTreeMap<u64, ChunkRuns>>,
     tx: tokio::sync::Mutex<Option<Tx>>,
     /// The patch that failed, per record.
     failed_patches: Mutex<HashMap<u64, String>>,
@@ -65,6 +65,28 @@ pub struct InBatch<'a> {
     pub record: u64,
     /// The record's chunk.
     pub chunk: u64,
+}
+
+/// The runs of one chunk.
+struct ChunkRuns {
+    /// Runs that have not ended (those not started yet included).
+    left: usize,
+    /// Their envelopes waiting to be written.
+    waiting: Vec<Waiting>,
+    /// Told whenever every run left waits for its envelope.
+    all_wait: Arc<Notify>,
+}
+
+impl ChunkRuns {
+    fn all_wait(&self) -> bool {
+        self.left > 0 && self.waiting.len() == self.left
+    }
+
+    fn tell(&self) {
+        if self.all_wait() {
+            self.all_wait.notify_one();
+        }
+    }
 }
 
 /// An envelope waiting to be written.
@@ -169,7 +191,7 @@ impl Batch {
         Ok(Self {
             connection: connection.to_owned(),
             db,
-            waiting: Mutex::new(BTreeMap::new()),
+            chunks: Mutex::new(BTreeMap::new()),
             tx: tokio::sync::Mutex::new(None),
             failed_patches: Mutex::new(HashMap::new()),
         })
@@ -180,12 +202,49 @@ impl Batch {
         &self.connection
     }
 
-    /// How many envelopes of chunk `chunk` wait to be written.
-    pub fn waiting(&self, chunk: u64) -> usize {
-        self.waiting
+    fn chunks(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<u64, ChunkRuns>>, ActionError> {
+        self.chunks
             .lock()
-            .map(|w| w.get(&chunk).map_or(0, Vec::len))
-            .unwrap_or(0)
+            .map_err(|_| ActionError::external("the import's batch is poisoned"))
+    }
+
+    /// Chunk `chunk` has `runs` record runs (to be started): the
+    /// [`Notify`] returned is told whenever every one of them that has not
+    /// ended waits for its envelope to be written ([`Batch::flush`]).
+    pub fn expect(&self, chunk: u64, runs: usize) -> Result<Arc<Notify>, ActionError> {
+        let all_wait = Arc::new(Notify::new());
+        self.chunks()?.insert(
+            chunk,
+            ChunkRuns {
+                left: runs,
+                waiting: Vec::new(),
+                all_wait: all_wait.clone(),
+            },
+        );
+        Ok(all_wait)
+    }
+
+    /// A run of chunk `chunk` ended.
+    pub fn ended(&self, chunk: u64) {
+        if let Ok(mut m) = self.chunks()
+            && let Some(c) = m.get_mut(&chunk)
+        {
+            c.left = c.left.saturating_sub(1);
+            c.tell();
+        }
+    }
+
+    /// Whether every run of chunk `chunk` that has not ended waits for its envelope.
+    pub fn all_wait(&self, chunk: u64) -> bool {
+        self.chunks()
+            .is_ok_and(|m| m.get(&chunk).is_some_and(ChunkRuns::all_wait))
+    }
+
+    /// Chunk `chunk` is over: forget it.
+    pub fn forget(&self, chunk: u64) {
+        if let Ok(mut m) = self.chunks() {
+            m.remove(&chunk);
+        }
     }
 
     /// The patch that failed for record `record`, if one did (told once).
@@ -257,12 +316,15 @@ impl Batch {
             global,
             reply,
         };
-        self.waiting
-            .lock()
-            .map_err(|_| ActionError::external("the import's batch is poisoned"))?
-            .entry(at.chunk)
-            .or_default()
-            .push(job);
+        {
+            let mut m = self.chunks()?;
+            let c = m.get_mut(&at.chunk).ok_or_else(|| ActionError {
+                blame: Blame::Bug,
+                message: format!("chunk {} of the import is not expected", at.chunk),
+            })?;
+            c.waiting.push(job);
+            c.tell();
+        }
         answer.await.map_err(|_| ActionError {
             blame: Blame::External,
             message: "the import stopped before this record's envelope was written".into(),
@@ -274,10 +336,9 @@ impl Batch {
     /// cannot be committed.
     pub async fn flush(&self, limits: &Limits, chunk: u64) -> Result<(), ActionError> {
         let mut jobs: Vec<Waiting> = self
-            .waiting
-            .lock()
-            .map_err(|_| ActionError::external("the import's batch is poisoned"))?
-            .remove(&chunk)
+            .chunks()?
+            .get_mut(&chunk)
+            .map(|c| std::mem::take(&mut c.waiting))
             .unwrap_or_default();
         if jobs.is_empty() {
             return Ok(());
