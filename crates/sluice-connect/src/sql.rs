@@ -703,6 +703,13 @@ fn decode_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Map<String, Value>, Ac
 }
 
 fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionError> {
+    use sqlx::Decode;
+    use sqlx::postgres::{PgValueRef, Postgres};
+    /// Decode a value of the type sqlx names (checked by the caller): no
+    /// second lookup and type check as `Row::try_get` does per cell.
+    fn de<'r, T: Decode<'r, Postgres>>(raw: PgValueRef<'r>) -> Result<T, ActionError> {
+        T::decode(raw).map_err(|e| ActionError::external(e.to_string()))
+    }
     let mut m = Map::with_capacity(row.columns().len());
     for (i, c) in row.columns().iter().enumerate() {
         let raw = row
@@ -710,49 +717,28 @@ fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionEr
             .map_err(|e| ActionError::external(e.to_string()))?;
         // sqlx names PostgreSQL's types in upper case.
         let ty = c.type_info().name();
-        let get = |e: sqlx::Error| ActionError::external(e.to_string());
         let v = if raw.is_null() {
             Value::Null
         } else {
             match ty {
-                "BOOL" => Value::from(row.try_get::<bool, _>(i).map_err(get)?),
-                "INT2" => Value::from(row.try_get::<i16, _>(i).map_err(get)?),
-                "INT4" => Value::from(row.try_get::<i32, _>(i).map_err(get)?),
-                "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(get)?),
-                "FLOAT4" => Value::from(row.try_get::<f32, _>(i).map_err(get)?),
-                "FLOAT8" => Value::from(row.try_get::<f64, _>(i).map_err(get)?),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" => {
-                    Value::from(row.try_get::<String, _>(i).map_err(get)?)
-                }
-                "JSON" | "JSONB" => {
-                    row.try_get::<sqlx::types::Json<Value>, _>(i)
-                        .map_err(get)?
-                        .0
-                }
-                "NUMERIC" => number_from_text(
-                    &row.try_get::<sqlx::types::BigDecimal, _>(i)
-                        .map_err(get)?
-                        .to_string(),
-                ),
-                "UUID" => Value::from(
-                    row.try_get::<sqlx::types::Uuid, _>(i)
-                        .map_err(get)?
-                        .to_string(),
-                ),
-                "TIMESTAMPTZ" => Value::from(rfc3339(
-                    row.try_get::<time::OffsetDateTime, _>(i).map_err(get)?,
-                )),
+                "BOOL" => Value::from(de::<bool>(raw)?),
+                "INT2" => Value::from(de::<i16>(raw)?),
+                "INT4" => Value::from(de::<i32>(raw)?),
+                "INT8" => Value::from(de::<i64>(raw)?),
+                "FLOAT4" => Value::from(de::<f32>(raw)?),
+                "FLOAT8" => Value::from(de::<f64>(raw)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" => Value::from(de::<String>(raw)?),
+                "JSON" | "JSONB" => de::<sqlx::types::Json<Value>>(raw)?.0,
+                "NUMERIC" => number_from_text(&de::<sqlx::types::BigDecimal>(raw)?.to_string()),
+                "UUID" => Value::from(de::<sqlx::types::Uuid>(raw)?.to_string()),
+                "TIMESTAMPTZ" => Value::from(rfc3339(de::<time::OffsetDateTime>(raw)?)),
                 "TIMESTAMP" => Value::from(
-                    rfc3339(
-                        row.try_get::<time::PrimitiveDateTime, _>(i)
-                            .map_err(get)?
-                            .assume_utc(),
-                    )
-                    .trim_end_matches('Z')
-                    .to_owned(),
+                    rfc3339(de::<time::PrimitiveDateTime>(raw)?.assume_utc())
+                        .trim_end_matches('Z')
+                        .to_owned(),
                 ),
-                "DATE" => Value::from(row.try_get::<time::Date, _>(i).map_err(get)?.to_string()),
-                "TIME" => Value::from(row.try_get::<time::Time, _>(i).map_err(get)?.to_string()),
+                "DATE" => Value::from(de::<time::Date>(raw)?.to_string()),
+                "TIME" => Value::from(de::<time::Time>(raw)?.to_string()),
                 other => return Err(unreadable(c.name(), other)),
             }
         };

@@ -786,13 +786,16 @@ async fn create_many(
     let per = (MAX_PARAMS / keys.len()).max(1);
     let mut out = Vec::with_capacity(props.len());
     for chunk in props.chunks(per) {
+        let types: Vec<Option<&String>> = keys.iter().map(|k| t.cols.get(*k)).collect();
         let mut params = Vec::with_capacity(chunk.len() * keys.len());
         let mut tuples = String::with_capacity(chunk.len() * keys.len() * 32);
+        let mut values = Vec::with_capacity(keys.len());
         for (r, p) in chunk.iter().enumerate() {
             tuples.push_str(if r == 0 { "(" } else { ", (" });
-            for (i, k) in keys.iter().enumerate() {
-                let ty = t.cols.get(*k);
-                params.push(db.param_value(p.get(*k).unwrap_or(&Value::Null), ty));
+            values_of(p, &keys, &mut values);
+            for (i, (v, ty)) in values.iter().zip(&types).enumerate() {
+                let ty = *ty;
+                params.push(db.param_value(v.unwrap_or(&Value::Null), ty));
                 if i > 0 {
                     tuples.push_str(", ");
                 }
@@ -810,6 +813,18 @@ async fn create_many(
         out.extend(match_rows(chunk, pk, given, rows)?);
     }
     Ok(out)
+}
+
+/// The values of `p` for `keys`, in their order, into `out`: without
+/// looking each up when `p` has exactly those keys in that order, as the
+/// patches of one multi-row statement have.
+fn values_of<'a>(p: &'a Map<String, Value>, keys: &[&String], out: &mut Vec<Option<&'a Value>>) {
+    out.clear();
+    if p.len() == keys.len() && p.keys().zip(keys).all(|(a, b)| a == *b) {
+        out.extend(p.values().map(Some));
+    } else {
+        out.extend(keys.iter().map(|k| p.get(*k)));
+    }
 }
 
 /// The rows a multi-row insert of `props` returned, in the order of `props`:
@@ -869,24 +884,30 @@ async fn create_many_pg(
         .iter()
         .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
         .collect::<Option<Vec<_>>>()?;
-    // Values that are not text, as PostgreSQL reads them from text.
+    // Every value, row by row, and those that are not text as PostgreSQL
+    // reads them from text.
+    let mut all: Vec<Option<&Value>> = Vec::with_capacity(props.len() * keys.len());
     let mut texts = Vec::new();
+    let mut values = Vec::with_capacity(keys.len());
     for p in props {
-        for k in keys {
-            match p.get(*k) {
-                None | Some(Value::Null | Value::String(_)) => {}
-                Some(v) => texts.push(v.to_string()),
+        values_of(p, keys, &mut values);
+        for v in &values {
+            if let Some(v) = v
+                && !matches!(v, Value::Null | Value::String(_))
+            {
+                texts.push(v.to_string());
             }
         }
+        all.extend_from_slice(&values);
     }
     let mut texts = texts.iter();
     let mut arrays: Vec<Vec<Option<&str>>> = keys
         .iter()
         .map(|_| Vec::with_capacity(props.len()))
         .collect();
-    for p in props {
-        for (k, a) in keys.iter().zip(&mut arrays) {
-            a.push(match p.get(*k) {
+    for row in all.chunks(keys.len().max(1)) {
+        for (v, a) in row.iter().zip(&mut arrays) {
+            a.push(match v {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.as_str()),
                 Some(_) => texts.next().map(String::as_str),
