@@ -447,6 +447,30 @@ fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, Im
     }))
 }
 
+/// Read the records in chunks on a thread of their own, a chunk or two
+/// ahead of the import; it stops when the receiver is dropped.
+fn read_chunks(
+    mut records: Records,
+    size: usize,
+) -> tokio::sync::mpsc::Receiver<Result<Chunk, ImportError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::task::spawn_blocking(move || {
+        let mut id = 0;
+        loop {
+            let (next, more) = match fill(&mut records, size, id) {
+                Ok(None) => return,
+                Ok(Some(c)) => (Ok(c), true),
+                Err(e) => (Err(e), false),
+            };
+            if tx.blocking_send(next).is_err() || !more {
+                return;
+            }
+            id += 1;
+        }
+    });
+    rx
+}
+
 impl Chunk {
     /// Records before this chunk: committed once it is written.
     fn before(&self) -> u64 {
@@ -830,12 +854,20 @@ impl<S: Store> Engine<S> {
         // records run up to their envelopes. Records run in tasks of their
         // own, on the runtime's worker threads when it has several; this
         // task only writes. A chunk is committed before the next one writes.
-        let mut current = fill(&mut records, chunk_size, 0)?
+        let mut chunks = read_chunks(records, chunk_size);
+        let mut current = chunks
+            .recv()
+            .await
+            .transpose()?
             .map(|c| runs.start(c))
             .transpose()?;
         while let Some(running) = current.take() {
-            let next = fill(&mut records, chunk_size, running.chunk.id + 1)?;
-            current = next.map(|c| runs.start(c)).transpose()?;
+            current = chunks
+                .recv()
+                .await
+                .transpose()?
+                .map(|c| runs.start(c))
+                .transpose()?;
             let chunk = runs.write(running).await?;
             runs.report(&chunk, &mut tally, &mut report, &report_path)?;
             if let Some(b) = &batch {
