@@ -648,10 +648,18 @@ fn numbers_again(
     mut rows: Vec<Map<String, Value>>,
     cols: &BTreeMap<String, String>,
 ) -> Vec<Map<String, Value>> {
+    let decimal: Vec<&String> = cols
+        .iter()
+        .filter(|(_, t)| matches!(t.as_str(), "numeric" | "decimal"))
+        .map(|(c, _)| c)
+        .collect();
+    if decimal.is_empty() {
+        return rows;
+    }
     for row in &mut rows {
-        for (k, v) in row.iter_mut() {
-            if let (Some(t), Value::String(s)) = (cols.get(k), &*v)
-                && matches!(t.as_str(), "numeric" | "decimal")
+        for c in &decimal {
+            if let Some(v) = row.get_mut(*c)
+                && let Value::String(s) = &*v
             {
                 *v = number_from_text(s);
             }

@@ -303,11 +303,32 @@ fn scan(path: &Path) -> Result<(String, u64), ImportError> {
             hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    let mut records = Records::open(path)?;
-    let mut count = 0;
-    while records.next_raw()?.is_some() {
-        count += 1;
-    }
+    let count = match Records::open(path)? {
+        // As `next_raw` counts them (a row it cannot split is a record too),
+        // without making a record of each.
+        Records::Csv { mut reader, .. } => {
+            let mut row = csv::ByteRecord::new();
+            let mut count = 0;
+            loop {
+                match reader.read_byte_record(&mut row) {
+                    Ok(false) => break,
+                    Ok(true) => count += 1,
+                    Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                        return Err(ImportError::File(format!("{shown}: {e}")));
+                    }
+                    Err(_) => count += 1,
+                }
+            }
+            count
+        }
+        mut records => {
+            let mut count = 0;
+            while records.next_raw()?.is_some() {
+                count += 1;
+            }
+            count
+        }
+    };
     Ok((format!("{hash:016x}"), count))
 }
 
@@ -875,6 +896,8 @@ impl<S: Store> Engine<S> {
                     .await
                     .map_err(|e| ImportError::Database(e, chunk.before()))?;
             }
+            // The records and their runs' results are dropped beside the writer.
+            tokio::spawn(async move { drop(chunk) });
             progress(tally.done, total);
         }
         let Tally {

@@ -99,7 +99,8 @@ struct Waiting {
     input: Val,
     scope: MapScope,
     global: Map<String, Value>,
-    reply: oneshot::Sender<Result<Outcome, ActionError>>,
+    /// Taken when answered.
+    reply: Option<oneshot::Sender<Result<Outcome, ActionError>>>,
 }
 
 /// A patch of a waiting envelope. The record's own run templates its
@@ -109,11 +110,61 @@ struct Waiting {
 /// written. Nothing else a template reads changes inside an envelope.
 enum Pending {
     Ready(Patch),
-    /// Templates reading `$tokens` are left.
+    /// Only values of `properties` or `criteria` read `$tokens`: the patch
+    /// without them, and them, rendered into it just before it is written.
+    Holes(Patch, Vec<Hole>),
+    /// Templates reading `$tokens` are left (elsewhere than in values).
     Later(TemplateValue),
     /// Templating failed: the envelope fails at this patch, the patches
     /// before it written and rolled back, as if templated when written.
     Failed(ActionError),
+}
+
+/// A value of a patch's `properties` (or `criteria`) left to render.
+struct Hole {
+    criteria: bool,
+    key: String,
+    value: TemplateValue,
+}
+
+/// The patch `later` (patch `i`) as [`Pending::Holes`], when only values of
+/// its `properties` and `criteria` are left to render.
+fn holes(i: usize, later: &TemplateValue) -> Option<Pending> {
+    let TemplateValue::Object(fields) = later else {
+        return None;
+    };
+    let mut known = Map::with_capacity(fields.len());
+    let mut holes = Vec::new();
+    for (k, v) in fields {
+        let value = match (k.as_str(), v) {
+            (_, TemplateValue::Const(c)) => c.clone(),
+            ("properties" | "criteria", TemplateValue::Object(values)) => {
+                let mut m = Map::with_capacity(values.len());
+                for (key, v) in values {
+                    match v {
+                        TemplateValue::Const(c) => m.insert(key.clone(), c.clone()),
+                        TemplateValue::Template(_) => {
+                            holes.push(Hole {
+                                criteria: k == "criteria",
+                                key: key.clone(),
+                                value: v.clone(),
+                            });
+                            // Where the rendered value goes, in its place.
+                            m.insert(key.clone(), Value::Null)
+                        }
+                        _ => return None,
+                    };
+                }
+                Value::Object(m)
+            }
+            _ => return None,
+        };
+        known.insert(k.clone(), value);
+    }
+    Some(match templated(i, Value::Object(known)) {
+        Ok(p) => Pending::Holes(p, holes),
+        Err(e) => Pending::Failed(e),
+    })
 }
 
 /// A patch templated before any is written.
@@ -300,7 +351,7 @@ impl Batch {
                                     scope.0.insert(n.clone(), v);
                                 }
                             }
-                            Pending::Later(later)
+                            holes(i, &later).unwrap_or(Pending::Later(later))
                         }
                     });
                 }
@@ -314,7 +365,7 @@ impl Batch {
             input: cx.input_val.clone(),
             scope,
             global,
-            reply,
+            reply: Some(reply),
         };
         {
             let mut m = self.chunks()?;
@@ -365,12 +416,18 @@ impl Batch {
         Box::pin(async move {
             let sp = format!("sluice_sp{depth}");
             tx.raw(&format!("SAVEPOINT {sp}")).await?;
-            match self.write_all(tx, &jobs, limits).await {
+            let mut jobs = jobs;
+            match self.write_all(tx, &mut jobs, limits).await {
                 Ok(outcomes) => {
                     tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
-                    for (w, o) in jobs.into_iter().zip(outcomes) {
-                        let _ = w.reply.send(Ok(o));
+                    for (w, o) in jobs.iter_mut().zip(outcomes) {
+                        if let Some(r) = w.reply.take() {
+                            let _ = r.send(Ok(o));
+                        }
                     }
+                    // What the records handed over is dropped by a task of
+                    // its own (where they were made, mostly), not by the writer.
+                    tokio::spawn(async move { drop(jobs) });
                 }
                 Err(f) => {
                     // A connection that cannot roll back to the savepoint is gone.
@@ -381,7 +438,9 @@ impl Batch {
                             if let Ok(mut m) = self.failed_patches.lock() {
                                 m.insert(w.record, f.patch.clone());
                             }
-                            let _ = w.reply.send(Err(f.error.clone()));
+                            if let Some(r) = w.reply {
+                                let _ = r.send(Err(f.error.clone()));
+                            }
                         }
                     } else {
                         let mut left = jobs;
@@ -399,7 +458,7 @@ impl Batch {
     async fn write_all(
         &self,
         tx: &mut Tx,
-        jobs: &[Waiting],
+        jobs: &mut [Waiting],
         limits: &Limits,
     ) -> Result<Vec<Outcome>, Fail> {
         let mut works: Vec<Work> = jobs
@@ -413,6 +472,42 @@ impl Batch {
         let most = jobs.iter().map(|w| w.patches.len()).max().unwrap_or(0);
         for i in 0..most {
             let label = format!("patch {}", i + 1);
+            let failed = |e: ActionError| Fail {
+                error: e,
+                patch: label.clone(),
+            };
+            for (j, w) in jobs.iter_mut().enumerate() {
+                let Waiting {
+                    patches,
+                    input,
+                    scope,
+                    ..
+                } = w;
+                let Some(Pending::Holes(p, holes)) = patches.get_mut(i) else {
+                    continue;
+                };
+                let scope = WithTokens {
+                    inner: &*scope,
+                    tokens: works[j].tokens_val(),
+                };
+                for h in holes.iter() {
+                    let v = h
+                        .value
+                        .render(input, &scope, limits)
+                        .map_err(|e| failed(e.into()))?;
+                    let into = if h.criteria {
+                        &mut p.criteria
+                    } else {
+                        &mut p.properties
+                    };
+                    match into.get_mut(&h.key) {
+                        Some(slot) => *slot = v,
+                        None => {
+                            into.insert(h.key.clone(), v);
+                        }
+                    }
+                }
+            }
             // The patches at position `i`, rendered (or as written), then
             // the records they belong to.
             let mut patches: Vec<Cow<'_, Patch>> = Vec::with_capacity(jobs.len());
@@ -421,12 +516,8 @@ impl Batch {
                 let Some(pending) = w.patches.get(i) else {
                     continue;
                 };
-                let failed = |e: ActionError| Fail {
-                    error: e,
-                    patch: label.clone(),
-                };
                 let patch = match pending {
-                    Pending::Ready(p) => Cow::Borrowed(p),
+                    Pending::Ready(p) | Pending::Holes(p, _) => Cow::Borrowed(p),
                     Pending::Later(t) => {
                         let scope = WithTokens {
                             inner: &w.scope,
