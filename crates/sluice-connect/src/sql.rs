@@ -312,7 +312,7 @@ impl Tx {
         sql: String,
         arrays: &[Vec<Option<&str>>],
         table: &Table,
-    ) -> Option<Result<Vec<Map<String, Value>>, ActionError>> {
+    ) -> Option<Result<Vec<Got>, ActionError>> {
         let TxConn::Postgres(t) = &mut self.conn else {
             return None;
         };
@@ -320,13 +320,10 @@ impl Tx {
         for a in arrays {
             q = q.bind(a);
         }
-        Some(
-            match q.fetch_all(&mut **t).await {
-                Ok(rows) => rows.iter().map(decode_pg).collect::<Result<Vec<_>, _>>(),
-                Err(e) => Err(self.db.err(e)),
-            }
-            .map(|rows| numbers_again(rows, &table.cols)),
-        )
+        Some(match q.fetch_all(&mut **t).await {
+            Ok(rows) => Got::pg(rows, &table.cols),
+            Err(e) => Err(self.db.err(e)),
+        })
     }
 
     /// Run a statement without parameters or results (savepoints).
@@ -710,49 +707,167 @@ fn decode_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Map<String, Value>, Ac
     Ok(m)
 }
 
-fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionError> {
+/// The PostgreSQL types Sluice reads, by sqlx's (upper-case) names.
+#[derive(Clone, Copy)]
+enum PgKind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Text,
+    Json,
+    Numeric,
+    Uuid,
+    TimestampTz,
+    Timestamp,
+    Date,
+    Time,
+}
+
+fn pg_kind(ty: &str) -> Option<PgKind> {
+    Some(match ty {
+        "BOOL" => PgKind::Bool,
+        "INT2" => PgKind::Int2,
+        "INT4" => PgKind::Int4,
+        "INT8" => PgKind::Int8,
+        "FLOAT4" => PgKind::Float4,
+        "FLOAT8" => PgKind::Float8,
+        "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" => PgKind::Text,
+        "JSON" | "JSONB" => PgKind::Json,
+        "NUMERIC" => PgKind::Numeric,
+        "UUID" => PgKind::Uuid,
+        "TIMESTAMPTZ" => PgKind::TimestampTz,
+        "TIMESTAMP" => PgKind::Timestamp,
+        "DATE" => PgKind::Date,
+        "TIME" => PgKind::Time,
+        _ => return None,
+    })
+}
+
+/// Cell `i` of a PostgreSQL row.
+fn decode_pg_cell(row: &sqlx::postgres::PgRow, i: usize) -> Result<Value, ActionError> {
     use sqlx::Decode;
     use sqlx::postgres::{PgValueRef, Postgres};
-    /// Decode a value of the type sqlx names (checked by the caller): no
-    /// second lookup and type check as `Row::try_get` does per cell.
+    /// Decode a value of the type sqlx names (checked here): no second
+    /// lookup and type check as `Row::try_get` does per cell.
     fn de<'r, T: Decode<'r, Postgres>>(raw: PgValueRef<'r>) -> Result<T, ActionError> {
         T::decode(raw).map_err(|e| ActionError::external(e.to_string()))
     }
+    let raw = row
+        .try_get_raw(i)
+        .map_err(|e| ActionError::external(e.to_string()))?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let c = &row.columns()[i];
+    let ty = c.type_info().name();
+    let Some(kind) = pg_kind(ty) else {
+        return Err(unreadable(c.name(), ty));
+    };
+    Ok(match kind {
+        PgKind::Bool => Value::from(de::<bool>(raw)?),
+        PgKind::Int2 => Value::from(de::<i16>(raw)?),
+        PgKind::Int4 => Value::from(de::<i32>(raw)?),
+        PgKind::Int8 => Value::from(de::<i64>(raw)?),
+        PgKind::Float4 => Value::from(de::<f32>(raw)?),
+        PgKind::Float8 => Value::from(de::<f64>(raw)?),
+        PgKind::Text => Value::from(de::<String>(raw)?),
+        PgKind::Json => de::<sqlx::types::Json<Value>>(raw)?.0,
+        PgKind::Numeric => number_from_text(&de::<sqlx::types::BigDecimal>(raw)?.to_string()),
+        PgKind::Uuid => Value::from(de::<sqlx::types::Uuid>(raw)?.to_string()),
+        PgKind::TimestampTz => Value::from(rfc3339(de::<time::OffsetDateTime>(raw)?)),
+        PgKind::Timestamp => Value::from(
+            rfc3339(de::<time::PrimitiveDateTime>(raw)?.assume_utc())
+                .trim_end_matches('Z')
+                .to_owned(),
+        ),
+        PgKind::Date => Value::from(de::<time::Date>(raw)?.to_string()),
+        PgKind::Time => Value::from(de::<time::Time>(raw)?.to_string()),
+    })
+}
+
+fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionError> {
     let mut m = Map::with_capacity(row.columns().len());
     for (i, c) in row.columns().iter().enumerate() {
-        let raw = row
-            .try_get_raw(i)
-            .map_err(|e| ActionError::external(e.to_string()))?;
-        // sqlx names PostgreSQL's types in upper case.
-        let ty = c.type_info().name();
-        let v = if raw.is_null() {
-            Value::Null
-        } else {
-            match ty {
-                "BOOL" => Value::from(de::<bool>(raw)?),
-                "INT2" => Value::from(de::<i16>(raw)?),
-                "INT4" => Value::from(de::<i32>(raw)?),
-                "INT8" => Value::from(de::<i64>(raw)?),
-                "FLOAT4" => Value::from(de::<f32>(raw)?),
-                "FLOAT8" => Value::from(de::<f64>(raw)?),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" => Value::from(de::<String>(raw)?),
-                "JSON" | "JSONB" => de::<sqlx::types::Json<Value>>(raw)?.0,
-                "NUMERIC" => number_from_text(&de::<sqlx::types::BigDecimal>(raw)?.to_string()),
-                "UUID" => Value::from(de::<sqlx::types::Uuid>(raw)?.to_string()),
-                "TIMESTAMPTZ" => Value::from(rfc3339(de::<time::OffsetDateTime>(raw)?)),
-                "TIMESTAMP" => Value::from(
-                    rfc3339(de::<time::PrimitiveDateTime>(raw)?.assume_utc())
-                        .trim_end_matches('Z')
-                        .to_owned(),
-                ),
-                "DATE" => Value::from(de::<time::Date>(raw)?.to_string()),
-                "TIME" => Value::from(de::<time::Time>(raw)?.to_string()),
-                other => return Err(unreadable(c.name(), other)),
-            }
-        };
-        m.insert(c.name().to_owned(), v);
+        m.insert(c.name().to_owned(), decode_pg_cell(row, i)?);
     }
     Ok(m)
+}
+
+/// A row a statement of the bulk writer returned: decoded, or (PostgreSQL)
+/// as it came, each cell decoded where it is needed: the writer reads the
+/// key and the fields tokens take, the record's own task the rest.
+enum Got {
+    Map(Map<String, Value>),
+    /// Every column of a type Sluice reads (so decoding it cannot fail
+    /// but for a broken connection).
+    Pg(sqlx::postgres::PgRow),
+}
+
+impl Got {
+    /// PostgreSQL rows kept as they came when every column is of a type
+    /// Sluice reads; decoded now otherwise (for the error).
+    fn pg(
+        rows: Vec<sqlx::postgres::PgRow>,
+        cols: &BTreeMap<String, String>,
+    ) -> Result<Vec<Got>, ActionError> {
+        let readable = rows.first().is_none_or(|r| {
+            r.columns()
+                .iter()
+                .all(|c| pg_kind(c.type_info().name()).is_some())
+        });
+        if readable {
+            return Ok(rows.into_iter().map(Got::Pg).collect());
+        }
+        let rows = rows.iter().map(decode_pg).collect::<Result<Vec<_>, _>>()?;
+        Ok(numbers_again(rows, cols)
+            .into_iter()
+            .map(Got::Map)
+            .collect())
+    }
+
+    /// Field `name` of the row.
+    fn field(
+        &self,
+        name: &str,
+        cols: &BTreeMap<String, String>,
+    ) -> Result<Option<Value>, ActionError> {
+        match self {
+            Got::Map(m) => Ok(m.get(name).cloned()),
+            Got::Pg(r) => match r.columns().iter().position(|c| c.name() == name) {
+                None => Ok(None),
+                Some(i) => Ok(Some(match (decode_pg_cell(r, i)?, cols.get(name)) {
+                    // As `numbers_again` does.
+                    (Value::String(s), Some(t)) if matches!(t.as_str(), "numeric" | "decimal") => {
+                        number_from_text(&s)
+                    }
+                    (v, _) => v,
+                })),
+            },
+        }
+    }
+
+    /// The row's new id: its key, or else its field `id`.
+    fn new_id(&self, t: &Table) -> Result<Value, ActionError> {
+        for k in t.pk.first().map(String::as_str).into_iter().chain(["id"]) {
+            if let Some(v) = self.field(k, &t.cols)? {
+                return Ok(v);
+            }
+        }
+        Ok(Value::Null)
+    }
+
+    /// The whole row.
+    fn into_map(self, cols: &BTreeMap<String, String>) -> Result<Map<String, Value>, ActionError> {
+        match self {
+            Got::Map(m) => Ok(m),
+            Got::Pg(r) => Ok(numbers_again(vec![decode_pg(&r)?], cols)
+                .pop()
+                .unwrap_or_default()),
+        }
+    }
 }
 
 fn decode_mysql(row: &sqlx::mysql::MySqlRow) -> Result<Map<String, Value>, ActionError> {
@@ -2342,10 +2457,19 @@ fn envelope_outcome(
     tokens: Map<String, Value>,
     results: Vec<Value>,
 ) -> Outcome {
-    let set_tokens: Map<String, Value> = tokens
+    envelope_payload(set_tokens(global, tokens), results)
+}
+
+/// The tokens an envelope set: those that are not the run's as they were.
+fn set_tokens(global: &Map<String, Value>, tokens: Map<String, Value>) -> Map<String, Value> {
+    tokens
         .into_iter()
         .filter(|(k, v)| global.get(k) != Some(v))
-        .collect();
+        .collect()
+}
+
+/// [`envelope_outcome`], of the tokens it set.
+fn envelope_payload(set_tokens: Map<String, Value>, results: Vec<Value>) -> Outcome {
     let mut payload = Map::with_capacity(2);
     payload.insert("results".into(), Value::Array(results));
     payload.insert("tokens".into(), Value::Object(set_tokens.clone()));

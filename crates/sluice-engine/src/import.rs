@@ -29,8 +29,8 @@ use sluice_store::{NewRun, RunStatus, RunUpdate, Store, StoreError, new_run_id, 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -607,7 +607,10 @@ impl<S: Store> Runs<S> {
             ),
             None => None,
         };
-        let tasks = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
         let share = runs.len().div_ceil(tasks).max(1);
         let mut groups = Vec::with_capacity(tasks);
         let mut runs = runs.into_iter();

@@ -156,7 +156,10 @@ steps:
   - key: after
     type: transform
     options:
-      value: {{customer: "{{{{ $tokens.customer }}}}"}}
+      value:
+        customer: "{{{{ $tokens.customer }}}}"
+        # The envelope's result: each patch's stored row, children inside.
+        check: '{{{{ if $write.results[0].children[0].customer_id == $tokens.customer and $write.results[0].external_id == ($trigger.id | tostring) and $write.results[1].currency == "EUR" and ($write.results[1].total | type) == "number" and $write.tokens == {{customer: $tokens.customer}} then true else error("results: \($write)") end }}}}'
 "#
         );
         let flow = sluice_model::load("import.yaml", &flow_text, registry.as_ref())

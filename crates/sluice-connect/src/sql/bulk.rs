@@ -31,8 +31,8 @@
 //! written one by one.
 
 use super::{
-    Backend, Db, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in, delete_in, id_text,
-    new_id, templated, write_in,
+    Backend, Db, Got, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in, delete_in, id_text,
+    templated, write_in,
 };
 use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
@@ -100,7 +100,7 @@ struct Waiting {
     scope: MapScope,
     global: Map<String, Value>,
     /// Taken when answered.
-    reply: Option<oneshot::Sender<Result<Outcome, ActionError>>>,
+    reply: Option<oneshot::Sender<Result<Written, ActionError>>>,
 }
 
 /// A patch of a waiting envelope. The record's own run templates its
@@ -210,7 +210,37 @@ struct Work {
     tokens: Map<String, Value>,
     /// `tokens` as a jq value, once templates needed it (until a token is set).
     tokens_val: Option<Val>,
-    results: Vec<Value>,
+    results: Vec<Tree>,
+}
+
+/// A written envelope, as the writer answers its record.
+struct Written {
+    /// The tokens it set.
+    tokens: Map<String, Value>,
+    results: Vec<Tree>,
+}
+
+/// A patch's result as the writer leaves it: its row, made JSON by the
+/// record's own task (see [`Got`]), with its children's.
+struct Tree {
+    row: Got,
+    table: Arc<Table>,
+    children: Vec<Tree>,
+}
+
+impl Tree {
+    fn into_value(self) -> Result<Value, ActionError> {
+        let mut m = self.row.into_map(&self.table.cols)?;
+        if !self.children.is_empty() {
+            let children = self
+                .children
+                .into_iter()
+                .map(Tree::into_value)
+                .collect::<Result<Vec<_>, _>>()?;
+            m.insert("children".into(), Value::Array(children));
+        }
+        Ok(Value::Object(m))
+    }
 }
 
 impl Work {
@@ -376,10 +406,16 @@ impl Batch {
             c.waiting.push(job);
             c.tell();
         }
-        answer.await.map_err(|_| ActionError {
+        let written = answer.await.map_err(|_| ActionError {
             blame: Blame::External,
             message: "the import stopped before this record's envelope was written".into(),
-        })?
+        })??;
+        let results = written
+            .results
+            .into_iter()
+            .map(Tree::into_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::envelope_payload(written.tokens, results))
     }
 
     /// Write every waiting envelope of chunk `chunk` (see the module's
@@ -460,7 +496,7 @@ impl Batch {
         tx: &mut Tx,
         jobs: &mut [Waiting],
         limits: &Limits,
-    ) -> Result<Vec<Outcome>, Fail> {
+    ) -> Result<Vec<Written>, Fail> {
         let mut works: Vec<Work> = jobs
             .iter()
             .map(|w| Work {
@@ -551,7 +587,10 @@ impl Batch {
         Ok(jobs
             .iter()
             .zip(works)
-            .map(|(w, work)| super::envelope_outcome(&w.global, work.tokens, work.results))
+            .map(|(w, work)| Written {
+                tokens: super::set_tokens(&w.global, work.tokens),
+                results: work.results,
+            })
             .collect())
     }
 
@@ -561,7 +600,7 @@ impl Batch {
         tx: &'a mut Tx,
         items: &'a [Item<'a>],
         works: &'a mut [Work],
-    ) -> BoxFuture<'a, Result<Vec<Value>, Fail>> {
+    ) -> BoxFuture<'a, Result<Vec<Tree>, Fail>> {
         Box::pin(async move {
             let db = &*self.db;
             let which = |it: &Item| {
@@ -604,7 +643,7 @@ impl Batch {
                 };
                 prepared.push((props, t));
             }
-            let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(items.len());
+            let mut rows: Vec<Got> = Vec::with_capacity(items.len());
             let mut k = 0;
             while k < items.len() {
                 let it = &items[k];
@@ -636,12 +675,13 @@ impl Batch {
                     PatchOp::Create => create_in(tx, db, c, t, props).await,
                 }
                 .map_err(|err| fail(which(it), err))?;
-                rows.push(row);
+                rows.push(Got::Map(row));
                 k += 1;
             }
-            for (it, row) in items.iter().zip(&rows) {
+            for ((it, row), (_, t)) in items.iter().zip(&rows).zip(&prepared) {
                 for (token, field) in &it.patch.set_tokens {
-                    let v = row.get(field).cloned().ok_or_else(|| {
+                    let v = row.field(field, &t.cols).map_err(|e| fail(which(it), e))?;
+                    let v = v.ok_or_else(|| {
                         fail(
                             which(it),
                             ActionError::flow(format!(
@@ -659,7 +699,7 @@ impl Batch {
                 .map(|it| it.patch.children.len())
                 .max()
                 .unwrap_or(0);
-            let mut children: Vec<Vec<Value>> = vec![Vec::new(); items.len()];
+            let mut children: Vec<Vec<Tree>> = items.iter().map(|_| Vec::new()).collect();
             for c in 0..most {
                 let mut owners = Vec::new();
                 let mut sub = Vec::new();
@@ -670,7 +710,11 @@ impl Batch {
                             job: it.job,
                             patch: child,
                             label: format!("{}.{}", it.label, c + 1),
-                            parent: Some(new_id(&prepared[x].1, &rows[x])),
+                            parent: Some(
+                                rows[x]
+                                    .new_id(&prepared[x].1)
+                                    .map_err(|e| fail(which(it), e))?,
+                            ),
                         });
                     }
                 }
@@ -682,11 +726,11 @@ impl Batch {
             Ok(rows
                 .into_iter()
                 .zip(children)
-                .map(|(mut r, ch)| {
-                    if !ch.is_empty() {
-                        r.insert("children".into(), Value::Array(ch));
-                    }
-                    Value::Object(r)
+                .zip(prepared)
+                .map(|((row, children), (_, table))| Tree {
+                    row,
+                    table,
+                    children,
                 })
                 .collect())
         })
@@ -842,7 +886,7 @@ async fn create_many(
     name: &str,
     t: &Table,
     props: &[&Map<String, Value>],
-) -> Result<Vec<Map<String, Value>>, ActionError> {
+) -> Result<Vec<Got>, ActionError> {
     let Some(first) = props.first() else {
         return Ok(Vec::new());
     };
@@ -859,7 +903,7 @@ async fn create_many(
     if props.len() == 1 || first.is_empty() || !matchable {
         let mut out = Vec::with_capacity(props.len());
         for p in props {
-            out.push(create_in(tx, db, name, t, p).await?);
+            out.push(Got::Map(create_in(tx, db, name, t, p).await?));
         }
         return Ok(out);
     }
@@ -870,8 +914,7 @@ async fn create_many(
     if db.backend == Backend::Postgres
         && let Some(rows) = create_many_pg(tx, db, name, t, props, &keys).await
     {
-        let rows = rows?;
-        return match_rows(props, pk, given, rows);
+        return match_rows(props, pk, given, rows?, t);
     }
     let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
     let per = (MAX_PARAMS / keys.len()).max(1);
@@ -901,7 +944,8 @@ async fn create_many(
             db.select_list(&t.cols)
         );
         let rows = tx.rows(&Stmt { sql, params }, t).await?;
-        out.extend(match_rows(chunk, pk, given, rows)?);
+        let rows = rows.into_iter().map(Got::Map).collect();
+        out.extend(match_rows(chunk, pk, given, rows, t)?);
     }
     Ok(out)
 }
@@ -925,15 +969,16 @@ fn match_rows(
     props: &[&Map<String, Value>],
     pk: &str,
     given: bool,
-    rows: Vec<Map<String, Value>>,
-) -> Result<Vec<Map<String, Value>>, ActionError> {
+    rows: Vec<Got>,
+    t: &Table,
+) -> Result<Vec<Got>, ActionError> {
     if rows.len() != props.len() {
         return Err(unmatched());
     }
     if given {
-        let mut by: HashMap<String, Map<String, Value>> = HashMap::with_capacity(rows.len());
+        let mut by: HashMap<String, Got> = HashMap::with_capacity(rows.len());
         for r in rows {
-            let id = id_text(r.get(pk).unwrap_or(&Value::Null));
+            let id = id_text(&r.field(pk, &t.cols)?.unwrap_or(Value::Null));
             by.insert(id, r);
         }
         props
@@ -947,8 +992,8 @@ fn match_rows(
         let mut keyed = rows
             .into_iter()
             .map(|r| {
-                r.get(pk)
-                    .and_then(Value::as_i64)
+                r.field(pk, &t.cols)?
+                    .and_then(|v| v.as_i64())
                     .map(|id| (id, r))
                     .ok_or_else(unmatched)
             })
@@ -970,7 +1015,7 @@ async fn create_many_pg(
     t: &Table,
     props: &[&Map<String, Value>],
     keys: &[&String],
-) -> Option<Result<Vec<Map<String, Value>>, ActionError>> {
+) -> Option<Result<Vec<Got>, ActionError>> {
     let types = keys
         .iter()
         .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
