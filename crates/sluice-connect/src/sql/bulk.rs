@@ -127,44 +127,154 @@ struct Hole {
     value: TemplateValue,
 }
 
-/// The patch `later` (patch `i`) as [`Pending::Holes`], when only values of
-/// its `properties` and `criteria` are left to render.
-fn holes(i: usize, later: &TemplateValue) -> Option<Pending> {
-    let TemplateValue::Object(fields) = later else {
-        return None;
+/// Whether patch template `t` has the usual shape, which [`build`] makes
+/// into a [`Patch`] directly: `op` and `collection` written out, values of
+/// `properties` and `criteria` templated (at the top only, those reading
+/// `$tokens` too), `setTokens` and `parentKey` written out, children of
+/// the same shape or written out. Any other shape is rendered as a value
+/// and parsed, for the same result and the same messages.
+fn usual(t: &TemplateValue, top: bool) -> bool {
+    let TemplateValue::Object(fields) = t else {
+        return false;
     };
-    let mut known = Map::with_capacity(fields.len());
-    let mut holes = Vec::new();
-    for (k, v) in fields {
-        let value = match (k.as_str(), v) {
-            (_, TemplateValue::Const(c)) => c.clone(),
-            ("properties" | "criteria", TemplateValue::Object(values)) => {
-                let mut m = Map::with_capacity(values.len());
-                for (key, v) in values {
-                    match v {
-                        TemplateValue::Const(c) => m.insert(key.clone(), c.clone()),
-                        TemplateValue::Template(_) => {
-                            holes.push(Hole {
-                                criteria: k == "criteria",
-                                key: key.clone(),
-                                value: v.clone(),
-                            });
-                            // Where the rendered value goes, in its place.
-                            m.insert(key.clone(), Value::Null)
-                        }
-                        _ => return None,
-                    };
-                }
-                Value::Object(m)
+    let has = |key: &str| fields.iter().any(|(k, _)| k == key);
+    has("op")
+        && has("collection")
+        && fields.iter().all(|(k, v)| match (k.as_str(), v) {
+            ("op", TemplateValue::Const(Value::String(op))) => {
+                matches!(op.as_str(), "create" | "update" | "upsert" | "delete")
             }
-            _ => return None,
-        };
-        known.insert(k.clone(), value);
+            ("collection", TemplateValue::Const(Value::String(_))) => true,
+            ("properties" | "criteria", TemplateValue::Const(Value::Object(_))) => true,
+            ("properties" | "criteria", TemplateValue::Object(values)) => {
+                values.iter().all(|(_, v)| match v {
+                    TemplateValue::Const(_) => true,
+                    TemplateValue::Template(t) => top || !reads_tokens(t),
+                    _ => false,
+                })
+            }
+            ("setTokens", TemplateValue::Const(Value::Object(m))) => {
+                m.values().all(Value::is_string)
+            }
+            ("parentKey", TemplateValue::Const(v)) => v.is_string() || v.is_null(),
+            ("children", TemplateValue::Const(Value::Array(_))) => true,
+            ("children", TemplateValue::Array(items)) => items
+                .iter()
+                .all(|c| matches!(c, TemplateValue::Const(_)) || usual(c, false)),
+            _ => false,
+        })
+}
+
+/// Patch `i` of its record, from a template of the usual shape (see
+/// [`usual`]): its templates rendered, but for those reading `$tokens`,
+/// left as `holes` (a child has none).
+fn build(
+    i: usize,
+    t: &TemplateValue,
+    cx: &crate::ActionCx<'_>,
+    holes: &mut Vec<Hole>,
+) -> Result<Patch, ActionError> {
+    let TemplateValue::Object(fields) = t else {
+        return Err(unmatched());
+    };
+    let mut patch = Patch {
+        op: PatchOp::Create,
+        collection: String::new(),
+        properties: Map::new(),
+        criteria: Map::new(),
+        set_tokens: BTreeMap::new(),
+        parent_key: None,
+        children: Vec::new(),
+    };
+    for (k, v) in fields {
+        match (k.as_str(), v) {
+            ("op", TemplateValue::Const(Value::String(op))) => {
+                patch.op = match op.as_str() {
+                    "update" => PatchOp::Update,
+                    "upsert" => PatchOp::Upsert,
+                    "delete" => PatchOp::Delete,
+                    _ => PatchOp::Create,
+                }
+            }
+            ("collection", TemplateValue::Const(Value::String(c))) => patch.collection = c.clone(),
+            ("properties" | "criteria", v) => {
+                let criteria = k == "criteria";
+                let into = if criteria {
+                    &mut patch.criteria
+                } else {
+                    &mut patch.properties
+                };
+                match v {
+                    TemplateValue::Const(Value::Object(m)) => into.clone_from(m),
+                    TemplateValue::Object(values) => {
+                        for (key, v) in values {
+                            let value = match v {
+                                TemplateValue::Template(t) if reads_tokens(t) => {
+                                    holes.push(Hole {
+                                        criteria,
+                                        key: key.clone(),
+                                        value: v.clone(),
+                                    });
+                                    // Where the rendered value goes, in its place.
+                                    Value::Null
+                                }
+                                TemplateValue::Template(t) => {
+                                    t.render(cx.input_val, cx.scope, cx.limits)?
+                                }
+                                TemplateValue::Const(c) => c.clone(),
+                                _ => return Err(unmatched()),
+                            };
+                            into.insert(key.clone(), value);
+                        }
+                    }
+                    _ => return Err(unmatched()),
+                }
+            }
+            ("setTokens", TemplateValue::Const(Value::Object(m))) => {
+                patch.set_tokens = m
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|f| (k.clone(), f.to_owned())))
+                    .collect();
+            }
+            ("parentKey", TemplateValue::Const(v)) => {
+                patch.parent_key = v.as_str().map(str::to_owned)
+            }
+            ("children", TemplateValue::Const(Value::Array(a))) => {
+                for c in a {
+                    patch.children.push(templated(i, c.clone())?);
+                }
+            }
+            ("children", TemplateValue::Array(items)) => {
+                for c in items {
+                    patch.children.push(match c {
+                        TemplateValue::Const(c) => templated(i, c.clone())?,
+                        c => build(i, c, cx, holes)?,
+                    });
+                }
+            }
+            _ => return Err(unmatched()),
+        }
     }
-    Some(match templated(i, Value::Object(known)) {
-        Ok(p) => Pending::Holes(p, holes),
-        Err(e) => Pending::Failed(e),
-    })
+    Ok(patch)
+}
+
+/// Keep in `scope` the flow-object variables `templates` read (but
+/// `$tokens`, which the writer gives).
+fn collect_vars<'t>(
+    scope: &mut MapScope,
+    from: &dyn sluice_expr::Scope,
+    templates: impl IntoIterator<Item = &'t Template>,
+) {
+    for t in templates {
+        for n in t.programs().flat_map(|p| p.vars()) {
+            if n != "tokens"
+                && !scope.0.contains_key(n)
+                && let Some(v) = from.get(n)
+            {
+                scope.0.insert(n.clone(), v);
+            }
+        }
+    }
 }
 
 /// A patch templated before any is written.
@@ -361,6 +471,21 @@ impl Batch {
                 let count = super::patch_count(Some(t), &patches);
                 let mut out = Vec::with_capacity(count);
                 for i in 0..count {
+                    if let TemplateValue::Array(items) = t
+                        && let Some(item) = items.get(i).filter(|p| usual(p, true))
+                    {
+                        let mut holes = Vec::new();
+                        out.push(match build(i, item, cx, &mut holes) {
+                            Err(e) => Pending::Failed(e),
+                            Ok(p) if holes.is_empty() => Pending::Ready(p),
+                            Ok(p) => {
+                                let templates = holes.iter().flat_map(|h| h.value.templates());
+                                collect_vars(&mut scope, cx.scope, templates);
+                                Pending::Holes(p, holes)
+                            }
+                        });
+                        continue;
+                    }
                     let rendered =
                         t.render_item_partial(i, cx.input_val, cx.scope, cx.limits, &reads_tokens);
                     out.push(match rendered {
@@ -368,20 +493,8 @@ impl Batch {
                         Ok(None) => ready(i, Value::Null),
                         Ok(Some(TemplateValue::Const(v))) => ready(i, v),
                         Ok(Some(later)) => {
-                            let templates = later.templates();
-                            let names = templates
-                                .iter()
-                                .flat_map(|t| t.programs())
-                                .flat_map(|p| p.vars());
-                            for n in names {
-                                if n != "tokens"
-                                    && !scope.0.contains_key(n)
-                                    && let Some(v) = cx.scope.get(n)
-                                {
-                                    scope.0.insert(n.clone(), v);
-                                }
-                            }
-                            holes(i, &later).unwrap_or(Pending::Later(later))
+                            collect_vars(&mut scope, cx.scope, later.templates());
+                            Pending::Later(later)
                         }
                     });
                 }
