@@ -563,6 +563,7 @@ impl<S: Store> Runs<S> {
             batch: b,
             record,
             chunk: chunk_id,
+            results_read: true,
         });
         // The record is the run's `$trigger` and its first state data.
         let trigger = Arc::new(v);

@@ -101,6 +101,17 @@ impl RunResult {
     }
 }
 
+/// Whether anything can read what `step` emits, in a run whose output is
+/// not kept (a record of an import): a step after it, or the step's own
+/// filters and mappings of its result (which may fail on it).
+fn results_read(step: &Step) -> bool {
+    !matches!(step.on_success, Next::End)
+        || step.state_filter.output.is_some()
+        || step.action_filter.results.is_some()
+        || step.action_filter.to_state_data.is_some()
+        || step.output_mappings.is_some()
+}
+
 /// The flows a run can reach: those `flow` steps start, by id, and those
 /// whose `event` trigger hooks the changes SQL steps make (the server's
 /// loaded flows).
@@ -1773,7 +1784,10 @@ impl<S: Store> Engine<S> {
             limits,
             connections: &connections,
             deferred: &step.deferred,
-            batch: scx.batch,
+            batch: scx.batch.map(|b| sluice_connect::sql::bulk::InBatch {
+                results_read: results_read(step),
+                ..b
+            }),
             wake: scx.wake,
             attempt: scx.attempt,
             idempotency_key: scx.key,

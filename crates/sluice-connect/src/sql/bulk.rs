@@ -65,6 +65,10 @@ pub struct InBatch<'a> {
     pub record: u64,
     /// The record's chunk.
     pub chunk: u64,
+    /// Whether anything reads what the step emits: when nothing does (the
+    /// record's last step, its output not kept), an envelope emits its
+    /// results empty instead of making each stored row JSON.
+    pub results_read: bool,
 }
 
 /// The runs of one chunk.
@@ -523,11 +527,15 @@ impl Batch {
             blame: Blame::External,
             message: "the import stopped before this record's envelope was written".into(),
         })??;
-        let results = written
-            .results
-            .into_iter()
-            .map(Tree::into_value)
-            .collect::<Result<Vec<_>, _>>()?;
+        let results = if at.results_read {
+            written
+                .results
+                .into_iter()
+                .map(Tree::into_value)
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(super::envelope_payload(written.tokens, results))
     }
 
