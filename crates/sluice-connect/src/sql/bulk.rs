@@ -3,16 +3,19 @@
 //! `sluice run FLOW --records FILE` runs the flow once per record, a chunk of
 //! records at a time, the chunk's records side by side. An `envelope` step of
 //! a record does not write at once: it hands its patches to the chunk's
-//! [`Batch`] and waits. When every record of the chunk that is still running
-//! waits, the importer calls [`Batch::flush`], which writes them all (the
+//! [`Batch`] and waits. The batch counts the chunk's runs that have not
+//! ended ([`Batch::expect`], [`Batch::ended`]); when every one of them
+//! waits, it tells the importer, which calls [`Batch::flush`] to write them
+//! all (the
 //! envelopes of the next chunk may wait beside them meanwhile: each
 //! envelope is marked with its chunk, and a flush writes one chunk's):
 //!
 //! * patch by patch across the records (patch 1 of every record, then its
 //!   children, then patch 2, ...), each record's patches templated with its
 //!   own tokens; consecutive `create` patches of one collection with the
-//!   same fields become one multi-row INSERT; other patches are written one
-//!   by one, in record order;
+//!   same fields become one multi-row INSERT (on PostgreSQL, `INSERT ...
+//!   SELECT FROM unnest` of one text array per field); other patches are
+//!   written one by one, in record order;
 //! * under a savepoint: when anything fails, the batch rolls back to it and
 //!   writes each half of the records again under a savepoint of its own,
 //!   down to the single record that fails. That record's envelope fails
@@ -29,6 +32,12 @@
 //! generated integer key, which every supported database assigns in
 //! increasing order within one statement. When neither holds, the rows are
 //! written one by one.
+//!
+//! The writer does as little as it can, so that it keeps the database busy:
+//! a record templates and parses its own patches when it hands them over
+//! (only values reading `$tokens` are left for the writer), and PostgreSQL's
+//! rows stay as they came until the record's own task makes them JSON (the
+//! writer reads only keys and the fields tokens take).
 
 use super::{
     Backend, Db, Got, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in, delete_in, id_text,
