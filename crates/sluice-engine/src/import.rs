@@ -542,7 +542,35 @@ struct Running {
     /// envelope (when the flow has envelopes).
     all_wait: Option<Arc<Notify>>,
     /// The tasks running the records, a share each.
-    groups: Vec<Abort<Vec<Ended>>>,
+    runs: FuturesUnordered<Abort<Vec<Ended>>>,
+}
+
+/// Where a finished chunk goes: the tally, the failure report, the
+/// import's position and progress.
+struct Out<'a> {
+    tally: &'a mut Tally,
+    report: &'a mut BufWriter<File>,
+    report_path: &'a Path,
+    key: &'a str,
+    progress: Progress<'a>,
+    total: u64,
+}
+
+/// Whether a record's run hands over one envelope at most, so that once its
+/// chunk has been written, nothing of the chunk writes again: one
+/// `envelope` step without `retry` (flows have no cycles), and no step that
+/// can run the steps after it more than once (`split`, `emitIndividually`,
+/// a `mode` that is templated) or another flow.
+fn writes_once(flow: &Flow) -> bool {
+    let mut envelopes = flow.steps.iter().filter(|s| s.kind == "envelope");
+    let one = envelopes.next().is_some_and(|s| s.retry.is_none()) && envelopes.next().is_none();
+    one && flow.steps.iter().all(|s| {
+        !matches!(s.kind.as_str(), "split" | "flow")
+            && match literal(&s.options, "mode") {
+                Err(()) => false,
+                Ok(mode) => mode != Some(&Value::from("emitIndividually")),
+            }
+    })
 }
 
 /// What the records' runs share. A chunk's records run in as many tasks as
@@ -613,7 +641,7 @@ impl<S: Store> Runs<S> {
             .num_workers()
             .max(1);
         let share = runs.len().div_ceil(tasks).max(1);
-        let mut groups = Vec::with_capacity(tasks);
+        let runs_of = FuturesUnordered::new();
         let mut runs = runs.into_iter();
         loop {
             let group: Vec<_> = runs.by_ref().take(share).collect();
@@ -621,7 +649,7 @@ impl<S: Store> Runs<S> {
                 break;
             }
             let (shared, id) = (self.clone(), chunk.id);
-            groups.push(Abort(tokio::spawn(async move {
+            runs_of.push(Abort(tokio::spawn(async move {
                 let mut going: FuturesUnordered<_> = group
                     .into_iter()
                     .map(|(k, record, v)| shared.clone().run(k, record, id, v))
@@ -636,34 +664,28 @@ impl<S: Store> Runs<S> {
         Ok(Running {
             chunk,
             all_wait,
-            groups,
+            runs: runs_of,
         })
     }
 
     /// Write the chunk's envelopes whenever every run still going waits
-    /// for one, until every run has ended.
-    async fn write(&self, running: Running) -> Result<Chunk, ImportError> {
-        let Running {
-            mut chunk,
-            all_wait,
-            groups,
-        } = running;
-        let mut runs: FuturesUnordered<_> = groups.into_iter().collect();
-        let (id, before) = (chunk.id, chunk.before());
-        let mut notified = std::pin::pin!(told(all_wait.as_deref()));
+    /// for one, until every run has ended, or (`once`) until its first write.
+    async fn write(&self, r: &mut Running, once: bool) -> Result<(), ImportError> {
+        let (id, before) = (r.chunk.id, r.chunk.before());
+        let mut notified = std::pin::pin!(told(r.all_wait.as_deref()));
         loop {
             tokio::select! {
                 biased;
-                group = runs.next() => match group {
+                group = r.runs.next() => match group {
                     Some(group) => {
                         for ended in group.map_err(stopped)? {
-                            chunk.ended(ended)?;
+                            r.chunk.ended(ended)?;
                         }
                     }
-                    None => break,
+                    None => return Ok(()),
                 },
                 () = &mut notified => {
-                    notified.set(told(all_wait.as_deref()));
+                    notified.set(told(r.all_wait.as_deref()));
                     // A wake-up may be stale: the runs may have gone on since.
                     if let Some(b) = &self.batch
                         && b.all_wait(id)
@@ -671,14 +693,33 @@ impl<S: Store> Runs<S> {
                         b.flush(&self.engine.limits, id)
                             .await
                             .map_err(|e| ImportError::Database(e, before))?;
+                        if once {
+                            return Ok(());
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Write what is left of the chunk, run its records to their end,
+    /// report its failures and commit it with the import's position.
+    async fn finish(&self, mut r: Running, out: &mut Out<'_>) -> Result<(), ImportError> {
+        self.write(&mut r, false).await?;
+        let chunk = r.chunk;
         if let Some(b) = &self.batch {
-            b.forget(id);
+            b.forget(chunk.id);
         }
-        Ok(chunk)
+        self.report(&chunk, out.tally, out.report, out.report_path)?;
+        if let Some(b) = &self.batch {
+            b.commit_chunk(out.key, Some(chunk.id), out.tally.done, false)
+                .await
+                .map_err(|e| ImportError::Database(e, chunk.before()))?;
+        }
+        // The records and their runs' results are dropped beside the writer.
+        tokio::spawn(async move { drop(chunk) });
+        (out.progress)(out.tally.done, out.total);
+        Ok(())
     }
 
     /// Write the failure report's lines of the chunk's failed records, on
@@ -886,23 +927,46 @@ impl<S: Store> Engine<S> {
             .transpose()?
             .map(|c| runs.start(c))
             .transpose()?;
-        while let Some(running) = current.take() {
+        // On PostgreSQL, when no record can write again once its chunk has
+        // been written, a chunk is written (on a connection of its own)
+        // while the chunk before it runs its records to their end and
+        // commits; it commits after that one.
+        let overlap = batch.as_ref().is_some_and(|b| b.is_postgres()) && writes_once(flow);
+        let mut out = Out {
+            tally: &mut tally,
+            report: &mut report,
+            report_path: &report_path,
+            key: &key,
+            progress,
+            total,
+        };
+        let mut finishing: Option<Running> = None;
+        while let Some(mut running) = current.take() {
             current = chunks
                 .recv()
                 .await
                 .transpose()?
                 .map(|c| runs.start(c))
                 .transpose()?;
-            let chunk = runs.write(running).await?;
-            runs.report(&chunk, &mut tally, &mut report, &report_path)?;
-            if let Some(b) = &batch {
-                b.commit_chunk(&key, tally.done, false)
-                    .await
-                    .map_err(|e| ImportError::Database(e, chunk.before()))?;
+            if overlap {
+                let before = finishing.take();
+                let (written, finished) =
+                    futures_util::future::join(runs.write(&mut running, true), async {
+                        match before {
+                            Some(r) => runs.finish(r, &mut out).await,
+                            None => Ok(()),
+                        }
+                    })
+                    .await;
+                finished?;
+                written?;
+                finishing = Some(running);
+            } else {
+                runs.finish(running, &mut out).await?;
             }
-            // The records and their runs' results are dropped beside the writer.
-            tokio::spawn(async move { drop(chunk) });
-            progress(tally.done, total);
+        }
+        if let Some(r) = finishing {
+            runs.finish(r, &mut out).await?;
         }
         let Tally {
             done,
@@ -910,7 +974,7 @@ impl<S: Store> Engine<S> {
             failed,
         } = tally;
         if let Some(b) = &batch {
-            b.commit_chunk(&key, done, true)
+            b.commit_chunk(&key, None, done, true)
                 .await
                 .map_err(|e| ImportError::Database(e, done))?;
         }

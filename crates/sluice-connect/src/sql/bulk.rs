@@ -60,7 +60,9 @@ pub struct Batch {
     db: Arc<Db>,
     /// The runs of each chunk and the envelopes waiting to be written.
     chunks: Mutex<BTreeMap<u64, ChunkRuns>>,
-    tx: tokio::sync::Mutex<Option<Tx>>,
+    /// Each chunk's open transaction: a chunk may write (on a connection
+    /// of its own) while the chunk before it commits.
+    txs: Mutex<BTreeMap<u64, Tx>>,
     /// The patch that failed, per record.
     failed_patches: Mutex<HashMap<u64, String>>,
 }
@@ -396,7 +398,7 @@ impl Batch {
             connection: connection.to_owned(),
             db,
             chunks: Mutex::new(BTreeMap::new()),
-            tx: tokio::sync::Mutex::new(None),
+            txs: Mutex::new(BTreeMap::new()),
             failed_patches: Mutex::new(HashMap::new()),
         })
     }
@@ -404,6 +406,19 @@ impl Batch {
     /// The connection's name.
     pub fn connection(&self) -> &str {
         &self.connection
+    }
+
+    /// Whether it writes to PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.db.backend == Backend::Postgres
+    }
+
+    /// Chunk `chunk`'s open transaction, taken out (none yet: `None`).
+    fn take_tx(&self, chunk: u64) -> Result<Option<Tx>, ActionError> {
+        self.txs
+            .lock()
+            .map(|mut m| m.remove(&chunk))
+            .map_err(|_| ActionError::external("the import's batch is poisoned"))
     }
 
     fn chunks(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<u64, ChunkRuns>>, ActionError> {
@@ -561,14 +576,17 @@ impl Batch {
             return Ok(());
         }
         jobs.sort_by_key(|w| w.record);
-        let mut guard = self.tx.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.db.begin().await?);
-        }
-        let Some(tx) = guard.as_mut() else {
-            return Err(ActionError::external("the import's transaction is gone"));
+        let mut tx = match self.take_tx(chunk)? {
+            Some(tx) => tx,
+            None => self.db.begin().await?,
         };
-        self.write_group(tx, jobs, limits, 0).await
+        // A connection that failed is dropped with its transaction.
+        self.write_group(&mut tx, jobs, limits, 0).await?;
+        self.txs
+            .lock()
+            .map_err(|_| ActionError::external("the import's batch is poisoned"))?
+            .insert(chunk, tx);
+        Ok(())
     }
 
     /// Write a group of envelopes under a savepoint; on failure, each half again.
@@ -941,15 +959,20 @@ impl Batch {
         tx.commit().await
     }
 
-    /// Commit the chunk's writes together with the import's new position.
+    /// Commit chunk `chunk`'s writes (if any) together with the import's new
+    /// position.
     pub async fn commit_chunk(
         &self,
         key: &str,
+        chunk: Option<u64>,
         next_record: u64,
         finished: bool,
     ) -> Result<(), ActionError> {
-        let mut guard = self.tx.lock().await;
-        let mut tx = match guard.take() {
+        let tx = match chunk {
+            Some(c) => self.take_tx(c)?,
+            None => None,
+        };
+        let mut tx = match tx {
             Some(tx) => tx,
             None => self.db.begin().await?,
         };
@@ -974,10 +997,10 @@ impl Batch {
         )
         .await?;
         tx.commit().await?;
-        // The next chunk's envelopes are written only after this commit:
-        // every patch failure known is this chunk's.
+        // The patch failures of records committed now are told (those of a
+        // chunk written meanwhile stay).
         if let Ok(mut m) = self.failed_patches.lock() {
-            m.clear();
+            m.retain(|record, _| *record > next_record);
         }
         Ok(())
     }
