@@ -556,14 +556,38 @@ struct Out<'a> {
     total: u64,
 }
 
-/// Whether a record's run hands over one envelope at most, so that once its
-/// chunk has been written, nothing of the chunk writes again: one
-/// `envelope` step without `retry` (flows have no cycles), and no step that
-/// can run the steps after it more than once (`split`, `emitIndividually`,
-/// a `mode` that is templated) or another flow.
-fn writes_once(flow: &Flow) -> bool {
+/// Whether a chunk may be written while the chunk before it commits, in a
+/// transaction of its own, with the same result as after that commit:
+///
+/// * a record's run hands over one envelope at most, so that once its chunk
+///   has been written, nothing of the chunk writes again (else the chunk
+///   before could wait on a row of the next one, which waits for its
+///   commit): one `envelope` step without `retry` (flows have no cycles),
+///   and no step that can run the steps after it more than once (`split`,
+///   `emitIndividually`, a `mode` that is templated) or another flow;
+/// * its patches only create (written out `op: create`, children too): an
+///   insert that meets a key the chunk before inserted waits for that
+///   commit and fails as it would after it, where an update or upsert would
+///   not see the uncommitted row.
+fn overlaps(flow: &Flow) -> bool {
+    fn creates(patches: &Value) -> bool {
+        patches.as_array().is_some_and(|a| {
+            a.iter().all(|p| {
+                p.get("op") == Some(&Value::from("create")) && p.get("children").is_none_or(creates)
+            })
+        })
+    }
     let mut envelopes = flow.steps.iter().filter(|s| s.kind == "envelope");
-    let one = envelopes.next().is_some_and(|s| s.retry.is_none()) && envelopes.next().is_none();
+    let one = envelopes.next().is_some_and(|s| {
+        s.retry.is_none()
+            && match s.deferred.get("patches") {
+                Some((written, _)) => creates(written),
+                None => literal(&s.options, "patches")
+                    .ok()
+                    .flatten()
+                    .is_some_and(creates),
+            }
+    }) && envelopes.next().is_none();
     one && flow.steps.iter().all(|s| {
         !matches!(s.kind.as_str(), "split" | "flow")
             && match literal(&s.options, "mode") {
@@ -927,11 +951,11 @@ impl<S: Store> Engine<S> {
             .transpose()?
             .map(|c| runs.start(c))
             .transpose()?;
-        // On PostgreSQL, when no record can write again once its chunk has
-        // been written, a chunk is written (on a connection of its own)
-        // while the chunk before it runs its records to their end and
-        // commits; it commits after that one.
-        let overlap = batch.as_ref().is_some_and(|b| b.is_postgres()) && writes_once(flow);
+        // On PostgreSQL, when that gives the same result (see `overlaps`),
+        // a chunk is written (on a connection of its own) while the chunk
+        // before it runs its records to their end and commits; it commits
+        // after that one.
+        let overlap = batch.as_ref().is_some_and(|b| b.is_postgres()) && overlaps(flow);
         let mut out = Out {
             tally: &mut tally,
             report: &mut report,
@@ -1005,5 +1029,38 @@ impl<S: Store> Engine<S> {
             )
             .await?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+    use sluice_connect::Registry;
+
+    fn flow(patches: &str, more: &str) -> sluice_model::Flow {
+        let text = format!(
+            "id: t\nconnections:\n  db: {{url: \"sqlite::memory:\"}}\nsteps:\n  - key: write\n    type: envelope\n    options:\n      connection: db\n      patches: {patches}\n{more}"
+        );
+        sluice_model::load("t.yaml", &text, &Registry::builtin()).unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    #[test]
+    fn chunks_overlap_only_when_a_record_can_only_create_once() {
+        let create = r#"[{op: create, collection: a, properties: {x: "{{ .x }}"}, children: [{op: create, collection: b, parentKey: a_id}]}]"#;
+        assert!(overlaps(&flow(create, "")));
+        // An update would not see the rows the chunk before has not committed.
+        let update =
+            r#"[{op: create, collection: a}, {op: update, collection: a, criteria: {id: 1}}]"#;
+        assert!(!overlaps(&flow(update, "")));
+        let child_upsert = r#"[{op: create, collection: a, children: [{op: upsert, collection: b, criteria: {id: 1}}]}]"#;
+        assert!(!overlaps(&flow(child_upsert, "")));
+        let templated_op = r#"[{op: "{{ .op }}", collection: a}]"#;
+        assert!(!overlaps(&flow(templated_op, "")));
+        // A retry, a second envelope or a fan-out can write again.
+        assert!(!overlaps(&flow(create, "    retry: {attempts: 3}\n")));
+        let second = "  - key: again\n    type: envelope\n    options: {connection: db, patches: [{op: create, collection: c}]}\n";
+        assert!(!overlaps(&flow(create, second)));
+        let split = "  - key: each\n    type: split\n    options: {items: [1, 2]}\n";
+        assert!(!overlaps(&flow(create, split)));
     }
 }

@@ -130,6 +130,34 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
         }
         run_flow(&engine, &registry, &setup).await;
 
+        // PostgreSQL writes a chunk while the one before commits when the
+        // patches only create; elsewhere, and with updates, one after the
+        // other. Both on PostgreSQL would double the test; updates (with
+        // `$tokens` in their criteria) are written on the other two.
+        let creates_only = name == "postgres";
+        let updates = if creates_only {
+            String::new()
+        } else {
+            format!(
+                r#"        # Written through the templated patch as a whole (its collection
+        # is a template), its criteria rendered with the tokens just before.
+        - op: update
+          collection: "{{{{ \"{cust}\" }}}}"
+          criteria: {{id: "{{{{ $tokens.customer }}}}"}}
+          properties: {{name: "{{{{ .name }}}} (2)"}}
+        # Parsed when handed over, its criteria rendered into it before.
+        - op: update
+          collection: {cust}
+          criteria: {{id: "{{{{ $tokens.customer }}}}"}}
+          properties: {{name: "{{{{ .name }}}} (3)"}}
+"#
+            )
+        };
+        let updated = if creates_only {
+            ""
+        } else {
+            r#" and $write.results[2].id == $tokens.customer and $write.results[3].name == "\($trigger.name) (3)""#
+        };
         let flow_text = format!(
             r#"id: import-test
 connections:
@@ -155,24 +183,13 @@ steps:
             customer_id: "{{{{ $tokens.customer }}}}"
             number: "O-{{{{ .id }}}}"
             total: "{{{{ .total | tonumber }}}}"
-        # Written through the templated patch as a whole (its collection
-        # is a template), its criteria rendered with the tokens just before.
-        - op: update
-          collection: "{{{{ \"{cust}\" }}}}"
-          criteria: {{id: "{{{{ $tokens.customer }}}}"}}
-          properties: {{name: "{{{{ .name }}}} (2)"}}
-        # Parsed when handed over, its criteria rendered into it before.
-        - op: update
-          collection: {cust}
-          criteria: {{id: "{{{{ $tokens.customer }}}}"}}
-          properties: {{name: "{{{{ .name }}}} (3)"}}
-  - key: after
+{updates}  - key: after
     type: transform
     options:
       value:
         customer: "{{{{ $tokens.customer }}}}"
         # The envelope's result: each patch's stored row, children inside.
-        check: '{{{{ if $write.results[0].children[0].customer_id == $tokens.customer and $write.results[0].external_id == ($trigger.id | tostring) and $write.results[1].currency == "EUR" and ($write.results[1].total | type) == "number" and $write.tokens == {{customer: $tokens.customer}} and $write.results[2].id == $tokens.customer and $write.results[3].name == "\($trigger.name) (3)" then true else error("results: \($write)") end }}}}'
+        check: '{{{{ if $write.results[0].children[0].customer_id == $tokens.customer and $write.results[0].external_id == ($trigger.id | tostring) and $write.results[1].currency == "EUR" and ($write.results[1].total | type) == "number" and $write.tokens == {{customer: $tokens.customer}}{updated} then true else error("results: \($write)") end }}}}'
 "#
         );
         let flow = sluice_model::load("import.yaml", &flow_text, registry.as_ref())
@@ -214,7 +231,11 @@ steps:
                 "SELECT COUNT(*) AS n FROM {ord} o JOIN {cust} k ON o.customer_id = k.id WHERE o.number = {}",
                 cat("'O-'", "k.external_id")
             ),
-            format!("SELECT COUNT(*) AS n FROM {cust} WHERE name LIKE '% (3)'"),
+            if creates_only {
+                format!("SELECT COUNT(*) AS n FROM {cust} WHERE name NOT LIKE '% (3)'")
+            } else {
+                format!("SELECT COUNT(*) AS n FROM {cust} WHERE name LIKE '% (3)'")
+            },
             format!("SELECT COUNT(*) AS n FROM {contact}"),
             format!("SELECT COUNT(*) AS n FROM {ord}"),
         ];
