@@ -540,11 +540,7 @@ impl Db {
     /// writes thousands).
     fn push_param(&self, out: &mut String, n: usize, column_type: Option<&String>) {
         match (self.backend, column_type) {
-            // Cast from text, except for text and varchar columns, which
-            // take text as it is.
-            (Backend::Postgres, Some(t))
-                if !t.is_empty() && !matches!(t.as_str(), "text" | "varchar") =>
-            {
+            (Backend::Postgres, Some(t)) if !t.is_empty() && pg_cast_from_text(t) => {
                 out.push_str("CAST(CAST(");
                 self.backend.push_placeholder(out, n);
                 out.push_str(" AS TEXT) AS ");
@@ -589,6 +585,12 @@ fn text_type(b: Backend) -> &'static str {
         Backend::MySql => "CHAR",
         _ => "TEXT",
     }
+}
+
+/// Whether a PostgreSQL column of type `t` takes a value sent as text only
+/// after a cast: text and varchar columns take text as it is.
+fn pg_cast_from_text(t: &str) -> bool {
+    !matches!(t, "text" | "varchar")
 }
 
 /// A PostgreSQL type as a cast target (array types start with `_`).
@@ -640,25 +642,36 @@ fn readable(b: Backend, t: &str) -> bool {
     }
 }
 
+/// Whether a column of type `t` holds decimals, which some databases give
+/// as text.
+fn decimal(t: &str) -> bool {
+    matches!(t, "numeric" | "decimal")
+}
+
+/// A decimal read as text becomes a number again.
+fn number_again(v: &mut Value) {
+    if let Value::String(s) = &*v {
+        *v = number_from_text(s);
+    }
+}
+
 /// Decimals read as text become numbers again.
 fn numbers_again(
     mut rows: Vec<Map<String, Value>>,
     cols: &BTreeMap<String, String>,
 ) -> Vec<Map<String, Value>> {
-    let decimal: Vec<&String> = cols
+    let decimals: Vec<&String> = cols
         .iter()
-        .filter(|(_, t)| matches!(t.as_str(), "numeric" | "decimal"))
+        .filter(|(_, t)| decimal(t))
         .map(|(c, _)| c)
         .collect();
-    if decimal.is_empty() {
+    if decimals.is_empty() {
         return rows;
     }
     for row in &mut rows {
-        for c in &decimal {
-            if let Some(v) = row.get_mut(*c)
-                && let Value::String(s) = &*v
-            {
-                *v = number_from_text(s);
+        for c in &decimals {
+            if let Some(v) = row.get_mut(*c) {
+                number_again(v);
             }
         }
     }
@@ -838,13 +851,13 @@ impl Got {
             Got::Map(m) => Ok(m.get(name).cloned()),
             Got::Pg(r) => match r.columns().iter().position(|c| c.name() == name) {
                 None => Ok(None),
-                Some(i) => Ok(Some(match (decode_pg_cell(r, i)?, cols.get(name)) {
-                    // As `numbers_again` does.
-                    (Value::String(s), Some(t)) if matches!(t.as_str(), "numeric" | "decimal") => {
-                        number_from_text(&s)
+                Some(i) => {
+                    let mut v = decode_pg_cell(r, i)?;
+                    if cols.get(name).is_some_and(|t| decimal(t)) {
+                        number_again(&mut v);
                     }
-                    (v, _) => v,
-                })),
+                    Ok(Some(v))
+                }
             },
         }
     }
@@ -863,9 +876,17 @@ impl Got {
     fn into_map(self, cols: &BTreeMap<String, String>) -> Result<Map<String, Value>, ActionError> {
         match self {
             Got::Map(m) => Ok(m),
-            Got::Pg(r) => Ok(numbers_again(vec![decode_pg(&r)?], cols)
-                .pop()
-                .unwrap_or_default()),
+            Got::Pg(r) => {
+                let mut m = decode_pg(&r)?;
+                for (c, t) in cols {
+                    if decimal(t)
+                        && let Some(v) = m.get_mut(c)
+                    {
+                        number_again(v);
+                    }
+                }
+                Ok(m)
+            }
         }
     }
 }

@@ -692,6 +692,19 @@ impl<S: Store> Runs<S> {
         })
     }
 
+    /// Start the runs of the next chunk read, if there is one.
+    async fn start_next(
+        self: &Arc<Self>,
+        chunks: &mut tokio::sync::mpsc::Receiver<Result<Chunk, ImportError>>,
+    ) -> Result<Option<Running>, ImportError> {
+        chunks
+            .recv()
+            .await
+            .transpose()?
+            .map(|c| self.start(c))
+            .transpose()
+    }
+
     /// Write the chunk's envelopes whenever every run still going waits
     /// for one, until every run has ended, or (`once`) until its first write.
     async fn write(&self, r: &mut Running, once: bool) -> Result<(), ImportError> {
@@ -943,14 +956,10 @@ impl<S: Store> Engine<S> {
         // (and its records, once written, run to their end), the next one's
         // records run up to their envelopes. Records run in tasks of their
         // own, on the runtime's worker threads when it has several; this
-        // task only writes. A chunk is committed before the next one writes.
+        // task only writes. A chunk is committed before the next one writes,
+        // unless they overlap (below); chunks commit in file order.
         let mut chunks = read_chunks(records, chunk_size);
-        let mut current = chunks
-            .recv()
-            .await
-            .transpose()?
-            .map(|c| runs.start(c))
-            .transpose()?;
+        let mut current = runs.start_next(&mut chunks).await?;
         // On PostgreSQL, when that gives the same result (see `overlaps`),
         // a chunk is written (on a connection of its own) while the chunk
         // before it runs its records to their end and commits; it commits
@@ -966,12 +975,7 @@ impl<S: Store> Engine<S> {
         };
         let mut finishing: Option<Running> = None;
         while let Some(mut running) = current.take() {
-            current = chunks
-                .recv()
-                .await
-                .transpose()?
-                .map(|c| runs.start(c))
-                .transpose()?;
+            current = runs.start_next(&mut chunks).await?;
             if overlap {
                 let before = finishing.take();
                 let (written, finished) =

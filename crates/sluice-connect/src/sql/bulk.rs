@@ -48,7 +48,7 @@ use serde_json::{Map, Value};
 use sluice_expr::{Limits, MapScope, Template, TemplateValue, Val};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 
 /// At most this many bound values in one statement (SQLite allows 32766).
@@ -415,16 +415,11 @@ impl Batch {
 
     /// Chunk `chunk`'s open transaction, taken out (none yet: `None`).
     fn take_tx(&self, chunk: u64) -> Result<Option<Tx>, ActionError> {
-        self.txs
-            .lock()
-            .map(|mut m| m.remove(&chunk))
-            .map_err(|_| ActionError::external("the import's batch is poisoned"))
+        Ok(locked(&self.txs)?.remove(&chunk))
     }
 
-    fn chunks(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<u64, ChunkRuns>>, ActionError> {
-        self.chunks
-            .lock()
-            .map_err(|_| ActionError::external("the import's batch is poisoned"))
+    fn chunks(&self) -> Result<MutexGuard<'_, BTreeMap<u64, ChunkRuns>>, ActionError> {
+        locked(&self.chunks)
     }
 
     /// Chunk `chunk` has `runs` record runs (to be started): the
@@ -582,10 +577,7 @@ impl Batch {
         };
         // A connection that failed is dropped with its transaction.
         self.write_group(&mut tx, jobs, limits, 0).await?;
-        self.txs
-            .lock()
-            .map_err(|_| ActionError::external("the import's batch is poisoned"))?
-            .insert(chunk, tx);
+        locked(&self.txs)?.insert(chunk, tx);
         Ok(())
     }
 
@@ -1006,6 +998,12 @@ impl Batch {
     }
 }
 
+/// One of the batch's locks (a poisoned one: a writer panicked).
+fn locked<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ActionError> {
+    m.lock()
+        .map_err(|_| ActionError::external("the import's batch is poisoned"))
+}
+
 fn now_text() -> String {
     super::rfc3339(time::OffsetDateTime::now_utc())
 }
@@ -1071,9 +1069,9 @@ async fn create_many(
     }
     let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
     let per = (MAX_PARAMS / keys.len()).max(1);
+    let types: Vec<Option<&String>> = keys.iter().map(|k| t.cols.get(*k)).collect();
     let mut out = Vec::with_capacity(props.len());
     for chunk in props.chunks(per) {
-        let types: Vec<Option<&String>> = keys.iter().map(|k| t.cols.get(*k)).collect();
         let mut params = Vec::with_capacity(chunk.len() * keys.len());
         let mut tuples = String::with_capacity(chunk.len() * keys.len() * 32);
         let mut values = Vec::with_capacity(keys.len());
@@ -1218,13 +1216,13 @@ async fn create_many_pg(
         if i > 0 {
             sql.push_str(", ");
         }
-        // As in `Db::push_param`: text and varchar columns take text as it is.
-        if matches!(ty.as_str(), "text" | "varchar") {
-            sql.push_str(&format!("c{i}"));
-        } else {
+        // As `Db::push_param` does.
+        if super::pg_cast_from_text(ty) {
             sql.push_str(&format!("CAST(c{i} AS "));
             super::push_pg_cast_type(&mut sql, ty);
             sql.push(')');
+        } else {
+            sql.push_str(&format!("c{i}"));
         }
     }
     sql.push_str(" FROM unnest(");
