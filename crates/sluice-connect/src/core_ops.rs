@@ -57,7 +57,7 @@ impl Action for Condition {
         _options: ConditionOptions,
     ) -> Result<Outcome, ActionError> {
         let p = cx.expression("filter")?;
-        let v = p.first(cx.input_val.clone(), cx.scope, cx.limits)?;
+        let v = p.first(cx.program_input.as_val().clone(), cx.scope, cx.limits)?;
         let truthy = !matches!(
             v,
             None | Some(sluice_expr::Val::Null) | Some(sluice_expr::Val::Bool(false))
@@ -388,12 +388,12 @@ mod tests {
             declared: &declared,
             pools: &pools,
         };
-        let input_val = sluice_expr::to_val(&input);
+        let program_input = sluice_expr::Input::json(&input);
         let cx = ActionCx {
             run_id: "r",
             step_key: "s",
             input: &input,
-            input_val: &input_val,
+            program_input: &program_input,
             scope: &scope,
             expressions: &exprs,
             limits: &limits,

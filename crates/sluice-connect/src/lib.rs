@@ -173,8 +173,9 @@ pub struct ActionCx<'a> {
     /// The data the action works on (the state data, after `fromStateData`
     /// and input mappings).
     pub input: &'a Value,
-    /// The same input as a jq value (templates and filters read it).
-    pub input_val: &'a sluice_expr::Val,
+    /// The same input as templates and filters read it (made a jq value
+    /// the first time a program needs one).
+    pub program_input: &'a sluice_expr::Input<'a>,
     /// The flow object: `$trigger`, `$last`, `$<key>`.
     pub scope: &'a (dyn Scope + Sync),
     /// The step's expression options, compiled.

@@ -2263,16 +2263,43 @@ pub struct Envelope;
 /// A scope with the envelope's tokens over the run's.
 struct WithTokens<'a> {
     inner: &'a (dyn sluice_expr::Scope + Sync),
-    tokens: sluice_expr::Val,
+    /// The tokens (an object), and as jq value once a program needs that.
+    tokens: &'a Value,
+    tokens_val: &'a std::sync::OnceLock<sluice_expr::Val>,
 }
 
 impl sluice_expr::Scope for WithTokens<'_> {
     fn get(&self, name: &str) -> Option<sluice_expr::Val> {
         if name == "tokens" {
-            Some(self.tokens.clone())
+            let v = self
+                .tokens_val
+                .get_or_init(|| sluice_expr::to_val(self.tokens));
+            Some(v.clone())
         } else {
             self.inner.get(name)
         }
+    }
+
+    fn get_json(&self, name: &str) -> Option<&Value> {
+        if name == "tokens" {
+            Some(self.tokens)
+        } else {
+            self.inner.get_json(name)
+        }
+    }
+}
+
+/// The run's tokens, `$tokens`, as JSON.
+fn global_tokens(scope: &dyn sluice_expr::Scope) -> Map<String, Value> {
+    let tokens = match scope.get_json("tokens") {
+        Some(v) => Some(sluice_expr::as_from_jq(v).into_owned()),
+        None => scope
+            .get("tokens")
+            .and_then(|v| sluice_expr::from_val(&v).ok()),
+    };
+    match tokens {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
     }
 }
 
@@ -2389,15 +2416,8 @@ async fn write_envelope(cx: ActionCx<'_>, o: EnvelopeOptions) -> Result<Outcome,
     let db = cx.connections.db(&o.connection).await?;
     let compiled = cx.deferred.get("patches").map(|(_, t)| t);
     let count = patch_count(compiled, &o.patches);
-    let input = cx.input_val;
-    let global = cx
-        .scope
-        .get("tokens")
-        .and_then(|v| sluice_expr::from_val(&v).ok());
-    let global = match global {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
+    let input = cx.program_input;
+    let global = global_tokens(cx.scope);
     let hooked = Hooked::of(&cx, &o.connection);
     let mut written = Written {
         tokens: global.clone(),
@@ -2410,9 +2430,11 @@ async fn write_envelope(cx: ActionCx<'_>, o: EnvelopeOptions) -> Result<Outcome,
         // sees the tokens the patches before it have set.
         let patch = match compiled {
             Some(t) => {
+                let tokens = Value::Object(written.tokens.clone());
                 let scope = WithTokens {
                     inner: cx.scope,
-                    tokens: sluice_expr::to_val(&Value::Object(written.tokens.clone())),
+                    tokens: &tokens,
+                    tokens_val: &std::sync::OnceLock::new(),
                 };
                 let v = t
                     .render_item(i, input, &scope, cx.limits)?

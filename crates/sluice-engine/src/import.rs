@@ -605,7 +605,7 @@ struct Runs<S: Store> {
     engine: Engine<S>,
     flow: Flow,
     batch: Option<Arc<Batch>>,
-    accountability: Value,
+    accountability: crate::Lazy,
 }
 
 impl<S: Store> Runs<S> {
@@ -617,10 +617,11 @@ impl<S: Store> Runs<S> {
             chunk: chunk_id,
             results_read: true,
         });
-        // The record is the run's `$trigger` and its first state data.
+        // The record is the run's `$trigger` and its first state data, one
+        // value for both until a step makes new state data.
         let trigger = Arc::new(v);
-        let state = (*trigger).clone();
-        let fo = FlowObject::new(trigger.clone(), &self.accountability);
+        let state = trigger.clone();
+        let fo = FlowObject::new(trigger.clone(), self.accountability.clone());
         let mode = Mode {
             recorded: false,
             batch: in_batch,
@@ -950,7 +951,7 @@ impl<S: Store> Engine<S> {
             engine: self.clone(),
             flow: flow.clone(),
             batch: batch.clone(),
-            accountability,
+            accountability: crate::Lazy::new(accountability),
         });
         // Two chunks are in flight: while one is written to the database
         // (and its records, once written, run to their end), the next one's

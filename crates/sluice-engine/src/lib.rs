@@ -23,7 +23,7 @@
 use serde_json::{Map, Value, json};
 use sluice_connect::hooks::{Change, ChangeOp, DataHooks, EventTrigger, When};
 use sluice_connect::{ActionCx, ActionError, Blame, Effect, Outcome, Registry};
-use sluice_expr::{Limits, Program, Scope, Val, from_val, merge, to_val};
+use sluice_expr::{Limits, Program, Scope, Val, merge, to_val};
 use sluice_model::{EVENT_TRIGGERS, EventDataFilter, Flow, Next, RetryOn, Step, UnmappedResults};
 use sluice_store::{
     NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id,
@@ -386,34 +386,36 @@ struct FlowObject {
     /// How deep in `flow` steps the run is (`$trigger.depth`).
     depth: u64,
     last: Lazy,
-    accountability: Val,
+    accountability: Lazy,
     entries: HashMap<String, Lazy>,
     /// The event that started the run, if an event did.
     event: Option<Value>,
-    /// `$tokens`: tokens set by the envelopes that ran, as JSON and as jq value.
-    tokens: Map<String, Value>,
-    tokens_val: Val,
+    /// `$tokens`: tokens set by the envelopes that ran (an object).
+    tokens: Lazy,
 }
 
 impl FlowObject {
     /// The flow object before any step has run.
-    fn new(trigger: Arc<Value>, accountability: &Value) -> Self {
+    fn new(trigger: Arc<Value>, accountability: Lazy) -> Self {
         Self {
             trigger_val: std::sync::OnceLock::new(),
             depth: trigger.get("depth").and_then(Value::as_u64).unwrap_or(0),
             last: Lazy::new(Value::Null),
-            accountability: to_val(accountability),
+            accountability,
             entries: HashMap::new(),
             event: None,
-            tokens: Map::new(),
-            tokens_val: to_val(&json!({})),
+            tokens: Lazy::new(Value::Object(Map::new())),
             trigger,
         }
     }
 
     fn add_tokens(&mut self, t: &Map<String, Value>) {
-        self.tokens.extend(t.clone());
-        self.tokens_val = to_val(&Value::Object(self.tokens.clone()));
+        let mut tokens = match self.tokens.json() {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        tokens.extend(t.clone());
+        self.tokens = Lazy::new(Value::Object(tokens));
     }
 }
 
@@ -426,9 +428,19 @@ impl Scope for FlowObject {
                     .clone(),
             ),
             "last" => Some(self.last.val()),
-            "accountability" => Some(self.accountability.clone()),
-            "tokens" => Some(self.tokens_val.clone()),
+            "accountability" => Some(self.accountability.val()),
+            "tokens" => Some(self.tokens.val()),
             key => self.entries.get(key).map(Lazy::val),
+        }
+    }
+
+    fn get_json(&self, name: &str) -> Option<&Value> {
+        match name {
+            "trigger" => Some(&self.trigger),
+            "last" => Some(self.last.json()),
+            "accountability" => Some(self.accountability.json()),
+            "tokens" => Some(self.tokens.json()),
+            key => self.entries.get(key).map(Lazy::json),
         }
     }
 }
@@ -624,7 +636,7 @@ impl<S: Store> Engine<S> {
             .event
             .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
         let trigger = Arc::new(req.trigger);
-        let mut fo = FlowObject::new(trigger.clone(), &req.accountability);
+        let mut fo = FlowObject::new(trigger.clone(), Lazy::new(req.accountability.clone()));
         if let Some(ev) = &event {
             // The trigger's eventDataFilter: the event meets the run's input
             // as an event state merges a consumed event.
@@ -677,7 +689,7 @@ impl<S: Store> Engine<S> {
             driving: Some(driving),
             ..Cursor::new(run_id)
         };
-        self.drive(flow, cursor, fo, input, 0, 0, Mode::RECORDED)
+        self.drive(flow, cursor, fo, Arc::new(input), 0, 0, Mode::RECORDED)
             .await
     }
 
@@ -732,7 +744,7 @@ impl<S: Store> Engine<S> {
                 None => {
                     self.moved_on(
                         run_id.to_owned(),
-                        &FlowObject::new(Arc::default(), &Value::Null),
+                        &FlowObject::new(Arc::default(), Lazy::new(Value::Null)),
                     )
                     .await
                 }
@@ -779,7 +791,7 @@ impl<S: Store> Engine<S> {
     /// run. Returns the run as `waiting` at once when the wait has no time
     /// (an event wait with no timeout), or when the process is stopping.
     pub async fn await_wait(&self, flow: &Flow, wait: Wait) -> Result<RunResult, EngineError> {
-        let none = FlowObject::new(Arc::default(), &Value::Null);
+        let none = FlowObject::new(Arc::default(), Lazy::new(Value::Null));
         if wait.wake_at.is_none() {
             return Ok(RunResult {
                 wait: Some(wait.clone()),
@@ -850,7 +862,7 @@ impl<S: Store> Engine<S> {
         };
         let n = detail.steps.len() as i64;
         let state = state.unwrap_or(detail.state);
-        self.drive(flow, cursor, fo, state, index, n, Mode::RECORDED)
+        self.drive(flow, cursor, fo, Arc::new(state), index, n, Mode::RECORDED)
             .await
     }
 
@@ -883,7 +895,10 @@ impl<S: Store> Engine<S> {
     /// last record of a run stopped at an incident, is an attempt that did
     /// not take effect: it is left out.
     fn rebuild(&self, flow: &Flow, detail: &sluice_store::RunDetail, incident: bool) -> FlowObject {
-        let mut fo = FlowObject::new(Arc::new(detail.trigger.clone()), &detail.accountability);
+        let mut fo = FlowObject::new(
+            Arc::new(detail.trigger.clone()),
+            Lazy::new(detail.accountability.clone()),
+        );
         fo.event = EVENT_TRIGGERS
             .contains(&flow.trigger.kind.as_str())
             .then(|| detail.trigger.clone());
@@ -978,7 +993,7 @@ impl<S: Store> Engine<S> {
         flow: &Flow,
         cursor: Cursor,
         mut fo: FlowObject,
-        mut state: Value,
+        mut state: Arc<Value>,
         start: usize,
         mut seq: i64,
         mode: Mode<'_>,
@@ -1008,7 +1023,7 @@ impl<S: Store> Engine<S> {
             // The run's position before this step, for the records it holds.
             let here = || RunUpdate {
                 status: RunStatus::Running,
-                state: state.clone(),
+                state: Value::clone(&state),
                 next_step: Some(step.key.clone()),
                 output: None,
                 error: None,
@@ -1084,7 +1099,11 @@ impl<S: Store> Engine<S> {
                 kind: step.kind.clone(),
                 ok: outcome.is_ok(),
                 options: Value::Null,
-                input: if rec { state.clone() } else { Value::Null },
+                input: if rec {
+                    Value::clone(&state)
+                } else {
+                    Value::Null
+                },
                 result: None,
                 output: None,
                 error: None,
@@ -1178,7 +1197,7 @@ impl<S: Store> Engine<S> {
                         fo.add_tokens(t);
                     }
                     fo.last = result;
-                    state = done.state;
+                    state = Arc::new(done.state);
                     pos = match step.on_success {
                         Next::Step(j) => Some(j),
                         Next::End => None,
@@ -1193,16 +1212,16 @@ impl<S: Store> Engine<S> {
                     }
                     let finished = pos.is_none();
                     if rec {
-                        record.output = Some(state.clone());
+                        record.output = Some(Value::clone(&state));
                         let update = RunUpdate {
                             status: if finished {
                                 RunStatus::Succeeded
                             } else {
                                 RunStatus::Running
                             },
-                            state: state.clone(),
+                            state: Value::clone(&state),
                             next_step: pos.map(|j| flow.steps[j].key.clone()),
-                            output: finished.then(|| state.clone()),
+                            output: finished.then(|| Value::clone(&state)),
                             error: None,
                             error_step: None,
                             ended_at: finished.then(now_micros),
@@ -1215,7 +1234,7 @@ impl<S: Store> Engine<S> {
                     }
                     if finished {
                         return Ok(RunResult {
-                            output: Some(state),
+                            output: Some(Arc::unwrap_or_clone(state)),
                             ..RunResult::ended(run_id, RunStatus::Succeeded, &fo, rec)
                         });
                     }
@@ -1274,7 +1293,7 @@ impl<S: Store> Engine<S> {
                     if rec {
                         let update = RunUpdate {
                             status,
-                            state: state.clone(),
+                            state: Value::clone(&state),
                             next_step: if incident {
                                 Some(step.key.clone())
                             } else {
@@ -1306,13 +1325,14 @@ impl<S: Store> Engine<S> {
         }
         // A flow always has a step; a run that had none ends as it began.
         if rec {
-            let end = RunUpdate::ended(state.clone(), Some(state.clone()), None, None);
+            let end =
+                RunUpdate::ended(Value::clone(&state), Some(Value::clone(&state)), None, None);
             if !self.write_held(&mut held, None, &end).await? {
                 self.store.update_run(&run_id, &end).await?;
             }
         }
         Ok(RunResult {
-            output: Some(state),
+            output: Some(Arc::unwrap_or_clone(state)),
             ..RunResult::ended(run_id, RunStatus::Succeeded, &fo, rec)
         })
     }
@@ -1431,7 +1451,7 @@ impl<S: Store> Engine<S> {
                             next_step: Some(flow.steps[start].key.clone()),
                             started_at: now_micros(),
                             flow_version: Some(flow.version.clone()),
-                            accountability: from_val(&fo.accountability).unwrap_or(Value::Null),
+                            accountability: fo.accountability.json().clone(),
                             parent: Some((run_id.clone(), k as i64)),
                         })
                         .await?;
@@ -1448,7 +1468,7 @@ impl<S: Store> Engine<S> {
                             ..Cursor::new(child_id)
                         },
                         child,
-                        state,
+                        Arc::new(state),
                         start,
                         0,
                         mode,
@@ -1581,7 +1601,7 @@ impl<S: Store> Engine<S> {
                 t.insert("step".into(), json!(scx.step_key));
                 t.insert("depth".into(), json!(scx.depth + 1));
             }
-            let accountability = from_val(&fo.accountability).unwrap_or(Value::Null);
+            let accountability = fo.accountability.json().clone();
             let panicked = |e: tokio::task::JoinError| ActionError {
                 blame: Blame::Bug,
                 message: format!("the run of flow `{flow_id}` panicked: {e}"),
@@ -1591,7 +1611,7 @@ impl<S: Store> Engine<S> {
                 message: e.to_string(),
             };
             if !scx.recorded {
-                let child = FlowObject::new(Arc::new(trigger), &accountability);
+                let child = FlowObject::new(Arc::new(trigger), fo.accountability.clone());
                 let mode = Mode {
                     recorded: false,
                     batch: None,
@@ -1604,7 +1624,7 @@ impl<S: Store> Engine<S> {
                             &target,
                             Cursor::new(String::new()),
                             child,
-                            input,
+                            Arc::new(input),
                             0,
                             0,
                             mode,
@@ -1733,10 +1753,10 @@ impl<S: Store> Engine<S> {
             .map_err(|m| Failed::data(&none, format!("actionDataFilter.fromStateData: {m}")))?
         };
         // templates
-        let input_val = to_val(&action_input);
+        let program_input = sluice_expr::Input::json(&action_input);
         let mut options = step
             .options
-            .render(&input_val, fo, limits)
+            .render(&program_input, fo, limits)
             .map_err(|e| Failed::data(&none, e.to_string()))?;
         // 3. the action
         let entry = self.registry.get(&step.kind).ok_or_else(|| Failed {
@@ -1778,7 +1798,7 @@ impl<S: Store> Engine<S> {
             run_id: scx.run_id,
             step_key: &step.key,
             input: &action_input,
-            input_val: &input_val,
+            program_input: &program_input,
             scope: fo,
             expressions: &step.expressions,
             limits,
@@ -1861,9 +1881,27 @@ impl<S: Store> Engine<S> {
             logs: logs.clone(),
             incident,
         };
+        // A record of an import keeps no output: the state data its last
+        // step makes (a step without filters or mappings of its result)
+        // has no reader, so it is not made, only checked.
+        let state_read = scx.batch.is_none() || results_read(step) || step.kind == WAIT;
         // 4. the result meets the state data; 5. stateDataFilter.output
         let settle = |payload: &Option<Value>| -> Result<Value, Failed> {
             let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
+            if !state_read {
+                // Without filters or mappings of the result, only the
+                // merge can fail.
+                if let (false, UnmappedResults::Merge, true, Some(p)) = (
+                    mapped,
+                    flow.unmapped_results,
+                    step.action_filter.use_results,
+                    payload,
+                ) {
+                    sluice_expr::merge::fits(&data, p, ".")
+                        .map_err(|e| fail(e.to_string(), false))?;
+                }
+                return Ok(Value::Null);
+            }
             let new_state = if let (WAIT, Some(event)) = (step.kind.as_str(), payload) {
                 // The event a `wait` step received meets the state data
                 // through its eventDataFilter (its `data`, merged at the top
@@ -2025,13 +2063,7 @@ fn eval(
     fo: &FlowObject,
     limits: &Limits,
 ) -> Result<Option<Value>, String> {
-    match p.single(to_val(input), fo, limits) {
-        Ok(None) => Ok(None),
-        Ok(Some(v)) => from_val(&v)
-            .map(Some)
-            .map_err(|e| format!("`{}`: {e}", p.code())),
-        Err(e) => Err(e.to_string()),
-    }
+    p.eval_json(input, fo, limits).map_err(|e| e.to_string())
 }
 
 /// Merge an event into `target` through an `eventDataFilter` (SEMANTICS.md

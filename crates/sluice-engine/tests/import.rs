@@ -301,3 +301,75 @@ steps:
     }
     println!("import: {}", summary.join("; "));
 }
+
+/// A record's last step is an envelope whose result nothing reads: the
+/// state data it would make is not made, but a record whose state data the
+/// result cannot merge into still fails there. Its envelope was written and
+/// stays, as in a run of the flow alone (the envelope commits, then the
+/// step fails); the report tells it from a refused envelope by its patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_envelope_still_fails_a_record_its_result_cannot_merge_into() {
+    let registry = Arc::new(Registry::builtin());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let dir = std::env::temp_dir().join(format!("sluice-import-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("app.db").display());
+    let file = dir.join("records.jsonl");
+    std::fs::write(&file, "{\"n\": 1}\n[2]\n\"three\"\n{\"n\": 4}\nnull\n").unwrap();
+    run_flow(
+        &engine,
+        &registry,
+        &format!(
+            "id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n  - {{key: t, type: sql.query, options: {{connection: app, mode: statement, query: \"CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)\"}}}}\n"
+        ),
+    )
+    .await;
+    let flow_text = format!(
+        "id: merge-test\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n  - key: write\n    type: envelope\n    options:\n      connection: app\n      patches:\n        - {{op: create, collection: t, properties: {{v: \"{{{{ tojson }}}}\"}}}}\n"
+    );
+    let flow = sluice_model::load("m.yaml", &flow_text, registry.as_ref())
+        .unwrap_or_else(|d| panic!("{d}"));
+    let options = ImportOptions {
+        chunk: 2,
+        restart: false,
+    };
+    let s = engine
+        .import(&flow, &file, &options, &mut |_, _| {})
+        .await
+        .unwrap();
+    // Null (record 5) takes an object merged over it; an array or a
+    // string does not.
+    assert_eq!((s.total, s.succeeded, s.failed), (5, 3, 2), "{s:?}");
+    let report = std::fs::read_to_string(&s.failures_file).unwrap();
+    let lines: Vec<Value> = report
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{report}");
+    for (v, (record, kind)) in lines.iter().zip([(2, "array"), (3, "string")]) {
+        assert_eq!(v["record"], json!(record), "{v}");
+        assert_eq!(v["step"], json!("write"), "{v}");
+        assert_eq!(v["patch"], Value::Null, "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("cannot merge object into {kind}")),
+            "{v}"
+        );
+    }
+    let out = run_flow(
+        &engine,
+        &registry,
+        &format!(
+            "id: count\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n  - {{key: q, type: sql.query, options: {{connection: app, mode: fetchAll, query: \"SELECT v FROM t ORDER BY id\"}}}}\n"
+        ),
+    )
+    .await;
+    assert_eq!(
+        out["results"],
+        json!([{"v": "{\"n\":1}"}, {"v": "[2]"}, {"v": "\"three\""}, {"v": "{\"n\":4}"}, {"v": "null"}]),
+        "{out}"
+    );
+}

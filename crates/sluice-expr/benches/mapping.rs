@@ -58,7 +58,8 @@ fn template_render(bencher: Bencher) {
         &[],
     )
     .unwrap();
-    let input = to_val(&order());
+    let order = order();
+    let input = sluice_expr::Input::json(&order);
     let limits = Limits::default();
     bencher.bench_local(|| {
         black_box(t.render(black_box(&input), &scope, &limits).unwrap());

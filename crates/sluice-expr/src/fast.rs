@@ -6,27 +6,33 @@
 //! (indexing something that is neither an object, an array nor null), it
 //! gives up and jaq runs the program, so results and error messages are
 //! jaq's own. Tests compare the two on many programs and inputs.
+//!
+//! The same programs also run on JSON ([`Fast::eval_json`]), so that a
+//! template such as `{{ .name }}` reads the step's input without its being
+//! made a jq value at all.
 
 use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::Term;
 use jaq_core::path::{Opt, Part};
 use jaq_json::Val;
+use serde_json::Value;
+use std::borrow::Cow;
 
 /// A program the direct evaluator handles.
 #[derive(Clone, Debug)]
 pub(crate) enum Fast {
-    /// A constant.
-    Lit(Val),
+    /// A constant, as jq value and as JSON.
+    Lit(Val, Value),
     /// A path from the input (`None`) or from a variable (its index).
     Path(Option<usize>, Vec<Seg>),
-    /// An object of constant keys.
-    Obj(Vec<(Val, Fast)>),
+    /// An object of constant keys (each as jq value and as text).
+    Obj(Vec<(Val, String, Fast)>),
 }
 
 /// One step of a path.
 #[derive(Clone, Debug)]
 pub(crate) enum Seg {
-    Key(Val),
+    Key(Val, String),
     Index(isize),
 }
 
@@ -35,14 +41,20 @@ pub(crate) enum Seg {
 pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
     Some(match t {
         Term::Id => Fast::Path(None, Vec::new()),
-        Term::Num(n) => Fast::Lit(int(n)?),
-        Term::Str(None, parts) => Fast::Lit(Val::utf8_str(plain_str(parts)?.into_bytes())),
-        Term::Call(name, args) if args.is_empty() => Fast::Lit(match *name {
-            "null" => Val::Null,
-            "true" => Val::Bool(true),
-            "false" => Val::Bool(false),
+        Term::Num(n) => {
+            let i = n.parse::<isize>().ok()?;
+            Fast::Lit(Val::from(i), Value::from(i as i64))
+        }
+        Term::Str(None, parts) => {
+            let s = plain_str(parts)?;
+            Fast::Lit(Val::utf8_str(s.clone().into_bytes()), Value::String(s))
+        }
+        Term::Call(name, args) if args.is_empty() => match *name {
+            "null" => Fast::Lit(Val::Null, Value::Null),
+            "true" => Fast::Lit(Val::Bool(true), Value::Bool(true)),
+            "false" => Fast::Lit(Val::Bool(false), Value::Bool(false)),
             _ => return None,
-        }),
+        },
         Term::Var(v) => Fast::Path(Some(var(v, vars)?), Vec::new()),
         Term::Path(head, path) => {
             let base = match &**head {
@@ -57,7 +69,8 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
                 }
                 segs.push(match part {
                     Part::Index(Term::Str(None, parts)) => {
-                        Seg::Key(Val::utf8_str(plain_str(parts)?.into_bytes()))
+                        let key = plain_str(parts)?;
+                        Seg::Key(Val::utf8_str(key.clone().into_bytes()), key)
                     }
                     Part::Index(Term::Num(n)) => Seg::Index(n.parse().ok()?),
                     Part::Index(Term::Neg(t)) => match &**t {
@@ -77,7 +90,7 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
                     (Term::Str(None, parts), None) => {
                         let name = plain_str(parts)?;
                         let key = Val::utf8_str(name.clone().into_bytes());
-                        (name, Fast::Path(None, vec![Seg::Key(key)]))
+                        (name.clone(), Fast::Path(None, vec![Seg::Key(key, name)]))
                     }
                     (Term::Var(v), None) => {
                         let name = v.strip_prefix('$')?.to_owned();
@@ -85,16 +98,12 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
                     }
                     _ => return None,
                 };
-                out.push((Val::utf8_str(key.into_bytes()), value));
+                out.push((Val::utf8_str(key.clone().into_bytes()), key, value));
             }
             Fast::Obj(out)
         }
         _ => return None,
     })
-}
-
-fn int(n: &str) -> Option<Val> {
-    n.parse::<isize>().ok().map(Val::from)
 }
 
 fn var(v: &str, vars: &[String]) -> Option<usize> {
@@ -118,7 +127,7 @@ impl Fast {
     /// Evaluate; `None` means "let jaq do it".
     pub(crate) fn eval(&self, input: &Val, vars: &[Val]) -> Option<Val> {
         match self {
-            Fast::Lit(v) => Some(v.clone()),
+            Fast::Lit(v, _) => Some(v.clone()),
             Fast::Path(base, segs) => {
                 let mut cur: &Val = match base {
                     None => input,
@@ -127,7 +136,7 @@ impl Fast {
                 for seg in segs {
                     let next = match (cur, seg) {
                         (Val::Null, _) => None,
-                        (Val::Obj(o), Seg::Key(k)) => o.get(k),
+                        (Val::Obj(o), Seg::Key(k, _)) => o.get(k),
                         (Val::Arr(a), Seg::Index(i)) => {
                             let i = if *i < 0 { a.len() as isize + i } else { *i };
                             usize::try_from(i).ok().and_then(|i| a.get(i))
@@ -144,11 +153,64 @@ impl Fast {
             Fast::Obj(entries) => {
                 let mut m =
                     jaq_json::Map::with_capacity_and_hasher(entries.len(), Default::default());
-                for (k, f) in entries {
+                for (k, _, f) in entries {
                     m.insert(k.clone(), f.eval(input, vars)?);
                 }
                 Some(Val::obj(m))
             }
+        }
+    }
+
+    /// Evaluate on JSON, with `var` giving the variables (by index) that
+    /// are at hand as JSON; `None` means "evaluate on jq values" (a
+    /// variable is not at hand, or the plain case is not met). The result
+    /// is as JSON holds it: see [`crate::value::as_from_jq`] for what jq
+    /// would make of it.
+    pub(crate) fn eval_json<'v>(
+        &'v self,
+        input: &'v Value,
+        var: &dyn Fn(usize) -> Option<&'v Value>,
+    ) -> Option<Cow<'v, Value>> {
+        match self {
+            Fast::Lit(_, v) => Some(Cow::Borrowed(v)),
+            Fast::Path(base, segs) => {
+                let mut cur: &Value = match base {
+                    None => input,
+                    Some(i) => var(*i)?,
+                };
+                for seg in segs {
+                    let next = match (cur, seg) {
+                        (Value::Null, _) => None,
+                        (Value::Object(o), Seg::Key(_, k)) => o.get(k.as_str()),
+                        (Value::Array(a), Seg::Index(i)) => {
+                            let i = if *i < 0 { a.len() as isize + i } else { *i };
+                            usize::try_from(i).ok().and_then(|i| a.get(i))
+                        }
+                        _ => return None,
+                    };
+                    match next {
+                        Some(v) => cur = v,
+                        None => return Some(Cow::Owned(Value::Null)),
+                    }
+                }
+                Some(Cow::Borrowed(cur))
+            }
+            Fast::Obj(entries) => {
+                let mut m = serde_json::Map::with_capacity(entries.len());
+                for (_, k, f) in entries {
+                    m.insert(k.clone(), f.eval_json(input, var)?.into_owned());
+                }
+                Some(Cow::Owned(Value::Object(m)))
+            }
+        }
+    }
+
+    /// Whether the program reads its input (`.`), not only variables and constants.
+    pub(crate) fn reads_input(&self) -> bool {
+        match self {
+            Fast::Lit(..) => false,
+            Fast::Path(base, _) => base.is_none(),
+            Fast::Obj(entries) => entries.iter().any(|(_, _, f)| f.reads_input()),
         }
     }
 }

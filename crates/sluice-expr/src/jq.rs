@@ -20,14 +20,15 @@
 //!   `$ENV`, `input`, `inputs`, `halt`, `halt_error`, `debug`, `stderr`,
 //!   `include` and `import`.
 
-use crate::value::{from_val, to_val};
-use crate::{Error, Scope};
+use crate::value::{as_from_jq, from_val, mend_numbers};
+use crate::{Error, Input, Scope};
 use jaq_core::load::parse::{Def, Pattern, Term};
 use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::path::Part;
 use jaq_core::{Compiler, Ctx, DataT, Native, Vars, data::HasLut, native};
 use jaq_json::Val;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -460,9 +461,45 @@ impl Program {
         scope: &dyn Scope,
         limits: &Limits,
     ) -> Result<Option<Value>, Error> {
-        self.single(to_val(input), scope, limits)?
-            .map(|v| from_val(&v).map_err(|e| self.runtime(e)))
+        Ok(self
+            .single_json(&Input::json(input), scope, limits)?
+            .map(Cow::into_owned))
+    }
+
+    /// The single output as JSON: no output is `None`, more than one is an
+    /// error. A direct program reads a JSON input, and the variables the
+    /// scope holds as JSON, without converting them (the output borrows
+    /// from them where it can); any other program runs on jq values.
+    pub fn single_json<'s>(
+        &'s self,
+        input: &'s Input<'s>,
+        scope: &'s dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Cow<'s, Value>>, Error> {
+        let c = &*self.inner;
+        if let (Some(fast), Some(json)) = (&c.fast, input.as_json()) {
+            let var = |i: usize| c.vars.get(i).and_then(|n| scope.get_json(n));
+            match fast.eval_json(json, &var) {
+                Some(Cow::Borrowed(v)) => return Ok(Some(as_from_jq(v))),
+                Some(Cow::Owned(mut v)) => {
+                    mend_numbers(&mut v);
+                    return Ok(Some(Cow::Owned(v)));
+                }
+                None => {}
+            }
+        }
+        self.single(input.as_val().clone(), scope, limits)?
+            .map(|v| from_val(&v).map(Cow::Owned).map_err(|e| self.runtime(e)))
             .transpose()
+    }
+
+    /// Whether the program can read its input `.` (a direct program that
+    /// reads only variables and constants cannot).
+    pub fn reads_input(&self) -> bool {
+        self.inner
+            .fast
+            .as_ref()
+            .is_none_or(crate::fast::Fast::reads_input)
     }
 
     fn runtime(&self, message: String) -> Error {
@@ -953,8 +990,13 @@ mod tests {
             json!({"a b": 1}),
             json!({"a": "text"}),
             json!({"a": null}),
+            json!({"a": {"b": 2.0}, "totalPrice": 3.0, "orderId": [1.5, 4.0]}),
+            json!({"a": {"b": 18446744073709551615u64}}),
         ];
-        let scope = MapScope::from_json(json!({"trigger": {"t": 1}, "last": [1, 2], "k": "v"}));
+        let vars = json!({"trigger": {"t": 1.0}, "last": [1, 2.0], "k": "v"});
+        let scope = MapScope::from_json(vars.clone());
+        // The same variables, also at hand as JSON.
+        let json_scope = JsonScope(vars);
         let limits = Limits::default();
         for code in programs {
             let p = Program::compile(code, &scope.names()).unwrap();
@@ -964,6 +1006,11 @@ mod tests {
                 let a = p.run(crate::to_val(input), &scope, &limits);
                 let b = slow.run(crate::to_val(input), &scope, &limits);
                 assert_eq!(a, b, "{code} on {input}");
+                // On JSON, the direct evaluator gives what jaq gives, as JSON.
+                let on_json = Input::json(input);
+                let c = p.single_json(&on_json, &json_scope, &limits);
+                let d = slow.single_json(&on_json, &scope, &limits);
+                assert_eq!(c, d, "{code} on JSON {input}");
             }
         }
         for code in [
@@ -980,6 +1027,30 @@ mod tests {
                 "{code} should go to jaq"
             );
         }
+    }
+
+    /// A scope that holds its variables as JSON.
+    struct JsonScope(Value);
+
+    impl Scope for JsonScope {
+        fn get(&self, name: &str) -> Option<Val> {
+            self.0.get(name).map(crate::to_val)
+        }
+        fn get_json(&self, name: &str) -> Option<&Value> {
+            self.0.get(name)
+        }
+    }
+
+    #[test]
+    fn what_a_program_reads() {
+        let reads = |code: &str| Program::compile(code, &["k"]).unwrap().reads_input();
+        assert!(reads(".a"));
+        assert!(reads("."));
+        assert!(reads("{x: $k, y: .a}"));
+        assert!(reads("$k + 1"), "a program jaq runs may read anything");
+        assert!(!reads("$k.a"));
+        assert!(!reads("{x: $k, y: 1}"));
+        assert!(!reads("\"s\""));
     }
 
     #[test]

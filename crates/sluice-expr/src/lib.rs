@@ -24,7 +24,7 @@ pub use mapping::{Mapping, MappingError};
 pub use merge::{MergeError, merge};
 pub use path::{MappingPath, PathError, Query};
 pub use template::{PathSeg, Template, TemplateError, TemplateValue};
-pub use value::{from_val, to_val};
+pub use value::{as_from_jq, from_val, to_val};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,6 +33,50 @@ use std::time::Duration;
 pub trait Scope {
     /// The value of variable `name`, or `None` when it has none (it is then `null`).
     fn get(&self, name: &str) -> Option<Val>;
+
+    /// The value of variable `name` as JSON, when the scope holds it as
+    /// JSON (the direct evaluator then reads it without converting it);
+    /// `None` sends the program to [`Scope::get`].
+    fn get_json(&self, _name: &str) -> Option<&serde_json::Value> {
+        None
+    }
+}
+
+/// A program's input, `.`: JSON made a jq value only the first time a
+/// program that needs one runs on it (a direct program, such as the
+/// `.name` of a template `{{ .name }}`, reads the JSON).
+pub struct Input<'a> {
+    json: Option<&'a serde_json::Value>,
+    val: std::sync::OnceLock<Val>,
+}
+
+impl<'a> Input<'a> {
+    /// An input that is JSON.
+    pub fn json(json: &'a serde_json::Value) -> Self {
+        Self {
+            json: Some(json),
+            val: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// An input that is a jq value.
+    pub fn val(val: Val) -> Self {
+        Self {
+            json: None,
+            val: std::sync::OnceLock::from(val),
+        }
+    }
+
+    /// The input as JSON, if it is JSON.
+    pub fn as_json(&self) -> Option<&'a serde_json::Value> {
+        self.json
+    }
+
+    /// The input as jq value, converted the first time it is asked for.
+    pub fn as_val(&self) -> &Val {
+        self.val
+            .get_or_init(|| self.json.map(to_val).unwrap_or(Val::Null))
+    }
 }
 
 /// A scope of named values, for tests and simple callers.

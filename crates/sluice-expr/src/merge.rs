@@ -30,21 +30,25 @@ pub struct MergeError {
 
 /// Merge `incoming` into `target`; `path` names the target in errors.
 pub fn merge(target: &mut Value, incoming: Value, path: &str) -> Result<(), MergeError> {
-    match (&*target, &incoming) {
-        (Value::Object(_), Value::Object(_))
-        | (Value::Array(_), Value::Array(_))
-        | (Value::Null, _) => {}
-        (_, Value::Object(_) | Value::Array(_)) => {
-            return Err(MergeError {
-                path: path.to_owned(),
-                target: kind(target),
-                incoming: kind(&incoming),
-            });
-        }
-        _ => {}
-    }
+    fits(target, &incoming, path)?;
     merge_below(target, incoming);
     Ok(())
+}
+
+/// Whether [`merge`] of `incoming` into `target` succeeds: its error, if
+/// not (only the kinds at the target decide).
+pub fn fits(target: &Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
+    match (target, incoming) {
+        (Value::Object(_), Value::Object(_))
+        | (Value::Array(_), Value::Array(_))
+        | (Value::Null, _) => Ok(()),
+        (_, Value::Object(_) | Value::Array(_)) => Err(MergeError {
+            path: path.to_owned(),
+            target: kind(target),
+            incoming: kind(incoming),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn merge_below(target: &mut Value, incoming: Value) {

@@ -10,10 +10,9 @@
 //! `{{ {a: {b: 1}} }}` is one template.
 
 use crate::jq::{CompileError, CompileIssue, Limits, Program};
-use crate::value::{from_val, to_val};
-use crate::{Error, Scope};
-use jaq_json::Val;
+use crate::{Error, Input, Scope};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// One piece of a templated string.
@@ -132,39 +131,35 @@ impl Template {
     }
 
     /// Render with `input` as `.` and the flow object in `scope`.
-    pub fn render(&self, input: &Val, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
+    pub fn render(
+        &self,
+        input: &Input<'_>,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Value, Error> {
         if self.raw
             && let Part::Expr(p) = &self.parts[0]
         {
-            let v = p.single(input.clone(), scope, limits)?;
-            return match v {
-                None => Ok(Value::Null),
-                Some(v) => from_val(&v).map_err(|message| Error::Runtime {
-                    code: p.code().to_owned(),
-                    message,
-                }),
-            };
+            let v = p.single_json(input, scope, limits)?;
+            return Ok(v.map_or(Value::Null, Cow::into_owned));
         }
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Expr(p) => match p.single(input.clone(), scope, limits)? {
+                Part::Expr(p) => match p.single_json(input, scope, limits)?.as_deref() {
                     None => out.push_str("null"),
-                    Some(Val::TStr(s)) | Some(Val::BStr(s)) => {
-                        out.push_str(&String::from_utf8_lossy(&s))
-                    }
-                    Some(v) => {
-                        let json = from_val(&v).map_err(|message| Error::Runtime {
-                            code: p.code().to_owned(),
-                            message,
-                        })?;
-                        out.push_str(&json.to_string());
-                    }
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(v) => out.push_str(&v.to_string()),
                 },
             }
         }
         Ok(Value::String(out))
+    }
+
+    /// Whether any of the template's programs can read the input `.`.
+    pub fn reads_input(&self) -> bool {
+        self.programs().any(Program::reads_input)
     }
 }
 
@@ -307,7 +302,12 @@ impl TemplateValue {
     }
 
     /// Render every template.
-    pub fn render(&self, input: &Val, scope: &dyn Scope, limits: &Limits) -> Result<Value, Error> {
+    pub fn render(
+        &self,
+        input: &Input<'_>,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Value, Error> {
         Ok(match self {
             Self::Const(v) => v.clone(),
             Self::Template(t) => t.render(input, scope, limits)?,
@@ -332,7 +332,7 @@ impl TemplateValue {
     /// whose templates were all rendered becomes a constant.
     pub fn render_partial(
         &self,
-        input: &Val,
+        input: &Input<'_>,
         scope: &dyn Scope,
         limits: &Limits,
         later: &dyn Fn(&Template) -> bool,
@@ -386,7 +386,7 @@ impl TemplateValue {
     pub fn render_item_partial(
         &self,
         i: usize,
-        input: &Val,
+        input: &Input<'_>,
         scope: &dyn Scope,
         limits: &Limits,
         later: &dyn Fn(&Template) -> bool,
@@ -415,7 +415,7 @@ impl TemplateValue {
     pub fn render_item(
         &self,
         i: usize,
-        input: &Val,
+        input: &Input<'_>,
         scope: &dyn Scope,
         limits: &Limits,
     ) -> Result<Option<Value>, Error> {
@@ -438,7 +438,7 @@ impl TemplateValue {
     ) -> Result<Value, Error> {
         match self {
             Self::Const(v) => Ok(v.clone()),
-            _ => self.render(&to_val(input), scope, limits),
+            _ => self.render(&Input::json(input), scope, limits),
         }
     }
 }
@@ -524,7 +524,8 @@ mod tests {
             &vars,
         )
         .unwrap();
-        let input = to_val(&json!({"a": "A"}));
+        let input_json = json!({"a": "A"});
+        let input = Input::json(&input_json);
         let limits = Limits::default();
         let tokens = |t: &Template| t.mentions("tokens");
         // Without a template reading `$tokens`, the item is rendered whole.
@@ -543,7 +544,7 @@ mod tests {
         assert_eq!(second.templates().len(), 2);
         assert_eq!(
             second
-                .render(&to_val(&json!({"a": "changed"})), &late, &limits)
+                .render(&Input::json(&json!({"a": "changed"})), &late, &limits)
                 .unwrap(),
             json!({"properties": {"id": 7, "b": "xA"}, "k": [1, 7]})
         );
@@ -617,7 +618,7 @@ mod tests {
         let t = Template::compile("{{ .[] }}", &[]).unwrap().unwrap();
         let err = t
             .render(
-                &to_val(&json!([1, 2])),
+                &Input::val(crate::to_val(&json!([1, 2]))),
                 &MapScope::default(),
                 &Limits::default(),
             )

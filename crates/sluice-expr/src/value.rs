@@ -2,6 +2,7 @@
 
 use jaq_json::{Num, Val};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 
 /// Convert a JSON value to a jq value.
 pub fn to_val(v: &Value) -> Val {
@@ -87,6 +88,51 @@ fn num_from_val(n: &Num) -> Value {
     }
 }
 
+/// `v` as jq gives it back, `from_val(&to_val(v))`, without the two
+/// conversions: only numbers can change (jq has `2.0` as `2`), so `v` is
+/// copied only when one of its numbers does.
+pub fn as_from_jq(v: &Value) -> Cow<'_, Value> {
+    fn changes(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => round_trip(n).is_some(),
+            Value::Array(a) => a.iter().any(changes),
+            Value::Object(o) => o.values().any(changes),
+            _ => false,
+        }
+    }
+    if changes(v) {
+        let mut owned = v.clone();
+        mend_numbers(&mut owned);
+        Cow::Owned(owned)
+    } else {
+        Cow::Borrowed(v)
+    }
+}
+
+/// Make the numbers of `v` what jq makes of them (see [`as_from_jq`]).
+pub(crate) fn mend_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(again) = round_trip(n) {
+                *v = again;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(mend_numbers),
+        Value::Object(o) => o.values_mut().for_each(mend_numbers),
+        _ => {}
+    }
+}
+
+/// The number jq makes of `n`, when it is not `n`.
+fn round_trip(n: &Number) -> Option<Value> {
+    if n.is_i64() {
+        // Integers that fit stay as they are (the common case, without converting).
+        return None;
+    }
+    let again = num_from_val(&num_to_val(n));
+    (again.as_number() != Some(n)).then_some(again)
+}
+
 /// The kind of a JSON value, as error messages name it.
 pub fn kind(v: &Value) -> &'static str {
     match v {
@@ -109,6 +155,27 @@ mod tests {
         let v =
             json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}, "big": 18446744073709551615u64});
         assert_eq!(from_val(&to_val(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn as_from_jq_is_the_round_trip() {
+        for v in [
+            json!({"a": [1, 2.0, 2.5, "x", null, true], "b": {"c": -3.0}}),
+            json!(18446744073709551615u64),
+            json!(1e300),
+            json!(-0.0),
+            json!(9007199254740992.0),
+            json!("text"),
+            json!([{"n": 7}]),
+        ] {
+            let expected = from_val(&to_val(&v)).unwrap();
+            assert_eq!(*as_from_jq(&v), expected, "{v}");
+            assert_eq!(
+                matches!(as_from_jq(&v), Cow::Borrowed(_)),
+                expected == v,
+                "{v} copied only when it changes"
+            );
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ use super::{
 };
 use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
-use sluice_expr::{Limits, MapScope, Template, TemplateValue, Val};
+use sluice_expr::{Input, Limits, MapScope, Template, TemplateValue, Val};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -109,9 +109,10 @@ struct Waiting {
     record: u64,
     /// Its patches, templated as far as they can be before any is written.
     patches: Vec<Pending>,
-    /// What the templates left for the write read: the step's input and
-    /// the flow-object variables they mention.
-    input: Val,
+    /// What the templates left for the write read: the step's input (when
+    /// one of them can read it: else null) and the flow-object variables
+    /// they mention.
+    input: Input<'static>,
     scope: MapScope,
     global: Map<String, Value>,
     /// Taken when answered.
@@ -234,7 +235,7 @@ fn build(
                                     Value::Null
                                 }
                                 TemplateValue::Template(t) => {
-                                    t.render(cx.input_val, cx.scope, cx.limits)?
+                                    t.render(cx.program_input, cx.scope, cx.limits)?
                                 }
                                 TemplateValue::Const(c) => c.clone(),
                                 _ => return Err(unmatched()),
@@ -274,13 +275,15 @@ fn build(
 }
 
 /// Keep in `scope` the flow-object variables `templates` read (but
-/// `$tokens`, which the writer gives).
+/// `$tokens`, which the writer gives); whether one of them can read the input.
 fn collect_vars<'t>(
     scope: &mut MapScope,
     from: &dyn sluice_expr::Scope,
     templates: impl IntoIterator<Item = &'t Template>,
-) {
+) -> bool {
+    let mut reads_input = false;
     for t in templates {
+        reads_input |= t.reads_input();
         for n in t.programs().flat_map(|p| p.vars()) {
             if n != "tokens"
                 && !scope.0.contains_key(n)
@@ -290,6 +293,7 @@ fn collect_vars<'t>(
             }
         }
     }
+    reads_input
 }
 
 /// A patch templated before any is written.
@@ -332,9 +336,10 @@ struct Item<'p> {
 
 /// What one record's envelope has written so far.
 struct Work {
-    tokens: Map<String, Value>,
-    /// `tokens` as a jq value, once templates needed it (until a token is set).
-    tokens_val: Option<Val>,
+    /// The tokens (an object), and as jq value once a template needed it
+    /// (until a token is set).
+    tokens: Value,
+    tokens_val: std::sync::OnceLock<Val>,
     results: Vec<Tree>,
 }
 
@@ -369,10 +374,20 @@ impl Tree {
 }
 
 impl Work {
-    fn tokens_val(&mut self) -> Val {
-        self.tokens_val
-            .get_or_insert_with(|| sluice_expr::to_val(&Value::Object(self.tokens.clone())))
-            .clone()
+    /// The scope the templates left to the writer read.
+    fn scope<'a>(&'a self, inner: &'a MapScope) -> WithTokens<'a> {
+        WithTokens {
+            inner,
+            tokens: &self.tokens,
+            tokens_val: &self.tokens_val,
+        }
+    }
+
+    fn set_token(&mut self, name: &str, v: Value) {
+        if let Value::Object(m) = &mut self.tokens {
+            m.insert(name.to_owned(), v);
+        }
+        self.tokens_val = std::sync::OnceLock::new();
     }
 }
 
@@ -483,11 +498,10 @@ impl Batch {
                 self.connection
             )));
         }
-        let global = match cx.scope.get("tokens").map(|v| sluice_expr::from_val(&v)) {
-            Some(Ok(Value::Object(m))) => m,
-            _ => Map::new(),
-        };
+        let global = super::global_tokens(cx.scope);
         let mut scope = MapScope::default();
+        // Whether a template left for the writer reads the input.
+        let mut reads_input = false;
         let patches = match cx.deferred.get("patches").map(|(_, t)| t) {
             None => patches.into_iter().map(Pending::Ready).collect(),
             Some(t) => {
@@ -503,20 +517,25 @@ impl Batch {
                             Ok(p) if holes.is_empty() => Pending::Ready(p),
                             Ok(p) => {
                                 let templates = holes.iter().flat_map(|h| h.value.templates());
-                                collect_vars(&mut scope, cx.scope, templates);
+                                reads_input |= collect_vars(&mut scope, cx.scope, templates);
                                 Pending::Holes(p, holes)
                             }
                         });
                         continue;
                     }
-                    let rendered =
-                        t.render_item_partial(i, cx.input_val, cx.scope, cx.limits, &reads_tokens);
+                    let rendered = t.render_item_partial(
+                        i,
+                        cx.program_input,
+                        cx.scope,
+                        cx.limits,
+                        &reads_tokens,
+                    );
                     out.push(match rendered {
                         Err(e) => Pending::Failed(e.into()),
                         Ok(None) => ready(i, Value::Null),
                         Ok(Some(TemplateValue::Const(v))) => ready(i, v),
                         Ok(Some(later)) => {
-                            collect_vars(&mut scope, cx.scope, later.templates());
+                            reads_input |= collect_vars(&mut scope, cx.scope, later.templates());
                             Pending::Later(later)
                         }
                     });
@@ -528,7 +547,11 @@ impl Batch {
         let job = Waiting {
             record: at.record,
             patches,
-            input: cx.input_val.clone(),
+            input: Input::val(if reads_input {
+                cx.program_input.as_val().clone()
+            } else {
+                Val::Null
+            }),
             scope,
             global,
             reply: Some(reply),
@@ -640,8 +663,8 @@ impl Batch {
         let mut works: Vec<Work> = jobs
             .iter()
             .map(|w| Work {
-                tokens: w.global.clone(),
-                tokens_val: None,
+                tokens: Value::Object(w.global.clone()),
+                tokens_val: std::sync::OnceLock::new(),
                 results: Vec::with_capacity(w.patches.len()),
             })
             .collect();
@@ -662,10 +685,7 @@ impl Batch {
                 let Some(Pending::Holes(p, holes)) = patches.get_mut(i) else {
                     continue;
                 };
-                let scope = WithTokens {
-                    inner: &*scope,
-                    tokens: works[j].tokens_val(),
-                };
+                let scope = works[j].scope(scope);
                 for h in holes.iter() {
                     let v = h
                         .value
@@ -695,10 +715,7 @@ impl Batch {
                 let patch = match pending {
                     Pending::Ready(p) | Pending::Holes(p, _) => Cow::Borrowed(p),
                     Pending::Later(t) => {
-                        let scope = WithTokens {
-                            inner: &w.scope,
-                            tokens: works[j].tokens_val(),
-                        };
+                        let scope = works[j].scope(&w.scope);
                         let v = t
                             .render(&w.input, &scope, limits)
                             .map_err(|e| failed(e.into()))?;
@@ -728,7 +745,10 @@ impl Batch {
             .iter()
             .zip(works)
             .map(|(w, work)| Written {
-                tokens: super::set_tokens(&w.global, work.tokens),
+                tokens: match work.tokens {
+                    Value::Object(m) => super::set_tokens(&w.global, m),
+                    _ => Map::new(),
+                },
                 results: work.results,
             })
             .collect())
@@ -829,9 +849,7 @@ impl Batch {
                             )),
                         )
                     })?;
-                    let work = &mut works[it.job];
-                    work.tokens.insert(token.clone(), v);
-                    work.tokens_val = None;
+                    works[it.job].set_token(token, v);
                 }
             }
             let most = items
