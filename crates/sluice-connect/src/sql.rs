@@ -565,8 +565,8 @@ impl Db {
 
     /// The select list for `table`: columns whose type cannot be read
     /// directly are read as text.
-    fn select_list(&self, cols: &BTreeMap<String, String>) -> String {
-        cols.iter()
+    fn select_list<'c>(&self, cols: impl IntoIterator<Item = (&'c String, &'c String)>) -> String {
+        cols.into_iter()
             .map(|(c, t)| {
                 let q = self.backend.quote(c);
                 if readable(self.backend, t) {

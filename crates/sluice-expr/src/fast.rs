@@ -162,20 +162,20 @@ impl Fast {
     }
 
     /// Evaluate on JSON, with `var` giving the variables (by index) that
-    /// are at hand as JSON; `None` means "evaluate on jq values" (a
-    /// variable is not at hand, or the plain case is not met). The result
-    /// is as JSON holds it: see [`crate::value::as_from_jq`] for what jq
-    /// would make of it.
+    /// are at hand as JSON; `None` means "evaluate on jq values" (the input
+    /// or a variable is not at hand, or the plain case is not met). The
+    /// result is as JSON holds it: see [`crate::value::as_from_jq`] for
+    /// what jq would make of it.
     pub(crate) fn eval_json<'v>(
         &'v self,
-        input: &'v Value,
+        input: Option<&'v Value>,
         var: &dyn Fn(usize) -> Option<&'v Value>,
     ) -> Option<Cow<'v, Value>> {
         match self {
             Fast::Lit(_, v) => Some(Cow::Borrowed(v)),
             Fast::Path(base, segs) => {
                 let mut cur: &Value = match base {
-                    None => input,
+                    None => input?,
                     Some(i) => var(*i)?,
                 };
                 for seg in segs {

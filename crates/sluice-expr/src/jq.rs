@@ -477,9 +477,9 @@ impl Program {
         limits: &Limits,
     ) -> Result<Option<Cow<'s, Value>>, Error> {
         let c = &*self.inner;
-        if let (Some(fast), Some(json)) = (&c.fast, input.as_json()) {
+        if let Some(fast) = &c.fast {
             let var = |i: usize| c.vars.get(i).and_then(|n| scope.get_json(n));
-            match fast.eval_json(json, &var) {
+            match fast.eval_json(input.as_json(), &var) {
                 Some(Cow::Borrowed(v)) => return Ok(Some(as_from_jq(v))),
                 Some(Cow::Owned(mut v)) => {
                     mend_numbers(&mut v);
@@ -1011,6 +1011,11 @@ mod tests {
                 let c = p.single_json(&on_json, &json_scope, &limits);
                 let d = slow.single_json(&on_json, &scope, &limits);
                 assert_eq!(c, d, "{code} on JSON {input}");
+                // An input that is a jq value: programs that do not read
+                // it still read their variables as JSON.
+                let on_val = Input::val(crate::to_val(input));
+                let e = p.single_json(&on_val, &json_scope, &limits);
+                assert_eq!(e, d, "{code} on {input} as jq value");
             }
         }
         for code in [

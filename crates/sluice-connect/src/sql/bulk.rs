@@ -47,7 +47,7 @@ use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
 use sluice_expr::{Input, Limits, MapScope, Template, TemplateValue, Val};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 
@@ -115,6 +115,9 @@ struct Waiting {
     input: Input<'static>,
     scope: MapScope,
     global: Map<String, Value>,
+    /// Whether its record reads the envelope's results (see
+    /// [`InBatch::results_read`]).
+    results_read: bool,
     /// Taken when answered.
     reply: Option<oneshot::Sender<Result<Written, ActionError>>>,
 }
@@ -554,6 +557,7 @@ impl Batch {
             }),
             scope,
             global,
+            results_read: at.results_read,
             reply: Some(reply),
         };
         {
@@ -669,6 +673,7 @@ impl Batch {
             })
             .collect();
         let most = jobs.iter().map(|w| w.patches.len()).max().unwrap_or(0);
+        let rows_read = jobs.iter().any(|w| w.results_read);
         for i in 0..most {
             let label = format!("patch {}", i + 1);
             let failed = |e: ActionError| Fail {
@@ -736,7 +741,7 @@ impl Batch {
                     parent: None,
                 })
                 .collect();
-            let rows = self.write_items(tx, &items, &mut works).await?;
+            let rows = self.write_items(tx, &items, &mut works, rows_read).await?;
             for (it, row) in items.iter().zip(rows) {
                 works[it.job].results.push(row);
             }
@@ -754,12 +759,14 @@ impl Batch {
             .collect())
     }
 
-    /// Write the patches at one position (and then their children's positions).
+    /// Write the patches at one position (and then their children's
+    /// positions); `rows_read`: whether a record reads the rows written.
     fn write_items<'a>(
         &'a self,
         tx: &'a mut Tx,
         items: &'a [Item<'a>],
         works: &'a mut [Work],
+        rows_read: bool,
     ) -> BoxFuture<'a, Result<Vec<Tree>, Fail>> {
         Box::pin(async move {
             let db = &*self.db;
@@ -820,7 +827,9 @@ impl Batch {
                     }
                     let all: Vec<&Map<String, Value>> =
                         prepared[k..e].iter().map(|(m, _)| &**m).collect();
-                    let made = create_many(tx, db, &p.collection, t, &all)
+                    let only = (!rows_read)
+                        .then(|| writer_reads(t, items[k..e].iter().map(|it| it.patch)));
+                    let made = create_many(tx, db, &p.collection, t, &all, only.as_ref())
                         .await
                         .map_err(|err| fail(which(it), err))?;
                     rows.extend(made);
@@ -876,7 +885,7 @@ impl Batch {
                         });
                     }
                 }
-                let outs = self.write_items(tx, &sub, works).await?;
+                let outs = self.write_items(tx, &sub, works, rows_read).await?;
                 for (x, o) in owners.into_iter().zip(outs) {
                     children[x].push(o);
                 }
@@ -1055,6 +1064,7 @@ async fn create_many(
     name: &str,
     t: &Table,
     props: &[&Map<String, Value>],
+    only: Option<&BTreeSet<&str>>,
 ) -> Result<Vec<Got>, ActionError> {
     let Some(first) = props.first() else {
         return Ok(Vec::new());
@@ -1080,8 +1090,12 @@ async fn create_many(
         return Err(unmatched());
     };
     let keys: Vec<&String> = first.keys().collect();
+    let returning = match only {
+        None => db.select_list(&t.cols),
+        Some(only) => db.select_list(t.cols.iter().filter(|(c, _)| only.contains(c.as_str()))),
+    };
     if db.backend == Backend::Postgres
-        && let Some(rows) = create_many_pg(tx, db, name, t, props, &keys).await
+        && let Some(rows) = create_many_pg(tx, db, name, t, props, &keys, &returning).await
     {
         return match_rows(props, pk, given, rows?, t);
     }
@@ -1107,16 +1121,27 @@ async fn create_many(
             tuples.push(')');
         }
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES {tuples} RETURNING {}",
+            "INSERT INTO {} ({}) VALUES {tuples} RETURNING {returning}",
             db.backend.quote(name),
             cols.join(", "),
-            db.select_list(&t.cols)
         );
         let rows = tx.rows(&Stmt { sql, params }, t).await?;
         let rows = rows.into_iter().map(Got::Map).collect();
         out.extend(match_rows(chunk, pk, given, rows, t)?);
     }
     Ok(out)
+}
+
+/// The columns of `t` the writer reads of the rows it writes for
+/// `patches`, when no record reads them: the key, `id`, and the fields the
+/// patches' tokens take (a multi-row insert returns only those).
+fn writer_reads<'a>(t: &'a Table, patches: impl Iterator<Item = &'a Patch>) -> BTreeSet<&'a str> {
+    let mut read: BTreeSet<&str> = t.pk.iter().map(String::as_str).collect();
+    read.insert("id");
+    for p in patches {
+        read.extend(p.set_tokens.values().map(String::as_str));
+    }
+    read
 }
 
 /// The values of `p` for `keys`, in their order, into `out`: without
@@ -1184,6 +1209,7 @@ async fn create_many_pg(
     t: &Table,
     props: &[&Map<String, Value>],
     keys: &[&String],
+    returning: &str,
 ) -> Option<Result<Vec<Got>, ActionError>> {
     let types = keys
         .iter()
@@ -1258,6 +1284,6 @@ async fn create_many_pg(
         sql.push_str(&format!("c{i}"));
     }
     sql.push_str(") RETURNING ");
-    sql.push_str(&db.select_list(&t.cols));
+    sql.push_str(returning);
     tx.pg_rows_of_arrays(sql, &arrays, t).await
 }
