@@ -626,18 +626,18 @@ impl<S: Store> Runs<S> {
             recorded: false,
             batch: in_batch,
         };
-        let r = self
-            .engine
-            .drive(
-                &self.flow,
-                crate::Cursor::new(String::new()),
-                fo,
-                state,
-                0,
-                0,
-                mode,
-            )
-            .await;
+        // Boxed: the run's future stays small, so that starting a chunk's
+        // runs does not copy the large future of a run's steps, twice each.
+        let r = Box::pin(self.engine.drive(
+            &self.flow,
+            crate::Cursor::new(String::new()),
+            fo,
+            state,
+            0,
+            0,
+            mode,
+        ))
+        .await;
         if let Some(b) = &self.batch {
             b.ended(chunk_id);
         }

@@ -226,6 +226,9 @@ fn build(
                 match v {
                     TemplateValue::Const(Value::Object(m)) => into.clone_from(m),
                     TemplateValue::Object(values) => {
+                        if into.is_empty() {
+                            *into = Map::with_capacity(values.len());
+                        }
                         for (key, v) in values {
                             let value = match v {
                                 TemplateValue::Template(t) if reads_tokens(t) => {
