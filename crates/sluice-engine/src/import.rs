@@ -569,6 +569,11 @@ struct Out<'a> {
 ///   insert that meets a key the chunk before inserted waits for that
 ///   commit and fails as it would after it, where an update or upsert would
 ///   not see the uncommitted row.
+///
+/// A foreign key to a row of the chunk before does not see it before that
+/// commit either: a chunk's first write that fails while the chunk before
+/// has not committed is made again once it has (the batch hands its
+/// envelopes back), so that every failure is the one it would be after it.
 fn overlaps(flow: &Flow) -> bool {
     fn creates(patches: &Value) -> bool {
         patches.as_array().is_some_and(|a| {
@@ -708,7 +713,9 @@ impl<S: Store> Runs<S> {
 
     /// Write the chunk's envelopes whenever every run still going waits
     /// for one, until every run has ended, or (`once`) until its first write.
-    async fn write(&self, r: &mut Running, once: bool) -> Result<(), ImportError> {
+    /// `false`: that first write is to be made again once the chunk before
+    /// has committed (see the batch's `flush`).
+    async fn write(&self, r: &mut Running, once: bool) -> Result<bool, ImportError> {
         let (id, before) = (r.chunk.id, r.chunk.before());
         let mut notified = std::pin::pin!(told(r.all_wait.as_deref()));
         loop {
@@ -720,7 +727,7 @@ impl<S: Store> Runs<S> {
                             r.chunk.ended(ended)?;
                         }
                     }
-                    None => return Ok(()),
+                    None => return Ok(true),
                 },
                 () = &mut notified => {
                     notified.set(told(r.all_wait.as_deref()));
@@ -728,11 +735,12 @@ impl<S: Store> Runs<S> {
                     if let Some(b) = &self.batch
                         && b.all_wait(id)
                     {
-                        b.flush(&self.engine.limits, id)
+                        let written = b
+                            .flush(&self.engine.limits, id)
                             .await
                             .map_err(|e| ImportError::Database(e, before))?;
-                        if once {
-                            return Ok(());
+                        if once || !written {
+                            return Ok(written);
                         }
                     }
                 }
@@ -740,9 +748,21 @@ impl<S: Store> Runs<S> {
         }
     }
 
+    /// Write the envelopes the chunk's first write handed back (its runs
+    /// all wait for them).
+    async fn write_again(&self, r: &Running) -> Result<(), ImportError> {
+        if let Some(b) = &self.batch {
+            b.flush(&self.engine.limits, r.chunk.id)
+                .await
+                .map_err(|e| ImportError::Database(e, r.chunk.before()))?;
+        }
+        Ok(())
+    }
+
     /// Write what is left of the chunk, run its records to their end,
     /// report its failures and commit it with the import's position.
     async fn finish(&self, mut r: Running, out: &mut Out<'_>) -> Result<(), ImportError> {
+        // The chunk before has committed: nothing is handed back.
         self.write(&mut r, false).await?;
         let chunk = r.chunk;
         if let Some(b) = &self.batch {
@@ -988,7 +1008,11 @@ impl<S: Store> Engine<S> {
                     })
                     .await;
                 finished?;
-                written?;
+                if !written? {
+                    // Its first write failed while the chunk before had
+                    // not committed; it has now.
+                    runs.write_again(&running).await?;
+                }
                 finishing = Some(running);
             } else {
                 runs.finish(running, &mut out).await?;

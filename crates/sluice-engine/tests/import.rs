@@ -38,6 +38,9 @@ fn bad(i: u64) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// The record that refers to a customer of the chunk before its own.
+const REFERS: u64 = 702;
+
 fn record(i: u64) -> String {
     let id = match bad(i) {
         // the same external id as the record before
@@ -56,8 +59,14 @@ fn record(i: u64) -> String {
     match bad(i) {
         Some(("not json", _)) => format!("{{\"id\": \"C-{i}\", "),
         _ => {
-            json!({"id": id, "name": name, "contact": format!("contact of C-{i}"), "total": total})
-                .to_string()
+            let mut r = json!({"id": id, "name": name, "contact": format!("contact of C-{i}"), "total": total});
+            // 702 refers, through a foreign key, to the customer of the
+            // last record of the chunk before (chunks of 700), which may
+            // not have committed when it is written.
+            if i == REFERS {
+                r["referrer"] = json!(format!("C-{}", REFERS - 2));
+            }
+            r.to_string()
         }
     }
 }
@@ -108,7 +117,7 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
             (
                 "c1",
                 format!(
-                    "CREATE TABLE {cust} (id {key}, external_id VARCHAR(40) NOT NULL UNIQUE, name VARCHAR(100) NOT NULL)"
+                    "CREATE TABLE {cust} (id {key}, external_id VARCHAR(40) NOT NULL UNIQUE, name VARCHAR(100) NOT NULL, referrer VARCHAR(40) REFERENCES {cust} (external_id))"
                 ),
             ),
             (
@@ -158,6 +167,7 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
         } else {
             r#" and $write.results[2].id == $tokens.customer and $write.results[3].name == "\($trigger.name) (3)""#
         };
+        let last_of_first = REFERS - 2;
         let flow_text = format!(
             r#"id: import-test
 connections:
@@ -170,7 +180,7 @@ steps:
       patches:
         - op: create
           collection: {cust}
-          properties: {{external_id: "{{{{ .id }}}}", name: "{{{{ .name }}}}"}}
+          properties: {{external_id: "{{{{ .id }}}}", name: "{{{{ .name }}}}", referrer: "{{{{ .referrer }}}}"}}
           setTokens: {{customer: id}}
           children:
             - op: create
@@ -183,7 +193,13 @@ steps:
             customer_id: "{{{{ $tokens.customer }}}}"
             number: "O-{{{{ .id }}}}"
             total: "{{{{ .total | tonumber }}}}"
-{updates}  - key: after
+{updates}  # The last record of the first chunk ends late, so that its chunk
+  # commits after the next chunk's first write (when they overlap).
+  - key: nap
+    type: sleep
+    options:
+      ms: '{{{{ if $trigger.id == "C-{last_of_first}" then 300 else 0 end }}}}'
+  - key: after
     type: transform
     options:
       value:

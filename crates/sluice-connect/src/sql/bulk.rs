@@ -63,6 +63,8 @@ pub struct Batch {
     /// Each chunk's open transaction: a chunk may write (on a connection
     /// of its own) while the chunk before it commits.
     txs: Mutex<BTreeMap<u64, Tx>>,
+    /// The chunks whose transaction has begun and not ended.
+    open: Mutex<BTreeSet<u64>>,
     /// The patch that failed, per record.
     failed_patches: Mutex<HashMap<u64, String>>,
 }
@@ -420,6 +422,7 @@ impl Batch {
             db,
             chunks: Mutex::new(BTreeMap::new()),
             txs: Mutex::new(BTreeMap::new()),
+            open: Mutex::new(BTreeSet::new()),
             failed_patches: Mutex::new(HashMap::new()),
         })
     }
@@ -590,35 +593,62 @@ impl Batch {
 
     /// Write every waiting envelope of chunk `chunk` (see the module's
     /// description). `Err` means the connection itself failed: the chunk
-    /// cannot be committed.
-    pub async fn flush(&self, limits: &Limits, chunk: u64) -> Result<(), ActionError> {
+    /// cannot be committed. `Ok(false)`: nothing was written, and the
+    /// envelopes wait again, to be written once the chunks before have
+    /// committed (the chunk's first write failed while one had not).
+    pub async fn flush(&self, limits: &Limits, chunk: u64) -> Result<bool, ActionError> {
         let mut jobs: Vec<Waiting> = self
             .chunks()?
             .get_mut(&chunk)
             .map(|c| std::mem::take(&mut c.waiting))
             .unwrap_or_default();
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         jobs.sort_by_key(|w| w.record);
         let mut tx = match self.take_tx(chunk)? {
             Some(tx) => tx,
-            None => self.db.begin().await?,
+            None => {
+                let tx = self.db.begin().await?;
+                locked(&self.open)?.insert(chunk);
+                tx
+            }
         };
-        // A connection that failed is dropped with its transaction.
-        self.write_group(&mut tx, jobs, limits, 0).await?;
+        // While a chunk before has not committed, a write can fail only
+        // because of that: a foreign key does not see that chunk's rows
+        // yet (a unique key waits for its commit). A failure then is not
+        // looked into: the chunk writes again after that commit, with the
+        // result it would have had after it.
+        let early = locked(&self.open)?.range(..chunk).next().is_some();
+        match self.write_group(&mut tx, jobs, limits, 0, early).await {
+            Ok(None) => {}
+            Ok(Some(again)) => {
+                if let Some(c) = self.chunks()?.get_mut(&chunk) {
+                    c.waiting.extend(again);
+                }
+                locked(&self.txs)?.insert(chunk, tx);
+                return Ok(false);
+            }
+            Err(e) => {
+                // A connection that failed is dropped with its transaction.
+                locked(&self.open)?.remove(&chunk);
+                return Err(e);
+            }
+        }
         locked(&self.txs)?.insert(chunk, tx);
-        Ok(())
+        Ok(true)
     }
 
-    /// Write a group of envelopes under a savepoint; on failure, each half again.
+    /// Write a group of envelopes under a savepoint; on failure, each half
+    /// again, or (`back`) hand them back unwritten.
     fn write_group<'a>(
         &'a self,
         tx: &'a mut Tx,
         jobs: Vec<Waiting>,
         limits: &'a Limits,
         depth: usize,
-    ) -> BoxFuture<'a, Result<(), ActionError>> {
+        back: bool,
+    ) -> BoxFuture<'a, Result<Option<Vec<Waiting>>, ActionError>> {
         Box::pin(async move {
             let sp = format!("sluice_sp{depth}");
             tx.raw(&format!("SAVEPOINT {sp}")).await?;
@@ -639,6 +669,9 @@ impl Batch {
                     // A connection that cannot roll back to the savepoint is gone.
                     tx.raw(&format!("ROLLBACK TO SAVEPOINT {sp}")).await?;
                     tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
+                    if back {
+                        return Ok(Some(jobs));
+                    }
                     if jobs.len() == 1 {
                         for w in jobs {
                             if let Ok(mut m) = self.failed_patches.lock() {
@@ -651,12 +684,13 @@ impl Batch {
                     } else {
                         let mut left = jobs;
                         let right = left.split_off(left.len() / 2);
-                        self.write_group(tx, left, limits, depth + 1).await?;
-                        self.write_group(tx, right, limits, depth + 1).await?;
+                        self.write_group(tx, left, limits, depth + 1, false).await?;
+                        self.write_group(tx, right, limits, depth + 1, false)
+                            .await?;
                     }
                 }
             }
-            Ok(())
+            Ok(None)
         })
     }
 
@@ -994,6 +1028,27 @@ impl Batch {
             Some(c) => self.take_tx(c)?,
             None => None,
         };
+        let ended = self.end_chunk(tx, key, next_record, finished).await;
+        if let Some(c) = chunk {
+            locked(&self.open)?.remove(&c);
+        }
+        ended?;
+        // The patch failures of records committed now are told (those of a
+        // chunk written meanwhile stay).
+        if let Ok(mut m) = self.failed_patches.lock() {
+            m.retain(|record, _| *record > next_record);
+        }
+        Ok(())
+    }
+
+    /// Record the import's position in `tx` (a new transaction: `None`) and commit.
+    async fn end_chunk(
+        &self,
+        tx: Option<Tx>,
+        key: &str,
+        next_record: u64,
+        finished: bool,
+    ) -> Result<(), ActionError> {
         let mut tx = match tx {
             Some(tx) => tx,
             None => self.db.begin().await?,
@@ -1018,13 +1073,7 @@ impl Batch {
             false,
         )
         .await?;
-        tx.commit().await?;
-        // The patch failures of records committed now are told (those of a
-        // chunk written meanwhile stay).
-        if let Ok(mut m) = self.failed_patches.lock() {
-            m.retain(|record, _| *record > next_record);
-        }
-        Ok(())
+        tx.commit().await
     }
 }
 
