@@ -815,8 +815,10 @@ fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<Map<String, Value>, ActionEr
 enum Got {
     Map(Map<String, Value>),
     /// Every column of a type Sluice reads (so decoding it cannot fail
-    /// but for a broken connection).
-    Pg(sqlx::postgres::PgRow),
+    /// but for a broken connection); the cell decoded first, kept (the
+    /// writer reads a row's key up to three times: to match the row, for
+    /// its children, for a token).
+    Pg(sqlx::postgres::PgRow, std::sync::OnceLock<(usize, Value)>),
 }
 
 impl Got {
@@ -832,7 +834,10 @@ impl Got {
                 .all(|c| pg_kind(c.type_info().name()).is_some())
         });
         if readable {
-            return Ok(rows.into_iter().map(Got::Pg).collect());
+            return Ok(rows
+                .into_iter()
+                .map(|r| Got::Pg(r, std::sync::OnceLock::new()))
+                .collect());
         }
         let rows = rows.iter().map(decode_pg).collect::<Result<Vec<_>, _>>()?;
         Ok(numbers_again(rows, cols)
@@ -849,13 +854,19 @@ impl Got {
     ) -> Result<Option<Value>, ActionError> {
         match self {
             Got::Map(m) => Ok(m.get(name).cloned()),
-            Got::Pg(r) => match r.columns().iter().position(|c| c.name() == name) {
+            Got::Pg(r, first) => match r.columns().iter().position(|c| c.name() == name) {
                 None => Ok(None),
                 Some(i) => {
+                    if let Some((at, v)) = first.get()
+                        && *at == i
+                    {
+                        return Ok(Some(v.clone()));
+                    }
                     let mut v = decode_pg_cell(r, i)?;
                     if cols.get(name).is_some_and(|t| decimal(t)) {
                         number_again(&mut v);
                     }
+                    let _ = first.set((i, v.clone()));
                     Ok(Some(v))
                 }
             },
@@ -876,7 +887,7 @@ impl Got {
     fn into_map(self, cols: &BTreeMap<String, String>) -> Result<Map<String, Value>, ActionError> {
         match self {
             Got::Map(m) => Ok(m),
-            Got::Pg(r) => {
+            Got::Pg(r, _) => {
                 let mut m = decode_pg(&r)?;
                 for (c, t) in cols {
                     if decimal(t)

@@ -334,11 +334,11 @@ fn fail(which: String, e: ActionError) -> Fail {
 /// A patch's properties, with its parent's key when it is a child.
 type Props<'p> = Cow<'p, Map<String, Value>>;
 
-/// One patch of one record, at one position of the envelopes.
+/// One patch of one record, at one position of the envelopes (named by
+/// the position's label, such as `patch 1.2`).
 struct Item<'p> {
     job: usize,
     patch: &'p Patch,
-    label: String,
     parent: Option<Value>,
 }
 
@@ -774,11 +774,12 @@ impl Batch {
                 .map(|(patch, job)| Item {
                     job,
                     patch,
-                    label: label.clone(),
                     parent: None,
                 })
                 .collect();
-            let rows = self.write_items(tx, &items, &mut works, rows_read).await?;
+            let rows = self
+                .write_items(tx, &items, &label, &mut works, rows_read)
+                .await?;
             for (it, row) in items.iter().zip(rows) {
                 works[it.job].results.push(row);
             }
@@ -796,25 +797,21 @@ impl Batch {
             .collect())
     }
 
-    /// Write the patches at one position (and then their children's
-    /// positions); `rows_read`: whether a record reads the rows written.
+    /// Write the patches at one position, `label` (and then their
+    /// children's positions); `rows_read`: whether a record reads the rows
+    /// written.
     fn write_items<'a>(
         &'a self,
         tx: &'a mut Tx,
         items: &'a [Item<'a>],
+        label: &'a str,
         works: &'a mut [Work],
         rows_read: bool,
     ) -> BoxFuture<'a, Result<Vec<Tree>, Fail>> {
         Box::pin(async move {
             let db = &*self.db;
-            let which = |it: &Item| {
-                format!(
-                    "{} ({} {})",
-                    it.label,
-                    it.patch.op.word(),
-                    it.patch.collection
-                )
-            };
+            let which =
+                |it: &Item| format!("{} ({} {})", label, it.patch.op.word(), it.patch.collection);
             let mut prepared: Vec<(Props<'_>, Arc<Table>)> = Vec::with_capacity(items.len());
             for it in items {
                 let p = it.patch;
@@ -905,6 +902,7 @@ impl Batch {
                 .unwrap_or(0);
             let mut children: Vec<Vec<Tree>> = items.iter().map(|_| Vec::new()).collect();
             for c in 0..most {
+                let sub_label = format!("{label}.{}", c + 1);
                 let mut owners = Vec::new();
                 let mut sub = Vec::new();
                 for (x, it) in items.iter().enumerate() {
@@ -913,7 +911,6 @@ impl Batch {
                         sub.push(Item {
                             job: it.job,
                             patch: child,
-                            label: format!("{}.{}", it.label, c + 1),
                             parent: Some(
                                 rows[x]
                                     .new_id(&prepared[x].1)
@@ -922,7 +919,9 @@ impl Batch {
                         });
                     }
                 }
-                let outs = self.write_items(tx, &sub, works, rows_read).await?;
+                let outs = self
+                    .write_items(tx, &sub, &sub_label, works, rows_read)
+                    .await?;
                 for (x, o) in owners.into_iter().zip(outs) {
                     children[x].push(o);
                 }
@@ -1235,15 +1234,19 @@ fn match_rows(
             })
             .collect()
     } else {
-        let mut keyed = rows
-            .into_iter()
+        let ids = rows
+            .iter()
             .map(|r| {
                 r.field(pk, &t.cols)?
                     .and_then(|v| v.as_i64())
-                    .map(|id| (id, r))
                     .ok_or_else(unmatched)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_sorted() {
+            // As they mostly come: in the order they were inserted.
+            return Ok(rows);
+        }
+        let mut keyed: Vec<(i64, Got)> = ids.into_iter().zip(rows).collect();
         keyed.sort_by_key(|(id, _)| *id);
         Ok(keyed.into_iter().map(|(_, r)| r).collect())
     }
