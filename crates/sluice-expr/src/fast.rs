@@ -111,6 +111,12 @@ fn var(v: &str, vars: &[String]) -> Option<usize> {
     vars.iter().position(|x| x == name)
 }
 
+/// Where index `i` (from the end when negative, as in jq) falls in an
+/// array of `len` elements, if it does.
+fn at(len: usize, i: isize) -> Option<usize> {
+    usize::try_from(if i < 0 { len as isize + i } else { i }).ok()
+}
+
 fn plain_str(parts: &[StrPart<&str, Term<&str>>]) -> Option<String> {
     let mut s = String::new();
     for p in parts {
@@ -137,10 +143,7 @@ impl Fast {
                     let next = match (cur, seg) {
                         (Val::Null, _) => None,
                         (Val::Obj(o), Seg::Key(k, _)) => o.get(k),
-                        (Val::Arr(a), Seg::Index(i)) => {
-                            let i = if *i < 0 { a.len() as isize + i } else { *i };
-                            usize::try_from(i).ok().and_then(|i| a.get(i))
-                        }
+                        (Val::Arr(a), Seg::Index(i)) => at(a.len(), *i).and_then(|i| a.get(i)),
                         _ => return None,
                     };
                     match next {
@@ -182,10 +185,7 @@ impl Fast {
                     let next = match (cur, seg) {
                         (Value::Null, _) => None,
                         (Value::Object(o), Seg::Key(_, k)) => o.get(k.as_str()),
-                        (Value::Array(a), Seg::Index(i)) => {
-                            let i = if *i < 0 { a.len() as isize + i } else { *i };
-                            usize::try_from(i).ok().and_then(|i| a.get(i))
-                        }
+                        (Value::Array(a), Seg::Index(i)) => at(a.len(), *i).and_then(|i| a.get(i)),
                         _ => return None,
                     };
                     match next {
