@@ -306,13 +306,15 @@ impl Tx {
     }
 
     /// PostgreSQL: run `sql` with text arrays as its parameters and read
-    /// the rows it returns. `None` on another database.
+    /// the rows it returns (`fetch`), or how many it changed. `None` on
+    /// another database.
     async fn pg_rows_of_arrays(
         &mut self,
         sql: String,
         arrays: &[Vec<Option<&str>>],
         table: &Table,
-    ) -> Option<Result<Vec<Got>, ActionError>> {
+        fetch: bool,
+    ) -> Option<Result<Made, ActionError>> {
         let TxConn::Postgres(t) = &mut self.conn else {
             return None;
         };
@@ -320,9 +322,16 @@ impl Tx {
         for a in arrays {
             q = q.bind(a);
         }
-        Some(match q.fetch_all(&mut **t).await {
-            Ok(rows) => Got::pg(rows, &table.cols),
-            Err(e) => Err(self.db.err(e)),
+        Some(if fetch {
+            match q.fetch_all(&mut **t).await {
+                Ok(rows) => Got::pg(rows, &table.cols).map(Made::Rows),
+                Err(e) => Err(self.db.err(e)),
+            }
+        } else {
+            match q.execute(&mut **t).await {
+                Ok(done) => Ok(Made::Count(done.rows_affected())),
+                Err(e) => Err(self.db.err(e)),
+            }
         })
     }
 
@@ -353,6 +362,13 @@ impl Tx {
 enum Fetched {
     Rows(Vec<Map<String, Value>>),
     Affected(u64),
+}
+
+/// What a multi-row insert of the bulk writer made: its rows, or (when
+/// none is read) how many.
+enum Made {
+    Rows(Vec<Got>),
+    Count(u64),
 }
 
 impl Db {

@@ -40,8 +40,8 @@
 //! writer reads only keys and the fields tokens take).
 
 use super::{
-    Backend, Db, Got, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in, delete_in, id_text,
-    templated, write_in,
+    Backend, Db, Fetched, Got, Made, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in,
+    delete_in, id_text, templated, write_in,
 };
 use crate::{ActionError, Blame, BoxFuture, Outcome};
 use serde_json::{Map, Value};
@@ -1141,14 +1141,22 @@ async fn create_many(
         return Err(unmatched());
     };
     let keys: Vec<&String> = first.keys().collect();
+    // What the insert returns (`RETURNING`): nothing when nothing is read.
     let returning = match only {
-        None => db.select_list(&t.cols),
-        Some(only) => db.select_list(t.cols.iter().filter(|(c, _)| only.contains(c.as_str()))),
+        None => Some(db.select_list(&t.cols)),
+        Some(only) if only.is_empty() => None,
+        Some(only) => {
+            Some(db.select_list(t.cols.iter().filter(|(c, _)| only.contains(c.as_str()))))
+        }
     };
     if db.backend == Backend::Postgres
-        && let Some(rows) = create_many_pg(tx, db, name, t, props, &keys, &returning).await
+        && let Some(rows) =
+            create_many_pg(tx, db, name, t, props, &keys, returning.as_deref()).await
     {
-        return match_rows(props, pk, given, rows?, t);
+        return match rows? {
+            Made::Rows(rows) => match_rows(props, pk, given, rows, t),
+            Made::Count(n) => unread(n, props),
+        };
     }
     let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
     let per = (MAX_PARAMS / keys.len()).max(1);
@@ -1171,11 +1179,21 @@ async fn create_many(
             }
             tuples.push(')');
         }
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES {tuples} RETURNING {returning}",
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES {tuples}",
             db.backend.quote(name),
             cols.join(", "),
         );
+        let Some(returning) = &returning else {
+            let made = match tx.run(&Stmt { sql, params }, false).await? {
+                Fetched::Affected(n) => n,
+                Fetched::Rows(r) => r.len() as u64,
+            };
+            out.extend(unread(made, chunk)?);
+            continue;
+        };
+        sql.push_str(" RETURNING ");
+        sql.push_str(returning);
         let rows = tx.rows(&Stmt { sql, params }, t).await?;
         let rows = rows.into_iter().map(Got::Map).collect();
         out.extend(match_rows(chunk, pk, given, rows, t)?);
@@ -1184,15 +1202,31 @@ async fn create_many(
 }
 
 /// The columns of `t` the writer reads of the rows it writes for
-/// `patches`, when no record reads them: the key, `id`, and the fields the
-/// patches' tokens take (a multi-row insert returns only those).
+/// `patches`, when no record reads them (a multi-row insert returns only
+/// those): the fields the patches' tokens take, and the key and `id` when
+/// it needs the rows at all (for tokens, or for children, which take their
+/// parent's key). None when it does not.
 fn writer_reads<'a>(t: &'a Table, patches: impl Iterator<Item = &'a Patch>) -> BTreeSet<&'a str> {
-    let mut read: BTreeSet<&str> = t.pk.iter().map(String::as_str).collect();
-    read.insert("id");
+    let mut read = BTreeSet::new();
+    let mut needed = false;
     for p in patches {
+        needed |= !p.set_tokens.is_empty() || !p.children.is_empty();
         read.extend(p.set_tokens.values().map(String::as_str));
     }
+    if needed {
+        read.extend(t.pk.iter().map(String::as_str));
+        read.insert("id");
+    }
     read
+}
+
+/// The rows of a multi-row insert that returns none: as many as it made
+/// (nothing of them is read).
+fn unread(made: u64, props: &[&Map<String, Value>]) -> Result<Vec<Got>, ActionError> {
+    if made != props.len() as u64 {
+        return Err(unmatched());
+    }
+    Ok(props.iter().map(|_| Got::Map(Map::new())).collect())
 }
 
 /// The values of `p` for `keys`, in their order, into `out`: without
@@ -1264,8 +1298,8 @@ async fn create_many_pg(
     t: &Table,
     props: &[&Map<String, Value>],
     keys: &[&String],
-    returning: &str,
-) -> Option<Result<Vec<Got>, ActionError>> {
+    returning: Option<&str>,
+) -> Option<Result<Made, ActionError>> {
     let types = keys
         .iter()
         .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
@@ -1338,7 +1372,11 @@ async fn create_many_pg(
         }
         sql.push_str(&format!("c{i}"));
     }
-    sql.push_str(") RETURNING ");
-    sql.push_str(returning);
-    tx.pg_rows_of_arrays(sql, &arrays, t).await
+    sql.push(')');
+    if let Some(returning) = returning {
+        sql.push_str(" RETURNING ");
+        sql.push_str(returning);
+    }
+    tx.pg_rows_of_arrays(sql, &arrays, t, returning.is_some())
+        .await
 }
