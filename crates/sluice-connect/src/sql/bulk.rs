@@ -614,11 +614,11 @@ impl Batch {
                 tx
             }
         };
-        // While a chunk before has not committed, a write can fail only
-        // because of that: a foreign key does not see that chunk's rows
-        // yet (a unique key waits for its commit). A failure then is not
-        // looked into: the chunk writes again after that commit, with the
-        // result it would have had after it.
+        // While a chunk before has not committed, a write may fail because
+        // of that alone: a foreign key does not see that chunk's rows yet
+        // (a unique key waits for its commit). A failure then is not looked
+        // into: the chunk writes again after that commit, with the result
+        // it would have had after it.
         let early = locked(&self.open)?.range(..chunk).next().is_some();
         match self.write_group(&mut tx, jobs, limits, 0, early).await {
             Ok(None) => {}
