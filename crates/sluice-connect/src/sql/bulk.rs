@@ -1380,3 +1380,50 @@ async fn create_many_pg(
     tx.pg_rows_of_arrays(sql, &arrays, t, returning.is_some())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch(v: Value) -> Patch {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn an_insert_returns_only_what_the_writer_reads() {
+        let t = Table {
+            cols: [("id", "integer"), ("name", "text"), ("code", "text")]
+                .into_iter()
+                .map(|(c, ty)| (c.to_owned(), ty.to_owned()))
+                .collect(),
+            pk: vec!["id".to_owned()],
+        };
+        let plain = patch(json!({"op": "create", "collection": "t", "properties": {"name": "a"}}));
+        let tokens = patch(
+            json!({"op": "create", "collection": "t", "properties": {}, "setTokens": {"c": "code"}}),
+        );
+        let parent = patch(json!({"op": "create", "collection": "t", "properties": {},
+            "children": [{"op": "create", "collection": "u", "parentKey": "t_id", "properties": {}}]}));
+        // Nothing is read: the insert returns no rows.
+        assert!(writer_reads(&t, [&plain, &plain].into_iter()).is_empty());
+        // A token's field, and the key to match the rows.
+        let read: Vec<&str> = writer_reads(&t, [&plain, &tokens].into_iter())
+            .into_iter()
+            .collect();
+        assert_eq!(read, ["code", "id"]);
+        // Children take their parent's key.
+        let read: Vec<&str> = writer_reads(&t, [&parent].into_iter())
+            .into_iter()
+            .collect();
+        assert_eq!(read, ["id"]);
+    }
+
+    #[test]
+    fn an_insert_that_returns_no_rows_must_have_made_them_all() {
+        let a = Map::new();
+        let props = [&a, &a];
+        assert_eq!(unread(2, &props).map(|r| r.len()).ok(), Some(2));
+        assert!(unread(1, &props).is_err());
+    }
+}
