@@ -671,24 +671,33 @@ fn number_again(v: &mut Value) {
     }
 }
 
+/// The columns of `cols` that hold decimals.
+fn decimal_columns(cols: &BTreeMap<String, String>) -> Vec<&String> {
+    cols.iter()
+        .filter(|(_, t)| decimal(t))
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// The decimals of `row` (in columns `decimals`) read as text become
+/// numbers again.
+fn row_numbers_again(row: &mut Map<String, Value>, decimals: &[&String]) {
+    for c in decimals {
+        if let Some(v) = row.get_mut(*c) {
+            number_again(v);
+        }
+    }
+}
+
 /// Decimals read as text become numbers again.
 fn numbers_again(
     mut rows: Vec<Map<String, Value>>,
     cols: &BTreeMap<String, String>,
 ) -> Vec<Map<String, Value>> {
-    let decimals: Vec<&String> = cols
-        .iter()
-        .filter(|(_, t)| decimal(t))
-        .map(|(c, _)| c)
-        .collect();
-    if decimals.is_empty() {
-        return rows;
-    }
-    for row in &mut rows {
-        for c in &decimals {
-            if let Some(v) = row.get_mut(*c) {
-                number_again(v);
-            }
+    let decimals = decimal_columns(cols);
+    if !decimals.is_empty() {
+        for row in &mut rows {
+            row_numbers_again(row, &decimals);
         }
     }
     rows
@@ -905,13 +914,7 @@ impl Got {
             Got::Map(m) => Ok(m),
             Got::Pg(r, _) => {
                 let mut m = decode_pg(&r)?;
-                for (c, t) in cols {
-                    if decimal(t)
-                        && let Some(v) = m.get_mut(c)
-                    {
-                        number_again(v);
-                    }
-                }
+                row_numbers_again(&mut m, &decimal_columns(cols));
                 Ok(m)
             }
         }
@@ -2176,6 +2179,8 @@ pub enum PatchOp {
 }
 
 impl PatchOp {
+    const ALL: [Self; 4] = [Self::Create, Self::Update, Self::Upsert, Self::Delete];
+
     fn word(self) -> &'static str {
         match self {
             Self::Create => "create",
@@ -2183,6 +2188,11 @@ impl PatchOp {
             Self::Upsert => "upsert",
             Self::Delete => "delete",
         }
+    }
+
+    /// The write `word` names (as a flow writes it), if it names one.
+    fn of_word(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.word() == word)
     }
 }
 

@@ -716,7 +716,7 @@ impl<S: Store> Runs<S> {
     /// `false`: that first write is to be made again once the chunk before
     /// has committed (see the batch's `flush`).
     async fn write(&self, r: &mut Running, once: bool) -> Result<bool, ImportError> {
-        let (id, before) = (r.chunk.id, r.chunk.before());
+        let id = r.chunk.id;
         let mut notified = std::pin::pin!(told(r.all_wait.as_deref()));
         loop {
             tokio::select! {
@@ -732,13 +732,8 @@ impl<S: Store> Runs<S> {
                 () = &mut notified => {
                     notified.set(told(r.all_wait.as_deref()));
                     // A wake-up may be stale: the runs may have gone on since.
-                    if let Some(b) = &self.batch
-                        && b.all_wait(id)
-                    {
-                        let written = b
-                            .flush(&self.engine.limits, id)
-                            .await
-                            .map_err(|e| ImportError::Database(e, before))?;
+                    if self.batch.as_ref().is_some_and(|b| b.all_wait(id)) {
+                        let written = self.flush(&r.chunk).await?;
                         if once || !written {
                             return Ok(written);
                         }
@@ -748,15 +743,15 @@ impl<S: Store> Runs<S> {
         }
     }
 
-    /// Write the envelopes the chunk's first write handed back (its runs
-    /// all wait for them).
-    async fn write_again(&self, r: &Running) -> Result<(), ImportError> {
-        if let Some(b) = &self.batch {
-            b.flush(&self.engine.limits, r.chunk.id)
+    /// Write the chunk's waiting envelopes (see the batch's `flush`).
+    async fn flush(&self, chunk: &Chunk) -> Result<bool, ImportError> {
+        match &self.batch {
+            Some(b) => b
+                .flush(&self.engine.limits, chunk.id)
                 .await
-                .map_err(|e| ImportError::Database(e, r.chunk.before()))?;
+                .map_err(|e| ImportError::Database(e, chunk.before())),
+            None => Ok(true),
         }
-        Ok(())
     }
 
     /// Write what is left of the chunk, run its records to their end,
@@ -1010,8 +1005,8 @@ impl<S: Store> Engine<S> {
                 finished?;
                 if !written? {
                     // Its first write failed while the chunk before had
-                    // not committed; it has now.
-                    runs.write_again(&running).await?;
+                    // not committed; it has now (its runs all wait for it).
+                    runs.flush(&running.chunk).await?;
                 }
                 finishing = Some(running);
             } else {

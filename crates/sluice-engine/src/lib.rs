@@ -1752,6 +1752,9 @@ impl<S: Store> Engine<S> {
             )
             .map_err(|m| Failed::data(&none, format!("actionDataFilter.fromStateData: {m}")))?
         };
+        // Whether anything reads what the step emits, in a run whose output
+        // is not kept (see `results_read`).
+        let result_read = results_read(step);
         // templates
         let program_input = sluice_expr::Input::json(&action_input);
         let mut options = step
@@ -1805,7 +1808,7 @@ impl<S: Store> Engine<S> {
             connections: &connections,
             deferred: &step.deferred,
             batch: scx.batch.map(|b| sluice_connect::sql::bulk::InBatch {
-                results_read: results_read(step),
+                results_read: result_read,
                 ..b
             }),
             wake: scx.wake,
@@ -1884,7 +1887,7 @@ impl<S: Store> Engine<S> {
         // A record of an import keeps no output: the state data its last
         // step makes (a step without filters or mappings of its result)
         // has no reader, so it is not made, only checked.
-        let state_read = scx.batch.is_none() || results_read(step) || step.kind == WAIT;
+        let state_read = scx.batch.is_none() || result_read || step.kind == WAIT;
         // 4. the result meets the state data; 5. stateDataFilter.output
         let settle = |payload: &Option<Value>| -> Result<Value, Failed> {
             let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();

@@ -162,9 +162,7 @@ fn usual(t: &TemplateValue, top: bool) -> bool {
     has("op")
         && has("collection")
         && fields.iter().all(|(k, v)| match (k.as_str(), v) {
-            ("op", TemplateValue::Const(Value::String(op))) => {
-                matches!(op.as_str(), "create" | "update" | "upsert" | "delete")
-            }
+            ("op", TemplateValue::Const(Value::String(op))) => PatchOp::of_word(op).is_some(),
             ("collection", TemplateValue::Const(Value::String(_))) => true,
             ("properties" | "criteria", TemplateValue::Const(Value::Object(_))) => true,
             ("properties" | "criteria", TemplateValue::Object(values)) => {
@@ -210,12 +208,7 @@ fn build(
     for (k, v) in fields {
         match (k.as_str(), v) {
             ("op", TemplateValue::Const(Value::String(op))) => {
-                patch.op = match op.as_str() {
-                    "update" => PatchOp::Update,
-                    "upsert" => PatchOp::Upsert,
-                    "delete" => PatchOp::Delete,
-                    _ => PatchOp::Create,
-                }
+                patch.op = PatchOp::of_word(op).ok_or_else(unmatched)?;
             }
             ("collection", TemplateValue::Const(Value::String(c))) => patch.collection = c.clone(),
             ("properties" | "criteria", v) => {
