@@ -6,6 +6,10 @@
 # usage: bench/import/run.sh [N=1000000] [BAD_EVERY=10000]
 # PostgreSQL: BENCH_PG_URL (default postgres://root@127.0.0.1:5432/test).
 # BENCH_ONLY=postgres or BENCH_ONLY=sqlite runs one of the two.
+# Before the import into PostgreSQL, the same good rows are written by
+# PostgreSQL alone (bench/import/alone.sh), in one session and in two at
+# once: the ceiling of this machine's PostgreSQL for these tables, which the
+# import's figure is a share of.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-1000000}
@@ -36,13 +40,20 @@ measure() { # label url
   failed=$(wc -l < "$WORK/customers.csv.failures.jsonl")
   if [ "$failed" != "$BAD_COUNT" ]; then echo "$1: $failed failures reported, expected $BAD_COUNT" >&2; exit 1; fi
   echo "$1: $N records ($failed bad) in $(echo "$end - $start" | bc) s: $(echo "$N / ($end - $start)" | bc) records/s (wall, process start to end)"
+  SECS=$(echo "$end - $start" | bc)
 }
 
 ONLY=${BENCH_ONLY:-}
 if [ "$ONLY" != sqlite ]; then
-# PostgreSQL
+# PostgreSQL alone, then the import
+declare -A ALONE
+for sessions in 1 2; do
+  ALONE[$sessions]=$(bench/import/alone.sh "$WORK/customers.csv" "$sessions")
+  echo "postgres alone, $sessions session(s): $GOOD good records in ${ALONE[$sessions]} s: $(echo "$GOOD / ${ALONE[$sessions]}" | bc) records/s (INSERT ... SELECT of the staged rows)"
+done
 sed 's/INTEGER PRIMARY KEY/SERIAL PRIMARY KEY/' bench/import/schema.sql | psql -q "$PG" 2>&1 | grep -v NOTICE || true
 measure postgres "$PG"
+echo "postgres: the import takes $(echo "scale=2; $SECS / ${ALONE[1]}" | bc)x the time of PostgreSQL alone in one session, $(echo "scale=2; $SECS / ${ALONE[2]}" | bc)x in two"
 for t in customers contacts orders; do check "postgres $t" "$(psql -tAc "SELECT count(*) FROM $t" "$PG")"; done
 check "postgres orders of their customer" "$(psql -tAc "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN contacts k ON k.customer_id = c.id WHERE 'SO-' || substr(c.external_id, 3) = o.number AND 'Contact ' || substr(c.external_id, 3) = k.name" "$PG")"
 
