@@ -94,6 +94,31 @@ pub fn expand_env(url: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Whether the database refused the data itself: a constraint (unique,
+/// foreign key, not null, check, exclusion) or a value its column cannot
+/// take (SQLSTATE classes 23 and 22 on PostgreSQL and MariaDB; SQLite's
+/// codes are numbers of another kind). A person must fix the data (or the
+/// flow); trying again later would fail the same way, so the failure is
+/// the data's, not the outside system's (which a `retry` waits out).
+fn refuses_data(e: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    match d.kind() {
+        ErrorKind::UniqueViolation
+        | ErrorKind::ForeignKeyViolation
+        | ErrorKind::NotNullViolation
+        | ErrorKind::CheckViolation
+        | ErrorKind::ExclusionViolation => true,
+        _ => {
+            d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none()
+                && d.code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+        }
+    }
+}
+
 /// A URL with its password replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -373,7 +398,12 @@ enum Made {
 
 impl Db {
     fn err(&self, e: sqlx::Error) -> ActionError {
-        ActionError::external(format!("{}: {}", self.shown, redact(&e.to_string())))
+        let message = format!("{}: {}", self.shown, redact(&e.to_string()));
+        if refuses_data(&e) {
+            ActionError::data(message)
+        } else {
+            ActionError::external(message)
+        }
     }
 
     /// Rows of a table read with [`Db::select_list`]: decimals read as text

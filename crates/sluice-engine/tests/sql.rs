@@ -109,7 +109,8 @@ async fn sql_actions_on_every_database() {
                 b.name
             );
         }
-        // A value that breaks a constraint: the database's own message, blamed on the outside system.
+        // A value that breaks a constraint: the database's own message,
+        // blamed on the data (an incident: fixed and resumed, not retried).
         let (st, _, err) = run(
             &engine,
             &registry,
@@ -117,12 +118,39 @@ async fn sql_actions_on_every_database() {
             json!({"email": "ada@example.com", "name": "Dup", "score": 0}),
         )
         .await;
-        assert_eq!(st, RunStatus::Failed, "{}", b.name);
+        assert_eq!(st, RunStatus::Incident, "{}: {err}", b.name);
         assert!(
             err.to_lowercase().contains("unique") || err.to_lowercase().contains("duplicate"),
             "{}: {err}",
             b.name
         );
+        let (st, _, err) = run(
+            &engine,
+            &registry,
+            &create,
+            json!({"email": null, "name": "Nobody", "score": 0}),
+        )
+        .await;
+        assert_eq!(st, RunStatus::Incident, "{}: not null: {err}", b.name);
+        if b.name != "sqlite" {
+            // A value its column cannot take (SQLite takes any).
+            let (st, _, err) = run(
+                &engine,
+                &registry,
+                &create,
+                json!({"email": "bad@example.com", "name": "Bad", "score": "lots"}),
+            )
+            .await;
+            assert_eq!(st, RunStatus::Incident, "{}: a bad number: {err}", b.name);
+            let (st, _, err) = run(
+                &engine,
+                &registry,
+                &create,
+                json!({"email": "long@example.com", "name": "x".repeat(101), "score": 0}),
+            )
+            .await;
+            assert_eq!(st, RunStatus::Incident, "{}: too long: {err}", b.name);
+        }
 
         // sql.lookup: one, none, several, omitted criteria.
         let lookup = |criteria: &str, extra: &str| {
@@ -690,7 +718,8 @@ async fn envelopes_are_all_or_none_on_every_database() {
         );
         assert_eq!(out["order"], json!("R1"));
 
-        // The second patch fails (its ref is taken): the first patch and its child are rolled back.
+        // The second patch fails (its ref is taken): the first patch and its
+        // child are rolled back; a constraint is the data's (an incident).
         let (st, _, err) = run(
             &engine,
             &registry,
@@ -698,7 +727,7 @@ async fn envelopes_are_all_or_none_on_every_database() {
             json!({"name": "Zed", "email": "zed@example.com", "total": 1, "ref": "R1"}),
         )
         .await;
-        assert_eq!(st, RunStatus::Failed, "{}", b.name);
+        assert_eq!(st, RunStatus::Incident, "{}", b.name);
         assert!(
             err.contains(&format!("patch 2 (create {ord}) failed")) && err.contains("rolled back"),
             "{}: {err}",
