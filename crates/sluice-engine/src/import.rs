@@ -849,7 +849,7 @@ pub fn failures_path(records: &Path) -> PathBuf {
 }
 
 /// What an import reports as it goes: records done (skipped ones included) of the total.
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 
 impl<S: Store> Engine<S> {
     /// Import the records of `path` (see the module's description).

@@ -192,7 +192,16 @@ fn main() -> ExitCode {
                 restart,
                 store,
                 ..
-            } => import(&flow, &records, chunk, restart, &store.store).await,
+            } => {
+                // On a worker thread, where the database's answers wake the
+                // writer without a hop to this thread: a round trip costs
+                // less (they are many where records are refused).
+                tokio::spawn(
+                    async move { import(&flow, &records, chunk, restart, &store.store).await },
+                )
+                .await
+                .unwrap_or(FAILED)
+            }
             Command::Run {
                 flow,
                 input,

@@ -16,11 +16,14 @@
 //!   same fields become one multi-row INSERT (on PostgreSQL, `INSERT ...
 //!   SELECT FROM unnest` of one text array per field); other patches are
 //!   written one by one, in record order;
-//! * under a savepoint: when anything fails, the batch rolls back to it and
-//!   writes each half of the records again under a savepoint of its own,
-//!   down to the single record that fails. That record's envelope fails
-//!   alone, with the database's own message; the others land whole, in
-//!   record order, as if written one after another.
+//! * in groups of records, each under a savepoint: when anything fails, the
+//!   batch rolls back to it and writes each half of the group again under a
+//!   savepoint of its own, down to the single record that fails. That
+//!   record's envelope fails alone, with the database's own message; the
+//!   others land whole, in record order, as if written one after another.
+//!   A group is the whole chunk until a record is refused; then its size
+//!   follows the share of records refused so far ([`group_size`]), since
+//!   every good record of a failed group is written again.
 //!
 //! A chunk's writes and the import's position (a row of `sluice_imports` in
 //! the same database) commit in one transaction ([`Batch::commit_chunk`]), so
@@ -48,6 +51,7 @@ use serde_json::{Map, Value};
 use sluice_expr::{Input, Limits, MapScope, Template, TemplateValue, Val};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 
@@ -67,6 +71,10 @@ pub struct Batch {
     open: Mutex<BTreeSet<u64>>,
     /// The patch that failed, per record.
     failed_patches: Mutex<HashMap<u64, String>>,
+    /// Records whose envelopes were written so far, and those refused
+    /// among them: how large a group to write at once (see [`group_size`]).
+    tried: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A step of one record running inside a batch.
@@ -417,6 +425,8 @@ impl Batch {
             txs: Mutex::new(BTreeMap::new()),
             open: Mutex::new(BTreeSet::new()),
             failed_patches: Mutex::new(HashMap::new()),
+            tried: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -607,25 +617,48 @@ impl Batch {
                 tx
             }
         };
-        // While a chunk before has not committed, a write may fail because
-        // of that alone: a foreign key does not see that chunk's rows yet
-        // (a unique key waits for its commit). A failure then is not looked
-        // into: the chunk writes again after that commit, with the result
-        // it would have had after it.
-        let early = locked(&self.open)?.range(..chunk).next().is_some();
-        match self.write_group(&mut tx, jobs, limits, 0, early).await {
-            Ok(None) => {}
-            Ok(Some(again)) => {
-                if let Some(c) = self.chunks()?.get_mut(&chunk) {
-                    c.waiting.extend(again);
-                }
-                locked(&self.txs)?.insert(chunk, tx);
-                return Ok(false);
+        let size = group_size(
+            jobs.len(),
+            self.tried.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        );
+        let mut jobs = jobs.into_iter();
+        // A savepoint released is released with the next one's start (or
+        // by the commit): one round trip fewer per group.
+        let mut carry = String::new();
+        loop {
+            let group: Vec<Waiting> = jobs.by_ref().take(size).collect();
+            if group.is_empty() {
+                break;
             }
-            Err(e) => {
-                // A connection that failed is dropped with its transaction.
-                locked(&self.open)?.remove(&chunk);
-                return Err(e);
+            let n = group.len() as u64;
+            // While a chunk before has not committed, a write may fail
+            // because of that alone: a foreign key does not see that
+            // chunk's rows yet (a unique key waits for its commit). A
+            // failure then is not looked into: the group (and the rest of
+            // the chunk) is written again after that commit, with the
+            // result it would have had after it.
+            let early = locked(&self.open)?.range(..chunk).next().is_some();
+            match self
+                .write_group(&mut tx, group, limits, 0, early, &mut carry)
+                .await
+            {
+                Ok(None) => {
+                    self.tried.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(Some(again)) => {
+                    if let Some(c) = self.chunks()?.get_mut(&chunk) {
+                        c.waiting.extend(again);
+                        c.waiting.extend(jobs);
+                    }
+                    locked(&self.txs)?.insert(chunk, tx);
+                    return Ok(false);
+                }
+                Err(e) => {
+                    // A connection that failed is dropped with its transaction.
+                    locked(&self.open)?.remove(&chunk);
+                    return Err(e);
+                }
             }
         }
         locked(&self.txs)?.insert(chunk, tx);
@@ -633,7 +666,9 @@ impl Batch {
     }
 
     /// Write a group of envelopes under a savepoint; on failure, each half
-    /// again, or (`back`) hand them back unwritten.
+    /// again, or (`back`) hand them back unwritten. `carry`: statements to
+    /// send with the savepoint's (the release of the one before), and
+    /// then this one's release.
     fn write_group<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -641,14 +676,18 @@ impl Batch {
         limits: &'a Limits,
         depth: usize,
         back: bool,
+        carry: &'a mut String,
     ) -> BoxFuture<'a, Result<Option<Vec<Waiting>>, ActionError>> {
         Box::pin(async move {
             let sp = format!("sluice_sp{depth}");
-            tx.raw(&format!("SAVEPOINT {sp}")).await?;
+            carry.push_str("SAVEPOINT ");
+            carry.push_str(&sp);
+            tx.raw(carry).await?;
+            carry.clear();
             let mut jobs = jobs;
             match self.write_all(tx, &mut jobs, limits).await {
                 Ok(outcomes) => {
-                    tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
+                    *carry = format!("RELEASE SAVEPOINT {sp}; ");
                     for (w, o) in jobs.iter_mut().zip(outcomes) {
                         if let Some(r) = w.reply.take() {
                             let _ = r.send(Ok(o));
@@ -660,12 +699,15 @@ impl Batch {
                 }
                 Err(f) => {
                     // A connection that cannot roll back to the savepoint is gone.
-                    tx.raw(&format!("ROLLBACK TO SAVEPOINT {sp}")).await?;
-                    tx.raw(&format!("RELEASE SAVEPOINT {sp}")).await?;
+                    tx.raw(&format!(
+                        "ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"
+                    ))
+                    .await?;
                     if back {
                         return Ok(Some(jobs));
                     }
                     if jobs.len() == 1 {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
                         for w in jobs {
                             if let Ok(mut m) = self.failed_patches.lock() {
                                 m.insert(w.record, f.patch.clone());
@@ -677,8 +719,9 @@ impl Batch {
                     } else {
                         let mut left = jobs;
                         let right = left.split_off(left.len() / 2);
-                        self.write_group(tx, left, limits, depth + 1, false).await?;
-                        self.write_group(tx, right, limits, depth + 1, false)
+                        self.write_group(tx, left, limits, depth + 1, false, carry)
+                            .await?;
+                        self.write_group(tx, right, limits, depth + 1, false, carry)
                             .await?;
                     }
                 }
@@ -1100,6 +1143,27 @@ fn unmatched() -> ActionError {
     }
 }
 
+/// How many of `n` waiting envelopes to write as one group (one savepoint,
+/// one statement per patch position), when `refused` of the `tried`
+/// envelopes before were refused. A group with a bad record is written
+/// again in halves down to that record, so every good record of it is
+/// written about three times; a group costs a few round trips of its own.
+/// With a share `p` of bad records, groups of about `sqrt(c / p)` balance
+/// the two (`c`: a group's own cost, in records' writes, over three): all
+/// `n` at once until a record is refused, some tens of records when one in
+/// a hundred is.
+fn group_size(n: usize, tried: u64, refused: u64) -> usize {
+    /// A group's own cost (its savepoint, its statements' round trips), in
+    /// records' writes, over the three writes of a good record in a
+    /// group that failed.
+    const C: f64 = 3.0;
+    if refused == 0 || tried == 0 {
+        return n.max(1);
+    }
+    let p = refused as f64 / tried as f64;
+    ((C / p).sqrt().round() as usize).clamp(8, n.max(8))
+}
+
 /// Create objects that have the same fields, as few statements as possible;
 /// the stored rows, in the order given.
 async fn create_many(
@@ -1381,6 +1445,20 @@ mod tests {
 
     fn patch(v: Value) -> Patch {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn groups_shrink_as_records_are_refused() {
+        // None refused yet: the whole chunk at once.
+        assert_eq!(group_size(500, 0, 0), 500);
+        assert_eq!(group_size(500, 10_000, 0), 500);
+        // One in a hundred: groups of some tens; one in ten thousand: hundreds.
+        assert_eq!(group_size(500, 10_000, 100), 17);
+        assert_eq!(group_size(500, 100_000, 10), 173);
+        // Never fewer than eight, never more than the chunk.
+        assert_eq!(group_size(500, 100, 50), 8);
+        assert_eq!(group_size(100, 1_000_000, 1), 100);
+        assert_eq!(group_size(0, 0, 0), 1);
     }
 
     #[test]
