@@ -623,8 +623,10 @@ impl Batch {
             self.refused.load(Ordering::Relaxed),
         );
         let mut jobs = jobs.into_iter();
-        // A savepoint released is released with the next one's start (or
-        // by the commit): one round trip fewer per group.
+        // A savepoint released is released with the next one's start, or
+        // not at all: the commit ends it, and a later flush of the chunk
+        // starts its savepoints inside it (rolling back to its own): one
+        // round trip fewer per group.
         let mut carry = String::new();
         loop {
             let group: Vec<Waiting> = jobs.by_ref().take(size).collect();
