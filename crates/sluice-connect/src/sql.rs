@@ -398,7 +398,16 @@ enum Made {
 
 impl Db {
     fn err(&self, e: sqlx::Error) -> ActionError {
-        let message = format!("{}: {}", self.shown, redact(&e.to_string()));
+        let mut message = format!("{}: {}", self.shown, redact(&e.to_string()));
+        // PostgreSQL says which key or row in a detail of its own.
+        if let sqlx::Error::Database(d) = &e
+            && let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            && let Some(detail) = pg.detail()
+        {
+            message.push_str(" (");
+            message.push_str(&redact(detail));
+            message.push(')');
+        }
         if refuses_data(&e) {
             ActionError::data(message)
         } else {
