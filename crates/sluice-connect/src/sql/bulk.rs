@@ -18,7 +18,9 @@
 //!   written one by one, in record order;
 //! * in groups of records, each under a savepoint: when anything fails, the
 //!   batch rolls back to it and writes each half of the group again under a
-//!   savepoint of its own, down to the single record that fails. That
+//!   savepoint of its own (or, where PostgreSQL names the key that failed,
+//!   the records before the one with it, that one, and those after), down
+//!   to the single record that fails. That
 //!   record's envelope fails alone, with the database's own message; the
 //!   others land whole, in record order, as if written one after another.
 //!   A group is the whole chunk until a record is refused; then its size
@@ -719,12 +721,27 @@ impl Batch {
                             }
                         }
                     } else {
+                        // Around the record the database named, when it
+                        // named one; else in halves. Either way in record
+                        // order, so a wrong guess costs groups, not results.
                         let mut left = jobs;
-                        let right = left.split_off(left.len() / 2);
-                        self.write_group(tx, left, limits, depth + 1, false, carry)
-                            .await?;
-                        self.write_group(tx, right, limits, depth + 1, false, carry)
-                            .await?;
+                        let parts = match suspect(&f, &left) {
+                            Some(k) => {
+                                let mut rest = left.split_off(k);
+                                let after = rest.split_off(1);
+                                [left, rest, after]
+                            }
+                            None => {
+                                let right = left.split_off(left.len() / 2);
+                                [left, right, Vec::new()]
+                            }
+                        };
+                        for part in parts {
+                            if !part.is_empty() {
+                                self.write_group(tx, part, limits, depth + 1, false, carry)
+                                    .await?;
+                            }
+                        }
                     }
                 }
             }
@@ -1145,6 +1162,57 @@ fn unmatched() -> ActionError {
     }
 }
 
+/// The envelope of `jobs` that the failure `f` most likely came from, by
+/// the value PostgreSQL's detail names (`Key (external_id)=(C-9) already
+/// exists.`) in the failed patch: the second that has it (the first
+/// landed, the second found it taken), else the only one. None when the
+/// failure names no single-column key, or no patch has it as written (a
+/// value templated from `$tokens`, a parent's key).
+fn suspect(f: &Fail, jobs: &[Waiting]) -> Option<usize> {
+    let (field, value) = named_key(&f.error.message)?;
+    let path = patch_path(&f.patch)?;
+    let (first, children) = path.split_first()?;
+    let mut having = jobs.iter().enumerate().filter(|(_, w)| {
+        let mut p = match w.patches.get(*first) {
+            Some(Pending::Ready(p) | Pending::Holes(p, _)) => p,
+            _ => return false,
+        };
+        for c in children {
+            match p.children.get(*c) {
+                Some(child) => p = child,
+                None => return false,
+            }
+        }
+        p.properties
+            .get(field)
+            .is_some_and(|v| !v.is_null() && id_text(v) == value)
+    });
+    let once = having.next()?.0;
+    Some(having.next().map_or(once, |(k, _)| k))
+}
+
+/// The column and value of a PostgreSQL detail naming one key: `Key
+/// (COLUMN)=(VALUE) ...`.
+fn named_key(message: &str) -> Option<(&str, &str)> {
+    let rest = &message[message.rfind("(Key (")? + "(Key (".len()..];
+    let (field, rest) = rest.split_once(")=(")?;
+    let end = [") already exists.", ") is not present in table"]
+        .iter()
+        .filter_map(|t| rest.find(t))
+        .min()?;
+    let value = &rest[..end];
+    (super::valid_ident(field)).then_some((field, value))
+}
+
+/// The position of a patch from its label: `patch 2` is `[1]`, `patch 1.1`
+/// (its first child) `[0, 0]`.
+fn patch_path(label: &str) -> Option<Vec<usize>> {
+    let at = label.strip_prefix("patch ")?.split(' ').next()?;
+    at.split('.')
+        .map(|n| n.parse::<usize>().ok()?.checked_sub(1))
+        .collect()
+}
+
 /// How many of `n` waiting envelopes to write as one group (one savepoint,
 /// one statement per patch position), when `refused` of the `tried`
 /// envelopes before were refused. A group with a bad record is written
@@ -1447,6 +1515,65 @@ mod tests {
 
     fn patch(v: Value) -> Patch {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_failure_names_its_key_and_patch() {
+        let dup = "step failed: patch 1 (create customers) failed: postgres://u@h/db: error returned from database: duplicate key value violates unique constraint \"c_key\" (Key (external_id)=(C-9) already exists.)";
+        assert_eq!(named_key(dup), Some(("external_id", "C-9")));
+        let fk = "... (Key (customer_id)=(12) is not present in table \"customers\".)";
+        assert_eq!(named_key(fk), Some(("customer_id", "12")));
+        // A value with the words in it, or parentheses: up to the first ending.
+        let odd = "x (Key (name)=(a) b (c)) already exists.)";
+        assert_eq!(named_key(odd), Some(("name", "a) b (c)")));
+        // Two columns, or no detail: nothing named.
+        assert_eq!(named_key("(Key (a, b)=(1, 2) already exists.)"), None);
+        assert_eq!(named_key("UNIQUE constraint failed: t.email"), None);
+        assert_eq!(patch_path("patch 2 (create orders)"), Some(vec![1]));
+        assert_eq!(patch_path("patch 1.1 (create contacts)"), Some(vec![0, 0]));
+        assert_eq!(patch_path("patch 0"), None);
+        assert_eq!(patch_path("patch"), None);
+    }
+
+    #[test]
+    fn the_suspect_is_the_record_with_the_named_key() {
+        let job = |record: u64, id: &str| Waiting {
+            record,
+            patches: vec![Pending::Ready(patch(json!({
+                "op": "create", "collection": "customers",
+                "properties": {"external_id": id},
+                "children": [{"op": "create", "collection": "contacts", "properties": {"phone": id}}]
+            })))],
+            input: Input::json(&Value::Null),
+            scope: MapScope(BTreeMap::new()),
+            global: Map::new(),
+            results_read: false,
+            reply: None,
+        };
+        let jobs = vec![job(1, "C-1"), job(2, "C-2"), job(3, "C-3"), job(4, "C-2")];
+        let failed = |patch: &str, key: &str| Fail {
+            error: ActionError::data(format!("... (Key {key} already exists.)")),
+            patch: patch.into(),
+        };
+        // Taken before the group: the only record with it.
+        let f = failed("patch 1 (create customers)", "(external_id)=(C-3)");
+        assert_eq!(suspect(&f, &jobs), Some(2));
+        // Twice in the group: the second found it taken.
+        let f = failed("patch 1 (create customers)", "(external_id)=(C-2)");
+        assert_eq!(suspect(&f, &jobs), Some(3));
+        // A child's field.
+        let f = failed("patch 1.1 (create contacts)", "(phone)=(C-1)");
+        assert_eq!(suspect(&f, &jobs), Some(0));
+        // No record has it, no such patch, no key named: halves instead.
+        let f = failed("patch 1 (create customers)", "(external_id)=(C-9)");
+        assert_eq!(suspect(&f, &jobs), None);
+        let f = failed("patch 2 (create orders)", "(external_id)=(C-1)");
+        assert_eq!(suspect(&f, &jobs), None);
+        let f = Fail {
+            error: ActionError::data("CHECK constraint failed"),
+            patch: "patch 1 (create customers)".into(),
+        };
+        assert_eq!(suspect(&f, &jobs), None);
     }
 
     #[test]
