@@ -20,9 +20,9 @@
 //!   batch rolls back to it and writes each half of the group again under a
 //!   savepoint of its own (or, where PostgreSQL names the key that failed,
 //!   the records before the one with it, that one, and those after), down
-//!   to the single record that fails. That
-//!   record's envelope fails alone, with the database's own message; the
-//!   others land whole, in record order, as if written one after another.
+//!   to the single record that fails. That record's envelope fails alone,
+//!   with the database's own message; the others land whole, in record
+//!   order, as if written one after another.
 //!   A group is the whole chunk until a record is refused; then its size
 //!   follows the share of records refused so far ([`group_size`]), since
 //!   every good record of a failed group is written again.
@@ -1523,7 +1523,7 @@ mod tests {
         assert_eq!(named_key(dup), Some(("external_id", "C-9")));
         let fk = "... (Key (customer_id)=(12) is not present in table \"customers\".)";
         assert_eq!(named_key(fk), Some(("customer_id", "12")));
-        // A value with the words in it, or parentheses: up to the first ending.
+        // A value with parentheses in it: up to the first ending.
         let odd = "x (Key (name)=(a) b (c)) already exists.)";
         assert_eq!(named_key(odd), Some(("name", "a) b (c)")));
         // Two columns, or no detail: nothing named.
