@@ -18,11 +18,11 @@
 //!   written one by one, in record order;
 //! * in groups of records, each under a savepoint: when anything fails, the
 //!   batch rolls back to it and writes each half of the group again under a
-//!   savepoint of its own (or, where PostgreSQL names the key that failed,
-//!   the records before the one with it, that one, and those after), down
-//!   to the single record that fails. That record's envelope fails alone,
-//!   with the database's own message; the others land whole, in record
-//!   order, as if written one after another.
+//!   savepoint of its own (or, where PostgreSQL names the key or the row
+//!   that failed, the records before the one with it, that one, and those
+//!   after), down to the single record that fails. That record's envelope
+//!   fails alone, with the database's own message; the others land whole,
+//!   in record order, as if written one after another.
 //!   A group is the whole chunk until a record is refused; then its size
 //!   follows the share of records refused so far ([`group_size`]), since
 //!   every good record of a failed group is written again.
@@ -1163,32 +1163,77 @@ fn unmatched() -> ActionError {
 }
 
 /// The envelope of `jobs` that the failure `f` most likely came from, by
-/// the value PostgreSQL's detail names (`Key (external_id)=(C-9) already
-/// exists.`) in the failed patch: the second that has it (the first
-/// landed, the second found it taken), else the only one. None when the
-/// failure names no single-column key, or no patch has it as written (a
-/// value templated from `$tokens`, a parent's key).
+/// what PostgreSQL's detail names in the failed patch: a key's value (`Key
+/// (external_id)=(C-9) already exists.`: the second record that has it, as
+/// the first landed and the second found it taken, else the only one), or
+/// the row (`Failing row contains (7, C-9, -1.00).`: the first record all
+/// of whose values are in it). None when it names neither, or no patch
+/// has it as written (a value templated from `$tokens`, a parent's key).
 fn suspect(f: &Fail, jobs: &[Waiting]) -> Option<usize> {
-    let (field, value) = named_key(&f.error.message)?;
+    let named = named(&f.error.message)?;
     let path = patch_path(&f.patch)?;
     let (first, children) = path.split_first()?;
     let mut having = jobs.iter().enumerate().filter(|(_, w)| {
-        let mut p = match w.patches.get(*first) {
-            Some(Pending::Ready(p) | Pending::Holes(p, _)) => p,
+        // Values rendered only when written (`$tokens`) are not known here.
+        let (mut p, holes) = match w.patches.get(*first) {
+            Some(Pending::Ready(p)) => (p, &[][..]),
+            Some(Pending::Holes(p, holes)) => (p, &holes[..]),
             _ => return false,
         };
+        // (A child has none.)
+        let holes = if children.is_empty() { holes } else { &[] };
+        let known = |k: &String| !holes.iter().any(|h| !h.criteria && h.key == *k);
         for c in children {
             match p.children.get(*c) {
                 Some(child) => p = child,
                 None => return false,
             }
         }
-        p.properties
-            .get(field)
-            .is_some_and(|v| !v.is_null() && id_text(v) == value)
+        match &named {
+            Named::Key(field, value) => p
+                .properties
+                .get(*field)
+                .is_some_and(|v| !v.is_null() && id_text(v) == *value),
+            Named::Row(cells) => {
+                let mut values = p.properties.iter().filter(|(k, _)| known(k)).peekable();
+                values.peek().is_some()
+                    && values.all(|(_, v)| {
+                        let text = if v.is_null() {
+                            "null".into()
+                        } else {
+                            id_text(v)
+                        };
+                        cells.contains(&text.as_str())
+                    })
+            }
+        }
     });
     let once = having.next()?.0;
+    if matches!(named, Named::Row(_)) {
+        return Some(once);
+    }
     Some(having.next().map_or(once, |(k, _)| k))
+}
+
+/// What a PostgreSQL detail names.
+#[derive(Debug, PartialEq)]
+enum Named<'m> {
+    /// One column's value: `Key (COLUMN)=(VALUE) ...`.
+    Key(&'m str, &'m str),
+    /// A row's values as PostgreSQL writes them: `Failing row contains
+    /// (A, B, ...).` (a value with `, ` in it is split too, and so is not
+    /// found: no suspect then).
+    Row(Vec<&'m str>),
+}
+
+fn named(message: &str) -> Option<Named<'_>> {
+    const ROW: &str = "(Failing row contains (";
+    if let Some(at) = message.rfind(ROW) {
+        let rest = &message[at + ROW.len()..];
+        let cells = &rest[..rest.rfind(").)")?];
+        return Some(Named::Row(cells.split(", ").collect()));
+    }
+    named_key(message).map(|(k, v)| Named::Key(k, v))
 }
 
 /// The column and value of a PostgreSQL detail naming one key: `Key
@@ -1529,6 +1574,12 @@ mod tests {
         // Two columns, or no detail: nothing named.
         assert_eq!(named_key("(Key (a, b)=(1, 2) already exists.)"), None);
         assert_eq!(named_key("UNIQUE constraint failed: t.email"), None);
+        let check = "... violates check constraint \"orders_total_check\" (Failing row contains (7, 3, SO-5, -1.00, EUR).)";
+        assert_eq!(
+            named(check),
+            Some(Named::Row(vec!["7", "3", "SO-5", "-1.00", "EUR"]))
+        );
+        assert_eq!(named(dup), Some(Named::Key("external_id", "C-9")));
         assert_eq!(patch_path("patch 2 (create orders)"), Some(vec![1]));
         assert_eq!(patch_path("patch 1.1 (create contacts)"), Some(vec![0, 0]));
         assert_eq!(patch_path("patch 0"), None);
@@ -1539,11 +1590,25 @@ mod tests {
     fn the_suspect_is_the_record_with_the_named_key() {
         let job = |record: u64, id: &str| Waiting {
             record,
-            patches: vec![Pending::Ready(patch(json!({
-                "op": "create", "collection": "customers",
-                "properties": {"external_id": id},
-                "children": [{"op": "create", "collection": "contacts", "properties": {"phone": id}}]
-            })))],
+            patches: vec![
+                Pending::Ready(patch(json!({
+                    "op": "create", "collection": "customers",
+                    "properties": {"external_id": id},
+                    "children": [{"op": "create", "collection": "contacts", "properties": {"phone": id}}]
+                }))),
+                // Its customer's id comes from `$tokens`: unknown until written.
+                Pending::Holes(
+                    patch(json!({
+                        "op": "create", "collection": "orders",
+                        "properties": {"customer_id": null, "number": format!("SO-{record}")}
+                    })),
+                    vec![Hole {
+                        criteria: false,
+                        key: "customer_id".into(),
+                        value: TemplateValue::Const(Value::Null),
+                    }],
+                ),
+            ],
             input: Input::json(&Value::Null),
             scope: MapScope(BTreeMap::new()),
             global: Map::new(),
@@ -1564,6 +1629,18 @@ mod tests {
         // A child's field.
         let f = failed("patch 1.1 (create contacts)", "(phone)=(C-1)");
         assert_eq!(suspect(&f, &jobs), Some(0));
+        // A row: the first record whose values are all in it.
+        let row = |cells: &str| Fail {
+            error: ActionError::data(format!("... (Failing row contains ({cells}).)")),
+            patch: "patch 1 (create customers)".into(),
+        };
+        assert_eq!(suspect(&row("9, C-2, x"), &jobs), Some(1));
+        assert_eq!(suspect(&row("9, C-7, x"), &jobs), None);
+        let f = Fail {
+            patch: "patch 2 (create orders)".into(),
+            ..row("5, 12, SO-3")
+        };
+        assert_eq!(suspect(&f, &jobs), Some(2), "the hole is not compared");
         // No record has it, no such patch, no key named: halves instead.
         let f = failed("patch 1 (create customers)", "(external_id)=(C-9)");
         assert_eq!(suspect(&f, &jobs), None);
