@@ -321,17 +321,33 @@ fn reads_tokens(t: &Template) -> bool {
 }
 
 /// What failed in a group: the error as the record's envelope reports it,
-/// and the patch.
+/// and the patch: as the report names it, and its position (`[1, 0]`: the
+/// first child of patch 2).
 struct Fail {
     error: ActionError,
     patch: String,
+    at: Vec<usize>,
 }
 
-fn fail(which: String, e: ActionError) -> Fail {
+fn fail(which: String, at: &[usize], e: ActionError) -> Fail {
     Fail {
         error: super::envelope_failure(&which, e),
         patch: which,
+        at: at.to_vec(),
     }
+}
+
+/// The label of the patches at position `at`: `[1]` is `patch 2`, `[0, 0]`
+/// (the first child of patch 1) `patch 1.1`.
+fn label(at: &[usize]) -> String {
+    let mut s = String::from("patch ");
+    for (n, i) in at.iter().enumerate() {
+        if n > 0 {
+            s.push('.');
+        }
+        s.push_str(&(i + 1).to_string());
+    }
+    s
 }
 
 /// A patch's properties, with its parent's key when it is a child.
@@ -598,9 +614,10 @@ impl Batch {
 
     /// Write every waiting envelope of chunk `chunk` (see the module's
     /// description). `Err` means the connection itself failed: the chunk
-    /// cannot be committed. `Ok(false)`: nothing was written, and the
-    /// envelopes wait again, to be written once the chunks before have
-    /// committed (the chunk's first write failed while one had not).
+    /// cannot be committed. `Ok(false)`: a group's write failed while a
+    /// chunk before had not committed; that group's envelopes and those
+    /// after it wait again, to be written once the chunks before have
+    /// committed (the groups before it stay written, uncommitted).
     pub async fn flush(&self, limits: &Limits, chunk: u64) -> Result<bool, ActionError> {
         let mut jobs: Vec<Waiting> = self
             .chunks()?
@@ -767,10 +784,11 @@ impl Batch {
         let most = jobs.iter().map(|w| w.patches.len()).max().unwrap_or(0);
         let rows_read = jobs.iter().any(|w| w.results_read);
         for i in 0..most {
-            let label = format!("patch {}", i + 1);
+            let at = [i];
             let failed = |e: ActionError| Fail {
                 error: e,
-                patch: label.clone(),
+                patch: label(&at),
+                at: at.to_vec(),
             };
             for (j, w) in jobs.iter_mut().enumerate() {
                 let Waiting {
@@ -833,7 +851,7 @@ impl Batch {
                 })
                 .collect();
             let rows = self
-                .write_items(tx, &items, &label, &mut works, rows_read)
+                .write_items(tx, &items, &at, &mut works, rows_read)
                 .await?;
             for (it, row) in items.iter().zip(rows) {
                 works[it.job].results.push(row);
@@ -852,19 +870,19 @@ impl Batch {
             .collect())
     }
 
-    /// Write the patches at one position, `label` (and then their
-    /// children's positions); `rows_read`: whether a record reads the rows
-    /// written.
+    /// Write the patches at one position, `at` (and then their children's
+    /// positions); `rows_read`: whether a record reads the rows written.
     fn write_items<'a>(
         &'a self,
         tx: &'a mut Tx,
         items: &'a [Item<'a>],
-        label: &'a str,
+        at: &'a [usize],
         works: &'a mut [Work],
         rows_read: bool,
     ) -> BoxFuture<'a, Result<Vec<Tree>, Fail>> {
         Box::pin(async move {
             let db = &*self.db;
+            let label = label(at);
             let which =
                 |it: &Item| format!("{} ({} {})", label, it.patch.op.word(), it.patch.collection);
             let mut prepared: Vec<(Props<'_>, Arc<Table>)> = Vec::with_capacity(items.len());
@@ -875,6 +893,7 @@ impl Batch {
                     let id = it.parent.clone().ok_or_else(|| {
                         fail(
                             which(it),
+                            at,
                             ActionError::flow("`parentKey` is only for child patches"),
                         )
                     })?;
@@ -895,7 +914,7 @@ impl Batch {
                     _ => db
                         .check_fields(&p.collection, props.keys().chain(p.criteria.keys()))
                         .await
-                        .map_err(|e| fail(which(it), e))?,
+                        .map_err(|e| fail(which(it), at, e))?,
                 };
                 prepared.push((props, t));
             }
@@ -920,7 +939,7 @@ impl Batch {
                         .then(|| writer_reads(t, items[k..e].iter().map(|it| it.patch)));
                     let made = create_many(tx, db, &p.collection, t, &all, only.as_ref())
                         .await
-                        .map_err(|err| fail(which(it), err))?;
+                        .map_err(|err| fail(which(it), at, err))?;
                     rows.extend(made);
                     k = e;
                     continue;
@@ -932,16 +951,19 @@ impl Batch {
                     PatchOp::Delete => delete_in(tx, db, c, t, &p.criteria).await,
                     PatchOp::Create => create_in(tx, db, c, t, props).await,
                 }
-                .map_err(|err| fail(which(it), err))?;
+                .map_err(|err| fail(which(it), at, err))?;
                 rows.push(Got::Map(row));
                 k += 1;
             }
             for ((it, row), (_, t)) in items.iter().zip(&rows).zip(&prepared) {
                 for (token, field) in &it.patch.set_tokens {
-                    let v = row.field(field, &t.cols).map_err(|e| fail(which(it), e))?;
+                    let v = row
+                        .field(field, &t.cols)
+                        .map_err(|e| fail(which(it), at, e))?;
                     let v = v.ok_or_else(|| {
                         fail(
                             which(it),
+                            at,
                             ActionError::flow(format!(
                                 "setTokens: the response has no field `{field}` for token `{token}`"
                             )),
@@ -957,7 +979,7 @@ impl Batch {
                 .unwrap_or(0);
             let mut children: Vec<Vec<Tree>> = items.iter().map(|_| Vec::new()).collect();
             for c in 0..most {
-                let sub_label = format!("{label}.{}", c + 1);
+                let sub_at = [at, &[c]].concat();
                 let mut owners = Vec::new();
                 let mut sub = Vec::new();
                 for (x, it) in items.iter().enumerate() {
@@ -969,13 +991,13 @@ impl Batch {
                             parent: Some(
                                 rows[x]
                                     .new_id(&prepared[x].1)
-                                    .map_err(|e| fail(which(it), e))?,
+                                    .map_err(|e| fail(which(it), at, e))?,
                             ),
                         });
                     }
                 }
                 let outs = self
-                    .write_items(tx, &sub, &sub_label, works, rows_read)
+                    .write_items(tx, &sub, &sub_at, works, rows_read)
                     .await?;
                 for (x, o) in owners.into_iter().zip(outs) {
                     children[x].push(o);
@@ -1171,8 +1193,7 @@ fn unmatched() -> ActionError {
 /// has it as written (a value templated from `$tokens`, a parent's key).
 fn suspect(f: &Fail, jobs: &[Waiting]) -> Option<usize> {
     let named = named(&f.error.message)?;
-    let path = patch_path(&f.patch)?;
-    let (first, children) = path.split_first()?;
+    let (first, children) = f.at.split_first()?;
     let mut having = jobs.iter().enumerate().filter(|(_, w)| {
         // Values rendered only when written (`$tokens`) are not known here.
         let (mut p, holes) = match w.patches.get(*first) {
@@ -1247,15 +1268,6 @@ fn named_key(message: &str) -> Option<(&str, &str)> {
         .min()?;
     let value = &rest[..end];
     (super::valid_ident(field)).then_some((field, value))
-}
-
-/// The position of a patch from its label: `patch 2` is `[1]`, `patch 1.1`
-/// (its first child) `[0, 0]`.
-fn patch_path(label: &str) -> Option<Vec<usize>> {
-    let at = label.strip_prefix("patch ")?.split(' ').next()?;
-    at.split('.')
-        .map(|n| n.parse::<usize>().ok()?.checked_sub(1))
-        .collect()
 }
 
 /// How many of `n` waiting envelopes to write as one group (one savepoint,
@@ -1377,7 +1389,7 @@ async fn create_many(
 /// `patches`, when no record reads them (a multi-row insert returns only
 /// those): the fields the patches' tokens take, and the key and `id` when
 /// it needs the rows at all (for tokens, or for children, which take their
-/// parent's key). None when it does not.
+/// parent's key). Empty when it needs none.
 fn writer_reads<'a>(t: &'a Table, patches: impl Iterator<Item = &'a Patch>) -> BTreeSet<&'a str> {
     let mut read = BTreeSet::new();
     let mut needed = false;
@@ -1580,10 +1592,9 @@ mod tests {
             Some(Named::Row(vec!["7", "3", "SO-5", "-1.00", "EUR"]))
         );
         assert_eq!(named(dup), Some(Named::Key("external_id", "C-9")));
-        assert_eq!(patch_path("patch 2 (create orders)"), Some(vec![1]));
-        assert_eq!(patch_path("patch 1.1 (create contacts)"), Some(vec![0, 0]));
-        assert_eq!(patch_path("patch 0"), None);
-        assert_eq!(patch_path("patch"), None);
+        assert_eq!(label(&[1]), "patch 2");
+        assert_eq!(label(&[0, 0]), "patch 1.1");
+        assert_eq!(label(&[9, 1, 0]), "patch 10.2.1");
     }
 
     #[test]
@@ -1616,39 +1627,38 @@ mod tests {
             reply: None,
         };
         let jobs = vec![job(1, "C-1"), job(2, "C-2"), job(3, "C-3"), job(4, "C-2")];
-        let failed = |patch: &str, key: &str| Fail {
-            error: ActionError::data(format!("... (Key {key} already exists.)")),
-            patch: patch.into(),
+        let named = |at: &[usize], detail: String| Fail {
+            error: ActionError::data(format!("... ({detail})")),
+            patch: label(at),
+            at: at.to_vec(),
         };
+        let failed = |at: &[usize], key: &str| named(at, format!("Key {key} already exists."));
         // Taken before the group: the only record with it.
-        let f = failed("patch 1 (create customers)", "(external_id)=(C-3)");
+        let f = failed(&[0], "(external_id)=(C-3)");
         assert_eq!(suspect(&f, &jobs), Some(2));
         // Twice in the group: the second found it taken.
-        let f = failed("patch 1 (create customers)", "(external_id)=(C-2)");
+        let f = failed(&[0], "(external_id)=(C-2)");
         assert_eq!(suspect(&f, &jobs), Some(3));
         // A child's field.
-        let f = failed("patch 1.1 (create contacts)", "(phone)=(C-1)");
+        let f = failed(&[0, 0], "(phone)=(C-1)");
         assert_eq!(suspect(&f, &jobs), Some(0));
         // A row: the first record whose values are all in it.
-        let row = |cells: &str| Fail {
-            error: ActionError::data(format!("... (Failing row contains ({cells}).)")),
-            patch: "patch 1 (create customers)".into(),
-        };
-        assert_eq!(suspect(&row("9, C-2, x"), &jobs), Some(1));
-        assert_eq!(suspect(&row("9, C-7, x"), &jobs), None);
-        let f = Fail {
-            patch: "patch 2 (create orders)".into(),
-            ..row("5, 12, SO-3")
-        };
+        let row = |at: &[usize], cells: &str| named(at, format!("Failing row contains ({cells})."));
+        assert_eq!(suspect(&row(&[0], "9, C-2, x"), &jobs), Some(1));
+        assert_eq!(suspect(&row(&[0], "9, C-7, x"), &jobs), None);
+        let f = row(&[1], "5, 12, SO-3");
         assert_eq!(suspect(&f, &jobs), Some(2), "the hole is not compared");
         // No record has it, no such patch, no key named: halves instead.
-        let f = failed("patch 1 (create customers)", "(external_id)=(C-9)");
+        let f = failed(&[0], "(external_id)=(C-9)");
         assert_eq!(suspect(&f, &jobs), None);
-        let f = failed("patch 2 (create orders)", "(external_id)=(C-1)");
+        let f = failed(&[1], "(external_id)=(C-1)");
+        assert_eq!(suspect(&f, &jobs), None);
+        let f = failed(&[2], "(external_id)=(C-1)");
         assert_eq!(suspect(&f, &jobs), None);
         let f = Fail {
             error: ActionError::data("CHECK constraint failed"),
-            patch: "patch 1 (create customers)".into(),
+            patch: label(&[0]),
+            at: vec![0],
         };
         assert_eq!(suspect(&f, &jobs), None);
     }
