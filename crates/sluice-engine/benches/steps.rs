@@ -4,7 +4,6 @@
 
 use divan::Bencher;
 use serde_json::json;
-use sluice_connect::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_store::SqliteStore;
 use std::sync::Arc;
@@ -50,7 +49,7 @@ fn setup(
         dir.join("bench.db").display()
     );
     let store = Arc::new(rt.block_on(SqliteStore::open(&url)).unwrap());
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let flow = sluice_model::load("bench40.yaml", &flow_text(), registry.as_ref()).unwrap();
     (rt, Engine::new(store, registry), flow, dir)
 }

@@ -4,7 +4,6 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_connect::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_store::{RunStatus, SqliteStore, Store};
 use std::sync::Arc;
@@ -40,7 +39,7 @@ async fn engine_cases() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
     let engine = Engine::new(store.clone(), registry.clone());
     let mut failures = Vec::new();

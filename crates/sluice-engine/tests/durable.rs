@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_connect::{Action, ActionCx, ActionError, Outcome, Registry};
+use sluice_action::{Action, ActionCx, ActionError, Outcome, Registry};
 use sluice_engine::{Engine, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, SqliteStore, Store, WaitKind};
@@ -100,7 +100,7 @@ impl Setup {
     async fn new() -> Self {
         let keys = Arc::new(Mutex::new(Vec::new()));
         let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
-        let mut r = Registry::builtin();
+        let mut r = sluice_sql::registry();
         r.add(Flaky(keys.clone()));
         r.add(Probe(store.clone()));
         let (entered, release) = (Arc::default(), Arc::default());
@@ -430,14 +430,14 @@ async fn a_wait_suspends_until_its_event_and_merges_it() {
     let found = s.store.list_waits(Some("order.paid")).await.unwrap();
     assert_eq!(found, vec![wait.clone()]);
     let event = json!({"specversion": "1.0", "id": "e1", "source": "/pay", "type": "order.paid", "orderid": "o-7", "data": {"amount": 12}});
-    assert!(sluice_connect::core_ops::event_matches(
+    assert!(sluice_action::core_ops::event_matches(
         &event,
         wait.event_type.as_deref(),
         wait.source.as_deref(),
         &wait.correlation
     ));
     let other = json!({"type": "order.paid", "orderid": "o-8"});
-    assert!(!sluice_connect::core_ops::event_matches(
+    assert!(!sluice_action::core_ops::event_matches(
         &other,
         wait.event_type.as_deref(),
         None,

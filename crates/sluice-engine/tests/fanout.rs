@@ -2,14 +2,13 @@
 //! own run log.
 
 use serde_json::json;
-use sluice_connect::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_store::{RunFilter, RunStatus, SqliteStore, Store};
 use std::sync::Arc;
 
 #[tokio::test]
 async fn each_item_is_a_linked_run_with_its_own_log() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
     let engine = Engine::new(store.clone(), registry.clone());
     let flow = "id: fan\nunmappedResults: replace\nsteps:\n  - {key: each, type: split, options: {items: [1, 2, 3]}}\n  - {key: check, type: condition, options: {filter: \". != 2\"}}\n  - {key: done, type: transform, options: {value: \"{{ . }}\"}}\n";

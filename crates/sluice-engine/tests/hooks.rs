@@ -6,7 +6,7 @@
 //! envelope starts none.
 
 use serde_json::{Value, json};
-use sluice_connect::Registry;
+use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, SqliteStore, Store};
@@ -69,7 +69,7 @@ async fn rows_when(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_and_after_hooks_on_every_database() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
     for (name, url) in common::databases("hooks-test") {
         let engine = Engine::new(store.clone(), registry.clone());
@@ -273,7 +273,7 @@ async fn before_and_after_hooks_on_every_database() {
 
 #[tokio::test]
 async fn a_hook_that_writes_what_it_hooks_stops_at_the_nesting_limit() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
     let engine = Engine::new(store.clone(), registry.clone());
     let dir = std::env::temp_dir().join(format!("sluice-hook-loop-{}", std::process::id()));
@@ -315,7 +315,7 @@ async fn a_hook_that_writes_what_it_hooks_stops_at_the_nesting_limit() {
 /// the link created, updated and deleted.
 #[tokio::test]
 async fn links_are_changes_of_the_link_table() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
     let engine = Engine::new(store.clone(), registry.clone());
     let dir = std::env::temp_dir().join(format!("sluice-hook-links-{}", std::process::id()));

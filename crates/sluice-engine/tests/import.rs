@@ -3,7 +3,7 @@
 //! `common/mod.rs` for which run).
 
 use serde_json::{Value, json};
-use sluice_connect::Registry;
+use sluice_action::Registry;
 use sluice_engine::{Engine, ImportError, ImportOptions, RunRequest};
 use sluice_store::{RunStatus, SqliteStore};
 use std::collections::BTreeMap;
@@ -73,7 +73,7 @@ fn record(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_lands_good_records_once_and_reports_bad_ones() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
         registry.clone(),

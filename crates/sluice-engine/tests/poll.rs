@@ -3,10 +3,9 @@
 //! snapshot rules of SEMANTICS.md section 6, page by page.
 
 use serde_json::{Value, json};
-use sluice_connect::Registry;
-use sluice_connect::sql::{Connections, Pools, poll_page};
-use sluice_connect::triggers::{PollSnapshot, PollTrigger};
+use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
+use sluice_sql::{PollSnapshot, PollTrigger, Pools, poll_page};
 use sluice_store::{RunStatus, SqliteStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +26,12 @@ async fn exec(engine: &Engine<SqliteStore>, registry: &Registry, url: &str, stat
 }
 
 /// Poll until a round ends: the names read, page by page.
+/// The flow's declared connections and the pools they open.
+struct Connections<'a> {
+    declared: &'a BTreeMap<String, Value>,
+    pools: &'a Pools,
+}
+
 async fn round(
     connections: &Connections<'_>,
     t: &PollTrigger,
@@ -34,7 +39,7 @@ async fn round(
 ) -> Vec<Vec<String>> {
     let mut pages = Vec::new();
     loop {
-        let rows = poll_page(connections, t, snap)
+        let rows = poll_page(connections.pools, connections.declared, t, snap)
             .await
             .unwrap_or_else(|e| panic!("{}", e.message));
         pages.push(
@@ -53,7 +58,7 @@ async fn round(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_read_new_and_updated_rows_by_the_snapshot_rules() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
         registry.clone(),
@@ -179,11 +184,16 @@ async fn polls_read_new_and_updated_rows_by_the_snapshot_rules() {
             "connection": "app", "collection": table, "timestampField": "modified"
         }))
         .unwrap();
-        let err = poll_page(&connections, &wrong, &PollSnapshot::start(&wrong))
-            .await
-            .err()
-            .map(|e| e.message)
-            .unwrap_or_default();
+        let err = poll_page(
+            connections.pools,
+            connections.declared,
+            &wrong,
+            &PollSnapshot::start(&wrong),
+        )
+        .await
+        .err()
+        .map(|e| e.message)
+        .unwrap_or_default();
         assert!(err.contains("has no field `modified`"), "{name}: {err}");
 
         // A query instead of a table (a join): the same rules on its result
@@ -237,11 +247,16 @@ async fn polls_read_new_and_updated_rows_by_the_snapshot_rules() {
         );
         let mut keyless = joined.clone();
         keyless.key_field = Some("id".into());
-        let err = poll_page(&connections, &keyless, &PollSnapshot::start(&keyless))
-            .await
-            .err()
-            .map(|e| e.message)
-            .unwrap_or_default();
+        let err = poll_page(
+            connections.pools,
+            connections.declared,
+            &keyless,
+            &PollSnapshot::start(&keyless),
+        )
+        .await
+        .err()
+        .map(|e| e.message)
+        .unwrap_or_default();
         assert!(
             err.contains("the poll's query has no column `id`"),
             "{name}: {err}"

@@ -4,7 +4,7 @@
 //! rather than skips. Under CI both must be set.
 
 use serde_json::{Value, json};
-use sluice_connect::Registry;
+use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_store::{RunStatus, SqliteStore};
 use std::sync::Arc;
@@ -58,7 +58,7 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_actions_on_every_database() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
         registry.clone(),
@@ -627,10 +627,10 @@ async fn sql_actions_on_every_database() {
 
 #[tokio::test]
 async fn a_connection_that_refuses_names_it_without_its_password() {
-    let registry = Registry::builtin();
+    let registry = sluice_sql::registry();
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
-        Arc::new(Registry::builtin()),
+        Arc::new(sluice_sql::registry()),
     );
     // SAFETY of the test: a variable only this test reads.
     unsafe { std::env::set_var("SLUICE_TEST_SECRET_PW", "hunter2") };
@@ -646,7 +646,7 @@ async fn a_connection_that_refuses_names_it_without_its_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelopes_are_all_or_none_on_every_database() {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
         registry.clone(),

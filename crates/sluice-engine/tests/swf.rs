@@ -6,7 +6,6 @@
 //! data. Expressions lose their `${ }` wrapper and are otherwise unchanged.
 
 use serde_json::{Value, json};
-use sluice_connect::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_store::SqliteStore;
 use std::path::PathBuf;
@@ -225,7 +224,7 @@ async fn serverless_workflow_0_8_data_filter_vectors() {
     let text = std::fs::read_to_string(dir.join("serverlessworkflow-0.8/data-filter-vectors.json"))
         .unwrap();
     let suite: Value = serde_json::from_str(&text).unwrap();
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
         registry.clone(),
@@ -273,7 +272,7 @@ async fn serverless_workflow_0_8_examples_with_filters() {
     let text =
         std::fs::read_to_string(dir.join("serverlessworkflow-0.8/examples-v0.8.json")).unwrap();
     let suite: Value = serde_json::from_str(&text).unwrap();
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(sluice_sql::registry());
     let engine = Engine::new(
         Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
         registry.clone(),

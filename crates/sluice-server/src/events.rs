@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
-use sluice_connect::core_ops::{CloudEventTrigger, check_cloudevent, event_matches};
+use sluice_action::core_ops::{CloudEventTrigger, check_cloudevent, event_matches};
 use sluice_engine::{EngineError, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{Store, Wait, now_micros};

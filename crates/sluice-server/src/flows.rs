@@ -2,10 +2,9 @@
 //! webhooks, schedules and polls their triggers declare.
 
 use serde_json::Value;
-use sluice_connect::Registry;
-use sluice_connect::triggers::{
-    HookMethod, MissedFires, PollTrigger, Schedule, ScheduleTrigger, WebhookTrigger,
-};
+use sluice_action::Registry;
+use sluice_action::poll::PollSource;
+use sluice_action::triggers::{HookMethod, MissedFires, Schedule, ScheduleTrigger, WebhookTrigger};
 use sluice_expr::{Program, TemplateValue};
 use sluice_model::{Diagnostics, Flow};
 use std::collections::{BTreeMap, HashMap};
@@ -78,12 +77,20 @@ pub struct Scheduled {
 }
 
 /// A flow's poll.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Polled {
     /// The flow.
     pub flow: Arc<Flow>,
-    /// Its options.
-    pub options: PollTrigger,
+    /// The connector that reads its rows.
+    pub source: Arc<dyn PollSource>,
+}
+
+impl std::fmt::Debug for Polled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Polled")
+            .field("flow", &self.flow.id)
+            .finish()
+    }
 }
 
 /// Every flow of a folder, by id, and what their triggers listen to.
@@ -168,7 +175,7 @@ impl FlowSet {
                     match sluice_model::load(&path.display().to_string(), &text, registry) {
                         Err(d) => failures.push(LoadFailure::Invalid(d)),
                         Ok(flow) => {
-                            if let Err(message) = set.add(Arc::new(flow), &path) {
+                            if let Err(message) = set.add(Arc::new(flow), &path, registry) {
                                 failures.push(LoadFailure::Conflict { path, message });
                             }
                         }
@@ -221,7 +228,7 @@ impl FlowSet {
     }
 
     /// Add one flow, refusing a second flow with its id or its webhook.
-    fn add(&mut self, flow: Arc<Flow>, path: &Path) -> Result<(), String> {
+    fn add(&mut self, flow: Arc<Flow>, path: &Path, registry: &Registry) -> Result<(), String> {
         if let Some(other) = self.files.get(&flow.id) {
             return Err(format!(
                 "flow id `{}` is already the id of {}",
@@ -285,15 +292,14 @@ impl FlowSet {
                     missed: options.missed,
                 });
             }
-            "poll" => {
-                let options: PollTrigger = serde_json::from_value(options.clone())
-                    .map_err(|e| format!("poll trigger: {e}"))?;
-                self.polls.push(Polled {
-                    flow: flow.clone(),
-                    options,
-                });
+            kind => {
+                if let Some(source) = registry.poll_source(kind) {
+                    self.polls.push(Polled {
+                        flow: flow.clone(),
+                        source: source.clone(),
+                    });
+                }
             }
-            _ => {}
         }
         self.files.insert(flow.id.clone(), path.to_owned());
         self.flows.insert(flow.id.clone(), flow);
@@ -310,7 +316,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-flowset-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let registry = Registry::builtin();
+        let registry = sluice_sql::registry();
         let write = |f: &str, t: &str| std::fs::write(dir.join(f), t).unwrap();
         write(
             "a.yaml",

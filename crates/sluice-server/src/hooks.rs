@@ -21,7 +21,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use sluice_connect::triggers::HookMethod;
+use sluice_action::triggers::HookMethod;
 use sluice_engine::{RunRequest, RunResult};
 use sluice_expr::{Limits, MapScope};
 use sluice_store::{RunStatus, Store};

@@ -37,7 +37,7 @@ pub use flows::{FlowSet, Hook, LoadFailure, Polled, Scheduled};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::Value;
-use sluice_connect::Registry;
+use sluice_action::Registry;
 use sluice_engine::{Engine, EngineError, RunRequest, RunResult};
 use sluice_model::Flow;
 use sluice_store::{RunFilter, RunStatus, RunUpdate, Store, StoreError};

@@ -10,7 +10,7 @@
 
 use crate::{Scheduled, Server, rfc3339};
 use serde_json::json;
-use sluice_connect::triggers::MissedFires;
+use sluice_action::triggers::MissedFires;
 use sluice_engine::RunRequest;
 use sluice_store::{Store, now_micros};
 use std::time::Duration;

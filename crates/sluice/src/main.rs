@@ -4,7 +4,7 @@ mod show;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
-use sluice_connect::Registry;
+use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_model::{Diagnostics, Flow};
 use sluice_store::{RunFilter, RunStatus, SqliteStore, Store};
@@ -140,6 +140,14 @@ enum RunsCommand {
 const FAILED: u8 = 1;
 const INVALID: u8 = 2;
 
+/// Every step type and trigger this binary runs: the core ones and each
+/// connector's. The one place that lists the connectors.
+fn registry() -> Registry {
+    let mut r = Registry::core();
+    sluice_sql::register(&mut r);
+    r
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server uses every core, and so does an import (its records run
@@ -178,7 +186,7 @@ fn main() -> ExitCode {
                 store,
             } => serve(&flows, &listen, grace_secs, &store.store).await,
             Command::Schema => {
-                let schema = Registry::builtin().flow_schema();
+                let schema = registry().flow_schema();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&schema).unwrap_or_else(|_| schema.to_string())
@@ -231,7 +239,7 @@ fn main() -> ExitCode {
 
 /// `sluice serve`.
 async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(registry());
     let set = match sluice_server::FlowSet::load(std::path::Path::new(dir), &registry) {
         Ok(s) => s,
         Err(failures) => {
@@ -385,7 +393,7 @@ fn print_diagnostics(d: &Diagnostics) {
 }
 
 fn check(files: &[String]) -> u8 {
-    let registry = Registry::builtin();
+    let registry = registry();
     let mut worst = 0;
     for path in files {
         match load_flow(path, &registry) {
@@ -446,7 +454,7 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         eprintln!("error: --input and --event cannot both read standard input");
         return INVALID;
     }
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(registry());
     let flow = match reported(load_flow(path, &registry)) {
         Ok(f) => f,
         Err(code) => return code,
@@ -478,7 +486,7 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         return INVALID;
     }
     if let Some(ev) = &event {
-        if let Err(m) = sluice_connect::core_ops::check_cloudevent(ev) {
+        if let Err(m) = sluice_action::core_ops::check_cloudevent(ev) {
             eprintln!("error: --event: {m}");
             return INVALID;
         }
@@ -492,7 +500,7 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
             return INVALID;
         }
         if let Some(why) =
-            sluice_connect::core_ops::CloudEventTrigger::mismatch(&flow.trigger.options, ev)
+            sluice_action::core_ops::CloudEventTrigger::mismatch(&flow.trigger.options, ev)
         {
             eprintln!("error: the event does not start flow `{}`: {why}", flow.id);
             return INVALID;
@@ -575,7 +583,7 @@ impl sluice_engine::FlowLookup for FolderFlows {
 
 /// `sluice run FLOW --records FILE`.
 async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_url: &str) -> u8 {
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(registry());
     let flow = match reported(load_flow(path, &registry)) {
         Ok(f) => f,
         Err(code) => return code,
@@ -707,7 +715,7 @@ async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Optio
         Ok(d) => d,
         Err(code) => return code,
     };
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(registry());
     let flow = match flow_file {
         Some(path) => load_flow(path, &registry),
         None => {

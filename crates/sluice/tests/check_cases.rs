@@ -2,7 +2,6 @@
 //! a flow file's text and the diagnostics expected, as `line:column: text`.
 
 use serde::Deserialize;
-use sluice_connect::Registry;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,7 +17,7 @@ fn check_cases() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check-cases.yaml");
     let cases: Vec<Case> =
         serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let registry = Registry::builtin();
+    let registry = sluice_sql::registry();
     let mut failures = Vec::new();
     for case in &cases {
         let got: Vec<String> = match sluice_model::load(&case.name, &case.text, &registry) {

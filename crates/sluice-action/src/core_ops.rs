@@ -379,15 +379,10 @@ mod tests {
         input: Value,
         exprs: BTreeMap<String, Program>,
     ) -> Result<Outcome, ActionError> {
-        let reg = Registry::builtin();
+        let reg = Registry::core();
         let scope = MapScope::default();
         let limits = Limits::default();
-        let declared = std::collections::BTreeMap::new();
-        let pools = crate::sql::Pools::default();
-        let connections = crate::sql::Connections {
-            declared: &declared,
-            pools: &pools,
-        };
+        let connections = BTreeMap::new();
         let program_input = sluice_expr::Input::json(&input);
         let cx = ActionCx {
             run_id: "r",

@@ -129,7 +129,7 @@ pub(crate) fn check_event(options: &Value) -> Vec<crate::OptionIssue> {
             "name the tables, such as `collections: [customers]`",
         ));
     }
-    if let Some(bad) = t.collections.iter().find(|c| !crate::sql::valid_ident(c)) {
+    if let Some(bad) = t.collections.iter().find(|c| !crate::valid_ident(c)) {
         issues.push(issue(
             "collections",
             format!("`{bad}` is not a table name"),

@@ -1,16 +1,26 @@
-//! Step types and triggers: the [`Action`] trait, the one [`Registry`] of
-//! built-ins, and the core operations that need no outside system.
+//! Step types and triggers: the [`Action`] trait, the one [`Registry`], the
+//! core operations that need no outside system, and the traits through which
+//! the engine and the server reach what only some connectors have.
 //!
 //! A step type is a typed options struct (its JSON Schema names the options
 //! the model accepts) and an async `run`. The registry erases the types so the
 //! engine can run any step by name, and implements the model's
 //! [`Catalog`] so that `sluice check` validates options from the same structs
-//! the steps run with. Connectors of later issues (SQL, HTTP) plug in the same
-//! way: one struct, one `impl Action`, one line in [`Registry::builtin`].
+//! the steps run with.
+//!
+//! A connector is a crate of its own (`sluice-sql`) that depends on this one
+//! and on no other connector: its step types are structs that keep what the
+//! connector shares between runs (pools, caches), added to a [`Registry`] by
+//! one `register` function. What the engine and the server need of a
+//! connector beyond its steps is a trait here: [`batch::Batches`] (an
+//! import's envelopes written together), [`poll::PollSource`] (the rows a
+//! `poll` trigger reads), [`hooks::DataHooks`] (the flows a change starts,
+//! which the engine implements and connectors ask).
 
+pub mod batch;
 pub mod core_ops;
 pub mod hooks;
-pub mod sql;
+pub mod poll;
 pub mod triggers;
 
 use schemars::JsonSchema;
@@ -182,13 +192,14 @@ pub struct ActionCx<'a> {
     pub expressions: &'a BTreeMap<String, Program>,
     /// Limits for expressions.
     pub limits: &'a Limits,
-    /// The flow's connections.
-    pub connections: &'a sql::Connections<'a>,
+    /// The flow's `connections`, as declared (a connector opens what it
+    /// names, and keeps it for the runs after).
+    pub connections: &'a BTreeMap<String, Value>,
     /// The deferred options, compiled: the step renders them itself.
     pub deferred: &'a BTreeMap<String, (Value, sluice_expr::TemplateValue)>,
     /// Set when the run is one record of an import: envelopes are written
     /// by the import's batch.
-    pub batch: Option<sql::bulk::InBatch<'a>>,
+    pub batch: Option<batch::InBatch<'a>>,
     /// Set when the step runs again after its run was suspended by its
     /// [`Effect`]: `null` for a sleep that ended, the CloudEvent for a wait.
     pub wake: Option<&'a Value>,
@@ -393,6 +404,16 @@ fn templatable(mut schema: Value) -> Value {
     schema
 }
 
+/// Whether `s` is a plain name for a collection or field: a letter or `_`,
+/// then letters, digits or `_`, at most 63 characters (so that it can be
+/// quoted into SQL, or a path, without question).
+pub fn valid_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    s.len() <= 63
+        && matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
 /// One registered step type.
 #[derive(Clone)]
 pub struct Entry {
@@ -415,16 +436,21 @@ pub struct TriggerEntry {
     pub schema: fn() -> Value,
 }
 
-/// The one list of step types and triggers.
+/// The one list of step types and triggers, with what the connectors that
+/// registered them offer besides steps.
 #[derive(Clone, Default)]
 pub struct Registry {
     steps: BTreeMap<&'static str, Entry>,
     triggers: BTreeMap<&'static str, TriggerEntry>,
+    /// Trigger types whose rows a connector reads, by kind.
+    polls: BTreeMap<&'static str, Arc<dyn poll::PollSource>>,
+    /// The connector that writes an import's envelopes together.
+    batches: Option<Arc<dyn batch::Batches>>,
 }
 
 impl Registry {
-    /// Every built-in step type and trigger.
-    pub fn builtin() -> Self {
+    /// The core step types and triggers: those that need no connector.
+    pub fn core() -> Self {
         let mut r = Self::default();
         r.add(core_ops::Transform);
         r.add(core_ops::Condition);
@@ -434,24 +460,11 @@ impl Registry {
         r.add(core_ops::Split);
         r.add(core_ops::WaitEvent);
         r.add(core_ops::StartFlow);
-        r.add(sql::SqlQuery);
-        r.add(sql::SqlCreate);
-        r.add(sql::SqlLookup);
-        r.add(sql::SqlUpdate);
-        r.add(sql::SqlUpsert);
-        r.add(sql::SqlDelete);
-        r.add(sql::SqlLookupMany);
-        r.add(sql::Envelope);
-        r.add(sql::SqlLookupSet);
-        r.add(sql::SqlLink);
-        r.add(sql::SqlUnlink);
-        r.add(sql::SqlAssertOption);
         r.add_trigger::<triggers::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r.add_trigger::<triggers::WebhookTrigger>("webhook");
         r.add_trigger::<core_ops::FlowTrigger>("flow");
         r.add_trigger_checked::<hooks::EventTrigger>("event", hooks::check_event);
-        r.add_trigger_checked::<triggers::PollTrigger>("poll", triggers::check_poll);
         r.add_trigger_checked::<triggers::ScheduleTrigger>("schedule", triggers::check_schedule);
         r
     }
@@ -581,6 +594,34 @@ impl Registry {
     /// A step type by name.
     pub fn get(&self, kind: &str) -> Option<&Entry> {
         self.steps.get(kind)
+    }
+
+    /// Register a trigger type whose rows `source` reads (a `poll`
+    /// trigger), with the check of its options.
+    pub fn add_poll_trigger<O: DeserializeOwned + JsonSchema>(
+        &mut self,
+        kind: &'static str,
+        check: fn(&Value) -> Vec<OptionIssue>,
+        source: Arc<dyn poll::PollSource>,
+    ) {
+        self.add_trigger_checked::<O>(kind, check);
+        self.polls.insert(kind, source);
+    }
+
+    /// What reads the rows of trigger type `kind`, when a connector does.
+    pub fn poll_source(&self, kind: &str) -> Option<&Arc<dyn poll::PollSource>> {
+        self.polls.get(kind)
+    }
+
+    /// Write an import's envelopes through `batches` (one connector does).
+    pub fn set_batches(&mut self, batches: Arc<dyn batch::Batches>) {
+        self.batches = Some(batches);
+    }
+
+    /// The connector that writes an import's envelopes together, if one
+    /// was registered.
+    pub fn batches(&self) -> Option<&Arc<dyn batch::Batches>> {
+        self.batches.as_ref()
     }
 }
 

@@ -44,17 +44,29 @@
 //! rows stay as they came until the record's own task makes them JSON (the
 //! writer reads only keys and the fields tokens take).
 
-use super::{
-    Backend, Db, Fetched, Got, Made, Patch, PatchOp, Stmt, Table, Tx, WithTokens, create_in,
+mod insert;
+mod plan;
+mod position;
+mod prepare;
+mod suspect;
+
+use crate::{
+    Backend, Db, Fetched, Got, Made, Patch, PatchOp, Pools, Stmt, Table, Tx, WithTokens, create_in,
     delete_in, id_text, templated, write_in,
 };
-use crate::{ActionError, Blame, BoxFuture, Outcome};
+use insert::*;
+use prepare::*;
 use serde_json::{Map, Value};
+use sluice_action::batch::{BatchWriter, Batches, InBatch, Position};
+use sluice_action::{ActionError, Blame, BoxFuture, Outcome};
 use sluice_expr::{Input, Limits, MapScope, Template, TemplateValue, Val};
+use sluice_model::Flow;
+use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use suspect::*;
 use tokio::sync::{Notify, oneshot};
 
 /// At most this many bound values in one statement (SQLite allows 32766).
@@ -63,6 +75,9 @@ const MAX_PARAMS: usize = 30_000;
 /// The writes of one chunk of an import, on the import's connection.
 pub struct Batch {
     connection: String,
+    /// Whether a chunk is written while the chunk before it commits (on
+    /// PostgreSQL, when that gives the same result: see `plan::overlaps`).
+    overlaps: bool,
     db: Arc<Db>,
     /// The runs of each chunk and the envelopes waiting to be written.
     chunks: Mutex<BTreeMap<u64, ChunkRuns>>,
@@ -77,21 +92,6 @@ pub struct Batch {
     /// among them: how large a group to write at once (see [`group_size`]).
     tried: AtomicU64,
     refused: AtomicU64,
-}
-
-/// A step of one record running inside a batch.
-#[derive(Clone, Copy)]
-pub struct InBatch<'a> {
-    /// The batch.
-    pub batch: &'a Batch,
-    /// The record's number in the import.
-    pub record: u64,
-    /// The record's chunk.
-    pub chunk: u64,
-    /// Whether anything reads what the step emits: when nothing does (the
-    /// record's last step, its output not kept), an envelope emits its
-    /// results empty instead of making each stored row JSON.
-    pub results_read: bool,
 }
 
 /// The runs of one chunk.
@@ -134,192 +134,6 @@ struct Waiting {
     reply: Option<oneshot::Sender<Result<Written, ActionError>>>,
 }
 
-/// A patch of a waiting envelope. The record's own run templates its
-/// patches when it hands its envelope over (so that this work is not the
-/// writer's), except the templates that read `$tokens`: the patches before
-/// may set tokens, so those are rendered just before their patch is
-/// written. Nothing else a template reads changes inside an envelope.
-enum Pending {
-    Ready(Patch),
-    /// Only values of `properties` or `criteria` read `$tokens`: the patch
-    /// without them, and them, rendered into it just before it is written.
-    Holes(Patch, Vec<Hole>),
-    /// Templates reading `$tokens` are left (elsewhere than in values).
-    Later(TemplateValue),
-    /// Templating failed: the envelope fails at this patch, the patches
-    /// before it written and rolled back, as if templated when written.
-    Failed(ActionError),
-}
-
-/// A value of a patch's `properties` (or `criteria`) left to render.
-struct Hole {
-    criteria: bool,
-    key: String,
-    value: TemplateValue,
-}
-
-/// Whether patch template `t` has the usual shape, which [`build`] makes
-/// into a [`Patch`] directly: `op` and `collection` written out, values of
-/// `properties` and `criteria` templated (at the top only, those reading
-/// `$tokens` too), `setTokens` and `parentKey` written out, children of
-/// the same shape or written out. Any other shape is rendered as a value
-/// and parsed, for the same result and the same messages.
-fn usual(t: &TemplateValue, top: bool) -> bool {
-    let TemplateValue::Object(fields) = t else {
-        return false;
-    };
-    let has = |key: &str| fields.iter().any(|(k, _)| k == key);
-    has("op")
-        && has("collection")
-        && fields.iter().all(|(k, v)| match (k.as_str(), v) {
-            ("op", TemplateValue::Const(Value::String(op))) => PatchOp::of_word(op).is_some(),
-            ("collection", TemplateValue::Const(Value::String(_))) => true,
-            ("properties" | "criteria", TemplateValue::Const(Value::Object(_))) => true,
-            ("properties" | "criteria", TemplateValue::Object(values)) => {
-                values.iter().all(|(_, v)| match v {
-                    TemplateValue::Const(_) => true,
-                    TemplateValue::Template(t) => top || !reads_tokens(t),
-                    _ => false,
-                })
-            }
-            ("setTokens", TemplateValue::Const(Value::Object(m))) => {
-                m.values().all(Value::is_string)
-            }
-            ("parentKey", TemplateValue::Const(v)) => v.is_string() || v.is_null(),
-            ("children", TemplateValue::Const(Value::Array(_))) => true,
-            ("children", TemplateValue::Array(items)) => items
-                .iter()
-                .all(|c| matches!(c, TemplateValue::Const(_)) || usual(c, false)),
-            _ => false,
-        })
-}
-
-/// Patch `i` of its record, from a template of the usual shape (see
-/// [`usual`]): its templates rendered, but for those reading `$tokens`,
-/// left as `holes` (a child has none).
-fn build(
-    i: usize,
-    t: &TemplateValue,
-    cx: &crate::ActionCx<'_>,
-    holes: &mut Vec<Hole>,
-) -> Result<Patch, ActionError> {
-    let TemplateValue::Object(fields) = t else {
-        return Err(unmatched());
-    };
-    let mut patch = Patch {
-        op: PatchOp::Create,
-        collection: String::new(),
-        properties: Map::new(),
-        criteria: Map::new(),
-        set_tokens: BTreeMap::new(),
-        parent_key: None,
-        children: Vec::new(),
-    };
-    for (k, v) in fields {
-        match (k.as_str(), v) {
-            ("op", TemplateValue::Const(Value::String(op))) => {
-                patch.op = PatchOp::of_word(op).ok_or_else(unmatched)?;
-            }
-            ("collection", TemplateValue::Const(Value::String(c))) => patch.collection = c.clone(),
-            ("properties" | "criteria", v) => {
-                let criteria = k == "criteria";
-                let into = if criteria {
-                    &mut patch.criteria
-                } else {
-                    &mut patch.properties
-                };
-                match v {
-                    TemplateValue::Const(Value::Object(m)) => into.clone_from(m),
-                    TemplateValue::Object(values) => {
-                        if into.is_empty() {
-                            *into = Map::with_capacity(values.len());
-                        }
-                        for (key, v) in values {
-                            let value = match v {
-                                TemplateValue::Template(t) if reads_tokens(t) => {
-                                    holes.push(Hole {
-                                        criteria,
-                                        key: key.clone(),
-                                        value: v.clone(),
-                                    });
-                                    // Where the rendered value goes, in its place.
-                                    Value::Null
-                                }
-                                TemplateValue::Template(t) => {
-                                    t.render(cx.program_input, cx.scope, cx.limits)?
-                                }
-                                TemplateValue::Const(c) => c.clone(),
-                                _ => return Err(unmatched()),
-                            };
-                            into.insert(key.clone(), value);
-                        }
-                    }
-                    _ => return Err(unmatched()),
-                }
-            }
-            ("setTokens", TemplateValue::Const(Value::Object(m))) => {
-                patch.set_tokens = m
-                    .iter()
-                    .filter_map(|(k, v)| v.as_str().map(|f| (k.clone(), f.to_owned())))
-                    .collect();
-            }
-            ("parentKey", TemplateValue::Const(v)) => {
-                patch.parent_key = v.as_str().map(str::to_owned)
-            }
-            ("children", TemplateValue::Const(Value::Array(a))) => {
-                for c in a {
-                    patch.children.push(templated(i, c.clone())?);
-                }
-            }
-            ("children", TemplateValue::Array(items)) => {
-                for c in items {
-                    patch.children.push(match c {
-                        TemplateValue::Const(c) => templated(i, c.clone())?,
-                        c => build(i, c, cx, holes)?,
-                    });
-                }
-            }
-            _ => return Err(unmatched()),
-        }
-    }
-    Ok(patch)
-}
-
-/// Keep in `scope` the flow-object variables `templates` read (but
-/// `$tokens`, which the writer gives); whether one of them can read the input.
-fn collect_vars<'t>(
-    scope: &mut MapScope,
-    from: &dyn sluice_expr::Scope,
-    templates: impl IntoIterator<Item = &'t Template>,
-) -> bool {
-    let mut reads_input = false;
-    for t in templates {
-        reads_input |= t.reads_input();
-        for n in t.programs().flat_map(|p| p.vars()) {
-            if n != "tokens"
-                && !scope.0.contains_key(n)
-                && let Some(v) = from.get(n)
-            {
-                scope.0.insert(n.clone(), v);
-            }
-        }
-    }
-    reads_input
-}
-
-/// A patch templated before any is written.
-fn ready(i: usize, v: Value) -> Pending {
-    match templated(i, v) {
-        Ok(p) => Pending::Ready(p),
-        Err(e) => Pending::Failed(e),
-    }
-}
-
-/// Whether a template must wait for the tokens of the envelope's earlier patches.
-fn reads_tokens(t: &Template) -> bool {
-    t.mentions("tokens")
-}
-
 /// What failed in a group: the error as the record's envelope reports it,
 /// and the patch: as the report names it, and its position (`[1, 0]`: the
 /// first child of patch 2).
@@ -331,7 +145,7 @@ struct Fail {
 
 fn fail(which: String, at: &[usize], e: ActionError) -> Fail {
     Fail {
-        error: super::envelope_failure(&which, e),
+        error: crate::envelope_failure(&which, e),
         patch: which,
         at: at.to_vec(),
     }
@@ -418,25 +232,12 @@ impl Work {
     }
 }
 
-/// Where an import stands, as kept in the database it writes to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
-    /// Records committed so far (the next record's index, from 0).
-    pub next_record: u64,
-    /// The records file's hash when the import started.
-    pub file_hash: String,
-    /// Whether the import went through the whole file.
-    pub finished: bool,
-}
-
 impl Batch {
-    /// A batch writing through connection `connection`.
-    pub async fn open(
-        connections: &super::Connections<'_>,
-        connection: &str,
-    ) -> Result<Self, ActionError> {
-        let db = connections.db(connection).await?;
+    /// A batch writing `flow`'s records through connection `connection`.
+    pub async fn open(pools: &Pools, flow: &Flow, connection: &str) -> Result<Self, ActionError> {
+        let db = pools.db(&flow.connections, connection).await?;
         Ok(Self {
+            overlaps: db.backend == Backend::Postgres && plan::overlaps(flow),
             connection: connection.to_owned(),
             db,
             chunks: Mutex::new(BTreeMap::new()),
@@ -451,11 +252,6 @@ impl Batch {
     /// The connection's name.
     pub fn connection(&self) -> &str {
         &self.connection
-    }
-
-    /// Whether it writes to PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
-        self.db.backend == Backend::Postgres
     }
 
     /// Chunk `chunk`'s open transaction, taken out (none yet: `None`).
@@ -515,9 +311,9 @@ impl Batch {
     }
 
     /// Hand an envelope to the batch and wait until it is written.
-    pub(super) async fn submit(
+    pub(crate) async fn submit(
         &self,
-        cx: &crate::ActionCx<'_>,
+        cx: &sluice_action::ActionCx<'_>,
         at: InBatch<'_>,
         connection: &str,
         patches: Vec<Patch>,
@@ -528,14 +324,14 @@ impl Batch {
                 self.connection
             )));
         }
-        let global = super::global_tokens(cx.scope);
+        let global = crate::global_tokens(cx.scope);
         let mut scope = MapScope::default();
         // Whether a template left for the writer reads the input.
         let mut reads_input = false;
         let patches = match cx.deferred.get("patches").map(|(_, t)| t) {
             None => patches.into_iter().map(Pending::Ready).collect(),
             Some(t) => {
-                let count = super::patch_count(Some(t), &patches);
+                let count = crate::patch_count(Some(t), &patches);
                 let mut out = Vec::with_capacity(count);
                 for i in 0..count {
                     if let TemplateValue::Array(items) = t
@@ -609,7 +405,7 @@ impl Batch {
         } else {
             Vec::new()
         };
-        Ok(super::envelope_payload(written.tokens, results))
+        Ok(crate::envelope_payload(written.tokens, results))
     }
 
     /// Write every waiting envelope of chunk `chunk` (see the module's
@@ -862,7 +658,7 @@ impl Batch {
             .zip(works)
             .map(|(w, work)| Written {
                 tokens: match work.tokens {
-                    Value::Object(m) => super::set_tokens(&w.global, m),
+                    Value::Object(m) => crate::set_tokens(&w.global, m),
                     _ => Map::new(),
                 },
                 results: work.results,
@@ -1015,142 +811,6 @@ impl Batch {
                 .collect())
         })
     }
-
-    /// Create the bookkeeping table when missing and read import `key`'s position.
-    pub async fn position(&self, key: &str) -> Result<Option<Position>, ActionError> {
-        let db = &self.db;
-        db.run(
-            &Stmt {
-                sql: "CREATE TABLE IF NOT EXISTS sluice_imports (\
-                      import_key VARCHAR(255) NOT NULL PRIMARY KEY, \
-                      source TEXT NOT NULL, \
-                      file_hash VARCHAR(64) NOT NULL, \
-                      next_record BIGINT NOT NULL, \
-                      finished BIGINT NOT NULL, \
-                      updated_at VARCHAR(40) NOT NULL)"
-                    .into(),
-                params: Vec::new(),
-            },
-            false,
-        )
-        .await?;
-        let p = |n| db.backend.placeholder(n);
-        let rows = db
-            .rows(&Stmt {
-                sql: format!(
-                    "SELECT file_hash, next_record, finished FROM sluice_imports WHERE import_key = {}",
-                    p(1)
-                ),
-                params: vec![Value::from(key)],
-            })
-            .await?;
-        Ok(rows.into_iter().next().map(|r| Position {
-            file_hash: r
-                .get("file_hash")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            next_record: r.get("next_record").and_then(Value::as_u64).unwrap_or(0),
-            finished: r.get("finished").and_then(Value::as_i64).unwrap_or(0) != 0,
-        }))
-    }
-
-    /// Start import `key` from the first record (forgetting any earlier one).
-    pub async fn start(&self, key: &str, source: &str, hash: &str) -> Result<(), ActionError> {
-        let db = &self.db;
-        let p = |n| db.backend.placeholder(n);
-        let mut tx = db.begin().await?;
-        tx.run(
-            &Stmt {
-                sql: format!("DELETE FROM sluice_imports WHERE import_key = {}", p(1)),
-                params: vec![Value::from(key)],
-            },
-            false,
-        )
-        .await?;
-        tx.run(
-            &Stmt {
-                sql: format!(
-                    "INSERT INTO sluice_imports (import_key, source, file_hash, next_record, finished, updated_at) \
-                     VALUES ({}, {}, {}, 0, 0, {})",
-                    p(1),
-                    p(2),
-                    p(3),
-                    p(4)
-                ),
-                params: vec![
-                    Value::from(key),
-                    Value::from(source),
-                    Value::from(hash),
-                    Value::from(now_text()),
-                ],
-            },
-            false,
-        )
-        .await?;
-        tx.commit().await
-    }
-
-    /// Commit chunk `chunk`'s writes (if any) together with the import's new
-    /// position.
-    pub async fn commit_chunk(
-        &self,
-        key: &str,
-        chunk: Option<u64>,
-        next_record: u64,
-        finished: bool,
-    ) -> Result<(), ActionError> {
-        let tx = match chunk {
-            Some(c) => self.take_tx(c)?,
-            None => None,
-        };
-        let ended = self.end_chunk(tx, key, next_record, finished).await;
-        if let Some(c) = chunk {
-            locked(&self.open)?.remove(&c);
-        }
-        ended?;
-        // The patch failures of records committed now are told (those of a
-        // chunk written meanwhile stay).
-        if let Ok(mut m) = self.failed_patches.lock() {
-            m.retain(|record, _| *record > next_record);
-        }
-        Ok(())
-    }
-
-    /// Record the import's position in `tx` (a new transaction: `None`) and commit.
-    async fn end_chunk(
-        &self,
-        tx: Option<Tx>,
-        key: &str,
-        next_record: u64,
-        finished: bool,
-    ) -> Result<(), ActionError> {
-        let mut tx = match tx {
-            Some(tx) => tx,
-            None => self.db.begin().await?,
-        };
-        let p = |n| self.db.backend.placeholder(n);
-        tx.run(
-            &Stmt {
-                sql: format!(
-                    "UPDATE sluice_imports SET next_record = {}, finished = {}, updated_at = {} WHERE import_key = {}",
-                    p(1),
-                    p(2),
-                    p(3),
-                    p(4)
-                ),
-                params: vec![
-                    Value::from(next_record),
-                    Value::from(i64::from(finished)),
-                    Value::from(now_text()),
-                    Value::from(key),
-                ],
-            },
-            false,
-        )
-        .await?;
-        tx.commit().await
-    }
 }
 
 /// One of the batch's locks (a poisoned one: a writer panicked).
@@ -1160,409 +820,95 @@ fn locked<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ActionError> {
 }
 
 fn now_text() -> String {
-    super::rfc3339(time::OffsetDateTime::now_utc())
+    crate::rfc3339(time::OffsetDateTime::now_utc())
 }
 
-/// Whether the database generates values for an integer key of this type.
-fn integer_key(b: Backend, ty: Option<&String>) -> bool {
-    let Some(ty) = ty else { return false };
-    match b {
-        // Only `INTEGER PRIMARY KEY` is the rowid.
-        Backend::Sqlite => ty == "integer",
-        Backend::Postgres => matches!(ty.as_str(), "int2" | "int4" | "int8"),
-        Backend::MySql => matches!(
-            ty.as_str(),
-            "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
-        ),
-    }
-}
+/// The SQL connector as the writer of an import's envelopes.
+pub(crate) struct SqlBatches(pub(crate) Arc<Pools>);
 
-fn unmatched() -> ActionError {
-    ActionError {
-        blame: Blame::Bug,
-        message: "the rows a multi-row insert returned do not match its records".into(),
+impl Batches for SqlBatches {
+    fn plan(&self, flow: &Flow) -> Result<Option<String>, String> {
+        plan::connection(flow)
     }
-}
 
-/// The envelope of `jobs` that the failure `f` most likely came from, by
-/// what PostgreSQL's detail names in the failed patch: a key's value (`Key
-/// (external_id)=(C-9) already exists.`: the second record that has it, as
-/// the first landed and the second found it taken, else the only one), or
-/// the row (`Failing row contains (7, C-9, -1.00).`: the first record all
-/// of whose values are in it). None when it names neither, or no patch
-/// has it as written (a value templated from `$tokens`, a parent's key).
-fn suspect(f: &Fail, jobs: &[Waiting]) -> Option<usize> {
-    let named = named(&f.error.message)?;
-    let (first, children) = f.at.split_first()?;
-    let mut having = jobs.iter().enumerate().filter(|(_, w)| {
-        // Values rendered only when written (`$tokens`) are not known here.
-        let (mut p, holes) = match w.patches.get(*first) {
-            Some(Pending::Ready(p)) => (p, &[][..]),
-            Some(Pending::Holes(p, holes)) => (p, &holes[..]),
-            _ => return false,
-        };
-        // (A child has none.)
-        let holes = if children.is_empty() { holes } else { &[] };
-        let known = |k: &String| !holes.iter().any(|h| !h.criteria && h.key == *k);
-        for c in children {
-            match p.children.get(*c) {
-                Some(child) => p = child,
-                None => return false,
-            }
-        }
-        match &named {
-            Named::Key(field, value) => p
-                .properties
-                .get(*field)
-                .is_some_and(|v| !v.is_null() && id_text(v) == *value),
-            Named::Row(cells) => {
-                let mut values = p.properties.iter().filter(|(k, _)| known(k)).peekable();
-                values.peek().is_some()
-                    && values.all(|(_, v)| {
-                        let text = if v.is_null() {
-                            "null".into()
-                        } else {
-                            id_text(v)
-                        };
-                        cells.contains(&text.as_str())
-                    })
-            }
-        }
-    });
-    let once = having.next()?.0;
-    if matches!(named, Named::Row(_)) {
-        return Some(once);
+    fn open<'a>(
+        &'a self,
+        flow: &'a Flow,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn BatchWriter>, ActionError>> {
+        Box::pin(async move {
+            let b: Arc<dyn BatchWriter> = Arc::new(Batch::open(&self.0, flow, connection).await?);
+            Ok(b)
+        })
     }
-    Some(having.next().map_or(once, |(k, _)| k))
-}
 
-/// What a PostgreSQL detail names.
-#[derive(Debug, PartialEq)]
-enum Named<'m> {
-    /// One column's value: `Key (COLUMN)=(VALUE) ...`.
-    Key(&'m str, &'m str),
-    /// A row's values as PostgreSQL writes them: `Failing row contains
-    /// (A, B, ...).` (a value with `, ` in it is split too, and so is not
-    /// found: no suspect then).
-    Row(Vec<&'m str>),
-}
-
-fn named(message: &str) -> Option<Named<'_>> {
-    const ROW: &str = "(Failing row contains (";
-    if let Some(at) = message.rfind(ROW) {
-        let rest = &message[at + ROW.len()..];
-        let cells = &rest[..rest.rfind(").)")?];
-        return Some(Named::Row(cells.split(", ").collect()));
-    }
-    named_key(message).map(|(k, v)| Named::Key(k, v))
-}
-
-/// The column and value of a PostgreSQL detail naming one key: `Key
-/// (COLUMN)=(VALUE) ...`.
-fn named_key(message: &str) -> Option<(&str, &str)> {
-    let rest = &message[message.rfind("(Key (")? + "(Key (".len()..];
-    let (field, rest) = rest.split_once(")=(")?;
-    let end = [") already exists.", ") is not present in table"]
-        .iter()
-        .filter_map(|t| rest.find(t))
-        .min()?;
-    let value = &rest[..end];
-    (super::valid_ident(field)).then_some((field, value))
-}
-
-/// How many of `n` waiting envelopes to write as one group (one savepoint,
-/// one statement per patch position), when `refused` of the `tried`
-/// envelopes before were refused. A group with a bad record is written
-/// again in halves down to that record, so every good record of it is
-/// written about three times; a group costs a few round trips of its own.
-/// With a share `p` of bad records, groups of about `sqrt(c / p)` balance
-/// the two (`c`: a group's own cost, in records' writes, over three): all
-/// `n` at once until a record is refused, some tens of records when one in
-/// a hundred is.
-fn group_size(n: usize, tried: u64, refused: u64) -> usize {
-    /// A group's own cost (its savepoint, its statements' round trips), in
-    /// records' writes, over the three writes of a good record in a
-    /// group that failed.
-    const C: f64 = 3.0;
-    if refused == 0 || tried == 0 {
-        return n.max(1);
-    }
-    let p = refused as f64 / tried as f64;
-    ((C / p).sqrt().round() as usize).clamp(8, n.max(8))
-}
-
-/// Create objects that have the same fields, as few statements as possible;
-/// the stored rows, in the order given.
-async fn create_many(
-    tx: &mut Tx,
-    db: &Db,
-    name: &str,
-    t: &Table,
-    props: &[&Map<String, Value>],
-    only: Option<&BTreeSet<&str>>,
-) -> Result<Vec<Got>, ActionError> {
-    let Some(first) = props.first() else {
-        return Ok(Vec::new());
-    };
-    let pk = match t.pk.as_slice() {
-        [pk] => Some(pk),
-        _ => None,
-    };
-    let given = pk.is_some_and(|k| first.contains_key(k));
-    let matchable = match pk {
-        Some(k) if given => props.iter().all(|p| p.get(k).is_some_and(|v| !v.is_null())),
-        Some(k) => integer_key(db.backend, t.cols.get(k)),
-        None => false,
-    };
-    if props.len() == 1 || first.is_empty() || !matchable {
-        let mut out = Vec::with_capacity(props.len());
-        for p in props {
-            out.push(Got::Map(create_in(tx, db, name, t, p).await?));
-        }
-        return Ok(out);
-    }
-    let Some(pk) = pk else {
-        return Err(unmatched());
-    };
-    let keys: Vec<&String> = first.keys().collect();
-    // What the insert returns (`RETURNING`): nothing when nothing is read.
-    let returning = match only {
-        None => Some(db.select_list(&t.cols)),
-        Some(only) if only.is_empty() => None,
-        Some(only) => {
-            Some(db.select_list(t.cols.iter().filter(|(c, _)| only.contains(c.as_str()))))
-        }
-    };
-    if db.backend == Backend::Postgres
-        && let Some(rows) =
-            create_many_pg(tx, db, name, t, props, &keys, returning.as_deref()).await
-    {
-        return match rows? {
-            Made::Rows(rows) => match_rows(props, pk, given, rows, t),
-            Made::Count(n) => unread(n, props),
-        };
-    }
-    let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
-    let per = (MAX_PARAMS / keys.len()).max(1);
-    let types: Vec<Option<&String>> = keys.iter().map(|k| t.cols.get(*k)).collect();
-    let mut out = Vec::with_capacity(props.len());
-    for chunk in props.chunks(per) {
-        let mut params = Vec::with_capacity(chunk.len() * keys.len());
-        let mut tuples = String::with_capacity(chunk.len() * keys.len() * 32);
-        let mut values = Vec::with_capacity(keys.len());
-        for (r, p) in chunk.iter().enumerate() {
-            tuples.push_str(if r == 0 { "(" } else { ", (" });
-            values_of(p, &keys, &mut values);
-            for (i, (v, ty)) in values.iter().zip(&types).enumerate() {
-                let ty = *ty;
-                params.push(db.param_value(v.unwrap_or(&Value::Null), ty));
-                if i > 0 {
-                    tuples.push_str(", ");
-                }
-                db.push_param(&mut tuples, params.len(), ty);
-            }
-            tuples.push(')');
-        }
-        let mut sql = format!(
-            "INSERT INTO {} ({}) VALUES {tuples}",
-            db.backend.quote(name),
-            cols.join(", "),
-        );
-        let Some(returning) = &returning else {
-            let made = match tx.run(&Stmt { sql, params }, false).await? {
-                Fetched::Affected(n) => n,
-                Fetched::Rows(r) => r.len() as u64,
-            };
-            out.extend(unread(made, chunk)?);
-            continue;
-        };
-        sql.push_str(" RETURNING ");
-        sql.push_str(returning);
-        let rows = tx.rows(&Stmt { sql, params }, t).await?;
-        let rows = rows.into_iter().map(Got::Map).collect();
-        out.extend(match_rows(chunk, pk, given, rows, t)?);
-    }
-    Ok(out)
-}
-
-/// The columns of `t` the writer reads of the rows it writes for
-/// `patches`, when no record reads them (a multi-row insert returns only
-/// those): the fields the patches' tokens take, and the key and `id` when
-/// it needs the rows at all (for tokens, or for children, which take their
-/// parent's key). Empty when it needs none.
-fn writer_reads<'a>(t: &'a Table, patches: impl Iterator<Item = &'a Patch>) -> BTreeSet<&'a str> {
-    let mut read = BTreeSet::new();
-    let mut needed = false;
-    for p in patches {
-        needed |= !p.set_tokens.is_empty() || !p.children.is_empty();
-        read.extend(p.set_tokens.values().map(String::as_str));
-    }
-    if needed {
-        read.extend(t.pk.iter().map(String::as_str));
-        read.insert("id");
-    }
-    read
-}
-
-/// The rows of a multi-row insert that returns none: as many as it made
-/// (nothing of them is read).
-fn unread(made: u64, props: &[&Map<String, Value>]) -> Result<Vec<Got>, ActionError> {
-    if made != props.len() as u64 {
-        return Err(unmatched());
-    }
-    Ok(props.iter().map(|_| Got::Map(Map::new())).collect())
-}
-
-/// The values of `p` for `keys`, in their order, into `out`: without
-/// looking each up when `p` has exactly those keys in that order, as the
-/// patches of one multi-row statement have.
-fn values_of<'a>(p: &'a Map<String, Value>, keys: &[&String], out: &mut Vec<Option<&'a Value>>) {
-    out.clear();
-    if p.len() == keys.len() && p.keys().zip(keys).all(|(a, b)| a == *b) {
-        out.extend(p.values().map(Some));
-    } else {
-        out.extend(keys.iter().map(|k| p.get(*k)));
+    fn batched(&self, kind: &str) -> bool {
+        kind == "envelope"
     }
 }
 
-/// The rows a multi-row insert of `props` returned, in the order of `props`:
-/// matched by the key given (`given`), or else by the generated integer
-/// key, assigned in increasing order.
-fn match_rows(
-    props: &[&Map<String, Value>],
-    pk: &str,
-    given: bool,
-    rows: Vec<Got>,
-    t: &Table,
-) -> Result<Vec<Got>, ActionError> {
-    if rows.len() != props.len() {
-        return Err(unmatched());
+impl BatchWriter for Batch {
+    fn as_any(&self) -> &dyn Any {
+        self
     }
-    if given {
-        let mut by: HashMap<String, Got> = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let id = id_text(&r.field(pk, &t.cols)?.unwrap_or(Value::Null));
-            by.insert(id, r);
-        }
-        props
-            .iter()
-            .map(|p| {
-                let id = id_text(p.get(pk).unwrap_or(&Value::Null));
-                by.remove(&id).ok_or_else(unmatched)
-            })
-            .collect()
-    } else {
-        let ids = rows
-            .iter()
-            .map(|r| {
-                r.field(pk, &t.cols)?
-                    .and_then(|v| v.as_i64())
-                    .ok_or_else(unmatched)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if ids.is_sorted() {
-            // As they mostly come: in the order they were inserted.
-            return Ok(rows);
-        }
-        let mut keyed: Vec<(i64, Got)> = ids.into_iter().zip(rows).collect();
-        keyed.sort_by_key(|(id, _)| *id);
-        Ok(keyed.into_iter().map(|(_, r)| r).collect())
-    }
-}
 
-/// PostgreSQL: create objects that have the same fields in one statement,
-/// `INSERT ... SELECT ... FROM unnest(...)` of one text array per field,
-/// each cast to its column's type as [`Db::param`] does. Its text is the
-/// same for any number of rows, so it is prepared once per connection.
-/// `None` when a column's type is not known.
-async fn create_many_pg(
-    tx: &mut Tx,
-    db: &Db,
-    name: &str,
-    t: &Table,
-    props: &[&Map<String, Value>],
-    keys: &[&String],
-    returning: Option<&str>,
-) -> Option<Result<Made, ActionError>> {
-    let types = keys
-        .iter()
-        .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
-        .collect::<Option<Vec<_>>>()?;
-    // Every value, row by row, and those that are not text as PostgreSQL
-    // reads them from text.
-    let mut all: Vec<Option<&Value>> = Vec::with_capacity(props.len() * keys.len());
-    let mut texts = Vec::new();
-    let mut values = Vec::with_capacity(keys.len());
-    for p in props {
-        values_of(p, keys, &mut values);
-        for v in &values {
-            if let Some(v) = v
-                && !matches!(v, Value::Null | Value::String(_))
-            {
-                texts.push(v.to_string());
-            }
-        }
-        all.extend_from_slice(&values);
+    fn overlaps(&self) -> bool {
+        self.overlaps
     }
-    let mut texts = texts.iter();
-    let mut arrays: Vec<Vec<Option<&str>>> = keys
-        .iter()
-        .map(|_| Vec::with_capacity(props.len()))
-        .collect();
-    for row in all.chunks(keys.len().max(1)) {
-        for (v, a) in row.iter().zip(&mut arrays) {
-            a.push(match v {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.as_str()),
-                Some(_) => texts.next().map(String::as_str),
-            });
-        }
+
+    fn expect(&self, chunk: u64, runs: usize) -> Result<Arc<Notify>, ActionError> {
+        Batch::expect(self, chunk, runs)
     }
-    let mut sql = String::with_capacity(128 + keys.len() * 48);
-    sql.push_str("INSERT INTO ");
-    sql.push_str(&db.backend.quote(name));
-    sql.push_str(" (");
-    for (i, k) in keys.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&db.backend.quote(k));
+
+    fn ended(&self, chunk: u64) {
+        Batch::ended(self, chunk);
     }
-    sql.push_str(") SELECT ");
-    for (i, ty) in types.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        // As `Db::push_param` does.
-        if super::pg_cast_from_text(ty) {
-            sql.push_str(&format!("CAST(c{i} AS "));
-            super::push_pg_cast_type(&mut sql, ty);
-            sql.push(')');
-        } else {
-            sql.push_str(&format!("c{i}"));
-        }
+
+    fn all_wait(&self, chunk: u64) -> bool {
+        Batch::all_wait(self, chunk)
     }
-    sql.push_str(" FROM unnest(");
-    for i in 0..keys.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("${}::text[]", i + 1));
+
+    fn forget(&self, chunk: u64) {
+        Batch::forget(self, chunk);
     }
-    sql.push_str(") AS u(");
-    for i in 0..keys.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("c{i}"));
+
+    fn failed_patch(&self, record: u64) -> Option<String> {
+        Batch::failed_patch(self, record)
     }
-    sql.push(')');
-    if let Some(returning) = returning {
-        sql.push_str(" RETURNING ");
-        sql.push_str(returning);
+
+    fn flush<'a>(
+        &'a self,
+        limits: &'a Limits,
+        chunk: u64,
+    ) -> BoxFuture<'a, Result<bool, ActionError>> {
+        Box::pin(Batch::flush(self, limits, chunk))
     }
-    tx.pg_rows_of_arrays(sql, &arrays, t, returning.is_some())
-        .await
+
+    fn position<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Position>, ActionError>> {
+        Box::pin(Batch::position(self, key))
+    }
+
+    fn start<'a>(
+        &'a self,
+        key: &'a str,
+        source: &'a str,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<(), ActionError>> {
+        Box::pin(Batch::start(self, key, source, hash))
+    }
+
+    fn commit_chunk<'a>(
+        &'a self,
+        key: &'a str,
+        chunk: Option<u64>,
+        next_record: u64,
+        finished: bool,
+    ) -> BoxFuture<'a, Result<(), ActionError>> {
+        Box::pin(Batch::commit_chunk(self, key, chunk, next_record, finished))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,651 @@
+//! The run driver: steps one after another from a position until the run
+//! ends, stops at an incident or is suspended; each step's record and the
+//! run's new position committed in one store transaction (pure steps'
+//! records held and committed with the next write), retries with backoff,
+//! sleeps and event waits suspended durably.
+
+use crate::*;
+use serde_json::{Value, json};
+use sluice_action::batch::InBatch;
+use sluice_action::{ActionError, Blame};
+use sluice_model::{Flow, Next, RetryOn, Step};
+use sluice_store::{
+    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, now_micros,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How `drive` enters the first step it runs.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Entry {
+    /// Run it (again): attempt 1, or the attempt after the failed ones the
+    /// run log holds.
+    #[default]
+    Fresh,
+    /// Its run was suspended by it (since when) and woke: `null` after a
+    /// sleep, or the event that ended a wait.
+    Woken(Value, i64),
+    /// It waited for an event that did not come in time (since when).
+    TimedOut(i64),
+}
+
+/// Where a run is, for `drive`.
+pub(crate) struct Cursor {
+    pub(crate) run_id: String,
+    /// The fan-out item it runs, from 0 (0 when not an item).
+    pub(crate) item: i64,
+    /// The attempt of the first step, from 1.
+    pub(crate) attempt: u32,
+    pub(crate) entry: Entry,
+    /// The run's record, when the store does not have it yet.
+    pub(crate) new: Option<Box<NewRun>>,
+    /// The run's cancel flag, when taken before the run was recorded or
+    /// read (otherwise the drive takes it).
+    pub(crate) driving: Option<Driving>,
+}
+
+impl Cursor {
+    pub(crate) fn new(run_id: String) -> Self {
+        Self {
+            run_id,
+            item: 0,
+            attempt: 1,
+            entry: Entry::Fresh,
+            new: None,
+            driving: None,
+        }
+    }
+}
+
+/// What a run has done that the store does not have yet: the run itself
+/// (see [`Engine::begin`]) and the records of the pure steps since its last
+/// write (see [`sluice_action::Action::PURE`]). They are written with the
+/// run's next write, in its transaction.
+#[derive(Default)]
+pub(crate) struct Held {
+    pub(crate) new: Option<Box<NewRun>>,
+    pub(crate) steps: Vec<StepRecord>,
+}
+
+/// Whether a run is recorded in the store, and the import batch it writes
+/// through, if it is one record of an import.
+#[derive(Clone, Copy)]
+pub(crate) struct Mode<'a> {
+    pub(crate) recorded: bool,
+    pub(crate) batch: Option<InBatch<'a>>,
+}
+
+impl Mode<'_> {
+    pub(crate) const RECORDED: Mode<'static> = Mode {
+        recorded: true,
+        batch: None,
+    };
+}
+
+/// A run as `drive` moves it from step to step.
+pub(crate) struct Going<'a> {
+    flow: &'a Flow,
+    run_id: String,
+    /// The fan-out item it runs, from 0.
+    item: i64,
+    /// The attempt of the step it is at, from 1.
+    attempt: u32,
+    /// How the step it is at is entered.
+    entry: Entry,
+    held: Held,
+    fo: FlowObject,
+    state: Arc<Value>,
+    /// The number of the next step record.
+    seq: i64,
+    mode: Mode<'a>,
+}
+
+impl Going<'_> {
+    /// The run's position before `step`, for the records it holds.
+    fn before(&self, step: &Step) -> RunUpdate {
+        RunUpdate {
+            status: RunStatus::Running,
+            state: Value::clone(&self.state),
+            next_step: Some(step.key.clone()),
+            output: None,
+            error: None,
+            error_step: None,
+            ended_at: None,
+        }
+    }
+
+    /// The run's end with `status`, as the caller is told it.
+    fn ended(&mut self, status: RunStatus) -> RunResult {
+        RunResult::ended(self.take_id(), status, &self.fo, self.mode.recorded)
+    }
+
+    /// The run's id, taken: the run is over here.
+    fn take_id(&mut self) -> String {
+        std::mem::take(&mut self.run_id)
+    }
+}
+
+/// Where a run goes after a step.
+enum After {
+    /// To this step (none: the run succeeded or stopped, already recorded).
+    At(Option<usize>),
+    /// To the same step again (woken, or its next attempt).
+    Again,
+    /// The run is over here (or suspended, or taken by another caller).
+    End(Box<RunResult>),
+}
+
+/// How long to wait before attempting `step` again after its `attempt`-th
+/// attempt failed with `error`, if its `retry` says to.
+pub(crate) fn retry_delay(
+    step: &Step,
+    error: &ActionError,
+    incident: bool,
+    attempt: u32,
+) -> Option<u64> {
+    let retry = step.retry.as_ref()?;
+    let kind = match error.blame {
+        Blame::External => RetryOn::External,
+        Blame::Data => RetryOn::Data,
+        Blame::Flow => RetryOn::Flow,
+        Blame::Store | Blame::Bug => return None,
+    };
+    if incident || attempt >= retry.attempts || !retry.on.contains(&kind) {
+        return None;
+    }
+    Some(retry.delay_after(attempt, random_unit()))
+}
+
+/// The time (µs since the epoch) `ms` milliseconds from now.
+pub(crate) fn after_ms(ms: u64) -> i64 {
+    let us = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000);
+    now_micros().saturating_add(us)
+}
+
+/// A number in [0, 1) that differs from call to call (for retry jitter).
+pub(crate) fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_micros());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub(crate) fn blame_word(b: Blame) -> &'static str {
+    match b {
+        Blame::Flow => "flow",
+        Blame::Data => "data",
+        Blame::External => "external",
+        Blame::Store => "store",
+        Blame::Bug => "bug",
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// Run steps from `start` until the run ends, stops or is suspended.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn drive(
+        &self,
+        flow: &Flow,
+        cursor: Cursor,
+        fo: FlowObject,
+        state: Arc<Value>,
+        start: usize,
+        seq: i64,
+        mode: Mode<'_>,
+    ) -> Result<RunResult, EngineError> {
+        let Cursor {
+            run_id,
+            item,
+            attempt,
+            entry,
+            new,
+            driving,
+        } = cursor;
+        let driving = mode
+            .recorded
+            .then(|| driving.unwrap_or_else(|| self.drives(&run_id)));
+        let mut g = Going {
+            flow,
+            run_id,
+            item,
+            attempt,
+            entry,
+            held: Held {
+                new,
+                steps: Vec::new(),
+            },
+            fo,
+            state,
+            seq,
+            mode,
+        };
+        let mut pos = (start < flow.steps.len()).then_some(start);
+        while let Some(i) = pos {
+            let step = &flow.steps[i];
+            if driving
+                .as_ref()
+                .is_some_and(|d| d.flag.load(Ordering::Relaxed))
+            {
+                // The steps it ran are recorded; the store keeps it cancelled.
+                let at = g.before(step);
+                self.write_held(&mut g.held, None, &at).await?;
+                let mut r = g.ended(RunStatus::Cancelled);
+                r.failure = Some(StepFailure {
+                    step: step.key.clone(),
+                    message: format!("cancelled before step `{}`", step.key),
+                    blame: Blame::Flow,
+                });
+                return Ok(r);
+            }
+            match self.one_step(&mut g, step).await? {
+                After::At(next) => pos = next,
+                After::Again => {}
+                After::End(r) => return Ok(*r),
+            }
+        }
+        // A flow always has a step; a run that had none ends as it began.
+        if g.mode.recorded {
+            let state = Value::clone(&g.state);
+            let end = RunUpdate::ended(state.clone(), Some(state), None, None);
+            if !self.write_held(&mut g.held, None, &end).await? {
+                self.store.update_run(&g.run_id, &end).await?;
+            }
+        }
+        let mut r = g.ended(RunStatus::Succeeded);
+        r.output = Some(Arc::unwrap_or_clone(g.state));
+        Ok(r)
+    }
+
+    /// Run `step` of the run `g` and record what it did: where the run goes
+    /// next.
+    async fn one_step(&self, g: &mut Going<'_>, step: &Step) -> Result<After, EngineError> {
+        let rec = g.mode.recorded;
+        // A step that is not pure runs only once the store has what
+        // came before it.
+        let pure = self.pure(step);
+        if rec && !pure {
+            let at = g.before(step);
+            self.write_held(&mut g.held, None, &at).await?;
+        }
+        let key = if rec {
+            format!("{}/{}/{}/{}", g.run_id, step.key, g.item, g.attempt)
+        } else {
+            String::new()
+        };
+        let started_at = match &g.entry {
+            Entry::TimedOut(since) | Entry::Woken(_, since) => *since,
+            Entry::Fresh => now_micros(),
+        };
+        let outcome = match std::mem::take(&mut g.entry) {
+            Entry::TimedOut(_) => Err(Failed {
+                options: Value::Null,
+                error: ActionError::external(format!(
+                    "no event that matches arrived within the timeout of step `{}`",
+                    step.key
+                )),
+                logs: Vec::new(),
+                incident: false,
+            }),
+            e => {
+                let wake = match &e {
+                    Entry::Woken(v, _) => Some(v),
+                    _ => None,
+                };
+                let scx = StepCx {
+                    run_id: &g.run_id,
+                    step_key: &step.key,
+                    attempt: g.attempt,
+                    key: &key,
+                    wake,
+                    batch: g.mode.batch,
+                    depth: g.fo.depth,
+                    recorded: rec,
+                };
+                self.step(g.flow, step, &g.state, &g.fo, scx).await
+            }
+        };
+        let ended_at = now_micros();
+        if rec {
+            metrics::histogram!("sluice_step_duration_seconds", "flow" => g.flow.id.clone(), "step" => step.key.clone())
+                .record((ended_at - started_at) as f64 / 1e6);
+        }
+        let record = StepRecord {
+            run_id: g.run_id.clone(),
+            seq: g.seq,
+            step_key: step.key.clone(),
+            kind: step.kind.clone(),
+            ok: outcome.is_ok(),
+            options: Value::Null,
+            input: if rec {
+                Value::clone(&g.state)
+            } else {
+                Value::Null
+            },
+            result: None,
+            output: None,
+            error: None,
+            blame: None,
+            logs: Vec::new(),
+            started_at,
+            ended_at,
+        };
+        match outcome {
+            Ok(Done {
+                suspend: Some(suspend),
+                ..
+            }) => self.suspended(g, step, suspend, started_at).await,
+            Ok(done) => self.succeeded(g, step, done, record, pure).await,
+            Err(failed) => self.failed(g, step, failed, record, pure).await,
+        }
+    }
+
+    /// A step suspends its run (durably when the run is recorded): a sleep
+    /// that ends here is the step run again, woken.
+    async fn suspended(
+        &self,
+        g: &mut Going<'_>,
+        step: &Step,
+        suspend: Suspend,
+        started_at: i64,
+    ) -> Result<After, EngineError> {
+        let (flow, run_id) = (g.flow, &g.run_id);
+        let (wait, timer) = match suspend {
+            Suspend::Sleep { until } => (
+                Wait::timer(
+                    run_id,
+                    &flow.id,
+                    &step.key,
+                    WaitKind::Sleep,
+                    until,
+                    started_at,
+                ),
+                true,
+            ),
+            Suspend::Event {
+                event_type,
+                source,
+                correlation,
+                timeout_at,
+            } => (
+                Wait {
+                    run_id: run_id.clone(),
+                    flow_id: flow.id.clone(),
+                    step_key: step.key.clone(),
+                    kind: WaitKind::Event,
+                    wake_at: timeout_at,
+                    event_type,
+                    source,
+                    correlation: Value::Object(correlation),
+                    since: started_at,
+                },
+                false,
+            ),
+        };
+        if !g.mode.recorded {
+            if !timer {
+                // A wait for an event needs a recorded run to wake.
+                let mut r = g.ended(RunStatus::Failed);
+                r.failure = Some(StepFailure {
+                    step: step.key.clone(),
+                    message: format!(
+                        "step `{}` (wait) waits for an event, which only a recorded run under `sluice serve` can receive",
+                        step.key
+                    ),
+                    blame: Blame::Flow,
+                });
+                return Ok(After::End(Box::new(r)));
+            }
+            self.sleep_until(wait.wake_at.unwrap_or(0)).await;
+            g.entry = Entry::Woken(Value::Null, started_at);
+            return Ok(After::Again);
+        }
+        if !self.store.suspend(None, &g.state, &wait).await? {
+            return Ok(After::End(Box::new(
+                self.moved_on(g.take_id(), &g.fo).await?,
+            )));
+        }
+        if !timer {
+            let mut r = g.ended(RunStatus::Waiting);
+            r.wait = Some(wait);
+            return Ok(After::End(Box::new(r)));
+        }
+        match self.sleep_then_claim(&wait).await? {
+            Some(_) => {
+                g.entry = Entry::Woken(Value::Null, started_at);
+                Ok(After::Again)
+            }
+            None => Ok(After::End(Box::new(
+                self.moved_on(g.take_id(), &g.fo).await?,
+            ))),
+        }
+    }
+
+    /// A step succeeded: its result joins the flow object, its record is
+    /// written (or held, when it is pure and the run goes on), and the run
+    /// moves to its success path (or fans out over its items).
+    async fn succeeded(
+        &self,
+        g: &mut Going<'_>,
+        step: &Step,
+        mut done: Done,
+        mut record: StepRecord,
+        pure: bool,
+    ) -> Result<After, EngineError> {
+        let rec = g.mode.recorded;
+        g.seq += 1;
+        g.attempt = 1;
+        // An unrecorded run keeps no step record: the result moves to the
+        // flow object.
+        let result = Lazy::new(match &done.result {
+            Some(r) if rec => r.clone(),
+            _ => done.result.take().unwrap_or(Value::Null),
+        });
+        g.fo.entries.insert(step.key.clone(), result.clone());
+        if let Some(t) = &done.tokens {
+            g.fo.add_tokens(t);
+        }
+        g.fo.last = result;
+        g.state = Arc::new(done.state);
+        let pos = match step.on_success {
+            Next::Step(j) => Some(j),
+            Next::End => None,
+        };
+        record.options = done.options;
+        record.result = done.result;
+        record.logs = done.logs;
+        if let Some(items) = done.items {
+            let r = self
+                .fan_out(g.flow, g.take_id(), record, &g.fo, step, items, pos, g.mode)
+                .await?;
+            return Ok(After::End(Box::new(r)));
+        }
+        let finished = pos.is_none();
+        if rec {
+            let state = &g.state;
+            record.output = Some(Value::clone(state));
+            let update = RunUpdate {
+                status: if finished {
+                    RunStatus::Succeeded
+                } else {
+                    RunStatus::Running
+                },
+                state: Value::clone(state),
+                next_step: pos.map(|j| g.flow.steps[j].key.clone()),
+                output: finished.then(|| Value::clone(state)),
+                error: None,
+                error_step: None,
+                ended_at: finished.then(now_micros),
+            };
+            if pure && !finished {
+                g.held.steps.push(record);
+            } else {
+                self.write_held(&mut g.held, Some(record), &update).await?;
+            }
+        }
+        if !finished {
+            return Ok(After::At(pos));
+        }
+        let mut r = g.ended(RunStatus::Succeeded);
+        let state = std::mem::replace(&mut g.state, Arc::new(Value::Null));
+        r.output = Some(Arc::unwrap_or_clone(state));
+        Ok(After::End(Box::new(r)))
+    }
+
+    /// A step failed: attempted again after a backoff when its `retry`
+    /// says so, or else its error joins the flow object and the run moves
+    /// to its failure path, stops at an incident, or fails.
+    async fn failed(
+        &self,
+        g: &mut Going<'_>,
+        step: &Step,
+        failed: Failed,
+        mut record: StepRecord,
+        pure: bool,
+    ) -> Result<After, EngineError> {
+        let rec = g.mode.recorded;
+        g.seq += 1;
+        record.options = failed.options;
+        record.error = Some(failed.error.message.clone());
+        record.blame = Some(blame_word(failed.error.blame).to_owned());
+        record.logs = failed.logs;
+        // `retry`: attempt it again after a backoff, durably.
+        if let Some(ms) = retry_delay(step, &failed.error, failed.incident, g.attempt) {
+            let wake_at = after_ms(ms);
+            if rec {
+                let wait = Wait::timer(
+                    &g.run_id,
+                    &g.flow.id,
+                    &step.key,
+                    WaitKind::Retry,
+                    wake_at,
+                    record.ended_at,
+                );
+                if !self.store.suspend(Some(&record), &g.state, &wait).await?
+                    || self.sleep_then_claim(&wait).await?.is_none()
+                {
+                    return Ok(After::End(Box::new(
+                        self.moved_on(g.take_id(), &g.fo).await?,
+                    )));
+                }
+            } else {
+                self.sleep_until(wake_at).await;
+            }
+            g.attempt += 1;
+            return Ok(After::Again);
+        }
+        g.attempt = 1;
+        let message = format!(
+            "step `{}` ({}) failed: {}",
+            step.key, step.kind, failed.error.message
+        );
+        let err_val = Lazy::new(json!({"error": failed.error.message}));
+        g.fo.entries.insert(step.key.clone(), err_val.clone());
+        g.fo.last = err_val;
+        // A data problem with no failure path stops the run for a person.
+        let incident =
+            failed.incident || (step.on_failure == Next::End && failed.error.blame == Blame::Data);
+        let (pos, status) = match step.on_failure {
+            _ if incident => (None, RunStatus::Incident),
+            Next::Step(j) => (Some(j), RunStatus::Running),
+            Next::End => (None, RunStatus::Failed),
+        };
+        let stopped = pos.is_none();
+        if rec {
+            let update = RunUpdate {
+                status,
+                state: Value::clone(&g.state),
+                next_step: if incident {
+                    Some(step.key.clone())
+                } else {
+                    pos.map(|j| g.flow.steps[j].key.clone())
+                },
+                output: None,
+                error: stopped.then(|| message.clone()),
+                error_step: stopped.then(|| step.key.clone()),
+                ended_at: (stopped && !incident).then(now_micros),
+            };
+            if pure && !stopped {
+                g.held.steps.push(record);
+            } else {
+                self.write_held(&mut g.held, Some(record), &update).await?;
+            }
+        }
+        if !stopped {
+            return Ok(After::At(pos));
+        }
+        let mut r = g.ended(status);
+        r.failure = Some(StepFailure {
+            step: step.key.clone(),
+            message,
+            blame: failed.error.blame,
+        });
+        Ok(After::End(Box::new(r)))
+    }
+
+    /// Whether `step` is pure (see [`sluice_action::Action::PURE`]); a step
+    /// that retries is not, since each attempt's failure is recorded
+    /// before its backoff.
+    pub(crate) fn pure(&self, step: &Step) -> bool {
+        step.retry.is_none() && self.registry.get(&step.kind).is_some_and(|e| e.pure)
+    }
+
+    /// Write what the run holds (see [`Held`]), then `record` (if any), and
+    /// the run's new position `at`, in one transaction: whether anything
+    /// was written (with nothing held and no record, nothing is).
+    pub(crate) async fn write_held(
+        &self,
+        held: &mut Held,
+        record: Option<StepRecord>,
+        at: &RunUpdate,
+    ) -> Result<bool, StoreError> {
+        held.steps.extend(record);
+        if held.new.is_none() && held.steps.is_empty() {
+            return Ok(false);
+        }
+        let new = held.new.take();
+        let r = self
+            .store
+            .record_steps(new.as_deref(), &held.steps, at)
+            .await;
+        held.steps.clear();
+        r.map(|()| true)
+    }
+
+    /// A run that another caller moved while this one waited (it was
+    /// cancelled, or another process woke it): where the store has it.
+    pub(crate) async fn moved_on(
+        &self,
+        run_id: String,
+        fo: &FlowObject,
+    ) -> Result<RunResult, EngineError> {
+        let status = self
+            .store
+            .get_run(&run_id)
+            .await?
+            .map(|d| d.summary.status)
+            .ok_or_else(|| StoreError::NoSuchRun(run_id.clone()))?;
+        Ok(RunResult::ended(run_id, status, fo, true))
+    }
+
+    /// Sleep until `at` (µs since the epoch); false when the process is
+    /// stopping first.
+    pub(crate) async fn sleep_until(&self, at: i64) -> bool {
+        let mut stopping = self.stopping.subscribe();
+        let ms = u64::try_from((at - now_micros()).max(0) / 1_000).unwrap_or(0);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+            _ = stopping.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Sleep until `wait` is due, then claim it: `None` when the process is
+    /// stopping (the wait stays for the next start) or another caller took
+    /// it.
+    pub(crate) async fn sleep_then_claim(&self, wait: &Wait) -> Result<Option<Wait>, EngineError> {
+        if !self.sleep_until(wait.wake_at.unwrap_or(0)).await {
+            return Ok(None);
+        }
+        Ok(self.store.claim_wait(&wait.run_id).await?)
+    }
+}

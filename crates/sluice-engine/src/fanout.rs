@@ -1,0 +1,138 @@
+//! Fan-out: a step that emits its results individually runs the steps
+//! after it once per item, each item in a run of its own.
+
+use crate::*;
+use serde_json::Value;
+use sluice_action::{Blame, BoxFuture};
+use sluice_model::{Flow, Step};
+use sluice_store::{NewRun, RunStatus, RunUpdate, StepRecord, Store, new_run_id, now_micros};
+use std::sync::Arc;
+
+impl<S: Store> Engine<S> {
+    /// A step emitted its results individually: the steps after it run once
+    /// per item, each item in a run of its own (linked to this one), so that
+    /// each has its own state data and run log and can fail, or stop at an
+    /// incident and be resumed, without hiding the others. This run then ends:
+    /// succeeded with the list of the items' outputs when every item
+    /// succeeded, failed otherwise, naming each failed item and its run.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fan_out<'a>(
+        &'a self,
+        flow: &'a Flow,
+        run_id: String,
+        record: StepRecord,
+        fo: &'a FlowObject,
+        step: &'a Step,
+        items: Vec<(Value, Value)>,
+        next: Option<usize>,
+        mode: Mode<'a>,
+    ) -> BoxFuture<'a, Result<RunResult, EngineError>> {
+        let rec = mode.recorded;
+        // Boxed with its `Send` stated: the items' runs drive the flow again.
+        Box::pin(async move {
+            let running = RunUpdate {
+                status: RunStatus::Running,
+                state: record.input.clone(),
+                next_step: None,
+                output: None,
+                error: None,
+                error_step: None,
+                ended_at: None,
+            };
+            if rec {
+                self.store.record_step(&record, &running).await?;
+            }
+            let count = items.len();
+            let mut outputs = Vec::with_capacity(count);
+            let mut failures = Vec::new();
+            for (k, (item, state)) in items.into_iter().enumerate() {
+                let Some(start) = next else {
+                    outputs.push(state);
+                    continue;
+                };
+                let child_id = if rec { new_run_id() } else { String::new() };
+                if rec {
+                    self.store
+                        .create_run(&NewRun {
+                            id: child_id.clone(),
+                            flow_id: flow.id.clone(),
+                            trigger: fo.trigger.clone(),
+                            input: state.clone(),
+                            next_step: Some(flow.steps[start].key.clone()),
+                            started_at: now_micros(),
+                            flow_version: Some(flow.version.clone()),
+                            accountability: fo.accountability.json().clone(),
+                            parent: Some((run_id.clone(), k as i64)),
+                        })
+                        .await?;
+                }
+                let mut child = fo.clone();
+                let v = Lazy::new(item.clone());
+                child.entries.insert(step.key.clone(), v.clone());
+                child.last = v;
+                let r = self
+                    .drive(
+                        flow,
+                        Cursor {
+                            item: k as i64,
+                            ..Cursor::new(child_id)
+                        },
+                        child,
+                        Arc::new(state),
+                        start,
+                        0,
+                        mode,
+                    )
+                    .await?;
+                match r.status {
+                    RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Value::Null)),
+                    other => failures.push(format!(
+                        "item {} (run {}) {}: {}",
+                        k + 1,
+                        r.run_id,
+                        other.as_str(),
+                        r.failure.map(|f| f.message).unwrap_or_default()
+                    )),
+                }
+            }
+            let ok = failures.is_empty();
+            let message = (!ok).then(|| {
+                format!(
+                    "{} of {count} items did not succeed: {}",
+                    failures.len(),
+                    failures.join("; ")
+                )
+            });
+            let output = Value::Array(outputs);
+            if rec {
+                self.store
+                    .update_run(
+                        &run_id,
+                        &RunUpdate::ended(
+                            record.input.clone(),
+                            ok.then(|| output.clone()),
+                            message.clone(),
+                            (!ok).then(|| step.key.clone()),
+                        ),
+                    )
+                    .await?;
+            }
+            Ok(RunResult {
+                wait: None,
+                last: if ok { output.clone() } else { Value::Null },
+                run_id,
+                status: if ok {
+                    RunStatus::Succeeded
+                } else {
+                    RunStatus::Failed
+                },
+                output: ok.then_some(output),
+                failure: message.map(|m| StepFailure {
+                    step: step.key.clone(),
+                    message: m,
+                    blame: Blame::Data,
+                }),
+            })
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! Multi-row inserts: consecutive `create` patches of one collection with
+//! the same fields written in as few statements as possible (on PostgreSQL,
+//! `INSERT ... SELECT FROM unnest` of one array per field), their rows
+//! matched back to the records by key.
+
+use super::*;
+
+/// Whether the database generates values for an integer key of this type.
+pub(super) fn integer_key(b: Backend, ty: Option<&String>) -> bool {
+    let Some(ty) = ty else { return false };
+    match b {
+        // Only `INTEGER PRIMARY KEY` is the rowid.
+        Backend::Sqlite => ty == "integer",
+        Backend::Postgres => matches!(ty.as_str(), "int2" | "int4" | "int8"),
+        Backend::MySql => matches!(
+            ty.as_str(),
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+        ),
+    }
+}
+
+pub(super) fn unmatched() -> ActionError {
+    ActionError {
+        blame: Blame::Bug,
+        message: "the rows a multi-row insert returned do not match its records".into(),
+    }
+}
+
+/// Create objects that have the same fields, as few statements as possible;
+/// the stored rows, in the order given.
+pub(super) async fn create_many(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    props: &[&Map<String, Value>],
+    only: Option<&BTreeSet<&str>>,
+) -> Result<Vec<Got>, ActionError> {
+    let Some(first) = props.first() else {
+        return Ok(Vec::new());
+    };
+    let pk = match t.pk.as_slice() {
+        [pk] => Some(pk),
+        _ => None,
+    };
+    let given = pk.is_some_and(|k| first.contains_key(k));
+    let matchable = match pk {
+        Some(k) if given => props.iter().all(|p| p.get(k).is_some_and(|v| !v.is_null())),
+        Some(k) => integer_key(db.backend, t.cols.get(k)),
+        None => false,
+    };
+    if props.len() == 1 || first.is_empty() || !matchable {
+        let mut out = Vec::with_capacity(props.len());
+        for p in props {
+            out.push(Got::Map(create_in(tx, db, name, t, p).await?));
+        }
+        return Ok(out);
+    }
+    let Some(pk) = pk else {
+        return Err(unmatched());
+    };
+    let keys: Vec<&String> = first.keys().collect();
+    // What the insert returns (`RETURNING`): nothing when nothing is read.
+    let returning = match only {
+        None => Some(db.select_list(&t.cols)),
+        Some(only) if only.is_empty() => None,
+        Some(only) => {
+            Some(db.select_list(t.cols.iter().filter(|(c, _)| only.contains(c.as_str()))))
+        }
+    };
+    if db.backend == Backend::Postgres
+        && let Some(rows) =
+            create_many_pg(tx, db, name, t, props, &keys, returning.as_deref()).await
+    {
+        return match rows? {
+            Made::Rows(rows) => match_rows(props, pk, given, rows, t),
+            Made::Count(n) => unread(n, props),
+        };
+    }
+    let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
+    let per = (MAX_PARAMS / keys.len()).max(1);
+    let types: Vec<Option<&String>> = keys.iter().map(|k| t.cols.get(*k)).collect();
+    let mut out = Vec::with_capacity(props.len());
+    for chunk in props.chunks(per) {
+        let mut params = Vec::with_capacity(chunk.len() * keys.len());
+        let mut tuples = String::with_capacity(chunk.len() * keys.len() * 32);
+        let mut values = Vec::with_capacity(keys.len());
+        for (r, p) in chunk.iter().enumerate() {
+            tuples.push_str(if r == 0 { "(" } else { ", (" });
+            values_of(p, &keys, &mut values);
+            for (i, (v, ty)) in values.iter().zip(&types).enumerate() {
+                let ty = *ty;
+                params.push(db.param_value(v.unwrap_or(&Value::Null), ty));
+                if i > 0 {
+                    tuples.push_str(", ");
+                }
+                db.push_param(&mut tuples, params.len(), ty);
+            }
+            tuples.push(')');
+        }
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES {tuples}",
+            db.backend.quote(name),
+            cols.join(", "),
+        );
+        let Some(returning) = &returning else {
+            let made = match tx.run(&Stmt { sql, params }, false).await? {
+                Fetched::Affected(n) => n,
+                Fetched::Rows(r) => r.len() as u64,
+            };
+            out.extend(unread(made, chunk)?);
+            continue;
+        };
+        sql.push_str(" RETURNING ");
+        sql.push_str(returning);
+        let rows = tx.rows(&Stmt { sql, params }, t).await?;
+        let rows = rows.into_iter().map(Got::Map).collect();
+        out.extend(match_rows(chunk, pk, given, rows, t)?);
+    }
+    Ok(out)
+}
+
+/// The columns of `t` the writer reads of the rows it writes for
+/// `patches`, when no record reads them (a multi-row insert returns only
+/// those): the fields the patches' tokens take, and the key and `id` when
+/// it needs the rows at all (for tokens, or for children, which take their
+/// parent's key). Empty when it needs none.
+pub(super) fn writer_reads<'a>(
+    t: &'a Table,
+    patches: impl Iterator<Item = &'a Patch>,
+) -> BTreeSet<&'a str> {
+    let mut read = BTreeSet::new();
+    let mut needed = false;
+    for p in patches {
+        needed |= !p.set_tokens.is_empty() || !p.children.is_empty();
+        read.extend(p.set_tokens.values().map(String::as_str));
+    }
+    if needed {
+        read.extend(t.pk.iter().map(String::as_str));
+        read.insert("id");
+    }
+    read
+}
+
+/// The rows of a multi-row insert that returns none: as many as it made
+/// (nothing of them is read).
+pub(super) fn unread(made: u64, props: &[&Map<String, Value>]) -> Result<Vec<Got>, ActionError> {
+    if made != props.len() as u64 {
+        return Err(unmatched());
+    }
+    Ok(props.iter().map(|_| Got::Map(Map::new())).collect())
+}
+
+/// The values of `p` for `keys`, in their order, into `out`: without
+/// looking each up when `p` has exactly those keys in that order, as the
+/// patches of one multi-row statement have.
+pub(super) fn values_of<'a>(
+    p: &'a Map<String, Value>,
+    keys: &[&String],
+    out: &mut Vec<Option<&'a Value>>,
+) {
+    out.clear();
+    if p.len() == keys.len() && p.keys().zip(keys).all(|(a, b)| a == *b) {
+        out.extend(p.values().map(Some));
+    } else {
+        out.extend(keys.iter().map(|k| p.get(*k)));
+    }
+}
+
+/// The rows a multi-row insert of `props` returned, in the order of `props`:
+/// matched by the key given (`given`), or else by the generated integer
+/// key, assigned in increasing order.
+pub(super) fn match_rows(
+    props: &[&Map<String, Value>],
+    pk: &str,
+    given: bool,
+    rows: Vec<Got>,
+    t: &Table,
+) -> Result<Vec<Got>, ActionError> {
+    if rows.len() != props.len() {
+        return Err(unmatched());
+    }
+    if given {
+        let mut by: HashMap<String, Got> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id = id_text(&r.field(pk, &t.cols)?.unwrap_or(Value::Null));
+            by.insert(id, r);
+        }
+        props
+            .iter()
+            .map(|p| {
+                let id = id_text(p.get(pk).unwrap_or(&Value::Null));
+                by.remove(&id).ok_or_else(unmatched)
+            })
+            .collect()
+    } else {
+        let ids = rows
+            .iter()
+            .map(|r| {
+                r.field(pk, &t.cols)?
+                    .and_then(|v| v.as_i64())
+                    .ok_or_else(unmatched)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_sorted() {
+            // As they mostly come: in the order they were inserted.
+            return Ok(rows);
+        }
+        let mut keyed: Vec<(i64, Got)> = ids.into_iter().zip(rows).collect();
+        keyed.sort_by_key(|(id, _)| *id);
+        Ok(keyed.into_iter().map(|(_, r)| r).collect())
+    }
+}
+
+/// PostgreSQL: create objects that have the same fields in one statement,
+/// `INSERT ... SELECT ... FROM unnest(...)` of one text array per field,
+/// each cast to its column's type as [`Db::param`] does. Its text is the
+/// same for any number of rows, so it is prepared once per connection.
+/// `None` when a column's type is not known.
+pub(super) async fn create_many_pg(
+    tx: &mut Tx,
+    db: &Db,
+    name: &str,
+    t: &Table,
+    props: &[&Map<String, Value>],
+    keys: &[&String],
+    returning: Option<&str>,
+) -> Option<Result<Made, ActionError>> {
+    let types = keys
+        .iter()
+        .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
+        .collect::<Option<Vec<_>>>()?;
+    // Every value, row by row, and those that are not text as PostgreSQL
+    // reads them from text.
+    let mut all: Vec<Option<&Value>> = Vec::with_capacity(props.len() * keys.len());
+    let mut texts = Vec::new();
+    let mut values = Vec::with_capacity(keys.len());
+    for p in props {
+        values_of(p, keys, &mut values);
+        for v in &values {
+            if let Some(v) = v
+                && !matches!(v, Value::Null | Value::String(_))
+            {
+                texts.push(v.to_string());
+            }
+        }
+        all.extend_from_slice(&values);
+    }
+    let mut texts = texts.iter();
+    let mut arrays: Vec<Vec<Option<&str>>> = keys
+        .iter()
+        .map(|_| Vec::with_capacity(props.len()))
+        .collect();
+    for row in all.chunks(keys.len().max(1)) {
+        for (v, a) in row.iter().zip(&mut arrays) {
+            a.push(match v {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.as_str()),
+                Some(_) => texts.next().map(String::as_str),
+            });
+        }
+    }
+    let mut sql = String::with_capacity(128 + keys.len() * 48);
+    sql.push_str("INSERT INTO ");
+    sql.push_str(&db.backend.quote(name));
+    sql.push_str(" (");
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&db.backend.quote(k));
+    }
+    sql.push_str(") SELECT ");
+    for (i, ty) in types.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        // As `Db::push_param` does.
+        if crate::pg_cast_from_text(ty) {
+            sql.push_str(&format!("CAST(c{i} AS "));
+            crate::push_pg_cast_type(&mut sql, ty);
+            sql.push(')');
+        } else {
+            sql.push_str(&format!("c{i}"));
+        }
+    }
+    sql.push_str(" FROM unnest(");
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}::text[]", i + 1));
+    }
+    sql.push_str(") AS u(");
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("c{i}"));
+    }
+    sql.push(')');
+    if let Some(returning) = returning {
+        sql.push_str(" RETURNING ");
+        sql.push_str(returning);
+    }
+    tx.pg_rows_of_arrays(sql, &arrays, t, returning.is_some())
+        .await
+}

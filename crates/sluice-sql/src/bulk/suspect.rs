@@ -1,0 +1,111 @@
+//! Which record of a failed group to write alone first, and how large a
+//! group to write at once.
+
+use super::*;
+
+/// The envelope of `jobs` that the failure `f` most likely came from, by
+/// what PostgreSQL's detail names in the failed patch: a key's value (`Key
+/// (external_id)=(C-9) already exists.`: the second record that has it, as
+/// the first landed and the second found it taken, else the only one), or
+/// the row (`Failing row contains (7, C-9, -1.00).`: the first record all
+/// of whose values are in it). None when it names neither, or no patch
+/// has it as written (a value templated from `$tokens`, a parent's key).
+pub(super) fn suspect(f: &Fail, jobs: &[Waiting]) -> Option<usize> {
+    let named = named(&f.error.message)?;
+    let (first, children) = f.at.split_first()?;
+    let mut having = jobs.iter().enumerate().filter(|(_, w)| {
+        // Values rendered only when written (`$tokens`) are not known here.
+        let (mut p, holes) = match w.patches.get(*first) {
+            Some(Pending::Ready(p)) => (p, &[][..]),
+            Some(Pending::Holes(p, holes)) => (p, &holes[..]),
+            _ => return false,
+        };
+        // (A child has none.)
+        let holes = if children.is_empty() { holes } else { &[] };
+        let known = |k: &String| !holes.iter().any(|h| !h.criteria && h.key == *k);
+        for c in children {
+            match p.children.get(*c) {
+                Some(child) => p = child,
+                None => return false,
+            }
+        }
+        match &named {
+            Named::Key(field, value) => p
+                .properties
+                .get(*field)
+                .is_some_and(|v| !v.is_null() && id_text(v) == *value),
+            Named::Row(cells) => {
+                let mut values = p.properties.iter().filter(|(k, _)| known(k)).peekable();
+                values.peek().is_some()
+                    && values.all(|(_, v)| {
+                        let text = if v.is_null() {
+                            "null".into()
+                        } else {
+                            id_text(v)
+                        };
+                        cells.contains(&text.as_str())
+                    })
+            }
+        }
+    });
+    let once = having.next()?.0;
+    if matches!(named, Named::Row(_)) {
+        return Some(once);
+    }
+    Some(having.next().map_or(once, |(k, _)| k))
+}
+
+/// What a PostgreSQL detail names.
+#[derive(Debug, PartialEq)]
+pub(super) enum Named<'m> {
+    /// One column's value: `Key (COLUMN)=(VALUE) ...`.
+    Key(&'m str, &'m str),
+    /// A row's values as PostgreSQL writes them: `Failing row contains
+    /// (A, B, ...).` (a value with `, ` in it is split too, and so is not
+    /// found: no suspect then).
+    Row(Vec<&'m str>),
+}
+
+pub(super) fn named(message: &str) -> Option<Named<'_>> {
+    const ROW: &str = "(Failing row contains (";
+    if let Some(at) = message.rfind(ROW) {
+        let rest = &message[at + ROW.len()..];
+        let cells = &rest[..rest.rfind(").)")?];
+        return Some(Named::Row(cells.split(", ").collect()));
+    }
+    named_key(message).map(|(k, v)| Named::Key(k, v))
+}
+
+/// The column and value of a PostgreSQL detail naming one key: `Key
+/// (COLUMN)=(VALUE) ...`.
+pub(super) fn named_key(message: &str) -> Option<(&str, &str)> {
+    let rest = &message[message.rfind("(Key (")? + "(Key (".len()..];
+    let (field, rest) = rest.split_once(")=(")?;
+    let end = [") already exists.", ") is not present in table"]
+        .iter()
+        .filter_map(|t| rest.find(t))
+        .min()?;
+    let value = &rest[..end];
+    (crate::valid_ident(field)).then_some((field, value))
+}
+
+/// How many of `n` waiting envelopes to write as one group (one savepoint,
+/// one statement per patch position), when `refused` of the `tried`
+/// envelopes before were refused. A group with a bad record is written
+/// again in halves down to that record, so every good record of it is
+/// written about three times; a group costs a few round trips of its own.
+/// With a share `p` of bad records, groups of about `sqrt(c / p)` balance
+/// the two (`c`: a group's own cost, in records' writes, over three): all
+/// `n` at once until a record is refused, some tens of records when one in
+/// a hundred is.
+pub(super) fn group_size(n: usize, tried: u64, refused: u64) -> usize {
+    /// A group's own cost (its savepoint, its statements' round trips), in
+    /// records' writes, over the three writes of a good record in a
+    /// group that failed.
+    const C: f64 = 3.0;
+    if refused == 0 || tried == 0 {
+        return n.max(1);
+    }
+    let p = refused as f64 / tried as f64;
+    ((C / p).sqrt().round() as usize).clamp(8, n.max(8))
+}

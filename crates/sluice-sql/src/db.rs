@@ -1,0 +1,627 @@
+//! Connections and transactions: the backends, `${env:…}` in URLs and
+//! their redaction, the pools (opened on first use, shared by the runs of
+//! the registry's connector), the live schema cache that checks every
+//! identifier before it is quoted, statements with bound parameters, and
+//! `Tx` (dropping it rolls back) under every write.
+
+use crate::*;
+use serde_json::{Map, Value};
+use sluice_action::ActionError;
+use sqlx::{AssertSqlSafe, Column, TypeInfo};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// The database behind a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MariaDB or MySQL.
+    MySql,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of(url: &str) -> Option<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        Some(match scheme {
+            "sqlite" => Self::Sqlite,
+            "postgres" | "postgresql" => Self::Postgres,
+            "mysql" | "mariadb" => Self::MySql,
+            _ => return None,
+        })
+    }
+
+    /// Quote an identifier that has been validated.
+    pub(crate) fn quote(self, ident: &str) -> String {
+        match self {
+            Self::MySql => format!("`{ident}`"),
+            _ => format!("\"{ident}\""),
+        }
+    }
+
+    /// The placeholder for the `n`th parameter (from 1).
+    pub(crate) fn placeholder(self, n: usize) -> String {
+        let mut s = String::new();
+        self.push_placeholder(&mut s, n);
+        s
+    }
+
+    /// [`Backend::placeholder`], written at the end of `out`.
+    pub(crate) fn push_placeholder(self, out: &mut String, n: usize) {
+        match self {
+            Self::Postgres => {
+                use std::fmt::Write;
+                let _ = write!(out, "${n}");
+            }
+            _ => out.push('?'),
+        }
+    }
+}
+
+/// Replace `${env:NAME}` by the variable's value.
+pub fn expand_env(url: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = url;
+    while let Some(i) = rest.find("${env:") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 6..];
+        let end = after
+            .find('}')
+            .ok_or("unclosed `${env:` in the connection URL")?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Whether the database refused the data itself: a constraint (unique,
+/// foreign key, not null, check, exclusion) or a value its column cannot
+/// take (SQLSTATE classes 23 and 22 on PostgreSQL and MariaDB; SQLite's
+/// codes are numbers of another kind). A person must fix the data (or the
+/// flow); trying again later would fail the same way, so the failure is
+/// the data's, not the outside system's (which a `retry` waits out).
+pub(crate) fn refuses_data(e: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    match d.kind() {
+        ErrorKind::UniqueViolation
+        | ErrorKind::ForeignKeyViolation
+        | ErrorKind::NotNullViolation
+        | ErrorKind::CheckViolation
+        | ErrorKind::ExclusionViolation => true,
+        _ => {
+            d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none()
+                && d.code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+        }
+    }
+}
+
+/// A URL with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Whether `s` is a plain identifier: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes.
+pub fn valid_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    s.len() <= 63
+        && matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+pub(crate) enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+/// A table as the database describes it.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    /// column -> database type (lower case)
+    pub(crate) cols: BTreeMap<String, String>,
+    /// the primary key's columns
+    pub(crate) pk: Vec<String>,
+}
+
+/// One open database with its schema cache.
+pub struct Db {
+    pub(crate) backend: Backend,
+    pub(crate) pool: Pool,
+    /// table -> (column -> database type)
+    pub(crate) schema: Mutex<HashMap<String, Arc<Table>>>,
+    pub(crate) shown: String,
+}
+
+/// The databases of the flows' connections, keyed by URL: opened on first
+/// use and shared by every run (the SQL connector keeps one for all its
+/// step types).
+#[derive(Default)]
+pub struct Pools {
+    pub(crate) by_url: Mutex<HashMap<String, Arc<OnceCell<Arc<Db>>>>>,
+}
+
+impl Pools {
+    /// The database of connection `name` of a flow's `declared`
+    /// connections, opened on first use.
+    pub async fn db(
+        &self,
+        declared: &BTreeMap<String, Value>,
+        name: &str,
+    ) -> Result<Arc<Db>, ActionError> {
+        let decl = declared
+            .get(name)
+            .ok_or_else(|| ActionError::flow(format!("no connection `{name}` in the flow")))?;
+        let raw = decl
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ActionError::flow(format!("connection `{name}` has no `url`")))?;
+        let url =
+            expand_env(raw).map_err(|e| ActionError::flow(format!("connection `{name}`: {e}")))?;
+        let cell = {
+            let mut map = self
+                .by_url
+                .lock()
+                .map_err(|_| ActionError::external("connection pools are poisoned"))?;
+            map.entry(url.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| open(name, &url)).await.cloned()
+    }
+}
+
+pub(crate) async fn open(name: &str, url: &str) -> Result<Arc<Db>, ActionError> {
+    let shown = redact(url);
+    let fail = |e: sqlx::Error| {
+        ActionError::external(format!(
+            "connection `{name}` ({shown}) refused: {}",
+            redact(&e.to_string())
+        ))
+    };
+    let backend = Backend::of(url).ok_or_else(|| {
+        ActionError::flow(format!(
+            "connection `{name}`: `{shown}` is not a sqlite:, postgres: or mysql: URL"
+        ))
+    })?;
+    let opts = sqlx::pool::PoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(5));
+    let pool = match backend {
+        Backend::Sqlite => Pool::Sqlite(
+            sqlx::pool::PoolOptions::new()
+                .max_connections(if url.contains(":memory:") { 1 } else { 8 })
+                .connect(url)
+                .await
+                .map_err(fail)?,
+        ),
+        Backend::Postgres => Pool::Postgres(opts.connect(url).await.map_err(fail)?),
+        Backend::MySql => {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            Pool::MySql(
+                sqlx::pool::PoolOptions::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .map_err(fail)?,
+            )
+        }
+    };
+    Ok(Arc::new(Db {
+        backend,
+        pool,
+        schema: Mutex::new(HashMap::new()),
+        shown,
+    }))
+}
+
+/// A statement with its parameters.
+pub(crate) struct Stmt {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Value>,
+}
+
+macro_rules! bind_all {
+    ($q:expr, $params:expr) => {{
+        let mut q = $q;
+        for p in $params {
+            q = match p {
+                Value::Null => q.bind(Option::<String>::None),
+                Value::Bool(b) => q.bind(*b),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => q.bind(i),
+                    None => q.bind(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                Value::String(s) => q.bind(s.as_str()),
+                other => q.bind(other.to_string()),
+            };
+        }
+        q
+    }};
+}
+
+/// Run a statement on an executor, decoding rows with `$decode`.
+macro_rules! exec {
+    ($db:expr, $st:expr, $fetch:expr, $ex:expr, $decode:expr) => {{
+        let q = bind_all!(sqlx::query(AssertSqlSafe($st.sql.clone())), &$st.params);
+        if $fetch {
+            let rows = q.fetch_all($ex).await.map_err(|e| $db.err(e))?;
+            rows.iter()
+                .map($decode)
+                .collect::<Result<_, _>>()
+                .map(Fetched::Rows)
+        } else {
+            Ok(Fetched::Affected(
+                q.execute($ex)
+                    .await
+                    .map_err(|e| $db.err(e))?
+                    .rows_affected(),
+            ))
+        }
+    }};
+}
+
+pub(crate) enum TxConn {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+/// A transaction on one connection of a [`Db`]. Dropped without
+/// [`Tx::commit`], it rolls back.
+pub struct Tx {
+    pub(crate) db: Arc<Db>,
+    pub(crate) conn: TxConn,
+}
+
+impl Tx {
+    pub(crate) async fn run(&mut self, st: &Stmt, fetch: bool) -> Result<Fetched, ActionError> {
+        let db = self.db.clone();
+        match &mut self.conn {
+            TxConn::Sqlite(t) => exec!(db, st, fetch, &mut **t, decode_sqlite),
+            TxConn::Postgres(t) => exec!(db, st, fetch, &mut **t, decode_pg),
+            TxConn::MySql(t) => exec!(db, st, fetch, &mut **t, decode_mysql),
+        }
+    }
+
+    pub(crate) async fn rows(
+        &mut self,
+        st: &Stmt,
+        table: &Table,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        let rows = match self.run(st, true).await? {
+            Fetched::Rows(r) => r,
+            Fetched::Affected(_) => Vec::new(),
+        };
+        Ok(numbers_again(rows, &table.cols))
+    }
+
+    /// PostgreSQL: run `sql` with text arrays as its parameters and read
+    /// the rows it returns (`fetch`), or how many it changed. `None` on
+    /// another database.
+    pub(crate) async fn pg_rows_of_arrays(
+        &mut self,
+        sql: String,
+        arrays: &[Vec<Option<&str>>],
+        table: &Table,
+        fetch: bool,
+    ) -> Option<Result<Made, ActionError>> {
+        let TxConn::Postgres(t) = &mut self.conn else {
+            return None;
+        };
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for a in arrays {
+            q = q.bind(a);
+        }
+        Some(if fetch {
+            match q.fetch_all(&mut **t).await {
+                Ok(rows) => Got::pg(rows, &table.cols).map(Made::Rows),
+                Err(e) => Err(self.db.err(e)),
+            }
+        } else {
+            match q.execute(&mut **t).await {
+                Ok(done) => Ok(Made::Count(done.rows_affected())),
+                Err(e) => Err(self.db.err(e)),
+            }
+        })
+    }
+
+    /// Run a statement without parameters or results (savepoints).
+    pub(crate) async fn raw(&mut self, sql: &str) -> Result<(), ActionError> {
+        let q = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));
+        match &mut self.conn {
+            TxConn::Sqlite(t) => q.execute(&mut **t).await.map(drop),
+            TxConn::Postgres(t) => q.execute(&mut **t).await.map(drop),
+            TxConn::MySql(t) => q.execute(&mut **t).await.map(drop),
+        }
+        .map_err(|e| self.db.err(e))
+    }
+
+    /// Commit.
+    pub async fn commit(self) -> Result<(), ActionError> {
+        let db = self.db;
+        match self.conn {
+            TxConn::Sqlite(t) => t.commit().await,
+            TxConn::Postgres(t) => t.commit().await,
+            TxConn::MySql(t) => t.commit().await,
+        }
+        .map_err(|e| db.err(e))
+    }
+}
+
+/// What a statement returned.
+pub(crate) enum Fetched {
+    Rows(Vec<Map<String, Value>>),
+    Affected(u64),
+}
+
+/// What a multi-row insert of the bulk writer made: its rows, or (when
+/// none is read) how many.
+pub(crate) enum Made {
+    Rows(Vec<Got>),
+    Count(u64),
+}
+
+impl Db {
+    pub(crate) fn err(&self, e: sqlx::Error) -> ActionError {
+        let mut message = format!("{}: {}", self.shown, redact(&e.to_string()));
+        // PostgreSQL says which key or row in a detail of its own.
+        if let sqlx::Error::Database(d) = &e
+            && let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            && let Some(detail) = pg.detail()
+        {
+            message.push_str(" (");
+            message.push_str(&redact(detail));
+            message.push(')');
+        }
+        if refuses_data(&e) {
+            ActionError::data(message)
+        } else {
+            ActionError::external(message)
+        }
+    }
+
+    /// Rows of a table read with [`Db::select_list`]: decimals read as text
+    /// become numbers again.
+    pub(crate) async fn table_rows(
+        &self,
+        st: &Stmt,
+        cols: &BTreeMap<String, String>,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        Ok(numbers_again(self.rows(st).await?, cols))
+    }
+
+    /// The columns of a query's result and their types (PostgreSQL's names,
+    /// as the schema gives them; empty for the other databases, whose
+    /// parameters need no type), from the database's description of it.
+    pub(crate) async fn query_columns(
+        &self,
+        sql: &str,
+    ) -> Result<BTreeMap<String, String>, ActionError> {
+        use sqlx::{Executor, SqlSafeStr, Statement};
+        fn described<C: Column>(cols: &[C], typed: bool) -> BTreeMap<String, String> {
+            cols.iter()
+                .map(|c| {
+                    let ty = if typed {
+                        c.type_info().name().to_lowercase()
+                    } else {
+                        String::new()
+                    };
+                    (c.name().to_owned(), ty)
+                })
+                .collect()
+        }
+        let sql = AssertSqlSafe(sql.to_owned()).into_sql_str();
+        match &self.pool {
+            Pool::Sqlite(p) => p.prepare(sql).await.map(|s| described(s.columns(), false)),
+            Pool::Postgres(p) => p.prepare(sql).await.map(|s| described(s.columns(), true)),
+            Pool::MySql(p) => p.prepare(sql).await.map(|s| described(s.columns(), false)),
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    pub(crate) async fn rows(&self, st: &Stmt) -> Result<Vec<Map<String, Value>>, ActionError> {
+        match self.run(st, true).await? {
+            Fetched::Rows(r) => Ok(r),
+            Fetched::Affected(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub(crate) async fn run(&self, st: &Stmt, fetch: bool) -> Result<Fetched, ActionError> {
+        match &self.pool {
+            Pool::Sqlite(p) => exec!(self, st, fetch, p, decode_sqlite),
+            Pool::Postgres(p) => exec!(self, st, fetch, p, decode_pg),
+            Pool::MySql(p) => exec!(self, st, fetch, p, decode_mysql),
+        }
+    }
+
+    /// Begin a transaction that will write. SQLite takes its write lock at
+    /// once (`BEGIN IMMEDIATE`), waiting for another writer up to the busy
+    /// timeout: a transaction that reads first and writes later fails at
+    /// once ("database is locked") when another connection wrote meanwhile,
+    /// such as an after-hook's flow writing to the same file.
+    pub async fn begin_write(self: &Arc<Self>) -> Result<Tx, ActionError> {
+        match &self.pool {
+            Pool::Sqlite(p) => Ok(Tx {
+                db: self.clone(),
+                conn: TxConn::Sqlite(
+                    p.begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err(|e| self.err(e))?,
+                ),
+            }),
+            _ => self.begin().await,
+        }
+    }
+
+    /// Begin a transaction on one connection; dropping it rolls back.
+    pub async fn begin(self: &Arc<Self>) -> Result<Tx, ActionError> {
+        let conn = match &self.pool {
+            Pool::Sqlite(p) => TxConn::Sqlite(p.begin().await.map_err(|e| self.err(e))?),
+            Pool::Postgres(p) => TxConn::Postgres(p.begin().await.map_err(|e| self.err(e))?),
+            Pool::MySql(p) => TxConn::MySql(p.begin().await.map_err(|e| self.err(e))?),
+        };
+        Ok(Tx {
+            db: self.clone(),
+            conn,
+        })
+    }
+
+    /// The columns of `table` with their types and its primary key, from
+    /// the database itself (cached).
+    pub(crate) async fn table(&self, table: &str) -> Result<Arc<Table>, ActionError> {
+        if !valid_ident(table) {
+            return Err(ActionError::flow(format!(
+                "`{table}` is not a valid collection name (letters, digits and `_`)"
+            )));
+        }
+        if let Some(c) = self.schema.lock().ok().and_then(|s| s.get(table).cloned()) {
+            return Ok(c);
+        }
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name AS column_name, type AS data_type, pk > 0 AS is_pk FROM pragma_table_info(?)"
+            }
+            Backend::Postgres => {
+                "SELECT c.column_name::text AS column_name, c.udt_name::text AS data_type, \
+                 EXISTS (SELECT 1 FROM information_schema.table_constraints tc \
+                   JOIN information_schema.key_column_usage k ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema \
+                   WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = c.table_schema AND tc.table_name = c.table_name AND k.column_name = c.column_name) AS is_pk \
+                 FROM information_schema.columns c WHERE c.table_schema = current_schema() AND c.table_name = $1"
+            }
+            Backend::MySql => {
+                "SELECT CAST(column_name AS CHAR) AS column_name, CAST(data_type AS CHAR) AS data_type, column_key = 'PRI' AS is_pk \
+                 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?"
+            }
+        };
+        let rows = self
+            .rows(&Stmt {
+                sql: sql.into(),
+                params: vec![Value::from(table)],
+            })
+            .await?;
+        if rows.is_empty() {
+            return Err(ActionError::data(format!(
+                "collection `{table}` does not exist in {}",
+                self.shown
+            )));
+        }
+        let mut t = Table::default();
+        for r in rows {
+            let Some(name) = r.get("column_name").and_then(Value::as_str) else {
+                continue;
+            };
+            let ty = r
+                .get("data_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let pk = matches!(r.get("is_pk"), Some(Value::Bool(true)))
+                || r.get("is_pk")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|n| n != 0);
+            if pk {
+                t.pk.push(name.to_owned());
+            }
+            t.cols.insert(name.to_owned(), ty);
+        }
+        let t = Arc::new(t);
+        if let Ok(mut s) = self.schema.lock() {
+            s.insert(table.to_owned(), t.clone());
+        }
+        Ok(t)
+    }
+
+    /// The table, after checking that every field exists in it.
+    pub(crate) async fn check_fields<'f>(
+        &self,
+        table: &str,
+        fields: impl Iterator<Item = &'f String>,
+    ) -> Result<Arc<Table>, ActionError> {
+        let t = self.table(table).await?;
+        for f in fields {
+            if !valid_ident(f) || !t.cols.contains_key(f) {
+                return Err(ActionError::data(format!(
+                    "collection `{table}` has no field `{f}` (fields: {})",
+                    t.cols.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(t)
+    }
+
+    /// A placeholder for a value written to or compared with a column of
+    /// type `column_type`. PostgreSQL infers a parameter's type from its
+    /// context, so its values are sent as text and cast to the column's type
+    /// there (see [`Db::param_value`]).
+    pub(crate) fn param(&self, n: usize, column_type: Option<&String>) -> String {
+        let mut s = String::new();
+        self.push_param(&mut s, n, column_type);
+        s
+    }
+
+    /// [`Db::param`], written at the end of `out` (a statement of many rows
+    /// writes thousands).
+    pub(crate) fn push_param(&self, out: &mut String, n: usize, column_type: Option<&String>) {
+        match (self.backend, column_type) {
+            (Backend::Postgres, Some(t)) if !t.is_empty() && pg_cast_from_text(t) => {
+                out.push_str("CAST(CAST(");
+                self.backend.push_placeholder(out, n);
+                out.push_str(" AS TEXT) AS ");
+                push_pg_cast_type(out, t);
+                out.push(')');
+            }
+            _ => self.backend.push_placeholder(out, n),
+        }
+    }
+
+    /// The value to bind for [`Db::param`].
+    pub(crate) fn param_value(&self, v: &Value, column_type: Option<&String>) -> Value {
+        match (self.backend, column_type, v) {
+            (_, _, Value::Null) => Value::Null,
+            (Backend::Postgres, Some(t), Value::String(_)) if !t.is_empty() => v.clone(),
+            (Backend::Postgres, Some(t), other) if !t.is_empty() => {
+                Value::String(other.to_string())
+            }
+            _ => v.clone(),
+        }
+    }
+
+    /// The select list for `table`: columns whose type cannot be read
+    /// directly are read as text.
+    pub(crate) fn select_list<'c>(
+        &self,
+        cols: impl IntoIterator<Item = (&'c String, &'c String)>,
+    ) -> String {
+        cols.into_iter()
+            .map(|(c, t)| {
+                let q = self.backend.quote(c);
+                if readable(self.backend, t) {
+                    q
+                } else {
+                    format!("CAST({q} AS {}) AS {q}", text_type(self.backend))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

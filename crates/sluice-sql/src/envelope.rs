@@ -1,0 +1,422 @@
+//! Envelopes: patches written all-or-none in one transaction, with tokens
+//! that later patches read (SEMANTICS.md section 5).
+
+use crate::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sluice_action::hooks::Change;
+use sluice_action::{Action, ActionCx, ActionError, Outcome};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The write a patch makes.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchOp {
+    /// Insert.
+    Create,
+    /// Update the one object matching `criteria`.
+    Update,
+    /// Update it, or create it when none matches.
+    Upsert,
+    /// Delete the one object matching `criteria`.
+    Delete,
+}
+
+impl PatchOp {
+    pub(crate) const ALL: [Self; 4] = [Self::Create, Self::Update, Self::Upsert, Self::Delete];
+
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Upsert => "upsert",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// The write `word` names (as a flow writes it), if it names one.
+    pub(crate) fn of_word(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.word() == word)
+    }
+}
+
+/// One patch of an envelope.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Patch {
+    /// `create`, `update`, `upsert` or `delete`.
+    pub op: PatchOp,
+    /// The table.
+    pub collection: String,
+    /// Field values (templates allowed; `$tokens` holds tokens set so far).
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    /// For update, upsert and delete: what identifies the object.
+    #[serde(default)]
+    pub criteria: Map<String, Value>,
+    /// Tokens to set from the patch's response: token name -> field.
+    #[serde(default)]
+    pub set_tokens: BTreeMap<String, String>,
+    /// For a child patch: the field that receives the parent's new id.
+    #[serde(default)]
+    pub parent_key: Option<String>,
+    /// Patches of objects that belong to this one, written after it.
+    #[serde(default)]
+    pub children: Vec<Patch>,
+}
+
+impl Patch {
+    /// A patch from its JSON (a templated patch, once rendered). The usual
+    /// shape is taken apart as it is: its `properties` and `criteria`
+    /// become the patch's, where serde would build them again key by key
+    /// (a good part of an import's cost). Anything else goes through serde,
+    /// for its messages.
+    pub fn from_json(v: Value) -> Result<Self, serde_json::Error> {
+        let usual = |m: &Map<String, Value>| {
+            m.contains_key("op")
+                && m.contains_key("collection")
+                && m.iter().all(|(k, v)| match k.as_str() {
+                    "op" | "collection" => v.is_string(),
+                    "properties" | "criteria" => v.is_object(),
+                    "setTokens" => v
+                        .as_object()
+                        .is_some_and(|t| t.values().all(Value::is_string)),
+                    "parentKey" => v.is_string() || v.is_null(),
+                    "children" => v.is_array(),
+                    _ => false,
+                })
+        };
+        let mut m = match v {
+            Value::Object(m) if usual(&m) => m,
+            v => return serde_json::from_value(v),
+        };
+        let op = serde_json::from_value(m.remove("op").unwrap_or_default())?;
+        let mut object = |k: &str| match m.remove(k) {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        };
+        let (properties, criteria, set_tokens) = (
+            object("properties"),
+            object("criteria"),
+            object("setTokens"),
+        );
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Ok(Self {
+            op,
+            collection: text(m.remove("collection")).unwrap_or_default(),
+            properties,
+            criteria,
+            set_tokens: set_tokens
+                .into_iter()
+                .filter_map(|(k, v)| text(Some(v)).map(|s| (k, s)))
+                .collect(),
+            parent_key: text(m.remove("parentKey")),
+            children: match m.remove("children") {
+                Some(Value::Array(a)) => a
+                    .into_iter()
+                    .map(Self::from_json)
+                    .collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            },
+        })
+    }
+}
+
+/// Options of `envelope`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvelopeOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The patches, in order; all or none are written. Templated: a step
+    /// of a flow receives them through `ActionCx::deferred` and renders each
+    /// just before writing it.
+    #[serde(default)]
+    pub patches: Vec<Patch>,
+}
+
+/// `envelope`: patches written all or none, in one transaction.
+pub struct Envelope(pub(crate) Arc<Pools>);
+
+/// A scope with the envelope's tokens over the run's.
+pub(crate) struct WithTokens<'a> {
+    pub(crate) inner: &'a (dyn sluice_expr::Scope + Sync),
+    /// The tokens (an object), and as jq value once a program needs that.
+    pub(crate) tokens: &'a Value,
+    pub(crate) tokens_val: &'a std::sync::OnceLock<sluice_expr::Val>,
+}
+
+impl sluice_expr::Scope for WithTokens<'_> {
+    fn get(&self, name: &str) -> Option<sluice_expr::Val> {
+        if name == "tokens" {
+            let v = self
+                .tokens_val
+                .get_or_init(|| sluice_expr::to_val(self.tokens));
+            Some(v.clone())
+        } else {
+            self.inner.get(name)
+        }
+    }
+
+    fn get_json(&self, name: &str) -> Option<&Value> {
+        if name == "tokens" {
+            Some(self.tokens)
+        } else {
+            self.inner.get_json(name)
+        }
+    }
+}
+
+/// The run's tokens, `$tokens`, as JSON.
+pub(crate) fn global_tokens(scope: &dyn sluice_expr::Scope) -> Map<String, Value> {
+    let tokens = match scope.get_json("tokens") {
+        Some(v) => Some(sluice_expr::as_from_jq(v).into_owned()),
+        None => scope
+            .get("tokens")
+            .and_then(|v| sluice_expr::from_val(&v).ok()),
+    };
+    match tokens {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The id a child's `parentKey` receives: the parent's primary key (or `id`).
+pub(crate) fn new_id(t: &Table, row: &Map<String, Value>) -> Value {
+    t.pk.first()
+        .and_then(|k| row.get(k))
+        .or_else(|| row.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// What an envelope's patches leave for the patches after them and for the
+/// end of the envelope.
+#[derive(Default)]
+pub(crate) struct Written {
+    /// The tokens set so far (over the run's).
+    pub(crate) tokens: Map<String, Value>,
+    /// The changes made, for after-hooks once the envelope commits.
+    pub(crate) changes: Vec<Change>,
+}
+
+/// Write one patch and its children; `Err` carries the failing patch's label.
+/// Its before-hooks run in the envelope's transaction, between finding the
+/// row and writing it.
+pub(crate) fn apply_patch<'a>(
+    tx: &'a mut Tx,
+    db: &'a Db,
+    patch: &'a Patch,
+    label: String,
+    parent_id: Option<Value>,
+    hooked: Option<Hooked<'a>>,
+    written: &'a mut Written,
+) -> sluice_action::BoxFuture<'a, Result<Value, (String, ActionError)>> {
+    Box::pin(async move {
+        let fail = |e: ActionError| {
+            (
+                format!("{label} ({} {})", patch.op.word(), patch.collection),
+                e,
+            )
+        };
+        let mut props = patch.properties.clone();
+        if let Some(k) = &patch.parent_key {
+            let id = parent_id
+                .ok_or_else(|| fail(ActionError::flow("`parentKey` is only for child patches")))?;
+            props.insert(k.clone(), id);
+        }
+        let t = db
+            .check_fields(&patch.collection, props.keys().chain(patch.criteria.keys()))
+            .await
+            .map_err(fail)?;
+        let name = &patch.collection;
+        let mut planned = plan_in(tx, db, name, &t, patch.op, &patch.criteria, props)
+            .await
+            .map_err(fail)?;
+        if let Some(h) = hooked {
+            planned = h.before(db, planned).await.map_err(fail)?;
+        }
+        let (row, change) = apply_in(tx, db, name, &t, planned).await.map_err(fail)?;
+        written.changes.extend(change);
+        for (token, field) in &patch.set_tokens {
+            let v = row.get(field).cloned().ok_or_else(|| {
+                fail(ActionError::flow(format!(
+                    "setTokens: the response has no field `{field}` for token `{token}`"
+                )))
+            })?;
+            written.tokens.insert(token.clone(), v);
+        }
+        let id = new_id(&t, &row);
+        let mut children = Vec::new();
+        for (i, child) in patch.children.iter().enumerate() {
+            children.push(
+                apply_patch(
+                    tx,
+                    db,
+                    child,
+                    format!("{label}.{}", i + 1),
+                    Some(id.clone()),
+                    hooked,
+                    written,
+                )
+                .await?,
+            );
+        }
+        let mut out = row;
+        if !children.is_empty() {
+            out.insert("children".into(), Value::Array(children));
+        }
+        Ok(Value::Object(out))
+    })
+}
+
+impl Action for Envelope {
+    const KIND: &'static str = "envelope";
+    const DEFERRED: &'static [&'static str] = &["patches"];
+    type Options = EnvelopeOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: EnvelopeOptions,
+    ) -> Result<Outcome, ActionError> {
+        match cx.batch {
+            Some(b) => match b.batch.as_any().downcast_ref::<crate::bulk::Batch>() {
+                Some(batch) => batch.submit(&cx, b, &o.connection, o.patches).await,
+                None => Err(ActionError {
+                    blame: sluice_action::Blame::Bug,
+                    message: "an envelope was handed another connector's batch".into(),
+                }),
+            },
+            // Boxed: this future is much larger than an import's, which
+            // would otherwise copy its size for every record.
+            None => Box::pin(write_envelope(&self.0, cx, o)).await,
+        }
+    }
+}
+
+/// Write an envelope in a transaction of its own.
+pub(crate) async fn write_envelope(
+    pools: &Pools,
+    cx: ActionCx<'_>,
+    o: EnvelopeOptions,
+) -> Result<Outcome, ActionError> {
+    let db = pools.db(cx.connections, &o.connection).await?;
+    let compiled = cx.deferred.get("patches").map(|(_, t)| t);
+    let count = patch_count(compiled, &o.patches);
+    let input = cx.program_input;
+    let global = global_tokens(cx.scope);
+    let hooked = Hooked::of(&cx, &o.connection);
+    let mut written = Written {
+        tokens: global.clone(),
+        changes: Vec::new(),
+    };
+    let mut tx = db.begin_write().await?;
+    let mut results = Vec::new();
+    for i in 0..count {
+        // Each patch is templated just before it is written, so that it
+        // sees the tokens the patches before it have set.
+        let patch = match compiled {
+            Some(t) => {
+                let tokens = Value::Object(written.tokens.clone());
+                let scope = WithTokens {
+                    inner: cx.scope,
+                    tokens: &tokens,
+                    tokens_val: &std::sync::OnceLock::new(),
+                };
+                let v = t
+                    .render_item(i, input, &scope, cx.limits)?
+                    .unwrap_or(Value::Null);
+                templated(i, v)?
+            }
+            None => o.patches[i].clone(),
+        };
+        match apply_patch(
+            &mut tx,
+            &db,
+            &patch,
+            format!("patch {}", i + 1),
+            None,
+            hooked,
+            &mut written,
+        )
+        .await
+        {
+            Ok(v) => results.push(v),
+            Err((which, e)) => {
+                // Dropping the transaction rolls back every earlier patch.
+                drop(tx);
+                return Err(envelope_failure(&which, e));
+            }
+        }
+    }
+    tx.commit().await?;
+    let mut outcome = envelope_outcome(&global, written.tokens, results);
+    if let Some(h) = hooked {
+        outcome.logs = h.after(written.changes).await;
+    }
+    Ok(outcome)
+}
+
+/// Patch `i` (from 0) of an envelope, from its templated value.
+pub(crate) fn templated(i: usize, v: Value) -> Result<Patch, ActionError> {
+    Patch::from_json(v)
+        .map_err(|e| ActionError::data(format!("patch {}: after templating: {e}", i + 1)))
+}
+
+/// How many patches an envelope has: its compiled template's (a step of a
+/// flow), or else those given in its options.
+pub(crate) fn patch_count(compiled: Option<&sluice_expr::TemplateValue>, given: &[Patch]) -> usize {
+    compiled.map_or(given.len(), |t| t.array_len().unwrap_or(0))
+}
+
+/// The error of an envelope whose patch `which` failed.
+pub(crate) fn envelope_failure(which: &str, e: ActionError) -> ActionError {
+    ActionError {
+        blame: e.blame,
+        message: format!(
+            "{which} failed: {}; the envelope was rolled back, none of its patches was written",
+            e.message
+        ),
+    }
+}
+
+/// What an envelope emits: its patches' results and the tokens it set
+/// (they shadow the run's from now on).
+pub(crate) fn envelope_outcome(
+    global: &Map<String, Value>,
+    tokens: Map<String, Value>,
+    results: Vec<Value>,
+) -> Outcome {
+    envelope_payload(set_tokens(global, tokens), results)
+}
+
+/// The tokens an envelope set: those that are not the run's as they were.
+pub(crate) fn set_tokens(
+    global: &Map<String, Value>,
+    tokens: Map<String, Value>,
+) -> Map<String, Value> {
+    tokens
+        .into_iter()
+        .filter(|(k, v)| global.get(k) != Some(v))
+        .collect()
+}
+
+/// [`envelope_outcome`], of the tokens it set.
+pub(crate) fn envelope_payload(set_tokens: Map<String, Value>, results: Vec<Value>) -> Outcome {
+    let mut payload = Map::with_capacity(2);
+    payload.insert("results".into(), Value::Array(results));
+    payload.insert("tokens".into(), Value::Object(set_tokens.clone()));
+    Outcome {
+        payload: Some(Value::Object(payload)),
+        logs: Vec::new(),
+        tokens: Some(set_tokens),
+        items: None,
+        effect: None,
+    }
+}

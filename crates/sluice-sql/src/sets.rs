@@ -1,0 +1,305 @@
+//! Many-to-many and option sets: `sql.lookupSet`, `sql.link`,
+//! `sql.unlink` and `sql.assertOption`.
+
+use crate::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sluice_action::{Action, ActionCx, ActionError, Outcome};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Options of `sql.lookupSet`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlLookupSetOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The table.
+    pub collection: String,
+    /// Single-field ids to find; the result is a dictionary id -> object.
+    #[serde(default)]
+    pub ids: Option<Vec<Value>>,
+    /// The field `ids` are values of (default: the primary key).
+    #[serde(default)]
+    pub id_field: Option<String>,
+    /// Multi-field criteria to find; the result is `[{key, value}]`.
+    #[serde(default)]
+    pub criteria: Option<Vec<Map<String, Value>>>,
+}
+
+/// `sql.lookupSet`: many objects at once, each matched exactly once.
+pub struct SqlLookupSet(pub(crate) Arc<Pools>);
+
+pub(crate) fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Action for SqlLookupSet {
+    const KIND: &'static str = "sql.lookupSet";
+    type Options = SqlLookupSetOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlLookupSetOptions,
+    ) -> Result<Outcome, ActionError> {
+        let db = self.0.db(cx.connections, &o.connection).await?;
+        match (o.ids, o.criteria) {
+            (Some(ids), None) => {
+                let t = db.table(&o.collection).await?;
+                let field = match o
+                    .id_field
+                    .or_else(|| (t.pk.len() == 1).then(|| t.pk[0].clone()))
+                {
+                    Some(f) => f,
+                    None => {
+                        return Err(ActionError::flow(
+                            "`idField` is needed: the table has no single-column primary key",
+                        ));
+                    }
+                };
+                db.check_fields(&o.collection, std::iter::once(&field))
+                    .await?;
+                let mut found: BTreeMap<String, Vec<Map<String, Value>>> =
+                    ids.iter().map(|i| (id_text(i), Vec::new())).collect();
+                if !ids.is_empty() {
+                    let mut params = Vec::new();
+                    let marks: Vec<String> = ids
+                        .iter()
+                        .map(|v| {
+                            params.push(db.param_value(v, t.cols.get(&field)));
+                            db.param(params.len(), t.cols.get(&field))
+                        })
+                        .collect();
+                    let sql = format!(
+                        "SELECT {} FROM {} WHERE {} IN ({})",
+                        db.select_list(&t.cols),
+                        db.backend.quote(&o.collection),
+                        db.backend.quote(&field),
+                        marks.join(", ")
+                    );
+                    for row in db.table_rows(&Stmt { sql, params }, &t.cols).await? {
+                        let key = row.get(&field).map(id_text).unwrap_or_default();
+                        if let Some(list) = found.get_mut(&key) {
+                            list.push(row);
+                        }
+                    }
+                }
+                let mut out = Map::new();
+                for (id, mut rows) in found {
+                    if rows.len() != 1 {
+                        return Err(ActionError::data(format!(
+                            "id `{id}` of `{}` matched {} objects, not exactly one",
+                            o.collection,
+                            rows.len()
+                        )));
+                    }
+                    out.insert(id, Value::Object(rows.remove(0)));
+                }
+                Ok(Outcome::value(Value::Object(out)))
+            }
+            (None, Some(list)) => {
+                let fields: Vec<String> = list.iter().flat_map(|c| c.keys().cloned()).collect();
+                let t = db.check_fields(&o.collection, fields.iter()).await?;
+                let mut tx = db.begin().await?;
+                let mut out = Vec::new();
+                for (i, c) in list.iter().enumerate() {
+                    if criteria_missing(c) {
+                        return Err(ActionError::data(format!("criteria {} are missing", i + 1)));
+                    }
+                    let mut rows = find(&mut tx, &db, &o.collection, &t, c).await?;
+                    if rows.len() != 1 {
+                        let n = if rows.is_empty() {
+                            "no object"
+                        } else {
+                            "more than one object"
+                        };
+                        return Err(ActionError::data(format!(
+                            "criteria {} ({}) matched {n} of `{}`, not exactly one",
+                            i + 1,
+                            Value::Object(c.clone()),
+                            o.collection
+                        )));
+                    }
+                    out.push(serde_json::json!({"key": c, "value": rows.remove(0)}));
+                }
+                Ok(Outcome::value(Value::Array(out)))
+            }
+            _ => Err(ActionError::flow("give either `ids` or `criteria`")),
+        }
+    }
+}
+
+/// One side of a link.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSide {
+    /// The table of the object.
+    pub collection: String,
+    /// What identifies the object (its id or unique fields).
+    pub criteria: Map<String, Value>,
+    /// The link table's field that holds the object's id.
+    pub field: String,
+}
+
+/// Options of `sql.link` and `sql.unlink`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlLinkOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The many-to-many table.
+    pub link_collection: String,
+    /// One object.
+    pub from: LinkSide,
+    /// The other object.
+    pub to: LinkSide,
+    /// Data about the link (other fields of the link table; `sql.link` only).
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+/// `sql.link`: link two objects in a many-to-many relation (updating the
+/// link's data when they are linked already).
+pub struct SqlLink(pub(crate) Arc<Pools>);
+
+/// `sql.unlink`: remove the link between two objects.
+pub struct SqlUnlink(pub(crate) Arc<Pools>);
+
+/// A link (or unlink) is a change of the link table: an upsert of the row
+/// that joins the two objects (a delete for an unlink), found by their ids;
+/// data hooks hear it as a change of that table.
+pub(crate) async fn link(
+    pools: &Pools,
+    cx: &ActionCx<'_>,
+    o: SqlLinkOptions,
+    add: bool,
+) -> Result<Outcome, ActionError> {
+    let (op, data) = if add {
+        (PatchOp::Upsert, o.data.clone())
+    } else {
+        (PatchOp::Delete, Map::new())
+    };
+    single_change(
+        pools,
+        cx,
+        &o.connection,
+        &o.link_collection,
+        op,
+        Target::Link(&o),
+        data,
+    )
+    .await
+}
+
+/// The ids of a link's two objects, each found by its criteria, in the
+/// link table's fields.
+pub(crate) async fn link_key(
+    tx: &mut Tx,
+    db: &Db,
+    o: &SqlLinkOptions,
+) -> Result<Map<String, Value>, ActionError> {
+    let mut key = Map::new();
+    for side in [&o.from, &o.to] {
+        let t = db
+            .check_fields(&side.collection, side.criteria.keys())
+            .await?;
+        if criteria_missing(&side.criteria) {
+            return Err(ActionError::data(format!(
+                "the criteria for `{}` are missing",
+                side.collection
+            )));
+        }
+        let rows = find(tx, db, &side.collection, &t, &side.criteria).await?;
+        if rows.len() != 1 {
+            let n = if rows.is_empty() {
+                "not found"
+            } else {
+                "more than one matching object"
+            };
+            return Err(ActionError::data(format!(
+                "{n} in `{}` for the link",
+                side.collection
+            )));
+        }
+        key.insert(side.field.clone(), new_id(&t, &rows[0]));
+    }
+    Ok(key)
+}
+
+impl Action for SqlLink {
+    const KIND: &'static str = "sql.link";
+    type Options = SqlLinkOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlLinkOptions,
+    ) -> Result<Outcome, ActionError> {
+        link(&self.0, &cx, o, true).await
+    }
+}
+
+impl Action for SqlUnlink {
+    const KIND: &'static str = "sql.unlink";
+    type Options = SqlLinkOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlLinkOptions,
+    ) -> Result<Outcome, ActionError> {
+        link(&self.0, &cx, o, false).await
+    }
+}
+
+/// Options of `sql.assertOption`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqlAssertOptionOptions {
+    /// The connection's name.
+    pub connection: String,
+    /// The option list's table.
+    pub collection: String,
+    /// The field that holds the option's value.
+    pub field: String,
+    /// The value that must be in the list.
+    pub value: Value,
+    /// Other fields of the option (such as its label), added or updated.
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+}
+
+/// `sql.assertOption`: make sure a value is in an option list, adding it or
+/// updating its other fields.
+pub struct SqlAssertOption(pub(crate) Arc<Pools>);
+
+impl Action for SqlAssertOption {
+    const KIND: &'static str = "sql.assertOption";
+    type Options = SqlAssertOptionOptions;
+
+    async fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        o: SqlAssertOptionOptions,
+    ) -> Result<Outcome, ActionError> {
+        let mut criteria = Map::new();
+        criteria.insert(o.field.clone(), o.value.clone());
+        write(
+            &self.0,
+            &cx,
+            SqlWriteOptions {
+                connection: o.connection,
+                collection: o.collection,
+                criteria,
+                properties: o.properties,
+            },
+            true,
+        )
+        .await
+    }
+}
