@@ -9,7 +9,7 @@
 //! the import's [`Position`] in the same database, so that an interrupted
 //! import resumes after its last committed chunk.
 
-use crate::{ActionError, BoxFuture};
+use crate::error::{ActionError, BoxFuture};
 use sluice_expr::Limits;
 use sluice_model::Flow;
 use std::any::Any;

@@ -3,7 +3,8 @@
 //! another flow), which ask the engine for an [`Effect`]; and the
 //! `cloudevent` and `flow` triggers.
 
-use crate::{Action, ActionCx, ActionError, Effect, Outcome};
+use crate::action::{Action, ActionCx, Effect, Outcome};
+use crate::error::ActionError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;

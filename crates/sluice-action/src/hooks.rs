@@ -9,7 +9,7 @@
 //! the engine implements it with the flows it knows, so this crate does no
 //! more than describe changes and ask.
 
-use crate::{ActionError, BoxFuture};
+use crate::error::{ActionError, BoxFuture};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -108,15 +108,15 @@ impl EventTrigger {
 
 /// Check an `event` trigger's options (the model calls this when a flow
 /// file loads).
-pub(crate) fn check_event(options: &Value) -> Vec<crate::OptionIssue> {
-    let mut issues = crate::check_options::<EventTrigger>(options);
+pub(crate) fn check_event(options: &Value) -> Vec<sluice_model::OptionIssue> {
+    let mut issues = crate::check::check_options::<EventTrigger>(options);
     if !issues.is_empty() {
         return issues;
     }
     let Ok(t) = serde_json::from_value::<EventTrigger>(options.clone()) else {
         return issues;
     };
-    let issue = |key: &str, message: String, help: &str| crate::OptionIssue {
+    let issue = |key: &str, message: String, help: &str| sluice_model::OptionIssue {
         path: vec![sluice_expr::PathSeg::Key(key.to_owned())],
         message,
         at_key: false,
@@ -129,7 +129,7 @@ pub(crate) fn check_event(options: &Value) -> Vec<crate::OptionIssue> {
             "name the tables, such as `collections: [customers]`",
         ));
     }
-    if let Some(bad) = t.collections.iter().find(|c| !crate::valid_ident(c)) {
+    if let Some(bad) = t.collections.iter().find(|c| !crate::check::valid_ident(c)) {
         issues.push(issue(
             "collections",
             format!("`{bad}` is not a table name"),

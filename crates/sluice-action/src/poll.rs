@@ -7,7 +7,7 @@
 //! returns the snapshot after that page; the server records the page's runs
 //! with the new snapshot in one transaction.
 
-use crate::{ActionError, BoxFuture};
+use crate::error::{ActionError, BoxFuture};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;

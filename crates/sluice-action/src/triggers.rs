@@ -187,8 +187,8 @@ fn hook_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 
 /// Check a schedule trigger's cron expression and time zone (the model
 /// calls this through the registry when a flow file loads).
-pub(crate) fn check_schedule(options: &serde_json::Value) -> Vec<crate::OptionIssue> {
-    let mut issues = crate::check_options::<ScheduleTrigger>(options);
+pub(crate) fn check_schedule(options: &serde_json::Value) -> Vec<sluice_model::OptionIssue> {
+    let mut issues = crate::check::check_options::<ScheduleTrigger>(options);
     if issues.is_empty()
         && let Ok(t) = serde_json::from_value::<ScheduleTrigger>(options.clone())
         && let Err(message) = t.schedule()
@@ -198,7 +198,7 @@ pub(crate) fn check_schedule(options: &serde_json::Value) -> Vec<crate::OptionIs
         } else {
             "cron"
         };
-        issues.push(crate::OptionIssue {
+        issues.push(sluice_model::OptionIssue {
             path: vec![sluice_expr::PathSeg::Key(key.to_owned())],
             message,
             at_key: false,

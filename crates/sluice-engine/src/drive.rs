@@ -4,84 +4,21 @@
 //! records held and committed with the next write), retries with backoff,
 //! sleeps and event waits suspended durably.
 
-use crate::*;
+use crate::cursor::{Cursor, Entry, Held, Mode, StepCx};
+use crate::engine::Engine;
+use crate::flow_object::{FlowObject, Lazy};
+use crate::retry::{after_ms, retry_delay};
+use crate::run::{EngineError, RunResult, StepFailure};
+use crate::step::{Done, Failed, Suspend};
 use serde_json::{Value, json};
-use sluice_action::batch::InBatch;
 use sluice_action::{ActionError, Blame};
-use sluice_model::{Flow, Next, RetryOn, Step};
+use sluice_model::{Flow, Next, Step};
 use sluice_store::{
-    NewRun, RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, now_micros,
+    RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, now_micros,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// How `drive` enters the first step it runs.
-#[derive(Clone, Debug, Default)]
-pub(crate) enum Entry {
-    /// Run it (again): attempt 1, or the attempt after the failed ones the
-    /// run log holds.
-    #[default]
-    Fresh,
-    /// Its run was suspended by it (since when) and woke: `null` after a
-    /// sleep, or the event that ended a wait.
-    Woken(Value, i64),
-    /// It waited for an event that did not come in time (since when).
-    TimedOut(i64),
-}
-
-/// Where a run is, for `drive`.
-pub(crate) struct Cursor {
-    pub(crate) run_id: String,
-    /// The fan-out item it runs, from 0 (0 when not an item).
-    pub(crate) item: i64,
-    /// The attempt of the first step, from 1.
-    pub(crate) attempt: u32,
-    pub(crate) entry: Entry,
-    /// The run's record, when the store does not have it yet.
-    pub(crate) new: Option<Box<NewRun>>,
-    /// The run's cancel flag, when taken before the run was recorded or
-    /// read (otherwise the drive takes it).
-    pub(crate) driving: Option<Driving>,
-}
-
-impl Cursor {
-    pub(crate) fn new(run_id: String) -> Self {
-        Self {
-            run_id,
-            item: 0,
-            attempt: 1,
-            entry: Entry::Fresh,
-            new: None,
-            driving: None,
-        }
-    }
-}
-
-/// What a run has done that the store does not have yet: the run itself
-/// (see [`Engine::begin`]) and the records of the pure steps since its last
-/// write (see [`sluice_action::Action::PURE`]). They are written with the
-/// run's next write, in its transaction.
-#[derive(Default)]
-pub(crate) struct Held {
-    pub(crate) new: Option<Box<NewRun>>,
-    pub(crate) steps: Vec<StepRecord>,
-}
-
-/// Whether a run is recorded in the store, and the import batch it writes
-/// through, if it is one record of an import.
-#[derive(Clone, Copy)]
-pub(crate) struct Mode<'a> {
-    pub(crate) recorded: bool,
-    pub(crate) batch: Option<InBatch<'a>>,
-}
-
-impl Mode<'_> {
-    pub(crate) const RECORDED: Mode<'static> = Mode {
-        recorded: true,
-        batch: None,
-    };
-}
 
 /// A run as `drive` moves it from step to step.
 pub(crate) struct Going<'a> {
@@ -134,51 +71,6 @@ enum After {
     Again,
     /// The run is over here (or suspended, or taken by another caller).
     End(Box<RunResult>),
-}
-
-/// How long to wait before attempting `step` again after its `attempt`-th
-/// attempt failed with `error`, if its `retry` says to.
-pub(crate) fn retry_delay(
-    step: &Step,
-    error: &ActionError,
-    incident: bool,
-    attempt: u32,
-) -> Option<u64> {
-    let retry = step.retry.as_ref()?;
-    let kind = match error.blame {
-        Blame::External => RetryOn::External,
-        Blame::Data => RetryOn::Data,
-        Blame::Flow => RetryOn::Flow,
-        Blame::Store | Blame::Bug => return None,
-    };
-    if incident || attempt >= retry.attempts || !retry.on.contains(&kind) {
-        return None;
-    }
-    Some(retry.delay_after(attempt, random_unit()))
-}
-
-/// The time (µs since the epoch) `ms` milliseconds from now.
-pub(crate) fn after_ms(ms: u64) -> i64 {
-    let us = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000);
-    now_micros().saturating_add(us)
-}
-
-/// A number in [0, 1) that differs from call to call (for retry jitter).
-pub(crate) fn random_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_i64(now_micros());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-pub(crate) fn blame_word(b: Blame) -> &'static str {
-    match b {
-        Blame::Flow => "flow",
-        Blame::Data => "data",
-        Blame::External => "external",
-        Blame::Store => "store",
-        Blame::Bug => "bug",
-    }
 }
 
 impl<S: Store> Engine<S> {
@@ -507,7 +399,7 @@ impl<S: Store> Engine<S> {
         g.seq += 1;
         record.options = failed.options;
         record.error = Some(failed.error.message.clone());
-        record.blame = Some(blame_word(failed.error.blame).to_owned());
+        record.blame = Some(failed.error.blame.as_str().to_owned());
         record.logs = failed.logs;
         // `retry`: attempt it again after a backoff, durably.
         if let Some(ms) = retry_delay(step, &failed.error, failed.incident, g.attempt) {

@@ -1,7 +1,10 @@
 //! Fan-out: a step that emits its results individually runs the steps
 //! after it once per item, each item in a run of its own.
 
-use crate::*;
+use crate::cursor::{Cursor, Mode};
+use crate::engine::Engine;
+use crate::flow_object::{FlowObject, Lazy};
+use crate::run::{EngineError, RunResult, StepFailure};
 use serde_json::Value;
 use sluice_action::{Blame, BoxFuture};
 use sluice_model::{Flow, Step};

@@ -2,7 +2,7 @@
 //! selects nothing keeps the data as it was; an event meets the state data
 //! through an `eventDataFilter`.
 
-use crate::*;
+use crate::flow_object::FlowObject;
 use serde_json::Value;
 use sluice_expr::{Limits, Program, merge};
 use sluice_model::EventDataFilter;

@@ -1,7 +1,10 @@
 //! Data hooks of one step: the `event`-triggered flows its changes start,
 //! which connectors ask through [`sluice_action::hooks::DataHooks`].
 
-use crate::*;
+use crate::cursor::StepCx;
+use crate::engine::Engine;
+use crate::flow_object::FlowObject;
+use crate::subflow::ChildEnd;
 use serde_json::{Map, Value};
 use sluice_action::hooks::{Change, ChangeOp, DataHooks, EventTrigger, When};
 use sluice_action::{ActionError, Blame, BoxFuture};

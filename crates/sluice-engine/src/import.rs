@@ -18,7 +18,9 @@
 //! * A record's run is not recorded step by step; the import is recorded as
 //!   one run whose output is the summary.
 
-use crate::{Cursor, Engine, EngineError, FlowObject, Lazy, Mode, blame_word};
+use crate::cursor::{Cursor, Mode};
+use crate::flow_object::{FlowObject, Lazy};
+use crate::{Engine, EngineError};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::{Map, Value, json};
@@ -700,7 +702,7 @@ impl<S: Store> Runs<S> {
                             "step": step,
                             "patch": patch,
                             "error": f.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| "the record's run did not end".into()),
-                            "blame": f.map(|f| blame_word(f.blame)).unwrap_or("bug"),
+                            "blame": f.map(|f| f.blame.as_str()).unwrap_or("bug"),
                         }),
                     ))
                 }

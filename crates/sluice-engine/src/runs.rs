@@ -3,7 +3,11 @@
 //! resuming it from an incident, cancelling it, and rebuilding its flow
 //! object from the run log.
 
-use crate::*;
+use crate::cursor::{Cursor, Entry, Mode};
+use crate::engine::{Driving, Engine};
+use crate::filters::apply_event;
+use crate::flow_object::{FlowObject, Lazy};
+use crate::run::{EngineError, RunRequest, RunResult, Started, StepFailure, merge_patch};
 use serde_json::{Map, Value, json};
 use sluice_action::Blame;
 use sluice_model::{EVENT_TRIGGERS, Flow};

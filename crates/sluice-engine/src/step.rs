@@ -4,7 +4,12 @@
 //! its result merged or mapped into the state data and filtered. It never
 //! touches the store.
 
-use crate::*;
+use crate::cursor::StepCx;
+use crate::engine::Engine;
+use crate::filters::{apply_event, eval, filter_or_keep, filter_or_keep_owned};
+use crate::flow_object::FlowObject;
+use crate::hooks::StepHooks;
+use crate::retry::after_ms;
 use serde_json::{Map, Value};
 use sluice_action::batch::InBatch;
 use sluice_action::hooks::DataHooks;
@@ -24,19 +29,6 @@ pub(crate) fn results_read(step: &Step) -> bool {
         || step.action_filter.results.is_some()
         || step.action_filter.to_state_data.is_some()
         || step.output_mappings.is_some()
-}
-
-/// What a step runs with besides its data.
-pub(crate) struct StepCx<'a> {
-    pub(crate) run_id: &'a str,
-    pub(crate) step_key: &'a str,
-    pub(crate) attempt: u32,
-    pub(crate) key: &'a str,
-    pub(crate) wake: Option<&'a Value>,
-    pub(crate) batch: Option<InBatch<'a>>,
-    /// How deep in `flow` steps the run is.
-    pub(crate) depth: u64,
-    pub(crate) recorded: bool,
 }
 
 /// How a step suspends its run (from its [`Effect`]).

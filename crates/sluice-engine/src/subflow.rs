@@ -2,7 +2,10 @@
 //! runs of data hooks; recorded runs get ids made from the step's attempt,
 //! so that a step run again after a restart finds the run it started.
 
-use crate::*;
+use crate::cursor::{Cursor, Mode, StepCx};
+use crate::engine::Engine;
+use crate::flow_object::FlowObject;
+use crate::run::{EngineError, MAX_FLOW_DEPTH, RunRequest, RunResult, StepFailure};
 use serde_json::{Value, json};
 use sluice_action::{ActionError, Blame, BoxFuture};
 use sluice_model::Flow;

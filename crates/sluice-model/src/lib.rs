@@ -12,11 +12,13 @@
 
 pub mod diag;
 pub mod flow;
+mod load;
 pub mod node;
 
 pub use diag::{Diagnostic, Diagnostics, Report, Source};
 pub use flow::{
     ActionDataFilter, BUILTIN_VARS, Catalog, EVENT_TRIGGERS, EventDataFilter, Flow, Mapping, Next,
     OptionIssue, Retry, RetryOn, StateDataFilter, Step, StepSpec, Trigger, UnmappedResults,
-    is_identifier, jq_path_to_mapping, load, version_of,
+    is_identifier, version_of,
 };
+pub use load::{closest, jq_path_to_mapping, load};

@@ -4,63 +4,18 @@
 //! identifier before it is quoted, statements with bound parameters, and
 //! `Tx` (dropping it rolls back) under every write.
 
-use crate::*;
+use crate::backend::{Backend, Table};
+use crate::decode::{
+    Got, decode_mysql, decode_pg, decode_sqlite, numbers_again, pg_cast_from_text,
+    push_pg_cast_type, readable, text_type,
+};
 use serde_json::{Map, Value};
 use sluice_action::ActionError;
+use sluice_action::valid_ident;
 use sqlx::{AssertSqlSafe, Column, TypeInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
-
-/// The database behind a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// SQLite.
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-    /// MariaDB or MySQL.
-    MySql,
-}
-
-impl Backend {
-    /// The backend a URL names.
-    pub fn of(url: &str) -> Option<Self> {
-        let scheme = url.split(':').next().unwrap_or_default();
-        Some(match scheme {
-            "sqlite" => Self::Sqlite,
-            "postgres" | "postgresql" => Self::Postgres,
-            "mysql" | "mariadb" => Self::MySql,
-            _ => return None,
-        })
-    }
-
-    /// Quote an identifier that has been validated.
-    pub(crate) fn quote(self, ident: &str) -> String {
-        match self {
-            Self::MySql => format!("`{ident}`"),
-            _ => format!("\"{ident}\""),
-        }
-    }
-
-    /// The placeholder for the `n`th parameter (from 1).
-    pub(crate) fn placeholder(self, n: usize) -> String {
-        let mut s = String::new();
-        self.push_placeholder(&mut s, n);
-        s
-    }
-
-    /// [`Backend::placeholder`], written at the end of `out`.
-    pub(crate) fn push_placeholder(self, out: &mut String, n: usize) {
-        match self {
-            Self::Postgres => {
-                use std::fmt::Write;
-                let _ = write!(out, "${n}");
-            }
-            _ => out.push('?'),
-        }
-    }
-}
 
 /// Replace `${env:NAME}` by the variable's value.
 pub fn expand_env(url: &str) -> Result<String, String> {
@@ -122,27 +77,10 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Whether `s` is a plain identifier: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes.
-pub fn valid_ident(s: &str) -> bool {
-    let mut c = s.chars();
-    s.len() <= 63
-        && matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
-}
-
 pub(crate) enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
     MySql(sqlx::MySqlPool),
-}
-
-/// A table as the database describes it.
-#[derive(Debug, Default)]
-pub(crate) struct Table {
-    /// column -> database type (lower case)
-    pub(crate) cols: BTreeMap<String, String>,
-    /// the primary key's columns
-    pub(crate) pk: Vec<String>,
 }
 
 /// One open database with its schema cache.
@@ -623,5 +561,32 @@ impl Db {
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_and_redaction() {
+        // SAFETY of the test: a variable name no other test uses.
+        unsafe { std::env::set_var("SLUICE_TEST_PW", "s3cret") };
+        let url = expand_env("postgres://app:${env:SLUICE_TEST_PW}@db/x").unwrap();
+        assert_eq!(url, "postgres://app:s3cret@db/x");
+        assert_eq!(redact(&url), "postgres://app:***@db/x");
+        assert!(
+            expand_env("x${env:SLUICE_NOT_SET_ANYWHERE}")
+                .unwrap_err()
+                .contains("SLUICE_NOT_SET_ANYWHERE")
+        );
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(valid_ident("customers_2"));
+        for bad in ["", "2x", "a-b", "a b", "a;drop", "x\"", &"a".repeat(64)] {
+            assert!(!valid_ident(bad), "{bad}");
+        }
     }
 }

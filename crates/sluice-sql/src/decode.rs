@@ -2,7 +2,7 @@
 //! they are and which as text, decimals made numbers again, times as
 //! RFC 3339.
 
-use crate::*;
+use crate::backend::{Backend, Table};
 use serde_json::{Map, Value};
 use sluice_action::ActionError;
 use sqlx::{Column, Row, TypeInfo, ValueRef};

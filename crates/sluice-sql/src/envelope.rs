@@ -1,7 +1,10 @@
 //! Envelopes: patches written all-or-none in one transaction, with tokens
 //! that later patches read (SEMANTICS.md section 5).
 
-use crate::*;
+use crate::change::{Hooked, PatchOp, apply_in, new_id, plan_in};
+use crate::db::{Db, Pools, Tx};
+pub mod bulk;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -9,38 +12,6 @@ use sluice_action::hooks::Change;
 use sluice_action::{Action, ActionCx, ActionError, Outcome};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// The write a patch makes.
-#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PatchOp {
-    /// Insert.
-    Create,
-    /// Update the one object matching `criteria`.
-    Update,
-    /// Update it, or create it when none matches.
-    Upsert,
-    /// Delete the one object matching `criteria`.
-    Delete,
-}
-
-impl PatchOp {
-    pub(crate) const ALL: [Self; 4] = [Self::Create, Self::Update, Self::Upsert, Self::Delete];
-
-    pub(crate) fn word(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::Upsert => "upsert",
-            Self::Delete => "delete",
-        }
-    }
-
-    /// The write `word` names (as a flow writes it), if it names one.
-    pub(crate) fn of_word(word: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|op| op.word() == word)
-    }
-}
 
 /// One patch of an envelope.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -186,15 +157,6 @@ pub(crate) fn global_tokens(scope: &dyn sluice_expr::Scope) -> Map<String, Value
     }
 }
 
-/// The id a child's `parentKey` receives: the parent's primary key (or `id`).
-pub(crate) fn new_id(t: &Table, row: &Map<String, Value>) -> Value {
-    t.pk.first()
-        .and_then(|k| row.get(k))
-        .or_else(|| row.get("id"))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// What an envelope's patches leave for the patches after them and for the
 /// end of the envelope.
 #[derive(Default)]
@@ -286,7 +248,7 @@ impl Action for Envelope {
         o: EnvelopeOptions,
     ) -> Result<Outcome, ActionError> {
         match cx.batch {
-            Some(b) => match b.batch.as_any().downcast_ref::<crate::bulk::Batch>() {
+            Some(b) => match b.batch.as_any().downcast_ref::<bulk::Batch>() {
                 Some(batch) => batch.submit(&cx, b, &o.connection, o.patches).await,
                 None => Err(ActionError {
                     blame: sluice_action::Blame::Bug,
@@ -418,5 +380,40 @@ pub(crate) fn envelope_payload(set_tokens: Map<String, Value>, results: Vec<Valu
         tokens: Some(set_tokens),
         items: None,
         effect: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_rendered_patch_reads_as_serde_reads_it() {
+        let same = |v: Value| {
+            let fast = Patch::from_json(v.clone()).map(|p| format!("{p:?}"));
+            let serde = serde_json::from_value::<Patch>(v).map(|p| format!("{p:?}"));
+            match (fast, serde) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{a:?} against {b:?}"),
+            }
+        };
+        same(json!({
+            "op": "create", "collection": "customers",
+            "properties": {"name": "Ada", "n": 1, "z": null, "a": [1]},
+            "setTokens": {"customer": "id"},
+            "children": [{"op": "upsert", "collection": "contacts", "parentKey": "customer_id",
+                          "criteria": {"email": "a@x"}, "properties": {"b": 2}}]
+        }));
+        same(json!({"op": "delete", "collection": "t", "criteria": {"id": 1}, "parentKey": null}));
+        // Refused as serde refuses them, with its messages.
+        same(json!({"op": "merge", "collection": "t"}));
+        same(json!({"op": "create", "collection": "t", "extra": 1}));
+        same(json!({"op": "create"}));
+        same(json!({"op": "create", "collection": "t", "setTokens": {"a": 1}}));
+        same(json!({"op": "create", "collection": "t", "properties": [1]}));
+        same(json!({"op": "create", "collection": "t", "children": [{"op": "create"}]}));
+        same(json!("create"));
     }
 }

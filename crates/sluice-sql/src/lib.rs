@@ -13,32 +13,34 @@
 //! * Each write runs in one transaction, and asks the run's data hooks
 //!   ([`sluice_action::hooks::DataHooks`]) before and after each change.
 //!
-//! The modules, by concern: [`db`] (connections, schema cache,
-//! transactions), `decode` (rows as JSON), `actions` (the one-object
+//! The modules, by concern, each using only those before it: `backend`
+//! (the three databases' dialects), `decode` (rows as JSON), `db`
+//! (connections, pools, the schema cache, transactions), `change` (one
+//! change of one object, with its data hooks), `actions` (the one-object
 //! actions), `many` (`sql.lookupMany`), `sets` (link tables and option
-//! sets), `envelope`, [`bulk`] (an import's envelopes written together) and
-//! [`poll`].
+//! sets), [`envelope`] (with `envelope::bulk`, an import's envelopes
+//! written together) and [`poll`].
 
 #[macro_use]
-pub mod db;
+mod db;
 mod actions;
-pub mod bulk;
+mod backend;
+mod change;
 mod decode;
-mod envelope;
+pub mod envelope;
 mod many;
 pub mod poll;
 mod sets;
 
 pub use actions::*;
-pub use db::{Backend, Db, Pools, expand_env, redact};
+pub use backend::Backend;
+pub use change::{LinkSide, PatchOp, SqlLinkOptions, SqlWriteOptions};
+pub use db::{Db, Pools, expand_env, redact};
 pub use envelope::*;
 pub use many::*;
 pub use poll::{PollSnapshot, PollTrigger, Polled, check_poll, poll_page};
 pub use sets::*;
 pub use sluice_action::valid_ident;
-
-pub(crate) use db::*;
-pub(crate) use decode::*;
 
 use sluice_action::Registry;
 use std::sync::Arc;
@@ -64,7 +66,7 @@ pub fn register(registry: &mut Registry) {
         check_poll,
         Arc::new(poll::SqlPolls(pools.clone())),
     );
-    registry.set_batches(Arc::new(bulk::SqlBatches(pools)));
+    registry.set_batches(Arc::new(envelope::bulk::SqlBatches(pools)));
 }
 
 /// The core step types and triggers with SQL's: what a program or test

@@ -1,7 +1,8 @@
 //! `sql.lookupMany`: objects matching search terms, ordered and paged, in
 //! the fetch-all, fetch-page and emit-individually modes.
 
-use crate::*;
+use crate::actions::emit_individually;
+use crate::db::{Pools, Stmt};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;

@@ -2,11 +2,12 @@
 //! changed since the snapshot (SEMANTICS.md section 6), read for the
 //! server through [`sluice_action::poll::PollSource`].
 
-use crate::{Pools, Stmt, valid_ident};
+use crate::db::{Pools, Stmt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_action::poll::{PollSource, PolledPage};
+use sluice_action::valid_ident;
 use sluice_action::{ActionError, BoxFuture};
 use sluice_model::OptionIssue;
 use std::collections::BTreeMap;

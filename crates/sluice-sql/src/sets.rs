@@ -1,7 +1,10 @@
 //! Many-to-many and option sets: `sql.lookupSet`, `sql.link`,
 //! `sql.unlink` and `sql.assertOption`.
 
-use crate::*;
+use crate::change::{
+    PatchOp, SqlLinkOptions, SqlWriteOptions, Target, criteria_missing, find, single_change, write,
+};
+use crate::db::{Pools, Stmt};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -134,35 +137,6 @@ impl Action for SqlLookupSet {
     }
 }
 
-/// One side of a link.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LinkSide {
-    /// The table of the object.
-    pub collection: String,
-    /// What identifies the object (its id or unique fields).
-    pub criteria: Map<String, Value>,
-    /// The link table's field that holds the object's id.
-    pub field: String,
-}
-
-/// Options of `sql.link` and `sql.unlink`.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SqlLinkOptions {
-    /// The connection's name.
-    pub connection: String,
-    /// The many-to-many table.
-    pub link_collection: String,
-    /// One object.
-    pub from: LinkSide,
-    /// The other object.
-    pub to: LinkSide,
-    /// Data about the link (other fields of the link table; `sql.link` only).
-    #[serde(default)]
-    pub data: Map<String, Value>,
-}
-
 /// `sql.link`: link two objects in a many-to-many relation (updating the
 /// link's data when they are linked already).
 pub struct SqlLink(pub(crate) Arc<Pools>);
@@ -194,41 +168,6 @@ pub(crate) async fn link(
         data,
     )
     .await
-}
-
-/// The ids of a link's two objects, each found by its criteria, in the
-/// link table's fields.
-pub(crate) async fn link_key(
-    tx: &mut Tx,
-    db: &Db,
-    o: &SqlLinkOptions,
-) -> Result<Map<String, Value>, ActionError> {
-    let mut key = Map::new();
-    for side in [&o.from, &o.to] {
-        let t = db
-            .check_fields(&side.collection, side.criteria.keys())
-            .await?;
-        if criteria_missing(&side.criteria) {
-            return Err(ActionError::data(format!(
-                "the criteria for `{}` are missing",
-                side.collection
-            )));
-        }
-        let rows = find(tx, db, &side.collection, &t, &side.criteria).await?;
-        if rows.len() != 1 {
-            let n = if rows.is_empty() {
-                "not found"
-            } else {
-                "more than one matching object"
-            };
-            return Err(ActionError::data(format!(
-                "{n} in `{}` for the link",
-                side.collection
-            )));
-        }
-        key.insert(side.field.clone(), new_id(&t, &rows[0]));
-    }
-    Ok(key)
 }
 
 impl Action for SqlLink {

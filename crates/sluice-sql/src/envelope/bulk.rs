@@ -50,10 +50,12 @@ mod position;
 mod prepare;
 mod suspect;
 
-use crate::{
-    Backend, Db, Fetched, Got, Made, Patch, PatchOp, Pools, Stmt, Table, Tx, WithTokens, create_in,
-    delete_in, id_text, templated, write_in,
-};
+use super::{Patch, WithTokens, templated};
+use crate::backend::{Backend, Table};
+use crate::change::{PatchOp, create_in, delete_in, write_in};
+use crate::db::{Db, Fetched, Made, Pools, Stmt, Tx};
+use crate::decode::Got;
+use crate::sets::id_text;
 use insert::*;
 use prepare::*;
 use serde_json::{Map, Value};
@@ -145,7 +147,7 @@ struct Fail {
 
 fn fail(which: String, at: &[usize], e: ActionError) -> Fail {
     Fail {
-        error: crate::envelope_failure(&which, e),
+        error: super::envelope_failure(&which, e),
         patch: which,
         at: at.to_vec(),
     }
@@ -324,14 +326,14 @@ impl Batch {
                 self.connection
             )));
         }
-        let global = crate::global_tokens(cx.scope);
+        let global = super::global_tokens(cx.scope);
         let mut scope = MapScope::default();
         // Whether a template left for the writer reads the input.
         let mut reads_input = false;
         let patches = match cx.deferred.get("patches").map(|(_, t)| t) {
             None => patches.into_iter().map(Pending::Ready).collect(),
             Some(t) => {
-                let count = crate::patch_count(Some(t), &patches);
+                let count = super::patch_count(Some(t), &patches);
                 let mut out = Vec::with_capacity(count);
                 for i in 0..count {
                     if let TemplateValue::Array(items) = t
@@ -405,7 +407,7 @@ impl Batch {
         } else {
             Vec::new()
         };
-        Ok(crate::envelope_payload(written.tokens, results))
+        Ok(super::envelope_payload(written.tokens, results))
     }
 
     /// Write every waiting envelope of chunk `chunk` (see the module's
@@ -658,7 +660,7 @@ impl Batch {
             .zip(works)
             .map(|(w, work)| Written {
                 tokens: match work.tokens {
-                    Value::Object(m) => crate::set_tokens(&w.global, m),
+                    Value::Object(m) => super::set_tokens(&w.global, m),
                     _ => Map::new(),
                 },
                 results: work.results,
@@ -820,7 +822,7 @@ fn locked<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ActionError> {
 }
 
 fn now_text() -> String {
-    crate::rfc3339(time::OffsetDateTime::now_utc())
+    crate::decode::rfc3339(time::OffsetDateTime::now_utc())
 }
 
 /// The SQL connector as the writer of an import's envelopes.

@@ -276,9 +276,9 @@ pub(super) async fn create_many_pg(
             sql.push_str(", ");
         }
         // As `Db::push_param` does.
-        if crate::pg_cast_from_text(ty) {
+        if crate::decode::pg_cast_from_text(ty) {
             sql.push_str(&format!("CAST(c{i} AS "));
-            crate::push_pg_cast_type(&mut sql, ty);
+            crate::decode::push_pg_cast_type(&mut sql, ty);
             sql.push(')');
         } else {
             sql.push_str(&format!("c{i}"));

@@ -1,0 +1,207 @@
+//! A step type: the [`Action`] trait, what a running step can see
+//! ([`ActionCx`]), what it gives back ([`Outcome`]) and the work it asks of
+//! the engine ([`Effect`]).
+
+use crate::batch::InBatch;
+use crate::error::{ActionError, Blame, BoxFuture};
+use crate::hooks::DataHooks;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sluice_expr::{Limits, Program, Scope};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// What a step produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// The result, or `None` when the step returns no payload.
+    pub payload: Option<Value>,
+    /// Lines for the run log.
+    pub logs: Vec<String>,
+    /// Tokens the step set, for the run's `$tokens`.
+    pub tokens: Option<serde_json::Map<String, Value>>,
+    /// Results emitted individually: the steps after this one run once per
+    /// item, each in a run of its own.
+    pub items: Option<Vec<Value>>,
+    /// Work the engine does for the step: suspending the run, or starting
+    /// another flow (the step's result comes from it).
+    pub effect: Option<Effect>,
+}
+
+/// Work a step asks of the engine, returned as data (in the manner of
+/// Restate's state machine): the engine records the run's suspension or the
+/// other flow's run durably before it does anything.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Suspend the run for `ms` milliseconds from now; the step is then run
+    /// again with [`ActionCx::wake`] set.
+    Sleep {
+        /// How long.
+        ms: u64,
+    },
+    /// Suspend the run until a CloudEvent that matches arrives (the step is
+    /// run again with the event in [`ActionCx::wake`]) or the timeout passes
+    /// (the step fails).
+    WaitEvent {
+        /// The event's `type` (any when `None`).
+        event_type: Option<String>,
+        /// The event's `source` (any when `None`).
+        source: Option<String>,
+        /// Context attributes the event must carry, with their values.
+        correlation: serde_json::Map<String, Value>,
+        /// How long until it times out, in milliseconds from now, if ever.
+        timeout_ms: Option<u64>,
+    },
+    /// Start a run of another flow with `input`; the step's result is that
+    /// run's output (when `wait`) or `{runId}`.
+    StartFlow {
+        /// The flow's id.
+        flow: String,
+        /// The run's input.
+        input: Value,
+        /// Whether the step waits for the run to end.
+        wait: bool,
+    },
+}
+
+impl Outcome {
+    /// A result.
+    pub fn value(v: Value) -> Self {
+        Self {
+            payload: Some(v),
+            logs: Vec::new(),
+            tokens: None,
+            items: None,
+            effect: None,
+        }
+    }
+
+    /// Ask the engine for `effect`.
+    pub fn effect(effect: Effect) -> Self {
+        Self {
+            effect: Some(effect),
+            ..Self::default()
+        }
+    }
+
+    /// No payload.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// What a running step can see.
+pub struct ActionCx<'a> {
+    /// The run.
+    pub run_id: &'a str,
+    /// The step's key.
+    pub step_key: &'a str,
+    /// The data the action works on (the state data, after `fromStateData`
+    /// and input mappings).
+    pub input: &'a Value,
+    /// The same input as templates and filters read it (made a jq value
+    /// the first time a program needs one).
+    pub program_input: &'a sluice_expr::Input<'a>,
+    /// The flow object: `$trigger`, `$last`, `$<key>`.
+    pub scope: &'a (dyn Scope + Sync),
+    /// The step's expression options, compiled.
+    pub expressions: &'a BTreeMap<String, Program>,
+    /// Limits for expressions.
+    pub limits: &'a Limits,
+    /// The flow's `connections`, as declared (a connector opens what it
+    /// names, and keeps it for the runs after).
+    pub connections: &'a BTreeMap<String, Value>,
+    /// The deferred options, compiled: the step renders them itself.
+    pub deferred: &'a BTreeMap<String, (Value, sluice_expr::TemplateValue)>,
+    /// Set when the run is one record of an import: envelopes are written
+    /// by the import's batch.
+    pub batch: Option<InBatch<'a>>,
+    /// Set when the step runs again after its run was suspended by its
+    /// [`Effect`]: `null` for a sleep that ended, the CloudEvent for a wait.
+    pub wake: Option<&'a Value>,
+    /// This attempt of the step, from 1 (see a step's `retry`).
+    pub attempt: u32,
+    /// The key of this attempt, the same for every run of it (after a
+    /// restart too) and different for every other: run, step, item and
+    /// attempt. An outside system that is handed it can recognise a request
+    /// it already carried out. Empty for runs that are not recorded.
+    pub idempotency_key: &'a str,
+    /// The data hooks of the flows the run can reach (`event` triggers),
+    /// which SQL actions ask before and after each change; `None` when the
+    /// run has none.
+    pub hooks: Option<&'a dyn DataHooks>,
+}
+
+impl ActionCx<'_> {
+    /// A compiled expression option.
+    pub fn expression(&self, name: &str) -> Result<&Program, ActionError> {
+        self.expressions.get(name).ok_or_else(|| ActionError {
+            blame: Blame::Bug,
+            message: format!(
+                "step `{}` has no compiled expression `{name}`",
+                self.step_key
+            ),
+        })
+    }
+}
+
+/// A step type.
+pub trait Action: Send + Sync + 'static {
+    /// The name flows use in `type:`.
+    const KIND: &'static str;
+    /// Options that are jq expressions rather than templated values.
+    const EXPRESSIONS: &'static [&'static str] = &[];
+    /// Options whose templates the step renders itself (see
+    /// [`ActionCx::deferred`]). They are required, and they reach the step
+    /// only through [`ActionCx::deferred`], not in its typed options (whose
+    /// fields for them are `#[serde(default)]`).
+    const DEFERRED: &'static [&'static str] = &[];
+    /// The step touches nothing outside the run: no outside system, no other
+    /// run, no clock to wait for; what it did is seen only through the run's
+    /// record. The engine may then commit its record with the next write (a
+    /// stretch of such steps is recorded in one; see docs/data-flow.md).
+    const PURE: bool = false;
+    /// The typed options.
+    type Options: DeserializeOwned + JsonSchema + Send;
+    /// Run once with templated options.
+    fn run<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: Self::Options,
+    ) -> impl Future<Output = Result<Outcome, ActionError>> + Send + 'a;
+}
+
+/// A step type with its types erased.
+pub trait DynAction: Send + Sync {
+    /// Deserialize the options (as the step's record shows them) and run.
+    fn run_json<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: &'a Value,
+    ) -> BoxFuture<'a, Result<Outcome, ActionError>>;
+}
+
+impl<A: Action> DynAction for A {
+    fn run_json<'a>(
+        &'a self,
+        cx: ActionCx<'a>,
+        options: &'a Value,
+    ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
+        Box::pin(async move {
+            let options: A::Options = serde_path_to_error::deserialize(options).map_err(|e| {
+                let path = e.path().to_string();
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!(" at `{path}`")
+                };
+                ActionError::data(format!(
+                    "options after templating are invalid{at}: {}",
+                    e.inner()
+                ))
+            })?;
+            self.run(cx, options).await
+        })
+    }
+}

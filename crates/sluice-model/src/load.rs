@@ -1,0 +1,551 @@
+//! Reading a flow file into a checked [`Flow`]: every problem reported
+//! with its place (unknown keys with the closest known one, types, step
+//! graph, options through the [`Catalog`], expressions and templates
+//! compiled), none of it stopping at the first.
+
+mod steps;
+
+use crate::diag::{Diagnostic, Diagnostics, Source, locate_in_scalar};
+use crate::flow::{
+    ActionDataFilter, BUILTIN_VARS, Catalog, EVENT_TRIGGERS, EventDataFilter, Flow, Mapping, Next,
+    OptionIssue, Retry, StateDataFilter, Step, Trigger, UnmappedResults, is_identifier, version_of,
+};
+use crate::node::{self, Key, Kind, Node, Span};
+use serde_json::{Map, Value};
+use sluice_expr::{MappingPath, PathSeg, Program, TemplateValue};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+const FLOW_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "trigger",
+    "steps",
+    "connections",
+    "unmappedResults",
+];
+const STEP_KEYS: &[&str] = &[
+    "key",
+    "type",
+    "name",
+    "description",
+    "options",
+    "resolve",
+    "reject",
+    "stateDataFilter",
+    "actionDataFilter",
+    "inputMappings",
+    "outputMappings",
+    "eventDataFilter",
+    "retry",
+];
+const RESERVED_KEYS: &[&str] = &[
+    "trigger",
+    "last",
+    "accountability",
+    "tokens",
+    "env",
+    "ENV",
+    "__loc__",
+];
+
+/// Parse and check a flow file; `name` is how diagnostics name the file.
+pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagnostics> {
+    let source = Arc::new(Source {
+        name: name.to_owned(),
+        text: text.to_owned(),
+    });
+    let mut cx = Checker {
+        source: source.clone(),
+        diags: Vec::new(),
+        catalog,
+        connection_names: Vec::new(),
+    };
+    let flow = match node::parse(text) {
+        Ok(root) => cx.flow(&root, name),
+        Err(e) => {
+            let span = if e.span.is_empty() && e.span.start < text.len() {
+                e.span.start..e.span.start + 1
+            } else {
+                e.span
+            };
+            cx.diags.push(
+                Diagnostic::new(
+                    span,
+                    format!("not valid YAML or JSON: {}", e.message),
+                    "here",
+                )
+                .with_help(
+                    "a flow file is a YAML or JSON mapping with `id`, `trigger` and `steps`",
+                ),
+            );
+            None
+        }
+    };
+    let mut diags = cx.diags;
+    match flow {
+        Some(flow) if diags.is_empty() => Ok(flow),
+        _ => {
+            diags.sort_by_key(|d| d.span.start);
+            diags.dedup();
+            Err(Diagnostics {
+                file: source,
+                items: diags,
+            })
+        }
+    }
+}
+
+struct Checker<'c> {
+    source: Arc<Source>,
+    diags: Vec<Diagnostic>,
+    catalog: &'c dyn Catalog,
+    /// The names under `connections`, for steps' `connection` options.
+    connection_names: Vec<String>,
+}
+
+impl RawStep<'_> {
+    /// Where to point at the step, and how to name it, in messages.
+    fn place(&self, i: usize) -> (Span, String) {
+        match &self.key {
+            Some((k, span)) => (span.clone(), format!("`{k}`")),
+            None => (self.node.span.clone(), format!("number {}", i + 1)),
+        }
+    }
+}
+
+/// A step as read, before the graph is known.
+struct RawStep<'n> {
+    node: &'n Node,
+    key: Option<(String, Span)>,
+    kind: Option<(String, Span)>,
+    options: Option<&'n Node>,
+    resolve: Option<&'n Node>,
+    reject: Option<&'n Node>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>) {
+        self.diags.push(Diagnostic::new(span, message, label));
+    }
+
+    fn err_help(
+        &mut self,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::new(span, message, label).with_help(help));
+    }
+
+    /// Report repeated and unknown keys of a mapping.
+    fn check_keys(&mut self, map: &[(Key, Node)], allowed: &[&str], what: &str) {
+        let mut seen: HashMap<&str, &Key> = HashMap::new();
+        for (k, _) in map {
+            if let Some(first) = seen.get(k.name.as_str()) {
+                let (line, _) = self.source.line_col(first.span.start);
+                self.err(
+                    k.span.clone(),
+                    format!(
+                        "duplicate key `{}` in {what} (first given on line {line})",
+                        k.name
+                    ),
+                    "repeated here",
+                );
+            } else {
+                seen.insert(&k.name, k);
+            }
+            if !allowed.contains(&k.name.as_str()) {
+                let hint = closest(&k.name, allowed)
+                    .map(|c| format!("did you mean `{c}`? Allowed: {}", allowed.join(", ")))
+                    .unwrap_or_else(|| format!("allowed keys: {}", allowed.join(", ")));
+                self.err_help(
+                    k.span.clone(),
+                    format!("unknown key `{}` in {what}", k.name),
+                    "not allowed here",
+                    hint,
+                );
+            }
+        }
+    }
+
+    fn string<'n>(
+        &mut self,
+        parent: &'n Node,
+        key: &str,
+        what: &str,
+    ) -> Option<(String, &'n Node)> {
+        let n = parent.get(key)?;
+        match &n.kind {
+            Kind::Str(s) => Some((s.clone(), n)),
+            _ => {
+                self.err(
+                    n.span.clone(),
+                    format!(
+                        "`{key}` of {what} must be a string, found {}",
+                        n.kind_name()
+                    ),
+                    "expected a string",
+                );
+                None
+            }
+        }
+    }
+
+    fn flow(&mut self, root: &Node, file_name: &str) -> Option<Flow> {
+        let Some(map) = root.as_map() else {
+            self.err_help(
+                root.span.clone(),
+                format!("a flow file must be a mapping, found {}", root.kind_name()),
+                "expected a mapping",
+                "start with `id:`, `trigger:` and `steps:`",
+            );
+            return None;
+        };
+        self.check_keys(map, FLOW_KEYS, "the flow");
+
+        let id = match self.string(root, "id", "the flow") {
+            Some((id, n)) => {
+                if id.is_empty()
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                {
+                    self.err(
+                        n.span.clone(),
+                        format!("flow id `{id}` must be letters, digits, `_`, `-` or `.`"),
+                        "invalid id",
+                    );
+                }
+                id
+            }
+            None => std::path::Path::new(file_name)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("flow")
+                .split('.')
+                .next()
+                .unwrap_or("flow")
+                .to_owned(),
+        };
+        let name = self.string(root, "name", "the flow").map(|(s, _)| s);
+        let description = self.string(root, "description", "the flow").map(|(s, _)| s);
+        let unmapped_results = match root.get("unmappedResults") {
+            None => UnmappedResults::Merge,
+            Some(n) => match n.as_str() {
+                Some("merge") => UnmappedResults::Merge,
+                Some("replace") => UnmappedResults::Replace,
+                _ => {
+                    self.err(
+                        n.span.clone(),
+                        "`unmappedResults` must be `merge` or `replace`",
+                        "expected merge or replace",
+                    );
+                    UnmappedResults::Merge
+                }
+            },
+        };
+        let connections = match root.get("connections") {
+            None => BTreeMap::new(),
+            Some(n) => match n.as_map() {
+                Some(entries) => {
+                    let mut out = BTreeMap::new();
+                    for (k, v) in entries {
+                        if !is_identifier(&k.name) {
+                            self.err(
+                                k.span.clone(),
+                                format!("connection name `{}` must be an identifier", k.name),
+                                "invalid name",
+                            );
+                        }
+                        match v.get("url") {
+                            Some(u) if u.as_str().is_some() => {
+                                let url = u.as_str().unwrap_or_default();
+                                let known =
+                                    ["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"];
+                                if !url.starts_with("${env:")
+                                    && !known.iter().any(|p| url.starts_with(p))
+                                {
+                                    self.err_help(u.span.clone(), format!("connection `{}`: unsupported URL scheme", k.name), "unknown scheme", "use sqlite:, postgres:, mysql: or mariadb:, or ${env:NAME} to take the URL from the environment");
+                                }
+                            }
+                            Some(u) => self.err(
+                                u.span.clone(),
+                                format!("connection `{}`: `url` must be a string", k.name),
+                                "expected a string",
+                            ),
+                            None => self.err(
+                                v.span.clone(),
+                                format!("connection `{}` has no `url`", k.name),
+                                "missing `url`",
+                            ),
+                        }
+                        if let Some(m) = v.as_map() {
+                            self.check_keys(m, &["url"], "a connection");
+                        }
+                        self.connection_names.push(k.name.clone());
+                        out.insert(k.name.clone(), v.to_json());
+                    }
+                    out
+                }
+                None => {
+                    self.err(
+                        n.span.clone(),
+                        format!(
+                            "`connections` must be a mapping of names to connections, found {}",
+                            n.kind_name()
+                        ),
+                        "expected a mapping",
+                    );
+                    BTreeMap::new()
+                }
+            },
+        };
+        // After the connections: a trigger may name one.
+        let trigger = self.trigger(root.get("trigger"));
+        let steps = self.steps(root);
+        Some(Flow {
+            id,
+            name,
+            description,
+            trigger: trigger?,
+            steps: steps?,
+            connections,
+            unmapped_results,
+            source: self.source.clone(),
+            version: version_of(&self.source.text),
+        })
+    }
+
+    /// Whether the `connection` option (in `options`, written under
+    /// `node`), if any, names a connection of the flow; reported when not.
+    fn known_connection(&mut self, options: &Value, node: &Node, who: &str) -> bool {
+        let Some(Value::String(c)) = options.get("connection") else {
+            return true;
+        };
+        if self.connection_names.contains(c) {
+            return true;
+        }
+        let span = node
+            .get("connection")
+            .map(|n| n.span.clone())
+            .unwrap_or_else(|| node.span.clone());
+        let help = if self.connection_names.is_empty() {
+            "declare it under `connections:` with a `url`".to_owned()
+        } else {
+            format!("connections: {}", self.connection_names.join(", "))
+        };
+        self.err_help(
+            span,
+            format!("{who}: no connection `{c}` in the flow"),
+            "unknown connection",
+            help,
+        );
+        false
+    }
+
+    fn trigger(&mut self, node: Option<&Node>) -> Option<Trigger> {
+        let Some(node) = node else {
+            return Some(Trigger {
+                kind: "manual".into(),
+                options: Value::Object(Map::new()),
+                event_filter: EventDataFilter::default(),
+                data_only: true,
+            });
+        };
+        let Some(map) = node.as_map() else {
+            self.err(
+                node.span.clone(),
+                format!(
+                    "`trigger` must be a mapping with a `type`, found {}",
+                    node.kind_name()
+                ),
+                "expected a mapping",
+            );
+            return None;
+        };
+        let Some((kind, kind_node)) = self.string(node, "type", "the trigger") else {
+            if node.get("type").is_none() {
+                self.err_help(
+                    node.span.clone(),
+                    "the trigger has no `type`",
+                    "missing `type`",
+                    format!("trigger types: {}", self.catalog.trigger_kinds().join(", ")),
+                );
+            }
+            return None;
+        };
+        let mut options = Map::new();
+        let is_event = EVENT_TRIGGERS.contains(&kind.as_str());
+        let mut event_filter = EventDataFilter::default();
+        let mut data_only = true;
+        let mut ok = true;
+        for (k, v) in map {
+            match k.name.as_str() {
+                "type" => {}
+                "eventDataFilter" | "dataOnly" if !is_event => {
+                    ok = false;
+                    self.err_help(
+                        k.span.clone(),
+                        format!("a `{kind}` trigger has no `{}`", k.name),
+                        "not for this trigger",
+                        format!(
+                            "only event triggers ({}) carry an event",
+                            EVENT_TRIGGERS.join(", ")
+                        ),
+                    );
+                }
+                "eventDataFilter" => {
+                    let vars: Vec<&str> = BUILTIN_VARS.to_vec();
+                    match self.event_filter(v, &vars, &[], "the trigger") {
+                        Some(f) => event_filter = f,
+                        None => ok = false,
+                    }
+                }
+                "dataOnly" => match v.kind {
+                    Kind::Bool(b) => data_only = b,
+                    _ => {
+                        ok = false;
+                        self.err(
+                            v.span.clone(),
+                            "`dataOnly` must be true or false",
+                            "expected a boolean",
+                        );
+                    }
+                },
+                _ => {
+                    options.insert(k.name.clone(), v.to_json());
+                }
+            }
+        }
+        let options = Value::Object(options);
+        match self.catalog.trigger(&kind) {
+            None => {
+                let kinds = self.catalog.trigger_kinds();
+                self.err_help(
+                    kind_node.span.clone(),
+                    format!("unknown trigger type `{kind}`"),
+                    "unknown type",
+                    format!("trigger types: {}", kinds.join(", ")),
+                );
+                None
+            }
+            Some(spec) => {
+                // A poll reads through one of the flow's connections (an
+                // event trigger's `connection` names the writing flow's).
+                if kind == "poll" {
+                    ok &= self.known_connection(&options, node, &format!("trigger `{kind}`"));
+                }
+                // Trigger options sit beside `type`: check them as a mapping.
+                let before = self.diags.len();
+                self.option_issues(node, (spec.check)(&options), &format!("trigger `{kind}`"));
+                (ok && self.diags.len() == before).then_some(Trigger {
+                    kind,
+                    options,
+                    event_filter,
+                    data_only,
+                })
+            }
+        }
+    }
+
+    fn option_issues(&mut self, options_node: &Node, issues: Vec<OptionIssue>, what: &str) {
+        for issue in issues {
+            let span = if issue.at_key {
+                options_node.key_at(&issue.path).map(|k| k.span.clone())
+            } else {
+                None
+            }
+            .or_else(|| options_node.at(&issue.path).map(|n| n.span.clone()))
+            .unwrap_or_else(|| options_node.span.clone());
+            let mut d = Diagnostic::new(
+                span,
+                format!("{what}: {}", issue.message),
+                if issue.at_key {
+                    "unknown option"
+                } else {
+                    "invalid value"
+                },
+            );
+            if let Some(h) = issue.help {
+                d = d.with_help(h);
+            }
+            self.diags.push(d);
+        }
+    }
+}
+
+/// Turn a jq path such as `.a.b`, `.["x"]` or `.list[0]` into a mapping path.
+pub fn jq_path_to_mapping(text: &str) -> Result<MappingPath, sluice_expr::PathError> {
+    let t = text.trim();
+    let Some(body) = t.strip_prefix('.') else {
+        return Err(sluice_expr::PathError {
+            text: text.to_owned(),
+            offset: 0,
+            message: "a jq path starts with `.`".to_owned(),
+        });
+    };
+    let body = body
+        .strip_prefix('[')
+        .map(|b| format!("[{b}"))
+        .unwrap_or_else(|| {
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(".{body}")
+            }
+        });
+    let body = body
+        .replace(".[", "[")
+        .replace("[\"", "['")
+        .replace("\"]", "']");
+    MappingPath::parse(&format!("${body}"))
+}
+
+fn display_path(path: &[PathSeg]) -> String {
+    let mut s = String::new();
+    for (i, p) in path.iter().enumerate() {
+        match p {
+            PathSeg::Key(k) if i == 0 => s.push_str(k),
+            PathSeg::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            PathSeg::Index(n) => s.push_str(&format!("[{n}]")),
+        }
+    }
+    s
+}
+
+fn sorted<'a>(v: &[&'a str]) -> Vec<&'a str> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// The allowed word closest to `word`, if it is close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,540 @@
+//! The [`Store`] trait and the records it keeps: runs, their step records,
+//! waits, and the small values the engine and the server hand it.
+
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Started, not finished.
+    Running,
+    /// Finished: the last step succeeded.
+    Succeeded,
+    /// Finished: a step failed with no failure path.
+    Failed,
+    /// Stopped at a step a person must fix; resumable.
+    Incident,
+    /// Stopped by a person (`cancel`) before it finished.
+    Cancelled,
+    /// Suspended at a step until a time or an event (see [`Wait`]).
+    Waiting,
+}
+
+impl RunStatus {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Incident => "incident",
+            Self::Cancelled => "cancelled",
+            Self::Waiting => "waiting",
+        }
+    }
+
+    /// Parse the stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "incident" => Self::Incident,
+            "cancelled" => Self::Cancelled,
+            "waiting" => Self::Waiting,
+            _ => return None,
+        })
+    }
+
+    /// Every status.
+    pub const ALL: [RunStatus; 6] = [
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Incident,
+        Self::Cancelled,
+        Self::Waiting,
+    ];
+
+    /// Whether the run is over (it will not move again by itself or by a resume).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A run as it starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    /// Unique id (a UUID v7, so ids sort by time).
+    pub id: String,
+    /// The flow's id.
+    pub flow_id: String,
+    /// `$trigger` (shared with the run's flow object, which converts it
+    /// for jq only when a program reads it).
+    pub trigger: Arc<Value>,
+    /// The run's input state data.
+    pub input: Value,
+    /// The step it runs first.
+    pub next_step: Option<String>,
+    /// Start, in microseconds since the Unix epoch.
+    pub started_at: i64,
+    /// The version of the flow file it runs (see [`Store::save_flow_version`]).
+    pub flow_version: Option<String>,
+    /// `$accountability`: who or what started it.
+    pub accountability: Value,
+    /// For the run of one item of a fan-out: the run that emitted it, and the
+    /// item's index from 0.
+    pub parent: Option<(String, i64)>,
+}
+
+/// One executed step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    /// The run.
+    pub run_id: String,
+    /// Position in the run log, from 0.
+    pub seq: i64,
+    /// The step's key.
+    pub step_key: String,
+    /// The step's type.
+    pub kind: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Options after templating.
+    pub options: Value,
+    /// The step's input state data.
+    pub input: Value,
+    /// The action's result (`None`: no payload, or failed).
+    pub result: Option<Value>,
+    /// The state data the step handed on.
+    pub output: Option<Value>,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Who must act on the error (`flow`, `external`, `store`, `bug`).
+    pub blame: Option<String>,
+    /// Lines the step wrote to the run log.
+    pub logs: Vec<String>,
+    /// Start, in microseconds since the Unix epoch.
+    pub started_at: i64,
+    /// End, in microseconds since the Unix epoch.
+    pub ended_at: i64,
+}
+
+/// The run's new position, written with a step record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunUpdate {
+    /// New status.
+    pub status: RunStatus,
+    /// Current state data.
+    pub state: Value,
+    /// The step to run next, if any.
+    pub next_step: Option<String>,
+    /// The run's output, once it succeeded.
+    pub output: Option<Value>,
+    /// The error that ended it.
+    pub error: Option<String>,
+    /// The step that failed.
+    pub error_step: Option<String>,
+    /// End, in microseconds since the Unix epoch, once finished.
+    pub ended_at: Option<i64>,
+}
+
+impl RunUpdate {
+    /// A run that ends now: succeeded when there is no `error`, failed
+    /// otherwise (at `error_step`, if a step failed).
+    pub fn ended(
+        state: Value,
+        output: Option<Value>,
+        error: Option<String>,
+        error_step: Option<String>,
+    ) -> Self {
+        Self {
+            status: if error.is_some() {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            },
+            state,
+            next_step: None,
+            output,
+            error,
+            error_step,
+            ended_at: Some(now_micros()),
+        }
+    }
+}
+
+/// What a suspended run waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitKind {
+    /// A `sleep` step: it wakes at `wake_at`.
+    Sleep,
+    /// The backoff between two attempts of a step with `retry`: the next
+    /// attempt runs at `wake_at`.
+    Retry,
+    /// A `wait` step: an event that matches, or its timeout at `wake_at`.
+    Event,
+}
+
+impl WaitKind {
+    /// The word stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sleep => "sleep",
+            Self::Retry => "retry",
+            Self::Event => "event",
+        }
+    }
+
+    /// Parse the stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sleep" => Self::Sleep,
+            "retry" => Self::Retry,
+            "event" => Self::Event,
+            _ => return None,
+        })
+    }
+}
+
+/// A run suspended at a step, durably: it is `waiting` in the store until
+/// one caller claims its wait ([`Store::claim_wait`]) and continues it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wait {
+    /// The run.
+    pub run_id: String,
+    /// Its flow.
+    pub flow_id: String,
+    /// The step it waits at (the run's next step).
+    pub step_key: String,
+    /// What it waits for.
+    pub kind: WaitKind,
+    /// When it wakes by itself (µs since the epoch): the end of a sleep or
+    /// a backoff, or an event wait's timeout; `None`: no timeout.
+    pub wake_at: Option<i64>,
+    /// For an event wait: the CloudEvent `type` it needs (any when `None`).
+    pub event_type: Option<String>,
+    /// For an event wait: the CloudEvent `source` it needs (any when `None`).
+    pub source: Option<String>,
+    /// For an event wait: context attributes the event must carry with
+    /// these values (an object; empty for none).
+    pub correlation: Value,
+    /// When it began waiting (µs since the epoch).
+    pub since: i64,
+}
+
+impl Wait {
+    /// A wait that ends at `wake_at` by itself (a sleep or a backoff).
+    pub fn timer(
+        run_id: &str,
+        flow_id: &str,
+        step_key: &str,
+        kind: WaitKind,
+        wake_at: i64,
+        since: i64,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            flow_id: flow_id.to_owned(),
+            step_key: step_key.to_owned(),
+            kind,
+            wake_at: Some(wake_at),
+            event_type: None,
+            source: None,
+            correlation: Value::Object(serde_json::Map::new()),
+            since,
+        }
+    }
+}
+
+/// A run in a listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    /// Id.
+    pub id: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Start (µs since the epoch).
+    pub started_at: i64,
+    /// End (µs since the epoch).
+    pub ended_at: Option<i64>,
+    /// Steps recorded.
+    pub steps: i64,
+    /// The error that ended it.
+    pub error: Option<String>,
+    /// The step that failed.
+    pub error_step: Option<String>,
+}
+
+/// A run with everything recorded about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunDetail {
+    /// The summary.
+    pub summary: RunSummary,
+    /// `$trigger`.
+    pub trigger: Value,
+    /// The input state data.
+    pub input: Value,
+    /// The current state data.
+    pub state: Value,
+    /// The output, once succeeded.
+    pub output: Option<Value>,
+    /// The step it runs next.
+    pub next_step: Option<String>,
+    /// The version of the flow file it ran with.
+    pub flow_version: Option<String>,
+    /// `$accountability`.
+    pub accountability: Value,
+    /// For the run of one item of a fan-out: the run that emitted it, and the index.
+    pub parent: Option<(String, i64)>,
+    /// The run log, in order.
+    pub steps: Vec<StepRecord>,
+}
+
+/// Which runs to list.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only this flow.
+    pub flow_id: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// Only runs started at or after this time (µs since the epoch).
+    pub started_after: Option<i64>,
+    /// Only runs started before this time (µs since the epoch).
+    pub started_before: Option<i64>,
+    /// At most this many, newest first (0: no limit).
+    pub limit: u32,
+}
+
+/// A store that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be opened.
+    #[error("cannot open the store `{url}`: {message}")]
+    Open {
+        /// The URL or path (without credentials).
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A query failed.
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// No connection to the store could be had (for a batch of writes,
+    /// which share one connection).
+    #[error("the store cannot be reached: {0}")]
+    Unreachable(String),
+    /// A stored document did not parse (the store was changed by hand).
+    #[error("store holds an unreadable record: {0}")]
+    Corrupt(String),
+    /// The store's writer stopped (its runtime is shutting down).
+    #[error("the store is closed")]
+    Stopped,
+    /// A run that does not exist.
+    #[error("no run `{0}`")]
+    NoSuchRun(String),
+    /// A run record that already exists.
+    #[error("run `{0}` already exists")]
+    Conflict(String),
+    /// A run that is not stopped at an incident cannot be resumed.
+    #[error("run `{run}` is {status}, not stopped at an incident; only an incident can be resumed")]
+    NotResumable {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// A run that already ended cannot be cancelled.
+    #[error(
+        "run `{run}` already {status}; only a running or waiting run, or one at an incident, can be cancelled"
+    )]
+    NotCancellable {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
+}
+
+/// The durable record of runs.
+pub trait Store: Send + Sync + 'static {
+    /// Record a new run.
+    fn create_run(&self, run: &NewRun) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Record a step and the run's new position, in one transaction.
+    fn record_step(
+        &self,
+        step: &StepRecord,
+        run: &RunUpdate,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.record_steps(None, std::slice::from_ref(step), run)
+    }
+    /// Record steps of one run (in order) and its new position, in one
+    /// transaction; with `new`, the run itself too, in the same transaction
+    /// (a run the engine records only with its first write, see
+    /// docs/data-flow.md). The run is `new`'s or the steps'; with neither
+    /// there is no run to move, and nothing is written.
+    fn record_steps(
+        &self,
+        new: Option<&NewRun>,
+        steps: &[StepRecord],
+        run: &RunUpdate,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Update a run without a step (for example when it ends with no step).
+    fn update_run(
+        &self,
+        run_id: &str,
+        run: &RunUpdate,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// List runs, newest first.
+    fn list_runs(
+        &self,
+        filter: &RunFilter,
+    ) -> impl Future<Output = Result<Vec<RunSummary>, StoreError>> + Send;
+    /// One run with its run log.
+    fn get_run(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<RunDetail>, StoreError>> + Send;
+    /// The flow a run runs and the version of its file, without its run
+    /// log (what waking a run needs first); `None` when there is no such run.
+    fn flow_of_run(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<(String, Option<String>)>, StoreError>> + Send;
+    /// Keep a flow file's text under its version (idempotent).
+    fn save_flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+        source: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A flow file's text by version.
+    fn flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// Move a run stopped at an incident back to running with `state` as its
+    /// state data. Fails with [`StoreError::NotResumable`] unless the run is
+    /// at an incident (so two resumes cannot both succeed).
+    fn resume_run(
+        &self,
+        run_id: &str,
+        state: &Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stop a running or waiting run, or one at an incident: its status
+    /// becomes `cancelled`, its wait is dropped, and later step records no
+    /// longer move it. Fails with
+    /// [`StoreError::NotCancellable`] when it already ended.
+    fn cancel_run(&self, run_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Suspend a running run at `wait.step_key` with `state` as its state
+    /// data, recording `step` first if given (a failed attempt before a
+    /// retry's backoff), all in one transaction. Returns false, and records
+    /// no wait, when the run is no longer running (it was cancelled).
+    fn suspend(
+        &self,
+        step: Option<&StepRecord>,
+        state: &Value,
+        wait: &Wait,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Take a suspended run's wait and move the run back to running, in one
+    /// transaction: `Some` for exactly one caller, across processes sharing
+    /// the store; `None` when it was claimed already, or the run is not
+    /// waiting (cancelled).
+    fn claim_wait(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<Wait>, StoreError>> + Send;
+    /// The waits of suspended runs: all of them, or with `event_type`, the
+    /// event waits that an event of that type may end (their type is that
+    /// one, or any).
+    fn list_waits(
+        &self,
+        event_type: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Wait>, StoreError>> + Send;
+    /// Claim the fire of a schedule at `at` (µs since the epoch) for `flow_id`
+    /// and record `run`, the run it starts, in one transaction: true for
+    /// exactly one caller per flow and time, across restarts and processes
+    /// sharing the store; false (and nothing recorded) when the fire was
+    /// claimed already.
+    fn claim_fire(
+        &self,
+        flow_id: &str,
+        at: i64,
+        run: &NewRun,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The latest claimed fire of a flow's schedule, if any.
+    fn last_fire(
+        &self,
+        flow_id: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// The event named by `source` and `id`, if one was accepted (within
+    /// the last [`EVENTS_KEPT_MICROS`]).
+    fn seen_event(
+        &self,
+        source: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SeenEvent>, StoreError>> + Send;
+    /// Accept the event named by `source` and `id`, received at
+    /// `received_at`, with the answer given to its sender and the runs it
+    /// starts, in one transaction: true for exactly one caller per event,
+    /// across restarts and processes sharing the store; false (and nothing
+    /// recorded) when it was accepted already. Events accepted more than
+    /// [`EVENTS_KEPT_MICROS`] before are forgotten.
+    fn accept_event(
+        &self,
+        source: &str,
+        id: &str,
+        received_at: i64,
+        answer: &Value,
+        runs: &[NewRun],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A flow's poll snapshot and its sequence number (0 before the first
+    /// poll advanced it).
+    fn poll_snapshot(
+        &self,
+        flow_id: &str,
+    ) -> impl Future<Output = Result<(i64, Option<Value>), StoreError>> + Send;
+    /// Advance a flow's poll snapshot from sequence number `seq` (as
+    /// [`Store::poll_snapshot`] read it) to `seq + 1` with `snapshot`, and
+    /// record `runs`, in one transaction: true for exactly one caller per
+    /// flow and number, across restarts and processes sharing the store;
+    /// false (and nothing recorded) when another advanced it first.
+    fn advance_poll(
+        &self,
+        flow_id: &str,
+        seq: i64,
+        snapshot: &Value,
+        runs: &[NewRun],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// How long an accepted event is remembered, so that a sender's retry of it
+/// starts nothing again: a week, in µs.
+pub const EVENTS_KEPT_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
+
+/// An event accepted before ([`Store::seen_event`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenEvent {
+    /// When it was received (µs since the epoch).
+    pub received_at: i64,
+    /// The answer its sender was given.
+    pub answer: Value,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A new time-ordered run id.
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
