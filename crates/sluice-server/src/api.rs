@@ -1,8 +1,9 @@
 //! The HTTP API: flows, runs, health, metrics and the OpenAPI document.
 //! Every error answer is an [`ApiError`].
 
+use crate::error::ApiError;
 use crate::hooks::{hook, query_object, read_body};
-use crate::{ApiError, Server, rfc3339};
+use crate::server::{Server, rfc3339};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -126,7 +127,7 @@ async fn check_flow<S: Store>(State(s): State<Server<S>>, body: Body) -> Result<
         match sluice_model::load("request", &text, s.inner.registry.as_ref()) {
             Ok(f) => json!({"valid": true, "flow": f.id, "problems": []}),
             Err(d) => {
-                let problems = crate::LoadFailure::Invalid(d).to_json()["problems"].take();
+                let problems = crate::flows::LoadFailure::Invalid(d).to_json()["problems"].take();
                 json!({"valid": false, "problems": problems})
             }
         },
@@ -145,7 +146,7 @@ async fn reload<S: Store>(State(s): State<Server<S>>) -> Result<Json, ApiError> 
             ),
         )
         .with_details(json!({
-            "files": failures.iter().map(crate::LoadFailure::to_json).collect::<Vec<_>>()
+            "files": failures.iter().map(crate::flows::LoadFailure::to_json).collect::<Vec<_>>()
         }))),
     }
 }
@@ -201,11 +202,15 @@ async fn start_run<S: Store>(
 }
 
 /// Answer 202 with the run id, or wait for the run and answer its end.
-async fn finish(run_id: String, task: crate::RunTask, wait: bool) -> Result<Response, ApiError> {
+async fn finish(
+    run_id: String,
+    task: crate::server::RunTask,
+    wait: bool,
+) -> Result<Response, ApiError> {
     if !wait {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
     }
-    let r = crate::joined(&run_id, task).await?;
+    let r = crate::server::joined(&run_id, task).await?;
     Ok(axum::Json(json!({
         "runId": r.run_id,
         "status": r.status.as_str(),

@@ -20,7 +20,8 @@
 //! store transaction, so this holds across crashes and processes sharing the
 //! store.
 
-use crate::{ApiError, Server};
+use crate::error::ApiError;
+use crate::server::Server;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

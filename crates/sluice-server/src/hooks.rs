@@ -15,7 +15,8 @@
 //! status and headers. A failed run answers `500 {"code": "run_failed"}`
 //! with its id and failing step in `details`.
 
-use crate::{ApiError, Server};
+use crate::error::ApiError;
+use crate::server::Server;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -180,12 +181,16 @@ pub(crate) async fn hook<S: Store>(
     if hook.options.is_async {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response());
     }
-    let result = crate::joined(&run_id, task).await?;
+    let result = crate::server::joined(&run_id, task).await?;
     answer(&hook, kept.as_ref(), result)
 }
 
 /// The answer of a synchronous webhook.
-fn answer(hook: &crate::Hook, trigger: Option<&Value>, r: RunResult) -> Result<Response, ApiError> {
+fn answer(
+    hook: &crate::flows::Hook,
+    trigger: Option<&Value>,
+    r: RunResult,
+) -> Result<Response, ApiError> {
     let run_header = HeaderValue::from_str(&r.run_id).ok();
     if r.status == RunStatus::Waiting {
         // Suspended for an event: the answer cannot wait for it.

@@ -11,7 +11,8 @@
 //! (the database refuses) leaves the snapshot as it was and tries again at
 //! the next interval.
 
-use crate::{Polled, Server, rfc3339};
+use crate::flows::Polled;
+use crate::server::{Server, rfc3339};
 use serde_json::{Value, json};
 use sluice_engine::RunRequest;
 use sluice_store::{Store, now_micros};

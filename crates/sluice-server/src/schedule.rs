@@ -8,7 +8,8 @@
 //! `missed` option: `skip`, or `runOnce` for the latest one, at start-up. A
 //! schedule that never fired before has missed nothing.
 
-use crate::{Scheduled, Server, rfc3339};
+use crate::flows::Scheduled;
+use crate::server::{Server, rfc3339};
 use serde_json::json;
 use sluice_action::triggers::MissedFires;
 use sluice_engine::RunRequest;

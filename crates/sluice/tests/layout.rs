@@ -324,26 +324,26 @@ fn modules_import_one_another_without_a_circle() {
                 to.extend(targets.into_iter().filter(|t| t != m));
             }
         }
-        // The root uses the modules it re-exports or calls by name.
+        // The root reaches its modules by their bare names (`use m::X`,
+        // `m::f()`).
         for root in ["lib", "main"] {
             let Some(text) = texts.get(root) else {
                 continue;
             };
-            let uses: BTreeSet<String> = text
-                .lines()
-                .filter_map(|l| {
-                    let l = l.trim_start();
-                    let l = l.strip_prefix("pub ").unwrap_or(l);
-                    let l = l.strip_prefix("pub(crate) ").unwrap_or(l);
-                    let path = l.strip_prefix("use ")?;
-                    let first: String = path
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    modules.contains(&first).then_some(first)
+            let used: BTreeSet<String> = modules
+                .iter()
+                .filter(|m| {
+                    let pat = format!("{m}::");
+                    text.match_indices(&pat).any(|(at, _)| {
+                        !text[..at]
+                            .chars()
+                            .last()
+                            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                    })
                 })
+                .cloned()
                 .collect();
-            edges.entry(root.to_owned()).or_default().extend(uses);
+            edges.entry(root.to_owned()).or_default().extend(used);
         }
         if let Some(c) = circle(&edges) {
             problems.push(format!(

@@ -1,0 +1,394 @@
+//! The server's state and the runs it drives: the engine, the flows it
+//! serves, the runs under way (each on a task of its own, counted for a
+//! graceful stop), recovery at start, and metrics.
+
+use crate::error::ApiError;
+use crate::flows::FlowSet;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+use sluice_action::Registry;
+use sluice_engine::{Engine, EngineError, RunRequest, RunResult};
+use sluice_model::Flow;
+use sluice_store::{RunFilter, RunStatus, RunUpdate, Store, StoreError};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+/// A run driven on a task of its own: its result, when it ends or is
+/// suspended.
+pub type RunTask = oneshot::Receiver<Result<RunResult, EngineError>>;
+
+/// Runs under way in this process, to wait for at shutdown.
+#[derive(Default)]
+pub(crate) struct Inflight {
+    pub(crate) n: AtomicUsize,
+    pub(crate) idle: Notify,
+}
+
+/// Counts one run under way while it lives.
+struct InflightGuard(Arc<Inflight>);
+
+impl InflightGuard {
+    fn new(i: &Arc<Inflight>) -> Self {
+        let n = i.n.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("sluice_runs_in_flight").set(n as f64);
+        Self(i.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let n = self.0.n.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("sluice_runs_in_flight").set(n as f64);
+        if n == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The process's Prometheus recorder (one per process: metrics are global).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding
+            // program's); then /metrics shows only what this one sees.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A server over a store.
+pub struct Server<S: Store> {
+    pub(crate) inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for Server<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct Inner<S: Store> {
+    pub(crate) engine: Engine<S>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) flows: RwLock<Arc<FlowSet>>,
+    pub(crate) dir: PathBuf,
+    pub(crate) inflight: Arc<Inflight>,
+    pub(crate) schedules: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+/// What [`Server::recover`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Runs continued from their last committed step.
+    pub resumed: usize,
+    /// Suspended runs whose wait has a time (a sleep, a backoff, an event
+    /// wait's timeout): each wakes then.
+    pub waiting: usize,
+    /// Runs that could not be continued (their flow is gone), now failed.
+    pub failed: usize,
+}
+
+impl<S: Store> Server<S> {
+    /// A server running `flows` (loaded from `dir`, which [`Server::reload`]
+    /// reads again) on `engine`.
+    pub fn new(engine: Engine<S>, registry: Arc<Registry>, flows: FlowSet, dir: PathBuf) -> Self {
+        let flows = Arc::new(flows);
+        engine.set_flows(flows.clone());
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                registry,
+                flows: RwLock::new(flows),
+                dir,
+                inflight: Arc::default(),
+                schedules: Mutex::new(Vec::new()),
+                metrics: prometheus(),
+            }),
+        }
+    }
+
+    /// The flows now served.
+    pub fn flows(&self) -> Arc<FlowSet> {
+        self.inner
+            .flows
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<S> {
+        &self.inner.engine
+    }
+
+    /// Record a new run and drive it on a task of its own. Returns once the
+    /// run is durable, with its id and the task that ends with its result.
+    /// A caller that `waits` for the result and tells nobody of the run
+    /// before it ends (a synchronous webhook) lets the run be recorded with
+    /// its first write instead (see [`sluice_engine::Engine::begin`]).
+    ///
+    /// Recording and driving both happen on the task, so a caller that is
+    /// dropped half-way (a client hanging up) cannot leave a recorded run
+    /// that nobody drives.
+    pub async fn launch(
+        &self,
+        flow: Arc<Flow>,
+        req: RunRequest,
+        waits: bool,
+    ) -> Result<(String, RunTask), EngineError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let engine = self.inner.engine.clone();
+        let f = flow.clone();
+        let task = self.track(flow, async move {
+            let started = if waits {
+                engine.begin(&f, req).await
+            } else {
+                engine.start(&f, req).await
+            };
+            let started = match started {
+                Ok(s) => s,
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(e));
+                    return Err(EngineError::NotStarted(message));
+                }
+            };
+            metrics::counter!("sluice_runs_started_total", "flow" => f.id.clone()).increment(1);
+            let _ = tx.send(Ok(started.run_id().to_owned()));
+            engine.finish(&f, started).await
+        });
+        match rx.await {
+            Ok(Ok(id)) => Ok((id, task)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(EngineError::NotStarted(
+                "the run's task ended before it was recorded".to_owned(),
+            )),
+        }
+    }
+
+    /// Drive a run that is recorded (by [`Engine::prepare`] and a store
+    /// write of the caller's) on a task of its own.
+    pub fn drive(&self, flow: Arc<Flow>, started: sluice_engine::Started) -> RunTask {
+        metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
+        let engine = self.inner.engine.clone();
+        let f = flow.clone();
+        self.track(flow, async move { engine.finish(&f, started).await })
+    }
+
+    /// Drive `run` on a task of its own, counted as under way. When it is
+    /// suspended until a time (a sleep, a backoff, an event wait's
+    /// timeout), a task of its own wakes it then.
+    pub(crate) fn track<F>(&self, flow: Arc<Flow>, run: F) -> RunTask
+    where
+        F: Future<Output = Result<RunResult, EngineError>> + Send + 'static,
+    {
+        let guard = InflightGuard::new(&self.inner.inflight);
+        let (tx, rx) = oneshot::channel();
+        let server = self.clone();
+        tokio::spawn(async move {
+            let r = run.await;
+            let status = match &r {
+                // Suspended, or moved on by another caller: not an end.
+                Ok(r) if matches!(r.status, RunStatus::Waiting | RunStatus::Running) => None,
+                Ok(r) => Some(r.status.as_str()),
+                // Not recorded: the caller was told.
+                Err(EngineError::NotStarted(_)) => Some("not_started"),
+                Err(e) => {
+                    eprintln!("sluice: a run of flow `{}` stopped: {e}", flow.id);
+                    Some("error")
+                }
+            };
+            if let Some(status) = status {
+                metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => status)
+                    .increment(1);
+            }
+            drop(guard);
+            let timed = match &r {
+                Ok(RunResult {
+                    wait: Some(w),
+                    status: RunStatus::Waiting,
+                    ..
+                }) if w.wake_at.is_some() => Some(w.clone()),
+                _ => None,
+            };
+            let _ = tx.send(r);
+            if let Some(w) = timed {
+                server.follow(flow, w);
+            }
+        });
+        rx
+    }
+
+    /// Wake a suspended run when its wait is due (unless an event or
+    /// another process wakes it first).
+    fn follow(&self, flow: Arc<Flow>, wait: sluice_store::Wait) {
+        let engine = self.inner.engine.clone();
+        let f = flow.clone();
+        drop(self.track(flow, async move { engine.await_wait(&f, wait).await }));
+    }
+
+    /// The flow a recorded run ran: the one served now if it is the same
+    /// version, else the version kept in the store.
+    pub async fn flow_of(&self, flow_id: &str, version: Option<&str>) -> Result<Arc<Flow>, String> {
+        let set = self.flows();
+        if let Some(f) = set.flows.get(flow_id)
+            && version.is_none_or(|v| v == f.version)
+        {
+            return Ok(f.clone());
+        }
+        let version = version.unwrap_or_default();
+        match self
+            .inner
+            .engine
+            .store()
+            .flow_version(flow_id, version)
+            .await
+        {
+            Ok(Some(text)) => {
+                let name = format!("{flow_id} (version {version}, from the store)");
+                sluice_model::load(&name, &text, self.inner.registry.as_ref())
+                    .map(Arc::new)
+                    .map_err(|d| {
+                        format!(
+                            "the stored version {version} of flow `{flow_id}` no longer loads: {}",
+                            d.items
+                                .iter()
+                                .map(|i| i.message.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })
+            }
+            Ok(None) => Err(format!(
+                "flow `{flow_id}` (version {version}) is neither served nor kept in the store"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The flow a recorded run runs (see [`Server::flow_of`]), or why that
+    /// flow cannot be had, without reading the run's log; `None` when
+    /// there is no such run.
+    pub(crate) async fn flow_of_run(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<Result<Arc<Flow>, String>>, StoreError> {
+        let Some((flow_id, version)) = self.inner.engine.store().flow_of_run(run_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.flow_of(&flow_id, version.as_deref()).await))
+    }
+
+    /// Continue every run left `running` by a process that stopped (a
+    /// crash, `kill -9`), oldest first, each on a task of its own, from its
+    /// last committed step. Call it once at start, before serving.
+    pub async fn recover(&self) -> Result<Recovered, StoreError> {
+        let store = self.inner.engine.store().clone();
+        let mut running = store
+            .list_runs(&RunFilter {
+                status: Some(RunStatus::Running),
+                ..Default::default()
+            })
+            .await?;
+        running.reverse();
+        let mut done = Recovered::default();
+        // Suspended runs with a time wake then; event waits with no timeout
+        // need nothing until their event comes.
+        for w in store.list_waits(None).await? {
+            if w.wake_at.is_none() {
+                continue;
+            }
+            let Some(flow) = self.flow_of_run(&w.run_id).await? else {
+                continue;
+            };
+            match flow {
+                Ok(flow) => {
+                    self.follow(flow, w);
+                    done.waiting += 1;
+                }
+                Err(message) => {
+                    eprintln!("sluice: run `{}` stays waiting: {message}", w.run_id);
+                }
+            }
+        }
+        for r in running {
+            let Some(flow) = self.flow_of_run(&r.id).await? else {
+                continue;
+            };
+            match flow {
+                Ok(flow) => {
+                    let engine = self.inner.engine.clone();
+                    let id = r.id.clone();
+                    let f = flow.clone();
+                    drop(self.track(flow, async move { engine.recover(&f, &id).await }));
+                    done.resumed += 1;
+                }
+                Err(message) => {
+                    // Only here is the run's own record needed.
+                    let Some(detail) = store.get_run(&r.id).await? else {
+                        continue;
+                    };
+                    store
+                        .update_run(
+                            &r.id,
+                            &RunUpdate::ended(
+                                detail.state,
+                                None,
+                                Some(format!("cannot continue after a restart: {message}")),
+                                detail.next_step,
+                            ),
+                        )
+                        .await?;
+                    done.failed += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Runs under way in this process.
+    pub fn in_flight(&self) -> usize {
+        self.inner.inflight.n.load(Ordering::SeqCst)
+    }
+
+    /// The Prometheus text of the process's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
+    }
+}
+
+/// Wait for a run's task; a task that died (a bug: runs do not panic on
+/// user input) is reported as lost, to be continued at the next start.
+pub(crate) async fn joined(run_id: &str, task: RunTask) -> Result<RunResult, ApiError> {
+    match task.await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "run_lost",
+            format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
+        )),
+    }
+}
+
+/// Microseconds since the epoch as an RFC 3339 time (UTC).
+pub(crate) fn rfc3339(micros: i64) -> Value {
+    jiff::Timestamp::from_microsecond(micros)
+        .map(|t| Value::String(t.to_string()))
+        .unwrap_or(Value::Null)
+}
