@@ -1,6 +1,14 @@
-//! A 40-step sequential flow of `transform` steps, every step committed to a
-//! SQLite store on disk (WAL): the engine's overhead per durable step.
-//! Goal: at most 0.2 ms per step. Run: `cargo bench -p sluice-engine --bench steps`.
+//! 40-step sequential flows on a SQLite store on disk (WAL):
+//!
+//! * `flow_40_steps_*`: `transform` steps. They are pure, so a run of them
+//!   is recorded in one write at its end: the figure per step is the
+//!   engine's work per pure step plus a fortieth of one commit.
+//! * `flow_40_sql_steps_*`: `sql.upsert` steps into a SQLite database of
+//!   their own. Each step commits its write, then its record and the run's
+//!   new position, before the next starts: the figure per step is a durable
+//!   step's whole cost. Goal: at most 0.2 ms per durable step.
+//!
+//! Run: `cargo bench -p sluice-engine --bench steps`.
 
 use divan::Bencher;
 use serde_json::json;
@@ -23,6 +31,20 @@ fn flow_text() -> String {
     for i in 0..STEPS {
         s.push_str(&format!(
             "  - key: s{i}\n    type: transform\n    options:\n      value: {{count: \"{{{{ (.count // 0) + 1 }}}}\", last: \"s{i}\"}}\n"
+        ));
+    }
+    s
+}
+
+/// 40 `sql.upsert` steps on one row of a table of database `db`.
+fn sql_flow_text(db: &std::path::Path) -> String {
+    let mut s = format!(
+        "id: bench40sql\nconnections:\n  app: {{url: \"sqlite://{}?mode=rwc\"}}\nsteps:\n",
+        db.display()
+    );
+    for i in 0..STEPS {
+        s.push_str(&format!(
+            "  - key: s{i}\n    type: sql.upsert\n    options: {{connection: app, collection: orders, criteria: {{id: \"{{{{ $trigger.body.orderId }}}}\"}}, properties: {{step: s{i}}}}}\n"
         ));
     }
     s
@@ -71,6 +93,41 @@ fn bench_run(bencher: Bencher, synchronous: &str) {
             assert_eq!(r.output.unwrap()["count"], json!(STEPS));
         });
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn bench_sql_run(bencher: Bencher, synchronous: &str) {
+    let (rt, engine, _, dir) = setup(synchronous);
+    let registry = sluice_sql::registry();
+    let db = dir.join("app.db");
+    let create = format!(
+        "id: create\nconnections:\n  app: {{url: \"sqlite://{}?mode=rwc\"}}\nsteps:\n  - {{key: t, type: sql.query, options: {{connection: app, mode: statement, query: \"CREATE TABLE orders (id TEXT PRIMARY KEY, step TEXT)\"}}}}\n",
+        db.display()
+    );
+    let create = sluice_model::load("create.yaml", &create, &registry).unwrap();
+    rt.block_on(engine.run(&create, RunRequest::default()))
+        .unwrap();
+    let flow = sluice_model::load("bench40sql.yaml", &sql_flow_text(&db), &registry).unwrap();
+    bencher
+        .counter(divan::counter::ItemsCount::new(STEPS))
+        .bench_local(|| {
+            let r = rt
+                .block_on(engine.run(
+                    &flow,
+                    RunRequest {
+                        trigger: json!({"body": {"orderId": "A-1"}}),
+                        ..Default::default()
+                    },
+                ))
+                .unwrap();
+            assert_eq!(r.status, sluice_store::RunStatus::Succeeded, "{:?}", r.failure);
+        });
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Durable steps: each `sql.upsert` commits, then its record does.
+#[divan::bench(sample_count = 20, sample_size = 1)]
+fn flow_40_sql_steps_sqlite_wal(bencher: Bencher) {
+    bench_sql_run(bencher, "normal");
 }
 
 /// WAL with synchronous=NORMAL: survives a crash of the process (the default).
