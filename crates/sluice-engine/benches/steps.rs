@@ -119,7 +119,12 @@ fn bench_sql_run(bencher: Bencher, synchronous: &str) {
                     },
                 ))
                 .unwrap();
-            assert_eq!(r.status, sluice_store::RunStatus::Succeeded, "{:?}", r.failure);
+            assert_eq!(
+                r.status,
+                sluice_store::RunStatus::Succeeded,
+                "{:?}",
+                r.failure
+            );
         });
     let _ = std::fs::remove_dir_all(dir);
 }

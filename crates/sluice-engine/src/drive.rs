@@ -36,6 +36,8 @@ pub(crate) struct Going<'a> {
     /// The number of the next step record.
     seq: i64,
     mode: Mode<'a>,
+    /// How the run ended, once it has (see [`After::End`]).
+    end: Option<RunResult>,
 }
 
 impl Going<'_> {
@@ -57,6 +59,12 @@ impl Going<'_> {
         RunResult::ended(self.take_id(), status, &self.fo, self.mode.recorded)
     }
 
+    /// End the run with `r`.
+    fn finish(&mut self, r: RunResult) -> After {
+        self.end = Some(r);
+        After::End
+    }
+
     /// The run's id, taken: the run is over here.
     fn take_id(&mut self) -> String {
         std::mem::take(&mut self.run_id)
@@ -69,8 +77,11 @@ enum After {
     At(Option<usize>),
     /// To the same step again (woken, or its next attempt).
     Again,
-    /// The run is over here (or suspended, or taken by another caller).
-    End(Box<RunResult>),
+    /// The run is over here (or suspended, or taken by another caller),
+    /// ended as the run's `end` says.
+    End,
+    /// The run succeeded: its output is its state data.
+    Succeeded,
 }
 
 impl<S: Store> Engine<S> {
@@ -111,6 +122,7 @@ impl<S: Store> Engine<S> {
             state,
             seq,
             mode,
+            end: None,
         };
         let mut pos = (start < flow.steps.len()).then_some(start);
         while let Some(i) = pos {
@@ -133,7 +145,16 @@ impl<S: Store> Engine<S> {
             match self.one_step(&mut g, step).await? {
                 After::At(next) => pos = next,
                 After::Again => {}
-                After::End(r) => return Ok(*r),
+                After::End => {
+                    return g.end.take().ok_or_else(|| {
+                        EngineError::NotStarted("bug: a run ended without its result".into())
+                    });
+                }
+                After::Succeeded => {
+                    let mut r = g.ended(RunStatus::Succeeded);
+                    r.output = Some(Arc::unwrap_or_clone(g.state));
+                    return Ok(r);
+                }
             }
         }
         // A flow always has a step; a run that had none ends as it began.
@@ -286,30 +307,30 @@ impl<S: Store> Engine<S> {
                     ),
                     blame: Blame::Flow,
                 });
-                return Ok(After::End(Box::new(r)));
+                return Ok(g.finish(r));
             }
             self.sleep_until(wait.wake_at.unwrap_or(0)).await;
             g.entry = Entry::Woken(Value::Null, started_at);
             return Ok(After::Again);
         }
         if !self.store.suspend(None, &g.state, &wait).await? {
-            return Ok(After::End(Box::new(
-                self.moved_on(g.take_id(), &g.fo).await?,
-            )));
+            let r = self.moved_on(g.take_id(), &g.fo).await?;
+            return Ok(g.finish(r));
         }
         if !timer {
             let mut r = g.ended(RunStatus::Waiting);
             r.wait = Some(wait);
-            return Ok(After::End(Box::new(r)));
+            return Ok(g.finish(r));
         }
         match self.sleep_then_claim(&wait).await? {
             Some(_) => {
                 g.entry = Entry::Woken(Value::Null, started_at);
                 Ok(After::Again)
             }
-            None => Ok(After::End(Box::new(
-                self.moved_on(g.take_id(), &g.fo).await?,
-            ))),
+            None => {
+                let r = self.moved_on(g.take_id(), &g.fo).await?;
+                Ok(g.finish(r))
+            }
         }
     }
 
@@ -350,7 +371,7 @@ impl<S: Store> Engine<S> {
             let r = self
                 .fan_out(g.flow, g.take_id(), record, &g.fo, step, items, pos, g.mode)
                 .await?;
-            return Ok(After::End(Box::new(r)));
+            return Ok(g.finish(r));
         }
         let finished = pos.is_none();
         if rec {
@@ -378,10 +399,7 @@ impl<S: Store> Engine<S> {
         if !finished {
             return Ok(After::At(pos));
         }
-        let mut r = g.ended(RunStatus::Succeeded);
-        let state = std::mem::replace(&mut g.state, Arc::new(Value::Null));
-        r.output = Some(Arc::unwrap_or_clone(state));
-        Ok(After::End(Box::new(r)))
+        Ok(After::Succeeded)
     }
 
     /// A step failed: attempted again after a backoff when its `retry`
@@ -416,9 +434,8 @@ impl<S: Store> Engine<S> {
                 if !self.store.suspend(Some(&record), &g.state, &wait).await?
                     || self.sleep_then_claim(&wait).await?.is_none()
                 {
-                    return Ok(After::End(Box::new(
-                        self.moved_on(g.take_id(), &g.fo).await?,
-                    )));
+                    let r = self.moved_on(g.take_id(), &g.fo).await?;
+                    return Ok(g.finish(r));
                 }
             } else {
                 self.sleep_until(wake_at).await;
@@ -472,7 +489,7 @@ impl<S: Store> Engine<S> {
             message,
             blame: failed.error.blame,
         });
-        Ok(After::End(Box::new(r)))
+        Ok(g.finish(r))
     }
 
     /// Whether `step` is pure (see [`sluice_action::Action::PURE`]); a step
