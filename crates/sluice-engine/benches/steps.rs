@@ -36,7 +36,8 @@ fn flow_text() -> String {
     s
 }
 
-/// 40 `sql.upsert` steps on one row of a table of database `db`.
+/// 40 `sql.upsert` steps on one row of a table of database `db` (sqlx
+/// opens it in WAL mode, synced at every commit).
 fn sql_flow_text(db: &std::path::Path) -> String {
     let mut s = format!(
         "id: bench40sql\nconnections:\n  app: {{url: \"sqlite://{}?mode=rwc\"}}\nsteps:\n",
@@ -129,7 +130,8 @@ fn bench_sql_run(bencher: Bencher, synchronous: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Durable steps: each `sql.upsert` commits, then its record does.
+/// Durable steps: each `sql.upsert` commits (the target database synced at
+/// every commit, sqlx's default), then its record does.
 #[divan::bench(sample_count = 20, sample_size = 1)]
 fn flow_40_sql_steps_sqlite_wal(bencher: Bencher) {
     bench_sql_run(bencher, "normal");
