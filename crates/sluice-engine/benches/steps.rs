@@ -13,7 +13,7 @@
 use divan::Bencher;
 use serde_json::json;
 use sluice_engine::{Engine, RunRequest};
-use sluice_store::SqliteStore;
+use sluice_store::{RunStatus, SqliteStore};
 use std::sync::Arc;
 
 const STEPS: usize = 40;
@@ -77,22 +77,31 @@ fn setup(
     (rt, Engine::new(store, registry), flow, dir)
 }
 
-fn bench_run(bencher: Bencher, synchronous: &str) {
-    let (rt, engine, flow, dir) = setup(synchronous);
+/// Run `flow` with `req` once per sample, each run succeeding.
+fn bench_flow(
+    bencher: Bencher,
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine<SqliteStore>,
+    flow: &sluice_model::Flow,
+    req: RunRequest,
+) {
     bencher
         .counter(divan::counter::ItemsCount::new(STEPS))
         .bench_local(|| {
-            let r = rt
-                .block_on(engine.run(
-                    &flow,
-                    RunRequest {
-                        input: Some(json!({"orderId": "A-1"})),
-                        ..Default::default()
-                    },
-                ))
-                .unwrap();
-            assert_eq!(r.output.unwrap()["count"], json!(STEPS));
+            let r = rt.block_on(engine.run(flow, req.clone())).unwrap();
+            assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
         });
+}
+
+fn bench_run(bencher: Bencher, synchronous: &str) {
+    let (rt, engine, flow, dir) = setup(synchronous);
+    let req = RunRequest {
+        input: Some(json!({"orderId": "A-1"})),
+        ..Default::default()
+    };
+    let r = rt.block_on(engine.run(&flow, req.clone())).unwrap();
+    assert_eq!(r.output.unwrap()["count"], json!(STEPS));
+    bench_flow(bencher, &rt, &engine, &flow, req);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -108,25 +117,11 @@ fn bench_sql_run(bencher: Bencher, synchronous: &str) {
     rt.block_on(engine.run(&create, RunRequest::default()))
         .unwrap();
     let flow = sluice_model::load("bench40sql.yaml", &sql_flow_text(&db), &registry).unwrap();
-    bencher
-        .counter(divan::counter::ItemsCount::new(STEPS))
-        .bench_local(|| {
-            let r = rt
-                .block_on(engine.run(
-                    &flow,
-                    RunRequest {
-                        trigger: json!({"body": {"orderId": "A-1"}}),
-                        ..Default::default()
-                    },
-                ))
-                .unwrap();
-            assert_eq!(
-                r.status,
-                sluice_store::RunStatus::Succeeded,
-                "{:?}",
-                r.failure
-            );
-        });
+    let req = RunRequest {
+        trigger: json!({"body": {"orderId": "A-1"}}),
+        ..Default::default()
+    };
+    bench_flow(bencher, &rt, &engine, &flow, req);
     let _ = std::fs::remove_dir_all(dir);
 }
 
