@@ -164,6 +164,11 @@ pub trait Action: Send + Sync + 'static {
     const PURE: bool = false;
     /// The typed options.
     type Options: DeserializeOwned + JsonSchema + Send;
+    /// Checks of the options as written in the flow file beyond what their
+    /// type says (`sluice check` reports them with their place).
+    fn check(_options: &Value) -> Vec<sluice_model::OptionIssue> {
+        Vec::new()
+    }
     /// Run once with templated options.
     fn run<'a>(
         &'a self,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 /// which the step requires.
 fn check_action<A: Action>(options: &Value) -> Vec<OptionIssue> {
     let mut issues = check_options::<A::Options>(options);
+    issues.extend(A::check(options));
     for name in A::DEFERRED {
         if options.get(*name).is_none() {
             issues.push(OptionIssue {

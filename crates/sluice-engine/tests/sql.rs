@@ -259,6 +259,31 @@ async fn sql_actions_on_every_database() {
         );
         let (_, out, _) = run(&engine, &registry, &single, json!({"who": "Bob"})).await;
         assert_eq!(out.unwrap()["email"], json!("bob@example.com"));
+
+        // A parameter named in a comment or a quoted string is not one.
+        let mut commented = vec![
+            ("SELECT :v AS a -- :w", json!(1)),
+            ("SELECT /* :w */ :v AS a", json!(1)),
+            ("SELECT ':w' AS a", json!(":w")),
+        ];
+        match b.name {
+            "postgres" => commented.push(("SELECT $$ :w $$ AS a", json!(" :w "))),
+            "mariadb" => commented.push(("SELECT :v AS a # :w", json!(1))),
+            _ => {}
+        }
+        for (q, want) in commented {
+            let flow = format!(
+                "{head}  - {{key: q, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"{q}\", params: {{v: 1}}}}}}\n"
+            );
+            let (st, out, err) = run(&engine, &registry, &flow, json!({})).await;
+            assert_eq!(st, RunStatus::Succeeded, "{}: {q}: {err}", b.name);
+            let got = out.unwrap()["a"].clone();
+            assert!(
+                got == want || got.as_str() == Some(&want.to_string()),
+                "{}: {q}: {got}",
+                b.name
+            );
+        }
         let stmt = format!(
             "{head}  - {{key: u, type: sql.query, options: {{connection: app, mode: statement, query: \"UPDATE {table} SET active = :a WHERE name = :n\", params: {{a: false, n: Ada}}}}}}\n"
         );

@@ -250,7 +250,9 @@ mod tests {
             out
         };
         // Every split of a rotating sequence with repeats.
-        let seq: Vec<Value> = (0..60).map(|k| values[(k * 7) % values.len()].clone()).collect();
+        let seq: Vec<Value> = (0..60)
+            .map(|k| values[(k * 7) % values.len()].clone())
+            .collect();
         for cut in 0..seq.len() {
             let (t, i) = seq.split_at(cut);
             let mut got = Value::Array(t.to_vec());
@@ -259,13 +261,20 @@ mod tests {
         }
         // Keys in another order are the same object; numbers by value.
         assert_eq!(hash_of(&values[16]), hash_of(&values[17]));
-        for (a, b) in [(json!(0.0), json!(-0.0)), (json!(1), json!(1.0)), (json!([{"a": 2}]), json!([{"a": 2.0}]))] {
+        for (a, b) in [
+            (json!(0.0), json!(-0.0)),
+            (json!(1), json!(1.0)),
+            (json!([{"a": 2}]), json!([{"a": 2.0}])),
+        ] {
             assert!(json_eq(&a, &b), "{a} {b}");
             assert_eq!(hash_of(&a), hash_of(&b), "{a} {b}");
         }
         assert!(!json_eq(&json!(1), &json!(1.5)));
         assert!(!json_eq(&json!(u64::MAX), &json!(-1)));
-        assert_eq!(merged(json!([1, 2.5]), json!([1.0, 2.5, 3])), json!([1, 2.5, 3]));
+        assert_eq!(
+            merged(json!([1, 2.5]), json!([1.0, 2.5, 3])),
+            json!([1, 2.5, 3])
+        );
     }
 
     /// Two arrays of 200,000 distinct objects, half of them shared: every

@@ -9,10 +9,16 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_action::{Action, ActionCx, ActionError, Outcome};
+use sluice_expr::PathSeg;
+use sluice_model::OptionIssue;
 use std::sync::Arc;
 
-/// Replace `:name` parameters by the backend's placeholders, outside string
-/// literals, quoted identifiers and PostgreSQL's `::` casts.
+/// Replace `:name` parameters by the backend's placeholders. A parameter is
+/// found only in the statement's own text: not in a string literal or a
+/// quoted identifier (`'...'`, `"..."`, `` `...` ``, with the backend's
+/// escapes), a comment (`-- ...`, `/* ... */`, on MariaDB/MySQL `# ...`),
+/// a PostgreSQL dollar-quoted string (`$$...$$`, `$tag$...$tag$`), or a
+/// PostgreSQL `::` cast.
 pub(crate) fn named_params(
     sql: &str,
     backend: Backend,
@@ -25,13 +31,11 @@ pub(crate) fn named_params(
     let mut last = 0;
     while i < b.len() {
         match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += 1;
-                }
-                i += 1;
-            }
+            q @ (b'\'' | b'"' | b'`') => i = quoted_end(b, i, q, backend),
+            b'-' if b.get(i + 1) == Some(&b'-') => i = line_end(b, i),
+            b'#' if backend == Backend::MySql => i = line_end(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => i = comment_end(b, i, backend),
+            b'$' if backend == Backend::Postgres => i = dollar_end(sql, i),
             b':' if b.get(i + 1) == Some(&b':') => i += 2,
             b':' if b
                 .get(i + 1)
@@ -59,6 +63,87 @@ pub(crate) fn named_params(
     }
     out.push_str(&sql[last..]);
     Ok(Stmt { sql: out, params })
+}
+
+/// Past the quoted text that starts at `i` with `q`: a doubled quote stands
+/// for itself; on MariaDB/MySQL, and in a PostgreSQL `E'...'` string, a
+/// backslash escapes the next character.
+fn quoted_end(b: &[u8], i: usize, q: u8, backend: Backend) -> usize {
+    let escapes = q != b'`'
+        && (backend == Backend::MySql
+            || (backend == Backend::Postgres
+                && q == b'\''
+                && i > 0
+                && matches!(b[i - 1], b'E' | b'e')
+                && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_'))));
+    let mut j = i + 1;
+    while j < b.len() {
+        if escapes && b[j] == b'\\' {
+            j += 2;
+            continue;
+        }
+        if b[j] == q {
+            // A doubled quote goes on; the loop meets the next one as a
+            // quote of its own, which reopens the literal.
+            return j + 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+/// Past the end of the line at `i` (a `--` or `#` comment).
+fn line_end(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(b.len(), |n| i + n + 1)
+}
+
+/// Past the `/* ... */` comment at `i` (nested on PostgreSQL).
+fn comment_end(b: &[u8], i: usize, backend: Backend) -> usize {
+    let mut depth = 0usize;
+    let mut j = i;
+    while j + 1 < b.len() {
+        match (b[j], b[j + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                j += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                j += 2;
+                if depth == 0 || backend != Backend::Postgres {
+                    return j;
+                }
+            }
+            _ => j += 1,
+        }
+        if backend != Backend::Postgres {
+            depth = depth.min(1);
+        }
+    }
+    b.len()
+}
+
+/// Past the PostgreSQL dollar-quoted string at `i` (`$$...$$` or
+/// `$tag$...$tag$`); just past the `$` when it opens none (`$1`).
+fn dollar_end(sql: &str, i: usize) -> usize {
+    let rest = &sql[i + 1..];
+    let tag_len = rest
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        .count();
+    let opens = rest.as_bytes().get(tag_len) == Some(&b'$')
+        && !rest.as_bytes().first().is_some_and(u8::is_ascii_digit);
+    if !opens {
+        return i + 1;
+    }
+    let delim = &sql[i..i + tag_len + 2];
+    let body = i + delim.len();
+    sql[body..]
+        .find(delim)
+        .map_or(sql.len(), |n| body + n + delim.len())
 }
 
 /// Rows emitted one by one: the steps after run once per row.
@@ -111,6 +196,25 @@ pub struct SqlQueryOptions {
 impl Action for SqlQuery {
     const KIND: &'static str = "sql.query";
     type Options = SqlQueryOptions;
+
+    /// A templated query is refused: a value templated into SQL is SQL.
+    fn check(options: &Value) -> Vec<OptionIssue> {
+        let templated = options
+            .get("query")
+            .and_then(Value::as_str)
+            .is_some_and(sluice_expr::template::has_template);
+        if !templated {
+            return Vec::new();
+        }
+        vec![OptionIssue {
+            path: vec![PathSeg::Key("query".into())],
+            message: "the query is a template: a value templated into SQL becomes SQL (anyone who controls it can run their own statement)".into(),
+            at_key: false,
+            help: Some(
+                "write the query out and give values as `:name` parameters through `params`, such as `query: \"SELECT * FROM t WHERE id = :id\"` with `params: {id: \"{{ .id }}\"}`".into(),
+            ),
+        }]
+    }
 
     async fn run<'a>(
         &'a self,
@@ -343,5 +447,48 @@ mod tests {
         );
         assert_eq!(st.params, vec![json!(1), json!("x"), json!(1)]);
         assert!(named_params("SELECT :missing", Backend::Sqlite, &p).is_err());
+    }
+
+    #[test]
+    fn named_parameters_skip_comments_and_quoted_strings() {
+        let mut p = Map::new();
+        p.insert("v".into(), json!(1));
+        let sql = |q: &str, b: Backend| named_params(q, b, &p).map(|s| (s.sql, s.params.len()));
+        // Comments: a parameter named in one is not one.
+        for b in [Backend::Sqlite, Backend::Postgres, Backend::MySql] {
+            let ph = b.placeholder(1);
+            assert_eq!(
+                sql("SELECT :v AS a -- :w", b).unwrap(),
+                (format!("SELECT {ph} AS a -- :w"), 1)
+            );
+            assert_eq!(
+                sql("SELECT /* :w */ :v", b).unwrap(),
+                (format!("SELECT /* :w */ {ph}"), 1)
+            );
+            assert_eq!(sql("SELECT ':w'', :w' AS a", b).unwrap().1, 0);
+        }
+        assert_eq!(
+            sql("SELECT :v # :w\n", Backend::MySql).unwrap(),
+            ("SELECT ? # :w\n".to_owned(), 1)
+        );
+        // MariaDB/MySQL: a backslash escapes a quote.
+        assert_eq!(sql(r"SELECT 'it\' :w' AS a", Backend::MySql).unwrap().1, 0);
+        // PostgreSQL: dollar quotes, nested comments, E'' escapes, $1.
+        assert_eq!(sql("SELECT $$ :w $$", Backend::Postgres).unwrap().1, 0);
+        assert_eq!(
+            sql("SELECT $x$ :w $$ :w $x$, :v", Backend::Postgres)
+                .unwrap()
+                .1,
+            1
+        );
+        assert_eq!(
+            sql("SELECT /* a /* :w */ :w */ :v", Backend::Postgres)
+                .unwrap()
+                .1,
+            1
+        );
+        assert_eq!(sql(r"SELECT E'\' :w', :v", Backend::Postgres).unwrap().1, 1);
+        assert_eq!(sql(r"SELECT '\', :v", Backend::Postgres).unwrap().1, 1);
+        assert_eq!(sql("SELECT $1::int", Backend::Postgres).unwrap().1, 0);
     }
 }
