@@ -37,5 +37,6 @@ mod subflow;
 pub use engine::{Engine, FlowLookup};
 pub use import::{ImportError, ImportOptions, ImportSummary, Progress, failures_path};
 pub use run::{
-    EngineError, MAX_FLOW_DEPTH, RunRequest, RunResult, Started, StepFailure, merge_patch,
+    EngineError, MAX_FLOW_DEPTH, MAX_RECOVERIES, RunRequest, RunResult, Started, StepFailure,
+    merge_patch,
 };

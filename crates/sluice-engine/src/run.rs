@@ -75,6 +75,11 @@ impl RunResult {
     }
 }
 
+/// How many times in a row a run is continued after the process stopped
+/// with no step recorded in between before it is failed instead (see
+/// [`crate::Engine::recover`]).
+pub const MAX_RECOVERIES: u32 = 3;
+
 /// How deep `flow` steps may nest runs (a flow that starts itself stops here).
 pub const MAX_FLOW_DEPTH: u64 = 32;
 

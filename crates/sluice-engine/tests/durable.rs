@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_action::{Action, ActionCx, ActionError, Outcome, Registry};
+use sluice_action::{Action, ActionCx, ActionError, Blame, Outcome, Registry};
 use sluice_engine::{Engine, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, SqliteStore, Store, WaitKind};
@@ -400,6 +400,42 @@ async fn a_step_rerun_after_a_crash_keeps_its_attempts_key() {
     let r = engine.recover(&flow, &id).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded);
     assert_eq!(s.keys.lock().unwrap().clone(), [format!("{id}/call/0/1")]);
+}
+
+#[tokio::test]
+async fn a_run_recovered_three_times_with_no_step_between_is_failed() {
+    // The run's step was under way when the process died, twice already
+    // (each recovery counted, no step recorded since): the third recovery
+    // fails the run instead of running the step again.
+    let s = Setup::new().await;
+    let flow = s.flow("id: r\nsteps:\n  - {key: call, type: flaky, options: {succeedAt: 1}}\n");
+    let engine = s.engine();
+    let started = engine.start(&flow, input(json!({}))).await.unwrap();
+    let id = started.run_id().to_owned();
+    drop(started);
+    for n in 1..sluice_engine::MAX_RECOVERIES {
+        assert_eq!(s.store.count_recovery(&id).await.unwrap(), n);
+    }
+    let r = engine.recover(&flow, &id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    let f = r.failure.unwrap();
+    assert!(
+        f.message.contains("when the server stopped 3 times"),
+        "{}",
+        f.message
+    );
+    assert_eq!((f.step.as_str(), f.blame), ("call", Blame::Bug));
+    assert!(s.keys.lock().unwrap().is_empty(), "the step did not run");
+    let d = s.store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Failed);
+    // One recovery after progress starts the count again: it runs.
+    let again = engine.start(&flow, input(json!({}))).await.unwrap();
+    let id = again.run_id().to_owned();
+    drop(again);
+    assert_eq!(
+        engine.recover(&flow, &id).await.unwrap().status,
+        RunStatus::Succeeded
+    );
 }
 
 const WAITER: &str = r#"id: pay

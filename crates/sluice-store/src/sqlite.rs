@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the parent index holds item runs only",
         include_str!("../migrations/sqlite/0009_parent_index.sql"),
     ),
+    (
+        10,
+        "recoveries of a running run",
+        include_str!("../migrations/sqlite/0010_recoveries.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -476,6 +481,21 @@ impl Store for SqliteStore {
                 status,
             })
             .await)
+    }
+
+    async fn count_recovery(&self, run_id: &str) -> Result<u32, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "UPDATE runs SET recoveries = CASE WHEN recovered_at_steps = steps THEN recoveries + 1 ELSE 1 END, recovered_at_steps = steps WHERE id = ? AND status = 'running' RETURNING recoveries",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match n {
+            Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            None => Err(self
+                .refused(run_id, |run, status| StoreError::NotRunning { run, status })
+                .await),
+        }
     }
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {

@@ -358,6 +358,14 @@ pub enum StoreError {
         /// Its status.
         status: &'static str,
     },
+    /// Only a running run is continued after a stop.
+    #[error("run `{run}` is {status}, not running")]
+    NotRunning {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
 }
 
 /// The durable record of runs.
@@ -426,6 +434,11 @@ pub trait Store: Send + Sync + 'static {
         run_id: &str,
         state: &Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Note that running run `run_id` is continued after the process that
+    /// drove it stopped: how many times in a row that happened with no step
+    /// recorded in between (from 1). Fails with [`StoreError::NotRunning`]
+    /// when the run is not running.
+    fn count_recovery(&self, run_id: &str) -> impl Future<Output = Result<u32, StoreError>> + Send;
     /// Stop a running or waiting run, or one at an incident: its status
     /// becomes `cancelled`, its wait is dropped, and later step records no
     /// longer move it. Fails with

@@ -230,6 +230,23 @@ async fn suite<S: Store>(store: &S) {
     );
     assert_eq!(store.flow_version("x", "nope").await.unwrap(), None);
 
+    // Recoveries: counted in a row while no step is recorded in between.
+    let crashed = new_run("orders");
+    store.create_run(&crashed).await.unwrap();
+    assert_eq!(store.count_recovery(&crashed.id).await.unwrap(), 1);
+    assert_eq!(store.count_recovery(&crashed.id).await.unwrap(), 2);
+    store
+        .record_step(&step(&crashed.id, 0, true), &running(json!({}), Some("s1")))
+        .await
+        .unwrap();
+    assert_eq!(store.count_recovery(&crashed.id).await.unwrap(), 1);
+    assert_eq!(store.count_recovery(&crashed.id).await.unwrap(), 2);
+    assert_eq!(store.count_recovery(&crashed.id).await.unwrap(), 3);
+    assert!(matches!(
+        store.count_recovery("missing").await,
+        Err(StoreError::NoSuchRun(_))
+    ));
+
     // Cancelling: a running run stops and later records do not move it.
     store.cancel_run(&failed.id).await.unwrap();
     let cancelled = store.get_run(&failed.id).await.unwrap().unwrap();
@@ -264,6 +281,13 @@ async fn suite<S: Store>(store: &S) {
     assert!(matches!(
         store.cancel_run("missing").await,
         Err(StoreError::NoSuchRun(_))
+    ));
+    assert!(matches!(
+        store.count_recovery(&failed.id).await,
+        Err(StoreError::NotRunning {
+            status: "cancelled",
+            ..
+        })
     ));
 
     // Listing by start time.
@@ -700,7 +724,7 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        13
+        14
     );
     batches(&store).await;
     // The writer leaves foreign keys unchecked (group.rs): its own checks
@@ -716,7 +740,7 @@ async fn sqlite_file_passes_the_suite_and_keeps_runs_across_reopen() {
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.list_runs(&RunFilter::default()).await.unwrap().len(),
-        13 + 1 + 40 + 2 + 40
+        14 + 1 + 40 + 2 + 40
     );
     assert_eq!(store.poll_snapshot("poller").await.unwrap().0, 2);
     // So do taken events.

@@ -1177,3 +1177,77 @@ fn data_hooks_and_polls_on_the_real_server() {
     assert_eq!(wait_runs(&s, "audit", 4).len(), 4);
     assert_eq!(s.stop(), Some(0));
 }
+
+/// The server's process, run until it stops by itself: whether it ended
+/// abnormally (a signal, such as the abort of a stack overflow) within
+/// `limit`.
+fn crashes_within(dir: &Path, limit: Duration) -> bool {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(dir)
+        .args(["serve", "--flows", "flows", "--listen", "127.0.0.1:0"])
+        .args(["--store", "store.db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return !status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+#[test]
+fn a_run_that_crashes_the_server_at_every_start_is_failed_after_three() {
+    // An expression that overflows the stack aborts the process; the run was
+    // under way, so each start continues it and aborts again, until it has
+    // been under way at three stops: the next start fails it instead, and
+    // the server stays up.
+    let dir = temp("crashloop");
+    write(
+        &dir,
+        "boom.yaml",
+        r#"
+id: boom
+trigger: {type: webhook, path: boom, async: true}
+steps:
+  - {key: deep, type: transform, options: {value: "{{ last(recurse([.])) | 0 }}"}}
+"#,
+    );
+    let mut s = Serve::start(&dir);
+    // The answer may not come: the process can stop first.
+    let _ = try_call(
+        s.port,
+        "POST",
+        "/hooks/boom",
+        &[("content-type", "application/json")],
+        "{}",
+    );
+    let t = Instant::now();
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(s);
+    for start in ["second", "third"] {
+        assert!(
+            crashes_within(&dir, Duration::from_secs(60)),
+            "the {start} start continues the run and stops"
+        );
+    }
+    let s = Serve::start(&dir);
+    let runs = s.get("/api/runs?flow=boom").body;
+    let run = runs[0]["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    let d = s.ended(&run);
+    assert_eq!(d["status"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap_or_default();
+    assert!(error.contains("stopped 3 times"), "{error}");
+    assert_eq!(s.get("/api/health").status, 200);
+    assert_eq!(s.stop(), Some(0));
+}
