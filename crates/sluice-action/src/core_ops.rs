@@ -337,8 +337,13 @@ impl CloudEventTrigger {
     }
 }
 
-/// Check that `v` is a CloudEvent in the structured JSON mode: an object with
-/// the required context attributes `specversion`, `id`, `source` and `type`.
+/// Check that `v` is a CloudEvent 1.0 in the structured JSON format: an
+/// object with the required context attributes `specversion`, `id`,
+/// `source` and `type` (non-empty strings); attribute names of lower-case
+/// letters and digits; `data` or `data_base64`, not both (`data_base64` a
+/// string); `time`, when given, an RFC 3339 time; the other attributes
+/// strings, and extensions strings, integers, booleans or null (an event
+/// carries no object or array but in its data).
 pub fn check_cloudevent(v: &Value) -> Result<(), String> {
     let Some(o) = v.as_object() else {
         return Err(
@@ -362,6 +367,53 @@ pub fn check_cloudevent(v: &Value) -> Result<(), String> {
     }
     if o.get("specversion").and_then(Value::as_str) != Some("1.0") {
         return Err("only CloudEvents `specversion` 1.0 is supported".to_owned());
+    }
+    if o.contains_key("data") && o.contains_key("data_base64") {
+        return Err("a CloudEvent carries `data` or `data_base64`, not both".to_owned());
+    }
+    for (name, value) in o {
+        match name.as_str() {
+            "data" => continue,
+            "data_base64" if !value.is_string() => {
+                return Err("the CloudEvent's `data_base64` must be a base64 string".to_owned());
+            }
+            "data_base64" => continue,
+            _ => {}
+        }
+        if !name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(format!(
+                "`{name}` is not a CloudEvent attribute name: lower-case letters and digits only"
+            ));
+        }
+        let string_only = matches!(
+            name.as_str(),
+            "datacontenttype" | "dataschema" | "subject" | "time"
+        );
+        match value {
+            Value::String(_) => {}
+            Value::Null | Value::Bool(_) if !string_only => {}
+            Value::Number(n) if !string_only && (n.is_i64() || n.is_u64()) => {}
+            _ if string_only => {
+                return Err(format!(
+                    "the CloudEvent attribute `{name}` must be a string"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "the CloudEvent extension `{name}` must be a string, an integer, a boolean or null"
+                ));
+            }
+        }
+    }
+    if let Some(t) = o.get("time").and_then(Value::as_str)
+        && t.parse::<jiff::Timestamp>().is_err()
+    {
+        return Err(format!(
+            "the CloudEvent's `time` `{t}` is not an RFC 3339 time (such as 2026-12-01T09:30:00Z)"
+        ));
     }
     Ok(())
 }
@@ -402,6 +454,47 @@ mod tests {
             hooks: None,
         };
         reg.get(kind).unwrap().action.run_json(cx, &options).await
+    }
+
+    #[test]
+    fn cloudevents_that_break_the_spec_are_refused() {
+        let base = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        let with = |k: &str, v: Value| {
+            let mut e = base.clone();
+            e[k] = v;
+            e
+        };
+        assert_eq!(check_cloudevent(&base), Ok(()));
+        let ok = [
+            with("time", json!("2026-12-01T09:30:00Z")),
+            with("time", json!("2026-12-01T09:30:00.5+01:00")),
+            with("traceparent", json!("00-ab")),
+            with("count2", json!(3)),
+            with("flag", json!(true)),
+            with("data", json!({"a": [1]})),
+            with("data_base64", json!("AP8=")),
+        ];
+        for e in ok {
+            assert_eq!(check_cloudevent(&e), Ok(()), "{e}");
+        }
+        let mut both = with("data", json!(1));
+        both["data_base64"] = json!("AP8=");
+        let bad = [
+            (both, "not both"),
+            (with("time", json!("yesterday")), "RFC 3339"),
+            (with("Traceparent", json!("x")), "attribute name"),
+            (with("trace_parent", json!("x")), "attribute name"),
+            (with("ext", json!({"a": 1})), "extension `ext`"),
+            (with("ext", json!([1])), "extension `ext`"),
+            (with("ext", json!(1.5)), "extension `ext`"),
+            (with("subject", json!(1)), "`subject` must be a string"),
+            (with("data_base64", json!(5)), "base64 string"),
+            (with("specversion", json!("0.3")), "specversion"),
+        ];
+        for (e, why) in bad {
+            let err = check_cloudevent(&e).unwrap_err();
+            assert!(err.contains(why), "{e}: {err}");
+        }
     }
 
     #[tokio::test]

@@ -1230,7 +1230,10 @@ steps:
     );
     let t = Instant::now();
     while s.child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(60), "the server did not stop");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the server did not stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(s);
