@@ -153,9 +153,9 @@ async fn reload<S: Store>(State(s): State<Server<S>>) -> Result<Json, ApiError> 
 
 /// Whether the query asks to wait for the run (`?wait=true`).
 fn wants_wait(query: &Value) -> Result<bool, ApiError> {
-    match query.get("wait").and_then(Value::as_str) {
+    match param(query, "wait")? {
         None | Some("false") | Some("0") => Ok(false),
-        Some("true") | Some("1") | Some("") => Ok(true),
+        Some("true") | Some("1") => Ok(true),
         Some(other) => Err(ApiError::bad_request(format!(
             "`wait` is true or false, not `{other}`"
         ))),
@@ -222,8 +222,19 @@ async fn finish(
 }
 
 /// A time in a query: RFC 3339, or microseconds since the epoch.
+/// Query parameter `name` of the API, given once at most.
+fn param<'q>(q: &'q Value, name: &str) -> Result<Option<&'q str>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "the query parameter `{name}` is given more than once"
+        ))),
+    }
+}
+
 fn time_param(q: &Value, name: &str) -> Result<Option<i64>, ApiError> {
-    let Some(text) = q.get(name).and_then(Value::as_str) else {
+    let Some(text) = param(q, name)? else {
         return Ok(None);
     };
     if let Ok(n) = text.parse::<i64>() {
@@ -257,7 +268,7 @@ async fn list_runs<S: Store>(
     RawQuery(q): RawQuery,
 ) -> Result<Json, ApiError> {
     let q = query_object(q.as_deref());
-    let status = match q.get("status").and_then(Value::as_str) {
+    let status = match param(&q, "status")? {
         None => None,
         Some(w) => Some(RunStatus::parse(w).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -266,14 +277,14 @@ async fn list_runs<S: Store>(
             ))
         })?),
     };
-    let limit = match q.get("limit").and_then(Value::as_str) {
+    let limit = match param(&q, "limit")? {
         None => 100,
         Some(l) => l
             .parse::<u32>()
             .map_err(|_| ApiError::bad_request(format!("`limit` is a whole number, not `{l}`")))?,
     };
     let filter = RunFilter {
-        flow_id: q.get("flow").and_then(Value::as_str).map(str::to_owned),
+        flow_id: param(&q, "flow")?.map(str::to_owned),
         status,
         started_after: time_param(&q, "since")?,
         started_before: time_param(&q, "until")?,

@@ -49,6 +49,30 @@ pub(crate) fn query_object(raw: Option<&str>) -> Value {
     Value::Object(m)
 }
 
+/// A form body (`application/x-www-form-urlencoded`) as an object, as
+/// [`query_object`] makes one; a name or value that is not UTF-8 once its
+/// percent-escapes are decoded is refused rather than changed.
+fn form_object(bytes: &[u8]) -> Result<Value, ApiError> {
+    let decode = |part: &[u8]| {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&c| if c == b'+' { b' ' } else { c })
+            .collect();
+        percent_encoding::percent_decode(&spaced)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| ApiError::bad_request("the form body is not UTF-8"))
+    };
+    for pair in bytes.split(|&c| c == b'&').filter(|p| !p.is_empty()) {
+        let mut kv = pair.splitn(2, |&c| c == b'=');
+        decode(kv.next().unwrap_or_default())?;
+        decode(kv.next().unwrap_or_default())?;
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("the form body is not UTF-8"))?;
+    Ok(query_object(Some(text)))
+}
+
 fn headers_object(h: &HeaderMap) -> Value {
     let mut m = Map::new();
     for (name, value) in h {
@@ -110,7 +134,7 @@ pub(crate) async fn read_body(
             .with_details(json!({"line": e.line(), "column": e.column()}))
         })
     } else if mime == "application/x-www-form-urlencoded" {
-        Ok(query_object(Some(&String::from_utf8_lossy(&bytes))))
+        form_object(&bytes)
     } else if mime.starts_with("text/") {
         String::from_utf8(bytes.to_vec())
             .map(Value::String)

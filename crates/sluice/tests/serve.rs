@@ -315,6 +315,20 @@ steps:
         "orderId=F-2&totalPrice=3",
     );
     assert_eq!(r.body, json!({"orderId": "F-2", "sum": "3"}));
+    // One whose escapes are not UTF-8 is refused, not changed.
+    let r = s.call(
+        "POST",
+        "/hooks/order",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "orderId=F-%FF&totalPrice=3",
+    );
+    assert_error(&r, 400, "bad_request");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not UTF-8")
+    );
 
     // Bad input: a clear error, in the one shape, and no run.
     let before = s.get("/api/runs?flow=order").body.as_array().unwrap().len();
@@ -437,11 +451,14 @@ steps:
         409,
         "not_manual",
     );
-    assert_error(
-        &s.post("/api/flows/greet/runs?wait=maybe", json!({})),
-        400,
-        "bad_request",
-    );
+    for q in ["wait=maybe", "wait=", "wait=true&wait=false"] {
+        assert_error(
+            &s.post(&format!("/api/flows/greet/runs?{q}"), json!({})),
+            400,
+            "bad_request",
+        );
+    }
+    assert_error(&s.get("/api/runs?limit=1&limit=2"), 400, "bad_request");
 
     // An incident (a template over data that does not fit), resumed with a patch.
     let r = s.post(
