@@ -92,6 +92,37 @@ pub struct Db {
     pub(crate) shown: String,
 }
 
+/// A driver's message without the place in the driver's source that some
+/// of its errors add (`... (sqlx_mysql::connection::executor:131)`): it
+/// tells a user nothing and names internals.
+pub(crate) fn without_internals(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" (sqlx") {
+        let tail = &rest[at + 2..];
+        let close = tail.find(')');
+        let internal = close.is_some_and(|c| {
+            let inner = &tail[..c];
+            let (path, line) = inner.rsplit_once(':').unwrap_or((inner, ""));
+            !line.is_empty()
+                && line.bytes().all(|b| b.is_ascii_digit())
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b':')
+        });
+        out.push_str(&rest[..at]);
+        match close {
+            Some(c) if internal => rest = &tail[c + 1..],
+            _ => {
+                out.push_str(" (");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The databases of the flows' connections, keyed by URL: opened on first
 /// use and shared by every run (the SQL connector keeps one for all its
 /// step types).
@@ -133,7 +164,7 @@ pub(crate) async fn open(name: &str, url: &str) -> Result<Arc<Db>, ActionError> 
     let fail = |e: sqlx::Error| {
         ActionError::external(format!(
             "connection `{name}` ({shown}) refused: {}",
-            redact(&e.to_string())
+            redact(&without_internals(&e.to_string()))
         ))
     };
     let backend = Backend::of(url).ok_or_else(|| {
@@ -321,7 +352,11 @@ pub(crate) enum Made {
 
 impl Db {
     pub(crate) fn err(&self, e: sqlx::Error) -> ActionError {
-        let mut message = format!("{}: {}", self.shown, redact(&e.to_string()));
+        let mut message = format!(
+            "{}: {}",
+            self.shown,
+            redact(&without_internals(&e.to_string()))
+        );
         // PostgreSQL says which key or row in a detail of its own.
         if let sqlx::Error::Database(d) = &e
             && let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
@@ -579,6 +614,20 @@ mod tests {
             expand_env("x${env:SLUICE_NOT_SET_ANYWHERE}")
                 .unwrap_err()
                 .contains("SLUICE_NOT_SET_ANYWHERE")
+        );
+    }
+
+    #[test]
+    fn driver_internals_are_left_out_of_messages() {
+        assert_eq!(
+            without_internals(
+                "expected 2 parameters, got 1 (sqlx_mysql::connection::executor:131)"
+            ),
+            "expected 2 parameters, got 1"
+        );
+        assert_eq!(
+            without_internals("a (b) (sqlx_core::x:1); c (sqlx is fine)"),
+            "a (b); c (sqlx is fine)"
         );
     }
 

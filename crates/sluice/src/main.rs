@@ -539,7 +539,10 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         event,
         accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
     };
-    report(engine.run(&flow, req).await)
+    report(
+        engine.run(&flow, req).await,
+        !store_url.contains(":memory:"),
+    )
 }
 
 /// The flows of a folder, for `flow` steps and data hooks under `sluice
@@ -655,7 +658,9 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
 }
 
 /// Print how a run ended and choose the exit code.
-fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>) -> u8 {
+/// Print how a run ended; `kept`: whether the store keeps it after this
+/// process (not `sqlite::memory:`), so that it can be resumed or shown.
+fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, kept: bool) -> u8 {
     match result {
         Err(e) => {
             eprintln!("error: {e}");
@@ -675,7 +680,13 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>) 
                     eprintln!("error: {}", f.message);
                     eprintln!("  step: {}", f.step);
                 }
-                if status == RunStatus::Waiting {
+                if !kept {
+                    eprintln!(
+                        "run {} {}; its record is not kept (the store is in memory): give `--store FILE` to resume or inspect such a run",
+                        result.run_id,
+                        status.as_str()
+                    );
+                } else if status == RunStatus::Waiting {
                     eprintln!(
                         "run {id} is waiting for an event; `sluice serve` on this store wakes it when one arrives at POST /events",
                         id = result.run_id
@@ -745,6 +756,7 @@ async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Optio
         engine
             .resume(&flow, &detail.summary.id, patch.as_ref())
             .await,
+        true,
     )
 }
 

@@ -176,6 +176,37 @@ fn trigger_is_the_input_as_given_and_stdin_works() {
 }
 
 #[test]
+fn an_incident_of_a_run_kept_in_memory_says_it_cannot_be_resumed() {
+    let dir = temp("memory-incident");
+    let flow = dir.join("sum.yaml");
+    std::fs::write(
+        &flow,
+        "id: sum\nsteps:\n  - {key: t, type: transform, options: {value: \"{{ .a + 1 }}\"}}\n",
+    )
+    .unwrap();
+    let input = dir.join("in.json");
+    std::fs::write(&input, r#"{"a": "x"}"#).unwrap();
+    let args = |store: &str| {
+        let mut c = sluice();
+        c.args([
+            "run",
+            flow.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            store,
+        ]);
+        run(&mut c)
+    };
+    let o = args("sqlite::memory:");
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("not kept"), "{}", o.stderr);
+    assert!(!o.stderr.contains("runs resume"), "{}", o.stderr);
+    let o = args(dir.join("runs.db").to_str().unwrap());
+    assert!(o.stderr.contains("sluice runs resume"), "{}", o.stderr);
+}
+
+#[test]
 fn bad_input_and_bad_store_get_clear_errors_and_lose_nothing() {
     let dir = temp("bad-input");
     let bad = dir.join("bad.json");
