@@ -112,15 +112,14 @@ async fn get_flow<S: Store>(
 
 /// `POST /api/flows/check`: the body is a flow file's text (YAML or JSON).
 async fn check_flow<S: Store>(State(s): State<Server<S>>, body: Body) -> Result<Json, ApiError> {
-    let bytes = axum::body::to_bytes(body, API_BODY_LIMIT as usize)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("a flow file is at most {API_BODY_LIMIT} bytes"),
-            )
-        })?;
+    let bytes = crate::server::body_bytes(body, API_BODY_LIMIT as usize, s.timeouts().body, || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a flow file is at most {API_BODY_LIMIT} bytes"),
+        )
+    })
+    .await?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::bad_request("the flow file is not UTF-8 text"))?;
     Ok(axum::Json(
@@ -190,7 +189,7 @@ async fn start_run<S: Store>(
             ),
         ));
     }
-    let input = read_body(&headers, body, API_BODY_LIMIT, true).await?;
+    let input = read_body(&headers, body, API_BODY_LIMIT, true, s.timeouts().body).await?;
     let req = RunRequest {
         trigger: json!({"type": "manual", "body": input}),
         input: (!input.is_null()).then(|| input.clone()),
@@ -395,7 +394,7 @@ async fn resume<S: Store>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let wait = wants_wait(&query_object(q.as_deref()))?;
-    let patch = read_body(&headers, body, API_BODY_LIMIT, true).await?;
+    let patch = read_body(&headers, body, API_BODY_LIMIT, true, s.timeouts().body).await?;
     let d = load_run(&s, &id).await?;
     if d.summary.status != RunStatus::Incident {
         return Err(ApiError::new(

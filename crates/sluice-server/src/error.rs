@@ -47,6 +47,19 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// The client did not send its body within the time allowed.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )
+        .with_details(serde_json::json!({"timeoutSecs": timeout.as_secs_f64()}))
+    }
+
     /// The store failed: the caller can only retry; the cause goes to the log.
     pub fn store(e: &StoreError) -> Self {
         eprintln!("sluice: store error: {e}");

@@ -43,13 +43,14 @@ pub(crate) async fn intake<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, EVENT_LIMIT).await.map_err(|_| {
+    let bytes = crate::server::body_bytes(body, EVENT_LIMIT, server.timeouts().body, || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("an event is at most {EVENT_LIMIT} bytes"),
         )
-    })?;
+    })
+    .await?;
     let mut event = parse(&headers, &bytes)?;
     check_cloudevent(&event).map_err(ApiError::bad_request)?;
     decode_data(&mut event)?;

@@ -94,6 +94,7 @@ pub(crate) async fn read_body(
     body: Body,
     limit: u64,
     json_only: bool,
+    timeout: std::time::Duration,
 ) -> Result<Value, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -110,9 +111,13 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = crate::server::body_bytes(
+        body,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+        timeout,
+        too_large,
+    )
+    .await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
@@ -179,7 +184,14 @@ pub(crate) async fn hook<S: Store>(
         });
     };
     drop(set);
-    let body = read_body(&headers, body, hook.options.max_body_bytes, false).await?;
+    let body = read_body(
+        &headers,
+        body,
+        hook.options.max_body_bytes,
+        false,
+        server.timeouts().body,
+    )
+    .await?;
     let trigger = json!({
         "method": method.as_str(),
         "path": format!("/hooks/{path}"),

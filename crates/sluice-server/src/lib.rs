@@ -36,4 +36,4 @@ mod server;
 
 pub use error::ApiError;
 pub use flows::{FlowSet, Hook, LoadFailure, Polled, Scheduled};
-pub use server::{Recovered, RunTask, Server};
+pub use server::{Recovered, RunTask, Server, Timeouts};

@@ -5,7 +5,11 @@
 use crate::api;
 use crate::flows::{FlowSet, LoadFailure};
 use crate::server::Server;
+use crate::server::Timeouts;
 use crate::{poll, schedule};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use sluice_store::Store;
 use std::future::Future;
 use std::sync::Arc;
@@ -52,8 +56,10 @@ impl<S: Store> Server<S> {
     }
 
     /// Serve on `listener` until `shutdown` completes; then stop taking
-    /// requests, stop the schedules, and wait up to `grace` for the runs
-    /// under way (a run still going then is continued at the next start).
+    /// requests (those under way are answered), stop the schedules, and
+    /// wait up to `grace` for the runs under way (a run still going then is
+    /// continued at the next start). Clients are held to the server's
+    /// [`Timeouts`](crate::Timeouts).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -61,16 +67,30 @@ impl<S: Store> Server<S> {
         grace: Duration,
     ) -> std::io::Result<()> {
         let app = self.router();
-        let engine = self.inner.engine.clone();
-        let shutdown = async move {
-            shutdown.await;
-            // Sleeping runs stop waiting (their waits stay in the store, for
-            // the next start), so no request waits for them.
-            engine.stop_waiting();
-        };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let timeouts = self.inner.timeouts;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let service = TowerToHyperService::new(app.clone());
+                        connections.spawn(connection(stream, service, timeouts, stopping.clone()));
+                    }
+                    // Out of file descriptors and the like: try again soon.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        // Sleeping runs stop waiting (their waits stay in the store, for the
+        // next start), so no request waits for them.
+        self.inner.engine.stop_waiting();
+        stop.send_replace(true);
+        while connections.join_next().await.is_some() {}
         if let Ok(mut h) = self.inner.schedules.lock() {
             for h in h.drain(..) {
                 h.abort();
@@ -88,4 +108,30 @@ impl<S: Store> Server<S> {
         let _ = tokio::time::timeout(grace, wait).await;
         Ok(())
     }
+}
+
+/// Serve one connection until it closes: each request's line and headers
+/// must arrive within `timeouts.header` of the connection being ready for
+/// them (so an idle kept-alive connection closes then too); once
+/// `stopping` is set the request under way is answered and the connection
+/// closed.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    service: TowerToHyperService<axum::Router>,
+    timeouts: Timeouts,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let io = TokioIo::new(stream);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stopping.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }

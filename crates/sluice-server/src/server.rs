@@ -83,6 +83,8 @@ impl<S: Store> Clone for Server<S> {
 }
 
 pub(crate) struct Inner<S: Store> {
+    /// How long the server waits for clients.
+    pub(crate) timeouts: Timeouts,
     pub(crate) engine: Engine<S>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) flows: RwLock<Arc<FlowSet>>,
@@ -112,6 +114,7 @@ impl<S: Store> Server<S> {
         engine.set_flows(flows.clone());
         Self {
             inner: Arc::new(Inner {
+                timeouts: Timeouts::default(),
                 engine,
                 registry,
                 flows: RwLock::new(flows),
@@ -362,6 +365,19 @@ impl<S: Store> Server<S> {
         Ok(done)
     }
 
+    /// Use other timeouts for clients (before serving).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.timeouts = timeouts;
+        }
+        self
+    }
+
+    /// How long the server waits for clients.
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.timeouts
+    }
+
     /// Runs under way in this process.
     pub fn in_flight(&self) -> usize {
         self.inner.inflight.n.load(Ordering::SeqCst)
@@ -383,6 +399,43 @@ pub(crate) async fn joined(run_id: &str, task: RunTask) -> Result<RunResult, Api
             "run_lost",
             format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
         )),
+    }
+}
+
+/// How long the server waits for a client (`sluice serve --header-timeout-secs`,
+/// `--body-timeout-secs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For a request's line and headers, from when the connection is
+    /// ready for it (opened, or the answer before it sent): past it the
+    /// connection is closed. An idle kept-alive connection is closed so.
+    pub header: std::time::Duration,
+    /// For a request's whole body, once its headers are read: past it the
+    /// answer is `408 request_timeout`.
+    pub body: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header: std::time::Duration::from_secs(10),
+            body: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// The body's bytes: at most `limit` (else `too_large`), within `timeout`
+/// (else `408`).
+pub(crate) async fn body_bytes(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    too_large: impl FnOnce() -> ApiError,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::body_timeout(timeout)),
+        Ok(Err(_)) => Err(too_large()),
+        Ok(Ok(b)) => Ok(b),
     }
 }
 

@@ -78,6 +78,15 @@ enum Command {
         /// How long to wait for runs under way at shutdown, in seconds.
         #[arg(long, default_value_t = 30)]
         grace_secs: u64,
+        /// How long a client may take to send a request's line and headers
+        /// (on a new connection, or the next request on a kept-alive one),
+        /// in seconds; past it the connection is closed.
+        #[arg(long, default_value_t = 10)]
+        header_timeout_secs: u64,
+        /// How long a client may take to send a request's body once its
+        /// headers are in, in seconds; past it the answer is 408.
+        #[arg(long, default_value_t = 60)]
+        body_timeout_secs: u64,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -183,8 +192,16 @@ fn main() -> ExitCode {
                 flows,
                 listen,
                 grace_secs,
+                header_timeout_secs,
+                body_timeout_secs,
                 store,
-            } => serve(&flows, &listen, grace_secs, &store.store).await,
+            } => {
+                let timeouts = sluice_server::Timeouts {
+                    header: std::time::Duration::from_secs(header_timeout_secs.max(1)),
+                    body: std::time::Duration::from_secs(body_timeout_secs.max(1)),
+                };
+                serve(&flows, &listen, grace_secs, timeouts, &store.store).await
+            }
             Command::Schema => {
                 let schema = registry().flow_schema();
                 println!(
@@ -238,7 +255,13 @@ fn main() -> ExitCode {
 }
 
 /// `sluice serve`.
-async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 {
+async fn serve(
+    dir: &str,
+    listen: &str,
+    grace_secs: u64,
+    timeouts: sluice_server::Timeouts,
+    store_url: &str,
+) -> u8 {
     let registry = Arc::new(registry());
     let set = match sluice_server::FlowSet::load(std::path::Path::new(dir), &registry) {
         Ok(s) => s,
@@ -264,7 +287,8 @@ async fn serve(dir: &str, listen: &str, grace_secs: u64, store_url: &str) -> u8 
     };
     let engine = Engine::new(store, registry.clone());
     let n = set.flows.len();
-    let server = sluice_server::Server::new(engine, registry, set, dir.into());
+    let server =
+        sluice_server::Server::new(engine, registry, set, dir.into()).with_timeouts(timeouts);
     match server.recover().await {
         Ok(r) if r.resumed + r.failed + r.waiting > 0 => eprintln!(
             "sluice: continuing {} run(s) left unfinished{}{}",

@@ -31,10 +31,16 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Start with more arguments of `sluice serve`.
+    fn start_with(dir: &Path, more: &[&str]) -> Self {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
             .current_dir(dir)
             .args(["serve", "--flows", "flows", "--listen", "127.0.0.1:0"])
             .args(["--store", "store.db", "--grace-secs", "10"])
+            .args(more)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1268,6 +1274,59 @@ steps:
     assert_eq!(d["status"], "failed", "{d}");
     let error = d["error"].as_str().unwrap_or_default();
     assert!(error.contains("stopped 3 times"), "{error}");
+    assert_eq!(s.get("/api/health").status, 200);
+    assert_eq!(s.stop(), Some(0));
+}
+
+#[test]
+fn slow_clients_are_timed_out() {
+    let dir = temp("slow");
+    write(
+        &dir,
+        "order.yaml",
+        "id: order\ntrigger: {type: webhook, path: order}\nsteps:\n  - {key: t, type: transform, options: {value: {ok: true}}}\n",
+    );
+    let s = Serve::start_with(
+        &dir,
+        &["--header-timeout-secs", "1", "--body-timeout-secs", "1"],
+    );
+    let connect = || {
+        let c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c
+    };
+    // What the server sends until it closes the connection (a read that
+    // times out instead fails the test: the server kept it open).
+    let answer = |mut c: TcpStream| {
+        let mut got = Vec::new();
+        match c.read_to_end(&mut got) {
+            Ok(_) => String::from_utf8_lossy(&got).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                String::from_utf8_lossy(&got).into_owned()
+            }
+            Err(e) => panic!("the connection stayed open: {e}"),
+        }
+    };
+    // A client that sends nothing, or its headers a byte at a time.
+    assert_eq!(answer(connect()), "");
+    let mut c = connect();
+    c.write_all(b"POST /hooks/order HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert_eq!(answer(c), "");
+    // A body that does not arrive: 408.
+    let mut c = connect();
+    c.write_all(b"POST /hooks/order HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"a\"")
+        .unwrap();
+    let a = answer(c);
+    assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+    assert!(a.contains("request_timeout"), "{a}");
+    // A kept-alive connection left idle after its answer is closed.
+    let mut c = connect();
+    c.write_all(b"POST /hooks/order HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let a = answer(c);
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // The server still answers others.
     assert_eq!(s.get("/api/health").status, 200);
     assert_eq!(s.stop(), Some(0));
 }
