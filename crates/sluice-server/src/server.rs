@@ -85,6 +85,10 @@ impl<S: Store> Clone for Server<S> {
 pub(crate) struct Inner<S: Store> {
     /// How long the server waits for clients.
     pub(crate) timeouts: Timeouts,
+    /// Where runs are driven: a runtime of their own when one is given, so
+    /// that their work (an expression may compute for its whole time limit)
+    /// never holds up the server's answers; else the server's.
+    pub(crate) runs: Option<tokio::runtime::Handle>,
     pub(crate) engine: Engine<S>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) flows: RwLock<Arc<FlowSet>>,
@@ -115,6 +119,7 @@ impl<S: Store> Server<S> {
         Self {
             inner: Arc::new(Inner {
                 timeouts: Timeouts::default(),
+                runs: None,
                 engine,
                 registry,
                 flows: RwLock::new(flows),
@@ -146,38 +151,48 @@ impl<S: Store> Server<S> {
     /// before it ends (a synchronous webhook) lets the run be recorded with
     /// its first write instead (see [`sluice_engine::Engine::begin`]).
     ///
-    /// Recording and driving both happen on the task, so a caller that is
-    /// dropped half-way (a client hanging up) cannot leave a recorded run
-    /// that nobody drives.
+    /// The run is recorded on a task of the server's runtime, which then
+    /// hands it to the runs' (see [`Server::with_runs_on`]): the answer that
+    /// a run was recorded does not wait for other runs' work; and a caller
+    /// that is dropped half-way (a client hanging up) cannot leave a
+    /// recorded run that nobody drives.
     pub async fn launch(
         &self,
         flow: Arc<Flow>,
         req: RunRequest,
         waits: bool,
     ) -> Result<(String, RunTask), EngineError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let engine = self.inner.engine.clone();
-        let f = flow.clone();
-        let task = self.track(flow, async move {
+        let (tx, rx) = oneshot::channel();
+        let (end_tx, end_rx) = oneshot::channel();
+        let server = self.clone();
+        tokio::spawn(async move {
+            let engine = server.inner.engine.clone();
             let started = if waits {
-                engine.begin(&f, req).await
+                engine.begin(&flow, req).await
             } else {
-                engine.start(&f, req).await
+                engine.start(&flow, req).await
             };
             let started = match started {
                 Ok(s) => s,
                 Err(e) => {
+                    metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => "not_started")
+                        .increment(1);
                     let message = e.to_string();
                     let _ = tx.send(Err(e));
-                    return Err(EngineError::NotStarted(message));
+                    let _ = end_tx.send(Err(EngineError::NotStarted(message)));
+                    return;
                 }
             };
-            metrics::counter!("sluice_runs_started_total", "flow" => f.id.clone()).increment(1);
+            metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
             let _ = tx.send(Ok(started.run_id().to_owned()));
-            engine.finish(&f, started).await
+            let f = flow.clone();
+            let task = server.track(flow, async move { engine.finish(&f, started).await });
+            if let Ok(r) = task.await {
+                let _ = end_tx.send(r);
+            }
         });
         match rx.await {
-            Ok(Ok(id)) => Ok((id, task)),
+            Ok(Ok(id)) => Ok((id, end_rx)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(EngineError::NotStarted(
                 "the run's task ended before it was recorded".to_owned(),
@@ -204,7 +219,7 @@ impl<S: Store> Server<S> {
         let guard = InflightGuard::new(&self.inner.inflight);
         let (tx, rx) = oneshot::channel();
         let server = self.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let r = run.await;
             let status = match &r {
                 // Suspended, or moved on by another caller: not an end.
@@ -234,7 +249,11 @@ impl<S: Store> Server<S> {
             if let Some(w) = timed {
                 server.follow(flow, w);
             }
-        });
+        };
+        match &self.inner.runs {
+            Some(runs) => drop(runs.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         rx
     }
 
@@ -363,6 +382,15 @@ impl<S: Store> Server<S> {
             }
         }
         Ok(done)
+    }
+
+    /// Drive runs on `runtime` (before serving): the server's own runtime
+    /// then only takes requests and answers, however much work runs do.
+    pub fn with_runs_on(mut self, runtime: tokio::runtime::Handle) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.runs = Some(runtime);
+        }
+        self
     }
 
     /// Use other timeouts for clients (before serving).

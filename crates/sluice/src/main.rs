@@ -185,6 +185,24 @@ fn main() -> ExitCode {
             return ExitCode::from(FAILED);
         }
     };
+    // The server drives runs on a runtime of their own, so that their work
+    // never holds up its answers.
+    let runs = if matches!(cli.command, Command::Serve { .. }) {
+        match tokio::runtime::Builder::new_multi_thread()
+            .thread_name("sluice-run")
+            .enable_all()
+            .build()
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::from(FAILED);
+            }
+        }
+    } else {
+        None
+    };
+    let runs_handle = runs.as_ref().map(|r| r.handle().clone());
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Check { files } => check(&files),
@@ -200,7 +218,15 @@ fn main() -> ExitCode {
                     header: std::time::Duration::from_secs(header_timeout_secs.max(1)),
                     body: std::time::Duration::from_secs(body_timeout_secs.max(1)),
                 };
-                serve(&flows, &listen, grace_secs, timeouts, &store.store).await
+                serve(
+                    &flows,
+                    &listen,
+                    grace_secs,
+                    timeouts,
+                    runs_handle,
+                    &store.store,
+                )
+                .await
             }
             Command::Schema => {
                 let schema = registry().flow_schema();
@@ -260,6 +286,7 @@ async fn serve(
     listen: &str,
     grace_secs: u64,
     timeouts: sluice_server::Timeouts,
+    runs: Option<tokio::runtime::Handle>,
     store_url: &str,
 ) -> u8 {
     let registry = Arc::new(registry());
@@ -287,8 +314,11 @@ async fn serve(
     };
     let engine = Engine::new(store, registry.clone());
     let n = set.flows.len();
-    let server =
+    let mut server =
         sluice_server::Server::new(engine, registry, set, dir.into()).with_timeouts(timeouts);
+    if let Some(runs) = runs {
+        server = server.with_runs_on(runs);
+    }
     match server.recover().await {
         Ok(r) if r.resumed + r.failed + r.waiting > 0 => eprintln!(
             "sluice: continuing {} run(s) left unfinished{}{}",
