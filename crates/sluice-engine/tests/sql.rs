@@ -813,3 +813,88 @@ async fn envelopes_are_all_or_none_on_every_database() {
         done.join(", ")
     );
 }
+
+/// A write step (and an envelope) that committed in the target database
+/// before the process stopped, its record not yet in the store, runs again
+/// at recovery with the same idempotency key: it takes the result it
+/// recorded in the target (`sluice_completions`) instead of writing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_steps_run_again_after_a_crash_write_once() {
+    use sluice_store::{RunUpdate, Store};
+    let registry = Arc::new(sluice_sql::registry());
+    let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+    let engine = Engine::new(store.clone(), registry.clone());
+    for b in backends() {
+        let table = format!("once_{}", std::process::id());
+        let head = format!(
+            "id: once\nconnections:\n  app: {{url: \"{}\"}}\nsteps:\n",
+            b.url
+        );
+        let setup = format!(
+            "{head}  - {{key: drop, type: sql.query, options: {{connection: app, mode: statement, query: \"DROP TABLE IF EXISTS {table}\"}}}}\n  - {{key: create, type: sql.query, options: {{connection: app, mode: statement, query: \"{}\"}}}}\n",
+            b.ddl.replace("TBL", &table)
+        );
+        let (st, _, err) = run(&engine, &registry, &setup, json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        let text = format!(
+            "{head}  - {{key: one, type: sql.create, options: {{connection: app, collection: {table}, properties: {{email: \"{{{{ .a }}}}\", name: first}}}}}}\n  - {{key: two, type: envelope, options: {{connection: app, patches: [{{op: create, collection: {table}, properties: {{email: \"{{{{ .b }}}}\", name: second}}, setTokens: {{second: id}}}}]}}}}\n"
+        );
+        let flow = sluice_model::load("once.yaml", &text, registry.as_ref()).unwrap();
+        let input = json!({"a": "a@x", "b": "b@x"});
+        let started = engine
+            .start(
+                &flow,
+                RunRequest {
+                    input: Some(input.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let id = started.run_id().to_owned();
+        let first = engine.finish(&flow, started).await.unwrap();
+        assert_eq!(
+            first.status,
+            RunStatus::Succeeded,
+            "{}: {:?}",
+            b.name,
+            first.failure
+        );
+        // The process stops after both steps committed in the target, before
+        // the store recorded them: the run is back at its first step.
+        store
+            .update_run(
+                &id,
+                &RunUpdate {
+                    status: RunStatus::Running,
+                    state: input.clone(),
+                    next_step: Some("one".into()),
+                    output: None,
+                    error: None,
+                    error_step: None,
+                    ended_at: None,
+                },
+            )
+            .await
+            .unwrap();
+        let again = engine.recover(&flow, &id).await.unwrap();
+        assert_eq!(
+            again.status,
+            RunStatus::Succeeded,
+            "{}: {:?}",
+            b.name,
+            again.failure
+        );
+        assert_eq!(again.output, first.output, "{}", b.name);
+        let count = format!(
+            "{head}  - {{key: rows, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"SELECT COUNT(*) AS n FROM {table}\"}}}}\n"
+        );
+        let (_, out, err) = run(&engine, &registry, &count, json!({})).await;
+        let n = out.as_ref().map(|o| o["n"].clone()).unwrap_or_default();
+        assert!(
+            n == json!(2) || n == json!("2"),
+            "{}: {n} rows: {err}",
+            b.name
+        );
+    }
+}

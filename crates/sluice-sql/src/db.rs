@@ -90,6 +90,8 @@ pub struct Db {
     /// table -> (column -> database type)
     pub(crate) schema: Mutex<HashMap<String, Arc<Table>>>,
     pub(crate) shown: String,
+    /// Set once the completions table exists (see [`Tx::completed`]).
+    pub(crate) completions: OnceCell<()>,
 }
 
 /// A driver's message without the place in the driver's source that some
@@ -200,8 +202,21 @@ pub(crate) async fn open(name: &str, url: &str) -> Result<Arc<Db>, ActionError> 
         pool,
         schema: Mutex::new(HashMap::new()),
         shown,
+        completions: OnceCell::new(),
     }))
 }
+
+/// The table, in the database a step writes to, where each write step
+/// records that it committed: its idempotency key and its result.
+const COMPLETIONS: &str = "sluice_completions";
+
+/// How long a completion is kept: a step is run again after a crash at the
+/// next start, long before.
+const COMPLETIONS_KEPT_DAYS: i64 = 7;
+
+/// The longest idempotency key kept (longer ones are not recorded: their
+/// step is at least once).
+const COMPLETION_KEY_MAX: usize = 255;
 
 /// A statement with its parameters.
 pub(crate) struct Stmt {
@@ -263,6 +278,59 @@ pub struct Tx {
 }
 
 impl Tx {
+    /// The result that the write step of idempotency key `key` recorded
+    /// when it committed in this database, if it did: a step run again
+    /// after a crash takes it instead of writing again. `None` too for an
+    /// unrecorded run (no key).
+    pub(crate) async fn completed(&mut self, key: &str) -> Result<Option<Value>, ActionError> {
+        if key.is_empty() || key.len() > COMPLETION_KEY_MAX {
+            return Ok(None);
+        }
+        let p = self.db.backend.placeholder(1);
+        let st = Stmt {
+            sql: format!("SELECT result FROM {COMPLETIONS} WHERE step_key = {p}"),
+            params: vec![Value::from(key)],
+        };
+        let Fetched::Rows(rows) = self.run(&st, true).await? else {
+            return Ok(None);
+        };
+        let Some(text) = rows
+            .first()
+            .and_then(|r| r.get("result"))
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(text).map(Some).map_err(|e| {
+            ActionError::external(format!(
+                "the result recorded for step `{key}` in {COMPLETIONS} is not JSON: {e}"
+            ))
+        })
+    }
+
+    /// Record, in this transaction, that the write step of idempotency key
+    /// `key` committed with `result`.
+    pub(crate) async fn complete(&mut self, key: &str, result: &Value) -> Result<(), ActionError> {
+        if key.is_empty() || key.len() > COMPLETION_KEY_MAX {
+            return Ok(());
+        }
+        let p = |n| self.db.backend.placeholder(n);
+        let st = Stmt {
+            sql: format!(
+                "INSERT INTO {COMPLETIONS} (step_key, result, completed_at) VALUES ({}, {}, {})",
+                p(1),
+                p(2),
+                p(3)
+            ),
+            params: vec![
+                Value::from(key),
+                Value::from(result.to_string()),
+                Value::from(crate::decode::rfc3339(time::OffsetDateTime::now_utc())),
+            ],
+        };
+        self.run(&st, false).await.map(|_| ())
+    }
+
     pub(crate) async fn run(&mut self, st: &Stmt, fetch: bool) -> Result<Fetched, ActionError> {
         let db = self.db.clone();
         match &mut self.conn {
@@ -432,7 +500,37 @@ impl Db {
     /// timeout: a transaction that reads first and writes later fails at
     /// once ("database is locked") when another connection wrote meanwhile,
     /// such as an after-hook's flow writing to the same file.
+    /// Make the completions table when missing (once per pool), and forget
+    /// completions older than a week.
+    async fn completions_ready(self: Arc<Self>) -> Result<(), ActionError> {
+        self.completions
+            .get_or_try_init(|| async {
+                let create = Stmt {
+                    sql: format!(
+                        "CREATE TABLE IF NOT EXISTS {COMPLETIONS} (step_key VARCHAR(255) NOT NULL PRIMARY KEY, result TEXT NOT NULL, completed_at VARCHAR(40) NOT NULL)"
+                    ),
+                    params: Vec::new(),
+                };
+                self.run(&create, false).await?;
+                let before = time::OffsetDateTime::now_utc()
+                    - time::Duration::days(COMPLETIONS_KEPT_DAYS);
+                let prune = Stmt {
+                    sql: format!(
+                        "DELETE FROM {COMPLETIONS} WHERE completed_at < {}",
+                        self.backend.placeholder(1)
+                    ),
+                    params: vec![Value::from(crate::decode::rfc3339(before))],
+                };
+                self.run(&prune, false).await.map(|_| ())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// A transaction for a write step (with the completions table ready,
+    /// made before the transaction takes SQLite's write lock).
     pub async fn begin_write(self: &Arc<Self>) -> Result<Tx, ActionError> {
+        self.clone().completions_ready().await?;
         match &self.pool {
             Pool::Sqlite(p) => Ok(Tx {
                 db: self.clone(),

@@ -279,6 +279,15 @@ pub(crate) async fn write_envelope(
         changes: Vec::new(),
     };
     let mut tx = db.begin_write().await?;
+    // Run again after a crash, an envelope that committed takes its result.
+    if let Some(done) = tx.completed(cx.idempotency_key).await? {
+        let tokens = done.get("tokens").and_then(Value::as_object).cloned();
+        return Ok(Outcome {
+            payload: Some(done),
+            tokens,
+            ..Outcome::default()
+        });
+    }
     let mut results = Vec::new();
     for i in 0..count {
         // Each patch is templated just before it is written, so that it
@@ -317,8 +326,11 @@ pub(crate) async fn write_envelope(
             }
         }
     }
-    tx.commit().await?;
     let mut outcome = envelope_outcome(&global, written.tokens, results);
+    if let Some(payload) = &outcome.payload {
+        tx.complete(cx.idempotency_key, payload).await?;
+    }
+    tx.commit().await?;
     if let Some(h) = hooked {
         outcome.logs = h.after(written.changes).await;
     }
