@@ -19,6 +19,10 @@ pub(crate) enum Entry {
     Woken(Value, i64),
     /// It waited for an event that did not come in time (since when).
     TimedOut(i64),
+    /// Run it again after the process that drove the run stopped while it
+    /// was under way: the recovery is counted first (a step that stops the
+    /// process at every start is not run for ever).
+    Recovered,
 }
 
 /// Where a run is, for `drive`.

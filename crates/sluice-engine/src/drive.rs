@@ -8,7 +8,7 @@ use crate::cursor::{Cursor, Entry, Held, Mode, StepCx};
 use crate::engine::Engine;
 use crate::flow_object::{FlowObject, Lazy};
 use crate::retry::{after_ms, retry_delay};
-use crate::run::{EngineError, RunResult, StepFailure};
+use crate::run::{EngineError, MAX_RECOVERIES, RunResult, StepFailure};
 use crate::step::{Done, Failed, Suspend};
 use serde_json::{Value, json};
 use sluice_action::{ActionError, Blame};
@@ -181,6 +181,35 @@ impl<S: Store> Engine<S> {
             let at = g.before(step);
             self.write_held(&mut g.held, None, &at).await?;
         }
+        // A pure step does only the engine's own work (templates, filters),
+        // which stops the process when anything does (a value so deep that
+        // freeing it overflows the stack): begun again at three stops in a
+        // row, it is not begun a fourth time. A step that waits on another
+        // system is not counted: a server stopped while it waited (for a
+        // lock, say) did not stop because of it.
+        if matches!(g.entry, Entry::Recovered) && rec && pure {
+            let count = self.store.count_recovery(&g.run_id).await?;
+            if count >= MAX_RECOVERIES {
+                let message = format!(
+                    "the run was under way at step `{}` when the server stopped {count} times, with no step recorded in between; it is not continued again, in case that step is what stops the server (run it again once the cause is fixed)",
+                    step.key
+                );
+                let end = RunUpdate::ended(
+                    Value::clone(&g.state),
+                    None,
+                    Some(message.clone()),
+                    Some(step.key.clone()),
+                );
+                self.store.update_run(&g.run_id, &end).await?;
+                let mut r = g.ended(RunStatus::Failed);
+                r.failure = Some(StepFailure {
+                    step: step.key.clone(),
+                    message,
+                    blame: Blame::Bug,
+                });
+                return Ok(g.finish(r));
+            }
+        }
         let key = if rec {
             format!("{}/{}/{}/{}", g.run_id, step.key, g.item, g.attempt)
         } else {
@@ -188,7 +217,7 @@ impl<S: Store> Engine<S> {
         };
         let started_at = match &g.entry {
             Entry::TimedOut(since) | Entry::Woken(_, since) => *since,
-            Entry::Fresh => now_micros(),
+            Entry::Fresh | Entry::Recovered => now_micros(),
         };
         let outcome = match std::mem::take(&mut g.entry) {
             Entry::TimedOut(_) => Err(Failed {

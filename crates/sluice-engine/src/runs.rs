@@ -7,9 +7,7 @@ use crate::cursor::{Cursor, Entry, Mode};
 use crate::engine::{Driving, Engine};
 use crate::filters::apply_event;
 use crate::flow_object::{FlowObject, Lazy};
-use crate::run::{
-    EngineError, MAX_RECOVERIES, RunRequest, RunResult, Started, StepFailure, merge_patch,
-};
+use crate::run::{EngineError, RunRequest, RunResult, Started, StepFailure, merge_patch};
 use serde_json::{Map, Value, json};
 use sluice_action::Blame;
 use sluice_model::{EVENT_TRIGGERS, Flow};
@@ -174,9 +172,10 @@ impl<S: Store> Engine<S> {
     ///
     /// A run that had fanned out (its items' runs are recovered on their
     /// own) cannot gather its items' outputs again: it ends failed, saying so.
-    /// A run recovered [`MAX_RECOVERIES`] times in a row with no step
-    /// recorded in between ends failed too: its step may be what stops the
-    /// process, which would otherwise stop at every start.
+    /// A run whose step was begun again after [`MAX_RECOVERIES`] stops in a
+    /// row, with no step recorded in between, ends failed instead of running
+    /// it once more: the step may be what stops the process, which would
+    /// otherwise stop at every start.
     pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
         let (detail, driving) = self.load_run(flow, run_id).await?;
         if detail.summary.status == RunStatus::Waiting {
@@ -204,15 +203,8 @@ impl<S: Store> Engine<S> {
                 status: detail.summary.status.as_str(),
             });
         }
-        let count = self.store.count_recovery(run_id).await?;
-        let stopped = match &detail.next_step {
-            None => Some((Blame::Store, "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned())),
-            Some(at) if count >= MAX_RECOVERIES => Some((Blame::Bug, format!(
-                "the run was under way at step `{at}` when the server stopped {count} times, with no step recorded in between; it is not continued again, in case that step is what stops the server (run it again once the cause is fixed)"
-            ))),
-            Some(_) => None,
-        };
-        if let Some((blame, message)) = stopped {
+        if detail.next_step.is_none() {
+            let (blame, message) = (Blame::Store, "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned());
             let last = detail
                 .next_step
                 .clone()
@@ -241,7 +233,7 @@ impl<S: Store> Engine<S> {
                 wait: None,
             });
         }
-        self.continue_at(flow, detail, Entry::Fresh, None, driving)
+        self.continue_at(flow, detail, Entry::Recovered, None, driving)
             .await
     }
 
