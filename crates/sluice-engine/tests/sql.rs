@@ -886,6 +886,45 @@ async fn write_steps_run_again_after_a_crash_write_once() {
             again.failure
         );
         assert_eq!(again.output, first.output, "{}", b.name);
+        // Once more, at the envelope, whose first attempt run again after
+        // the crash failed before writing (a lock): the second attempt
+        // finds what the first committed.
+        let seq = store.get_run(&id).await.unwrap().unwrap().steps.len() as i64;
+        let now = sluice_store::now_micros();
+        let failed = sluice_store::StepRecord {
+            run_id: id.clone(),
+            seq,
+            step_key: "two".into(),
+            kind: "envelope".into(),
+            ok: false,
+            options: Value::Null,
+            input: input.clone(),
+            result: None,
+            output: None,
+            error: Some("database is locked".into()),
+            blame: Some("external".into()),
+            logs: Vec::new(),
+            started_at: now,
+            ended_at: now,
+        };
+        let at_two = RunUpdate {
+            status: RunStatus::Running,
+            state: input.clone(),
+            next_step: Some("two".into()),
+            output: None,
+            error: None,
+            error_step: None,
+            ended_at: None,
+        };
+        store.record_step(&failed, &at_two).await.unwrap();
+        let third = engine.recover(&flow, &id).await.unwrap();
+        assert_eq!(
+            third.status,
+            RunStatus::Succeeded,
+            "{}: {:?}",
+            b.name,
+            third.failure
+        );
         let count = format!(
             "{head}  - {{key: rows, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"SELECT COUNT(*) AS n FROM {table}\"}}}}\n"
         );

@@ -218,12 +218,7 @@ fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let mime = ctype
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let mime = mime_of(&ctype);
     let bad_json = |e: serde_json::Error| {
         ApiError::bad_request(format!(
             "the event is not valid JSON: {} at line {}, column {}",
@@ -283,6 +278,16 @@ fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(Value::Object(event))
 }
 
+/// A content type's media type, lower case, without its parameters.
+fn mime_of(ctype: &str) -> String {
+    ctype
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// An event's `data_base64`, checked, and decoded into `data` when its
 /// `datacontenttype` is JSON or text (a flow then reads it as it reads any
 /// event's data); other bytes stay base64.
@@ -299,12 +304,7 @@ fn decode_data(event: &mut Value) -> Result<(), ApiError> {
         .get("datacontenttype")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let mime = ctype
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let mime = mime_of(ctype);
     let data = if mime == "application/json" || mime.ends_with("+json") {
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::bad_request(format!(

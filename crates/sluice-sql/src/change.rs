@@ -451,14 +451,14 @@ pub(crate) async fn single_change(
     }
     let mut tx = db.begin_write().await?;
     // Run again after a crash, a step that committed takes its result.
-    if let Some(done) = tx.completed(cx.idempotency_key).await? {
+    if let Some(done) = tx.completed(crate::db::completion_key(cx)).await? {
         return Ok(Outcome::value(done));
     }
     let criteria = target.criteria(&mut tx, &db).await?;
     let planned = plan_in(&mut tx, &db, name, &t, op, &criteria, props).await?;
     let (out, change) = apply_in(&mut tx, &db, name, &t, planned).await?;
     let out = Value::Object(out);
-    tx.complete(cx.idempotency_key, &out).await?;
+    tx.complete(crate::db::completion_key(cx), &out).await?;
     tx.commit().await?;
     let mut outcome = Outcome::value(out);
     if let (Some(h), Some(c)) = (hooked, change) {

@@ -218,6 +218,18 @@ const COMPLETIONS_KEPT_DAYS: i64 = 7;
 /// step is at least once).
 const COMPLETION_KEY_MAX: usize = 255;
 
+/// The key under which a write step records its completion: its
+/// idempotency key without the attempt (run, step, item). A step commits
+/// at most one attempt (a failed one rolls back), so whichever attempt
+/// runs after a crash (a retry's next one, when the first run again failed
+/// before writing) finds the one that committed.
+pub(crate) fn completion_key<'k>(cx: &sluice_action::ActionCx<'k>) -> &'k str {
+    let key = cx.idempotency_key;
+    key.rsplit_once('/')
+        .filter(|(_, attempt)| attempt.parse::<u32>().is_ok_and(|a| a == cx.attempt))
+        .map_or(key, |(instance, _)| instance)
+}
+
 /// A statement with its parameters.
 pub(crate) struct Stmt {
     pub(crate) sql: String,

@@ -280,7 +280,7 @@ pub(crate) async fn write_envelope(
     };
     let mut tx = db.begin_write().await?;
     // Run again after a crash, an envelope that committed takes its result.
-    if let Some(done) = tx.completed(cx.idempotency_key).await? {
+    if let Some(done) = tx.completed(crate::db::completion_key(&cx)).await? {
         let tokens = done.get("tokens").and_then(Value::as_object).cloned();
         return Ok(Outcome {
             payload: Some(done),
@@ -328,7 +328,7 @@ pub(crate) async fn write_envelope(
     }
     let mut outcome = envelope_outcome(&global, written.tokens, results);
     if let Some(payload) = &outcome.payload {
-        tx.complete(cx.idempotency_key, payload).await?;
+        tx.complete(crate::db::completion_key(&cx), payload).await?;
     }
     tx.commit().await?;
     if let Some(h) = hooked {
