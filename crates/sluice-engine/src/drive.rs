@@ -36,8 +36,6 @@ pub(crate) struct Going<'a> {
     /// The number of the next step record.
     seq: i64,
     mode: Mode<'a>,
-    /// How the run ended, once it has (see [`After::End`]).
-    end: Option<RunResult>,
 }
 
 impl Going<'_> {
@@ -61,8 +59,7 @@ impl Going<'_> {
 
     /// End the run with `r`.
     fn finish(&mut self, r: RunResult) -> After {
-        self.end = Some(r);
-        After::End
+        After::End(Box::new(r))
     }
 
     /// The run's id, taken: the run is over here.
@@ -77,9 +74,8 @@ enum After {
     At(Option<usize>),
     /// To the same step again (woken, or its next attempt).
     Again,
-    /// The run is over here (or suspended, or taken by another caller),
-    /// ended as the run's `end` says.
-    End,
+    /// The run is over here (or suspended, or taken by another caller).
+    End(Box<RunResult>),
     /// The run succeeded: its output is its state data.
     Succeeded,
 }
@@ -122,7 +118,6 @@ impl<S: Store> Engine<S> {
             state,
             seq,
             mode,
-            end: None,
         };
         let mut pos = (start < flow.steps.len()).then_some(start);
         while let Some(i) = pos {
@@ -145,11 +140,7 @@ impl<S: Store> Engine<S> {
             match self.one_step(&mut g, step).await? {
                 After::At(next) => pos = next,
                 After::Again => {}
-                After::End => {
-                    return g.end.take().ok_or_else(|| {
-                        EngineError::NotStarted("bug: a run ended without its result".into())
-                    });
-                }
+                After::End(r) => return Ok(*r),
                 After::Succeeded => {
                     let mut r = g.ended(RunStatus::Succeeded);
                     r.output = Some(Arc::unwrap_or_clone(g.state));

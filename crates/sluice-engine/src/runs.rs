@@ -204,11 +204,8 @@ impl<S: Store> Engine<S> {
             });
         }
         if detail.next_step.is_none() {
-            let (blame, message) = (Blame::Store, "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned());
-            let last = detail
-                .next_step
-                .clone()
-                .or_else(|| detail.steps.last().map(|s| s.step_key.clone()));
+            let message = "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned();
+            let last = detail.steps.last().map(|s| s.step_key.clone());
             self.store
                 .update_run(
                     run_id,
@@ -228,7 +225,7 @@ impl<S: Store> Engine<S> {
                 failure: Some(StepFailure {
                     step: last.unwrap_or_default(),
                     message,
-                    blame,
+                    blame: Blame::Store,
                 }),
                 wait: None,
             });

@@ -32,12 +32,21 @@ const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorizati
 
 /// The query string as an object; a repeated name keeps every value, in an array.
 pub(crate) fn query_object(raw: Option<&str>) -> Value {
+    object_of(
+        form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned())),
+    )
+}
+
+/// Names and values as an object; a repeated name keeps every value, in
+/// an array.
+fn object_of(pairs: impl IntoIterator<Item = (String, String)>) -> Value {
     let mut m = Map::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        let v = Value::String(v.into_owned());
-        match m.get_mut(k.as_ref()) {
+    for (k, v) in pairs {
+        let v = Value::String(v);
+        match m.get_mut(&k) {
             None => {
-                m.insert(k.into_owned(), v);
+                m.insert(k, v);
             }
             Some(Value::Array(a)) => a.push(v),
             Some(first) => {
@@ -63,14 +72,14 @@ fn form_object(bytes: &[u8]) -> Result<Value, ApiError> {
             .map(|s| s.into_owned())
             .map_err(|_| ApiError::bad_request("the form body is not UTF-8"))
     };
+    let mut pairs = Vec::new();
     for pair in bytes.split(|&c| c == b'&').filter(|p| !p.is_empty()) {
         let mut kv = pair.splitn(2, |&c| c == b'=');
-        decode(kv.next().unwrap_or_default())?;
-        decode(kv.next().unwrap_or_default())?;
+        let k = decode(kv.next().unwrap_or_default())?;
+        let v = decode(kv.next().unwrap_or_default())?;
+        pairs.push((k, v));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("the form body is not UTF-8"))?;
-    Ok(query_object(Some(text)))
+    Ok(object_of(pairs))
 }
 
 fn headers_object(h: &HeaderMap) -> Value {

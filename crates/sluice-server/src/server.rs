@@ -225,8 +225,6 @@ impl<S: Store> Server<S> {
                 // Suspended, or moved on by another caller: not an end.
                 Ok(r) if matches!(r.status, RunStatus::Waiting | RunStatus::Running) => None,
                 Ok(r) => Some(r.status.as_str()),
-                // Not recorded: the caller was told.
-                Err(EngineError::NotStarted(_)) => Some("not_started"),
                 Err(e) => {
                     eprintln!("sluice: a run of flow `{}` stopped: {e}", flow.id);
                     Some("error")

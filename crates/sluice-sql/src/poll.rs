@@ -303,7 +303,7 @@ pub async fn poll_page(
 /// The SQL connector as the server's source of a `poll` trigger's rows.
 pub(crate) struct SqlPolls(pub(crate) Arc<Pools>);
 
-fn options(options: &Value) -> Result<PollTrigger, ActionError> {
+fn trigger_options(options: &Value) -> Result<PollTrigger, ActionError> {
     // Checked when the flow loaded.
     serde_json::from_value(options.clone())
         .map_err(|e| ActionError::flow(format!("poll trigger: {e}")))
@@ -311,21 +311,18 @@ fn options(options: &Value) -> Result<PollTrigger, ActionError> {
 
 impl PollSource for SqlPolls {
     fn interval(&self, options: &Value) -> Duration {
-        let ms = options
-            .get("intervalMs")
-            .and_then(Value::as_u64)
-            .unwrap_or_else(default_interval);
+        let ms = trigger_options(options).map_or_else(|_| default_interval(), |o| o.interval_ms);
         Duration::from_millis(ms)
     }
 
     fn page<'a>(
         &'a self,
         connections: &'a BTreeMap<String, Value>,
-        options_json: &'a Value,
+        options: &'a Value,
         snapshot: Option<Value>,
     ) -> BoxFuture<'a, Result<PolledPage, ActionError>> {
         Box::pin(async move {
-            let o = options(options_json)?;
+            let o = trigger_options(options)?;
             let mut snap = match snapshot {
                 Some(v) => serde_json::from_value::<PollSnapshot>(v).map_err(|e| {
                     ActionError::external(format!("the stored snapshot is unreadable: {e}"))
