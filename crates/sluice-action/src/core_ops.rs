@@ -5,6 +5,7 @@
 
 use crate::action::{Action, ActionCx, Effect, Outcome};
 use crate::error::ActionError;
+use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -418,9 +419,85 @@ pub fn check_cloudevent(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// A content type's media type, lower case, without its parameters.
+pub fn mime_of(ctype: &str) -> String {
+    ctype
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// An event's `data_base64`, checked, and decoded into `data` when its
+/// `datacontenttype` is JSON or text (a flow then reads it as it reads any
+/// event's data); other bytes stay base64.
+pub fn decode_cloudevent_data(event: &mut Value) -> Result<(), String> {
+    let Some(Value::String(b64)) = event.get("data_base64") else {
+        return Ok(());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the event's `data_base64` is not base64: {e}"))?;
+    let ctype = event
+        .get("datacontenttype")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mime = mime_of(ctype);
+    let data = if mime == "application/json" || mime.ends_with("+json") {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            format!("the event's `data_base64` is not the JSON its `datacontenttype` says: {e}")
+        })?
+    } else if mime.starts_with("text/") {
+        Value::String(String::from_utf8(bytes).map_err(|_| {
+            "the event's `data_base64` is not the UTF-8 text its `datacontenttype` says".to_owned()
+        })?)
+    } else {
+        return Ok(());
+    };
+    if let Value::Object(o) = event {
+        o.remove("data_base64");
+        o.insert("data".into(), data);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_base64_is_checked_and_decoded_when_json_or_text() {
+        let ev = |extra: Value| {
+            let mut e = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+            if let (Value::Object(m), Value::Object(x)) = (&mut e, extra) {
+                m.extend(x);
+            }
+            e
+        };
+        // {"a":1}
+        let mut e =
+            ev(json!({"datacontenttype": "application/json", "data_base64": "eyJhIjoxfQ=="}));
+        decode_cloudevent_data(&mut e).unwrap();
+        assert_eq!(e["data"], json!({"a": 1}));
+        assert!(e.get("data_base64").is_none());
+        let mut e =
+            ev(json!({"datacontenttype": "text/plain; charset=utf-8", "data_base64": "aGk="}));
+        decode_cloudevent_data(&mut e).unwrap();
+        assert_eq!(e["data"], json!("hi"));
+        let mut e =
+            ev(json!({"datacontenttype": "application/octet-stream", "data_base64": "AP8="}));
+        decode_cloudevent_data(&mut e).unwrap();
+        assert_eq!(e["data_base64"], json!("AP8="));
+        let mut e = ev(json!({"data_base64": "not base64!"}));
+        assert!(
+            decode_cloudevent_data(&mut e)
+                .unwrap_err()
+                .contains("not base64")
+        );
+        let mut e = ev(json!({"datacontenttype": "application/json", "data_base64": "AP8="}));
+        assert!(decode_cloudevent_data(&mut e).is_err());
+    }
     use crate::{Registry, check_options};
     use serde_json::json;
     use sluice_expr::{Limits, MapScope, Program};

@@ -9,19 +9,32 @@
 //! jaq has no fuel and no cancellation, so Sluice bounds an expression itself:
 //!
 //! * the standard library's recursive definitions (`repeat`, `recurse`,
-//!   `while`, `until`) and `range` are rewritten so that every iteration passes
-//!   a checkpoint; the checkpoint fails the expression once its deadline has
-//!   passed, or once the evaluation has used half of the stack it started
-//!   with (at least [`MIN_STACK`]);
+//!   `while`, `until`), `range`, and every step of every `reduce` and
+//!   `foreach` (the program's and the library's) pass a checkpoint; the
+//!   checkpoint fails the expression once its deadline has passed, once it
+//!   holds more memory than its budget ([`Limits::memory`], counted by
+//!   [`crate::meter`]), or once its recursion has used [`RECURSION_STACK`]
+//!   of stack (or half of what there was);
 //! * user-written recursive definitions are refused when the program is
 //!   compiled (every loop a program can write therefore goes through a
 //!   checkpoint);
+//! * the operations that make much from little check the size of what they
+//!   would make against what is left of the budget before making it: string
+//!   repetition (`"x" * n`), `tojson` (and so `tostring` and string
+//!   interpolation) of a value whose parts are shared, and every output
+//!   copied out of jq; `fromjson` refuses text nested deeper than
+//!   [`MAX_DEPTH`], and an output nested deeper is an error;
+//! * every evaluation runs on a large stack of its own (see `stack`), so
+//!   that freeing a deep value cannot overflow it;
 //! * functions that reach outside the expression are not provided: `env`,
 //!   `$ENV`, `input`, `inputs`, `halt`, `halt_error`, `debug`, `stderr`,
 //!   `include` and `import`.
 
+pub use crate::guard::MAX_DEPTH;
+use crate::guard::{self, MUL, TEXT, TICK, TooBig};
+pub use crate::stack::MIN_STACK;
 use crate::value::{as_from_jq, from_val, mend_numbers};
-use crate::{Error, Input, Scope};
+use crate::{Error, Input, Scope, meter, stack};
 use jaq_core::load::parse::{Def, Pattern, Term};
 use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::path::Part;
@@ -34,18 +47,18 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// An evaluation starts with at least this much stack (it moves to a fresh
-/// stack segment when less remains), and may use at most half of what it
-/// started with: the other half is left for unwinding and for dropping the
-/// deep values a deep recursion may have built.
-pub const MIN_STACK: usize = 1 << 20;
-const GROWN_STACK: usize = 16 << 20;
-
 /// Default time an expression may run before it fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Name of the checkpoint filter injected into recursive definitions.
-const TICK: &str = "__sluice_checkpoint";
+/// Default memory one evaluation may hold beyond its input.
+pub const DEFAULT_MEMORY: usize = 512 << 20;
+
+/// The most stack a program's recursion may use.
+pub const RECURSION_STACK: usize = 16 << 20;
+
+/// An evaluation that passed this many checkpoints may have gone deep: the
+/// stack pages it touched are handed back after it.
+const HEAVY_TICKS: u32 = 1 << 16;
 
 /// Limits applied to one evaluation.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +67,9 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most outputs one evaluation may produce.
     pub max_outputs: usize,
+    /// Bytes of memory one evaluation may hold beyond its input (its
+    /// outputs included, counted as they would be copied out of jq).
+    pub memory: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +77,7 @@ impl Default for Limits {
         Self {
             timeout: DEFAULT_TIMEOUT,
             max_outputs: 100_000,
+            memory: DEFAULT_MEMORY,
         }
     }
 }
@@ -94,32 +111,49 @@ struct Budget {
     stack_floor: usize,
     ticks: Cell<u32>,
     exceeded: Cell<Option<Exceeded>>,
+    /// The thread's live bytes when the evaluation started.
+    memory_base: i64,
+    memory: i64,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Exceeded {
     Time,
     Stack,
+    Memory,
 }
 
 impl Budget {
     fn new(limits: &Limits) -> Self {
+        let remaining = stack::remaining();
         Self {
             timeout: limits.timeout,
             deadline: Cell::new(None),
-            stack_floor: stacker::remaining_stack().unwrap_or(MIN_STACK) / 2,
+            stack_floor: remaining - (remaining / 2).min(RECURSION_STACK),
             ticks: Cell::new(0),
             exceeded: Cell::new(None),
+            memory_base: meter::live(),
+            memory: i64::try_from(limits.memory).unwrap_or(i64::MAX),
         }
+    }
+
+    /// Bytes of the memory budget not yet used.
+    fn memory_left(&self) -> u64 {
+        let used = meter::live().saturating_sub(self.memory_base).max(0);
+        u64::try_from(self.memory.saturating_sub(used)).unwrap_or(0)
     }
 
     fn check(&self) -> Result<(), Exceeded> {
         if let Some(e) = self.exceeded.get() {
             return Err(e);
         }
-        if stacker::remaining_stack().is_some_and(|r| r < self.stack_floor) {
+        if stack::remaining() < self.stack_floor {
             self.exceeded.set(Some(Exceeded::Stack));
             return Err(Exceeded::Stack);
+        }
+        if meter::live().saturating_sub(self.memory_base) > self.memory {
+            self.exceeded.set(Some(Exceeded::Memory));
+            return Err(Exceeded::Memory);
         }
         let t = self.ticks.get().wrapping_add(1);
         self.ticks.set(t);
@@ -151,8 +185,110 @@ fn checkpoint() -> Fun {
     }))
 }
 
-/// Natives that reach outside the expression, or that the guarded `range` replaces.
+/// `$l | __sluice_mul($r)`: `$l * $r`, refused when it would repeat a string
+/// into more bytes than the budget has left.
+fn mul() -> Fun {
+    native::run((MUL, native::v(1), |mut cv| {
+        let r = cv.0.pop_var();
+        let l = cv.1;
+        // How many times a string is repeated (jaq saturates big integers).
+        let count = |n: &Val| match n {
+            Val::Num(n @ jaq_json::Num::Int(_)) => n.as_isize().map(|i| i.max(0) as u64),
+            Val::Num(n @ jaq_json::Num::BigInt(_)) => Some(if n.to_string().starts_with('-') {
+                0
+            } else {
+                u64::MAX
+            }),
+            _ => None,
+        };
+        let repeat = match (&l, &r) {
+            (Val::TStr(s) | Val::BStr(s), n) | (n, Val::TStr(s) | Val::BStr(s)) => {
+                count(n).map(|c| (s.len() as u64).saturating_mul(c))
+            }
+            _ => None,
+        };
+        if let Some(bytes) = repeat {
+            let left = cv.0.data().budget.memory_left();
+            if bytes > left {
+                let message = format!(
+                    "repeating a string would make {bytes} bytes, more than the {left} left of the expression's memory budget"
+                );
+                return native::bome(Err(jaq_core::Error::str(message)));
+            }
+        }
+        native::bome(l * r)
+    }))
+}
+
+/// A value as JSON text, refused when the text would take more than the
+/// budget has left (a value whose parts are shared can stand for far more
+/// than it holds).
+fn checked_json(v: &Val, budget: &Budget) -> Result<Val, jaq_core::Error<Val>> {
+    let left = budget.memory_left();
+    match guard::measure(v, usize::MAX, left) {
+        Ok(_) => Ok(Val::utf8_str(v.to_string().into_bytes())),
+        Err(_) => Err(jaq_core::Error::str(format!(
+            "writing a value out as text would take more than the {left} bytes left of the expression's memory budget"
+        ))),
+    }
+}
+
+/// `tojson`, checked.
+fn tojson() -> Fun {
+    native::run(("tojson", native::v(0), |cv| {
+        native::bome(checked_json(&cv.1, cv.0.data().budget))
+    }))
+}
+
+/// A value interpolated into a string: a string as it is, anything else as
+/// by `tojson`, checked.
+fn text() -> Fun {
+    native::run((TEXT, native::v(0), |cv| match cv.1 {
+        s @ (Val::TStr(_) | Val::BStr(_)) => native::bome(Ok(s)),
+        v => native::bome(checked_json(&v, cv.0.data().budget)),
+    }))
+}
+
+/// `fromjson`, refusing text that nests deeper than [`MAX_DEPTH`] before
+/// parsing it (the parser recurses once per level).
+fn fromjson() -> Fun {
+    native::run(("fromjson", native::v(0), |cv| {
+        let text = match &cv.1 {
+            Val::TStr(s) | Val::BStr(s) => s.clone(),
+            other => {
+                let e = jaq_core::Error::str(format!("cannot parse {other} as JSON: not a string"));
+                return native::bome(Err(e));
+            }
+        };
+        let depth = guard::json_depth(&text);
+        if depth > MAX_DEPTH {
+            let e = jaq_core::Error::str(format!(
+                "cannot parse a JSON text nested {depth} levels deep (at most {MAX_DEPTH})"
+            ));
+            return native::bome(Err(e));
+        }
+        // Every value up to the first error, and that error (the parser does
+        // not move past an error: it would give it again and again).
+        let mut vals = Vec::new();
+        for r in jaq_json::read::parse_many(&text) {
+            match r {
+                Ok(v) => vals.push(Ok(v)),
+                Err(e) => {
+                    let message = format!("cannot parse {} as JSON: {e}", cv.1);
+                    vals.push(Err(jaq_core::Exn::from(jaq_core::Error::str(message))));
+                    break;
+                }
+            }
+        }
+        Box::new(vals.into_iter())
+    }))
+}
+
+/// Natives that reach outside the expression, that the guarded `range`
+/// replaces, or that are replaced by checked ones.
 const REMOVED_FUNS: &[&str] = &[
+    "tojson",
+    "fromjson",
     "env",
     "halt",
     "input",
@@ -181,7 +317,7 @@ fn funs() -> impl Iterator<Item = Fun> {
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
         .filter(|(name, _, _)| !REMOVED_FUNS.contains(name))
-        .chain([checkpoint()])
+        .chain([checkpoint(), mul(), tojson(), text(), fromjson()])
 }
 
 fn std_lib() -> &'static Std {
@@ -219,11 +355,12 @@ fn std_lib() -> &'static Std {
 
 /// Guard a definition of the standard library: definitions that call
 /// themselves, and the local helpers (`def rec: ...`) that the looping
-/// definitions are built on, pass the checkpoint on every call.
+/// definitions are built on, pass the checkpoint on every call; folds and
+/// multiplications are guarded as in programs.
 fn guard_def(mut d: Def<&'static str>) -> Def<&'static str> {
     let mut calls_itself = Vec::new();
     check_recursion("", &d.body, &mut vec![d.name], &mut calls_itself);
-    let body = std::mem::take(&mut d.body);
+    let body = guard::guard_term(std::mem::take(&mut d.body));
     d.body = guard_body(body, !calls_itself.is_empty());
     d
 }
@@ -243,11 +380,7 @@ fn guard_body(body: Term<&'static str>, tick: bool) -> Term<&'static str> {
         ),
         other => other,
     };
-    if tick {
-        Term::IfThenElse(vec![(Term::Call(TICK, Vec::new()), body)], None)
-    } else {
-        body
-    }
+    if tick { guard::ticked(body) } else { body }
 }
 
 /// A compiled jq program.
@@ -321,6 +454,10 @@ impl Program {
         // Refuse user recursion before handing the program to jaq.
         let owned_vars: Vec<String> = vars.iter().map(|v| (*v).to_owned()).collect();
         let mut fast = None;
+        // The program is compiled as a guarded definition in the prelude,
+        // called by a main module of one word; a program that does not parse
+        // is handed to jaq as it is, for its errors.
+        let mut main = None;
         if let Some(term) = load::parse(code, |p| p.term()) {
             let mut issues = Vec::new();
             check_recursion(code, &term, &mut Vec::new(), &mut issues);
@@ -328,12 +465,21 @@ impl Program {
                 return Err(fail(issues));
             }
             fast = crate::fast::compile(&term, &owned_vars);
+            main = Some(guard::guard_program(term));
         }
         let std = std_lib();
         let arena = Arena::default();
-        let loader = Loader::new(std.defs.iter().cloned());
+        let text = if main.is_some() { guard::MAIN } else { code };
+        let prelude = std.defs.iter().cloned();
+        let loader = Loader::new(prelude.chain(main));
         let modules = loader
-            .load(&arena, File { code, path: () })
+            .load(
+                &arena,
+                File {
+                    code: text,
+                    path: (),
+                },
+            )
             .map_err(|errs| fail(load_issues(code, errs)))?;
         let names: Vec<String> = vars.iter().map(|v| format!("${v}")).collect();
         let filter = Compiler::default()
@@ -517,16 +663,33 @@ impl Program {
         limits: &Limits,
         each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
-        stacker::maybe_grow(MIN_STACK, GROWN_STACK, || {
-            self.run_guarded(input, scope, limits, each)
-        })
+        let (result, heavy) = stack::run(|| self.run_guarded(input, scope, limits, each));
+        if heavy {
+            stack::release();
+        }
+        result
     }
 
+    /// The evaluation, and whether it passed so many checkpoints that it may
+    /// have gone deep.
     fn run_guarded(
         &self,
         input: Val,
         scope: &dyn Scope,
         limits: &Limits,
+        each: impl FnMut(Val) -> bool,
+    ) -> (Result<(), Error>, bool) {
+        let budget = Budget::new(limits);
+        let result = self.evaluate(input, scope, limits, &budget, each);
+        (result, budget.ticks.get() >= HEAVY_TICKS)
+    }
+
+    fn evaluate(
+        &self,
+        input: Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+        budget: &Budget,
         mut each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
         let c = &*self.inner;
@@ -541,11 +704,10 @@ impl Program {
                 return Ok(());
             }
         }
-        let budget = Budget::new(limits);
         let vars = Vars::new(c.vars.iter().map(|n| scope.get(n).unwrap_or(Val::Null)));
         let data = GuardedData {
             lut: &c.filter.lut,
-            budget: &budget,
+            budget,
         };
         let ctx = Ctx::<Guarded>::new(data, vars);
         let mut count = 0usize;
@@ -557,6 +719,11 @@ impl Program {
             Exceeded::Stack => Error::TooDeep {
                 code: c.code.clone(),
             },
+            Exceeded::Memory => Error::TooMuchMemory {
+                code: c.code.clone(),
+                limit: limits.memory,
+                detail: String::new(),
+            },
         };
         for item in c.filter.id.run((ctx, input)) {
             if let Some(e) = budget.exceeded.get() {
@@ -564,6 +731,24 @@ impl Program {
             }
             match item {
                 Ok(v) => {
+                    // Copied out of jq, the output must fit what is left of
+                    // the budget, and nest no deeper than a JSON body.
+                    match guard::measure(&v, MAX_DEPTH, budget.memory_left()) {
+                        Ok(_) => {}
+                        Err(TooBig::Deep) => {
+                            return Err(Error::TooDeepValue {
+                                code: c.code.clone(),
+                                max: MAX_DEPTH,
+                            });
+                        }
+                        Err(TooBig::Large) => {
+                            return Err(Error::TooMuchMemory {
+                                code: c.code.clone(),
+                                limit: limits.memory,
+                                detail: "for its output".to_owned(),
+                            });
+                        }
+                    }
                     count += 1;
                     if count > limits.max_outputs {
                         return Err(Error::TooManyOutputs {
@@ -785,298 +970,4 @@ fn assert_send_sync() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::MapScope;
-    use serde_json::json;
-
-    fn eval(code: &str, input: Value) -> Result<Option<Value>, Error> {
-        let scope = MapScope::from_json(json!({"trigger": {"t": 1}, "last": [1, 2], "k": "v"}));
-        let p = Program::compile(code, &scope.names()).expect("compiles");
-        p.eval_json(&input, &scope, &Limits::default())
-    }
-
-    #[test]
-    fn maps_an_order() {
-        let out = eval(
-            "{orderId, sum: .totalPrice}",
-            json!({"orderId": "A1", "totalPrice": 12.5, "x": 1}),
-        );
-        assert_eq!(out.unwrap(), Some(json!({"orderId": "A1", "sum": 12.5})));
-    }
-
-    #[test]
-    fn variables_are_bound_by_name() {
-        assert_eq!(
-            eval("[$trigger.t, $last[1], $k]", json!(null)).unwrap(),
-            Some(json!([1, 2, "v"]))
-        );
-    }
-
-    #[test]
-    fn a_program_keeps_only_the_variables_it_mentions() {
-        let all = ["trigger", "last", "k"];
-        let vars = |code: &str| {
-            Program::compile(code, &all)
-                .expect("compiles")
-                .vars()
-                .to_vec()
-        };
-        assert_eq!(vars(".a"), Vec::<String>::new());
-        assert_eq!(vars("[$last, $k]"), ["last", "k"]);
-        // In a string too, and through interpolation.
-        assert_eq!(vars(r#""\($trigger.t)""#), ["trigger"]);
-        // `$lastly` is another variable: undefined, still refused.
-        let err = Program::compile("$lastly", &all).unwrap_err();
-        assert!(err.issues[0].message.contains("$lastly"), "{err:?}");
-    }
-
-    #[test]
-    fn std_library_works() {
-        assert_eq!(
-            eval("[range(3)]", json!(null)).unwrap(),
-            Some(json!([0, 1, 2]))
-        );
-        assert_eq!(
-            eval("[range(5; 0; -2)]", json!(null)).unwrap(),
-            Some(json!([5, 3, 1]))
-        );
-        assert_eq!(
-            eval("[limit(3; repeat(1))]", json!(null)).unwrap(),
-            Some(json!([1, 1, 1]))
-        );
-        assert_eq!(
-            eval("[.[] | select(. > 1)] | map(. * 2)", json!([1, 2, 3])).unwrap(),
-            Some(json!([4, 6]))
-        );
-        assert_eq!(
-            eval("[paths]", json!({"a": [1]})).unwrap(),
-            Some(json!([["a"], ["a", 0]]))
-        );
-        assert_eq!(
-            eval(
-                "walk(if type == \"number\" then . + 1 else . end)",
-                json!({"a": [1]})
-            )
-            .unwrap(),
-            Some(json!({"a": [2]}))
-        );
-        assert_eq!(
-            eval("[recurse(if . < 3 then . + 1 else empty end)]", json!(0)).unwrap(),
-            Some(json!([0, 1, 2, 3]))
-        );
-        assert_eq!(
-            eval("until(. > 100; . * 2)", json!(1)).unwrap(),
-            Some(json!(128))
-        );
-        assert_eq!(
-            eval("\"a-b\" | test(\"a.b\")", json!(null)).unwrap(),
-            Some(json!(true))
-        );
-    }
-
-    #[test]
-    fn runtime_errors_name_the_expression() {
-        let err = eval(".a + 1", json!({"a": "x"})).unwrap_err();
-        assert!(
-            matches!(err, Error::Runtime { ref code, .. } if code == ".a + 1"),
-            "{err}"
-        );
-        let err = eval("error(\"boom\")", json!(null)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "jq expression `error(\"boom\")` failed: boom"
-        );
-    }
-
-    #[test]
-    fn runaway_loops_stop_at_the_deadline() {
-        let scope = MapScope::default();
-        let limits = Limits {
-            timeout: Duration::from_millis(50),
-            ..Limits::default()
-        };
-        for code in [
-            "last(range(1e12))",
-            "[repeat(1)] | length",
-            "until(false; .)",
-            "last(recurse(. + 1))",
-            "reduce range(1e12) as $x (0; . + $x)",
-            "try last(range(1e12)) catch 0",
-        ] {
-            let p = Program::compile(code, &[]).unwrap();
-            let err = p.first(Val::from(0isize), &scope, &limits).unwrap_err();
-            assert!(
-                matches!(err, Error::Timeout { .. } | Error::TooDeep { .. }),
-                "{code}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn user_recursion_is_refused_at_compile_time() {
-        for code in [
-            "def f: 1 + f; f",
-            "def f: def g: f; g; f",
-            "def a(x): x | a(x); a(.)",
-        ] {
-            let err = Program::compile(code, &[]).unwrap_err();
-            assert!(
-                err.issues[0].message.contains("calls itself"),
-                "{code}: {err}"
-            );
-        }
-        assert!(Program::compile("def inc: . + 1; inc | inc", &[]).is_ok());
-    }
-
-    #[test]
-    fn the_outside_world_is_not_reachable() {
-        for code in [
-            "env",
-            "$ENV",
-            "input",
-            "inputs",
-            "halt",
-            "debug",
-            "stderr",
-            "include \"x\"; .",
-            "import \"x\" as x; .",
-        ] {
-            assert!(Program::compile(code, &[]).is_err(), "{code} compiled");
-        }
-    }
-
-    #[test]
-    fn compile_errors_point_inside_the_expression() {
-        let err = Program::compile(".a | $nope", &["trigger"]).unwrap_err();
-        assert_eq!(err.issues[0].span, 5..10);
-        assert_eq!(err.issues[0].undefined_var.as_deref(), Some("nope"));
-        let err = Program::compile("{a: }", &[]).unwrap_err();
-        assert!(!err.issues.is_empty());
-        let err = Program::compile("nosuchfn(1)", &[]).unwrap_err();
-        assert_eq!(err.issues[0].span, 0..8);
-    }
-
-    #[test]
-    fn direct_evaluation_agrees_with_jaq() {
-        let programs = [
-            ".",
-            ".a",
-            ".a.b",
-            ".[0]",
-            ".[-1]",
-            ".[5]",
-            ".a[1].c",
-            ".[\"a b\"]",
-            "$k",
-            "$trigger.t",
-            "$last[0]",
-            "$last[-3]",
-            "{orderId, sum: .totalPrice}",
-            "{a: .a.b, b: 1, c: null, d: true, e: \"s\\n\", $k}",
-            "{}",
-            "1",
-            "\"x\"",
-            "null",
-            "false",
-        ];
-        let inputs = [
-            json!(null),
-            json!({"a": {"b": 1, "c": [1]}, "orderId": "x", "totalPrice": 2.5}),
-            json!([1, 2, 3]),
-            json!("str"),
-            json!(3),
-            json!({"a": [1, {"c": 2}]}),
-            json!({"a b": 1}),
-            json!({"a": "text"}),
-            json!({"a": null}),
-            json!({"a": {"b": 2.0}, "totalPrice": 3.0, "orderId": [1.5, 4.0]}),
-            json!({"a": {"b": 18446744073709551615u64}}),
-        ];
-        let vars = json!({"trigger": {"t": 1.0}, "last": [1, 2.0], "k": "v"});
-        let scope = MapScope::from_json(vars.clone());
-        // The same variables, also at hand as JSON.
-        let json_scope = JsonScope(vars);
-        let limits = Limits::default();
-        for code in programs {
-            let p = Program::compile(code, &scope.names()).unwrap();
-            assert!(p.is_direct(), "{code} should run directly");
-            let slow = p.without_fast();
-            for input in &inputs {
-                let a = p.run(crate::to_val(input), &scope, &limits);
-                let b = slow.run(crate::to_val(input), &scope, &limits);
-                assert_eq!(a, b, "{code} on {input}");
-                // On JSON, the direct evaluator gives what jaq gives, as JSON.
-                let on_json = Input::json(input);
-                let c = p.single_json(&on_json, &json_scope, &limits);
-                let d = slow.single_json(&on_json, &scope, &limits);
-                assert_eq!(c, d, "{code} on JSON {input}");
-                // An input that is a jq value: programs that do not read
-                // it still read their variables as JSON.
-                let on_val = Input::val(crate::to_val(input));
-                let e = p.single_json(&on_val, &json_scope, &limits);
-                assert_eq!(e, d, "{code} on {input} as jq value");
-            }
-        }
-        for code in [
-            ".a?",
-            ".[]",
-            "{(.a): 1}",
-            ".a + 1",
-            "{a: .b?}",
-            "1.5",
-            "\"\\(.a)\"",
-        ] {
-            assert!(
-                !Program::compile(code, &scope.names()).unwrap().is_direct(),
-                "{code} should go to jaq"
-            );
-        }
-    }
-
-    /// A scope that holds its variables as JSON.
-    struct JsonScope(Value);
-
-    impl Scope for JsonScope {
-        fn get(&self, name: &str) -> Option<Val> {
-            self.0.get(name).map(crate::to_val)
-        }
-        fn get_json(&self, name: &str) -> Option<&Value> {
-            self.0.get(name)
-        }
-    }
-
-    #[test]
-    fn what_a_program_reads() {
-        let reads = |code: &str| Program::compile(code, &["k"]).unwrap().reads_input();
-        assert!(reads(".a"));
-        assert!(reads("."));
-        assert!(reads("{x: $k, y: .a}"));
-        assert!(reads("$k + 1"), "a program jaq runs may read anything");
-        assert!(!reads("$k.a"));
-        assert!(!reads("{x: $k, y: 1}"));
-        assert!(!reads("\"s\""));
-    }
-
-    #[test]
-    fn single_rejects_several_outputs() {
-        let p = Program::compile(".[]", &[]).unwrap();
-        assert!(matches!(
-            p.single(
-                crate::to_val(&json!([1, 2])),
-                &MapScope::default(),
-                &Limits::default()
-            ),
-            Err(Error::MultipleOutputs { .. })
-        ));
-        assert_eq!(
-            p.single(
-                crate::to_val(&json!([])),
-                &MapScope::default(),
-                &Limits::default()
-            )
-            .unwrap(),
-            None
-        );
-    }
-}
+mod tests;

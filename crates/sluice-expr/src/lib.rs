@@ -2,7 +2,8 @@
 //!
 //! * [`jq`]: jq programs through jaq, compiled once and run many times with the
 //!   flow object bound as variables (`$trigger`, `$last`, `$<key>`), under a
-//!   deadline and a stack guard so that no expression can hang or crash a run;
+//!   deadline, a memory budget and a stack guard so that no expression can
+//!   hang or crash a run ([`meter`] counts the memory);
 //! * [`template`]: the `{{ }}` templates of option values;
 //! * [`path`]: JSONPath reading (RFC 9535) and the mapping subset with its writer;
 //! * [`merge()`]: merging a result into the state data.
@@ -12,11 +13,14 @@
 
 mod error;
 mod fast;
+mod guard;
 pub mod jq;
 pub mod mapping;
 pub mod merge;
+pub mod meter;
 pub mod path;
 mod scope;
+mod stack;
 pub mod template;
 pub mod value;
 
@@ -29,3 +33,8 @@ pub use path::{MappingPath, PathError, Query};
 pub use scope::{Input, MapScope, Scope};
 pub use template::{PathSeg, Template, TemplateError, TemplateValue};
 pub use value::{as_from_jq, from_val, to_val};
+
+/// Tests count memory as the `sluice` binary does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: meter::Metered<std::alloc::System> = meter::Metered(std::alloc::System);

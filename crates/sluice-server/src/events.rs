@@ -28,7 +28,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
-use sluice_action::core_ops::{CloudEventTrigger, check_cloudevent, event_matches};
+use sluice_action::core_ops::{
+    CloudEventTrigger, check_cloudevent, decode_cloudevent_data, event_matches, mime_of,
+};
 use sluice_engine::{EngineError, RunRequest};
 use sluice_model::Flow;
 use sluice_store::{Store, Wait, now_micros};
@@ -53,7 +55,7 @@ pub(crate) async fn intake<S: Store>(
     .await?;
     let mut event = parse(&headers, &bytes)?;
     check_cloudevent(&event).map_err(ApiError::bad_request)?;
-    decode_data(&mut event)?;
+    decode_cloudevent_data(&mut event).map_err(ApiError::bad_request)?;
     // Taken on a task of its own: a sender that hangs up half-way cannot
     // leave recorded runs or claimed waits that nobody drives.
     tokio::spawn(take(server, event)).await.map_err(|_| {
@@ -278,91 +280,10 @@ fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(Value::Object(event))
 }
 
-/// A content type's media type, lower case, without its parameters.
-fn mime_of(ctype: &str) -> String {
-    ctype
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// An event's `data_base64`, checked, and decoded into `data` when its
-/// `datacontenttype` is JSON or text (a flow then reads it as it reads any
-/// event's data); other bytes stay base64.
-fn decode_data(event: &mut Value) -> Result<(), ApiError> {
-    let Some(Value::String(b64)) = event.get("data_base64") else {
-        return Ok(());
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| {
-            ApiError::bad_request(format!("the event's `data_base64` is not base64: {e}"))
-        })?;
-    let ctype = event
-        .get("datacontenttype")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let mime = mime_of(ctype);
-    let data = if mime == "application/json" || mime.ends_with("+json") {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the event's `data_base64` is not the JSON its `datacontenttype` says: {e}"
-            ))
-        })?
-    } else if mime.starts_with("text/") {
-        Value::String(String::from_utf8(bytes).map_err(|_| {
-            ApiError::bad_request(
-                "the event's `data_base64` is not the UTF-8 text its `datacontenttype` says",
-            )
-        })?)
-    } else {
-        return Ok(());
-    };
-    if let Value::Object(o) = event {
-        o.remove("data_base64");
-        o.insert("data".into(), data);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-
-    #[test]
-    fn data_base64_is_checked_and_decoded_when_json_or_text() {
-        let ev = |extra: Value| {
-            let mut e = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
-            if let (Value::Object(m), Value::Object(x)) = (&mut e, extra) {
-                m.extend(x);
-            }
-            e
-        };
-        // {"a":1}
-        let mut e =
-            ev(json!({"datacontenttype": "application/json", "data_base64": "eyJhIjoxfQ=="}));
-        decode_data(&mut e).unwrap();
-        assert_eq!(e["data"], json!({"a": 1}));
-        assert!(e.get("data_base64").is_none());
-        let mut e =
-            ev(json!({"datacontenttype": "text/plain; charset=utf-8", "data_base64": "aGk="}));
-        decode_data(&mut e).unwrap();
-        assert_eq!(e["data"], json!("hi"));
-        let mut e =
-            ev(json!({"datacontenttype": "application/octet-stream", "data_base64": "AP8="}));
-        decode_data(&mut e).unwrap();
-        assert_eq!(e["data_base64"], json!("AP8="));
-        let mut e = ev(json!({"data_base64": "not base64!"}));
-        assert_eq!(
-            decode_data(&mut e).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
-        let mut e = ev(json!({"datacontenttype": "application/json", "data_base64": "AP8="}));
-        assert!(decode_data(&mut e).is_err());
-    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

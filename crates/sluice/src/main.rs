@@ -12,9 +12,11 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// jaq allocates per expression term; mimalloc makes that cheap.
+/// jaq allocates per expression term; mimalloc makes that cheap. The meter
+/// counts each thread's live bytes for the memory budget of expressions.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: sluice_expr::meter::Metered<mimalloc::MiMalloc> =
+    sluice_expr::meter::Metered(mimalloc::MiMalloc);
 
 /// The store used when none is given: a SQLite file in the working directory.
 const DEFAULT_STORE: &str = "sluice.db";
@@ -28,6 +30,21 @@ const DEFAULT_STORE: &str = "sluice.db";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Time one jq expression may run, in milliseconds.
+    #[arg(long, global = true, default_value_t = 2000)]
+    expr_timeout_ms: u64,
+    /// Memory one jq expression may hold beyond its input, in MiB.
+    #[arg(long, global = true, default_value_t = 512)]
+    expr_memory_mb: usize,
+}
+
+/// The expression limits given on the command line.
+static LIMITS: std::sync::OnceLock<sluice_expr::Limits> = std::sync::OnceLock::new();
+
+/// An engine on `store` with the command line's expression limits.
+fn new_engine<S: Store>(store: Arc<S>, registry: Arc<Registry>) -> Engine<S> {
+    let limits = LIMITS.get().copied().unwrap_or_default();
+    Engine::new(store, registry).with_limits(limits)
 }
 
 #[derive(Subcommand)]
@@ -159,6 +176,11 @@ fn registry() -> Registry {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LIMITS.set(sluice_expr::Limits {
+        timeout: std::time::Duration::from_millis(cli.expr_timeout_ms),
+        memory: cli.expr_memory_mb.saturating_mul(1 << 20),
+        ..sluice_expr::Limits::default()
+    });
     // The server uses every core, and so does an import (its records run
     // beside the writer); other one-shot commands need one thread.
     let many = matches!(
@@ -312,7 +334,7 @@ async fn serve(
             return INVALID;
         }
     };
-    let engine = Engine::new(store, registry.clone());
+    let engine = new_engine(store, registry.clone());
     let n = set.flows.len();
     let mut server =
         sluice_server::Server::new(engine, registry, set, dir.into()).with_timeouts(timeouts);
@@ -539,8 +561,11 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         );
         return INVALID;
     }
-    if let Some(ev) = &event {
-        if let Err(m) = sluice_action::core_ops::check_cloudevent(ev) {
+    let mut event = event;
+    if let Some(ev) = &mut event {
+        if let Err(m) = sluice_action::core_ops::check_cloudevent(ev)
+            .and_then(|()| sluice_action::core_ops::decode_cloudevent_data(ev))
+        {
             eprintln!("error: --event: {m}");
             return INVALID;
         }
@@ -564,7 +589,7 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    let engine = Engine::new(store, registry.clone());
+    let engine = new_engine(store, registry.clone());
     // `flow` steps start the flows of the flow file's folder, and the
     // changes SQL steps make start its `event`-triggered flows.
     let reaches = |k: &str| {
@@ -649,7 +674,7 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    let engine = Engine::new(store, registry);
+    let engine = new_engine(store, registry);
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -805,7 +830,7 @@ async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Optio
         Ok(f) => f,
         Err(code) => return code,
     };
-    let engine = Engine::new(store, registry);
+    let engine = new_engine(store, registry);
     report(
         engine
             .resume(&flow, &detail.summary.id, patch.as_ref())

@@ -391,6 +391,36 @@ fn events_are_checked_before_a_run() {
         "sqlite::memory:",
     ]));
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // The same event with its data in `data_base64` is decoded as the server
+    // decodes it; base64 that is not the JSON it claims is refused.
+    let dir = temp("events");
+    let b64 = dir.join("b64.json");
+    // {"customer": {"name": "Ana"}}
+    std::fs::write(&b64, r#"{"specversion": "1.0", "id": "2", "source": "customer-arrival-event-source", "type": "customer-arrival-type", "datacontenttype": "application/json", "data_base64": "eyJjdXN0b21lciI6IHsibmFtZSI6ICJBbmEifX0="}"#).unwrap();
+    let o = run(sluice().args([
+        "run",
+        "examples/greeting/flow.yaml",
+        "--input",
+        "examples/greeting/greetings.json",
+        "--event",
+        b64.to_str().unwrap(),
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(out, json!({"finalCustomerGreeting": "Hola Ana!"}));
+    std::fs::write(&b64, r#"{"specversion": "1.0", "id": "2", "source": "customer-arrival-event-source", "type": "customer-arrival-type", "datacontenttype": "application/json", "data_base64": "AP8="}"#).unwrap();
+    let o = run(sluice().args([
+        "run",
+        "examples/greeting/flow.yaml",
+        "--event",
+        b64.to_str().unwrap(),
+        "--store",
+        "sqlite::memory:",
+    ]));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("not the JSON"), "{}", o.stderr);
     // A flow that consumes an event, run without one.
     let o = run(sluice().args([
         "run",
@@ -420,7 +450,6 @@ fn events_are_checked_before_a_run() {
         o.stderr
     );
     // An event of another type, and something that is not a CloudEvent.
-    let dir = temp("events");
     let other = dir.join("other.json");
     std::fs::write(&other, r#"{"specversion": "1.0", "id": "1", "source": "customer-arrival-event-source", "type": "customer-left"}"#).unwrap();
     let o = run(sluice().args([

@@ -1227,10 +1227,10 @@ fn crashes_within(dir: &Path, limit: Duration) -> bool {
 
 #[test]
 fn a_run_that_crashes_the_server_at_every_start_is_failed_after_three() {
-    // An expression that overflows the stack aborts the process; the run was
-    // under way, so each start continues it and aborts again, until it has
-    // been under way at three stops: the next start fails it instead, and
-    // the server stays up.
+    // A step that aborts the process (no expression does any more: a test
+    // hook of debug builds stands for a bug); the run was under way, so each
+    // start continues it and aborts again, until it has been under way at
+    // three stops: the next start fails it instead, and the server stays up.
     let dir = temp("crashloop");
     write(
         &dir,
@@ -1239,9 +1239,12 @@ fn a_run_that_crashes_the_server_at_every_start_is_failed_after_three() {
 id: boom
 trigger: {type: webhook, path: boom, async: true}
 steps:
-  - {key: deep, type: transform, options: {value: "{{ last(recurse([.])) | 0 }}"}}
+  - {key: deep, type: transform, options: {value: "{{ . }}"}}
 "#,
     );
+    // SAFETY: set before any server starts; the servers inherit it. No
+    // other test of this binary reads it.
+    unsafe { std::env::set_var("SLUICE_TEST_ABORT_IN_STEP", "deep") };
     let mut s = Serve::start(&dir);
     // The answer may not come: the process can stop first.
     let _ = try_call(
@@ -1266,6 +1269,8 @@ steps:
             "the {start} start continues the run and stops"
         );
     }
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("SLUICE_TEST_ABORT_IN_STEP") };
     let s = Serve::start(&dir);
     let runs = s.get("/api/runs?flow=boom").body;
     let run = runs[0]["id"].as_str().unwrap_or_default().to_owned();
@@ -1275,6 +1280,74 @@ steps:
     let error = d["error"].as_str().unwrap_or_default();
     assert!(error.contains("stopped 3 times"), "{error}");
     assert_eq!(s.get("/api/health").status, 200);
+    assert_eq!(s.stop(), Some(0));
+}
+
+#[test]
+fn hostile_expressions_and_payloads_fail_their_run_and_the_server_stays_up() {
+    // Each of these aborted the process (a stack overflow while freeing a
+    // deep value, or an allocation the machine cannot give), hung it
+    // (writing out a value whose parts are shared), or took gigabytes.
+    let dir = temp("hostile");
+    let flows = [
+        ("recurse", "{{ last(recurse([.])) | 0 }}"),
+        ("fold", "{{ reduce range(1000000) as $i (null; [.]) }}"),
+        ("parse", "{{ .text | fromjson }}"),
+        ("repeat", "{{ \"x\" * .n }}"),
+        (
+            "shared",
+            "{{ reduce range(.n) as $i ([1]; [., .]) | tojson | length }}",
+        ),
+        (
+            "add",
+            "{{ (\"x\" * 30000000) as $s | [$s,$s,$s,$s,$s,$s,$s,$s,$s,$s] | add | length }}",
+        ),
+    ];
+    for (name, expr) in flows {
+        write(
+            &dir,
+            &format!("{name}.yaml"),
+            &format!(
+                "id: {name}\ntrigger: {{type: webhook, path: {name}}}\nsteps:\n  - {{key: t, type: transform, options: {{value: '{expr}'}}}}\n"
+            ),
+        );
+    }
+    let s = Serve::start_with(
+        &dir,
+        &["--expr-timeout-ms", "20000", "--expr-memory-mb", "128"],
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases = [
+        // Whichever limit it meets first (the build decides).
+        (
+            "recurse",
+            json!({}),
+            "recursed too deeply|memory budget|ran longer",
+        ),
+        ("fold", json!({}), "nested more than 127 levels"),
+        ("parse", json!({"text": deep}), "nested 100000 levels deep"),
+        (
+            "repeat",
+            json!({"n": 1_000_000_000_000u64}),
+            "memory budget",
+        ),
+        ("shared", json!({"n": 40}), "memory budget"),
+        ("add", json!({}), "memory budget of 128 MiB"),
+    ];
+    for (name, body, says) in cases {
+        let r = s.post(&format!("/hooks/{name}"), body);
+        assert!(r.status == 500, "{name}: {r:?}");
+        let message = r.body["message"].as_str().unwrap_or_default();
+        assert!(
+            says.split('|').any(|says| message.contains(says)),
+            "{name}: {message}"
+        );
+        assert_eq!(s.get("/api/health").status, 200, "{name}");
+    }
+    // What fits still runs.
+    let r = s.post("/hooks/repeat", json!({"n": 3}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, json!("xxx"), "{r:?}");
     assert_eq!(s.stop(), Some(0));
 }
 
