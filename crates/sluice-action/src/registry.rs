@@ -68,6 +68,8 @@ pub struct Registry {
     polls: BTreeMap<&'static str, Arc<dyn PollSource>>,
     /// The connector that writes an import's envelopes together.
     batches: Option<Arc<dyn Batches>>,
+    /// The environment variables flows may list under `env` (`None`: any).
+    env_allow: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Registry {
@@ -207,10 +209,19 @@ impl Registry {
                 "description": {"type": "string"},
                 "trigger": {"oneOf": triggers},
                 "unmappedResults": {"enum": ["merge", "replace"]},
+                "enabled": {"type": "boolean", "default": true},
+                "env": {"type": "array", "uniqueItems": true, "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}},
                 "connections": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {"url": {"type": "string"}}}},
                 "steps": {"type": "array", "minItems": 1, "items": {"oneOf": steps}},
             }
         })
+    }
+
+    /// Allow flows to read only these environment variables (the
+    /// operator's `SLUICE_FLOWS_ENV_ALLOW_LIST`): a flow listing another
+    /// under `env` is refused when it loads.
+    pub fn set_env_allow_list(&mut self, names: impl IntoIterator<Item = String>) {
+        self.env_allow = Some(names.into_iter().collect());
     }
 
     /// A step type by name.
@@ -262,5 +273,9 @@ impl Catalog for Registry {
 
     fn trigger_kinds(&self) -> Vec<&'static str> {
         self.triggers.keys().copied().collect()
+    }
+
+    fn env_allowed(&self, name: &str) -> bool {
+        self.env_allow.as_ref().is_none_or(|a| a.contains(name))
     }
 }

@@ -97,12 +97,13 @@ impl<S: Store> Engine<S> {
     }
 
     /// The flows that `flow` steps start and whose `event` triggers hook
-    /// the changes of SQL steps (the server sets it at each load).
+    /// the changes of SQL steps (the server sets it at each load). A
+    /// disabled flow's data hooks are not listened to.
     pub fn set_flows(&self, flows: Arc<dyn FlowLookup>) {
         let mut hooks: Vec<(EventTrigger, Arc<Flow>)> = flows
             .all()
             .into_iter()
-            .filter(|f| f.trigger.kind == "event")
+            .filter(|f| f.trigger.kind == "event" && f.enabled)
             .filter_map(|f| {
                 // Options the model checked when the flow loaded.
                 serde_json::from_value::<EventTrigger>(f.trigger.options.clone())

@@ -1,9 +1,10 @@
 //! The flow object of a run (SEMANTICS.md section 1): `$trigger`, `$last`,
-//! `$accountability`, `$tokens` and each executed step's result by its key,
+//! `$accountability`, `$tokens`, `$env` and each executed step's result by its key,
 //! kept as JSON and made jq values only when a program reads them.
 
 use serde_json::{Map, Value};
 use sluice_expr::{Scope, Val, to_val};
+use sluice_model::Flow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,6 +23,9 @@ pub(crate) struct FlowObject {
     pub(crate) event: Option<Value>,
     /// `$tokens`: tokens set by the envelopes that ran (an object).
     pub(crate) tokens: Lazy,
+    /// `$env`: the environment variables the flow lists under `env` (those
+    /// set), read when the run starts or continues; never recorded.
+    pub(crate) env: Lazy,
 }
 
 impl FlowObject {
@@ -35,8 +39,17 @@ impl FlowObject {
             entries: HashMap::new(),
             event: None,
             tokens: Lazy::new(Value::Object(Map::new())),
+            env: Lazy::new(Value::Object(Map::new())),
             trigger,
         }
+    }
+
+    /// The flow object with `$env` read for `flow`.
+    pub(crate) fn with_env(mut self, flow: &Flow) -> Self {
+        if !flow.env.is_empty() {
+            self.env = env_of(flow);
+        }
+        self
     }
 
     pub(crate) fn add_tokens(&mut self, t: &Map<String, Value>) {
@@ -60,6 +73,7 @@ impl Scope for FlowObject {
             "last" => Some(self.last.val()),
             "accountability" => Some(self.accountability.val()),
             "tokens" => Some(self.tokens.val()),
+            "env" => Some(self.env.val()),
             key => self.entries.get(key).map(Lazy::val),
         }
     }
@@ -70,9 +84,21 @@ impl Scope for FlowObject {
             "last" => Some(self.last.json()),
             "accountability" => Some(self.accountability.json()),
             "tokens" => Some(self.tokens.json()),
+            "env" => Some(self.env.json()),
             key => self.entries.get(key).map(Lazy::json),
         }
     }
+}
+
+/// `$env` of a run of `flow`: each listed variable that is set (as text;
+/// one that is not valid Unicode is left out like one not set).
+pub(crate) fn env_of(flow: &Flow) -> Lazy {
+    let vars = flow
+        .env
+        .iter()
+        .filter_map(|k| Some((k.clone(), Value::String(std::env::var(k).ok()?))))
+        .collect();
+    Lazy::new(Value::Object(vars))
 }
 
 /// `$last` or a step's result in the flow object: JSON, converted for jq

@@ -494,6 +494,8 @@ struct Runs<S: Store> {
     flow: Flow,
     batch: Option<Arc<dyn BatchWriter>>,
     accountability: Lazy,
+    /// `$env`, read once for the import.
+    env: Lazy,
 }
 
 impl<S: Store> Runs<S> {
@@ -509,7 +511,8 @@ impl<S: Store> Runs<S> {
         // value for both until a step makes new state data.
         let trigger = Arc::new(v);
         let state = trigger.clone();
-        let fo = FlowObject::new(trigger.clone(), self.accountability.clone());
+        let mut fo = FlowObject::new(trigger.clone(), self.accountability.clone());
+        fo.env = self.env.clone();
         let mode = Mode {
             recorded: false,
             batch: in_batch,
@@ -812,6 +815,7 @@ impl<S: Store> Engine<S> {
             flow: flow.clone(),
             batch: setup.batch.clone(),
             accountability: Lazy::new(accountability),
+            env: crate::flow_object::env_of(flow),
         });
         let out = Out {
             tally: &mut tally,

@@ -79,7 +79,8 @@ impl<S: Store> Engine<S> {
             .event
             .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
         let trigger = Arc::new(req.trigger);
-        let mut fo = FlowObject::new(trigger.clone(), Lazy::new(req.accountability.clone()));
+        let mut fo =
+            FlowObject::new(trigger.clone(), Lazy::new(req.accountability.clone())).with_env(flow);
         if let Some(ev) = &event {
             // The trigger's eventDataFilter: the event meets the run's input
             // as an event state merges a consumed event.
@@ -350,7 +351,8 @@ impl<S: Store> Engine<S> {
         let mut fo = FlowObject::new(
             Arc::new(detail.trigger.clone()),
             Lazy::new(detail.accountability.clone()),
-        );
+        )
+        .with_env(flow);
         fo.event = EVENT_TRIGGERS
             .contains(&flow.trigger.kind.as_str())
             .then(|| detail.trigger.clone());

@@ -93,6 +93,11 @@ impl<S: Store> Engine<S> {
                     target.trigger.kind
                 )));
             }
+            if !target.enabled {
+                return Err(ActionError::flow(format!(
+                    "flow `{flow_id}` is disabled (`enabled: false` in its file); no run of it is started"
+                )));
+            }
             let trigger = json!({ "body": input });
             let id = format!("{}-{}-{}", scx.run_id, scx.step_key, scx.attempt);
             let end = self
@@ -153,7 +158,8 @@ impl<S: Store> Engine<S> {
                 message: e.to_string(),
             };
             if !scx.recorded {
-                let child = FlowObject::new(Arc::new(trigger), fo.accountability.clone());
+                let child =
+                    FlowObject::new(Arc::new(trigger), fo.accountability.clone()).with_env(&target);
                 let mode = Mode {
                     recorded: false,
                     batch: None,

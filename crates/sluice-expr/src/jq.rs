@@ -545,6 +545,16 @@ impl Program {
         &self.inner.vars
     }
 
+    /// The fields of the global `$var` the program reads by a constant
+    /// name (`$var.NAME`, `$var["NAME"]`), with their places in its text.
+    pub fn fields_read(&self, var: &str) -> Vec<(String, Range<usize>)> {
+        if self.inner.vars.iter().any(|v| v == var) {
+            fields_read(&self.inner.code, var)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Run on `input` and collect every output.
     pub fn run(&self, input: Val, scope: &dyn Scope, limits: &Limits) -> Result<Vec<Val>, Error> {
         let mut out = Vec::new();
@@ -854,99 +864,132 @@ fn check_recursion<'s>(
     open: &mut Vec<&'s str>,
     out: &mut Vec<CompileIssue>,
 ) {
-    macro_rules! walk {
-        ($t:expr, $open:expr) => {
-            check_recursion(code, $t, $open, out)
-        };
-    }
+    walk(t, open, &mut |t, open| {
+        if let Term::Call(name, _) = t
+            && open.contains(name)
+        {
+            out.push(CompileIssue {
+                span: span_in(code, name),
+                message: format!(
+                    "`{name}` calls itself: recursive definitions are not allowed in Sluice expressions (use recurse, while, until or reduce)"
+                ),
+                undefined_var: None,
+            });
+        }
+    });
+}
+
+/// Visit every term of `t`, parents first, with the names of the
+/// definitions it is inside.
+fn walk<'s>(
+    t: &Term<&'s str>,
+    open: &mut Vec<&'s str>,
+    f: &mut dyn FnMut(&Term<&'s str>, &[&'s str]),
+) {
+    f(t, open);
+    let mut go = |t: &Term<&'s str>, open: &mut Vec<&'s str>| walk(t, open, f);
     match t {
         Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) => {}
         Term::Str(_, parts) => {
             for p in parts {
                 if let load::lex::StrPart::Term(t) = p {
-                    walk!(t, open);
+                    go(t, open);
                 }
             }
         }
         Term::Arr(a) => {
             if let Some(a) = a {
-                walk!(a, open);
+                go(a, open);
             }
         }
         Term::Obj(kvs) => {
             for (k, v) in kvs {
-                walk!(k, open);
+                go(k, open);
                 if let Some(v) = v {
-                    walk!(v, open);
+                    go(v, open);
                 }
             }
         }
-        Term::Neg(a) | Term::Label(_, a) => walk!(a, open),
+        Term::Neg(a) | Term::Label(_, a) => go(a, open),
         Term::BinOp(l, _, r) => {
-            walk!(l, open);
-            walk!(r, open);
+            go(l, open);
+            go(r, open);
         }
         Term::Fold(_, xs, pat, args) => {
-            walk!(xs, open);
-            walk_pattern(pat, &mut |t| check_recursion(code, t, open, out));
+            go(xs, open);
+            let mut keys = Vec::new();
+            walk_pattern(pat, &mut |k| keys.push(k.clone()));
+            for k in &keys {
+                go(k, open);
+            }
             for a in args {
-                walk!(a, open);
+                go(a, open);
             }
         }
         Term::TryCatch(a, b) => {
-            walk!(a, open);
+            go(a, open);
             if let Some(b) = b {
-                walk!(b, open);
+                go(b, open);
             }
         }
         Term::IfThenElse(branches, els) => {
             for (c, b) in branches {
-                walk!(c, open);
-                walk!(b, open);
+                go(c, open);
+                go(b, open);
             }
             if let Some(e) = els {
-                walk!(e, open);
+                go(e, open);
             }
         }
         Term::Def(defs, rest) => {
             for d in defs {
                 open.push(d.name);
-                walk!(&d.body, open);
+                go(&d.body, open);
                 open.pop();
             }
-            walk!(rest, open);
+            go(rest, open);
         }
-        Term::Call(name, args) => {
-            if open.contains(name) {
-                out.push(CompileIssue {
-                    span: span_in(code, name),
-                    message: format!(
-                        "`{name}` calls itself: recursive definitions are not allowed in Sluice expressions (use recurse, while, until or reduce)"
-                    ),
-                    undefined_var: None,
-                });
-            }
+        Term::Call(_, args) => {
             for a in args {
-                walk!(a, open);
+                go(a, open);
             }
         }
         Term::Path(head, path) => {
-            walk!(head, open);
+            go(head, open);
             for (part, _) in &path.0 {
                 match part {
-                    Part::Index(i) => walk!(i, open),
+                    Part::Index(i) => go(i, open),
                     Part::Range(a, b) => {
                         if let Some(a) = a {
-                            walk!(a, open);
+                            go(a, open);
                         }
                         if let Some(b) = b {
-                            walk!(b, open);
+                            go(b, open);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The fields of `$var` that `code` reads by a constant name (`$var.NAME`,
+/// `$var["NAME"]`), each with its place in `code`.
+pub fn fields_read(code: &str, var: &str) -> Vec<(String, Range<usize>)> {
+    let mut out = Vec::new();
+    let name = format!("${var}");
+    if let Some(term) = load::parse(code, |p| p.term()) {
+        walk(&term, &mut Vec::new(), &mut |t, _| {
+            if let Term::Path(head, path) = t
+                && matches!(&**head, Term::Var(v) if *v == name)
+                && let Some((Part::Index(Term::Str(None, parts)), _)) = path.0.first()
+                && let [load::lex::StrPart::Str(field)] = parts.as_slice()
+            {
+                out.push(((*field).to_owned(), span_in(code, field)));
+            }
+        });
+    }
+    out
 }
 
 fn walk_pattern<'s>(p: &Pattern<&'s str>, f: &mut dyn FnMut(&Term<&'s str>)) {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Variables every expression sees besides the upstream steps' keys.
-pub const BUILTIN_VARS: [&str; 4] = ["trigger", "last", "accountability", "tokens"];
+pub const BUILTIN_VARS: [&str; 5] = ["trigger", "last", "accountability", "tokens", "env"];
 
 /// What the step types and triggers are, as the model needs to know them.
 /// The connector registry implements it.
@@ -20,6 +20,11 @@ pub trait Catalog {
     fn step_kinds(&self) -> Vec<&'static str>;
     /// A trigger type, by name.
     fn trigger(&self, kind: &str) -> Option<StepSpec>;
+    /// Whether a flow may list environment variable `name` under `env`
+    /// (the process's own allow-list; all by default).
+    fn env_allowed(&self, _name: &str) -> bool {
+        true
+    }
     /// Every trigger type's name.
     fn trigger_kinds(&self) -> Vec<&'static str>;
 }
@@ -141,6 +146,44 @@ pub struct Step {
     pub retry: Option<Retry>,
     /// Where the step is in the file.
     pub span: Span,
+}
+
+impl Step {
+    /// Every expression of the step (options' templates, expression
+    /// options, data filters), each with what it is, for messages.
+    pub fn programs(&self) -> Vec<(String, &Program)> {
+        fn templates<'a>(what: &str, t: &'a TemplateValue, out: &mut Vec<(String, &'a Program)>) {
+            for t in t.templates() {
+                out.extend(t.programs().map(|p| (what.to_owned(), p)));
+            }
+        }
+        let mut out = Vec::new();
+        templates("options", &self.options, &mut out);
+        for (name, (_, t)) in &self.deferred {
+            templates(&format!("option `{name}`"), t, &mut out);
+        }
+        for (name, p) in &self.expressions {
+            out.push((format!("option `{name}`"), p));
+        }
+        let filters = [
+            ("stateDataFilter.input", &self.state_filter.input),
+            ("stateDataFilter.output", &self.state_filter.output),
+            (
+                "actionDataFilter.fromStateData",
+                &self.action_filter.from_state_data,
+            ),
+            ("actionDataFilter.results", &self.action_filter.results),
+        ];
+        for (what, p) in filters {
+            if let Some(p) = p {
+                out.push((what.to_owned(), p));
+            }
+        }
+        if let Some(p) = self.event_filter.as_ref().and_then(|f| f.data.as_ref()) {
+            out.push(("eventDataFilter.data".to_owned(), p));
+        }
+        out
+    }
 }
 
 /// `retry` of a step: how many times it is attempted and how long the run
@@ -290,6 +333,14 @@ pub struct Flow {
     pub connections: BTreeMap<String, Value>,
     /// How results without mappings meet the state data.
     pub unmapped_results: UnmappedResults,
+    /// `enabled: false` turns the flow off: it is loaded and checked, but
+    /// no trigger starts it (webhooks and the API answer `flow_disabled`,
+    /// schedules, polls, events and data hooks pass it over, `flow` steps
+    /// fail). Runs already under way go on.
+    pub enabled: bool,
+    /// `env`: the environment variables the flow's expressions read as
+    /// `$env.NAME` (no others are visible).
+    pub env: Vec<String>,
     /// The file it came from.
     pub source: Arc<Source>,
     /// The file's version: a hash of its text (see [`version_of`]), by which

@@ -24,6 +24,8 @@ const FLOW_KEYS: &[&str] = &[
     "steps",
     "connections",
     "unmappedResults",
+    "enabled",
+    "env",
 ];
 const STEP_KEYS: &[&str] = &[
     "key",
@@ -49,6 +51,11 @@ const RESERVED_KEYS: &[&str] = &[
     "ENV",
     "__loc__",
 ];
+
+/// Whether `s` can name an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(s: &str) -> bool {
+    is_identifier(s)
+}
 
 /// Parse and check a flow file; `name` is how diagnostics name the file.
 pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagnostics> {
@@ -304,9 +311,27 @@ impl Checker<'_> {
                 }
             },
         };
+        let enabled = match root.get("enabled") {
+            None => true,
+            Some(n) => match n.kind {
+                Kind::Bool(b) => b,
+                _ => {
+                    self.err(
+                        n.span.clone(),
+                        "`enabled` must be true or false",
+                        "expected a boolean",
+                    );
+                    true
+                }
+            },
+        };
+        let env = self.env_list(root.get("env"));
         // After the connections: a trigger may name one.
         let trigger = self.trigger(root.get("trigger"));
         let steps = self.steps(root);
+        if let (Some(trigger), Some(steps)) = (&trigger, &steps) {
+            self.env_reads(trigger, steps, &env);
+        }
         Some(Flow {
             id,
             name,
@@ -315,9 +340,102 @@ impl Checker<'_> {
             steps: steps?,
             connections,
             unmapped_results,
+            enabled,
+            env,
             source: self.source.clone(),
             version: version_of(&self.source.text),
         })
+    }
+
+    /// `env`: the names of the environment variables the flow reads.
+    fn env_list(&mut self, node: Option<&Node>) -> Vec<String> {
+        let Some(node) = node else {
+            return Vec::new();
+        };
+        let Some(items) = node.as_seq() else {
+            self.err_help(
+                node.span.clone(),
+                format!("`env` must be a list of names, found {}", node.kind_name()),
+                "expected a list",
+                "for example `env: [API_BASE, REGION]`",
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for n in items {
+            match n.as_str() {
+                Some(name) if !is_env_name(name) => self.err(
+                    n.span.clone(),
+                    format!("`{name}` is not an environment variable name"),
+                    "letters, digits and `_`, not starting with a digit",
+                ),
+                Some(name) if !self.catalog.env_allowed(name) => self.err_help(
+                    n.span.clone(),
+                    format!("environment variable `{name}` is not in the server's allow-list"),
+                    "not allowed",
+                    "the process's SLUICE_FLOWS_ENV_ALLOW_LIST names the variables flows may read",
+                ),
+                Some(name) if out.iter().any(|o| o == name) => self.err(
+                    n.span.clone(),
+                    format!("`{name}` is listed twice under `env`"),
+                    "repeated",
+                ),
+                Some(name) => out.push(name.to_owned()),
+                None => self.err(
+                    n.span.clone(),
+                    format!("an `env` entry must be a name, found {}", n.kind_name()),
+                    "expected a string",
+                ),
+            }
+        }
+        out
+    }
+
+    /// Refuse `$env.NAME` in an expression when NAME is not under `env`.
+    fn env_reads(&mut self, trigger: &Trigger, steps: &[Step], env: &[String]) {
+        let mut found = Vec::new();
+        if let Some(p) = &trigger.event_filter.data {
+            found.push(("the trigger".to_owned(), 0..self.source.text.len(), p));
+        }
+        // A step's text runs to the next step's start.
+        let mut starts: Vec<usize> = steps.iter().map(|s| s.span.start).collect();
+        starts.sort_unstable();
+        for s in steps {
+            let end = starts
+                .iter()
+                .find(|&&b| b > s.span.start)
+                .copied()
+                .unwrap_or(self.source.text.len());
+            for (what, p) in s.programs() {
+                found.push((format!("step `{}`, {what}", s.key), s.span.start..end, p));
+            }
+        }
+        for (who, within, p) in found {
+            for (name, _) in p.fields_read("env") {
+                if env.contains(&name) {
+                    continue;
+                }
+                let listed = if env.is_empty() {
+                    "the flow lists none".to_owned()
+                } else {
+                    format!("the flow lists {}", env.join(", "))
+                };
+                // Point at the first place the variable is named in the step.
+                let text = self.source.text.get(within.clone()).unwrap_or_default();
+                let span = [format!("$env.{name}"), format!("\"{name}\""), name.clone()]
+                    .iter()
+                    .find_map(|w| text.find(w.as_str()).map(|i| i..i + w.len()))
+                    .map_or(within.clone(), |r| {
+                        within.start + r.start..within.start + r.end
+                    });
+                self.err_help(
+                    span,
+                    format!("{who}: `$env.{name}` is not under the flow's `env` ({listed})"),
+                    "reads an environment variable not listed",
+                    format!("add `{name}` to `env:` at the top of the flow; only listed variables are visible"),
+                );
+            }
+        }
     }
 
     /// Whether the `connection` option (in `options`, written under

@@ -69,6 +69,14 @@ impl Node {
         }
     }
 
+    /// The items, if the node is a sequence.
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.kind {
+            Kind::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The mapping entries, if the node is a mapping.
     pub fn as_map(&self) -> Option<&[(Key, Node)]> {
         match &self.kind {

@@ -80,6 +80,7 @@ fn flow_json(f: &Flow, file: Option<&std::path::Path>) -> Value {
         "name": f.name,
         "description": f.description,
         "version": f.version,
+        "enabled": f.enabled,
         "file": file.map(|p| p.display().to_string()),
         "trigger": trigger,
         "steps": f.steps.iter().map(|s| json!({"key": s.key, "type": s.kind})).collect::<Vec<_>>(),
@@ -179,6 +180,9 @@ async fn start_run<S: Store>(
         .get(&id)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))?;
+    if !flow.enabled {
+        return Err(ApiError::flow_disabled(&id));
+    }
     if flow.trigger.kind != "manual" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -42,6 +42,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 409 for a flow turned off with `enabled: false`.
+    pub fn flow_disabled(id: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "flow_disabled",
+            format!("flow `{id}` is disabled (`enabled: false` in its file); no run was started"),
+        )
+        .with_details(json!({"flow": id}))
+    }
+
     /// 400 for a request that is malformed.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)

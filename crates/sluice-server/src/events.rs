@@ -99,6 +99,12 @@ async fn take<S: Store>(server: Server<S>, event: Value) -> Result<Response, Api
         {
             continue;
         }
+        if !flow.enabled {
+            refused.push(
+                json!({"flow": flow.id, "message": "the flow is disabled (`enabled: false`)"}),
+            );
+            continue;
+        }
         let req = RunRequest {
             trigger: event.clone(),
             input: None,

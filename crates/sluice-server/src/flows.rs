@@ -286,14 +286,19 @@ impl FlowSet {
                 let options: ScheduleTrigger = serde_json::from_value(options.clone())
                     .map_err(|e| format!("schedule trigger: {e}"))?;
                 let schedule = options.schedule()?;
-                self.schedules.push(Scheduled {
-                    flow: flow.clone(),
-                    schedule,
-                    missed: options.missed,
-                });
+                // A disabled flow is checked like any other, and not fired.
+                if flow.enabled {
+                    self.schedules.push(Scheduled {
+                        flow: flow.clone(),
+                        schedule,
+                        missed: options.missed,
+                    });
+                }
             }
             kind => {
-                if let Some(source) = registry.poll_source(kind) {
+                if let Some(source) = registry.poll_source(kind)
+                    && flow.enabled
+                {
                     self.polls.push(Polled {
                         flow: flow.clone(),
                         source: source.clone(),

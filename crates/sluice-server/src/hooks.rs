@@ -193,6 +193,9 @@ pub(crate) async fn hook<S: Store>(
         });
     };
     drop(set);
+    if !hook.flow.enabled {
+        return Err(ApiError::flow_disabled(&hook.flow.id));
+    }
     let body = read_body(
         &headers,
         body,

@@ -171,6 +171,15 @@ const INVALID: u8 = 2;
 fn registry() -> Registry {
     let mut r = Registry::core();
     sluice_sql::register(&mut r);
+    // The operator's cap on the environment variables flows may read.
+    if let Ok(list) = std::env::var("SLUICE_FLOWS_ENV_ALLOW_LIST") {
+        r.set_env_allow_list(
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+        );
+    }
     r
 }
 
@@ -474,9 +483,10 @@ fn check(files: &[String]) -> u8 {
     for path in files {
         match load_flow(path, &registry) {
             Ok(flow) => eprintln!(
-                "{path}: ok (flow `{}`, {} steps)",
+                "{path}: ok (flow `{}`, {} steps{})",
                 flow.id,
-                flow.steps.len()
+                flow.steps.len(),
+                if flow.enabled { "" } else { ", disabled" }
             ),
             Err(LoadError::Io(m)) => {
                 eprintln!("error: {m}");
@@ -535,6 +545,9 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         Ok(f) => f,
         Err(code) => return code,
     };
+    if let Err(code) = enabled(&flow, path) {
+        return code;
+    }
     let input = match read_input(input) {
         Ok(i) => i,
         Err(m) => {
@@ -663,6 +676,18 @@ impl sluice_engine::FlowLookup for FolderFlows {
     }
 }
 
+/// A disabled flow is not run from the command line either.
+fn enabled(flow: &Flow, path: &str) -> Result<(), u8> {
+    if flow.enabled {
+        return Ok(());
+    }
+    eprintln!(
+        "error: flow `{}` is disabled (`enabled: false` in {path}); set `enabled: true` to run it",
+        flow.id
+    );
+    Err(INVALID)
+}
+
 /// `sluice run FLOW --records FILE`.
 async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_url: &str) -> u8 {
     let registry = Arc::new(registry());
@@ -670,6 +695,9 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
         Ok(f) => f,
         Err(code) => return code,
     };
+    if let Err(code) = enabled(&flow, path) {
+        return code;
+    }
     let store = match open_store(store_url).await {
         Ok(s) => Arc::new(s),
         Err(code) => return code,

@@ -587,3 +587,82 @@ fn run_starts_the_flows_of_the_folder_for_flow_steps() {
         o.stderr
     );
 }
+
+#[test]
+fn a_disabled_flow_is_checked_but_not_run_nor_started_by_a_flow_step() {
+    let dir = temp("disabled");
+    std::fs::write(
+        dir.join("main.yaml"),
+        "id: main\nsteps:\n  - {key: go, type: flow, options: {flow: sub}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sub.yaml"),
+        "id: sub\nenabled: false\ntrigger: {type: flow}\nsteps:\n  - {key: s, type: log, options: {message: ran}}\n",
+    )
+    .unwrap();
+    let o = run(sluice().arg("check").arg(dir.join("sub.yaml")));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("1 steps, disabled)"), "{}", o.stderr);
+    let store = dir.join("s.db");
+    let o = run(sluice()
+        .arg("run")
+        .arg(dir.join("sub.yaml"))
+        .arg("--store")
+        .arg(&store));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("flow `sub` is disabled (`enabled: false`"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.is_empty());
+    let o = run(sluice()
+        .arg("run")
+        .arg(dir.join("main.yaml"))
+        .arg("--store")
+        .arg(&store));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("flow `sub` is disabled"), "{}", o.stderr);
+}
+
+#[test]
+fn env_shows_only_the_listed_variables_and_the_operator_caps_the_list() {
+    let dir = temp("env");
+    let flow = dir.join("env.yaml");
+    std::fs::write(
+        &flow,
+        "id: env\nenv: [SLUICE_T_REGION, SLUICE_T_UNSET]\nunmappedResults: replace\nsteps:\n  - {key: t, type: transform, options: {value: {region: \"{{ $env.SLUICE_T_REGION }}\", all: \"{{ $env }}\"}}}\n",
+    )
+    .unwrap();
+    let o = run(sluice()
+        .arg("run")
+        .arg(&flow)
+        .env("SLUICE_T_REGION", "eu-west")
+        .env("SLUICE_T_SECRET", "hidden"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out: Value = serde_json::from_str(&o.stdout).unwrap();
+    // Listed and set: visible; listed and unset: absent; not listed: absent.
+    assert_eq!(
+        out,
+        json!({"region": "eu-west", "all": {"SLUICE_T_REGION": "eu-west"}})
+    );
+    // The operator's allow-list refuses a flow listing another variable.
+    let o = run(sluice()
+        .arg("check")
+        .arg(&flow)
+        .env("SLUICE_FLOWS_ENV_ALLOW_LIST", "SLUICE_T_REGION, OTHER"));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("environment variable `SLUICE_T_UNSET` is not in the server's allow-list"),
+        "{}",
+        o.stderr
+    );
+    let o = run(sluice().arg("check").arg(&flow).env(
+        "SLUICE_FLOWS_ENV_ALLOW_LIST",
+        "SLUICE_T_REGION,SLUICE_T_UNSET",
+    ));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}

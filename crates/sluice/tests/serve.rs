@@ -634,6 +634,12 @@ steps:
     options: {message: "tick at {{ $trigger.scheduledAt }}"}
 "#,
     );
+    // A disabled flow's schedule never fires.
+    write(
+        &dir,
+        "tock.yaml",
+        "id: tock\nenabled: false\ntrigger: {type: schedule, cron: \"* * * * * *\"}\nsteps:\n  - {key: log, type: log, options: {message: tock}}\n",
+    );
     // Two servers on one store: each second fires once.
     let a = Serve::start(&dir);
     let b = Serve::start(&dir);
@@ -652,6 +658,7 @@ steps:
     assert!(all.len() >= 4, "{all:?}");
     let missed: Vec<_> = all.iter().filter(|(_, m)| *m).collect();
     assert_eq!(missed.len(), 1, "{all:?}");
+    assert_eq!(fires(&c, "tock"), []);
     // A fire may be under way right now: wait for it to end.
     let t = Instant::now();
     while !c
@@ -1596,3 +1603,79 @@ fn sql_writes_are_exactly_once_across_kill_9() {
 /// (database, run id) of the exactly-once test's runs.
 #[derive(Default)]
 struct Recorded(Vec<(String, String)>);
+
+#[test]
+fn a_disabled_flow_is_listed_and_checked_but_no_trigger_starts_it() {
+    let dir = temp("disabled");
+    for (file, text) in [
+        (
+            "hook.yaml",
+            "id: hook\nenabled: false\ntrigger: {type: webhook, path: paused}\nsteps:\n  - {key: s, type: log, options: {message: x}}\n",
+        ),
+        (
+            "by-hand.yaml",
+            "id: by-hand\nenabled: false\nsteps:\n  - {key: s, type: log, options: {message: x}}\n",
+        ),
+        (
+            "on-event.yaml",
+            "id: on-event\nenabled: false\ntrigger: {type: cloudevent, eventType: thing.done}\nsteps:\n  - {key: s, type: log, options: {message: x}}\n",
+        ),
+        (
+            "sub.yaml",
+            "id: sub\nenabled: false\ntrigger: {type: flow}\nsteps:\n  - {key: s, type: log, options: {message: x}}\n",
+        ),
+        (
+            "caller.yaml",
+            "id: caller\nsteps:\n  - {key: go, type: flow, options: {flow: sub}}\n",
+        ),
+    ] {
+        write(&dir, file, text);
+    }
+    let s = Serve::start(&dir);
+    let flows = s.get("/api/flows").body;
+    let enabled: Vec<(&str, bool)> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap(), f["enabled"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        enabled,
+        [
+            ("by-hand", false),
+            ("caller", true),
+            ("hook", false),
+            ("on-event", false),
+            ("sub", false)
+        ]
+    );
+    let r = s.post("/hooks/paused", json!({}));
+    assert_error(&r, 409, "flow_disabled");
+    assert_eq!(r.body["details"]["flow"], "hook");
+    let r = s.post("/api/flows/by-hand/runs", json!({}));
+    assert_error(&r, 409, "flow_disabled");
+    let r = structured(
+        &s,
+        json!({"specversion": "1.0", "id": "e1", "source": "test", "type": "thing.done", "data": {}}),
+    );
+    assert_error(&r, 422, "no_match");
+    assert_eq!(r.body["details"]["refused"][0]["flow"], "on-event");
+    // A flow step to a disabled flow fails its run, naming the flow.
+    let r = s.post("/api/flows/caller/runs?wait=true", json!({}));
+    assert_eq!(r.body["status"], "failed", "{r:?}");
+    assert!(
+        r.body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("flow `sub` is disabled")),
+        "{r:?}"
+    );
+    // No run of a disabled flow was recorded.
+    let runs = s.get("/api/runs?limit=0").body;
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["flowId"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, ["caller"], "{runs}");
+}

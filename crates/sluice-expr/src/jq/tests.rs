@@ -429,3 +429,21 @@ fn memory_is_bounded_inside_built_ins_and_folds() {
     let code = r#"("x" * 1000000) as $s | [$s,$s,$s] | add | length"#;
     assert_eq!(run_limited(code, &limits), Ok(Some(json!(3_000_000))));
 }
+
+#[test]
+fn constant_fields_read_of_a_variable_are_found_with_their_places() {
+    let code = r#"$env.API + $env["REGION"] + ($env | .[$k]) + "\($env.HOST)" + {a: $env.PORT?}.a + $trigger.x"#;
+    let p = Program::compile(code, &["env", "trigger", "k"]).expect("compiles");
+    let found: Vec<(String, &str)> = p
+        .fields_read("env")
+        .into_iter()
+        .map(|(f, r)| (f, &code[r]))
+        .collect();
+    let names: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(names, ["API", "REGION", "HOST", "PORT"]);
+    assert!(found.iter().all(|(f, at)| at == f));
+    assert_eq!(p.fields_read("trigger").len(), 1);
+    // A program that does not read the variable reads none of its fields.
+    let q = Program::compile(".a", &["env"]).expect("compiles");
+    assert!(q.fields_read("env").is_empty());
+}
