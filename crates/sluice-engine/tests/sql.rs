@@ -814,6 +814,150 @@ async fn envelopes_are_all_or_none_on_every_database() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataflow_documents_are_checked_whole_then_written_all_or_none_on_every_database() {
+    let registry = Arc::new(sluice_sql::registry());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let mut done = Vec::new();
+    for b in backends() {
+        let pid = std::process::id();
+        let (acc, con) = (format!("dfa_{pid}"), format!("dfc_{pid}"));
+        let id = match b.name {
+            "sqlite" => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "postgres" => "SERIAL PRIMARY KEY",
+            _ => "INT AUTO_INCREMENT PRIMARY KEY",
+        };
+        let head = format!(
+            "id: t\nunmappedResults: replace\nconnections:\n  app: {{url: \"{}\"}}\nsteps:\n",
+            b.url
+        );
+        let ddl = [
+            format!("DROP TABLE IF EXISTS {con}"),
+            format!("DROP TABLE IF EXISTS {acc}"),
+            format!("CREATE TABLE {acc} (id {id}, name VARCHAR(100) NOT NULL UNIQUE)"),
+            format!("CREATE TABLE {con} (id {id}, account_id INT NOT NULL, email VARCHAR(200))"),
+        ];
+        let setup: String = ddl
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("  - {{key: s{i}, type: sql.query, options: {{connection: app, mode: statement, query: \"{q}\"}}}}\n"))
+            .collect();
+        let (st, _, err) = run(&engine, &registry, &format!("{head}{setup}"), json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: setup: {err}", b.name);
+        let flow = format!(
+            "{head}  - {{key: d, type: dataflow, options: {{connection: app, document: \"{{{{ . }}}}\", allow: {{{acc}: [create, upsert], {con}: [create]}}}}}}\n"
+        );
+        let counts = async || {
+            let mut out = Vec::new();
+            for t in [&acc, &con] {
+                let q = format!(
+                    "{head}  - {{key: c, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"SELECT COUNT(*) AS n FROM {t}\"}}}}\n"
+                );
+                let (_, o, err) = run(&engine, &registry, &q, json!({})).await;
+                out.push(
+                    o.and_then(|o| o["n"].as_i64())
+                        .unwrap_or_else(|| panic!("{err}")),
+                );
+            }
+            out
+        };
+        // Two envelopes; the second reads the token the first set, and a
+        // value that looks like a template is written as text.
+        let doc = json!({"envelopes": [
+            {"patches": [{"op": "create", "collection": acc, "properties": {"name": "Ada"},
+                          "setTokens": {"accountId": "id"},
+                          "children": [{"op": "create", "collection": con, "parentKey": "account_id",
+                                        "properties": {"email": "ada@example.com"}}]}]},
+            {"patches": [{"op": "create", "collection": con,
+                          "properties": {"account_id": {"$token": "accountId"}, "email": "{{ $env }}"}}]}
+        ]});
+        let (st, out, err) = run(&engine, &registry, &flow, doc).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        let out = out.unwrap();
+        let account = out["tokens"]["accountId"].as_i64().unwrap_or(0);
+        assert!(account > 0, "{}: {out}", b.name);
+        assert_eq!(
+            out["envelopes"][1]["results"][0]["account_id"].as_i64(),
+            Some(account),
+            "{}: {out}",
+            b.name
+        );
+        assert_eq!(
+            out["envelopes"][1]["results"][0]["email"], "{{ $env }}",
+            "{}: {out}",
+            b.name
+        );
+        assert_eq!(counts().await, [1, 2], "{}", b.name);
+
+        // Refused before any write, naming the patch: a field that is not a
+        // column, an operation not allowed, a token used before it is set.
+        for (patch, want) in [
+            (
+                json!({"op": "create", "collection": con, "properties": {"nope": 1}}),
+                format!(
+                    "envelope 2, patch 1 (create {con}): collection `{con}` has no field `nope`"
+                ),
+            ),
+            (
+                json!({"op": "upsert", "collection": con, "criteria": {"id": 1}}),
+                format!("envelope 2, patch 1 (upsert {con}): `upsert` is not allowed on `{con}`"),
+            ),
+            (
+                json!({"op": "create", "collection": con, "properties": {"account_id": {"$token": "later"}}}),
+                "field `account_id` uses token `later` before any patch sets it".to_owned(),
+            ),
+        ] {
+            let doc = json!({"envelopes": [
+                {"patches": [{"op": "create", "collection": acc, "properties": {"name": "Bob"}}]},
+                {"patches": [patch]}
+            ]});
+            let (st, _, err) = run(&engine, &registry, &flow, doc).await;
+            assert_ne!(st, RunStatus::Succeeded, "{}", b.name);
+            assert!(
+                err.contains(&want) && err.contains("nothing was written"),
+                "{}: {err}",
+                b.name
+            );
+            assert_eq!(counts().await, [1, 2], "{}", b.name);
+        }
+        // A write that fails in the second envelope rolls back the first.
+        let doc = json!({"envelopes": [
+            {"patches": [{"op": "create", "collection": acc, "properties": {"name": "Cy"}}]},
+            {"patches": [{"op": "create", "collection": acc, "properties": {"name": "Ada"}}]}
+        ]});
+        let (st, _, err) = run(&engine, &registry, &flow, doc).await;
+        assert_eq!(st, RunStatus::Incident, "{}: {err}", b.name);
+        assert!(
+            err.contains(&format!("envelope 2, patch 1 (create {acc}) failed"))
+                && err.contains("the document was rolled back"),
+            "{}: {err}",
+            b.name
+        );
+        assert_eq!(
+            counts().await,
+            [1, 2],
+            "{}: the first envelope is rolled back too",
+            b.name
+        );
+
+        let drop: String = ddl[..2]
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("  - {{key: d{i}, type: sql.query, options: {{connection: app, mode: statement, query: \"{q}\"}}}}\n"))
+            .collect();
+        let _ = run(&engine, &registry, &format!("{head}{drop}"), json!({})).await;
+        done.push(b.name);
+    }
+    println!(
+        "sql dataflow documents: {} passed, 0 failed ({})",
+        done.len(),
+        done.join(", ")
+    );
+}
+
 /// A write step (and an envelope) that committed in the target database
 /// before the process stopped, its record not yet in the store, runs again
 /// at recovery with the same idempotency key: it takes the result it

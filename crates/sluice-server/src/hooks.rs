@@ -249,12 +249,16 @@ fn answer(
             .into_response());
     }
     if r.status != RunStatus::Succeeded {
+        let failure = r.failure.as_ref();
+        // The request's data did not fit: the caller's to fix (422).
+        let data = failure.is_some_and(|f| f.blame == sluice_action::Blame::Data);
         let (code, status) = match r.status {
+            RunStatus::Incident if data => ("run_incident", StatusCode::UNPROCESSABLE_ENTITY),
             RunStatus::Incident => ("run_incident", StatusCode::INTERNAL_SERVER_ERROR),
             RunStatus::Cancelled => ("run_cancelled", StatusCode::CONFLICT),
+            _ if data => ("run_failed", StatusCode::UNPROCESSABLE_ENTITY),
             _ => ("run_failed", StatusCode::INTERNAL_SERVER_ERROR),
         };
-        let failure = r.failure.as_ref();
         return Err(ApiError::new(
             status,
             code,

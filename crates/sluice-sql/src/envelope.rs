@@ -157,6 +157,45 @@ pub(crate) fn global_tokens(scope: &dyn sluice_expr::Scope) -> Map<String, Value
     }
 }
 
+/// The key of a token reference in a `dataflow` document's patch:
+/// `{"$token": "name"}`.
+pub(crate) const TOKEN_REF: &str = "$token";
+
+/// The token a value refers to, if it is a token reference.
+pub(crate) fn token_ref(v: &Value) -> Result<Option<&str>, String> {
+    match v {
+        Value::Object(m) if m.contains_key(TOKEN_REF) => match (m.len(), &m[TOKEN_REF]) {
+            (1, Value::String(name)) => Ok(Some(name)),
+            (1, other) => Err(format!(
+                "`{TOKEN_REF}` must name a token, found {}",
+                sluice_expr::value::kind(other)
+            )),
+            _ => Err(format!(
+                "a token reference is {{\"{TOKEN_REF}\": \"name\"}} alone, with no other key"
+            )),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Replace every token reference among `values` by the token's value.
+pub(crate) fn resolve_tokens(
+    values: &mut Map<String, Value>,
+    tokens: &Map<String, Value>,
+) -> Result<(), ActionError> {
+    for (field, v) in values.iter_mut() {
+        let name = match token_ref(v) {
+            Ok(Some(name)) => name.to_owned(),
+            Ok(None) => continue,
+            Err(m) => return Err(ActionError::data(format!("field `{field}`: {m}"))),
+        };
+        *v = tokens.get(&name).cloned().ok_or_else(|| {
+            ActionError::data(format!("field `{field}`: token `{name}` is not set"))
+        })?;
+    }
+    Ok(())
+}
+
 /// What an envelope's patches leave for the patches after them and for the
 /// end of the envelope.
 #[derive(Default)]
@@ -165,6 +204,9 @@ pub(crate) struct Written {
     pub(crate) tokens: Map<String, Value>,
     /// The changes made, for after-hooks once the envelope commits.
     pub(crate) changes: Vec<Change>,
+    /// Values `{"$token": name}` take the token's value (a `dataflow`
+    /// document's patches, which are data and have no templates).
+    pub(crate) token_refs: bool,
 }
 
 /// Write one patch and its children; `Err` carries the failing patch's label.
@@ -187,6 +229,11 @@ pub(crate) fn apply_patch<'a>(
             )
         };
         let mut props = patch.properties.clone();
+        let mut criteria = std::borrow::Cow::Borrowed(&patch.criteria);
+        if written.token_refs {
+            resolve_tokens(&mut props, &written.tokens).map_err(fail)?;
+            resolve_tokens(criteria.to_mut(), &written.tokens).map_err(fail)?;
+        }
         if let Some(k) = &patch.parent_key {
             let id = parent_id
                 .ok_or_else(|| fail(ActionError::flow("`parentKey` is only for child patches")))?;
@@ -197,7 +244,7 @@ pub(crate) fn apply_patch<'a>(
             .await
             .map_err(fail)?;
         let name = &patch.collection;
-        let mut planned = plan_in(tx, db, name, &t, patch.op, &patch.criteria, props)
+        let mut planned = plan_in(tx, db, name, &t, patch.op, &criteria, props)
             .await
             .map_err(fail)?;
         if let Some(h) = hooked {
@@ -242,6 +289,28 @@ impl Action for Envelope {
     const DEFERRED: &'static [&'static str] = &["patches"];
     type Options = EnvelopeOptions;
 
+    /// `patches` is a list written in the flow: a template standing for the
+    /// whole list would be taken from data, which is what `dataflow` does,
+    /// with an allow-list.
+    fn check(options: &Value) -> Vec<sluice_model::OptionIssue> {
+        match options.get("patches") {
+            Some(Value::Array(_)) | None => Vec::new(),
+            Some(other) => vec![sluice_model::OptionIssue {
+                path: vec![sluice_expr::PathSeg::Key("patches".into())],
+                message: match other {
+                    Value::String(s) if sluice_expr::template::has_template(s) => {
+                        "`patches` is one template: an envelope's patches are a list written in the flow".into()
+                    }
+                    v => format!("`patches` must be a list of patches, found {}", sluice_expr::value::kind(v)),
+                },
+                at_key: false,
+                help: Some(
+                    "write each patch (its values may be templates), or take a caller's patches with a `dataflow` step, whose `allow` names the collections and operations they may use".into(),
+                ),
+            }],
+        }
+    }
+
     async fn run<'a>(
         &'a self,
         cx: ActionCx<'a>,
@@ -277,6 +346,7 @@ pub(crate) async fn write_envelope(
     let mut written = Written {
         tokens: global.clone(),
         changes: Vec::new(),
+        token_refs: false,
     };
     let mut tx = db.begin_write().await?;
     // Run again after a crash, an envelope that committed takes its result.

@@ -26,6 +26,7 @@ mod db;
 mod actions;
 mod backend;
 mod change;
+pub mod dataflow;
 mod decode;
 pub mod envelope;
 mod many;
@@ -57,6 +58,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(SqlDelete(pools.clone()));
     registry.add(SqlLookupMany(pools.clone()));
     registry.add(Envelope(pools.clone()));
+    registry.add(dataflow::Dataflow(pools.clone()));
     registry.add(SqlLookupSet(pools.clone()));
     registry.add(SqlLink(pools.clone()));
     registry.add(SqlUnlink(pools.clone()));

@@ -1178,7 +1178,7 @@ fn data_hooks_and_polls_on_the_real_server() {
     }
     // The before-hook refuses: the webhook's run fails, nothing is written.
     let refused = order(&s, "B", -1, 2);
-    assert!(refused.status == 500, "{refused:?}");
+    assert!(refused.status == 422, "{refused:?}");
     let run = refused.body["details"]["runId"]
         .as_str()
         .unwrap()
@@ -1343,7 +1343,7 @@ fn hostile_expressions_and_payloads_fail_their_run_and_the_server_stays_up() {
     ];
     for (name, body, says) in cases {
         let r = s.post(&format!("/hooks/{name}"), body);
-        assert!(r.status == 500, "{name}: {r:?}");
+        assert!(r.status == 422, "{name}: {r:?}");
         let message = r.body["message"].as_str().unwrap_or_default();
         assert!(
             says.split('|').any(|says| message.contains(says)),
@@ -1678,4 +1678,64 @@ fn a_disabled_flow_is_listed_and_checked_but_no_trigger_starts_it() {
         .map(|r| r["flowId"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(ids, ["caller"], "{runs}");
+}
+
+#[test]
+fn the_dataflow_example_writes_a_callers_document_all_or_none() {
+    let dir = temp("dataflow");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/dataflow-api");
+    for f in ["setup.yaml", "flow.yaml"] {
+        std::fs::copy(example.join(f), dir.join("flows").join(f)).unwrap();
+    }
+    let sluice = |args: &[&str]| {
+        let o = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    sluice(&["run", "flows/setup.yaml", "--store", "sqlite::memory:"]);
+    std::fs::write(
+        dir.join("count.yaml"),
+        "id: count\nunmappedResults: replace\nconnections: {crm: {url: \"sqlite:crm.db\"}}\nsteps:\n  - {key: q, type: sql.query, options: {connection: crm, mode: expectSingle, query: \"SELECT (SELECT COUNT(*) FROM accounts) AS a, (SELECT COUNT(*) FROM contacts) AS c, (SELECT COUNT(*) FROM notes) AS n\"}}\n",
+    )
+    .unwrap();
+    let counts = || sluice(&["run", "count.yaml", "--store", "sqlite::memory:"]);
+    let s = Serve::start(&dir);
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(example.join("document.json")).unwrap())
+            .unwrap();
+    let r = s.post("/hooks/crm/dataflow", doc.clone());
+    assert_eq!(r.status, 200, "{r:?}");
+    let (account, contact) = (r.body["account"].as_i64(), r.body["contact"].as_i64());
+    assert!(account.is_some() && contact.is_some(), "{r:?}");
+    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1}));
+    // Sent again: the account is upserted, the contact's email is taken:
+    // the whole document is rolled back, and the caller is told why.
+    let r = s.post("/hooks/crm/dataflow", doc);
+    assert_error(&r, 422, "run_incident");
+    let m = r.body["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("envelope 1, patch 1.1 (create contacts) failed")
+            && m.contains("the document was rolled back"),
+        "{m}"
+    );
+    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1}));
+    // What the flow does not allow is refused before anything is written.
+    let r = s.post(
+        "/hooks/crm/dataflow",
+        json!({"envelopes": [
+            {"patches": [{"op": "create", "collection": "notes", "properties": {"account_id": account, "body": "x"}}]},
+            {"patches": [{"op": "delete", "collection": "accounts", "criteria": {"id": account}}]}
+        ]}),
+    );
+    assert_error(&r, 422, "run_incident");
+    let m = r.body["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("envelope 2, patch 1 (delete accounts): `delete` is not allowed on `accounts`"),
+        "{m}"
+    );
+    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1}));
 }
