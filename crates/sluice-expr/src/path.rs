@@ -2,13 +2,18 @@
 //! and the mapping subset of SEMANTICS.md section 4 for reading and writing.
 //!
 //! The mapping subset is `$`, a child by `.name`, `['name']` or `["name"]`,
-//! and an array index `[n]`. Writing creates the objects and arrays a path
+//! and an array index `[n]`; a source may also hold the wildcard `.*` or
+//! `[*]` (every child of an object, every element of an array), and reads,
+//! as Zeebe does, the first value it matches in document order. Writing creates the objects and arrays a path
 //! needs; writing into an existing object keeps its other keys; `[n]` on an
 //! existing array replaces that element (an index past the end appends, so a
 //! new array made for `[3]` holds the value as its only element, as in
-//! Zeebe); `$` replaces the whole document. A container of the wrong
-//! kind on the way (a key into an array, an index into an object, anything
-//! into a scalar) is replaced by the container the path needs.
+//! Zeebe); `$` replaces the whole document. As in Zeebe, a name of digits
+//! (`.0`) on an array is an index, and another name written into an array
+//! turns it into an object keyed by its indexes (`{"0": .., "1": .., name}`),
+//! so nothing in it is lost. Any other container of the wrong kind on the
+//! way (an index into an object, anything into a scalar) is replaced by the
+//! container the path needs.
 
 use crate::template::PathSeg;
 use serde_json::{Map, Value};
@@ -98,10 +103,14 @@ fn normalized(p: &serde_json_path::NormalizedPath<'_>) -> String {
     out
 }
 
-/// A path of the mapping subset: `$`, `.name`, `['name']`, `[n]`.
+/// A path of the mapping subset: `$`, `.name`, `['name']`, `[n]`, and in
+/// a source `.*` or `[*]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MappingPath {
     text: String,
+    /// Every part, wildcards included (`None`).
+    parts: Vec<Option<PathSeg>>,
+    /// The parts that are not wildcards: the whole path of a target.
     segs: Vec<PathSeg>,
 }
 
@@ -123,7 +132,7 @@ impl MappingPath {
         if b.first() != Some(&b'$') {
             return Err(err(0, "a mapping path starts with `$`"));
         }
-        let mut segs = Vec::new();
+        let mut parts = Vec::new();
         let mut i = 1;
         while i < b.len() {
             match b[i] {
@@ -137,18 +146,27 @@ impl MappingPath {
                         return Err(err(i, "expected a name after `.`"));
                     }
                     let name = &text[start..j];
+                    if name == "*" {
+                        parts.push(None);
+                        i = j;
+                        continue;
+                    }
                     if name.contains(['*', ']', '\'', '"', ' ']) {
                         return Err(err(
                             start,
                             "only plain names are supported after `.`; use ['name'] for other names",
                         ));
                     }
-                    segs.push(PathSeg::Key(name.to_owned()));
+                    parts.push(Some(PathSeg::Key(name.to_owned())));
                     i = j;
                 }
                 b'[' => {
                     let start = i + 1;
                     match b.get(start) {
+                        Some(b'*') if b.get(start + 1) == Some(&b']') => {
+                            parts.push(None);
+                            i = start + 2;
+                        }
                         Some(q @ (b'\'' | b'"')) => {
                             let mut j = start + 1;
                             let mut name = String::new();
@@ -175,7 +193,7 @@ impl MappingPath {
                             if b.get(j + 1) != Some(&b']') {
                                 return Err(err(j + 1, "expected `]` after the quoted name"));
                             }
-                            segs.push(PathSeg::Key(name));
+                            parts.push(Some(PathSeg::Key(name)));
                             i = j + 2;
                         }
                         Some(c) if c.is_ascii_digit() => {
@@ -189,13 +207,13 @@ impl MappingPath {
                             let n: usize = text[start..j]
                                 .parse()
                                 .map_err(|_| err(start, "index is too large"))?;
-                            segs.push(PathSeg::Index(n));
+                            parts.push(Some(PathSeg::Index(n)));
                             i = j + 1;
                         }
                         _ => {
                             return Err(err(
                                 start,
-                                "expected a quoted name or a non-negative index (wildcards, slices and filters are not supported in mappings)",
+                                "expected a quoted name, a non-negative index or `*` (slices and filters are not supported in mappings)",
                             ));
                         }
                     }
@@ -203,10 +221,33 @@ impl MappingPath {
                 _ => return Err(err(i, "expected `.` or `[`")),
             }
         }
+        let segs = parts.iter().flatten().cloned().collect();
         Ok(Self {
             text: text.to_owned(),
+            parts,
             segs,
         })
+    }
+
+    /// Parse a path that is written to: one place, so no wildcard.
+    pub fn parse_target(text: &str) -> Result<Self, PathError> {
+        let p = Self::parse(text)?;
+        match p.wildcard_at() {
+            Some(offset) => Err(PathError {
+                text: text.to_owned(),
+                offset,
+                message: "a target names one place: `*` is only for sources".to_owned(),
+            }),
+            None => Ok(p),
+        }
+    }
+
+    /// Where the first wildcard is written, if the path has one.
+    fn wildcard_at(&self) -> Option<usize> {
+        self.parts
+            .iter()
+            .any(Option::is_none)
+            .then(|| self.text.find('*').unwrap_or(0))
     }
 
     /// The path as written.
@@ -214,65 +255,99 @@ impl MappingPath {
         &self.text
     }
 
-    /// The segments after `$`.
+    /// The segments after `$` (of a target: its wildcards are not among them).
     pub fn segments(&self) -> &[PathSeg] {
         &self.segs
     }
 
     /// Whether the path is `$`.
     pub fn is_root(&self) -> bool {
-        self.segs.is_empty()
+        self.parts.is_empty()
     }
 
-    /// The value at the path, if there is one.
+    /// The value at the path, if there is one; through a wildcard, the
+    /// first value matched in document order (as Zeebe reads `$.*`).
     pub fn get<'v>(&self, v: &'v Value) -> Option<&'v Value> {
-        let mut cur = v;
-        for s in &self.segs {
-            cur = match (s, cur) {
-                (PathSeg::Key(k), Value::Object(o)) => o.get(k)?,
-                (PathSeg::Index(i), Value::Array(a)) => a.get(*i)?,
-                _ => return None,
-            };
-        }
-        Some(cur)
+        first_match(&self.parts, v)
     }
 
-    /// Write `value` at the path, creating what is missing.
+    /// Write `value` at the path, creating what is missing (a target has no
+    /// wildcard: see [`MappingPath::parse_target`]).
     pub fn set(&self, doc: &mut Value, value: Value) {
         let mut cur = doc;
         for s in &self.segs {
-            cur = match s {
-                PathSeg::Key(k) => {
-                    if !cur.is_object() {
-                        *cur = Value::Object(Map::new());
-                    }
-                    match cur {
-                        Value::Object(o) => o.entry(k.clone()).or_insert(Value::Null),
-                        _ => unreachable!("just made an object"),
-                    }
-                }
-                PathSeg::Index(i) => {
+            let index = match (s, &*cur) {
+                (PathSeg::Index(i), _) => Some(*i),
+                // As in Zeebe: a name of digits into an array is an index.
+                (PathSeg::Key(k), Value::Array(_)) => array_index(k),
+                (PathSeg::Key(_), _) => None,
+            };
+            cur = match (s, index) {
+                (_, Some(i)) => {
                     if !cur.is_array() {
                         *cur = Value::Array(Vec::new());
                     }
-                    match cur {
-                        Value::Array(a) => {
-                            // As in Zeebe: an index past the end (or into an
-                            // array made just now) appends.
-                            let i = if *i < a.len() {
-                                *i
-                            } else {
-                                a.push(Value::Null);
-                                a.len() - 1
-                            };
-                            &mut a[i]
-                        }
-                        _ => unreachable!("just made an array"),
-                    }
+                    let Value::Array(a) = cur else {
+                        unreachable!("just made an array")
+                    };
+                    // As in Zeebe: an index past the end (or into an
+                    // array made just now) appends.
+                    let i = if i < a.len() {
+                        i
+                    } else {
+                        a.push(Value::Null);
+                        a.len() - 1
+                    };
+                    &mut a[i]
                 }
+                (PathSeg::Key(k), None) => {
+                    match std::mem::take(cur) {
+                        Value::Object(o) => *cur = Value::Object(o),
+                        // As in Zeebe: another name into an array turns it
+                        // into an object keyed by the elements' indexes.
+                        Value::Array(a) => {
+                            *cur = Value::Object(
+                                a.into_iter()
+                                    .enumerate()
+                                    .map(|(i, v)| (i.to_string(), v))
+                                    .collect(),
+                            );
+                        }
+                        _ => *cur = Value::Object(Map::new()),
+                    }
+                    let Value::Object(o) = cur else {
+                        unreachable!("just made an object")
+                    };
+                    o.entry(k.clone()).or_insert(Value::Null)
+                }
+                (PathSeg::Index(_), None) => unreachable!("an index has one"),
             };
         }
         *cur = value;
+    }
+}
+
+/// A name that addresses an array element: digits, without a leading zero
+/// (as Zeebe reads `.0`).
+fn array_index(name: &str) -> Option<usize> {
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && (name == "0" || !name.starts_with('0'));
+    ok.then(|| name.parse().ok()).flatten()
+}
+
+/// The first value `parts` match under `v`, depth first in document order.
+fn first_match<'v>(parts: &[Option<PathSeg>], v: &'v Value) -> Option<&'v Value> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Some(v);
+    };
+    match (first, v) {
+        (Some(PathSeg::Key(k)), Value::Object(o)) => first_match(rest, o.get(k)?),
+        (Some(PathSeg::Key(k)), Value::Array(a)) => first_match(rest, a.get(array_index(k)?)?),
+        (Some(PathSeg::Index(i)), Value::Array(a)) => first_match(rest, a.get(*i)?),
+        (None, Value::Object(o)) => o.values().find_map(|c| first_match(rest, c)),
+        (None, Value::Array(a)) => a.iter().find_map(|c| first_match(rest, c)),
+        _ => None,
     }
 }
 
@@ -280,6 +355,29 @@ impl MappingPath {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_wildcard_reads_the_first_match_in_document_order() {
+        let doc =
+            json!({"b": {"x": 1}, "a": {"name": "first"}, "c": [{"y": 0}, {"name": "second"}]});
+        let get = |p: &str| MappingPath::parse(p).unwrap().get(&doc).cloned();
+        assert_eq!(get("$.*"), Some(json!({"x": 1})));
+        assert_eq!(get("$.*.name"), Some(json!("first")));
+        assert_eq!(get("$.c[*].name"), Some(json!("second")));
+        assert_eq!(get("$['c'].*.y"), Some(json!(0)));
+        assert_eq!(get("$.*.nothing"), None);
+        assert_eq!(get("$.a.name.*"), None);
+        assert_eq!(
+            get("$.c[*][*]"),
+            Some(json!(0)),
+            "`[*]` of an object: its values"
+        );
+        assert_eq!(get("$.c[*][*][*]"), None, "a number has no children");
+        assert!(MappingPath::parse_target("$.a.*").is_err_and(|e| e.offset == 4));
+        assert!(MappingPath::parse_target("$[*]").is_err());
+        assert!(MappingPath::parse("$.a*").is_err());
+        assert!(MappingPath::parse("$[*").is_err());
+    }
 
     #[test]
     fn parses_the_subset() {
@@ -295,7 +393,6 @@ mod tests {
         );
         assert!(MappingPath::parse("$").unwrap().is_root());
         assert!(MappingPath::parse("a.b").is_err());
-        assert!(MappingPath::parse("$.a[*]").is_err());
         assert!(MappingPath::parse("$..a").is_err());
         assert!(MappingPath::parse("$['a'").is_err());
     }
@@ -313,6 +410,29 @@ mod tests {
         assert_eq!(doc["a"]["b"][0], json!("x"));
         MappingPath::parse("$").unwrap().set(&mut doc, json!([1]));
         assert_eq!(doc, json!([1]));
+    }
+
+    #[test]
+    fn names_meet_arrays_as_in_zeebe() {
+        let mut doc = json!({"arr": [0, 1, 2]});
+        let set =
+            |doc: &mut Value, p: &str, v: Value| MappingPath::parse_target(p).unwrap().set(doc, v);
+        set(&mut doc, "$.arr.0", json!("bar"));
+        assert_eq!(doc, json!({"arr": ["bar", 1, 2]}));
+        assert_eq!(
+            MappingPath::parse("$.arr.1").unwrap().get(&doc),
+            Some(&json!(1))
+        );
+        assert_eq!(MappingPath::parse("$.arr.01").unwrap().get(&doc), None);
+        set(&mut doc, "$['arr']['0s']", json!("x"));
+        assert_eq!(doc, json!({"arr": {"0": "bar", "1": 1, "2": 2, "0s": "x"}}));
+        // On an object, digits are a key.
+        set(&mut doc, "$.arr.7", json!(7));
+        assert_eq!(doc["arr"]["7"], json!(7));
+        // Into a scalar: replaced.
+        let mut doc = json!({"a": 1});
+        set(&mut doc, "$.a.b", json!(2));
+        assert_eq!(doc, json!({"a": {"b": 2}}));
     }
 
     #[test]

@@ -620,7 +620,7 @@ pub fn jq_path_to_mapping(text: &str) -> Result<MappingPath, sluice_expr::PathEr
         .replace(".[", "[")
         .replace("[\"", "['")
         .replace("\"]", "']");
-    MappingPath::parse(&format!("${body}"))
+    MappingPath::parse_target(&format!("${body}"))
 }
 
 fn display_path(path: &[PathSeg]) -> String {

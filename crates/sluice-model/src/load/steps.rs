@@ -675,7 +675,12 @@ impl Checker<'_> {
                     );
                     return None;
                 };
-                match MappingPath::parse(text) {
+                let parsed = if field == "target" {
+                    MappingPath::parse_target(text)
+                } else {
+                    MappingPath::parse(text)
+                };
+                match parsed {
                     Ok(mp) => Some(mp),
                     Err(e) => {
                         let span = locate_in_scalar(
@@ -691,7 +696,7 @@ impl Checker<'_> {
                                 e.message
                             ),
                             "here",
-                            "mapping paths use `$`, `.name`, `['name']` and `[n]`",
+                            "mapping paths use `$`, `.name`, `['name']` and `[n]`, and a source `.*` or `[*]`",
                         );
                         None
                     }
