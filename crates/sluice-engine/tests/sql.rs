@@ -38,8 +38,22 @@ async fn run(
     flow: &str,
     input: Value,
 ) -> (RunStatus, Option<Value>, String) {
+    let r = run_result(engine, registry, flow, input).await;
+    (
+        r.status,
+        r.output,
+        r.failure.map(|f| f.message).unwrap_or_default(),
+    )
+}
+
+async fn run_result(
+    engine: &Engine<SqliteStore>,
+    registry: &Registry,
+    flow: &str,
+    input: Value,
+) -> sluice_engine::RunResult {
     let flow = sluice_model::load("test.yaml", flow, registry).unwrap_or_else(|d| panic!("{d}"));
-    let r = engine
+    engine
         .run(
             &flow,
             RunRequest {
@@ -48,12 +62,7 @@ async fn run(
             },
         )
         .await
-        .unwrap();
-    (
-        r.status,
-        r.output,
-        r.failure.map(|f| f.message).unwrap_or_default(),
-    )
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,32 +137,55 @@ async fn sql_actions_on_every_database() {
         if b.name != "sqlite" {
             assert!(err.contains("ada@example.com"), "{}: {err}", b.name);
         }
-        let (st, _, err) = run(
-            &engine,
-            &registry,
-            &create,
+        // The database refuses the data itself: an incident blamed on the
+        // data, with the database's own message.
+        let mut refusals = vec![(
+            "not null",
             json!({"email": null, "name": "Nobody", "score": 0}),
-        )
-        .await;
-        assert_eq!(st, RunStatus::Incident, "{}: not null: {err}", b.name);
+            match b.name {
+                "sqlite" => "NOT NULL constraint failed",
+                "postgres" => "null value in column \"email\"",
+                _ => "Column 'email' cannot be null",
+            },
+        )];
         if b.name != "sqlite" {
-            // A value its column cannot take (SQLite takes any).
-            let (st, _, err) = run(
-                &engine,
-                &registry,
-                &create,
+            // Values their columns cannot take (SQLite takes any).
+            refusals.push((
+                "a bad number",
                 json!({"email": "bad@example.com", "name": "Bad", "score": "lots"}),
-            )
-            .await;
-            assert_eq!(st, RunStatus::Incident, "{}: a bad number: {err}", b.name);
-            let (st, _, err) = run(
-                &engine,
-                &registry,
-                &create,
+                match b.name {
+                    "postgres" => "invalid input syntax for type numeric: \"lots\"",
+                    _ => "Incorrect decimal value: 'lots'",
+                },
+            ));
+            refusals.push((
+                "too long",
                 json!({"email": "long@example.com", "name": "x".repeat(101), "score": 0}),
-            )
-            .await;
-            assert_eq!(st, RunStatus::Incident, "{}: too long: {err}", b.name);
+                match b.name {
+                    "postgres" => "value too long for type character varying(100)",
+                    _ => "Data too long for column 'name'",
+                },
+            ));
+        }
+        for (what, input, says) in refusals {
+            let r = run_result(&engine, &registry, &create, input).await;
+            let f = r
+                .failure
+                .unwrap_or_else(|| panic!("{}: {what}: no failure", b.name));
+            assert_eq!(
+                r.status,
+                RunStatus::Incident,
+                "{}: {what}: {}",
+                b.name,
+                f.message
+            );
+            assert_eq!(f.blame, sluice_action::Blame::Data, "{}: {what}", b.name);
+            assert!(
+                f.message.contains(says),
+                "{}: {what}: {}",
+                b.name,
+                f.message
+            );
         }
 
         // sql.lookup: one, none, several, omitted criteria.

@@ -495,9 +495,18 @@ steps:
     let r = s.post("/api/flows/slow/runs", Value::Null);
     assert_eq!(r.status, 202);
     let slow = r.body["runId"].as_str().unwrap().to_owned();
+    assert_eq!(s.get("/api/health").body["runsInFlight"], 1);
     let r = s.post(&format!("/api/runs/{slow}/cancel"), Value::Null);
     assert_eq!(r.status, 200, "{r:?}");
-    std::thread::sleep(Duration::from_millis(1800));
+    // The run's drive wakes from its sleep, sees the cancel and ends.
+    let t = Instant::now();
+    while s.get("/api/health").body["runsInFlight"] != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the cancelled run is still driven"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let rec = s.get(&format!("/api/runs/{slow}")).body;
     assert_eq!(rec["status"], "cancelled");
     let keys: Vec<&str> = rec["stepLog"]
@@ -643,13 +652,25 @@ steps:
     // Two servers on one store: each second fires once.
     let a = Serve::start(&dir);
     let b = Serve::start(&dir);
-    std::thread::sleep(Duration::from_millis(3500));
+    let wait_for = |s: &Serve, what: &str, done: &dyn Fn(&[(String, bool)]) -> bool| {
+        let t = Instant::now();
+        loop {
+            let all = fires(s, "tick");
+            if done(&all) {
+                return all;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{what}: {all:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&a, "three fires", &|all| all.len() >= 3);
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
+    // No server runs for two seconds and more: fires are missed.
     std::thread::sleep(Duration::from_millis(2500));
     // Restarted after missing two fires or more: one run for the latest.
     let c = Serve::start(&dir);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(&c, "the missed fire", &|all| all.iter().any(|(_, m)| *m));
     let all = fires(&c, "tick");
     let times: Vec<&String> = all.iter().map(|(t, _)| t).collect();
     let mut unique = times.clone();
