@@ -607,8 +607,11 @@ steps:
     assert_eq!(s.stop(), Some(0));
 }
 
+/// A schedule's fire: its `scheduledAt`, and whether it was missed.
+type Fire = (String, bool);
+
 /// The `scheduledAt` of every run of `flow`, oldest first.
-fn fires(s: &Serve, flow: &str) -> Vec<(String, bool)> {
+fn fires(s: &Serve, flow: &str) -> Vec<Fire> {
     let runs = s.get(&format!("/api/runs?flow={flow}&limit=0")).body;
     let mut v: Vec<(String, bool)> = runs
         .as_array()
@@ -652,7 +655,7 @@ steps:
     // Two servers on one store: each second fires once.
     let a = Serve::start(&dir);
     let b = Serve::start(&dir);
-    let wait_for = |s: &Serve, what: &str, done: &dyn Fn(&[(String, bool)]) -> bool| {
+    let wait_for = |s: &Serve, what: &str, done: &dyn Fn(&[Fire]) -> bool| {
         let t = Instant::now();
         loop {
             let all = fires(s, "tick");
