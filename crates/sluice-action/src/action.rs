@@ -24,6 +24,9 @@ pub struct Outcome {
     /// Results emitted individually: the steps after this one run once per
     /// item, each in a run of its own.
     pub items: Option<Vec<Value>>,
+    /// How many of the items' runs may be under way at once (0 or 1: one
+    /// after another).
+    pub concurrency: usize,
     /// Work the engine does for the step: suspending the run, or starting
     /// another flow (the step's result comes from it).
     pub effect: Option<Effect>,
@@ -62,7 +65,20 @@ pub enum Effect {
         input: Value,
         /// Whether the step waits for the run to end.
         wait: bool,
+        /// Run the flow once per element of `input` (a list), thus.
+        each: Option<Iteration>,
     },
+}
+
+/// How a `flow` step runs a flow over a list (Directus's iteration modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Iteration {
+    /// One after another.
+    Serial,
+    /// This many at once, each batch after the one before has ended.
+    Batch(usize),
+    /// At most this many at once.
+    Parallel(usize),
 }
 
 impl Outcome {
@@ -73,6 +89,7 @@ impl Outcome {
             logs: Vec::new(),
             tokens: None,
             items: None,
+            concurrency: 0,
             effect: None,
         }
     }

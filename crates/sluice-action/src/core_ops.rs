@@ -3,12 +3,14 @@
 //! another flow), which ask the engine for an [`Effect`]; and the
 //! `cloudevent` and `flow` triggers.
 
-use crate::action::{Action, ActionCx, Effect, Outcome};
+use crate::action::{Action, ActionCx, Effect, Iteration, Outcome};
 use crate::error::ActionError;
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_expr::PathSeg;
+use sluice_model::OptionIssue;
 
 /// `transform`: the result is the templated `value` option.
 pub struct Transform;
@@ -214,7 +216,7 @@ pub struct StartFlow;
 
 /// Options of `flow`.
 #[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StartFlowOptions {
     /// The id of the flow to run.
     pub flow: String,
@@ -223,6 +225,46 @@ pub struct StartFlowOptions {
     /// Wait for the run to end (the default), or not.
     #[serde(default = "yes")]
     pub wait: bool,
+    /// Run the flow once per element of `input` (a list): `serial` (one
+    /// after another), `batch` (`batchSize` at once, batch after batch) or
+    /// `parallel` (at most `concurrency` at once). The result is the list
+    /// of the runs' outputs, in the order of the elements.
+    pub iteration_mode: Option<IterationMode>,
+    /// For `batch`: how many runs each batch holds (default 10).
+    pub batch_size: Option<usize>,
+    /// For `parallel`: how many runs may be under way at once (default 10).
+    pub concurrency: Option<usize>,
+}
+
+/// `iterationMode` of a `flow` step.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IterationMode {
+    /// One run after another.
+    Serial,
+    /// `batchSize` runs at once, each batch after the one before.
+    Batch,
+    /// At most `concurrency` runs at once.
+    Parallel,
+}
+
+/// The most runs a `flow` step or a fan-out may have under way at once.
+pub const MAX_CONCURRENCY: usize = 1000;
+
+/// An issue with a count option (`concurrency`, `batchSize`) that must be
+/// from 1 to [`MAX_CONCURRENCY`], unless it is a template.
+pub fn count_issue(options: &Value, name: &str) -> Option<OptionIssue> {
+    let v = options.get(name)?;
+    let ok = v
+        .as_u64()
+        .is_some_and(|n| (1..=MAX_CONCURRENCY as u64).contains(&n));
+    let templated = v.as_str().is_some_and(sluice_expr::template::has_template);
+    (!ok && !templated).then(|| OptionIssue {
+        path: vec![PathSeg::Key(name.into())],
+        message: format!("`{name}` must be from 1 to {MAX_CONCURRENCY}, found {v}"),
+        at_key: false,
+        help: None,
+    })
 }
 
 fn yes() -> bool {
@@ -233,15 +275,54 @@ impl Action for StartFlow {
     const KIND: &'static str = "flow";
     type Options = StartFlowOptions;
 
+    /// `batchSize` belongs to `batch`, `concurrency` to `parallel`, and an
+    /// iteration waits for its runs.
+    fn check(options: &Value) -> Vec<OptionIssue> {
+        let mode = options.get("iterationMode").and_then(Value::as_str);
+        let mut issues: Vec<OptionIssue> = ["batchSize", "concurrency"]
+            .into_iter()
+            .filter_map(|n| count_issue(options, n))
+            .collect();
+        let misplaced = |name: &str, mode_of: &str| OptionIssue {
+            path: vec![PathSeg::Key(name.into())],
+            message: format!("`{name}` is for `iterationMode: {mode_of}`"),
+            at_key: true,
+            help: None,
+        };
+        if options.get("batchSize").is_some() && mode != Some("batch") {
+            issues.push(misplaced("batchSize", "batch"));
+        }
+        if options.get("concurrency").is_some() && mode != Some("parallel") {
+            issues.push(misplaced("concurrency", "parallel"));
+        }
+        if mode.is_some() && options.get("wait") == Some(&Value::Bool(false)) {
+            issues.push(OptionIssue {
+                path: vec![PathSeg::Key("wait".into())],
+                message: "an `iterationMode` waits for its runs: `wait: false` cannot go with it"
+                    .into(),
+                at_key: false,
+                help: Some("leave `wait` out, or start one run per step".into()),
+            });
+        }
+        issues
+    }
+
     async fn run<'a>(
         &'a self,
         cx: ActionCx<'a>,
         options: StartFlowOptions,
     ) -> Result<Outcome, ActionError> {
+        let size = |n: Option<usize>| n.unwrap_or(10).clamp(1, MAX_CONCURRENCY);
+        let each = options.iteration_mode.map(|m| match m {
+            IterationMode::Serial => Iteration::Serial,
+            IterationMode::Batch => Iteration::Batch(size(options.batch_size)),
+            IterationMode::Parallel => Iteration::Parallel(size(options.concurrency)),
+        });
         Ok(Outcome::effect(Effect::StartFlow {
             flow: options.flow,
             input: options.input.unwrap_or_else(|| cx.input.clone()),
             wait: options.wait,
+            each,
         }))
     }
 }
@@ -288,11 +369,18 @@ pub struct Split;
 pub struct SplitOptions {
     /// The elements (templates allowed, such as `"{{ .orders }}"`).
     pub items: Vec<Value>,
+    /// How many of the elements' runs may be under way at once (default 1:
+    /// one after another).
+    pub concurrency: Option<usize>,
 }
 
 impl Action for Split {
     const KIND: &'static str = "split";
     type Options = SplitOptions;
+
+    fn check(options: &Value) -> Vec<OptionIssue> {
+        count_issue(options, "concurrency").into_iter().collect()
+    }
 
     async fn run<'a>(
         &'a self,
@@ -302,6 +390,7 @@ impl Action for Split {
         Ok(Outcome {
             payload: Some(Value::Array(options.items.clone())),
             items: Some(options.items),
+            concurrency: options.concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY),
             ..Outcome::default()
         })
     }

@@ -394,7 +394,16 @@ impl<S: Store> Engine<S> {
         record.logs = done.logs;
         if let Some(items) = done.items {
             let r = self
-                .fan_out(g.flow, g.take_id(), record, &g.fo, step, items, pos, g.mode)
+                .fan_out(
+                    g.flow,
+                    g.take_id(),
+                    record,
+                    &g.fo,
+                    step,
+                    (items, done.concurrency),
+                    pos,
+                    g.mode,
+                )
                 .await?;
             return Ok(g.finish(r));
         }

@@ -5,6 +5,7 @@ use crate::cursor::{Cursor, Mode};
 use crate::engine::Engine;
 use crate::flow_object::{FlowObject, Lazy};
 use crate::run::{EngineError, RunResult, StepFailure};
+use crate::window::{Pace, run_paced};
 use serde_json::Value;
 use sluice_action::{Blame, BoxFuture};
 use sluice_model::{Flow, Step};
@@ -26,7 +27,7 @@ impl<S: Store> Engine<S> {
         record: StepRecord,
         fo: &'a FlowObject,
         step: &'a Step,
-        items: Vec<(Value, Value)>,
+        items: (Vec<(Value, Value)>, usize),
         next: Option<usize>,
         mode: Mode<'a>,
     ) -> BoxFuture<'a, Result<RunResult, EngineError>> {
@@ -45,14 +46,19 @@ impl<S: Store> Engine<S> {
             if rec {
                 self.store.record_step(&record, &running).await?;
             }
+            let (items, concurrency) = items;
             let count = items.len();
-            let mut outputs = Vec::with_capacity(count);
-            let mut failures = Vec::new();
+            let Some(start) = next else {
+                // Nothing after the step: the items are the outputs.
+                let outputs = items.into_iter().map(|(_, state)| state).collect();
+                return self
+                    .fanned_in(run_id, record, step, count, outputs, Vec::new(), rec)
+                    .await;
+            };
+            // The item runs are made in order, then driven `concurrency` at
+            // a time.
+            let mut runs = Vec::with_capacity(count);
             for (k, (item, state)) in items.into_iter().enumerate() {
-                let Some(start) = next else {
-                    outputs.push(state);
-                    continue;
-                };
                 let child_id = if rec { new_run_id() } else { String::new() };
                 if rec {
                     self.store
@@ -69,12 +75,18 @@ impl<S: Store> Engine<S> {
                         })
                         .await?;
                 }
-                let mut child = fo.clone();
-                let v = Lazy::new(item.clone());
-                child.entries.insert(step.key.clone(), v.clone());
-                child.last = v;
-                let r = self
-                    .drive(
+                runs.push(Some((child_id, item, state)));
+            }
+            let ended = run_paced(
+                count,
+                Pace::Window(concurrency),
+                |k| {
+                    let (child_id, item, state) = runs[k].take().unwrap_or_default();
+                    let mut child = fo.clone();
+                    let v = Lazy::new(item);
+                    child.entries.insert(step.key.clone(), v.clone());
+                    child.last = v;
+                    self.drive(
                         flow,
                         Cursor {
                             item: k as i64,
@@ -86,7 +98,15 @@ impl<S: Store> Engine<S> {
                         0,
                         mode,
                     )
-                    .await?;
+                },
+                // Every item runs, whatever the others do.
+                |_| false,
+            )
+            .await;
+            let mut outputs = Vec::with_capacity(count);
+            let mut failures = Vec::new();
+            for (k, r) in ended {
+                let r = r?;
                 match r.status {
                     RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Value::Null)),
                     other => failures.push(format!(
@@ -98,6 +118,25 @@ impl<S: Store> Engine<S> {
                     )),
                 }
             }
+            self.fanned_in(run_id, record, step, count, outputs, failures, rec)
+                .await
+        })
+    }
+
+    /// The end of a fanned-out run: succeeded with the items' outputs, or
+    /// failed naming the items that did not succeed.
+    #[allow(clippy::too_many_arguments)]
+    async fn fanned_in(
+        &self,
+        run_id: String,
+        record: StepRecord,
+        step: &Step,
+        count: usize,
+        outputs: Vec<Value>,
+        failures: Vec<String>,
+        rec: bool,
+    ) -> Result<RunResult, EngineError> {
+        {
             let ok = failures.is_empty();
             let message = (!ok).then(|| {
                 format!(
@@ -136,6 +175,6 @@ impl<S: Store> Engine<S> {
                     blame: Blame::Data,
                 }),
             })
-        })
+        }
     }
 }

@@ -33,6 +33,7 @@ mod run;
 mod runs;
 mod step;
 mod subflow;
+mod window;
 
 pub use engine::{Engine, FlowLookup};
 pub use import::{ImportError, ImportOptions, ImportSummary, Progress, failures_path};

@@ -56,6 +56,8 @@ pub(crate) struct Done {
     /// For a step that emits its results individually: each item, with the
     /// state data it starts its own run with.
     pub(crate) items: Option<Vec<(Value, Value)>>,
+    /// How many of the items' runs may be under way at once.
+    pub(crate) concurrency: usize,
 }
 
 /// A step that failed.
@@ -88,6 +90,7 @@ struct Acted {
     logs: Vec<String>,
     tokens: Option<Map<String, Value>>,
     items: Option<Vec<Value>>,
+    concurrency: usize,
     suspend: Option<Suspend>,
 }
 
@@ -151,6 +154,7 @@ impl<S: Store> Engine<S> {
                 logs: acted.logs,
                 tokens: None,
                 items: None,
+                concurrency: 0,
             });
         }
         // 4. the result meets the state data; 5. stateDataFilter.output
@@ -191,6 +195,7 @@ impl<S: Store> Engine<S> {
             logs: acted.logs,
             tokens: acted.tokens,
             items,
+            concurrency: acted.concurrency,
         })
     }
 
@@ -250,6 +255,7 @@ impl<S: Store> Engine<S> {
             logs,
             tokens,
             items,
+            concurrency,
             effect,
         } = entry
             .action
@@ -276,8 +282,13 @@ impl<S: Store> Engine<S> {
                 flow: flow_id,
                 input,
                 wait,
+                each,
             }) => {
-                match self.subflow(flow, fo, scx, &flow_id, input, wait).await {
+                let started = match each {
+                    None => self.subflow(flow, fo, scx, &flow_id, input, wait).await,
+                    Some(each) => self.subflows(flow, fo, scx, &flow_id, input, each).await,
+                };
+                match started {
                     Ok(started) => payload = Some(started),
                     Err(e) => return Err((e, logs)),
                 }
@@ -289,6 +300,7 @@ impl<S: Store> Engine<S> {
             logs,
             tokens,
             items,
+            concurrency,
             suspend,
         })
     }

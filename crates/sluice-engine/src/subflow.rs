@@ -6,8 +6,9 @@ use crate::cursor::{Cursor, Mode, StepCx};
 use crate::engine::Engine;
 use crate::flow_object::FlowObject;
 use crate::run::{EngineError, MAX_FLOW_DEPTH, RunRequest, RunResult, StepFailure};
+use crate::window::{Pace, run_paced};
 use serde_json::{Value, json};
-use sluice_action::{ActionError, Blame, BoxFuture};
+use sluice_action::{ActionError, Blame, BoxFuture, Iteration};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, Store, StoreError};
 use std::sync::Arc;
@@ -83,21 +84,7 @@ impl<S: Store> Engine<S> {
         wait: bool,
     ) -> BoxFuture<'a, Result<Value, ActionError>> {
         Box::pin(async move {
-            let lookup = self.flows.read().ok().and_then(|f| f.lookup.clone());
-            let target = lookup.and_then(|l| l.flow(flow_id)).ok_or_else(|| {
-                ActionError::flow(format!("there is no flow `{flow_id}` to start"))
-            })?;
-            if target.trigger.kind != "flow" {
-                return Err(ActionError::flow(format!(
-                    "flow `{flow_id}` has a `{}` trigger; a flow step starts only flows whose trigger is `flow`",
-                    target.trigger.kind
-                )));
-            }
-            if !target.enabled {
-                return Err(ActionError::flow(format!(
-                    "flow `{flow_id}` is disabled (`enabled: false` in its file); no run of it is started"
-                )));
-            }
+            let target = self.flow_target(flow_id)?;
             let trigger = json!({ "body": input });
             let id = format!("{}-{}-{}", scx.run_id, scx.step_key, scx.attempt);
             let end = self
@@ -113,6 +100,95 @@ impl<S: Store> Engine<S> {
                 end.failure.map(|f| f.message),
             )
         })
+    }
+
+    /// Carry out a `flow` step with an `iterationMode`: a run of `flow_id`
+    /// per element of `input`, at the mode's pace, each waited for. The
+    /// result is their outputs in the elements' order; the first element
+    /// (in order) whose run did not succeed fails the step, and no element
+    /// starts after a failure. An element's run id is the step's with the
+    /// element's index, so a step that runs again after a restart finds
+    /// the runs it started.
+    pub(crate) fn subflows<'a>(
+        &'a self,
+        parent: &'a Flow,
+        fo: &'a FlowObject,
+        scx: &'a StepCx<'a>,
+        flow_id: &'a str,
+        input: Value,
+        each: Iteration,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            let Value::Array(items) = input else {
+                return Err(ActionError::data(format!(
+                    "`iterationMode` runs flow `{flow_id}` once per element of a list; the input is {}",
+                    sluice_expr::value::kind(&input)
+                )));
+            };
+            let target = self.flow_target(flow_id)?;
+            let pace = match each {
+                Iteration::Serial => Pace::Window(1),
+                Iteration::Batch(n) => Pace::Batch(n),
+                Iteration::Parallel(n) => Pace::Window(n),
+            };
+            let n = items.len();
+            let ended = run_paced(
+                n,
+                pace,
+                |i| {
+                    let input = items[i].clone();
+                    let trigger = json!({ "body": input, "index": i });
+                    let id = format!("{}-{}-{}-{i}", scx.run_id, scx.step_key, scx.attempt);
+                    let target = target.clone();
+                    async move {
+                        let end = self
+                            .child_run(parent, fo, scx, target, trigger, input, id, true)
+                            .await?;
+                        child_result(
+                            flow_id,
+                            end.status,
+                            end.output,
+                            end.failure.map(|f| f.message),
+                        )
+                    }
+                },
+                Result::is_err,
+            )
+            .await;
+            let mut out = Vec::with_capacity(n);
+            for (i, r) in ended {
+                match r {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        return Err(ActionError {
+                            blame: e.blame,
+                            message: format!("element {} of {n}: {}", i + 1, e.message),
+                        });
+                    }
+                }
+            }
+            Ok(Value::Array(out))
+        })
+    }
+
+    /// The flow a `flow` step names, if a step may start it.
+    fn flow_target(&self, flow_id: &str) -> Result<Arc<Flow>, ActionError> {
+        let lookup = self.flows.read().ok().and_then(|f| f.lookup.clone());
+        let target = lookup
+            .and_then(|l| l.flow(flow_id))
+            .ok_or_else(|| ActionError::flow(format!("there is no flow `{flow_id}` to start")))?;
+        if target.trigger.kind != "flow" {
+            return Err(ActionError::flow(format!(
+                "flow `{flow_id}` has a `{}` trigger; a flow step starts only flows whose trigger is `flow`",
+                target.trigger.kind
+            )));
+        }
+        if !target.enabled {
+            return Err(ActionError::flow(format!(
+                "flow `{flow_id}` is disabled (`enabled: false` in its file); no run of it is started"
+            )));
+        }
+        Ok(target)
     }
 
     /// Start a run of `target` for a step (a `flow` step, or a data hook of

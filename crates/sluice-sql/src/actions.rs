@@ -8,6 +8,7 @@ use crate::db::{Fetched, Pools, Stmt};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sluice_action::core_ops::{MAX_CONCURRENCY, count_issue};
 use sluice_action::{Action, ActionCx, ActionError, Outcome};
 use sluice_expr::PathSeg;
 use sluice_model::OptionIssue;
@@ -147,13 +148,36 @@ fn dollar_end(sql: &str, i: usize) -> usize {
 }
 
 /// Rows emitted one by one: the steps after run once per row.
-pub(crate) fn emit_individually(rows: Vec<Map<String, Value>>) -> Outcome {
+pub(crate) fn emit_individually(
+    rows: Vec<Map<String, Value>>,
+    concurrency: Option<usize>,
+) -> Outcome {
     let items: Vec<Value> = rows.into_iter().map(Value::Object).collect();
     Outcome {
         payload: Some(Value::Array(items.clone())),
         items: Some(items),
+        concurrency: concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY),
         ..Outcome::default()
     }
+}
+
+/// `concurrency` is a count, and only for `mode: emitIndividually`.
+pub(crate) fn concurrency_issues(options: &Value) -> Vec<OptionIssue> {
+    if options.get("concurrency").is_none() {
+        return Vec::new();
+    }
+    let mut issues: Vec<OptionIssue> = count_issue(options, "concurrency").into_iter().collect();
+    if options.get("mode").and_then(Value::as_str) != Some("emitIndividually") {
+        issues.push(OptionIssue {
+            path: vec![PathSeg::Key("concurrency".into())],
+            message:
+                "`concurrency` is for `mode: emitIndividually` (how many rows' runs go at once)"
+                    .into(),
+            at_key: true,
+            help: None,
+        });
+    }
+    issues
 }
 
 /// `sql.query`: a query or statement with named parameters.
@@ -191,6 +215,9 @@ pub struct SqlQueryOptions {
     /// With `expectSingle`: no row emits `{}` instead of failing.
     #[serde(default)]
     pub allow_zero_results: bool,
+    /// With `emitIndividually`: how many rows' runs may be under way at
+    /// once (default 1: one after another).
+    pub concurrency: Option<usize>,
 }
 
 impl Action for SqlQuery {
@@ -199,21 +226,23 @@ impl Action for SqlQuery {
 
     /// A templated query is refused: a value templated into SQL is SQL.
     fn check(options: &Value) -> Vec<OptionIssue> {
+        let mut issues = concurrency_issues(options);
         let templated = options
             .get("query")
             .and_then(Value::as_str)
             .is_some_and(sluice_expr::template::has_template);
         if !templated {
-            return Vec::new();
+            return issues;
         }
-        vec![OptionIssue {
+        issues.push(OptionIssue {
             path: vec![PathSeg::Key("query".into())],
             message: "the query is a template: a value templated into SQL becomes SQL (anyone who controls it can run their own statement)".into(),
             at_key: false,
             help: Some(
                 "write the query out and give values as `:name` parameters through `params`, such as `query: \"SELECT * FROM t WHERE id = :id\"` with `params: {id: \"{{ .id }}\"}`".into(),
             ),
-        }]
+        });
+        issues
     }
 
     async fn run<'a>(
@@ -228,7 +257,9 @@ impl Action for SqlQuery {
                 Fetched::Affected(n) => Ok(Outcome::value(serde_json::json!({"rowsAffected": n}))),
                 Fetched::Rows(_) => Ok(Outcome::value(serde_json::json!({"rowsAffected": 0}))),
             },
-            QueryMode::EmitIndividually => Ok(emit_individually(db.rows(&st).await?)),
+            QueryMode::EmitIndividually => {
+                Ok(emit_individually(db.rows(&st).await?, o.concurrency))
+            }
             QueryMode::FetchAll => {
                 let rows = db.rows(&st).await?;
                 Ok(Outcome::value(serde_json::json!({"results": rows})))

@@ -461,6 +461,7 @@ pub(crate) fn envelope_payload(set_tokens: Map<String, Value>, results: Vec<Valu
         logs: Vec::new(),
         tokens: Some(set_tokens),
         items: None,
+        concurrency: 0,
         effect: None,
     }
 }

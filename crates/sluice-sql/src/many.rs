@@ -127,6 +127,9 @@ pub struct SqlLookupManyOptions {
     /// Sort order; with `fetchPage` the primary key breaks ties.
     #[serde(default)]
     pub order_by: Vec<OrderBy>,
+    /// With `emitIndividually`: how many rows' runs may be under way at
+    /// once (default 1: one after another).
+    pub concurrency: Option<usize>,
 }
 
 pub(crate) fn default_max() -> u32 {
@@ -143,6 +146,10 @@ pub struct SqlLookupMany(pub(crate) Arc<Pools>);
 impl Action for SqlLookupMany {
     const KIND: &'static str = "sql.lookupMany";
     type Options = SqlLookupManyOptions;
+
+    fn check(options: &Value) -> Vec<sluice_model::OptionIssue> {
+        crate::actions::concurrency_issues(options)
+    }
 
     async fn run<'a>(
         &'a self,
@@ -227,7 +234,7 @@ impl Action for SqlLookupMany {
                     )));
                 }
                 if o.mode == ManyMode::EmitIndividually {
-                    return Ok(emit_individually(rows));
+                    return Ok(emit_individually(rows, o.concurrency));
                 }
                 Ok(Outcome::value(serde_json::json!({ "results": rows })))
             }
