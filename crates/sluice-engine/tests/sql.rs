@@ -358,6 +358,29 @@ async fn sql_actions_on_every_database() {
             "{}",
             b.name
         );
+        // OIH's own names: fieldName, fieldValue, criteriaLink per term
+        // (left to right: (Bob OR ann) AND score < 2), order pairs.
+        let (st, out, err) = run(&engine, &registry, &many(", terms: [{fieldName: name, fieldValue: Bob}, {fieldName: email, fieldValue: ann@example.com, criteriaLink: or}, {fieldName: score, condition: \"<\", fieldValue: 2, criteriaLink: and}], order: [[email, DESC]]"), json!({})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        assert_eq!(emails(out), vec!["ann@example.com"], "{}", b.name);
+        let (_, out, _) = run(&engine, &registry, &many(", terms: [{fieldName: name, fieldValue: Bob}, {fieldName: email, fieldValue: ann@example.com, criteriaLink: or}], order: [[email, DESC]]"), json!({})).await;
+        assert_eq!(
+            emails(out),
+            vec!["bob@example.com", "ann@example.com"],
+            "{}",
+            b.name
+        );
+        // sql.query's fetchAll has the same limit.
+        let query_all = format!(
+            "{head}  - {{key: q, type: sql.query, options: {{connection: app, query: \"SELECT email FROM {table}\", maxResultSize: 3}}}}\n"
+        );
+        let (st, _, err) = run(&engine, &registry, &query_all, json!({})).await;
+        assert!(
+            st == RunStatus::Incident
+                && err.contains("too many results: the query returned 3 rows (maxResultSize is 3)"),
+            "{}: {err}",
+            b.name
+        );
         let (st, _, err) = run(&engine, &registry, &many(", maxResultSize: 3"), json!({})).await;
         assert!(
             st == RunStatus::Incident && err.contains("too many results"),
@@ -469,15 +492,79 @@ async fn sql_actions_on_every_database() {
                 "{head}  - {{key: o, type: sql.assertOption, options: {{connection: app, collection: {tags}, field: code, value: vip, properties: {{label: {label}}}}}}}\n"
             )
         };
+        // OIH's output: a dictionary of the field to its option.
         let (_, first, err) = run(&engine, &registry, &assert_opt("VIP"), json!({})).await;
-        let first = first.unwrap_or_else(|| panic!("{}: {err}", b.name));
+        let first = first.unwrap_or_else(|| panic!("{}: {err}", b.name))["code"].clone();
+        assert_eq!(first["code"], "vip", "{}: {first}", b.name);
         let (_, second, _) =
             run(&engine, &registry, &assert_opt("Very important"), json!({})).await;
-        let second = second.unwrap();
+        let second = second.unwrap()["code"].clone();
         assert_eq!(
             (&second["id"], &second["label"]),
             (&first["id"], &json!("Very important")),
             "{}: asserted once, updated",
+            b.name
+        );
+        // Two runs asserting one new option at once: both succeed, one row.
+        for k in 0..5 {
+            let flow = assert_opt("Twice").replace("value: vip", &format!("value: new{k}"));
+            let (a, b2) = tokio::join!(
+                run(&engine, &registry, &flow, json!({})),
+                run(&engine, &registry, &flow, json!({}))
+            );
+            assert_eq!(
+                (a.0, b2.0),
+                (RunStatus::Succeeded, RunStatus::Succeeded),
+                "{}: {} / {}",
+                b.name,
+                a.2,
+                b2.2
+            );
+            let q = format!(
+                "{head}  - {{key: c, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"SELECT COUNT(*) AS n FROM {tags} WHERE code = :c\", params: {{c: new{k}}}}}}}\n"
+            );
+            let (_, out, err) = run(&engine, &registry, &q, json!({})).await;
+            assert_eq!(
+                out.and_then(|o| o["n"].as_i64()),
+                Some(1),
+                "{}: {err}",
+                b.name
+            );
+        }
+        // Upsert by id: no id creates; part of a composite id is refused.
+        let upsert = format!(
+            "{head}  - {{key: u, type: sql.upsert, options: {{connection: app, collection: {tags}, criteria: {{id: \"{{{{ .id }}}}\"}}, properties: {{code: \"{{{{ .code }}}}\"}}}}}}\n"
+        );
+        let (st, out, err) = run(&engine, &registry, &upsert, json!({"code": "fresh"})).await;
+        assert_eq!(st, RunStatus::Succeeded, "{}: {err}", b.name);
+        let fresh = out.unwrap();
+        assert!(
+            fresh["id"].as_i64().is_some_and(|i| i > 0),
+            "{}: {fresh}",
+            b.name
+        );
+        let (_, out, _) = run(
+            &engine,
+            &registry,
+            &upsert,
+            json!({"id": fresh["id"], "code": "renamed"}),
+        )
+        .await;
+        assert_eq!(
+            (&out.as_ref().unwrap()["id"], &out.as_ref().unwrap()["code"]),
+            (&fresh["id"], &json!("renamed")),
+            "{}",
+            b.name
+        );
+        let partial = format!(
+            "{head}  - {{key: u, type: sql.upsert, options: {{connection: app, collection: {links}, criteria: {{customer_id: 1}}, properties: {{weight: 3}}}}}}\n"
+        );
+        let (st, _, err) = run(&engine, &registry, &partial, json!({})).await;
+        assert_ne!(st, RunStatus::Succeeded, "{}", b.name);
+        assert!(
+            err.contains("the criteria give `customer_id` of the id of")
+                && err.contains("but not `tag_id`"),
+            "{}: {err}",
             b.name
         );
         let link = |kind: &str, weight: i64| {

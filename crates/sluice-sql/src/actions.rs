@@ -215,6 +215,10 @@ pub struct SqlQueryOptions {
     /// With `expectSingle`: no row emits `{}` instead of failing.
     #[serde(default)]
     pub allow_zero_results: bool,
+    /// With `fetchAll`: the count of rows that fails with "too many
+    /// results" (default 1000).
+    #[serde(default = "crate::many::default_max")]
+    pub max_result_size: u32,
     /// With `emitIndividually`: how many rows' runs may be under way at
     /// once (default 1: one after another).
     pub concurrency: Option<usize>,
@@ -262,6 +266,13 @@ impl Action for SqlQuery {
             }
             QueryMode::FetchAll => {
                 let rows = db.rows(&st).await?;
+                if rows.len() >= o.max_result_size as usize {
+                    return Err(ActionError::data(format!(
+                        "too many results: the query returned {} rows (maxResultSize is {})",
+                        rows.len(),
+                        o.max_result_size
+                    )));
+                }
                 Ok(Outcome::value(serde_json::json!({"results": rows})))
             }
             QueryMode::ExpectSingle => {

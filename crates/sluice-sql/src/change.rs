@@ -239,6 +239,28 @@ pub(crate) async fn plan_in(
     if op == PatchOp::Create {
         return Ok(Some(change(ChangeOp::Create, Map::new(), props, None)));
     }
+    // By id (OIH): every field of the id, or none of them; none given, an
+    // upsert creates.
+    if !t.pk.is_empty() && criteria.keys().all(|k| t.pk.contains(k)) {
+        let given = |k: &&String| criteria.get(*k).is_some_and(|v| !v.is_null());
+        let (some, none): (Vec<&String>, Vec<&String>) = t.pk.iter().partition(given);
+        if !some.is_empty() && !none.is_empty() {
+            let names = |v: &[&String]| {
+                v.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(ActionError::data(format!(
+                "the criteria give {} of the id of `{name}` but not {}: give every field of the id, or none",
+                names(&some),
+                names(&none)
+            )));
+        }
+        if some.is_empty() && op == PatchOp::Upsert {
+            return Ok(Some(change(ChangeOp::Create, Map::new(), props, None)));
+        }
+    }
     if criteria_missing(criteria) {
         return Err(ActionError::data(
             "the criteria are missing: give the object's id or unique fields",
@@ -434,6 +456,22 @@ pub(crate) async fn single_change(
     target: Target<'_>,
     props: Map<String, Value>,
 ) -> Result<Outcome, ActionError> {
+    locked_change(pools, cx, connection, name, op, target, props, None).await
+}
+
+/// [`single_change`], holding lock `lock` (see [`crate::db::Tx::lock`])
+/// from the start of its transaction, when given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn locked_change(
+    pools: &Pools,
+    cx: &ActionCx<'_>,
+    connection: &str,
+    name: &str,
+    op: PatchOp,
+    target: Target<'_>,
+    props: Map<String, Value>,
+    lock: Option<&str>,
+) -> Result<Outcome, ActionError> {
     let db = pools.db(cx.connections, connection).await?;
     let t = db
         .check_fields(name, target.fields().into_iter().chain(props.keys()))
@@ -450,6 +488,9 @@ pub(crate) async fn single_change(
         }
     }
     let mut tx = db.begin_write().await?;
+    if let Some(name) = lock {
+        tx.lock(name).await?;
+    }
     // Run again after a crash, a step that committed takes its result.
     if let Some(done) = tx.completed(crate::db::completion_key(cx)).await? {
         return Ok(Outcome::value(done));

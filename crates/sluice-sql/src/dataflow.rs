@@ -178,7 +178,7 @@ fn check(
         if patch.parent_key.is_some() && !is_child {
             return Err(fail("`parentKey` is only for child patches".into()));
         }
-        if patch.op != PatchOp::Create && patch.criteria.is_empty() {
+        if matches!(patch.op, PatchOp::Update | PatchOp::Delete) && patch.criteria.is_empty() {
             return Err(fail(format!(
                 "`{}` needs `criteria` naming the object",
                 patch.op.word()

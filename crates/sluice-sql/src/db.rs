@@ -394,6 +394,40 @@ impl Tx {
         })
     }
 
+    /// Hold lock `name` until the transaction ends, so that writers that
+    /// take it one after another each see what the one before committed.
+    /// SQLite's write transaction holds the whole database already;
+    /// PostgreSQL takes an advisory lock; MariaDB locks a row of the
+    /// completions table kept for it.
+    pub(crate) async fn lock(&mut self, name: &str) -> Result<(), ActionError> {
+        let key = format!("lock:{name}");
+        let p = |n| self.db.backend.placeholder(n);
+        let st = |sql: String| Stmt {
+            sql,
+            params: vec![Value::String(key.clone())],
+        };
+        match self.db.backend {
+            crate::backend::Backend::Sqlite => {}
+            crate::backend::Backend::Postgres => {
+                let sql = format!("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext({}))", p(1));
+                self.run(&st(sql), true).await?;
+            }
+            crate::backend::Backend::MySql => {
+                // The lock's row is made outside the transaction (two
+                // transactions making it at once would deadlock), then
+                // locked inside it.
+                let make = format!(
+                    "INSERT IGNORE INTO {COMPLETIONS} (step_key, result, completed_at) VALUES ({}, '{{}}', '9999-12-31T00:00:00Z')",
+                    p(1)
+                );
+                self.db.run(&st(make), false).await?;
+                let take = format!("SELECT step_key FROM {COMPLETIONS} WHERE step_key = {} FOR UPDATE", p(1));
+                self.run(&st(take), true).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Run a statement without parameters or results (savepoints).
     pub(crate) async fn raw(&mut self, sql: &str) -> Result<(), ActionError> {
         let q = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));

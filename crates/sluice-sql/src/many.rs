@@ -35,17 +35,23 @@ pub enum Condition {
     Like,
 }
 
-/// One search term.
+/// One search term (OIH's `fieldName`, `condition`, `fieldValue` and
+/// `criteriaLink` are accepted as written there).
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Term {
-    /// The field.
+    /// The field (`fieldName` too).
+    #[serde(alias = "fieldName")]
     pub field: String,
     /// The condition (default `=`).
     #[serde(default = "eq")]
     pub condition: Condition,
-    /// The value (templates allowed).
+    /// The value (templates allowed; `fieldValue` too).
+    #[serde(alias = "fieldValue")]
     pub value: Value,
+    /// For a term after the first: `and` or `or` with the terms before it
+    /// (default: `join`).
+    pub criteria_link: Option<Join>,
 }
 
 pub(crate) fn eq() -> Condition {
@@ -82,20 +88,43 @@ pub enum ManyMode {
 pub enum Order {
     /// Ascending.
     #[default]
+    #[serde(alias = "ASC")]
     Asc,
     /// Descending.
+    #[serde(alias = "DESC")]
     Desc,
 }
 
-/// One `orderBy` pair.
+/// One `orderBy` entry: `{field, order}`, or OIH's pair `[field, order]`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OrderBy {
+#[serde(untagged)]
+pub enum OrderBy {
+    /// `{field, order}`.
+    Named {
+        /// The field.
+        field: String,
+        /// `asc` (default) or `desc`.
+        #[serde(default)]
+        order: Order,
+    },
+    /// `[field, order]`.
+    Pair(String, Order),
+}
+
+impl OrderBy {
     /// The field.
-    pub field: String,
-    /// `asc` (default) or `desc`.
-    #[serde(default)]
-    pub order: Order,
+    pub fn field(&self) -> &String {
+        match self {
+            Self::Named { field, .. } | Self::Pair(field, _) => field,
+        }
+    }
+
+    /// The direction.
+    pub fn order(&self) -> Order {
+        match self {
+            Self::Named { order, .. } | Self::Pair(_, order) => *order,
+        }
+    }
 }
 
 /// Options of `sql.lookupMany`.
@@ -127,6 +156,9 @@ pub struct SqlLookupManyOptions {
     /// Sort order; with `fetchPage` the primary key breaks ties.
     #[serde(default)]
     pub order_by: Vec<OrderBy>,
+    /// OIH's name of `orderBy`: pairs `[field, direction]` (either form).
+    #[serde(default)]
+    pub order: Vec<OrderBy>,
     /// With `emitIndividually`: how many rows' runs may be under way at
     /// once (default 1: one after another).
     pub concurrency: Option<usize>,
@@ -148,7 +180,22 @@ impl Action for SqlLookupMany {
     type Options = SqlLookupManyOptions;
 
     fn check(options: &Value) -> Vec<sluice_model::OptionIssue> {
-        crate::actions::concurrency_issues(options)
+        let mut issues = crate::actions::concurrency_issues(options);
+        if let Some(first) = options.get("terms").and_then(|t| t.get(0))
+            && first.get("criteriaLink").is_some()
+        {
+            issues.push(sluice_model::OptionIssue {
+                path: vec![
+                    sluice_expr::PathSeg::Key("terms".into()),
+                    sluice_expr::PathSeg::Index(0),
+                    sluice_expr::PathSeg::Key("criteriaLink".into()),
+                ],
+                message: "the first term has no term before it to link to".into(),
+                at_key: true,
+                help: Some("give `criteriaLink` on the terms after the first".into()),
+            });
+        }
+        issues
     }
 
     async fn run<'a>(
@@ -156,12 +203,21 @@ impl Action for SqlLookupMany {
         cx: ActionCx<'a>,
         o: SqlLookupManyOptions,
     ) -> Result<Outcome, ActionError> {
+        let mut o = o;
+        if !o.order.is_empty() {
+            if !o.order_by.is_empty() {
+                return Err(ActionError::flow(
+                    "give `orderBy` or its OIH name `order`, not both",
+                ));
+            }
+            o.order_by = std::mem::take(&mut o.order);
+        }
         let db = self.0.db(cx.connections, &o.connection).await?;
         let fields = o
             .terms
             .iter()
             .map(|t| &t.field)
-            .chain(o.order_by.iter().map(|b| &b.field));
+            .chain(o.order_by.iter().map(OrderBy::field));
         let t = db.check_fields(&o.collection, fields).await?;
         let mut params = Vec::new();
         let conds: Vec<String> = o
@@ -192,10 +248,21 @@ impl Action for SqlLookupMany {
                 format!("{col} {op} {mark}")
             })
             .collect();
-        let joiner = match o.join {
-            Join::And => " AND ",
-            Join::Or => " OR ",
+        // Each term joins those before it by its `criteriaLink` (or
+        // `join`), left to right: `((a AND b) OR c)`.
+        let word = |j: Join| match j {
+            Join::And => "AND",
+            Join::Or => "OR",
         };
+        let mut condition = String::new();
+        for (i, (c, term)) in conds.iter().zip(&o.terms).enumerate() {
+            if i == 0 {
+                condition.push_str(c);
+            } else {
+                let link = word(term.criteria_link.unwrap_or(o.join));
+                condition = format!("({condition}) {link} ({c})");
+            }
+        }
         let mut sql = format!(
             "SELECT {} FROM {}",
             db.select_list(&t.cols),
@@ -203,7 +270,7 @@ impl Action for SqlLookupMany {
         );
         if !conds.is_empty() {
             sql.push_str(" WHERE ");
-            sql.push_str(&conds.join(joiner));
+            sql.push_str(&condition);
         }
         let mut order: Vec<String> = o
             .order_by
@@ -211,8 +278,8 @@ impl Action for SqlLookupMany {
             .map(|b| {
                 format!(
                     "{} {}",
-                    db.backend.quote(&b.field),
-                    if matches!(b.order, Order::Desc) {
+                    db.backend.quote(b.field()),
+                    if matches!(b.order(), Order::Desc) {
                         "DESC"
                     } else {
                         "ASC"
@@ -240,7 +307,7 @@ impl Action for SqlLookupMany {
             }
             ManyMode::FetchPage => {
                 for k in &t.pk {
-                    if !o.order_by.iter().any(|b| &b.field == k) {
+                    if !o.order_by.iter().any(|b| b.field() == k) {
                         order.push(db.backend.quote(k));
                     }
                 }

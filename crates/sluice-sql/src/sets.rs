@@ -2,7 +2,7 @@
 //! `sql.unlink` and `sql.assertOption`.
 
 use crate::change::{
-    PatchOp, SqlLinkOptions, SqlWriteOptions, Target, criteria_missing, find, single_change, write,
+    PatchOp, SqlLinkOptions, Target, criteria_missing, find, locked_change, single_change,
 };
 use crate::db::{Pools, Stmt};
 use schemars::JsonSchema;
@@ -228,17 +228,25 @@ impl Action for SqlAssertOption {
     ) -> Result<Outcome, ActionError> {
         let mut criteria = Map::new();
         criteria.insert(o.field.clone(), o.value.clone());
-        write(
+        // Asserts of one option list take turns: two at once make one row.
+        let lock = format!("assertOption:{}.{}", o.collection, o.field);
+        let mut out = locked_change(
             &self.0,
             &cx,
-            SqlWriteOptions {
-                connection: o.connection,
-                collection: o.collection,
-                criteria,
-                properties: o.properties,
-            },
-            true,
+            &o.connection,
+            &o.collection,
+            PatchOp::Upsert,
+            Target::Criteria(&criteria),
+            o.properties,
+            Some(&lock),
         )
-        .await
+        .await?;
+        // OIH's output: a dictionary of the field to its option.
+        out.payload = out.payload.map(|row| {
+            let mut m = Map::with_capacity(1);
+            m.insert(o.field.clone(), row);
+            Value::Object(m)
+        });
+        Ok(out)
     }
 }
