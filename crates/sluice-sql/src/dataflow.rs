@@ -337,6 +337,7 @@ mod tests {
     fn allow() -> BTreeMap<String, Vec<PatchOp>> {
         BTreeMap::from([
             ("accounts".into(), vec![PatchOp::Create, PatchOp::Upsert]),
+            ("orders".into(), vec![PatchOp::Update]),
             ("contacts".into(), vec![PatchOp::Create]),
         ])
     }
@@ -374,7 +375,7 @@ mod tests {
             ),
             (
                 json!({"envelopes": [{"patches": [{"op": "create", "collection": "users"}]}]}),
-                "envelope 1, patch 1 (create users): collection `users` is not one the flow allows (it allows accounts, contacts)",
+                "envelope 1, patch 1 (create users): collection `users` is not one the flow allows (it allows accounts, contacts, orders)",
             ),
             (
                 json!({"envelopes": [{"patches": [{"op": "create", "collection": "accounts"}, {"op": "delete", "collection": "accounts", "criteria": {"id": 1}}]}]}),
@@ -389,8 +390,8 @@ mod tests {
                 "envelope 1, patch 1.1.1 (upsert contacts): `upsert` is not allowed on `contacts`",
             ),
             (
-                json!({"envelopes": [{"patches": [{"op": "upsert", "collection": "accounts"}]}]}),
-                "`upsert` needs `criteria`",
+                json!({"envelopes": [{"patches": [{"op": "update", "collection": "orders"}]}]}),
+                "`update` needs `criteria`",
             ),
             (
                 json!({"envelopes": [{"patches": [{"op": "create", "collection": "accounts", "parentKey": "x"}]}]}),

@@ -409,7 +409,10 @@ impl Tx {
         match self.db.backend {
             crate::backend::Backend::Sqlite => {}
             crate::backend::Backend::Postgres => {
-                let sql = format!("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext({}))", p(1));
+                let sql = format!(
+                    "SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext({}))",
+                    p(1)
+                );
                 self.run(&st(sql), true).await?;
             }
             crate::backend::Backend::MySql => {
@@ -421,7 +424,10 @@ impl Tx {
                     p(1)
                 );
                 self.db.run(&st(make), false).await?;
-                let take = format!("SELECT step_key FROM {COMPLETIONS} WHERE step_key = {} FOR UPDATE", p(1));
+                let take = format!(
+                    "SELECT step_key FROM {COMPLETIONS} WHERE step_key = {} FOR UPDATE",
+                    p(1)
+                );
                 self.run(&st(take), true).await?;
             }
         }
