@@ -148,6 +148,50 @@ pub struct ActionCx<'a> {
     /// which SQL actions ask before and after each change; `None` when the
     /// run has none.
     pub hooks: Option<&'a dyn DataHooks>,
+    /// The run's one transaction, under `transaction: flow`: connectors
+    /// write (and read) through it instead of committing each step.
+    pub flow_tx: Option<&'a FlowTx>,
+}
+
+/// A transaction a connector opened for a whole run (`transaction: flow`),
+/// kept between its steps by the engine, which commits it when the run
+/// succeeds and drops it (rolling it back) otherwise.
+pub trait OpenTx: Send {
+    /// Commit, recording in the same transaction that run `run_id` ended
+    /// with `output` (so that a run that committed just before a crash is
+    /// known as done when it starts again).
+    fn commit(self: Box<Self>, run_id: String, output: Value) -> BoxFuture<'static, Result<(), ActionError>>;
+    /// The connector's own type, to take it back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+/// The slot of a run's one transaction: empty until a connector opens it.
+#[derive(Default)]
+pub struct FlowTx {
+    open: std::sync::Mutex<Option<Box<dyn OpenTx>>>,
+}
+
+impl FlowTx {
+    /// Take the open transaction, if any (a step uses it, then puts it back).
+    pub fn take(&self) -> Option<Box<dyn OpenTx>> {
+        self.open.lock().ok().and_then(|mut o| o.take())
+    }
+
+    /// Put the transaction (back) in the slot.
+    pub fn put(&self, tx: Box<dyn OpenTx>) {
+        if let Ok(mut o) = self.open.lock() {
+            *o = Some(tx);
+        }
+    }
+
+    /// Commit the transaction, if one was opened (a run that wrote nothing
+    /// has none).
+    pub async fn commit(&self, run_id: String, output: Value) -> Result<(), ActionError> {
+        match self.take() {
+            Some(tx) => tx.commit(run_id, output).await,
+            None => Ok(()),
+        }
+    }
 }
 
 impl ActionCx<'_> {

@@ -618,6 +618,7 @@ mod tests {
             attempt: 1,
             idempotency_key: "r/s/0/1",
             hooks: None,
+            flow_tx: None,
         };
         reg.get(kind).unwrap().action.run_json(cx, &options).await
     }

@@ -89,4 +89,6 @@ pub(crate) struct StepCx<'a> {
     /// How deep in `flow` steps the run is.
     pub(crate) depth: u64,
     pub(crate) recorded: bool,
+    /// The run's one transaction, under `transaction: flow`.
+    pub(crate) flow_tx: Option<&'a sluice_action::FlowTx>,
 }

@@ -12,7 +12,7 @@ use crate::run::{EngineError, MAX_RECOVERIES, RunResult, StepFailure};
 use crate::step::{Done, Failed, Suspend};
 use serde_json::{Value, json};
 use sluice_action::{ActionError, Blame};
-use sluice_model::{Flow, Next, Step};
+use sluice_model::{Flow, Next, Step, Transaction};
 use sluice_store::{
     RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, now_micros,
 };
@@ -36,6 +36,9 @@ pub(crate) struct Going<'a> {
     /// The number of the next step record.
     seq: i64,
     mode: Mode<'a>,
+    /// The run's one transaction under `transaction: flow` (dropped, and so
+    /// rolled back, when the run ends other than succeeded).
+    flow_tx: Option<sluice_action::FlowTx>,
 }
 
 impl Going<'_> {
@@ -118,6 +121,7 @@ impl<S: Store> Engine<S> {
             state,
             seq,
             mode,
+            flow_tx: (flow.transaction == Transaction::Flow).then(sluice_action::FlowTx::default),
         };
         let mut pos = (start < flow.steps.len()).then_some(start);
         while let Some(i) = pos {
@@ -239,6 +243,7 @@ impl<S: Store> Engine<S> {
                     batch: g.mode.batch,
                     depth: g.fo.depth,
                     recorded: rec,
+                    flow_tx: g.flow_tx.as_ref(),
                 };
                 self.step(g.flow, step, &g.state, &g.fo, scx).await
             }
@@ -389,6 +394,25 @@ impl<S: Store> Engine<S> {
             Next::Step(j) => Some(j),
             Next::End => None,
         };
+        // The run's one transaction commits before the store says the run
+        // succeeded (with the run's end recorded in it: a crash in between
+        // is found out when the run starts again).
+        if pos.is_none()
+            && done.items.is_none()
+            && let Some(tx) = &g.flow_tx
+            && let Err(e) = tx.commit(g.run_id.clone(), Value::clone(&g.state)).await
+        {
+            let failed = Failed {
+                options: done.options,
+                error: ActionError {
+                    blame: e.blame,
+                    message: format!("the run's transaction did not commit: {}", e.message),
+                },
+                logs: done.logs,
+                incident: false,
+            };
+            return Box::pin(self.failed(g, step, failed, record, pure)).await;
+        }
         record.options = done.options;
         record.result = done.result;
         record.logs = done.logs;

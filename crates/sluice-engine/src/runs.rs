@@ -10,7 +10,7 @@ use crate::flow_object::{FlowObject, Lazy};
 use crate::run::{EngineError, RunRequest, RunResult, Started, StepFailure, merge_patch};
 use serde_json::{Map, Value, json};
 use sluice_action::Blame;
-use sluice_model::{EVENT_TRIGGERS, Flow};
+use sluice_model::{EVENT_TRIGGERS, Flow, Transaction};
 use sluice_store::{
     NewRun, RunStatus, RunUpdate, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
 };
@@ -284,6 +284,9 @@ impl<S: Store> Engine<S> {
         driving: Driving,
     ) -> Result<RunResult, EngineError> {
         let run_id = detail.summary.id.clone();
+        if flow.transaction == Transaction::Flow {
+            return self.restart(flow, detail, entry, state, driving).await;
+        }
         let at = detail.next_step.clone().unwrap_or_default();
         let index = flow
             .step_index(&at)
@@ -311,6 +314,40 @@ impl<S: Store> Engine<S> {
         let n = detail.steps.len() as i64;
         let state = state.unwrap_or(detail.state);
         self.drive(flow, cursor, fo, Arc::new(state), index, n, Mode::RECORDED)
+            .await
+    }
+
+    /// Drive a run of a `transaction: flow` flow again from its first step,
+    /// with its input (or `input`, a resume's patched input): its writes
+    /// went with its transaction, rolled back when it failed or when the
+    /// process stopped. Its run log keeps the earlier steps' records.
+    async fn restart(
+        &self,
+        flow: &Flow,
+        detail: sluice_store::RunDetail,
+        entry: Entry,
+        input: Option<Value>,
+        driving: Driving,
+    ) -> Result<RunResult, EngineError> {
+        let mut fo = FlowObject::new(
+            Arc::new(detail.trigger.clone()),
+            Lazy::new(detail.accountability.clone()),
+        )
+        .with_env(flow);
+        fo.event = EVENT_TRIGGERS
+            .contains(&flow.trigger.kind.as_str())
+            .then(|| detail.trigger.clone());
+        let cursor = Cursor {
+            run_id: detail.summary.id.clone(),
+            item: detail.parent.as_ref().map_or(0, |p| p.1),
+            attempt: 1,
+            entry,
+            new: None,
+            driving: Some(driving),
+        };
+        let n = detail.steps.len() as i64;
+        let input = input.unwrap_or(detail.input);
+        self.drive(flow, cursor, fo, Arc::new(input), 0, n, Mode::RECORDED)
             .await
     }
 
@@ -431,7 +468,13 @@ impl<S: Store> Engine<S> {
                 step: at,
             });
         }
-        let mut state = detail.state.clone();
+        // A run in one transaction starts again from its first step: the
+        // patch is to its input.
+        let mut state = if flow.transaction == Transaction::Flow {
+            detail.input.clone()
+        } else {
+            detail.state.clone()
+        };
         if let Some(p) = patch {
             merge_patch(&mut state, p);
         }

@@ -249,6 +249,7 @@ impl<S: Store> Engine<S> {
             attempt: scx.attempt,
             idempotency_key: scx.key,
             hooks: hooks.as_ref().map(|h| h as &dyn DataHooks),
+            flow_tx: scx.flow_tx,
         };
         let Outcome {
             mut payload,

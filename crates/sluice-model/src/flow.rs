@@ -64,6 +64,17 @@ pub enum Next {
     End,
 }
 
+/// What a flow's writes are committed with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transaction {
+    /// Each write step (each envelope) commits on its own.
+    #[default]
+    Step,
+    /// Every write of a run is one database transaction, committed when
+    /// the run succeeds and rolled back when it fails.
+    Flow,
+}
+
 /// How a step's result meets the state data when the step has no mappings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UnmappedResults {
@@ -149,6 +160,28 @@ pub struct Step {
 }
 
 impl Step {
+    /// Option `name` as written, when it holds no template (`None` when it
+    /// is absent or templated).
+    pub fn const_option(&self, name: &str) -> Option<&Value> {
+        match &self.options {
+            TemplateValue::Const(v) => v.get(name),
+            TemplateValue::Object(fields) => fields.iter().find_map(|(k, v)| match v {
+                TemplateValue::Const(c) if k == name => Some(c),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether option `name` is given (templated or not).
+    pub fn has_option(&self, name: &str) -> bool {
+        match &self.options {
+            TemplateValue::Const(v) => v.get(name).is_some(),
+            TemplateValue::Object(fields) => fields.iter().any(|(k, _)| k == name),
+            _ => false,
+        }
+    }
+
     /// Every expression of the step (options' templates, expression
     /// options, data filters), each with what it is, for messages.
     pub fn programs(&self) -> Vec<(String, &Program)> {
@@ -341,6 +374,8 @@ pub struct Flow {
     /// `env`: the environment variables the flow's expressions read as
     /// `$env.NAME` (no others are visible).
     pub env: Vec<String>,
+    /// `transaction`: what the run's writes are committed with.
+    pub transaction: Transaction,
     /// The file it came from.
     pub source: Arc<Source>,
     /// The file's version: a hash of its text (see [`version_of`]), by which

@@ -8,7 +8,8 @@ mod steps;
 use crate::diag::{Diagnostic, Diagnostics, Source, locate_in_scalar};
 use crate::flow::{
     ActionDataFilter, BUILTIN_VARS, Catalog, EVENT_TRIGGERS, EventDataFilter, Flow, Mapping, Next,
-    OptionIssue, Retry, StateDataFilter, Step, Trigger, UnmappedResults, is_identifier, version_of,
+    OptionIssue, Retry, StateDataFilter, Step, Transaction, Trigger, UnmappedResults, is_identifier,
+    version_of,
 };
 use crate::node::{self, Key, Kind, Node, Span};
 use serde_json::{Map, Value};
@@ -26,6 +27,7 @@ const FLOW_KEYS: &[&str] = &[
     "unmappedResults",
     "enabled",
     "env",
+    "transaction",
 ];
 const STEP_KEYS: &[&str] = &[
     "key",
@@ -326,11 +328,30 @@ impl Checker<'_> {
             },
         };
         let env = self.env_list(root.get("env"));
+        let transaction = match root.get("transaction") {
+            None => Transaction::Step,
+            Some(n) => match n.as_str() {
+                Some("step") => Transaction::Step,
+                Some("flow") => Transaction::Flow,
+                _ => {
+                    self.err_help(
+                        n.span.clone(),
+                        "`transaction` must be `step` or `flow`",
+                        "expected step or flow",
+                        "`flow`: every write of a run in one database transaction, committed when the run succeeds",
+                    );
+                    Transaction::Step
+                }
+            },
+        };
         // After the connections: a trigger may name one.
         let trigger = self.trigger(root.get("trigger"));
         let steps = self.steps(root);
         if let (Some(trigger), Some(steps)) = (&trigger, &steps) {
             self.env_reads(trigger, steps, &env);
+            if transaction == Transaction::Flow {
+                self.one_transaction(steps);
+            }
         }
         Some(Flow {
             id,
@@ -342,6 +363,7 @@ impl Checker<'_> {
             unmapped_results,
             enabled,
             env,
+            transaction,
             source: self.source.clone(),
             version: version_of(&self.source.text),
         })
@@ -433,6 +455,54 @@ impl Checker<'_> {
                     format!("{who}: `$env.{name}` is not under the flow's `env` ({listed})"),
                     "reads an environment variable not listed",
                     format!("add `{name}` to `env:` at the top of the flow; only listed variables are visible"),
+                );
+            }
+        }
+    }
+
+    /// Under `transaction: flow`, refuse what the one transaction cannot
+    /// hold: a step that suspends the run or starts other runs, a retry's
+    /// backoff, writes through more than one connection.
+    fn one_transaction(&mut self, steps: &[Step]) {
+        let help = "under `transaction: flow` a run holds one open database transaction from its first write to its end";
+        let mut first: Option<(&str, &str)> = None;
+        for s in steps {
+            let why = match s.kind.as_str() {
+                "sleep" | "wait" => Some("it suspends the run, and an open transaction cannot wait".to_owned()),
+                "flow" => Some("the run it starts commits on its own, outside this run's transaction".to_owned()),
+                "split" => Some("its items run in runs of their own, outside this run's transaction".to_owned()),
+                _ if s.const_option("mode") == Some(&Value::String("emitIndividually".into())) => {
+                    Some("its rows run in runs of their own, outside this run's transaction".to_owned())
+                }
+                _ if s.retry.is_some() => Some(
+                    "a retry's backoff suspends the run, and an open transaction cannot wait".to_owned(),
+                ),
+                _ => None,
+            };
+            let why = why.or_else(|| {
+                if !s.has_option("connection") {
+                    return None;
+                }
+                let Some(Value::String(c)) = s.const_option("connection") else {
+                    return Some("its `connection` is a template: the one transaction needs one known connection".to_owned());
+                };
+                match first {
+                    None => {
+                        first = Some((c.as_str(), s.key.as_str()));
+                        None
+                    }
+                    Some((f, _)) if f == c => None,
+                    Some((f, k)) => Some(format!(
+                        "it uses connection `{c}` and step `{k}` uses `{f}`: one transaction is on one connection (there is no compensation across two)"
+                    )),
+                }
+            });
+            if let Some(why) = why {
+                self.err_help(
+                    s.span.clone(),
+                    format!("step `{}` ({}) cannot be in the flow's one transaction: {why}", s.key, s.kind),
+                    "under transaction: flow",
+                    help,
                 );
             }
         }
