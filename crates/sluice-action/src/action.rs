@@ -160,9 +160,27 @@ pub trait OpenTx: Send {
     /// Commit, recording in the same transaction that run `run_id` ended
     /// with `output` (so that a run that committed just before a crash is
     /// known as done when it starts again).
-    fn commit(self: Box<Self>, run_id: String, output: Value) -> BoxFuture<'static, Result<(), ActionError>>;
+    fn commit(
+        self: Box<Self>,
+        run_id: String,
+        output: Value,
+    ) -> BoxFuture<'static, Result<(), ActionError>>;
     /// The connector's own type, to take it back.
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+/// What a connector that opens runs' one transactions knows of them
+/// afterwards: whether one committed.
+pub trait CommittedRuns: Send + Sync {
+    /// The output that run `run_id` recorded in its one transaction on
+    /// `connection` (of `connections`, a flow's) when that committed; `None`
+    /// when it did not (rolled back, or never begun).
+    fn committed<'a>(
+        &'a self,
+        connections: &'a BTreeMap<String, Value>,
+        connection: &'a str,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Value>, ActionError>>;
 }
 
 /// The slot of a run's one transaction: empty until a connector opens it.

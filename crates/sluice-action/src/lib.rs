@@ -27,7 +27,9 @@ pub mod poll;
 mod registry;
 pub mod triggers;
 
-pub use action::{Action, ActionCx, DynAction, Effect, FlowTx, Iteration, OpenTx, Outcome};
+pub use action::{
+    Action, ActionCx, CommittedRuns, DynAction, Effect, FlowTx, Iteration, OpenTx, Outcome,
+};
 pub use check::{check_options, valid_ident};
 pub use error::{ActionError, Blame, BoxFuture};
 pub use registry::{Entry, Registry, TriggerEntry};

@@ -2,7 +2,7 @@
 //! the model checks flows against it ([`Catalog`]), and the published JSON
 //! Schema of flow files is made from it.
 
-use crate::action::{Action, DynAction};
+use crate::action::{Action, CommittedRuns, DynAction};
 use crate::batch::Batches;
 use crate::check::{check_options, options_schema, templatable};
 use crate::poll::PollSource;
@@ -68,6 +68,8 @@ pub struct Registry {
     polls: BTreeMap<&'static str, Arc<dyn PollSource>>,
     /// The connector that writes an import's envelopes together.
     batches: Option<Arc<dyn Batches>>,
+    /// The connector that knows whether a run's one transaction committed.
+    committed_runs: Option<Arc<dyn CommittedRuns>>,
     /// The environment variables flows may list under `env` (`None`: any).
     env_allow: Option<std::collections::BTreeSet<String>>,
 }
@@ -255,6 +257,17 @@ impl Registry {
     /// was registered.
     pub fn batches(&self) -> Option<&Arc<dyn Batches>> {
         self.batches.as_ref()
+    }
+
+    /// Ask `runs` whether a run's one transaction (`transaction: flow`)
+    /// committed (one connector opens them).
+    pub fn set_committed_runs(&mut self, runs: Arc<dyn CommittedRuns>) {
+        self.committed_runs = Some(runs);
+    }
+
+    /// The connector that knows whether a run's one transaction committed.
+    pub fn committed_runs(&self) -> Option<&Arc<dyn CommittedRuns>> {
+        self.committed_runs.as_ref()
     }
 }
 

@@ -877,6 +877,11 @@ impl<S: Store> Engine<S> {
                 step.key
             )));
         }
+        if flow.transaction == sluice_model::Transaction::Flow {
+            return Err(ImportError::Flow(
+                "the flow runs in one transaction (`transaction: flow`), and an import writes its records in batches of many runs each; import with a flow whose envelopes commit on their own".into(),
+            ));
+        }
         let batches = self.registry.batches();
         let connection = match batches {
             Some(b) => b.plan(flow).map_err(ImportError::Flow)?,

@@ -134,6 +134,16 @@ pub enum EngineError {
     /// The run could not be recorded, so it did not start.
     #[error("the run did not start: {0}")]
     NotStarted(String),
+    /// Whether the run's one transaction (`transaction: flow`) committed
+    /// could not be found out (its database did not answer); the run is
+    /// left as it was, to be continued when it does.
+    #[error("run `{run}`: could not find out whether its transaction committed: {message}")]
+    Commit {
+        /// The run.
+        run: String,
+        /// What the database said.
+        message: String,
+    },
     /// Only a running run can be recovered.
     #[error("run `{run}` is {status}, not running; there is nothing to recover")]
     NotRunning {

@@ -345,6 +345,27 @@ impl<S: Store> Engine<S> {
             new: None,
             driving: Some(driving),
         };
+        // The run's transaction may have committed just before the process
+        // stopped, before the store heard that the run succeeded.
+        if let (Some(conn), Some(runs)) = (
+            flow.transaction_connection(),
+            self.registry.committed_runs(),
+        ) {
+            let done = runs
+                .committed(&flow.connections, conn, &cursor.run_id)
+                .await
+                .map_err(|e| EngineError::Commit {
+                    run: cursor.run_id.clone(),
+                    message: e.message,
+                })?;
+            if let Some(output) = done {
+                let end = RunUpdate::ended(output.clone(), Some(output.clone()), None, None);
+                self.store.update_run(&cursor.run_id, &end).await?;
+                let mut r = RunResult::ended(cursor.run_id, RunStatus::Succeeded, &fo, true);
+                r.output = Some(output);
+                return Ok(r);
+            }
+        }
         let n = detail.steps.len() as i64;
         let input = input.unwrap_or(detail.input);
         self.drive(flow, cursor, fo, Arc::new(input), 0, n, Mode::RECORDED)

@@ -384,6 +384,18 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The connection of a run's one transaction (`transaction: flow`):
+    /// the one its steps name (`sluice check` sees that there is one, and
+    /// not a template); `None` for a flow that writes in steps.
+    pub fn transaction_connection(&self) -> Option<&str> {
+        if self.transaction != Transaction::Flow {
+            return None;
+        }
+        self.steps
+            .iter()
+            .find_map(|s| s.const_option("connection").and_then(Value::as_str))
+    }
+
     /// The index of a step by key.
     pub fn step_index(&self, key: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.key == key)

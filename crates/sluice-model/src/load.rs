@@ -8,8 +8,8 @@ mod steps;
 use crate::diag::{Diagnostic, Diagnostics, Source, locate_in_scalar};
 use crate::flow::{
     ActionDataFilter, BUILTIN_VARS, Catalog, EVENT_TRIGGERS, EventDataFilter, Flow, Mapping, Next,
-    OptionIssue, Retry, StateDataFilter, Step, Transaction, Trigger, UnmappedResults, is_identifier,
-    version_of,
+    OptionIssue, Retry, StateDataFilter, Step, Transaction, Trigger, UnmappedResults,
+    is_identifier, version_of,
 };
 use crate::node::{self, Key, Kind, Node, Span};
 use serde_json::{Map, Value};
@@ -468,14 +468,25 @@ impl Checker<'_> {
         let mut first: Option<(&str, &str)> = None;
         for s in steps {
             let why = match s.kind.as_str() {
-                "sleep" | "wait" => Some("it suspends the run, and an open transaction cannot wait".to_owned()),
-                "flow" => Some("the run it starts commits on its own, outside this run's transaction".to_owned()),
-                "split" => Some("its items run in runs of their own, outside this run's transaction".to_owned()),
+                "sleep" | "wait" => {
+                    Some("it suspends the run, and an open transaction cannot wait".to_owned())
+                }
+                "flow" => Some(
+                    "the run it starts commits on its own, outside this run's transaction"
+                        .to_owned(),
+                ),
+                "split" => Some(
+                    "its items run in runs of their own, outside this run's transaction".to_owned(),
+                ),
                 _ if s.const_option("mode") == Some(&Value::String("emitIndividually".into())) => {
-                    Some("its rows run in runs of their own, outside this run's transaction".to_owned())
+                    Some(
+                        "its rows run in runs of their own, outside this run's transaction"
+                            .to_owned(),
+                    )
                 }
                 _ if s.retry.is_some() => Some(
-                    "a retry's backoff suspends the run, and an open transaction cannot wait".to_owned(),
+                    "a retry's backoff suspends the run, and an open transaction cannot wait"
+                        .to_owned(),
                 ),
                 _ => None,
             };
@@ -500,7 +511,10 @@ impl Checker<'_> {
             if let Some(why) = why {
                 self.err_help(
                     s.span.clone(),
-                    format!("step `{}` ({}) cannot be in the flow's one transaction: {why}", s.key, s.kind),
+                    format!(
+                        "step `{}` ({}) cannot be in the flow's one transaction: {why}",
+                        s.key, s.kind
+                    ),
                     "under transaction: flow",
                     help,
                 );

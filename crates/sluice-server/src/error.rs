@@ -105,6 +105,11 @@ impl From<EngineError> for ApiError {
                     "the run could not be recorded; try again",
                 )
             }
+            e @ EngineError::Commit { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                e.to_string(),
+            ),
             EngineError::Event(m) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "event_mismatch",

@@ -5,6 +5,7 @@
 use crate::backend::Backend;
 use crate::change::{PatchOp, SqlWriteOptions, Target, single_change, where_clause, write};
 use crate::db::{Fetched, Pools, Stmt};
+use crate::shared::Reads;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -256,16 +257,15 @@ impl Action for SqlQuery {
     ) -> Result<Outcome, ActionError> {
         let db = self.0.db(cx.connections, &o.connection).await?;
         let st = named_params(&o.query, db.backend, &o.params)?;
-        match o.mode {
-            QueryMode::Statement => match db.run(&st, false).await? {
-                Fetched::Affected(n) => Ok(Outcome::value(serde_json::json!({"rowsAffected": n}))),
-                Fetched::Rows(_) => Ok(Outcome::value(serde_json::json!({"rowsAffected": 0}))),
+        let mut via = Reads::of(&db, &cx, &o.connection).await?;
+        let out = match o.mode {
+            QueryMode::Statement => match via.run(&st, false).await? {
+                Fetched::Affected(n) => Outcome::value(serde_json::json!({"rowsAffected": n})),
+                Fetched::Rows(_) => Outcome::value(serde_json::json!({"rowsAffected": 0})),
             },
-            QueryMode::EmitIndividually => {
-                Ok(emit_individually(db.rows(&st).await?, o.concurrency))
-            }
+            QueryMode::EmitIndividually => emit_individually(via.rows(&st).await?, o.concurrency),
             QueryMode::FetchAll => {
-                let rows = db.rows(&st).await?;
+                let rows = via.rows(&st).await?;
                 if rows.len() >= o.max_result_size as usize {
                     return Err(ActionError::data(format!(
                         "too many results: the query returned {} rows (maxResultSize is {})",
@@ -273,20 +273,24 @@ impl Action for SqlQuery {
                         o.max_result_size
                     )));
                 }
-                Ok(Outcome::value(serde_json::json!({"results": rows})))
+                Outcome::value(serde_json::json!({"results": rows}))
             }
             QueryMode::ExpectSingle => {
-                let mut rows = db.rows(&st).await?;
+                let mut rows = via.rows(&st).await?;
                 match rows.len() {
-                    1 => Ok(Outcome::value(Value::Object(rows.remove(0)))),
-                    0 if o.allow_zero_results => Ok(Outcome::value(Value::Object(Map::new()))),
-                    0 => Err(ActionError::data("not found: the query returned no row")),
-                    n => Err(ActionError::data(format!(
-                        "more than one matching object: the query returned {n} rows"
-                    ))),
+                    1 => Outcome::value(Value::Object(rows.remove(0))),
+                    0 if o.allow_zero_results => Outcome::value(Value::Object(Map::new())),
+                    0 => return Err(ActionError::data("not found: the query returned no row")),
+                    n => {
+                        return Err(ActionError::data(format!(
+                            "more than one matching object: the query returned {n} rows"
+                        )));
+                    }
                 }
             }
-        }
+        };
+        via.done().await?;
+        Ok(out)
     }
 }
 
@@ -381,7 +385,9 @@ impl Action for SqlLookup {
             ),
             params,
         };
-        let mut rows = db.table_rows(&st, cols).await?;
+        let mut via = Reads::of(&db, &cx, &o.connection).await?;
+        let mut rows = via.table_rows(&st, cols).await?;
+        via.done().await?;
         match rows.len() {
             1 => Ok(Outcome::value(Value::Object(rows.remove(0)))),
             0 if o.allow_zero_results => Ok(Outcome::value(Value::Object(Map::new()))),

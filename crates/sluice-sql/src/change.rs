@@ -5,6 +5,7 @@
 
 use crate::backend::{Backend, Table};
 use crate::db::{Db, Pools, Stmt, Tx};
+use crate::shared::StepTx;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -477,6 +478,7 @@ pub(crate) async fn locked_change(
         .check_fields(name, target.fields().into_iter().chain(props.keys()))
         .await?;
     let hooked = Hooked::of(cx, connection);
+    refuse_hooks_in_flow_tx(cx, hooked, name)?;
     let mut props = props;
     if let Some(h) = hooked.filter(|h| h.before_any(op, name)) {
         let mut look = db.begin().await?;
@@ -487,7 +489,8 @@ pub(crate) async fn locked_change(
             props = c.payload;
         }
     }
-    let mut tx = db.begin_write().await?;
+    let mut step = StepTx::begin(&db, cx, connection).await?;
+    let tx = step.tx();
     if let Some(name) = lock {
         tx.lock(name).await?;
     }
@@ -495,17 +498,42 @@ pub(crate) async fn locked_change(
     if let Some(done) = tx.completed(crate::db::completion_key(cx)).await? {
         return Ok(Outcome::value(done));
     }
-    let criteria = target.criteria(&mut tx, &db).await?;
-    let planned = plan_in(&mut tx, &db, name, &t, op, &criteria, props).await?;
-    let (out, change) = apply_in(&mut tx, &db, name, &t, planned).await?;
+    let criteria = target.criteria(tx, &db).await?;
+    let planned = plan_in(tx, &db, name, &t, op, &criteria, props).await?;
+    let (out, change) = apply_in(tx, &db, name, &t, planned).await?;
     let out = Value::Object(out);
     tx.complete(crate::db::completion_key(cx), &out).await?;
-    tx.commit().await?;
+    step.commit().await?;
     let mut outcome = Outcome::value(out);
     if let (Some(h), Some(c)) = (hooked, change) {
         outcome.logs = h.after(vec![c]).await;
     }
     Ok(outcome)
+}
+
+/// Under `transaction: flow` a change cannot start other runs: data hooks
+/// see each write committed on its own.
+pub(crate) fn refuse_hooks_in_flow_tx(
+    cx: &ActionCx<'_>,
+    hooked: Option<Hooked<'_>>,
+    collection: &str,
+) -> Result<(), ActionError> {
+    if cx.flow_tx.is_none() {
+        return Ok(());
+    }
+    let heard = hooked.is_some_and(|h| {
+        [When::Before, When::After].into_iter().any(|w| {
+            [ChangeOp::Create, ChangeOp::Update, ChangeOp::Delete]
+                .into_iter()
+                .any(|op| h.listens(w, op, collection))
+        })
+    });
+    if heard {
+        return Err(ActionError::flow(format!(
+            "flows with an `event` trigger listen to changes of `{collection}`, and this flow runs in one transaction (`transaction: flow`): data hooks need each change committed on its own"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) async fn write(

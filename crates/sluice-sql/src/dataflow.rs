@@ -15,6 +15,7 @@ use crate::db::Pools;
 use crate::envelope::{
     Patch, Written, apply_patch, envelope_failure, global_tokens, set_tokens, token_ref,
 };
+use crate::shared::StepTx;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -276,9 +277,12 @@ impl Action for Dataflow {
             changes: Vec::new(),
             token_refs: true,
         };
-        let mut tx = db.begin_write().await?;
+        for Placed { patch, .. } in placed(&envelopes) {
+            crate::change::refuse_hooks_in_flow_tx(&cx, hooked, &patch.collection)?;
+        }
+        let mut step = StepTx::begin(&db, &cx, &o.connection).await?;
         // Run again after a crash, a document that committed takes its result.
-        if let Some(done) = tx.completed(crate::db::completion_key(&cx)).await? {
+        if let Some(done) = step.tx().completed(crate::db::completion_key(&cx)).await? {
             let tokens = done.get("tokens").and_then(Value::as_object).cloned();
             return Ok(Outcome {
                 payload: Some(done),
@@ -291,10 +295,10 @@ impl Action for Dataflow {
             let mut results = Vec::with_capacity(env.len());
             for (i, patch) in env.iter().enumerate() {
                 let label = format!("envelope {}, patch {}", e + 1, i + 1);
-                match apply_patch(&mut tx, &db, patch, label, None, hooked, &mut written).await {
+                match apply_patch(step.tx(), &db, patch, label, None, hooked, &mut written).await {
                     Ok(v) => results.push(v),
                     Err((which, err)) => {
-                        drop(tx);
+                        drop(step);
                         let e = envelope_failure(&which, err);
                         return Err(ActionError {
                             blame: e.blame,
@@ -312,9 +316,10 @@ impl Action for Dataflow {
         payload.insert("envelopes".into(), Value::Array(out));
         payload.insert("tokens".into(), Value::Object(tokens.clone()));
         let payload = Value::Object(payload);
-        tx.complete(crate::db::completion_key(&cx), &payload)
+        step.tx()
+            .complete(crate::db::completion_key(&cx), &payload)
             .await?;
-        tx.commit().await?;
+        step.commit().await?;
         let logs = match hooked {
             Some(h) => h.after(written.changes).await,
             None => Vec::new(),

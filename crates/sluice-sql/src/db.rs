@@ -554,7 +554,7 @@ impl Db {
     /// such as an after-hook's flow writing to the same file.
     /// Make the completions table when missing (once per pool), and forget
     /// completions older than a week.
-    async fn completions_ready(self: Arc<Self>) -> Result<(), ActionError> {
+    pub(crate) async fn completions_ready(self: Arc<Self>) -> Result<(), ActionError> {
         self.completions
             .get_or_try_init(|| async {
                 let create = Stmt {

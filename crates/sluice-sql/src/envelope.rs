@@ -3,6 +3,7 @@
 
 use crate::change::{Hooked, PatchOp, apply_in, new_id, plan_in};
 use crate::db::{Db, Pools, Tx};
+use crate::shared::StepTx;
 pub mod bulk;
 
 use schemars::JsonSchema;
@@ -348,9 +349,9 @@ pub(crate) async fn write_envelope(
         changes: Vec::new(),
         token_refs: false,
     };
-    let mut tx = db.begin_write().await?;
+    let mut step = StepTx::begin(&db, &cx, &o.connection).await?;
     // Run again after a crash, an envelope that committed takes its result.
-    if let Some(done) = tx.completed(crate::db::completion_key(&cx)).await? {
+    if let Some(done) = step.tx().completed(crate::db::completion_key(&cx)).await? {
         let tokens = done.get("tokens").and_then(Value::as_object).cloned();
         return Ok(Outcome {
             payload: Some(done),
@@ -377,8 +378,9 @@ pub(crate) async fn write_envelope(
             }
             None => o.patches[i].clone(),
         };
+        crate::change::refuse_hooks_in_flow_tx(&cx, hooked, &patch.collection)?;
         match apply_patch(
-            &mut tx,
+            step.tx(),
             &db,
             &patch,
             format!("patch {}", i + 1),
@@ -391,16 +393,18 @@ pub(crate) async fn write_envelope(
             Ok(v) => results.push(v),
             Err((which, e)) => {
                 // Dropping the transaction rolls back every earlier patch.
-                drop(tx);
+                drop(step);
                 return Err(envelope_failure(&which, e));
             }
         }
     }
     let mut outcome = envelope_outcome(&global, written.tokens, results);
     if let Some(payload) = &outcome.payload {
-        tx.complete(crate::db::completion_key(&cx), payload).await?;
+        step.tx()
+            .complete(crate::db::completion_key(&cx), payload)
+            .await?;
     }
-    tx.commit().await?;
+    step.commit().await?;
     if let Some(h) = hooked {
         outcome.logs = h.after(written.changes).await;
     }

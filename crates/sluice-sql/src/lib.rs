@@ -32,6 +32,7 @@ pub mod envelope;
 mod many;
 pub mod poll;
 mod sets;
+mod shared;
 
 pub use actions::*;
 pub use backend::Backend;
@@ -68,6 +69,7 @@ pub fn register(registry: &mut Registry) {
         check_poll,
         Arc::new(poll::SqlPolls(pools.clone())),
     );
+    registry.set_committed_runs(Arc::new(shared::SqlCommittedRuns(pools.clone())));
     registry.set_batches(Arc::new(envelope::bulk::SqlBatches(pools)));
 }
 

@@ -3,6 +3,7 @@
 
 use crate::actions::emit_individually;
 use crate::db::{Pools, Stmt};
+use crate::shared::Reads;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -213,6 +214,7 @@ impl Action for SqlLookupMany {
             o.order_by = std::mem::take(&mut o.order);
         }
         let db = self.0.db(cx.connections, &o.connection).await?;
+        let mut via = Reads::of(&db, &cx, &o.connection).await?;
         let fields = o
             .terms
             .iter()
@@ -293,7 +295,8 @@ impl Action for SqlLookupMany {
                     sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
                 }
                 sql.push_str(&format!(" LIMIT {}", o.max_result_size));
-                let rows = db.table_rows(&Stmt { sql, params }, &t.cols).await?;
+                let rows = via.table_rows(&Stmt { sql, params }, &t.cols).await?;
+                via.done().await?;
                 if rows.len() >= o.max_result_size as usize {
                     return Err(ActionError::data(format!(
                         "too many results: {} or more objects match (maxResultSize is {})",
@@ -316,7 +319,8 @@ impl Action for SqlLookupMany {
                 }
                 let offset = u64::from(o.page_size) * u64::from(o.page_number);
                 sql.push_str(&format!(" LIMIT {} OFFSET {offset}", o.page_size));
-                let rows = db.table_rows(&Stmt { sql, params }, &t.cols).await?;
+                let rows = via.table_rows(&Stmt { sql, params }, &t.cols).await?;
+                via.done().await?;
                 Ok(Outcome::value(
                     serde_json::json!({ "results": rows, "pageNumber": o.page_number, "pageSize": o.page_size }),
                 ))

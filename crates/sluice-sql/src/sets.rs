@@ -5,6 +5,7 @@ use crate::change::{
     PatchOp, SqlLinkOptions, Target, criteria_missing, find, locked_change, single_change,
 };
 use crate::db::{Pools, Stmt};
+use crate::shared::Reads;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -51,7 +52,8 @@ impl Action for SqlLookupSet {
         o: SqlLookupSetOptions,
     ) -> Result<Outcome, ActionError> {
         let db = self.0.db(cx.connections, &o.connection).await?;
-        match (o.ids, o.criteria) {
+        let mut via = Reads::of(&db, &cx, &o.connection).await?;
+        let out = match (o.ids, o.criteria) {
             (Some(ids), None) => {
                 let t = db.table(&o.collection).await?;
                 let field = match o
@@ -85,7 +87,7 @@ impl Action for SqlLookupSet {
                         db.backend.quote(&field),
                         marks.join(", ")
                     );
-                    for row in db.table_rows(&Stmt { sql, params }, &t.cols).await? {
+                    for row in via.table_rows(&Stmt { sql, params }, &t.cols).await? {
                         let key = row.get(&field).map(id_text).unwrap_or_default();
                         if let Some(list) = found.get_mut(&key) {
                             list.push(row);
@@ -103,18 +105,18 @@ impl Action for SqlLookupSet {
                     }
                     out.insert(id, Value::Object(rows.remove(0)));
                 }
-                Ok(Outcome::value(Value::Object(out)))
+                Value::Object(out)
             }
             (None, Some(list)) => {
                 let fields: Vec<String> = list.iter().flat_map(|c| c.keys().cloned()).collect();
                 let t = db.check_fields(&o.collection, fields.iter()).await?;
-                let mut tx = db.begin().await?;
+                let tx = via.tx().await?;
                 let mut out = Vec::new();
                 for (i, c) in list.iter().enumerate() {
                     if criteria_missing(c) {
                         return Err(ActionError::data(format!("criteria {} are missing", i + 1)));
                     }
-                    let mut rows = find(&mut tx, &db, &o.collection, &t, c).await?;
+                    let mut rows = find(tx, &db, &o.collection, &t, c).await?;
                     if rows.len() != 1 {
                         let n = if rows.is_empty() {
                             "no object"
@@ -130,10 +132,12 @@ impl Action for SqlLookupSet {
                     }
                     out.push(serde_json::json!({"key": c, "value": rows.remove(0)}));
                 }
-                Ok(Outcome::value(Value::Array(out)))
+                Value::Array(out)
             }
-            _ => Err(ActionError::flow("give either `ids` or `criteria`")),
-        }
+            _ => return Err(ActionError::flow("give either `ids` or `criteria`")),
+        };
+        via.done().await?;
+        Ok(Outcome::value(out))
     }
 }
 
