@@ -105,11 +105,14 @@ impl From<EngineError> for ApiError {
                     "the run could not be recorded; try again",
                 )
             }
-            e @ EngineError::Commit { .. } => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                e.to_string(),
-            ),
+            e @ EngineError::Commit { .. } => {
+                eprintln!("sluice: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the run's database did not answer whether its transaction committed; try again",
+                )
+            }
             EngineError::Event(m) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "event_mismatch",

@@ -666,3 +666,31 @@ fn env_shows_only_the_listed_variables_and_the_operator_caps_the_list() {
     ));
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+#[test]
+fn an_import_refuses_a_flow_in_one_transaction() {
+    let dir = temp("import-tx");
+    let flow = dir.join("tx.yaml");
+    std::fs::write(
+        &flow,
+        "id: tx\ntransaction: flow\nconnections: {db: {url: \"sqlite:t.db?mode=rwc\"}}\nsteps:\n  - {key: e, type: envelope, options: {connection: db, patches: [{op: create, collection: t, properties: {x: \"{{ .x }}\"}}]}}\n",
+    )
+    .unwrap();
+    let records = dir.join("r.csv");
+    std::fs::write(&records, "x\n1\n2\n").unwrap();
+    let o = run(sluice()
+        .current_dir(&dir)
+        .arg("run")
+        .arg(&flow)
+        .arg("--records")
+        .arg(&records)
+        .arg("--store")
+        .arg(dir.join("s.db")));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("the flow runs in one transaction (`transaction: flow`)"),
+        "{}",
+        o.stderr
+    );
+}

@@ -1723,7 +1723,7 @@ fn the_dataflow_example_writes_a_callers_document_all_or_none() {
     sluice(&["run", "flows/setup.yaml", "--store", "sqlite::memory:"]);
     std::fs::write(
         dir.join("count.yaml"),
-        "id: count\nunmappedResults: replace\nconnections: {crm: {url: \"sqlite:crm.db\"}}\nsteps:\n  - {key: q, type: sql.query, options: {connection: crm, mode: expectSingle, query: \"SELECT (SELECT COUNT(*) FROM accounts) AS a, (SELECT COUNT(*) FROM contacts) AS c, (SELECT COUNT(*) FROM notes) AS n\"}}\n",
+        "id: count\nunmappedResults: replace\nconnections: {crm: {url: \"sqlite:crm.db\"}}\nsteps:\n  - {key: q, type: sql.query, options: {connection: crm, mode: expectSingle, query: \"SELECT (SELECT COUNT(*) FROM accounts) AS a, (SELECT COUNT(*) FROM contacts) AS c, (SELECT COUNT(*) FROM notes) AS n, (SELECT COUNT(*) FROM requests) AS r\"}}\n",
     )
     .unwrap();
     let counts = || sluice(&["run", "count.yaml", "--store", "sqlite::memory:"]);
@@ -1735,9 +1735,10 @@ fn the_dataflow_example_writes_a_callers_document_all_or_none() {
     assert_eq!(r.status, 200, "{r:?}");
     let (account, contact) = (r.body["account"].as_i64(), r.body["contact"].as_i64());
     assert!(account.is_some() && contact.is_some(), "{r:?}");
-    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1}));
+    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1, "r": 1}));
     // Sent again: the account is upserted, the contact's email is taken:
-    // the whole document is rolled back, and the caller is told why.
+    // the whole document is rolled back with the request's record (the
+    // flow is one transaction), and the caller is told why.
     let r = s.post("/hooks/crm/dataflow", doc);
     assert_error(&r, 422, "run_incident");
     let m = r.body["message"].as_str().unwrap_or_default();
@@ -1746,7 +1747,7 @@ fn the_dataflow_example_writes_a_callers_document_all_or_none() {
             && m.contains("the document was rolled back"),
         "{m}"
     );
-    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1}));
+    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1, "r": 1}));
     // What the flow does not allow is refused before anything is written.
     let r = s.post(
         "/hooks/crm/dataflow",
@@ -1761,5 +1762,121 @@ fn the_dataflow_example_writes_a_callers_document_all_or_none() {
         m.contains("envelope 2, patch 1 (delete accounts): `delete` is not allowed on `accounts`"),
         "{m}"
     );
-    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1}));
+    assert_eq!(counts(), json!({"a": 1, "c": 1, "n": 1, "r": 1}));
+}
+
+/// Run the flow `text` with `sluice run` in `dir` (a store of its own in
+/// memory); its output.
+fn run_flow(dir: &Path, file: &str, text: &str) -> Value {
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    let o = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(dir)
+        .args(["run", path.to_str().unwrap(), "--store", "sqlite::memory:"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_run_in_one_transaction_killed_mid_way_leaves_nothing_then_runs_whole() {
+    // `transaction: flow` on SQLite, PostgreSQL and MariaDB: a run has
+    // written its first row and is in a long step when the server is
+    // killed with SIGKILL. The database drops the open transaction (no row
+    // is there), and after a restart the run starts again from its first
+    // step and commits both rows once.
+    let dir = temp("flow-tx-kill");
+    let pid = std::process::id();
+    let (t, a) = (format!("ftk_t_{pid}"), format!("ftk_a_{pid}"));
+    let dbs = target_databases(&dir);
+    for (name, url) in &dbs {
+        let head = format!("connections:\n  db: {{url: \"{url}\"}}\nsteps:\n");
+        let text_col = if *name == "mariadb" {
+            "VARCHAR(40)"
+        } else {
+            "TEXT"
+        };
+        let steps: String = [
+            format!("DROP TABLE IF EXISTS {t}"),
+            format!("DROP TABLE IF EXISTS {a}"),
+            format!("CREATE TABLE {t} (ref {text_col} NOT NULL UNIQUE)"),
+            format!("CREATE TABLE {a} (ref {text_col} NOT NULL UNIQUE)"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("  - {{key: s{i}, type: sql.query, options: {{connection: db, mode: statement, query: \"{q}\"}}}}\n"))
+        .collect();
+        run_flow(&dir, "setup.yaml", &format!("id: setup\n{head}{steps}"));
+        // The middle step counts for a few seconds (a debug build).
+        write(
+            &dir,
+            &format!("tx-{name}.yaml"),
+            &format!(
+                "id: tx_{name}\ntransaction: flow\ntrigger: {{type: webhook, path: tx/{name}, async: true}}\n{head}  - {{key: add, type: sql.create, options: {{connection: db, collection: {t}, properties: {{ref: \"{{{{ .ref }}}}\"}}}}, actionDataFilter: {{useResults: false}}}}\n  - {{key: think, type: transform, options: {{value: {{sum: \"{{{{ reduce range(0; 400000) as $i (0; . + $i) }}}}\"}}}}}}\n  - {{key: note, type: envelope, options: {{connection: db, patches: [{{op: create, collection: {a}, properties: {{ref: \"{{{{ .ref }}}}\"}}}}]}}}}\n"
+            ),
+        );
+    }
+    let count = |name: &str, url: &str| {
+        let q = format!(
+            "id: count\nunmappedResults: replace\nconnections:\n  db: {{url: \"{url}\"}}\nsteps:\n  - {{key: q, type: sql.query, options: {{connection: db, mode: expectSingle, query: \"SELECT (SELECT COUNT(*) FROM {t}) AS t, (SELECT COUNT(*) FROM {a}) AS a\"}}}}\n"
+        );
+        let got = run_flow(&dir, &format!("count-{name}.yaml"), &q);
+        let n = |v: &Value| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        };
+        (n(&got["t"]), n(&got["a"]))
+    };
+    // One database at a time: the counting holds a worker thread.
+    let timeout = ["--expr-timeout-ms", "60000"];
+    for (name, url) in &dbs {
+        let s = Serve::start_with(&dir, &timeout);
+        let r = s.post(&format!("/hooks/tx/{name}"), json!({"ref": "R-1"}));
+        assert_eq!(r.status, 202, "{name}: {r:?}");
+        let id = r.body["runId"].as_str().unwrap().to_owned();
+        // The run has written its row (its first step is recorded) and is
+        // counting: the kill comes now.
+        let t0 = Instant::now();
+        loop {
+            let rec = s.get(&format!("/api/runs/{id}")).body;
+            assert_eq!(rec["status"], "running", "{name}: {rec}");
+            if rec["stepLog"].as_array().is_some_and(|l| !l.is_empty()) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{name}: {rec}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.signal("-KILL");
+        drop(s);
+        assert_eq!(
+            count(name, url),
+            (Some(0), Some(0)),
+            "{name} after the kill"
+        );
+        let s = Serve::start_with(&dir, &timeout);
+        let rec = s.ended(&id);
+        assert_eq!(rec["status"], "succeeded", "{name}: {rec}");
+        let keys: Vec<&str> = rec["stepLog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["add", "add", "think", "note"], "{name}: {rec}");
+        assert_eq!(
+            count(name, url),
+            (Some(1), Some(1)),
+            "{name} after the restart"
+        );
+        assert_eq!(s.stop(), Some(0));
+    }
+    eprintln!(
+        "transaction: flow kill test: {} runs killed mid-way, nothing written, each whole once after the restart",
+        dbs.len()
+    );
 }
