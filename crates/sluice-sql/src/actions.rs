@@ -148,6 +148,11 @@ fn dollar_end(sql: &str, i: usize) -> usize {
         .map_or(sql.len(), |n| body + n + delim.len())
 }
 
+/// `maxResultSize` when not given: OIH's "too many results" bound.
+pub(crate) fn default_max() -> u32 {
+    1000
+}
+
 /// Rows emitted one by one: the steps after run once per row.
 pub(crate) fn emit_individually(
     rows: Vec<Map<String, Value>>,
@@ -218,7 +223,7 @@ pub struct SqlQueryOptions {
     pub allow_zero_results: bool,
     /// With `fetchAll`: the count of rows that fails with "too many
     /// results" (default 1000).
-    #[serde(default = "crate::many::default_max")]
+    #[serde(default = "default_max")]
     pub max_result_size: u32,
     /// With `emitIndividually`: how many rows' runs may be under way at
     /// once (default 1: one after another).

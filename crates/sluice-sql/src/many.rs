@@ -146,7 +146,7 @@ pub struct SqlLookupManyOptions {
     #[serde(default)]
     pub mode: ManyMode,
     /// With `fetchAll`: the count that fails (default 1000).
-    #[serde(default = "default_max")]
+    #[serde(default = "crate::actions::default_max")]
     pub max_result_size: u32,
     /// With `fetchPage`: objects per page (default 100).
     #[serde(default = "default_page")]
@@ -163,10 +163,6 @@ pub struct SqlLookupManyOptions {
     /// With `emitIndividually`: how many rows' runs may be under way at
     /// once (default 1: one after another).
     pub concurrency: Option<usize>,
-}
-
-pub(crate) fn default_max() -> u32 {
-    1000
 }
 
 pub(crate) fn default_page() -> u32 {
