@@ -221,6 +221,7 @@ impl ActionCx<'_> {
                 "step `{}` has no compiled expression `{name}`",
                 self.step_key
             ),
+            retry_after_ms: None,
         })
     }
 }
@@ -241,6 +242,9 @@ pub trait Action: Send + Sync + 'static {
     /// record. The engine may then commit its record with the next write (a
     /// stretch of such steps is recorded in one; see docs/data-flow.md).
     const PURE: bool = false;
+    /// The type of connection its `connection` option names (`sluice
+    /// check` refuses another), if it takes one.
+    const CONNECTION: Option<&'static str> = None;
     /// The typed options.
     type Options: DeserializeOwned + JsonSchema + Send;
     /// Checks of the options as written in the flow file beyond what their

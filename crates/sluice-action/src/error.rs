@@ -45,31 +45,42 @@ pub struct ActionError {
     pub blame: Blame,
     /// What happened.
     pub message: String,
+    /// How long the outside system asked to be left alone before the
+    /// next attempt (HTTP's `Retry-After`), in milliseconds: a `retry`
+    /// waits at least this long.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ActionError {
+    /// An error blamed on `blame`.
+    pub fn new(blame: Blame, message: impl Into<String>) -> Self {
+        Self {
+            blame,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
     /// An error the flow's author must fix.
     pub fn flow(message: impl Into<String>) -> Self {
-        Self {
-            blame: Blame::Flow,
-            message: message.into(),
-        }
+        Self::new(Blame::Flow, message)
     }
 
     /// An error in the data: a person can fix it and resume.
     pub fn data(message: impl Into<String>) -> Self {
-        Self {
-            blame: Blame::Data,
-            message: message.into(),
-        }
+        Self::new(Blame::Data, message)
     }
 
     /// An error of an outside system.
     pub fn external(message: impl Into<String>) -> Self {
-        Self {
-            blame: Blame::External,
-            message: message.into(),
-        }
+        Self::new(Blame::External, message)
+    }
+
+    /// The same error, the outside system having asked for `ms`
+    /// milliseconds before the next attempt.
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 }
 

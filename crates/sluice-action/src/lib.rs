@@ -25,6 +25,7 @@ mod error;
 pub mod hooks;
 pub mod poll;
 mod registry;
+pub mod secrets;
 pub mod triggers;
 
 pub use action::{
@@ -33,3 +34,4 @@ pub use action::{
 pub use check::{check_options, valid_ident};
 pub use error::{ActionError, Blame, BoxFuture};
 pub use registry::{Entry, Registry, TriggerEntry};
+pub use secrets::expand_env;

@@ -10,7 +10,7 @@ use crate::{core_ops, hooks, triggers};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sluice_model::{Catalog, OptionIssue, StepSpec};
+use sluice_model::{Catalog, ConnectionSpec, OptionIssue, StepSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -70,6 +70,8 @@ pub struct Registry {
     batches: Option<Arc<dyn Batches>>,
     /// The connector that knows whether a run's one transaction committed.
     committed_runs: Option<Arc<dyn CommittedRuns>>,
+    /// Connection types besides databases, by `type:`.
+    connections: BTreeMap<&'static str, ConnectionSpec>,
     /// The environment variables flows may list under `env` (`None`: any).
     env_allow: Option<std::collections::BTreeSet<String>>,
 }
@@ -104,6 +106,7 @@ impl Registry {
                     expressions: A::EXPRESSIONS,
                     deferred: A::DEFERRED,
                     check: check_action::<A>,
+                    connection: A::CONNECTION,
                 },
                 action: Arc::new(action),
                 pure: A::PURE,
@@ -131,6 +134,7 @@ impl Registry {
                     expressions: &[],
                     deferred: &[],
                     check,
+                    connection: None,
                 },
                 schema: options_schema::<O>,
             },
@@ -259,6 +263,12 @@ impl Registry {
         self.batches.as_ref()
     }
 
+    /// Register a connection type (`type: kind` under `connections`),
+    /// checked by `check`.
+    pub fn add_connection(&mut self, kind: &'static str, check: fn(&Value) -> Vec<OptionIssue>) {
+        self.connections.insert(kind, ConnectionSpec { check });
+    }
+
     /// Ask `runs` whether a run's one transaction (`transaction: flow`)
     /// committed (one connector opens them).
     pub fn set_committed_runs(&mut self, runs: Arc<dyn CommittedRuns>) {
@@ -290,5 +300,13 @@ impl Catalog for Registry {
 
     fn env_allowed(&self, name: &str) -> bool {
         self.env_allow.as_ref().is_none_or(|a| a.contains(name))
+    }
+
+    fn connection(&self, kind: &str) -> Option<ConnectionSpec> {
+        self.connections.get(kind).copied()
+    }
+
+    fn connection_kinds(&self) -> Vec<&'static str> {
+        self.connections.keys().copied().collect()
     }
 }

@@ -407,6 +407,7 @@ impl<S: Store> Engine<S> {
                 error: ActionError {
                     blame: e.blame,
                     message: format!("the run's transaction did not commit: {}", e.message),
+                    retry_after_ms: None,
                 },
                 logs: done.logs,
                 incident: false,

@@ -74,6 +74,7 @@ pub(crate) fn refused(flow: &Flow, end: ChildEnd) -> ActionError {
             flow.id,
             end.status.as_str()
         ),
+        retry_after_ms: None,
     }
 }
 

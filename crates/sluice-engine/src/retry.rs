@@ -23,8 +23,14 @@ pub(crate) fn retry_delay(
     if incident || attempt >= retry.attempts || !retry.on.contains(&kind) {
         return None;
     }
-    Some(retry.delay_after(attempt, random_unit()))
+    // At least as long as the outside system asked (`Retry-After`), up to
+    // a day.
+    let asked = error.retry_after_ms.unwrap_or(0).min(MAX_RETRY_AFTER_MS);
+    Some(retry.delay_after(attempt, random_unit()).max(asked))
 }
+
+/// The longest `Retry-After` a retry waits.
+const MAX_RETRY_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The time (µs since the epoch) `ms` milliseconds from now.
 pub(crate) fn after_ms(ms: u64) -> i64 {

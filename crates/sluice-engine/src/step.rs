@@ -214,6 +214,7 @@ impl<S: Store> Engine<S> {
             let error = ActionError {
                 blame: Blame::Bug,
                 message: format!("step type `{}` is not registered", step.kind),
+                retry_after_ms: None,
             };
             (error, Vec::new())
         })?;

@@ -64,6 +64,7 @@ pub(crate) fn child_result(
                 other.as_str(),
                 error.unwrap_or_default()
             ),
+            retry_after_ms: None,
         }),
     }
 }
@@ -163,6 +164,7 @@ impl<S: Store> Engine<S> {
                         return Err(ActionError {
                             blame: e.blame,
                             message: format!("element {} of {n}: {}", i + 1, e.message),
+                            retry_after_ms: None,
                         });
                     }
                 }
@@ -228,10 +230,12 @@ impl<S: Store> Engine<S> {
             let panicked = |e: tokio::task::JoinError| ActionError {
                 blame: Blame::Bug,
                 message: format!("the run of flow `{flow_id}` panicked: {e}"),
+                retry_after_ms: None,
             };
             let store_err = |e: EngineError| ActionError {
                 blame: Blame::Store,
                 message: e.to_string(),
+                retry_after_ms: None,
             };
             if !scx.recorded {
                 let child =

@@ -27,7 +27,27 @@ pub trait Catalog {
     }
     /// Every trigger type's name.
     fn trigger_kinds(&self) -> Vec<&'static str>;
+    /// A connection type (a connection's `type:`, such as `http`), by name;
+    /// a connection without `type` is a database (`sql`), checked by the
+    /// model itself.
+    fn connection(&self, _kind: &str) -> Option<ConnectionSpec> {
+        None
+    }
+    /// Every connection type's name besides `sql`.
+    fn connection_kinds(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
+
+/// How the model checks a connection of one type.
+#[derive(Clone, Copy)]
+pub struct ConnectionSpec {
+    /// Check the connection's keys (`type` among them) and values.
+    pub check: fn(&Value) -> Vec<OptionIssue>,
+}
+
+/// The type of a connection without `type:`: a database.
+pub const SQL_CONNECTION: &str = "sql";
 
 /// How the model checks the options of one step or trigger type.
 #[derive(Clone, Copy)]
@@ -40,6 +60,8 @@ pub struct StepSpec {
     /// Check options against the type's typed options; templated strings are
     /// passed as they are written.
     pub check: fn(&Value) -> Vec<OptionIssue>,
+    /// The type of connection its `connection` option names, if it takes one.
+    pub connection: Option<&'static str>,
 }
 
 /// A problem with one option value.
@@ -393,7 +415,17 @@ impl Flow {
         }
         self.steps
             .iter()
-            .find_map(|s| s.const_option("connection").and_then(Value::as_str))
+            .filter_map(|s| s.const_option("connection").and_then(Value::as_str))
+            .find(|c| self.connection_type(c) == SQL_CONNECTION)
+    }
+
+    /// The type of connection `name` (`sql` when it gives none).
+    pub fn connection_type(&self, name: &str) -> &str {
+        self.connections
+            .get(name)
+            .and_then(|c| c.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or(SQL_CONNECTION)
     }
 
     /// The index of a step by key.

@@ -17,8 +17,8 @@ pub mod node;
 
 pub use diag::{Diagnostic, Diagnostics, Report, Source};
 pub use flow::{
-    ActionDataFilter, BUILTIN_VARS, Catalog, EVENT_TRIGGERS, EventDataFilter, Flow, Mapping, Next,
-    OptionIssue, Retry, RetryOn, StateDataFilter, Step, StepSpec, Transaction, Trigger,
-    UnmappedResults, is_identifier, version_of,
+    ActionDataFilter, BUILTIN_VARS, Catalog, ConnectionSpec, EVENT_TRIGGERS, EventDataFilter, Flow,
+    Mapping, Next, OptionIssue, Retry, RetryOn, SQL_CONNECTION, StateDataFilter, Step, StepSpec,
+    Transaction, Trigger, UnmappedResults, is_identifier, version_of,
 };
 pub use load::{closest, jq_path_to_mapping, load};

@@ -3,6 +3,7 @@
 //! graph, options through the [`Catalog`], expressions and templates
 //! compiled), none of it stopping at the first.
 
+mod connections;
 mod steps;
 
 use crate::diag::{Diagnostic, Diagnostics, Source, locate_in_scalar};
@@ -70,6 +71,7 @@ pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagn
         diags: Vec::new(),
         catalog,
         connection_names: Vec::new(),
+        connection_types: HashMap::new(),
     };
     let flow = match node::parse(text) {
         Ok(root) => cx.flow(&root, name),
@@ -112,6 +114,8 @@ struct Checker<'c> {
     catalog: &'c dyn Catalog,
     /// The names under `connections`, for steps' `connection` options.
     connection_names: Vec<String>,
+    /// Each connection's type (`sql` when it has no `type`).
+    connection_types: HashMap<String, String>,
 }
 
 impl RawStep<'_> {
@@ -257,62 +261,7 @@ impl Checker<'_> {
                 }
             },
         };
-        let connections = match root.get("connections") {
-            None => BTreeMap::new(),
-            Some(n) => match n.as_map() {
-                Some(entries) => {
-                    let mut out = BTreeMap::new();
-                    for (k, v) in entries {
-                        if !is_identifier(&k.name) {
-                            self.err(
-                                k.span.clone(),
-                                format!("connection name `{}` must be an identifier", k.name),
-                                "invalid name",
-                            );
-                        }
-                        match v.get("url") {
-                            Some(u) if u.as_str().is_some() => {
-                                let url = u.as_str().unwrap_or_default();
-                                let known =
-                                    ["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"];
-                                if !url.starts_with("${env:")
-                                    && !known.iter().any(|p| url.starts_with(p))
-                                {
-                                    self.err_help(u.span.clone(), format!("connection `{}`: unsupported URL scheme", k.name), "unknown scheme", "use sqlite:, postgres:, mysql: or mariadb:, or ${env:NAME} to take the URL from the environment");
-                                }
-                            }
-                            Some(u) => self.err(
-                                u.span.clone(),
-                                format!("connection `{}`: `url` must be a string", k.name),
-                                "expected a string",
-                            ),
-                            None => self.err(
-                                v.span.clone(),
-                                format!("connection `{}` has no `url`", k.name),
-                                "missing `url`",
-                            ),
-                        }
-                        if let Some(m) = v.as_map() {
-                            self.check_keys(m, &["url"], "a connection");
-                        }
-                        self.connection_names.push(k.name.clone());
-                        out.insert(k.name.clone(), v.to_json());
-                    }
-                    out
-                }
-                None => {
-                    self.err(
-                        n.span.clone(),
-                        format!(
-                            "`connections` must be a mapping of names to connections, found {}",
-                            n.kind_name()
-                        ),
-                        "expected a mapping",
-                    );
-                    BTreeMap::new()
-                }
-            },
-        };
+        let connections = self.connections(root.get("connections"));
         let enabled = match root.get("enabled") {
             None => true,
             Some(n) => match n.kind {
@@ -491,7 +440,16 @@ impl Checker<'_> {
                 _ => None,
             };
             let why = why.or_else(|| {
-                if !s.has_option("connection") {
+                let http = s.kind.starts_with("http.");
+                let reads = match s.const_option("method") {
+                    None => true,
+                    Some(Value::String(m)) => ["GET", "HEAD"].contains(&m.to_ascii_uppercase().as_str()),
+                    Some(_) => false,
+                };
+                if http && !reads {
+                    return Some("an HTTP request that may write is not undone when the run's transaction rolls back".to_owned());
+                }
+                if http || !s.has_option("connection") {
                     return None;
                 }
                 let Some(Value::String(c)) = s.const_option("connection") else {
@@ -520,33 +478,6 @@ impl Checker<'_> {
                 );
             }
         }
-    }
-
-    /// Whether the `connection` option (in `options`, written under
-    /// `node`), if any, names a connection of the flow; reported when not.
-    fn known_connection(&mut self, options: &Value, node: &Node, who: &str) -> bool {
-        let Some(Value::String(c)) = options.get("connection") else {
-            return true;
-        };
-        if self.connection_names.contains(c) {
-            return true;
-        }
-        let span = node
-            .get("connection")
-            .map(|n| n.span.clone())
-            .unwrap_or_else(|| node.span.clone());
-        let help = if self.connection_names.is_empty() {
-            "declare it under `connections:` with a `url`".to_owned()
-        } else {
-            format!("connections: {}", self.connection_names.join(", "))
-        };
-        self.err_help(
-            span,
-            format!("{who}: no connection `{c}` in the flow"),
-            "unknown connection",
-            help,
-        );
-        false
     }
 
     fn trigger(&mut self, node: Option<&Node>) -> Option<Trigger> {
@@ -639,7 +570,12 @@ impl Checker<'_> {
                 // A poll reads through one of the flow's connections (an
                 // event trigger's `connection` names the writing flow's).
                 if kind == "poll" {
-                    ok &= self.known_connection(&options, node, &format!("trigger `{kind}`"));
+                    ok &= self.known_connection(
+                        &options,
+                        node,
+                        &format!("trigger `{kind}`"),
+                        Some(crate::flow::SQL_CONNECTION),
+                    );
                 }
                 // Trigger options sit beside `type`: check them as a mapping.
                 let before = self.diags.len();

@@ -232,6 +232,7 @@ pub struct SqlQueryOptions {
 
 impl Action for SqlQuery {
     const KIND: &'static str = "sql.query";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlQueryOptions;
 
     /// A templated query is refused: a value templated into SQL is SQL.
@@ -316,6 +317,7 @@ pub struct SqlCreateOptions {
 
 impl Action for SqlCreate {
     const KIND: &'static str = "sql.create";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlCreateOptions;
 
     async fn run<'a>(
@@ -361,6 +363,7 @@ pub struct SqlLookupOptions {
 
 impl Action for SqlLookup {
     const KIND: &'static str = "sql.lookup";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlLookupOptions;
 
     async fn run<'a>(
@@ -416,6 +419,7 @@ pub struct SqlUpsert(pub(crate) Arc<Pools>);
 
 impl Action for SqlUpdate {
     const KIND: &'static str = "sql.update";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlWriteOptions;
 
     async fn run<'a>(
@@ -429,6 +433,7 @@ impl Action for SqlUpdate {
 
 impl Action for SqlUpsert {
     const KIND: &'static str = "sql.upsert";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlWriteOptions;
 
     async fn run<'a>(
@@ -458,6 +463,7 @@ pub struct SqlDeleteOptions {
 
 impl Action for SqlDelete {
     const KIND: &'static str = "sql.delete";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlDeleteOptions;
 
     async fn run<'a>(

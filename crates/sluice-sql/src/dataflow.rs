@@ -203,6 +203,7 @@ fn check(
 
 impl Action for Dataflow {
     const KIND: &'static str = "dataflow";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = DataflowOptions;
 
     /// The allow-list names collections and at least one operation each.
@@ -269,6 +270,7 @@ impl Action for Dataflow {
                         patch.collection,
                         e.message
                     ),
+                    retry_after_ms: None,
                 })?;
         }
         let hooked = Hooked::of(&cx, &o.connection);
@@ -303,6 +305,7 @@ impl Action for Dataflow {
                         return Err(ActionError {
                             blame: e.blame,
                             message: e.message.replace("the envelope was", "the document was"),
+                            retry_after_ms: None,
                         });
                     }
                 }

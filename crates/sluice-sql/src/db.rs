@@ -17,25 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-/// Replace `${env:NAME}` by the variable's value.
-pub fn expand_env(url: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = url;
-    while let Some(i) = rest.find("${env:") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 6..];
-        let end = after
-            .find('}')
-            .ok_or("unclosed `${env:` in the connection URL")?;
-        let name = &after[..end];
-        let value =
-            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
+pub use sluice_action::expand_env;
 
 /// Whether the database refused the data itself: a constraint (unique,
 /// foreign key, not null, check, exclusion) or a value its column cannot

@@ -287,6 +287,7 @@ pub(crate) fn apply_patch<'a>(
 
 impl Action for Envelope {
     const KIND: &'static str = "envelope";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     const DEFERRED: &'static [&'static str] = &["patches"];
     type Options = EnvelopeOptions;
 
@@ -323,6 +324,7 @@ impl Action for Envelope {
                 None => Err(ActionError {
                     blame: sluice_action::Blame::Bug,
                     message: "an envelope was handed another connector's batch".into(),
+                    retry_after_ms: None,
                 }),
             },
             // Boxed: this future is much larger than an import's, which
@@ -431,6 +433,7 @@ pub(crate) fn envelope_failure(which: &str, e: ActionError) -> ActionError {
             "{which} failed: {}; the envelope was rolled back, none of its patches was written",
             e.message
         ),
+        retry_after_ms: None,
     }
 }
 

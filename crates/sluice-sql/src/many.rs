@@ -174,6 +174,7 @@ pub struct SqlLookupMany(pub(crate) Arc<Pools>);
 
 impl Action for SqlLookupMany {
     const KIND: &'static str = "sql.lookupMany";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlLookupManyOptions;
 
     fn check(options: &Value) -> Vec<sluice_model::OptionIssue> {

@@ -44,6 +44,7 @@ pub(crate) fn id_text(v: &Value) -> String {
 
 impl Action for SqlLookupSet {
     const KIND: &'static str = "sql.lookupSet";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlLookupSetOptions;
 
     async fn run<'a>(
@@ -176,6 +177,7 @@ pub(crate) async fn link(
 
 impl Action for SqlLink {
     const KIND: &'static str = "sql.link";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlLinkOptions;
 
     async fn run<'a>(
@@ -189,6 +191,7 @@ impl Action for SqlLink {
 
 impl Action for SqlUnlink {
     const KIND: &'static str = "sql.unlink";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlLinkOptions;
 
     async fn run<'a>(
@@ -223,6 +226,7 @@ pub struct SqlAssertOption(pub(crate) Arc<Pools>);
 
 impl Action for SqlAssertOption {
     const KIND: &'static str = "sql.assertOption";
+    const CONNECTION: Option<&'static str> = Some(sluice_model::SQL_CONNECTION);
     type Options = SqlAssertOptionOptions;
 
     async fn run<'a>(

@@ -107,6 +107,7 @@ impl<'a> StepTx<'a> {
                 .map_err(|_| ActionError {
                     blame: Blame::Bug,
                     message: "the run's transaction belongs to another connector".into(),
+                    retry_after_ms: None,
                 })?,
         };
         if open.connection != connection {

@@ -17,7 +17,8 @@ fn check_cases() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check-cases.yaml");
     let cases: Vec<Case> =
         serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let registry = sluice_sql::registry();
+    let mut registry = sluice_sql::registry();
+    sluice_http::register(&mut registry);
     let mut failures = Vec::new();
     for case in &cases {
         let got: Vec<String> = match sluice_model::load(&case.name, &case.text, &registry) {

@@ -313,7 +313,12 @@ impl Checker<'_> {
         if let Some((kind, _)) = &r.kind
             && let Some(spec) = self.catalog.step(kind)
         {
-            ok &= self.known_connection(&options_json, r.options.unwrap_or(r.node), &who);
+            ok &= self.known_connection(
+                &options_json,
+                r.options.unwrap_or(r.node),
+                &who,
+                spec.connection,
+            );
             let before = self.diags.len();
             let anchor = r.options.unwrap_or(r.node);
             self.option_issues(

@@ -390,6 +390,7 @@ impl Batch {
             let c = m.get_mut(&at.chunk).ok_or_else(|| ActionError {
                 blame: Blame::Bug,
                 message: format!("chunk {} of the import is not expected", at.chunk),
+                retry_after_ms: None,
             })?;
             c.waiting.push(job);
             c.tell();
@@ -397,6 +398,7 @@ impl Batch {
         let written = answer.await.map_err(|_| ActionError {
             blame: Blame::External,
             message: "the import stopped before this record's envelope was written".into(),
+            retry_after_ms: None,
         })??;
         let results = if at.results_read {
             written

@@ -1,0 +1,35 @@
+//! The HTTP connector: the `http.request` step and connections of
+//! `type: http` (a base URL, headers, authentication by Basic, a bearer
+//! token, an API key or OAuth 2.0 client credentials, limits). Requests go
+//! through reqwest on rustls; addresses of the machine itself and of
+//! private networks are refused after DNS resolution unless the connection
+//! allows the host by name (`guard`); redirects, the time limit and the
+//! size limit are applied hop by hop (`send`).
+
+mod auth;
+mod client;
+mod connection;
+mod guard;
+mod request;
+mod send;
+
+pub use connection::{Auth, HttpConnection};
+pub use request::{BodyType, HttpRequest, HttpRequestOptions, ResponseType};
+
+use sluice_action::Registry;
+use std::sync::Arc;
+
+/// Add the HTTP step types and connection type to `registry`.
+pub fn register(registry: &mut Registry) {
+    let clients = Arc::new(client::Clients::default());
+    registry.add(HttpRequest(clients));
+    registry.add_connection("http", connection::check);
+}
+
+/// The core step types and triggers with HTTP's: what a program or test
+/// that reaches HTTP APIs and no other connector needs.
+pub fn registry() -> Registry {
+    let mut r = Registry::core();
+    register(&mut r);
+    r
+}
