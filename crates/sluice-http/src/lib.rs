@@ -7,14 +7,19 @@
 //! size limit are applied hop by hop (`send`).
 
 mod auth;
+mod call;
 mod client;
 mod connection;
 mod guard;
+mod listing;
+mod pages;
 mod request;
 mod send;
 
+pub use call::{BodyType, HttpRequestOptions, ResponseType};
 pub use connection::{Auth, HttpConnection};
-pub use request::{BodyType, HttpRequest, HttpRequestOptions, ResponseType};
+pub use pages::{Mode, Next, Pages};
+pub use request::HttpRequest;
 
 use sluice_action::Registry;
 use std::sync::Arc;

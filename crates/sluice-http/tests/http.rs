@@ -110,6 +110,45 @@ async fn rotate(State(api): State<Arc<Api>>) -> &'static str {
     "rotated"
 }
 
+/// Six items, two a page, three ways.
+fn page_of(n: u64) -> Vec<u64> {
+    if (1..=3).contains(&n) {
+        vec![n * 2 - 1, n * 2]
+    } else {
+        Vec::new()
+    }
+}
+
+async fn by_link(Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let n: u64 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let mut r = axum::Json(page_of(n)).into_response();
+    if n < 3 {
+        let link = format!(
+            "</list/link?page={}>; rel=\"next\", </list/link?page=1>; rel=\"first\"",
+            n + 1
+        );
+        r.headers_mut()
+            .insert("link", link.parse().unwrap_or_else(|_| unreachable!()));
+    }
+    r
+}
+
+async fn by_cursor(Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let n: u64 = q
+        .get("after")
+        .and_then(|c| c.strip_prefix('c'))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    let next = (n < 3).then(|| format!("c{}", n + 1));
+    axum::Json(json!({"data": page_of(n), "meta": {"next": next}})).into_response()
+}
+
+async fn by_number(Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let n: u64 = q.get("p").and_then(|p| p.parse().ok()).unwrap_or(1);
+    axum::Json(json!({"rows": page_of(n).iter().map(|i| json!({"id": i})).collect::<Vec<_>>()}))
+        .into_response()
+}
+
 async fn serve(router: Router) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -152,6 +191,9 @@ async fn servers() -> (u16, u16, Arc<Api>) {
                 "late"
             }),
         )
+        .route("/list/link", get(by_link))
+        .route("/list/cursor", get(by_cursor))
+        .route("/list/page", get(by_number))
         .route("/token", post(token))
         .route("/protected", get(protected))
         .route("/rotate", post(rotate))
@@ -553,4 +595,89 @@ async fn bad_input_gets_a_clear_error_with_the_right_blame() {
         .await;
     assert_eq!(blame, Blame::Data);
     assert!(m.contains("header `x-a`"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_read_over_their_pages() {
+    let (port, _, _) = servers().await;
+    let env = Env::new(port).await;
+    let all = json!([1, 2, 3, 4, 5, 6]);
+    for pages in [
+        "{next: link}",
+        "{items: $.data, next: {cursor: $.meta.next, param: after}}",
+        "{items: \"$.rows[*].id\", next: {page: p}}",
+    ] {
+        let url = if pages.contains("cursor") {
+            "/list/cursor"
+        } else if pages.contains("page:") {
+            "/list/page"
+        } else {
+            "/list/link"
+        };
+        let out = env
+            .ok(
+                &one_step(&format!("{{connection: api, url: {url}, pages: {pages}}}")),
+                json!({}),
+            )
+            .await;
+        assert_eq!(out["results"], all, "{pages}");
+        // Too many: the rule of the standardized lookup-many.
+        let (blame, m) = env
+            .fails(
+                &one_step(&format!(
+                    "{{connection: api, url: {url}, pages: {}, maxResultSize: 5}}}}",
+                    &pages[..pages.len() - 1]
+                )),
+                json!({}),
+            )
+            .await;
+        assert_eq!(blame, Blame::Data, "{pages}");
+        assert!(m.contains("too many results: 5 or more"), "{pages}: {m}");
+    }
+    // One page at a time, each telling how to ask for the next.
+    let out = env
+        .ok(
+            &one_step("{connection: api, url: /list/link, pages: {next: link, mode: fetchPage}}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(out["results"], json!([1, 2]));
+    let next = out["next"].as_str().unwrap().to_owned();
+    assert_eq!(next, format!("http://127.0.0.1:{port}/list/link?page=2"));
+    let out = env
+        .ok(
+            &one_step("{connection: api, url: /list/link, pages: {next: link, mode: fetchPage, from: \"{{ .next }}\"}}"),
+            json!({"next": next}),
+        )
+        .await;
+    assert_eq!(out["results"], json!([3, 4]));
+    let out = env
+        .ok(
+            &one_step("{connection: api, url: /list/cursor, pages: {items: $.data, next: {cursor: $.meta.next, param: after}, mode: fetchPage, from: c3}}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (&out["results"], &out["next"]),
+        (&json!([5, 6]), &Value::Null)
+    );
+    let out = env
+        .ok(
+            &one_step("{connection: api, url: /list/page, pages: {items: \"$.rows[*]\", next: {page: p}, mode: fetchPage, from: 2}}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (&out["results"], &out["next"]),
+        (&json!([{"id": 3}, {"id": 4}]), &json!(3))
+    );
+    // A list that is not where the step looks.
+    let (blame, m) = env
+        .fails(
+            &one_step("{connection: api, url: /list/cursor, pages: {items: $.rows, next: link}}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(blame, Blame::External);
+    assert!(m.contains("has no list at `$.rows`"), "{m}");
 }

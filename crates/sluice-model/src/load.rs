@@ -427,7 +427,12 @@ impl Checker<'_> {
                 "split" => Some(
                     "its items run in runs of their own, outside this run's transaction".to_owned(),
                 ),
-                _ if s.const_option("mode") == Some(&Value::String("emitIndividually".into())) => {
+                _ if [
+                    s.const_option("mode"),
+                    s.const_option("pages").and_then(|p| p.get("mode")),
+                ]
+                .contains(&Some(&Value::String("emitIndividually".into()))) =>
+                {
                     Some(
                         "its rows run in runs of their own, outside this run's transaction"
                             .to_owned(),
