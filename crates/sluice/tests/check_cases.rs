@@ -19,6 +19,7 @@ fn check_cases() {
         serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut registry = sluice_sql::registry();
     sluice_http::register(&mut registry);
+    sluice_mail::register(&mut registry);
     let mut failures = Vec::new();
     for case in &cases {
         let got: Vec<String> = match sluice_model::load(&case.name, &case.text, &registry) {

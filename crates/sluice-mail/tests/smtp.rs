@@ -1,0 +1,211 @@
+//! `mail.send` against a real SMTP server on loopback: aiosmtpd (from PyPI;
+//! `.ci/run` installs it) storing what it receives in a maildir, read back
+//! here. Without aiosmtpd the test says so and skips, except under CI.
+
+use serde_json::{Value, json};
+use sluice_action::Blame;
+use sluice_engine::{Engine, RunRequest, RunResult};
+use sluice_store::{RunStatus, SqliteStore};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// aiosmtpd, killed when dropped.
+struct Smtp {
+    child: Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Start aiosmtpd, or `None` when it is not installed (a failure under CI).
+fn smtp(dir: &Path) -> Option<Smtp> {
+    let present = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var("CI").is_err(),
+            "aiosmtpd is not installed (python3 -m pip install aiosmtpd)"
+        );
+        eprintln!("skipped: aiosmtpd is not installed (python3 -m pip install aiosmtpd)");
+        return None;
+    }
+    let maildir = dir.join("maildir");
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "aiosmtpd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Smtp {
+        child,
+        port,
+        maildir,
+    })
+}
+
+/// The messages in the maildir, as text.
+fn received(maildir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(maildir.join(sub)) {
+            for e in entries.flatten() {
+                out.push(std::fs::read_to_string(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+async fn run(text: &str, input: Value) -> RunResult {
+    let registry = Arc::new(sluice_mail::registry());
+    let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+    let engine = Engine::new(store, registry.clone());
+    let flow =
+        sluice_model::load("m.yaml", text, registry.as_ref()).unwrap_or_else(|d| panic!("{d}"));
+    let req = RunRequest {
+        input: Some(input),
+        ..Default::default()
+    };
+    engine.run(&flow, req).await.unwrap()
+}
+
+fn flow(port: u16, security: &str, options: &str) -> String {
+    format!(
+        "id: m\nunmappedResults: replace\nconnections:\n  mail: {{type: smtp, host: 127.0.0.1, port: {port}, security: {security}, from: \"Sluice <bot@example.com>\"}}\nsteps:\n  - {{key: send, type: mail.send, options: {options}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_arrives_with_its_headers_and_body() {
+    let dir = std::env::temp_dir().join(format!("sluice-smtp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(server) = smtp(&dir) else { return };
+    let text = flow(
+        server.port,
+        "none",
+        "{connection: mail, to: [\"{{ .name }} <{{ .email }}>\", ops@example.com], cc: audit@example.com, bcc: [hidden@example.com], replyTo: help@example.com, subject: \"Order {{ .order }} shipped\", markdown: \"# Hello {{ .name }}\\n\\nYour order **{{ .order }}** is on its way.\"}",
+    );
+    let r = run(
+        &text,
+        json!({"name": "Ada Lovelace", "email": "ada@example.com", "order": "SO-7"}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
+    let out = r.output.unwrap();
+    assert_eq!(
+        out["to"],
+        json!([
+            "ada@example.com",
+            "ops@example.com",
+            "audit@example.com",
+            "hidden@example.com"
+        ])
+    );
+    assert!(
+        out["response"].as_str().unwrap().starts_with("250"),
+        "{out}"
+    );
+    let got = received(&server.maildir);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0];
+    for want in [
+        "From: Sluice <bot@example.com>",
+        "To: \"Ada Lovelace\" <ada@example.com>, ops@example.com",
+        "Cc: audit@example.com",
+        "Reply-To: help@example.com",
+        "Subject: Order SO-7 shipped",
+        "Content-Type: multipart/alternative",
+        "# Hello Ada Lovelace",
+        "<h1>Hello Ada Lovelace</h1>",
+        "<strong>SO-7</strong>",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+    // Bcc goes in the envelope (aiosmtpd writes it as X-RcptTo), never in
+    // a header.
+    assert!(!m.contains("Bcc:"), "Bcc shown:\n{m}");
+    assert!(
+        m.contains(
+            "X-RcptTo: ada@example.com, ops@example.com, audit@example.com, hidden@example.com"
+        ),
+        "{m}"
+    );
+    let id = out["messageId"].as_str().unwrap();
+    assert!(!id.is_empty() && m.contains(id), "{id} not in\n{m}");
+
+    // STARTTLS demanded of a server that offers none: nothing is sent.
+    let text = flow(
+        server.port,
+        "starttls",
+        "{connection: mail, to: a@example.com, subject: s, text: t}",
+    );
+    let r = run(&text, json!({})).await;
+    let f = r.failure.unwrap();
+    assert_eq!(f.blame, Blame::Flow, "{}", f.message);
+    let says = format!(
+        "the mail server 127.0.0.1:{} does not do what the connection asks",
+        server.port
+    );
+    assert!(
+        f.message.contains(&says) && f.message.contains("STARTTLS is not supported"),
+        "{}",
+        f.message
+    );
+    assert_eq!(received(&server.maildir).len(), 1);
+    // An address from the data that is not one.
+    let text = flow(
+        server.port,
+        "none",
+        "{connection: mail, to: \"{{ .to }}\", subject: s, text: t}",
+    );
+    let r = run(&text, json!({"to": "nobody at all"})).await;
+    let f = r.failure.unwrap();
+    assert_eq!(
+        (f.blame, r.status),
+        (Blame::Data, RunStatus::Incident),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message
+            .contains("`nobody at all` is not an e-mail address"),
+        "{}",
+        f.message
+    );
+    // No server there.
+    let text = flow(
+        free_port(),
+        "none",
+        "{connection: mail, to: a@example.com, subject: s, text: t}",
+    );
+    let f = run(&text, json!({})).await.failure.unwrap();
+    assert_eq!(f.blame, Blame::External);
+    assert!(f.message.contains("could not be reached"), "{}", f.message);
+}
