@@ -237,6 +237,9 @@ pub trait Action: Send + Sync + 'static {
     /// only through [`ActionCx::deferred`], not in its typed options (whose
     /// fields for them are `#[serde(default)]`).
     const DEFERRED: &'static [&'static str] = &[];
+    /// Options taken as written, never templated (a script's code: `{{`
+    /// may be part of it, and data must never become code).
+    const VERBATIM: &'static [&'static str] = &[];
     /// The step touches nothing outside the run: no outside system, no other
     /// run, no clock to wait for; what it did is seen only through the run's
     /// record. The engine may then commit its record with the next write (a

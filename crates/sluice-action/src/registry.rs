@@ -105,6 +105,7 @@ impl Registry {
                 spec: StepSpec {
                     expressions: A::EXPRESSIONS,
                     deferred: A::DEFERRED,
+                    verbatim: A::VERBATIM,
                     check: check_action::<A>,
                     connection: A::CONNECTION,
                 },
@@ -133,6 +134,7 @@ impl Registry {
                 spec: StepSpec {
                     expressions: &[],
                     deferred: &[],
+                    verbatim: &[],
                     check,
                     connection: None,
                 },

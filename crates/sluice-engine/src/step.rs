@@ -120,6 +120,9 @@ impl<S: Store> Engine<S> {
             for (k, p) in &step.expressions {
                 m.insert(k.clone(), Value::String(p.code().to_owned()));
             }
+            for (k, v) in &step.verbatim {
+                m.insert(k.clone(), v.clone());
+            }
         }
         // Deferred options reach the step through `cx.deferred` only: the
         // step runs on the options its record shows.

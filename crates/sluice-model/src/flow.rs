@@ -3,7 +3,7 @@
 
 use crate::diag::Source;
 use crate::node::Span;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sluice_expr::{MappingPath, PathSeg, Program, TemplateValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +57,8 @@ pub struct StepSpec {
     /// Options whose templates the step renders itself, piece by piece (for
     /// example an envelope's patches, which read tokens set by earlier ones).
     pub deferred: &'static [&'static str],
+    /// Options taken as written, never templated.
+    pub verbatim: &'static [&'static str],
     /// Check options against the type's typed options; templated strings are
     /// passed as they are written.
     pub check: fn(&Value) -> Vec<OptionIssue>,
@@ -155,6 +157,8 @@ pub struct Step {
     pub expressions: BTreeMap<String, Program>,
     /// Options the step renders itself: as written, and compiled.
     pub deferred: BTreeMap<String, (Value, TemplateValue)>,
+    /// Options taken as written (never templated).
+    pub verbatim: Map<String, Value>,
     /// Where the run goes on success.
     pub on_success: Next,
     /// Where the run goes on failure.

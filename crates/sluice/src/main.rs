@@ -173,6 +173,7 @@ fn registry() -> Registry {
     sluice_sql::register(&mut r);
     sluice_http::register(&mut r);
     sluice_mail::register(&mut r);
+    sluice_script::register(&mut r);
     // The operator's cap on the environment variables flows may read.
     if let Ok(list) = std::env::var("SLUICE_FLOWS_ENV_ALLOW_LIST") {
         r.set_env_allow_list(

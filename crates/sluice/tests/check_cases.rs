@@ -20,6 +20,7 @@ fn check_cases() {
     let mut registry = sluice_sql::registry();
     sluice_http::register(&mut registry);
     sluice_mail::register(&mut registry);
+    sluice_script::register(&mut registry);
     let mut failures = Vec::new();
     for case in &cases {
         let got: Vec<String> = match sluice_model::load(&case.name, &case.text, &registry) {

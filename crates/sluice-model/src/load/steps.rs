@@ -344,9 +344,15 @@ impl Checker<'_> {
             }
         }
         let mut deferred = BTreeMap::new();
+        let mut verbatim = Map::new();
         if let Some((kind, _)) = &r.kind
             && let Some(spec) = self.catalog.step(kind)
         {
+            for name in spec.verbatim {
+                if let Some(v) = templated.as_object_mut().and_then(|o| o.remove(*name)) {
+                    verbatim.insert((*name).to_owned(), v);
+                }
+            }
             for name in spec.deferred {
                 let Some(raw) = templated.as_object_mut().and_then(|o| o.remove(*name)) else {
                     continue;
@@ -492,6 +498,7 @@ impl Checker<'_> {
             options,
             expressions,
             deferred,
+            verbatim,
             on_success,
             on_failure,
             has_failure_path: r.reject.is_some(),

@@ -1,0 +1,116 @@
+//! `script`: the step. Its `code` is taken as written (never templated:
+//! data never becomes code) and checked for syntax when the flow loads;
+//! each call runs on a blocking thread, its data the step's input with the
+//! flow object's `$trigger`, `$last`, `$accountability` and `$env`.
+
+use crate::js::{self, Failure, Limits};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_action::{Action, ActionCx, ActionError, Blame, Outcome};
+use sluice_expr::PathSeg;
+use sluice_model::OptionIssue;
+use std::time::Duration;
+
+/// `script`.
+pub struct Script;
+
+/// The time a call may take when the step gives none (Directus's default).
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// The memory a call may use when the step gives none (Directus's default).
+const DEFAULT_MEMORY_MB: u64 = 32;
+
+/// Options of `script`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScriptOptions {
+    /// JavaScript: `module.exports = async function (data) { ... }`.
+    pub code: String,
+    /// Time a call may take, in milliseconds (default 10,000).
+    pub timeout_ms: Option<u64>,
+    /// Memory a call may use, in MiB (default 32).
+    pub memory_mb: Option<u64>,
+}
+
+impl Action for Script {
+    const KIND: &'static str = "script";
+    const VERBATIM: &'static [&'static str] = &["code"];
+    // It reaches nothing outside the run: its record may go with the next.
+    const PURE: bool = true;
+    type Options = ScriptOptions;
+
+    fn check(options: &Value) -> Vec<OptionIssue> {
+        let Some(code) = options.get("code").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        match js::check(code) {
+            Ok(()) => Vec::new(),
+            Err(Failure::Syntax(p)) => vec![OptionIssue {
+                path: vec![PathSeg::Key("code".into())],
+                message: format!("the script does not parse: {p}"),
+                at_key: false,
+                help: None,
+            }],
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn run<'a>(&'a self, cx: ActionCx<'a>, o: ScriptOptions) -> Result<Outcome, ActionError> {
+        let mut data = cx.input.clone();
+        if let Value::Object(m) = &mut data {
+            for var in ["trigger", "last", "accountability", "env"] {
+                let v = match cx.scope.get_json(var) {
+                    Some(v) => v.clone(),
+                    None => match cx.scope.get(var) {
+                        Some(v) => sluice_expr::from_val(&v).unwrap_or(Value::Null),
+                        None => continue,
+                    },
+                };
+                m.insert(format!("${var}"), v);
+            }
+        }
+        let text = serde_json::to_string(&data).map_err(|e| ActionError::data(e.to_string()))?;
+        let limits = Limits {
+            time: Duration::from_millis(o.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+            memory: usize::try_from(
+                o.memory_mb
+                    .unwrap_or(DEFAULT_MEMORY_MB)
+                    .saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64);
+        let code = o.code;
+        let called = tokio::task::spawn_blocking(move || js::call(&code, &text, now, limits))
+            .await
+            .map_err(|e| {
+                ActionError::new(Blame::Bug, format!("the script's thread failed: {e}"))
+            })?;
+        match called {
+            Ok(c) => {
+                let mut out = Outcome::value(c.value);
+                out.logs = c.logs;
+                Ok(out)
+            }
+            Err(f) => Err(failure(f, &limits)),
+        }
+    }
+}
+
+fn failure(f: Failure, limits: &Limits) -> ActionError {
+    match f {
+        Failure::Syntax(p) => ActionError::flow(format!("the script does not parse: {p}")),
+        Failure::Thrown(p) => ActionError::data(format!("the script threw at {p}")),
+        Failure::Timeout => ActionError::data(format!(
+            "the script ran longer than its {} ms (`timeoutMs`) and was stopped",
+            limits.time.as_millis()
+        )),
+        Failure::Memory => ActionError::data(format!(
+            "the script needed more than its {} MiB (`memoryMb`) and was stopped",
+            limits.memory >> 20
+        )),
+        Failure::Shape(m) => ActionError::flow(m),
+    }
+}
