@@ -43,6 +43,71 @@ pub struct HttpConnection {
     /// `api.internal`).
     #[serde(default)]
     pub allow_private_hosts: Vec<String>,
+    /// The API's collections, by the name `rest.*` steps give as
+    /// `collection`.
+    #[serde(default)]
+    pub resources: BTreeMap<String, Resource>,
+}
+
+/// A collection of a REST API: where its objects are and how it is asked.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resource {
+    /// Its path under the base URL (default `/` and its name); an object
+    /// is at `PATH/ID`.
+    pub path: Option<String>,
+    /// The field that identifies an object (default `id`).
+    #[serde(default = "default_id")]
+    pub id_field: String,
+    /// How an update is sent: `patch` (default; the fields written) or
+    /// `put` (the whole object).
+    #[serde(default)]
+    pub update: UpdateVerb,
+    /// The query parameter of each condition, `{field}` standing for the
+    /// field's name (default: `=` as `{field}`, as `?email=a@example.com`).
+    #[serde(default)]
+    pub filters: BTreeMap<String, String>,
+    /// Where a list answer's items are, a JSONPath (default `$`).
+    #[serde(default = "default_items")]
+    pub items: String,
+    /// How pages are asked for, when the API pages its lists.
+    pub paging: Option<Paging>,
+}
+
+/// How an update is sent.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum UpdateVerb {
+    /// `PATCH` with the fields written.
+    #[default]
+    Patch,
+    /// `PUT` with the whole object.
+    Put,
+}
+
+/// Page parameters of a resource's lists.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Paging {
+    /// The page number's parameter (such as `_page`).
+    pub page: String,
+    /// The page size's parameter (such as `_limit`).
+    pub size: String,
+    /// The first page's number (default 1).
+    #[serde(default = "one")]
+    pub start: u64,
+}
+
+fn default_id() -> String {
+    "id".into()
+}
+
+fn default_items() -> String {
+    "$".into()
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// How a connection's requests authenticate.

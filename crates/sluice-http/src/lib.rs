@@ -4,7 +4,9 @@
 //! through reqwest on rustls; addresses of the machine itself and of
 //! private networks are refused after DNS resolution unless the connection
 //! allows the host by name (`guard`); redirects, the time limit and the
-//! size limit are applied hop by hop (`send`).
+//! size limit are applied hop by hop (`send`). A connection's `resources`
+//! describe a REST API's collections, which the `rest.*` standardized
+//! actions read and write with the rules of the `sql.*` ones (`standard`).
 
 mod auth;
 mod call;
@@ -14,12 +16,18 @@ mod guard;
 mod listing;
 mod pages;
 mod request;
+mod rest;
 mod send;
+mod standard;
 
 pub use call::{BodyType, HttpRequestOptions, ResponseType};
-pub use connection::{Auth, HttpConnection};
+pub use connection::{Auth, HttpConnection, Paging, Resource, UpdateVerb};
 pub use pages::{Mode, Next, Pages};
 pub use request::HttpRequest;
+pub use standard::{
+    RestCreate, RestDelete, RestLookup, RestLookupMany, RestLookupManyOptions, RestLookupOptions,
+    RestUpdate, RestUpsert, RestWriteOptions,
+};
 
 use sluice_action::Registry;
 use std::sync::Arc;
@@ -27,7 +35,13 @@ use std::sync::Arc;
 /// Add the HTTP step types and connection type to `registry`.
 pub fn register(registry: &mut Registry) {
     let clients = Arc::new(client::Clients::default());
-    registry.add(HttpRequest(clients));
+    registry.add(HttpRequest(clients.clone()));
+    registry.add(RestLookup(clients.clone()));
+    registry.add(RestLookupMany(clients.clone()));
+    registry.add(RestCreate(clients.clone()));
+    registry.add(RestUpdate(clients.clone()));
+    registry.add(RestUpsert(clients.clone()));
+    registry.add(RestDelete(clients));
     registry.add_connection("http", connection::check);
 }
 

@@ -194,6 +194,10 @@ async fn servers() -> (u16, u16, Arc<Api>) {
         .route("/list/link", get(by_link))
         .route("/list/cursor", get(by_cursor))
         .route("/list/page", get(by_number))
+        .route(
+            "/people",
+            get(|| async { axum::Json(json!([{"id": 1, "name": "A"}, {"id": 2, "name": "B"}])) }),
+        )
         .route("/token", post(token))
         .route("/protected", get(protected))
         .route("/rotate", post(rotate))
@@ -680,4 +684,54 @@ async fn lists_are_read_over_their_pages() {
         .await;
     assert_eq!(blame, Blame::External);
     assert!(m.contains("has no list at `$.rows`"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_actions_refuse_what_the_api_cannot_answer_as_asked() {
+    let (port, _, _) = servers().await;
+    let env = Env::new(port).await;
+    let conn = "connections:\n  api: {type: http, baseUrl: \"http://127.0.0.1:PORT\", allowPrivateHosts: [127.0.0.1], resources: {people: {}, numbers: {path: /list/link}}}\n";
+    let step = |s: &str| format!("id: t\n{conn}steps:\n  - {{key: s, {s}}}\n");
+    // An API that ignores the search parameter: its answer is not taken
+    // for matches.
+    let (blame, m) = env
+        .fails(&step("type: rest.lookup, options: {connection: api, collection: people, criteria: {name: A}}"), json!({}))
+        .await;
+    assert_eq!(blame, Blame::Flow);
+    assert!(
+        m.contains("the API does not filter by `name` as asked"),
+        "{m}"
+    );
+    let (blame, m) = env
+        .fails(&step("type: rest.lookupMany, options: {connection: api, collection: people, terms: [{field: id, condition: \">=\", value: 1}]}"), json!({}))
+        .await;
+    assert_eq!(blame, Blame::Flow);
+    assert!(
+        m.contains("resource `people` has no filter for `>=`"),
+        "{m}"
+    );
+    let (blame, m) = env
+        .fails(&step("type: rest.lookup, options: {connection: api, collection: nobody, criteria: {id: 1}}"), json!({}))
+        .await;
+    assert_eq!(blame, Blame::Flow);
+    assert!(
+        m.contains("connection `api` has no resource `nobody`"),
+        "{m}"
+    );
+    let (blame, m) = env
+        .fails(
+            &step("type: rest.lookupMany, options: {connection: api, collection: numbers}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(blame, Blame::External);
+    assert!(m.contains("answered with 1 where an object belongs"), "{m}");
+    let (blame, m) = env
+        .fails(&step("type: rest.lookup, options: {connection: api, collection: people, criteria: {name: {a: 1}}}"), json!({}))
+        .await;
+    assert_eq!(blame, Blame::Data);
+    assert!(
+        m.contains("a REST API is asked for text, numbers and booleans only"),
+        "{m}"
+    );
 }
