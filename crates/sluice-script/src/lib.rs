@@ -10,6 +10,18 @@ mod step;
 
 pub use step::{Script, ScriptOptions};
 
+/// One call of a script, as the step makes it (for benchmarks): `code`'s
+/// exported function on `data` (JSON text); its result.
+pub fn call_once(code: &str, data: &str) -> Result<serde_json::Value, String> {
+    let limits = js::Limits {
+        time: std::time::Duration::from_secs(10),
+        memory: 32 << 20,
+    };
+    js::call(code, data, 0.0, limits)
+        .map(|c| c.value)
+        .map_err(|e| format!("{e:?}"))
+}
+
 use sluice_action::Registry;
 
 /// Add the script step type to `registry`.
