@@ -151,6 +151,23 @@ pub struct ActionCx<'a> {
     /// The run's one transaction, under `transaction: flow`: connectors
     /// write (and read) through it instead of committing each step.
     pub flow_tx: Option<&'a FlowTx>,
+    /// The HTTP calls of another connector (an envelope's `call` patches),
+    /// when one is registered.
+    pub calls: Option<&'a dyn Calls>,
+}
+
+/// HTTP calls made for a step of another connector: an envelope's `call`
+/// patch and its compensation.
+pub trait Calls: Send + Sync {
+    /// Make `request` (the options of `http.request`, its `connection`
+    /// among them) for `cx`'s flow, with idempotency key `key`; the answer,
+    /// `{status, headers, body}`.
+    fn call<'a>(
+        &'a self,
+        cx: &'a ActionCx<'a>,
+        request: Value,
+        key: String,
+    ) -> BoxFuture<'a, Result<Value, ActionError>>;
 }
 
 /// A transaction a connector opened for a whole run (`transaction: flow`),
@@ -222,6 +239,7 @@ impl ActionCx<'_> {
                 self.step_key
             ),
             retry_after_ms: None,
+            incident: false,
         })
     }
 }

@@ -619,6 +619,7 @@ mod tests {
             idempotency_key: "r/s/0/1",
             hooks: None,
             flow_tx: None,
+            calls: None,
         };
         reg.get(kind).unwrap().action.run_json(cx, &options).await
     }

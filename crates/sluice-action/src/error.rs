@@ -49,6 +49,9 @@ pub struct ActionError {
     /// next attempt (HTTP's `Retry-After`), in milliseconds: a `retry`
     /// waits at least this long.
     pub retry_after_ms: Option<u64>,
+    /// The run stops at an incident whatever the step's failure path: a
+    /// person must look (something the step did could not be undone).
+    pub incident: bool,
 }
 
 impl ActionError {
@@ -58,6 +61,7 @@ impl ActionError {
             blame,
             message: message.into(),
             retry_after_ms: None,
+            incident: false,
         }
     }
 
@@ -74,6 +78,12 @@ impl ActionError {
     /// An error of an outside system.
     pub fn external(message: impl Into<String>) -> Self {
         Self::new(Blame::External, message)
+    }
+
+    /// The same error, stopping the run at an incident.
+    pub fn incident(mut self) -> Self {
+        self.incident = true;
+        self
     }
 
     /// The same error, the outside system having asked for `ms`

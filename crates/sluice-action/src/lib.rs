@@ -29,7 +29,7 @@ pub mod secrets;
 pub mod triggers;
 
 pub use action::{
-    Action, ActionCx, CommittedRuns, DynAction, Effect, FlowTx, Iteration, OpenTx, Outcome,
+    Action, ActionCx, Calls, CommittedRuns, DynAction, Effect, FlowTx, Iteration, OpenTx, Outcome,
 };
 pub use check::{check_options, valid_ident};
 pub use error::{ActionError, Blame, BoxFuture};

@@ -2,7 +2,7 @@
 //! the model checks flows against it ([`Catalog`]), and the published JSON
 //! Schema of flow files is made from it.
 
-use crate::action::{Action, CommittedRuns, DynAction};
+use crate::action::{Action, Calls, CommittedRuns, DynAction};
 use crate::batch::Batches;
 use crate::check::{check_options, options_schema, templatable};
 use crate::poll::PollSource;
@@ -70,6 +70,8 @@ pub struct Registry {
     batches: Option<Arc<dyn Batches>>,
     /// The connector that knows whether a run's one transaction committed.
     committed_runs: Option<Arc<dyn CommittedRuns>>,
+    /// The connector that makes HTTP calls for other connectors' steps.
+    calls: Option<Arc<dyn Calls>>,
     /// Connection types besides databases, by `type:`.
     connections: BTreeMap<&'static str, ConnectionSpec>,
     /// The environment variables flows may list under `env` (`None`: any).
@@ -269,6 +271,16 @@ impl Registry {
     /// checked by `check`.
     pub fn add_connection(&mut self, kind: &'static str, check: fn(&Value) -> Vec<OptionIssue>) {
         self.connections.insert(kind, ConnectionSpec { check });
+    }
+
+    /// Make HTTP calls for other connectors' steps through `calls`.
+    pub fn set_calls(&mut self, calls: Arc<dyn Calls>) {
+        self.calls = Some(calls);
+    }
+
+    /// The connector that makes HTTP calls for other connectors' steps.
+    pub fn calls(&self) -> Option<&Arc<dyn Calls>> {
+        self.calls.as_ref()
     }
 
     /// Ask `runs` whether a run's one transaction (`transaction: flow`)

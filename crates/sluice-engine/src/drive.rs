@@ -408,6 +408,7 @@ impl<S: Store> Engine<S> {
                     blame: e.blame,
                     message: format!("the run's transaction did not commit: {}", e.message),
                     retry_after_ms: None,
+                    incident: false,
                 },
                 logs: done.logs,
                 incident: false,

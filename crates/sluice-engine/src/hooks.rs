@@ -75,6 +75,7 @@ pub(crate) fn refused(flow: &Flow, end: ChildEnd) -> ActionError {
             end.status.as_str()
         ),
         retry_after_ms: None,
+        incident: false,
     }
 }
 

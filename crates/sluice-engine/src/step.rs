@@ -142,9 +142,9 @@ impl<S: Store> Engine<S> {
             Err((error, logs)) => {
                 return Err(Failed {
                     options: recorded_options,
+                    incident: error.incident,
                     error,
                     logs,
-                    incident: false,
                 });
             }
         };
@@ -218,6 +218,7 @@ impl<S: Store> Engine<S> {
                 blame: Blame::Bug,
                 message: format!("step type `{}` is not registered", step.kind),
                 retry_after_ms: None,
+                incident: false,
             };
             (error, Vec::new())
         })?;
@@ -254,6 +255,10 @@ impl<S: Store> Engine<S> {
             idempotency_key: scx.key,
             hooks: hooks.as_ref().map(|h| h as &dyn DataHooks),
             flow_tx: scx.flow_tx,
+            calls: self
+                .registry
+                .calls()
+                .map(|c| c.as_ref() as &dyn sluice_action::Calls),
         };
         let Outcome {
             mut payload,

@@ -65,6 +65,7 @@ pub(crate) fn child_result(
                 error.unwrap_or_default()
             ),
             retry_after_ms: None,
+            incident: false,
         }),
     }
 }
@@ -165,6 +166,7 @@ impl<S: Store> Engine<S> {
                             blame: e.blame,
                             message: format!("element {} of {n}: {}", i + 1, e.message),
                             retry_after_ms: None,
+                            incident: false,
                         });
                     }
                 }
@@ -231,11 +233,13 @@ impl<S: Store> Engine<S> {
                 blame: Blame::Bug,
                 message: format!("the run of flow `{flow_id}` panicked: {e}"),
                 retry_after_ms: None,
+                incident: false,
             };
             let store_err = |e: EngineError| ActionError {
                 blame: Blame::Store,
                 message: e.to_string(),
                 retry_after_ms: None,
+                incident: false,
             };
             if !scx.recorded {
                 let child =

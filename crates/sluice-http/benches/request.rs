@@ -116,6 +116,7 @@ fn http_request_step(b: Bencher) {
                 idempotency_key: "r/s/0/1",
                 hooks: None,
                 flow_tx: None,
+                calls: None,
             };
             action.run_json(cx, &options).await.unwrap()
         })

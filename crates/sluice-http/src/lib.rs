@@ -41,7 +41,8 @@ pub fn register(registry: &mut Registry) {
     registry.add(RestCreate(clients.clone()));
     registry.add(RestUpdate(clients.clone()));
     registry.add(RestUpsert(clients.clone()));
-    registry.add(RestDelete(clients));
+    registry.add(RestDelete(clients.clone()));
+    registry.set_calls(Arc::new(request::HttpCalls(clients)));
     registry.add_connection("http", connection::check);
 }
 

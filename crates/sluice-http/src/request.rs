@@ -103,3 +103,31 @@ impl Action for HttpRequest {
         }
     }
 }
+
+/// HTTP calls for other connectors' steps (an envelope's `call` patches).
+pub(crate) struct HttpCalls(pub(crate) Arc<Clients>);
+
+impl sluice_action::Calls for HttpCalls {
+    fn call<'a>(
+        &'a self,
+        cx: &'a ActionCx<'a>,
+        request: Value,
+        key: String,
+    ) -> sluice_action::BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            let o: HttpRequestOptions = serde_json::from_value(request)
+                .map_err(|e| ActionError::data(format!("the call: {e}")))?;
+            if o.pages.is_some() {
+                return Err(ActionError::flow(
+                    "a call of an envelope reads one answer: `pages` is for `http.request`",
+                ));
+            }
+            let conn = self.0.get(cx.connections, o.connection.as_deref())?;
+            let method = o.method.to_ascii_uppercase();
+            let url = target(&conn, &o.url, &o.query)?;
+            let call = Call::new(&conn, &o, &method, &key)?;
+            let sent = call.send(&url).await?;
+            Ok(Value::Object(answer(&method, &url, sent, &o)?))
+        })
+    }
+}

@@ -21,4 +21,4 @@ pub use flow::{
     Mapping, Next, OptionIssue, Retry, RetryOn, SQL_CONNECTION, StateDataFilter, Step, StepSpec,
     Transaction, Trigger, UnmappedResults, is_identifier, version_of,
 };
-pub use load::{closest, jq_path_to_mapping, load};
+pub use load::{calls_an_api, closest, jq_path_to_mapping, load};

@@ -438,6 +438,14 @@ impl Checker<'_> {
                             .to_owned(),
                     )
                 }
+                "envelope"
+                    if s
+                        .deferred
+                        .get("patches")
+                        .is_some_and(|(raw, _)| calls_an_api(raw)) =>
+                {
+                    Some("its calls are undone when the envelope fails, not when the run's transaction rolls back later".to_owned())
+                }
                 _ if s.retry.is_some() => Some(
                     "a retry's backoff suspends the run, and an open transaction cannot wait"
                         .to_owned(),
@@ -691,4 +699,14 @@ fn levenshtein(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Whether an envelope's patches (as written) call an API: a patch (or a
+/// child) with `call`.
+pub fn calls_an_api(patches: &Value) -> bool {
+    match patches {
+        Value::Array(a) => a.iter().any(calls_an_api),
+        Value::Object(m) => m.contains_key("call") || m.get("children").is_some_and(calls_an_api),
+        _ => false,
+    }
 }

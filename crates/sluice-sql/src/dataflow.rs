@@ -271,6 +271,7 @@ impl Action for Dataflow {
                         e.message
                     ),
                     retry_after_ms: None,
+                    incident: false,
                 })?;
         }
         let hooked = Hooked::of(&cx, &o.connection);
@@ -306,6 +307,7 @@ impl Action for Dataflow {
                             blame: e.blame,
                             message: e.message.replace("the envelope was", "the document was"),
                             retry_after_ms: None,
+                            incident: false,
                         });
                     }
                 }

@@ -5,6 +5,7 @@ use crate::change::{Hooked, PatchOp, apply_in, new_id, plan_in};
 use crate::db::{Db, Pools, Tx};
 use crate::shared::StepTx;
 pub mod bulk;
+pub(crate) mod calls;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -109,7 +110,55 @@ pub struct EnvelopeOptions {
     /// of a flow receives them through `ActionCx::deferred` and renders each
     /// just before writing it.
     #[serde(default)]
-    pub patches: Vec<Patch>,
+    pub patches: Vec<EnvelopePatch>,
+}
+
+/// A patch of an envelope: a write, or a call of an API.
+#[derive(Clone, Debug, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvelopePatch {
+    /// A call (`call`, `compensate`, `setTokens`).
+    Call(calls::CallPatch),
+    /// A write of the envelope's database.
+    Write(Patch),
+}
+
+impl<'de> Deserialize<'de> for EnvelopePatch {
+    /// A patch with `call` is a call, any other a write: each read with
+    /// its own messages, the place inside the patch named in them.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let inner = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let at = e.path().to_string();
+            let e = e.into_inner();
+            if at == "." {
+                serde::de::Error::custom(e)
+            } else {
+                serde::de::Error::custom(format!("at `{at}`: {e}"))
+            }
+        };
+        if calls::is_call(&v) {
+            serde_path_to_error::deserialize(v)
+                .map(Self::Call)
+                .map_err(inner)
+        } else {
+            serde_path_to_error::deserialize(v)
+                .map(Self::Write)
+                .map_err(inner)
+        }
+    }
+}
+
+impl EnvelopePatch {
+    /// The write, where a write is needed.
+    pub(crate) fn write(self) -> Result<Patch, ActionError> {
+        match self {
+            Self::Write(p) => Ok(p),
+            Self::Call(_) => Err(ActionError::flow(
+                "a call patch is made by an envelope of a flow's step, not here",
+            )),
+        }
+    }
 }
 
 /// `envelope`: patches written all or none, in one transaction.
@@ -320,11 +369,19 @@ impl Action for Envelope {
     ) -> Result<Outcome, ActionError> {
         match cx.batch {
             Some(b) => match b.batch.as_any().downcast_ref::<bulk::Batch>() {
-                Some(batch) => batch.submit(&cx, b, &o.connection, o.patches).await,
+                Some(batch) => {
+                    let patches = o
+                        .patches
+                        .into_iter()
+                        .map(EnvelopePatch::write)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    batch.submit(&cx, b, &o.connection, patches).await
+                }
                 None => Err(ActionError {
                     blame: sluice_action::Blame::Bug,
                     message: "an envelope was handed another connector's batch".into(),
                     retry_after_ms: None,
+                    incident: false,
                 }),
             },
             // Boxed: this future is much larger than an import's, which
@@ -362,25 +419,46 @@ pub(crate) async fn write_envelope(
         });
     }
     let mut results = Vec::new();
+    // The calls made so far, to undo if the envelope fails.
+    let mut made = Vec::new();
+    let render = |i: usize, t: &sluice_expr::TemplateValue, tokens: &Map<String, Value>| {
+        let tokens = Value::Object(tokens.clone());
+        let scope = WithTokens {
+            inner: cx.scope,
+            tokens: &tokens,
+            tokens_val: &std::sync::OnceLock::new(),
+        };
+        t.render_item(i, input, &scope, cx.limits)
+            .map(|v| v.unwrap_or(Value::Null))
+    };
     for i in 0..count {
         // Each patch is templated just before it is written, so that it
         // sees the tokens the patches before it have set.
         let patch = match compiled {
             Some(t) => {
-                let tokens = Value::Object(written.tokens.clone());
-                let scope = WithTokens {
-                    inner: cx.scope,
-                    tokens: &tokens,
-                    tokens_val: &std::sync::OnceLock::new(),
-                };
-                let v = t
-                    .render_item(i, input, &scope, cx.limits)?
-                    .unwrap_or(Value::Null);
+                let v = render(i, t, &written.tokens)?;
+                if calls::is_call(&v) {
+                    match calls::make(&cx, i, &v, &mut written).await {
+                        Ok(answer) => {
+                            results.push(answer);
+                            let again = render(i, t, &written.tokens)?;
+                            made.push(calls::undo_of(&cx, i, &v, &again));
+                            continue;
+                        }
+                        Err((which, e)) => {
+                            drop(step);
+                            return Err(calls::undone(&cx, made, &which, e).await);
+                        }
+                    }
+                }
                 templated(i, v)?
             }
-            None => o.patches[i].clone(),
+            None => o.patches[i].clone().write()?,
         };
-        crate::change::refuse_hooks_in_flow_tx(&cx, hooked, &patch.collection)?;
+        if let Err(e) = crate::change::refuse_hooks_in_flow_tx(&cx, hooked, &patch.collection) {
+            drop(step);
+            return Err(calls::undone(&cx, made, &format!("patch {}", i + 1), e).await);
+        }
         match apply_patch(
             step.tx(),
             &db,
@@ -394,19 +472,27 @@ pub(crate) async fn write_envelope(
         {
             Ok(v) => results.push(v),
             Err((which, e)) => {
-                // Dropping the transaction rolls back every earlier patch.
+                // Dropping the transaction rolls back every earlier patch;
+                // the calls made are undone.
                 drop(step);
-                return Err(envelope_failure(&which, e));
+                return Err(calls::undone(&cx, made, &which, e).await);
             }
         }
     }
     let mut outcome = envelope_outcome(&global, written.tokens, results);
     if let Some(payload) = &outcome.payload {
-        step.tx()
+        let recorded = step
+            .tx()
             .complete(crate::db::completion_key(&cx), payload)
-            .await?;
+            .await;
+        if let Err(e) = recorded {
+            drop(step);
+            return Err(calls::undone(&cx, made, "recording the envelope", e).await);
+        }
     }
-    step.commit().await?;
+    if let Err(e) = step.commit().await {
+        return Err(calls::undone(&cx, made, "the commit", e).await);
+    }
     if let Some(h) = hooked {
         outcome.logs = h.after(written.changes).await;
     }
@@ -421,7 +507,10 @@ pub(crate) fn templated(i: usize, v: Value) -> Result<Patch, ActionError> {
 
 /// How many patches an envelope has: its compiled template's (a step of a
 /// flow), or else those given in its options.
-pub(crate) fn patch_count(compiled: Option<&sluice_expr::TemplateValue>, given: &[Patch]) -> usize {
+pub(crate) fn patch_count(
+    compiled: Option<&sluice_expr::TemplateValue>,
+    given: &[EnvelopePatch],
+) -> usize {
     compiled.map_or(given.len(), |t| t.array_len().unwrap_or(0))
 }
 
@@ -434,6 +523,7 @@ pub(crate) fn envelope_failure(which: &str, e: ActionError) -> ActionError {
             e.message
         ),
         retry_after_ms: None,
+        incident: false,
     }
 }
 

@@ -108,6 +108,7 @@ impl<'a> StepTx<'a> {
                     blame: Blame::Bug,
                     message: "the run's transaction belongs to another connector".into(),
                     retry_after_ms: None,
+                    incident: false,
                 })?,
         };
         if open.connection != connection {

@@ -694,3 +694,30 @@ fn an_import_refuses_a_flow_in_one_transaction() {
         o.stderr
     );
 }
+
+#[test]
+fn an_import_refuses_an_envelope_that_calls_an_api() {
+    let dir = temp("import-call");
+    let flow = dir.join("call.yaml");
+    std::fs::write(
+        &flow,
+        "id: call\nconnections:\n  db: {url: \"sqlite:t.db?mode=rwc\"}\n  api: {type: http, baseUrl: \"https://api.example.com\"}\nsteps:\n  - {key: e, type: envelope, options: {connection: db, patches: [{call: {connection: api, method: POST, url: /x}, compensate: {connection: api, method: DELETE, url: /x}}]}}\n",
+    )
+    .unwrap();
+    let records = dir.join("r.csv");
+    std::fs::write(&records, "x\n1\n").unwrap();
+    let o = run(sluice()
+        .current_dir(&dir)
+        .arg("run")
+        .arg(&flow)
+        .arg("--records")
+        .arg(&records)
+        .arg("--store")
+        .arg(dir.join("s.db")));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("envelope `e` calls an API"),
+        "{}",
+        o.stderr
+    );
+}

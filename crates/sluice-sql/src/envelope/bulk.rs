@@ -333,7 +333,7 @@ impl Batch {
         let patches = match cx.deferred.get("patches").map(|(_, t)| t) {
             None => patches.into_iter().map(Pending::Ready).collect(),
             Some(t) => {
-                let count = super::patch_count(Some(t), &patches);
+                let count = t.array_len().unwrap_or(0);
                 let mut out = Vec::with_capacity(count);
                 for i in 0..count {
                     if let TemplateValue::Array(items) = t
@@ -391,6 +391,7 @@ impl Batch {
                 blame: Blame::Bug,
                 message: format!("chunk {} of the import is not expected", at.chunk),
                 retry_after_ms: None,
+                incident: false,
             })?;
             c.waiting.push(job);
             c.tell();
@@ -399,6 +400,7 @@ impl Batch {
             blame: Blame::External,
             message: "the import stopped before this record's envelope was written".into(),
             retry_after_ms: None,
+            incident: false,
         })??;
         let results = if at.results_read {
             written

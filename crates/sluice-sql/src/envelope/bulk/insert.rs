@@ -24,6 +24,7 @@ pub(super) fn unmatched() -> ActionError {
         blame: Blame::Bug,
         message: "the rows a multi-row insert returned do not match its records".into(),
         retry_after_ms: None,
+        incident: false,
     }
 }
 

@@ -48,6 +48,17 @@ pub(super) fn connection(flow: &Flow) -> Result<Option<String>, String> {
                 step.key
             ));
         }
+        if step.kind == "envelope"
+            && step
+                .deferred
+                .get("patches")
+                .is_some_and(|(raw, _)| sluice_model::calls_an_api(raw))
+        {
+            return Err(format!(
+                "envelope `{}` calls an API; an import writes its records' envelopes in chunks, and a call cannot be undone with a chunk",
+                step.key
+            ));
+        }
         if step.kind == "envelope" {
             let conn = match literal(&step.options, "connection") {
                 Ok(Some(Value::String(c))) => c.clone(),
