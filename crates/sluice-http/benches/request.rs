@@ -69,7 +69,14 @@ fn runtime() -> tokio::runtime::Runtime {
 fn reqwest_alone(b: Bencher) {
     let port = server();
     let rt = runtime();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // The same TLS set-up the step's clients have (none is used on
+    // plain HTTP, but a client needs one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let url = format!("http://127.0.0.1:{port}/orders/7?expand=items");
     b.bench_local(|| {
         rt.block_on(async {
@@ -138,16 +145,13 @@ fn fan_out_1000_calls_16_at_once(b: Bencher) {
     std::fs::create_dir_all(&dir).unwrap();
     let registry = Arc::new(sluice_http::registry());
     let store = rt.block_on(async {
-        SqliteStore::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.join("store.db").display()
-        ))
-        .await
-        .unwrap()
+        SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
+            .await
+            .unwrap()
     });
     let engine = Engine::new(Arc::new(store), registry.clone());
     let text = format!(
-        "id: fan\nconnections:\n  api: {{type: http, baseUrl: \"http://127.0.0.1:{port}\", allowPrivateHosts: [127.0.0.1]}}\nsteps:\n  - {{key: each, type: split, options: {{items: \"{{{{ [range(1000)] }}}}\", concurrency: 16}}}}\n  - {{key: get, type: http.request, options: {{connection: api, url: \"/orders/{{{{ . }}}}\"}}}}\n"
+        "id: fan\nconnections:\n  api: {{type: http, baseUrl: \"http://127.0.0.1:{port}\", allowPrivateHosts: [127.0.0.1]}}\nsteps:\n  - {{key: each, type: split, options: {{items: \"{{{{ [range(1000) | {{n: .}}] }}}}\", concurrency: 16}}}}\n  - {{key: get, type: http.request, options: {{connection: api, url: \"/orders/{{{{ .n }}}}\"}}}}\n"
     );
     let flow = sluice_model::load("fan.yaml", &text, registry.as_ref()).unwrap();
     b.bench_local(|| {

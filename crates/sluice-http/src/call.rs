@@ -205,24 +205,8 @@ pub(crate) fn target(
         }
     };
     if !query.is_empty() {
-        let mut pairs = u.query_pairs_mut();
-        for (k, v) in query {
-            let values = match v {
-                Value::Array(items) => items.iter().collect(),
-                one => vec![one],
-            };
-            for v in values {
-                match v {
-                    Value::Null => {}
-                    Value::String(s) => {
-                        pairs.append_pair(k, s);
-                    }
-                    other => {
-                        pairs.append_pair(k, &other.to_string());
-                    }
-                }
-            }
-        }
+        let pairs = text_pairs(query, "query parameter")?;
+        u.query_pairs_mut().extend_pairs(pairs);
     }
     Ok(u)
 }
@@ -260,35 +244,43 @@ fn encode_body(
                 )));
             };
             let mut form = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in fields {
-                let values = match v {
-                    Value::Array(items) => items.iter().collect(),
-                    one => vec![one],
-                };
-                for v in values {
-                    match v {
-                        Value::Null => {}
-                        Value::String(s) => {
-                            form.append_pair(k, s);
-                        }
-                        Value::Object(_) | Value::Array(_) => {
-                            return Err(ActionError::data(format!(
-                                "form field `{k}` is {}: a form holds text",
-                                kind_name(v)
-                            )));
-                        }
-                        other => {
-                            form.append_pair(k, &other.to_string());
-                        }
-                    }
-                }
-            }
+            form.extend_pairs(text_pairs(fields, "form field")?);
             (
                 Some(form.finish().into_bytes()),
                 Some("application/x-www-form-urlencoded"),
             )
         }
     })
+}
+
+/// The name-value pairs of a query or a form: an array repeats its name,
+/// `null` is left out, numbers and booleans are written as text; an object
+/// or a nested array cannot be (`what` names the pair in the message).
+fn text_pairs(
+    fields: &Map<String, Value>,
+    what: &str,
+) -> Result<Vec<(String, String)>, ActionError> {
+    let mut out = Vec::new();
+    for (k, v) in fields {
+        let values = match v {
+            Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        for v in values {
+            match v {
+                Value::Null => {}
+                Value::String(s) => out.push((k.clone(), s.clone())),
+                Value::Object(_) | Value::Array(_) => {
+                    return Err(ActionError::data(format!(
+                        "{what} `{k}` is {}: it holds text",
+                        kind_name(v)
+                    )));
+                }
+                other => out.push((k.clone(), other.to_string())),
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn kind_name(v: &Value) -> &'static str {
@@ -546,7 +538,11 @@ mod tests {
         assert_eq!(String::from_utf8(b.unwrap()).unwrap(), "a=x+y&n=2&l=1&l=2");
         assert_eq!(ct, Some("application/x-www-form-urlencoded"));
         let e = encode_body(Some(&json!({"a": {"b": 1}})), BodyType::Form).unwrap_err();
-        assert!(e.message.contains("form field `a` is an object"), "{e}");
+        assert!(
+            e.message
+                .contains("form field `a` is an object: it holds text"),
+            "{e}"
+        );
         let e = encode_body(Some(&json!(1)), BodyType::Text).unwrap_err();
         assert_eq!(e.blame, Blame::Data);
     }

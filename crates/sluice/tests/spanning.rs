@@ -9,78 +9,19 @@ use serde_json::{Value, json};
 use sluice_action::Blame;
 use sluice_engine::{Engine, RunRequest, RunResult};
 use sluice_store::{RunStatus, SqliteStore};
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// GET `path` from json-server: its JSON.
-fn get(port: u16, path: &str) -> Option<Value> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_envelope_undoes_its_database_writes_and_its_api_calls() {
-    let Some(bin) = std::env::var("SLUICE_JSON_SERVER").ok().or_else(|| {
-        assert!(
-            std::env::var("CI").is_err(),
-            "json-server is needed under CI: set SLUICE_JSON_SERVER (.ci/run installs it)"
-        );
-        eprintln!("skipped: json-server is not installed (npm install json-server@0.17.4)");
-        None
-    }) else {
-        return;
-    };
     let dir = std::env::temp_dir().join(format!("sluice-span-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("db.json"), r#"{"orders": []}"#).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Server(
-        Command::new(&bin)
-            .arg(dir.join("db.json"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--host",
-                "127.0.0.1",
-                "--quiet",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    while get(port, "/orders").is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "json-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let Some(server) = common::start_json_server(&dir, &json!({"orders": []})) else {
+        return;
+    };
+    let port = server.port;
     let mut registry = sluice_sql::registry();
     sluice_http::register(&mut registry);
     let registry = Arc::new(registry);
@@ -131,7 +72,11 @@ unmappedResults: replace
             .as_i64()
             .unwrap()
     };
-    let orders = || get(port, "/orders").unwrap().as_array().unwrap().len();
+    let orders = || {
+        common::http(port, "GET", "/orders", None)
+            .and_then(|(_, v)| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
     let undo = "/orders/{{ $tokens.orderId }}";
 
     // All three patches: a row, an order at the API, a row naming both.
