@@ -121,6 +121,9 @@ pub enum EnvelopePatch {
     Call(calls::CallPatch),
     /// A write of the envelope's database.
     Write(Patch),
+    /// A patch whose shape its templates decide (read when it is rendered).
+    #[schemars(skip)]
+    Templated,
 }
 
 impl<'de> Deserialize<'de> for EnvelopePatch {
@@ -128,24 +131,37 @@ impl<'de> Deserialize<'de> for EnvelopePatch {
     /// its own messages, the place inside the patch named in them.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = Value::deserialize(d)?;
-        let inner = |e: serde_path_to_error::Error<serde_json::Error>| {
-            let at = e.path().to_string();
+        let read = if calls::is_call(&v) {
+            serde_path_to_error::deserialize(&v).map(Self::Call)
+        } else {
+            serde_path_to_error::deserialize(&v).map(Self::Write)
+        };
+        read.or_else(|e| {
+            // A template stands where the error is: its value is known
+            // only when the step renders the patch (as `sluice check`
+            // passes templated options).
+            let mut at = Some(&v);
+            for seg in e.path().iter() {
+                at = match seg {
+                    serde_path_to_error::Segment::Map { key } => at.and_then(|x| x.get(key)),
+                    serde_path_to_error::Segment::Seq { index } => at.and_then(|x| x.get(index)),
+                    _ => at,
+                };
+            }
+            if at
+                .and_then(Value::as_str)
+                .is_some_and(sluice_expr::template::has_template)
+            {
+                return Ok(Self::Templated);
+            }
+            let path = e.path().to_string();
             let e = e.into_inner();
-            if at == "." {
+            Err(if path == "." {
                 serde::de::Error::custom(e)
             } else {
-                serde::de::Error::custom(format!("at `{at}`: {e}"))
-            }
-        };
-        if calls::is_call(&v) {
-            serde_path_to_error::deserialize(v)
-                .map(Self::Call)
-                .map_err(inner)
-        } else {
-            serde_path_to_error::deserialize(v)
-                .map(Self::Write)
-                .map_err(inner)
-        }
+                serde::de::Error::custom(format!("at `{path}`: {e}"))
+            })
+        })
     }
 }
 
@@ -154,8 +170,8 @@ impl EnvelopePatch {
     pub(crate) fn write(self) -> Result<Patch, ActionError> {
         match self {
             Self::Write(p) => Ok(p),
-            Self::Call(_) => Err(ActionError::flow(
-                "a call patch is made by an envelope of a flow's step, not here",
+            Self::Call(_) | Self::Templated => Err(ActionError::flow(
+                "a call patch, or a patch still to be templated, is made by an envelope of a flow's step, not here",
             )),
         }
     }
