@@ -268,9 +268,16 @@ impl Registry {
     }
 
     /// Register a connection type (`type: kind` under `connections`),
-    /// checked by `check`.
-    pub fn add_connection(&mut self, kind: &'static str, check: fn(&Value) -> Vec<OptionIssue>) {
-        self.connections.insert(kind, ConnectionSpec { check });
+    /// checked by `check`; `uses` checks a step's options against the
+    /// connection it names (see [`ConnectionSpec::uses`]).
+    pub fn add_connection(
+        &mut self,
+        kind: &'static str,
+        check: fn(&Value) -> Vec<OptionIssue>,
+        uses: fn(&str, &Value, &Value) -> Vec<OptionIssue>,
+    ) {
+        self.connections
+            .insert(kind, ConnectionSpec { check, uses });
     }
 
     /// Make HTTP calls for other connectors' steps through `calls`.

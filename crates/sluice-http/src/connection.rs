@@ -178,6 +178,35 @@ pub(crate) fn check(v: &Value) -> Vec<OptionIssue> {
     issues
 }
 
+/// `sluice check`'s view of a step's use of an http connection: a `rest.*`
+/// step's `collection` is one of the connection's `resources`.
+pub(crate) fn uses(kind: &str, options: &Value, connection: &Value) -> Vec<OptionIssue> {
+    let Some(c) = options.get("collection").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    if !kind.starts_with("rest.") || sluice_expr::template::has_template(c) {
+        return Vec::new();
+    }
+    let names: Vec<&str> = connection
+        .get("resources")
+        .and_then(Value::as_object)
+        .map(|r| r.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    if names.contains(&c) {
+        return Vec::new();
+    }
+    vec![OptionIssue {
+        path: vec![PathSeg::Key("collection".into())],
+        message: format!("the connection has no resource `{c}`"),
+        at_key: false,
+        help: Some(if names.is_empty() {
+            "describe the API's collections under the connection's `resources`".into()
+        } else {
+            format!("resources: {}", names.join(", "))
+        }),
+    }]
+}
+
 /// An `http:` or `https:` URL.
 pub(crate) fn web_url(text: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;

@@ -43,7 +43,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(RestUpsert(clients.clone()));
     registry.add(RestDelete(clients.clone()));
     registry.set_calls(Arc::new(request::HttpCalls(clients)));
-    registry.add_connection("http", connection::check);
+    registry.add_connection("http", connection::check, connection::uses);
 }
 
 /// The core step types and triggers with HTTP's: what a program or test

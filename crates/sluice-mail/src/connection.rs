@@ -44,6 +44,9 @@ pub struct SmtpConnection {
     pub from: Option<String>,
     /// Time a message may take to send, in milliseconds (default 30,000).
     pub timeout_ms: Option<u64>,
+    /// A PEM file of certificates to trust besides the Mozilla roots (the
+    /// certificate authority of a mail server inside a company).
+    pub ca_file: Option<String>,
 }
 
 /// `sluice check`'s view of an smtp connection.

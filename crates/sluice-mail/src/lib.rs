@@ -17,7 +17,7 @@ use sluice_action::Registry;
 /// Add the mail step types and connection type to `registry`.
 pub fn register(registry: &mut Registry) {
     registry.add(MailSend);
-    registry.add_connection("smtp", connection::check);
+    registry.add_connection("smtp", connection::check, |_, _, _| Vec::new());
 }
 
 /// The core step types and triggers with mail's: what a program or test

@@ -4,7 +4,7 @@
 use crate::connection::{Security, SmtpConnection};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -212,7 +212,16 @@ fn markdown(md: &str) -> String {
 
 fn transport(c: &SmtpConnection) -> Result<AsyncSmtpTransport<Tokio1Executor>, ActionError> {
     let tls = || {
-        TlsParameters::new(c.host.clone())
+        let mut b = TlsParameters::builder(c.host.clone());
+        if let Some(path) = &c.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| ActionError::flow(format!("`caFile` {path}: {e}")))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| {
+                ActionError::flow(format!("`caFile` {path} holds no certificate: {e}"))
+            })?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build_rustls()
             .map_err(|e| ActionError::flow(format!("TLS to `{}`: {e}", c.host)))
     };
     let mode = match c.security {

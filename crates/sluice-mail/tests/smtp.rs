@@ -32,6 +32,11 @@ fn free_port() -> u16 {
 
 /// Start aiosmtpd, or `None` when it is not installed (a failure under CI).
 fn smtp(dir: &Path) -> Option<Smtp> {
+    smtp_with(dir, &[])
+}
+
+/// aiosmtpd with more arguments (its TLS).
+fn smtp_with(dir: &Path, more: &[&str]) -> Option<Smtp> {
     let present = Command::new("python3")
         .args(["-c", "import aiosmtpd"])
         .stderr(Stdio::null())
@@ -49,6 +54,7 @@ fn smtp(dir: &Path) -> Option<Smtp> {
     let port = free_port();
     let child = Command::new("python3")
         .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(more)
         .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -208,4 +214,135 @@ async fn a_message_arrives_with_its_headers_and_body() {
     let f = run(&text, json!({})).await.failure.unwrap();
     assert_eq!(f.blame, Blame::External);
     assert!(f.message.contains("could not be reached"), "{}", f.message);
+}
+
+/// A certificate authority and a certificate it signed for 127.0.0.1, made
+/// with openssl in `dir`: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !openssl(&["version"]) {
+        assert!(std::env::var("CI").is_err(), "openssl is needed under CI");
+        eprintln!("skipped: openssl is not installed");
+        return None;
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Sluice Test CA",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ][..],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "cert.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ][..],
+    ] {
+        assert!(openssl(args), "openssl {args:?}");
+    }
+    Some((
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_tls_deliver_to_a_server_the_connection_trusts() {
+    let dir = std::env::temp_dir().join(format!("sluice-smtp-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some((ca, cert, key)) = certificates(&dir) else {
+        return;
+    };
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let starttls_dir = dir.join("starttls");
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&starttls_dir).unwrap();
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let Some(starttls) = smtp_with(&starttls_dir, &["--tlscert", cert, "--tlskey", key]) else {
+        return;
+    };
+    let Some(tls) = smtp_with(&tls_dir, &["--smtpscert", cert, "--smtpskey", key]) else {
+        return;
+    };
+    let send = |port: u16, security: &str, ca: Option<&Path>| {
+        let ca = ca.map_or(String::new(), |p| format!(", caFile: \"{}\"", p.display()));
+        format!(
+            "id: m\nconnections:\n  mail: {{type: smtp, host: 127.0.0.1, port: {port}, security: {security}, from: bot@example.com{ca}}}\nsteps:\n  - {{key: send, type: mail.send, options: {{connection: mail, to: a@example.com, subject: over {security}, text: t}}}}\n"
+        )
+    };
+    for (server, security) in [(&starttls, "starttls"), (&tls, "tls")] {
+        let r = run(&send(server.port, security, Some(&ca)), json!({})).await;
+        assert_eq!(
+            r.status,
+            RunStatus::Succeeded,
+            "{security}: {:?}",
+            r.failure
+        );
+        let got = received(&server.maildir);
+        assert_eq!(got.len(), 1, "{security}");
+        assert!(
+            got[0].contains(&format!("Subject: over {security}")),
+            "{}",
+            got[0]
+        );
+        // Without the authority, the server's certificate is not trusted.
+        let r = run(&send(server.port, security, None), json!({})).await;
+        let f = r.failure.unwrap();
+        assert_eq!(f.blame, Blame::External, "{security}: {}", f.message);
+        assert!(
+            f.message.contains("could not be reached over TLS")
+                || f.message.contains("certificate"),
+            "{security}: {}",
+            f.message
+        );
+        assert_eq!(received(&server.maildir).len(), 1, "{security}");
+    }
 }

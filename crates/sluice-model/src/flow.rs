@@ -44,6 +44,9 @@ pub trait Catalog {
 pub struct ConnectionSpec {
     /// Check the connection's keys (`type` among them) and values.
     pub check: fn(&Value) -> Vec<OptionIssue>,
+    /// Check a step's options against the connection it names (the step's
+    /// type, its options, the connection): issues at the step's options.
+    pub uses: fn(&str, &Value, &Value) -> Vec<OptionIssue>,
 }
 
 /// The type of a connection without `type:`: a database.

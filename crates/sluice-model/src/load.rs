@@ -72,6 +72,7 @@ pub fn load(name: &str, text: &str, catalog: &dyn Catalog) -> Result<Flow, Diagn
         catalog,
         connection_names: Vec::new(),
         connection_types: HashMap::new(),
+        connection_values: HashMap::new(),
     };
     let flow = match node::parse(text) {
         Ok(root) => cx.flow(&root, name),
@@ -116,6 +117,8 @@ struct Checker<'c> {
     connection_names: Vec<String>,
     /// Each connection's type (`sql` when it has no `type`).
     connection_types: HashMap<String, String>,
+    /// Each connection, as written.
+    connection_values: HashMap<String, Value>,
 }
 
 impl RawStep<'_> {

@@ -40,6 +40,7 @@ impl Checker<'_> {
             };
             self.connection_names.push(k.name.clone());
             self.connection_types.insert(k.name.clone(), kind);
+            self.connection_values.insert(k.name.clone(), v.to_json());
             out.insert(k.name.clone(), v.to_json());
         }
         out
@@ -108,6 +109,23 @@ impl Checker<'_> {
             }
         }
         kind
+    }
+
+    /// What the connector of the connection a step names says of the
+    /// step's options (a `rest.*` step's `collection` among its resources).
+    pub(super) fn connection_use(&mut self, kind: &str, options: &Value, node: &Node, who: &str) {
+        let Some(Value::String(c)) = options.get("connection") else {
+            return;
+        };
+        let (Some(t), Some(v)) = (self.connection_types.get(c), self.connection_values.get(c))
+        else {
+            return;
+        };
+        let Some(spec) = self.catalog.connection(t) else {
+            return;
+        };
+        let issues = (spec.uses)(kind, options, v);
+        self.option_issues(node, issues, &format!("{who} ({kind})"));
     }
 
     /// Whether the `connection` option (in `options`, written under

@@ -320,6 +320,9 @@ impl Checker<'_> {
                 spec.connection,
             );
             let before = self.diags.len();
+            self.connection_use(kind, &options_json, r.options.unwrap_or(r.node), &who);
+            ok &= self.diags.len() == before;
+            let before = self.diags.len();
             let anchor = r.options.unwrap_or(r.node);
             self.option_issues(
                 anchor,
