@@ -20,11 +20,24 @@ fn order() -> serde_json::Value {
         "items": [{"sku": "PEN-1", "qty": 2, "price": 1.25}, {"sku": "BOOK-9", "qty": 1, "price": 40}]})
 }
 
+const CODE: &str = "module.exports = function (data) {\n  return { orderId: data.orderId, total: data.items.reduce((s, i) => s + i.qty * i.price, 0) };\n};";
+
+/// A call as the step makes it: the script compiled once, a runtime each.
 #[divan::bench(sample_size = 200)]
 fn script_call(b: Bencher) {
-    let code = "module.exports = function (data) {\n  return { orderId: data.orderId, total: data.items.reduce((s, i) => s + i.qty * i.price, 0) };\n};";
+    let compiled = sluice_script::compile(CODE).unwrap();
     let data = order().to_string();
-    b.bench_local(|| black_box(sluice_script::call_once(code, black_box(&data)).unwrap()));
+    b.bench_local(|| black_box(sluice_script::call(&compiled, black_box(&data)).unwrap()));
+}
+
+/// Compiling the script as well.
+#[divan::bench(sample_size = 200)]
+fn script_compile_and_call(b: Bencher) {
+    let data = order().to_string();
+    b.bench_local(|| {
+        let compiled = sluice_script::compile(black_box(CODE)).unwrap();
+        black_box(sluice_script::call(&compiled, black_box(&data)).unwrap())
+    });
 }
 
 #[divan::bench(sample_size = 2000)]

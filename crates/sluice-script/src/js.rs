@@ -4,7 +4,10 @@
 //! collected into the step's log, and the exported function's value (a
 //! promise is driven to its end) back as JSON.
 
-use rquickjs::{CatchResultExt, CaughtError, Context, Ctx, Function, Object, Runtime, Value};
+use rquickjs::{
+    CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Runtime, Value,
+    WriteOptions,
+};
 use std::time::{Duration, Instant};
 
 /// What a call may use.
@@ -59,7 +62,7 @@ const FILE: &str = "script.js";
 /// The script inside a function of `module`, `exports` and `console`: one
 /// line before the script's first.
 fn wrapped(code: &str) -> String {
-    format!("(function (module, exports, console) {{\n{code}\n}})")
+    format!("export default (function (module, exports, console) {{\n{code}\n}});")
 }
 
 /// Sets up the global scope, then runs a script's wrapper and calls what it
@@ -90,24 +93,31 @@ const PRELUDE: &str = r#"(function (now) {
   };
 })"#;
 
-/// Whether `code` parses; where it does not.
-pub(crate) fn check(code: &str) -> Result<(), Failure> {
+/// `code` compiled once: the bytecode of a module whose default export is
+/// the script's wrapper (a script is strict-mode code, as modules are);
+/// where it does not parse.
+pub(crate) fn compile(code: &str) -> Result<Vec<u8>, Failure> {
     let limits = Limits {
         time: Duration::from_secs(2),
-        memory: 16 << 20,
+        memory: 64 << 20,
     };
     within(limits, |ctx| {
-        compile(ctx, code)?;
-        Ok(())
+        let m = Module::declare(ctx.clone(), FILE, wrapped(code))
+            .catch(ctx)
+            .map_err(|e| match thrown(e, true) {
+                Failure::Thrown(p) => Failure::Syntax(p),
+                other => other,
+            })?;
+        m.write(WriteOptions::default())
+            .map_err(|e| Failure::Shape(format!("the script could not be compiled: {e}")))
     })
-    .map(|_: ()| ())
 }
 
 /// Call the function `code` exports with `data` (JSON text), the clock at
 /// `now` (milliseconds since the epoch).
-pub(crate) fn call(code: &str, data: &str, now: f64, limits: Limits) -> Result<Called, Failure> {
+pub(crate) fn call(code: &[u8], data: &str, now: f64, limits: Limits) -> Result<Called, Failure> {
     within(limits, |ctx| {
-        let wrapper = compile(ctx, code)?;
+        let wrapper = load(ctx, code)?;
         let prelude: Function = ctx
             .eval_with_options(PRELUDE, options())
             .catch(ctx)
@@ -161,13 +171,18 @@ fn options() -> rquickjs::context::EvalOptions {
     o
 }
 
-fn compile<'js>(ctx: &Ctx<'js>, code: &str) -> Result<Function<'js>, Failure> {
-    ctx.eval_with_options(wrapped(code), options())
+/// The wrapper of a script compiled by [`compile`].
+fn load<'js>(ctx: &Ctx<'js>, bytes: &[u8]) -> Result<Function<'js>, Failure> {
+    // SAFETY: the bytes are what `compile` wrote, with this QuickJS, in
+    // this process (never read from outside).
+    let m = unsafe { Module::load(ctx.clone(), bytes) }
         .catch(ctx)
-        .map_err(|e| match thrown(e, true) {
-            Failure::Thrown(p) => Failure::Syntax(p),
-            other => other,
-        })
+        .map_err(|e| thrown(e, true))?;
+    let (m, done) = m.eval().catch(ctx).map_err(|e| thrown(e, true))?;
+    done.finish::<()>()
+        .catch(ctx)
+        .map_err(|e| thrown(e, true))?;
+    m.get("default").catch(ctx).map_err(|e| thrown(e, true))
 }
 
 /// Run `f` in a new runtime with `limits`.
@@ -260,32 +275,35 @@ mod tests {
         memory: 16 << 20,
     };
 
+    fn run(code: &str, data: &str, now: f64) -> Result<Called, Failure> {
+        call(&compile(code)?, data, now, LIMITS)
+    }
+
     #[test]
     fn a_script_gets_its_data_and_returns_json() {
         let code = "module.exports = async function (data) {\n  console.log('got', data.n);\n  return { twice: data.n * 2, when: Date.now(), year: new Date().getUTCFullYear() };\n};";
-        let out = call(code, r#"{"n": 21}"#, 1_700_000_000_000.0, LIMITS).unwrap();
+        let out = run(code, r#"{"n": 21}"#, 1_700_000_000_000.0).unwrap();
         assert_eq!(
             out.value,
             serde_json::json!({"twice": 42, "when": 1_700_000_000_000u64, "year": 2023})
         );
         assert_eq!(out.logs, vec!["got 21"]);
-        let out = call("module.exports = (d) => undefined;", "{}", 0.0, LIMITS).unwrap();
+        let out = run("module.exports = (d) => undefined;", "{}", 0.0).unwrap();
         assert_eq!(out.value, serde_json::Value::Null);
     }
 
     #[test]
     fn errors_say_where() {
-        let e = check("module.exports = function (data) {\n  return data.;\n};").unwrap_err();
+        let e = compile("module.exports = function (data) {\n  return data.;\n};").unwrap_err();
         let Failure::Syntax(p) = e else {
             panic!("{e:?}")
         };
         assert_eq!(p.line, Some(2), "{p}");
         assert!(p.message.contains("SyntaxError"), "{p}");
-        let e = call(
+        let e = run(
             "module.exports = async function (data) {\n\n  throw new Error('no order ' + data.id);\n};",
             r#"{"id": 7}"#,
             0.0,
-            LIMITS,
         )
         .unwrap_err();
         let Failure::Thrown(p) = e else {
@@ -293,18 +311,12 @@ mod tests {
         };
         assert_eq!(p.message, "Error: no order 7");
         assert_eq!(p.line, Some(3), "{p}");
-        let e = call("module.exports = 3;", "{}", 0.0, LIMITS).unwrap_err();
+        let e = run("module.exports = 3;", "{}", 0.0).unwrap_err();
         assert!(
             matches!(e, Failure::Shape(ref m) if m.starts_with("module.exports is not a function")),
             "{e:?}"
         );
-        let e = call(
-            "module.exports = () => new Promise(() => {});",
-            "{}",
-            0.0,
-            LIMITS,
-        )
-        .unwrap_err();
+        let e = run("module.exports = () => new Promise(() => {});", "{}", 0.0).unwrap_err();
         assert!(
             matches!(e, Failure::Shape(ref m) if m.contains("never settles")),
             "{e:?}"
@@ -313,21 +325,19 @@ mod tests {
 
     #[test]
     fn runaway_scripts_are_stopped() {
-        let e = call("module.exports = () => { for (;;) {} };", "{}", 0.0, LIMITS).unwrap_err();
+        let e = run("module.exports = () => { for (;;) {} };", "{}", 0.0).unwrap_err();
         assert_eq!(e, Failure::Timeout);
-        let e = call(
+        let e = run(
             "module.exports = () => { const a = []; for (;;) a.push('x'.repeat(1000)); };",
             "{}",
             0.0,
-            LIMITS,
         )
         .unwrap_err();
         assert_eq!(e, Failure::Memory);
-        let e = call(
+        let e = run(
             "module.exports = async () => { while (true) { await null; } };",
             "{}",
             0.0,
-            LIMITS,
         )
         .unwrap_err();
         assert_eq!(e, Failure::Timeout);
@@ -344,7 +354,7 @@ mod tests {
             "typeof XMLHttpRequest",
         ] {
             let code = format!("module.exports = () => {probe};");
-            let out = call(&code, "{}", 0.0, LIMITS).unwrap();
+            let out = run(&code, "{}", 0.0).unwrap();
             assert_eq!(out.value, serde_json::json!("undefined"), "{probe}");
         }
     }

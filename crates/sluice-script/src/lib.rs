@@ -10,14 +10,25 @@ mod step;
 
 pub use step::{Script, ScriptOptions};
 
-/// One call of a script, as the step makes it (for benchmarks): `code`'s
-/// exported function on `data` (JSON text); its result.
-pub fn call_once(code: &str, data: &str) -> Result<serde_json::Value, String> {
+/// A script compiled once (for benchmarks and tools: the step keeps its
+/// own).
+pub struct Compiled(Vec<u8>);
+
+/// Compile `code`.
+pub fn compile(code: &str) -> Result<Compiled, String> {
+    js::compile(code)
+        .map(Compiled)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// One call of a compiled script, as the step makes it: its exported
+/// function on `data` (JSON text); its result.
+pub fn call(compiled: &Compiled, data: &str) -> Result<serde_json::Value, String> {
     let limits = js::Limits {
         time: std::time::Duration::from_secs(10),
         memory: 32 << 20,
     };
-    js::call(code, data, 0.0, limits)
+    js::call(&compiled.0, data, 0.0, limits)
         .map(|c| c.value)
         .map_err(|e| format!("{e:?}"))
 }
@@ -26,7 +37,7 @@ use sluice_action::Registry;
 
 /// Add the script step type to `registry`.
 pub fn register(registry: &mut Registry) {
-    registry.add(Script);
+    registry.add(Script::default());
 }
 
 /// The core step types and triggers with `script`.

@@ -12,8 +12,32 @@ use sluice_expr::PathSeg;
 use sluice_model::OptionIssue;
 use std::time::Duration;
 
-/// `script`.
-pub struct Script;
+/// `script`: its scripts compiled once, by their code.
+#[derive(Default)]
+pub struct Script {
+    compiled: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>>,
+}
+
+/// Compiled scripts kept at most (the flows a process has loaded hold far
+/// fewer; past this the cache starts again).
+const MAX_COMPILED: usize = 1024;
+
+impl Script {
+    /// `code`'s bytecode, compiled on its first call.
+    fn bytes(&self, code: &str) -> Result<std::sync::Arc<Vec<u8>>, Failure> {
+        if let Some(b) = self.compiled.lock().ok().and_then(|m| m.get(code).cloned()) {
+            return Ok(b);
+        }
+        let b = std::sync::Arc::new(js::compile(code)?);
+        if let Ok(mut m) = self.compiled.lock() {
+            if m.len() >= MAX_COMPILED {
+                m.clear();
+            }
+            m.insert(code.to_owned(), b.clone());
+        }
+        Ok(b)
+    }
+}
 
 /// The time a call may take when the step gives none (Directus's default).
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -43,8 +67,8 @@ impl Action for Script {
         let Some(code) = options.get("code").and_then(Value::as_str) else {
             return Vec::new();
         };
-        match js::check(code) {
-            Ok(()) => Vec::new(),
+        match js::compile(code) {
+            Ok(_) => Vec::new(),
             Err(Failure::Syntax(p)) => vec![OptionIssue {
                 path: vec![PathSeg::Key("code".into())],
                 message: format!("the script does not parse: {p}"),
@@ -82,8 +106,11 @@ impl Action for Script {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_millis() as f64);
-        let code = o.code;
-        let called = tokio::task::spawn_blocking(move || js::call(&code, &text, now, limits))
+        let bytes = match self.bytes(&o.code) {
+            Ok(b) => b,
+            Err(f) => return Err(failure(f, &limits)),
+        };
+        let called = tokio::task::spawn_blocking(move || js::call(&bytes, &text, now, limits))
             .await
             .map_err(|e| {
                 ActionError::new(Blame::Bug, format!("the script's thread failed: {e}"))
