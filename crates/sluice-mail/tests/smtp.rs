@@ -53,9 +53,14 @@ fn smtp_with(dir: &Path, more: &[&str]) -> Option<Smtp> {
     let maildir = dir.join("maildir");
     let port = free_port();
     let child = Command::new("python3")
+        .env("PYTHONPATH", dir)
         .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
         .args(more)
-        .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
+        .args(if more.contains(&"-c") {
+            Vec::new()
+        } else {
+            vec!["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()]
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -345,4 +350,40 @@ async fn starttls_and_tls_deliver_to_a_server_the_connection_trusts() {
         );
         assert_eq!(received(&server.maildir).len(), 1, "{security}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_the_server_refuses_is_the_datas_fault() {
+    let dir = std::env::temp_dir().join(format!("sluice-smtp-refuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A handler that knows no `nobody@`, and takes every other message.
+    std::fs::write(
+        dir.join("refusing.py"),
+        "class Refusing:\n    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):\n        if address.startswith('nobody@'):\n            return '550 5.1.1 no such user'\n        envelope.rcpt_tos.append(address)\n        return '250 OK'\n\n    async def handle_DATA(self, server, session, envelope):\n        return '250 OK'\n",
+    )
+    .unwrap();
+    let Some(server) = smtp_with(&dir, &["-c", "refusing.Refusing"]) else {
+        return;
+    };
+    let text = flow(
+        server.port,
+        "none",
+        "{connection: mail, to: \"{{ .to }}\", subject: s, text: t}",
+    );
+    let r = run(&text, json!({"to": "ada@example.com"})).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
+    let r = run(&text, json!({"to": "nobody@example.com"})).await;
+    let f = r.failure.unwrap();
+    assert_eq!(
+        (r.status, f.blame),
+        (RunStatus::Incident, Blame::Data),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("refused the message") && f.message.contains("no such user"),
+        "{}",
+        f.message
+    );
 }
