@@ -456,14 +456,26 @@ impl Checker<'_> {
                 _ => None,
             };
             let why = why.or_else(|| {
-                let http = s.kind.starts_with("http.");
-                let reads = match s.const_option("method") {
-                    None => true,
-                    Some(Value::String(m)) => ["GET", "HEAD"].contains(&m.to_ascii_uppercase().as_str()),
-                    Some(_) => false,
+                // A step through an API (an http connection, or none).
+                let http = s.kind.starts_with("http.")
+                    || s.const_option("connection")
+                        .and_then(Value::as_str)
+                        .and_then(|c| self.connection_types.get(c))
+                        .is_some_and(|t| t != crate::flow::SQL_CONNECTION);
+                let reads = match (s.kind.as_str(), s.const_option("method")) {
+                    ("rest.lookup" | "rest.lookupMany", _) | ("http.request", None) => true,
+                    ("http.request", Some(Value::String(m))) => {
+                        ["GET", "HEAD"].contains(&m.to_ascii_uppercase().as_str())
+                    }
+                    _ => false,
                 };
                 if http && !reads {
-                    return Some("an HTTP request that may write is not undone when the run's transaction rolls back".to_owned());
+                    let what = if s.kind.starts_with("http.") || s.kind.starts_with("rest.") {
+                        "an HTTP request that may write"
+                    } else {
+                        "what it does in another system"
+                    };
+                    return Some(format!("{what} is not undone when the run's transaction rolls back"));
                 }
                 if http || !s.has_option("connection") {
                     return None;
