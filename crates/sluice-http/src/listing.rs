@@ -51,6 +51,7 @@ pub(crate) async fn read(
     }
     let mut all = Vec::new();
     let mut read = 0;
+    let mut seen = std::collections::HashSet::new();
     loop {
         let sent = call.send(&url).await?;
         let link = next_link(&sent.headers);
@@ -108,9 +109,10 @@ pub(crate) async fn read(
         }
         read += 1;
         let Some((to, _)) = next else { break };
-        if to == url {
+        seen.insert(url.to_string());
+        if seen.contains(to.as_str()) {
             return Err(ActionError::external(format!(
-                "the page after {} is the same page",
+                "the page after {} is one read before: the pages go round in a circle",
                 crate::send::shown(&url)
             )));
         }

@@ -195,6 +195,20 @@ async fn servers() -> (u16, u16, Arc<Api>) {
         .route("/list/cursor", get(by_cursor))
         .route("/list/page", get(by_number))
         .route(
+            "/list/circle",
+            get(|Query(q): Query<BTreeMap<String, String>>| async move {
+                let next = if q.get("p").map(String::as_str) == Some("b") {
+                    "a"
+                } else {
+                    "b"
+                };
+                (
+                    [("link", format!("</list/circle?p={next}>; rel=\"next\""))],
+                    axum::Json(json!([])),
+                )
+            }),
+        )
+        .route(
             "/people",
             get(|| async { axum::Json(json!([{"id": 1, "name": "A"}, {"id": 2, "name": "B"}])) }),
         )
@@ -675,6 +689,15 @@ async fn lists_are_read_over_their_pages() {
         (&out["results"], &out["next"]),
         (&json!([{"id": 3}, {"id": 4}]), &json!(3))
     );
+    // Pages that lead back to one read before.
+    let (blame, m) = env
+        .fails(
+            &one_step("{connection: api, url: /list/circle, pages: {next: link}}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(blame, Blame::External);
+    assert!(m.contains("the pages go round in a circle"), "{m}");
     // A list that is not where the step looks.
     let (blame, m) = env
         .fails(
@@ -710,14 +733,16 @@ async fn rest_actions_refuse_what_the_api_cannot_answer_as_asked() {
         m.contains("resource `people` has no filter for `>=`"),
         "{m}"
     );
-    let (blame, m) = env
-        .fails(&step("type: rest.lookup, options: {connection: api, collection: nobody, criteria: {id: 1}}"), json!({}))
-        .await;
-    assert_eq!(blame, Blame::Flow);
-    assert!(
-        m.contains("connection `api` has no resource `nobody`"),
-        "{m}"
-    );
+    // A collection the connection does not describe: refused when the
+    // flow loads.
+    let text = step(
+        "type: rest.lookup, options: {connection: api, collection: nobody, criteria: {id: 1}}",
+    )
+    .replace("PORT", &port.to_string());
+    let e = sluice_model::load("t.yaml", &text, env.registry.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the connection has no resource `nobody`"), "{e}");
     let (blame, m) = env
         .fails(
             &step("type: rest.lookupMany, options: {connection: api, collection: numbers}"),
