@@ -200,6 +200,7 @@ async fn start_run<S: Store>(
         accountability: json!({"trigger": "manual"}),
         event: None,
     };
+    s.admit()?;
     let (run_id, task) = s.launch(flow, req, wait).await?;
     finish(run_id, task, wait).await
 }
@@ -384,6 +385,7 @@ async fn retry<S: Store>(
             .contains(&flow.trigger.kind.as_str())
             .then(|| d.trigger.clone()),
     };
+    s.admit()?;
     let (run_id, task) = s.launch(flow, req, wait).await?;
     finish(run_id, task, wait).await
 }

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// More, as data (`{}` when nothing).
     pub details: Value,
+    /// Seconds after which the client may try again (`Retry-After`).
+    pub retry_after: Option<u16>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: json!({}),
+            retry_after: None,
         }
     }
 
@@ -35,6 +38,19 @@ impl ApiError {
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = details;
         self
+    }
+
+    /// 503 when as many runs as the server takes are under way.
+    pub fn overloaded(in_flight: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{in_flight} runs are under way, as many as this server takes (`--max-runs-in-flight`); try again shortly"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
     }
 
     /// 404 for something that does not exist.
@@ -131,6 +147,12 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"code": self.code, "message": self.message, "details": self.details});
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        r
     }
 }

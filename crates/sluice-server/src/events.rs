@@ -87,7 +87,8 @@ async fn take<S: Store>(server: Server<S>, event: Value) -> Result<Response, Api
         ));
     }
 
-    // Flows that this event starts.
+    // Flows that this event starts (none when the server takes no more).
+    server.admit()?;
     let received_at = now_micros();
     let mut news = Vec::new();
     let mut runs = Vec::new();

@@ -223,6 +223,7 @@ pub(crate) async fn hook<S: Store>(
         accountability: json!({"trigger": "webhook", "path": format!("/hooks/{path}")}),
         event: None,
     };
+    server.admit()?;
     let (run_id, task) = server
         .launch(hook.flow.clone(), req, !hook.options.is_async)
         .await?;

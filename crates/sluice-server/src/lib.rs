@@ -36,4 +36,4 @@ mod server;
 
 pub use error::ApiError;
 pub use flows::{FlowSet, Hook, LoadFailure, Polled, Scheduled};
-pub use server::{Recovered, RunTask, Server, Timeouts};
+pub use server::{DEFAULT_MAX_IN_FLIGHT, Recovered, RunTask, Server, Timeouts};

@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 /// suspended.
 pub type RunTask = oneshot::Receiver<Result<RunResult, EngineError>>;
 
+/// Runs under way at once that requests may start, unless told otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
 /// Runs under way in this process, to wait for at shutdown.
 #[derive(Default)]
 pub(crate) struct Inflight {
@@ -94,6 +97,9 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) flows: RwLock<Arc<FlowSet>>,
     pub(crate) dir: PathBuf,
     pub(crate) inflight: Arc<Inflight>,
+    /// The most runs under way at once that requests may start (webhooks,
+    /// the API, events); past it they are refused with `503`.
+    pub(crate) max_in_flight: usize,
     pub(crate) schedules: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) metrics: PrometheusHandle,
 }
@@ -125,6 +131,7 @@ impl<S: Store> Server<S> {
                 flows: RwLock::new(flows),
                 dir,
                 inflight: Arc::default(),
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
                 schedules: Mutex::new(Vec::new()),
                 metrics: prometheus(),
             }),
@@ -389,6 +396,27 @@ impl<S: Store> Server<S> {
             inner.runs = Some(runtime);
         }
         self
+    }
+
+    /// Take at most `n` runs under way at once from requests (before
+    /// serving).
+    pub fn with_max_runs_in_flight(mut self, n: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.max_in_flight = n.max(1);
+        }
+        self
+    }
+
+    /// Whether a request may start a run now: `503 overloaded` (with
+    /// `Retry-After`) when as many runs as the server takes are under way.
+    pub(crate) fn admit(&self) -> Result<(), crate::error::ApiError> {
+        let n = self.inner.inflight.n.load(Ordering::SeqCst);
+        if n >= self.inner.max_in_flight {
+            metrics::counter!("sluice_requests_refused_total", "reason" => "overloaded")
+                .increment(1);
+            return Err(crate::error::ApiError::overloaded(n));
+        }
+        Ok(())
     }
 
     /// Use other timeouts for clients (before serving).

@@ -104,6 +104,10 @@ enum Command {
         /// headers are in, in seconds; past it the answer is 408.
         #[arg(long, default_value_t = 60)]
         body_timeout_secs: u64,
+        /// The most runs under way at once that webhooks, the API and
+        /// events may start; past it they answer 503 with Retry-After.
+        #[arg(long, default_value_t = sluice_server::DEFAULT_MAX_IN_FLIGHT)]
+        max_runs_in_flight: usize,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -246,6 +250,7 @@ fn main() -> ExitCode {
                 grace_secs,
                 header_timeout_secs,
                 body_timeout_secs,
+                max_runs_in_flight,
                 store,
             } => {
                 let timeouts = sluice_server::Timeouts {
@@ -257,6 +262,7 @@ fn main() -> ExitCode {
                     &listen,
                     grace_secs,
                     timeouts,
+                    max_runs_in_flight,
                     runs_handle,
                     &store.store,
                 )
@@ -320,6 +326,7 @@ async fn serve(
     listen: &str,
     grace_secs: u64,
     timeouts: sluice_server::Timeouts,
+    max_in_flight: usize,
     runs: Option<tokio::runtime::Handle>,
     store_url: &str,
 ) -> u8 {
@@ -348,8 +355,9 @@ async fn serve(
     };
     let engine = new_engine(store, registry.clone());
     let n = set.flows.len();
-    let mut server =
-        sluice_server::Server::new(engine, registry, set, dir.into()).with_timeouts(timeouts);
+    let mut server = sluice_server::Server::new(engine, registry, set, dir.into())
+        .with_timeouts(timeouts)
+        .with_max_runs_in_flight(max_in_flight);
     if let Some(runs) = runs {
         server = server.with_runs_on(runs);
     }

@@ -1880,3 +1880,47 @@ fn a_run_in_one_transaction_killed_mid_way_leaves_nothing_then_runs_whole() {
         dbs.len()
     );
 }
+
+#[test]
+fn requests_past_the_runs_in_flight_limit_are_refused_with_retry_after() {
+    let dir = temp("overload");
+    write(
+        &dir,
+        "busy.yaml",
+        "id: busy\ntrigger: {type: webhook, path: busy, async: true}\nsteps:\n  - {key: think, type: transform, options: {value: {sum: \"{{ reduce range(0; 300000) as $i (0; . + $i) }}\"}}}\n",
+    );
+    write(
+        &dir,
+        "idle.yaml",
+        "id: idle\nsteps:\n  - {key: log, type: log, options: {message: hi}}\n",
+    );
+    let s = Serve::start_with(
+        &dir,
+        &["--max-runs-in-flight", "1", "--expr-timeout-ms", "60000"],
+    );
+    let first = s.post("/hooks/busy", json!({}));
+    assert_eq!(first.status, 202, "{first:?}");
+    let t0 = Instant::now();
+    while s.get("/api/health").body["runsInFlight"] != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the run never got under way"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One under way, as many as the server takes: the next is refused.
+    let second = s.post("/hooks/busy", json!({}));
+    assert_error(&second, 503, "overloaded");
+    assert_eq!(second.header("retry-after"), Some("1"));
+    let api = s.post("/api/flows/idle/runs", json!({}));
+    assert_error(&api, 503, "overloaded");
+    // Once it is done, requests start runs again.
+    let run = first.body["runId"].as_str().unwrap().to_owned();
+    assert_eq!(s.ended(&run)["status"], "succeeded");
+    let t0 = Instant::now();
+    while s.get("/api/health").body["runsInFlight"] != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(s.post("/hooks/busy", json!({})).status, 202);
+}
