@@ -107,8 +107,37 @@ async fn get_flow<S: Store>(
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))?;
     let mut v = flow_json(f, set.files.get(&id).map(|p| p.as_path()));
-    v["source"] = Value::String(f.source.text.clone());
+    v["source"] = Value::String(without_passwords(&f.source.text));
     Ok(axum::Json(v))
+}
+
+/// A flow file's text with the password of every URL in it (`scheme://
+/// user:PASSWORD@host`) shown as `***`, unless it is taken from the
+/// environment (`${env:NAME}`): a flow file served by the API never hands
+/// out a database's password.
+fn without_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (before, after) = rest.split_at(i + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '/' | ','))
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@').map(|at| authority.split_at(at)) {
+            Some((user, host)) if user.contains(':') && !user.contains("${") => {
+                let name = user.split(':').next().unwrap_or_default();
+                out.push_str(name);
+                out.push_str(":***");
+                out.push_str(host);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `POST /api/flows/check`: the body is a flow file's text (YAML or JSON).
@@ -432,4 +461,19 @@ async fn cancel<S: Store>(
 ) -> Result<Json, ApiError> {
     s.engine().cancel(&id).await?;
     Ok(axum::Json(json!({"runId": id, "status": "cancelled"})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_passwords;
+
+    #[test]
+    fn passwords_in_urls_are_not_served() {
+        let text = "connections:\n  a: {url: \"postgres://app:s3cret@db:5432/x\"}\n  b: {url: \"postgres://app:${env:PW}@db/x\"}\n  c: {url: \"https://api.example.com/v1\"}\n";
+        let got = without_passwords(text);
+        assert!(got.contains("postgres://app:***@db:5432/x"), "{got}");
+        assert!(!got.contains("s3cret"), "{got}");
+        assert!(got.contains("postgres://app:${env:PW}@db/x"), "{got}");
+        assert!(got.contains("https://api.example.com/v1"), "{got}");
+    }
 }

@@ -2,8 +2,10 @@
 //! `webhook` trigger has that path and method.
 //!
 //! `$trigger` is `{method, path, query, headers, body}` (header names in
-//! lower case; `authorization`, `cookie` and `proxy-authorization` are left
-//! out so that credentials never reach the run log). The run's input is the
+//! lower case; headers that carry credentials are left out so that they
+//! never reach the run log: `authorization`, `cookie`,
+//! `proxy-authorization`, and any whose name says key, token, secret,
+//! password, signature or session). The run's input is the
 //! body (`{}` when there is none). A JSON body (no content type, or a JSON
 //! one) must parse; a form (`application/x-www-form-urlencoded`) is an
 //! object like the query; a `text/*` body is a string; anything else is
@@ -29,6 +31,26 @@ use sluice_store::{RunStatus, Store};
 
 /// Headers never copied into `$trigger`.
 const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// Words that make a header name one that carries a credential (`x-api-key`,
+/// `x-auth-token`, `x-hub-signature-256`, `x-session-id`).
+const SECRET_WORDS: [&str; 7] = [
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "signature",
+    "session",
+];
+
+/// Whether header `name` (lower case) carries a credential.
+fn secret_header(name: &str) -> bool {
+    SECRET_HEADERS.contains(&name)
+        || name
+            .split(['-', '_'])
+            .any(|w| SECRET_WORDS.iter().any(|s| w == *s || w.ends_with(s)))
+}
 
 /// The query string as an object; a repeated name keeps every value, in an array.
 pub(crate) fn query_object(raw: Option<&str>) -> Value {
@@ -86,7 +108,7 @@ fn headers_object(h: &HeaderMap) -> Value {
     let mut m = Map::new();
     for (name, value) in h {
         let n = name.as_str();
-        if SECRET_HEADERS.contains(&n) {
+        if secret_header(n) {
             continue;
         }
         if let Ok(v) = value.to_str() {
@@ -312,4 +334,36 @@ fn answer(
         h.insert("x-sluice-run", v);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::secret_header;
+
+    #[test]
+    fn headers_that_carry_credentials_are_known_by_name() {
+        for n in [
+            "authorization",
+            "cookie",
+            "x-api-key",
+            "apikey",
+            "x-auth-token",
+            "x-hub-signature-256",
+            "x-session-id",
+            "x-client-secret",
+            "stripe-signature",
+        ] {
+            assert!(secret_header(n), "{n}");
+        }
+        for n in [
+            "content-type",
+            "user-agent",
+            "x-request-id",
+            "accept",
+            "x-forwarded-for",
+            "x-keyword",
+        ] {
+            assert!(!secret_header(n), "{n}");
+        }
+    }
 }

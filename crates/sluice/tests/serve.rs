@@ -295,6 +295,8 @@ steps:
         &[
             ("content-type", "application/json"),
             ("authorization", "Bearer secret"),
+            ("x-api-key", "k-secret"),
+            ("x-hub-signature-256", "sha256=abc"),
             ("x-shop", "berlin"),
         ],
         r#"{"orderId":"ORD-1","totalPrice":129.95}"#,
@@ -309,7 +311,10 @@ steps:
     assert_eq!(rec["trigger"]["path"], "/hooks/order");
     assert_eq!(rec["trigger"]["body"]["orderId"], "ORD-1");
     assert_eq!(rec["trigger"]["headers"]["x-shop"], "berlin");
-    assert!(rec["trigger"]["headers"].get("authorization").is_none());
+    for secret in ["authorization", "x-api-key", "x-hub-signature-256"] {
+        assert!(rec["trigger"]["headers"].get(secret).is_none(), "{secret}");
+    }
+    assert!(!rec.to_string().contains("k-secret"));
     assert_eq!(rec["stepLog"].as_array().unwrap().len(), 1);
     assert_eq!(rec["stepLog"][0]["key"], "map");
 
