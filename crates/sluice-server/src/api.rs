@@ -43,7 +43,29 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
         .route("/api/runs/{id}/cancel", post(cancel::<S>))
         .route("/metrics", get(metrics::<S>))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            guard::<S>,
+        ))
         .with_state(server)
+}
+
+/// Every request passes here: an API route needs a token of its role
+/// (see [`crate::auth`]).
+async fn guard<S: Store>(
+    State(s): State<Server<S>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let auth = s.inner.auth;
+    let Some(need) = crate::auth::needed(req.method(), req.uri().path(), auth.health_and_metrics)
+    else {
+        return next.run(req).await;
+    };
+    match s.check_token(req.headers(), need).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

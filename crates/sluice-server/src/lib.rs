@@ -25,6 +25,7 @@
 //! ([`ApiError`]).
 
 mod api;
+pub mod auth;
 mod error;
 mod events;
 mod flows;
@@ -36,4 +37,4 @@ mod server;
 
 pub use error::ApiError;
 pub use flows::{FlowSet, Hook, LoadFailure, Polled, Scheduled};
-pub use server::{DEFAULT_MAX_IN_FLIGHT, Recovered, RunTask, Server, Timeouts};
+pub use server::{Auth, DEFAULT_MAX_IN_FLIGHT, Recovered, RunTask, Server, Timeouts};

@@ -21,6 +21,18 @@ use tokio::task::JoinHandle;
 /// suspended.
 pub type RunTask = oneshot::Receiver<Result<RunResult, EngineError>>;
 
+/// Who may call the API (`sluice serve --no-auth`, `--auth-health-metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// No token is asked for (`--no-auth`).
+    pub off: bool,
+    /// While the store holds no active token, API routes are open (a server
+    /// on loopback, for one person's machine).
+    pub open_without_tokens: bool,
+    /// `/api/health` and `/metrics` need a viewer's token too.
+    pub health_and_metrics: bool,
+}
+
 /// Runs under way at once that requests may start, unless told otherwise.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
@@ -100,6 +112,8 @@ pub(crate) struct Inner<S: Store> {
     /// The most runs under way at once that requests may start (webhooks,
     /// the API, events); past it they are refused with `503`.
     pub(crate) max_in_flight: usize,
+    /// Who may call the API.
+    pub(crate) auth: Auth,
     pub(crate) schedules: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) metrics: PrometheusHandle,
 }
@@ -132,6 +146,7 @@ impl<S: Store> Server<S> {
                 dir,
                 inflight: Arc::default(),
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                auth: Auth::default(),
                 schedules: Mutex::new(Vec::new()),
                 metrics: prometheus(),
             }),
@@ -396,6 +411,66 @@ impl<S: Store> Server<S> {
             inner.runs = Some(runtime);
         }
         self
+    }
+
+    /// Ask API callers for tokens as `auth` says (before serving).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.auth = auth;
+        }
+        self
+    }
+
+    /// Whether `headers` carry a token of role `need` or more.
+    pub(crate) async fn check_token(
+        &self,
+        headers: &axum::http::HeaderMap,
+        need: crate::auth::Role,
+    ) -> Result<(), crate::error::ApiError> {
+        use crate::auth::{Role, forbidden, hash, unauthorized};
+        let auth = self.inner.auth;
+        if auth.off {
+            return Ok(());
+        }
+        let store = self.inner.engine.store();
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(token) = given else {
+            if auth.open_without_tokens
+                && !store.tokens().await?.iter().any(|t| t.revoked_at.is_none())
+            {
+                return Ok(());
+            }
+            metrics::counter!("sluice_requests_refused_total", "reason" => "unauthorized")
+                .increment(1);
+            return Err(unauthorized(
+                "this route needs a token: `Authorization: Bearer TOKEN` (made by `sluice tokens create NAME --role ROLE`)",
+            ));
+        };
+        let refused = |why: &str| {
+            metrics::counter!("sluice_requests_refused_total", "reason" => "unauthorized")
+                .increment(1);
+            Err(unauthorized(why.to_owned()))
+        };
+        match store.token_by_hash(&hash(token)).await? {
+            None => refused("this token is not known"),
+            Some(t) if t.revoked_at.is_some() => refused("this token was revoked"),
+            Some(t) => {
+                let has = Role::parse(&t.role).unwrap_or(Role::Viewer);
+                if has < need {
+                    metrics::counter!("sluice_requests_refused_total", "reason" => "forbidden")
+                        .increment(1);
+                    return Err(forbidden(&t.name, has, need));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Take at most `n` runs under way at once from requests (before

@@ -16,6 +16,6 @@ mod store;
 
 pub use sqlite::SqliteStore;
 pub use store::{
-    EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent,
-    StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
+    ApiToken, EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
+    SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
 };

@@ -11,8 +11,8 @@ use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
 };
 use crate::{
-    NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store,
-    StoreError, Wait, WaitKind,
+    ApiToken, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent,
+    StepRecord, Store, StoreError, Wait, WaitKind,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -73,6 +73,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "recoveries of a running run",
         include_str!("../migrations/sqlite/0010_recoveries.sql"),
+    ),
+    (
+        11,
+        "API tokens",
+        include_str!("../migrations/sqlite/0011_api_tokens.sql"),
     ),
 ];
 
@@ -483,6 +488,52 @@ impl Store for SqliteStore {
             .await)
     }
 
+    async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO api_tokens (name, role, hash, created_at, revoked_at) VALUES (?, ?, ?, ?, NULL) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&t.name)
+        .bind(&t.role)
+        .bind(&t.hash)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::TokenExists(t.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, role, hash, created_at, revoked_at FROM api_tokens ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(token_of).collect())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, role, hash, created_at, revoked_at FROM api_tokens WHERE hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(token_of))
+    }
+
+    async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+        )
+        .bind(crate::now_micros())
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn count_recovery(&self, run_id: &str) -> Result<u32, StoreError> {
         let n: Option<i64> = sqlx::query_scalar(
             "UPDATE runs SET recoveries = CASE WHEN recovered_at_steps = steps THEN recoveries + 1 ELSE 1 END, recovered_at_steps = steps WHERE id = ? AND status = 'running' RETURNING recoveries",
@@ -754,5 +805,15 @@ fn create_vals(run: &NewRun) -> CreateVals {
         accountability: json(&run.accountability),
         parent_run: run.parent.as_ref().map(|p| p.0.clone()),
         item: run.parent.as_ref().map(|p| p.1),
+    }
+}
+
+fn token_of(r: &SqliteRow) -> ApiToken {
+    ApiToken {
+        name: r.get("name"),
+        role: r.get("role"),
+        hash: r.get("hash"),
+        created_at: r.get("created_at"),
+        revoked_at: r.get("revoked_at"),
     }
 }

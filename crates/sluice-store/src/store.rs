@@ -337,6 +337,9 @@ pub enum StoreError {
     /// A run that does not exist.
     #[error("no run `{0}`")]
     NoSuchRun(String),
+    /// An API token of that name exists already.
+    #[error("a token named `{0}` exists already (revoked ones keep their name)")]
+    TokenExists(String),
     /// A run record that already exists.
     #[error("run `{0}` already exists")]
     Conflict(String),
@@ -439,6 +442,19 @@ pub trait Store: Send + Sync + 'static {
     /// recorded in between (from 1). Fails with [`StoreError::NotRunning`]
     /// when the run is not running.
     fn count_recovery(&self, run_id: &str) -> impl Future<Output = Result<u32, StoreError>> + Send;
+    /// Keep an API token (its hash); fails with
+    /// [`StoreError::TokenExists`] when one has its name.
+    fn create_token(&self, token: &ApiToken)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every API token, revoked ones too, by name.
+    fn tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send;
+    /// The API token with this hash, if any (revoked or not).
+    fn token_by_hash(
+        &self,
+        hash: &str,
+    ) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send;
+    /// Revoke the token named `name`: whether one was active.
+    fn revoke_token(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Stop a running or waiting run, or one at an incident: its status
     /// becomes `cancelled`, its wait is dropped, and later step records no
     /// longer move it. Fails with
@@ -537,6 +553,21 @@ pub struct SeenEvent {
     pub received_at: i64,
     /// The answer its sender was given.
     pub answer: Value,
+}
+
+/// An API token as the store keeps it: its SHA-256, never the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Its name (who uses it).
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The SHA-256 of the token, in hex.
+    pub hash: String,
+    /// When it was made (µs since the epoch).
+    pub created_at: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -700,6 +700,52 @@ impl CloneWithTimes for StepRecord {
     }
 }
 
+/// API tokens: kept by hash, listed by name, revoked once, names unique.
+async fn tokens<S: Store>(store: &S) {
+    let t = |name: &str, role: &str, hash: &str| sluice_store::ApiToken {
+        name: name.into(),
+        role: role.into(),
+        hash: hash.into(),
+        created_at: 1,
+        revoked_at: None,
+    };
+    store
+        .create_token(&t("ops", "operator", "h1"))
+        .await
+        .unwrap();
+    store.create_token(&t("ada", "viewer", "h2")).await.unwrap();
+    assert!(matches!(
+        store.create_token(&t("ops", "admin", "h3")).await,
+        Err(StoreError::TokenExists(n)) if n == "ops"
+    ));
+    let names: Vec<String> = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["ada", "ops"]);
+    let found = store.token_by_hash("h1").await.unwrap().unwrap();
+    assert_eq!(
+        (found.name.as_str(), found.role.as_str(), found.revoked_at),
+        ("ops", "operator", None)
+    );
+    assert_eq!(store.token_by_hash("nope").await.unwrap(), None);
+    assert!(store.revoke_token("ops").await.unwrap());
+    assert!(!store.revoke_token("ops").await.unwrap(), "revoked once");
+    assert!(!store.revoke_token("nobody").await.unwrap());
+    assert!(
+        store
+            .token_by_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+}
+
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-store-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -712,6 +758,7 @@ async fn sqlite_memory_passes_the_suite() {
     let store = SqliteStore::open("sqlite::memory:").await.unwrap();
     suite(&store).await;
     batches(&store).await;
+    tokens(&store).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The `sluice` command line: check flow files, run a flow, inspect runs.
 
 mod show;
+mod tokens;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
@@ -108,6 +109,15 @@ enum Command {
         /// events may start; past it they answer 503 with Retry-After.
         #[arg(long, default_value_t = sluice_server::DEFAULT_MAX_IN_FLIGHT)]
         max_runs_in_flight: usize,
+        /// Ask no token of API callers. Without it the API needs tokens
+        /// (`sluice tokens create`); on loopback it is open while the
+        /// store holds none, and elsewhere the server does not start
+        /// without one.
+        #[arg(long)]
+        no_auth: bool,
+        /// `/api/health` and `/metrics` need a viewer's token too.
+        #[arg(long)]
+        auth_health_metrics: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -117,6 +127,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Make, list and revoke the API's tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
     },
 }
 
@@ -251,18 +266,24 @@ fn main() -> ExitCode {
                 header_timeout_secs,
                 body_timeout_secs,
                 max_runs_in_flight,
+                no_auth,
+                auth_health_metrics,
                 store,
             } => {
                 let timeouts = sluice_server::Timeouts {
                     header: std::time::Duration::from_secs(header_timeout_secs.max(1)),
                     body: std::time::Duration::from_secs(body_timeout_secs.max(1)),
                 };
+                let auth = sluice_server::Auth {
+                    off: no_auth,
+                    open_without_tokens: false,
+                    health_and_metrics: auth_health_metrics,
+                };
                 serve(
                     &flows,
                     &listen,
                     grace_secs,
-                    timeouts,
-                    max_runs_in_flight,
+                    (timeouts, max_runs_in_flight, auth),
                     runs_handle,
                     &store.store,
                 )
@@ -315,9 +336,53 @@ fn main() -> ExitCode {
                     store,
                 } => resume(&store.store, &run, input_patch.as_deref(), flow.as_deref()).await,
             },
+            Command::Tokens { command } => tokens::tokens(command).await,
         }
     });
     ExitCode::from(code)
+}
+
+/// Who may call the API of a server listening on `listen`: tokens are
+/// asked for unless `--no-auth`; on loopback the API is open while the
+/// store holds no token; elsewhere the server does not start without one.
+async fn api_auth(
+    auth: sluice_server::Auth,
+    listen: &str,
+    store: &SqliteStore,
+) -> Option<sluice_server::Auth> {
+    if auth.off {
+        return Some(auth);
+    }
+    let addr = listen;
+    let loopback = match tokio::net::lookup_host(listen).await {
+        Ok(addrs) => {
+            let ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+            !ips.is_empty() && ips.iter().all(std::net::IpAddr::is_loopback)
+        }
+        Err(_) => false,
+    };
+    let active = match store.tokens().await {
+        Ok(t) => t.iter().filter(|t| t.revoked_at.is_none()).count(),
+        Err(e) => {
+            eprintln!("error: cannot read the API tokens: {e}");
+            return None;
+        }
+    };
+    if active == 0 && !loopback {
+        eprintln!(
+            "error: not serving: {addr} is reachable from other machines and the store holds no API token; make one (`sluice tokens create NAME --role admin`) or start with --no-auth"
+        );
+        return None;
+    }
+    if active == 0 {
+        eprintln!(
+            "sluice: the API is open to this machine while there is no token (`sluice tokens create NAME --role admin`)"
+        );
+    }
+    Some(sluice_server::Auth {
+        open_without_tokens: loopback,
+        ..auth
+    })
 }
 
 /// `sluice serve`.
@@ -325,8 +390,7 @@ async fn serve(
     dir: &str,
     listen: &str,
     grace_secs: u64,
-    timeouts: sluice_server::Timeouts,
-    max_in_flight: usize,
+    (timeouts, max_in_flight, auth): (sluice_server::Timeouts, usize, sluice_server::Auth),
     runs: Option<tokio::runtime::Handle>,
     store_url: &str,
 ) -> u8 {
@@ -346,6 +410,11 @@ async fn serve(
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
+    // Decided before listening: a server that may not start never opens
+    // its port.
+    let Some(auth) = api_auth(auth, listen, &store).await else {
+        return INVALID;
+    };
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -357,7 +426,8 @@ async fn serve(
     let n = set.flows.len();
     let mut server = sluice_server::Server::new(engine, registry, set, dir.into())
         .with_timeouts(timeouts)
-        .with_max_runs_in_flight(max_in_flight);
+        .with_max_runs_in_flight(max_in_flight)
+        .with_auth(auth);
     if let Some(runs) = runs {
         server = server.with_runs_on(runs);
     }

@@ -1929,3 +1929,128 @@ fn requests_past_the_runs_in_flight_limit_are_refused_with_retry_after() {
     }
     assert_eq!(s.post("/hooks/busy", json!({})).status, 202);
 }
+
+/// `sluice tokens ARGS` in `dir` (its store.db): status and standard output.
+fn tokens(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(dir)
+        .arg("tokens")
+        .args(args)
+        .args(["--store", "store.db"])
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn api_tokens_have_roles_and_the_server_is_closed_by_default_off_loopback() {
+    let dir = temp("tokens");
+    write(
+        &dir,
+        "hello.yaml",
+        "id: hello\nsteps:\n  - {key: log, type: log, options: {message: hi}}\n",
+    );
+    // Reachable from other machines with no token: it does not start (and
+    // never opens its port).
+    let o = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(&dir)
+        .args([
+            "serve",
+            "--flows",
+            "flows",
+            "--listen",
+            "0.0.0.0:0",
+            "--store",
+            "store.db",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the store holds no API token"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut made = Vec::new();
+    for (name, role) in [("ann", "viewer"), ("olga", "operator"), ("adam", "admin")] {
+        let (ok, token, err) = tokens(&dir, &["create", name, "--role", role]);
+        assert!(ok && token.starts_with("slc_"), "{err}");
+        made.push(token);
+    }
+    let (viewer, operator, admin) = (&made[0], &made[1], &made[2]);
+    let (ok, _, err) = tokens(&dir, &["create", "ann", "--role", "admin"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = tokens(&dir, &["create", "bob", "--role", "root"]);
+    assert!(!ok && err.contains("unknown role `root`"), "{err}");
+    // The store keeps no token, only hashes.
+    let db = std::fs::read(dir.join("store.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(viewer.as_str()));
+
+    let s = Serve::start(&dir);
+    let with = |token: &str| format!("Bearer {token}");
+    let call = |method: &str, path: &str, token: Option<&str>| {
+        let auth = token.map(with);
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        s.call(method, path, &headers, "{}")
+    };
+    assert_error(&call("GET", "/api/runs", None), 401, "unauthorized");
+    assert_error(
+        &call("GET", "/api/runs", Some("slc_nothing")),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(call("GET", "/api/runs", Some(viewer)).status, 200);
+    assert_eq!(call("GET", "/api/flows/hello", Some(viewer)).status, 200);
+    assert_error(
+        &call("POST", "/api/flows/hello/runs", Some(viewer)),
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        call("POST", "/api/flows/hello/runs", Some(operator)).status,
+        202
+    );
+    assert_error(
+        &call("POST", "/api/reload", Some(operator)),
+        403,
+        "forbidden",
+    );
+    assert_eq!(call("POST", "/api/reload", Some(admin)).status, 200);
+    // Open: health, the document, webhooks and events are not API routes
+    // a token guards.
+    assert_eq!(call("GET", "/api/health", None).status, 200);
+    assert_eq!(call("GET", "/api/openapi.json", None).status, 200);
+    // Revoked, a token is refused at once.
+    let (ok, _, err) = tokens(&dir, &["revoke", "ann"]);
+    assert!(ok, "{err}");
+    assert_error(&call("GET", "/api/runs", Some(viewer)), 401, "unauthorized");
+    let (ok, list, _) = tokens(&dir, &["list"]);
+    assert!(
+        ok && list.contains("ann") && list.contains("revoked"),
+        "{list}"
+    );
+    assert_eq!(s.stop(), Some(0));
+
+    // `--auth-health-metrics` closes health and metrics too.
+    let s = Serve::start_with(&dir, &["--auth-health-metrics"]);
+    assert_error(&s.get("/api/health"), 401, "unauthorized");
+    assert_error(&s.get("/metrics"), 401, "unauthorized");
+    assert_eq!(
+        s.call(
+            "GET",
+            "/api/health",
+            &[("authorization", &with(operator))],
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(s.stop(), Some(0));
+}

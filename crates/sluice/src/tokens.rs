@@ -1,0 +1,131 @@
+//! `sluice tokens`: the API's tokens. A token is printed once, when it is
+//! made; the store keeps its hash, its name and its role.
+
+use crate::{INVALID, StoreArg, open_store};
+use clap::Subcommand;
+use sluice_server::auth::{Role, new_token};
+use sluice_store::{ApiToken, Store, StoreError, now_micros};
+
+#[derive(Subcommand)]
+pub(crate) enum TokensCommand {
+    /// Make a token and print it (once: only its hash is kept).
+    Create {
+        /// Who uses it (unique).
+        name: String,
+        /// `viewer` (reads flows and runs), `operator` (also starts,
+        /// retries, resumes and cancels runs) or `admin` (also reloads).
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List the tokens: name, role, made, revoked.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Revoke a token: it is refused from now on.
+    Revoke {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+fn time(us: i64) -> String {
+    crate::show::timestamp(us)
+}
+
+pub(crate) async fn tokens(command: TokensCommand) -> u8 {
+    match command {
+        TokensCommand::Create { name, role, store } => {
+            let Some(role) = Role::parse(&role) else {
+                eprintln!("error: unknown role `{role}` (expected viewer, operator or admin)");
+                return INVALID;
+            };
+            let store = match open_store(&store.store).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let (token, hash) = match new_token() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return crate::FAILED;
+                }
+            };
+            let t = ApiToken {
+                name: name.clone(),
+                role: role.as_str().to_owned(),
+                hash,
+                created_at: now_micros(),
+                revoked_at: None,
+            };
+            match store.create_token(&t).await {
+                Ok(()) => {
+                    println!("{token}");
+                    eprintln!(
+                        "token `{name}` ({}) made: it is shown this once; give it as `Authorization: Bearer TOKEN`",
+                        role.as_str()
+                    );
+                    0
+                }
+                Err(e @ StoreError::TokenExists(_)) => {
+                    eprintln!("error: {e}");
+                    INVALID
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    crate::FAILED
+                }
+            }
+        }
+        TokensCommand::List { store } => {
+            let store = match open_store(&store.store).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match store.tokens().await {
+                Ok(all) => {
+                    for t in all {
+                        let revoked = t
+                            .revoked_at
+                            .map_or(String::new(), |r| format!("  revoked {}", time(r)));
+                        println!(
+                            "{:<20} {:<9} made {}{revoked}",
+                            t.name,
+                            t.role,
+                            time(t.created_at)
+                        );
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    crate::FAILED
+                }
+            }
+        }
+        TokensCommand::Revoke { name, store } => {
+            let store = match open_store(&store.store).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match store.revoke_token(&name).await {
+                Ok(true) => {
+                    eprintln!("token `{name}` revoked");
+                    0
+                }
+                Ok(false) => {
+                    eprintln!("error: no active token `{name}`");
+                    INVALID
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    crate::FAILED
+                }
+            }
+        }
+    }
+}
