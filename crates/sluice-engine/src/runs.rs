@@ -329,14 +329,7 @@ impl<S: Store> Engine<S> {
         input: Option<Value>,
         driving: Driving,
     ) -> Result<RunResult, EngineError> {
-        let mut fo = FlowObject::new(
-            Arc::new(detail.trigger.clone()),
-            Lazy::new(detail.accountability.clone()),
-        )
-        .with_env(flow);
-        fo.event = EVENT_TRIGGERS
-            .contains(&flow.trigger.kind.as_str())
-            .then(|| detail.trigger.clone());
+        let fo = first_flow_object(flow, &detail);
         let cursor = Cursor {
             run_id: detail.summary.id.clone(),
             item: detail.parent.as_ref().map_or(0, |p| p.1),
@@ -406,14 +399,7 @@ impl<S: Store> Engine<S> {
         detail: &sluice_store::RunDetail,
         incident: bool,
     ) -> FlowObject {
-        let mut fo = FlowObject::new(
-            Arc::new(detail.trigger.clone()),
-            Lazy::new(detail.accountability.clone()),
-        )
-        .with_env(flow);
-        fo.event = EVENT_TRIGGERS
-            .contains(&flow.trigger.kind.as_str())
-            .then(|| detail.trigger.clone());
+        let mut fo = first_flow_object(flow, detail);
         let n = detail.steps.len();
         for (i, r) in detail.steps.iter().enumerate() {
             let retried = !r.ok
@@ -503,4 +489,18 @@ impl<S: Store> Engine<S> {
         self.continue_at(flow, detail, Entry::Fresh, Some(state), driving)
             .await
     }
+}
+
+/// A recorded run's flow object as it was before its first step: its
+/// trigger, accountability, environment and (for an event trigger) event.
+fn first_flow_object(flow: &Flow, detail: &sluice_store::RunDetail) -> FlowObject {
+    let mut fo = FlowObject::new(
+        Arc::new(detail.trigger.clone()),
+        Lazy::new(detail.accountability.clone()),
+    )
+    .with_env(flow);
+    fo.event = EVENT_TRIGGERS
+        .contains(&flow.trigger.kind.as_str())
+        .then(|| detail.trigger.clone());
+    fo
 }
