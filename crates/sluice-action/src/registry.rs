@@ -92,7 +92,7 @@ impl Registry {
         r.add(core_ops::StartFlow);
         r.add_trigger::<triggers::ManualTrigger>("manual");
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
-        r.add_trigger::<triggers::WebhookTrigger>("webhook");
+        r.add_trigger_checked::<triggers::WebhookTrigger>("webhook", triggers::check_webhook);
         r.add_trigger::<core_ops::FlowTrigger>("flow");
         r.add_trigger_checked::<hooks::EventTrigger>("event", hooks::check_event);
         r.add_trigger_checked::<triggers::ScheduleTrigger>("schedule", triggers::check_schedule);

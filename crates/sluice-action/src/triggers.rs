@@ -6,6 +6,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Options of the `manual` trigger: none. A manual flow starts from
@@ -56,6 +57,97 @@ pub struct WebhookTrigger {
     /// What a synchronous webhook answers (default: status 200 with `$last`).
     #[serde(default)]
     pub response: HookResponse,
+    /// How callers prove who they are (none: anyone may call).
+    pub auth: Option<HookAuth>,
+}
+
+/// How a webhook's callers prove who they are. Secrets are `${env:NAME}`:
+/// they come from the environment, never from the flow file.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum HookAuth {
+    /// An HMAC-SHA256 of the body in a header, as GitHub and Stripe sign
+    /// theirs: `x-hub-signature-256: sha256=HEX`.
+    #[serde(rename_all = "camelCase")]
+    Hmac {
+        /// The shared secret.
+        secret: String,
+        /// The header that carries the signature.
+        header: String,
+        /// What comes before the digest in it (such as `sha256=`).
+        #[serde(default)]
+        prefix: String,
+        /// `hex` (default) or `base64`.
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        /// A header with the time of signing (seconds since the epoch):
+        /// then `TIMESTAMP.BODY` is signed, and the time must be recent.
+        timestamp_header: Option<String>,
+        /// How old the time of signing may be, in seconds (default 300).
+        #[serde(default = "five_minutes")]
+        tolerance_secs: u64,
+    },
+    /// `Authorization: Bearer TOKEN`.
+    Bearer {
+        /// The token.
+        token: String,
+    },
+    /// HTTP Basic.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// A token in a query parameter (left out of `$trigger.query`).
+    Query {
+        /// The parameter.
+        param: String,
+        /// The token.
+        token: String,
+    },
+}
+
+/// How a signature is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SignatureEncoding {
+    /// Hexadecimal.
+    #[default]
+    Hex,
+    /// Base64.
+    Base64,
+}
+
+fn five_minutes() -> u64 {
+    300
+}
+
+/// A webhook's secrets come from the environment (`${env:NAME}`).
+pub(crate) fn check_webhook(options: &Value) -> Vec<sluice_model::OptionIssue> {
+    let mut issues = crate::check::check_options::<WebhookTrigger>(options);
+    if let Some(auth) = options.get("auth").and_then(Value::as_object) {
+        for key in ["secret", "token", "password"] {
+            if let Some(v) = auth.get(key).and_then(Value::as_str)
+                && !(v.starts_with("${env:") && v.ends_with('}'))
+            {
+                issues.push(sluice_model::OptionIssue {
+                    path: vec![
+                        sluice_expr::PathSeg::Key("auth".into()),
+                        sluice_expr::PathSeg::Key(key.into()),
+                    ],
+                    message: format!(
+                        "a webhook's `{key}` comes from the environment, never from the flow file"
+                    ),
+                    at_key: false,
+                    help: Some(format!(
+                        "write `{key}: \"${{env:NAME}}\"` and set NAME where sluice runs"
+                    )),
+                });
+            }
+        }
+    }
+    issues
 }
 
 fn default_body_limit() -> u64 {

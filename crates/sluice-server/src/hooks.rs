@@ -127,6 +127,17 @@ pub(crate) async fn read_body(
     json_only: bool,
     timeout: std::time::Duration,
 ) -> Result<Value, ApiError> {
+    let bytes = read_bytes(headers, body, limit, timeout).await?;
+    parse_body(headers, &bytes, json_only)
+}
+
+/// A body's bytes, at most `limit` of them.
+pub(crate) async fn read_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -142,13 +153,21 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let bytes = crate::server::body_bytes(
+    crate::server::body_bytes(
         body,
         usize::try_from(limit).unwrap_or(usize::MAX),
         timeout,
         too_large,
     )
-    .await?;
+    .await
+}
+
+/// A body made JSON by its content type (see the module doc).
+pub(crate) fn parse_body(
+    headers: &HeaderMap,
+    bytes: &[u8],
+    json_only: bool,
+) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
@@ -160,7 +179,7 @@ pub(crate) async fn read_body(
         .to_ascii_lowercase();
     let mime = ctype.split(';').next().unwrap_or_default().trim();
     if mime == "application/json" || mime.ends_with("+json") {
-        serde_json::from_slice(&bytes).map_err(|e| {
+        serde_json::from_slice(bytes).map_err(|e| {
             ApiError::bad_request(format!(
                 "the body is not valid JSON: {} at line {}, column {}",
                 e.to_string().split(" at line ").next().unwrap_or_default(),
@@ -170,7 +189,7 @@ pub(crate) async fn read_body(
             .with_details(json!({"line": e.line(), "column": e.column()}))
         })
     } else if mime == "application/x-www-form-urlencoded" {
-        form_object(&bytes)
+        form_object(bytes)
     } else if mime.starts_with("text/") {
         String::from_utf8(bytes.to_vec())
             .map(Value::String)
@@ -218,18 +237,22 @@ pub(crate) async fn hook<S: Store>(
     if !hook.flow.enabled {
         return Err(ApiError::flow_disabled(&hook.flow.id));
     }
-    let body = read_body(
+    let bytes = read_bytes(
         &headers,
         body,
         hook.options.max_body_bytes,
-        false,
         server.timeouts().body,
     )
     .await?;
+    let mut query = query_object(query.as_deref());
+    if let Some(auth) = &hook.options.auth {
+        crate::hook_auth::check(auth, &headers, &mut query, &bytes)?;
+    }
+    let body = parse_body(&headers, &bytes, false)?;
     let trigger = json!({
         "method": method.as_str(),
         "path": format!("/hooks/{path}"),
-        "query": query_object(query.as_deref()),
+        "query": query,
         "headers": headers_object(&headers),
         "body": body,
     });

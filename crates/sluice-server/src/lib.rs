@@ -29,6 +29,7 @@ pub mod auth;
 mod error;
 mod events;
 mod flows;
+mod hook_auth;
 mod hooks;
 mod poll;
 mod schedule;

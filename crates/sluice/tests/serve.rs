@@ -2054,3 +2054,135 @@ fn api_tokens_have_roles_and_the_server_is_closed_by_default_off_loopback() {
     );
     assert_eq!(s.stop(), Some(0));
 }
+
+/// HMAC-SHA256 of `data` with `key`, in hex (by openssl, a second opinion).
+fn hmac_hex(key: &str, data: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(data.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn webhooks_check_who_calls_them() {
+    let dir = temp("hook-auth");
+    // SAFETY: this test's own variables, set before the server starts.
+    unsafe {
+        std::env::set_var("SLUICE_T_HOOK_SECRET", "whsec-1");
+        std::env::set_var("SLUICE_T_HOOK_TOKEN", "tok-2");
+        std::env::set_var("SLUICE_T_HOOK_USER", "shop");
+        std::env::set_var("SLUICE_T_HOOK_PASS", "pw-3");
+    }
+    let hook = |name: &str, auth: &str| {
+        write(
+            &dir,
+            &format!("{name}.yaml"),
+            &format!(
+                "id: {name}\ntrigger: {{type: webhook, path: {name}, async: true, auth: {auth}}}\nsteps:\n  - {{key: log, type: log, options: {{message: ok}}}}\n"
+            ),
+        )
+    };
+    hook(
+        "signed",
+        "{type: hmac, secret: \"${env:SLUICE_T_HOOK_SECRET}\", header: x-hub-signature-256, prefix: \"sha256=\"}",
+    );
+    hook(
+        "stamped",
+        "{type: hmac, secret: \"${env:SLUICE_T_HOOK_SECRET}\", header: x-signature, timestampHeader: x-timestamp, toleranceSecs: 60}",
+    );
+    hook(
+        "bearer",
+        "{type: bearer, token: \"${env:SLUICE_T_HOOK_TOKEN}\"}",
+    );
+    hook(
+        "basic",
+        "{type: basic, username: \"${env:SLUICE_T_HOOK_USER}\", password: \"${env:SLUICE_T_HOOK_PASS}\"}",
+    );
+    hook(
+        "query",
+        "{type: query, param: key, token: \"${env:SLUICE_T_HOOK_TOKEN}\"}",
+    );
+    let s = Serve::start(&dir);
+    let body = r#"{"order":1}"#;
+    let post = |path: &str, headers: &[(&str, &str)]| {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        s.call("POST", path, &h, body)
+    };
+    // HMAC of the body, GitHub's way.
+    let sig = format!("sha256={}", hmac_hex("whsec-1", body));
+    assert_eq!(
+        post("/hooks/signed", &[("x-hub-signature-256", &sig)]).status,
+        202
+    );
+    let bad = format!("sha256={}", hmac_hex("other", body));
+    assert_error(
+        &post("/hooks/signed", &[("x-hub-signature-256", &bad)]),
+        401,
+        "unauthorized",
+    );
+    assert_error(&post("/hooks/signed", &[]), 401, "unauthorized");
+    // With a time of signing: recent passes, old (a replay) does not.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (ts, ok) in [(now, true), (now - 3600, false)] {
+        let ts = ts.to_string();
+        let sig = hmac_hex("whsec-1", &format!("{ts}.{body}"));
+        let r = post(
+            "/hooks/stamped",
+            &[("x-signature", &sig), ("x-timestamp", &ts)],
+        );
+        assert_eq!(r.status, if ok { 202 } else { 401 }, "{r:?}");
+    }
+    // Bearer, Basic, a token in the query.
+    assert_eq!(
+        post("/hooks/bearer", &[("authorization", "Bearer tok-2")]).status,
+        202
+    );
+    assert_error(
+        &post("/hooks/bearer", &[("authorization", "Bearer tok-x")]),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(
+        post("/hooks/basic", &[("authorization", "Basic c2hvcDpwdy0z")]).status,
+        202
+    );
+    assert_error(
+        &post(
+            "/hooks/basic",
+            &[("authorization", "Basic c2hvcDp3cm9uZw==")],
+        ),
+        401,
+        "unauthorized",
+    );
+    let r = post("/hooks/query?key=tok-2&x=1", &[]);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_error(&post("/hooks/query?key=nope", &[]), 401, "unauthorized");
+    // The query's token is not recorded.
+    let run = r.body["runId"].as_str().unwrap().to_owned();
+    let rec = s.ended(&run);
+    assert_eq!(rec["trigger"]["query"], json!({"x": "1"}), "{rec}");
+    assert!(!rec.to_string().contains("tok-2"));
+    // A refused call starts nothing: five runs in all.
+    let runs = s.get("/api/runs?limit=0").body;
+    assert_eq!(runs.as_array().unwrap().len(), 5, "{runs}");
+    assert_eq!(s.stop(), Some(0));
+}
