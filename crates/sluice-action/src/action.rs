@@ -81,7 +81,23 @@ pub enum Iteration {
     Parallel(usize),
 }
 
+/// The most items' runs a fan-out may have under way at once.
+pub const MAX_CONCURRENCY: usize = 1000;
+
 impl Outcome {
+    /// Items emitted individually (the steps after run once per item, each in
+    /// a run of its own), at most `concurrency` under way at once (default
+    /// one after another; at most [`MAX_CONCURRENCY`]); the payload is their
+    /// list.
+    pub fn each(items: Vec<Value>, concurrency: Option<usize>) -> Self {
+        Self {
+            payload: Some(Value::Array(items.clone())),
+            items: Some(items),
+            concurrency: concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY),
+            ..Self::default()
+        }
+    }
+
     /// A result.
     pub fn value(v: Value) -> Self {
         Self {

@@ -248,8 +248,7 @@ pub enum IterationMode {
     Parallel,
 }
 
-/// The most runs a `flow` step or a fan-out may have under way at once.
-pub const MAX_CONCURRENCY: usize = 1000;
+pub use crate::action::MAX_CONCURRENCY;
 
 /// An issue with a count option (`concurrency`, `batchSize`) that must be
 /// from 1 to [`MAX_CONCURRENCY`], unless it is a template.
@@ -387,12 +386,7 @@ impl Action for Split {
         _cx: ActionCx<'a>,
         options: SplitOptions,
     ) -> Result<Outcome, ActionError> {
-        Ok(Outcome {
-            payload: Some(Value::Array(options.items.clone())),
-            items: Some(options.items),
-            concurrency: options.concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY),
-            ..Outcome::default()
-        })
+        Ok(Outcome::each(options.items, options.concurrency))
     }
 }
 

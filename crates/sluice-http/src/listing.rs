@@ -125,11 +125,7 @@ pub(crate) async fn read(
         number += 1;
     }
     Ok(match p.mode {
-        Mode::EmitIndividually => Outcome {
-            payload: Some(Value::Array(all.clone())),
-            items: Some(all),
-            ..Outcome::default()
-        },
+        Mode::EmitIndividually => Outcome::each(all, None),
         _ => Outcome::value(json!({"results": all})),
     })
 }

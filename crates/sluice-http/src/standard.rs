@@ -358,11 +358,7 @@ impl Action for RestLookupMany {
                     number += 1;
                 }
                 if o.mode == ManyMode::EmitIndividually {
-                    return Ok(Outcome {
-                        payload: Some(Value::Array(all.clone())),
-                        items: Some(all),
-                        ..Outcome::default()
-                    });
+                    return Ok(Outcome::each(all, None));
                 }
                 Ok(Outcome::value(json!({ "results": all })))
             }

@@ -9,7 +9,7 @@ use crate::shared::Reads;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_action::core_ops::{MAX_CONCURRENCY, count_issue};
+use sluice_action::core_ops::count_issue;
 use sluice_action::{Action, ActionCx, ActionError, Outcome};
 use sluice_expr::PathSeg;
 use sluice_model::OptionIssue;
@@ -158,13 +158,7 @@ pub(crate) fn emit_individually(
     rows: Vec<Map<String, Value>>,
     concurrency: Option<usize>,
 ) -> Outcome {
-    let items: Vec<Value> = rows.into_iter().map(Value::Object).collect();
-    Outcome {
-        payload: Some(Value::Array(items.clone())),
-        items: Some(items),
-        concurrency: concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY),
-        ..Outcome::default()
-    }
+    Outcome::each(rows.into_iter().map(Value::Object).collect(), concurrency)
 }
 
 /// `concurrency` is a count, and only for `mode: emitIndividually`.
