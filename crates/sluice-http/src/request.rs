@@ -6,7 +6,7 @@
 //! `Idempotency-Key` made of the run, the step, the item and the attempt.
 
 use crate::call::{Call, HttpRequestOptions, METHODS, answer, target};
-use crate::client::Clients;
+use crate::client::{Clients, Conn};
 use serde_json::Value;
 use sluice_action::{Action, ActionCx, ActionError, Outcome};
 use sluice_expr::PathSeg;
@@ -85,23 +85,33 @@ impl Action for HttpRequest {
         o: HttpRequestOptions,
     ) -> Result<Outcome, ActionError> {
         let conn = self.0.get(cx.connections, o.connection.as_deref())?;
-        let method = o.method.to_ascii_uppercase();
-        if !METHODS.contains(&method.as_str()) {
-            return Err(ActionError::data(format!(
-                "`{}` is not an HTTP method",
-                o.method
-            )));
-        }
-        let url = target(&conn, &o.url, &o.query)?;
-        let call = Call::new(&conn, &o, &method, cx.idempotency_key)?;
+        let (url, call) = prepare(&conn, &o, cx.idempotency_key)?;
         match &o.pages {
             None => {
                 let sent = call.send(&url).await?;
-                answer(&method, &url, sent, &o).map(|r| Outcome::value(r.into()))
+                answer(call.method(), &url, sent, &o).map(|r| Outcome::value(r.into()))
             }
             Some(p) => crate::listing::read(&call, p, url, &o).await,
         }
     }
+}
+
+/// The request `o` describes, through `conn`, with idempotency key `key`:
+/// its URL and the call ready to send.
+fn prepare<'c>(
+    conn: &'c Conn,
+    o: &HttpRequestOptions,
+    key: &str,
+) -> Result<(url::Url, Call<'c>), ActionError> {
+    let method = o.method.to_ascii_uppercase();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(ActionError::data(format!(
+            "`{}` is not an HTTP method",
+            o.method
+        )));
+    }
+    let url = target(conn, &o.url, &o.query)?;
+    Ok((url, Call::new(conn, o, &method, key)?))
 }
 
 /// HTTP calls for other connectors' steps (an envelope's `call` patches).
@@ -123,11 +133,9 @@ impl sluice_action::Calls for HttpCalls {
                 ));
             }
             let conn = self.0.get(cx.connections, o.connection.as_deref())?;
-            let method = o.method.to_ascii_uppercase();
-            let url = target(&conn, &o.url, &o.query)?;
-            let call = Call::new(&conn, &o, &method, &key)?;
+            let (url, call) = prepare(&conn, &o, &key)?;
             let sent = call.send(&url).await?;
-            Ok(Value::Object(answer(&method, &url, sent, &o)?))
+            Ok(Value::Object(answer(call.method(), &url, sent, &o)?))
         })
     }
 }
