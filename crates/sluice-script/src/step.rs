@@ -23,19 +23,19 @@ pub struct Script {
 const MAX_COMPILED: usize = 1024;
 
 impl Script {
-    /// `code`'s bytecode, compiled on its first call.
-    fn bytes(&self, code: &str) -> Result<std::sync::Arc<Vec<u8>>, Failure> {
-        if let Some(b) = self.compiled.lock().ok().and_then(|m| m.get(code).cloned()) {
-            return Ok(b);
-        }
-        let b = std::sync::Arc::new(js::compile(code)?);
+    /// `code`'s bytecode, if it was compiled before.
+    fn compiled(&self, code: &str) -> Option<std::sync::Arc<Vec<u8>>> {
+        self.compiled.lock().ok().and_then(|m| m.get(code).cloned())
+    }
+
+    /// Keep `code`'s bytecode for the calls after.
+    fn keep(&self, code: String, bytes: std::sync::Arc<Vec<u8>>) {
         if let Ok(mut m) = self.compiled.lock() {
             if m.len() >= MAX_COMPILED {
                 m.clear();
             }
-            m.insert(code.to_owned(), b.clone());
+            m.insert(code, bytes);
         }
-        Ok(b)
     }
 }
 
@@ -106,15 +106,28 @@ impl Action for Script {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_millis() as f64);
-        let bytes = match self.bytes(&o.code) {
-            Ok(b) => b,
-            Err(f) => return Err(failure(f, &limits)),
-        };
-        let called = tokio::task::spawn_blocking(move || js::call(&bytes, &text, now, limits))
-            .await
-            .map_err(|e| {
-                ActionError::new(Blame::Bug, format!("the script's thread failed: {e}"))
-            })?;
+        // Compiled (on its first call) and run on a thread of its own: both
+        // are QuickJS's work, not the runtime's.
+        let known = self.compiled(&o.code);
+        let code = o.code;
+        let (called, fresh) = tokio::task::spawn_blocking(move || {
+            let (bytes, fresh) = match known {
+                Some(b) => (b, None),
+                None => match js::compile(&code) {
+                    Ok(b) => {
+                        let b = std::sync::Arc::new(b);
+                        (b.clone(), Some((code, b)))
+                    }
+                    Err(f) => return (Err(f), None),
+                },
+            };
+            (js::call(&bytes, &text, now, limits), fresh)
+        })
+        .await
+        .map_err(|e| ActionError::new(Blame::Bug, format!("the script's thread failed: {e}")))?;
+        if let Some((code, bytes)) = fresh {
+            self.keep(code, bytes);
+        }
         match called {
             Ok(c) => {
                 let mut out = Outcome::value(c.value);
