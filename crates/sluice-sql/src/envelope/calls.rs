@@ -33,9 +33,18 @@ pub struct CallPatch {
 pub(crate) struct Undo {
     /// The patch, as messages name it.
     label: String,
-    /// The compensating request, or `None` when the call had none.
-    request: Option<Value>,
+    how: Undoing,
     key: String,
+}
+
+/// What undoes a call.
+enum Undoing {
+    /// Nothing needs to: the call only read.
+    Nothing,
+    /// Its compensating request.
+    By(Value),
+    /// Nothing can: it wrote, and has no `compensate`.
+    Missing,
 }
 
 /// What the call of a patch says it does, for messages.
@@ -114,14 +123,14 @@ pub(crate) async fn make(
 /// How to undo patch `i`'s call, from the patch rendered again after it
 /// (so that `compensate` reads the tokens the call set).
 pub(crate) fn undo_of(cx: &ActionCx<'_>, i: usize, first: &Value, again: &Value) -> Undo {
-    let request = again.get("compensate").cloned().filter(|c| !c.is_null());
+    let how = match again.get("compensate").filter(|c| !c.is_null()) {
+        Some(c) => Undoing::By(c.clone()),
+        None if reads(&first["call"]) => Undoing::Nothing,
+        None => Undoing::Missing,
+    };
     Undo {
         label: label(i, first),
-        request: if request.is_none() && reads(&first["call"]) {
-            Some(Value::Null)
-        } else {
-            request
-        },
+        how,
         key: format!("{}/patch-{}/undo", cx.idempotency_key, i + 1),
     }
 }
@@ -140,18 +149,17 @@ pub(crate) async fn undone(
     let mut not = Vec::new();
     let mut undone = 0;
     for u in made.into_iter().rev() {
-        match (u.request, cx.calls) {
-            // A call that only read: nothing to undo.
-            (Some(Value::Null), _) => {}
-            (Some(r), Some(calls)) => match calls.call(cx, r, u.key).await {
+        match (u.how, cx.calls) {
+            (Undoing::Nothing, _) => {}
+            (Undoing::By(r), Some(calls)) => match calls.call(cx, r, u.key).await {
                 Ok(_) => undone += 1,
                 Err(ce) => not.push(format!(
                     "{}: its compensation failed: {}",
                     u.label, ce.message
                 )),
             },
-            (Some(_), None) => not.push(format!("{}: no HTTP connector", u.label)),
-            (None, _) => not.push(format!("{}: it has no `compensate`", u.label)),
+            (Undoing::By(_), None) => not.push(format!("{}: no HTTP connector", u.label)),
+            (Undoing::Missing, _) => not.push(format!("{}: it has no `compensate`", u.label)),
         }
     }
     if !not.is_empty() {
