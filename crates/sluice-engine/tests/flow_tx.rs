@@ -29,6 +29,19 @@ fn ddl(backend: &str, table: &str) -> String {
     }
 }
 
+/// A run rewound by the process's stop: running, at step `more`.
+fn at_more(state: Value) -> RunUpdate {
+    RunUpdate {
+        status: RunStatus::Running,
+        state,
+        next_step: Some("more".into()),
+        output: None,
+        error: None,
+        error_step: None,
+        ended_at: None,
+    }
+}
+
 /// A count as a number, whichever way the database gives it.
 fn n(v: &Value) -> Option<i64> {
     v.as_i64()
@@ -151,15 +164,7 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
         store
             .update_run(
                 &committed.run_id,
-                &RunUpdate {
-                    status: RunStatus::Running,
-                    state: json!({"a": "x1@t", "b": "x2@t"}),
-                    next_step: Some("more".into()),
-                    output: None,
-                    error: None,
-                    error_step: None,
-                    ended_at: None,
-                },
+                &at_more(json!({"a": "x1@t", "b": "x2@t"})),
             )
             .await
             .unwrap();
@@ -178,15 +183,7 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
         store
             .update_run(
                 &failed_run,
-                &RunUpdate {
-                    status: RunStatus::Running,
-                    state: json!({"a": "x1@t", "b": "x1@t", "added": "x1@t"}),
-                    next_step: Some("more".into()),
-                    output: None,
-                    error: None,
-                    error_step: None,
-                    ended_at: None,
-                },
+                &at_more(json!({"a": "x1@t", "b": "x1@t", "added": "x1@t"})),
             )
             .await
             .unwrap();
