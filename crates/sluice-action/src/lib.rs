@@ -35,3 +35,12 @@ pub use check::{check_options, valid_ident};
 pub use error::{ActionError, Blame, BoxFuture};
 pub use registry::{Entry, Registry, TriggerEntry};
 pub use secrets::expand_env;
+
+/// Print a line on standard error, as `eprintln!` does, with every
+/// secret's value taken out (see [`secrets`]).
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => {
+        $crate::secrets::warn(format_args!($($t)*))
+    };
+}

@@ -61,8 +61,8 @@ pub struct WebhookTrigger {
     pub auth: Option<HookAuth>,
 }
 
-/// How a webhook's callers prove who they are. Secrets are `${env:NAME}`:
-/// they come from the environment, never from the flow file.
+/// How a webhook's callers prove who they are. Secrets are
+/// `${secret:NAME}` (or `${env:NAME}`): never written in the flow file.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum HookAuth {
@@ -123,13 +123,14 @@ fn five_minutes() -> u64 {
     300
 }
 
-/// A webhook's secrets come from the environment (`${env:NAME}`).
+/// A webhook's secrets are secrets (`${secret:NAME}`) or come from the
+/// environment (`${env:NAME}`), never from the flow file itself.
 pub(crate) fn check_webhook(options: &Value) -> Vec<sluice_model::OptionIssue> {
     let mut issues = crate::check::check_options::<WebhookTrigger>(options);
     if let Some(auth) = options.get("auth").and_then(Value::as_object) {
         for key in ["secret", "token", "password"] {
             if let Some(v) = auth.get(key).and_then(Value::as_str)
-                && !(v.starts_with("${env:") && v.ends_with('}'))
+                && !((v.starts_with("${env:") || v.starts_with("${secret:")) && v.ends_with('}'))
             {
                 issues.push(sluice_model::OptionIssue {
                     path: vec![
@@ -137,11 +138,11 @@ pub(crate) fn check_webhook(options: &Value) -> Vec<sluice_model::OptionIssue> {
                         sluice_expr::PathSeg::Key(key.into()),
                     ],
                     message: format!(
-                        "a webhook's `{key}` comes from the environment, never from the flow file"
+                        "a webhook's `{key}` is a secret, never written in the flow file"
                     ),
                     at_key: false,
                     help: Some(format!(
-                        "write `{key}: \"${{env:NAME}}\"` and set NAME where sluice runs"
+                        "write `{key}: \"${{secret:NAME}}\"` and set SLUICE_SECRET_NAME (or a file NAME in the secrets folder) where sluice runs"
                     )),
                 });
             }

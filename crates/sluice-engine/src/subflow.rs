@@ -280,7 +280,10 @@ impl<S: Store> Engine<S> {
                     let engine = self.clone();
                     tokio::spawn(async move {
                         if let Err(e) = engine.finish(&target, started).await {
-                            eprintln!("sluice: a run of flow `{}` stopped: {e}", target.id);
+                            sluice_action::warn!(
+                                "sluice: a run of flow `{}` stopped: {e}",
+                                target.id
+                            );
                         }
                     });
                     return Ok(ChildEnd::started(id));

@@ -31,7 +31,7 @@ pub use mapping::{Mapping, MappingError};
 pub use merge::{MergeError, merge};
 pub use path::{MappingPath, PathError, Query};
 pub use scope::{Input, MapScope, Scope};
-pub use template::{PathSeg, Template, TemplateError, TemplateValue};
+pub use template::{PathSeg, Template, TemplateError, TemplateValue, map_strings};
 pub use value::{as_from_jq, from_val, to_val};
 
 /// Tests count memory as the `sluice` binary does.

@@ -249,6 +249,16 @@ pub enum TemplateValue {
     Object(Vec<(String, TemplateValue)>),
 }
 
+/// Apply `f` to every string value in `v` (not to object keys).
+pub fn map_strings(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| map_strings(x, f)),
+        Value::Object(o) => o.values_mut().for_each(|x| map_strings(x, f)),
+        _ => {}
+    }
+}
+
 /// Where in an option value a template failed to compile.
 #[derive(Clone, Debug)]
 pub struct LocatedTemplateError {
@@ -277,6 +287,25 @@ impl TemplateValue {
             Ok(t)
         } else {
             Err(errors)
+        }
+    }
+
+    /// Apply `f` to every string written literally: constant strings and
+    /// the text around templates, never the code inside `{{ }}` and never
+    /// what a template renders (how `${secret:NAME}` is replaced in a
+    /// step's options at load, where data can never name a secret).
+    pub fn map_text(&mut self, f: &mut dyn FnMut(&mut String)) {
+        match self {
+            Self::Const(v) => map_strings(v, f),
+            Self::Template(t) => {
+                for part in &mut std::sync::Arc::make_mut(t).parts {
+                    if let Part::Text(s) = part {
+                        f(s);
+                    }
+                }
+            }
+            Self::Array(a) => a.iter_mut().for_each(|x| x.map_text(f)),
+            Self::Object(o) => o.iter_mut().for_each(|(_, x)| x.map_text(f)),
         }
     }
 

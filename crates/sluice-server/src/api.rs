@@ -47,6 +47,7 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
             server.clone(),
             guard::<S>,
         ))
+        .layer(axum::middleware::map_response(crate::scrub::answer))
         .with_state(server)
 }
 

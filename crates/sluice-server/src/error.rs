@@ -88,7 +88,7 @@ impl ApiError {
 
     /// The store failed: the caller can only retry; the cause goes to the log.
     pub fn store(e: &StoreError) -> Self {
-        eprintln!("sluice: store error: {e}");
+        sluice_action::warn!("sluice: store error: {e}");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -114,7 +114,7 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             EngineError::NotStarted(m) => {
-                eprintln!("sluice: a run did not start: {m}");
+                sluice_action::warn!("sluice: a run did not start: {m}");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
@@ -122,7 +122,7 @@ impl From<EngineError> for ApiError {
                 )
             }
             e @ EngineError::Commit { .. } => {
-                eprintln!("sluice: {e}");
+                sluice_action::warn!("sluice: {e}");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_unavailable",

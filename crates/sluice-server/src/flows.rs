@@ -172,7 +172,12 @@ impl FlowSet {
                     message: format!("cannot read the flow file: {e}"),
                 }),
                 Ok(text) => {
-                    match sluice_model::load(&path.display().to_string(), &text, registry) {
+                    match sluice_model::load(&path.display().to_string(), &text, registry).and_then(
+                        |mut flow| {
+                            sluice_action::secrets::resolve(&mut flow)?;
+                            Ok(flow)
+                        },
+                    ) {
                         Err(d) => failures.push(LoadFailure::Invalid(d)),
                         Ok(flow) => {
                             if let Err(message) = set.add(Arc::new(flow), &path, registry) {
@@ -264,6 +269,9 @@ impl FlowSet {
                             .map_err(|e| format!("webhook trigger, response.body: {e}"))?,
                     ),
                 };
+                if let Some(auth) = &options.auth {
+                    crate::hook_auth::read_secrets(auth)?;
+                }
                 let key = (options.method, options.path.clone());
                 if let Some(other) = self.hooks.get(&key) {
                     return Err(format!(

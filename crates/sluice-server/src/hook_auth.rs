@@ -1,6 +1,7 @@
 //! A webhook's caller proving who it is (its trigger's `auth`): an HMAC of
 //! the body, possibly with a recent time of signing, a bearer token, HTTP
-//! Basic, or a token in the query. Secrets come from the environment;
+//! Basic, or a token in the query. Secrets are `${secret:NAME}` (or
+//! `${env:NAME}`), checked when the flow loads;
 //! every comparison takes the same time whatever it finds; a failure
 //! answers `401` and starts nothing.
 
@@ -18,9 +19,10 @@ fn refused(why: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why.to_owned())
 }
 
-/// A secret's value, from the environment.
-fn secret(written: &str) -> Result<String, ApiError> {
-    sluice_action::expand_env(written).map_err(|e| {
+/// A secret's value (`${secret:NAME}` or `${env:NAME}`), scrubbed from
+/// all Sluice writes from then on.
+pub(crate) fn secret(written: &str) -> Result<String, ApiError> {
+    sluice_action::secrets::expand_credential(written).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "webhook_secret_unset",
@@ -38,6 +40,21 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
+}
+
+/// Read the secrets of a webhook's `auth` when its flow loads: one that is
+/// not set refuses the flow, naming it.
+pub(crate) fn read_secrets(auth: &HookAuth) -> Result<(), String> {
+    let written: &[&String] = match auth {
+        HookAuth::Hmac { secret, .. } => &[secret],
+        HookAuth::Bearer { token } | HookAuth::Query { token, .. } => &[token],
+        HookAuth::Basic { username, password } => &[username, password],
+    };
+    for w in written {
+        sluice_action::secrets::expand_credential(w)
+            .map_err(|e| format!("webhook trigger, auth: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Check the caller of a webhook with `auth`; the token of a query is taken

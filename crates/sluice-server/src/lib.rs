@@ -33,6 +33,7 @@ mod hook_auth;
 mod hooks;
 mod poll;
 mod schedule;
+mod scrub;
 mod serve;
 mod server;
 

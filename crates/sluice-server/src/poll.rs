@@ -25,7 +25,7 @@ pub(crate) async fn run<S: Store>(server: Server<S>, p: Polled) {
             // More pages of this round, read at once.
             Ok(true) => continue,
             Ok(false) => {}
-            Err(e) => eprintln!("sluice: poll of flow `{}`: {e}", p.flow.id),
+            Err(e) => sluice_action::warn!("sluice: poll of flow `{}`: {e}", p.flow.id),
         }
         tokio::time::sleep(interval).await;
     }

@@ -72,7 +72,7 @@ async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool
     match claimed {
         Ok(Some(started)) => drop(server.drive(s.flow.clone(), started)),
         Ok(None) => {}
-        Err(e) => eprintln!(
+        Err(e) => sluice_action::warn!(
             "sluice: schedule of flow `{}`: cannot start the run of {}: {e}",
             s.flow.id,
             rfc3339(at)

@@ -248,7 +248,7 @@ impl<S: Store> Server<S> {
                 Ok(r) if matches!(r.status, RunStatus::Waiting | RunStatus::Running) => None,
                 Ok(r) => Some(r.status.as_str()),
                 Err(e) => {
-                    eprintln!("sluice: a run of flow `{}` stopped: {e}", flow.id);
+                    sluice_action::warn!("sluice: a run of flow `{}` stopped: {e}", flow.id);
                     Some("error")
                 }
             };
@@ -365,7 +365,7 @@ impl<S: Store> Server<S> {
                     done.waiting += 1;
                 }
                 Err(message) => {
-                    eprintln!("sluice: run `{}` stays waiting: {message}", w.run_id);
+                    sluice_action::warn!("sluice: run `{}` stays waiting: {message}", w.run_id);
                 }
             }
         }

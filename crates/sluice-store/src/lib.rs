@@ -6,13 +6,19 @@
 //! record and the run's new state are written in one transaction
 //! ([`Store::record_step`]), so that a crash leaves either both or neither.
 //!
+//! Every value and message written passes through the [`Scrub`] the
+//! process installs ([`set_scrub`]), which takes secrets' values out.
+//!
 //! The trait is small on purpose (in the manner of Restate's storage traits):
 //! the PostgreSQL implementation of a later issue passes the same conformance
 //! suite (`tests/conformance.rs`).
 
 mod group;
+mod scrub;
 mod sqlite;
 mod store;
+
+pub use scrub::{Scrub, set_scrub};
 
 pub use sqlite::SqliteStore;
 pub use store::{

@@ -204,10 +204,7 @@ async fn claimed_with_runs(
     Ok(true)
 }
 
-/// JSON text (through serde_json's writer: faster than `Display`).
-fn json(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
+use crate::scrub::{json, opt_text};
 
 fn opt_json(v: &Option<Value>) -> Option<String> {
     v.as_ref().map(json)
@@ -247,7 +244,7 @@ fn step_vals(step: &StepRecord) -> StepVals {
         input: json(&step.input),
         result: opt_json(&step.result),
         output: opt_json(&step.output),
-        error: step.error.clone(),
+        error: opt_text(&step.error),
         blame: step.blame.clone(),
         logs: json(&Value::from(step.logs.clone())),
         started_at: step.started_at,
@@ -283,7 +280,7 @@ fn record_vals(
             state,
             next_step: run.next_step.clone(),
             output,
-            error: run.error.clone(),
+            error: opt_text(&run.error),
             error_step: run.error_step.clone(),
             ended_at: run.ended_at,
             updated_at: crate::now_micros(),
@@ -782,7 +779,7 @@ fn bind_run<'q>(q: Query<'q>, run: &'q RunUpdate, state: String) -> Query<'q> {
         .bind(state)
         .bind(&run.next_step)
         .bind(opt_json(&run.output))
-        .bind(&run.error)
+        .bind(opt_text(&run.error))
         .bind(&run.error_step)
         .bind(run.ended_at)
         .bind(crate::now_micros())

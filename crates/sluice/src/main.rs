@@ -37,6 +37,10 @@ struct Cli {
     /// Memory one jq expression may hold beyond its input, in MiB.
     #[arg(long, global = true, default_value_t = 512)]
     expr_memory_mb: usize,
+    /// A folder of secret files: `${secret:NAME}` reads the file NAME in
+    /// it when the variable SLUICE_SECRET_NAME is not set.
+    #[arg(long, global = true, env = "SLUICE_SECRETS_DIR")]
+    secrets_dir: Option<std::path::PathBuf>,
 }
 
 /// The expression limits given on the command line.
@@ -207,6 +211,13 @@ fn registry() -> Registry {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.secrets_dir {
+        sluice_action::secrets::set_dir(dir.clone());
+    }
+    sluice_store::set_scrub(sluice_store::Scrub {
+        text: sluice_action::secrets::scrub,
+        value: sluice_action::secrets::scrub_value,
+    });
     let _ = LIMITS.set(sluice_expr::Limits {
         timeout: std::time::Duration::from_millis(cli.expr_timeout_ms),
         memory: cli.expr_memory_mb.saturating_mul(1 << 20),
@@ -518,7 +529,9 @@ fn print_load_failures(failures: &[sluice_server::LoadFailure]) {
 fn load_flow(path: &str, registry: &Registry) -> Result<Flow, LoadError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| LoadError::Io(format!("cannot read flow file `{path}`: {e}")))?;
-    sluice_model::load(path, &text, registry).map_err(LoadError::Invalid)
+    let mut flow = sluice_model::load(path, &text, registry).map_err(LoadError::Invalid)?;
+    sluice_action::secrets::resolve(&mut flow).map_err(LoadError::Invalid)?;
+    Ok(flow)
 }
 
 enum LoadError {
@@ -562,13 +575,24 @@ fn check(files: &[String]) -> u8 {
     let registry = registry();
     let mut worst = 0;
     for path in files {
-        match load_flow(path, &registry) {
-            Ok(flow) => eprintln!(
-                "{path}: ok (flow `{}`, {} steps{})",
-                flow.id,
-                flow.steps.len(),
-                if flow.enabled { "" } else { ", disabled" }
-            ),
+        // A check reads no secret: the flow's secrets are set where it runs.
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| LoadError::Io(format!("cannot read flow file `{path}`: {e}")))
+            .and_then(|text| {
+                sluice_model::load(path, &text, &registry).map_err(LoadError::Invalid)
+            });
+        match loaded {
+            Ok(flow) => {
+                for w in written_credentials(&flow) {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!(
+                    "{path}: ok (flow `{}`, {} steps{})",
+                    flow.id,
+                    flow.steps.len(),
+                    if flow.enabled { "" } else { ", disabled" }
+                )
+            }
             Err(LoadError::Io(m)) => {
                 eprintln!("error: {m}");
                 worst = INVALID;
@@ -580,6 +604,47 @@ fn check(files: &[String]) -> u8 {
         }
     }
     worst
+}
+
+/// Credentials written in a flow's connections (a password in a URL, a
+/// `password`, `token` or `clientSecret`): each `file:line:column: what`.
+fn written_credentials(flow: &Flow) -> Vec<String> {
+    const KEYS: [&str; 5] = ["password", "token", "clientSecret", "apiKey", "secret"];
+    let mut found = Vec::new();
+    for (name, conn) in &flow.connections {
+        let mut values: Vec<(String, &str)> = Vec::new();
+        let mut walk = vec![conn];
+        while let Some(v) = walk.pop() {
+            let Some(o) = v.as_object() else { continue };
+            for (k, v) in o {
+                match v.as_str() {
+                    Some(s) if s.contains("${") => {}
+                    Some(s) if KEYS.contains(&k.as_str()) && !s.is_empty() => {
+                        values.push((format!("`{k}`"), s));
+                    }
+                    Some(s) if k == "url" || k == "baseUrl" => {
+                        if let Some((_, rest)) = s.split_once("://")
+                            && let Some((userinfo, _)) = rest.split_once('@')
+                            && let Some((_, pw)) = userinfo.split_once(':')
+                            && !pw.is_empty()
+                        {
+                            values.push((format!("the password in `{k}`"), pw));
+                        }
+                    }
+                    _ => walk.push(v),
+                }
+            }
+        }
+        for (what, value) in values {
+            let at = flow.source.text.find(value).unwrap_or(0);
+            let (line, col) = flow.source.line_col(at);
+            found.push(format!(
+                "{}:{line}:{col}: connection `{name}`: {what} is written in the flow file, which is kept in the store and in git (write `${{secret:NAME}}` and set SLUICE_SECRET_NAME where sluice runs)",
+                flow.source.name
+            ));
+        }
+    }
+    found
 }
 
 fn read_input(input: Option<&str>) -> Result<Option<Value>, String> {
@@ -851,12 +916,13 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
 fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, kept: bool) -> u8 {
     match result {
         Err(e) => {
-            eprintln!("error: {e}");
+            sluice_action::warn!("error: {e}");
             FAILED
         }
         Ok(result) => match result.status {
             RunStatus::Succeeded => {
-                let out = result.output.unwrap_or(Value::Null);
+                let out =
+                    sluice_action::secrets::scrub_value(&result.output.unwrap_or(Value::Null));
                 let text = serde_json::to_string_pretty(&out).unwrap_or_else(|_| out.to_string());
                 let mut stdout = std::io::stdout().lock();
                 let _ = writeln!(stdout, "{text}");
@@ -865,7 +931,7 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, 
             }
             status => {
                 if let Some(f) = result.failure {
-                    eprintln!("error: {}", f.message);
+                    sluice_action::warn!("error: {}", f.message);
                     eprintln!("  step: {}", f.step);
                 }
                 if !kept {

@@ -2186,3 +2186,153 @@ fn webhooks_check_who_calls_them() {
     assert_eq!(runs.as_array().unwrap().len(), 5, "{runs}");
     assert_eq!(s.stop(), Some(0));
 }
+
+/// Every file under `dir` (the store and its journal) holding `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map_while(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if std::fs::read(&p)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_planted_secret_never_reaches_a_record_a_log_or_an_answer() {
+    const PLANT: &str = "pl4nted-S3cret-9f8e7d";
+    const HOOK_TOKEN: &str = "hook-T0ken-from-a-file";
+    let dir = temp("secrets");
+    let secrets = std::env::temp_dir().join(format!("sluice-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("hook-token"), format!("{HOOK_TOKEN}\n")).unwrap();
+    // SAFETY: this test's own variable, set before the server starts.
+    unsafe { std::env::set_var("SLUICE_SECRET_PLANT", PLANT) };
+    write(
+        &dir,
+        "leaky.yaml",
+        "id: leaky\ntrigger: {type: webhook, path: leaky}\nunmappedResults: replace\nsteps:\n  - {key: build, type: transform, options: {value: {header: \"Bearer ${secret:PLANT}\", x: \"{{ .x }}\"}}}\n  - {key: say, type: log, options: {message: \"calling with ${secret:PLANT} for {{ .x }}\"}}\n  - {key: measure, type: transform, options: {value: {header: \"{{ .header }}\", length: \"{{ .header | length }}\", asWritten: \"{{ \\\"${secret:PLANT}\\\" }}\"}}}\n",
+    );
+    write(
+        &dir,
+        "failing.yaml",
+        "id: failing\ntrigger: {type: webhook, path: failing, async: true}\nsteps:\n  - {key: boom, type: throw, options: {message: \"denied for key ${secret:PLANT}\"}}\n",
+    );
+    write(
+        &dir,
+        "guarded.yaml",
+        "id: guarded\ntrigger: {type: webhook, path: guarded, auth: {type: bearer, token: \"${secret:hook-token}\"}}\nsteps:\n  - {key: echo, type: transform, options: {value: {echo: \"{{ .echo }}\"}}}\n",
+    );
+    let secrets_arg = secrets.display().to_string();
+    let s = Serve::start_with(&dir, &["--secrets-dir", &secrets_arg]);
+    let mut answers = Vec::new();
+    // A run that succeeds, its options and output built with the secret.
+    let r = s.post("/hooks/leaky", json!({"x": PLANT}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["header"], "Bearer ${secret:PLANT}", "{r:?}");
+    // The step saw the value itself (7 + its length), never the text
+    // `${secret:PLANT}` (and inside `{{ }}` it is not replaced).
+    assert_eq!(r.body["length"], json!(7 + PLANT.len()), "{r:?}");
+    assert_eq!(r.body["asWritten"], "${secret:PLANT}", "{r:?}");
+    answers.push(format!("{r:?}"));
+    // One that fails with the secret in its error.
+    let r = s.post("/hooks/failing", json!({}));
+    assert_eq!(r.status, 202, "{r:?}");
+    let failed = s.ended(r.body["runId"].as_str().unwrap());
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed
+            .to_string()
+            .contains("denied for key ${secret:PLANT}"),
+        "{failed}"
+    );
+    // A webhook whose token is a file in the secrets folder; the caller
+    // even sends the token in its body.
+    let bearer = format!("Bearer {HOOK_TOKEN}");
+    let body = json!({"echo": HOOK_TOKEN}).to_string();
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", bearer.as_str()),
+        ("x-api-key", HOOK_TOKEN),
+    ];
+    let r = s.call("POST", "/hooks/guarded", &headers, &body);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["echo"], "${secret:hook-token}", "{r:?}");
+    answers.push(format!("{r:?}"));
+    let r = s.call(
+        "POST",
+        "/hooks/guarded",
+        &[("authorization", "Bearer x")],
+        "{}",
+    );
+    assert_error(&r, 401, "unauthorized");
+    answers.push(format!("{r:?}"));
+    // Every answer of the API.
+    let runs = s.get("/api/runs?limit=0");
+    answers.push(format!("{runs:?}"));
+    for run in runs.body.as_array().unwrap() {
+        answers.push(format!(
+            "{:?}",
+            s.get(&format!("/api/runs/{}", run["id"].as_str().unwrap()))
+        ));
+    }
+    for path in [
+        "/api/flows",
+        "/api/flows/leaky",
+        "/api/flows/failing",
+        "/api/flows/guarded",
+        "/metrics",
+        "/api/health",
+    ] {
+        answers.push(format!("{:?}", s.get(path)));
+    }
+    let log = s.log();
+    assert_eq!(s.stop(), Some(0));
+    for secret in [PLANT, HOOK_TOKEN] {
+        for a in &answers {
+            assert!(!a.contains(secret), "an answer holds a secret: {a}");
+        }
+        assert!(
+            !log.contains(secret),
+            "the server's output holds a secret: {log}"
+        );
+        assert_eq!(files_holding(&dir, secret), Vec::<PathBuf>::new());
+    }
+    // A flow naming a secret set nowhere is refused at load, naming it.
+    write(
+        &dir,
+        "unset.yaml",
+        "id: unset\ntrigger: {type: manual}\nsteps:\n  - {key: a, type: log, options: {message: \"${secret:NOT_SET_T}\"}}\n",
+    );
+    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(&dir)
+        .args([
+            "serve",
+            "--flows",
+            "flows",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "store.db",
+        ])
+        .args(["--secrets-dir", &secrets_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("secret `NOT_SET_T` is not set") && err.contains("SLUICE_SECRET_NOT_SET_T"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&secrets);
+}
