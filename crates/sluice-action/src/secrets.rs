@@ -362,6 +362,6 @@ mod tests {
             .into_iter()
             .map(|(s, n)| (s.start, s.end, n))
             .collect();
-        assert_eq!(got, vec![(3, 16, "ONE"), (21, 34, "TWO"), (40, 49, "")]);
+        assert_eq!(got, vec![(3, 16, "ONE"), (21, 34, "TWO"), (39, 48, "")]);
     }
 }

@@ -108,6 +108,18 @@ pub enum HookAuth {
     },
 }
 
+impl HookAuth {
+    /// Its `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hmac { .. } => "hmac",
+            Self::Bearer { .. } => "bearer",
+            Self::Basic { .. } => "basic",
+            Self::Query { .. } => "query",
+        }
+    }
+}
+
 /// How a signature is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

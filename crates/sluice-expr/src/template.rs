@@ -540,6 +540,17 @@ mod tests {
     }
 
     #[test]
+    fn map_text_reaches_written_text_only() {
+        let v = json!({"a": "K=${k} {{ \"${k}\" + .x }}", "b": ["${k}", 1], "c": "{{ .x }}"});
+        let mut t = TemplateValue::compile(&v, &[]).unwrap();
+        t.map_text(&mut |s: &mut String| *s = s.replace("${k}", "42"));
+        let got = t
+            .render_json(&json!({"x": "!"}), &MapScope::default(), &Limits::default())
+            .unwrap();
+        assert_eq!(got, json!({"a": "K=42 ${k}!", "b": ["42", 1], "c": "!"}));
+    }
+
+    #[test]
     fn a_partial_render_leaves_the_picked_templates_for_later() {
         let early = MapScope::from_json(json!({"tokens": {}, "last": 1}));
         let late = MapScope::from_json(json!({"tokens": {"id": 7}, "last": 1}));

@@ -1,19 +1,20 @@
 //! The HTTP API: flows, runs, health, metrics and the OpenAPI document.
 //! Every error answer is an [`ApiError`].
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hooks::{hook, query_object, read_body};
 use crate::server::{Server, rfc3339};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::{Value, json};
 use sluice_engine::RunRequest;
 use sluice_model::Flow;
-use sluice_store::{RunDetail, RunFilter, RunStatus, RunSummary, StepRecord, Store};
+use sluice_store::{AuditEntry, RunDetail, RunFilter, RunStatus, RunSummary, StepRecord, Store};
 
 /// The OpenAPI document, kept beside this file; a test checks that it lists
 /// every route of [`router`] and nothing else.
@@ -41,6 +42,7 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
         .route("/api/runs/{id}/retry", post(retry::<S>))
         .route("/api/runs/{id}/resume", post(resume::<S>))
         .route("/api/runs/{id}/cancel", post(cancel::<S>))
+        .route("/api/audit", get(audit_log::<S>))
         .route("/metrics", get(metrics::<S>))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -55,18 +57,24 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
 /// (see [`crate::auth`]).
 async fn guard<S: Store>(
     State(s): State<Server<S>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let auth = s.inner.auth;
-    let Some(need) = crate::auth::needed(req.method(), req.uri().path(), auth.health_and_metrics)
-    else {
-        return next.run(req).await;
-    };
-    match s.check_token(req.headers(), need).await {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    let mut caller = Caller::of(&req);
+    if let Some(need) = crate::auth::needed(req.method(), req.uri().path(), auth.health_and_metrics)
+    {
+        match s.check_token(req.headers(), need).await {
+            Ok(Some((name, role))) => {
+                caller.user = Some(name);
+                caller.role = Some(role);
+            }
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -186,8 +194,17 @@ async fn check_flow<S: Store>(State(s): State<Server<S>>, body: Body) -> Result<
     ))
 }
 
-async fn reload<S: Store>(State(s): State<Server<S>>) -> Result<Json, ApiError> {
-    match s.reload() {
+async fn reload<S: Store>(
+    State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json, ApiError> {
+    let done = s.reload();
+    let details = match &done {
+        Ok(n) => json!({"flows": n}),
+        Err(failures) => json!({"refused": failures.len()}),
+    };
+    audit(&s, &caller, "flows.reload", None, details).await;
+    match done {
         Ok(n) => Ok(axum::Json(json!({"flows": n}))),
         Err(failures) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -219,6 +236,7 @@ fn wants_wait(query: &Value) -> Result<bool, ApiError> {
 /// `?wait=true` the run's end.
 async fn start_run<S: Store>(
     State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -249,11 +267,12 @@ async fn start_run<S: Store>(
     let req = RunRequest {
         trigger: json!({"type": "manual", "body": input}),
         input: (!input.is_null()).then(|| input.clone()),
-        accountability: json!({"trigger": "manual"}),
+        accountability: caller.accountability("manual", json!({})),
         event: None,
     };
     s.admit()?;
     let (run_id, task) = s.launch(flow, req, wait).await?;
+    audit(&s, &caller, "run.start", Some(&run_id), json!({"flow": id})).await;
     finish(run_id, task, wait).await
 }
 
@@ -399,7 +418,54 @@ async fn get_run<S: Store>(
     State(s): State<Server<S>>,
     Path(id): Path<String>,
 ) -> Result<Json, ApiError> {
-    Ok(axum::Json(detail_json(&load_run(&s, &id).await?)))
+    let mut v = detail_json(&load_run(&s, &id).await?);
+    let actions = s.engine().store().audit_log(Some(&id), 1000).await?;
+    v["actions"] = actions.iter().rev().map(audit_json).collect();
+    Ok(axum::Json(v))
+}
+
+/// `GET /api/audit`: what people did, newest first (admins only).
+async fn audit_log<S: Store>(
+    State(s): State<Server<S>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json, ApiError> {
+    let q = query_object(q.as_deref());
+    let limit = match param(&q, "limit")? {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .map_err(|_| ApiError::bad_request(format!("`limit` is a count, not `{l}`")))?,
+    };
+    let target = param(&q, "target")?;
+    let entries = s.engine().store().audit_log(target, limit).await?;
+    Ok(axum::Json(entries.iter().map(audit_json).collect()))
+}
+
+fn audit_json(e: &AuditEntry) -> Value {
+    json!({
+        "at": rfc3339(e.at),
+        "user": e.user,
+        "role": e.role,
+        "ip": e.ip,
+        "action": e.action,
+        "target": e.target,
+        "details": e.details,
+    })
+}
+
+/// Keep `action` in the audit; an audit that cannot be written is said on
+/// standard error (the action itself is done).
+async fn audit<S: Store>(
+    s: &Server<S>,
+    caller: &Caller,
+    action: &str,
+    target: Option<&str>,
+    details: Value,
+) {
+    let entry = caller.entry(action, target, details);
+    if let Err(e) = s.engine().store().audit(&entry).await {
+        sluice_action::warn!("sluice: the audit of `{action}` was not written: {e}");
+    }
 }
 
 /// `POST /api/runs/{id}/retry`: a new run of the same flow with the same
@@ -407,6 +473,7 @@ async fn get_run<S: Store>(
 /// the flow is no longer served).
 async fn retry<S: Store>(
     State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -432,13 +499,21 @@ async fn retry<S: Store>(
     let req = RunRequest {
         trigger: d.trigger.clone(),
         input: Some(d.input.clone()),
-        accountability: json!({"trigger": "retry", "retryOf": id}),
+        accountability: caller.accountability("retry", json!({"retryOf": id})),
         event: sluice_model::EVENT_TRIGGERS
             .contains(&flow.trigger.kind.as_str())
             .then(|| d.trigger.clone()),
     };
     s.admit()?;
     let (run_id, task) = s.launch(flow, req, wait).await?;
+    audit(
+        &s,
+        &caller,
+        "run.retry",
+        Some(&id),
+        json!({"runId": run_id}),
+    )
+    .await;
     finish(run_id, task, wait).await
 }
 
@@ -446,6 +521,7 @@ async fn retry<S: Store>(
 /// body, if any, is a JSON Merge Patch for its state data.
 async fn resume<S: Store>(
     State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -468,6 +544,8 @@ async fn resume<S: Store>(
         .flow_of(&d.summary.flow_id, d.flow_version.as_deref())
         .await
         .map_err(|m| ApiError::new(StatusCode::CONFLICT, "flow_gone", m))?;
+    let details = json!({"patched": !patch.is_null()});
+    audit(&s, &caller, "run.resume", Some(&id), details).await;
     let engine = s.engine().clone();
     let f = flow.clone();
     let run = id.clone();
@@ -480,9 +558,11 @@ async fn resume<S: Store>(
 
 async fn cancel<S: Store>(
     State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json, ApiError> {
     s.engine().cancel(&id).await?;
+    audit(&s, &caller, "run.cancel", Some(&id), json!({})).await;
     Ok(axum::Json(json!({"runId": id, "status": "cancelled"})))
 }
 

@@ -5,11 +5,17 @@
 //! Webhooks, `/events`, `/api/health`, `/api/openapi.json` and `/metrics`
 //! are not API routes a token guards (health and metrics can be, with
 //! `--auth-health-metrics`).
+//!
+//! Every request carries its [`Caller`]: the token that let it in, the
+//! address it came from and its user agent; runs it starts record it as
+//! `$accountability`, and what it does to runs and flows goes to the audit.
 
 use crate::error::ApiError;
 use axum::http::{Method, StatusCode};
 use base64::Engine as _;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use sluice_store::AuditEntry;
 
 /// What a token may do, each role all that the one before may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,7 +74,7 @@ pub(crate) fn needed(method: &Method, path: &str, health_and_metrics: bool) -> O
     match path {
         "/api/health" | "/metrics" => health_and_metrics.then_some(Role::Viewer),
         "/api/openapi.json" => None,
-        "/api/reload" => Some(Role::Admin),
+        "/api/reload" | "/api/audit" => Some(Role::Admin),
         p if p.starts_with("/api/") => {
             let changes =
                 *method != Method::GET && *method != Method::HEAD && p != "/api/flows/check";
@@ -79,6 +85,68 @@ pub(crate) fn needed(method: &Method, path: &str, health_and_metrics: bool) -> O
             })
         }
         _ => None,
+    }
+}
+
+/// Who makes a request.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Caller {
+    /// The name of the token that let the request in.
+    pub user: Option<String>,
+    /// Its role.
+    pub role: Option<Role>,
+    /// The address the request came from.
+    pub ip: Option<String>,
+    /// Its `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+impl Caller {
+    /// The caller of a request (before its token is checked).
+    pub(crate) fn of(req: &axum::extract::Request) -> Self {
+        Self {
+            user: None,
+            role: None,
+            ip: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            user_agent: req
+                .headers()
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(512).collect()),
+        }
+    }
+
+    /// `$accountability` of a run it starts by `trigger`, in Directus's
+    /// shape, with `more` added.
+    pub(crate) fn accountability(&self, trigger: &str, more: Value) -> Value {
+        let mut a = json!({
+            "user": self.user,
+            "role": self.role.map(Role::as_str),
+            "admin": self.role == Some(Role::Admin),
+            "ip": self.ip,
+            "userAgent": self.user_agent,
+            "trigger": trigger,
+        });
+        if let (Value::Object(a), Value::Object(more)) = (&mut a, more) {
+            a.extend(more);
+        }
+        a
+    }
+
+    /// The audit's entry of `action` on `target`.
+    pub(crate) fn entry(&self, action: &str, target: Option<&str>, details: Value) -> AuditEntry {
+        AuditEntry {
+            at: sluice_store::now_micros(),
+            user: self.user.clone(),
+            role: self.role.map(|r| r.as_str().to_owned()),
+            ip: self.ip.clone(),
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            details,
+        }
     }
 }
 
@@ -119,6 +187,7 @@ mod tests {
             Some(Role::Operator)
         );
         assert_eq!(needed(&post, "/api/reload", false), Some(Role::Admin));
+        assert_eq!(needed(&get, "/api/audit", false), Some(Role::Admin));
         assert_eq!(needed(&get, "/api/health", false), None);
         assert_eq!(needed(&get, "/api/health", true), Some(Role::Viewer));
         assert_eq!(needed(&get, "/api/openapi.json", true), None);

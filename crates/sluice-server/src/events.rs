@@ -42,6 +42,7 @@ const EVENT_LIMIT: usize = 1 << 20;
 /// `POST /events`.
 pub(crate) async fn intake<S: Store>(
     State(server): State<Server<S>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -58,17 +59,23 @@ pub(crate) async fn intake<S: Store>(
     decode_cloudevent_data(&mut event).map_err(ApiError::bad_request)?;
     // Taken on a task of its own: a sender that hangs up half-way cannot
     // leave recorded runs or claimed waits that nobody drives.
-    tokio::spawn(take(server, event)).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "event_lost",
-            "the event's task stopped unexpectedly; send the event again",
-        )
-    })?
+    tokio::spawn(take(server, event, caller))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "event_lost",
+                "the event's task stopped unexpectedly; send the event again",
+            )
+        })?
 }
 
 /// Start the runs an event starts and wake the runs waiting for it.
-async fn take<S: Store>(server: Server<S>, event: Value) -> Result<Response, ApiError> {
+async fn take<S: Store>(
+    server: Server<S>,
+    event: Value,
+    caller: crate::auth::Caller,
+) -> Result<Response, ApiError> {
     let id = event["id"].as_str().unwrap_or_default();
     let source = event["source"].as_str().unwrap_or_default();
     let event_type = event["type"].as_str().unwrap_or_default();
@@ -109,7 +116,8 @@ async fn take<S: Store>(server: Server<S>, event: Value) -> Result<Response, Api
         let req = RunRequest {
             trigger: event.clone(),
             input: None,
-            accountability: json!({"trigger": "cloudevent", "source": source, "id": id}),
+            accountability: caller
+                .accountability("cloudevent", json!({"source": source, "id": id})),
             event: Some(event.clone()),
         };
         match engine.prepare(flow, req).await {

@@ -22,7 +22,16 @@ fn refused(why: &str) -> ApiError {
 /// A secret's value (`${secret:NAME}` or `${env:NAME}`), scrubbed from
 /// all Sluice writes from then on.
 pub(crate) fn secret(written: &str) -> Result<String, ApiError> {
-    sluice_action::secrets::expand_credential(written).map_err(|e| {
+    unset(sluice_action::secrets::expand_credential(written))
+}
+
+/// A value that is not a secret (HTTP Basic's user name).
+fn plain(written: &str) -> Result<String, ApiError> {
+    unset(sluice_action::secrets::expand(written))
+}
+
+fn unset(value: Result<String, String>) -> Result<String, ApiError> {
+    value.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "webhook_secret_unset",
@@ -48,7 +57,11 @@ pub(crate) fn read_secrets(auth: &HookAuth) -> Result<(), String> {
     let written: &[&String] = match auth {
         HookAuth::Hmac { secret, .. } => &[secret],
         HookAuth::Bearer { token } | HookAuth::Query { token, .. } => &[token],
-        HookAuth::Basic { username, password } => &[username, password],
+        HookAuth::Basic { username, password } => {
+            sluice_action::secrets::expand(username)
+                .map_err(|e| format!("webhook trigger, auth: {e}"))?;
+            &[password]
+        }
     };
     for w in written {
         sluice_action::secrets::expand_credential(w)
@@ -58,13 +71,14 @@ pub(crate) fn read_secrets(auth: &HookAuth) -> Result<(), String> {
 }
 
 /// Check the caller of a webhook with `auth`; the token of a query is taken
-/// out of `query`.
+/// out of `query`. The caller's identity when the credentials carry one
+/// (HTTP Basic's user name).
 pub(crate) fn check(
     auth: &HookAuth,
     headers: &HeaderMap,
     query: &mut Value,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     match auth {
         HookAuth::Hmac {
             secret: s,
@@ -105,6 +119,7 @@ pub(crate) fn check(
             }
             mac.update(body);
             mac.verify_slice(&digest)
+                .map(|()| None)
                 .map_err(|_| refused(&format!("the `{name}` signature does not match the body")))
         }
         HookAuth::Bearer { token } => {
@@ -113,19 +128,20 @@ pub(crate) fn check(
                 .and_then(|a| a.strip_prefix("Bearer "))
                 .ok_or_else(|| refused("the request has no bearer token"))?;
             if same(given.as_bytes(), want.as_bytes()) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(refused("the bearer token is not the webhook's"))
             }
         }
         HookAuth::Basic { username, password } => {
-            let want = format!("{}:{}", secret(username)?, secret(password)?);
+            let user = plain(username)?;
+            let want = format!("{user}:{}", secret(password)?);
             let given = header(headers, "authorization")
                 .and_then(|a| a.strip_prefix("Basic "))
                 .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
                 .ok_or_else(|| refused("the request has no basic credentials"))?;
             if same(&given, want.as_bytes()) {
-                Ok(())
+                Ok(Some(user))
             } else {
                 Err(refused("the basic credentials are not the webhook's"))
             }
@@ -138,7 +154,7 @@ pub(crate) fn check(
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .ok_or_else(|| refused(&format!("the request has no `{param}` token")))?;
             if same(given.as_bytes(), want.as_bytes()) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(refused(&format!(
                     "the `{param}` token is not the webhook's"

@@ -206,6 +206,7 @@ pub(crate) fn parse_body(
 /// `/hooks/{*path}`.
 pub(crate) async fn hook<S: Store>(
     State(server): State<Server<S>>,
+    axum::Extension(mut caller): axum::Extension<crate::auth::Caller>,
     method: Method,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
@@ -245,8 +246,10 @@ pub(crate) async fn hook<S: Store>(
     )
     .await?;
     let mut query = query_object(query.as_deref());
+    let mut how = json!({"path": format!("/hooks/{path}")});
     if let Some(auth) = &hook.options.auth {
-        crate::hook_auth::check(auth, &headers, &mut query, &bytes)?;
+        caller.user = crate::hook_auth::check(auth, &headers, &mut query, &bytes)?;
+        how["auth"] = json!(auth.kind());
     }
     let body = parse_body(&headers, &bytes, false)?;
     let trigger = json!({
@@ -265,7 +268,7 @@ pub(crate) async fn hook<S: Store>(
     let req = RunRequest {
         trigger,
         input,
-        accountability: json!({"trigger": "webhook", "path": format!("/hooks/{path}")}),
+        accountability: caller.accountability("webhook", how),
         event: None,
     };
     server.admit()?;

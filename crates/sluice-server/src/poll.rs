@@ -55,7 +55,7 @@ async fn poll_once<S: Store>(server: &Server<S>, p: &Polled) -> Result<bool, Str
         let req = RunRequest {
             trigger: Value::Object(trigger),
             input: Some(row),
-            accountability: json!({"trigger": "poll"}),
+            accountability: crate::auth::Caller::default().accountability("poll", json!({})),
             event: None,
         };
         let (new, s) = engine

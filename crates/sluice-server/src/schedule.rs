@@ -58,7 +58,7 @@ async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool
     let req = RunRequest {
         trigger,
         input: None,
-        accountability: json!({"trigger": "schedule"}),
+        accountability: crate::auth::Caller::default().accountability("schedule", json!({})),
         event: None,
     };
     let claimed = match engine.prepare(&s.flow, req).await {

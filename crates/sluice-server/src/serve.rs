@@ -9,7 +9,6 @@ use crate::server::Timeouts;
 use crate::{poll, schedule};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use sluice_store::Store;
 use std::future::Future;
 use std::sync::Arc;
@@ -75,9 +74,14 @@ impl<S: Store> Server<S> {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let service = TowerToHyperService::new(app.clone());
+                        // Each request knows the address it came from.
+                        let app = app.clone();
+                        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                            tower::ServiceExt::oneshot(app.clone(), req)
+                        });
                         connections.spawn(connection(stream, service, timeouts, stopping.clone()));
                     }
                     // Out of file descriptors and the like: try again soon.
@@ -115,12 +119,19 @@ impl<S: Store> Server<S> {
 /// them (so an idle kept-alive connection closes then too); once
 /// `stopping` is set the request under way is answered and the connection
 /// closed.
-async fn connection(
+async fn connection<F>(
     stream: tokio::net::TcpStream,
-    service: TowerToHyperService<axum::Router>,
+    service: F,
     timeouts: Timeouts,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
+) where
+    F: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+    F::Future: Send + 'static,
+{
     let io = TokioIo::new(stream);
     let mut builder = http1::Builder::new();
     builder

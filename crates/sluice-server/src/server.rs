@@ -426,11 +426,11 @@ impl<S: Store> Server<S> {
         &self,
         headers: &axum::http::HeaderMap,
         need: crate::auth::Role,
-    ) -> Result<(), crate::error::ApiError> {
+    ) -> Result<Option<(String, crate::auth::Role)>, crate::error::ApiError> {
         use crate::auth::{Role, forbidden, hash, unauthorized};
         let auth = self.inner.auth;
         if auth.off {
-            return Ok(());
+            return Ok(None);
         }
         let store = self.inner.engine.store();
         let given = headers
@@ -445,7 +445,7 @@ impl<S: Store> Server<S> {
             if auth.open_without_tokens
                 && !store.tokens().await?.iter().any(|t| t.revoked_at.is_none())
             {
-                return Ok(());
+                return Ok(None);
             }
             metrics::counter!("sluice_requests_refused_total", "reason" => "unauthorized")
                 .increment(1);
@@ -468,7 +468,7 @@ impl<S: Store> Server<S> {
                         .increment(1);
                     return Err(forbidden(&t.name, has, need));
                 }
-                Ok(())
+                Ok(Some((t.name, has)))
             }
         }
     }

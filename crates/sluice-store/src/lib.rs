@@ -22,6 +22,6 @@ pub use scrub::{Scrub, set_scrub};
 
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApiToken, EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
-    SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
+    ApiToken, AuditEntry, EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary,
+    RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
 };

@@ -11,8 +11,8 @@ use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
 };
 use crate::{
-    ApiToken, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent,
-    StepRecord, Store, StoreError, Wait, WaitKind,
+    ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
+    SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "API tokens",
         include_str!("../migrations/sqlite/0011_api_tokens.sql"),
+    ),
+    (
+        12,
+        "the audit of people's actions",
+        include_str!("../migrations/sqlite/0012_audit.sql"),
     ),
 ];
 
@@ -518,6 +523,50 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(token_of))
+    }
+
+    async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, user, role, ip, action, target, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.at)
+        .bind(&e.user)
+        .bind(&e.role)
+        .bind(&e.ip)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(json(&e.details))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        target: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, user, role, ip, action, target, details FROM audit WHERE ?1 IS NULL OR target = ?1 ORDER BY seq DESC LIMIT ?2",
+        )
+        .bind(target)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get("at")?,
+                    user: r.try_get("user")?,
+                    role: r.try_get("role")?,
+                    ip: r.try_get("ip")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    details: parse_json(r.try_get("details")?, "audit details")?
+                        .unwrap_or(Value::Null),
+                })
+            })
+            .collect()
     }
 
     async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {

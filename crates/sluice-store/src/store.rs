@@ -455,6 +455,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send;
     /// Revoke the token named `name`: whether one was active.
     fn revoke_token(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Add an entry to the audit of people's actions.
+    fn audit(&self, entry: &AuditEntry) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The audit, newest first: at most `limit` entries, only those on
+    /// `target` when given.
+    fn audit_log(
+        &self,
+        target: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
     /// Stop a running or waiting run, or one at an incident: its status
     /// becomes `cancelled`, its wait is dropped, and later step records no
     /// longer move it. Fails with
@@ -568,6 +577,26 @@ pub struct ApiToken {
     pub created_at: i64,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+}
+
+/// One action of a person, as the audit keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    /// When (µs since the epoch).
+    pub at: i64,
+    /// Who: a token's name, or the user of the command line.
+    pub user: Option<String>,
+    /// Their role (`viewer`, `operator`, `admin`; none without a token).
+    pub role: Option<String>,
+    /// The address the request came from.
+    pub ip: Option<String>,
+    /// What: `run.cancel`, `run.resume`, `run.retry`, `run.start`,
+    /// `flows.reload`, `token.create`, `token.revoke`.
+    pub action: String,
+    /// On what: a run's id, a flow's, a token's name.
+    pub target: Option<String>,
+    /// More, as data (`{}` when nothing).
+    pub details: Value,
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -746,6 +746,41 @@ async fn tokens<S: Store>(store: &S) {
     );
 }
 
+/// The audit: entries kept as given, newest first, by target.
+async fn audit<S: Store>(store: &S) {
+    let e = |at: i64, action: &str, target: Option<&str>| sluice_store::AuditEntry {
+        at,
+        user: Some("ops".into()),
+        role: Some("operator".into()),
+        ip: Some("127.0.0.1".into()),
+        action: action.into(),
+        target: target.map(str::to_owned),
+        details: serde_json::json!({"n": at}),
+    };
+    store.audit(&e(1, "run.cancel", Some("r1"))).await.unwrap();
+    store.audit(&e(2, "flows.reload", None)).await.unwrap();
+    store.audit(&e(3, "run.resume", Some("r1"))).await.unwrap();
+    let all = store.audit_log(None, 10).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            e(3, "run.resume", Some("r1")),
+            e(2, "flows.reload", None),
+            e(1, "run.cancel", Some("r1"))
+        ]
+    );
+    let r1: Vec<i64> = store
+        .audit_log(Some("r1"), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(r1, [3, 1]);
+    assert_eq!(store.audit_log(None, 1).await.unwrap().len(), 1);
+    assert!(store.audit_log(Some("r2"), 10).await.unwrap().is_empty());
+}
+
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-store-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -759,6 +794,7 @@ async fn sqlite_memory_passes_the_suite() {
     suite(&store).await;
     batches(&store).await;
     tokens(&store).await;
+    audit(&store).await;
 }
 
 #[tokio::test]

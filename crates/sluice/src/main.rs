@@ -775,7 +775,14 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
             .unwrap_or(Value::Null),
         input,
         event,
-        accountability: serde_json::json!({"source": "cli", "user": std::env::var("USER").ok()}),
+        accountability: serde_json::json!({
+            "user": std::env::var("USER").ok(),
+            "role": null,
+            "admin": false,
+            "ip": null,
+            "userAgent": null,
+            "trigger": "cli",
+        }),
     };
     report(
         engine.run(&flow, req).await,

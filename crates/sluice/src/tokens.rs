@@ -37,6 +37,27 @@ fn time(us: i64) -> String {
     crate::show::timestamp(us)
 }
 
+/// Keep a token's making or revoking in the audit, as done by the user of
+/// the command line.
+async fn audit(store: &sluice_store::SqliteStore, action: &str, name: &str, role: &str) {
+    let entry = sluice_store::AuditEntry {
+        at: now_micros(),
+        user: std::env::var("USER").ok(),
+        role: None,
+        ip: None,
+        action: action.to_owned(),
+        target: Some(name.to_owned()),
+        details: if role.is_empty() {
+            serde_json::json!({"via": "cli"})
+        } else {
+            serde_json::json!({"via": "cli", "role": role})
+        },
+    };
+    if let Err(e) = store.audit(&entry).await {
+        eprintln!("warning: the audit of `{action}` was not written: {e}");
+    }
+}
+
 pub(crate) async fn tokens(command: TokensCommand) -> u8 {
     match command {
         TokensCommand::Create { name, role, store } => {
@@ -64,6 +85,7 @@ pub(crate) async fn tokens(command: TokensCommand) -> u8 {
             };
             match store.create_token(&t).await {
                 Ok(()) => {
+                    audit(&store, "token.create", &name, role.as_str()).await;
                     println!("{token}");
                     eprintln!(
                         "token `{name}` ({}) made: it is shown this once; give it as `Authorization: Bearer TOKEN`",
@@ -114,6 +136,7 @@ pub(crate) async fn tokens(command: TokensCommand) -> u8 {
             };
             match store.revoke_token(&name).await {
                 Ok(true) => {
+                    audit(&store, "token.revoke", &name, "").await;
                     eprintln!("token `{name}` revoked");
                     0
                 }

@@ -2013,16 +2013,92 @@ fn api_tokens_have_roles_and_the_server_is_closed_by_default_off_loopback() {
         403,
         "forbidden",
     );
-    assert_eq!(
-        call("POST", "/api/flows/hello/runs", Some(operator)).status,
-        202
+    let bearer = with(operator);
+    let started = s.call(
+        "POST",
+        "/api/flows/hello/runs?wait=true",
+        &[("authorization", &bearer), ("user-agent", "ops-console/2")],
+        "",
     );
+    assert_eq!(started.status, 200, "{started:?}");
     assert_error(
         &call("POST", "/api/reload", Some(operator)),
         403,
         "forbidden",
     );
     assert_eq!(call("POST", "/api/reload", Some(admin)).status, 200);
+    // Who started a run is its `$accountability`; who acted on it is kept.
+    let first = started.body["runId"].as_str().unwrap().to_owned();
+    let rec = call("GET", &format!("/api/runs/{first}"), Some(viewer)).body;
+    assert_eq!(
+        rec["accountability"],
+        json!({"user": "olga", "role": "operator", "admin": false, "ip": "127.0.0.1", "userAgent": "ops-console/2", "trigger": "manual"}),
+        "{rec}"
+    );
+    let again = call(
+        "POST",
+        &format!("/api/runs/{first}/retry?wait=true"),
+        Some(operator),
+    );
+    assert_eq!(again.status, 200, "{again:?}");
+    let second = again.body["runId"].as_str().unwrap().to_owned();
+    let rec2 = call("GET", &format!("/api/runs/{second}"), Some(viewer)).body;
+    assert_eq!(rec2["accountability"]["trigger"], "retry", "{rec2}");
+    assert_eq!(rec2["accountability"]["retryOf"], first.as_str(), "{rec2}");
+    assert_eq!(rec2["accountability"]["user"], "olga", "{rec2}");
+    let rec = call("GET", &format!("/api/runs/{first}"), Some(viewer)).body;
+    let acts: Vec<(Value, Value)> = rec["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].clone(), a["user"].clone()))
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            (json!("run.start"), json!("olga")),
+            (json!("run.retry"), json!("olga"))
+        ],
+        "{rec}"
+    );
+    // The audit, for admins alone.
+    assert_error(&call("GET", "/api/audit", Some(operator)), 403, "forbidden");
+    let audit = call("GET", "/api/audit", Some(admin));
+    assert_eq!(audit.status, 200, "{audit:?}");
+    let actions: Vec<&str> = audit
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "run.retry",
+            "flows.reload",
+            "run.start",
+            "token.create",
+            "token.create",
+            "token.create"
+        ],
+        "{}",
+        audit.body
+    );
+    assert_eq!(audit.body[1]["user"], "adam");
+    assert_eq!(audit.body[1]["role"], "admin");
+    assert_eq!(audit.body[5]["target"], "ann");
+    let one = call(
+        "GET",
+        &format!("/api/audit?target={second}&limit=5"),
+        Some(admin),
+    );
+    assert_eq!(one.body.as_array().map(Vec::len), Some(0), "{one:?}");
+    assert_error(
+        &call("GET", "/api/audit?limit=x", Some(admin)),
+        400,
+        "bad_request",
+    );
     // Open: health, the document, webhooks and events are not API routes
     // a token guards.
     assert_eq!(call("GET", "/api/health", None).status, 200);
@@ -2180,10 +2256,17 @@ fn webhooks_check_who_calls_them() {
     let run = r.body["runId"].as_str().unwrap().to_owned();
     let rec = s.ended(&run);
     assert_eq!(rec["trigger"]["query"], json!({"x": "1"}), "{rec}");
+    assert_eq!(rec["accountability"]["auth"], "query", "{rec}");
+    assert_eq!(rec["accountability"]["user"], Value::Null, "{rec}");
+    // HTTP Basic names who called.
+    let r = post("/hooks/basic", &[("authorization", "Basic c2hvcDpwdy0z")]);
+    let rec = s.ended(r.body["runId"].as_str().unwrap());
+    assert_eq!(rec["accountability"]["user"], "shop", "{rec}");
+    assert_eq!(rec["accountability"]["trigger"], "webhook", "{rec}");
     assert!(!rec.to_string().contains("tok-2"));
-    // A refused call starts nothing: five runs in all.
+    // A refused call starts nothing: six runs in all.
     let runs = s.get("/api/runs?limit=0").body;
-    assert_eq!(runs.as_array().unwrap().len(), 5, "{runs}");
+    assert_eq!(runs.as_array().unwrap().len(), 6, "{runs}");
     assert_eq!(s.stop(), Some(0));
 }
 
