@@ -146,6 +146,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("sluice_error_answers_total", "code" => self.code).increment(1);
         let body = json!({"code": self.code, "message": self.message, "details": self.details});
         let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after

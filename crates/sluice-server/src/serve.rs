@@ -114,6 +114,10 @@ impl<S: Store> Server<S> {
     }
 }
 
+/// The most a request's line and headers may weigh; past it, and past 100
+/// headers (hyper's bound), the answer is `431` and the connection closes.
+pub(crate) const MAX_HEADER_BYTES: usize = 64 << 10;
+
 /// Serve one connection until it closes: each request's line and headers
 /// must arrive within `timeouts.header` of the connection being ready for
 /// them (so an idle kept-alive connection closes then too); once
@@ -137,6 +141,7 @@ async fn connection<F>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header)
+        .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);

@@ -1380,6 +1380,29 @@ fn hostile_expressions_and_payloads_fail_their_run_and_the_server_stays_up() {
         );
         assert_eq!(s.get("/api/health").status, 200, "{name}");
     }
+    // A body nested past serde's 128 levels: a clear 400 that starts
+    // nothing, counted in the metrics.
+    let nested = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let r = s.call(
+        "POST",
+        "/hooks/repeat",
+        &[("content-type", "application/json")],
+        &nested,
+    );
+    assert_error(&r, 400, "bad_request");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit"),
+        "{r:?}"
+    );
+    let m = s.get("/metrics");
+    let text = m.body.as_str().unwrap_or_default();
+    assert!(
+        text.contains("sluice_error_answers_total{code=\"bad_request\"} 1"),
+        "{text}"
+    );
     // What fits still runs.
     let r = s.post("/hooks/repeat", json!({"n": 3}));
     assert_eq!(r.status, 200, "{r:?}");
@@ -1435,6 +1458,24 @@ fn slow_clients_are_timed_out() {
         .unwrap();
     let a = answer(c);
     assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // Headers past 64 KiB, or past 100 of them: 431, and closed.
+    let mut c = connect();
+    let big = format!(
+        "GET /api/health HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 << 10)
+    );
+    c.write_all(big.as_bytes()).unwrap();
+    let a = answer(c);
+    assert!(a.starts_with("HTTP/1.1 431"), "{a}");
+    let mut c = connect();
+    let mut many = String::from("GET /api/health HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..120 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    c.write_all(many.as_bytes()).unwrap();
+    let a = answer(c);
+    assert!(a.starts_with("HTTP/1.1 431"), "{a}");
     // The server still answers others.
     assert_eq!(s.get("/api/health").status, 200);
     assert_eq!(s.stop(), Some(0));
