@@ -276,6 +276,19 @@ impl Records {
     }
 }
 
+/// Every record of a records file as an import reads it (its JSON, or why
+/// it is not a record), and the number of records the import counts before
+/// it starts (the two agree: a resumed import skips by that count).
+pub fn read_records(path: &Path) -> Result<(u64, Vec<Result<Value, String>>), ImportError> {
+    let (_, count) = scan(path)?;
+    let mut records = Records::open(path)?;
+    let mut out = Vec::new();
+    while let Some(raw) = records.next_raw()? {
+        out.push(records.value(&raw));
+    }
+    Ok((count, out))
+}
+
 /// The file's hash (FNV-1a, 64 bits) and its number of records.
 fn scan(path: &Path) -> Result<(String, u64), ImportError> {
     let shown = path.display();

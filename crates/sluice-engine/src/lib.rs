@@ -36,7 +36,9 @@ mod subflow;
 mod window;
 
 pub use engine::{Engine, FlowLookup};
-pub use import::{ImportError, ImportOptions, ImportSummary, Progress, failures_path};
+pub use import::{
+    ImportError, ImportOptions, ImportSummary, Progress, failures_path, read_records,
+};
 pub use run::{
     EngineError, MAX_FLOW_DEPTH, MAX_RECOVERIES, RunRequest, RunResult, Started, StepFailure,
     merge_patch,

@@ -54,9 +54,7 @@ pub(crate) async fn intake<S: Store>(
         )
     })
     .await?;
-    let mut event = parse(&headers, &bytes)?;
-    check_cloudevent(&event).map_err(ApiError::bad_request)?;
-    decode_cloudevent_data(&mut event).map_err(ApiError::bad_request)?;
+    let event = read_event(&headers, &bytes)?;
     // Taken on a task of its own: a sender that hangs up half-way cannot
     // leave recorded runs or claimed waits that nobody drives.
     tokio::spawn(take(server, event, caller))
@@ -68,6 +66,15 @@ pub(crate) async fn intake<S: Store>(
                 "the event's task stopped unexpectedly; send the event again",
             )
         })?
+}
+
+/// The event of a request, checked against the spec, its `data_base64`
+/// decoded.
+pub(crate) fn read_event(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    let mut event = parse(headers, bytes)?;
+    check_cloudevent(&event).map_err(ApiError::bad_request)?;
+    decode_cloudevent_data(&mut event).map_err(ApiError::bad_request)?;
+    Ok(event)
 }
 
 /// Start the runs an event starts and wake the runs waiting for it.

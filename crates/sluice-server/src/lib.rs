@@ -31,6 +31,7 @@ mod events;
 mod flows;
 mod hook_auth;
 mod hooks;
+pub mod parse;
 mod poll;
 mod schedule;
 mod scrub;

@@ -138,6 +138,10 @@ impl Checker<'_> {
             .filter_map(|(i, r)| r.key.as_ref().map(|(k, _)| (k.as_str(), i)))
             .collect();
         let n = raws.len();
+        if n == 0 {
+            // Every item was refused above, each with its problem.
+            return None;
+        }
         let mut success = vec![Next::End; n];
         let mut failure = vec![Next::End; n];
         for (i, r) in raws.iter().enumerate() {
