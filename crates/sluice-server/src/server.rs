@@ -461,6 +461,12 @@ impl<S: Store> Server<S> {
         match store.token_by_hash(&hash(token)).await? {
             None => refused("this token is not known"),
             Some(t) if t.revoked_at.is_some() => refused("this token was revoked"),
+            Some(t)
+                if t.expires_at
+                    .is_some_and(|e| e <= sluice_store::now_micros()) =>
+            {
+                refused("this token expired; make a new one with `sluice tokens create`")
+            }
             Some(t) => {
                 let has = Role::parse(&t.role).unwrap_or(Role::Viewer);
                 if has < need {

@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the audit of people's actions",
         include_str!("../migrations/sqlite/0012_audit.sql"),
     ),
+    (
+        13,
+        "tokens that expire",
+        include_str!("../migrations/sqlite/0013_token_expiry.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -492,12 +497,13 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "INSERT INTO api_tokens (name, role, hash, created_at, revoked_at) VALUES (?, ?, ?, ?, NULL) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO api_tokens (name, role, hash, created_at, revoked_at, expires_at) VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&t.name)
         .bind(&t.role)
         .bind(&t.hash)
         .bind(t.created_at)
+        .bind(t.expires_at)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -508,7 +514,7 @@ impl Store for SqliteStore {
 
     async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, role, hash, created_at, revoked_at FROM api_tokens ORDER BY name",
+            "SELECT name, role, hash, created_at, revoked_at, expires_at FROM api_tokens ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -517,7 +523,7 @@ impl Store for SqliteStore {
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
         let row = sqlx::query(
-            "SELECT name, role, hash, created_at, revoked_at FROM api_tokens WHERE hash = ?",
+            "SELECT name, role, hash, created_at, revoked_at, expires_at FROM api_tokens WHERE hash = ?",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -861,5 +867,6 @@ fn token_of(r: &SqliteRow) -> ApiToken {
         hash: r.get("hash"),
         created_at: r.get("created_at"),
         revoked_at: r.get("revoked_at"),
+        expires_at: r.get("expires_at"),
     }
 }

@@ -577,6 +577,8 @@ pub struct ApiToken {
     pub created_at: i64,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+    /// When it stops being valid, if ever (µs since the epoch).
+    pub expires_at: Option<i64>,
 }
 
 /// One action of a person, as the audit keeps it.

@@ -708,6 +708,7 @@ async fn tokens<S: Store>(store: &S) {
         hash: hash.into(),
         created_at: 1,
         revoked_at: None,
+        expires_at: (name == "ada").then_some(99),
     };
     store
         .create_token(&t("ops", "operator", "h1"))
@@ -730,6 +731,10 @@ async fn tokens<S: Store>(store: &S) {
     assert_eq!(
         (found.name.as_str(), found.role.as_str(), found.revoked_at),
         ("ops", "operator", None)
+    );
+    assert_eq!(
+        store.token_by_hash("h2").await.unwrap().unwrap().expires_at,
+        Some(99)
     );
     assert_eq!(store.token_by_hash("nope").await.unwrap(), None);
     assert!(store.revoke_token("ops").await.unwrap());

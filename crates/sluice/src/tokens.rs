@@ -16,10 +16,14 @@ pub(crate) enum TokensCommand {
         /// retries, resumes and cancels runs) or `admin` (also reloads).
         #[arg(long)]
         role: String,
+        /// How long it is valid: a number and `d`, `h`, `m` or `s`
+        /// (`90d`); without it, until it is revoked.
+        #[arg(long, value_parser = lifetime)]
+        expires_in: Option<i64>,
         #[command(flatten)]
         store: StoreArg,
     },
-    /// List the tokens: name, role, made, revoked.
+    /// List the tokens: name, role, made, expiry, revoked.
     List {
         #[command(flatten)]
         store: StoreArg,
@@ -31,6 +35,27 @@ pub(crate) enum TokensCommand {
         #[command(flatten)]
         store: StoreArg,
     },
+}
+
+/// A lifetime such as `90d`, `12h`, `30m` or `45s`, in microseconds.
+fn lifetime(text: &str) -> Result<i64, String> {
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    let secs: i64 = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a lifetime: a number and d, h, m or s (90d)"
+            ));
+        }
+    };
+    n.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(secs)?.checked_mul(1_000_000))
+        .ok_or_else(|| format!("`{text}` is not a lifetime: a number and d, h, m or s (90d)"))
 }
 
 fn time(us: i64) -> String {
@@ -60,7 +85,12 @@ async fn audit(store: &sluice_store::SqliteStore, action: &str, name: &str, role
 
 pub(crate) async fn tokens(command: TokensCommand) -> u8 {
     match command {
-        TokensCommand::Create { name, role, store } => {
+        TokensCommand::Create {
+            name,
+            role,
+            expires_in,
+            store,
+        } => {
             let Some(role) = Role::parse(&role) else {
                 eprintln!("error: unknown role `{role}` (expected viewer, operator or admin)");
                 return INVALID;
@@ -82,6 +112,7 @@ pub(crate) async fn tokens(command: TokensCommand) -> u8 {
                 hash,
                 created_at: now_micros(),
                 revoked_at: None,
+                expires_at: expires_in.map(|d| now_micros().saturating_add(d)),
             };
             match store.create_token(&t).await {
                 Ok(()) => {
@@ -114,8 +145,13 @@ pub(crate) async fn tokens(command: TokensCommand) -> u8 {
                         let revoked = t
                             .revoked_at
                             .map_or(String::new(), |r| format!("  revoked {}", time(r)));
+                        let expires = match t.expires_at {
+                            Some(e) if e <= now_micros() => format!("  expired {}", time(e)),
+                            Some(e) => format!("  expires {}", time(e)),
+                            None => String::new(),
+                        };
                         println!(
-                            "{:<20} {:<9} made {}{revoked}",
+                            "{:<20} {:<9} made {}{expires}{revoked}",
                             t.name,
                             t.role,
                             time(t.created_at)

@@ -2144,13 +2144,32 @@ fn api_tokens_have_roles_and_the_server_is_closed_by_default_off_loopback() {
     // a token guards.
     assert_eq!(call("GET", "/api/health", None).status, 200);
     assert_eq!(call("GET", "/api/openapi.json", None).status, 200);
+    // An expired token is refused.
+    let (ok, brief, err) = tokens(
+        &dir,
+        &["create", "brief", "--role", "viewer", "--expires-in", "1s"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(call("GET", "/api/runs", Some(&brief)).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = call("GET", "/api/runs", Some(&brief));
+    assert_error(&r, 401, "unauthorized");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("expired"),
+        "{r:?}"
+    );
+    let (ok, _, err) = tokens(
+        &dir,
+        &["create", "odd", "--role", "viewer", "--expires-in", "5x"],
+    );
+    assert!(!ok && err.contains("not a lifetime"), "{err}");
     // Revoked, a token is refused at once.
     let (ok, _, err) = tokens(&dir, &["revoke", "ann"]);
     assert!(ok, "{err}");
     assert_error(&call("GET", "/api/runs", Some(viewer)), 401, "unauthorized");
     let (ok, list, _) = tokens(&dir, &["list"]);
     assert!(
-        ok && list.contains("ann") && list.contains("revoked"),
+        ok && list.contains("ann") && list.contains("revoked") && list.contains("expired"),
         "{list}"
     );
     assert_eq!(s.stop(), Some(0));
