@@ -22,3 +22,11 @@ pub use flow::{
     Transaction, Trigger, UnmappedResults, is_identifier, version_of,
 };
 pub use load::{calls_an_api, closest, jq_path_to_mapping, load};
+
+/// Whether a file name is a flow test's (`NAME.test.yaml`, `.test.yml` or
+/// `.test.json`, see `sluice test`): it sits beside flows and is not one.
+pub fn is_test_file(name: &str) -> bool {
+    [".test.yaml", ".test.yml", ".test.json"]
+        .iter()
+        .any(|end| name.ends_with(end))
+}

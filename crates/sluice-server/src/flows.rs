@@ -118,12 +118,13 @@ impl sluice_engine::FlowLookup for FlowSet {
     }
 }
 
-/// Whether a path is a flow file: `.yaml`, `.yml` or `.json`, not hidden.
+/// Whether a path is a flow file: `.yaml`, `.yml` or `.json`, not hidden
+/// and not a flow test (`NAME.test.yaml`).
 fn is_flow_file(p: &Path) -> bool {
     let hidden = p
         .file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'));
+        .is_some_and(|n| n.starts_with('.') || sluice_model::is_test_file(n));
     !hidden
         && matches!(
             p.extension().and_then(|e| e.to_str()),

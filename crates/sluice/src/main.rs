@@ -1,6 +1,7 @@
 //! The `sluice` command line: check flow files, run a flow, inspect runs.
 
 mod show;
+mod testing;
 mod tokens;
 
 use clap::{Args, Parser, Subcommand};
@@ -133,6 +134,16 @@ enum Command {
         command: RunsCommand,
     },
     /// Make, list and revoke the API's tokens.
+    /// Run flow tests (NAME.test.yaml files, or the folders holding them;
+    /// default: this folder) offline: the steps that reach outside are
+    /// answered by each case. Exit 0 when every case passes.
+    Test {
+        /// Test files or folders.
+        paths: Vec<String>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<String>,
+    },
     Tokens {
         #[command(subcommand)]
         command: tokens::TokensCommand,
@@ -180,6 +191,24 @@ enum RunsCommand {
         /// Resume with this (fixed) flow file instead of the version the run started with.
         #[arg(long)]
         flow: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Write a recorded run as a test case: its input, the answers of the
+    /// steps that reached outside, and its end as what to expect (printed,
+    /// or added to a test file with --to).
+    Record {
+        /// The run id (or a unique prefix of it).
+        run: String,
+        /// The run's flow file.
+        #[arg(long)]
+        flow: String,
+        /// Add the case to this test file (NAME.test.yaml; made when missing).
+        #[arg(long)]
+        to: Option<String>,
+        /// The case's name (default: `run ID`).
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -340,6 +369,15 @@ fn main() -> ExitCode {
                     store,
                 } => list(&store.store, flow, status, limit).await,
                 RunsCommand::Show { run, store } => show_run(&store.store, &run).await,
+                RunsCommand::Record {
+                    run,
+                    flow,
+                    to,
+                    name,
+                    store,
+                } => {
+                    testing::record(&store.store, &run, &flow, to.as_deref(), name.as_deref()).await
+                }
                 RunsCommand::Resume {
                     run,
                     input_patch,
@@ -348,6 +386,7 @@ fn main() -> ExitCode {
                 } => resume(&store.store, &run, input_patch.as_deref(), flow.as_deref()).await,
             },
             Command::Tokens { command } => tokens::tokens(command).await,
+            Command::Test { paths, junit } => testing::test(&paths, junit.as_deref()).await,
         }
     });
     ExitCode::from(code)
