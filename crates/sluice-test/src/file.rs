@@ -50,6 +50,9 @@ pub struct Case {
     pub trigger: Option<Value>,
     /// The CloudEvent that starts the run (event triggers).
     pub event: Option<Value>,
+    /// A file of records (CSV or JSON lines, relative to the test file):
+    /// the flow runs once per record, as an import runs it.
+    pub records: Option<String>,
     /// The answers, by step key.
     pub answers: Vec<StepAnswers>,
     /// What to expect.
@@ -91,6 +94,11 @@ pub struct Expect {
     pub steps: Vec<StepExpect>,
     /// The failing step and a part of its error.
     pub error: Option<ErrorExpect>,
+    /// For a case of records: how many runs succeeded and failed.
+    pub records: Option<(Option<u64>, Option<u64>)>,
+    /// For a case of records: the outputs of the runs that succeeded, in
+    /// the records' order.
+    pub outputs: Option<Vec<Value>>,
 }
 
 /// What one step's (last) record must hold.
@@ -117,8 +125,12 @@ pub struct ErrorExpect {
     pub message: Option<String>,
 }
 
-const CASE_KEYS: [&str; 6] = ["name", "input", "trigger", "event", "answers", "expect"];
-const EXPECT_KEYS: [&str; 5] = ["status", "output", "outputIs", "steps", "error"];
+const CASE_KEYS: [&str; 7] = [
+    "name", "input", "trigger", "event", "records", "answers", "expect",
+];
+const EXPECT_KEYS: [&str; 7] = [
+    "status", "output", "outputIs", "steps", "error", "records", "outputs",
+];
 const STATUSES: [&str; 5] = ["succeeded", "failed", "incident", "waiting", "cancelled"];
 
 struct Reader {
@@ -190,9 +202,14 @@ impl Reader {
             None => Expect::default(),
             Some(e) => self.expect(e, &name)?,
         };
+        let records = match node.get("records") {
+            Some(r) => Some(self.str(r, "a case's `records`")?),
+            None => None,
+        };
         Some(Case {
             name,
             span: node.span.clone(),
+            records,
             input: node.get("input").map(Node::to_json),
             trigger: node.get("trigger").map(Node::to_json),
             event: node.get("event").map(Node::to_json),
@@ -313,6 +330,25 @@ impl Reader {
                     output: v.get("output").map(Node::to_json),
                     error,
                 });
+            }
+        }
+        if let Some(r) = node.get("records") {
+            let m = self.map(r, "`expect.records`")?;
+            self.known_keys(m, &["succeeded", "failed"], "`expect.records`");
+            let count = |n: Option<&Node>| n.and_then(|n| n.to_json().as_u64());
+            e.records = Some((count(r.get("succeeded")), count(r.get("failed"))));
+        }
+        if let Some(o) = node.get("outputs") {
+            match o.to_json() {
+                Value::Array(list) => e.outputs = Some(list),
+                _ => {
+                    self.err(
+                        &o.span,
+                        "`expect.outputs` is a list of outputs",
+                        "expected a list",
+                    );
+                    return None;
+                }
             }
         }
         if let Some(err) = node.get("error") {

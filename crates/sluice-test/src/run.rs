@@ -48,9 +48,10 @@ impl Runner {
         let cases = match self.load(path, &name) {
             Err(problem) => Err(problem),
             Ok((file, flow)) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
                 let mut out = Vec::new();
                 for case in &file.cases {
-                    out.push(self.run_case(&flow, case).await);
+                    out.push(self.run_case(&flow, case, dir).await);
                 }
                 Ok(out)
             }
@@ -76,7 +77,7 @@ impl Runner {
         Ok((file, flow))
     }
 
-    async fn run_case(&self, flow: &Flow, case: &Case) -> CaseReport {
+    async fn run_case(&self, flow: &Flow, case: &Case, dir: &Path) -> CaseReport {
         let started = Instant::now();
         let answers = Answers::new(&case.answers);
         let registry = self.registry.with_actions_of(|kind, entry| {
@@ -89,11 +90,22 @@ impl Runner {
         });
         let engine = Engine::new(self.store.clone(), Arc::new(registry)).with_limits(self.limits);
         let mut failures = Vec::new();
-        match engine.run(flow, request(flow, case)).await {
-            Err(e) => failures.push(format!("the run did not run: {e}")),
-            Ok(r) => {
-                failures.extend(answers.unanswered());
-                self.check(flow, case, &r, &mut failures).await;
+        if let Some(records) = &case.records {
+            self.run_records(&engine, flow, case, &dir.join(records), &mut failures)
+                .await;
+            failures.extend(answers.unanswered());
+        } else {
+            match engine.run(flow, request(flow, case)).await {
+                Err(e) => failures.push(format!("the run did not run: {e}")),
+                Ok(r) => {
+                    let unanswered = answers.unanswered();
+                    if unanswered.is_empty() {
+                        self.check(flow, case, &r, &mut failures).await;
+                    } else {
+                        // What follows from a call with no answer is noise.
+                        failures.extend(unanswered);
+                    }
+                }
             }
         }
         CaseReport {
@@ -198,6 +210,60 @@ impl Runner {
                         failures.push(format!("step `{}`: expected an error, it succeeded", s.key))
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Runner {
+    /// A case of records: one run per record, each record its `$trigger`
+    /// and input (a row that is not a record counts as a failed run).
+    async fn run_records(
+        &self,
+        engine: &Engine<SqliteStore>,
+        flow: &Flow,
+        case: &Case,
+        path: &Path,
+        failures: &mut Vec<String>,
+    ) {
+        let records = match sluice_engine::read_records(path) {
+            Ok((_, r)) => r,
+            Err(e) => return failures.push(format!("the records cannot be read: {e}")),
+        };
+        let (mut succeeded, mut failed, mut outputs) = (0u64, 0u64, Vec::new());
+        for record in records {
+            let Ok(v) = record else {
+                failed += 1;
+                continue;
+            };
+            let req = RunRequest {
+                trigger: v.clone(),
+                input: Some(v),
+                event: None,
+                accountability: json!({"user": null, "role": null, "admin": false, "ip": null, "userAgent": null, "trigger": "test"}),
+            };
+            match engine.run(flow, req).await {
+                Ok(r) if r.status.as_str() == "succeeded" => {
+                    succeeded += 1;
+                    outputs.push(r.output.unwrap_or(Value::Null));
+                }
+                Ok(_) => failed += 1,
+                Err(e) => return failures.push(format!("a record's run did not run: {e}")),
+            }
+        }
+        let e = &case.expect;
+        if let Some((s, f)) = e.records {
+            if s.is_some_and(|s| s != succeeded) || f.is_some_and(|f| f != failed) {
+                failures.push(format!(
+                    "expected {} succeeded and {} failed, got {succeeded} and {failed}",
+                    s.map_or("any".into(), |n| n.to_string()),
+                    f.map_or("any".into(), |n| n.to_string())
+                ));
+            }
+        }
+        if let Some(want) = &e.outputs {
+            for d in diff(&Value::Array(want.clone()), &Value::Array(outputs)) {
+                failures.push(format!("outputs {d}"));
             }
         }
     }
