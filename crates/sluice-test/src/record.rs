@@ -16,7 +16,7 @@ pub fn case_of(run: &RunDetail, registry: &Registry, trigger_kind: &str, name: &
     let manual = json!({"type": "manual", "body": run.input});
     if sluice_model::EVENT_TRIGGERS.contains(&trigger_kind) {
         case.insert("event".into(), run.trigger.clone());
-    } else if !run.trigger.is_null() && !(trigger_kind == "manual" && run.trigger == manual) {
+    } else if !(run.trigger.is_null() || trigger_kind == "manual" && run.trigger == manual) {
         // As the run had it (a webhook's headers and query, a run started
         // from the command line).
         case.insert("trigger".into(), run.trigger.clone());

@@ -252,14 +252,14 @@ impl Runner {
             }
         }
         let e = &case.expect;
-        if let Some((s, f)) = e.records {
-            if s.is_some_and(|s| s != succeeded) || f.is_some_and(|f| f != failed) {
-                failures.push(format!(
-                    "expected {} succeeded and {} failed, got {succeeded} and {failed}",
-                    s.map_or("any".into(), |n| n.to_string()),
-                    f.map_or("any".into(), |n| n.to_string())
-                ));
-            }
+        if let Some((s, f)) = e.records
+            && (s.is_some_and(|s| s != succeeded) || f.is_some_and(|f| f != failed))
+        {
+            failures.push(format!(
+                "expected {} succeeded and {} failed, got {succeeded} and {failed}",
+                s.map_or("any".into(), |n| n.to_string()),
+                f.map_or("any".into(), |n| n.to_string())
+            ));
         }
         if let Some(want) = &e.outputs {
             for d in diff(&Value::Array(want.clone()), &Value::Array(outputs)) {
