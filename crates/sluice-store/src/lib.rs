@@ -1,4 +1,6 @@
-//! Durable records of runs: the [`Store`] trait and its SQLite implementation.
+//! Durable records of runs: the [`Store`] trait and its implementations on
+//! SQLite (the embedded default) and PostgreSQL ([`PgStore`], for processes
+//! that share one database).
 //!
 //! A run is a row with its status, its current state data and the step it
 //! will run next; every executed step is a row of the run log with its options
@@ -14,10 +16,12 @@
 //! suite (`tests/conformance.rs`).
 
 mod group;
+mod postgres;
 mod scrub;
 mod sqlite;
 mod store;
 
+pub use postgres::PgStore;
 pub use scrub::{Scrub, set_scrub};
 
 pub use sqlite::SqliteStore;
@@ -25,3 +29,18 @@ pub use store::{
     ApiToken, AuditEntry, EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary,
     RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
 };
+
+/// A database URL with its password shown as `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+        None => url.to_owned(),
+    }
+}

@@ -897,3 +897,53 @@ async fn sqlite_file_wal_stays_bounded_while_runs_are_written() {
         .unwrap();
     assert_eq!(runs.len(), 2000);
 }
+
+/// A fresh database on the PostgreSQL server of `SLUICE_TEST_POSTGRES_URL`
+/// (dropped by the caller), or `None` when the variable is not set (a
+/// failure under CI).
+async fn fresh_postgres(name: &str) -> Option<(String, String, sqlx::PgPool)> {
+    let Ok(base) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "SLUICE_TEST_POSTGRES_URL must be set under CI"
+        );
+        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let db = format!("sluice_store_{name}_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (head, _) = base.rsplit_once('/').unwrap();
+    Some((format!("{head}/{db}"), db, admin))
+}
+
+#[tokio::test]
+async fn postgres_passes_the_suite() {
+    let Some((url, db, admin)) = fresh_postgres("suite").await else {
+        return;
+    };
+    let store = sluice_store::PgStore::open(&url).await.unwrap();
+    suite(&store).await;
+    batches(&store).await;
+    tokens(&store).await;
+    audit(&store).await;
+    // Opened again (as another process would), it finds its tables made.
+    let again = sluice_store::PgStore::open(&url).await.unwrap();
+    assert_eq!(
+        again.list_runs(&RunFilter::default()).await.unwrap().len(),
+        store.list_runs(&RunFilter::default()).await.unwrap().len()
+    );
+    drop((store, again));
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+}

@@ -1,0 +1,787 @@
+//! The PostgreSQL store: the same records and the same rules as the SQLite
+//! store, for processes that share one database. Each write is one
+//! transaction of its own; a claim (a wait, a schedule's fire, an event, a
+//! poll's page) is one conditional statement, so that of two processes
+//! one takes it.
+
+use crate::scrub::{json, opt_text};
+use crate::{
+    ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
+    SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind,
+};
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "the store",
+    include_str!("../migrations/postgres/0001_store.sql"),
+)];
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn parse_json(s: Option<String>, what: &str) -> Result<Option<Value>, StoreError> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
+        .transpose()
+}
+
+fn status(s: &str) -> Result<RunStatus, StoreError> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{s}`")))
+}
+
+fn summary(row: &PgRow) -> Result<RunSummary, StoreError> {
+    Ok(RunSummary {
+        id: row.try_get("id")?,
+        flow_id: row.try_get("flow_id")?,
+        status: status(row.try_get::<&str, _>("status")?)?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        steps: row.try_get("steps")?,
+        error: row.try_get("error")?,
+        error_step: row.try_get("error_step")?,
+    })
+}
+
+fn wait_of(row: &PgRow) -> Result<Wait, StoreError> {
+    let kind: &str = row.try_get("kind")?;
+    Ok(Wait {
+        run_id: row.try_get("run_id")?,
+        flow_id: row.try_get("flow_id")?,
+        step_key: row.try_get("step_key")?,
+        kind: WaitKind::parse(kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown wait kind `{kind}`")))?,
+        wake_at: row.try_get("wake_at")?,
+        event_type: row.try_get("event_type")?,
+        source: row.try_get("event_source")?,
+        correlation: parse_json(row.try_get("correlation")?, "wait correlation")?
+            .unwrap_or(Value::Null),
+        since: row.try_get("since")?,
+    })
+}
+
+fn token_of(r: &PgRow) -> Result<ApiToken, StoreError> {
+    Ok(ApiToken {
+        name: r.try_get("name")?,
+        role: r.try_get("role")?,
+        hash: r.try_get("hash")?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+/// A new run: as started, or (with `at`) already at a position after `n`
+/// steps.
+async fn insert_run(
+    conn: &mut PgConnection,
+    run: &NewRun,
+    at: Option<(&RunUpdate, i64)>,
+) -> Result<(), StoreError> {
+    let input = json(&run.input);
+    let (status, state, next, steps, updated, output, error, error_step, ended) = match at {
+        None => (
+            "running",
+            input.clone(),
+            run.next_step.clone(),
+            0,
+            run.started_at,
+            None,
+            None,
+            None,
+            None,
+        ),
+        Some((u, n)) => (
+            u.status.as_str(),
+            json(&u.state),
+            u.next_step.clone(),
+            n,
+            crate::now_micros(),
+            u.output.as_ref().map(json),
+            opt_text(&u.error),
+            u.error_step.clone(),
+            u.ended_at,
+        ),
+    };
+    let done = sqlx::query(
+        "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(&run.id)
+    .bind(&run.flow_id)
+    .bind(status)
+    .bind(json(&run.trigger))
+    .bind(&input)
+    .bind(state)
+    .bind(next)
+    .bind(steps)
+    .bind(run.started_at)
+    .bind(updated)
+    .bind(&run.flow_version)
+    .bind(json(&run.accountability))
+    .bind(run.parent.as_ref().map(|(p, _)| p.as_str()))
+    .bind(run.parent.as_ref().map(|(_, i)| *i))
+    .bind(output)
+    .bind(error)
+    .bind(error_step)
+    .bind(ended)
+    .execute(&mut *conn)
+    .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Conflict(run.id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn insert_steps(conn: &mut PgConnection, steps: &[StepRecord]) -> Result<(), StoreError> {
+    for s in steps {
+        let done = sqlx::query(
+            "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&s.run_id)
+        .bind(s.seq)
+        .bind(&s.step_key)
+        .bind(&s.kind)
+        .bind(s.ok)
+        .bind(json(&s.options))
+        .bind(json(&s.input))
+        .bind(s.result.as_ref().map(json))
+        .bind(s.output.as_ref().map(json))
+        .bind(opt_text(&s.error))
+        .bind(&s.blame)
+        .bind(json(&Value::from(s.logs.clone())))
+        .bind(s.started_at)
+        .bind(s.ended_at)
+        .execute(&mut *conn)
+        .await;
+        match done {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                return Err(StoreError::NoSuchRun(s.run_id.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Move a run to its new position after `n` more steps; a cancelled run
+/// keeps its status. Whether a run (cancelled or not) is there.
+async fn move_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    u: &RunUpdate,
+    n: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled'",
+    )
+    .bind(run_id)
+    .bind(u.status.as_str())
+    .bind(json(&u.state))
+    .bind(&u.next_step)
+    .bind(u.output.as_ref().map(json))
+    .bind(opt_text(&u.error))
+    .bind(&u.error_step)
+    .bind(u.ended_at)
+    .bind(crate::now_micros())
+    .bind(n)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let cancelled = sqlx::query("SELECT 1 FROM runs WHERE id = $1 AND status = 'cancelled'")
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match cancelled {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NoSuchRun(run_id.to_owned())),
+    }
+}
+
+impl PgStore {
+    /// Open the store at `url` (`postgres://…` or `postgresql://…`),
+    /// making its tables when they are missing.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let fail = |message: String| StoreError::Open {
+            url: crate::redact_url(url),
+            message,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    (*d).into(),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&pool)
+            .await
+            .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    async fn status_of(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError> {
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| status(r.try_get::<&str, _>("status")?))
+            .transpose()
+    }
+
+    /// Why a status change guarded by the run's status did not happen.
+    async fn refused(
+        &self,
+        run_id: &str,
+        refusal: fn(String, &'static str) -> StoreError,
+    ) -> StoreError {
+        match self.status_of(run_id).await {
+            Err(e) => e,
+            Ok(None) => StoreError::NoSuchRun(run_id.to_owned()),
+            Ok(Some(s)) => refusal(run_id.to_owned(), s.as_str()),
+        }
+    }
+
+    /// End a claim made in `tx`: when it took (`claimed`), record `runs`
+    /// in the same transaction.
+    async fn claimed_with_runs(
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        claimed: bool,
+        runs: &[NewRun],
+    ) -> Result<bool, StoreError> {
+        if !claimed {
+            return Ok(false);
+        }
+        for run in runs {
+            insert_run(&mut tx, run, None).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+impl Store for PgStore {
+    async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_run(&mut conn, run, None).await
+    }
+
+    async fn record_steps(
+        &self,
+        new: Option<&NewRun>,
+        steps: &[StepRecord],
+        run: &RunUpdate,
+    ) -> Result<(), StoreError> {
+        let Some(run_id) = new
+            .map(|n| n.id.as_str())
+            .or_else(|| steps.first().map(|s| s.run_id.as_str()))
+        else {
+            return Ok(());
+        };
+        let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        match new {
+            Some(new) => {
+                insert_run(&mut tx, new, Some((run, n))).await?;
+                insert_steps(&mut tx, steps).await?;
+            }
+            None => {
+                insert_steps(&mut tx, steps).await?;
+                move_run(&mut tx, run_id, run, n).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        move_run(&mut conn, run_id, run, 0).await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let limit = (filter.limit != 0).then_some(i64::from(filter.limit));
+        let rows = sqlx::query(
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE ($1::TEXT IS NULL OR flow_id = $1) AND ($2::TEXT IS NULL OR status = $2) AND ($4::BIGINT IS NULL OR started_at >= $4) AND ($5::BIGINT IS NULL OR started_at < $5) ORDER BY started_at DESC, id DESC LIMIT $3",
+        )
+        .bind(&filter.flow_id)
+        .bind(filter.status.map(RunStatus::as_str))
+        .bind(limit)
+        .bind(filter.started_after)
+        .bind(filter.started_before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(summary).collect()
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item FROM runs WHERE id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(
+            "SELECT run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at FROM run_steps WHERE run_id = $1 ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StepRecord {
+                run_id: r.try_get("run_id")?,
+                seq: r.try_get("seq")?,
+                step_key: r.try_get("step_key")?,
+                kind: r.try_get("kind")?,
+                ok: r.try_get("ok")?,
+                options: parse_json(r.try_get("options")?, "step options")?.unwrap_or(Value::Null),
+                input: parse_json(r.try_get("input")?, "step input")?.unwrap_or(Value::Null),
+                result: parse_json(r.try_get("result")?, "step result")?,
+                output: parse_json(r.try_get("output")?, "step output")?,
+                error: r.try_get("error")?,
+                blame: r.try_get("blame")?,
+                logs: parse_json(r.try_get("logs")?, "step logs")?
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default(),
+                started_at: r.try_get("started_at")?,
+                ended_at: r.try_get("ended_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(RunDetail {
+            summary: summary(&row)?,
+            trigger: parse_json(row.try_get("trigger")?, "run trigger")?.unwrap_or(Value::Null),
+            input: parse_json(row.try_get("input")?, "run input")?.unwrap_or(Value::Null),
+            state: parse_json(row.try_get("state")?, "run state")?.unwrap_or(Value::Null),
+            output: parse_json(row.try_get("output")?, "run output")?,
+            next_step: row.try_get("next_step")?,
+            flow_version: row.try_get("flow_version")?,
+            accountability: parse_json(row.try_get("accountability")?, "run accountability")?
+                .unwrap_or(Value::Null),
+            parent: row
+                .try_get::<Option<String>, _>("parent_run")?
+                .zip(row.try_get::<Option<i64>, _>("item")?),
+            steps,
+        }))
+    }
+
+    async fn flow_of_run(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT flow_id, flow_version FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn save_flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO flow_versions (flow_id, version, source, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(flow_id)
+            .bind(version)
+            .bind(source)
+            .bind(crate::now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn flow_version(
+        &self,
+        flow_id: &str,
+        version: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row =
+            sqlx::query("SELECT source FROM flow_versions WHERE flow_id = $1 AND version = $2")
+                .bind(flow_id)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.try_get("source")).transpose()?)
+    }
+
+    async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE runs SET status = 'running', state = $1, error = NULL, error_step = NULL, updated_at = $2 WHERE id = $3 AND status = 'incident'")
+            .bind(json(state))
+            .bind(crate::now_micros())
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        Err(self
+            .refused(run_id, |run, status| StoreError::NotResumable {
+                run,
+                status,
+            })
+            .await)
+    }
+
+    async fn count_recovery(&self, run_id: &str) -> Result<u32, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "UPDATE runs SET recoveries = CASE WHEN recovered_at_steps = steps THEN recoveries + 1 ELSE 1 END, recovered_at_steps = steps WHERE id = $1 AND status = 'running' RETURNING recoveries",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match n {
+            Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            None => Err(self
+                .refused(run_id, |run, status| StoreError::NotRunning { run, status })
+                .await),
+        }
+    }
+
+    async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO api_tokens (name, role, hash, created_at, revoked_at, expires_at) VALUES ($1, $2, $3, $4, NULL, $5) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&t.name)
+        .bind(&t.role)
+        .bind(&t.hash)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::TokenExists(t.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, role, hash, created_at, revoked_at, expires_at FROM api_tokens ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_of).collect()
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, role, hash, created_at, revoked_at, expires_at FROM api_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_of).transpose()
+    }
+
+    async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+        )
+        .bind(crate::now_micros())
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, \"user\", role, ip, action, target, details) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.at)
+        .bind(&e.user)
+        .bind(&e.role)
+        .bind(&e.ip)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(json(&e.details))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        target: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, \"user\", role, ip, action, target, details FROM audit WHERE $1::TEXT IS NULL OR target = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(target)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get("at")?,
+                    user: r.try_get("user")?,
+                    role: r.try_get("role")?,
+                    ip: r.try_get("ip")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    details: parse_json(r.try_get("details")?, "audit details")?
+                        .unwrap_or(Value::Null),
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let now = crate::now_micros();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE runs SET status = 'cancelled', error = 'cancelled', ended_at = $1, updated_at = $1 WHERE id = $2 AND status IN ('running', 'incident', 'waiting')")
+            .bind(now)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 1 {
+            sqlx::query("DELETE FROM waits WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        drop(tx);
+        Err(self
+            .refused(run_id, |run, status| StoreError::NotCancellable {
+                run,
+                status,
+            })
+            .await)
+    }
+
+    async fn suspend(
+        &self,
+        step: Option<&StepRecord>,
+        state: &Value,
+        wait: &Wait,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        match step {
+            Some(s) => {
+                insert_steps(&mut tx, std::slice::from_ref(s)).await?;
+                let u = RunUpdate {
+                    status: RunStatus::Waiting,
+                    state: state.clone(),
+                    next_step: Some(wait.step_key.clone()),
+                    output: None,
+                    error: None,
+                    error_step: None,
+                    ended_at: None,
+                };
+                move_run(&mut tx, &s.run_id, &u, 1).await?;
+            }
+            None => {
+                sqlx::query("UPDATE runs SET status = 'waiting', state = $1, next_step = $2, updated_at = $3 WHERE id = $4 AND status = 'running'")
+                    .bind(json(state))
+                    .bind(&wait.step_key)
+                    .bind(crate::now_micros())
+                    .bind(&wait.run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let waiting = sqlx::query("SELECT 1 FROM runs WHERE id = $1 AND status = 'waiting'")
+            .bind(&wait.run_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if waiting {
+            sqlx::query("INSERT INTO waits (run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(&wait.run_id)
+                .bind(&wait.flow_id)
+                .bind(&wait.step_key)
+                .bind(wait.kind.as_str())
+                .bind(wait.wake_at)
+                .bind(&wait.event_type)
+                .bind(&wait.source)
+                .bind(json(&wait.correlation))
+                .bind(wait.since)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(waiting)
+    }
+
+    async fn claim_wait(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "DELETE FROM waits WHERE run_id = $1 RETURNING run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let wait = wait_of(&row)?;
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'running', updated_at = $1 WHERE id = $2 AND status = 'waiting'",
+        )
+        .bind(crate::now_micros())
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((done.rows_affected() == 1).then_some(wait))
+    }
+
+    async fn list_waits(&self, event_type: Option<&str>) -> Result<Vec<Wait>, StoreError> {
+        let rows = match event_type {
+            None => {
+                sqlx::query("SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits ORDER BY since")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(t) => {
+                sqlx::query("SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE kind = 'event' AND (event_type = $1 OR event_type IS NULL) ORDER BY since")
+                    .bind(t)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(wait_of).collect()
+    }
+
+    async fn claim_fire(&self, flow_id: &str, at: i64, run: &NewRun) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("INSERT INTO schedule_fires (flow_id, fire_at, claimed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(flow_id)
+            .bind(at)
+            .bind(crate::now_micros())
+            .execute(&mut *tx)
+            .await?;
+        Self::claimed_with_runs(tx, done.rows_affected() == 1, std::slice::from_ref(run)).await
+    }
+
+    async fn last_fire(&self, flow_id: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(fire_at) AS at FROM schedule_fires WHERE flow_id = $1")
+            .bind(flow_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("at")?)
+    }
+
+    async fn seen_event(&self, source: &str, id: &str) -> Result<Option<SeenEvent>, StoreError> {
+        let row =
+            sqlx::query("SELECT received_at, answer FROM events WHERE source = $1 AND id = $2")
+                .bind(source)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let text: String = row.try_get("answer")?;
+        let answer = serde_json::from_str(&text).map_err(|e| {
+            StoreError::Corrupt(format!("answer to event `{id}` of `{source}`: {e}"))
+        })?;
+        Ok(Some(SeenEvent {
+            received_at: row.try_get("received_at")?,
+            answer,
+        }))
+    }
+
+    async fn accept_event(
+        &self,
+        source: &str,
+        id: &str,
+        received_at: i64,
+        answer: &Value,
+        runs: &[NewRun],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM events WHERE received_at < $1")
+            .bind(received_at - crate::EVENTS_KEPT_MICROS)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("INSERT INTO events (source, id, received_at, answer) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(source)
+            .bind(id)
+            .bind(received_at)
+            .bind(json(answer))
+            .execute(&mut *tx)
+            .await?;
+        Self::claimed_with_runs(tx, done.rows_affected() == 1, runs).await
+    }
+
+    async fn poll_snapshot(&self, flow_id: &str) -> Result<(i64, Option<Value>), StoreError> {
+        let row = sqlx::query("SELECT seq, snapshot FROM poll_snapshots WHERE flow_id = $1")
+            .bind(flow_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok((0, None)),
+            Some(r) => {
+                let text: String = r.try_get("snapshot")?;
+                let snap = serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Corrupt(format!("poll snapshot of `{flow_id}`: {e}"))
+                })?;
+                Ok((r.try_get("seq")?, Some(snap)))
+            }
+        }
+    }
+
+    async fn advance_poll(
+        &self,
+        flow_id: &str,
+        seq: i64,
+        snapshot: &Value,
+        runs: &[NewRun],
+    ) -> Result<bool, StoreError> {
+        let now = crate::now_micros();
+        let mut tx = self.pool.begin().await?;
+        let moved = if seq == 0 {
+            sqlx::query("INSERT INTO poll_snapshots (flow_id, seq, snapshot, updated_at) VALUES ($1, 1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(flow_id)
+                .bind(json(snapshot))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+        } else {
+            sqlx::query("UPDATE poll_snapshots SET seq = seq + 1, snapshot = $1, updated_at = $2 WHERE flow_id = $3 AND seq = $4")
+                .bind(json(snapshot))
+                .bind(now)
+                .bind(flow_id)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?
+        };
+        Self::claimed_with_runs(tx, moved.rows_affected() == 1, runs).await
+    }
+}
