@@ -12,15 +12,17 @@
 //! process installs ([`set_scrub`]), which takes secrets' values out.
 //!
 //! The trait is small on purpose (in the manner of Restate's storage traits):
-//! the PostgreSQL implementation of a later issue passes the same conformance
-//! suite (`tests/conformance.rs`).
+//! both implementations pass one conformance suite (`tests/conformance.rs`);
+//! [`AnyStore`] is the one a URL names.
 
+mod any;
 mod group;
 mod postgres;
 mod scrub;
 mod sqlite;
 mod store;
 
+pub use any::AnyStore;
 pub use postgres::PgStore;
 pub use scrub::{Scrub, set_scrub};
 

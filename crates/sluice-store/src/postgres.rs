@@ -26,7 +26,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connection that holds the server's lock (see
+    /// [`PgStore::hold_server_lock`]).
+    held: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
+
+/// The advisory lock of the one `sluice serve` a store has for now.
+const SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
 
 fn parse_json(s: Option<String>, what: &str) -> Result<Option<Value>, StoreError> {
     s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
@@ -241,7 +247,26 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            held: Default::default(),
+        })
+    }
+
+    /// Take the lock of the store's one server, held by a connection of its
+    /// own until the process ends: `false` when another process holds it.
+    /// (Processes do not share a store's runs yet: two servers would both
+    /// continue the runs left running.)
+    pub async fn hold_server_lock(&self) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SERVER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            *self.held.lock().await = Some(conn);
+        }
+        Ok(got)
     }
 
     async fn status_of(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError> {

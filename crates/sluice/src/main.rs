@@ -9,7 +9,7 @@ use serde_json::Value;
 use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
 use sluice_model::{Diagnostics, Flow};
-use sluice_store::{RunFilter, RunStatus, SqliteStore, Store};
+use sluice_store::{AnyStore, RunFilter, RunStatus, Store};
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -152,7 +152,8 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct StoreArg {
-    /// Where runs are recorded: a SQLite file path or URL, or `sqlite::memory:`.
+    /// Where runs are recorded: a SQLite file path or URL, `sqlite::memory:`,
+    /// or a PostgreSQL URL (`postgres://USER@HOST/DB`, shared by processes).
     #[arg(long, default_value = DEFAULT_STORE, global = true)]
     store: String,
 }
@@ -398,7 +399,7 @@ fn main() -> ExitCode {
 async fn api_auth(
     auth: sluice_server::Auth,
     listen: &str,
-    store: &SqliteStore,
+    store: &AnyStore,
 ) -> Option<sluice_server::Auth> {
     if auth.off {
         return Some(auth);
@@ -460,6 +461,22 @@ async fn serve(
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
+    // One server per store: processes do not share a store's runs yet.
+    if let AnyStore::Postgres(pg) = store.as_ref() {
+        match pg.hold_server_lock().await {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!(
+                    "error: another `sluice serve` uses this PostgreSQL store; one server per store for now (runs are not yet shared between processes)"
+                );
+                return INVALID;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return FAILED;
+            }
+        }
+    }
     // Decided before listening: a server that may not start never opens
     // its port.
     let Some(auth) = api_auth(auth, listen, &store).await else {
@@ -713,8 +730,8 @@ fn strip_position(msg: &str) -> &str {
     msg.split(" at line ").next().unwrap_or(msg)
 }
 
-async fn open_store(url: &str) -> Result<SqliteStore, u8> {
-    SqliteStore::open(url).await.map_err(|e| {
+async fn open_store(url: &str) -> Result<AnyStore, u8> {
+    AnyStore::open(url).await.map_err(|e| {
         eprintln!("error: {e}");
         INVALID
     })
@@ -1061,7 +1078,7 @@ async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Optio
 }
 
 /// A run by id or unique prefix; prints the error and returns the exit code otherwise.
-async fn find_run(store: &SqliteStore, id: &str) -> Result<sluice_store::RunDetail, u8> {
+async fn find_run(store: &AnyStore, id: &str) -> Result<sluice_store::RunDetail, u8> {
     match store.get_run(id).await {
         Ok(Some(d)) => return Ok(d),
         Ok(None) => {}

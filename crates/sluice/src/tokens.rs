@@ -64,7 +64,7 @@ fn time(us: i64) -> String {
 
 /// Keep a token's making or revoking in the audit, as done by the user of
 /// the command line.
-async fn audit(store: &sluice_store::SqliteStore, action: &str, name: &str, role: &str) {
+async fn audit(store: &sluice_store::AnyStore, action: &str, name: &str, role: &str) {
     let entry = sluice_store::AuditEntry {
         at: now_micros(),
         user: std::env::var("USER").ok(),

@@ -36,10 +36,16 @@ impl Serve {
 
     /// Start with more arguments of `sluice serve`.
     fn start_with(dir: &Path, more: &[&str]) -> Self {
+        let store: &[&str] = if more.contains(&"--store") {
+            &[]
+        } else {
+            &["--store", "store.db"]
+        };
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
             .current_dir(dir)
             .args(["serve", "--flows", "flows", "--listen", "127.0.0.1:0"])
-            .args(["--store", "store.db", "--grace-secs", "10"])
+            .args(store)
+            .args(["--grace-secs", "10"])
             .args(more)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -2478,4 +2484,81 @@ fn a_planted_secret_never_reaches_a_record_a_log_or_an_answer() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&secrets);
+}
+
+#[test]
+fn a_server_on_a_postgres_store_records_its_runs_there_and_is_the_only_one() {
+    let Ok(base) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "SLUICE_TEST_POSTGRES_URL must be set under CI"
+        );
+        return;
+    };
+    let db = format!("sluice_serve_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db}"),
+            format!("CREATE DATABASE {db}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+        admin
+    });
+    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let dir = temp("pg-store");
+    write(&dir, "order.yaml", ORDER);
+    let s = Serve::start_with(&dir, &["--store", &url]);
+    let r = s.post("/hooks/order", json!({"orderId": "A-1", "totalPrice": 3}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let runs = s.get("/api/runs").body;
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    // A second server on the same store is refused (runs are not shared
+    // between processes yet).
+    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(&dir)
+        .args([
+            "serve",
+            "--flows",
+            "flows",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("another `sluice serve` uses this PostgreSQL store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.stop(), Some(0));
+    // The runs are in PostgreSQL: the command line reads them there.
+    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .args(["runs", "list", "--store", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("order") && text.contains("succeeded"),
+        "{text}"
+    );
+    rt.block_on(async {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    });
 }
