@@ -76,3 +76,11 @@ fn probe(bencher: Bencher, code: &str) {
         black_box(p.first(black_box(input.clone()), &scope, &limits).unwrap());
     });
 }
+
+/// Compiling a template's program, as loading a flow does for each one
+/// (only the standard library's definitions it reaches are compiled).
+#[divan::bench(args = ["{orderId, sum: .totalPrice}", "[.items[] | select(.qty > 1) | .sku] | join(\", \")", "to_entries | map(\"\\(.key)=\\(.value)\") | join(\"&\")"])]
+fn compile_program(bencher: Bencher, code: &str) {
+    bencher
+        .bench(|| Program::compile(black_box(code), &["trigger", "last"]).map(|p| p.is_direct()));
+}

@@ -312,6 +312,46 @@ struct Std {
     defs: Vec<Def<&'static str>>,
 }
 
+impl Std {
+    /// The definitions `main` reaches, directly or through others, in
+    /// their order.
+    fn reached<'s>(&self, main: &Def<&'s str>) -> Vec<Def<&'static str>> {
+        let mut wanted = std::collections::BTreeSet::new();
+        calls(&main.body, &mut wanted);
+        // Later definitions may call earlier ones only: one pass from the
+        // end takes in every definition a wanted one calls.
+        let mut keep = vec![false; self.defs.len()];
+        for (i, d) in self.defs.iter().enumerate().rev() {
+            if wanted.contains(d.name) {
+                keep[i] = true;
+                calls(&d.body, &mut wanted);
+            }
+        }
+        self.defs
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+}
+
+/// Every name `t` may call: filters, string formats, `..` (`recurse`).
+fn calls<'s>(t: &Term<&'s str>, out: &mut std::collections::BTreeSet<&'s str>) {
+    walk(t, &mut Vec::new(), &mut |t, _| match t {
+        Term::Call(name, _) => {
+            out.insert(name);
+        }
+        Term::Str(Some(format), _) => {
+            out.insert(format);
+        }
+        Term::Recurse => {
+            out.insert("recurse");
+        }
+        _ => {}
+    });
+}
+
 fn funs() -> impl Iterator<Item = Fun> {
     jaq_core::funs::<Guarded>()
         .chain(jaq_std::funs())
@@ -467,39 +507,17 @@ impl Program {
             fast = crate::fast::compile(&term, &owned_vars);
             main = Some(guard::guard_program(term));
         }
-        let std = std_lib();
-        let arena = Arena::default();
-        let text = if main.is_some() { guard::MAIN } else { code };
-        let prelude = std.defs.iter().cloned();
-        let loader = Loader::new(prelude.chain(main));
-        let modules = loader
-            .load(
-                &arena,
-                File {
-                    code: text,
-                    path: (),
-                },
-            )
-            .map_err(|errs| fail(load_issues(code, errs)))?;
         let names: Vec<String> = vars.iter().map(|v| format!("${v}")).collect();
-        let filter = Compiler::default()
-            .with_funs(funs())
-            .with_global_vars(names.iter().map(String::as_str))
-            .compile(modules)
-            .map_err(|errs| {
-                let mut issues = Vec::new();
-                for (_file, list) in errs {
-                    for (name, undefined) in list {
-                        let is_var = matches!(undefined, jaq_core::compile::Undefined::Var);
-                        issues.push(CompileIssue {
-                            span: span_in(code, name),
-                            message: format!("undefined {} `{name}`", undefined.as_str()),
-                            undefined_var: is_var.then(|| name.trim_start_matches('$').to_owned()),
-                        });
-                    }
-                }
-                fail(issues)
-            })?;
+        // Only the definitions of the standard library the program reaches
+        // are compiled with it (compiling all of them is most of the time a
+        // program takes to compile); should that miss one, all of them.
+        let shaken = main.as_ref().and_then(|m| {
+            compile_with(code, Some(std_lib().reached(m)), main.clone(), &names).ok()
+        });
+        let filter = match shaken {
+            Some(f) => f,
+            None => compile_with(code, None, main, &names).map_err(fail)?,
+        };
         Ok(Self {
             inner: Arc::new(Compiled {
                 code: code.to_owned(),
@@ -510,7 +528,55 @@ impl Program {
             }),
         })
     }
+}
 
+/// Compile `main` (or, when it did not parse, `code` itself) after
+/// `prelude` (default: the whole standard library).
+fn compile_with<'s>(
+    code: &'s str,
+    prelude: Option<Vec<Def<&'static str>>>,
+    main: Option<Def<&'s str>>,
+    names: &[String],
+) -> Result<jaq_core::Filter<Guarded>, Vec<CompileIssue>> {
+    let arena = Arena::default();
+    let text = if main.is_some() { guard::MAIN } else { code };
+    let prelude = prelude.unwrap_or_else(|| std_lib().defs.clone());
+    let loader = Loader::new(prelude.into_iter().chain(main));
+    let modules = loader
+        .load(
+            &arena,
+            File {
+                code: text,
+                path: (),
+            },
+        )
+        .map_err(|errs| load_issues(code, errs))?;
+    {
+        {
+            Compiler::default()
+                .with_funs(funs())
+                .with_global_vars(names.iter().map(String::as_str))
+                .compile(modules)
+                .map_err(|errs| {
+                    let mut issues = Vec::new();
+                    for (_file, list) in errs {
+                        for (name, undefined) in list {
+                            let is_var = matches!(undefined, jaq_core::compile::Undefined::Var);
+                            issues.push(CompileIssue {
+                                span: span_in(code, name),
+                                message: format!("undefined {} `{name}`", undefined.as_str()),
+                                undefined_var: is_var
+                                    .then(|| name.trim_start_matches('$').to_owned()),
+                            });
+                        }
+                    }
+                    issues
+                })
+        }
+    }
+}
+
+impl Program {
     /// The same program without its direct form (tests compare the two).
     #[cfg(test)]
     fn without_fast(&self) -> Self {

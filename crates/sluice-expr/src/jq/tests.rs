@@ -447,3 +447,47 @@ fn constant_fields_read_of_a_variable_are_found_with_their_places() {
     let q = Program::compile(".a", &["env"]).expect("compiles");
     assert!(q.fields_read("env").is_empty());
 }
+
+#[test]
+fn programs_compile_with_only_the_definitions_they_reach() {
+    let all = std_lib().defs.len();
+    for code in [
+        ".a",
+        "map(.qty * .price) | add",
+        "[.[] | select(.ok)] | length",
+        "to_entries | map(\"\\(.key)=\\(.value)\") | join(\"&\")",
+        "[..] | length",
+        "@base64 \"x\\(.a)\"",
+        "[range(3)] | first, last",
+        "[limit(2; .[])]",
+        "group_by(.k) | map({k: .[0].k, n: length}) | sort_by(.n)",
+        "test(\"^a\") and (ascii_downcase | startswith(\"a\"))",
+        "paths(type == \"number\")",
+        "walk(if type == \"string\" then ascii_upcase else . end)",
+        "reduce .[] as $x (0; . + $x)",
+        "try error(\"x\") catch .",
+        ".a as {b: $c} | $c",
+        "tostream | fromstream(.)",
+        "now | todate",
+        "input_line_number? // 0",
+        "getpath([\"a\"]) // empty",
+        "[splits(\", *\")]",
+        "env.HOME? // null",
+    ] {
+        let Some(term) = load::parse(code, |p| p.term()) else {
+            continue;
+        };
+        let main = guard::guard_program(term);
+        let reached = std_lib().reached(&main);
+        assert!(reached.len() < all, "{code}: {} of {all}", reached.len());
+        let shaken = compile_with(code, Some(reached), Some(main.clone()), &[]);
+        let full = compile_with(code, None, Some(main), &[]);
+        assert_eq!(
+            shaken.is_ok(),
+            full.is_ok(),
+            "{code}: shaken {:?}, full {:?}",
+            shaken.err(),
+            full.err()
+        );
+    }
+}
