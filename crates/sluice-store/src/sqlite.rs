@@ -175,6 +175,33 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        if memory {
+            // A new, empty database: its tables in one go (there is no
+            // earlier version to move from, nor any to keep track of).
+            let script: String = MIGRATIONS
+                .iter()
+                .map(|(_, _, sql)| *sql)
+                .collect::<Vec<_>>()
+                .join("\n");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+                .execute(&pool)
+                .await
+                .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
+            let group = Group::start(pool.clone(), false);
+            return Ok(Self { pool, group });
+        }
+        // A store whose migrations are all applied needs no more than one
+        // look (sqlx's migrator takes a few dozen statements to say so).
+        let applied: Option<(i64, i64)> =
+            sqlx::query_as("SELECT COUNT(*), MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_optional(&pool)
+                .await
+                .unwrap_or(None);
+        let latest = MIGRATIONS.len() as i64;
+        if applied == Some((latest, latest)) {
+            let group = Group::start(pool.clone(), true);
+            return Ok(Self { pool, group });
+        }
         let migrations = MIGRATIONS
             .iter()
             .map(|(v, d, sql)| {
