@@ -42,7 +42,15 @@ pub struct PathError {
 impl Query {
     /// Parse an RFC 9535 query.
     pub fn parse(text: &str) -> Result<Self, PathError> {
-        JsonPath::parse(text)
+        // serde_json_path 0.7 panics on some unfinished queries (an
+        // escape cut short inside a bracket, found by the fuzzer): that is
+        // a query that does not parse.
+        let parsed = std::panic::catch_unwind(|| JsonPath::parse(text)).map_err(|_| PathError {
+            text: text.to_owned(),
+            offset: text.len(),
+            message: "the query ends before it is complete".to_owned(),
+        })?;
+        parsed
             .map(|path| Self {
                 text: text.to_owned(),
                 path,
@@ -354,6 +362,19 @@ fn first_match<'v>(parts: &[Option<PathSeg>], v: &'v Value) -> Option<&'v Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `mapping` fuzz target: serde_json_path panicked on an
+    /// escape cut short inside brackets.
+    #[test]
+    fn an_unfinished_escape_in_brackets_is_a_parse_error() {
+        let e = Query::parse("$[\"=[[[[$.\\\\\\u").unwrap_err();
+        assert!(
+            e.message.contains("complete") || !e.message.is_empty(),
+            "{e:?}"
+        );
+        assert!(Query::parse("$.a[\"b").is_err());
+        assert!(Query::parse("$.store.book[0]").is_ok());
+    }
     use serde_json::json;
 
     #[test]
