@@ -11,8 +11,12 @@ use sluice_action::{ActionError, Outcome};
 const MAX_PAGES: usize = 10_000;
 
 fn path(text: &str, what: &str) -> Result<JsonPath, ActionError> {
-    JsonPath::parse(text)
-        .map_err(|e| ActionError::flow(format!("`pages.{what}` `{text}` is not a JSONPath: {e}")))
+    sluice_expr::path::json_path(text).map_err(|e| {
+        ActionError::flow(format!(
+            "`pages.{what}` `{text}` is not a JSONPath: {}",
+            e.message
+        ))
+    })
 }
 
 /// Read the list whose first page is at `first`.

@@ -9,7 +9,6 @@ use crate::client::Conn;
 use crate::connection::{Resource, UpdateVerb};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
-use serde_json_path::JsonPath;
 use sluice_action::ActionError;
 use std::sync::Arc;
 
@@ -111,10 +110,10 @@ impl<'a> Api<'a> {
     }
 
     fn objects(&self, body: Value, what: &str) -> Result<Vec<Object>, ActionError> {
-        let at = JsonPath::parse(&self.res.items).map_err(|e| {
+        let at = sluice_expr::path::json_path(&self.res.items).map_err(|e| {
             ActionError::flow(format!(
-                "resource `{}`: `items` `{}` is not a JSONPath: {e}",
-                self.name, self.res.items
+                "resource `{}`: `items` `{}` is not a JSONPath: {}",
+                self.name, self.res.items, e.message
             ))
         })?;
         let items = crate::pages::items_of(&at, &body).ok_or_else(|| {
