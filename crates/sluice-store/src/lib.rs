@@ -18,6 +18,7 @@
 mod any;
 mod group;
 mod postgres;
+mod rows;
 mod scrub;
 mod sqlite;
 mod store;

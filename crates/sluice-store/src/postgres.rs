@@ -4,14 +4,15 @@
 //! poll's page) is one conditional statement, so that of two processes
 //! one takes it.
 
+use crate::rows;
 use crate::scrub::{json, opt_text};
 use crate::{
     ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
-    SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind,
+    SeenEvent, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use std::str::FromStr;
 use std::time::Duration;
@@ -33,56 +34,6 @@ pub struct PgStore {
 
 /// The advisory lock of the one `sluice serve` a store has for now.
 const SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
-
-fn parse_json(s: Option<String>, what: &str) -> Result<Option<Value>, StoreError> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
-        .transpose()
-}
-
-fn status(s: &str) -> Result<RunStatus, StoreError> {
-    RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{s}`")))
-}
-
-fn summary(row: &PgRow) -> Result<RunSummary, StoreError> {
-    Ok(RunSummary {
-        id: row.try_get("id")?,
-        flow_id: row.try_get("flow_id")?,
-        status: status(row.try_get::<&str, _>("status")?)?,
-        started_at: row.try_get("started_at")?,
-        ended_at: row.try_get("ended_at")?,
-        steps: row.try_get("steps")?,
-        error: row.try_get("error")?,
-        error_step: row.try_get("error_step")?,
-    })
-}
-
-fn wait_of(row: &PgRow) -> Result<Wait, StoreError> {
-    let kind: &str = row.try_get("kind")?;
-    Ok(Wait {
-        run_id: row.try_get("run_id")?,
-        flow_id: row.try_get("flow_id")?,
-        step_key: row.try_get("step_key")?,
-        kind: WaitKind::parse(kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown wait kind `{kind}`")))?,
-        wake_at: row.try_get("wake_at")?,
-        event_type: row.try_get("event_type")?,
-        source: row.try_get("event_source")?,
-        correlation: parse_json(row.try_get("correlation")?, "wait correlation")?
-            .unwrap_or(Value::Null),
-        since: row.try_get("since")?,
-    })
-}
-
-fn token_of(r: &PgRow) -> Result<ApiToken, StoreError> {
-    Ok(ApiToken {
-        name: r.try_get("name")?,
-        role: r.try_get("role")?,
-        hash: r.try_get("hash")?,
-        created_at: r.try_get("created_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-        expires_at: r.try_get("expires_at")?,
-    })
-}
 
 /// A new run: as started, or (with `at`) already at a position after `n`
 /// steps.
@@ -274,7 +225,7 @@ impl PgStore {
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| status(r.try_get::<&str, _>("status")?))
+        row.map(|r| rows::status(r.try_get::<&str, _>("status")?))
             .transpose()
     }
 
@@ -360,7 +311,7 @@ impl Store for PgStore {
         .bind(filter.started_before)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(summary).collect()
+        rows.iter().map(rows::summary).collect()
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
@@ -380,42 +331,9 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(StepRecord {
-                run_id: r.try_get("run_id")?,
-                seq: r.try_get("seq")?,
-                step_key: r.try_get("step_key")?,
-                kind: r.try_get("kind")?,
-                ok: r.try_get("ok")?,
-                options: parse_json(r.try_get("options")?, "step options")?.unwrap_or(Value::Null),
-                input: parse_json(r.try_get("input")?, "step input")?.unwrap_or(Value::Null),
-                result: parse_json(r.try_get("result")?, "step result")?,
-                output: parse_json(r.try_get("output")?, "step output")?,
-                error: r.try_get("error")?,
-                blame: r.try_get("blame")?,
-                logs: parse_json(r.try_get("logs")?, "step logs")?
-                    .and_then(|v| serde_json::from_value(v).ok())
-                    .unwrap_or_default(),
-                started_at: r.try_get("started_at")?,
-                ended_at: r.try_get("ended_at")?,
-            })
-        })
+        .map(rows::step)
         .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(RunDetail {
-            summary: summary(&row)?,
-            trigger: parse_json(row.try_get("trigger")?, "run trigger")?.unwrap_or(Value::Null),
-            input: parse_json(row.try_get("input")?, "run input")?.unwrap_or(Value::Null),
-            state: parse_json(row.try_get("state")?, "run state")?.unwrap_or(Value::Null),
-            output: parse_json(row.try_get("output")?, "run output")?,
-            next_step: row.try_get("next_step")?,
-            flow_version: row.try_get("flow_version")?,
-            accountability: parse_json(row.try_get("accountability")?, "run accountability")?
-                .unwrap_or(Value::Null),
-            parent: row
-                .try_get::<Option<String>, _>("parent_run")?
-                .zip(row.try_get::<Option<i64>, _>("item")?),
-            steps,
-        }))
+        Ok(Some(rows::detail(&row, steps)?))
     }
 
     async fn flow_of_run(
@@ -516,7 +434,7 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(token_of).collect()
+        rows.iter().map(rows::token).collect()
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
@@ -526,7 +444,7 @@ impl Store for PgStore {
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(token_of).transpose()
+        row.as_ref().map(rows::token).transpose()
     }
 
     async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
@@ -568,20 +486,7 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: r.try_get("at")?,
-                    user: r.try_get("user")?,
-                    role: r.try_get("role")?,
-                    ip: r.try_get("ip")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    details: parse_json(r.try_get("details")?, "audit details")?
-                        .unwrap_or(Value::Null),
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit).collect()
     }
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {
@@ -674,7 +579,7 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let wait = wait_of(&row)?;
+        let wait = rows::wait(&row)?;
         let done = sqlx::query(
             "UPDATE runs SET status = 'running', updated_at = $1 WHERE id = $2 AND status = 'waiting'",
         )
@@ -700,7 +605,7 @@ impl Store for PgStore {
                     .await?
             }
         };
-        rows.iter().map(wait_of).collect()
+        rows.iter().map(rows::wait).collect()
     }
 
     async fn claim_fire(&self, flow_id: &str, at: i64, run: &NewRun) -> Result<bool, StoreError> {
@@ -732,10 +637,10 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let text: String = row.try_get("answer")?;
-        let answer = serde_json::from_str(&text).map_err(|e| {
-            StoreError::Corrupt(format!("answer to event `{id}` of `{source}`: {e}"))
-        })?;
+        let answer = rows::required(
+            row.try_get("answer")?,
+            &format!("answer to event `{id}` of `{source}`"),
+        )?;
         Ok(Some(SeenEvent {
             received_at: row.try_get("received_at")?,
             answer,
@@ -773,10 +678,10 @@ impl Store for PgStore {
         match row {
             None => Ok((0, None)),
             Some(r) => {
-                let text: String = r.try_get("snapshot")?;
-                let snap = serde_json::from_str(&text).map_err(|e| {
-                    StoreError::Corrupt(format!("poll snapshot of `{flow_id}`: {e}"))
-                })?;
+                let snap = rows::required(
+                    r.try_get("snapshot")?,
+                    &format!("poll snapshot of `{flow_id}`"),
+                )?;
                 Ok((r.try_get("seq")?, Some(snap)))
             }
         }

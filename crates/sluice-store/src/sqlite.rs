@@ -10,15 +10,14 @@
 use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
 };
+use crate::rows;
 use crate::{
     ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
-    SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind,
+    SeenEvent, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -247,28 +246,6 @@ fn opt_json(v: &Option<Value>) -> Option<String> {
     v.as_ref().map(json)
 }
 
-fn parse_json(s: Option<String>, what: &str) -> Result<Option<Value>, StoreError> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
-        .transpose()
-}
-
-fn status(s: &str) -> Result<RunStatus, StoreError> {
-    RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{s}`")))
-}
-
-fn summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
-    Ok(RunSummary {
-        id: row.try_get("id")?,
-        flow_id: row.try_get("flow_id")?,
-        status: status(row.try_get::<&str, _>("status")?)?,
-        started_at: row.try_get("started_at")?,
-        ended_at: row.try_get("ended_at")?,
-        steps: row.try_get("steps")?,
-        error: row.try_get("error")?,
-        error_step: row.try_get("error_step")?,
-    })
-}
-
 /// A step record, ready for the writer.
 fn step_vals(step: &StepRecord) -> StepVals {
     StepVals {
@@ -328,23 +305,6 @@ fn record_vals(
 const CLAIM_WAIT: &str = "DELETE FROM waits WHERE run_id = ? RETURNING run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since";
 const ALL_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits ORDER BY since";
 const EVENT_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE kind = 'event' AND (event_type = ? OR event_type IS NULL) ORDER BY since";
-
-fn wait_of(row: &SqliteRow) -> Result<Wait, StoreError> {
-    let kind: &str = row.try_get("kind")?;
-    Ok(Wait {
-        run_id: row.try_get("run_id")?,
-        flow_id: row.try_get("flow_id")?,
-        step_key: row.try_get("step_key")?,
-        kind: WaitKind::parse(kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown wait kind `{kind}`")))?,
-        wake_at: row.try_get("wake_at")?,
-        event_type: row.try_get("event_type")?,
-        source: row.try_get("event_source")?,
-        correlation: parse_json(row.try_get("correlation")?, "wait correlation")?
-            .unwrap_or(Value::Null),
-        since: row.try_get("since")?,
-    })
-}
 
 const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ? AND status <> 'cancelled'";
 
@@ -419,7 +379,7 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let wait = wait_of(&row)?;
+        let wait = rows::wait(&row)?;
         let done = sqlx::query(
             "UPDATE runs SET status = 'running', updated_at = ? WHERE id = ? AND status = 'waiting'",
         )
@@ -441,7 +401,7 @@ impl Store for SqliteStore {
                     .await?
             }
         };
-        rows.iter().map(wait_of).collect()
+        rows.iter().map(rows::wait).collect()
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
@@ -472,7 +432,7 @@ impl Store for SqliteStore {
         .bind(filter.started_before)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(summary).collect()
+        rows.iter().map(rows::summary).collect()
     }
 
     async fn save_flow_version(
@@ -545,7 +505,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(token_of).collect())
+        rows.iter().map(rows::token).collect()
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
@@ -555,7 +515,7 @@ impl Store for SqliteStore {
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(token_of))
+        row.as_ref().map(rows::token).transpose()
     }
 
     async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
@@ -586,20 +546,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: r.try_get("at")?,
-                    user: r.try_get("user")?,
-                    role: r.try_get("role")?,
-                    ip: r.try_get("ip")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    details: parse_json(r.try_get("details")?, "audit details")?
-                        .unwrap_or(Value::Null),
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit).collect()
     }
 
     async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
@@ -673,10 +620,10 @@ impl Store for SqliteStore {
         match row {
             None => Ok((0, None)),
             Some(r) => {
-                let text: String = r.try_get("snapshot")?;
-                let snap = serde_json::from_str(&text).map_err(|e| {
-                    StoreError::Corrupt(format!("poll snapshot of `{flow_id}`: {e}"))
-                })?;
+                let snap = rows::required(
+                    r.try_get("snapshot")?,
+                    &format!("poll snapshot of `{flow_id}`"),
+                )?;
                 Ok((r.try_get("seq")?, Some(snap)))
             }
         }
@@ -719,10 +666,10 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let text: String = row.try_get("answer")?;
-        let answer = serde_json::from_str(&text).map_err(|e| {
-            StoreError::Corrupt(format!("answer to event `{id}` of `{source}`: {e}"))
-        })?;
+        let answer = rows::required(
+            row.try_get("answer")?,
+            &format!("answer to event `{id}` of `{source}`"),
+        )?;
         Ok(Some(SeenEvent {
             received_at: row.try_get("received_at")?,
             answer,
@@ -789,42 +736,9 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(StepRecord {
-                run_id: r.try_get("run_id")?,
-                seq: r.try_get("seq")?,
-                step_key: r.try_get("step_key")?,
-                kind: r.try_get("kind")?,
-                ok: r.try_get("ok")?,
-                options: parse_json(r.try_get("options")?, "step options")?.unwrap_or(Value::Null),
-                input: parse_json(r.try_get("input")?, "step input")?.unwrap_or(Value::Null),
-                result: parse_json(r.try_get("result")?, "step result")?,
-                output: parse_json(r.try_get("output")?, "step output")?,
-                error: r.try_get("error")?,
-                blame: r.try_get("blame")?,
-                logs: parse_json(r.try_get("logs")?, "step logs")?
-                    .and_then(|v| serde_json::from_value(v).ok())
-                    .unwrap_or_default(),
-                started_at: r.try_get("started_at")?,
-                ended_at: r.try_get("ended_at")?,
-            })
-        })
+        .map(rows::step)
         .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(RunDetail {
-            summary: summary(&row)?,
-            trigger: parse_json(row.try_get("trigger")?, "run trigger")?.unwrap_or(Value::Null),
-            input: parse_json(row.try_get("input")?, "run input")?.unwrap_or(Value::Null),
-            state: parse_json(row.try_get("state")?, "run state")?.unwrap_or(Value::Null),
-            output: parse_json(row.try_get("output")?, "run output")?,
-            next_step: row.try_get("next_step")?,
-            flow_version: row.try_get("flow_version")?,
-            accountability: parse_json(row.try_get("accountability")?, "run accountability")?
-                .unwrap_or(Value::Null),
-            parent: row
-                .try_get::<Option<String>, _>("parent_run")?
-                .zip(row.try_get::<Option<i64>, _>("item")?),
-            steps,
-        }))
+        Ok(Some(rows::detail(&row, steps)?))
     }
 }
 
@@ -848,7 +762,7 @@ impl SqliteStore {
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| status(r.try_get::<&str, _>("status")?))
+        row.map(|r| rows::status(r.try_get::<&str, _>("status")?))
             .transpose()
     }
 }
@@ -884,16 +798,5 @@ fn create_vals(run: &NewRun) -> CreateVals {
         accountability: json(&run.accountability),
         parent_run: run.parent.as_ref().map(|p| p.0.clone()),
         item: run.parent.as_ref().map(|p| p.1),
-    }
-}
-
-fn token_of(r: &SqliteRow) -> ApiToken {
-    ApiToken {
-        name: r.get("name"),
-        role: r.get("role"),
-        hash: r.get("hash"),
-        created_at: r.get("created_at"),
-        revoked_at: r.get("revoked_at"),
-        expires_at: r.get("expires_at"),
     }
 }

@@ -23,6 +23,16 @@ fn sluice(dir: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The id of the run `sluice run` reported (`run ID succeeded`).
+fn run_id(stderr: &str) -> String {
+    stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "run")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no run id in: {stderr}"))
+        .to_owned()
+}
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-flowtest-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -110,12 +120,7 @@ steps:
         output,
         json!({"order": "A-1", "customer": "Ada Lovelace", "tier": "gold", "saved": "A-1"})
     );
-    let run = err
-        .split_whitespace()
-        .skip_while(|w| *w != "run")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let run = run_id(&err);
     let (ok, _, err) = sluice(
         &dir,
         &[
@@ -189,12 +194,7 @@ fn a_recorded_run_whose_flow_version_is_gone_is_refused() {
     .unwrap();
     let (ok, _, err) = sluice(&dir, &["run", "flow.yaml", "--store", "store.db"]);
     assert!(ok, "{err}");
-    let run = err
-        .split_whitespace()
-        .skip_while(|w| *w != "run")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let run = run_id(&err);
     // The store forgets the flow's versions.
     let (ok, out, err) = sluice(
         &dir,

@@ -22,6 +22,21 @@ fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(dir.join("flows").join(file), text).unwrap();
 }
 
+/// `sluice serve` with `more` where it must not start: its exit code and
+/// what it said.
+fn serve_refused(dir: &Path, listen: &str, more: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(dir)
+        .args(["serve", "--flows", "flows", "--listen", listen])
+        .args(more)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `sluice serve`, killed when dropped.
 struct Serve {
     child: Child,
@@ -2003,25 +2018,9 @@ fn api_tokens_have_roles_and_the_server_is_closed_by_default_off_loopback() {
     );
     // Reachable from other machines with no token: it does not start (and
     // never opens its port).
-    let o = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
-        .current_dir(&dir)
-        .args([
-            "serve",
-            "--flows",
-            "flows",
-            "--listen",
-            "0.0.0.0:0",
-            "--store",
-            "store.db",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("the store holds no API token"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (code, err) = serve_refused(&dir, "0.0.0.0:0", &["--store", "store.db"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("the store holds no API token"), "{err}");
     let mut made = Vec::new();
     for (name, role) in [("ann", "viewer"), ("olga", "operator"), ("adam", "admin")] {
         let (ok, token, err) = tokens(&dir, &["create", name, "--role", role]);
@@ -2463,22 +2462,12 @@ fn a_planted_secret_never_reaches_a_record_a_log_or_an_answer() {
         "unset.yaml",
         "id: unset\ntrigger: {type: manual}\nsteps:\n  - {key: a, type: log, options: {message: \"${secret:NOT_SET_T}\"}}\n",
     );
-    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
-        .current_dir(&dir)
-        .args([
-            "serve",
-            "--flows",
-            "flows",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "store.db",
-        ])
-        .args(["--secrets-dir", &secrets_arg])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (code, err) = serve_refused(
+        &dir,
+        "127.0.0.1:0",
+        &["--store", "store.db", "--secrets-dir", &secrets_arg],
+    );
+    assert_ne!(code, Some(0), "{err}");
     assert!(
         err.contains("secret `NOT_SET_T` is not set") && err.contains("SLUICE_SECRET_NOT_SET_T"),
         "{err}"
@@ -2523,25 +2512,11 @@ fn a_server_on_a_postgres_store_records_its_runs_there_and_is_the_only_one() {
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
     // A second server on the same store is refused (runs are not shared
     // between processes yet).
-    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
-        .current_dir(&dir)
-        .args([
-            "serve",
-            "--flows",
-            "flows",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, err) = serve_refused(&dir, "127.0.0.1:0", &["--store", &url]);
+    assert_eq!(code, Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("another `sluice serve` uses this PostgreSQL store"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("another `sluice serve` uses this PostgreSQL store"),
+        "{err}"
     );
     assert_eq!(s.stop(), Some(0));
     // The runs are in PostgreSQL: the command line reads them there.

@@ -1,0 +1,151 @@
+//! Reading records back from rows, the same for every database: a row is
+//! read through [`Get`], which each store's row type implements.
+
+use crate::{
+    ApiToken, AuditEntry, RunDetail, RunStatus, RunSummary, StepRecord, StoreError, Wait, WaitKind,
+};
+use serde_json::Value;
+use sqlx::Row;
+
+/// The columns a record is read from.
+pub(crate) trait Get {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, col: &str) -> Result<bool, StoreError>;
+}
+
+macro_rules! get_for {
+    ($row:ty) => {
+        impl Get for $row {
+            fn text(&self, col: &str) -> Result<String, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn int(&self, col: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn flag(&self, col: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+        }
+    };
+}
+
+get_for!(sqlx::sqlite::SqliteRow);
+get_for!(sqlx::postgres::PgRow);
+
+/// A stored JSON document.
+pub(crate) fn parse_json(s: Option<String>, what: &str) -> Result<Option<Value>, StoreError> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
+        .transpose()
+}
+
+fn doc(r: &impl Get, col: &str, what: &str) -> Result<Option<Value>, StoreError> {
+    parse_json(r.opt_text(col)?, what)
+}
+
+/// A stored status.
+pub(crate) fn status(s: &str) -> Result<RunStatus, StoreError> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{s}`")))
+}
+
+pub(crate) fn summary(row: &impl Get) -> Result<RunSummary, StoreError> {
+    Ok(RunSummary {
+        id: row.text("id")?,
+        flow_id: row.text("flow_id")?,
+        status: status(&row.text("status")?)?,
+        started_at: row.int("started_at")?,
+        ended_at: row.opt_int("ended_at")?,
+        steps: row.int("steps")?,
+        error: row.opt_text("error")?,
+        error_step: row.opt_text("error_step")?,
+    })
+}
+
+/// A run from its row (the columns of `SELECT_RUN`) and its steps' rows.
+pub(crate) fn detail(row: &impl Get, steps: Vec<StepRecord>) -> Result<RunDetail, StoreError> {
+    Ok(RunDetail {
+        summary: summary(row)?,
+        trigger: doc(row, "trigger", "run trigger")?.unwrap_or(Value::Null),
+        input: doc(row, "input", "run input")?.unwrap_or(Value::Null),
+        state: doc(row, "state", "run state")?.unwrap_or(Value::Null),
+        output: doc(row, "output", "run output")?,
+        next_step: row.opt_text("next_step")?,
+        flow_version: row.opt_text("flow_version")?,
+        accountability: doc(row, "accountability", "run accountability")?.unwrap_or(Value::Null),
+        parent: row.opt_text("parent_run")?.zip(row.opt_int("item")?),
+        steps,
+    })
+}
+
+pub(crate) fn step(r: &impl Get) -> Result<StepRecord, StoreError> {
+    Ok(StepRecord {
+        run_id: r.text("run_id")?,
+        seq: r.int("seq")?,
+        step_key: r.text("step_key")?,
+        kind: r.text("kind")?,
+        ok: r.flag("ok")?,
+        options: doc(r, "options", "step options")?.unwrap_or(Value::Null),
+        input: doc(r, "input", "step input")?.unwrap_or(Value::Null),
+        result: doc(r, "result", "step result")?,
+        output: doc(r, "output", "step output")?,
+        error: r.opt_text("error")?,
+        blame: r.opt_text("blame")?,
+        logs: doc(r, "logs", "step logs")?
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        started_at: r.int("started_at")?,
+        ended_at: r.int("ended_at")?,
+    })
+}
+
+pub(crate) fn wait(row: &impl Get) -> Result<Wait, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(Wait {
+        run_id: row.text("run_id")?,
+        flow_id: row.text("flow_id")?,
+        step_key: row.text("step_key")?,
+        kind: WaitKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown wait kind `{kind}`")))?,
+        wake_at: row.opt_int("wake_at")?,
+        event_type: row.opt_text("event_type")?,
+        source: row.opt_text("event_source")?,
+        correlation: doc(row, "correlation", "wait correlation")?.unwrap_or(Value::Null),
+        since: row.int("since")?,
+    })
+}
+
+pub(crate) fn token(r: &impl Get) -> Result<ApiToken, StoreError> {
+    Ok(ApiToken {
+        name: r.text("name")?,
+        role: r.text("role")?,
+        hash: r.text("hash")?,
+        created_at: r.int("created_at")?,
+        revoked_at: r.opt_int("revoked_at")?,
+        expires_at: r.opt_int("expires_at")?,
+    })
+}
+
+pub(crate) fn audit(r: &impl Get) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        at: r.int("at")?,
+        user: r.opt_text("user")?,
+        role: r.opt_text("role")?,
+        ip: r.opt_text("ip")?,
+        action: r.text("action")?,
+        target: r.opt_text("target")?,
+        details: doc(r, "details", "audit details")?.unwrap_or(Value::Null),
+    })
+}
+
+/// A stored answer or snapshot (never absent).
+pub(crate) fn required(text: String, what: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
