@@ -82,15 +82,16 @@ pub fn secret(name: &str) -> Result<String, String> {
 }
 
 fn from_file(name: &str) -> Result<String, String> {
-    let unset = || {
-        let dir = match DIR.get() {
-            Some(d) => format!(" nor the file `{}`", d.join(name).display()),
-            None => String::new(),
-        };
-        format!(
-            "secret `{name}` is not set: neither the environment variable `{}`{dir} holds it",
+    let unset = || match DIR.get() {
+        Some(d) => format!(
+            "secret `{name}` is not set: neither the environment variable `{}` nor the file `{}` holds it",
+            env_name(name),
+            d.join(name).display()
+        ),
+        None => format!(
+            "secret `{name}` is not set: the environment variable `{}` is not set (and no secrets folder is given)",
             env_name(name)
-        )
+        ),
     };
     let Some(dir) = DIR.get() else {
         return Err(unset());
