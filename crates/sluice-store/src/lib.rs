@@ -17,6 +17,7 @@
 
 mod any;
 mod group;
+mod pg_group;
 mod postgres;
 mod rows;
 mod scrub;
@@ -32,18 +33,3 @@ pub use store::{
     ApiToken, AuditEntry, EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary,
     RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
 };
-
-/// A database URL with its password shown as `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = rest.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
-        None => url.to_owned(),
-    }
-}

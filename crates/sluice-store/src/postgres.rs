@@ -1,11 +1,12 @@
 //! The PostgreSQL store: the same records and the same rules as the SQLite
-//! store, for processes that share one database. Each write is one
-//! transaction of its own; a claim (a wait, a schedule's fire, an event, a
-//! poll's page) is one conditional statement, so that of two processes
-//! one takes it.
+//! store, for processes that share one database. Runs' records are written
+//! together by one writer (`pg_group`), as the SQLite store writes them;
+//! a claim (a wait, a schedule's fire, an event, a poll's page) is one
+//! conditional statement, so that of two processes one takes it.
 
+use crate::pg_group::{PgWrite, insert_run, insert_steps, move_run};
 use crate::rows;
-use crate::scrub::{json, opt_text};
+use crate::scrub::json;
 use crate::{
     ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
     SeenEvent, StepRecord, Store, StoreError, Wait,
@@ -27,6 +28,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The writer of runs' records (see `pg_group`).
+    group: crate::pg_group::PgGroup,
     /// The connection that holds the server's lock (see
     /// [`PgStore::hold_server_lock`]).
     held: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
@@ -35,144 +38,12 @@ pub struct PgStore {
 /// The advisory lock of the one `sluice serve` a store has for now.
 const SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
 
-/// A new run: as started, or (with `at`) already at a position after `n`
-/// steps.
-async fn insert_run(
-    conn: &mut PgConnection,
-    run: &NewRun,
-    at: Option<(&RunUpdate, i64)>,
-) -> Result<(), StoreError> {
-    let input = json(&run.input);
-    let (status, state, next, steps, updated, output, error, error_step, ended) = match at {
-        None => (
-            "running",
-            input.clone(),
-            run.next_step.clone(),
-            0,
-            run.started_at,
-            None,
-            None,
-            None,
-            None,
-        ),
-        Some((u, n)) => (
-            u.status.as_str(),
-            json(&u.state),
-            u.next_step.clone(),
-            n,
-            crate::now_micros(),
-            u.output.as_ref().map(json),
-            opt_text(&u.error),
-            u.error_step.clone(),
-            u.ended_at,
-        ),
-    };
-    let done = sqlx::query(
-        "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(&run.id)
-    .bind(&run.flow_id)
-    .bind(status)
-    .bind(json(&run.trigger))
-    .bind(&input)
-    .bind(state)
-    .bind(next)
-    .bind(steps)
-    .bind(run.started_at)
-    .bind(updated)
-    .bind(&run.flow_version)
-    .bind(json(&run.accountability))
-    .bind(run.parent.as_ref().map(|(p, _)| p.as_str()))
-    .bind(run.parent.as_ref().map(|(_, i)| *i))
-    .bind(output)
-    .bind(error)
-    .bind(error_step)
-    .bind(ended)
-    .execute(&mut *conn)
-    .await;
-    match done {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(StoreError::Conflict(run.id.clone()))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn insert_steps(conn: &mut PgConnection, steps: &[StepRecord]) -> Result<(), StoreError> {
-    for s in steps {
-        let done = sqlx::query(
-            "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&s.run_id)
-        .bind(s.seq)
-        .bind(&s.step_key)
-        .bind(&s.kind)
-        .bind(s.ok)
-        .bind(json(&s.options))
-        .bind(json(&s.input))
-        .bind(s.result.as_ref().map(json))
-        .bind(s.output.as_ref().map(json))
-        .bind(opt_text(&s.error))
-        .bind(&s.blame)
-        .bind(json(&Value::from(s.logs.clone())))
-        .bind(s.started_at)
-        .bind(s.ended_at)
-        .execute(&mut *conn)
-        .await;
-        match done {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                return Err(StoreError::NoSuchRun(s.run_id.clone()));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Move a run to its new position after `n` more steps; a cancelled run
-/// keeps its status. Whether a run (cancelled or not) is there.
-async fn move_run(
-    conn: &mut PgConnection,
-    run_id: &str,
-    u: &RunUpdate,
-    n: i64,
-) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled'",
-    )
-    .bind(run_id)
-    .bind(u.status.as_str())
-    .bind(json(&u.state))
-    .bind(&u.next_step)
-    .bind(u.output.as_ref().map(json))
-    .bind(opt_text(&u.error))
-    .bind(&u.error_step)
-    .bind(u.ended_at)
-    .bind(crate::now_micros())
-    .bind(n)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 1 {
-        return Ok(());
-    }
-    let cancelled = sqlx::query("SELECT 1 FROM runs WHERE id = $1 AND status = 'cancelled'")
-        .bind(run_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match cancelled {
-        Some(_) => Ok(()),
-        None => Err(StoreError::NoSuchRun(run_id.to_owned())),
-    }
-}
-
 impl PgStore {
     /// Open the store at `url` (`postgres://…` or `postgresql://…`),
     /// making its tables when they are missing.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let fail = |message: String| StoreError::Open {
-            url: crate::redact_url(url),
+            url: redact_url(url),
             message,
         };
         let options = PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))?;
@@ -198,8 +69,10 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
+        let group = crate::pg_group::PgGroup::start(pool.clone());
         Ok(Self {
             pool,
+            group,
             held: Default::default(),
         })
     }
@@ -262,8 +135,7 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_run(&mut conn, run, None).await
+        self.group.write(PgWrite::Create(run.clone())).await
     }
 
     async fn record_steps(
@@ -278,20 +150,14 @@ impl Store for PgStore {
         else {
             return Ok(());
         };
-        let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await?;
-        match new {
-            Some(new) => {
-                insert_run(&mut tx, new, Some((run, n))).await?;
-                insert_steps(&mut tx, steps).await?;
-            }
-            None => {
-                insert_steps(&mut tx, steps).await?;
-                move_run(&mut tx, run_id, run, n).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        self.group
+            .write(PgWrite::Record {
+                new: new.cloned(),
+                run_id: run_id.to_owned(),
+                steps: steps.to_vec(),
+                run: run.clone(),
+            })
+            .await
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
@@ -713,5 +579,20 @@ impl Store for PgStore {
                 .await?
         };
         Self::claimed_with_runs(tx, moved.rows_affected() == 1, runs).await
+    }
+}
+
+/// A database URL with its password shown as `***`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+        None => url.to_owned(),
     }
 }

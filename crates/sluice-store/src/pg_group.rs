@@ -1,0 +1,256 @@
+//! The PostgreSQL store's writer: the runs' records written together, as
+//! the SQLite store's are. Writes that arrive while a transaction is under
+//! way wait for it and then go together in the next one, so that many runs
+//! under way share few commits. A batch that fails is rolled back whole and
+//! done again write by write, so that each write gets its own answer and
+//! one bad write takes no other down.
+
+use crate::scrub::{json, opt_text};
+use crate::{NewRun, RunUpdate, StepRecord, StoreError};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most writes in one transaction.
+const MOST: usize = 256;
+
+/// One write: a new run, or steps of one run and its new position (with
+/// the run itself when it is new).
+pub(crate) enum PgWrite {
+    Create(NewRun),
+    Record {
+        new: Option<NewRun>,
+        run_id: String,
+        steps: Vec<StepRecord>,
+        run: RunUpdate,
+    },
+}
+
+struct Pending {
+    write: PgWrite,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle to the writer task (which ends when every handle is gone).
+#[derive(Clone, Debug)]
+pub(crate) struct PgGroup {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl PgGroup {
+    pub(crate) fn start(pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(pool, rx));
+        Self { tx }
+    }
+
+    /// Write `write` in the next transaction; its own outcome.
+    pub(crate) async fn write(&self, write: PgWrite) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Pending { write, done })
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+async fn statements(conn: &mut PgConnection, w: &PgWrite) -> Result<(), StoreError> {
+    match w {
+        PgWrite::Create(run) => insert_run(conn, run, None).await,
+        PgWrite::Record {
+            new,
+            run_id,
+            steps,
+            run,
+        } => {
+            let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+            match new {
+                Some(new) => {
+                    insert_run(conn, new, Some((run, n))).await?;
+                    insert_steps(conn, steps).await
+                }
+                None => {
+                    insert_steps(conn, steps).await?;
+                    move_run(conn, run_id, run, n).await
+                }
+            }
+        }
+    }
+}
+
+/// `writes` in one transaction.
+async fn together(pool: &PgPool, writes: &[&PgWrite]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for w in writes {
+        statements(&mut tx, w).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MOST {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<&PgWrite> = batch.iter().map(|p| &p.write).collect();
+        let result = together(&pool, &writes).await;
+        match result {
+            Ok(()) => {
+                for p in batch {
+                    let _ = p.done.send(Ok(()));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(p) = batch.pop() {
+                    let _ = p.done.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for p in batch {
+                    let r = together(&pool, &[&p.write]).await;
+                    let _ = p.done.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// A new run: as started, or (with `at`) already at a position after `n`
+/// steps.
+pub(crate) async fn insert_run(
+    conn: &mut PgConnection,
+    run: &NewRun,
+    at: Option<(&RunUpdate, i64)>,
+) -> Result<(), StoreError> {
+    let input = json(&run.input);
+    let (status, state, next, steps, updated, output, error, error_step, ended) = match at {
+        None => (
+            "running",
+            input.clone(),
+            run.next_step.clone(),
+            0,
+            run.started_at,
+            None,
+            None,
+            None,
+            None,
+        ),
+        Some((u, n)) => (
+            u.status.as_str(),
+            json(&u.state),
+            u.next_step.clone(),
+            n,
+            crate::now_micros(),
+            u.output.as_ref().map(json),
+            opt_text(&u.error),
+            u.error_step.clone(),
+            u.ended_at,
+        ),
+    };
+    let done = sqlx::query(
+        "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(&run.id)
+    .bind(&run.flow_id)
+    .bind(status)
+    .bind(json(&run.trigger))
+    .bind(&input)
+    .bind(state)
+    .bind(next)
+    .bind(steps)
+    .bind(run.started_at)
+    .bind(updated)
+    .bind(&run.flow_version)
+    .bind(json(&run.accountability))
+    .bind(run.parent.as_ref().map(|(p, _)| p.as_str()))
+    .bind(run.parent.as_ref().map(|(_, i)| *i))
+    .bind(output)
+    .bind(error)
+    .bind(error_step)
+    .bind(ended)
+    .execute(&mut *conn)
+    .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Conflict(run.id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn insert_steps(
+    conn: &mut PgConnection,
+    steps: &[StepRecord],
+) -> Result<(), StoreError> {
+    for s in steps {
+        let done = sqlx::query(
+            "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&s.run_id)
+        .bind(s.seq)
+        .bind(&s.step_key)
+        .bind(&s.kind)
+        .bind(s.ok)
+        .bind(json(&s.options))
+        .bind(json(&s.input))
+        .bind(s.result.as_ref().map(json))
+        .bind(s.output.as_ref().map(json))
+        .bind(opt_text(&s.error))
+        .bind(&s.blame)
+        .bind(json(&Value::from(s.logs.clone())))
+        .bind(s.started_at)
+        .bind(s.ended_at)
+        .execute(&mut *conn)
+        .await;
+        match done {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                return Err(StoreError::NoSuchRun(s.run_id.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Move a run to its new position after `n` more steps; a cancelled run
+/// keeps its status. Whether a run (cancelled or not) is there.
+pub(crate) async fn move_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    u: &RunUpdate,
+    n: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled'",
+    )
+    .bind(run_id)
+    .bind(u.status.as_str())
+    .bind(json(&u.state))
+    .bind(&u.next_step)
+    .bind(u.output.as_ref().map(json))
+    .bind(opt_text(&u.error))
+    .bind(&u.error_step)
+    .bind(u.ended_at)
+    .bind(crate::now_micros())
+    .bind(n)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let cancelled = sqlx::query("SELECT 1 FROM runs WHERE id = $1 AND status = 'cancelled'")
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match cancelled {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NoSuchRun(run_id.to_owned())),
+    }
+}
