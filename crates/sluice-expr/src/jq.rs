@@ -315,7 +315,7 @@ struct Std {
 impl Std {
     /// The definitions `main` reaches, directly or through others, in
     /// their order.
-    fn reached<'s>(&self, main: &Def<&'s str>) -> Vec<Def<&'static str>> {
+    fn reached(&self, main: &Def<&str>) -> Vec<Def<&'static str>> {
         let mut wanted = std::collections::BTreeSet::new();
         calls(&main.body, &mut wanted);
         // Later definitions may call earlier ones only: one pass from the

@@ -17,13 +17,16 @@ const MOST: usize = 256;
 /// One write: a new run, or steps of one run and its new position (with
 /// the run itself when it is new).
 pub(crate) enum PgWrite {
-    Create(NewRun),
-    Record {
-        new: Option<NewRun>,
-        run_id: String,
-        steps: Vec<StepRecord>,
-        run: RunUpdate,
-    },
+    Create(Box<NewRun>),
+    Record(Box<PgRecord>),
+}
+
+/// Steps of one run and its new position (with the run itself when new).
+pub(crate) struct PgRecord {
+    pub(crate) new: Option<NewRun>,
+    pub(crate) run_id: String,
+    pub(crate) steps: Vec<StepRecord>,
+    pub(crate) run: RunUpdate,
 }
 
 struct Pending {
@@ -57,12 +60,13 @@ impl PgGroup {
 async fn statements(conn: &mut PgConnection, w: &PgWrite) -> Result<(), StoreError> {
     match w {
         PgWrite::Create(run) => insert_run(conn, run, None).await,
-        PgWrite::Record {
-            new,
-            run_id,
-            steps,
-            run,
-        } => {
+        PgWrite::Record(r) => {
+            let PgRecord {
+                new,
+                run_id,
+                steps,
+                run,
+            } = r.as_ref();
             let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
             match new {
                 Some(new) => {

@@ -4,7 +4,7 @@
 //! a claim (a wait, a schedule's fire, an event, a poll's page) is one
 //! conditional statement, so that of two processes one takes it.
 
-use crate::pg_group::{PgWrite, insert_run, insert_steps, move_run};
+use crate::pg_group::{PgRecord, PgWrite, insert_run, insert_steps, move_run};
 use crate::rows;
 use crate::scrub::json;
 use crate::{
@@ -135,7 +135,9 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
-        self.group.write(PgWrite::Create(run.clone())).await
+        self.group
+            .write(PgWrite::Create(Box::new(run.clone())))
+            .await
     }
 
     async fn record_steps(
@@ -151,12 +153,12 @@ impl Store for PgStore {
             return Ok(());
         };
         self.group
-            .write(PgWrite::Record {
+            .write(PgWrite::Record(Box::new(PgRecord {
                 new: new.cloned(),
                 run_id: run_id.to_owned(),
                 steps: steps.to_vec(),
                 run: run.clone(),
-            })
+            })))
             .await
     }
 
