@@ -59,6 +59,10 @@ pub struct WebhookTrigger {
     pub response: HookResponse,
     /// How callers prove who they are (none: anyone may call).
     pub auth: Option<HookAuth>,
+    /// More headers left out of `$trigger.headers` (any case), besides
+    /// those that carry a credential by their name.
+    #[serde(default)]
+    pub drop_headers: Vec<String>,
 }
 
 /// How a webhook's callers prove who they are. Secrets are

@@ -104,11 +104,13 @@ fn form_object(bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(object_of(pairs))
 }
 
-fn headers_object(h: &HeaderMap) -> Value {
+/// The headers as `$trigger.headers`: without those that carry a
+/// credential, nor those the webhook's `dropHeaders` names.
+fn headers_object(h: &HeaderMap, drop: &[String]) -> Value {
     let mut m = Map::new();
     for (name, value) in h {
         let n = name.as_str();
-        if secret_header(n) {
+        if secret_header(n) || drop.iter().any(|d| d.eq_ignore_ascii_case(n)) {
             continue;
         }
         if let Ok(v) = value.to_str() {
@@ -256,7 +258,7 @@ pub(crate) async fn hook<S: Store>(
         "method": method.as_str(),
         "path": format!("/hooks/{path}"),
         "query": query,
-        "headers": headers_object(&headers),
+        "headers": headers_object(&headers, &hook.options.drop_headers),
         "body": body,
     });
     let input = match &trigger["body"] {

@@ -2379,7 +2379,7 @@ fn a_planted_secret_never_reaches_a_record_a_log_or_an_answer() {
     write(
         &dir,
         "guarded.yaml",
-        "id: guarded\ntrigger: {type: webhook, path: guarded, auth: {type: bearer, token: \"${secret:hook-token}\"}}\nsteps:\n  - {key: echo, type: transform, options: {value: {echo: \"{{ .echo }}\"}}}\n",
+        "id: guarded\ntrigger: {type: webhook, path: guarded, dropHeaders: [X-Customer-Ref], auth: {type: bearer, token: \"${secret:hook-token}\"}}\nsteps:\n  - {key: echo, type: transform, options: {value: {echo: \"{{ .echo }}\"}}}\n",
     );
     let secrets_arg = secrets.display().to_string();
     let s = Serve::start_with(&dir, &["--secrets-dir", &secrets_arg]);
@@ -2412,11 +2412,24 @@ fn a_planted_secret_never_reaches_a_record_a_log_or_an_answer() {
         ("content-type", "application/json"),
         ("authorization", bearer.as_str()),
         ("x-api-key", HOOK_TOKEN),
+        ("x-customer-ref", "c-42"),
+        ("x-request-id", "r-1"),
     ];
     let r = s.call("POST", "/hooks/guarded", &headers, &body);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["echo"], "${secret:hook-token}", "{r:?}");
     answers.push(format!("{r:?}"));
+    // Headers that carry a credential, and those the webhook names, are
+    // not recorded.
+    let runs = s.get("/api/runs?flow=guarded").body;
+    let rec = s
+        .get(&format!("/api/runs/{}", runs[0]["id"].as_str().unwrap()))
+        .body;
+    let headers = &rec["trigger"]["headers"];
+    assert_eq!(headers["x-request-id"], "r-1", "{rec}");
+    for gone in ["authorization", "x-api-key", "x-customer-ref"] {
+        assert!(headers.get(gone).is_none(), "{gone}: {rec}");
+    }
     let r = s.call(
         "POST",
         "/hooks/guarded",
