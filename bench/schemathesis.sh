@@ -43,6 +43,8 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$port" ] || { cat "$work/serve.log"; exit 1; }
+# From the temporary folder: schemathesis keeps a cache where it runs.
+cd "$work"
 "$st" run "http://127.0.0.1:$port/api/openapi.json" \
   --url "http://127.0.0.1:$port" \
   -H "Authorization: Bearer $token" \
