@@ -34,7 +34,7 @@ pub use action::{
 pub use check::{check_options, valid_ident};
 pub use error::{ActionError, Blame, BoxFuture};
 pub use registry::{Entry, Registry, TriggerEntry};
-pub use secrets::expand_env;
+pub use secrets::expand;
 
 /// Print a line on standard error, as `eprintln!` does, with every
 /// secret's value taken out (see [`secrets`]).

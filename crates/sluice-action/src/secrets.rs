@@ -178,19 +178,30 @@ pub fn warn(line: std::fmt::Arguments<'_>) {
 /// Replace `${env:NAME}` by the environment variable's value and
 /// `${secret:NAME}` by the secret's.
 pub fn expand(text: &str) -> Result<String, String> {
-    expand_with(text, false)
+    expand_with(text, Env::Read)
 }
 
 /// [`expand`] for a value that is a credential by its place (a webhook's
 /// secret): a value read from `${env:NAME}` is scrubbed as a secret's is.
 pub fn expand_credential(text: &str) -> Result<String, String> {
-    expand_with(text, true)
+    expand_with(text, Env::Credential)
 }
 
-fn expand_with(text: &str, credential: bool) -> Result<String, String> {
+/// What `${env:NAME}` does in a text being expanded.
+#[derive(Clone, Copy, PartialEq)]
+enum Env {
+    /// Replaced by the variable's value.
+    Read,
+    /// Replaced, and the value scrubbed as a secret's.
+    Credential,
+    /// Left as written (a step's options take secrets only).
+    Keep,
+}
+
+fn expand_with(text: &str, env: Env) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
-    while let Some((i, kind)) = next_ref(rest) {
+    while let Some((i, kind)) = next_ref(rest, env != Env::Keep) {
         out.push_str(&rest[..i]);
         let after = &rest[i + 2 + kind.len() + 1..];
         let end = after
@@ -200,7 +211,7 @@ fn expand_with(text: &str, credential: bool) -> Result<String, String> {
         let value = if kind == "env" {
             let v = std::env::var(name)
                 .map_err(|_| format!("environment variable `{name}` is not set"))?;
-            if credential && !v.is_empty() {
+            if env == Env::Credential && !v.is_empty() {
                 remember(format!("${{env:{name}}}"), &v);
             }
             v
@@ -214,15 +225,9 @@ fn expand_with(text: &str, credential: bool) -> Result<String, String> {
     Ok(out)
 }
 
-/// Replace `${env:NAME}` and `${secret:NAME}` (the name kept for a
-/// connection's older callers).
-pub fn expand_env(text: &str) -> Result<String, String> {
-    expand(text)
-}
-
-/// Where the next `${env:` or `${secret:` starts, and which.
-fn next_ref(text: &str) -> Option<(usize, &'static str)> {
-    let e = text.find("${env:").map(|i| (i, "env"));
+/// Where the next `${secret:` (or, `with_env`, `${env:`) starts, and which.
+fn next_ref(text: &str, with_env: bool) -> Option<(usize, &'static str)> {
+    let e = text.find("${env:").filter(|_| with_env).map(|i| (i, "env"));
     let s = text.find("${secret:").map(|i| (i, "secret"));
     match (e, s) {
         (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
@@ -283,7 +288,7 @@ pub fn resolve(flow: &mut Flow) -> Result<(), Diagnostics> {
     }
     let mut put = |s: &mut String| {
         if s.contains("${secret:")
-            && let Ok(v) = expand_secrets(s)
+            && let Ok(v) = expand_with(s, Env::Keep)
         {
             *s = v;
         }
@@ -299,21 +304,6 @@ pub fn resolve(flow: &mut Flow) -> Result<(), Diagnostics> {
         }
     }
     Ok(())
-}
-
-/// Replace `${secret:NAME}` only (a step's `${env:…}` stays as written).
-fn expand_secrets(text: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${secret:") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + "${secret:".len()..];
-        let end = after.find('}').ok_or("unclosed `${secret:`")?;
-        out.push_str(&secret(&after[..end])?);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_action::{ActionError, check_options, expand_env};
+use sluice_action::{ActionError, check_options, expand};
 use sluice_expr::PathSeg;
 use sluice_model::OptionIssue;
 use std::collections::BTreeMap;
@@ -230,7 +230,7 @@ impl HttpConnection {
 /// Every string with `${env:NAME}` replaced.
 fn expand_values(v: &Value) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) => Value::String(expand_env(s)?),
+        Value::String(s) => Value::String(expand(s)?),
         Value::Array(a) => Value::Array(a.iter().map(expand_values).collect::<Result<_, _>>()?),
         Value::Object(m) => Value::Object(
             m.iter()

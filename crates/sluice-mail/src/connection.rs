@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_action::{ActionError, check_options, expand_env};
+use sluice_action::{ActionError, check_options, expand};
 use sluice_model::OptionIssue;
 
 /// How the connection to the server is secured.
@@ -79,7 +79,7 @@ impl SmtpConnection {
         if let Value::Object(m) = &mut v {
             for value in m.values_mut() {
                 if let Value::String(s) = value {
-                    *s = expand_env(s)
+                    *s = expand(s)
                         .map_err(|e| ActionError::flow(format!("connection `{name}`: {e}")))?;
                 }
             }

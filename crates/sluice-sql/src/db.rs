@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-pub use sluice_action::expand_env;
+pub use sluice_action::expand;
 
 /// Whether the database refused the data itself: a constraint (unique,
 /// foreign key, not null, check, exclusion) or a value its column cannot
@@ -131,7 +131,7 @@ impl Pools {
             .and_then(Value::as_str)
             .ok_or_else(|| ActionError::flow(format!("connection `{name}` has no `url`")))?;
         let url =
-            expand_env(raw).map_err(|e| ActionError::flow(format!("connection `{name}`: {e}")))?;
+            expand(raw).map_err(|e| ActionError::flow(format!("connection `{name}`: {e}")))?;
         let cell = {
             let mut map = self
                 .by_url
@@ -739,11 +739,11 @@ mod tests {
     fn env_and_redaction() {
         // SAFETY of the test: a variable name no other test uses.
         unsafe { std::env::set_var("SLUICE_TEST_PW", "s3cret") };
-        let url = expand_env("postgres://app:${env:SLUICE_TEST_PW}@db/x").unwrap();
+        let url = expand("postgres://app:${env:SLUICE_TEST_PW}@db/x").unwrap();
         assert_eq!(url, "postgres://app:s3cret@db/x");
         assert_eq!(redact(&url), "postgres://app:***@db/x");
         assert!(
-            expand_env("x${env:SLUICE_NOT_SET_ANYWHERE}")
+            expand("x${env:SLUICE_NOT_SET_ANYWHERE}")
                 .unwrap_err()
                 .contains("SLUICE_NOT_SET_ANYWHERE")
         );

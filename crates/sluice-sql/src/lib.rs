@@ -37,7 +37,7 @@ mod shared;
 pub use actions::*;
 pub use backend::Backend;
 pub use change::{LinkSide, PatchOp, SqlLinkOptions, SqlWriteOptions};
-pub use db::{Db, Pools, expand_env, redact};
+pub use db::{Db, Pools, expand, redact};
 pub use envelope::*;
 pub use many::*;
 pub use poll::{PollSnapshot, PollTrigger, Polled, check_poll, poll_page};
