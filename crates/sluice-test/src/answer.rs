@@ -20,6 +20,14 @@ pub fn runs_as_written(kind: &str, pure: bool) -> bool {
     pure || kind == "split"
 }
 
+/// Whether steps of type `kind` are answered in a test (a type the
+/// registry does not know is not).
+pub fn answered(registry: &sluice_action::Registry, kind: &str) -> bool {
+    registry
+        .get(kind)
+        .is_some_and(|e| !runs_as_written(kind, e.pure))
+}
+
 #[derive(Default)]
 struct Slot {
     answers: Vec<Answer>,

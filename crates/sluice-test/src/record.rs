@@ -3,7 +3,7 @@
 //! the expectation (the output of a run that succeeded; the failing step
 //! and its error otherwise).
 
-use crate::answer::runs_as_written;
+use crate::answer::answered;
 use serde_json::{Map, Value, json};
 use sluice_action::Registry;
 use sluice_store::{RunDetail, RunStatus};
@@ -26,10 +26,7 @@ pub fn case_of(run: &RunDetail, registry: &Registry, trigger_kind: &str, name: &
     }
     let mut answers: Map<String, Value> = Map::new();
     for step in &run.steps {
-        let answered = registry
-            .get(&step.kind)
-            .is_some_and(|e| !runs_as_written(&step.kind, e.pure));
-        if !answered {
+        if !answered(registry, &step.kind) {
             continue;
         }
         let answer = if step.ok {

@@ -37,9 +37,7 @@ impl Runner {
 
     /// Whether a step type is answered in tests.
     pub fn answered(&self, kind: &str) -> bool {
-        self.registry
-            .get(kind)
-            .is_some_and(|e| !runs_as_written(kind, e.pure))
+        crate::answer::answered(&self.registry, kind)
     }
 
     /// Run every case of the test file at `path`.
@@ -240,7 +238,7 @@ impl Runner {
                 trigger: v.clone(),
                 input: Some(v),
                 event: None,
-                accountability: json!({"user": null, "role": null, "admin": false, "ip": null, "userAgent": null, "trigger": "test"}),
+                accountability: accountability(),
             };
             match engine.run(flow, req).await {
                 Ok(r) if r.status.as_str() == "succeeded" => {
@@ -267,6 +265,11 @@ impl Runner {
             }
         }
     }
+}
+
+/// `$accountability` of a test's runs.
+fn accountability() -> Value {
+    json!({"user": null, "role": null, "admin": false, "ip": null, "userAgent": null, "trigger": "test"})
 }
 
 /// `$trigger` of a case: as given, or as the flow's trigger makes it.
@@ -305,6 +308,6 @@ fn request(flow: &Flow, case: &Case) -> RunRequest {
         trigger,
         input,
         event: case.event.clone(),
-        accountability: json!({"user": null, "role": null, "admin": false, "ip": null, "userAgent": null, "trigger": "test"}),
+        accountability: accountability(),
     }
 }
