@@ -581,11 +581,18 @@ fn print_load_failures(failures: &[sluice_server::LoadFailure]) {
     }
 }
 
-/// Read and check one flow file.
-fn load_flow(path: &str, registry: &Registry) -> Result<Flow, LoadError> {
+/// Read and check one flow file, without reading its secrets (what
+/// `sluice check` does).
+fn read_flow(path: &str, registry: &Registry) -> Result<Flow, LoadError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| LoadError::Io(format!("cannot read flow file `{path}`: {e}")))?;
-    let mut flow = sluice_model::load(path, &text, registry).map_err(LoadError::Invalid)?;
+    sluice_model::load(path, &text, registry).map_err(LoadError::Invalid)
+}
+
+/// Read and check one flow file, and put in its secrets (a secret that is
+/// not set refuses it).
+fn load_flow(path: &str, registry: &Registry) -> Result<Flow, LoadError> {
+    let mut flow = read_flow(path, registry)?;
     sluice_action::secrets::resolve(&mut flow).map_err(LoadError::Invalid)?;
     Ok(flow)
 }
@@ -632,12 +639,7 @@ fn check(files: &[String]) -> u8 {
     let mut worst = 0;
     for path in files {
         // A check reads no secret: the flow's secrets are set where it runs.
-        let loaded = std::fs::read_to_string(path)
-            .map_err(|e| LoadError::Io(format!("cannot read flow file `{path}`: {e}")))
-            .and_then(|text| {
-                sluice_model::load(path, &text, &registry).map_err(LoadError::Invalid)
-            });
-        match loaded {
+        match read_flow(path, &registry) {
             Ok(flow) => {
                 for w in written_credentials(&flow) {
                     eprintln!("warning: {w}");

@@ -149,15 +149,10 @@ pub(crate) async fn record(
         Err(code) => return code,
     };
     let registry = registry();
-    let flow = match std::fs::read_to_string(flow_path)
-        .map_err(|e| format!("cannot read flow file `{flow_path}`: {e}"))
-        .and_then(|text| sluice_model::load(flow_path, &text, &registry).map_err(|d| d.to_string()))
-    {
+    // The case is written for the file, not run: no secret is read.
+    let flow = match crate::reported(crate::read_flow(flow_path, &registry)) {
         Ok(f) => f,
-        Err(m) => {
-            eprintln!("error: {m}");
-            return INVALID;
-        }
+        Err(code) => return code,
     };
     if flow.id != run.summary.flow_id {
         eprintln!(
