@@ -308,6 +308,16 @@ fn param<'q>(q: &'q Value, name: &str) -> Result<Option<&'q str>, ApiError> {
     }
 }
 
+/// The query's `limit`: a whole number, 100 when not given.
+fn limit_param(q: &Value) -> Result<u32, ApiError> {
+    match param(q, "limit")? {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<u32>()
+            .map_err(|_| ApiError::bad_request(format!("`limit` is a whole number, not `{l}`"))),
+    }
+}
+
 fn time_param(q: &Value, name: &str) -> Result<Option<i64>, ApiError> {
     let Some(text) = param(q, name)? else {
         return Ok(None);
@@ -352,12 +362,7 @@ async fn list_runs<S: Store>(
             ))
         })?),
     };
-    let limit = match param(&q, "limit")? {
-        None => 100,
-        Some(l) => l
-            .parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("`limit` is a whole number, not `{l}`")))?,
-    };
+    let limit = limit_param(&q)?;
     let filter = RunFilter {
         flow_id: param(&q, "flow")?.map(str::to_owned),
         status,
@@ -430,12 +435,7 @@ async fn audit_log<S: Store>(
     RawQuery(q): RawQuery,
 ) -> Result<Json, ApiError> {
     let q = query_object(q.as_deref());
-    let limit = match param(&q, "limit")? {
-        None => 100,
-        Some(l) => l
-            .parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("`limit` is a count, not `{l}`")))?,
-    };
+    let limit = limit_param(&q)?;
     let target = param(&q, "target")?;
     let entries = s.engine().store().audit_log(target, limit).await?;
     Ok(axum::Json(entries.iter().map(audit_json).collect()))
