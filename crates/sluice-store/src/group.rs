@@ -26,6 +26,7 @@
 //! never catches up would let the WAL grow without end).
 
 use crate::StoreError;
+use crate::values::{Chunk, Known};
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -152,6 +153,8 @@ pub(crate) enum Write {
 
 struct Pending {
     write: Write,
+    /// The nodes of the write's large values (`values.rs`).
+    values: Vec<Chunk>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -430,11 +433,30 @@ async fn suspend_statements(
     Ok(())
 }
 
+/// The nodes of large values, each once per run.
+pub(crate) async fn insert_values(
+    conn: &mut SqliteConnection,
+    values: &[Chunk],
+) -> Result<(), StoreError> {
+    for v in values {
+        sqlx::query("INSERT OR IGNORE INTO run_values (run_id, hash, body) VALUES (?, ?, ?)")
+            .bind(&v.run_id)
+            .bind(&v.hash[..])
+            .bind(&v.body)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Every write's statements, in one go.
-async fn statements(conn: &mut SqliteConnection, writes: &[&Write]) -> Result<(), StoreError> {
+async fn statements(conn: &mut SqliteConnection, writes: &[&Pending]) -> Result<(), StoreError> {
     let mut sorted = Sorted::default();
     let mut suspends = Vec::new();
-    for w in writes {
+    for p in writes {
+        insert_values(conn, &p.values).await?;
+    }
+    for w in writes.iter().map(|p| &p.write) {
         match w {
             Write::Create(run) => sorted.runs.push(NewRow { run, at: None }),
             Write::Record(r) => sorted.add(r),
@@ -449,7 +471,10 @@ async fn statements(conn: &mut SqliteConnection, writes: &[&Write]) -> Result<()
 }
 
 /// Run `writes` in one transaction on `conn`; on any error, roll back.
-async fn in_transaction(conn: &mut SqliteConnection, writes: &[&Write]) -> Result<(), StoreError> {
+async fn in_transaction(
+    conn: &mut SqliteConnection,
+    writes: &[&Pending],
+) -> Result<(), StoreError> {
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     if let Err(e) = statements(conn, writes).await {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -485,7 +510,12 @@ async fn own(conn: &mut PoolConnection<Sqlite>) {
 }
 
 /// The writer: takes what is queued, writes it in one transaction, answers.
-async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn writer(
+    pool: SqlitePool,
+    keep: bool,
+    known: Arc<Known>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut held: Option<PoolConnection<Sqlite>> = None;
     let state = Arc::new(AtomicU8::new(IDLE));
@@ -530,7 +560,7 @@ async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pe
         let together = if batch.len() == 1 {
             None
         } else {
-            let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+            let writes: Vec<&Pending> = batch.iter().collect();
             let r = in_transaction(&mut conn, &writes).await;
             healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
             Some(r)
@@ -540,11 +570,14 @@ async fn writer(pool: SqlitePool, keep: bool, mut rx: mpsc::UnboundedReceiver<Pe
                 Some(Ok(())) => Ok(()),
                 // One failed (or the batch could not be written): each alone.
                 _ => {
-                    let r = in_transaction(&mut conn, &[&p.write]).await;
+                    let r = in_transaction(&mut conn, &[&p]).await;
                     healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
                     r
                 }
             };
+            if r.is_ok() {
+                known.remember(&p.values);
+            }
             let _ = p.done.send(r);
         }
         if keep && healthy {
@@ -578,17 +611,23 @@ pub(crate) struct Group {
 impl Group {
     /// Start the writer; `keep`: hold one connection of the pool for it
     /// (not for a store in memory, whose pool has one connection).
-    pub(crate) fn start(pool: SqlitePool, keep: bool) -> Self {
+    /// Nodes it commits are remembered in `known`.
+    pub(crate) fn start(pool: SqlitePool, keep: bool, known: Arc<Known>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, keep, rx));
+        tokio::spawn(writer(pool, keep, known, rx));
         Self { tx }
     }
 
-    /// Queue `write` and wait until it is committed.
-    pub(crate) async fn write(&self, write: Write) -> Result<(), StoreError> {
+    /// Queue `write` (with the nodes of its large values) and wait until
+    /// it is committed.
+    pub(crate) async fn write(&self, write: Write, values: Vec<Chunk>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending { write, done })
+            .send(Pending {
+                write,
+                values,
+                done,
+            })
             .map_err(|_| StoreError::Stopped)?;
         wait.await.map_err(|_| StoreError::Stopped)?
     }

@@ -10,6 +10,8 @@
 //!
 //! Every value and message written passes through the [`Scrub`] the
 //! process installs ([`set_scrub`]), which takes secrets' values out.
+//! Large values are kept once per run, compressed, and shared by every
+//! record that holds them (`values.rs`); they read back as they were.
 //!
 //! The trait is small on purpose (in the manner of Restate's storage traits):
 //! both implementations pass one conformance suite (`tests/conformance.rs`);
@@ -23,6 +25,7 @@ mod rows;
 mod scrub;
 mod sqlite;
 mod store;
+mod values;
 
 pub use any::AnyStore;
 pub use postgres::PgStore;

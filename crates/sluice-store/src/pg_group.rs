@@ -6,9 +6,11 @@
 //! one bad write takes no other down.
 
 use crate::scrub::{json, opt_text};
+use crate::values::{Chunk, Encoder, Known};
 use crate::{NewRun, RunUpdate, StepRecord, StoreError};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most writes in one transaction.
@@ -41,9 +43,10 @@ pub(crate) struct PgGroup {
 }
 
 impl PgGroup {
-    pub(crate) fn start(pool: PgPool) -> Self {
+    /// Nodes of large values it commits are remembered in `known`.
+    pub(crate) fn start(pool: PgPool, known: Arc<Known>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, rx));
+        tokio::spawn(writer(pool, known, rx));
         Self { tx }
     }
 
@@ -57,9 +60,21 @@ impl PgGroup {
     }
 }
 
-async fn statements(conn: &mut PgConnection, w: &PgWrite) -> Result<(), StoreError> {
+/// The statements of one write; the nodes of its large values are added
+/// to `values`.
+async fn statements(
+    conn: &mut PgConnection,
+    w: &PgWrite,
+    known: &Known,
+    values: &mut Vec<Chunk>,
+) -> Result<(), StoreError> {
+    let run_id = match w {
+        PgWrite::Create(run) => &run.id,
+        PgWrite::Record(r) => &r.run_id,
+    };
+    let mut enc = Encoder::new(run_id, known);
     match w {
-        PgWrite::Create(run) => insert_run(conn, run, None).await,
+        PgWrite::Create(run) => insert_run(conn, run, None, &mut enc).await?,
         PgWrite::Record(r) => {
             let PgRecord {
                 new,
@@ -70,29 +85,52 @@ async fn statements(conn: &mut PgConnection, w: &PgWrite) -> Result<(), StoreErr
             let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
             match new {
                 Some(new) => {
-                    insert_run(conn, new, Some((run, n))).await?;
-                    insert_steps(conn, steps).await
+                    insert_run(conn, new, Some((run, n)), &mut enc).await?;
+                    insert_steps(conn, steps, &mut enc).await?;
                 }
                 None => {
-                    insert_steps(conn, steps).await?;
-                    move_run(conn, run_id, run, n).await
+                    insert_steps(conn, steps, &mut enc).await?;
+                    move_run(conn, run_id, run, n, &mut enc).await?;
                 }
             }
         }
     }
-}
-
-/// `writes` in one transaction.
-async fn together(pool: &PgPool, writes: &[&PgWrite]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
-    for w in writes {
-        statements(&mut tx, w).await?;
-    }
-    tx.commit().await?;
+    values.append(&mut enc.chunks);
     Ok(())
 }
 
-async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// The nodes of large values, each once per run.
+pub(crate) async fn insert_values(
+    conn: &mut PgConnection,
+    values: &[Chunk],
+) -> Result<(), StoreError> {
+    for v in values {
+        sqlx::query(
+            "INSERT INTO run_values (run_id, hash, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&v.run_id)
+        .bind(&v.hash[..])
+        .bind(&v.body)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// `writes` in one transaction.
+async fn together(pool: &PgPool, known: &Known, writes: &[&PgWrite]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut values = Vec::new();
+    for w in writes {
+        statements(&mut tx, w, known, &mut values).await?;
+    }
+    insert_values(&mut tx, &values).await?;
+    tx.commit().await?;
+    known.remember(&values);
+    Ok(())
+}
+
+async fn writer(pool: PgPool, known: Arc<Known>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MOST {
@@ -102,7 +140,7 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
             }
         }
         let writes: Vec<&PgWrite> = batch.iter().map(|p| &p.write).collect();
-        let result = together(&pool, &writes).await;
+        let result = together(&pool, &known, &writes).await;
         match result {
             Ok(()) => {
                 for p in batch {
@@ -116,7 +154,7 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
             }
             Err(_) => {
                 for p in batch {
-                    let r = together(&pool, &[&p.write]).await;
+                    let r = together(&pool, &known, &[&p.write]).await;
                     let _ = p.done.send(r);
                 }
             }
@@ -130,8 +168,9 @@ pub(crate) async fn insert_run(
     conn: &mut PgConnection,
     run: &NewRun,
     at: Option<(&RunUpdate, i64)>,
+    enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
-    let input = json(&run.input);
+    let input = enc.json(&run.input);
     let (status, state, next, steps, updated, output, error, error_step, ended) = match at {
         None => (
             "running",
@@ -146,11 +185,11 @@ pub(crate) async fn insert_run(
         ),
         Some((u, n)) => (
             u.status.as_str(),
-            json(&u.state),
+            enc.json(&u.state),
             u.next_step.clone(),
             n,
             crate::now_micros(),
-            u.output.as_ref().map(json),
+            enc.opt_json(&u.output),
             opt_text(&u.error),
             u.error_step.clone(),
             u.ended_at,
@@ -162,7 +201,7 @@ pub(crate) async fn insert_run(
     .bind(&run.id)
     .bind(&run.flow_id)
     .bind(status)
-    .bind(json(&run.trigger))
+    .bind(enc.json(&run.trigger))
     .bind(&input)
     .bind(state)
     .bind(next)
@@ -191,6 +230,7 @@ pub(crate) async fn insert_run(
 pub(crate) async fn insert_steps(
     conn: &mut PgConnection,
     steps: &[StepRecord],
+    enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
     for s in steps {
         let done = sqlx::query(
@@ -201,10 +241,10 @@ pub(crate) async fn insert_steps(
         .bind(&s.step_key)
         .bind(&s.kind)
         .bind(s.ok)
-        .bind(json(&s.options))
-        .bind(json(&s.input))
-        .bind(s.result.as_ref().map(json))
-        .bind(s.output.as_ref().map(json))
+        .bind(enc.json(&s.options))
+        .bind(enc.json(&s.input))
+        .bind(enc.opt_json(&s.result))
+        .bind(enc.opt_json(&s.output))
         .bind(opt_text(&s.error))
         .bind(&s.blame)
         .bind(json(&Value::from(s.logs.clone())))
@@ -230,15 +270,16 @@ pub(crate) async fn move_run(
     run_id: &str,
     u: &RunUpdate,
     n: i64,
+    enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled'",
     )
     .bind(run_id)
     .bind(u.status.as_str())
-    .bind(json(&u.state))
+    .bind(enc.json(&u.state))
     .bind(&u.next_step)
-    .bind(u.output.as_ref().map(json))
+    .bind(enc.opt_json(&u.output))
     .bind(opt_text(&u.error))
     .bind(&u.error_step)
     .bind(u.ended_at)

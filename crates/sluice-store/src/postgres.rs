@@ -4,9 +4,10 @@
 //! a claim (a wait, a schedule's fire, an event, a poll's page) is one
 //! conditional statement, so that of two processes one takes it.
 
-use crate::pg_group::{PgRecord, PgWrite, insert_run, insert_steps, move_run};
+use crate::pg_group::{PgRecord, PgWrite, insert_run, insert_steps, insert_values, move_run};
 use crate::rows;
 use crate::scrub::json;
+use crate::values::{Encoder, Known, Loaded};
 use crate::{
     ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
     SeenEvent, StepRecord, Store, StoreError, Wait,
@@ -18,11 +19,18 @@ use sqlx::{PgConnection, PgPool, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "the store",
-    include_str!("../migrations/postgres/0001_store.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "the store",
+        include_str!("../migrations/postgres/0001_store.sql"),
+    ),
+    (
+        2,
+        "large values kept once per run",
+        include_str!("../migrations/postgres/0002_run_values.sql"),
+    ),
+];
 
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -30,6 +38,8 @@ pub struct PgStore {
     pool: PgPool,
     /// The writer of runs' records (see `pg_group`).
     group: crate::pg_group::PgGroup,
+    /// Nodes of large values already written (`values.rs`).
+    known: std::sync::Arc<Known>,
     /// The connection that holds the server's lock (see
     /// [`PgStore::hold_server_lock`]).
     held: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
@@ -69,9 +79,11 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
-        let group = crate::pg_group::PgGroup::start(pool.clone());
+        let known = std::sync::Arc::new(Known::default());
+        let group = crate::pg_group::PgGroup::start(pool.clone(), known.clone());
         Ok(Self {
             pool,
+            known,
             group,
             held: Default::default(),
         })
@@ -118,6 +130,7 @@ impl PgStore {
     /// End a claim made in `tx`: when it took (`claimed`), record `runs`
     /// in the same transaction.
     async fn claimed_with_runs(
+        &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         claimed: bool,
         runs: &[NewRun],
@@ -126,7 +139,9 @@ impl PgStore {
             return Ok(false);
         }
         for run in runs {
-            insert_run(&mut tx, run, None).await?;
+            let mut enc = Encoder::new(&run.id, &self.known);
+            insert_run(&mut tx, run, None, &mut enc).await?;
+            insert_values(&mut tx, &enc.chunks).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -163,8 +178,13 @@ impl Store for PgStore {
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        move_run(&mut conn, run_id, run, 0).await
+        let mut enc = Encoder::new(run_id, &self.known);
+        let mut tx = self.pool.begin().await?;
+        move_run(&mut tx, run_id, run, 0, &mut enc).await?;
+        insert_values(&mut tx, &enc.chunks).await?;
+        tx.commit().await?;
+        self.known.remember(&enc.chunks);
+        Ok(())
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
@@ -192,16 +212,27 @@ impl Store for PgStore {
         else {
             return Ok(None);
         };
-        let steps = sqlx::query(
+        let step_rows = sqlx::query(
             "SELECT run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at FROM run_steps WHERE run_id = $1 ORDER BY seq",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(rows::step)
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(rows::detail(&row, steps)?))
+        .await?;
+        let roots = rows::roots(&row, &step_rows)?;
+        let values = Loaded::load(roots, |hash| async move {
+            let row = sqlx::query("SELECT body FROM run_values WHERE run_id = $1 AND hash = $2")
+                .bind(run_id)
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(|r| r.try_get("body")).transpose()?)
+        })
+        .await?;
+        let steps = step_rows
+            .iter()
+            .map(|r| rows::step(r, &values))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(rows::detail(&row, steps, &values)?))
     }
 
     async fn flow_of_run(
@@ -247,12 +278,17 @@ impl Store for PgStore {
     }
 
     async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
+        let mut enc = Encoder::new(run_id, &self.known);
+        let state = enc.json(state);
+        let mut tx = self.pool.begin().await?;
+        insert_values(&mut tx, &enc.chunks).await?;
         let done = sqlx::query("UPDATE runs SET status = 'running', state = $1, error = NULL, error_step = NULL, updated_at = $2 WHERE id = $3 AND status = 'incident'")
-            .bind(json(state))
+            .bind(state)
             .bind(crate::now_micros())
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         if done.rows_affected() == 1 {
             return Ok(());
         }
@@ -389,9 +425,10 @@ impl Store for PgStore {
         wait: &Wait,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let mut enc = Encoder::new(&wait.run_id, &self.known);
         match step {
             Some(s) => {
-                insert_steps(&mut tx, std::slice::from_ref(s)).await?;
+                insert_steps(&mut tx, std::slice::from_ref(s), &mut enc).await?;
                 let u = RunUpdate {
                     status: RunStatus::Waiting,
                     state: state.clone(),
@@ -401,11 +438,11 @@ impl Store for PgStore {
                     error_step: None,
                     ended_at: None,
                 };
-                move_run(&mut tx, &s.run_id, &u, 1).await?;
+                move_run(&mut tx, &s.run_id, &u, 1, &mut enc).await?;
             }
             None => {
                 sqlx::query("UPDATE runs SET status = 'waiting', state = $1, next_step = $2, updated_at = $3 WHERE id = $4 AND status = 'running'")
-                    .bind(json(state))
+                    .bind(enc.json(state))
                     .bind(&wait.step_key)
                     .bind(crate::now_micros())
                     .bind(&wait.run_id)
@@ -432,7 +469,9 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        insert_values(&mut tx, &enc.chunks).await?;
         tx.commit().await?;
+        self.known.remember(&enc.chunks);
         Ok(waiting)
     }
 
@@ -484,7 +523,8 @@ impl Store for PgStore {
             .bind(crate::now_micros())
             .execute(&mut *tx)
             .await?;
-        Self::claimed_with_runs(tx, done.rows_affected() == 1, std::slice::from_ref(run)).await
+        self.claimed_with_runs(tx, done.rows_affected() == 1, std::slice::from_ref(run))
+            .await
     }
 
     async fn last_fire(&self, flow_id: &str) -> Result<Option<i64>, StoreError> {
@@ -535,7 +575,8 @@ impl Store for PgStore {
             .bind(json(answer))
             .execute(&mut *tx)
             .await?;
-        Self::claimed_with_runs(tx, done.rows_affected() == 1, runs).await
+        self.claimed_with_runs(tx, done.rows_affected() == 1, runs)
+            .await
     }
 
     async fn poll_snapshot(&self, flow_id: &str) -> Result<(i64, Option<Value>), StoreError> {
@@ -580,7 +621,8 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?
         };
-        Self::claimed_with_runs(tx, moved.rows_affected() == 1, runs).await
+        self.claimed_with_runs(tx, moved.rows_affected() == 1, runs)
+            .await
     }
 }
 

@@ -1,6 +1,7 @@
 //! Reading records back from rows, the same for every database: a row is
 //! read through [`Get`], which each store's row type implements.
 
+use crate::values::{Hash, Loaded};
 use crate::{
     ApiToken, AuditEntry, RunDetail, RunStatus, RunSummary, StepRecord, StoreError, Wait, WaitKind,
 };
@@ -51,6 +52,35 @@ fn doc(r: &impl Get, col: &str, what: &str) -> Result<Option<Value>, StoreError>
     parse_json(r.opt_text(col)?, what)
 }
 
+/// A run's value: its JSON text, or the large value it names.
+fn value(
+    r: &impl Get,
+    col: &str,
+    what: &str,
+    values: &Loaded,
+) -> Result<Option<Value>, StoreError> {
+    let text = r.opt_text(col)?.map(|t| values.text(t)).transpose()?;
+    parse_json(text, what)
+}
+
+/// The columns of a run's row and of its steps' rows that hold its values.
+const RUN_VALUES: [&str; 4] = ["trigger", "input", "state", "output"];
+const STEP_VALUES: [&str; 4] = ["options", "input", "result", "output"];
+
+/// The large values a run's row and its steps' rows name.
+pub(crate) fn roots<R: Get>(run: &R, steps: &[R]) -> Result<Vec<Hash>, StoreError> {
+    let mut texts = Vec::new();
+    for col in RUN_VALUES {
+        texts.push(run.opt_text(col)?);
+    }
+    for s in steps {
+        for col in STEP_VALUES {
+            texts.push(s.opt_text(col)?);
+        }
+    }
+    Ok(crate::values::roots(texts.iter().map(Option::as_deref)))
+}
+
 /// A stored status.
 pub(crate) fn status(s: &str) -> Result<RunStatus, StoreError> {
     RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{s}`")))
@@ -70,13 +100,17 @@ pub(crate) fn summary(row: &impl Get) -> Result<RunSummary, StoreError> {
 }
 
 /// A run from its row (the columns of `SELECT_RUN`) and its steps' rows.
-pub(crate) fn detail(row: &impl Get, steps: Vec<StepRecord>) -> Result<RunDetail, StoreError> {
+pub(crate) fn detail(
+    row: &impl Get,
+    steps: Vec<StepRecord>,
+    values: &Loaded,
+) -> Result<RunDetail, StoreError> {
     Ok(RunDetail {
         summary: summary(row)?,
-        trigger: doc(row, "trigger", "run trigger")?.unwrap_or(Value::Null),
-        input: doc(row, "input", "run input")?.unwrap_or(Value::Null),
-        state: doc(row, "state", "run state")?.unwrap_or(Value::Null),
-        output: doc(row, "output", "run output")?,
+        trigger: value(row, "trigger", "run trigger", values)?.unwrap_or(Value::Null),
+        input: value(row, "input", "run input", values)?.unwrap_or(Value::Null),
+        state: value(row, "state", "run state", values)?.unwrap_or(Value::Null),
+        output: value(row, "output", "run output", values)?,
         next_step: row.opt_text("next_step")?,
         flow_version: row.opt_text("flow_version")?,
         accountability: doc(row, "accountability", "run accountability")?.unwrap_or(Value::Null),
@@ -85,17 +119,17 @@ pub(crate) fn detail(row: &impl Get, steps: Vec<StepRecord>) -> Result<RunDetail
     })
 }
 
-pub(crate) fn step(r: &impl Get) -> Result<StepRecord, StoreError> {
+pub(crate) fn step(r: &impl Get, values: &Loaded) -> Result<StepRecord, StoreError> {
     Ok(StepRecord {
         run_id: r.text("run_id")?,
         seq: r.int("seq")?,
         step_key: r.text("step_key")?,
         kind: r.text("kind")?,
         ok: r.flag("ok")?,
-        options: doc(r, "options", "step options")?.unwrap_or(Value::Null),
-        input: doc(r, "input", "step input")?.unwrap_or(Value::Null),
-        result: doc(r, "result", "step result")?,
-        output: doc(r, "output", "step output")?,
+        options: value(r, "options", "step options", values)?.unwrap_or(Value::Null),
+        input: value(r, "input", "step input", values)?.unwrap_or(Value::Null),
+        result: value(r, "result", "step result", values)?,
+        output: value(r, "output", "step output", values)?,
         error: r.opt_text("error")?,
         blame: r.opt_text("blame")?,
         logs: doc(r, "logs", "step logs")?

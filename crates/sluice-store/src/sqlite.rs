@@ -11,6 +11,7 @@ use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
 };
 use crate::rows;
+use crate::values::{Chunk, Encoder, Known, Loaded};
 use crate::{
     ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
     SeenEvent, StepRecord, Store, StoreError, Wait,
@@ -20,6 +21,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -88,6 +90,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tokens that expire",
         include_str!("../migrations/sqlite/0013_token_expiry.sql"),
     ),
+    (
+        14,
+        "large values kept once per run",
+        include_str!("../migrations/sqlite/0014_run_values.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -95,6 +102,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct SqliteStore {
     pool: SqlitePool,
     group: Group,
+    /// Nodes of large values already written (`values.rs`).
+    known: Arc<Known>,
 }
 
 impl SqliteStore {
@@ -186,8 +195,9 @@ impl SqliteStore {
                 .execute(&pool)
                 .await
                 .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
-            let group = Group::start(pool.clone(), false);
-            return Ok(Self { pool, group });
+            let known = Arc::new(Known::default());
+            let group = Group::start(pool.clone(), false, known.clone());
+            return Ok(Self { pool, group, known });
         }
         // A store whose migrations are all applied needs no more than one
         // look (sqlx's migrator takes a few dozen statements to say so).
@@ -198,8 +208,9 @@ impl SqliteStore {
                 .unwrap_or(None);
         let latest = MIGRATIONS.len() as i64;
         if applied == Some((latest, latest)) {
-            let group = Group::start(pool.clone(), true);
-            return Ok(Self { pool, group });
+            let known = Arc::new(Known::default());
+            let group = Group::start(pool.clone(), true, known.clone());
+            return Ok(Self { pool, group, known });
         }
         let migrations = MIGRATIONS
             .iter()
@@ -217,8 +228,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
-        let group = Group::start(pool.clone(), !memory);
-        Ok(Self { pool, group })
+        let known = Arc::new(Known::default());
+        let group = Group::start(pool.clone(), !memory, known.clone());
+        Ok(Self { pool, group, known })
     }
 }
 
@@ -226,6 +238,7 @@ impl SqliteStore {
 /// whether its statement took it): record `runs`, the runs it starts, and
 /// commit; false, with nothing recorded, when it was taken already.
 async fn claimed_with_runs(
+    known: &Known,
     mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
     claimed: bool,
     runs: &[NewRun],
@@ -234,30 +247,30 @@ async fn claimed_with_runs(
         return Ok(false);
     }
     for run in runs {
-        create_statement(&mut tx, &create_vals(run)).await?;
+        let mut enc = Encoder::new(&run.id, known);
+        let vals = create_vals(run, &mut enc);
+        insert_values(&mut tx, &enc.chunks).await?;
+        create_statement(&mut tx, &vals).await?;
     }
     tx.commit().await?;
     Ok(true)
 }
 
+use crate::group::insert_values;
 use crate::scrub::{json, opt_text};
 
-fn opt_json(v: &Option<Value>) -> Option<String> {
-    v.as_ref().map(json)
-}
-
 /// A step record, ready for the writer.
-fn step_vals(step: &StepRecord) -> StepVals {
+fn step_vals(step: &StepRecord, enc: &mut Encoder<'_>) -> StepVals {
     StepVals {
         run_id: step.run_id.clone(),
         seq: step.seq,
         step_key: step.step_key.clone(),
         kind: step.kind.clone(),
         ok: step.ok,
-        options: json(&step.options),
-        input: json(&step.input),
-        result: opt_json(&step.result),
-        output: opt_json(&step.output),
+        options: enc.json(&step.options),
+        input: enc.json(&step.input),
+        result: enc.opt_json(&step.result),
+        output: enc.opt_json(&step.output),
         error: opt_text(&step.error),
         blame: step.blame.clone(),
         logs: json(&Value::from(step.logs.clone())),
@@ -274,19 +287,20 @@ fn record_vals(
     new: Option<&NewRun>,
     steps: &[StepRecord],
     run: &RunUpdate,
+    enc: &mut Encoder<'_>,
 ) -> RecordVals {
     let same = steps.last().and_then(|s| s.output.as_ref()) == Some(&run.state);
-    let steps: Vec<StepVals> = steps.iter().map(step_vals).collect();
+    let steps: Vec<StepVals> = steps.iter().map(|s| step_vals(s, enc)).collect();
     let state = match steps.last().and_then(|s| s.output.as_ref()) {
         Some(text) if same => text.clone(),
-        _ => json(&run.state),
+        _ => enc.json(&run.state),
     };
     let output = match &run.output {
         Some(o) if *o == run.state => Some(state.clone()),
-        o => opt_json(o),
+        o => enc.opt_json(o),
     };
     RecordVals {
-        create: new.map(create_vals),
+        create: new.map(|n| create_vals(n, enc)),
         steps,
         run: RunVals {
             run_id: run_id.to_owned(),
@@ -310,8 +324,10 @@ const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, 
 
 impl Store for SqliteStore {
     async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let mut enc = Encoder::new(&run.id, &self.known);
+        let vals = create_vals(run, &mut enc);
         self.group
-            .write(Write::Create(Box::new(create_vals(run))))
+            .write(Write::Create(Box::new(vals)), enc.chunks)
             .await
     }
 
@@ -330,10 +346,10 @@ impl Store for SqliteStore {
         else {
             return Ok(());
         };
+        let mut enc = Encoder::new(run_id, &self.known);
+        let vals = record_vals(run_id, new, steps, run, &mut enc);
         self.group
-            .write(Write::Record(Box::new(record_vals(
-                run_id, new, steps, run,
-            ))))
+            .write(Write::Record(Box::new(vals)), enc.chunks)
             .await
     }
 
@@ -343,6 +359,7 @@ impl Store for SqliteStore {
         state: &Value,
         wait: &Wait,
     ) -> Result<bool, StoreError> {
+        let mut enc = Encoder::new(&wait.run_id, &self.known);
         let record = step.map(|s| {
             record_vals(
                 &s.run_id,
@@ -357,15 +374,20 @@ impl Store for SqliteStore {
                     error_step: None,
                     ended_at: None,
                 },
+                &mut enc,
             )
         });
+        let state = enc.json(state);
         self.group
-            .write(Write::Suspend(Box::new(SuspendVals {
-                record,
-                state: json(state),
-                wait: wait.clone(),
-                correlation: json(&wait.correlation),
-            })))
+            .write(
+                Write::Suspend(Box::new(SuspendVals {
+                    record,
+                    state,
+                    wait: wait.clone(),
+                    correlation: json(&wait.correlation),
+                })),
+                enc.chunks,
+            )
             .await?;
         Ok(self.status_of(&wait.run_id).await? == Some(RunStatus::Waiting))
     }
@@ -405,7 +427,11 @@ impl Store for SqliteStore {
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
-        let done = update(run, run_id).execute(&self.pool).await?;
+        let mut enc = Encoder::new(run_id, &self.known);
+        let state = enc.json(&run.state);
+        let output = enc.opt_json(&run.output);
+        let q = bind_run(sqlx::query(UPDATE_RUN), run, state, output).bind(run_id);
+        let done = self.with_values(enc.chunks, q).await?;
         if done.rows_affected() != 1 {
             // A cancelled run keeps its status; any other miss is no run.
             return match self.status_of(run_id).await? {
@@ -465,12 +491,12 @@ impl Store for SqliteStore {
     }
 
     async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE runs SET status = 'running', state = ?, error = NULL, error_step = NULL, updated_at = ? WHERE id = ? AND status = 'incident'")
-            .bind(json(state))
+        let mut enc = Encoder::new(run_id, &self.known);
+        let q = sqlx::query("UPDATE runs SET status = 'running', state = ?, error = NULL, error_step = NULL, updated_at = ? WHERE id = ? AND status = 'incident'")
+            .bind(enc.json(state))
             .bind(crate::now_micros())
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
+            .bind(run_id);
+        let done = self.with_values(enc.chunks, q).await?;
         if done.rows_affected() == 1 {
             return Ok(());
         }
@@ -609,7 +635,13 @@ impl Store for SqliteStore {
             .bind(crate::now_micros())
             .execute(&mut *tx)
             .await?;
-        claimed_with_runs(tx, done.rows_affected() == 1, std::slice::from_ref(run)).await
+        claimed_with_runs(
+            &self.known,
+            tx,
+            done.rows_affected() == 1,
+            std::slice::from_ref(run),
+        )
+        .await
     }
 
     async fn poll_snapshot(&self, flow_id: &str) -> Result<(i64, Option<Value>), StoreError> {
@@ -654,7 +686,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?
         };
-        claimed_with_runs(tx, moved.rows_affected() == 1, runs).await
+        claimed_with_runs(&self.known, tx, moved.rows_affected() == 1, runs).await
     }
 
     async fn seen_event(&self, source: &str, id: &str) -> Result<Option<SeenEvent>, StoreError> {
@@ -696,7 +728,7 @@ impl Store for SqliteStore {
             .bind(json(answer))
             .execute(&mut *tx)
             .await?;
-        claimed_with_runs(tx, done.rows_affected() == 1, runs).await
+        claimed_with_runs(&self.known, tx, done.rows_affected() == 1, runs).await
     }
 
     async fn last_fire(&self, flow_id: &str) -> Result<Option<i64>, StoreError> {
@@ -729,20 +761,49 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let steps = sqlx::query(
+        let step_rows = sqlx::query(
             "SELECT run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at FROM run_steps WHERE run_id = ? ORDER BY seq",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(rows::step)
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(rows::detail(&row, steps)?))
+        .await?;
+        let roots = rows::roots(&row, &step_rows)?;
+        let values = Loaded::load(roots, |hash| async move {
+            let row = sqlx::query("SELECT body FROM run_values WHERE run_id = ? AND hash = ?")
+                .bind(run_id)
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(|r| r.try_get("body")).transpose()?)
+        })
+        .await?;
+        let steps = step_rows
+            .iter()
+            .map(|r| rows::step(r, &values))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(rows::detail(&row, steps, &values)?))
     }
 }
 
 impl SqliteStore {
+    /// Run `q` after writing `values` (the nodes of the large values it
+    /// names), in one transaction when there are any.
+    async fn with_values(
+        &self,
+        values: Vec<Chunk>,
+        q: Query<'_>,
+    ) -> Result<sqlx::sqlite::SqliteQueryResult, StoreError> {
+        if values.is_empty() {
+            return Ok(q.execute(&self.pool).await?);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        insert_values(&mut tx, &values).await?;
+        let done = q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        self.known.remember(&values);
+        Ok(done)
+    }
+
     /// Why a status change guarded by the run's status did not happen: no
     /// such run, or `refusal` with the status it is in.
     async fn refused(
@@ -769,29 +830,30 @@ impl SqliteStore {
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
-/// Bind a run's new position, in the order both statements list it.
-fn bind_run<'q>(q: Query<'q>, run: &'q RunUpdate, state: String) -> Query<'q> {
+/// Bind a run's new position (its state and output written already).
+fn bind_run<'q>(
+    q: Query<'q>,
+    run: &'q RunUpdate,
+    state: String,
+    output: Option<String>,
+) -> Query<'q> {
     q.bind(run.status.as_str())
         .bind(state)
         .bind(&run.next_step)
-        .bind(opt_json(&run.output))
+        .bind(output)
         .bind(opt_text(&run.error))
         .bind(&run.error_step)
         .bind(run.ended_at)
         .bind(crate::now_micros())
 }
 
-fn update<'q>(run: &'q RunUpdate, run_id: &'q str) -> Query<'q> {
-    bind_run(sqlx::query(UPDATE_RUN), run, json(&run.state)).bind(run_id)
-}
-
 /// A new run's values, ready to bind.
-fn create_vals(run: &NewRun) -> CreateVals {
+fn create_vals(run: &NewRun, enc: &mut Encoder<'_>) -> CreateVals {
     CreateVals {
         id: run.id.clone(),
         flow_id: run.flow_id.clone(),
-        trigger: json(&run.trigger),
-        input: json(&run.input),
+        trigger: enc.json(&run.trigger),
+        input: enc.json(&run.input),
         next_step: run.next_step.clone(),
         started_at: run.started_at,
         flow_version: run.flow_version.clone(),

@@ -51,6 +51,79 @@ fn running(state: serde_json::Value, next: Option<&str>) -> RunUpdate {
     }
 }
 
+/// A value whose JSON text is about `n` times 100 bytes.
+fn big_items(n: usize, tag: &str) -> serde_json::Value {
+    serde_json::Value::Array(
+        (0..n)
+            .map(|i| json!({"sku": format!("{tag}-{i:07}"), "qty": i % 7, "note": "an item, \"quoted\" {and} [bracketed]", "f": 1.5}))
+            .collect(),
+    )
+}
+
+/// Large values (kept once per run, in parts) read back exactly as they
+/// were written, through every way a run's values are written.
+async fn large_values<S: Store>(store: &S) {
+    let items = big_items(3000, "A");
+    let mut run = new_run("large");
+    run.trigger = json!({"body": {"orderId": "L-1", "items": items}}).into();
+    run.input = json!({"orderId": "L-1", "items": items});
+    let first_out = json!({"orderId": "L-1", "items": items, "count": 3000});
+    let mut s0 = step(&run.id, 0, true);
+    s0.input = run.input.clone();
+    s0.options = json!({"value": {"items": items, "count": 3000}});
+    s0.result = Some(json!({"items": items, "count": 3000}));
+    s0.output = Some(first_out.clone());
+    let mut s1 = step(&run.id, 1, true);
+    s1.input = first_out.clone();
+    let second_out =
+        json!({"orderId": "L-1", "items": items, "count": 3000, "more": big_items(2000, "B")});
+    s1.result = Some(json!({"more": big_items(2000, "B")}));
+    s1.output = Some(second_out.clone());
+    store
+        .record_steps(
+            Some(&run),
+            &[s0.clone(), s1.clone()],
+            &running(second_out.clone(), Some("wait")),
+        )
+        .await
+        .unwrap();
+    // Suspended with a new large state, then ended with a large output.
+    let waiting = json!({"all": [second_out, big_items(1500, "C")]});
+    let wait = wait_of(&run, WaitKind::Sleep, None);
+    assert!(store.suspend(None, &waiting, &wait).await.unwrap());
+    let got = store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(got.state, waiting);
+    assert!(store.claim_wait(&run.id).await.unwrap().is_some());
+    let end = RunUpdate {
+        status: RunStatus::Incident,
+        output: Some(json!({"out": big_items(1200, "D")})),
+        error: Some("stopped".into()),
+        ..running(json!({"s": big_items(1100, "E")}), None)
+    };
+    store.update_run(&run.id, &end).await.unwrap();
+    let resumed = json!({"fixed": big_items(1300, "F"), "items": items});
+    store.resume_run(&run.id, &resumed).await.unwrap();
+    let got = store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(got.trigger, *run.trigger);
+    assert_eq!(got.input, run.input);
+    assert_eq!(got.state, resumed);
+    assert_eq!(got.output, end.output);
+    assert_eq!(got.steps.len(), 2);
+    for (got, want) in got.steps.iter().zip([&s0, &s1]) {
+        assert_eq!(got.options, want.options);
+        assert_eq!(got.input, want.input);
+        assert_eq!(got.result, want.result);
+        assert_eq!(got.output, want.output);
+    }
+    // A run started by a claim (a schedule's fire) keeps a large input too.
+    let mut fired = new_run("large-fire");
+    fired.input = json!({"items": big_items(2500, "G")});
+    assert!(store.claim_fire("large-fire", 1, &fired).await.unwrap());
+    let got = store.get_run(&fired.id).await.unwrap().unwrap();
+    assert_eq!(got.input, fired.input);
+    assert_eq!(got.state, fired.input);
+}
+
 async fn suite<S: Store>(store: &S) {
     // A run with two steps, then success.
     let run = new_run("orders");
@@ -800,6 +873,7 @@ async fn sqlite_memory_passes_the_suite() {
     batches(&store).await;
     tokens(&store).await;
     audit(&store).await;
+    large_values(&store).await;
 }
 
 #[tokio::test]
@@ -898,6 +972,49 @@ async fn sqlite_file_wal_stays_bounded_while_runs_are_written() {
     assert_eq!(runs.len(), 2000);
 }
 
+/// A run's record costs about its distinct data: a 1 MB value handed on
+/// by 8 steps (each adding a field) and kept as the run's state grows
+/// the store file by less than the value's own size.
+#[tokio::test]
+async fn sqlite_file_keeps_a_large_value_once_per_run() {
+    let path = temp_db("large");
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let size = |p: &std::path::Path| {
+        ["db", "db-wal"]
+            .iter()
+            .map(|e| std::fs::metadata(p.with_extension(e)).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let before = size(&path);
+    let mut run = new_run("large");
+    let mut state = json!({"items": big_items(15_000, "A")});
+    let text = serde_json::to_string(&state).unwrap().len() as u64;
+    assert!(text > 1_000_000, "{text}");
+    run.input = state.clone();
+    store.create_run(&run).await.unwrap();
+    for seq in 0..8 {
+        let mut s = step(&run.id, seq, true);
+        s.input = state.clone();
+        state[format!("f{seq}")] = json!(seq);
+        s.options = json!({"value": {"items": state["items"]}});
+        s.result = Some(json!({"items": state["items"]}));
+        s.output = Some(state.clone());
+        store
+            .record_steps(None, &[s], &running(state.clone(), Some("next")))
+            .await
+            .unwrap();
+    }
+    let grown = size(&path) - before;
+    assert!(
+        grown < text,
+        "the store grew by {grown} bytes for a value of {text}"
+    );
+    let got = store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(got.state, state);
+    assert_eq!(got.steps.len(), 8);
+    assert_eq!(got.steps[7].output.as_ref(), Some(&state));
+}
+
 /// A fresh database on the PostgreSQL server of `SLUICE_TEST_POSTGRES_URL`
 /// (dropped by the caller), or `None` when the variable is not set (a
 /// failure under CI).
@@ -934,6 +1051,7 @@ async fn postgres_passes_the_suite() {
     batches(&store).await;
     tokens(&store).await;
     audit(&store).await;
+    large_values(&store).await;
     // Opened again (as another process would), it finds its tables made.
     let again = sluice_store::PgStore::open(&url).await.unwrap();
     assert_eq!(

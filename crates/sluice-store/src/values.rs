@@ -1,0 +1,427 @@
+//! Large values kept once per run, compressed.
+//!
+//! A run's record holds the same data many times over: the trigger is the
+//! first step's input, a step's output the next one's input and the run's
+//! state, and a state that grows by a field still holds everything it held.
+//! A value whose JSON text is at least [`LARGE`] bytes is therefore written
+//! as a tree of *nodes*: every array or object inside it whose text is that
+//! long (after its own large parts were taken out) becomes a node of its
+//! own, and the column holds `@` and the hexadecimal SHA-256 of the root
+//! node. A node is its text with each large part replaced by `null`, and a
+//! table of where those parts go and which nodes they are. Nodes are kept
+//! in `run_values`, one row per run and node (whatever refers to it),
+//! compressed with LZ4; so a run costs about its distinct data, however
+//! many steps pass it on.
+//!
+//! Reading a value back puts the text together again, byte for byte what
+//! it was, and parses it once. Smaller values are written as JSON text in
+//! their column, as they always were.
+
+use crate::StoreError;
+use crate::scrub;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// The length of JSON text from which a value, or a part of one, is kept
+/// as a node.
+pub(crate) const LARGE: usize = 64 * 1024;
+
+/// A node's name: the SHA-256 of its bytes (which name its parts').
+pub(crate) type Hash = [u8; 32];
+
+/// A node to write: the run it belongs to, its name, its bytes compressed.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) run_id: String,
+    pub(crate) hash: Hash,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Nodes known to be written (committed) for a run, so that they are not
+/// compressed and sent again; per store. Forgotten wholesale when it grows
+/// large: a forgotten node is only written again (and ignored).
+#[derive(Debug, Default)]
+pub(crate) struct Known(Mutex<HashSet<Hash>>);
+
+/// How many nodes [`Known`] holds before it starts again.
+const KNOWN_MOST: usize = 1 << 16;
+
+fn known_key(run_id: &str, hash: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update(run_id.as_bytes());
+    h.update([0]);
+    h.update(hash);
+    h.finalize().into()
+}
+
+impl Known {
+    fn has(&self, run_id: &str, hash: &Hash) -> bool {
+        let key = known_key(run_id, hash);
+        self.0.lock().is_ok_and(|k| k.contains(&key))
+    }
+
+    /// `chunks` were committed.
+    pub(crate) fn remember(&self, chunks: &[Chunk]) {
+        if chunks.is_empty() {
+            return;
+        }
+        if let Ok(mut k) = self.0.lock() {
+            if k.len() + chunks.len() > KNOWN_MOST {
+                k.clear();
+            }
+            k.extend(chunks.iter().map(|c| known_key(&c.run_id, &c.hash)));
+        }
+    }
+}
+
+/// Writes the values of one run as column texts, gathering the nodes of
+/// the large ones (cleaned of secrets first, as every written value).
+pub(crate) struct Encoder<'a> {
+    run_id: &'a str,
+    known: &'a Known,
+    pub(crate) chunks: Vec<Chunk>,
+}
+
+impl<'a> Encoder<'a> {
+    pub(crate) fn new(run_id: &'a str, known: &'a Known) -> Self {
+        Self {
+            run_id,
+            known,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// The column text of `v`.
+    pub(crate) fn json(&mut self, v: &Value) -> String {
+        let text = scrub::json(v);
+        if text.len() < LARGE {
+            return text;
+        }
+        let (nodes, root) = cut(text.as_bytes());
+        for (hash, node) in nodes {
+            if self.known.has(self.run_id, &hash) || self.chunks.iter().any(|c| c.hash == hash) {
+                continue;
+            }
+            self.chunks.push(Chunk {
+                run_id: self.run_id.to_owned(),
+                hash,
+                body: lz4_flex::compress_prepend_size(&node),
+            });
+        }
+        reference(&root)
+    }
+
+    /// The column text of `v`, if any.
+    pub(crate) fn opt_json(&mut self, v: &Option<Value>) -> Option<String> {
+        v.as_ref().map(|v| self.json(v))
+    }
+}
+
+/// The column text naming a root node.
+fn reference(hash: &Hash) -> String {
+    let mut s = String::with_capacity(65);
+    s.push('@');
+    for b in hash {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The root node a column text names, if it names one (JSON text never
+/// starts with `@`).
+pub(crate) fn referred(text: &str) -> Option<Hash> {
+    let hex = text.strip_prefix('@')?.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+        hash[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(hash)
+}
+
+/// The end (one past the closing quote) of the JSON string whose text
+/// starts at `from` (just after its opening quote).
+fn string_end(text: &[u8], mut from: usize) -> usize {
+    while let Some(i) = memchr::memchr2(b'"', b'\\', &text[from..]) {
+        let at = from + i;
+        if text[at] == b'"' {
+            return at + 1;
+        }
+        from = at + 2;
+        if from >= text.len() {
+            break;
+        }
+    }
+    text.len()
+}
+
+/// A node's bytes: the count of its parts, each part's place in its text
+/// and name, then the text.
+fn node_bytes(text: &[u8], holes: &[(usize, Hash)], base: usize) -> Vec<u8> {
+    let mut node = Vec::with_capacity(4 + holes.len() * 40 + text.len());
+    let count = u32::try_from(holes.len()).unwrap_or(u32::MAX);
+    node.extend_from_slice(&count.to_le_bytes());
+    for (at, hash) in holes {
+        node.extend_from_slice(&((at - base) as u64).to_le_bytes());
+        node.extend_from_slice(hash);
+    }
+    node.extend_from_slice(text);
+    node
+}
+
+/// The nodes of a large value's JSON text (parts before what holds them;
+/// the root last) and the root's name.
+fn cut(text: &[u8]) -> (Vec<(Hash, Vec<u8>)>, Hash) {
+    let mut buf = Vec::with_capacity(text.len().min(1 << 20));
+    let mut holes: Vec<(usize, Hash)> = Vec::new();
+    let mut opens: Vec<(usize, usize)> = Vec::new();
+    let mut nodes = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        match b {
+            b'"' => {
+                let end = string_end(text, i + 1);
+                buf.extend_from_slice(&text[i..end]);
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => {
+                opens.push((buf.len(), holes.len()));
+                buf.push(b);
+            }
+            b'}' | b']' => {
+                buf.push(b);
+                if let Some((start, first)) = opens.pop()
+                    && !opens.is_empty()
+                    && buf.len() - start >= LARGE
+                {
+                    let node = node_bytes(&buf[start..], &holes[first..], start);
+                    let hash: Hash = Sha256::digest(&node).into();
+                    nodes.push((hash, node));
+                    buf.truncate(start);
+                    holes.truncate(first);
+                    holes.push((start, hash));
+                    buf.extend_from_slice(b"null");
+                }
+            }
+            _ => buf.push(b),
+        }
+        i += 1;
+    }
+    let root = node_bytes(&buf, &holes, 0);
+    let hash: Hash = Sha256::digest(&root).into();
+    nodes.push((hash, root));
+    (nodes, hash)
+}
+
+/// Where a node's parts go in its text, and their names.
+type Parts = Vec<(usize, Hash)>;
+
+/// A node's parts and its text.
+fn parts(node: &[u8]) -> Option<(Parts, &[u8])> {
+    let count = u32::from_le_bytes(node.get(..4)?.try_into().ok()?) as usize;
+    let table = node.get(4..4 + count.checked_mul(40)?)?;
+    let parts = table
+        .chunks(40)
+        .map(|p| {
+            let at = usize::try_from(u64::from_le_bytes(p[..8].try_into().ok()?)).ok()?;
+            Some((at, p[8..].try_into().ok()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((parts, &node[4 + count * 40..]))
+}
+
+/// The nodes read for one record, by name (decompressed).
+#[derive(Default)]
+pub(crate) struct Loaded(HashMap<Hash, Vec<u8>>);
+
+impl Loaded {
+    /// Read the nodes `roots` name and all their parts, with `fetch`
+    /// (a node's compressed bytes, by name).
+    pub(crate) async fn load<F, Fut>(
+        roots: impl IntoIterator<Item = Hash>,
+        fetch: F,
+    ) -> Result<Self, StoreError>
+    where
+        F: Fn(Hash) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Vec<u8>>, StoreError>>,
+    {
+        let mut loaded = HashMap::new();
+        let mut wanted: Vec<Hash> = roots.into_iter().collect();
+        while let Some(hash) = wanted.pop() {
+            if loaded.contains_key(&hash) {
+                continue;
+            }
+            let missing = || {
+                StoreError::Corrupt(format!(
+                    "stored value {} is missing",
+                    &reference(&hash)[1..]
+                ))
+            };
+            let body = fetch(hash).await?.ok_or_else(missing)?;
+            let node = lz4_flex::decompress_size_prepended(&body).map_err(|e| {
+                StoreError::Corrupt(format!("stored value {}: {e}", &reference(&hash)[1..]))
+            })?;
+            let (p, _) = parts(&node).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "stored value {} is cut short",
+                    &reference(&hash)[1..]
+                ))
+            })?;
+            wanted.extend(p.into_iter().map(|(_, h)| h));
+            loaded.insert(hash, node);
+        }
+        Ok(Self(loaded))
+    }
+
+    /// The JSON text a column holds: itself, or the value it names put
+    /// together again.
+    pub(crate) fn text(&self, column: String) -> Result<String, StoreError> {
+        let Some(root) = referred(&column) else {
+            return Ok(column);
+        };
+        let mut out = Vec::new();
+        self.assemble(&root, &mut out, 0)?;
+        String::from_utf8(out).map_err(|e| StoreError::Corrupt(format!("stored value: {e}")))
+    }
+
+    fn assemble(&self, hash: &Hash, out: &mut Vec<u8>, depth: usize) -> Result<(), StoreError> {
+        let corrupt = || {
+            StoreError::Corrupt(format!(
+                "stored value {} is not whole",
+                &reference(hash)[1..]
+            ))
+        };
+        let node = self.0.get(hash).ok_or_else(corrupt)?;
+        let (parts, text) = parts(node).ok_or_else(corrupt)?;
+        if depth > 256 {
+            return Err(corrupt());
+        }
+        let mut from = 0;
+        for (at, part) in parts {
+            out.extend_from_slice(text.get(from..at).ok_or_else(corrupt)?);
+            self.assemble(&part, out, depth + 1)?;
+            from = at + 4;
+        }
+        out.extend_from_slice(text.get(from..).ok_or_else(corrupt)?);
+        Ok(())
+    }
+}
+
+/// The root nodes named by `texts` (columns that name one).
+pub(crate) fn roots<'t>(texts: impl IntoIterator<Item = Option<&'t str>>) -> Vec<Hash> {
+    texts.into_iter().flatten().filter_map(referred).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn big(n: usize) -> Value {
+        Value::Array(
+            (0..n)
+                .map(|i| json!({"sku": format!("SKU-{i:07}"), "qty": i % 7, "note": "a \"quoted\" {text} [here]\\"}))
+                .collect(),
+        )
+    }
+
+    async fn read_back(chunks: &[Chunk], text: String) -> String {
+        let by_hash: HashMap<Hash, Vec<u8>> =
+            chunks.iter().map(|c| (c.hash, c.body.clone())).collect();
+        let roots = roots([Some(text.as_str())]);
+        let loaded = Loaded::load(roots, |h| {
+            let b = by_hash.get(&h).cloned();
+            async move { Ok(b) }
+        })
+        .await
+        .expect("loads");
+        loaded.text(text).expect("whole")
+    }
+
+    #[tokio::test]
+    async fn a_large_value_reads_back_byte_for_byte_and_shares_its_parts() {
+        let known = Known::default();
+        let items = big(5000);
+        let a = json!({"orderId": "A", "items": items, "deep": {"more": big(3000)}});
+        let mut b = a.clone();
+        b["count"] = json!(5000);
+        let mut enc = Encoder::new("run-1", &known);
+        let ta = enc.json(&a);
+        let tb = enc.json(&b);
+        assert!(ta.starts_with('@') && tb.starts_with('@') && ta != tb);
+        // a: items, deep.more, root; b shares both parts: only its root is new
+        assert_eq!(enc.chunks.len(), 4, "{}", enc.chunks.len());
+        let text_a = read_back(&enc.chunks, ta).await;
+        assert_eq!(text_a, serde_json::to_string(&a).expect("text"));
+        let text_b = read_back(&enc.chunks, tb).await;
+        assert_eq!(text_b, serde_json::to_string(&b).expect("text"));
+        // once committed, nothing of either is sent again
+        known.remember(&enc.chunks);
+        let mut again = Encoder::new("run-1", &known);
+        again.json(&a);
+        assert!(again.chunks.is_empty());
+        // another run writes its own
+        let mut other = Encoder::new("run-2", &known);
+        other.json(&a);
+        assert_eq!(other.chunks.len(), 3);
+        let stored: usize = enc.chunks.iter().map(|c| c.body.len()).sum();
+        assert!(stored * 2 < text_a.len(), "{stored} for {}", text_a.len());
+    }
+
+    #[test]
+    fn small_values_stay_json_text() {
+        let known = Known::default();
+        let mut enc = Encoder::new("r", &known);
+        assert_eq!(enc.json(&json!({"a": "@x"})), r#"{"a":"@x"}"#);
+        assert_eq!(enc.json(&json!("@")), r#""@""#);
+        assert!(enc.chunks.is_empty());
+        assert_eq!(referred(r#""@""#), None);
+    }
+
+    #[tokio::test]
+    async fn a_large_string_or_flat_array_is_one_node() {
+        let known = Known::default();
+        for v in [json!("x".repeat(LARGE * 2)), json!(vec![1; LARGE])] {
+            let mut enc = Encoder::new("r", &known);
+            let t = enc.json(&v);
+            assert_eq!(enc.chunks.len(), 1);
+            assert_eq!(
+                read_back(&enc.chunks, t).await,
+                serde_json::to_string(&v).expect("text")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_broken_node_is_reported() {
+        let known = Known::default();
+        let mut enc = Encoder::new("r", &known);
+        let t = enc.json(&json!({"a": big(2000), "b": big(2100)}));
+        let first = enc.chunks[0].hash;
+        let r = Loaded::load(roots([Some(t.as_str())]), |h| {
+            let b = enc
+                .chunks
+                .iter()
+                .find(|c| c.hash == h && h != first)
+                .map(|c| c.body.clone());
+            async move { Ok(b) }
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Corrupt(m)) if m.contains("missing")));
+        let r = Loaded::load(roots([Some(t.as_str())]), |_| async {
+            Ok(Some(vec![1, 2, 3]))
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Corrupt(_))));
+    }
+}
