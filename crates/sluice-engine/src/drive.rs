@@ -46,7 +46,7 @@ impl Going<'_> {
     fn before(&self, step: &Step) -> RunUpdate {
         RunUpdate {
             status: RunStatus::Running,
-            state: Value::clone(&self.state),
+            state: self.state.clone(),
             next_step: Some(step.key.clone()),
             output: None,
             error: None,
@@ -154,8 +154,7 @@ impl<S: Store> Engine<S> {
         }
         // A flow always has a step; a run that had none ends as it began.
         if g.mode.recorded {
-            let state = Value::clone(&g.state);
-            let end = RunUpdate::ended(state.clone(), Some(state), None, None);
+            let end = RunUpdate::ended(g.state.clone(), Some(g.state.clone()), None, None);
             if !self.write_held(&mut g.held, None, &end).await? {
                 self.store.update_run(&g.run_id, &end).await?;
             }
@@ -190,7 +189,7 @@ impl<S: Store> Engine<S> {
                     step.key
                 );
                 let end = RunUpdate::ended(
-                    Value::clone(&g.state),
+                    g.state.clone(),
                     None,
                     Some(message.clone()),
                     Some(step.key.clone()),
@@ -260,11 +259,7 @@ impl<S: Store> Engine<S> {
             kind: step.kind.clone(),
             ok: outcome.is_ok(),
             options: Value::Null,
-            input: if rec {
-                Value::clone(&g.state)
-            } else {
-                Value::Null
-            },
+            input: if rec { g.state.clone() } else { Arc::default() },
             result: None,
             output: None,
             error: None,
@@ -378,12 +373,9 @@ impl<S: Store> Engine<S> {
         let rec = g.mode.recorded;
         g.seq += 1;
         g.attempt = 1;
-        // An unrecorded run keeps no step record: the result moves to the
-        // flow object.
-        let result = Lazy::new(match &done.result {
-            Some(r) if rec => r.clone(),
-            _ => done.result.take().unwrap_or(Value::Null),
-        });
+        // The result is shared by the flow object and the step's record.
+        let payload = done.result.take().map(Arc::new);
+        let result = Lazy::shared(payload.clone().unwrap_or_default());
         g.fo.entries.insert(step.key.clone(), result.clone());
         if let Some(t) = &done.tokens {
             g.fo.add_tokens(t);
@@ -416,7 +408,7 @@ impl<S: Store> Engine<S> {
             return Box::pin(self.failed(g, step, failed, record, pure)).await;
         }
         record.options = done.options;
-        record.result = done.result;
+        record.result = payload;
         record.logs = done.logs;
         if let Some(items) = done.items {
             let r = self
@@ -436,16 +428,16 @@ impl<S: Store> Engine<S> {
         let finished = pos.is_none();
         if rec {
             let state = &g.state;
-            record.output = Some(Value::clone(state));
+            record.output = Some(state.clone());
             let update = RunUpdate {
                 status: if finished {
                     RunStatus::Succeeded
                 } else {
                     RunStatus::Running
                 },
-                state: Value::clone(state),
+                state: state.clone(),
                 next_step: pos.map(|j| g.flow.steps[j].key.clone()),
-                output: finished.then(|| Value::clone(state)),
+                output: finished.then(|| state.clone()),
                 error: None,
                 error_step: None,
                 ended_at: finished.then(now_micros),
@@ -523,7 +515,7 @@ impl<S: Store> Engine<S> {
         if rec {
             let update = RunUpdate {
                 status,
-                state: Value::clone(&g.state),
+                state: g.state.clone(),
                 next_step: if incident {
                     Some(step.key.clone())
                 } else {

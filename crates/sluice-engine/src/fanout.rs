@@ -66,7 +66,7 @@ impl<S: Store> Engine<S> {
                             id: child_id.clone(),
                             flow_id: flow.id.clone(),
                             trigger: fo.trigger.clone(),
-                            input: state.clone(),
+                            input: Arc::new(state.clone()),
                             next_step: Some(flow.steps[start].key.clone()),
                             started_at: now_micros(),
                             flow_version: Some(flow.version.clone()),
@@ -145,7 +145,7 @@ impl<S: Store> Engine<S> {
                     failures.join("; ")
                 )
             });
-            let output = Value::Array(outputs);
+            let output = Arc::new(Value::Array(outputs));
             if rec {
                 self.store
                     .update_run(
@@ -161,14 +161,18 @@ impl<S: Store> Engine<S> {
             }
             Ok(RunResult {
                 wait: None,
-                last: if ok { output.clone() } else { Value::Null },
+                last: if ok {
+                    Value::clone(&output)
+                } else {
+                    Value::Null
+                },
                 run_id,
                 status: if ok {
                     RunStatus::Succeeded
                 } else {
                     RunStatus::Failed
                 },
-                output: ok.then_some(output),
+                output: ok.then(|| Arc::unwrap_or_clone(output)),
                 failure: message.map(|m| StepFailure {
                     step: step.key.clone(),
                     message: m,

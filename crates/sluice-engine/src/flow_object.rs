@@ -104,19 +104,24 @@ pub(crate) fn env_of(flow: &Flow) -> Lazy {
 /// `$last` or a step's result in the flow object: JSON, converted for jq
 /// the first time a program reads it (most are never read: converting
 /// every step's result was a good part of an import's work per record).
+/// The JSON is shared with the step's record, not copied.
 #[derive(Clone)]
-pub(crate) struct Lazy(Arc<(Value, std::sync::OnceLock<Val>)>);
+pub(crate) struct Lazy(Arc<Value>, Arc<std::sync::OnceLock<Val>>);
 
 impl Lazy {
     pub(crate) fn new(v: Value) -> Self {
-        Self(Arc::new((v, std::sync::OnceLock::new())))
+        Self::shared(Arc::new(v))
+    }
+
+    pub(crate) fn shared(v: Arc<Value>) -> Self {
+        Self(v, Arc::default())
     }
 
     pub(crate) fn json(&self) -> &Value {
-        &self.0.0
+        &self.0
     }
 
     pub(crate) fn val(&self) -> Val {
-        self.0.1.get_or_init(|| to_val(&self.0.0)).clone()
+        self.1.get_or_init(|| to_val(&self.0)).clone()
     }
 }

@@ -801,7 +801,7 @@ impl<S: Store> Engine<S> {
                 id: run_id.clone(),
                 flow_id: flow.id.clone(),
                 trigger: Arc::new(json!({"records": setup.source, "from": setup.start + 1})),
-                input: Value::Null,
+                input: Arc::default(),
                 next_step: None,
                 started_at: now_micros(),
                 flow_version: Some(flow.version.clone()),
@@ -869,7 +869,12 @@ impl<S: Store> Engine<S> {
         self.store
             .update_run(
                 &run_id,
-                &RunUpdate::ended(Value::Null, Some(summary.to_json()), error, None),
+                &RunUpdate::ended(
+                    Arc::default(),
+                    Some(Arc::new(summary.to_json())),
+                    error,
+                    None,
+                ),
             )
             .await?;
         Ok(summary)

@@ -88,7 +88,7 @@ pub const MAX_FLOW_DEPTH: u64 = 32;
 pub struct Started {
     pub(crate) run_id: String,
     pub(crate) fo: FlowObject,
-    pub(crate) input: Value,
+    pub(crate) input: std::sync::Arc<Value>,
     /// The run's record, when it is not in the store yet.
     pub(crate) new: Option<Box<NewRun>>,
     /// Taken before the run is recorded, so that a cancel that finds the

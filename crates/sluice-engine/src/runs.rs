@@ -95,6 +95,7 @@ impl<S: Store> Engine<S> {
             .map_err(EngineError::Event)?;
         }
         self.save_version(flow).await?;
+        let input = Arc::new(input);
         let new = NewRun {
             id: run_id.clone(),
             flow_id: flow.id.clone(),
@@ -133,7 +134,7 @@ impl<S: Store> Engine<S> {
             driving: Some(driving),
             ..Cursor::new(run_id)
         };
-        self.drive(flow, cursor, fo, Arc::new(input), 0, 0, Mode::RECORDED)
+        self.drive(flow, cursor, fo, input, 0, 0, Mode::RECORDED)
             .await
     }
 
@@ -211,7 +212,7 @@ impl<S: Store> Engine<S> {
                 .update_run(
                     run_id,
                     &RunUpdate::ended(
-                        detail.state.clone(),
+                        Arc::new(detail.state.clone()),
                         None,
                         Some(message.clone()),
                         last.clone(),
@@ -352,7 +353,8 @@ impl<S: Store> Engine<S> {
                     message: e.message,
                 })?;
             if let Some(output) = done {
-                let end = RunUpdate::ended(output.clone(), Some(output.clone()), None, None);
+                let shared = Arc::new(output.clone());
+                let end = RunUpdate::ended(shared.clone(), Some(shared), None, None);
                 self.store.update_run(&cursor.run_id, &end).await?;
                 let mut r = RunResult::ended(cursor.run_id, RunStatus::Succeeded, &fo, true);
                 r.output = Some(output);
@@ -411,11 +413,11 @@ impl<S: Store> Engine<S> {
             if retried {
                 continue;
             }
-            let v = Lazy::new(if r.ok {
-                r.result.clone().unwrap_or(Value::Null)
+            let v = if r.ok {
+                Lazy::shared(r.result.clone().unwrap_or_default())
             } else {
-                json!({"error": r.error})
-            });
+                Lazy::new(json!({"error": r.error}))
+            };
             fo.entries.insert(r.step_key.clone(), v.clone());
             fo.last = v;
             if r.ok

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sluice_action::batch::InBatch;
 use sluice_action::hooks::DataHooks;
 use sluice_action::{ActionCx, ActionError, Blame, Effect, Outcome};
-use sluice_expr::{Limits, merge};
+use sluice_expr::{Limits, merge_ref};
 use sluice_model::{Flow, Next, Step, UnmappedResults};
 use sluice_store::Store;
 use std::borrow::Cow;
@@ -476,21 +476,25 @@ impl Settle<'_> {
         };
         // A `results` filter that selects nothing (no output, or null)
         // leaves nothing to merge, like the state filters.
+        // The result is kept for the step's record: merged by reference,
+        // only what the state data gains is copied.
         let result = match &step.action_filter.results {
-            None => Some(p.clone()),
+            None => Some(Cow::Borrowed(p)),
             Some(prog) => eval(prog, p, fo, limits)
                 .map_err(|m| self.fail(format!("actionDataFilter.results: {m}"), false))?
-                .filter(|v| !v.is_null()),
+                .filter(|v| !v.is_null())
+                .map(Cow::Owned),
         };
         let mut doc = self.data.clone();
         match (result, &step.action_filter.to_state_data) {
             (None, _) => {}
             (Some(result), None) => {
-                merge(&mut doc, result, ".").map_err(|e| self.fail(e.to_string(), false))?;
+                merge_ref(&mut doc, &result, ".").map_err(|e| self.fail(e.to_string(), false))?;
             }
             (Some(result), Some((text, path))) => {
                 let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
-                merge(&mut target, result, text).map_err(|e| self.fail(e.to_string(), false))?;
+                merge_ref(&mut target, &result, text)
+                    .map_err(|e| self.fail(e.to_string(), false))?;
                 path.set(&mut doc, target);
             }
         }

@@ -491,7 +491,7 @@ async fn a_wait_suspends_until_its_event_and_merges_it() {
         Some(json!({"id": "o-7", "paid": 12, "note": "paid 12"}))
     );
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
-    assert_eq!(d.steps[0].result, Some(event));
+    assert_eq!(d.steps[0].result.as_deref(), Some(&event));
 }
 
 #[tokio::test]
@@ -554,7 +554,7 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
         id: format!("{pid}-call-1"),
         flow_id: "double".into(),
         trigger: json!({}).into(),
-        input: json!({}),
+        input: json!({}).into(),
         next_step: None,
         started_at: sluice_store::now_micros(),
         flow_version: None,
@@ -565,7 +565,12 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
     s.store
         .update_run(
             &existing.id,
-            &sluice_store::RunUpdate::ended(json!({}), Some(json!({"n": 2})), None, None),
+            &sluice_store::RunUpdate::ended(
+                json!({}).into(),
+                Some(json!({"n": 2}).into()),
+                None,
+                None,
+            ),
         )
         .await
         .unwrap();

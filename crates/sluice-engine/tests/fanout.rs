@@ -52,7 +52,7 @@ async fn each_item_is_a_linked_run_with_its_own_log() {
         1,
         "the parent's log holds the step that fanned out"
     );
-    assert_eq!(parent.steps[0].result, Some(json!([1, 2, 3])));
+    assert_eq!(parent.steps[0].result.as_deref(), Some(&json!([1, 2, 3])));
     assert!(
         parent
             .summary

@@ -33,7 +33,7 @@ fn ddl(backend: &str, table: &str) -> String {
 fn at_more(state: Value) -> RunUpdate {
     RunUpdate {
         status: RunStatus::Running,
-        state,
+        state: state.into(),
         next_step: Some("more".into()),
         output: None,
         error: None,

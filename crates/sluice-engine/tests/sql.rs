@@ -1130,7 +1130,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
                 &id,
                 &RunUpdate {
                     status: RunStatus::Running,
-                    state: input.clone(),
+                    state: input.clone().into(),
                     next_step: Some("one".into()),
                     output: None,
                     error: None,
@@ -1161,7 +1161,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
             kind: "envelope".into(),
             ok: false,
             options: Value::Null,
-            input: input.clone(),
+            input: input.clone().into(),
             result: None,
             output: None,
             error: Some("database is locked".into()),
@@ -1172,7 +1172,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
         };
         let at_two = RunUpdate {
             status: RunStatus::Running,
-            state: input.clone(),
+            state: input.clone().into(),
             next_step: Some("two".into()),
             output: None,
             error: None,

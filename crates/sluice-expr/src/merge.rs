@@ -17,7 +17,8 @@
 //! same hash are compared.
 
 use crate::value::kind;
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -38,7 +39,16 @@ pub struct MergeError {
 /// Merge `incoming` into `target`; `path` names the target in errors.
 pub fn merge(target: &mut Value, incoming: Value, path: &str) -> Result<(), MergeError> {
     fits(target, &incoming, path)?;
-    merge_below(target, incoming);
+    merge_below(target, Cow::Owned(incoming));
+    Ok(())
+}
+
+/// [`merge`] of a value the caller keeps: only what `target` gains is
+/// copied (a result merged into state data that holds it already copies
+/// nothing).
+pub fn merge_ref(target: &mut Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
+    fits(target, incoming, path)?;
+    merge_below(target, Cow::Borrowed(incoming));
     Ok(())
 }
 
@@ -58,26 +68,54 @@ pub fn fits(target: &Value, incoming: &Value, path: &str) -> Result<(), MergeErr
     }
 }
 
-fn merge_below(target: &mut Value, incoming: Value) {
+/// The entries of an object, owned or borrowed.
+fn entries<'a>(
+    m: Cow<'a, Map<String, Value>>,
+) -> Box<dyn Iterator<Item = (Cow<'a, str>, Cow<'a, Value>)> + 'a> {
+    match m {
+        Cow::Owned(m) => Box::new(m.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))),
+        Cow::Borrowed(m) => Box::new(
+            m.iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v))),
+        ),
+    }
+}
+
+/// The elements of an array, owned or borrowed.
+fn elements<'a>(a: Cow<'a, [Value]>) -> Box<dyn Iterator<Item = Cow<'a, Value>> + 'a> {
+    match a {
+        Cow::Owned(a) => Box::new(a.into_iter().map(Cow::Owned)),
+        Cow::Borrowed(a) => Box::new(a.iter().map(Cow::Borrowed)),
+    }
+}
+
+fn merge_below(target: &mut Value, incoming: Cow<'_, Value>) {
     match (target, incoming) {
-        (Value::Object(t), Value::Object(i)) => {
-            for (k, v) in i {
-                match t.get_mut(&k) {
-                    Some(existing) => merge_below(existing, v),
-                    None => {
-                        t.insert(k, v);
-                    }
-                }
+        (Value::Object(t), Cow::Owned(Value::Object(i))) => merge_objects(t, Cow::Owned(i)),
+        (Value::Object(t), Cow::Borrowed(Value::Object(i))) => merge_objects(t, Cow::Borrowed(i)),
+        (Value::Array(t), Cow::Owned(Value::Array(i))) => unique_concat(t, Cow::Owned(i)),
+        (Value::Array(t), Cow::Borrowed(Value::Array(i))) => {
+            unique_concat(t, Cow::Borrowed(i.as_slice()))
+        }
+        (t, i) => *t = i.into_owned(),
+    }
+}
+
+/// Every key of both; a key in both merges its two values.
+fn merge_objects(target: &mut Map<String, Value>, incoming: Cow<'_, Map<String, Value>>) {
+    for (k, v) in entries(incoming) {
+        match target.get_mut(k.as_ref()) {
+            Some(existing) => merge_below(existing, v),
+            None => {
+                target.insert(k.into_owned(), v.into_owned());
             }
         }
-        (Value::Array(t), Value::Array(i)) => unique_concat(t, i),
-        (t, i) => *t = i,
     }
 }
 
 /// Append each element of `incoming` that `target` (with the elements
 /// appended before it) does not hold, in order.
-fn unique_concat(target: &mut Vec<Value>, incoming: Vec<Value>) {
+fn unique_concat(target: &mut Vec<Value>, incoming: Cow<'_, [Value]>) {
     if incoming.is_empty() {
         return;
     }
@@ -86,12 +124,12 @@ fn unique_concat(target: &mut Vec<Value>, incoming: Vec<Value>) {
     for (at, v) in target.iter().enumerate() {
         seen.entry(hash_of(v)).or_default().push(at);
     }
-    for v in incoming {
+    for v in elements(incoming) {
         let h = hash_of(&v);
         let same = seen.entry(h).or_default();
         if !same.iter().any(|&at| json_eq(&target[at], &v)) {
             same.push(target.len());
-            target.push(v);
+            target.push(v.into_owned());
         }
     }
 }

@@ -390,7 +390,7 @@ impl<S: Store> Server<S> {
                         .update_run(
                             &r.id,
                             &RunUpdate::ended(
-                                detail.state,
+                                detail.state.into(),
                                 None,
                                 Some(format!("cannot continue after a restart: {message}")),
                                 detail.next_step,

@@ -189,7 +189,7 @@ pub(crate) async fn insert_run(
             u.next_step.clone(),
             n,
             crate::now_micros(),
-            enc.opt_json(&u.output),
+            enc.opt_json(u.output.as_deref()),
             opt_text(&u.error),
             u.error_step.clone(),
             u.ended_at,
@@ -243,8 +243,8 @@ pub(crate) async fn insert_steps(
         .bind(s.ok)
         .bind(enc.json(&s.options))
         .bind(enc.json(&s.input))
-        .bind(enc.opt_json(&s.result))
-        .bind(enc.opt_json(&s.output))
+        .bind(enc.opt_json(s.result.as_deref()))
+        .bind(enc.opt_json(s.output.as_deref()))
         .bind(opt_text(&s.error))
         .bind(&s.blame)
         .bind(json(&Value::from(s.logs.clone())))
@@ -279,7 +279,7 @@ pub(crate) async fn move_run(
     .bind(u.status.as_str())
     .bind(enc.json(&u.state))
     .bind(&u.next_step)
-    .bind(enc.opt_json(&u.output))
+    .bind(enc.opt_json(u.output.as_deref()))
     .bind(opt_text(&u.error))
     .bind(&u.error_step)
     .bind(u.ended_at)

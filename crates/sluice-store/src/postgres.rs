@@ -431,7 +431,7 @@ impl Store for PgStore {
                 insert_steps(&mut tx, std::slice::from_ref(s), &mut enc).await?;
                 let u = RunUpdate {
                     status: RunStatus::Waiting,
-                    state: state.clone(),
+                    state: std::sync::Arc::new(state.clone()),
                     next_step: Some(wait.step_key.clone()),
                     output: None,
                     error: None,

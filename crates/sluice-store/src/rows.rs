@@ -7,6 +7,7 @@ use crate::{
 };
 use serde_json::Value;
 use sqlx::Row;
+use std::sync::Arc;
 
 /// The columns a record is read from.
 pub(crate) trait Get {
@@ -127,9 +128,9 @@ pub(crate) fn step(r: &impl Get, values: &Loaded) -> Result<StepRecord, StoreErr
         kind: r.text("kind")?,
         ok: r.flag("ok")?,
         options: value(r, "options", "step options", values)?.unwrap_or(Value::Null),
-        input: value(r, "input", "step input", values)?.unwrap_or(Value::Null),
-        result: value(r, "result", "step result", values)?,
-        output: value(r, "output", "step output", values)?,
+        input: Arc::new(value(r, "input", "step input", values)?.unwrap_or(Value::Null)),
+        result: value(r, "result", "step result", values)?.map(Arc::new),
+        output: value(r, "output", "step output", values)?.map(Arc::new),
         error: r.opt_text("error")?,
         blame: r.opt_text("blame")?,
         logs: doc(r, "logs", "step logs")?

@@ -269,8 +269,8 @@ fn step_vals(step: &StepRecord, enc: &mut Encoder<'_>) -> StepVals {
         ok: step.ok,
         options: enc.json(&step.options),
         input: enc.json(&step.input),
-        result: enc.opt_json(&step.result),
-        output: enc.opt_json(&step.output),
+        result: enc.opt_json(step.result.as_deref()),
+        output: enc.opt_json(step.output.as_deref()),
         error: opt_text(&step.error),
         blame: step.blame.clone(),
         logs: json(&Value::from(step.logs.clone())),
@@ -297,7 +297,7 @@ fn record_vals(
     };
     let output = match &run.output {
         Some(o) if *o == run.state => Some(state.clone()),
-        o => enc.opt_json(o),
+        o => enc.opt_json(o.as_deref()),
     };
     RecordVals {
         create: new.map(|n| create_vals(n, enc)),
@@ -367,7 +367,7 @@ impl Store for SqliteStore {
                 std::slice::from_ref(s),
                 &RunUpdate {
                     status: RunStatus::Waiting,
-                    state: state.clone(),
+                    state: Arc::new(state.clone()),
                     next_step: Some(wait.step_key.clone()),
                     output: None,
                     error: None,
@@ -429,7 +429,7 @@ impl Store for SqliteStore {
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
         let mut enc = Encoder::new(run_id, &self.known);
         let state = enc.json(&run.state);
-        let output = enc.opt_json(&run.output);
+        let output = enc.opt_json(run.output.as_deref());
         let q = bind_run(sqlx::query(UPDATE_RUN), run, state, output).bind(run_id);
         let done = self.with_values(enc.chunks, q).await?;
         if done.rows_affected() != 1 {

@@ -74,8 +74,8 @@ pub struct NewRun {
     /// `$trigger` (shared with the run's flow object, which converts it
     /// for jq only when a program reads it).
     pub trigger: Arc<Value>,
-    /// The run's input state data.
-    pub input: Value,
+    /// The run's input state data (shared with the run's state).
+    pub input: Arc<Value>,
     /// The step it runs first.
     pub next_step: Option<String>,
     /// Start, in microseconds since the Unix epoch.
@@ -104,12 +104,14 @@ pub struct StepRecord {
     pub ok: bool,
     /// Options after templating.
     pub options: Value,
-    /// The step's input state data.
-    pub input: Value,
+    /// The step's input state data (shared with the run's state and the
+    /// step before's output: a step's values are never copied to be
+    /// recorded).
+    pub input: Arc<Value>,
     /// The action's result (`None`: no payload, or failed).
-    pub result: Option<Value>,
+    pub result: Option<Arc<Value>>,
     /// The state data the step handed on.
-    pub output: Option<Value>,
+    pub output: Option<Arc<Value>>,
     /// The error, when it failed.
     pub error: Option<String>,
     /// Who must act on the error (`flow`, `external`, `store`, `bug`).
@@ -128,11 +130,11 @@ pub struct RunUpdate {
     /// New status.
     pub status: RunStatus,
     /// Current state data.
-    pub state: Value,
+    pub state: Arc<Value>,
     /// The step to run next, if any.
     pub next_step: Option<String>,
     /// The run's output, once it succeeded.
-    pub output: Option<Value>,
+    pub output: Option<Arc<Value>>,
     /// The error that ended it.
     pub error: Option<String>,
     /// The step that failed.
@@ -145,8 +147,8 @@ impl RunUpdate {
     /// A run that ends now: succeeded when there is no `error`, failed
     /// otherwise (at `error_step`, if a step failed).
     pub fn ended(
-        state: Value,
-        output: Option<Value>,
+        state: Arc<Value>,
+        output: Option<Arc<Value>>,
         error: Option<String>,
         error_step: Option<String>,
     ) -> Self {

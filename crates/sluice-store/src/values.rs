@@ -114,8 +114,8 @@ impl<'a> Encoder<'a> {
     }
 
     /// The column text of `v`, if any.
-    pub(crate) fn opt_json(&mut self, v: &Option<Value>) -> Option<String> {
-        v.as_ref().map(|v| self.json(v))
+    pub(crate) fn opt_json(&mut self, v: Option<&Value>) -> Option<String> {
+        v.map(|v| self.json(v))
     }
 }
 

@@ -11,7 +11,7 @@ fn new_run(flow: &str) -> NewRun {
         id: new_run_id(),
         flow_id: flow.into(),
         trigger: json!({"body": {"a": 1}}).into(),
-        input: json!({"a": 1}),
+        input: json!({"a": 1}).into(),
         next_step: Some("first".into()),
         started_at: now_micros(),
         flow_version: Some("v1".into()),
@@ -28,9 +28,9 @@ fn step(run: &str, seq: i64, ok: bool) -> StepRecord {
         kind: "transform".into(),
         ok,
         options: json!({"value": {"n": seq}}),
-        input: json!({"a": 1}),
-        result: ok.then(|| json!({"n": seq})),
-        output: ok.then(|| json!({"a": 1, "n": seq})),
+        input: json!({"a": 1}).into(),
+        result: ok.then(|| json!({"n": seq}).into()),
+        output: ok.then(|| json!({"a": 1, "n": seq}).into()),
         error: (!ok).then(|| "boom".to_owned()),
         blame: (!ok).then(|| "flow".to_owned()),
         logs: vec!["hello".into()],
@@ -42,7 +42,7 @@ fn step(run: &str, seq: i64, ok: bool) -> StepRecord {
 fn running(state: serde_json::Value, next: Option<&str>) -> RunUpdate {
     RunUpdate {
         status: RunStatus::Running,
-        state,
+        state: state.into(),
         next_step: next.map(str::to_owned),
         output: None,
         error: None,
@@ -66,19 +66,19 @@ async fn large_values<S: Store>(store: &S) {
     let items = big_items(3000, "A");
     let mut run = new_run("large");
     run.trigger = json!({"body": {"orderId": "L-1", "items": items}}).into();
-    run.input = json!({"orderId": "L-1", "items": items});
+    run.input = json!({"orderId": "L-1", "items": items}).into();
     let first_out = json!({"orderId": "L-1", "items": items, "count": 3000});
     let mut s0 = step(&run.id, 0, true);
     s0.input = run.input.clone();
     s0.options = json!({"value": {"items": items, "count": 3000}});
-    s0.result = Some(json!({"items": items, "count": 3000}));
-    s0.output = Some(first_out.clone());
+    s0.result = Some(json!({"items": items, "count": 3000}).into());
+    s0.output = Some(first_out.clone().into());
     let mut s1 = step(&run.id, 1, true);
-    s1.input = first_out.clone();
+    s1.input = first_out.clone().into();
     let second_out =
         json!({"orderId": "L-1", "items": items, "count": 3000, "more": big_items(2000, "B")});
-    s1.result = Some(json!({"more": big_items(2000, "B")}));
-    s1.output = Some(second_out.clone());
+    s1.result = Some(json!({"more": big_items(2000, "B")}).into());
+    s1.output = Some(second_out.clone().into());
     store
         .record_steps(
             Some(&run),
@@ -96,7 +96,7 @@ async fn large_values<S: Store>(store: &S) {
     assert!(store.claim_wait(&run.id).await.unwrap().is_some());
     let end = RunUpdate {
         status: RunStatus::Incident,
-        output: Some(json!({"out": big_items(1200, "D")})),
+        output: Some(json!({"out": big_items(1200, "D")}).into()),
         error: Some("stopped".into()),
         ..running(json!({"s": big_items(1100, "E")}), None)
     };
@@ -105,9 +105,9 @@ async fn large_values<S: Store>(store: &S) {
     store.resume_run(&run.id, &resumed).await.unwrap();
     let got = store.get_run(&run.id).await.unwrap().unwrap();
     assert_eq!(got.trigger, *run.trigger);
-    assert_eq!(got.input, run.input);
+    assert_eq!(got.input, *run.input);
     assert_eq!(got.state, resumed);
-    assert_eq!(got.output, end.output);
+    assert_eq!(got.output.as_ref(), end.output.as_deref());
     assert_eq!(got.steps.len(), 2);
     for (got, want) in got.steps.iter().zip([&s0, &s1]) {
         assert_eq!(got.options, want.options);
@@ -117,11 +117,11 @@ async fn large_values<S: Store>(store: &S) {
     }
     // A run started by a claim (a schedule's fire) keeps a large input too.
     let mut fired = new_run("large-fire");
-    fired.input = json!({"items": big_items(2500, "G")});
+    fired.input = json!({"items": big_items(2500, "G")}).into();
     assert!(store.claim_fire("large-fire", 1, &fired).await.unwrap());
     let got = store.get_run(&fired.id).await.unwrap().unwrap();
-    assert_eq!(got.input, fired.input);
-    assert_eq!(got.state, fired.input);
+    assert_eq!(got.input, *fired.input);
+    assert_eq!(got.state, *fired.input);
 }
 
 async fn suite<S: Store>(store: &S) {
@@ -141,7 +141,7 @@ async fn suite<S: Store>(store: &S) {
         .unwrap();
     let done = RunUpdate {
         status: RunStatus::Succeeded,
-        output: Some(json!({"a": 1, "n": 1})),
+        output: Some(json!({"a": 1, "n": 1}).into()),
         ended_at: Some(now_micros()),
         ..running(json!({"a": 1, "n": 1}), None)
     };
@@ -471,7 +471,7 @@ async fn batches<S: Store + Clone>(store: &S) {
     let run = new_run("pure");
     let done = RunUpdate {
         status: RunStatus::Succeeded,
-        output: Some(json!({"a": 1, "n": 2})),
+        output: Some(json!({"a": 1, "n": 2}).into()),
         ended_at: Some(now_micros()),
         ..running(json!({"a": 1, "n": 2}), None)
     };
@@ -481,7 +481,7 @@ async fn batches<S: Store + Clone>(store: &S) {
     assert_eq!(d.summary.status, RunStatus::Succeeded);
     assert_eq!(d.summary.steps, 3);
     assert_eq!(d.steps.len(), 3);
-    assert_eq!(d.input, run.input);
+    assert_eq!(d.input, *run.input);
     assert_eq!(d.output, Some(json!({"a": 1, "n": 2})));
     assert_eq!(d.state, json!({"a": 1, "n": 2}));
     assert!(d.summary.ended_at.is_some());
@@ -520,7 +520,7 @@ async fn batches<S: Store + Clone>(store: &S) {
         let (s, id) = (store.clone(), r.id.clone());
         let end = RunUpdate {
             status: RunStatus::Succeeded,
-            output: Some(json!({"i": i})),
+            output: Some(json!({"i": i}).into()),
             ended_at: Some(now_micros()),
             ..running(json!({"i": i}), None)
         };
@@ -943,7 +943,7 @@ async fn sqlite_file_wal_stays_bounded_while_runs_are_written() {
         let run = new_run("wal");
         let done = RunUpdate {
             status: RunStatus::Succeeded,
-            output: Some(json!({"i": i})),
+            output: Some(json!({"i": i}).into()),
             ended_at: Some(now_micros()),
             ..running(json!({"i": i}), None)
         };
@@ -990,15 +990,15 @@ async fn sqlite_file_keeps_a_large_value_once_per_run() {
     let mut state = json!({"items": big_items(15_000, "A")});
     let text = serde_json::to_string(&state).unwrap().len() as u64;
     assert!(text > 1_000_000, "{text}");
-    run.input = state.clone();
+    run.input = state.clone().into();
     store.create_run(&run).await.unwrap();
     for seq in 0..8 {
         let mut s = step(&run.id, seq, true);
-        s.input = state.clone();
+        s.input = state.clone().into();
         state[format!("f{seq}")] = json!(seq);
         s.options = json!({"value": {"items": state["items"]}});
-        s.result = Some(json!({"items": state["items"]}));
-        s.output = Some(state.clone());
+        s.result = Some(json!({"items": state["items"]}).into());
+        s.output = Some(state.clone().into());
         store
             .record_steps(None, &[s], &running(state.clone(), Some("next")))
             .await
@@ -1012,7 +1012,7 @@ async fn sqlite_file_keeps_a_large_value_once_per_run() {
     let got = store.get_run(&run.id).await.unwrap().unwrap();
     assert_eq!(got.state, state);
     assert_eq!(got.steps.len(), 8);
-    assert_eq!(got.steps[7].output.as_ref(), Some(&state));
+    assert_eq!(got.steps[7].output.as_deref(), Some(&state));
 }
 
 /// A fresh database on the PostgreSQL server of `SLUICE_TEST_POSTGRES_URL`

@@ -30,7 +30,7 @@ pub fn case_of(run: &RunDetail, registry: &Registry, trigger_kind: &str, name: &
             continue;
         }
         let answer = if step.ok {
-            json!({"result": step.result.clone().unwrap_or(Value::Null)})
+            json!({"result": step.result.as_deref().unwrap_or(&Value::Null)})
         } else {
             let mut a = json!({"error": step.error.clone().unwrap_or_default()});
             if let Some(b) = &step.blame

@@ -188,15 +188,15 @@ impl Runner {
                 failures.push(format!("step `{}` did not run", s.key));
                 continue;
             };
-            let mut same = |what: &str, want: &Option<Value>, got: &Option<Value>| {
+            let mut same = |what: &str, want: &Option<Value>, got: Option<&Value>| {
                 if let Some(want) = want {
-                    for d in diff(want, got.as_ref().unwrap_or(&Value::Null)) {
+                    for d in diff(want, got.unwrap_or(&Value::Null)) {
                         failures.push(format!("step `{}` {what} {d}", s.key));
                     }
                 }
             };
-            same("result", &s.result, &rec.result);
-            same("output", &s.output, &rec.output);
+            same("result", &s.result, rec.result.as_deref());
+            same("output", &s.output, rec.output.as_deref());
             if let Some(want) = &s.error {
                 match &rec.error {
                     Some(got) if got.contains(want.as_str()) => {}
