@@ -69,12 +69,16 @@ pub(crate) struct Held {
 pub(crate) struct Mode<'a> {
     pub(crate) recorded: bool,
     pub(crate) batch: Option<InBatch<'a>>,
+    /// Whether the run's output is wanted (a record of an import that
+    /// writes nothing out keeps none: its last state data is not made).
+    pub(crate) output: bool,
 }
 
 impl Mode<'_> {
     pub(crate) const RECORDED: Mode<'static> = Mode {
         recorded: true,
         batch: None,
+        output: true,
     };
 }
 
@@ -89,6 +93,8 @@ pub(crate) struct StepCx<'a> {
     /// How deep in `flow` steps the run is.
     pub(crate) depth: u64,
     pub(crate) recorded: bool,
+    /// Whether the run's output is wanted (see [`Mode`]).
+    pub(crate) output: bool,
     /// The run's one transaction, under `transaction: flow`.
     pub(crate) flow_tx: Option<&'a sluice_action::FlowTx>,
 }

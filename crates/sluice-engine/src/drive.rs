@@ -242,6 +242,7 @@ impl<S: Store> Engine<S> {
                     batch: g.mode.batch,
                     depth: g.fo.depth,
                     recorded: rec,
+                    output: g.mode.output,
                     flow_tx: g.flow_tx.as_ref(),
                 };
                 self.step(g.flow, step, &g.state, &g.fo, scx).await

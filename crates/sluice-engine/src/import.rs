@@ -20,6 +20,7 @@
 
 use crate::cursor::{Cursor, Mode};
 use crate::flow_object::{FlowObject, Lazy};
+use crate::records_out::{OutLines, RecordsOut, lines_in};
 use crate::{Engine, EngineError};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -45,6 +46,8 @@ pub struct ImportOptions {
     /// Start from the first record even when an earlier import of the same
     /// file stopped, or finished.
     pub restart: bool,
+    /// Where each record's output goes (see `records_out.rs`), if anywhere.
+    pub output: Option<RecordsOut>,
 }
 
 impl Default for ImportOptions {
@@ -52,6 +55,7 @@ impl Default for ImportOptions {
         Self {
             chunk: 500,
             restart: false,
+            output: None,
         }
     }
 }
@@ -280,7 +284,7 @@ impl Records {
 /// it is not a record), and the number of records the import counts before
 /// it starts (the two agree: a resumed import skips by that count).
 pub fn read_records(path: &Path) -> Result<(u64, Vec<Result<Value, String>>), ImportError> {
-    let (_, count) = scan(path)?;
+    let (_, count) = scan(path, false)?;
     let mut records = Records::open(path)?;
     let mut out = Vec::new();
     while let Some(raw) = records.next_raw()? {
@@ -289,22 +293,25 @@ pub fn read_records(path: &Path) -> Result<(u64, Vec<Result<Value, String>>), Im
     Ok((count, out))
 }
 
-/// The file's hash (FNV-1a, 64 bits) and its number of records.
-fn scan(path: &Path) -> Result<(String, u64), ImportError> {
+/// The file's hash (FNV-1a, 64 bits; only for an import that keeps its
+/// position, `hashed`) and its number of records.
+fn scan(path: &Path, hashed: bool) -> Result<(String, u64), ImportError> {
     let shown = path.display();
     let mut file =
         File::open(path).map_err(|e| ImportError::File(format!("cannot read {shown}: {e}")))?;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| ImportError::File(format!("cannot read {shown}: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        for b in &buf[..n] {
-            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    if hashed {
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| ImportError::File(format!("cannot read {shown}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            for b in &buf[..n] {
+                hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
         }
     }
     let count = match Records::open(path)? {
@@ -325,15 +332,47 @@ fn scan(path: &Path) -> Result<(String, u64), ImportError> {
             }
             count
         }
-        mut records => {
-            let mut count = 0;
-            while records.next_raw()?.is_some() {
-                count += 1;
-            }
-            count
-        }
+        Records::Jsonl { .. } => json_lines(path)?,
     };
     Ok((format!("{hash:016x}"), count))
+}
+
+/// The records of a JSON-lines file, as `next_raw` counts them (a line of
+/// whitespace is none), without making a string of each line.
+fn json_lines(path: &Path) -> Result<u64, ImportError> {
+    let shown = path.display();
+    let fail = |e: std::io::Error| ImportError::File(format!("cannot read {shown}: {e}"));
+    let mut file = File::open(path).map_err(fail)?;
+    let mut buf = vec![0u8; 1 << 20];
+    // The line under way, when it is not plain ASCII whitespace so far
+    // and holds no other ASCII: only then must it be decoded to tell.
+    let mut odd: Vec<u8> = Vec::new();
+    let (mut count, mut seen) = (0, false);
+    let end_line = |seen: &mut bool, odd: &mut Vec<u8>| {
+        let blank = !*seen && String::from_utf8_lossy(odd).trim().is_empty();
+        *seen = false;
+        odd.clear();
+        u64::from(!blank)
+    };
+    loop {
+        let n = file.read(&mut buf).map_err(fail)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                count += end_line(&mut seen, &mut odd);
+            } else if !seen {
+                if !b.is_ascii() {
+                    odd.push(b);
+                } else if !b.is_ascii_whitespace() {
+                    seen = true;
+                    odd.clear();
+                }
+            }
+        }
+    }
+    Ok(count + end_line(&mut seen, &mut odd))
 }
 
 /// A record that did not land.
@@ -493,6 +532,8 @@ struct Out<'a> {
     tally: &'a mut Tally,
     report: &'a mut BufWriter<File>,
     report_path: &'a Path,
+    /// Where the records' outputs go, if anywhere.
+    lines: Option<&'a mut OutLines>,
     key: &'a str,
     progress: Progress<'a>,
     total: u64,
@@ -509,6 +550,8 @@ struct Runs<S: Store> {
     accountability: Lazy,
     /// `$env`, read once for the import.
     env: Lazy,
+    /// Whether the records' outputs are written out.
+    output: bool,
 }
 
 impl<S: Store> Runs<S> {
@@ -529,6 +572,7 @@ impl<S: Store> Runs<S> {
         let mode = Mode {
             recorded: false,
             batch: in_batch,
+            output: self.output,
         };
         // Boxed: the run's future stays small, so that starting a chunk's
         // runs does not copy the large future of a run's steps, twice each.
@@ -663,6 +707,9 @@ impl<S: Store> Runs<S> {
             b.forget(chunk.id);
         }
         self.report(&chunk, out.tally, out.report, out.report_path)?;
+        if let Some(lines) = out.lines.as_deref_mut() {
+            write_outputs(&chunk, lines, self.batch.is_some())?;
+        }
         if let Some(b) = &self.batch {
             b.commit_chunk(out.key, Some(chunk.id), out.tally.done, false)
                 .await
@@ -745,6 +792,19 @@ impl<S: Store> Runs<S> {
     }
 }
 
+/// Write the outputs of a chunk's records that succeeded, in order, on
+/// disk (`durable`) before the chunk commits.
+fn write_outputs(chunk: &Chunk, lines: &mut OutLines, durable: bool) -> Result<(), ImportError> {
+    for r in chunk.results.iter().flatten() {
+        if r.status == RunStatus::Succeeded {
+            lines
+                .line(r.output.as_ref().unwrap_or(&Value::Null))
+                .map_err(ImportError::File)?;
+        }
+    }
+    lines.flush(durable).map_err(ImportError::File)
+}
+
 /// The failure report beside `records`.
 pub fn failures_path(records: &Path) -> PathBuf {
     let mut name = records.as_os_str().to_owned();
@@ -786,6 +846,15 @@ impl<S: Store> Engine<S> {
         } else {
             trim_report(&report_path, setup.start)?;
         }
+        // The outputs of the records landed before: one line each, but for
+        // those in the failure report.
+        let mut lines = match &options.output {
+            Some(to) => Some(
+                OutLines::open(to, setup.start.saturating_sub(lines_in(&report_path)))
+                    .map_err(ImportError::File)?,
+            ),
+            None => None,
+        };
         let mut report = BufWriter::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -829,11 +898,13 @@ impl<S: Store> Engine<S> {
             batch: setup.batch.clone(),
             accountability: Lazy::new(accountability),
             env: crate::flow_object::env_of(flow),
+            output: lines.is_some(),
         });
         let out = Out {
             tally: &mut tally,
             report: &mut report,
             report_path: &report_path,
+            lines: lines.as_mut(),
             key: &setup.key,
             progress,
             total: setup.total,
@@ -905,7 +976,7 @@ impl<S: Store> Engine<S> {
             Some(b) => b.plan(flow).map_err(ImportError::Flow)?,
             None => None,
         };
-        let (hash, total) = scan(path)?;
+        let (hash, total) = scan(path, connection.is_some())?;
         let source = std::fs::canonicalize(path)
             .unwrap_or_else(|_| path.to_owned())
             .display()
@@ -1012,5 +1083,25 @@ impl<S: Store> Runs<S> {
             self.finish(r, &mut out).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_counted_as_they_are_read() {
+        let path = std::env::temp_dir().join(format!("sluice-count-{}.jsonl", std::process::id()));
+        let text = "{\"a\": 1}\n\n   \n{\"b\": \"é\"}\n\u{a0}\n\u{e9}\n\t{}\n{\"last\": true}";
+        std::fs::write(&path, text).expect("write");
+        let mut records = Records::open(&path).expect("open");
+        let mut read = 0;
+        while records.next_raw().expect("read").is_some() {
+            read += 1;
+        }
+        assert_eq!(read, 5);
+        assert_eq!(scan(&path, false).expect("scan").1, read);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -28,6 +28,7 @@ mod filters;
 mod flow_object;
 mod hooks;
 mod import;
+mod records_out;
 mod retry;
 mod run;
 mod runs;
@@ -39,6 +40,7 @@ pub use engine::{Engine, FlowLookup};
 pub use import::{
     ImportError, ImportOptions, ImportSummary, Progress, failures_path, read_records,
 };
+pub use records_out::RecordsOut;
 pub use run::{
     EngineError, MAX_FLOW_DEPTH, MAX_RECOVERIES, RunRequest, RunResult, Started, StepFailure,
     merge_patch,

@@ -167,10 +167,11 @@ impl<S: Store> Engine<S> {
             data: &data,
             fo,
             limits,
-            // A record of an import keeps no output: the state data its
-            // last step makes (a step without filters or mappings of its
-            // result) has no reader, so it is not made, only checked.
-            state_read: scx.batch.is_none() || result_read || step.kind == WAIT,
+            // A record of an import that writes nothing out keeps no
+            // output: the state data its last step makes (a step without
+            // filters or mappings of its result) has no reader, so it is
+            // not made, only checked.
+            state_read: scx.batch.is_none() || scx.output || result_read || step.kind == WAIT,
             options: &recorded_options,
             logs: &acted.logs,
         };

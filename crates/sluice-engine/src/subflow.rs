@@ -247,6 +247,7 @@ impl<S: Store> Engine<S> {
                 let mode = Mode {
                     recorded: false,
                     batch: None,
+                    output: true,
                 };
                 let engine = self.clone();
                 // Each run on a task of its own, so nesting does not deepen the stack.

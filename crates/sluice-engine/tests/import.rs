@@ -212,7 +212,7 @@ steps:
             .unwrap_or_else(|d| panic!("{d}"));
         let options = ImportOptions {
             chunk: 700,
-            restart: false,
+            ..ImportOptions::default()
         };
         let mut last = (0, 0);
         let s = engine
@@ -376,7 +376,7 @@ steps:
     let flow = sluice_model::load("m.yaml", &flow_text, registry).unwrap_or_else(|d| panic!("{d}"));
     let options = ImportOptions {
         chunk: 2,
-        restart: false,
+        ..ImportOptions::default()
     };
     let s = engine
         .import(&flow, &file, &options, &mut |_, _| {})

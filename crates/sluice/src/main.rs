@@ -84,6 +84,11 @@ enum Command {
         /// stopped or finished.
         #[arg(long, requires = "records")]
         restart: bool,
+        /// Import: write each record's output to this file (`-`: standard
+        /// output) as JSON lines, in record order (failed records are in the
+        /// failure report, not here).
+        #[arg(long, short, requires = "records")]
+        output: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -343,17 +348,25 @@ fn main() -> ExitCode {
                 records: Some(records),
                 chunk,
                 restart,
+                output,
                 store,
                 ..
             } => {
+                let output = output.map(|o| match o.as_str() {
+                    "-" => sluice_engine::RecordsOut::Stdout,
+                    _ => sluice_engine::RecordsOut::File(o.into()),
+                });
+                let options = sluice_engine::ImportOptions {
+                    chunk,
+                    restart,
+                    output,
+                };
                 // On a worker thread, where the database's answers wake the
                 // writer without a hop to this thread: a round trip costs
                 // less (they are many where records are refused).
-                tokio::spawn(
-                    async move { import(&flow, &records, chunk, restart, &store.store).await },
-                )
-                .await
-                .unwrap_or(FAILED)
+                tokio::spawn(async move { import(&flow, &records, options, &store.store).await })
+                    .await
+                    .unwrap_or(FAILED)
             }
             Command::Run {
                 flow,
@@ -900,7 +913,12 @@ fn enabled(flow: &Flow, path: &str) -> Result<(), u8> {
 }
 
 /// `sluice run FLOW --records FILE`.
-async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_url: &str) -> u8 {
+async fn import(
+    path: &str,
+    records: &str,
+    options: sluice_engine::ImportOptions,
+    store_url: &str,
+) -> u8 {
     let registry = Arc::new(registry());
     let flow = match reported(load_flow(path, &registry)) {
         Ok(f) => f,
@@ -930,7 +948,6 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
             b.set_position(done);
         }
     };
-    let options = sluice_engine::ImportOptions { chunk, restart };
     let result = engine
         .import(
             &flow,
@@ -945,7 +962,13 @@ async fn import(path: &str, records: &str, chunk: usize, restart: bool, store_ur
     match result {
         Ok(s) => {
             let summary = serde_json::to_string_pretty(&s.to_json()).unwrap_or_default();
-            let _ = writeln!(std::io::stdout().lock(), "{summary}");
+            // Standard output may carry the records' outputs: the summary
+            // then goes to standard error.
+            if options.output == Some(sluice_engine::RecordsOut::Stdout) {
+                eprintln!("{summary}");
+            } else {
+                let _ = writeln!(std::io::stdout().lock(), "{summary}");
+            }
             let rate = (s.total - s.skipped) as f64 / s.seconds.max(1e-9);
             let skipped = if s.skipped > 0 {
                 format!(", {} skipped (landed by an earlier import)", s.skipped)

@@ -159,6 +159,7 @@ fn an_import_killed_halfway_resumes_and_lands_every_record_once() {
         ));
     }
     std::fs::write(&csv, body).unwrap();
+    let out = dir.join("out.jsonl");
     let import = || {
         sluice(
             &dir,
@@ -169,6 +170,8 @@ fn an_import_killed_halfway_resumes_and_lands_every_record_once() {
                 csv.to_str().unwrap(),
                 "--chunk",
                 "200",
+                "--output",
+                out.to_str().unwrap(),
             ],
         )
     };
@@ -222,8 +225,112 @@ fn an_import_killed_halfway_resumes_and_lands_every_record_once() {
         .map(|f| f["record"].as_u64().unwrap())
         .collect();
     assert_eq!(reported, bad, "{failures:#?}");
+    // Each good record's output once, in record order: the lines of the
+    // records landed before the kill are kept, the others written again.
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let ids: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["customer_id"].to_string())
+        .map(|id| id.trim_matches('"').to_owned())
+        .collect();
+    let want: Vec<String> = (1..=n)
+        .filter(|i| i % bad_every != 0)
+        .map(|i| format!("C-{i}"))
+        .collect();
+    assert_eq!(ids, want);
     println!(
         "import killed after record {stopped} of {n}; resumed: {good} landed once, {} reported",
         bad.len()
+    );
+}
+
+/// A flow that writes nothing is a transformation of a file of records:
+/// `--output` writes each record's output in record order, to a file or to
+/// standard output (the summary then goes to standard error); a record
+/// that fails is in the failure report, not in the output.
+#[test]
+fn records_out_in_record_order_with_failures_reported() {
+    let dir = temp("out");
+    std::fs::write(
+        dir.join("sums.yaml"),
+        "id: sums\nunmappedResults: replace\nsteps:\n  - key: sum\n    type: transform\n    options:\n      value: {orderId: \"{{ .orderId }}\", sum: \"{{ (.price + 0) * .qty }}\"}\n",
+    )
+    .unwrap();
+    let mut records = String::new();
+    for i in 0..2500 {
+        // Record 1000 is not JSON; record 2000 has a price the step cannot multiply.
+        match i {
+            999 => records.push_str("{not json\n"),
+            1999 => records.push_str("{\"orderId\": \"O-1999\", \"price\": \"ten\", \"qty\": 2}\n"),
+            _ => records.push_str(&format!(
+                "{{\"orderId\": \"O-{i}\", \"price\": {}, \"qty\": {}}}\n",
+                i % 50,
+                i % 3 + 1
+            )),
+        }
+    }
+    std::fs::write(dir.join("orders.jsonl"), records).unwrap();
+    let want: Vec<String> = (0..2500)
+        .filter(|i| *i != 999 && *i != 1999)
+        .map(|i| {
+            format!(
+                "{{\"orderId\":\"O-{i}\",\"sum\":{}}}",
+                (i % 50) * (i % 3 + 1)
+            )
+        })
+        .collect();
+    let o = sluice(
+        &dir,
+        &[
+            "run",
+            "sums.yaml",
+            "--records",
+            "orders.jsonl",
+            "--chunk",
+            "100",
+            "--output",
+            "out.jsonl",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&summary["succeeded"], &summary["failed"]),
+        (&2498.into(), &2.into())
+    );
+    let out = std::fs::read_to_string(dir.join("out.jsonl")).unwrap();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    let failed: Vec<u64> = report(&dir.join("orders.jsonl.failures.jsonl"))
+        .iter()
+        .map(|f| f["record"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failed, [1000, 2000]);
+    // To standard output.
+    let o = sluice(
+        &dir,
+        &[
+            "run",
+            "sums.yaml",
+            "--records",
+            "orders.jsonl",
+            "--output",
+            "-",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"succeeded\": 2498"),
+        "{}",
+        text(&o)
     );
 }
