@@ -253,11 +253,14 @@ impl<S: Store> Engine<S> {
             metrics::histogram!("sluice_step_duration_seconds", "flow" => g.flow.id.clone(), "step" => step.key.clone())
                 .record((ended_at - started_at) as f64 / 1e6);
         }
+        // An unrecorded run's record is never written: its names are not
+        // copied (a record of an import runs this once per step).
+        let name = |s: &String| if rec { s.clone() } else { String::new() };
         let record = StepRecord {
-            run_id: g.run_id.clone(),
+            run_id: name(&g.run_id),
             seq: g.seq,
-            step_key: step.key.clone(),
-            kind: step.kind.clone(),
+            step_key: name(&step.key),
+            kind: name(&step.kind),
             ok: outcome.is_ok(),
             options: Value::Null,
             input: if rec { g.state.clone() } else { Arc::default() },

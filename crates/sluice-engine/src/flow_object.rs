@@ -104,24 +104,33 @@ pub(crate) fn env_of(flow: &Flow) -> Lazy {
 /// `$last` or a step's result in the flow object: JSON, converted for jq
 /// the first time a program reads it (most are never read: converting
 /// every step's result was a good part of an import's work per record).
-/// The JSON is shared with the step's record, not copied.
+/// A step's result is shared with its record, not copied.
 #[derive(Clone)]
-pub(crate) struct Lazy(Arc<Value>, Arc<std::sync::OnceLock<Val>>);
+pub(crate) struct Lazy(Arc<(Held, std::sync::OnceLock<Val>)>);
+
+/// The JSON of a [`Lazy`]: its own, or shared.
+enum Held {
+    Own(Value),
+    Shared(Arc<Value>),
+}
 
 impl Lazy {
     pub(crate) fn new(v: Value) -> Self {
-        Self::shared(Arc::new(v))
+        Self(Arc::new((Held::Own(v), std::sync::OnceLock::new())))
     }
 
     pub(crate) fn shared(v: Arc<Value>) -> Self {
-        Self(v, Arc::default())
+        Self(Arc::new((Held::Shared(v), std::sync::OnceLock::new())))
     }
 
     pub(crate) fn json(&self) -> &Value {
-        &self.0
+        match &self.0.0 {
+            Held::Own(v) => v,
+            Held::Shared(v) => v,
+        }
     }
 
     pub(crate) fn val(&self) -> Val {
-        self.1.get_or_init(|| to_val(&self.0)).clone()
+        self.0.1.get_or_init(|| to_val(self.json())).clone()
     }
 }

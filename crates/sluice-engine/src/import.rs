@@ -20,7 +20,7 @@
 
 use crate::cursor::{Cursor, Mode};
 use crate::flow_object::{FlowObject, Lazy};
-use crate::records_out::{OutLines, RecordsOut, lines_in};
+use crate::records_out::{OutLines, RecordsOut, line_of, lines_in};
 use crate::{Engine, EngineError};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -415,7 +415,13 @@ struct Tally {
 }
 
 /// A record's run that ended: its index in the chunk, the record, how the run ended.
-type Ended = (usize, Value, Result<crate::RunResult, EngineError>);
+/// With the run's output line, when outputs are written and it succeeded.
+type Ended = (
+    usize,
+    Value,
+    Result<crate::RunResult, EngineError>,
+    Option<Vec<u8>>,
+);
 
 /// A chunk of records (one transaction).
 struct Chunk {
@@ -426,6 +432,8 @@ struct Chunk {
     /// Each record as JSON (taken by its run while it runs), or why it is not.
     values: Vec<Result<Value, String>>,
     results: Vec<Option<crate::RunResult>>,
+    /// The output lines of the records that succeeded (with `--output`).
+    lines: Vec<Option<Vec<u8>>>,
 }
 
 /// Read the next chunk of records.
@@ -444,6 +452,7 @@ fn fill(records: &mut Records, size: usize, id: u64) -> Result<Option<Chunk>, Im
     Ok(Some(Chunk {
         id,
         results: vec![None; raws.len()],
+        lines: vec![None; raws.len()],
         raws,
         values,
     }))
@@ -479,9 +488,10 @@ impl Chunk {
         self.raws.first().map_or(0, |r| r.number - 1)
     }
 
-    fn ended(&mut self, (k, v, r): Ended) -> Result<(), ImportError> {
+    fn ended(&mut self, (k, v, r, line): Ended) -> Result<(), ImportError> {
         self.values[k] = Ok(v);
         self.results[k] = Some(r?);
+        self.lines[k] = line;
         Ok(())
     }
 }
@@ -555,8 +565,14 @@ struct Runs<S: Store> {
 }
 
 impl<S: Store> Runs<S> {
-    /// The run of record `record` (chunk `chunk_id`, index `k` there).
-    async fn run(self: Arc<Self>, k: usize, record: u64, chunk_id: u64, v: Value) -> Ended {
+    /// The run of record `record` (chunk `chunk_id`, index `k` there), with
+    /// `$accountability` and `$env` of its task (see `start`).
+    async fn run(
+        &self,
+        (accountability, env): &(Lazy, Lazy),
+        (k, record, chunk_id): (usize, u64, u64),
+        v: Value,
+    ) -> Ended {
         let in_batch = self.batch.as_deref().map(|b| InBatch {
             batch: b,
             record,
@@ -567,8 +583,8 @@ impl<S: Store> Runs<S> {
         // value for both until a step makes new state data.
         let trigger = Arc::new(v);
         let state = trigger.clone();
-        let mut fo = FlowObject::new(trigger.clone(), self.accountability.clone());
-        fo.env = self.env.clone();
+        let mut fo = FlowObject::new(trigger.clone(), accountability.clone());
+        fo.env = env.clone();
         let mode = Mode {
             recorded: false,
             batch: in_batch,
@@ -591,7 +607,13 @@ impl<S: Store> Runs<S> {
         }
         // The run is over, and with it its flow object.
         let v = Arc::try_unwrap(trigger).unwrap_or_else(|t| (*t).clone());
-        (k, v, r)
+        let line = match &r {
+            Ok(res) if self.output && res.status == RunStatus::Succeeded => {
+                Some(line_of(res.output.as_ref().unwrap_or(&Value::Null)))
+            }
+            _ => None,
+        };
+        (k, v, r, line)
     }
 
     /// Start the runs of the chunk's records (a record that is not JSON has none).
@@ -623,9 +645,17 @@ impl<S: Store> Runs<S> {
             }
             let (shared, id) = (self.clone(), chunk.id);
             runs_of.push(Abort(tokio::spawn(async move {
+                // Values every record reads, the task's own: the records'
+                // runs, on two threads at once, would otherwise count the
+                // same references back and forth between their caches.
+                let own = (
+                    Lazy::new(shared.accountability.json().clone()),
+                    Lazy::new(shared.env.json().clone()),
+                );
+                let (shared, own) = (&shared, &own);
                 let mut going: FuturesUnordered<_> = group
                     .into_iter()
-                    .map(|(k, record, v)| shared.clone().run(k, record, id, v))
+                    .map(|(k, record, v)| shared.run(own, (k, record, id), v))
                     .collect();
                 let mut ended = Vec::with_capacity(going.len());
                 while let Some(e) = going.next().await {
@@ -795,12 +825,8 @@ impl<S: Store> Runs<S> {
 /// Write the outputs of a chunk's records that succeeded, in order, on
 /// disk (`durable`) before the chunk commits.
 fn write_outputs(chunk: &Chunk, lines: &mut OutLines, durable: bool) -> Result<(), ImportError> {
-    for r in chunk.results.iter().flatten() {
-        if r.status == RunStatus::Succeeded {
-            lines
-                .line(r.output.as_ref().unwrap_or(&Value::Null))
-                .map_err(ImportError::File)?;
-        }
+    for line in chunk.lines.iter().flatten() {
+        lines.write(line).map_err(ImportError::File)?;
     }
     lines.flush(durable).map_err(ImportError::File)
 }

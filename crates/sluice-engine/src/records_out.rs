@@ -28,7 +28,20 @@ pub(crate) struct OutLines {
     w: BufWriter<Box<dyn Write + Send>>,
     /// The file, to sync before a chunk commits (none for standard output).
     file: Option<(File, PathBuf)>,
-    text: Vec<u8>,
+}
+
+/// A record's output as its line: JSON, scrubbed of secrets (as every
+/// output Sluice prints), and a newline. Made where the record ran, so
+/// that the lines of a chunk's records are made side by side.
+pub(crate) fn line_of(v: &Value) -> Vec<u8> {
+    let mut text = serde_json::to_vec(v).unwrap_or_default();
+    if let std::borrow::Cow::Owned(clean) =
+        sluice_action::secrets::scrub(&String::from_utf8_lossy(&text))
+    {
+        text = clean.into_bytes();
+    }
+    text.push(b'\n');
+    text
 }
 
 fn failed(path: &Path, e: std::io::Error) -> String {
@@ -44,7 +57,6 @@ impl OutLines {
                 return Ok(Self {
                     w: BufWriter::with_capacity(1 << 16, Box::new(std::io::stdout())),
                     file: None,
-                    text: Vec::new(),
                 });
             }
             RecordsOut::File(p) => p,
@@ -79,21 +91,12 @@ impl OutLines {
         Ok(Self {
             w: BufWriter::with_capacity(1 << 16, Box::new(writer)),
             file: Some((file, path.clone())),
-            text: Vec::new(),
         })
     }
 
-    /// Write one record's output (scrubbed of secrets, as every output
-    /// Sluice prints).
-    pub(crate) fn line(&mut self, v: &Value) -> Result<(), String> {
-        self.text.clear();
-        serde_json::to_writer(&mut self.text, v).map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&self.text);
-        let clean = sluice_action::secrets::scrub(&text);
-        self.w
-            .write_all(clean.as_bytes())
-            .and_then(|()| self.w.write_all(b"\n"))
-            .map_err(|e| self.error(e))
+    /// Write one record's line (see [`line_of`]).
+    pub(crate) fn write(&mut self, line: &[u8]) -> Result<(), String> {
+        self.w.write_all(line).map_err(|e| self.error(e))
     }
 
     /// Hand what is written to the file (`durable`: and to the disk, before
@@ -132,13 +135,13 @@ mod tests {
         let to = RecordsOut::File(path.clone());
         let mut o = OutLines::open(&to, 0).expect("open");
         for i in 0..5 {
-            o.line(&json!({"i": i})).expect("line");
+            o.write(&line_of(&json!({"i": i}))).expect("line");
         }
         o.flush(true).expect("flush");
         drop(o);
         assert_eq!(lines_in(&path), 5);
         let mut o = OutLines::open(&to, 3).expect("open");
-        o.line(&json!({"i": "again"})).expect("line");
+        o.write(&line_of(&json!({"i": "again"}))).expect("line");
         o.flush(false).expect("flush");
         drop(o);
         let text = std::fs::read_to_string(&path).expect("read");
