@@ -353,11 +353,12 @@ impl<S: Store> Engine<S> {
                     message: e.message,
                 })?;
             if let Some(output) = done {
-                let shared = Arc::new(output.clone());
-                let end = RunUpdate::ended(shared.clone(), Some(shared), None, None);
+                let output = Arc::new(output);
+                let end = RunUpdate::ended(output.clone(), Some(output.clone()), None, None);
                 self.store.update_run(&cursor.run_id, &end).await?;
+                drop(end);
                 let mut r = RunResult::ended(cursor.run_id, RunStatus::Succeeded, &fo, true);
-                r.output = Some(output);
+                r.output = Some(Arc::unwrap_or_clone(output));
                 return Ok(r);
             }
         }

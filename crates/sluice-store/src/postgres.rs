@@ -228,11 +228,7 @@ impl Store for PgStore {
             Ok(row.map(|r| r.try_get("body")).transpose()?)
         })
         .await?;
-        let steps = step_rows
-            .iter()
-            .map(|r| rows::step(r, &values))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(rows::detail(&row, steps, &values)?))
+        Ok(Some(rows::run_detail(&row, &step_rows, &values)?))
     }
 
     async fn flow_of_run(

@@ -120,6 +120,19 @@ pub(crate) fn detail(
     })
 }
 
+/// A run from its row, its steps' rows and the large values they name.
+pub(crate) fn run_detail<R: Get>(
+    run: &R,
+    steps: &[R],
+    values: &Loaded,
+) -> Result<RunDetail, StoreError> {
+    let steps = steps
+        .iter()
+        .map(|r| step(r, values))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    detail(run, steps, values)
+}
+
 pub(crate) fn step(r: &impl Get, values: &Loaded) -> Result<StepRecord, StoreError> {
     Ok(StepRecord {
         run_id: r.text("run_id")?,
