@@ -99,7 +99,7 @@ impl<'a> Encoder<'a> {
         if text.len() < LARGE {
             return text;
         }
-        let (nodes, root) = cut(text.as_bytes());
+        let (nodes, root) = cut(text.as_bytes(), LARGE);
         for (hash, node) in nodes {
             if self.known.has(self.run_id, &hash) || self.chunks.iter().any(|c| c.hash == hash) {
                 continue;
@@ -178,8 +178,9 @@ fn node_bytes(text: &[u8], holes: &[(usize, Hash)], base: usize) -> Vec<u8> {
 }
 
 /// The nodes of a large value's JSON text (parts before what holds them;
-/// the root last) and the root's name.
-fn cut(text: &[u8]) -> (Vec<(Hash, Vec<u8>)>, Hash) {
+/// the root last; a part is an array or object of at least `large` bytes)
+/// and the root's name.
+fn cut(text: &[u8], large: usize) -> (Vec<(Hash, Vec<u8>)>, Hash) {
     let mut buf = Vec::with_capacity(text.len().min(1 << 20));
     let mut holes: Vec<(usize, Hash)> = Vec::new();
     let mut opens: Vec<(usize, usize)> = Vec::new();
@@ -202,7 +203,7 @@ fn cut(text: &[u8]) -> (Vec<(Hash, Vec<u8>)>, Hash) {
                 buf.push(b);
                 if let Some((start, first)) = opens.pop()
                     && !opens.is_empty()
-                    && buf.len() - start >= LARGE
+                    && buf.len() - start >= large
                 {
                     let node = node_bytes(&buf[start..], &holes[first..], start);
                     let hash: Hash = Sha256::digest(&node).into();
@@ -399,6 +400,62 @@ mod tests {
                 read_back(&enc.chunks, t).await,
                 serde_json::to_string(&v).expect("text")
             );
+        }
+    }
+
+    /// The next number of a xorshift generator.
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// A random JSON value (a small generator: no dependency), with
+    /// strings that hold what the cutter must step over.
+    fn random(seed: &mut u64, depth: u32) -> Value {
+        const TEXTS: [&str; 6] = ["", "a", "{[\"]}", "\\", "é\u{1}\n", "null"];
+        let pick = next(seed) % if depth == 0 { 4 } else { 6 };
+        match pick {
+            0 => Value::Null,
+            1 => Value::from(next(seed) % 1000),
+            2 => {
+                let t = TEXTS[(next(seed) % 6) as usize];
+                Value::from(t.repeat((next(seed) % 3) as usize))
+            }
+            3 => Value::from(next(seed).is_multiple_of(2)),
+            4 => (0..next(seed) % 5)
+                .map(|_| random(seed, depth - 1))
+                .collect(),
+            _ => {
+                let n = next(seed) % 5;
+                let mut m = serde_json::Map::new();
+                for i in 0..n {
+                    let key = format!("{}{i}", TEXTS[(next(seed) % 6) as usize]);
+                    m.insert(key, random(seed, depth - 1));
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn any_value_cut_at_any_size_reads_back_byte_for_byte() {
+        let mut seed = 0x5eed_u64;
+        for round in 0..400 {
+            let v = random(&mut seed, 5);
+            let text = serde_json::to_string(&v).expect("text");
+            let large = [1, 2, 8, 20, 64][round % 5];
+            let (nodes, root) = cut(text.as_bytes(), large);
+            let chunks: Vec<Chunk> = nodes
+                .into_iter()
+                .map(|(hash, node)| Chunk {
+                    run_id: "r".into(),
+                    hash,
+                    body: lz4_flex::compress_prepend_size(&node),
+                })
+                .collect();
+            assert_eq!(read_back(&chunks, reference(&root)).await, text, "{v}");
         }
     }
 
