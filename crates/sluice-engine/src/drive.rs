@@ -262,7 +262,7 @@ impl<S: Store> Engine<S> {
             step_key: name(&step.key),
             kind: name(&step.kind),
             ok: outcome.is_ok(),
-            options: Value::Null,
+            options: Arc::default(),
             input: if rec { g.state.clone() } else { Arc::default() },
             result: None,
             output: None,
@@ -411,7 +411,7 @@ impl<S: Store> Engine<S> {
             };
             return Box::pin(self.failed(g, step, failed, record, pure)).await;
         }
-        record.options = done.options;
+        record.options = Arc::new(done.options);
         record.result = payload;
         record.logs = done.logs;
         if let Some(items) = done.items {
@@ -471,7 +471,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<After, EngineError> {
         let rec = g.mode.recorded;
         g.seq += 1;
-        record.options = failed.options;
+        record.options = Arc::new(failed.options);
         record.error = Some(failed.error.message.clone());
         record.blame = Some(failed.error.blame.as_str().to_owned());
         record.logs = failed.logs;

@@ -1160,7 +1160,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
             step_key: "two".into(),
             kind: "envelope".into(),
             ok: false,
-            options: Value::Null,
+            options: Value::Null.into(),
             input: input.clone().into(),
             result: None,
             output: None,

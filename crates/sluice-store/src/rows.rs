@@ -140,7 +140,7 @@ pub(crate) fn step(r: &impl Get, values: &Loaded) -> Result<StepRecord, StoreErr
         step_key: r.text("step_key")?,
         kind: r.text("kind")?,
         ok: r.flag("ok")?,
-        options: value(r, "options", "step options", values)?.unwrap_or(Value::Null),
+        options: Arc::new(value(r, "options", "step options", values)?.unwrap_or(Value::Null)),
         input: Arc::new(value(r, "input", "step input", values)?.unwrap_or(Value::Null)),
         result: value(r, "result", "step result", values)?.map(Arc::new),
         output: value(r, "output", "step output", values)?.map(Arc::new),

@@ -103,7 +103,7 @@ pub struct StepRecord {
     /// Whether it succeeded.
     pub ok: bool,
     /// Options after templating.
-    pub options: Value,
+    pub options: Arc<Value>,
     /// The step's input state data (shared with the run's state and the
     /// step before's output: a step's values are never copied to be
     /// recorded).

@@ -27,7 +27,7 @@ fn step(run: &str, seq: i64, ok: bool) -> StepRecord {
         step_key: format!("s{seq}"),
         kind: "transform".into(),
         ok,
-        options: json!({"value": {"n": seq}}),
+        options: json!({"value": {"n": seq}}).into(),
         input: json!({"a": 1}).into(),
         result: ok.then(|| json!({"n": seq}).into()),
         output: ok.then(|| json!({"a": 1, "n": seq}).into()),
@@ -70,7 +70,7 @@ async fn large_values<S: Store>(store: &S) {
     let first_out = json!({"orderId": "L-1", "items": items, "count": 3000});
     let mut s0 = step(&run.id, 0, true);
     s0.input = run.input.clone();
-    s0.options = json!({"value": {"items": items, "count": 3000}});
+    s0.options = json!({"value": {"items": items, "count": 3000}}).into();
     s0.result = Some(json!({"items": items, "count": 3000}).into());
     s0.output = Some(first_out.clone().into());
     let mut s1 = step(&run.id, 1, true);
@@ -996,7 +996,7 @@ async fn sqlite_file_keeps_a_large_value_once_per_run() {
         let mut s = step(&run.id, seq, true);
         s.input = state.clone().into();
         state[format!("f{seq}")] = json!(seq);
-        s.options = json!({"value": {"items": state["items"]}});
+        s.options = json!({"value": {"items": state["items"]}}).into();
         s.result = Some(json!({"items": state["items"]}).into());
         s.output = Some(state.clone().into());
         store
