@@ -64,19 +64,7 @@ impl OutLines {
         let kept = if keep == 0 {
             0
         } else {
-            let bytes = std::fs::read(path).unwrap_or_default();
-            let mut lines = 0;
-            let mut at = 0;
-            for (i, b) in bytes.iter().enumerate() {
-                if lines == keep {
-                    break;
-                }
-                if *b == b'\n' {
-                    lines += 1;
-                    at = i + 1;
-                }
-            }
-            at as u64
+            line_ends(path, keep).1
         };
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -119,7 +107,34 @@ impl OutLines {
 
 /// The lines of a file (0 when it is not there).
 pub(crate) fn lines_in(path: &Path) -> u64 {
-    std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count() as u64)
+    line_ends(path, u64::MAX).0
+}
+
+/// The first `most` lines of a file (fewer when it has fewer): how many,
+/// and the offset just after the last of them (0 when it is not there).
+fn line_ends(path: &Path, most: u64) -> (u64, u64) {
+    let Ok(mut file) = File::open(path) else {
+        return (0, 0);
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut lines, mut end, mut offset) = (0, 0, 0);
+    while lines < most {
+        let n = match std::io::Read::read(&mut file, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' {
+                lines += 1;
+                end = offset + i as u64 + 1;
+                if lines == most {
+                    break;
+                }
+            }
+        }
+        offset += n as u64;
+    }
+    (lines, end)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub(crate) trait Get {
     fn text(&self, col: &str) -> Result<String, StoreError>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    /// A text column borrowed from the row (not copied).
+    fn opt_str(&self, col: &str) -> Result<Option<&str>, StoreError>;
     fn int(&self, col: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
     fn flag(&self, col: &str) -> Result<bool, StoreError>;
@@ -25,6 +27,9 @@ macro_rules! get_for {
                 Ok(self.try_get(col)?)
             }
             fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_str(&self, col: &str) -> Result<Option<&str>, StoreError> {
                 Ok(self.try_get(col)?)
             }
             fn int(&self, col: &str) -> Result<i64, StoreError> {
@@ -72,14 +77,14 @@ const STEP_VALUES: [&str; 4] = ["options", "input", "result", "output"];
 pub(crate) fn roots<R: Get>(run: &R, steps: &[R]) -> Result<Vec<Hash>, StoreError> {
     let mut texts = Vec::new();
     for col in RUN_VALUES {
-        texts.push(run.opt_text(col)?);
+        texts.push(run.opt_str(col)?);
     }
     for s in steps {
         for col in STEP_VALUES {
-            texts.push(s.opt_text(col)?);
+            texts.push(s.opt_str(col)?);
         }
     }
-    Ok(crate::values::roots(texts.iter().map(Option::as_deref)))
+    Ok(crate::values::roots(texts))
 }
 
 /// A stored status.
