@@ -142,12 +142,18 @@ impl<S: Store> Engine<S> {
     /// driving it, it stops before its next step (a step under way finishes).
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
         self.store.cancel_run(run_id).await?;
+        self.stop_driving(run_id);
+        Ok(())
+    }
+
+    /// Stop driving `run_id` before its next step, if this engine drives
+    /// it (it was cancelled by another process sharing the store).
+    pub fn stop_driving(&self, run_id: &str) {
         if let Ok(d) = self.driving.lock()
             && let Some(flag) = d.get(run_id)
         {
             flag.store(true, Ordering::Relaxed);
         }
-        Ok(())
     }
 
     /// Note that this engine drives `run_id` until the guard is dropped, so
@@ -181,12 +187,7 @@ impl<S: Store> Engine<S> {
     pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
         let (detail, driving) = self.load_run(flow, run_id).await?;
         if detail.summary.status == RunStatus::Waiting {
-            let wait = self
-                .store
-                .list_waits(None)
-                .await?
-                .into_iter()
-                .find(|w| w.run_id == run_id);
+            let wait = self.store.wait_of(run_id).await?;
             return match wait {
                 Some(w) => self.await_wait(flow, w).await,
                 // Claimed between the two reads: another caller drives it.

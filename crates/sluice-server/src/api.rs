@@ -86,10 +86,35 @@ async fn openapi() -> Response {
 }
 
 async fn health<S: Store>(State(s): State<Server<S>>) -> Json {
+    let store = s.engine().store();
+    // Read from what the last renewal found: no store query per request.
+    let leases = store.leases().map(|l| {
+        json!({
+            "leaseSecs": l.lease_micros as f64 / 1e6,
+            "renewedAt": (l.renewed_at > 0).then(|| crate::server::rfc3339(l.renewed_at)),
+            "held": l.held,
+            "takenOver": l.taken_over,
+            "processes": l.processes.iter().map(|p| json!({
+                "id": p.id,
+                "host": p.host,
+                "pid": p.pid,
+                "version": p.version,
+                "startedAt": crate::server::rfc3339(p.started_at),
+                "aliveUntil": crate::server::rfc3339(p.alive_until),
+                "runsHeld": p.runs,
+            })).collect::<Vec<_>>(),
+        })
+    });
     axum::Json(json!({
         "status": "ok",
         "flows": s.flows().flows.len(),
         "runsInFlight": s.in_flight(),
+        "process": {
+            "id": store.process_id(),
+            "pid": std::process::id(),
+            "sharedStore": store.shared(),
+        },
+        "leases": leases,
     }))
 }
 

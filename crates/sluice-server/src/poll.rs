@@ -21,6 +21,21 @@ use sluice_store::{Store, now_micros};
 pub(crate) async fn run<S: Store>(server: Server<S>, p: Polled) {
     let interval = p.source.interval(&p.flow.trigger.options);
     loop {
+        // One process polls a source at a time (processes sharing the
+        // store): the others check again at the next interval, and take
+        // the poll over once its owner stopped.
+        match server.engine().store().own_poll(&p.flow.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            Err(e) => {
+                sluice_action::warn!("sluice: poll of flow `{}`: {e}", p.flow.id);
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        }
         match poll_once(&server, &p).await {
             // More pages of this round, read at once.
             Ok(true) => continue,

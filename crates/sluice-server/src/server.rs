@@ -9,7 +9,8 @@ use serde_json::Value;
 use sluice_action::Registry;
 use sluice_engine::{Engine, EngineError, RunRequest, RunResult};
 use sluice_model::Flow;
-use sluice_store::{RunFilter, RunStatus, RunUpdate, Store, StoreError};
+use sluice_store::{RunStatus, RunUpdate, Store, StoreError};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,6 +117,9 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) auth: Auth,
     pub(crate) schedules: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) metrics: PrometheusHandle,
+    /// Suspended runs whose wait a task of this process follows (to wake
+    /// them when due), each once.
+    pub(crate) followed: Mutex<HashSet<String>>,
 }
 
 /// What [`Server::recover`] did.
@@ -149,6 +153,7 @@ impl<S: Store> Server<S> {
                 auth: Auth::default(),
                 schedules: Mutex::new(Vec::new()),
                 metrics: prometheus(),
+                followed: Mutex::default(),
             }),
         }
     }
@@ -279,10 +284,46 @@ impl<S: Store> Server<S> {
 
     /// Wake a suspended run when its wait is due (unless an event or
     /// another process wakes it first).
+    /// A wait is followed by one task per process (another process may
+    /// follow it too: whichever claims it first continues the run).
     fn follow(&self, flow: Arc<Flow>, wait: sluice_store::Wait) {
+        let id = wait.run_id.clone();
+        if let Ok(mut f) = self.inner.followed.lock()
+            && !f.insert(id.clone())
+        {
+            return;
+        }
         let engine = self.inner.engine.clone();
         let f = flow.clone();
-        drop(self.track(flow, async move { engine.await_wait(&f, wait).await }));
+        let server = self.clone();
+        drop(self.track(flow, async move {
+            let r = engine.await_wait(&f, wait).await;
+            if let Ok(mut f) = server.inner.followed.lock() {
+                f.remove(&id);
+            }
+            r
+        }));
+    }
+
+    /// Follow `wait` (see [`Server::follow`]) when its flow can be had:
+    /// whether it is followed.
+    async fn follow_wait(&self, wait: sluice_store::Wait) -> Result<bool, StoreError> {
+        if wait.wake_at.is_none() {
+            return Ok(false);
+        }
+        let Some(flow) = self.flow_of_run(&wait.run_id).await? else {
+            return Ok(false);
+        };
+        match flow {
+            Ok(flow) => {
+                self.follow(flow, wait);
+                Ok(true)
+            }
+            Err(message) => {
+                sluice_action::warn!("sluice: run `{}` stays waiting: {message}", wait.run_id);
+                Ok(false)
+            }
+        }
     }
 
     /// The flow a recorded run ran: the one served now if it is the same
@@ -338,70 +379,163 @@ impl<S: Store> Server<S> {
     }
 
     /// Continue every run left `running` by a process that stopped (a
-    /// crash, `kill -9`), oldest first, each on a task of its own, from its
-    /// last committed step. Call it once at start, before serving.
+    /// crash, `kill -9`) and that no live process holds, oldest first, each
+    /// on a task of its own, from its last committed step (see
+    /// [`Store::take_over`]); and follow every suspended run's wait that
+    /// ends by itself. Call it once at start, before serving; on a shared
+    /// store, [`Server::start_leases`] then goes on taking over the runs of
+    /// processes that stop later.
     pub async fn recover(&self) -> Result<Recovered, StoreError> {
         let store = self.inner.engine.store().clone();
-        let mut running = store
-            .list_runs(&RunFilter {
-                status: Some(RunStatus::Running),
-                ..Default::default()
-            })
-            .await?;
-        running.reverse();
         let mut done = Recovered::default();
         // Suspended runs with a time wake then; event waits with no timeout
         // need nothing until their event comes.
         for w in store.list_waits(None).await? {
-            if w.wake_at.is_none() {
-                continue;
-            }
-            let Some(flow) = self.flow_of_run(&w.run_id).await? else {
-                continue;
-            };
-            match flow {
-                Ok(flow) => {
-                    self.follow(flow, w);
-                    done.waiting += 1;
-                }
-                Err(message) => {
-                    sluice_action::warn!("sluice: run `{}` stays waiting: {message}", w.run_id);
-                }
+            if self.follow_wait(w).await? {
+                done.waiting += 1;
             }
         }
-        for r in running {
-            let Some(flow) = self.flow_of_run(&r.id).await? else {
-                continue;
-            };
-            match flow {
-                Ok(flow) => {
-                    let engine = self.inner.engine.clone();
-                    let id = r.id.clone();
-                    let f = flow.clone();
-                    drop(self.track(flow, async move { engine.recover(&f, &id).await }));
-                    done.resumed += 1;
-                }
-                Err(message) => {
-                    // Only here is the run's own record needed.
-                    let Some(detail) = store.get_run(&r.id).await? else {
-                        continue;
-                    };
-                    store
-                        .update_run(
-                            &r.id,
-                            &RunUpdate::ended(
-                                detail.state.into(),
-                                None,
-                                Some(format!("cannot continue after a restart: {message}")),
-                                detail.next_step,
-                            ),
-                        )
-                        .await?;
-                    done.failed += 1;
-                }
+        for id in store.take_over(0).await? {
+            match self.continue_taken(&id).await? {
+                Some(true) => done.resumed += 1,
+                Some(false) => done.failed += 1,
+                None => {}
             }
         }
         Ok(done)
+    }
+
+    /// Continue a running run this process took over, on a task of its
+    /// own: `Some(true)` when it continues, `Some(false)` when its flow is
+    /// gone (it is failed, saying so), `None` when there is no such run.
+    async fn continue_taken(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        let store = self.inner.engine.store();
+        let Some(flow) = self.flow_of_run(id).await? else {
+            return Ok(None);
+        };
+        match flow {
+            Ok(flow) => {
+                let engine = self.inner.engine.clone();
+                let id = id.to_owned();
+                let f = flow.clone();
+                drop(self.track(flow, async move { engine.recover(&f, &id).await }));
+                Ok(Some(true))
+            }
+            Err(message) => {
+                // Only here is the run's own record needed.
+                let Some(detail) = store.get_run(id).await? else {
+                    return Ok(None);
+                };
+                store
+                    .update_run(
+                        id,
+                        &RunUpdate::ended(
+                            detail.state.into(),
+                            None,
+                            Some(format!("cannot continue after a restart: {message}")),
+                            detail.next_step,
+                        ),
+                    )
+                    .await?;
+                Ok(Some(false))
+            }
+        }
+    }
+
+    /// On a store shared with other processes: every half lease, take over
+    /// the runs of processes that stopped (their leases lapsed) and follow
+    /// the waits that end within the next two intervals, whichever process
+    /// suspended them; and act at once on what other processes announce (a
+    /// run suspended, a run cancelled). Nothing on a store of one process.
+    pub fn start_leases(&self) {
+        let store = self.inner.engine.store();
+        let Some(leases) = store.leases() else {
+            return;
+        };
+        let every = std::time::Duration::from_micros(
+            u64::try_from(leases.lease_micros / 2).unwrap_or(1_000_000),
+        )
+        .max(std::time::Duration::from_millis(100));
+        let server = self.clone();
+        let scan = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = server.scan(every).await {
+                    sluice_action::warn!(
+                        "sluice: the scan for runs to take over failed (tried again): {e}"
+                    );
+                }
+            }
+        });
+        let mut tasks = vec![scan];
+        if let Some(mut notices) = store.notices() {
+            let server = self.clone();
+            tasks.push(tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match notices.recv().await {
+                        Ok(n) => server.notice(n).await,
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }));
+        }
+        if let Ok(mut s) = self.inner.schedules.lock() {
+            s.extend(tasks);
+        }
+    }
+
+    /// One round of [`Server::start_leases`]'s scan.
+    async fn scan(&self, every: std::time::Duration) -> Result<(), StoreError> {
+        let store = self.inner.engine.store().clone();
+        loop {
+            let taken = store.take_over(100).await?;
+            for id in &taken {
+                metrics::counter!("sluice_runs_taken_over_total").increment(1);
+                sluice_action::warn!("sluice: took over run `{id}` (its process stopped)");
+                self.continue_taken(id).await?;
+            }
+            if taken.len() < 100 {
+                break;
+            }
+        }
+        let horizon = i64::try_from(every.as_micros()).unwrap_or(i64::MAX / 4) * 2;
+        for w in store
+            .due_waits(sluice_store::now_micros().saturating_add(horizon))
+            .await?
+        {
+            self.follow_wait(w).await?;
+        }
+        Ok(())
+    }
+
+    /// What another process announced.
+    async fn notice(&self, n: sluice_store::Notice) {
+        match n {
+            sluice_store::Notice::Cancelled { run_id } => self.inner.engine.stop_driving(&run_id),
+            sluice_store::Notice::Waiting { run_id, .. } => {
+                let followed = self
+                    .inner
+                    .followed
+                    .lock()
+                    .map(|f| f.contains(&run_id))
+                    .unwrap_or(false);
+                if followed {
+                    return;
+                }
+                let store = self.inner.engine.store();
+                match store.wait_of(&run_id).await {
+                    Ok(Some(w)) => {
+                        if let Err(e) = self.follow_wait(w).await {
+                            sluice_action::warn!("sluice: cannot follow run `{run_id}`: {e}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => sluice_action::warn!("sluice: cannot follow run `{run_id}`: {e}"),
+                }
+            }
+        }
     }
 
     /// Drive runs on `runtime` (before serving): the server's own runtime

@@ -3,8 +3,8 @@
 //! chosen when the process starts.
 
 use crate::{
-    ApiToken, AuditEntry, NewRun, PgStore, RunDetail, RunFilter, RunSummary, RunUpdate, SeenEvent,
-    SqliteStore, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, Leases, NewRun, Notice, PgStore, RunDetail, RunFilter, RunSummary,
+    RunUpdate, SeenEvent, SqliteStore, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 
@@ -163,5 +163,38 @@ impl Store for AnyStore {
         runs: &[NewRun],
     ) -> Result<bool, StoreError> {
         each!(self, s => s.advance_poll(flow_id, seq, snapshot, runs))
+    }
+    fn process_id(&self) -> &str {
+        match self {
+            AnyStore::Sqlite(s) => s.process_id(),
+            AnyStore::Postgres(s) => s.process_id(),
+        }
+    }
+    fn shared(&self) -> bool {
+        matches!(self, AnyStore::Postgres(_))
+    }
+    async fn take_over(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.take_over(limit))
+    }
+    fn leases(&self) -> Option<Leases> {
+        match self {
+            AnyStore::Sqlite(s) => s.leases(),
+            AnyStore::Postgres(s) => s.leases(),
+        }
+    }
+    async fn own_poll(&self, flow_id: &str) -> Result<bool, StoreError> {
+        each!(self, s => s.own_poll(flow_id))
+    }
+    async fn wait_of(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+        each!(self, s => s.wait_of(run_id))
+    }
+    async fn due_waits(&self, before: i64) -> Result<Vec<Wait>, StoreError> {
+        each!(self, s => s.due_waits(before))
+    }
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        match self {
+            AnyStore::Sqlite(s) => s.notices(),
+            AnyStore::Postgres(s) => s.notices(),
+        }
     }
 }

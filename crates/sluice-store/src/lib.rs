@@ -28,11 +28,12 @@ mod store;
 mod values;
 
 pub use any::AnyStore;
-pub use postgres::PgStore;
+pub use postgres::{DEFAULT_LEASE, PgStore};
 pub use scrub::{Scrub, set_scrub};
 
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApiToken, AuditEntry, EVENTS_KEPT_MICROS, NewRun, RunDetail, RunFilter, RunStatus, RunSummary,
-    RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
+    ApiToken, AuditEntry, EVENTS_KEPT_MICROS, Leases, NewRun, Notice, Process, RunDetail,
+    RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
+    WaitKind, new_run_id, now_micros,
 };

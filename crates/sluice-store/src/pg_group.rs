@@ -42,11 +42,15 @@ pub(crate) struct PgGroup {
     tx: mpsc::UnboundedSender<Pending>,
 }
 
+/// The process that writes: new runs are its, and it moves only runs it
+/// holds (see postgres.rs).
+pub(crate) type Owner = Arc<str>;
+
 impl PgGroup {
     /// Nodes of large values it commits are remembered in `known`.
-    pub(crate) fn start(pool: PgPool, known: Arc<Known>) -> Self {
+    pub(crate) fn start(pool: PgPool, known: Arc<Known>, owner: Owner) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, known, rx));
+        tokio::spawn(writer(pool, known, owner, rx));
         Self { tx }
     }
 
@@ -66,6 +70,7 @@ async fn statements(
     conn: &mut PgConnection,
     w: &PgWrite,
     known: &Known,
+    owner: &str,
     values: &mut Vec<Chunk>,
 ) -> Result<(), StoreError> {
     let run_id = match w {
@@ -74,7 +79,7 @@ async fn statements(
     };
     let mut enc = Encoder::new(run_id, known);
     match w {
-        PgWrite::Create(run) => insert_run(conn, run, None, &mut enc).await?,
+        PgWrite::Create(run) => insert_run(conn, run, None, owner, &mut enc).await?,
         PgWrite::Record(r) => {
             let PgRecord {
                 new,
@@ -85,12 +90,12 @@ async fn statements(
             let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
             match new {
                 Some(new) => {
-                    insert_run(conn, new, Some((run, n)), &mut enc).await?;
+                    insert_run(conn, new, Some((run, n)), owner, &mut enc).await?;
                     insert_steps(conn, steps, &mut enc).await?;
                 }
                 None => {
                     insert_steps(conn, steps, &mut enc).await?;
-                    move_run(conn, run_id, run, n, &mut enc).await?;
+                    move_run(conn, run_id, run, n, owner, &mut enc).await?;
                 }
             }
         }
@@ -118,11 +123,16 @@ pub(crate) async fn insert_values(
 }
 
 /// `writes` in one transaction.
-async fn together(pool: &PgPool, known: &Known, writes: &[&PgWrite]) -> Result<(), StoreError> {
+async fn together(
+    pool: &PgPool,
+    known: &Known,
+    owner: &str,
+    writes: &[&PgWrite],
+) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let mut values = Vec::new();
     for w in writes {
-        statements(&mut tx, w, known, &mut values).await?;
+        statements(&mut tx, w, known, owner, &mut values).await?;
     }
     insert_values(&mut tx, &values).await?;
     tx.commit().await?;
@@ -130,7 +140,12 @@ async fn together(pool: &PgPool, known: &Known, writes: &[&PgWrite]) -> Result<(
     Ok(())
 }
 
-async fn writer(pool: PgPool, known: Arc<Known>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn writer(
+    pool: PgPool,
+    known: Arc<Known>,
+    owner: Owner,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MOST {
@@ -140,7 +155,7 @@ async fn writer(pool: PgPool, known: Arc<Known>, mut rx: mpsc::UnboundedReceiver
             }
         }
         let writes: Vec<&PgWrite> = batch.iter().map(|p| &p.write).collect();
-        let result = together(&pool, &known, &writes).await;
+        let result = together(&pool, &known, &owner, &writes).await;
         match result {
             Ok(()) => {
                 for p in batch {
@@ -154,7 +169,7 @@ async fn writer(pool: PgPool, known: Arc<Known>, mut rx: mpsc::UnboundedReceiver
             }
             Err(_) => {
                 for p in batch {
-                    let r = together(&pool, &known, &[&p.write]).await;
+                    let r = together(&pool, &known, &owner, &[&p.write]).await;
                     let _ = p.done.send(r);
                 }
             }
@@ -162,12 +177,13 @@ async fn writer(pool: PgPool, known: Arc<Known>, mut rx: mpsc::UnboundedReceiver
     }
 }
 
-/// A new run: as started, or (with `at`) already at a position after `n`
-/// steps.
+/// A new run, held by `owner`: as started, or (with `at`) already at a
+/// position after `n` steps.
 pub(crate) async fn insert_run(
     conn: &mut PgConnection,
     run: &NewRun,
     at: Option<(&RunUpdate, i64)>,
+    owner: &str,
     enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
     let input = enc.json(&run.input);
@@ -196,7 +212,7 @@ pub(crate) async fn insert_run(
         ),
     };
     let done = sqlx::query(
-        "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at, lease_owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     )
     .bind(&run.id)
     .bind(&run.flow_id)
@@ -216,6 +232,7 @@ pub(crate) async fn insert_run(
     .bind(error)
     .bind(error_step)
     .bind(ended)
+    .bind(owner)
     .execute(&mut *conn)
     .await;
     match done {
@@ -263,17 +280,20 @@ pub(crate) async fn insert_steps(
     Ok(())
 }
 
-/// Move a run to its new position after `n` more steps; a cancelled run
-/// keeps its status. Whether a run (cancelled or not) is there.
+/// Move a run `owner` holds to its new position after `n` more steps; a
+/// cancelled run keeps its status. Fails when there is no such run, or
+/// another process holds it now ([`StoreError::LeaseLost`]: the
+/// transaction must not commit).
 pub(crate) async fn move_run(
     conn: &mut PgConnection,
     run_id: &str,
     u: &RunUpdate,
     n: i64,
+    owner: &str,
     enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
-        "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled'",
+        "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled' AND lease_owner = $11",
     )
     .bind(run_id)
     .bind(u.status.as_str())
@@ -285,17 +305,33 @@ pub(crate) async fn move_run(
     .bind(u.ended_at)
     .bind(crate::now_micros())
     .bind(n)
+    .bind(owner)
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 {
         return Ok(());
     }
-    let cancelled = sqlx::query("SELECT 1 FROM runs WHERE id = $1 AND status = 'cancelled'")
-        .bind(run_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match cancelled {
-        Some(_) => Ok(()),
+    held_elsewhere(conn, run_id).await
+}
+
+/// Why a write fenced by its run's owner moved nothing: `Ok` for a
+/// cancelled run (which keeps its status), else no such run or
+/// [`StoreError::LeaseLost`].
+pub(crate) async fn held_elsewhere(
+    conn: &mut PgConnection,
+    run_id: &str,
+) -> Result<(), StoreError> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, lease_owner FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match row {
         None => Err(StoreError::NoSuchRun(run_id.to_owned())),
+        Some((status, _)) if status == "cancelled" => Ok(()),
+        Some((_, owner)) => Err(StoreError::LeaseLost {
+            run: run_id.to_owned(),
+            owner: owner.unwrap_or_else(|| "(none)".to_owned()),
+        }),
     }
 }

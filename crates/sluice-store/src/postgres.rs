@@ -3,21 +3,53 @@
 //! together by one writer (`pg_group`), as the SQLite store writes them;
 //! a claim (a wait, a schedule's fire, an event, a poll's page) is one
 //! conditional statement, so that of two processes one takes it.
+//!
+//! Leases: every process that opens the store is a row of `processes`,
+//! alive until a time it renews every quarter of its lease (default 10 s),
+//! by the database's clock, so that processes' clocks need not agree. A
+//! running run is held by the process that created, claimed or took it
+//! (`runs.lease_owner`), and every write that moves it is fenced by that
+//! owner: a process whose lease lapsed and whose runs another took over
+//! writes nothing more to them. Runs of a process that is not alive are
+//! taken over with `FOR UPDATE SKIP LOCKED`, each by one taker. Suspended
+//! runs and cancels are announced on the channel `sluice_notices`
+//! (LISTEN/NOTIFY) so that other processes act at once; periodic scans
+//! make up for a missed notice.
 
-use crate::pg_group::{PgRecord, PgWrite, insert_run, insert_steps, insert_values, move_run};
+use crate::pg_group::{
+    Owner, PgRecord, PgWrite, held_elsewhere, insert_run, insert_steps, insert_values, move_run,
+};
 use crate::rows;
 use crate::scrub::json;
 use crate::values::{Encoder, Known, Loaded};
 use crate::{
-    ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
-    SeenEvent, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, Leases, NewRun, Notice, Process, RunDetail, RunFilter, RunStatus,
+    RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Now by the database's clock, in µs since the epoch (every lease time is
+/// read and compared by it).
+macro_rules! db_now {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT"
+    };
+}
+
+/// The channel of [`Notice`]s.
+const CHANNEL: &str = "sluice_notices";
+
+/// How long a process's leases hold unrenewed, unless set
+/// ([`PgStore::set_lease`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -30,7 +62,30 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "large values kept once per run",
         include_str!("../migrations/postgres/0002_run_values.sql"),
     ),
+    (
+        3,
+        "processes and their leases on runs",
+        include_str!("../migrations/postgres/0003_leases.sql"),
+    ),
 ];
+
+/// This process, as the store knows it.
+#[derive(Debug)]
+struct Me {
+    id: Owner,
+    host: String,
+    started_at: i64,
+    /// How long a lease holds unrenewed, in µs.
+    lease: AtomicI64,
+    /// As last renewed.
+    leases: std::sync::Mutex<Leases>,
+    taken_over: AtomicU64,
+    /// Set once it stopped: renew no more.
+    retired: AtomicBool,
+    notices: broadcast::Sender<Notice>,
+    /// Dropped with the last handle of the store: its tasks end.
+    _stop: watch::Sender<()>,
+}
 
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -40,13 +95,12 @@ pub struct PgStore {
     group: crate::pg_group::PgGroup,
     /// Nodes of large values already written (`values.rs`).
     known: std::sync::Arc<Known>,
-    /// The connection that holds the server's lock (see
-    /// [`PgStore::hold_server_lock`]).
-    held: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    me: Arc<Me>,
 }
 
-/// The advisory lock of the one `sluice serve` a store has for now.
-const SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
+/// The advisory lock that servers of earlier versions held (one server per
+/// store): a server holding it is of a version that does not share runs.
+const OLD_SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
 
 impl PgStore {
     /// Open the store at `url` (`postgres://…` or `postgresql://…`),
@@ -63,6 +117,7 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        may_migrate(&pool).await.map_err(fail)?;
         let migrations = MIGRATIONS
             .iter()
             .map(|(v, d, sql)| {
@@ -80,29 +135,55 @@ impl PgStore {
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
         let known = std::sync::Arc::new(Known::default());
-        let group = crate::pg_group::PgGroup::start(pool.clone(), known.clone());
+        let id: Owner = crate::new_run_id().into();
+        let group = crate::pg_group::PgGroup::start(pool.clone(), known.clone(), id.clone());
+        let (stop, stopped) = watch::channel(());
+        let me = Arc::new(Me {
+            id,
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            started_at: crate::now_micros(),
+            lease: AtomicI64::new(micros(DEFAULT_LEASE)),
+            leases: Default::default(),
+            taken_over: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            notices: broadcast::channel(1024).0,
+            _stop: stop,
+        });
+        // Alive before it creates or claims a run (which its lease covers).
+        renew(&pool, &me).await.map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(heartbeat(
+            pool.clone(),
+            Arc::downgrade(&me),
+            stopped.clone(),
+        ));
+        tokio::spawn(listen(pool.clone(), Arc::downgrade(&me), stopped));
         Ok(Self {
             pool,
             known,
             group,
-            held: Default::default(),
+            me,
         })
     }
 
-    /// Take the lock of the store's one server, held by a connection of its
-    /// own until the process ends: `false` when another process holds it.
-    /// (Processes do not share a store's runs yet: two servers would both
-    /// continue the runs left running.)
-    pub async fn hold_server_lock(&self) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SERVER_LOCK)
-            .fetch_one(&mut conn)
+    /// Hold leases `lease` long unrenewed (renewed every quarter of it): how
+    /// long the runs of a process that died wait before another takes them.
+    pub async fn set_lease(&self, lease: Duration) -> Result<(), StoreError> {
+        self.me.lease.store(micros(lease), Ordering::Relaxed);
+        renew(&self.pool, &self.me).await
+    }
+
+    /// End this process's leases now (it stops): the runs it still holds
+    /// are taken over by the others at once, without waiting for the lease
+    /// to lapse.
+    pub async fn retire(&self) -> Result<(), StoreError> {
+        self.me.retired.store(true, Ordering::Relaxed);
+        sqlx::query("UPDATE processes SET alive_until = 0 WHERE id = $1")
+            .bind(&*self.me.id)
+            .execute(&self.pool)
             .await?;
-        if got {
-            *self.held.lock().await = Some(conn);
-        }
-        Ok(got)
+        Ok(())
     }
 
     async fn status_of(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError> {
@@ -140,7 +221,7 @@ impl PgStore {
         }
         for run in runs {
             let mut enc = Encoder::new(&run.id, &self.known);
-            insert_run(&mut tx, run, None, &mut enc).await?;
+            insert_run(&mut tx, run, None, &self.me.id, &mut enc).await?;
             insert_values(&mut tx, &enc.chunks).await?;
         }
         tx.commit().await?;
@@ -180,7 +261,7 @@ impl Store for PgStore {
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
         let mut enc = Encoder::new(run_id, &self.known);
         let mut tx = self.pool.begin().await?;
-        move_run(&mut tx, run_id, run, 0, &mut enc).await?;
+        move_run(&mut tx, run_id, run, 0, &self.me.id, &mut enc).await?;
         insert_values(&mut tx, &enc.chunks).await?;
         tx.commit().await?;
         self.known.remember(&enc.chunks);
@@ -278,10 +359,11 @@ impl Store for PgStore {
         let state = enc.json(state);
         let mut tx = self.pool.begin().await?;
         insert_values(&mut tx, &enc.chunks).await?;
-        let done = sqlx::query("UPDATE runs SET status = 'running', state = $1, error = NULL, error_step = NULL, updated_at = $2 WHERE id = $3 AND status = 'incident'")
+        let done = sqlx::query("UPDATE runs SET status = 'running', state = $1, error = NULL, error_step = NULL, updated_at = $2, lease_owner = $4 WHERE id = $3 AND status = 'incident'")
             .bind(state)
             .bind(crate::now_micros())
             .bind(run_id)
+            .bind(&*self.me.id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -298,16 +380,23 @@ impl Store for PgStore {
 
     async fn count_recovery(&self, run_id: &str) -> Result<u32, StoreError> {
         let n: Option<i64> = sqlx::query_scalar(
-            "UPDATE runs SET recoveries = CASE WHEN recovered_at_steps = steps THEN recoveries + 1 ELSE 1 END, recovered_at_steps = steps WHERE id = $1 AND status = 'running' RETURNING recoveries",
+            "UPDATE runs SET recoveries = CASE WHEN recovered_at_steps = steps THEN recoveries + 1 ELSE 1 END, recovered_at_steps = steps WHERE id = $1 AND status = 'running' AND lease_owner = $2 RETURNING recoveries",
         )
         .bind(run_id)
+        .bind(&*self.me.id)
         .fetch_optional(&self.pool)
         .await?;
         match n {
             Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
-            None => Err(self
-                .refused(run_id, |run, status| StoreError::NotRunning { run, status })
-                .await),
+            None => {
+                if self.status_of(run_id).await? == Some(RunStatus::Running) {
+                    let mut conn = self.pool.acquire().await?;
+                    held_elsewhere(&mut conn, run_id).await?;
+                }
+                Err(self
+                    .refused(run_id, |run, status| StoreError::NotRunning { run, status })
+                    .await)
+            }
         }
     }
 
@@ -402,6 +491,7 @@ impl Store for PgStore {
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;
+            notify(&mut tx, &format!("cancel {run_id}")).await?;
             tx.commit().await?;
             return Ok(());
         }
@@ -434,16 +524,26 @@ impl Store for PgStore {
                     error_step: None,
                     ended_at: None,
                 };
-                move_run(&mut tx, &s.run_id, &u, 1, &mut enc).await?;
+                move_run(&mut tx, &s.run_id, &u, 1, &self.me.id, &mut enc).await?;
             }
             None => {
-                sqlx::query("UPDATE runs SET status = 'waiting', state = $1, next_step = $2, updated_at = $3 WHERE id = $4 AND status = 'running'")
+                let done = sqlx::query("UPDATE runs SET status = 'waiting', state = $1, next_step = $2, updated_at = $3 WHERE id = $4 AND status = 'running' AND lease_owner = $5")
                     .bind(enc.json(state))
                     .bind(&wait.step_key)
                     .bind(crate::now_micros())
                     .bind(&wait.run_id)
+                    .bind(&*self.me.id)
                     .execute(&mut *tx)
                     .await?;
+                if done.rows_affected() == 0 {
+                    // Not running (cancelled, or no such run: nothing is
+                    // suspended), or held by another process (refused).
+                    if let Err(e @ StoreError::LeaseLost { .. }) =
+                        held_elsewhere(&mut tx, &wait.run_id).await
+                    {
+                        return Err(e);
+                    }
+                }
             }
         }
         let waiting = sqlx::query("SELECT 1 FROM runs WHERE id = $1 AND status = 'waiting'")
@@ -464,6 +564,9 @@ impl Store for PgStore {
                 .bind(wait.since)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(at) = wait.wake_at {
+                notify(&mut tx, &format!("wait {at} {}", wait.run_id)).await?;
+            }
         }
         insert_values(&mut tx, &enc.chunks).await?;
         tx.commit().await?;
@@ -484,10 +587,11 @@ impl Store for PgStore {
         };
         let wait = rows::wait(&row)?;
         let done = sqlx::query(
-            "UPDATE runs SET status = 'running', updated_at = $1 WHERE id = $2 AND status = 'waiting'",
+            "UPDATE runs SET status = 'running', updated_at = $1, lease_owner = $3 WHERE id = $2 AND status = 'waiting'",
         )
         .bind(crate::now_micros())
         .bind(run_id)
+        .bind(&*self.me.id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -620,6 +724,276 @@ impl Store for PgStore {
         self.claimed_with_runs(tx, moved.rows_affected() == 1, runs)
             .await
     }
+
+    fn process_id(&self) -> &str {
+        &self.me.id
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn take_over(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        let limit = if limit == 0 {
+            None
+        } else {
+            Some(i64::from(limit))
+        };
+        let taken: Vec<String> = sqlx::query_scalar(concat!(
+            "UPDATE runs SET lease_owner = $1 WHERE status = 'running' AND id IN (",
+            "SELECT r.id FROM runs r WHERE r.status = 'running' AND (r.lease_owner IS NULL OR (r.lease_owner <> $1 AND NOT EXISTS (",
+            "SELECT 1 FROM processes p WHERE p.id = r.lease_owner AND p.alive_until > ",
+            db_now!(),
+            "))) ORDER BY r.started_at LIMIT $2 FOR UPDATE OF r SKIP LOCKED) RETURNING id"
+        ))
+        .bind(&*self.me.id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        self.me
+            .taken_over
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        Ok(taken)
+    }
+
+    fn leases(&self) -> Option<Leases> {
+        let mut l = self.me.leases.lock().ok()?.clone();
+        l.taken_over = self.me.taken_over.load(Ordering::Relaxed);
+        Some(l)
+    }
+
+    async fn own_poll(&self, flow_id: &str) -> Result<bool, StoreError> {
+        let owner: Option<String> = sqlx::query_scalar(concat!(
+            "INSERT INTO poll_owners (flow_id, owner) VALUES ($1, $2) ON CONFLICT (flow_id) DO UPDATE SET owner = EXCLUDED.owner ",
+            "WHERE poll_owners.owner = EXCLUDED.owner OR NOT EXISTS (SELECT 1 FROM processes p WHERE p.id = poll_owners.owner AND p.alive_until > ",
+            db_now!(),
+            ") RETURNING owner"
+        ))
+        .bind(flow_id)
+        .bind(&*self.me.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(owner.is_some())
+    }
+
+    async fn wait_of(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+        let row = sqlx::query("SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::wait).transpose()
+    }
+
+    async fn due_waits(&self, before: i64) -> Result<Vec<Wait>, StoreError> {
+        let rows = sqlx::query("SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE wake_at < $1 ORDER BY wake_at")
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::wait).collect()
+    }
+
+    fn notices(&self) -> Option<broadcast::Receiver<Notice>> {
+        Some(self.me.notices.subscribe())
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Tell every process listening (on commit of `tx`).
+async fn notify(tx: &mut PgConnection, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Renew `me`'s leases, and read how many runs each live process holds.
+async fn renew(pool: &PgPool, me: &Me) -> Result<(), StoreError> {
+    if me.retired.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let lease = me.lease.load(Ordering::Relaxed);
+    sqlx::query(concat!(
+        "INSERT INTO processes (id, host, pid, version, started_at, alive_until) VALUES ($1, $2, $3, $4, $5, ",
+        db_now!(),
+        " + $6) ON CONFLICT (id) DO UPDATE SET alive_until = EXCLUDED.alive_until"
+    ))
+    .bind(&*me.id)
+    .bind(&me.host)
+    .bind(i64::from(std::process::id()))
+    .bind(env!("CARGO_PKG_VERSION"))
+    .bind(me.started_at)
+    .bind(lease)
+    .execute(pool)
+    .await?;
+    let rows = sqlx::query(concat!(
+        "SELECT p.id, p.host, p.pid, p.version, p.started_at, p.alive_until, ",
+        "(SELECT COUNT(*) FROM runs r WHERE r.status = 'running' AND r.lease_owner = p.id) AS runs ",
+        "FROM processes p WHERE p.alive_until > ",
+        db_now!(),
+        " ORDER BY p.started_at, p.id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    let mut processes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        processes.push(Process {
+            id: r.try_get("id")?,
+            host: r.try_get("host")?,
+            pid: r.try_get("pid")?,
+            version: r.try_get("version")?,
+            started_at: r.try_get("started_at")?,
+            alive_until: r.try_get("alive_until")?,
+            runs: r.try_get("runs")?,
+        });
+    }
+    let held = processes
+        .iter()
+        .find(|p| *p.id == *me.id)
+        .map_or(0, |p| p.runs);
+    if let Ok(mut l) = me.leases.lock() {
+        *l = Leases {
+            process: me.id.to_string(),
+            lease_micros: lease,
+            renewed_at: crate::now_micros(),
+            held,
+            taken_over: 0,
+            processes,
+        };
+    }
+    Ok(())
+}
+
+/// Renew the leases every quarter of a lease until the store is dropped.
+/// A renewal that fails is tried again at the next (the leases hold until
+/// they lapse; after that other processes may take the runs over, and this
+/// one's writes to them are refused).
+async fn heartbeat(pool: PgPool, me: Weak<Me>, mut stop: watch::Receiver<()>) {
+    loop {
+        let every = {
+            let Some(me) = me.upgrade() else { return };
+            let _ = renew(&pool, &me).await;
+            me.lease.load(Ordering::Relaxed) / 4
+        };
+        let every = Duration::from_micros(u64::try_from(every.max(1_000)).unwrap_or(1_000));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Hand the notices of the channel to `me`'s subscribers until the store
+/// is dropped; reconnects when the connection drops (notices sent
+/// meanwhile are lost: the periodic scans make up for them).
+async fn listen(pool: PgPool, me: Weak<Me>, mut stop: watch::Receiver<()>) {
+    loop {
+        let listening = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut l) => l.listen(CHANNEL).await.map(|()| l),
+            Err(e) => Err(e),
+        };
+        let Ok(mut listener) = listening else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = stop.changed() => return,
+            }
+        };
+        loop {
+            let got = tokio::select! {
+                n = listener.recv() => n,
+                _ = stop.changed() => return,
+            };
+            let Ok(n) = got else { break };
+            let Some(me) = me.upgrade() else { return };
+            if let Some(notice) = parse_notice(n.payload()) {
+                let _ = me.notices.send(notice);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// A notice's payload: `wait AT RUN` or `cancel RUN`.
+fn parse_notice(payload: &str) -> Option<Notice> {
+    let mut words = payload.splitn(3, ' ');
+    match words.next()? {
+        "wait" => {
+            let wake_at = words.next()?.parse().ok()?;
+            Some(Notice::Waiting {
+                run_id: words.next()?.to_owned(),
+                wake_at,
+            })
+        }
+        "cancel" => Some(Notice::Cancelled {
+            run_id: words.next()?.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// Refuse to change the store's tables while processes of another version
+/// use them, and say so when the tables are newer than this version knows
+/// (sqlx's migrator, which runs next under a lock of its own, makes
+/// processes of one version that start together wait for each other).
+async fn may_migrate(pool: &PgPool) -> Result<(), String> {
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+    let Some(applied) = applied else {
+        return Ok(());
+    };
+    let latest = MIGRATIONS.len() as i64;
+    if applied > latest {
+        return Err(format!(
+            "its tables were made by a later version of Sluice (at migration {applied}; this version {} knows {latest}): run that version, or a later one",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    if applied == latest {
+        return Ok(());
+    }
+    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(OLD_SERVER_LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if free {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(OLD_SERVER_LOCK)
+            .execute(&mut *conn)
+            .await;
+    } else {
+        return Err("a `sluice serve` of an earlier version uses this store; stop it before this version changes the store's tables".into());
+    }
+    if applied >= 3 {
+        let others: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT DISTINCT version FROM processes WHERE version <> $1 AND alive_until > ",
+            db_now!()
+        ))
+        .bind(env!("CARGO_PKG_VERSION"))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        if !others.is_empty() {
+            return Err(format!(
+                "processes of Sluice {} use this store; stop them before this version changes the store's tables",
+                others.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A database URL with its password shown as `***`.

@@ -104,6 +104,10 @@ pub struct SqliteStore {
     group: Group,
     /// Nodes of large values already written (`values.rs`).
     known: Arc<Known>,
+    /// This process's id (see [`Store::process_id`]).
+    process: Arc<str>,
+    /// Whether the running runs were handed over (see [`Store::take_over`]).
+    taken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteStore {
@@ -197,7 +201,7 @@ impl SqliteStore {
                 .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
             let known = Arc::new(Known::default());
             let group = Group::start(pool.clone(), false, known.clone());
-            return Ok(Self { pool, group, known });
+            return Ok(Self::with(pool, group, known));
         }
         // A store whose migrations are all applied needs no more than one
         // look (sqlx's migrator takes a few dozen statements to say so).
@@ -210,7 +214,7 @@ impl SqliteStore {
         if applied == Some((latest, latest)) {
             let known = Arc::new(Known::default());
             let group = Group::start(pool.clone(), true, known.clone());
-            return Ok(Self { pool, group, known });
+            return Ok(Self::with(pool, group, known));
         }
         let migrations = MIGRATIONS
             .iter()
@@ -230,7 +234,17 @@ impl SqliteStore {
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
         let known = Arc::new(Known::default());
         let group = Group::start(pool.clone(), !memory, known.clone());
-        Ok(Self { pool, group, known })
+        Ok(Self::with(pool, group, known))
+    }
+
+    fn with(pool: SqlitePool, group: Group, known: Arc<Known>) -> Self {
+        Self {
+            pool,
+            group,
+            known,
+            process: crate::new_run_id().into(),
+            taken: Arc::default(),
+        }
     }
 }
 
@@ -319,6 +333,9 @@ fn record_vals(
 const CLAIM_WAIT: &str = "DELETE FROM waits WHERE run_id = ? RETURNING run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since";
 const ALL_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits ORDER BY since";
 const EVENT_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE kind = 'event' AND (event_type = ? OR event_type IS NULL) ORDER BY since";
+
+const WAIT_OF: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE run_id = ?";
+const DUE_WAITS: &str = "SELECT run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since FROM waits WHERE wake_at < ? ORDER BY wake_at";
 
 const UPDATE_RUN: &str = "UPDATE runs SET status = ?, state = ?, next_step = ?, output = ?, error = ?, error_step = ?, ended_at = ?, updated_at = ? WHERE id = ? AND status <> 'cancelled'";
 
@@ -424,6 +441,41 @@ impl Store for SqliteStore {
             }
         };
         rows.iter().map(rows::wait).collect()
+    }
+
+    async fn wait_of(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+        let row = sqlx::query(WAIT_OF)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::wait).transpose()
+    }
+
+    async fn due_waits(&self, before: i64) -> Result<Vec<Wait>, StoreError> {
+        let rows = sqlx::query(DUE_WAITS)
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::wait).collect()
+    }
+
+    fn process_id(&self) -> &str {
+        &self.process
+    }
+
+    async fn take_over(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        // One process per file: every running run is its own once it
+        // starts (what another process left running has no other taker).
+        if self.taken.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(Vec::new());
+        }
+        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at, id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {

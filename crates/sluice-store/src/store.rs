@@ -363,6 +363,18 @@ pub enum StoreError {
         /// Its status.
         status: &'static str,
     },
+    /// The run is driven by another process now: this one's lease on it
+    /// lapsed and was taken over (see [`Store::take_over`]). Its record
+    /// is left as the new owner writes it.
+    #[error(
+        "run `{run}` is driven by process `{owner}` now: this process's lease on it lapsed and was taken over"
+    )]
+    LeaseLost {
+        /// The run.
+        run: String,
+        /// The process that holds it now.
+        owner: String,
+    },
     /// Only a running run is continued after a stop.
     #[error("run `{run}` is {status}, not running")]
     NotRunning {
@@ -551,6 +563,107 @@ pub trait Store: Send + Sync + 'static {
         snapshot: &Value,
         runs: &[NewRun],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// This process's id in the store: the owner of the runs it creates,
+    /// claims or takes over.
+    fn process_id(&self) -> &str;
+    /// Whether other processes may share the store (and its runs): then
+    /// runs are leased (see [`Store::take_over`]).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Take at most `limit` running runs that no live process drives (their
+    /// owner stopped and its lease lapsed), oldest first: they are this
+    /// process's from now on, to continue from their last committed step.
+    /// Of processes calling at once, each run goes to one. A store that is
+    /// not shared is one process's: it hands over every running run at its
+    /// first call, and none after.
+    fn take_over(&self, limit: u32)
+    -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// This process's leases as last renewed; `None` when the store is not
+    /// shared.
+    fn leases(&self) -> Option<Leases> {
+        None
+    }
+    /// Whether this process is the one that polls `flow_id`'s source now
+    /// (taking it when its owner stopped); always, when not shared.
+    fn own_poll(&self, flow_id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = flow_id;
+        async { Ok(true) }
+    }
+    /// A suspended run's wait, if it is waiting.
+    fn wait_of(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<Wait>, StoreError>> + Send;
+    /// The waits that end by themselves before `before` (µs since the
+    /// epoch), soonest first.
+    fn due_waits(&self, before: i64) -> impl Future<Output = Result<Vec<Wait>, StoreError>> + Send;
+    /// What other processes sharing the store tell this one (see
+    /// [`Notice`]); `None` when the store is not shared.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+}
+
+/// A process among those that share a store, as the store knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Its id (a UUID v7, new at every start).
+    pub id: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its operating-system process id.
+    pub pid: i64,
+    /// The version of Sluice it runs.
+    pub version: String,
+    /// When it opened the store (µs since the epoch).
+    pub started_at: i64,
+    /// Until when its leases hold unless it renews them (µs since the
+    /// epoch, by the database's clock).
+    pub alive_until: i64,
+    /// The running runs it holds.
+    pub runs: i64,
+}
+
+/// This process's leases on runs, as last renewed
+/// ([`Store::leases`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Leases {
+    /// This process.
+    pub process: String,
+    /// How long a lease holds unrenewed (µs).
+    pub lease_micros: i64,
+    /// When they were last renewed (µs since the epoch, this process's
+    /// clock; 0 before the first renewal).
+    pub renewed_at: i64,
+    /// The running runs this process holds.
+    pub held: i64,
+    /// Runs this process took over from processes that stopped, since it
+    /// started.
+    pub taken_over: u64,
+    /// The processes alive, this one among them.
+    pub processes: Vec<Process>,
+}
+
+/// What one process of those sharing a store tells the others, at once
+/// (PostgreSQL's LISTEN/NOTIFY): none of it is needed for correctness,
+/// which the periodic scans of [`Store::take_over`] and
+/// [`Store::due_waits`] give; it only saves their interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A run was suspended until `wake_at` (µs since the epoch): whichever
+    /// process claims its wait first then continues it.
+    Waiting {
+        /// The run.
+        run_id: String,
+        /// When it wakes.
+        wake_at: i64,
+    },
+    /// A run was cancelled: the process that drives it stops it.
+    Cancelled {
+        /// The run.
+        run_id: String,
+    },
 }
 
 /// How long an accepted event is remembered, so that a sender's retry of it

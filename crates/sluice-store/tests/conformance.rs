@@ -701,6 +701,16 @@ async fn waits<S: Store>(store: &S) {
     assert_eq!(d.next_step.as_deref(), Some("first"));
     assert_eq!(d.summary.steps, 0);
     assert!(store.list_waits(None).await.unwrap().contains(&w));
+    assert_eq!(store.wait_of(&sleeper.id).await.unwrap(), Some(w.clone()));
+    // Due within two seconds, not yet now.
+    assert!(
+        store
+            .due_waits(now_micros() + 2_000_000)
+            .await
+            .unwrap()
+            .contains(&w)
+    );
+    assert!(!store.due_waits(now_micros()).await.unwrap().contains(&w));
     // Exactly one claim takes it, and the run runs again.
     assert_eq!(
         store.claim_wait(&sleeper.id).await.unwrap(),
@@ -744,6 +754,17 @@ async fn waits<S: Store>(store: &S) {
     assert!(paid.contains(&ev) && paid.contains(&ev_any) && paid.len() == 2);
     let other = store.list_waits(Some("order.shipped")).await.unwrap();
     assert_eq!(other, vec![ev_any.clone()]);
+    // A wait with no time is never due by itself.
+    assert!(
+        !store
+            .due_waits(i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.run_id == any.id)
+    );
+    assert_eq!(store.wait_of(&any.id).await.unwrap(), Some(ev_any.clone()));
+    assert_eq!(store.wait_of(&sleeper.id).await.unwrap(), None);
 
     // Cancelling a waiting run drops its wait; nothing can claim it then.
     store.cancel_run(&waiter.id).await.unwrap();
@@ -1064,4 +1085,185 @@ async fn postgres_passes_the_suite() {
     )))
     .execute(&admin)
     .await;
+}
+
+/// Processes sharing a PostgreSQL store: a run is held by the process that
+/// created it; it is taken over only once its owner is not alive, by one
+/// taker; the old owner's writes to it are refused from then on; polls have
+/// one owner; suspensions and cancels are announced to every process.
+#[tokio::test]
+async fn postgres_processes_lease_their_runs() {
+    use sluice_store::{Notice, PgStore};
+    use std::time::Duration;
+    let Some((url, db, admin)) = fresh_postgres("leases").await else {
+        return;
+    };
+    let a = PgStore::open(&url).await.unwrap();
+    let b = PgStore::open(&url).await.unwrap();
+    let c = PgStore::open(&url).await.unwrap();
+    assert!(a.shared() && a.process_id() != b.process_id());
+    let mut heard = b.notices().unwrap();
+
+    // A's run: nobody else takes it while A lives.
+    let r = new_run("leased");
+    a.create_run(&r).await.unwrap();
+    assert!(b.take_over(0).await.unwrap().is_empty());
+    a.record_step(&step(&r.id, 0, true), &running(json!({"n": 0}), Some("s1")))
+        .await
+        .unwrap();
+    // Leases are renewed with the count of runs held.
+    a.set_lease(Duration::from_secs(10)).await.unwrap();
+    let l = a.leases().unwrap();
+    assert_eq!((l.held, l.lease_micros), (1, 10_000_000));
+    assert!(l.processes.iter().any(|p| p.id == b.process_id()));
+
+    // A stops: B takes the run over, and A's writes are refused.
+    a.retire().await.unwrap();
+    assert_eq!(b.take_over(0).await.unwrap(), vec![r.id.clone()]);
+    assert!(c.take_over(0).await.unwrap().is_empty());
+    let lost = a
+        .record_step(&step(&r.id, 1, true), &running(json!({"n": 1}), Some("s2")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&lost, StoreError::LeaseLost { owner, .. } if owner == b.process_id()),
+        "{lost:?}"
+    );
+    assert!(matches!(
+        a.update_run(&r.id, &running(json!({}), None)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        a.count_recovery(&r.id).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let w = Wait::timer(
+        &r.id,
+        "leased",
+        "s1",
+        WaitKind::Sleep,
+        now_micros(),
+        now_micros(),
+    );
+    assert!(matches!(
+        a.suspend(None, &json!({}), &w).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // Nothing of A's refused writes is in the record; B goes on.
+    let d = b.get_run(&r.id).await.unwrap().unwrap();
+    assert_eq!((d.summary.steps, d.state.clone()), (1, json!({"n": 0})));
+    assert_eq!(b.count_recovery(&r.id).await.unwrap(), 1);
+    b.record_step(&step(&r.id, 1, true), &running(json!({"n": 1}), Some("s2")))
+        .await
+        .unwrap();
+
+    // B suspends it until now: every process hears of it; whoever claims
+    // the wait holds the run.
+    assert!(b.suspend(None, &json!({"n": 1}), &w).await.unwrap());
+    let n = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        n,
+        Notice::Waiting {
+            run_id: r.id.clone(),
+            wake_at: w.wake_at.unwrap()
+        }
+    );
+    assert!(c.claim_wait(&r.id).await.unwrap().is_some());
+    assert!(matches!(
+        b.record_step(&step(&r.id, 2, true), &running(json!({}), None))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    c.record_step(&step(&r.id, 2, true), &running(json!({"n": 2}), Some("s3")))
+        .await
+        .unwrap();
+    c.cancel_run(&r.id).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        n,
+        Notice::Cancelled {
+            run_id: r.id.clone()
+        }
+    );
+
+    // Many runs of a process that stopped: two takers at once share them,
+    // each run to one.
+    let d = PgStore::open(&url).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        let r = new_run("leased");
+        d.create_run(&r).await.unwrap();
+        ids.push(r.id);
+    }
+    d.retire().await.unwrap();
+    let (x, y) = tokio::join!(
+        async {
+            let mut all = Vec::new();
+            loop {
+                let got = b.take_over(7).await.unwrap();
+                if got.is_empty() {
+                    return all;
+                }
+                all.extend(got);
+            }
+        },
+        async {
+            let mut all = Vec::new();
+            loop {
+                let got = c.take_over(7).await.unwrap();
+                if got.is_empty() {
+                    return all;
+                }
+                all.extend(got);
+            }
+        }
+    );
+    let mut both: Vec<String> = x.iter().chain(y.iter()).cloned().collect();
+    both.sort();
+    ids.sort();
+    assert_eq!(both, ids, "each run taken once");
+
+    // A process that just dies (its store dropped, no retire): its runs
+    // wait for its lease to lapse.
+    let e = PgStore::open(&url).await.unwrap();
+    e.set_lease(Duration::from_millis(600)).await.unwrap();
+    let late = new_run("leased");
+    e.create_run(&late).await.unwrap();
+    assert!(e.own_poll("polled").await.unwrap());
+    assert!(!b.own_poll("polled").await.unwrap());
+    drop(e);
+    assert!(b.take_over(0).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(b.take_over(0).await.unwrap(), vec![late.id.clone()]);
+    // Its poll goes to the next that asks, and stays there.
+    assert!(b.own_poll("polled").await.unwrap());
+    assert!(!c.own_poll("polled").await.unwrap());
+    assert!(b.own_poll("polled").await.unwrap());
+    assert_eq!(b.leases().unwrap().taken_over, 1 + x.len() as u64 + 1);
+
+    drop((a, b, c, d));
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+}
+
+/// SQLite is one process's store: it hands every running run over once,
+/// at the first call, and has no leases to show.
+#[tokio::test]
+async fn sqlite_hands_its_running_runs_over_once() {
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let r = new_run("once");
+    store.create_run(&r).await.unwrap();
+    assert!(!store.shared() && store.leases().is_none() && store.notices().is_none());
+    assert_eq!(store.take_over(0).await.unwrap(), vec![r.id.clone()]);
+    assert!(store.take_over(0).await.unwrap().is_empty());
+    assert!(store.own_poll("any").await.unwrap());
 }

@@ -128,6 +128,12 @@ enum Command {
         /// `/api/health` and `/metrics` need a viewer's token too.
         #[arg(long)]
         auth_health_metrics: bool,
+        /// On a PostgreSQL store shared by several processes: how long this
+        /// process's leases on its runs hold unrenewed, in seconds (renewed
+        /// every quarter of it). The runs of a process that dies are taken
+        /// over by the others once it lapsed.
+        #[arg(long, default_value_t = 10.0)]
+        lease_secs: f64,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -314,6 +320,7 @@ fn main() -> ExitCode {
                 max_runs_in_flight,
                 no_auth,
                 auth_health_metrics,
+                lease_secs,
                 store,
             } => {
                 let timeouts = sluice_server::Timeouts {
@@ -332,6 +339,7 @@ fn main() -> ExitCode {
                     (timeouts, max_runs_in_flight, auth),
                     runs_handle,
                     &store.store,
+                    lease_secs,
                 )
                 .await
             }
@@ -457,6 +465,7 @@ async fn serve(
     (timeouts, max_in_flight, auth): (sluice_server::Timeouts, usize, sluice_server::Auth),
     runs: Option<tokio::runtime::Handle>,
     store_url: &str,
+    lease_secs: f64,
 ) -> u8 {
     let registry = Arc::new(registry());
     let set = match sluice_server::FlowSet::load(std::path::Path::new(dir), &registry) {
@@ -474,20 +483,18 @@ async fn serve(
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    // One server per store: processes do not share a store's runs yet.
+    // Processes sharing a PostgreSQL store lease the runs they drive.
     if let AnyStore::Postgres(pg) = store.as_ref() {
-        match pg.hold_server_lock().await {
-            Ok(true) => {}
-            Ok(false) => {
-                eprintln!(
-                    "error: another `sluice serve` uses this PostgreSQL store; one server per store for now (runs are not yet shared between processes)"
-                );
-                return INVALID;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return FAILED;
-            }
+        if !(lease_secs.is_finite() && (0.5..=3600.0).contains(&lease_secs)) {
+            eprintln!("error: --lease-secs must be between 0.5 and 3600 (got {lease_secs})");
+            return INVALID;
+        }
+        if let Err(e) = pg
+            .set_lease(std::time::Duration::from_secs_f64(lease_secs))
+            .await
+        {
+            eprintln!("error: {e}");
+            return FAILED;
         }
     }
     // Decided before listening: a server that may not start never opens
@@ -502,6 +509,7 @@ async fn serve(
             return INVALID;
         }
     };
+    let store_handle = store.clone();
     let engine = new_engine(store, registry.clone());
     let n = set.flows.len();
     let mut server = sluice_server::Server::new(engine, registry, set, dir.into())
@@ -533,6 +541,13 @@ async fn serve(
         }
     }
     server.start_schedules();
+    server.start_leases();
+    if let AnyStore::Postgres(pg) = store_handle.as_ref() {
+        eprintln!(
+            "sluice: process {} shares its PostgreSQL store (leases of {lease_secs} s)",
+            pg.process_id()
+        );
+    }
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -572,6 +587,12 @@ async fn serve(
         .await
     {
         Ok(()) => {
+            // What it still holds goes to the other processes at once.
+            if let AnyStore::Postgres(pg) = store_handle.as_ref()
+                && let Err(e) = pg.retire().await
+            {
+                eprintln!("sluice: could not hand over its leases (they lapse by themselves): {e}");
+            }
             eprintln!("sluice: stopped");
             0
         }
