@@ -545,7 +545,13 @@ impl Db {
                     ),
                     params: Vec::new(),
                 };
-                self.run(&create, false).await?;
+                // Two processes that make it at once: PostgreSQL refuses the
+                // second (a duplicate type name, despite `IF NOT EXISTS`);
+                // asked again, it sees the table made.
+                if self.run(&create, false).await.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    self.run(&create, false).await?;
+                }
                 let before = time::OffsetDateTime::now_utc()
                     - time::Duration::days(COMPLETIONS_KEPT_DAYS);
                 let prune = Stmt {

@@ -2488,50 +2488,172 @@ fn a_planted_secret_never_reaches_a_record_a_log_or_an_answer() {
     let _ = std::fs::remove_dir_all(&secrets);
 }
 
-#[test]
-fn a_server_on_a_postgres_store_records_its_runs_there_and_is_the_only_one() {
-    let Ok(base) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "SLUICE_TEST_POSTGRES_URL must be set under CI"
-        );
-        return;
-    };
-    let db = format!("sluice_serve_{}", std::process::id());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let admin = rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {db}"),
-            format!("CREATE DATABASE {db}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&admin)
+/// A fresh database on the PostgreSQL server of `SLUICE_TEST_POSTGRES_URL`,
+/// dropped when this is; `None` when the variable is not set (a failure
+/// under CI).
+struct FreshPg {
+    url: String,
+    db: String,
+    rt: tokio::runtime::Runtime,
+    pool: sqlx::PgPool,
+    admin: sqlx::PgPool,
+}
+
+impl FreshPg {
+    fn new(name: &str) -> Option<Self> {
+        let Ok(base) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "SLUICE_TEST_POSTGRES_URL must be set under CI"
+            );
+            return None;
+        };
+        let db = format!("sluice_{name}_{}", std::process::id());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+        let (admin, pool) = rt.block_on(async {
+            let admin = sqlx::PgPool::connect(&base).await.unwrap();
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                format!("CREATE DATABASE {db}"),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+            }
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            (admin, pool)
+        });
+        Some(Self {
+            url,
+            db,
+            rt,
+            pool,
+            admin,
+        })
+    }
+
+    /// One number a query returns.
+    fn count(&self, sql: &str) -> i64 {
+        self.rt.block_on(async {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(&self.pool)
+                .await
+                .unwrap()
+        })
+    }
+
+    /// The texts a query returns, a row each.
+    fn texts(&self, sql: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_all(&self.pool)
+                .await
+                .unwrap()
+        })
+    }
+
+    fn execute(&self, sql: &str) {
+        self.rt.block_on(async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&self.pool)
                 .await
                 .unwrap();
-        }
-        admin
-    });
-    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+        });
+    }
+}
+
+impl Drop for FreshPg {
+    fn drop(&mut self) {
+        self.rt.block_on(async {
+            self.pool.close().await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db
+            )))
+            .execute(&self.admin)
+            .await;
+        });
+    }
+}
+
+#[test]
+fn servers_on_one_postgres_store_share_its_runs_and_take_over_a_killed_ones() {
+    let Some(pg) = FreshPg::new("serve") else {
+        return;
+    };
+    let url = pg.url.clone();
     let dir = temp("pg-store");
     write(&dir, "order.yaml", ORDER);
-    let s = Serve::start_with(&dir, &["--store", &url]);
-    let r = s.post("/hooks/order", json!({"orderId": "A-1", "totalPrice": 3}));
-    assert_eq!(r.status, 200, "{r:?}");
-    let runs = s.get("/api/runs").body;
-    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
-    // A second server on the same store is refused (runs are not shared
-    // between processes yet).
-    let (code, err) = serve_refused(&dir, "127.0.0.1:0", &["--store", &url]);
-    assert_eq!(code, Some(2));
-    assert!(
-        err.contains("another `sluice serve` uses this PostgreSQL store"),
-        "{err}"
+    write(
+        &dir,
+        "slow.yaml",
+        &format!(
+            r#"
+id: slow
+trigger: {{type: webhook, path: slow, async: true}}
+connections: {{db: {{url: "{url}"}}}}
+steps:
+  - {{key: one, type: transform, options: {{value: {{one: 1}}}}}}
+  - {{key: think, type: sql.query, options: {{connection: db, mode: expectSingle, query: "SELECT pg_sleep(1.5) IS NULL AS slept"}}}}
+  - {{key: two, type: transform, options: {{value: {{two: 2}}}}}}
+"#
+        ),
     );
-    assert_eq!(s.stop(), Some(0));
+    let lease = ["--store", url.as_str(), "--lease-secs", "1"];
+    let a = Serve::start_with(&dir, &lease);
+    let b = Serve::start_with(&dir, &lease);
+    let r = a.post("/hooks/order", json!({"orderId": "A-1", "totalPrice": 3}));
+    assert_eq!(r.status, 200, "{r:?}");
+    // Each answers for every run, whichever process drove it.
+    let runs = b.get("/api/runs").body;
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    // Both say who they are and what they hold.
+    let health = b.get("/api/health").body;
+    assert_eq!(health["process"]["sharedStore"], true, "{health}");
+    let me = health["process"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(health["leases"]["leaseSecs"], 1.0, "{health}");
+    let ids: Vec<&str> = health["leases"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert!(ids.contains(&me.as_str()) && ids.len() >= 2, "{health}");
+    // A run under way on A when A is killed: B continues it.
+    let started = a.post("/hooks/slow", json!({}));
+    assert_eq!(started.status, 202, "{started:?}");
+    let run = started.body["runId"].as_str().unwrap().to_owned();
+    let t = Instant::now();
+    while pg.count(&format!(
+        "SELECT COUNT(*) FROM run_steps WHERE run_id = '{run}'"
+    )) == 0
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", a.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.signal("-KILL");
+    let rec = b.ended(&run);
+    assert_eq!(rec["status"], "succeeded", "{rec}\n{}", b.log());
+    let keys: Vec<&str> = rec["stepLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["one", "think", "two"], "{rec}");
+    assert!(
+        b.log().contains(&format!("took over run `{run}`")),
+        "{}",
+        b.log()
+    );
+    assert_eq!(b.get("/api/health").body["leases"]["takenOver"], 1);
+    drop(a);
+    assert_eq!(b.stop(), Some(0));
     // The runs are in PostgreSQL: the command line reads them there.
     let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
         .args(["runs", "list", "--store", &url])
@@ -2542,11 +2664,279 @@ fn a_server_on_a_postgres_store_records_its_runs_there_and_is_the_only_one() {
         text.contains("order") && text.contains("succeeded"),
         "{text}"
     );
-    rt.block_on(async {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    });
+}
+
+/// What a chaos client was told: a run id per accepted request, by flow
+/// and ref.
+#[derive(Default)]
+struct Accepted {
+    runs: Vec<(String, String, String)>,
+}
+
+/// A request to the first of `ports` (from `start`) that takes the
+/// connection: its answer, or `None` when none did or the connection broke
+/// once the request was sent (a client without an idempotency key cannot
+/// know whether it was taken, and does not send it again).
+fn to_any(
+    ports: &Mutex<Vec<u16>>,
+    start: usize,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Reply> {
+    let live = ports.lock().unwrap().clone();
+    for i in 0..live.len() {
+        let port = live[(start + i) % live.len()];
+        match try_call(port, method, path, headers, body) {
+            Ok(r) => return Some(r),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() {
+    // Three `sluice serve` on one PostgreSQL store (leases of 1 s), webhook
+    // load spread over them (async runs that write through sql.upsert and
+    // sql.create with a unique ref each, some sleeping, some in a long step,
+    // some waiting for an event sent to any process, and synchronous ones);
+    // one process killed
+    // with SIGKILL every 2-3.5 s and started again, for SLUICE_CHAOS_SECS
+    // (20 s here; bench/chaos/run.sh runs it longer). Afterwards every
+    // accepted run succeeded, each step is recorded once, each ref's rows
+    // are there once, and no run is left running or waiting.
+    let Some(pg) = FreshPg::new("chaos") else {
+        return;
+    };
+    let secs: u64 = std::env::var("SLUICE_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let url = pg.url.clone();
+    pg.execute("CREATE TABLE chaos_orders (id SERIAL PRIMARY KEY, ref TEXT NOT NULL UNIQUE, n INT NOT NULL)");
+    pg.execute("CREATE TABLE chaos_notes (id SERIAL PRIMARY KEY, ref TEXT NOT NULL UNIQUE)");
+    let dir = temp("chaos");
+    let order = r#"{key: order, type: sql.upsert, options: {connection: db, collection: chaos_orders, criteria: {ref: "{{ .ref }}"}, properties: {ref: "{{ .ref }}", n: 1}}}"#;
+    let note = r#"{key: note, type: sql.create, options: {connection: db, collection: chaos_notes, properties: {ref: "{{ .ref }}"}}}"#;
+    let flows = [
+        ("plain", "async: true", vec![order, note]),
+        ("sync", "async: false", vec![order, note]),
+        (
+            "sleepy",
+            "async: true",
+            vec![note, "{key: nap, type: sleep, options: {ms: 700}}", order],
+        ),
+        (
+            "busy",
+            "async: true",
+            vec![
+                note,
+                r#"{key: work, type: sql.query, options: {connection: db, mode: expectSingle, query: "SELECT pg_sleep(0.4) IS NULL AS done"}}"#,
+                order,
+            ],
+        ),
+        (
+            "waiter",
+            "async: true",
+            vec![
+                note,
+                r#"{key: paid, type: wait, options: {eventType: chaos.paid, correlation: {ref: "{{ .ref }}"}, timeoutMs: 120000}}"#,
+                order,
+            ],
+        ),
+    ];
+    for (id, mode, steps) in &flows {
+        let steps: String = steps.iter().map(|s| format!("  - {s}\n")).collect();
+        write(
+            &dir,
+            &format!("{id}.yaml"),
+            &format!(
+                "id: {id}\ntrigger: {{type: webhook, path: chaos/{id}, {mode}}}\nconnections: {{db: {{url: \"{url}\"}}}}\nsteps:\n{steps}"
+            ),
+        );
+    }
+    let args = ["--store", url.as_str(), "--lease-secs", "1"];
+    let mut servers: Vec<Serve> = (0..3).map(|_| Serve::start_with(&dir, &args)).collect();
+    let ports = Arc::new(Mutex::new(
+        servers.iter().map(|s| s.port).collect::<Vec<u16>>(),
+    ));
+    let accepted = Arc::new(Mutex::new(Accepted::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let kinds = ["plain", "sync", "sleepy", "busy", "waiter"];
+    let clients: Vec<_> = (0..3)
+        .map(|c| {
+            let (ports, accepted, stop, next) =
+                (ports.clone(), accepted.clone(), stop.clone(), next.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let kind = kinds[n as usize % kinds.len()];
+                    let rf = format!("R-{n}");
+                    let body = json!({"ref": rf}).to_string();
+                    let path = format!("/hooks/chaos/{kind}");
+                    if let Some(r) = to_any(&ports, c + n as usize, "POST", &path, &[], &body) {
+                        let id = match r.status {
+                            202 => r.body["runId"].as_str().map(str::to_owned),
+                            200 => r.header("x-sluice-run").map(str::to_owned),
+                            _ => None,
+                        };
+                        if let Some(id) = id {
+                            accepted
+                                .lock()
+                                .unwrap()
+                                .runs
+                                .push((kind.to_owned(), rf, id));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+            })
+        })
+        .collect();
+    // The events the waiting runs wait for, each sent to any process once
+    // its run waits (again, with a new id, until a process takes it).
+    let payer = {
+        let (ports, accepted, stop) = (ports.clone(), accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut paid = std::collections::HashSet::new();
+            let mut attempt = 0u64;
+            let t = Instant::now();
+            loop {
+                let pending: Vec<(String, String)> = accepted
+                    .lock()
+                    .unwrap()
+                    .runs
+                    .iter()
+                    .filter(|(k, _, id)| k == "waiter" && !paid.contains(id))
+                    .map(|(_, rf, id)| (rf.clone(), id.clone()))
+                    .collect();
+                if pending.is_empty() && stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return paid.len();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(secs + 120),
+                    "events not taken"
+                );
+                for (rf, id) in pending {
+                    attempt += 1;
+                    let Some(run) = to_any(
+                        &ports,
+                        attempt as usize,
+                        "GET",
+                        &format!("/api/runs/{id}"),
+                        &[],
+                        "",
+                    ) else {
+                        continue;
+                    };
+                    match run.body["status"].as_str() {
+                        Some("waiting") => {}
+                        Some("running") | None => continue,
+                        Some(_) => {
+                            paid.insert(id);
+                            continue;
+                        }
+                    }
+                    let ce_id = format!("pay-{rf}-{attempt}");
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("ce-specversion", "1.0"),
+                        ("ce-id", ce_id.as_str()),
+                        ("ce-source", "/chaos"),
+                        ("ce-type", "chaos.paid"),
+                        ("ce-ref", rf.as_str()),
+                    ];
+                    if let Some(r) =
+                        to_any(&ports, attempt as usize, "POST", "/events", &headers, "{}")
+                        && r.status == 202
+                        && r.body["resumed"].as_array().is_some_and(|a| !a.is_empty())
+                    {
+                        paid.insert(id);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let mut dead: Vec<Serve> = Vec::new();
+    let mut kills = 0usize;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(2_000 + (kills as u64 * 577) % 1_500));
+        let slot = kills % 3;
+        servers[slot].signal("-KILL");
+        let fresh = Serve::start_with(&dir, &args);
+        ports.lock().unwrap()[slot] = fresh.port;
+        dead.push(std::mem::replace(&mut servers[slot], fresh));
+        kills += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let events = payer.join().unwrap();
+    // Every run ends (the killed processes' last runs are taken over).
+    let t = Instant::now();
+    while pg.count("SELECT COUNT(*) FROM runs WHERE status IN ('running', 'waiting')") > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "runs left unfinished: {}",
+            servers[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let accepted = std::mem::take(&mut accepted.lock().unwrap().runs);
+    let runs = pg.count("SELECT COUNT(*) FROM runs");
+    let failed = pg.texts(
+        "SELECT concat_ws(' | ', id, flow_id, status, error_step, error, lease_owner) FROM runs WHERE status <> 'succeeded'",
+    );
+    let bad = failed.len();
+    let lost = accepted
+        .iter()
+        .filter(|(_, _, id)| {
+            pg.count(&format!(
+                "SELECT COUNT(*) FROM runs WHERE id = '{id}' AND status = 'succeeded'"
+            )) != 1
+        })
+        .count();
+    let repeated = pg.count(
+        "SELECT COUNT(*) FROM (SELECT run_id, step_key FROM run_steps WHERE ok GROUP BY run_id, step_key HAVING COUNT(*) > 1) d",
+    );
+    let missing_rows = accepted
+        .iter()
+        .filter(|(_, rf, _)| {
+            pg.count(&format!(
+                "SELECT (SELECT COUNT(*) FROM chaos_orders WHERE ref = '{rf}' AND n = 1) + (SELECT COUNT(*) FROM chaos_notes WHERE ref = '{rf}')"
+            )) != 2
+        })
+        .count();
+    let orders = pg.count("SELECT COUNT(*) FROM chaos_orders");
+    let notes = pg.count("SELECT COUNT(*) FROM chaos_notes");
+    let logs: String = dead.iter().chain(servers.iter()).map(Serve::log).collect();
+    let taken = logs.matches("took over run").count()
+        + logs
+            .lines()
+            .filter_map(|l| l.strip_prefix("sluice: continuing "))
+            .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+            .sum::<usize>();
+    eprintln!(
+        "chaos: {secs} s, {kills} SIGKILLs, {} runs accepted ({events} woken by events), {runs} recorded, {taken} taken over; lost {lost}, not succeeded {bad}, steps repeated {repeated}, refs missing rows {missing_rows}; rows: {orders} orders, {notes} notes",
+        accepted.len()
+    );
+    assert!(kills >= 3 && !accepted.is_empty());
+    assert_eq!(
+        (lost, bad, repeated, missing_rows),
+        (0, 0, 0, 0),
+        "{failed:#?}\n{logs}"
+    );
+    // Every recorded run wrote its ref once (runs whose answer a kill cut
+    // off included).
+    assert_eq!((orders, notes), (runs, runs));
+    for s in servers {
+        assert_eq!(s.stop(), Some(0));
+    }
 }
