@@ -611,6 +611,6 @@ impl<S: Store> Engine<S> {
         if !self.sleep_until(wait.wake_at.unwrap_or(0)).await {
             return Ok(None);
         }
-        Ok(self.store.claim_wait(&wait.run_id).await?)
+        Ok(self.store.claim_wait(&wait.run_id, None).await?)
     }
 }

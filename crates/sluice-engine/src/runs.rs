@@ -146,6 +146,14 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
+    /// Whether this engine drives `run_id` now.
+    pub fn drives_now(&self, run_id: &str) -> bool {
+        self.driving
+            .lock()
+            .map(|d| d.contains_key(run_id))
+            .unwrap_or(false)
+    }
+
     /// Stop driving `run_id` before its next step, if this engine drives
     /// it (it was cancelled by another process sharing the store).
     pub fn stop_driving(&self, run_id: &str) {
@@ -233,8 +241,13 @@ impl<S: Store> Engine<S> {
                 wait: None,
             });
         }
-        self.continue_at(flow, detail, Entry::Recovered, None, driving)
-            .await
+        // Woken from a wait before it stopped: from that wake (the event
+        // that ended it, or its time), not waiting again.
+        let entry = match detail.woken.clone() {
+            Some(w) => Self::woken_entry(w.kind, w.since, w.event),
+            None => Entry::Recovered,
+        };
+        self.continue_at(flow, detail, entry, None, driving).await
     }
 
     /// A suspended run: wait until `wait` is due, claim it and continue the
@@ -265,13 +278,19 @@ impl<S: Store> Engine<S> {
         event: Option<Value>,
     ) -> Result<RunResult, EngineError> {
         let (detail, driving) = self.load_run(flow, &wait.run_id).await?;
-        let entry = match (wait.kind, event) {
-            (WaitKind::Sleep, _) => Entry::Woken(Value::Null, wait.since),
-            (WaitKind::Retry, _) => Entry::Fresh,
-            (WaitKind::Event, Some(ev)) => Entry::Woken(ev, wait.since),
-            (WaitKind::Event, None) => Entry::TimedOut(wait.since),
-        };
+        let entry = Self::woken_entry(wait.kind, wait.since, event);
         self.continue_at(flow, detail, entry, None, driving).await
+    }
+
+    /// How a run continues after a wait of `kind` begun at `since` ended
+    /// (by `event`, or by its time).
+    fn woken_entry(kind: WaitKind, since: i64, event: Option<Value>) -> Entry {
+        match (kind, event) {
+            (WaitKind::Sleep, _) => Entry::Woken(Value::Null, since),
+            (WaitKind::Retry, _) => Entry::Fresh,
+            (WaitKind::Event, Some(ev)) => Entry::Woken(ev, since),
+            (WaitKind::Event, None) => Entry::TimedOut(since),
+        }
     }
 
     /// Drive a run from the step the store has it at (with `state`, if given,

@@ -480,7 +480,12 @@ async fn a_wait_suspends_until_its_event_and_merges_it() {
         None,
         &wait.correlation
     ));
-    let claimed = s.store.claim_wait(&r.run_id).await.unwrap().unwrap();
+    let claimed = s
+        .store
+        .claim_wait(&r.run_id, Some(&event))
+        .await
+        .unwrap()
+        .unwrap();
     let done = engine
         .continue_wait(&flow, claimed, Some(event.clone()))
         .await
@@ -491,6 +496,40 @@ async fn a_wait_suspends_until_its_event_and_merges_it() {
         Some(json!({"id": "o-7", "paid": 12, "note": "paid 12"}))
     );
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.steps[0].result.as_deref(), Some(&event));
+}
+
+#[tokio::test]
+async fn an_event_claimed_before_the_process_stopped_is_not_lost() {
+    // The event's claim is committed, then the process stops before the
+    // wait step is recorded: at the restart the run continues with that
+    // event (it does not wait again for one that was already taken).
+    let s = Setup::new().await;
+    let flow = s.flow(WAITER);
+    let engine = s.engine();
+    let r = engine
+        .run(&flow, input(json!({"id": "o-9"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RunStatus::Waiting);
+    let event = json!({"specversion": "1.0", "id": "e9", "source": "/pay", "type": "order.paid", "orderid": "o-9", "data": {"amount": 5}});
+    let claimed = s.store.claim_wait(&r.run_id, Some(&event)).await.unwrap();
+    assert!(claimed.is_some());
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.summary.status, RunStatus::Running);
+    assert_eq!(
+        d.woken.as_ref().and_then(|w| w.event.clone()),
+        Some(event.clone())
+    );
+    let done = s.engine().recover(&flow, &r.run_id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    assert_eq!(
+        done.output,
+        Some(json!({"id": "o-9", "paid": 5, "note": "paid 5"}))
+    );
+    // Once a step is recorded, the wake is spent.
+    let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
+    assert_eq!(d.woken, None);
     assert_eq!(d.steps[0].result.as_deref(), Some(&event));
 }
 

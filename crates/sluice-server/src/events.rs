@@ -221,7 +221,7 @@ async fn wake<S: Store>(
     let store = server.engine().store();
     let mut resumed = Vec::new();
     for (w, flow) in waiting {
-        let Some(claimed) = store.claim_wait(&w.run_id).await? else {
+        let Some(claimed) = store.claim_wait(&w.run_id, Some(event)).await? else {
             continue;
         };
         resumed.push(json!({"flow": w.flow_id, "runId": w.run_id}));

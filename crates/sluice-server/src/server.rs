@@ -120,6 +120,8 @@ pub(crate) struct Inner<S: Store> {
     /// Suspended runs whose wait a task of this process follows (to wake
     /// them when due), each once.
     pub(crate) followed: Mutex<HashSet<String>>,
+    /// Runs this process holds but did not drive at the last scan.
+    pub(crate) undriven: Mutex<HashSet<String>>,
 }
 
 /// What [`Server::recover`] did.
@@ -154,6 +156,7 @@ impl<S: Store> Server<S> {
                 schedules: Mutex::new(Vec::new()),
                 metrics: prometheus(),
                 followed: Mutex::default(),
+                undriven: Mutex::default(),
             }),
         }
     }
@@ -499,6 +502,27 @@ impl<S: Store> Server<S> {
             if taken.len() < 100 {
                 break;
             }
+        }
+        // Runs this process holds but no longer drives (a write of theirs
+        // failed while the database was away): continued once seen so at
+        // two scans in a row (a run just recorded is driven a moment later).
+        let held = store.held_runs().await?;
+        let engine = &self.inner.engine;
+        let now: HashSet<String> = held
+            .into_iter()
+            .filter(|id| !engine.drives_now(id))
+            .collect();
+        let before = self
+            .inner
+            .undriven
+            .lock()
+            .map(|mut u| std::mem::replace(&mut *u, now.clone()))
+            .unwrap_or_default();
+        for id in now.intersection(&before) {
+            sluice_action::warn!(
+                "sluice: continuing run `{id}` (its drive stopped on a store error)"
+            );
+            self.continue_taken(id).await?;
         }
         let horizon = i64::try_from(every.as_micros()).unwrap_or(i64::MAX / 4) * 2;
         for w in store

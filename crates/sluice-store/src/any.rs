@@ -127,8 +127,12 @@ impl Store for AnyStore {
     ) -> Result<bool, StoreError> {
         each!(self, s => s.suspend(step, state, wait))
     }
-    async fn claim_wait(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
-        each!(self, s => s.claim_wait(run_id))
+    async fn claim_wait(
+        &self,
+        run_id: &str,
+        event: Option<&Value>,
+    ) -> Result<Option<Wait>, StoreError> {
+        each!(self, s => s.claim_wait(run_id, event))
     }
     async fn list_waits(&self, event_type: Option<&str>) -> Result<Vec<Wait>, StoreError> {
         each!(self, s => s.list_waits(event_type))
@@ -175,6 +179,9 @@ impl Store for AnyStore {
     }
     async fn take_over(&self, limit: u32) -> Result<Vec<String>, StoreError> {
         each!(self, s => s.take_over(limit))
+    }
+    async fn held_runs(&self) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.held_runs())
     }
     fn leases(&self) -> Option<Leases> {
         match self {

@@ -35,5 +35,5 @@ pub use sqlite::SqliteStore;
 pub use store::{
     ApiToken, AuditEntry, EVENTS_KEPT_MICROS, Leases, NewRun, Notice, Process, RunDetail,
     RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
-    WaitKind, new_run_id, now_micros,
+    WaitKind, Woken, new_run_id, now_micros,
 };

@@ -285,7 +285,7 @@ impl Store for PgStore {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item FROM runs WHERE id = $1",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item, woken, woken_at_steps FROM runs WHERE id = $1",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -574,7 +574,11 @@ impl Store for PgStore {
         Ok(waiting)
     }
 
-    async fn claim_wait(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+    async fn claim_wait(
+        &self,
+        run_id: &str,
+        event: Option<&Value>,
+    ) -> Result<Option<Wait>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "DELETE FROM waits WHERE run_id = $1 RETURNING run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since",
@@ -587,11 +591,12 @@ impl Store for PgStore {
         };
         let wait = rows::wait(&row)?;
         let done = sqlx::query(
-            "UPDATE runs SET status = 'running', updated_at = $1, lease_owner = $3 WHERE id = $2 AND status = 'waiting'",
+            "UPDATE runs SET status = 'running', updated_at = $1, lease_owner = $3, woken = $4, woken_at_steps = steps WHERE id = $2 AND status = 'waiting'",
         )
         .bind(crate::now_micros())
         .bind(run_id)
         .bind(&*self.me.id)
+        .bind(rows::woken_text(&wait, event))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -754,6 +759,15 @@ impl Store for PgStore {
             .taken_over
             .fetch_add(taken.len() as u64, Ordering::Relaxed);
         Ok(taken)
+    }
+
+    async fn held_runs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE status = 'running' AND lease_owner = $1 ORDER BY started_at",
+        )
+        .bind(&*self.me.id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     fn leases(&self) -> Option<Leases> {

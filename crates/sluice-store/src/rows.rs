@@ -121,8 +121,37 @@ pub(crate) fn detail(
         flow_version: row.opt_text("flow_version")?,
         accountability: doc(row, "accountability", "run accountability")?.unwrap_or(Value::Null),
         parent: row.opt_text("parent_run")?.zip(row.opt_int("item")?),
+        woken: woken(row)?,
         steps,
     })
+}
+
+/// What woke the run, while no step was recorded since.
+fn woken(row: &impl Get) -> Result<Option<crate::Woken>, StoreError> {
+    if row.opt_int("woken_at_steps")? != Some(row.int("steps")?) {
+        return Ok(None);
+    }
+    let Some(w) = doc(row, "woken", "what woke the run")? else {
+        return Ok(None);
+    };
+    let kind = w["kind"].as_str().and_then(WaitKind::parse);
+    match (kind, w["since"].as_i64()) {
+        (Some(kind), Some(since)) => Ok(Some(crate::Woken {
+            kind,
+            since,
+            event: w.get("event").filter(|e| !e.is_null()).cloned(),
+        })),
+        _ => Err(StoreError::Corrupt(format!("what woke a run: {w}"))),
+    }
+}
+
+/// The text kept of what woke a run from `wait`.
+pub(crate) fn woken_text(wait: &Wait, event: Option<&Value>) -> String {
+    crate::scrub::json(&serde_json::json!({
+        "kind": wait.kind.as_str(),
+        "since": wait.since,
+        "event": event,
+    }))
 }
 
 /// A run from its row, its steps' rows and the large values they name.

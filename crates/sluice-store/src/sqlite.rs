@@ -95,6 +95,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "large values kept once per run",
         include_str!("../migrations/sqlite/0014_run_values.sql"),
     ),
+    (
+        15,
+        "what woke a suspended run",
+        include_str!("../migrations/sqlite/0015_woken.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -409,7 +414,11 @@ impl Store for SqliteStore {
         Ok(self.status_of(&wait.run_id).await? == Some(RunStatus::Waiting))
     }
 
-    async fn claim_wait(&self, run_id: &str) -> Result<Option<Wait>, StoreError> {
+    async fn claim_wait(
+        &self,
+        run_id: &str,
+        event: Option<&Value>,
+    ) -> Result<Option<Wait>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(CLAIM_WAIT)
             .bind(run_id)
@@ -420,9 +429,10 @@ impl Store for SqliteStore {
         };
         let wait = rows::wait(&row)?;
         let done = sqlx::query(
-            "UPDATE runs SET status = 'running', updated_at = ? WHERE id = ? AND status = 'waiting'",
+            "UPDATE runs SET status = 'running', updated_at = ?, woken = ?, woken_at_steps = steps WHERE id = ? AND status = 'waiting'",
         )
         .bind(crate::now_micros())
+        .bind(rows::woken_text(&wait, event))
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
@@ -805,7 +815,7 @@ impl Store for SqliteStore {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item FROM runs WHERE id = ?",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step, trigger, input, state, output, next_step, flow_version, accountability, parent_run, item, woken, woken_at_steps FROM runs WHERE id = ?",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)

@@ -295,6 +295,21 @@ pub struct RunDetail {
     pub parent: Option<(String, i64)>,
     /// The run log, in order.
     pub steps: Vec<StepRecord>,
+    /// What woke it from its last wait, while no step was recorded since
+    /// (see [`Store::claim_wait`]).
+    pub woken: Option<Woken>,
+}
+
+/// What woke a suspended run: the wait claimed, and the event that ended an
+/// event wait (`None`: its time came).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Woken {
+    /// The wait's kind.
+    pub kind: WaitKind,
+    /// When it began waiting (µs since the epoch).
+    pub since: i64,
+    /// The event that ended it.
+    pub event: Option<Value>,
 }
 
 /// Which runs to list.
@@ -496,10 +511,14 @@ pub trait Store: Send + Sync + 'static {
     /// Take a suspended run's wait and move the run back to running, in one
     /// transaction: `Some` for exactly one caller, across processes sharing
     /// the store; `None` when it was claimed already, or the run is not
-    /// waiting (cancelled).
+    /// waiting (cancelled). What woke it (the wait, and `event` when an
+    /// event ended it) is kept with the run until its next step is recorded
+    /// ([`RunDetail::woken`]): a process that stops in between loses
+    /// neither the event nor the time waited.
     fn claim_wait(
         &self,
         run_id: &str,
+        event: Option<&Value>,
     ) -> impl Future<Output = Result<Option<Wait>, StoreError>> + Send;
     /// The waits of suspended runs: all of them, or with `event_type`, the
     /// event waits that an event of that type may end (their type is that
@@ -579,6 +598,12 @@ pub trait Store: Send + Sync + 'static {
     /// first call, and none after.
     fn take_over(&self, limit: u32)
     -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The running runs this process holds (on a shared store; none on
+    /// another): those it no longer drives (a write failed while the
+    /// database was away) are its to continue.
+    fn held_runs(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        async { Ok(Vec::new()) }
+    }
     /// This process's leases as last renewed; `None` when the store is not
     /// shared.
     fn leases(&self) -> Option<Leases> {

@@ -93,7 +93,7 @@ async fn large_values<S: Store>(store: &S) {
     assert!(store.suspend(None, &waiting, &wait).await.unwrap());
     let got = store.get_run(&run.id).await.unwrap().unwrap();
     assert_eq!(got.state, waiting);
-    assert!(store.claim_wait(&run.id).await.unwrap().is_some());
+    assert!(store.claim_wait(&run.id, None).await.unwrap().is_some());
     let end = RunUpdate {
         status: RunStatus::Incident,
         output: Some(json!({"out": big_items(1200, "D")}).into()),
@@ -713,10 +713,10 @@ async fn waits<S: Store>(store: &S) {
     assert!(!store.due_waits(now_micros()).await.unwrap().contains(&w));
     // Exactly one claim takes it, and the run runs again.
     assert_eq!(
-        store.claim_wait(&sleeper.id).await.unwrap(),
+        store.claim_wait(&sleeper.id, None).await.unwrap(),
         Some(w.clone())
     );
-    assert_eq!(store.claim_wait(&sleeper.id).await.unwrap(), None);
+    assert_eq!(store.claim_wait(&sleeper.id, None).await.unwrap(), None);
     let d = store.get_run(&sleeper.id).await.unwrap().unwrap();
     assert_eq!(d.summary.status, RunStatus::Running);
     assert!(!store.list_waits(None).await.unwrap().contains(&w));
@@ -768,11 +768,11 @@ async fn waits<S: Store>(store: &S) {
 
     // Cancelling a waiting run drops its wait; nothing can claim it then.
     store.cancel_run(&waiter.id).await.unwrap();
-    assert_eq!(store.claim_wait(&waiter.id).await.unwrap(), None);
+    assert_eq!(store.claim_wait(&waiter.id, None).await.unwrap(), None);
     assert!(!store.list_waits(None).await.unwrap().contains(&ev));
     // A cancelled run is not suspended.
     assert!(!store.suspend(None, &json!({}), &ev).await.unwrap());
-    assert_eq!(store.claim_wait(&waiter.id).await.unwrap(), None);
+    assert_eq!(store.claim_wait(&waiter.id, None).await.unwrap(), None);
     let d = store.get_run(&waiter.id).await.unwrap().unwrap();
     assert_eq!(d.summary.status, RunStatus::Cancelled);
     // A wait of an unknown run is refused.
@@ -1171,7 +1171,7 @@ async fn postgres_processes_lease_their_runs() {
             wake_at: w.wake_at.unwrap()
         }
     );
-    assert!(c.claim_wait(&r.id).await.unwrap().is_some());
+    assert!(c.claim_wait(&r.id, None).await.unwrap().is_some());
     assert!(matches!(
         b.record_step(&step(&r.id, 2, true), &running(json!({}), None))
             .await,

@@ -2557,6 +2557,29 @@ impl FreshPg {
         })
     }
 
+    /// Close the database to every connection and end its sessions
+    /// (`true`), or open it again.
+    fn away(&self, away: bool) {
+        let db = &self.db;
+        self.rt.block_on(async {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS {}",
+                !away
+            )))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+            if away {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+                )))
+                .execute(&self.admin)
+                .await
+                .unwrap();
+            }
+        });
+    }
+
     fn execute(&self, sql: &str) {
         self.rt.block_on(async {
             sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
@@ -2671,6 +2694,8 @@ steps:
 #[derive(Default)]
 struct Accepted {
     runs: Vec<(String, String, String)>,
+    /// Requests answered 503 (the store away).
+    unavailable: usize,
 }
 
 /// A request to the first of `ports` (from `start`) that takes the
@@ -2708,17 +2733,46 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
     // (20 s here; bench/chaos/run.sh runs it longer). Afterwards every
     // accepted run succeeded, each step is recorded once, each ref's rows
     // are there once, and no run is left running or waiting.
-    let Some(pg) = FreshPg::new("chaos") else {
-        return;
-    };
     let secs: u64 = std::env::var("SLUICE_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    shared_store_under(Disrupt::Kill, secs);
+}
+
+#[test]
+fn runs_pause_while_the_postgres_store_is_away_and_continue_once_it_is_back() {
+    // The same load on three processes, with the store's database closed
+    // to every connection (and its sessions ended) for 3 s twice: requests
+    // meanwhile are answered 503 (or wait for it); once it is back every
+    // accepted run continues and succeeds, once.
+    shared_store_under(Disrupt::Outage, 14);
+}
+
+/// What happens to the processes of [`shared_store_under`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disrupt {
+    /// One is killed with SIGKILL every 2-3.5 s, and started again.
+    Kill,
+    /// The database refuses every connection for 3 s, every 6 s.
+    Outage,
+}
+
+/// Three `sluice serve` on one fresh PostgreSQL store under webhook load
+/// for `secs` while `disrupt` happens, then the checks that nothing was lost
+/// or done twice.
+fn shared_store_under(disrupt: Disrupt, secs: u64) {
+    let name = match disrupt {
+        Disrupt::Kill => "chaos",
+        Disrupt::Outage => "outage",
+    };
+    let Some(pg) = FreshPg::new(name) else {
+        return;
+    };
     let url = pg.url.clone();
     pg.execute("CREATE TABLE chaos_orders (id SERIAL PRIMARY KEY, ref TEXT NOT NULL UNIQUE, n INT NOT NULL)");
     pg.execute("CREATE TABLE chaos_notes (id SERIAL PRIMARY KEY, ref TEXT NOT NULL UNIQUE)");
-    let dir = temp("chaos");
+    let dir = temp(name);
     let order = r#"{key: order, type: sql.upsert, options: {connection: db, collection: chaos_orders, criteria: {ref: "{{ .ref }}"}, properties: {ref: "{{ .ref }}", n: 1}}}"#;
     let note = r#"{key: note, type: sql.create, options: {connection: db, collection: chaos_notes, properties: {ref: "{{ .ref }}"}}}"#;
     let flows = [
@@ -2779,6 +2833,9 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
                     let body = json!({"ref": rf}).to_string();
                     let path = format!("/hooks/chaos/{kind}");
                     if let Some(r) = to_any(&ports, c + n as usize, "POST", &path, &[], &body) {
+                        if r.status == 503 {
+                            accepted.lock().unwrap().unavailable += 1;
+                        }
                         let id = match r.status {
                             202 => r.body["runId"].as_str().map(str::to_owned),
                             200 => r.header("x-sluice-run").map(str::to_owned),
@@ -2866,6 +2923,14 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
     let mut dead: Vec<Serve> = Vec::new();
     let mut kills = 0usize;
     while t0.elapsed() < Duration::from_secs(secs) {
+        if disrupt == Disrupt::Outage {
+            std::thread::sleep(Duration::from_secs(3));
+            pg.away(true);
+            std::thread::sleep(Duration::from_secs(3));
+            pg.away(false);
+            kills += 1;
+            continue;
+        }
         std::thread::sleep(Duration::from_millis(2_000 + (kills as u64 * 577) % 1_500));
         let slot = kills % 3;
         servers[slot].signal("-KILL");
@@ -2889,6 +2954,7 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let unavailable = accepted.lock().unwrap().unavailable;
     let accepted = std::mem::take(&mut accepted.lock().unwrap().runs);
     let runs = pg.count("SELECT COUNT(*) FROM runs");
     let failed = pg.texts(
@@ -2924,7 +2990,12 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
             .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
             .sum::<usize>();
     eprintln!(
-        "chaos: {secs} s, {kills} SIGKILLs, {} runs accepted ({events} woken by events), {runs} recorded, {taken} taken over; lost {lost}, not succeeded {bad}, steps repeated {repeated}, refs missing rows {missing_rows}; rows: {orders} orders, {notes} notes",
+        "{name}: {secs} s, {kills} {}s, {} runs accepted ({events} woken by events), {runs} recorded, {taken} taken over, {unavailable} answered 503; lost {lost}, not succeeded {bad}, steps repeated {repeated}, refs missing rows {missing_rows}; rows: {orders} orders, {notes} notes",
+        if disrupt == Disrupt::Kill {
+            "SIGKILL"
+        } else {
+            "outage"
+        },
         accepted.len()
     );
     assert!(kills >= 3 && !accepted.is_empty());

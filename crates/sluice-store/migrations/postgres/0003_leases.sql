@@ -18,3 +18,7 @@ CREATE TABLE poll_owners (
     flow_id  TEXT PRIMARY KEY,
     owner    TEXT NOT NULL
 );
+
+-- What woke a suspended run (see the SQLite store's migration 15).
+ALTER TABLE runs ADD COLUMN woken TEXT;
+ALTER TABLE runs ADD COLUMN woken_at_steps BIGINT;
