@@ -281,6 +281,17 @@ impl Tx {
             return Ok(None);
         }
         let p = self.db.backend.placeholder(1);
+        // Two processes may run the same attempt at once (one whose lease
+        // lapsed while it worked, and the one that took its run over): on
+        // PostgreSQL the second waits here for the first to end, then finds
+        // its record. (SQLite's write transactions are one at a time.)
+        if self.db.backend == crate::backend::Backend::Postgres {
+            let lock = Stmt {
+                sql: format!("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext({p}))"),
+                params: vec![Value::from(format!("done:{key}"))],
+            };
+            self.run(&lock, true).await?;
+        }
         let st = Stmt {
             sql: format!("SELECT result FROM {COMPLETIONS} WHERE step_key = {p}"),
             params: vec![Value::from(key)],

@@ -2743,7 +2743,7 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
 #[test]
 fn runs_pause_while_the_postgres_store_is_away_and_continue_once_it_is_back() {
     // The same load on three processes, with the store's database closed
-    // to every connection (and its sessions ended) for 3 s twice: requests
+    // to every connection (and its sessions ended) for 3 s of every 6: requests
     // meanwhile are answered 503 (or wait for it); once it is back every
     // accepted run continues and succeeds, once.
     shared_store_under(Disrupt::Outage, 14);
