@@ -389,7 +389,7 @@ fn main() -> ExitCode {
                     status,
                     limit,
                     store,
-                } => list(&store.store, flow, status, limit).await,
+                } => show::list(&store.store, flow, status, limit).await,
                 RunsCommand::Show { run, store } => show_run(&store.store, &run).await,
                 RunsCommand::Record {
                     run,
@@ -1152,43 +1152,6 @@ async fn find_run(store: &AnyStore, id: &str) -> Result<sluice_store::RunDetail,
     }
     eprintln!("error: no run `{id}` in the store");
     Err(INVALID)
-}
-
-async fn list(store_url: &str, flow: Option<String>, status: Option<String>, limit: u32) -> u8 {
-    let status = match status.as_deref().map(|s| RunStatus::parse(s).ok_or(s)) {
-        None => None,
-        Some(Ok(s)) => Some(s),
-        Some(Err(s)) => {
-            let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-            eprintln!(
-                "error: unknown status `{s}` (expected one of: {})",
-                all.join(", ")
-            );
-            return INVALID;
-        }
-    };
-    let store = match open_store(store_url).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    match store
-        .list_runs(&RunFilter {
-            flow_id: flow,
-            status,
-            limit,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(runs) => {
-            print!("{}", show::runs_table(&runs));
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            FAILED
-        }
-    }
 }
 
 async fn show_run(store_url: &str, id: &str) -> u8 {

@@ -1,7 +1,7 @@
 //! Readable text for runs: tables and step data.
 
 use serde_json::Value;
-use sluice_store::{RunDetail, RunSummary};
+use sluice_store::{RunDetail, RunFilter, RunStatus, RunSummary, Store};
 use std::fmt::Write;
 
 /// `2026-11-23T08:55:31.123Z` from microseconds since the epoch.
@@ -199,4 +199,42 @@ pub fn run_detail(d: &RunDetail) -> String {
         }
     }
     out
+}
+
+/// `sluice runs list`.
+pub async fn list(store_url: &str, flow: Option<String>, status: Option<String>, limit: u32) -> u8 {
+    let status = match status.as_deref().map(|s| RunStatus::parse(s).ok_or(s)) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(s)) => {
+            let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "error: unknown status `{s}` (expected one of: {})",
+                all.join(", ")
+            );
+            return crate::INVALID;
+        }
+    };
+    let store = match crate::open_store(store_url).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store
+        .list_runs(&RunFilter {
+            flow_id: flow,
+            status,
+            limit,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(runs) => {
+            print!("{}", runs_table(&runs));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            crate::FAILED
+        }
+    }
 }

@@ -2743,9 +2743,11 @@ fn three_processes_on_one_postgres_store_lose_and_repeat_nothing_under_kill_9() 
 #[test]
 fn runs_pause_while_the_postgres_store_is_away_and_continue_once_it_is_back() {
     // The same load on three processes, with the store's database closed
-    // to every connection (and its sessions ended) for 3 s of every 6: requests
-    // meanwhile are answered 503 (or wait for it); once it is back every
-    // accepted run continues and succeeds, once.
+    // to every connection (and its sessions ended) for 3 s of every 6:
+    // requests meanwhile are answered 503 (or wait for it); once it is back
+    // every accepted run continues and succeeds, once. (The flows' tables
+    // are in the same database: their steps retry, as a flow writing to a
+    // database that may go away would.)
     shared_store_under(Disrupt::Outage, 14);
 }
 
@@ -2773,8 +2775,8 @@ fn shared_store_under(disrupt: Disrupt, secs: u64) {
     pg.execute("CREATE TABLE chaos_orders (id SERIAL PRIMARY KEY, ref TEXT NOT NULL UNIQUE, n INT NOT NULL)");
     pg.execute("CREATE TABLE chaos_notes (id SERIAL PRIMARY KEY, ref TEXT NOT NULL UNIQUE)");
     let dir = temp(name);
-    let order = r#"{key: order, type: sql.upsert, options: {connection: db, collection: chaos_orders, criteria: {ref: "{{ .ref }}"}, properties: {ref: "{{ .ref }}", n: 1}}}"#;
-    let note = r#"{key: note, type: sql.create, options: {connection: db, collection: chaos_notes, properties: {ref: "{{ .ref }}"}}}"#;
+    let order = r#"{key: order, type: sql.upsert, options: {connection: db, collection: chaos_orders, criteria: {ref: "{{ .ref }}"}, properties: {ref: "{{ .ref }}", n: 1}}, retry: {attempts: 10, delayMs: 300}}"#;
+    let note = r#"{key: note, type: sql.create, options: {connection: db, collection: chaos_notes, properties: {ref: "{{ .ref }}"}}, retry: {attempts: 10, delayMs: 300}}"#;
     let flows = [
         ("plain", "async: true", vec![order, note]),
         ("sync", "async: false", vec![order, note]),
@@ -2788,7 +2790,7 @@ fn shared_store_under(disrupt: Disrupt, secs: u64) {
             "async: true",
             vec![
                 note,
-                r#"{key: work, type: sql.query, options: {connection: db, mode: expectSingle, query: "SELECT pg_sleep(0.4) IS NULL AS done"}}"#,
+                r#"{key: work, type: sql.query, options: {connection: db, mode: expectSingle, query: "SELECT pg_sleep(0.4) IS NULL AS done"}, retry: {attempts: 10, delayMs: 300}}"#,
                 order,
             ],
         ),
@@ -2856,48 +2858,44 @@ fn shared_store_under(disrupt: Disrupt, secs: u64) {
         .collect();
     // The events the waiting runs wait for, each sent to any process once
     // its run waits (again, with a new id, until a process takes it).
+    // The events the waiting runs wait for (every run that waits, its 202
+    // heard or not), each sent to any process once the run waits: again,
+    // with a new id, while it still waits (a process killed meanwhile).
     let payer = {
-        let (ports, accepted, stop) = (ports.clone(), accepted.clone(), stop.clone());
+        let (ports, stop, url) = (ports.clone(), stop.clone(), url.clone());
         std::thread::spawn(move || {
-            let mut paid = std::collections::HashSet::new();
-            let mut attempt = 0u64;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let pool = rt.block_on(sqlx::PgPool::connect(&url)).unwrap();
+            // `None` while the database is away.
+            let texts = |sql: &'static str| {
+                rt.block_on(sqlx::query_scalar::<_, String>(sql).fetch_all(&pool))
+                    .ok()
+            };
+            let (mut woken, mut attempt) = (0usize, 0u64);
             let t = Instant::now();
             loop {
-                let pending: Vec<(String, String)> = accepted
-                    .lock()
-                    .unwrap()
-                    .runs
-                    .iter()
-                    .filter(|(k, _, id)| k == "waiter" && !paid.contains(id))
-                    .map(|(_, rf, id)| (rf.clone(), id.clone()))
-                    .collect();
-                if pending.is_empty() && stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    return paid.len();
+                let waiting = texts("SELECT correlation FROM waits WHERE kind = 'event'");
+                let going = texts(
+                    "SELECT id FROM runs WHERE flow_id = 'waiter' AND status IN ('running', 'waiting')",
+                );
+                if stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && going.as_ref().is_some_and(Vec::is_empty)
+                {
+                    return woken;
                 }
                 assert!(
                     t.elapsed() < Duration::from_secs(secs + 120),
                     "events not taken"
                 );
-                for (rf, id) in pending {
+                for correlation in waiting.unwrap_or_default() {
+                    let rf = serde_json::from_str::<Value>(&correlation).unwrap()["ref"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
                     attempt += 1;
-                    let Some(run) = to_any(
-                        &ports,
-                        attempt as usize,
-                        "GET",
-                        &format!("/api/runs/{id}"),
-                        &[],
-                        "",
-                    ) else {
-                        continue;
-                    };
-                    match run.body["status"].as_str() {
-                        Some("waiting") => {}
-                        Some("running") | None => continue,
-                        Some(_) => {
-                            paid.insert(id);
-                            continue;
-                        }
-                    }
                     let ce_id = format!("pay-{rf}-{attempt}");
                     let headers = [
                         ("content-type", "application/json"),
@@ -2912,10 +2910,10 @@ fn shared_store_under(disrupt: Disrupt, secs: u64) {
                         && r.status == 202
                         && r.body["resumed"].as_array().is_some_and(|a| !a.is_empty())
                     {
-                        paid.insert(id);
+                        woken += 1;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(100));
             }
         })
     };
