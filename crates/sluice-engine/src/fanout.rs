@@ -75,13 +75,16 @@ impl<S: Store> Engine<S> {
                         })
                         .await?;
                 }
-                runs.push(Some((child_id, item, state)));
+                // Driven from now on (a cancel reaches it, and no scan for
+                // runs nobody drives takes it while it waits for its turn).
+                let driving = rec.then(|| self.drives(&child_id));
+                runs.push(Some((child_id, item, state, driving)));
             }
             let ended = run_paced(
                 count,
                 Pace::Window(concurrency),
                 |k| {
-                    let (child_id, item, state) = runs[k].take().unwrap_or_default();
+                    let (child_id, item, state, driving) = runs[k].take().unwrap_or_default();
                     let mut child = fo.clone();
                     let v = Lazy::new(item);
                     child.entries.insert(step.key.clone(), v.clone());
@@ -90,6 +93,7 @@ impl<S: Store> Engine<S> {
                         flow,
                         Cursor {
                             item: k as i64,
+                            driving,
                             ..Cursor::new(child_id)
                         },
                         child,

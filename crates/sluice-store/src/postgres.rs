@@ -853,18 +853,10 @@ async fn renew(pool: &PgPool, me: &Me) -> Result<(), StoreError> {
     ))
     .fetch_all(pool)
     .await?;
-    let mut processes = Vec::with_capacity(rows.len());
-    for r in &rows {
-        processes.push(Process {
-            id: r.try_get("id")?,
-            host: r.try_get("host")?,
-            pid: r.try_get("pid")?,
-            version: r.try_get("version")?,
-            started_at: r.try_get("started_at")?,
-            alive_until: r.try_get("alive_until")?,
-            runs: r.try_get("runs")?,
-        });
-    }
+    let processes = rows
+        .iter()
+        .map(rows::process)
+        .collect::<Result<Vec<Process>, StoreError>>()?;
     let held = processes
         .iter()
         .find(|p| *p.id == *me.id)

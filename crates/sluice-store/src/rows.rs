@@ -204,6 +204,19 @@ pub(crate) fn wait(row: &impl Get) -> Result<Wait, StoreError> {
     })
 }
 
+/// A process sharing the store, with the count of runs it holds (`runs`).
+pub(crate) fn process(r: &impl Get) -> Result<crate::Process, StoreError> {
+    Ok(crate::Process {
+        id: r.text("id")?,
+        host: r.text("host")?,
+        pid: r.int("pid")?,
+        version: r.text("version")?,
+        started_at: r.int("started_at")?,
+        alive_until: r.int("alive_until")?,
+        runs: r.int("runs")?,
+    })
+}
+
 pub(crate) fn token(r: &impl Get) -> Result<ApiToken, StoreError> {
     Ok(ApiToken {
         name: r.text("name")?,

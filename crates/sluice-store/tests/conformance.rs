@@ -1087,6 +1087,18 @@ async fn postgres_passes_the_suite() {
     .await;
 }
 
+/// Every run `store` can take over, a few at a time.
+async fn take_all<S: Store>(store: &S) -> Vec<String> {
+    let mut all = Vec::new();
+    loop {
+        let got = store.take_over(7).await.unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
 /// Processes sharing a PostgreSQL store: a run is held by the process that
 /// created it; it is taken over only once its owner is not alive, by one
 /// taker; the old owner's writes to it are refused from then on; polls have
@@ -1202,28 +1214,7 @@ async fn postgres_processes_lease_their_runs() {
         ids.push(r.id);
     }
     d.retire().await.unwrap();
-    let (x, y) = tokio::join!(
-        async {
-            let mut all = Vec::new();
-            loop {
-                let got = b.take_over(7).await.unwrap();
-                if got.is_empty() {
-                    return all;
-                }
-                all.extend(got);
-            }
-        },
-        async {
-            let mut all = Vec::new();
-            loop {
-                let got = c.take_over(7).await.unwrap();
-                if got.is_empty() {
-                    return all;
-                }
-                all.extend(got);
-            }
-        }
-    );
+    let (x, y) = tokio::join!(take_all(&b), take_all(&c));
     let mut both: Vec<String> = x.iter().chain(y.iter()).cloned().collect();
     both.sort();
     ids.sort();
