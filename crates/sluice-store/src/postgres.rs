@@ -111,6 +111,18 @@ impl PgStore {
             message,
         };
         let options = PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))?;
+        // One connection first, for the reason a server cannot be reached
+        // (the pool would only say that it timed out).
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::ConnectOptions::connect(&options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => drop(sqlx::Connection::close(conn).await),
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => return Err(fail("no answer within 10 s".into())),
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
@@ -983,7 +995,11 @@ async fn may_migrate(pool: &PgPool) -> Result<(), String> {
     } else {
         return Err("a `sluice serve` of an earlier version uses this store; stop it before this version changes the store's tables".into());
     }
-    if applied >= 3 {
+    let has_processes: bool = sqlx::query_scalar("SELECT to_regclass('processes') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if has_processes {
         let others: Vec<String> = sqlx::query_scalar(concat!(
             "SELECT DISTINCT version FROM processes WHERE version <> $1 AND alive_until > ",
             db_now!()

@@ -949,6 +949,18 @@ async fn unopenable_stores_say_why() {
         std::fs::read(&path).unwrap(),
         b"this is not a database, and it must stay as it is"
     );
+    // A PostgreSQL server nobody listens for: the reason, the host, and no
+    // password.
+    let err = sluice_store::PgStore::open("postgres://ada:s3cret@127.0.0.1:1/runs")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("postgres://ada:***@127.0.0.1:1/runs")
+            && err.contains("refused")
+            && !err.contains("s3cret"),
+        "{err}"
+    );
 }
 
 /// The SQLite store checkpoints its WAL while it writes, and the WAL starts
@@ -1238,7 +1250,26 @@ async fn postgres_processes_lease_their_runs() {
     assert!(b.own_poll("polled").await.unwrap());
     assert_eq!(b.leases().unwrap().taken_over, 1 + x.len() as u64 + 1);
 
-    drop((a, b, c, d));
+    // Versions: tables a later version made are not opened; tables this
+    // version would change are not changed while a process of another
+    // version is alive.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let exec = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+    };
+    exec("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'later', true, '\\x00', 0)").await;
+    let err = PgStore::open(&url).await.unwrap_err().to_string();
+    assert!(err.contains("later version of Sluice"), "{err}");
+    exec("DELETE FROM _sqlx_migrations WHERE version >= 3").await;
+    exec("INSERT INTO processes (id, host, pid, version, started_at, alive_until) VALUES ('old-one', 'h', 1, '0.0.1-old', 0, 9223372036854775807)").await;
+    let err = PgStore::open(&url).await.unwrap_err().to_string();
+    assert!(
+        err.contains("processes of Sluice 0.0.1-old use this store"),
+        "{err}"
+    );
+
+    drop((a, b, c, d, pool));
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
     )))
