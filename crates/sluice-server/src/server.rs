@@ -286,9 +286,9 @@ impl<S: Store> Server<S> {
     }
 
     /// Wake a suspended run when its wait is due (unless an event or
-    /// another process wakes it first).
-    /// A wait is followed by one task per process (another process may
-    /// follow it too: whichever claims it first continues the run).
+    /// another process wakes it first). A wait is followed by one task per
+    /// process (other processes may follow it too: whichever claims it
+    /// first continues the run).
     fn follow(&self, flow: Arc<Flow>, wait: sluice_store::Wait) {
         let id = wait.run_id.clone();
         if let Ok(mut f) = self.inner.followed.lock()
@@ -311,7 +311,7 @@ impl<S: Store> Server<S> {
     /// Follow `wait` (see [`Server::follow`]) when its flow can be had:
     /// whether it is followed.
     async fn follow_wait(&self, wait: sluice_store::Wait) -> Result<bool, StoreError> {
-        if wait.wake_at.is_none() {
+        if wait.wake_at.is_none() || self.follows(&wait.run_id) {
             return Ok(false);
         }
         let Some(flow) = self.flow_of_run(&wait.run_id).await? else {
@@ -327,6 +327,15 @@ impl<S: Store> Server<S> {
                 Ok(false)
             }
         }
+    }
+
+    /// Whether a task of this process follows `run_id`'s wait.
+    fn follows(&self, run_id: &str) -> bool {
+        self.inner
+            .followed
+            .lock()
+            .map(|f| f.contains(run_id))
+            .unwrap_or(false)
     }
 
     /// The flow a recorded run ran: the one served now if it is the same
@@ -539,13 +548,7 @@ impl<S: Store> Server<S> {
         match n {
             sluice_store::Notice::Cancelled { run_id } => self.inner.engine.stop_driving(&run_id),
             sluice_store::Notice::Waiting { run_id, .. } => {
-                let followed = self
-                    .inner
-                    .followed
-                    .lock()
-                    .map(|f| f.contains(&run_id))
-                    .unwrap_or(false);
-                if followed {
+                if self.follows(&run_id) {
                     return;
                 }
                 let store = self.inner.engine.store();
