@@ -473,6 +473,23 @@ pub(crate) async fn locked_change(
     props: Map<String, Value>,
     lock: Option<&str>,
 ) -> Result<Outcome, ActionError> {
+    let r = locked_change_once(pools, cx, connection, name, op, target, props, lock).await;
+    let key = crate::db::completion_key(cx);
+    crate::db::or_completed(pools, cx.connections, connection, key, r, Outcome::value).await
+}
+
+/// [`locked_change`], once.
+#[allow(clippy::too_many_arguments)]
+async fn locked_change_once(
+    pools: &Pools,
+    cx: &ActionCx<'_>,
+    connection: &str,
+    name: &str,
+    op: PatchOp,
+    target: Target<'_>,
+    props: Map<String, Value>,
+    lock: Option<&str>,
+) -> Result<Outcome, ActionError> {
     let db = pools.db(cx.connections, connection).await?;
     let t = db
         .check_fields(name, target.fields().into_iter().chain(props.keys()))

@@ -249,6 +249,24 @@ impl Action for Dataflow {
         cx: ActionCx<'a>,
         o: DataflowOptions,
     ) -> Result<Outcome, ActionError> {
+        let (key, connections) = (crate::db::completion_key(&cx), cx.connections);
+        let connection = o.connection.clone();
+        let r = self.run_once(cx, o).await;
+        crate::db::or_completed(
+            &self.0,
+            connections,
+            &connection,
+            key,
+            r,
+            crate::db::recorded_with_tokens,
+        )
+        .await
+    }
+}
+
+impl Dataflow {
+    /// [`Action::run`], once.
+    async fn run_once(&self, cx: ActionCx<'_>, o: DataflowOptions) -> Result<Outcome, ActionError> {
         let envelopes = parse(o.document)?;
         let global = global_tokens(cx.scope);
         check(&envelopes, &o.allow, &global)?;
@@ -286,12 +304,7 @@ impl Action for Dataflow {
         let mut step = StepTx::begin(&db, &cx, &o.connection).await?;
         // Run again after a crash, a document that committed takes its result.
         if let Some(done) = step.tx().completed(crate::db::completion_key(&cx)).await? {
-            let tokens = done.get("tokens").and_then(Value::as_object).cloned();
-            return Ok(Outcome {
-                payload: Some(done),
-                tokens,
-                ..Outcome::default()
-            });
+            return Ok(crate::db::recorded_with_tokens(done));
         }
         let mut out = Vec::with_capacity(envelopes.len());
         for (e, env) in envelopes.iter().enumerate() {

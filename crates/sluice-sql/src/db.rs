@@ -212,6 +212,49 @@ pub(crate) fn completion_key<'k>(cx: &sluice_action::ActionCx<'k>) -> &'k str {
         .map_or(key, |(instance, _)| instance)
 }
 
+/// A write step's outcome `r`, or, when it failed and another execution of
+/// the same attempt committed meanwhile, that execution's recorded result
+/// (`recorded` makes it an outcome). Two processes may run one attempt at
+/// once (one whose lease on the run lapsed while it worked, and the one
+/// that took the run over): each checks for the other's record first, and
+/// the later one then meets the earlier's writes (a unique key, the
+/// completion's own row) and fails, its transaction rolled back, nothing
+/// written twice; its answer is the earlier's.
+pub(crate) async fn or_completed(
+    pools: &Pools,
+    connections: &BTreeMap<String, Value>,
+    connection: &str,
+    key: &str,
+    r: Result<sluice_action::Outcome, ActionError>,
+    recorded: fn(Value) -> sluice_action::Outcome,
+) -> Result<sluice_action::Outcome, ActionError> {
+    let Err(e) = r else {
+        return r;
+    };
+    if key.is_empty() {
+        return Err(e);
+    }
+    let Ok(db) = pools.db(connections, connection).await else {
+        return Err(e);
+    };
+    let done = match db.begin().await {
+        Ok(mut tx) => tx.completed(key).await.ok().flatten(),
+        Err(_) => None,
+    };
+    done.map(recorded).ok_or(e)
+}
+
+/// The outcome of a write whose recorded result holds `tokens` (an
+/// envelope's, a document's).
+pub(crate) fn recorded_with_tokens(done: Value) -> sluice_action::Outcome {
+    let tokens = done.get("tokens").and_then(Value::as_object).cloned();
+    sluice_action::Outcome {
+        payload: Some(done),
+        tokens,
+        ..sluice_action::Outcome::default()
+    }
+}
+
 /// A statement with its parameters.
 pub(crate) struct Stmt {
     pub(crate) sql: String,
@@ -281,17 +324,6 @@ impl Tx {
             return Ok(None);
         }
         let p = self.db.backend.placeholder(1);
-        // Two processes may run the same attempt at once (one whose lease
-        // lapsed while it worked, and the one that took its run over): on
-        // PostgreSQL the second waits here for the first to end, then finds
-        // its record. (SQLite's write transactions are one at a time.)
-        if self.db.backend == crate::backend::Backend::Postgres {
-            let lock = Stmt {
-                sql: format!("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext({p}))"),
-                params: vec![Value::from(format!("done:{key}"))],
-            };
-            self.run(&lock, true).await?;
-        }
         let st = Stmt {
             sql: format!("SELECT result FROM {COMPLETIONS} WHERE step_key = {p}"),
             params: vec![Value::from(key)],

@@ -413,6 +413,26 @@ pub(crate) async fn write_envelope(
     cx: ActionCx<'_>,
     o: EnvelopeOptions,
 ) -> Result<Outcome, ActionError> {
+    let (key, connections) = (crate::db::completion_key(&cx), cx.connections);
+    let connection = o.connection.clone();
+    let r = write_envelope_once(pools, cx, o).await;
+    crate::db::or_completed(
+        pools,
+        connections,
+        &connection,
+        key,
+        r,
+        crate::db::recorded_with_tokens,
+    )
+    .await
+}
+
+/// [`write_envelope`], once.
+async fn write_envelope_once(
+    pools: &Pools,
+    cx: ActionCx<'_>,
+    o: EnvelopeOptions,
+) -> Result<Outcome, ActionError> {
     let db = pools.db(cx.connections, &o.connection).await?;
     let compiled = cx.deferred.get("patches").map(|(_, t)| t);
     let count = patch_count(compiled, &o.patches);
@@ -427,12 +447,7 @@ pub(crate) async fn write_envelope(
     let mut step = StepTx::begin(&db, &cx, &o.connection).await?;
     // Run again after a crash, an envelope that committed takes its result.
     if let Some(done) = step.tx().completed(crate::db::completion_key(&cx)).await? {
-        let tokens = done.get("tokens").and_then(Value::as_object).cloned();
-        return Ok(Outcome {
-            payload: Some(done),
-            tokens,
-            ..Outcome::default()
-        });
+        return Ok(crate::db::recorded_with_tokens(done));
     }
     let mut results = Vec::new();
     // The calls made so far, to undo if the envelope fails.
