@@ -165,6 +165,16 @@ impl PgStore {
         });
         // Alive before it creates or claims a run (which its lease covers).
         renew(&pool, &me).await.map_err(|e| fail(e.to_string()))?;
+        // Processes gone for a day that hold no run are forgotten (every
+        // command that opens the store is one).
+        sqlx::query(concat!(
+            "DELETE FROM processes WHERE alive_until < ",
+            db_now!(),
+            " - 86400000000 AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.status = 'running' AND r.lease_owner = processes.id)"
+        ))
+        .execute(&pool)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         tokio::spawn(heartbeat(
             pool.clone(),
             Arc::downgrade(&me),

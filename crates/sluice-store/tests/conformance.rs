@@ -1249,6 +1249,37 @@ async fn postgres_processes_lease_their_runs() {
     assert!(!c.own_poll("polled").await.unwrap());
     assert!(b.own_poll("polled").await.unwrap());
     assert_eq!(b.leases().unwrap().taken_over, 1 + x.len() as u64 + 1);
+    let pool_for_cleanup = sqlx::PgPool::connect(&url).await.unwrap();
+
+    // A process gone for a day holding no run is forgotten at the next
+    // open; one that holds a run is kept.
+    let gone = |id: &'static str| {
+        let pool = pool_for_cleanup.clone();
+        async move {
+            sqlx::query("INSERT INTO processes (id, host, pid, version, started_at, alive_until) VALUES ($1, 'h', 1, 'v', 0, 1)")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    gone("long-gone").await;
+    gone("gone-holding").await;
+    let held = new_run("leased");
+    b.create_run(&held).await.unwrap();
+    sqlx::query("UPDATE runs SET lease_owner = 'gone-holding' WHERE id = $1")
+        .bind(&held.id)
+        .execute(&pool_for_cleanup)
+        .await
+        .unwrap();
+    drop(PgStore::open(&url).await.unwrap());
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM processes WHERE id LIKE '%gone%' ORDER BY id")
+            .fetch_all(&pool_for_cleanup)
+            .await
+            .unwrap();
+    assert_eq!(left, ["gone-holding"]);
+    assert_eq!(b.take_over(0).await.unwrap(), vec![held.id.clone()]);
 
     // Versions: tables a later version made are not opened; tables this
     // version would change are not changed while a process of another
@@ -1269,7 +1300,7 @@ async fn postgres_processes_lease_their_runs() {
         "{err}"
     );
 
-    drop((a, b, c, d, pool));
+    drop((a, b, c, d, pool, pool_for_cleanup));
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
     )))
