@@ -511,10 +511,10 @@ async fn locked_change_once(
     if let Some(name) = lock {
         tx.lock(name).await?;
     }
-    // Run again after a crash, a step that committed takes its result.
-    if let Some(done) = tx.completed(crate::db::completion_key(cx)).await? {
-        return Ok(Outcome::value(done));
-    }
+    // Run again after a crash, a step that committed meets its own
+    // completion record (its key, below), is rolled back, and takes the
+    // recorded result ([`crate::db::or_completed`]): nothing is written
+    // twice, and a first run saves the record's lookup.
     let criteria = target.criteria(tx, &db).await?;
     let planned = plan_in(tx, &db, name, &t, op, &criteria, props).await?;
     let (out, change) = apply_in(tx, &db, name, &t, planned).await?;

@@ -9,7 +9,7 @@ use crate::scrub::{json, opt_text};
 use crate::values::{Chunk, Encoder, Known};
 use crate::{NewRun, RunUpdate, StepRecord, StoreError};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,35 +72,25 @@ async fn statements(
     known: &Known,
     owner: &str,
     values: &mut Vec<Chunk>,
+    written: &mut Vec<Chunk>,
 ) -> Result<(), StoreError> {
-    let run_id = match w {
-        PgWrite::Create(run) => &run.id,
-        PgWrite::Record(r) => &r.run_id,
-    };
-    let mut enc = Encoder::new(run_id, known);
     match w {
-        PgWrite::Create(run) => insert_run(conn, run, None, owner, &mut enc).await?,
-        PgWrite::Record(r) => {
-            let PgRecord {
-                new,
-                run_id,
-                steps,
-                run,
-            } = r.as_ref();
-            let n = i64::try_from(steps.len()).unwrap_or(i64::MAX);
-            match new {
-                Some(new) => {
-                    insert_run(conn, new, Some((run, n)), owner, &mut enc).await?;
-                    insert_steps(conn, steps, &mut enc).await?;
-                }
-                None => {
-                    insert_steps(conn, steps, &mut enc).await?;
-                    move_run(conn, run_id, run, n, owner, &mut enc).await?;
-                }
-            }
+        PgWrite::Create(run) => {
+            let mut enc = Encoder::new(&run.id, known);
+            insert_run(conn, run, None, owner, &mut enc).await?;
+            values.append(&mut enc.chunks);
         }
+        PgWrite::Record(r) => match &r.new {
+            Some(new) => {
+                let mut enc = Encoder::new(&r.run_id, known);
+                let n = i64::try_from(r.steps.len()).unwrap_or(i64::MAX);
+                insert_run(conn, new, Some((&r.run, n)), owner, &mut enc).await?;
+                insert_steps(conn, &r.steps, &mut enc).await?;
+                values.append(&mut enc.chunks);
+            }
+            None => written.extend(record_moving(conn, r, owner, known).await?),
+        },
     }
-    values.append(&mut enc.chunks);
     Ok(())
 }
 
@@ -129,14 +119,25 @@ async fn together(
     owner: &str,
     writes: &[&PgWrite],
 ) -> Result<(), StoreError> {
+    // One run's steps and position alone: one statement, no transaction
+    // around it (one round trip instead of four).
+    if let [PgWrite::Record(r)] = writes
+        && r.new.is_none()
+    {
+        let mut conn = pool.acquire().await?;
+        let written = record_moving(&mut conn, r, owner, known).await?;
+        known.remember(&written);
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
-    let mut values = Vec::new();
+    let (mut values, mut written) = (Vec::new(), Vec::new());
     for w in writes {
-        statements(&mut tx, w, known, owner, &mut values).await?;
+        statements(&mut tx, w, known, owner, &mut values, &mut written).await?;
     }
     insert_values(&mut tx, &values).await?;
     tx.commit().await?;
     known.remember(&values);
+    known.remember(&written);
     Ok(())
 }
 
@@ -244,40 +245,166 @@ pub(crate) async fn insert_run(
     }
 }
 
+/// Steps' records as columns (one array per column), for one statement
+/// that inserts them all (`UNNEST`).
+#[derive(Default)]
+struct StepColumns {
+    run_id: Vec<String>,
+    seq: Vec<i64>,
+    step_key: Vec<String>,
+    kind: Vec<String>,
+    ok: Vec<bool>,
+    options: Vec<String>,
+    input: Vec<String>,
+    result: Vec<Option<String>>,
+    output: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    blame: Vec<Option<String>>,
+    logs: Vec<String>,
+    started_at: Vec<i64>,
+    ended_at: Vec<i64>,
+}
+
+impl StepColumns {
+    fn of(steps: &[StepRecord], enc: &mut Encoder<'_>) -> Self {
+        let mut c = Self::default();
+        for s in steps {
+            c.run_id.push(s.run_id.clone());
+            c.seq.push(s.seq);
+            c.step_key.push(s.step_key.clone());
+            c.kind.push(s.kind.clone());
+            c.ok.push(s.ok);
+            c.options.push(enc.json(&s.options));
+            c.input.push(enc.json(&s.input));
+            c.result.push(enc.opt_json(s.result.as_deref()));
+            c.output.push(enc.opt_json(s.output.as_deref()));
+            c.error.push(opt_text(&s.error));
+            c.blame.push(s.blame.clone());
+            c.logs.push(json(&Value::from(s.logs.clone())));
+            c.started_at.push(s.started_at);
+            c.ended_at.push(s.ended_at);
+        }
+        c
+    }
+
+    /// Bind the columns, in order, to `q`.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.run_id)
+            .bind(self.seq)
+            .bind(self.step_key)
+            .bind(self.kind)
+            .bind(self.ok)
+            .bind(self.options)
+            .bind(self.input)
+            .bind(self.result)
+            .bind(self.output)
+            .bind(self.error)
+            .bind(self.blame)
+            .bind(self.logs)
+            .bind(self.started_at)
+            .bind(self.ended_at)
+    }
+}
+
+/// The steps' columns from parameters `$1` to `$14`, as rows.
+macro_rules! unnest_steps {
+    () => {
+        "SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::BIGINT[], $14::BIGINT[])"
+    };
+}
+
+/// The columns of a step's record.
+macro_rules! step_columns {
+    () => {
+        "run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at"
+    };
+}
+
+/// Steps' records, in one statement.
 pub(crate) async fn insert_steps(
     conn: &mut PgConnection,
     steps: &[StepRecord],
     enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
-    for s in steps {
-        let done = sqlx::query(
-            "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&s.run_id)
-        .bind(s.seq)
-        .bind(&s.step_key)
-        .bind(&s.kind)
-        .bind(s.ok)
-        .bind(enc.json(&s.options))
-        .bind(enc.json(&s.input))
-        .bind(enc.opt_json(s.result.as_deref()))
-        .bind(enc.opt_json(s.output.as_deref()))
-        .bind(opt_text(&s.error))
-        .bind(&s.blame)
-        .bind(json(&Value::from(s.logs.clone())))
-        .bind(s.started_at)
-        .bind(s.ended_at)
+    let Some(first) = steps.first() else {
+        return Ok(());
+    };
+    let q = sqlx::query(concat!(
+        "INSERT INTO run_steps (",
+        step_columns!(),
+        ") ",
+        unnest_steps!()
+    ));
+    let done = StepColumns::of(steps, enc)
+        .bind(q)
         .execute(&mut *conn)
         .await;
-        match done {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                return Err(StoreError::NoSuchRun(s.run_id.clone()));
-            }
-            Err(e) => return Err(e.into()),
+    match done {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(StoreError::NoSuchRun(first.run_id.clone()))
         }
+        Err(e) => Err(e.into()),
     }
-    Ok(())
+}
+
+/// Steps of a run `owner` holds and the run's new position after them, as
+/// one statement (atomic without a transaction of its own), with the nodes
+/// of their large values: the steps are recorded when the run moves, or
+/// when it was cancelled (it keeps its status); nothing is when another
+/// process holds it ([`StoreError::LeaseLost`]) or there is no such run.
+/// The nodes written, to remember once committed.
+pub(crate) async fn record_moving(
+    conn: &mut PgConnection,
+    r: &PgRecord,
+    owner: &str,
+    known: &Known,
+) -> Result<Vec<Chunk>, StoreError> {
+    let mut enc = Encoder::new(&r.run_id, known);
+    let steps = StepColumns::of(&r.steps, &mut enc);
+    let u = &r.run;
+    let state = enc.json(&u.state);
+    let output = enc.opt_json(u.output.as_deref());
+    let chunks = std::mem::take(&mut enc.chunks);
+    let n = i64::try_from(r.steps.len()).unwrap_or(i64::MAX);
+    let q = sqlx::query(concat!(
+        "WITH moved AS (UPDATE runs SET status = $16, state = $17, next_step = $18, output = $19, error = $20, error_step = $21, ended_at = $22, updated_at = $23, steps = steps + $24 ",
+        "WHERE id = $15 AND status <> 'cancelled' AND lease_owner = $25 RETURNING 1), ",
+        "cancelled AS (SELECT 1 FROM runs WHERE id = $15 AND status = 'cancelled'), ",
+        "stepped AS (INSERT INTO run_steps (",
+        step_columns!(),
+        ") ",
+        unnest_steps!(),
+        " WHERE EXISTS (SELECT 1 FROM moved) OR EXISTS (SELECT 1 FROM cancelled) RETURNING 1), ",
+        "valued AS (INSERT INTO run_values (run_id, hash, body) SELECT * FROM UNNEST($26::TEXT[], $27::BYTEA[], $28::BYTEA[]) ON CONFLICT DO NOTHING RETURNING 1) ",
+        "SELECT (SELECT COUNT(*) FROM moved) + (SELECT COUNT(*) FROM cancelled) AS done"
+    ));
+    let done: i64 = steps
+        .bind(q)
+        .bind(&r.run_id)
+        .bind(u.status.as_str())
+        .bind(state)
+        .bind(&u.next_step)
+        .bind(output)
+        .bind(opt_text(&u.error))
+        .bind(&u.error_step)
+        .bind(u.ended_at)
+        .bind(crate::now_micros())
+        .bind(n)
+        .bind(owner)
+        .bind(chunks.iter().map(|c| c.run_id.clone()).collect::<Vec<_>>())
+        .bind(chunks.iter().map(|c| c.hash.to_vec()).collect::<Vec<_>>())
+        .bind(chunks.iter().map(|c| c.body.clone()).collect::<Vec<_>>())
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("done")?;
+    if done == 0 {
+        held_elsewhere(conn, &r.run_id).await?;
+    }
+    Ok(chunks)
 }
 
 /// Move a run `owner` holds to its new position after `n` more steps; a
