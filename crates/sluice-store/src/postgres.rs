@@ -77,6 +77,8 @@ struct Me {
     started_at: i64,
     /// How long a lease holds unrenewed, in µs.
     lease: AtomicI64,
+    /// Told when the lease's length changes (the heartbeat renews then).
+    lease_changed: Arc<tokio::sync::Notify>,
     /// As last renewed.
     leases: std::sync::Mutex<Leases>,
     taken_over: AtomicU64,
@@ -157,6 +159,7 @@ impl PgStore {
                 .unwrap_or_else(|_| "unknown".to_owned()),
             started_at: crate::now_micros(),
             lease: AtomicI64::new(micros(DEFAULT_LEASE)),
+            lease_changed: Arc::default(),
             leases: Default::default(),
             taken_over: AtomicU64::new(0),
             retired: AtomicBool::new(false),
@@ -178,6 +181,7 @@ impl PgStore {
         tokio::spawn(heartbeat(
             pool.clone(),
             Arc::downgrade(&me),
+            me.lease_changed.clone(),
             stopped.clone(),
         ));
         tokio::spawn(listen(pool.clone(), Arc::downgrade(&me), stopped));
@@ -193,7 +197,10 @@ impl PgStore {
     /// long the runs of a process that died wait before another takes them.
     pub async fn set_lease(&self, lease: Duration) -> Result<(), StoreError> {
         self.me.lease.store(micros(lease), Ordering::Relaxed);
-        renew(&self.pool, &self.me).await
+        renew(&self.pool, &self.me).await?;
+        // The heartbeat's next renewal comes within a quarter of this lease.
+        self.me.lease_changed.notify_one();
+        Ok(())
     }
 
     /// End this process's leases now (it stops): the runs it still holds
@@ -886,7 +893,8 @@ async fn renew(pool: &PgPool, me: &Me) -> Result<(), StoreError> {
     if let Ok(mut l) = me.leases.lock() {
         *l = Leases {
             process: me.id.to_string(),
-            lease_micros: lease,
+            // As it is now (a renewal begun before a change ends after it).
+            lease_micros: me.lease.load(Ordering::Relaxed),
             renewed_at: crate::now_micros(),
             held,
             taken_over: 0,
@@ -900,7 +908,12 @@ async fn renew(pool: &PgPool, me: &Me) -> Result<(), StoreError> {
 /// A renewal that fails is tried again at the next (the leases hold until
 /// they lapse; after that other processes may take the runs over, and this
 /// one's writes to them are refused).
-async fn heartbeat(pool: PgPool, me: Weak<Me>, mut stop: watch::Receiver<()>) {
+async fn heartbeat(
+    pool: PgPool,
+    me: Weak<Me>,
+    changed: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<()>,
+) {
     loop {
         let every = {
             let Some(me) = me.upgrade() else { return };
@@ -910,6 +923,7 @@ async fn heartbeat(pool: PgPool, me: Weak<Me>, mut stop: watch::Receiver<()>) {
         let every = Duration::from_micros(u64::try_from(every.max(1_000)).unwrap_or(1_000));
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = changed.notified() => {}
             _ = stop.changed() => return,
         }
     }
