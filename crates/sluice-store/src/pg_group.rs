@@ -407,40 +407,6 @@ pub(crate) async fn record_moving(
     Ok(chunks)
 }
 
-/// Move a run `owner` holds to its new position after `n` more steps; a
-/// cancelled run keeps its status. Fails when there is no such run, or
-/// another process holds it now ([`StoreError::LeaseLost`]: the
-/// transaction must not commit).
-pub(crate) async fn move_run(
-    conn: &mut PgConnection,
-    run_id: &str,
-    u: &RunUpdate,
-    n: i64,
-    owner: &str,
-    enc: &mut Encoder<'_>,
-) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE runs SET status = $2, state = $3, next_step = $4, output = $5, error = $6, error_step = $7, ended_at = $8, updated_at = $9, steps = steps + $10 WHERE id = $1 AND status <> 'cancelled' AND lease_owner = $11",
-    )
-    .bind(run_id)
-    .bind(u.status.as_str())
-    .bind(enc.json(&u.state))
-    .bind(&u.next_step)
-    .bind(enc.opt_json(u.output.as_deref()))
-    .bind(opt_text(&u.error))
-    .bind(&u.error_step)
-    .bind(u.ended_at)
-    .bind(crate::now_micros())
-    .bind(n)
-    .bind(owner)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 1 {
-        return Ok(());
-    }
-    held_elsewhere(conn, run_id).await
-}
-
 /// Why a write fenced by its run's owner moved nothing: `Ok` for a
 /// cancelled run (which keeps its status), else no such run or
 /// [`StoreError::LeaseLost`].

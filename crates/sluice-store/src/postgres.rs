@@ -17,7 +17,7 @@
 //! make up for a missed notice.
 
 use crate::pg_group::{
-    Owner, PgRecord, PgWrite, held_elsewhere, insert_run, insert_steps, insert_values, move_run,
+    Owner, PgRecord, PgWrite, held_elsewhere, insert_run, insert_values, record_moving,
 };
 use crate::rows;
 use crate::scrub::json;
@@ -288,12 +288,15 @@ impl Store for PgStore {
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
-        let mut enc = Encoder::new(run_id, &self.known);
-        let mut tx = self.pool.begin().await?;
-        move_run(&mut tx, run_id, run, 0, &self.me.id, &mut enc).await?;
-        insert_values(&mut tx, &enc.chunks).await?;
-        tx.commit().await?;
-        self.known.remember(&enc.chunks);
+        let r = PgRecord {
+            new: None,
+            run_id: run_id.to_owned(),
+            steps: Vec::new(),
+            run: run.clone(),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let written = record_moving(&mut conn, &r, &self.me.id, &self.known).await?;
+        self.known.remember(&written);
         Ok(())
     }
 
@@ -541,19 +544,24 @@ impl Store for PgStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut enc = Encoder::new(&wait.run_id, &self.known);
+        let mut written = Vec::new();
         match step {
             Some(s) => {
-                insert_steps(&mut tx, std::slice::from_ref(s), &mut enc).await?;
-                let u = RunUpdate {
-                    status: RunStatus::Waiting,
-                    state: std::sync::Arc::new(state.clone()),
-                    next_step: Some(wait.step_key.clone()),
-                    output: None,
-                    error: None,
-                    error_step: None,
-                    ended_at: None,
+                let r = PgRecord {
+                    new: None,
+                    run_id: s.run_id.clone(),
+                    steps: vec![s.clone()],
+                    run: RunUpdate {
+                        status: RunStatus::Waiting,
+                        state: std::sync::Arc::new(state.clone()),
+                        next_step: Some(wait.step_key.clone()),
+                        output: None,
+                        error: None,
+                        error_step: None,
+                        ended_at: None,
+                    },
                 };
-                move_run(&mut tx, &s.run_id, &u, 1, &self.me.id, &mut enc).await?;
+                written = record_moving(&mut tx, &r, &self.me.id, &self.known).await?;
             }
             None => {
                 let done = sqlx::query("UPDATE runs SET status = 'waiting', state = $1, next_step = $2, updated_at = $3 WHERE id = $4 AND status = 'running' AND lease_owner = $5")
@@ -600,6 +608,7 @@ impl Store for PgStore {
         insert_values(&mut tx, &enc.chunks).await?;
         tx.commit().await?;
         self.known.remember(&enc.chunks);
+        self.known.remember(&written);
         Ok(waiting)
     }
 
