@@ -323,7 +323,8 @@ macro_rules! step_columns {
     };
 }
 
-/// Steps' records, in one statement.
+/// Steps' records, in one statement (a row of values for one step, which
+/// PostgreSQL plans for less than arrays).
 pub(crate) async fn insert_steps(
     conn: &mut PgConnection,
     steps: &[StepRecord],
@@ -332,16 +333,40 @@ pub(crate) async fn insert_steps(
     let Some(first) = steps.first() else {
         return Ok(());
     };
-    let q = sqlx::query(concat!(
-        "INSERT INTO run_steps (",
-        step_columns!(),
-        ") ",
-        unnest_steps!()
-    ));
-    let done = StepColumns::of(steps, enc)
-        .bind(q)
+    let done = if let [s] = steps {
+        sqlx::query(concat!(
+            "INSERT INTO run_steps (",
+            step_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&s.run_id)
+        .bind(s.seq)
+        .bind(&s.step_key)
+        .bind(&s.kind)
+        .bind(s.ok)
+        .bind(enc.json(&s.options))
+        .bind(enc.json(&s.input))
+        .bind(enc.opt_json(s.result.as_deref()))
+        .bind(enc.opt_json(s.output.as_deref()))
+        .bind(opt_text(&s.error))
+        .bind(&s.blame)
+        .bind(json(&Value::from(s.logs.clone())))
+        .bind(s.started_at)
+        .bind(s.ended_at)
         .execute(&mut *conn)
-        .await;
+        .await
+    } else {
+        let q = sqlx::query(concat!(
+            "INSERT INTO run_steps (",
+            step_columns!(),
+            ") ",
+            unnest_steps!()
+        ));
+        StepColumns::of(steps, enc)
+            .bind(q)
+            .execute(&mut *conn)
+            .await
+    };
     match done {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
