@@ -193,7 +193,7 @@ impl<S: Store> Engine<S> {
     /// it once more: the step may be what stops the process, which would
     /// otherwise stop at every start.
     pub async fn recover(&self, flow: &Flow, run_id: &str) -> Result<RunResult, EngineError> {
-        let (detail, driving) = self.load_run(flow, run_id).await?;
+        let (mut detail, driving) = self.load_run(flow, run_id).await?;
         if detail.summary.status == RunStatus::Waiting {
             let wait = self.store.wait_of(run_id).await?;
             return match wait {
@@ -243,7 +243,7 @@ impl<S: Store> Engine<S> {
         }
         // Woken from a wait before it stopped: from that wake (the event
         // that ended it, or its time), not waiting again.
-        let entry = match detail.woken.clone() {
+        let entry = match detail.woken.take() {
             Some(w) => Self::woken_entry(w.kind, w.since, w.event),
             None => Entry::Recovered,
         };

@@ -474,8 +474,8 @@ pub(crate) async fn locked_change(
     lock: Option<&str>,
 ) -> Result<Outcome, ActionError> {
     let r = locked_change_once(pools, cx, connection, name, op, target, props, lock).await;
-    let key = crate::db::completion_key(cx);
-    crate::db::or_completed(pools, cx.connections, connection, key, r, Outcome::value).await
+    let attempt = crate::db::Attempt::of(cx);
+    crate::db::or_completed(pools, attempt, connection, r, Outcome::value).await
 }
 
 /// [`locked_change`], once.

@@ -249,14 +249,13 @@ impl Action for Dataflow {
         cx: ActionCx<'a>,
         o: DataflowOptions,
     ) -> Result<Outcome, ActionError> {
-        let (key, connections) = (crate::db::completion_key(&cx), cx.connections);
+        let attempt = crate::db::Attempt::of(&cx);
         let connection = o.connection.clone();
         let r = self.run_once(cx, o).await;
         crate::db::or_completed(
             &self.0,
-            connections,
+            attempt,
             &connection,
-            key,
             r,
             crate::db::recorded_with_tokens,
         )

@@ -212,26 +212,51 @@ pub(crate) fn completion_key<'k>(cx: &sluice_action::ActionCx<'k>) -> &'k str {
         .map_or(key, |(instance, _)| instance)
 }
 
-/// A write step's outcome `r`, or, when it failed and another execution of
-/// the same attempt committed meanwhile, that execution's recorded result
-/// (`recorded` makes it an outcome). Two processes may run one attempt at
-/// once (one whose lease on the run lapsed while it worked, and the one
-/// that took the run over): each checks for the other's record first, and
-/// the later one then meets the earlier's writes (a unique key, the
-/// completion's own row) and fails, its transaction rolled back, nothing
-/// written twice; its answer is the earlier's.
+/// What [`or_completed`] needs of a write step's context (taken before the
+/// step consumes it).
+pub(crate) struct Attempt<'k> {
+    key: &'k str,
+    connections: &'k BTreeMap<String, Value>,
+    /// The step writes in the run's one transaction (`transaction: flow`),
+    /// whose completion records commit with the whole run.
+    in_run_tx: bool,
+}
+
+impl<'k> Attempt<'k> {
+    pub(crate) fn of(cx: &sluice_action::ActionCx<'k>) -> Self {
+        Self {
+            key: completion_key(cx),
+            connections: cx.connections,
+            in_run_tx: cx.flow_tx.is_some(),
+        }
+    }
+}
+
+/// A write step's outcome `r`, or, when it failed and an execution of the
+/// same attempt committed (before, or meanwhile), that execution's
+/// recorded result (`recorded` makes it an outcome). A run again after a
+/// crash meets its own completion record; and two processes may run one
+/// attempt at once (one whose lease on the run lapsed while it worked, and
+/// the one that took the run over): the later meets the earlier's writes (a
+/// unique key, the completion record's key) and fails, its transaction
+/// rolled back, nothing written twice; its answer is the earlier's. Not in
+/// a run's one transaction, which is begun again whole.
 pub(crate) async fn or_completed(
     pools: &Pools,
-    connections: &BTreeMap<String, Value>,
+    attempt: Attempt<'_>,
     connection: &str,
-    key: &str,
     r: Result<sluice_action::Outcome, ActionError>,
     recorded: fn(Value) -> sluice_action::Outcome,
 ) -> Result<sluice_action::Outcome, ActionError> {
     let Err(e) = r else {
         return r;
     };
-    if key.is_empty() {
+    let Attempt {
+        key,
+        connections,
+        in_run_tx,
+    } = attempt;
+    if key.is_empty() || in_run_tx {
         return Err(e);
     }
     let Ok(db) = pools.db(connections, connection).await else {

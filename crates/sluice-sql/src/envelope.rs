@@ -413,14 +413,13 @@ pub(crate) async fn write_envelope(
     cx: ActionCx<'_>,
     o: EnvelopeOptions,
 ) -> Result<Outcome, ActionError> {
-    let (key, connections) = (crate::db::completion_key(&cx), cx.connections);
+    let attempt = crate::db::Attempt::of(&cx);
     let connection = o.connection.clone();
     let r = write_envelope_once(pools, cx, o).await;
     crate::db::or_completed(
         pools,
-        connections,
+        attempt,
         &connection,
-        key,
         r,
         crate::db::recorded_with_tokens,
     )

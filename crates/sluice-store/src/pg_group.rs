@@ -245,6 +245,66 @@ pub(crate) async fn insert_run(
     }
 }
 
+/// A step's record as the columns of its row.
+struct StepRow {
+    run_id: String,
+    seq: i64,
+    step_key: String,
+    kind: String,
+    ok: bool,
+    options: String,
+    input: String,
+    result: Option<String>,
+    output: Option<String>,
+    error: Option<String>,
+    blame: Option<String>,
+    logs: String,
+    started_at: i64,
+    ended_at: i64,
+}
+
+impl StepRow {
+    fn of(s: &StepRecord, enc: &mut Encoder<'_>) -> Self {
+        Self {
+            run_id: s.run_id.clone(),
+            seq: s.seq,
+            step_key: s.step_key.clone(),
+            kind: s.kind.clone(),
+            ok: s.ok,
+            options: enc.json(&s.options),
+            input: enc.json(&s.input),
+            result: enc.opt_json(s.result.as_deref()),
+            output: enc.opt_json(s.output.as_deref()),
+            error: opt_text(&s.error),
+            blame: s.blame.clone(),
+            logs: json(&Value::from(s.logs.clone())),
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+        }
+    }
+
+    /// Bind the columns, in order, to `q`.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.run_id)
+            .bind(self.seq)
+            .bind(self.step_key)
+            .bind(self.kind)
+            .bind(self.ok)
+            .bind(self.options)
+            .bind(self.input)
+            .bind(self.result)
+            .bind(self.output)
+            .bind(self.error)
+            .bind(self.blame)
+            .bind(self.logs)
+            .bind(self.started_at)
+            .bind(self.ended_at)
+    }
+}
+
 /// Steps' records as columns (one array per column), for one statement
 /// that inserts them all (`UNNEST`).
 #[derive(Default)]
@@ -269,20 +329,21 @@ impl StepColumns {
     fn of(steps: &[StepRecord], enc: &mut Encoder<'_>) -> Self {
         let mut c = Self::default();
         for s in steps {
-            c.run_id.push(s.run_id.clone());
-            c.seq.push(s.seq);
-            c.step_key.push(s.step_key.clone());
-            c.kind.push(s.kind.clone());
-            c.ok.push(s.ok);
-            c.options.push(enc.json(&s.options));
-            c.input.push(enc.json(&s.input));
-            c.result.push(enc.opt_json(s.result.as_deref()));
-            c.output.push(enc.opt_json(s.output.as_deref()));
-            c.error.push(opt_text(&s.error));
-            c.blame.push(s.blame.clone());
-            c.logs.push(json(&Value::from(s.logs.clone())));
-            c.started_at.push(s.started_at);
-            c.ended_at.push(s.ended_at);
+            let r = StepRow::of(s, enc);
+            c.run_id.push(r.run_id);
+            c.seq.push(r.seq);
+            c.step_key.push(r.step_key);
+            c.kind.push(r.kind);
+            c.ok.push(r.ok);
+            c.options.push(r.options);
+            c.input.push(r.input);
+            c.result.push(r.result);
+            c.output.push(r.output);
+            c.error.push(r.error);
+            c.blame.push(r.blame);
+            c.logs.push(r.logs);
+            c.started_at.push(r.started_at);
+            c.ended_at.push(r.ended_at);
         }
         c
     }
@@ -334,27 +395,12 @@ pub(crate) async fn insert_steps(
         return Ok(());
     };
     let done = if let [s] = steps {
-        sqlx::query(concat!(
+        let q = sqlx::query(concat!(
             "INSERT INTO run_steps (",
             step_columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        ))
-        .bind(&s.run_id)
-        .bind(s.seq)
-        .bind(&s.step_key)
-        .bind(&s.kind)
-        .bind(s.ok)
-        .bind(enc.json(&s.options))
-        .bind(enc.json(&s.input))
-        .bind(enc.opt_json(s.result.as_deref()))
-        .bind(enc.opt_json(s.output.as_deref()))
-        .bind(opt_text(&s.error))
-        .bind(&s.blame)
-        .bind(json(&Value::from(s.logs.clone())))
-        .bind(s.started_at)
-        .bind(s.ended_at)
-        .execute(&mut *conn)
-        .await
+        ));
+        StepRow::of(s, enc).bind(q).execute(&mut *conn).await
     } else {
         let q = sqlx::query(concat!(
             "INSERT INTO run_steps (",
@@ -378,8 +424,8 @@ pub(crate) async fn insert_steps(
 
 /// Steps of a run `owner` holds and the run's new position after them, as
 /// one statement (atomic without a transaction of its own), with the nodes
-/// of their large values: the steps are recorded when the run moves, or
-/// when it was cancelled (it keeps its status); nothing is when another
+/// of their large values: the steps and nodes are recorded when the run
+/// moves, or when it was cancelled (it keeps its status); nothing is when another
 /// process holds it ([`StoreError::LeaseLost`]) or there is no such run.
 /// The nodes written, to remember once committed.
 pub(crate) async fn record_moving(
@@ -404,7 +450,8 @@ pub(crate) async fn record_moving(
         ") ",
         unnest_steps!(),
         " WHERE EXISTS (SELECT 1 FROM moved) OR EXISTS (SELECT 1 FROM cancelled) RETURNING 1), ",
-        "valued AS (INSERT INTO run_values (run_id, hash, body) SELECT * FROM UNNEST($26::TEXT[], $27::BYTEA[], $28::BYTEA[]) ON CONFLICT DO NOTHING RETURNING 1) ",
+        "valued AS (INSERT INTO run_values (run_id, hash, body) SELECT * FROM UNNEST($26::TEXT[], $27::BYTEA[], $28::BYTEA[]) ",
+        "WHERE EXISTS (SELECT 1 FROM moved) OR EXISTS (SELECT 1 FROM cancelled) ON CONFLICT DO NOTHING RETURNING 1) ",
         "SELECT (SELECT COUNT(*) FROM moved) + (SELECT COUNT(*) FROM cancelled) AS done"
     ));
     let done: i64 = steps

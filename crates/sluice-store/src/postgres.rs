@@ -421,13 +421,25 @@ impl Store for PgStore {
         match n {
             Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
             None => {
-                if self.status_of(run_id).await? == Some(RunStatus::Running) {
-                    let mut conn = self.pool.acquire().await?;
-                    held_elsewhere(&mut conn, run_id).await?;
-                }
-                Err(self
-                    .refused(run_id, |run, status| StoreError::NotRunning { run, status })
-                    .await)
+                // Running but held by another process, or not running.
+                let row: Option<(String, Option<String>)> =
+                    sqlx::query_as("SELECT status, lease_owner FROM runs WHERE id = $1")
+                        .bind(run_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Err(match row {
+                    None => StoreError::NoSuchRun(run_id.to_owned()),
+                    Some((status, owner)) => match rows::status(&status)? {
+                        RunStatus::Running => StoreError::LeaseLost {
+                            run: run_id.to_owned(),
+                            owner: owner.unwrap_or_else(|| "(none)".to_owned()),
+                        },
+                        status => StoreError::NotRunning {
+                            run: run_id.to_owned(),
+                            status: status.as_str(),
+                        },
+                    },
+                })
             }
         }
     }

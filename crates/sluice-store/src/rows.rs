@@ -131,7 +131,7 @@ fn woken(row: &impl Get) -> Result<Option<crate::Woken>, StoreError> {
     if row.opt_int("woken_at_steps")? != Some(row.int("steps")?) {
         return Ok(None);
     }
-    let Some(w) = doc(row, "woken", "what woke the run")? else {
+    let Some(mut w) = doc(row, "woken", "what woke the run")? else {
         return Ok(None);
     };
     let kind = w["kind"].as_str().and_then(WaitKind::parse);
@@ -139,7 +139,7 @@ fn woken(row: &impl Get) -> Result<Option<crate::Woken>, StoreError> {
         (Some(kind), Some(since)) => Ok(Some(crate::Woken {
             kind,
             since,
-            event: w.get("event").filter(|e| !e.is_null()).cloned(),
+            event: w.get_mut("event").map(Value::take).filter(|e| !e.is_null()),
         })),
         _ => Err(StoreError::Corrupt(format!("what woke a run: {w}"))),
     }
