@@ -73,6 +73,13 @@ async fn one_attempt_run_twice_at_once_writes_once() {
             _ => assert!(std::env::var("CI").is_err(), "{var} must be set under CI"),
         }
     }
+    // Run ids must never repeat across test runs: the completions a write
+    // leaves in a database outlive the test (as they outlive a run), and a
+    // process id comes round again on the next run on this machine.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
     let t = format!("twice_{}", std::process::id());
     for url in &dbs {
         let ddl = if url.starts_with("mysql") {
@@ -87,7 +94,7 @@ async fn one_attempt_run_twice_at_once_writes_once() {
         statement(&reg, url, &format!("DROP TABLE IF EXISTS {t}")).await;
         statement(&reg, url, &ddl).await;
         for round in 0..10 {
-            let run = format!("twice-{}-{round}", std::process::id());
+            let run = format!("twice-{}-{stamp}-{round}", std::process::id());
             let (kind, options) = if round % 2 == 0 {
                 (
                     "sql.create",
