@@ -44,6 +44,11 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
         .route("/api/runs/{id}/cancel", post(cancel::<S>))
         .route("/api/audit", get(audit_log::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/api/me", get(crate::ui::me))
+        .route("/api/stream", get(crate::ui::stream::<S>))
+        .route("/", get(crate::ui::index))
+        .route("/ui/app.js", get(crate::ui::script))
+        .route("/ui/app.css", get(crate::ui::style))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
@@ -131,6 +136,12 @@ fn flow_json(f: &Flow, file: Option<&std::path::Path>) -> Value {
     if let Value::Object(m) = &mut trigger {
         m.insert("type".into(), Value::String(f.trigger.kind.clone()));
     }
+    let next = |n: sluice_model::Next| match n {
+        sluice_model::Next::Step(i) => f.steps.get(i).map(|s| Value::String(s.key.clone())),
+        sluice_model::Next::End => None,
+    };
+    let text = &f.source.text;
+    let line = |at: usize| text.get(..at).map_or(0, |t| t.matches('\n').count()) + 1;
     json!({
         "id": f.id,
         "name": f.name,
@@ -139,18 +150,43 @@ fn flow_json(f: &Flow, file: Option<&std::path::Path>) -> Value {
         "enabled": f.enabled,
         "file": file.map(|p| p.display().to_string()),
         "trigger": trigger,
-        "steps": f.steps.iter().map(|s| json!({"key": s.key, "type": s.kind})).collect::<Vec<_>>(),
+        "steps": f.steps.iter().map(|s| json!({
+            "key": s.key,
+            "type": s.kind,
+            "next": next(s.on_success),
+            "onFailure": if s.has_failure_path { next(s.on_failure) } else { None },
+            "failurePath": s.has_failure_path,
+            "line": line(s.span.start),
+        })).collect::<Vec<_>>(),
     })
 }
 
-async fn list_flows<S: Store>(State(s): State<Server<S>>) -> Json {
+/// `GET /api/flows`: every flow served, with its runs of the last day and
+/// its last run.
+async fn list_flows<S: Store>(State(s): State<Server<S>>) -> Result<Json, ApiError> {
     let set = s.flows();
-    axum::Json(Value::Array(
-        set.flows
-            .values()
-            .map(|f| flow_json(f, set.files.get(&f.id).map(|p| p.as_path())))
-            .collect(),
-    ))
+    let store = s.engine().store();
+    let day = sluice_store::now_micros() - 86_400_000_000;
+    let stats = store.flow_stats(day).await?;
+    let mut out = Vec::with_capacity(set.flows.len());
+    for f in set.flows.values() {
+        let mut v = flow_json(f, set.files.get(&f.id).map(|p| p.as_path()));
+        let day = stats.iter().find(|st| st.flow_id == f.id);
+        let last = store
+            .list_runs(&RunFilter {
+                flow_id: Some(f.id.clone()),
+                limit: 1,
+                ..RunFilter::default()
+            })
+            .await?;
+        v["lastDay"] = json!({
+            "runs": day.map_or(0, |d| d.runs),
+            "failures": day.map_or(0, |d| d.failures),
+        });
+        v["lastRun"] = last.first().map_or(Value::Null, summary_json);
+        out.push(v);
+    }
+    Ok(axum::Json(Value::Array(out)))
 }
 
 async fn get_flow<S: Store>(
@@ -372,11 +408,34 @@ fn summary_json(r: &RunSummary) -> Value {
     })
 }
 
-/// `GET /api/runs?flow=&status=&since=&until=&limit=`.
+/// A listing's cursor: where the next page starts (`STARTED.ID` of the
+/// last run of the page before; opaque to clients).
+fn cursor(r: &RunSummary) -> String {
+    format!("{}.{}", r.started_at, r.id)
+}
+
+fn after_param(q: &Value) -> Result<Option<(i64, String)>, ApiError> {
+    let Some(text) = param(q, "after")? else {
+        return Ok(None);
+    };
+    text.split_once('.')
+        .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`after` is the `Sluice-Next-After` header of an earlier answer, not `{text}`"
+            ))
+        })
+}
+
+/// `GET /api/runs?flow=&status=&since=&until=&limit=&after=` and a search
+/// by data: `search=` (a jq predicate) or `field=&value=` (see
+/// [`crate::search`]). When more runs may follow, the header
+/// `Sluice-Next-After` is the `after` of the next page.
 async fn list_runs<S: Store>(
     State(s): State<Server<S>>,
     RawQuery(q): RawQuery,
-) -> Result<Json, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query_object(q.as_deref());
     let status = match param(&q, "status")? {
         None => None,
@@ -393,12 +452,42 @@ async fn list_runs<S: Store>(
         status,
         started_after: time_param(&q, "since")?,
         started_before: time_param(&q, "until")?,
+        after: after_param(&q)?,
         limit,
     };
-    let runs = s.engine().store().list_runs(&filter).await?;
-    Ok(axum::Json(Value::Array(
-        runs.iter().map(summary_json).collect(),
-    )))
+    let search = crate::search::Search::of(
+        param(&q, "search")?,
+        param(&q, "field")?,
+        param(&q, "value")?,
+    )?;
+    let store = s.engine().store();
+    let (runs, next, read) = match search {
+        None => {
+            let runs = store.list_runs(&filter).await?;
+            let next = (limit != 0 && runs.len() == limit as usize)
+                .then(|| runs.last().map(cursor))
+                .flatten();
+            (runs, next, None)
+        }
+        Some(search) => {
+            let found = crate::search::find(store.as_ref(), filter, search).await?;
+            (
+                found.runs,
+                found.read_to.as_ref().map(cursor),
+                Some(found.read),
+            )
+        }
+    };
+    let mut resp =
+        axum::Json(Value::Array(runs.iter().map(summary_json).collect())).into_response();
+    let headers = resp.headers_mut();
+    if let Some(v) = next.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        headers.insert("sluice-next-after", v);
+    }
+    if let Some(n) = read {
+        headers.insert("sluice-runs-read", header::HeaderValue::from(n));
+    }
+    Ok(resp)
 }
 
 fn step_json(r: &StepRecord) -> Value {
@@ -448,7 +537,27 @@ async fn get_run<S: Store>(
     State(s): State<Server<S>>,
     Path(id): Path<String>,
 ) -> Result<Json, ApiError> {
-    let mut v = detail_json(&load_run(&s, &id).await?);
+    let d = load_run(&s, &id).await?;
+    let mut v = detail_json(&d);
+    v["wait"] = match d.summary.status {
+        RunStatus::Waiting => s
+            .engine()
+            .store()
+            .wait_of(&id)
+            .await?
+            .map_or(Value::Null, |w| {
+                json!({
+                    "step": w.step_key,
+                    "kind": w.kind.as_str(),
+                    "since": rfc3339(w.since),
+                    "wakeAt": w.wake_at.map(rfc3339),
+                    "eventType": w.event_type,
+                    "source": w.source,
+                    "correlation": w.correlation,
+                })
+            }),
+        _ => Value::Null,
+    };
     let actions = s.engine().store().audit_log(Some(&id), 1000).await?;
     v["actions"] = actions.iter().rev().map(audit_json).collect();
     Ok(axum::Json(v))
@@ -502,7 +611,8 @@ async fn retry<S: Store>(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let wait = wants_wait(&query_object(q.as_deref()))?;
+    let query = query_object(q.as_deref());
+    let wait = wants_wait(&query)?;
     let d = load_run(&s, &id).await?;
     if matches!(d.summary.status, RunStatus::Running | RunStatus::Waiting) {
         return Err(ApiError::new(
@@ -514,8 +624,20 @@ async fn retry<S: Store>(
             ),
         ));
     }
-    let flow = match s.flows().flows.get(&d.summary.flow_id) {
-        Some(f) => f.clone(),
+    let recorded = match param(&query, "flow")? {
+        None | Some("current") => false,
+        Some("recorded") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`flow` is `current` (the flow as served now, the default) or `recorded` (as the run ran it), not `{other}`"
+            )));
+        }
+    };
+    let current = (!recorded)
+        .then(|| s.flows().flows.get(&d.summary.flow_id).cloned())
+        .flatten();
+    let flow = match current {
+        Some(f) => f,
         None => s
             .flow_of(&d.summary.flow_id, d.flow_version.as_deref())
             .await
@@ -530,13 +652,14 @@ async fn retry<S: Store>(
             .then(|| d.trigger.clone()),
     };
     s.admit()?;
+    let version = flow.version.clone();
     let (run_id, task) = s.launch(flow, req, wait).await?;
     audit(
         &s,
         &caller,
         "run.retry",
         Some(&id),
-        json!({"runId": run_id}),
+        json!({"runId": run_id, "flowVersion": version}),
     )
     .await;
     finish(run_id, task, wait).await

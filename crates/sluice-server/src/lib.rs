@@ -35,8 +35,10 @@ pub mod parse;
 mod poll;
 mod schedule;
 mod scrub;
+mod search;
 mod serve;
 mod server;
+mod ui;
 
 pub use error::ApiError;
 pub use flows::{FlowSet, Hook, LoadFailure, Polled, Scheduled};

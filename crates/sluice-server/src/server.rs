@@ -122,6 +122,21 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) followed: Mutex<HashSet<String>>,
     /// Runs this process holds but did not drive at the last scan.
     pub(crate) undriven: Mutex<HashSet<String>>,
+    /// Runs this process starts, suspends and ends, as they do (the UI's
+    /// live runs list, `/api/stream`).
+    pub(crate) changes: tokio::sync::broadcast::Sender<RunChange>,
+}
+
+/// A run started, suspended or ended by this process.
+#[derive(Clone, Debug)]
+pub(crate) struct RunChange {
+    /// The run (`None` when a run failed before it had an id).
+    pub run_id: Option<String>,
+    /// Its flow.
+    pub flow_id: String,
+    /// Its status now (`error`: it stopped on an error of the store or the
+    /// engine).
+    pub status: &'static str,
 }
 
 /// What [`Server::recover`] did.
@@ -157,6 +172,7 @@ impl<S: Store> Server<S> {
                 metrics: prometheus(),
                 followed: Mutex::default(),
                 undriven: Mutex::default(),
+                changes: tokio::sync::broadcast::channel(1024).0,
             }),
         }
     }
@@ -214,6 +230,7 @@ impl<S: Store> Server<S> {
                 }
             };
             metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
+            server.announce(Some(started.run_id()), &flow.id, "running");
             let _ = tx.send(Ok(started.run_id().to_owned()));
             let f = flow.clone();
             let task = server.track(flow, async move { engine.finish(&f, started).await });
@@ -230,10 +247,23 @@ impl<S: Store> Server<S> {
         }
     }
 
+    /// Tell whoever follows this process's runs (`/api/stream`) that a run
+    /// changed.
+    pub(crate) fn announce(&self, run_id: Option<&str>, flow_id: &str, status: &'static str) {
+        if self.inner.changes.receiver_count() > 0 {
+            let _ = self.inner.changes.send(RunChange {
+                run_id: run_id.map(str::to_owned),
+                flow_id: flow_id.to_owned(),
+                status,
+            });
+        }
+    }
+
     /// Drive a run that is recorded (by [`Engine::prepare`] and a store
     /// write of the caller's) on a task of its own.
     pub fn drive(&self, flow: Arc<Flow>, started: sluice_engine::Started) -> RunTask {
         metrics::counter!("sluice_runs_started_total", "flow" => flow.id.clone()).increment(1);
+        self.announce(Some(started.run_id()), &flow.id, "running");
         let engine = self.inner.engine.clone();
         let f = flow.clone();
         self.track(flow, async move { engine.finish(&f, started).await })
@@ -263,6 +293,10 @@ impl<S: Store> Server<S> {
             if let Some(status) = status {
                 metrics::counter!("sluice_runs_finished_total", "flow" => flow.id.clone(), "status" => status)
                     .increment(1);
+            }
+            match &r {
+                Ok(r) => server.announce(Some(&r.run_id), &flow.id, r.status.as_str()),
+                Err(_) => server.announce(None, &flow.id, "error"),
             }
             drop(guard);
             let timed = match &r {

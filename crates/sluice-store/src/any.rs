@@ -3,8 +3,8 @@
 //! chosen when the process starts.
 
 use crate::{
-    ApiToken, AuditEntry, Leases, NewRun, Notice, PgStore, RunDetail, RunFilter, RunSummary,
-    RunUpdate, SeenEvent, SqliteStore, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, FlowStats, Leases, NewRun, Notice, PgStore, RunDetail, RunFilter,
+    RunSummary, RunUpdate, SeenEvent, SqliteStore, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 
@@ -63,6 +63,9 @@ impl Store for AnyStore {
     }
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         each!(self, s => s.list_runs(filter))
+    }
+    async fn flow_stats(&self, since: i64) -> Result<Vec<FlowStats>, StoreError> {
+        each!(self, s => s.flow_stats(since))
     }
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         each!(self, s => s.get_run(run_id))

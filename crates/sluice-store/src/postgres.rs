@@ -23,8 +23,8 @@ use crate::rows;
 use crate::scrub::json;
 use crate::values::{Encoder, Known, Loaded};
 use crate::{
-    ApiToken, AuditEntry, Leases, NewRun, Notice, Process, RunDetail, RunFilter, RunStatus,
-    RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, FlowStats, Leases, NewRun, Notice, Process, RunDetail, RunFilter,
+    RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "processes and their leases on runs",
         include_str!("../migrations/postgres/0003_leases.sql"),
+    ),
+    (
+        4,
+        "runs listed by their start",
+        include_str!("../migrations/postgres/0004_runs_by_start.sql"),
     ),
 ];
 
@@ -303,16 +308,26 @@ impl Store for PgStore {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let limit = (filter.limit != 0).then_some(i64::from(filter.limit));
         let rows = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE ($1::TEXT IS NULL OR flow_id = $1) AND ($2::TEXT IS NULL OR status = $2) AND ($4::BIGINT IS NULL OR started_at >= $4) AND ($5::BIGINT IS NULL OR started_at < $5) ORDER BY started_at DESC, id DESC LIMIT $3",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE ($1::TEXT IS NULL OR flow_id = $1) AND ($2::TEXT IS NULL OR status = $2) AND ($4::BIGINT IS NULL OR started_at >= $4) AND ($5::BIGINT IS NULL OR started_at < $5) AND ($6::BIGINT IS NULL OR (started_at, id) < ($6, $7::TEXT)) ORDER BY started_at DESC, id DESC LIMIT $3",
         )
         .bind(&filter.flow_id)
         .bind(filter.status.map(RunStatus::as_str))
         .bind(limit)
         .bind(filter.started_after)
         .bind(filter.started_before)
+        .bind(filter.after.as_ref().map(|a| a.0))
+        .bind(filter.after.as_ref().map(|a| a.1.as_str()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::summary).collect()
+    }
+
+    async fn flow_stats(&self, since: i64) -> Result<Vec<FlowStats>, StoreError> {
+        let rows = sqlx::query("SELECT flow_id, COUNT(*)::BIGINT AS runs, SUM(CASE WHEN status IN ('failed', 'incident') THEN 1 ELSE 0 END)::BIGINT AS failures FROM runs WHERE started_at >= $1 GROUP BY flow_id ORDER BY flow_id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::flow_stats).collect()
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {

@@ -105,6 +105,15 @@ pub(crate) fn summary(row: &impl Get) -> Result<RunSummary, StoreError> {
     })
 }
 
+/// A flow's counts (the columns of `flow_stats`).
+pub(crate) fn flow_stats(row: &impl Get) -> Result<crate::FlowStats, StoreError> {
+    Ok(crate::FlowStats {
+        flow_id: row.text("flow_id")?,
+        runs: row.int("runs")?,
+        failures: row.int("failures")?,
+    })
+}
+
 /// A run from its row (the columns of `SELECT_RUN`) and its steps' rows.
 pub(crate) fn detail(
     row: &impl Get,

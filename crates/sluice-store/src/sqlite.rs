@@ -13,8 +13,8 @@ use crate::group::{
 use crate::rows;
 use crate::values::{Chunk, Encoder, Known, Loaded};
 use crate::{
-    ApiToken, AuditEntry, NewRun, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate,
-    SeenEvent, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, FlowStats, NewRun, RunDetail, RunFilter, RunStatus, RunSummary,
+    RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "what woke a suspended run",
         include_str!("../migrations/sqlite/0015_woken.sql"),
+    ),
+    (
+        16,
+        "runs listed by their start",
+        include_str!("../migrations/sqlite/0016_runs_by_start.sql"),
     ),
 ];
 
@@ -511,16 +516,26 @@ impl Store for SqliteStore {
             i64::from(filter.limit)
         };
         let rows = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?4 IS NULL OR started_at >= ?4) AND (?5 IS NULL OR started_at < ?5) ORDER BY started_at DESC, id DESC LIMIT ?3",
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?4 IS NULL OR started_at >= ?4) AND (?5 IS NULL OR started_at < ?5) AND (?6 IS NULL OR (started_at, id) < (?6, ?7)) ORDER BY started_at DESC, id DESC LIMIT ?3",
         )
         .bind(&filter.flow_id)
         .bind(filter.status.map(RunStatus::as_str))
         .bind(limit)
         .bind(filter.started_after)
         .bind(filter.started_before)
+        .bind(filter.after.as_ref().map(|a| a.0))
+        .bind(filter.after.as_ref().map(|a| a.1.as_str()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::summary).collect()
+    }
+
+    async fn flow_stats(&self, since: i64) -> Result<Vec<FlowStats>, StoreError> {
+        let rows = sqlx::query("SELECT flow_id, COUNT(*) AS runs, SUM(CASE WHEN status IN ('failed', 'incident') THEN 1 ELSE 0 END) AS failures FROM runs WHERE started_at >= ? GROUP BY flow_id ORDER BY flow_id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::flow_stats).collect()
     }
 
     async fn save_flow_version(

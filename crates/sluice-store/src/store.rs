@@ -272,6 +272,17 @@ pub struct RunSummary {
     pub error_step: Option<String>,
 }
 
+/// A flow's runs since a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// The flow.
+    pub flow_id: String,
+    /// Its runs started since the time.
+    pub runs: i64,
+    /// Of those, the ones that failed or stopped at an incident.
+    pub failures: i64,
+}
+
 /// A run with everything recorded about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunDetail {
@@ -323,6 +334,9 @@ pub struct RunFilter {
     pub started_after: Option<i64>,
     /// Only runs started before this time (µs since the epoch).
     pub started_before: Option<i64>,
+    /// Only runs listed after this one (its start and id): the next page of
+    /// a listing whose last run this was.
+    pub after: Option<(i64, String)>,
     /// At most this many, newest first (0: no limit).
     pub limit: u32,
 }
@@ -434,6 +448,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: &RunFilter,
     ) -> impl Future<Output = Result<Vec<RunSummary>, StoreError>> + Send;
+    /// Each flow's runs started at or after `since` (µs since the epoch),
+    /// for the flows that have any.
+    fn flow_stats(
+        &self,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<FlowStats>, StoreError>> + Send;
     /// One run with its run log.
     fn get_run(
         &self,

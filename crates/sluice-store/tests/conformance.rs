@@ -231,6 +231,44 @@ async fn suite<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(limited.len(), 1);
+    // The next page starts after the last run of the one before.
+    let next = store
+        .list_runs(&RunFilter {
+            limit: 1,
+            after: Some((limited[0].started_at, limited[0].id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&all[1].id],
+        "the second page"
+    );
+    let past = store
+        .list_runs(&RunFilter {
+            after: Some((all[1].started_at, all[1].id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(past.is_empty(), "nothing after the last run: {past:?}");
+    // Counts per flow since a time: the failed run counts as a failure.
+    let stats = store.flow_stats(0).await.unwrap();
+    let of = |id: &str| stats.iter().find(|s| s.flow_id == id).cloned();
+    assert_eq!(
+        of("billing").map(|s| (s.runs, s.failures)),
+        Some((1, 1)),
+        "{stats:?}"
+    );
+    assert_eq!(of("orders").map(|s| (s.runs, s.failures)), Some((1, 0)));
+    assert!(
+        store
+            .flow_stats(now_micros() + 60_000_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // update_run without a step.
     store

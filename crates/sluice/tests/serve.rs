@@ -620,6 +620,10 @@ steps:
     // Every path of the OpenAPI document is served.
     let doc = s.get("/api/openapi.json").body;
     for (path, ops) in doc["paths"].as_object().unwrap() {
+        if path == "/api/stream" {
+            // A stream that does not end; the UI's browser test reads it.
+            continue;
+        }
         for method in ops.as_object().unwrap().keys() {
             let p = path.replace("{path}", "order").replace("{id}", "nope");
             let r = s.call(&method.to_uppercase(), &p, &[], "");

@@ -1,0 +1,157 @@
+//! The web UI in a real browser: `sluice serve` of `examples/serve` on a
+//! loopback port, with an admin's and a viewer's token, driven by
+//! `tests/ui/ui.cjs` (playwright-core and headless Chromium): signing in,
+//! the flows, a flow's grid, the runs list (filters, a search by data, live
+//! updates), a failed run's error, an incident patched and resumed, a
+//! manual run, a retry, a revoked token, what a viewer is not offered, a
+//! phone's width and the keyboard.
+//!
+//! Needs Chromium (`SLUICE_CHROMIUM`, else `/usr/bin/chromium`) and
+//! playwright-core (`SLUICE_PLAYWRIGHT_CORE`, else in
+//! `~/.cache/sluice-test-tools`); `.ci/run` installs both. Without them the
+//! test says so and passes, except under CI. `SLUICE_UI_SHOTS=DIR` keeps the
+//! screenshots (docs/ui.md's come from `SLUICE_UI_SHOTS=docs/ui`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn sluice() -> Command {
+    Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+}
+
+fn tools() -> PathBuf {
+    std::env::var_os("SLUICE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sluice-test-tools")
+        })
+}
+
+/// What the browser test needs, or why it cannot run.
+fn browser() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = std::env::var_os("SLUICE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let pw = std::env::var_os("SLUICE_PLAYWRIGHT_CORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tools().join("node_modules/playwright-core"));
+    if !chromium.is_file() {
+        return Err(format!("no Chromium at {}", chromium.display()));
+    }
+    if !pw.join("package.json").is_file() {
+        return Err(format!("no playwright-core at {}", pw.display()));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Err("no node".into());
+    }
+    Ok((chromium, pw))
+}
+
+fn token(dir: &Path, name: &str, role: &str) -> String {
+    let out = sluice()
+        .current_dir(dir)
+        .args([
+            "tokens", "create", name, "--role", role, "--store", "store.db",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn the_ui_shows_flows_and_runs_and_acts_on_them_in_a_browser() {
+    let (chromium, pw) = match browser() {
+        Ok(b) => b,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "the browser test cannot run under CI: {why}"
+            );
+            println!("ui: skipped ({why}; .ci/run installs what it needs)");
+            return;
+        }
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("sluice-ui-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = token(&dir, "ada", "admin");
+    let viewer = token(&dir, "vic", "viewer");
+    let mut child = sluice()
+        .current_dir(&dir)
+        .args([
+            "serve",
+            "--store",
+            "store.db",
+            "--listen",
+            "127.0.0.1:0",
+            "--flows",
+        ])
+        .arg(root.join("examples/serve"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut url = None;
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+            url = Some(format!(
+                "http://127.0.0.1:{}",
+                rest.trim().trim_end_matches('/')
+            ));
+            break;
+        }
+    }
+    let Some(url) = url else {
+        let _ = child.kill();
+        panic!("the server did not start:\n{log}");
+    };
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let shots = match std::env::var_os("SLUICE_UI_SHOTS") {
+        Some(d) => root.join(d),
+        None => dir.join("shots"),
+    };
+    std::fs::create_dir_all(&shots).unwrap();
+    let revoke = format!(
+        "cd '{}' && '{}' tokens revoke ada --store store.db",
+        dir.display(),
+        assert_cmd::cargo::cargo_bin("sluice").display()
+    );
+    let out = Command::new("node")
+        .arg(root.join("crates/sluice/tests/ui/ui.cjs"))
+        .env("SLUICE_URL", &url)
+        .env("SLUICE_ADMIN_TOKEN", &admin)
+        .env("SLUICE_VIEWER_TOKEN", &viewer)
+        .env("SLUICE_REVOKE", revoke)
+        .env("SLUICE_PLAYWRIGHT_CORE", &pw)
+        .env("SLUICE_CHROMIUM", &chromium)
+        .env("SLUICE_SHOTS", &shots)
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the browser test failed (screenshot of the failure in {}):\n{said}",
+        shots.display()
+    );
+    print!("{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

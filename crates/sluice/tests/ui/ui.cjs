@@ -1,0 +1,203 @@
+// The web UI in headless Chromium, driven by playwright-core: run by
+// crates/sluice/tests/ui.rs against a `sluice serve` of examples/serve.
+//
+// Environment: SLUICE_URL (the server), SLUICE_ADMIN_TOKEN,
+// SLUICE_VIEWER_TOKEN, SLUICE_REVOKE (a shell command that revokes the
+// admin token), SLUICE_PLAYWRIGHT_CORE (the module's folder), SLUICE_CHROMIUM
+// (the browser), SLUICE_SHOTS (a folder for the screenshots).
+"use strict";
+const { execSync } = require("node:child_process");
+const path = require("node:path");
+const { chromium } = require(process.env.SLUICE_PLAYWRIGHT_CORE);
+
+const base = process.env.SLUICE_URL;
+const shots = process.env.SLUICE_SHOTS;
+let step = "start";
+const check = (cond, what) => {
+  if (!cond) throw new Error(`${step}: ${what}`);
+};
+
+async function post(p, body, token) {
+  const r = await fetch(base + p, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json().catch(() => null) };
+}
+async function shot(page, name) {
+  if (shots) await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+async function text(page, selector) {
+  await page.waitForSelector(selector);
+  return page.locator(selector).first().innerText();
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.SLUICE_CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error" && !/status of (40[0-9]|422)/.test(m.text())) errors.push(m.text()); });
+  const admin = process.env.SLUICE_ADMIN_TOKEN;
+  try {
+    // Data to look at: a succeeded, a failed and an incident run.
+    const ok = await post("/hooks/orders", { orderId: "A1", items: [{ qty: 2, price: 3.5 }] });
+    check(ok.status === 200 && ok.body.total === 7, `orders: ${JSON.stringify(ok)}`);
+    const empty = await post("/hooks/orders", { orderId: "A2" });
+    check(empty.status === 500 && empty.body.details.status === "failed", `empty order: ${JSON.stringify(empty)}`);
+    const failedRun = empty.body.details.runId;
+    const bad = await post("/hooks/invoices", { invoice: "I-7", amount: "ten" });
+    check(bad.status === 422 && bad.body.details.status === "incident", `invoice: ${JSON.stringify(bad)}`);
+    const incidentRun = bad.body.details.runId;
+
+    step = "sign-in";
+    await page.goto(base + "/");
+    await page.waitForSelector("#token");
+    await page.fill("#token", "slc_not_a_token");
+    await page.click("button[type=submit]");
+    await page.waitForSelector("#notice .error:has-text('not known')", { timeout: 5000 });
+    await shot(page, "sign-in");
+    await page.fill("#token", admin);
+    await page.click("button[type=submit]");
+
+    step = "flows";
+    await page.waitForSelector("table tbody tr");
+    const flows = await page.locator("tbody tr td:first-child").allInnerTexts();
+    check(JSON.stringify(flows.sort()) === JSON.stringify(["greet", "heartbeat", "invoices", "orders"]), `flows listed: ${flows}`);
+    const ordersRow = await page.locator("tbody tr", { hasText: "orders" }).innerText();
+    check(/webhook \/hooks\/orders/.test(ordersRow), `the trigger is shown: ${ordersRow}`);
+    check(/\b2\b/.test(ordersRow) && /\b1\b/.test(ordersRow), `runs and failures of the day: ${ordersRow}`);
+    await shot(page, "flows");
+
+    step = "flow page";
+    await page.click("a[href='#/flows/orders']");
+    await page.waitForSelector(".grid .op");
+    const cards = await page.locator(".grid [role=listitem]").evaluateAll((els) => els.map((e) => e.getAttribute("aria-label")));
+    check(cards.some((c) => /step validate \(condition\).*on failure empty_order/.test(c)), `the failure path is drawn: ${cards}`);
+    check(cards.some((c) => /step summary \(transform\)/.test(c)), `every step is on the grid: ${cards}`);
+    check((await page.locator(".grid svg path[stroke-dasharray='6 4']").count()) === 1, "one failure edge");
+    check((await text(page, "pre.source")).includes("id: orders"), "the file's text");
+    await shot(page, "flow");
+
+    step = "runs list";
+    await page.goto(base + "/#/runs?status=failed");
+    await page.waitForSelector("tbody tr");
+    const failedRows = await page.locator("tbody tr").allInnerTexts();
+    check(failedRows.length === 1 && failedRows[0].includes(failedRun), `only the failed run: ${failedRows}`);
+    // Search by a field.
+    await page.goto(base + "/#/runs");
+    await page.waitForSelector("tbody tr");
+    await page.fill("#f-field", "trigger.body.orderId");
+    await page.fill("#f-value", "A1");
+    await page.click("form.filters button[type=submit]");
+    await page.waitForFunction(() => location.hash.includes("field="));
+    await page.waitForSelector("text=runs read by the last search");
+    const found = await page.locator("tbody tr").allInnerTexts();
+    check(found.length === 1 && found[0].includes("orders") && found[0].includes("succeeded"), `field search: ${found}`);
+    // A jq predicate that does not compile: a clear error.
+    await page.goto(base + "/#/runs?search=" + encodeURIComponent(".output.total >"));
+    check((await text(page, "[role=alert]")).includes("does not compile"), "a bad search says why");
+    await page.goto(base + "/#/runs?search=" + encodeURIComponent(".output.total == 7"));
+    await page.waitForSelector("text=runs read by the last search");
+    check((await page.locator("tbody tr").count()) === 1, "the jq search finds the run");
+    // Live: a run started elsewhere appears without a reload.
+    await page.goto(base + "/#/runs");
+    await page.waitForSelector("tbody tr");
+    const before = await page.locator("tbody tr").count();
+    await post("/hooks/orders", { orderId: "LIVE-1", items: [{ qty: 1, price: 1 }] });
+    await page.waitForFunction((n) => document.querySelectorAll("tbody tr").length > n, before, { timeout: 10000 });
+    await shot(page, "runs");
+
+    step = "failed run";
+    await page.goto(base + `/#/runs/${failedRun}`);
+    const why = await text(page, "[aria-label='Why the run stopped']");
+    check(why.includes("order A2 has no items") && why.includes("empty_order"), `the failing step's error: ${why}`);
+    const detail = await text(page, "section[aria-label=Step]");
+    check(detail.includes("Step empty_order") && detail.includes("order A2 has no items"), `the failing step is open: ${detail}`);
+    await shot(page, "run-failed");
+
+    step = "incident";
+    await page.goto(base + `/#/runs/${incidentRun}`);
+    await page.waitForSelector("#patch");
+    await page.fill("#patch", '{"amount": }');
+    check((await text(page, "#patch-error")).includes("not JSON at line 1"), "a patch that is not JSON: its position");
+    check(await page.locator("form.panel button[type=submit]").isDisabled(), "nothing is sent");
+    await page.fill("#patch", '{"amount": 10}');
+    const preview = await text(page, "ul.diff");
+    check(preview.includes('.amount: "ten" → 10'), `the patch's effect is shown: ${preview}`);
+    await shot(page, "run-incident");
+    await page.click("form.panel button[type=submit]");
+    await page.waitForSelector(".badge.s-succeeded", { timeout: 10000 });
+    const resumed = await (await fetch(`${base}/api/runs/${incidentRun}`, { headers: { authorization: `Bearer ${admin}` } })).json();
+    check(resumed.status === "succeeded" && resumed.output.gross === 12, `resumed: ${JSON.stringify(resumed.output)}`);
+    await shot(page, "run-inspector");
+
+    step = "manual run";
+    await page.goto(base + "/#/flows/greet");
+    await page.waitForSelector("#manual-input");
+    await page.fill("#manual-input", '{"name": "Ada"}');
+    await page.click("form.panel button[type=submit]");
+    await page.waitForFunction(() => /#\/runs\/[0-9a-f-]+$/.test(location.hash));
+    await page.waitForSelector(".badge.s-succeeded", { timeout: 10000 });
+    check((await text(page, "main")).includes("Hello Ada!"), "the manual run's output");
+
+    step = "retry";
+    await page.goto(base + `/#/runs/${failedRun}`);
+    await page.click("text=Retry with the flow as it ran");
+    await page.waitForFunction((id) => /#\/runs\//.test(location.hash) && !location.hash.endsWith(id), failedRun);
+    await page.waitForSelector(".badge.s-failed", { timeout: 10000 });
+
+    step = "an expired or revoked token";
+    await page.goto(base + `/#/runs/${failedRun}`);
+    await page.waitForSelector(".badge.s-failed");
+    execSync(process.env.SLUICE_REVOKE);
+    await page.goto(base + "/#/flows/orders");
+    await page.waitForSelector("#token");
+    await page.waitForSelector("#notice .error:has-text('revoked')", { timeout: 5000 });
+
+    step = "viewer";
+    await page.fill("#token", process.env.SLUICE_VIEWER_TOKEN);
+    await page.click("button[type=submit]");
+    await page.waitForFunction(() => location.hash === "#/flows/orders", null, { timeout: 10000 });
+    await page.goto(base + `/#/runs/${failedRun}`);
+    await page.waitForSelector(".badge.s-failed");
+    check((await page.locator("text=Retry with").count()) === 0, "a viewer is not offered a retry");
+    await page.goto(base + "/#/flows/greet");
+    await page.waitForSelector(".grid");
+    check((await page.locator("#manual-input").count()) === 0, "a viewer is not offered a manual run");
+
+    step = "a phone's width";
+    await page.setViewportSize({ width: 390, height: 800 });
+    await page.goto(base + `/#/runs/${incidentRun}`);
+    await page.waitForSelector(".timeline");
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 1, `nothing wider than the phone: ${overflow}px`);
+    await shot(page, "phone-run");
+
+    step = "keyboard";
+    await page.setViewportSize({ width: 1280, height: 860 });
+    await page.goto(base + "/#/flows");
+    await page.waitForSelector("tbody tr");
+    // A page's content has the focus; the first tab stop is its first link.
+    check(await page.evaluate(() => document.activeElement.id === "main"), "the content has the focus");
+    await page.keyboard.press("Tab");
+    check((await page.evaluate(() => document.activeElement.textContent)) === "greet", "the first link of the list");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => location.hash === "#/flows/greet");
+    await page.waitForSelector(".grid");
+
+    check(errors.length === 0, `no script errors: ${errors.join("; ")}`);
+    console.log("ui: every page and action worked");
+  } catch (e) {
+    console.error(e.stack || String(e));
+    if (shots) await page.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});
+    await browser.close();
+    process.exit(1);
+  }
+  await browser.close();
+})();
