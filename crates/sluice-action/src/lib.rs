@@ -23,6 +23,7 @@ mod check;
 pub mod core_ops;
 mod error;
 pub mod hooks;
+pub mod manual;
 pub mod poll;
 mod registry;
 pub mod secrets;

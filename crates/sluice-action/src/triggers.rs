@@ -9,11 +9,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Options of the `manual` trigger: none. A manual flow starts from
-/// `POST /api/flows/ID/runs` (or `sluice run`).
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ManualTrigger {}
+pub use crate::manual::ManualTrigger;
 
 /// The HTTP method a webhook answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, JsonSchema)]

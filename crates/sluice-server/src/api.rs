@@ -325,6 +325,21 @@ async fn start_run<S: Store>(
         ));
     }
     let input = read_body(&headers, body, API_BODY_LIMIT, true, s.timeouts().body).await?;
+    let form: sluice_action::manual::ManualTrigger =
+        serde_json::from_value(flow.trigger.options.clone()).unwrap_or_default();
+    let input = form.input(input).map_err(|problems| {
+        ApiError::bad_request(format!(
+            "the input does not fit flow `{id}`'s fields: {}",
+            problems
+                .iter()
+                .map(|p| format!("{} {}", p.field, p.message).trim().to_owned())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .with_details(json!({
+            "fields": problems.iter().map(|p| json!({"field": p.field, "message": p.message})).collect::<Vec<_>>()
+        }))
+    })?;
     let req = RunRequest {
         trigger: json!({"type": "manual", "body": input}),
         input: (!input.is_null()).then(|| input.clone()),

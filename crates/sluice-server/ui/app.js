@@ -491,23 +491,86 @@ async function flowPage(id) {
   show(parts);
 }
 
-/** Start a manual flow: its input as JSON. */
+/** Start a manual flow: a form of its fields (or its input as JSON when it declares none), checked, confirmed if the flow asks, then the run opens. */
 function manualForm(flow) {
-  const input = h("textarea", { id: "manual-input", rows: "4", "aria-describedby": "manual-help" }, "{}");
+  const fields = flow.trigger.fields || [];
   const out = h("p", { class: "error-text", role: "alert" });
-  return h("form", { class: "panel", onsubmit: async (ev) => {
+  const inputs = [];
+  const parts = [];
+  if (fields.length === 0) {
+    const raw = h("textarea", { id: "manual-input", rows: "4", "aria-describedby": "manual-help" }, "{}");
+    inputs.push({ read: () => { const p = parseJson(raw.value.trim() || "null"); if (p.error) throw new Error(p.error); return p.value; } });
+    parts.push(h("label", { for: "manual-input" }, "Start a run with this input (JSON)", raw),
+      h("p", { id: "manual-help", class: "muted" }, "The input becomes the run's state data and ", h("code", {}, "$trigger.body"), "."));
+  } else {
+    for (const f of fields) {
+      const id = `field-${f.name}`;
+      const type = f.type || "string";
+      const help = f.description ? h("span", { id: `${id}-help`, class: "muted" }, f.description) : null;
+      const problem = h("span", { id: `${id}-problem`, class: "error-text" });
+      const attrs = { id, name: f.name, required: !!f.required && f.default === undefined, "aria-describedby": `${help ? `${id}-help ` : ""}${id}-problem` };
+      let el;
+      if (type === "boolean") el = h("input", { ...attrs, type: "checkbox", required: false });
+      else if (type === "json") el = h("textarea", { ...attrs, rows: "3", spellcheck: "false" });
+      else el = h("input", { ...attrs, type: type === "string" ? "text" : "number", step: type === "integer" ? "1" : "any" });
+      if (f.default !== undefined && f.default !== null) {
+        if (type === "boolean") el.checked = !!f.default;
+        else el.value = type === "json" ? JSON.stringify(f.default, null, 2) : String(f.default);
+      }
+      inputs.push({ name: f.name, problem, el, read: () => {
+        if (type === "boolean") return el.checked;
+        const v = el.value.trim();
+        if (v === "") { if (attrs.required) throw Object.assign(new Error("is required"), { field: f.name }); return undefined; }
+        if (type === "number" || type === "integer") {
+          const n = Number(v);
+          if (!Number.isFinite(n) || (type === "integer" && !Number.isInteger(n))) throw Object.assign(new Error(`is ${type === "integer" ? "a whole number" : "a number"}`), { field: f.name });
+          return n;
+        }
+        if (type === "json") { const p = parseJson(v); if (p.error) throw Object.assign(new Error(p.error), { field: f.name }); return p.value; }
+        return el.value;
+      } });
+      parts.push(h("div", { class: "field" }, h("label", { for: id }, `${f.label || f.name}${attrs.required ? " (required)" : ""}`, el), help, " ", problem));
+    }
+  }
+  const dialog = flow.trigger.confirm ? h("dialog", { "aria-labelledby": "confirm-text" }, h("p", { id: "confirm-text" }, flow.trigger.confirm),
+    h("form", { method: "dialog", class: "row" }, h("button", { value: "yes" }, "Start"), h("button", { value: "no", class: "quiet" }, "Back"))) : null;
+  const asked = () => new Promise((resolve) => {
+    if (!dialog) { resolve(true); return; }
+    dialog.returnValue = "";
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
+    dialog.showModal();
+  });
+  const form = h("form", { class: "panel", "aria-label": `Start ${flow.id}`, novalidate: true, onsubmit: async (ev) => {
     ev.preventDefault();
     out.textContent = "";
-    const parsed = parseJson(input.value || "null");
-    if (parsed.error) { out.textContent = parsed.error; return; }
+    let body;
+    let bad = false;
+    for (const i of inputs) {
+      if (i.problem) i.problem.textContent = "";
+      if (i.el) i.el.removeAttribute("aria-invalid");
+    }
+    if (fields.length === 0) {
+      try { body = inputs[0].read(); } catch (e) { out.textContent = e.message; return; }
+    } else {
+      body = {};
+      for (const i of inputs) {
+        try { const v = i.read(); if (v !== undefined) body[i.name] = v; } catch (e) { i.problem.textContent = e.message; i.el.setAttribute("aria-invalid", "true"); bad = true; }
+      }
+      if (bad) { out.textContent = "Some fields need a look."; return; }
+    }
+    if (!(await asked())) return;
     try {
-      const r = await api(`/api/flows/${encodeURIComponent(flow.id)}/runs`, { method: "POST", body: parsed.value });
+      const r = await api(`/api/flows/${encodeURIComponent(flow.id)}/runs`, { method: "POST", body });
       location.hash = `#/runs/${encodeURIComponent(r.runId)}`;
-    } catch (e) { out.textContent = e.message; }
-  } },
-    h("label", { for: "manual-input" }, "Start a run with this input (JSON)", input),
-    h("p", { id: "manual-help", class: "muted" }, "The input becomes the run's state data and ", h("code", {}, "$trigger.body"), "."),
-    out, h("button", { type: "submit" }, "Start run"));
+    } catch (e) {
+      out.textContent = e.message;
+      for (const p of (e.body && e.body.details && e.body.details.fields) || []) {
+        const i = inputs.find((x) => x.name === p.field);
+        if (i && i.problem) { i.problem.textContent = p.message; i.el.setAttribute("aria-invalid", "true"); }
+      }
+    }
+  } }, h("h2", {}, "Start a run"), parts, out, h("button", { type: "submit" }, "Start run"));
+  return h("div", {}, form, dialog);
 }
 
 async function runsPage(params) {

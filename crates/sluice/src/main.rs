@@ -548,11 +548,18 @@ async fn serve(
             pg.process_id()
         );
     }
-    let addr = listener
-        .local_addr()
+    let local = listener.local_addr();
+    let addr = local
+        .as_ref()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| listen.to_owned());
     eprintln!("sluice: serving {n} flow(s) from {dir} on http://{addr}");
+    if let Ok(mut a) = local {
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        eprintln!("sluice: the UI is at http://{a}/ (open it in a browser)");
+    }
     let reloader = server.clone();
     let shutdown = async move {
         use tokio::signal::unix::{SignalKind, signal};

@@ -139,12 +139,26 @@ async function text(page, selector) {
 
     step = "manual run";
     await page.goto(base + "/#/flows/greet");
-    await page.waitForSelector("#manual-input");
-    await page.fill("#manual-input", '{"name": "Ada"}');
-    await page.click("form.panel button[type=submit]");
+    await page.waitForSelector("#field-name");
+    // A required field left empty: said at the field, nothing sent.
+    await page.click("form[aria-label='Start greet'] button[type=submit]");
+    check((await text(page, "#field-name-problem")).includes("is required"), "the required field is named");
+    check((await page.locator("dialog[open]").count()) === 0, "nothing asked, nothing sent");
+    await page.fill("#field-name", "Ada");
+    await page.fill("#field-times", "2");
+    await page.check("#field-loud");
+    await shot(page, "manual-form");
+    await page.click("form[aria-label='Start greet'] button[type=submit]");
+    await page.waitForSelector("dialog[open]");
+    check((await text(page, "dialog[open]")).includes("Send this greeting?"), "the flow's confirmation");
+    await shot(page, "manual-confirm");
+    await page.click("dialog[open] button[value=yes]");
     await page.waitForFunction(() => /#\/runs\/[0-9a-f-]+$/.test(location.hash));
     await page.waitForSelector(".badge.s-succeeded", { timeout: 10000 });
-    check((await text(page, "main")).includes("Hello Ada!"), "the manual run's output");
+    check((await text(page, "main")).includes("Hello Ada!!! Hello Ada!!!"), "the manual run's output");
+    // The server checks the fields too.
+    const wrong = await post("/api/flows/greet/runs", { name: 7, extra: 1 }, admin);
+    check(wrong.status === 400 && wrong.body.details.fields.length === 2, `fields checked by the server: ${JSON.stringify(wrong)}`);
 
     step = "retry";
     await page.goto(base + `/#/runs/${failedRun}`);
@@ -169,7 +183,7 @@ async function text(page, selector) {
     check((await page.locator("text=Retry with").count()) === 0, "a viewer is not offered a retry");
     await page.goto(base + "/#/flows/greet");
     await page.waitForSelector(".grid");
-    check((await page.locator("#manual-input").count()) === 0, "a viewer is not offered a manual run");
+    check((await page.locator("#field-name").count()) === 0, "a viewer is not offered a manual run");
 
     step = "a phone's width";
     await page.setViewportSize({ width: 390, height: 800 });
