@@ -34,7 +34,10 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/flows", get(list_flows::<S>))
         .route("/api/flows/check", post(check_flow::<S>))
-        .route("/api/flows/{id}", get(get_flow::<S>))
+        .route(
+            "/api/flows/{id}",
+            get(get_flow::<S>).put(crate::edit::save::<S>),
+        )
         .route("/api/flows/{id}/runs", post(start_run::<S>))
         .route("/api/reload", post(reload::<S>))
         .route("/api/runs", get(list_runs::<S>))
@@ -604,7 +607,7 @@ fn audit_json(e: &AuditEntry) -> Value {
 
 /// Keep `action` in the audit; an audit that cannot be written is said on
 /// standard error (the action itself is done).
-async fn audit<S: Store>(
+pub(crate) async fn audit<S: Store>(
     s: &Server<S>,
     caller: &Caller,
     action: &str,

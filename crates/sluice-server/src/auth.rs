@@ -1,7 +1,7 @@
 //! Who may call the API: bearer tokens with a role. A token is 32 random
 //! bytes, printed once when it is made (`sluice tokens create`); the store
 //! keeps its SHA-256. `viewer` reads flows and runs; `operator` also starts,
-//! retries, resumes and cancels runs; `admin` also reloads the flows.
+//! retries, resumes and cancels runs; `admin` also saves and reloads the flows.
 //! Webhooks, `/events`, `/api/health`, `/api/openapi.json` and `/metrics`
 //! are not API routes a token guards (health and metrics can be, with
 //! `--auth-health-metrics`).
@@ -24,7 +24,7 @@ pub enum Role {
     Viewer,
     /// Also starts, retries, resumes and cancels runs.
     Operator,
-    /// Also reloads the flows.
+    /// Also saves and reloads the flows.
     Admin,
 }
 
@@ -75,6 +75,8 @@ pub(crate) fn needed(method: &Method, path: &str, health_and_metrics: bool) -> O
         "/api/health" | "/metrics" => health_and_metrics.then_some(Role::Viewer),
         "/api/openapi.json" => None,
         "/api/reload" | "/api/audit" => Some(Role::Admin),
+        // Saving a flow file.
+        p if p.starts_with("/api/flows/") && *method == Method::PUT => Some(Role::Admin),
         p if p.starts_with("/api/") => {
             let changes =
                 *method != Method::GET && *method != Method::HEAD && p != "/api/flows/check";

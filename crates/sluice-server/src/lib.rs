@@ -26,6 +26,7 @@
 
 mod api;
 pub mod auth;
+mod edit;
 mod error;
 mod events;
 mod flows;

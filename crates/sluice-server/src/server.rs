@@ -125,6 +125,8 @@ pub(crate) struct Inner<S: Store> {
     /// Runs this process starts, suspends and ends, as they do (the UI's
     /// live runs list, `/api/stream`).
     pub(crate) changes: tokio::sync::broadcast::Sender<RunChange>,
+    /// Flow files are saved one at a time (`PUT /api/flows/{id}`).
+    pub(crate) saving: tokio::sync::Mutex<()>,
 }
 
 /// A run started, suspended or ended by this process.
@@ -173,6 +175,7 @@ impl<S: Store> Server<S> {
                 followed: Mutex::default(),
                 undriven: Mutex::default(),
                 changes: tokio::sync::broadcast::channel(1024).0,
+                saving: tokio::sync::Mutex::new(()),
             }),
         }
     }

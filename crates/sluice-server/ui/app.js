@@ -41,6 +41,7 @@ function show(...children) {
   append(m, children);
 }
 function say(text, error) {
+  state.saidAt = Date.now();
   const n = document.getElementById("notice");
   n.replaceChildren(text ? h("p", { class: error ? "error" : "" }, text) : "");
   if (text && !error) setTimeout(() => { if (n.textContent === text) n.replaceChildren(); }, 6000);
@@ -280,6 +281,8 @@ function jsonErrorAt(t) {
 
 const routes = [
   [/^#\/signin$/, signInPage],
+  [/^#\/flows\/([^/]+)\/edit$/, (m) => editPage(decodeURIComponent(m[1]))],
+  [/^#\/new$/, () => editPage(null)],
   [/^#\/flows\/(.+)$/, (m) => flowPage(decodeURIComponent(m[1]))],
   [/^#\/flows$/, flowsPage],
   [/^#\/runs\/([^?]+)$/, (m) => runPage(decodeURIComponent(m[1]))],
@@ -290,6 +293,8 @@ let leave = [];
 async function route() {
   for (const f of leave) f();
   leave = [];
+  // What was said on the page before goes with it (unless it was just said, for this page).
+  if (Date.now() - (state.saidAt || 0) > 1500) document.getElementById("notice").replaceChildren();
   const hash = location.hash || "#/flows";
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (hash.startsWith(`#/${a.dataset.nav}`)) a.setAttribute("aria-current", "page");
@@ -381,6 +386,7 @@ async function flowsPage() {
     h("td", { class: "num" }, f.lastDay.failures ? h("a", { href: `#/runs?flow=${encodeURIComponent(f.id)}&status=failed`, class: "s-failed" }, f.lastDay.failures) : "0")));
   show(
     h("h1", {}, "Flows"),
+    may("admin") ? h("p", {}, h("a", { class: "button", href: "#/new" }, "New flow")) : null,
     flows.length === 0 ? h("p", {}, "No flows are served. Put flow files in the folder given to ", h("code", {}, "sluice serve --flows"), ".") :
       h("div", { class: "wrap" }, h("table", {},
         h("caption", { class: "muted", style: "text-align:left" }, `${flows.length} flows; runs and failures of the last 24 hours`),
@@ -484,6 +490,7 @@ async function flowPage(id) {
       h("dt", {}, "File"), h("dd", {}, flow.file || ""),
       h("dt", {}, "Version"), h("dd", { class: "mono" }, flow.version)),
   ];
+  if (may("admin")) parts.push(h("p", {}, h("a", { class: "button", href: `#/flows/${encodeURIComponent(flow.id)}/edit` }, "Edit the flow file")));
   if (flow.trigger.type === "manual" && may("operator")) parts.push(manualForm(flow));
   parts.push(h("h2", {}, "Steps"), flowGrid(flow));
   parts.push(h("h2", {}, "Recent runs ", h("a", { href: `#/runs?flow=${encodeURIComponent(flow.id)}`, class: "muted" }, "(all)")), runsTable(runs, false));
@@ -825,6 +832,101 @@ function stepDetail(run, i, attempt) {
     section("Result", jsonView(s.result, "Result")),
     s.ok ? section("Output", jsonView(s.output, "Output")) : null,
     s.ok ? section("State data: what the step changed", diffView(before, s.output)) : null);
+}
+
+const NEW_FLOW = `id: my-flow
+name: My flow
+trigger: {type: manual}
+steps:
+  - key: hello
+    type: transform
+    options:
+      value: {greeting: "Hello {{ .name // \"you\" }}"}
+`;
+
+/** The flow file in an editor: checked as one types (the problems at their line and column), saved into the flows folder. */
+async function editPage(id) {
+  const draftKey = `sluice.draft.${id || "#new"}`;
+  let original = NEW_FLOW;
+  if (id) original = (await api(`/api/flows/${encodeURIComponent(id)}`)).source;
+  const draft = sessionStorage.getItem(draftKey);
+  const text = h("textarea", { id: "editor", class: "editor", wrap: "off", spellcheck: "false", rows: "28", "aria-describedby": "problems-title", "aria-label": "The flow file" });
+  text.value = draft !== null ? draft : original;
+  const gutter = h("div", { class: "gutter", "aria-hidden": "true" });
+  const problemsBox = h("div", { id: "problems", "aria-live": "polite" });
+  const save = h("button", { type: "submit" }, id ? "Save" : "Create");
+  let lastProblems = [];
+  const lines = () => text.value.split("\n").length;
+  const drawGutter = () => {
+    const bad = new Set(lastProblems.map((p) => p.line));
+    gutter.replaceChildren(...Array.from({ length: lines() }, (_, i) => h("div", { class: bad.has(i + 1) ? "bad" : "" }, i + 1)));
+    gutter.scrollTop = text.scrollTop;
+  };
+  const goTo = (line, column) => {
+    const all = text.value.split("\n");
+    let pos = 0;
+    for (let i = 0; i < line - 1 && i < all.length; i++) pos += all[i].length + 1;
+    pos += Math.max(0, column - 1);
+    text.focus();
+    text.setSelectionRange(pos, pos);
+  };
+  const showProblems = (problems, title) => {
+    lastProblems = problems;
+    drawGutter();
+    if (!problems.length) { problemsBox.replaceChildren(h("p", { id: "problems-title", class: "live" }, title || "No problems.")); return; }
+    problemsBox.replaceChildren(h("h2", { id: "problems-title" }, title || `${problems.length} problem${problems.length === 1 ? "" : "s"}`),
+      h("ul", { class: "problems" }, problems.map((p) => h("li", {}, h("button", { type: "button", class: "quiet", onclick: () => goTo(p.line, p.column) }, `line ${p.line}, column ${p.column}`), " ", h("span", { class: "error-text" }, p.message), p.help ? h("span", { class: "muted" }, ` (${p.help})`) : ""))));
+  };
+  let timer = null, seq = 0;
+  const checkNow = async () => {
+    const mine = ++seq;
+    try {
+      const resp = await fetch("/api/flows/check", { method: "POST", headers: { Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}`, "Content-Type": "text/plain" }, body: text.value });
+      if (resp.status === 401) { signOut((await resp.json()).message); return; }
+      const r = await resp.json();
+      if (mine === seq) showProblems(r.problems || []);
+    } catch (e) { if (mine === seq) problemsBox.replaceChildren(h("p", { class: "error-text" }, `Not checked: ${e.message}`)); }
+  };
+  text.addEventListener("input", () => {
+    sessionStorage.setItem(draftKey, text.value);
+    drawGutter();
+    clearTimeout(timer);
+    timer = setTimeout(checkNow, 250);
+  });
+  text.addEventListener("scroll", () => { gutter.scrollTop = text.scrollTop; });
+  const form = h("form", { class: "edit", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const m = /^id:\s*["']?([A-Za-z0-9_.-]+)/m.exec(text.value);
+    const target = id || (m && m[1]);
+    if (!target) { showProblems([{ line: 1, column: 1, message: "the flow needs an `id`" }]); return; }
+    save.disabled = true;
+    try {
+      const headers = { "Content-Type": "text/plain" };
+      const token = localStorage.getItem(TOKEN_KEY);
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const resp = await fetch(`/api/flows/${encodeURIComponent(target)}`, { method: "PUT", headers, body: text.value });
+      const r = await resp.json().catch(() => ({}));
+      if (resp.status === 401) { signOut(r.message); return; }
+      if (!resp.ok) {
+        const problems = (r.details && (r.details.problems || (r.details.files || []).flatMap((f) => (f.problems || [{ line: 1, column: 1, message: `${f.file}: ${f.message}` }])))) || [];
+        showProblems(problems.length ? problems : [{ line: 1, column: 1, message: r.message }], `Not saved: ${r.message}`);
+        return;
+      }
+      sessionStorage.removeItem(draftKey);
+      state.flows = null;
+      say(r.created ? `Flow ${r.id} created in ${r.file}.` : `Flow ${r.id} saved to ${r.file}.`);
+      location.hash = `#/flows/${encodeURIComponent(r.id)}`;
+    } catch (e) { say(e.message, true); } finally { save.disabled = false; }
+  } },
+    h("div", { class: "editor-wrap" }, gutter, text),
+    h("div", { class: "row" }, save, h("a", { href: id ? `#/flows/${encodeURIComponent(id)}` : "#/flows" }, "Back"),
+      draft !== null && draft !== original ? h("button", { type: "button", class: "quiet", onclick: () => { sessionStorage.removeItem(draftKey); route(); } }, "Discard my changes") : null));
+  show(h("h1", {}, id ? `Edit flow ${id}` : "New flow"),
+    h("p", { class: "muted" }, "The file is checked as you type, as ", h("code", {}, "sluice check"), " checks it. Saving writes it into the flows folder and loads the folder again; a flow with problems is not saved."),
+    draft !== null && draft !== original ? h("p", { class: "notice-inline" }, "Your unsaved changes are back.") : null,
+    form, problemsBox);
+  drawGutter();
+  checkNow();
 }
 
 window.addEventListener("hashchange", route);

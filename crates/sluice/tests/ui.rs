@@ -3,7 +3,8 @@
 //! `tests/ui/ui.cjs` (playwright-core and headless Chromium): signing in,
 //! the flows, a flow's grid, the runs list (filters, a search by data, live
 //! updates), a failed run's error, an incident patched and resumed, a
-//! manual run, a retry, a revoked token, what a viewer is not offered, a
+//! manual run through its form, a retry, the editor's diagnostics and a
+//! save, a revoked token, what a viewer is not offered, a
 //! phone's width and the keyboard.
 //!
 //! Needs Chromium (`SLUICE_CHROMIUM`, else `/usr/bin/chromium`) and
@@ -83,7 +84,15 @@ fn the_ui_shows_flows_and_runs_and_acts_on_them_in_a_browser() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let admin = token(&dir, "ada", "admin");
+    let admin2 = token(&dir, "bob", "admin");
     let viewer = token(&dir, "vic", "viewer");
+    // The flows are a copy: the editor writes into them.
+    let flows = dir.join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    for f in std::fs::read_dir(root.join("examples/serve")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, flows.join(f.file_name().unwrap())).unwrap();
+    }
     let mut child = sluice()
         .current_dir(&dir)
         .args([
@@ -93,8 +102,8 @@ fn the_ui_shows_flows_and_runs_and_acts_on_them_in_a_browser() {
             "--listen",
             "127.0.0.1:0",
             "--flows",
+            "flows",
         ])
-        .arg(root.join("examples/serve"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -133,7 +142,9 @@ fn the_ui_shows_flows_and_runs_and_acts_on_them_in_a_browser() {
         .arg(root.join("crates/sluice/tests/ui/ui.cjs"))
         .env("SLUICE_URL", &url)
         .env("SLUICE_ADMIN_TOKEN", &admin)
+        .env("SLUICE_ADMIN2_TOKEN", &admin2)
         .env("SLUICE_VIEWER_TOKEN", &viewer)
+        .env("SLUICE_FLOWS", &flows)
         .env("SLUICE_REVOKE", revoke)
         .env("SLUICE_PLAYWRIGHT_CORE", &pw)
         .env("SLUICE_CHROMIUM", &chromium)

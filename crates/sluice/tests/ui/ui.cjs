@@ -166,24 +166,58 @@ async function text(page, selector) {
     await page.waitForFunction((id) => /#\/runs\//.test(location.hash) && !location.hash.endsWith(id), failedRun);
     await page.waitForSelector(".badge.s-failed", { timeout: 10000 });
 
-    step = "an expired or revoked token";
-    await page.goto(base + `/#/runs/${failedRun}`);
-    await page.waitForSelector(".badge.s-failed");
-    execSync(process.env.SLUICE_REVOKE);
+    step = "editor";
     await page.goto(base + "/#/flows/orders");
+    await page.click("text=Edit the flow file");
+    await page.waitForSelector("#editor");
+    await page.waitForSelector("#problems-title:has-text('No problems')");
+    const original = await page.inputValue("#editor");
+    const mistake = original.replace("type: condition", "type: conditon");
+    const badLine = mistake.split("\n").findIndex((l) => l.includes("conditon")) + 1;
+    await page.fill("#editor", mistake);
+    await page.waitForSelector(`#problems li:has-text('line ${badLine}, column')`, { timeout: 5000 });
+    check((await text(page, "#problems")).includes("conditon"), "the diagnostic names the mistake");
+    check((await page.locator(".gutter .bad").innerText()) === String(badLine), "the line is marked");
+    await shot(page, "editor");
+    await page.click("form.edit button[type=submit]");
+    await page.waitForSelector("#problems-title:has-text('Not saved')");
+    const served = await (await fetch(`${base}/api/flows/orders`, { headers: { authorization: `Bearer ${admin}` } })).json();
+    check(served.source === original, "a flow with problems is not saved");
+    // A good change, then the token is revoked before it is saved: back to
+    // sign-in, and the change is still there after signing in again.
+    await page.fill("#editor", original.replace("Sums an order's lines", "Sums the lines of an order"));
+    await page.waitForSelector("#problems-title:has-text('No problems')");
+
+    step = "an expired or revoked token";
+    execSync(process.env.SLUICE_REVOKE);
+    await page.click("form.edit button[type=submit]");
     await page.waitForSelector("#token");
     await page.waitForSelector("#notice .error:has-text('revoked')", { timeout: 5000 });
+    await page.fill("#token", process.env.SLUICE_ADMIN2_TOKEN);
+    await page.click("button[type=submit]");
+    await page.waitForSelector("text=Your unsaved changes are back.");
+    check((await page.inputValue("#editor")).includes("Sums the lines of an order"), "nothing lost in the editor");
+    await page.click("form.edit button[type=submit]");
+    await page.waitForFunction(() => location.hash === "#/flows/orders");
+    await page.waitForSelector("dd:has-text('Sums the lines of an order')");
+    check(require("node:fs").readFileSync(process.env.SLUICE_FLOWS + "/orders.yaml", "utf8").includes("Sums the lines of an order"), "the file is written");
 
     step = "viewer";
+    await page.click("text=Sign out");
+    await page.waitForSelector("#token");
     await page.fill("#token", process.env.SLUICE_VIEWER_TOKEN);
     await page.click("button[type=submit]");
-    await page.waitForFunction(() => location.hash === "#/flows/orders", null, { timeout: 10000 });
+    await page.waitForSelector("table tbody tr");
+    check((await page.locator("text=New flow").count()) === 0, "a viewer is not offered a new flow");
     await page.goto(base + `/#/runs/${failedRun}`);
     await page.waitForSelector(".badge.s-failed");
     check((await page.locator("text=Retry with").count()) === 0, "a viewer is not offered a retry");
     await page.goto(base + "/#/flows/greet");
     await page.waitForSelector(".grid");
     check((await page.locator("#field-name").count()) === 0, "a viewer is not offered a manual run");
+    check((await page.locator("text=Edit the flow file").count()) === 0, "a viewer is not offered the editor");
+    const refused = await fetch(`${base}/api/flows/greet`, { method: "PUT", headers: { authorization: `Bearer ${process.env.SLUICE_VIEWER_TOKEN}` }, body: "id: greet" });
+    check(refused.status === 403, `a viewer cannot save: ${refused.status}`);
 
     step = "a phone's width";
     await page.setViewportSize({ width: 390, height: 800 });
