@@ -170,6 +170,9 @@ pub struct ActionCx<'a> {
     /// The HTTP calls of another connector (an envelope's `call` patches),
     /// when one is registered.
     pub calls: Option<&'a dyn Calls>,
+    /// Where `notify` steps send notifications (the run's store); `None`
+    /// where nothing keeps them.
+    pub inbox: Option<&'a dyn crate::notify::Inbox>,
 }
 
 /// HTTP calls made for a step of another connector: an envelope's `call`

@@ -614,6 +614,7 @@ mod tests {
             hooks: None,
             flow_tx: None,
             calls: None,
+            inbox: None,
         };
         reg.get(kind).unwrap().action.run_json(cx, &options).await
     }

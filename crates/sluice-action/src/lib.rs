@@ -24,6 +24,7 @@ pub mod core_ops;
 mod error;
 pub mod hooks;
 pub mod manual;
+pub mod notify;
 pub mod poll;
 mod registry;
 pub mod secrets;

@@ -90,6 +90,7 @@ impl Registry {
         r.add(core_ops::Split);
         r.add(core_ops::WaitEvent);
         r.add(core_ops::StartFlow);
+        r.add(crate::notify::Notify);
         r.add_trigger_checked::<triggers::ManualTrigger>("manual", crate::manual::check_manual);
         r.add_trigger::<core_ops::CloudEventTrigger>("cloudevent");
         r.add_trigger_checked::<triggers::WebhookTrigger>("webhook", triggers::check_webhook);

@@ -260,6 +260,7 @@ impl<S: Store> Engine<S> {
                 .registry
                 .calls()
                 .map(|c| c.as_ref() as &dyn sluice_action::Calls),
+            inbox: Some(&StoreInbox(self.store.as_ref())),
         };
         let Outcome {
             mut payload,
@@ -500,5 +501,32 @@ impl Settle<'_> {
             }
         }
         Ok(doc)
+    }
+}
+
+/// `notify` steps' notifications, kept in the run's store.
+struct StoreInbox<'s, S>(&'s S);
+
+impl<S: Store> sluice_action::notify::Inbox for StoreInbox<'_, S> {
+    fn send(
+        &self,
+        note: sluice_action::notify::Note,
+    ) -> sluice_action::BoxFuture<'_, Result<bool, ActionError>> {
+        Box::pin(async move {
+            let n = sluice_store::Notification {
+                id: note.id,
+                at: sluice_store::now_micros(),
+                user: note.user,
+                role: note.role,
+                subject: note.subject,
+                message: note.message,
+                run_id: Some(note.run_id),
+                step_key: Some(note.step_key),
+            };
+            self.0
+                .notify(&n)
+                .await
+                .map_err(|e| ActionError::new(sluice_action::Blame::Store, e.to_string()))
+        })
     }
 }

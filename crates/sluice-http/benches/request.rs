@@ -124,6 +124,7 @@ fn http_request_step(b: Bencher) {
                 hooks: None,
                 flow_tx: None,
                 calls: None,
+                inbox: None,
             };
             action.run_json(cx, &options).await.unwrap()
         })

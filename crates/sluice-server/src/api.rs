@@ -48,6 +48,8 @@ pub(crate) fn router<S: Store>(server: Server<S>) -> Router {
         .route("/api/audit", get(audit_log::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/api/me", get(crate::ui::me))
+        .route("/api/notifications", get(crate::ui::notifications::<S>))
+        .route("/api/notifications/{id}/read", post(crate::ui::read::<S>))
         .route("/api/stream", get(crate::ui::stream::<S>))
         .route("/", get(crate::ui::index))
         .route("/ui/app.js", get(crate::ui::script))
@@ -377,7 +379,7 @@ async fn finish(
 
 /// A time in a query: RFC 3339, or microseconds since the epoch.
 /// Query parameter `name` of the API, given once at most.
-fn param<'q>(q: &'q Value, name: &str) -> Result<Option<&'q str>, ApiError> {
+pub(crate) fn param<'q>(q: &'q Value, name: &str) -> Result<Option<&'q str>, ApiError> {
     match q.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -388,7 +390,7 @@ fn param<'q>(q: &'q Value, name: &str) -> Result<Option<&'q str>, ApiError> {
 }
 
 /// The query's `limit`: a whole number, 100 when not given.
-fn limit_param(q: &Value) -> Result<u32, ApiError> {
+pub(crate) fn limit_param(q: &Value) -> Result<u32, ApiError> {
     match param(q, "limit")? {
         None => Ok(100),
         Some(l) => l

@@ -75,6 +75,8 @@ pub(crate) fn needed(method: &Method, path: &str, health_and_metrics: bool) -> O
         "/api/health" | "/metrics" => health_and_metrics.then_some(Role::Viewer),
         "/api/openapi.json" => None,
         "/api/reload" | "/api/audit" => Some(Role::Admin),
+        // Anyone reads their own notifications.
+        p if p.starts_with("/api/notifications/") => Some(Role::Viewer),
         // Saving a flow file.
         p if p.starts_with("/api/flows/") && *method == Method::PUT => Some(Role::Admin),
         p if p.starts_with("/api/") => {

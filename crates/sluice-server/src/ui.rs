@@ -91,3 +91,80 @@ fn change_event(c: &RunChange) -> Event {
         .event("run")
         .data(json!({"runId": c.run_id, "flowId": c.flow_id, "status": c.status}).to_string())
 }
+
+/// The reader a caller is: a token's user sees what is sent to them and
+/// to their role or those below it; on a server without tokens everyone
+/// sees every notification.
+fn reader_of(caller: &Caller) -> (String, Option<Vec<&'static str>>) {
+    use crate::auth::Role;
+    let roles = caller.role.map(|r| {
+        [Role::Viewer, Role::Operator, Role::Admin]
+            .into_iter()
+            .filter(|x| *x <= r)
+            .map(Role::as_str)
+            .collect()
+    });
+    (caller.user.clone().unwrap_or_default(), roles)
+}
+
+/// `GET /api/notifications?unread=&limit=`: the caller's notifications,
+/// newest first.
+pub(crate) async fn notifications<S: Store>(
+    State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    let q = crate::hooks::query_object(q.as_deref());
+    let limit = crate::api::limit_param(&q)?.clamp(1, 1000);
+    let unread = match crate::api::param(&q, "unread")? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(crate::error::ApiError::bad_request(format!(
+                "`unread` is true or false, not `{other}`"
+            )));
+        }
+    };
+    let (name, roles) = reader_of(&caller);
+    let reader = sluice_store::Reader {
+        name: &name,
+        roles: roles.as_deref(),
+    };
+    let all = s.engine().store().notifications(reader, limit).await?;
+    let unread_count = all.iter().filter(|(_, read)| !read).count();
+    let items: Vec<_> = all
+        .into_iter()
+        .filter(|(_, read)| !unread || !read)
+        .map(|(n, read)| {
+            json!({
+                "id": n.id,
+                "at": crate::server::rfc3339(n.at),
+                "user": n.user,
+                "role": n.role,
+                "subject": n.subject,
+                "message": n.message,
+                "runId": n.run_id,
+                "step": n.step_key,
+                "read": read,
+            })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"unread": unread_count, "notifications": items}),
+    ))
+}
+
+/// `POST /api/notifications/{id}/read`: the caller has read it.
+pub(crate) async fn read<S: Store>(
+    State(s): State<Server<S>>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    let (name, _) = reader_of(&caller);
+    if !s.engine().store().mark_read(&id, &name).await? {
+        return Err(crate::error::ApiError::not_found(format!(
+            "no notification `{id}`"
+        )));
+    }
+    Ok(axum::Json(json!({"id": id, "read": true})))
+}

@@ -287,6 +287,7 @@ const routes = [
   [/^#\/flows$/, flowsPage],
   [/^#\/runs\/([^?]+)$/, (m) => runPage(decodeURIComponent(m[1]))],
   [/^#\/runs(\?.*)?$/, (m) => runsPage(new URLSearchParams((m[1] || "").slice(1)))],
+  [/^#\/inbox$/, inboxPage],
 ];
 let leave = [];
 
@@ -310,6 +311,7 @@ async function route() {
     whoAmI();
     startStream();
   }
+  if (hash !== "#/signin") inboxCount();
   for (const [re, page] of routes) {
     const m = re.exec(hash);
     if (m) {
@@ -927,6 +929,43 @@ async function editPage(id) {
     form, problemsBox);
   drawGutter();
   checkNow();
+}
+
+/** The unread count beside "Inbox": read at each page, as runs end (a `notify` step sends from a run) and every 30 s. */
+async function inboxCount() {
+  if (!state.me) return;
+  let r;
+  try { r = await api("/api/notifications?limit=1000"); } catch { return; }
+  const el = document.getElementById("inbox-count");
+  el.textContent = r.unread ? String(r.unread) : "";
+  document.getElementById("inbox-link").setAttribute("aria-label", r.unread ? `Inbox, ${r.unread} unread` : "Inbox");
+}
+{
+  let timer = null;
+  state.streamHandlers.add((event, c) => {
+    if (event !== "run" || ["running"].includes(c.status)) return;
+    clearTimeout(timer);
+    timer = setTimeout(inboxCount, 400);
+  });
+  setInterval(inboxCount, 30000);
+}
+
+async function inboxPage() {
+  const r = await api("/api/notifications?limit=200");
+  const list = r.notifications.map((n) => {
+    const mark = n.read ? null : h("button", { type: "button", class: "quiet", onclick: async () => {
+      await api(`/api/notifications/${encodeURIComponent(n.id)}/read`, { method: "POST" });
+      route();
+    } }, "Mark read");
+    return h("li", { class: `panel note ${n.read ? "read" : "unread"}` },
+      h("div", { class: "steptitle" }, h("strong", {}, n.read ? "" : "● ", n.subject), h("span", { class: "muted", title: when(n.at) }, ago(n.at))),
+      n.message ? h("p", { class: "message" }, n.message) : null,
+      h("div", { class: "row muted" }, n.user ? `to ${n.user}` : `to ${n.role}s`, n.runId ? [" · from run ", h("a", { href: `#/runs/${encodeURIComponent(n.runId)}`, class: "mono" }, n.runId), n.step ? ` (step ${n.step})` : ""] : null, mark));
+  });
+  show(h("h1", {}, "Inbox"), h("p", { class: "muted" }, `${r.unread} unread. Notifications come from `, h("code", {}, "notify"), " steps, to you or to your role."),
+    list.length ? h("ul", { class: "notes" }, list) : h("p", {}, "Nothing yet."));
+  inboxCount();
+  leave.push(onChange((event, c) => { if (event === "run" && c.status !== "running") setTimeout(route, 400); }));
 }
 
 window.addEventListener("hashchange", route);

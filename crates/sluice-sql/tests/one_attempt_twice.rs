@@ -40,6 +40,7 @@ async fn attempt(
         hooks: None,
         flow_tx: None,
         calls: None,
+        inbox: None,
     };
     reg.get(kind)
         .expect("registered")

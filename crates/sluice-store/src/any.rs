@@ -3,8 +3,9 @@
 //! chosen when the process starts.
 
 use crate::{
-    ApiToken, AuditEntry, FlowStats, Leases, NewRun, Notice, PgStore, RunDetail, RunFilter,
-    RunSummary, RunUpdate, SeenEvent, SqliteStore, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, FlowStats, Leases, NewRun, Notice, Notification, PgStore, Reader,
+    RunDetail, RunFilter, RunSummary, RunUpdate, SeenEvent, SqliteStore, StepRecord, Store,
+    StoreError, Wait,
 };
 use serde_json::Value;
 
@@ -118,6 +119,19 @@ impl Store for AnyStore {
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         each!(self, s => s.audit_log(target, limit))
+    }
+    async fn notify(&self, n: &Notification) -> Result<bool, StoreError> {
+        each!(self, s => s.notify(n))
+    }
+    async fn notifications(
+        &self,
+        reader: Reader<'_>,
+        limit: u32,
+    ) -> Result<Vec<(Notification, bool)>, StoreError> {
+        each!(self, s => s.notifications(reader, limit))
+    }
+    async fn mark_read(&self, id: &str, reader: &str) -> Result<bool, StoreError> {
+        each!(self, s => s.mark_read(id, reader))
     }
     async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {
         each!(self, s => s.cancel_run(run_id))

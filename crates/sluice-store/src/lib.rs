@@ -33,7 +33,7 @@ pub use scrub::{Scrub, set_scrub};
 
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApiToken, AuditEntry, EVENTS_KEPT_MICROS, FlowStats, Leases, NewRun, Notice, Process,
-    RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store,
-    StoreError, Wait, WaitKind, Woken, new_run_id, now_micros,
+    ApiToken, AuditEntry, EVENTS_KEPT_MICROS, FlowStats, Leases, NewRun, Notice, Notification,
+    Process, Reader, RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord,
+    Store, StoreError, Wait, WaitKind, Woken, new_run_id, now_micros,
 };

@@ -23,8 +23,9 @@ use crate::rows;
 use crate::scrub::json;
 use crate::values::{Encoder, Known, Loaded};
 use crate::{
-    ApiToken, AuditEntry, FlowStats, Leases, NewRun, Notice, Process, RunDetail, RunFilter,
-    RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
+    ApiToken, AuditEntry, FlowStats, Leases, NewRun, Notice, Notification, Process, Reader,
+    RunDetail, RunFilter, RunStatus, RunSummary, RunUpdate, SeenEvent, StepRecord, Store,
+    StoreError, Wait,
 };
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -71,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "runs listed by their start",
         include_str!("../migrations/postgres/0004_runs_by_start.sql"),
+    ),
+    (
+        5,
+        "notifications",
+        include_str!("../migrations/postgres/0005_notifications.sql"),
     ),
 ];
 
@@ -535,6 +541,54 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::audit).collect()
+    }
+
+    async fn notify(&self, n: &Notification) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO notifications (id, at, recipient, recipient_role, subject, message, run_id, step_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING")
+            .bind(&n.id)
+            .bind(n.at)
+            .bind(&n.user)
+            .bind(&n.role)
+            .bind(&n.subject)
+            .bind(&n.message)
+            .bind(&n.run_id)
+            .bind(&n.step_key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn notifications(
+        &self,
+        reader: Reader<'_>,
+        limit: u32,
+    ) -> Result<Vec<(Notification, bool)>, StoreError> {
+        let roles = reader.roles.unwrap_or_default();
+        let role = |i: usize| roles.get(i).copied().unwrap_or_default();
+        let rows = sqlx::query("SELECT n.id, n.at, n.recipient, n.recipient_role, n.subject, n.message, n.run_id, n.step_key, (CASE WHEN EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1) THEN 1 ELSE 0 END)::BIGINT AS seen FROM notifications n WHERE $2::BIGINT = 1 OR n.recipient = $1 OR (n.recipient IS NULL AND n.recipient_role IN ($3, $4, $5)) ORDER BY n.at DESC, n.id DESC LIMIT $6")
+            .bind(reader.name)
+            .bind(i64::from(reader.roles.is_none()))
+            .bind(role(0))
+            .bind(role(1))
+            .bind(role(2))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::notification).collect()
+    }
+
+    async fn mark_read(&self, id: &str, reader: &str) -> Result<bool, StoreError> {
+        sqlx::query("INSERT INTO notification_reads (id, reader, at) SELECT id, $2, $3 FROM notifications WHERE id = $1 ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(reader)
+            .bind(crate::now_micros())
+            .execute(&self.pool)
+            .await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) AS n FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n == 1)
     }
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), StoreError> {

@@ -105,6 +105,24 @@ pub(crate) fn summary(row: &impl Get) -> Result<RunSummary, StoreError> {
     })
 }
 
+/// A notification and whether its reader has read it (the columns of
+/// `notifications`).
+pub(crate) fn notification(row: &impl Get) -> Result<(crate::Notification, bool), StoreError> {
+    Ok((
+        crate::Notification {
+            id: row.text("id")?,
+            at: row.int("at")?,
+            user: row.opt_text("recipient")?,
+            role: row.opt_text("recipient_role")?,
+            subject: row.text("subject")?,
+            message: row.text("message")?,
+            run_id: row.opt_text("run_id")?,
+            step_key: row.opt_text("step_key")?,
+        },
+        row.int("seen")? != 0,
+    ))
+}
+
 /// A flow's counts (the columns of `flow_stats`).
 pub(crate) fn flow_stats(row: &impl Get) -> Result<crate::FlowStats, StoreError> {
     Ok(crate::FlowStats {

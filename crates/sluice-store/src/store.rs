@@ -513,6 +513,23 @@ pub trait Store: Send + Sync + 'static {
         target: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
+    /// Keep a notification; `false` when one with its id was kept before
+    /// (a step attempt run again sends nothing twice).
+    fn notify(&self, n: &Notification) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The notifications `reader` sees, newest first, each with whether
+    /// the reader has read it: at most `limit`.
+    fn notifications(
+        &self,
+        reader: Reader<'_>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(Notification, bool)>, StoreError>> + Send;
+    /// Mark notification `id` read by `reader`; `false` when there is no
+    /// such notification.
+    fn mark_read(
+        &self,
+        id: &str,
+        reader: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Stop a running or waiting run, or one at an incident: its status
     /// becomes `cancelled`, its wait is dropped, and later step records no
     /// longer move it. Fails with
@@ -759,6 +776,38 @@ pub struct AuditEntry {
     pub target: Option<String>,
     /// More, as data (`{}` when nothing).
     pub details: Value,
+}
+
+/// A notification sent by a `notify` step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// Its id: the idempotency key of the step attempt that sent it.
+    pub id: String,
+    /// When it was sent (µs since the epoch).
+    pub at: i64,
+    /// The token's user it is for.
+    pub user: Option<String>,
+    /// Or the role it is for (every token of that role or above).
+    pub role: Option<String>,
+    /// Its subject.
+    pub subject: String,
+    /// Its message.
+    pub message: String,
+    /// The run that sent it.
+    pub run_id: Option<String>,
+    /// The step that sent it.
+    pub step_key: Option<String>,
+}
+
+/// Whose notifications to read.
+#[derive(Clone, Copy, Debug)]
+pub struct Reader<'a> {
+    /// The reader (whose reads are kept); `""` for anyone on a server
+    /// without tokens.
+    pub name: &'a str,
+    /// The roles whose notifications the reader sees; `None`: every
+    /// notification (a server without tokens).
+    pub roles: Option<&'a [&'a str]>,
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -918,6 +918,72 @@ async fn audit<S: Store>(store: &S) {
     assert!(store.audit_log(Some("r2"), 10).await.unwrap().is_empty());
 }
 
+async fn notifications<S: Store>(store: &S) {
+    use sluice_store::{Notification, Reader};
+    let n = |id: &str, at: i64, user: Option<&str>, role: Option<&str>| Notification {
+        id: id.into(),
+        at,
+        user: user.map(str::to_owned),
+        role: role.map(str::to_owned),
+        subject: format!("subject {id}"),
+        message: format!("message {id}"),
+        run_id: Some("r1".into()),
+        step_key: Some("tell".into()),
+    };
+    assert!(store.notify(&n("a", 1, Some("ada"), None)).await.unwrap());
+    assert!(
+        store
+            .notify(&n("b", 2, None, Some("operator")))
+            .await
+            .unwrap()
+    );
+    assert!(store.notify(&n("c", 3, None, Some("admin"))).await.unwrap());
+    // The same attempt again sends nothing more.
+    assert!(!store.notify(&n("a", 9, Some("ada"), None)).await.unwrap());
+    let ids = |v: Vec<(Notification, bool)>| {
+        v.into_iter()
+            .map(|(n, read)| format!("{}{}", n.id, if read { "*" } else { "" }))
+            .collect::<Vec<_>>()
+    };
+    let ada = Reader {
+        name: "ada",
+        roles: Some(&["viewer", "operator"]),
+    };
+    assert_eq!(ids(store.notifications(ada, 10).await.unwrap()), ["b", "a"]);
+    let vic = Reader {
+        name: "vic",
+        roles: Some(&["viewer"]),
+    };
+    assert!(store.notifications(vic, 10).await.unwrap().is_empty());
+    let anyone = Reader {
+        name: "",
+        roles: None,
+    };
+    assert_eq!(
+        ids(store.notifications(anyone, 10).await.unwrap()),
+        ["c", "b", "a"]
+    );
+    assert!(store.mark_read("b", "ada").await.unwrap());
+    assert!(
+        store.mark_read("b", "ada").await.unwrap(),
+        "read twice is read"
+    );
+    assert!(!store.mark_read("nope", "ada").await.unwrap());
+    assert_eq!(
+        ids(store.notifications(ada, 10).await.unwrap()),
+        ["b*", "a"]
+    );
+    // Read by one reader, unread for another.
+    let bob = Reader {
+        name: "bob",
+        roles: Some(&["viewer", "operator", "admin"]),
+    };
+    assert_eq!(ids(store.notifications(bob, 10).await.unwrap()), ["c", "b"]);
+    assert_eq!(store.notifications(bob, 1).await.unwrap().len(), 1);
+    let (first, _) = &store.notifications(ada, 10).await.unwrap()[1];
+    assert_eq!(*first, n("a", 1, Some("ada"), None));
+}
+
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-store-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -932,6 +998,7 @@ async fn sqlite_memory_passes_the_suite() {
     batches(&store).await;
     tokens(&store).await;
     audit(&store).await;
+    notifications(&store).await;
     large_values(&store).await;
 }
 
@@ -1122,6 +1189,7 @@ async fn postgres_passes_the_suite() {
     batches(&store).await;
     tokens(&store).await;
     audit(&store).await;
+    notifications(&store).await;
     large_values(&store).await;
     // Opened again (as another process would), it finds its tables made.
     let again = sluice_store::PgStore::open(&url).await.unwrap();

@@ -137,6 +137,20 @@ async function text(page, selector) {
     check(resumed.status === "succeeded" && resumed.output.gross === 12, `resumed: ${JSON.stringify(resumed.output)}`);
     await shot(page, "run-inspector");
 
+    step = "notification";
+    // The resumed run's `notify` step told the operators (admins see it too), live.
+    await page.waitForSelector("#inbox-count:has-text('1')", { timeout: 10000 });
+    await page.click("#inbox-link");
+    await page.waitForSelector(".note.unread");
+    const note = await text(page, ".note.unread");
+    check(note.includes("Invoice I-7 recorded") && note.includes("12 with tax"), `the notification: ${note}`);
+    await shot(page, "inbox");
+    await page.click(".note.unread button");
+    await page.waitForSelector(".note.read");
+    await page.waitForFunction(() => document.getElementById("inbox-count").textContent === "");
+    const viewerNotes = await (await fetch(`${base}/api/notifications`, { headers: { authorization: `Bearer ${process.env.SLUICE_VIEWER_TOKEN}` } })).json();
+    check(viewerNotes.notifications.length === 0, "a viewer does not see the operators' notifications");
+
     step = "manual run";
     await page.goto(base + "/#/flows/greet");
     await page.waitForSelector("#field-name");
