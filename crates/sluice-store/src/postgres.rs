@@ -313,18 +313,24 @@ impl Store for PgStore {
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let limit = (filter.limit != 0).then_some(i64::from(filter.limit));
-        let rows = sqlx::query(
-            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs WHERE ($1::TEXT IS NULL OR flow_id = $1) AND ($2::TEXT IS NULL OR status = $2) AND ($4::BIGINT IS NULL OR started_at >= $4) AND ($5::BIGINT IS NULL OR started_at < $5) AND ($6::BIGINT IS NULL OR (started_at, id) < ($6, $7::TEXT)) ORDER BY started_at DESC, id DESC LIMIT $3",
-        )
-        .bind(&filter.flow_id)
-        .bind(filter.status.map(RunStatus::as_str))
-        .bind(limit)
-        .bind(filter.started_after)
-        .bind(filter.started_before)
-        .bind(filter.after.as_ref().map(|a| a.0))
-        .bind(filter.after.as_ref().map(|a| a.1.as_str()))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = filter.query(true);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(flow) = &filter.flow_id {
+            q = q.bind(flow);
+        }
+        if let Some(status) = filter.status {
+            q = q.bind(status.as_str());
+        }
+        if let Some(t) = filter.started_after {
+            q = q.bind(t);
+        }
+        if let Some(t) = filter.started_before {
+            q = q.bind(t);
+        }
+        if let Some((at, id)) = &filter.after {
+            q = q.bind(*at).bind(id);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(rows::summary).collect()
     }
 

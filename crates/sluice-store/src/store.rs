@@ -272,6 +272,52 @@ pub struct RunSummary {
     pub error_step: Option<String>,
 }
 
+impl RunFilter {
+    /// The listing's query, with only the conditions the filter has (so
+    /// that the database picks the index that serves them), its parameters
+    /// numbered in the order [`RunFilter::bind`] binds them; `dollar`:
+    /// PostgreSQL's `$n`, else SQLite's `?n`.
+    pub(crate) fn query(&self, dollar: bool) -> String {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            if dollar {
+                format!("${n}")
+            } else {
+                format!("?{n}")
+            }
+        };
+        let mut conds = Vec::new();
+        if self.flow_id.is_some() {
+            conds.push(format!("flow_id = {}", next()));
+        }
+        if self.status.is_some() {
+            conds.push(format!("status = {}", next()));
+        }
+        if self.started_after.is_some() {
+            conds.push(format!("started_at >= {}", next()));
+        }
+        if self.started_before.is_some() {
+            conds.push(format!("started_at < {}", next()));
+        }
+        if self.after.is_some() {
+            let (at, id) = (next(), next());
+            conds.push(format!(
+                "(started_at < {at} OR (started_at = {at} AND id < {id}))"
+            ));
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        format!(
+            "SELECT id, flow_id, status, started_at, ended_at, steps, error, error_step FROM runs{filter} ORDER BY started_at DESC, id DESC LIMIT {}",
+            next()
+        )
+    }
+}
+
 /// A flow's runs since a time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {

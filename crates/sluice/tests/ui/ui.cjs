@@ -20,7 +20,7 @@ const check = (cond, what) => {
 async function post(p, body, token) {
   const r = await fetch(base + p, {
     method: "POST",
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    headers: { "content-type": p === "/events" ? "application/cloudevents+json" : "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
     body: JSON.stringify(body),
   });
   return { status: r.status, body: await r.json().catch(() => null) };
@@ -68,7 +68,7 @@ async function text(page, selector) {
     step = "flows";
     await page.waitForSelector("table tbody tr");
     const flows = await page.locator("tbody tr td:first-child").allInnerTexts();
-    check(JSON.stringify(flows.sort()) === JSON.stringify(["greet", "heartbeat", "invoices", "orders"]), `flows listed: ${flows}`);
+    check(JSON.stringify(flows.sort()) === JSON.stringify(["expenses", "greet", "heartbeat", "invoices", "orders"]), `flows listed: ${flows}`);
     const ordersRow = await page.locator("tbody tr", { hasText: "orders" }).innerText();
     check(/webhook \/hooks\/orders/.test(ordersRow), `the trigger is shown: ${ordersRow}`);
     check(/\b2\b/.test(ordersRow) && /\b1\b/.test(ordersRow), `runs and failures of the day: ${ordersRow}`);
@@ -112,6 +112,19 @@ async function text(page, selector) {
     await post("/hooks/orders", { orderId: "LIVE-1", items: [{ qty: 1, price: 1 }] });
     await page.waitForFunction((n) => document.querySelectorAll("tbody tr").length > n, before, { timeout: 10000 });
     await shot(page, "runs");
+
+    step = "waiting run";
+    const expense = await post("/hooks/expenses", { expense: "E-1", amount: 120 });
+    check(expense.status === 202, `expense: ${JSON.stringify(expense)}`);
+    await page.goto(base + `/#/runs/${expense.body.runId}`);
+    const waits = await text(page, "[aria-label='What the run waits for']");
+    check(waits.includes("at step approval") && waits.includes("an event of type expense.approved") && waits.includes("E-1"), `what it waits for: ${waits}`);
+    await shot(page, "run-waiting");
+    const approved = await post("/events", { specversion: "1.0", id: "a-1", source: "/approvals", type: "expense.approved", expenseid: "E-1", data: { by: "ada" } });
+    check(approved.status === 202, `approval: ${JSON.stringify(approved)}`);
+    // The page follows the run: it ends without a reload.
+    await page.waitForSelector("h1 .badge.s-succeeded", { timeout: 10000 });
+    check((await text(page, "main")).includes("expense E-1 approved by ada"), "the approved run's log");
 
     step = "failed run";
     await page.goto(base + `/#/runs/${failedRun}`);
@@ -248,9 +261,9 @@ async function text(page, selector) {
     // A page's content has the focus; the first tab stop is its first link.
     check(await page.evaluate(() => document.activeElement.id === "main"), "the content has the focus");
     await page.keyboard.press("Tab");
-    check((await page.evaluate(() => document.activeElement.textContent)) === "greet", "the first link of the list");
+    check((await page.evaluate(() => document.activeElement.textContent)) === "expenses", "the first link of the list");
     await page.keyboard.press("Enter");
-    await page.waitForFunction(() => location.hash === "#/flows/greet");
+    await page.waitForFunction(() => location.hash === "#/flows/expenses");
     await page.waitForSelector(".grid");
 
     check(errors.length === 0, `no script errors: ${errors.join("; ")}`);
