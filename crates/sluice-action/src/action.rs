@@ -172,7 +172,32 @@ pub struct ActionCx<'a> {
     pub calls: Option<&'a dyn Calls>,
     /// Where `notify` steps send notifications (the run's store); `None`
     /// where nothing keeps them.
-    pub inbox: Option<&'a dyn crate::notify::Inbox>,
+    pub inbox: Option<&'a dyn Inbox>,
+}
+
+/// A notification, as a `notify` step sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Its id (the step attempt's idempotency key).
+    pub id: String,
+    /// The token's user it is for.
+    pub user: Option<String>,
+    /// Or the role it is for.
+    pub role: Option<String>,
+    /// Its subject.
+    pub subject: String,
+    /// Its message.
+    pub message: String,
+    /// The run that sends it.
+    pub run_id: String,
+    /// The step that sends it.
+    pub step_key: String,
+}
+
+/// Where notifications go (the run's store).
+pub trait Inbox: Send + Sync {
+    /// Keep `note`; `false` when it was kept before.
+    fn send(&self, note: Note) -> BoxFuture<'_, Result<bool, ActionError>>;
 }
 
 /// HTTP calls made for a step of another connector: an envelope's `call`

@@ -14,35 +14,11 @@
 //! is the step attempt's idempotency key: a step run again after a crash
 //! sends it once. The step's result is `{id, user, role, subject}`.
 
-use crate::{Action, ActionCx, ActionError, BoxFuture, Outcome};
+pub use crate::action::{Inbox, Note};
+use crate::{Action, ActionCx, ActionError, Outcome};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
-
-/// A notification, as a step sends it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    /// Its id (the step attempt's idempotency key).
-    pub id: String,
-    /// The token's user it is for.
-    pub user: Option<String>,
-    /// Or the role it is for.
-    pub role: Option<String>,
-    /// Its subject.
-    pub subject: String,
-    /// Its message.
-    pub message: String,
-    /// The run that sends it.
-    pub run_id: String,
-    /// The step that sends it.
-    pub step_key: String,
-}
-
-/// Where notifications go (the run's store).
-pub trait Inbox: Send + Sync {
-    /// Keep `note`; `false` when it was kept before.
-    fn send(&self, note: Note) -> BoxFuture<'_, Result<bool, ActionError>>;
-}
 
 /// `notify`.
 pub struct Notify;
@@ -148,7 +124,7 @@ mod tests {
     struct Kept(Mutex<Vec<Note>>);
 
     impl Inbox for Kept {
-        fn send(&self, note: Note) -> BoxFuture<'_, Result<bool, ActionError>> {
+        fn send(&self, note: Note) -> crate::BoxFuture<'_, Result<bool, ActionError>> {
             Box::pin(async move {
                 let mut kept = self.0.lock().map_err(|_| ActionError::flow("poisoned"))?;
                 let new = !kept.iter().any(|n| n.id == note.id);

@@ -4,6 +4,7 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hooks::{hook, query_object, read_body};
+use crate::params::{limit_param, param, time_param};
 use crate::server::{Server, rfc3339};
 use axum::Router;
 use axum::body::Body;
@@ -377,44 +378,6 @@ async fn finish(
     .into_response())
 }
 
-/// A time in a query: RFC 3339, or microseconds since the epoch.
-/// Query parameter `name` of the API, given once at most.
-pub(crate) fn param<'q>(q: &'q Value, name: &str) -> Result<Option<&'q str>, ApiError> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "the query parameter `{name}` is given more than once"
-        ))),
-    }
-}
-
-/// The query's `limit`: a whole number, 100 when not given.
-pub(crate) fn limit_param(q: &Value) -> Result<u32, ApiError> {
-    match param(q, "limit")? {
-        None => Ok(100),
-        Some(l) => l
-            .parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("`limit` is a whole number, not `{l}`"))),
-    }
-}
-
-fn time_param(q: &Value, name: &str) -> Result<Option<i64>, ApiError> {
-    let Some(text) = param(q, name)? else {
-        return Ok(None);
-    };
-    if let Ok(n) = text.parse::<i64>() {
-        return Ok(Some(n));
-    }
-    text.parse::<jiff::Timestamp>()
-        .map(|t| Some(t.as_microsecond()))
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "`{name}` is an RFC 3339 time (such as 2026-11-23T10:00:00Z) or microseconds since the epoch, not `{text}`"
-            ))
-        })
-}
-
 fn summary_json(r: &RunSummary) -> Value {
     json!({
         "id": r.id,
@@ -609,17 +572,14 @@ fn audit_json(e: &AuditEntry) -> Value {
 
 /// Keep `action` in the audit; an audit that cannot be written is said on
 /// standard error (the action itself is done).
-pub(crate) async fn audit<S: Store>(
+async fn audit<S: Store>(
     s: &Server<S>,
     caller: &Caller,
     action: &str,
     target: Option<&str>,
     details: Value,
 ) {
-    let entry = caller.entry(action, target, details);
-    if let Err(e) = s.engine().store().audit(&entry).await {
-        sluice_action::warn!("sluice: the audit of `{action}` was not written: {e}");
-    }
+    s.audit(caller, action, target, details).await;
 }
 
 /// `POST /api/runs/{id}/retry`: a new run of the same flow with the same

@@ -98,7 +98,7 @@ pub(crate) async fn save<S: Store>(
     };
     let details =
         json!({"file": name, "created": existing.is_none(), "refused": failures.is_some()});
-    crate::api::audit(&s, &caller, "flow.save", Some(&id), details).await;
+    s.audit(&caller, "flow.save", Some(&id), details).await;
     if let Some(failures) = failures {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -32,6 +32,7 @@ mod events;
 mod flows;
 mod hook_auth;
 mod hooks;
+mod params;
 pub mod parse;
 mod poll;
 mod schedule;

@@ -250,6 +250,21 @@ impl<S: Store> Server<S> {
         }
     }
 
+    /// Keep `action` in the audit; an audit that cannot be written is said
+    /// on standard error (the action itself is done).
+    pub(crate) async fn audit(
+        &self,
+        caller: &crate::auth::Caller,
+        action: &str,
+        target: Option<&str>,
+        details: Value,
+    ) {
+        let entry = caller.entry(action, target, details);
+        if let Err(e) = self.inner.engine.store().audit(&entry).await {
+            sluice_action::warn!("sluice: the audit of `{action}` was not written: {e}");
+        }
+    }
+
     /// Tell whoever follows this process's runs (`/api/stream`) that a run
     /// changed.
     pub(crate) fn announce(&self, run_id: Option<&str>, flow_id: &str, status: &'static str) {

@@ -115,8 +115,8 @@ pub(crate) async fn notifications<S: Store>(
     axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
     let q = crate::hooks::query_object(q.as_deref());
-    let limit = crate::api::limit_param(&q)?.clamp(1, 1000);
-    let unread = match crate::api::param(&q, "unread")? {
+    let limit = crate::params::limit_param(&q)?.clamp(1, 1000);
+    let unread = match crate::params::param(&q, "unread")? {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
