@@ -297,6 +297,8 @@ async function route() {
   // What was said on the page before goes with it (unless it was just said, for this page).
   if (Date.now() - (state.saidAt || 0) > 1500) document.getElementById("notice").replaceChildren();
   const hash = location.hash || "#/flows";
+  // Set once the page is shown (tests wait for it).
+  delete document.body.dataset.shown;
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (hash.startsWith(`#/${a.dataset.nav}`)) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -321,6 +323,7 @@ async function route() {
         if (e.status !== 401) show(h("h1", {}, "Something went wrong"), h("p", { class: "error-text" }, e.message));
       }
       main().focus();
+      if (location.hash === hash || (!location.hash && hash === "#/flows")) document.body.dataset.shown = location.hash || hash;
       return;
     }
   }
@@ -644,15 +647,18 @@ async function runsPage(params) {
   }
   await load(null, true);
   show(h("h1", {}, "Runs ", live), form, results, more);
-  // Live: the first page is read again as runs start and end.
+  // Live: the first page is read again as this process's runs start and
+  // end, and every 5 s (the runs other processes drive on a shared store).
   if (!searching) {
     let timer = null;
+    live.textContent = "● live";
     leave.push(onChange(() => {
       if (shown.length > 50) return;
-      live.textContent = "● live";
       clearTimeout(timer);
       timer = setTimeout(() => load(null, true), 300);
     }));
+    const every = setInterval(() => { if (shown.length <= 50) load(null, true); }, 5000);
+    leave.push(() => clearInterval(every));
   }
 }
 
@@ -704,10 +710,19 @@ async function runPage(id) {
   show(parts);
   const failed = log.findIndex((s) => !s.ok);
   if (log.length) select(failed >= 0 && run.status !== "succeeded" ? log.length - 1 - [...log].reverse().findIndex((s) => !s.ok) : log.length - 1);
-  leave.push(onChange((event, c) => {
-    if (c.runId === run.id && ["running", "waiting"].includes(run.status) !== ["running", "waiting"].includes(c.status)) route();
-    else if (c.runId === run.id && c.status !== run.status) route();
-  }));
+  // Follow a run under way: at once from this process's events, and by
+  // reading it again every 2 s (an event sent before this page listened,
+  // or a run another process drives).
+  if (["running", "waiting"].includes(run.status)) {
+    leave.push(onChange((event, c) => { if (c.runId === run.id && c.status !== run.status) route(); }));
+    const again = setInterval(async () => {
+      try {
+        const now = await api(`/api/runs/${encodeURIComponent(run.id)}`);
+        if (now.status !== run.status || now.steps !== run.steps) route();
+      } catch { /* said by the next page */ }
+    }, 2000);
+    leave.push(() => clearInterval(again));
+  }
 }
 
 /** What started a run, in a few words. */

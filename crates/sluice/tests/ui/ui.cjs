@@ -28,6 +28,11 @@ async function post(p, body, token) {
 async function shot(page, name) {
   if (shots) await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
 }
+/** Go to a page of the UI and wait until it is shown (not the page before). */
+async function open(page, hash) {
+  await page.goto(base + "/" + hash);
+  await page.waitForFunction(() => document.body.dataset.shown === location.hash, null, { timeout: 10000 });
+}
 async function text(page, selector) {
   await page.waitForSelector(selector);
   return page.locator(selector).first().innerText();
@@ -85,12 +90,12 @@ async function text(page, selector) {
     await shot(page, "flow");
 
     step = "runs list";
-    await page.goto(base + "/#/runs?status=failed");
+    await open(page, "#/runs?status=failed");
     await page.waitForSelector("tbody tr");
     const failedRows = await page.locator("tbody tr").allInnerTexts();
     check(failedRows.length === 1 && failedRows[0].includes(failedRun), `only the failed run: ${failedRows}`);
     // Search by a field.
-    await page.goto(base + "/#/runs");
+    await open(page, "#/runs");
     await page.waitForSelector("tbody tr");
     await page.fill("#f-field", "trigger.body.orderId");
     await page.fill("#f-value", "A1");
@@ -100,13 +105,17 @@ async function text(page, selector) {
     const found = await page.locator("tbody tr").allInnerTexts();
     check(found.length === 1 && found[0].includes("orders") && found[0].includes("succeeded"), `field search: ${found}`);
     // A jq predicate that does not compile: a clear error.
-    await page.goto(base + "/#/runs?search=" + encodeURIComponent(".output.total >"));
+    await open(page, "#/runs?search=" + encodeURIComponent(".output.total >"));
     check((await text(page, "[role=alert]")).includes("does not compile"), "a bad search says why");
-    await page.goto(base + "/#/runs?search=" + encodeURIComponent(".output.total == 7"));
+    // One that runs too long: stopped, said, and the server answers on.
+    await open(page, "#/runs?search=" + encodeURIComponent("last(range(1e12)) > 0"));
+    check((await text(page, "[role=alert]")).includes("ran longer than its limit"), "a search that runs too long says so");
+    check((await fetch(`${base}/api/health`)).status === 200, "the server answers on");
+    await open(page, "#/runs?search=" + encodeURIComponent(".output.total == 7"));
     await page.waitForSelector("text=runs read by the last search");
     check((await page.locator("tbody tr").count()) === 1, "the jq search finds the run");
     // Live: a run started elsewhere appears without a reload.
-    await page.goto(base + "/#/runs");
+    await open(page, "#/runs");
     await page.waitForSelector("tbody tr");
     const before = await page.locator("tbody tr").count();
     await post("/hooks/orders", { orderId: "LIVE-1", items: [{ qty: 1, price: 1 }] });
@@ -116,7 +125,7 @@ async function text(page, selector) {
     step = "waiting run";
     const expense = await post("/hooks/expenses", { expense: "E-1", amount: 120 });
     check(expense.status === 202, `expense: ${JSON.stringify(expense)}`);
-    await page.goto(base + `/#/runs/${expense.body.runId}`);
+    await open(page, `#/runs/${expense.body.runId}`);
     const waits = await text(page, "[aria-label='What the run waits for']");
     check(waits.includes("at step approval") && waits.includes("an event of type expense.approved") && waits.includes("E-1"), `what it waits for: ${waits}`);
     await shot(page, "run-waiting");
@@ -126,8 +135,16 @@ async function text(page, selector) {
     await page.waitForSelector("h1 .badge.s-succeeded", { timeout: 10000 });
     check((await text(page, "main")).includes("expense E-1 approved by ada"), "the approved run's log");
 
+    step = "cancel";
+    const second = await post("/hooks/expenses", { expense: "E-2", amount: 9 });
+    await open(page, `#/runs/${second.body.runId}`);
+    await page.waitForSelector("[aria-label='What the run waits for']");
+    page.once("dialog", (d) => d.accept());
+    await page.click("text=Cancel run");
+    await page.waitForSelector("h1 .badge.s-cancelled", { timeout: 10000 });
+
     step = "failed run";
-    await page.goto(base + `/#/runs/${failedRun}`);
+    await open(page, `#/runs/${failedRun}`);
     const why = await text(page, "[aria-label='Why the run stopped']");
     check(why.includes("order A2 has no items") && why.includes("empty_order"), `the failing step's error: ${why}`);
     const detail = await text(page, "section[aria-label=Step]");
@@ -135,7 +152,7 @@ async function text(page, selector) {
     await shot(page, "run-failed");
 
     step = "incident";
-    await page.goto(base + `/#/runs/${incidentRun}`);
+    await open(page, `#/runs/${incidentRun}`);
     await page.waitForSelector("#patch");
     await page.fill("#patch", '{"amount": }');
     check((await text(page, "#patch-error")).includes("not JSON at line 1"), "a patch that is not JSON: its position");
@@ -165,7 +182,7 @@ async function text(page, selector) {
     check(viewerNotes.notifications.length === 0, "a viewer does not see the operators' notifications");
 
     step = "manual run";
-    await page.goto(base + "/#/flows/greet");
+    await open(page, "#/flows/greet");
     await page.waitForSelector("#field-name");
     // A required field left empty: said at the field, nothing sent.
     await page.click("form[aria-label='Start greet'] button[type=submit]");
@@ -188,13 +205,13 @@ async function text(page, selector) {
     check(wrong.status === 400 && wrong.body.details.fields.length === 2, `fields checked by the server: ${JSON.stringify(wrong)}`);
 
     step = "retry";
-    await page.goto(base + `/#/runs/${failedRun}`);
+    await open(page, `#/runs/${failedRun}`);
     await page.click("text=Retry with the flow as it ran");
     await page.waitForFunction((id) => /#\/runs\//.test(location.hash) && !location.hash.endsWith(id), failedRun);
     await page.waitForSelector(".badge.s-failed", { timeout: 10000 });
 
     step = "editor";
-    await page.goto(base + "/#/flows/orders");
+    await open(page, "#/flows/orders");
     await page.click("text=Edit the flow file");
     await page.waitForSelector("#editor");
     await page.waitForSelector("#problems-title:has-text('No problems')");
@@ -236,10 +253,10 @@ async function text(page, selector) {
     await page.click("button[type=submit]");
     await page.waitForSelector("table tbody tr");
     check((await page.locator("text=New flow").count()) === 0, "a viewer is not offered a new flow");
-    await page.goto(base + `/#/runs/${failedRun}`);
+    await open(page, `#/runs/${failedRun}`);
     await page.waitForSelector(".badge.s-failed");
     check((await page.locator("text=Retry with").count()) === 0, "a viewer is not offered a retry");
-    await page.goto(base + "/#/flows/greet");
+    await open(page, "#/flows/greet");
     await page.waitForSelector(".grid");
     check((await page.locator("#field-name").count()) === 0, "a viewer is not offered a manual run");
     check((await page.locator("text=Edit the flow file").count()) === 0, "a viewer is not offered the editor");
@@ -248,7 +265,7 @@ async function text(page, selector) {
 
     step = "a phone's width";
     await page.setViewportSize({ width: 390, height: 800 });
-    await page.goto(base + `/#/runs/${incidentRun}`);
+    await open(page, `#/runs/${incidentRun}`);
     await page.waitForSelector(".timeline");
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     check(overflow <= 1, `nothing wider than the phone: ${overflow}px`);
@@ -256,7 +273,7 @@ async function text(page, selector) {
 
     step = "keyboard";
     await page.setViewportSize({ width: 1280, height: 860 });
-    await page.goto(base + "/#/flows");
+    await open(page, "#/flows");
     await page.waitForSelector("tbody tr");
     // A page's content has the focus; the first tab stop is its first link.
     check(await page.evaluate(() => document.activeElement.id === "main"), "the content has the focus");
