@@ -240,16 +240,7 @@ fn without_passwords(text: &str) -> String {
 
 /// `POST /api/flows/check`: the body is a flow file's text (YAML or JSON).
 async fn check_flow<S: Store>(State(s): State<Server<S>>, body: Body) -> Result<Json, ApiError> {
-    let bytes = crate::server::body_bytes(body, API_BODY_LIMIT as usize, s.timeouts().body, || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("a flow file is at most {API_BODY_LIMIT} bytes"),
-        )
-    })
-    .await?;
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| ApiError::bad_request("the flow file is not UTF-8 text"))?;
+    let text = crate::edit::flow_text(&s, body).await?;
     Ok(axum::Json(
         match sluice_model::load("request", &text, s.inner.registry.as_ref()) {
             Ok(f) => json!({"valid": true, "flow": f.id, "problems": []}),

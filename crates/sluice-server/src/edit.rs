@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use sluice_store::Store;
 use std::path::PathBuf;
 
-/// The largest flow file saved: 1 MiB.
-const MOST_BYTES: usize = 1 << 20;
+/// The largest flow file checked or saved: 8 MiB.
+const MOST_BYTES: usize = 8 << 20;
 
 /// `PUT /api/flows/{id}`: the body is the flow file's text.
 pub(crate) async fn save<S: Store>(
@@ -27,16 +27,7 @@ pub(crate) async fn save<S: Store>(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let bytes = crate::server::body_bytes(body, MOST_BYTES, s.timeouts().body, || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("a flow file is at most {MOST_BYTES} bytes"),
-        )
-    })
-    .await?;
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| ApiError::bad_request("the flow file is not UTF-8 text"))?;
+    let text = flow_text(&s, body).await?;
     if id.is_empty()
         || !id
             .chars()
@@ -115,6 +106,20 @@ pub(crate) async fn save<S: Store>(
         "version": flow.version,
         "created": existing.is_none(),
     })))
+}
+
+/// A flow file's text sent in a request's body (to check or to save).
+pub(crate) async fn flow_text<S: Store>(s: &Server<S>, body: Body) -> Result<String, ApiError> {
+    let bytes = crate::server::body_bytes(body, MOST_BYTES, s.timeouts().body, || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a flow file is at most {MOST_BYTES} bytes"),
+        )
+    })
+    .await?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("the flow file is not UTF-8 text"))
 }
 
 /// Where a new flow's file goes.
