@@ -121,6 +121,12 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Told when the process stops ([`Engine::stop_waiting`]): what lasts
+    /// as long as the process (a stream of events) ends then.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// The process is stopping: runs sleeping here stop waiting and return
     /// `waiting` (their waits stay in the store; a restart wakes them).
     pub fn stop_waiting(&self) {

@@ -71,15 +71,25 @@ pub(crate) async fn me(Extension(caller): Extension<Caller>) -> axum::Json<serde
 /// announced here.
 pub(crate) async fn stream<S: Store>(State(s): State<Server<S>>) -> Response {
     let rx = s.inner.changes.subscribe();
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
+    // The stream ends when the server stops (else a stopping server would
+    // wait for its readers, which never leave).
+    let stop = s.engine().stopping();
+    let events = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+        if *stop.borrow() {
+            return None;
+        }
+        let got = tokio::select! {
+            got = rx.recv() => got,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        let event = match got {
             Ok(c) => change_event(&c),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
                 .event("lagged")
                 .data(json!({"missed": n}).to_string()),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok::<_, Infallible>(event), rx))
+        Some((Ok::<_, Infallible>(event), (rx, stop)))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

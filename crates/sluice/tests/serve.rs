@@ -3013,3 +3013,66 @@ fn shared_store_under(disrupt: Disrupt, secs: u64) {
         assert_eq!(s.stop(), Some(0));
     }
 }
+
+/// `/api/stream` tells a reader each run's start and end, and ends when
+/// the server stops: a reader that stays does not hold a stopping server.
+#[test]
+fn the_run_stream_tells_runs_as_they_go_and_ends_with_the_server() {
+    let dir = temp("stream");
+    write(
+        &dir,
+        "ping.yaml",
+        "id: ping\ntrigger: {type: webhook, path: ping}\nsteps:\n  - {key: p, type: transform, options: {value: pong}}\n",
+    );
+    let s = Serve::start(&dir);
+    let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/stream HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    while reader.read_line(&mut head).unwrap() > 2 && !head.ends_with("\r\n\r\n") {}
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let run = s.post("/hooks/ping", Value::Null);
+    assert_eq!(run.body, "pong");
+    // Its start and its end, in order (chunked: sizes between the events).
+    let mut seen = Vec::new();
+    let mut line = String::new();
+    while seen.len() < 2 {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+        if let Some(data) = line.trim().strip_prefix("data:") {
+            let v: Value = serde_json::from_str(data.trim()).unwrap();
+            if v["flowId"] == "ping" {
+                seen.push(v["status"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(seen, ["running", "succeeded"]);
+    let mut s = s;
+    s.signal("-TERM");
+    let t = Instant::now();
+    let code = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the stopping server waits for its stream reader"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    // The stream ended with it.
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+}
