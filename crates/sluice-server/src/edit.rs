@@ -4,8 +4,11 @@
 //! `ID.yaml`), and the folder is loaded again. A flow with problems is
 //! refused with its diagnostics and nothing is written; a save the folder
 //! then refuses (an id taken by another file, a webhook path used twice)
-//! puts the file back as it was. Files stay the source of truth: the flows
-//! served are always those of the folder.
+//! puts the file back as it was. `?new=true` saves only a flow not served
+//! yet (a new flow never overwrites another's file), `?version=V` only over
+//! the version the editor read (a save made meanwhile is never lost). Files
+//! stay the source of truth: the flows served are always those of the
+//! folder.
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -25,8 +28,22 @@ pub(crate) async fn save<S: Store>(
     State(s): State<Server<S>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
     body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let q = crate::hooks::query_object(q.as_deref());
+    // `new=true`: only a flow that is not served yet; `version=V`: only
+    // over the version the editor started from (else another's save is lost).
+    let only_new = match crate::params::param(&q, "new")? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`new` is true or false, not `{other}`"
+            )));
+        }
+    };
+    let over = crate::params::param(&q, "version")?.map(str::to_owned);
     let text = flow_text(&s, body).await?;
     if id.is_empty()
         || !id
@@ -41,6 +58,26 @@ pub(crate) async fn save<S: Store>(
     let _one_at_a_time = s.inner.saving.lock().await;
     let set = s.flows();
     let existing = set.files.get(&id).cloned();
+    let served = set.flows.get(&id).map(|f| f.version.clone());
+    if only_new && served.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "flow_exists",
+            format!("a flow `{id}` is served already; edit it, or give the new flow another id"),
+        ));
+    }
+    if let Some(v) = over
+        && served.as_deref() != Some(v.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "flow_changed",
+            format!(
+                "flow `{id}` changed since version {v} was read (it is now {}); read it again and redo the change",
+                served.as_deref().unwrap_or("gone")
+            ),
+        ));
+    }
     let path = existing
         .clone()
         .unwrap_or_else(|| new_file(&s.inner.dir, &id));

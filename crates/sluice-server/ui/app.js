@@ -865,7 +865,12 @@ steps:
 async function editPage(id) {
   const draftKey = `sluice.draft.${id || "#new"}`;
   let original = NEW_FLOW;
-  if (id) original = (await api(`/api/flows/${encodeURIComponent(id)}`)).source;
+  let version = null;
+  if (id) {
+    const f = await api(`/api/flows/${encodeURIComponent(id)}`);
+    original = f.source;
+    version = f.version;
+  }
   const draft = sessionStorage.getItem(draftKey);
   const text = h("textarea", { id: "editor", class: "editor", wrap: "off", spellcheck: "false", rows: "28", "aria-describedby": "problems-title", "aria-label": "The flow file" });
   text.value = draft !== null ? draft : original;
@@ -921,7 +926,8 @@ async function editPage(id) {
       const headers = { "Content-Type": "text/plain" };
       const token = localStorage.getItem(TOKEN_KEY);
       if (token) headers.Authorization = `Bearer ${token}`;
-      const resp = await fetch(`/api/flows/${encodeURIComponent(target)}`, { method: "PUT", headers, body: text.value });
+      const guard = id ? `version=${encodeURIComponent(version)}` : "new=true";
+      const resp = await fetch(`/api/flows/${encodeURIComponent(target)}?${guard}`, { method: "PUT", headers, body: text.value });
       const r = await resp.json().catch(() => ({}));
       if (resp.status === 401) { signOut(r.message); return; }
       if (!resp.ok) {

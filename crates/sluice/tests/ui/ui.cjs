@@ -246,11 +246,29 @@ async function text(page, selector) {
     await page.waitForSelector("dd:has-text('Sums the lines of an order')");
     check(require("node:fs").readFileSync(process.env.SLUICE_FLOWS + "/orders.yaml", "utf8").includes("Sums the lines of an order"), "the file is written");
 
+    step = "new flow";
+    const stale = await fetch(`${base}/api/flows/orders?version=0000`, { method: "PUT", headers: { authorization: `Bearer ${process.env.SLUICE_ADMIN2_TOKEN}` }, body: original });
+    check(stale.status === 409, `a save over a version changed since is refused: ${stale.status}`);
+    await open(page, "#/flows");
+    await page.click("text=New flow");
+    await page.waitForSelector("#editor");
+    const newFlow = "id: orders\ntrigger: {type: manual}\nsteps:\n  - {key: a, type: log, options: {message: hi}}\n";
+    await page.fill("#editor", newFlow);
+    await page.click("form.edit button[type=submit]");
+    await page.waitForSelector("#problems-title:has-text('served already')");
+    await page.fill("#editor", newFlow.replace("id: orders", "id: hello-new"));
+    await page.click("form.edit button[type=submit]");
+    await page.waitForFunction(() => location.hash === "#/flows/hello-new");
+    check(require("node:fs").existsSync(process.env.SLUICE_FLOWS + "/hello-new.yaml"), "the new flow's file");
+    check(require("node:fs").readFileSync(process.env.SLUICE_FLOWS + "/orders.yaml", "utf8").includes("Sums the lines of an order"), "the other flow's file is untouched");
+
     step = "viewer";
     await page.click("text=Sign out");
     await page.waitForSelector("#token");
     await page.fill("#token", process.env.SLUICE_VIEWER_TOKEN);
     await page.click("button[type=submit]");
+    await page.waitForFunction(() => location.hash !== "#/signin" && document.body.dataset.shown === location.hash);
+    await open(page, "#/flows");
     await page.waitForSelector("table tbody tr");
     check((await page.locator("text=New flow").count()) === 0, "a viewer is not offered a new flow");
     await open(page, `#/runs/${failedRun}`);
