@@ -317,6 +317,12 @@ pub trait Action: Send + Sync + 'static {
     fn check(_options: &Value) -> Vec<sluice_model::OptionIssue> {
         Vec::new()
     }
+    /// The typed options read from the templated ones by hand, when that is
+    /// cheaper than deserializing them (a large `value` is cloned whole,
+    /// not rebuilt node by node); `None`: deserialize them.
+    fn options_of(_options: &Value) -> Option<Self::Options> {
+        None
+    }
     /// Run once with templated options.
     fn run<'a>(
         &'a self,
@@ -342,6 +348,15 @@ impl<A: Action> DynAction for A {
         options: &'a Value,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
+            // The quick ways first; the path of a mistake is tracked only
+            // when there is one (tracking costs on every node of a large
+            // value).
+            let quick = A::options_of(options)
+                .map(Ok)
+                .unwrap_or_else(|| <A::Options as serde::Deserialize>::deserialize(options));
+            if let Ok(options) = quick {
+                return self.run(cx, options).await;
+            }
             let options: A::Options = serde_path_to_error::deserialize(options).map_err(|e| {
                 let path = e.path().to_string();
                 let at = if path == "." {

@@ -28,6 +28,15 @@ impl Action for Transform {
     const PURE: bool = true;
     type Options = TransformOptions;
 
+    fn options_of(options: &Value) -> Option<TransformOptions> {
+        match options {
+            Value::Object(m) if m.len() == 1 => m
+                .get("value")
+                .map(|v| TransformOptions { value: v.clone() }),
+            _ => None,
+        }
+    }
+
     async fn run<'a>(
         &'a self,
         _cx: ActionCx<'a>,
