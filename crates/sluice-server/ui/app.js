@@ -478,7 +478,7 @@ function runsTable(runs, showFlow = true) {
       h("td", {}, badge(r.status)),
       showFlow ? h("td", {}, h("a", { href: `#/flows/${encodeURIComponent(r.flowId)}` }, r.flowId)) : null,
       h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(r.id)}`, class: "mono" }, r.id)),
-      h("td", { title: when(r.startedAt) }, ago(r.startedAt)),
+      h("td", { class: "when", title: when(r.startedAt) }, ago(r.startedAt)),
       h("td", { class: "num opt" }, took(r.startedAt, r.endedAt)),
       h("td", { class: "num opt" }, r.steps),
       h("td", {}, r.error ? h("span", { class: "error-text" }, r.errorStep ? `${r.errorStep}: ` : "", r.error.length > 160 ? `${r.error.slice(0, 160)}…` : r.error) : ""))))));
