@@ -13,9 +13,11 @@
 //! test says so and passes, except under CI. `SLUICE_UI_SHOTS=DIR` keeps the
 //! screenshots (docs/ui.md's come from `SLUICE_UI_SHOTS=docs/ui`).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::serve::Serve;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn sluice() -> Command {
     Command::new(assert_cmd::cargo::cargo_bin("sluice"))
@@ -93,41 +95,8 @@ fn the_ui_shows_flows_and_runs_and_acts_on_them_in_a_browser() {
         let f = f.unwrap().path();
         std::fs::copy(&f, flows.join(f.file_name().unwrap())).unwrap();
     }
-    let mut child = sluice()
-        .current_dir(&dir)
-        .args([
-            "serve",
-            "--store",
-            "store.db",
-            "--listen",
-            "127.0.0.1:0",
-            "--flows",
-            "flows",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut url = None;
-    let mut log = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
-            url = Some(format!(
-                "http://127.0.0.1:{}",
-                rest.trim().trim_end_matches('/')
-            ));
-            break;
-        }
-    }
-    let Some(url) = url else {
-        let _ = child.kill();
-        panic!("the server did not start:\n{log}");
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let server = Serve::start(&dir);
+    let url = format!("http://127.0.0.1:{}", server.port);
     let shots = match std::env::var_os("SLUICE_UI_SHOTS") {
         Some(d) => root.join(d),
         None => dir.join("shots"),
@@ -151,8 +120,7 @@ fn the_ui_shows_flows_and_runs_and_acts_on_them_in_a_browser() {
         .env("SLUICE_SHOTS", &shots)
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

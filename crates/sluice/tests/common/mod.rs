@@ -1,7 +1,10 @@
 //! What the tests of this crate share: json-server, a REST API from the
 //! npm registry (`.ci/run` installs it and sets `SLUICE_JSON_SERVER`),
-//! started on a free port, and a plain HTTP/1.1 request to it.
+//! started on a free port, and a plain HTTP/1.1 request to it; and
+//! `sluice serve` itself ([`serve`]).
 #![allow(dead_code)] // each test binary uses some of these
+
+pub mod serve;
 
 use serde_json::Value;
 use std::io::{Read, Write};
