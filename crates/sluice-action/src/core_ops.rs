@@ -590,9 +590,9 @@ mod tests {
         let mut e = ev(json!({"datacontenttype": "application/json", "data_base64": "AP8="}));
         assert!(decode_cloudevent_data(&mut e).is_err());
     }
-    use crate::{Registry, check_options};
+    use crate::check_options;
     use serde_json::json;
-    use sluice_expr::{Limits, MapScope, Program};
+    use sluice_expr::Program;
     use std::collections::BTreeMap;
 
     async fn run(
@@ -601,31 +601,7 @@ mod tests {
         input: Value,
         exprs: BTreeMap<String, Program>,
     ) -> Result<Outcome, ActionError> {
-        let reg = Registry::core();
-        let scope = MapScope::default();
-        let limits = Limits::default();
-        let connections = BTreeMap::new();
-        let program_input = sluice_expr::Input::json(&input);
-        let cx = ActionCx {
-            run_id: "r",
-            step_key: "s",
-            input: &input,
-            program_input: &program_input,
-            scope: &scope,
-            expressions: &exprs,
-            limits: &limits,
-            connections: &connections,
-            deferred: &BTreeMap::new(),
-            batch: None,
-            wake: None,
-            attempt: 1,
-            idempotency_key: "r/s/0/1",
-            hooks: None,
-            flow_tx: None,
-            calls: None,
-            inbox: None,
-        };
-        reg.get(kind).unwrap().action.run_json(cx, &options).await
+        crate::testing::run_step(kind, "s", options, input, exprs, None).await
     }
 
     #[test]

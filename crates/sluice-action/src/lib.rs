@@ -28,6 +28,8 @@ pub mod notify;
 pub mod poll;
 mod registry;
 pub mod secrets;
+#[cfg(test)]
+mod testing;
 pub mod triggers;
 
 pub use action::{

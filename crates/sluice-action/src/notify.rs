@@ -114,9 +114,7 @@ fn uuid_like(run: &str, step: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Registry;
     use serde_json::{Value, json};
-    use sluice_expr::{Limits, MapScope};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
@@ -137,35 +135,8 @@ mod tests {
     }
 
     async fn notify(options: Value, inbox: Option<&Kept>) -> Result<Outcome, ActionError> {
-        let reg = Registry::core();
-        let input = json!({});
-        let scope = MapScope::default();
-        let limits = Limits::default();
-        let program_input = sluice_expr::Input::json(&input);
-        let cx = ActionCx {
-            run_id: "r",
-            step_key: "tell",
-            input: &input,
-            program_input: &program_input,
-            scope: &scope,
-            expressions: &BTreeMap::new(),
-            limits: &limits,
-            connections: &BTreeMap::new(),
-            deferred: &BTreeMap::new(),
-            batch: None,
-            wake: None,
-            attempt: 1,
-            idempotency_key: "r/tell/0/1",
-            hooks: None,
-            flow_tx: None,
-            calls: None,
-            inbox: inbox.map(|i| i as &dyn Inbox),
-        };
-        reg.get("notify")
-            .ok_or_else(|| ActionError::flow("no notify"))?
-            .action
-            .run_json(cx, &options)
-            .await
+        let inbox = inbox.map(|i| i as &dyn Inbox);
+        crate::testing::run_step("notify", "tell", options, json!({}), BTreeMap::new(), inbox).await
     }
 
     #[tokio::test]
