@@ -11,13 +11,16 @@ use std::borrow::Cow;
 
 /// The answer, with every secret's value taken out of its body.
 pub(crate) async fn answer(resp: Response) -> Response {
+    if !secrets::any() {
+        return resp;
+    }
     // A stream of events (`/api/stream`) carries ids and statuses only,
     // and never ends: it is not read whole.
-    let streams = resp
+    if resp
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
-    if !secrets::any() || streams {
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"))
+    {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
