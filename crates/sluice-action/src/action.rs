@@ -8,7 +8,7 @@ use crate::hooks::DataHooks;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sluice_expr::{Limits, Program, Scope};
+use sluice_expr::{Limits, Program, Scope, Val};
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -131,10 +131,8 @@ pub struct ActionCx<'a> {
     /// The step's key.
     pub step_key: &'a str,
     /// The data the action works on (the state data, after `fromStateData`
-    /// and input mappings).
-    pub input: &'a Value,
-    /// The same input as templates and filters read it (made a jq value
-    /// the first time a program needs one).
+    /// and input mappings), as templates and filters read it, and as JSON
+    /// (`program_input.to_json()`, made the first time it is asked for).
     pub program_input: &'a sluice_expr::Input<'a>,
     /// The flow object: `$trigger`, `$last`, `$<key>`.
     pub scope: &'a (dyn Scope + Sync),
@@ -317,10 +315,10 @@ pub trait Action: Send + Sync + 'static {
     fn check(_options: &Value) -> Vec<sluice_model::OptionIssue> {
         Vec::new()
     }
-    /// The typed options read from the templated ones by hand, when that is
-    /// cheaper than deserializing them (a large `value` is cloned whole,
-    /// not rebuilt node by node); `None`: deserialize them.
-    fn options_of(_options: &Value) -> Option<Self::Options> {
+    /// The step's result when it is a part of its templated options, as
+    /// they are: shared, not copied (a `transform`'s `value`); `None`: the
+    /// step runs.
+    fn result_of(_options: &Val) -> Option<Val> {
         None
     }
     /// Run once with templated options.
@@ -339,6 +337,8 @@ pub trait DynAction: Send + Sync {
         cx: ActionCx<'a>,
         options: &'a Value,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>>;
+    /// See [`Action::result_of`].
+    fn result_of(&self, options: &Val) -> Option<Val>;
 }
 
 impl<A: Action> DynAction for A {
@@ -348,13 +348,10 @@ impl<A: Action> DynAction for A {
         options: &'a Value,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
-            // The quick ways first; the path of a mistake is tracked only
+            // The quick way first; the path of a mistake is tracked only
             // when there is one (tracking costs on every node of a large
             // value).
-            let quick = A::options_of(options)
-                .map(Ok)
-                .unwrap_or_else(|| <A::Options as serde::Deserialize>::deserialize(options));
-            if let Ok(options) = quick {
+            if let Ok(options) = <A::Options as serde::Deserialize>::deserialize(options) {
                 return self.run(cx, options).await;
             }
             let options: A::Options = serde_path_to_error::deserialize(options).map_err(|e| {
@@ -371,5 +368,9 @@ impl<A: Action> DynAction for A {
             })?;
             self.run(cx, options).await
         })
+    }
+
+    fn result_of(&self, options: &Val) -> Option<Val> {
+        A::result_of(options)
     }
 }

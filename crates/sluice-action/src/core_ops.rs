@@ -28,11 +28,11 @@ impl Action for Transform {
     const PURE: bool = true;
     type Options = TransformOptions;
 
-    fn options_of(options: &Value) -> Option<TransformOptions> {
+    fn result_of(options: &sluice_expr::Val) -> Option<sluice_expr::Val> {
         match options {
-            Value::Object(m) if m.len() == 1 => m
-                .get("value")
-                .map(|v| TransformOptions { value: v.clone() }),
+            sluice_expr::Val::Obj(m) if m.len() == 1 => {
+                sluice_expr::data::field(options, "value").cloned()
+            }
             _ => None,
         }
     }
@@ -328,7 +328,9 @@ impl Action for StartFlow {
         });
         Ok(Outcome::effect(Effect::StartFlow {
             flow: options.flow,
-            input: options.input.unwrap_or_else(|| cx.input.clone()),
+            input: options
+                .input
+                .unwrap_or_else(|| cx.program_input.to_json().clone()),
             wait: options.wait,
             each,
         }))

@@ -25,7 +25,6 @@ pub(crate) async fn run_step(
     let cx = ActionCx {
         run_id: "r",
         step_key: step,
-        input: &input,
         program_input: &program_input,
         scope: &scope,
         expressions: &exprs,

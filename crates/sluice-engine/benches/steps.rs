@@ -132,11 +132,11 @@ fn bench_run(bencher: Bencher, store: &str) {
         return;
     };
     let req = RunRequest {
-        input: Some(json!({"orderId": "A-1"})),
+        input: Some(sluice_expr::data::into_val(json!({"orderId": "A-1"}))),
         ..Default::default()
     };
     let r = rt.block_on(engine.run(&flow, req.clone())).unwrap();
-    assert_eq!(r.output.unwrap()["count"], json!(STEPS));
+    assert_eq!(r.output_json().unwrap()["count"], json!(STEPS));
     bench_flow(bencher, &rt, &engine, &flow, req);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -162,7 +162,7 @@ fn bench_sql_run(bencher: Bencher, store: &str) {
         .unwrap();
     let flow = sluice_model::load("bench40sql.yaml", &sql_flow_text(&db), &registry).unwrap();
     let req = RunRequest {
-        trigger: json!({"body": {"orderId": "A-1"}}),
+        trigger: sluice_expr::data::into_val(json!({"body": {"orderId": "A-1"}})),
         ..Default::default()
     };
     bench_flow(bencher, &rt, &engine, &flow, req);

@@ -6,17 +6,18 @@
 
 use crate::cursor::{Cursor, Entry, Held, Mode, StepCx};
 use crate::engine::Engine;
-use crate::flow_object::{FlowObject, Lazy};
+use crate::flow_object::FlowObject;
 use crate::retry::{after_ms, retry_delay};
 use crate::run::{EngineError, MAX_RECOVERIES, RunResult, StepFailure};
 use crate::step::{Done, Failed, Suspend};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_action::{ActionError, Blame};
+use sluice_expr::Val;
+use sluice_expr::data::{obj_val, str_val, to_json};
 use sluice_model::{Flow, Next, Step, Transaction};
 use sluice_store::{
     RunStatus, RunUpdate, StepRecord, Store, StoreError, Wait, WaitKind, now_micros,
 };
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub(crate) struct Going<'a> {
     entry: Entry,
     held: Held,
     fo: FlowObject,
-    state: Arc<Value>,
+    state: Val,
     /// The number of the next step record.
     seq: i64,
     mode: Mode<'a>,
@@ -91,7 +92,7 @@ impl<S: Store> Engine<S> {
         flow: &Flow,
         cursor: Cursor,
         fo: FlowObject,
-        state: Arc<Value>,
+        state: Val,
         start: usize,
         seq: i64,
         mode: Mode<'_>,
@@ -147,7 +148,7 @@ impl<S: Store> Engine<S> {
                 After::End(r) => return Ok(*r),
                 After::Succeeded => {
                     let mut r = g.ended(RunStatus::Succeeded);
-                    r.output = Some(Arc::unwrap_or_clone(g.state));
+                    r.output = Some(g.state);
                     return Ok(r);
                 }
             }
@@ -160,7 +161,7 @@ impl<S: Store> Engine<S> {
             }
         }
         let mut r = g.ended(RunStatus::Succeeded);
-        r.output = Some(Arc::unwrap_or_clone(g.state));
+        r.output = Some(g.state);
         Ok(r)
     }
 
@@ -220,7 +221,7 @@ impl<S: Store> Engine<S> {
         };
         let outcome = match std::mem::take(&mut g.entry) {
             Entry::TimedOut(_) => Err(Failed {
-                options: Value::Null,
+                options: Val::Null,
                 error: ActionError::external(format!(
                     "no event that matches arrived within the timeout of step `{}`",
                     step.key
@@ -262,8 +263,8 @@ impl<S: Store> Engine<S> {
             step_key: name(&step.key),
             kind: name(&step.kind),
             ok: outcome.is_ok(),
-            options: Arc::default(),
-            input: if rec { g.state.clone() } else { Arc::default() },
+            options: Val::Null,
+            input: if rec { g.state.clone() } else { Val::Null },
             result: None,
             output: None,
             error: None,
@@ -378,14 +379,14 @@ impl<S: Store> Engine<S> {
         g.seq += 1;
         g.attempt = 1;
         // The result is shared by the flow object and the step's record.
-        let payload = done.result.take().map(Arc::new);
-        let result = Lazy::shared(payload.clone().unwrap_or_default());
+        let payload = done.result.take();
+        let result = payload.clone().unwrap_or_default();
         g.fo.entries.insert(step.key.clone(), result.clone());
         if let Some(t) = &done.tokens {
             g.fo.add_tokens(t);
         }
         g.fo.last = result;
-        g.state = Arc::new(done.state);
+        g.state = done.state;
         let pos = match step.on_success {
             Next::Step(j) => Some(j),
             Next::End => None,
@@ -396,7 +397,7 @@ impl<S: Store> Engine<S> {
         if pos.is_none()
             && done.items.is_none()
             && let Some(tx) = &g.flow_tx
-            && let Err(e) = tx.commit(g.run_id.clone(), Value::clone(&g.state)).await
+            && let Err(e) = tx.commit(g.run_id.clone(), to_json(&g.state)).await
         {
             let failed = Failed {
                 options: done.options,
@@ -411,7 +412,7 @@ impl<S: Store> Engine<S> {
             };
             return Box::pin(self.failed(g, step, failed, record, pure)).await;
         }
-        record.options = Arc::new(done.options);
+        record.options = done.options;
         record.result = payload;
         record.logs = done.logs;
         if let Some(items) = done.items {
@@ -471,7 +472,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<After, EngineError> {
         let rec = g.mode.recorded;
         g.seq += 1;
-        record.options = Arc::new(failed.options);
+        record.options = failed.options;
         record.error = Some(failed.error.message.clone());
         record.blame = Some(failed.error.blame.as_str().to_owned());
         record.logs = failed.logs;
@@ -504,7 +505,7 @@ impl<S: Store> Engine<S> {
             "step `{}` ({}) failed: {}",
             step.key, step.kind, failed.error.message
         );
-        let err_val = Lazy::new(json!({"error": failed.error.message}));
+        let err_val = obj_val([("error", str_val(&failed.error.message))]);
         g.fo.entries.insert(step.key.clone(), err_val.clone());
         g.fo.last = err_val;
         // A data problem with no failure path stops the run for a person.

@@ -3,14 +3,13 @@
 
 use crate::cursor::{Cursor, Mode};
 use crate::engine::Engine;
-use crate::flow_object::{FlowObject, Lazy};
+use crate::flow_object::FlowObject;
 use crate::run::{EngineError, RunResult, StepFailure};
 use crate::window::{Pace, run_paced};
-use serde_json::Value;
 use sluice_action::{Blame, BoxFuture};
+use sluice_expr::Val;
 use sluice_model::{Flow, Step};
 use sluice_store::{NewRun, RunStatus, RunUpdate, StepRecord, Store, new_run_id, now_micros};
-use std::sync::Arc;
 
 impl<S: Store> Engine<S> {
     /// A step emitted its results individually: the steps after it run once
@@ -27,7 +26,7 @@ impl<S: Store> Engine<S> {
         record: StepRecord,
         fo: &'a FlowObject,
         step: &'a Step,
-        items: (Vec<(Value, Value)>, usize),
+        items: (Vec<(Val, Val)>, usize),
         next: Option<usize>,
         mode: Mode<'a>,
     ) -> BoxFuture<'a, Result<RunResult, EngineError>> {
@@ -66,11 +65,11 @@ impl<S: Store> Engine<S> {
                             id: child_id.clone(),
                             flow_id: flow.id.clone(),
                             trigger: fo.trigger.clone(),
-                            input: Arc::new(state.clone()),
+                            input: state.clone(),
                             next_step: Some(flow.steps[start].key.clone()),
                             started_at: now_micros(),
                             flow_version: Some(flow.version.clone()),
-                            accountability: fo.accountability.json().clone(),
+                            accountability: sluice_expr::data::to_json(&fo.accountability),
                             parent: Some((run_id.clone(), k as i64)),
                         })
                         .await?;
@@ -86,9 +85,8 @@ impl<S: Store> Engine<S> {
                 |k| {
                     let (child_id, item, state, driving) = runs[k].take().unwrap_or_default();
                     let mut child = fo.clone();
-                    let v = Lazy::new(item);
-                    child.entries.insert(step.key.clone(), v.clone());
-                    child.last = v;
+                    child.entries.insert(step.key.clone(), item.clone());
+                    child.last = item;
                     self.drive(
                         flow,
                         Cursor {
@@ -97,7 +95,7 @@ impl<S: Store> Engine<S> {
                             ..Cursor::new(child_id)
                         },
                         child,
-                        Arc::new(state),
+                        state,
                         start,
                         0,
                         mode,
@@ -112,7 +110,7 @@ impl<S: Store> Engine<S> {
             for (k, r) in ended {
                 let r = r?;
                 match r.status {
-                    RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Value::Null)),
+                    RunStatus::Succeeded => outputs.push(r.output.unwrap_or(Val::Null)),
                     other => failures.push(format!(
                         "item {} (run {}) {}: {}",
                         k + 1,
@@ -136,7 +134,7 @@ impl<S: Store> Engine<S> {
         record: StepRecord,
         step: &Step,
         count: usize,
-        outputs: Vec<Value>,
+        outputs: Vec<Val>,
         failures: Vec<String>,
         rec: bool,
     ) -> Result<RunResult, EngineError> {
@@ -149,7 +147,7 @@ impl<S: Store> Engine<S> {
                     failures.join("; ")
                 )
             });
-            let output = Arc::new(Value::Array(outputs));
+            let output = Val::Arr(outputs.into());
             if rec {
                 self.store
                     .update_run(
@@ -165,18 +163,14 @@ impl<S: Store> Engine<S> {
             }
             Ok(RunResult {
                 wait: None,
-                last: if ok {
-                    Value::clone(&output)
-                } else {
-                    Value::Null
-                },
+                last: if ok { output.clone() } else { Val::Null },
                 run_id,
                 status: if ok {
                     RunStatus::Succeeded
                 } else {
                     RunStatus::Failed
                 },
-                output: ok.then(|| Arc::unwrap_or_clone(output)),
+                output: ok.then_some(output),
                 failure: message.map(|m| StepFailure {
                     step: step.key.clone(),
                     message: m,

@@ -4,17 +4,17 @@
 
 use crate::flow_object::FlowObject;
 use serde_json::Value;
-use sluice_expr::{Limits, Program, merge};
+use sluice_expr::{Limits, Program, Val, merge_val, to_val};
 use sluice_model::EventDataFilter;
 use std::borrow::Cow;
 
 pub(crate) fn eval(
     p: &Program,
-    input: &Value,
+    input: &Val,
     fo: &FlowObject,
     limits: &Limits,
-) -> Result<Option<Value>, String> {
-    p.eval_json(input, fo, limits).map_err(|e| e.to_string())
+) -> Result<Option<Val>, String> {
+    p.eval_val(input, fo, limits).map_err(|e| e.to_string())
 }
 
 /// Merge an event into `target` through an `eventDataFilter` (SEMANTICS.md
@@ -25,25 +25,27 @@ pub(crate) fn apply_event(
     f: &EventDataFilter,
     data_only: bool,
     event: &Value,
-    mut target: Value,
+    mut target: Val,
     fo: &FlowObject,
     limits: &Limits,
-) -> Result<Value, String> {
+) -> Result<Val, String> {
     if !f.use_data {
         return Ok(target);
     }
     let payload = if data_only {
-        event.get("data").cloned().unwrap_or(Value::Null)
+        event.get("data").map(to_val).unwrap_or(Val::Null)
     } else {
-        event.clone()
+        to_val(event)
     };
     let selected = filter_or_keep_owned(f.data.as_ref(), payload, fo, limits)
         .map_err(|m| format!("eventDataFilter.data: {m}"))?;
     match &f.to_state_data {
-        None => merge(&mut target, selected, ".").map_err(|e| format!("eventDataFilter: {e}"))?,
+        None => {
+            merge_val(&mut target, &selected, ".").map_err(|e| format!("eventDataFilter: {e}"))?
+        }
         Some((text, path)) => {
-            let mut at = path.get(&target).cloned().unwrap_or(Value::Null);
-            merge(&mut at, selected, text).map_err(|e| format!("eventDataFilter: {e}"))?;
+            let mut at = path.get(&target).cloned().unwrap_or(Val::Null);
+            merge_val(&mut at, &selected, text).map_err(|e| format!("eventDataFilter: {e}"))?;
             path.set(&mut target, at);
         }
     }
@@ -53,14 +55,14 @@ pub(crate) fn apply_event(
 /// Apply a filter; one that selects nothing (no output, or `null`) leaves the data as it was.
 pub(crate) fn filter_or_keep<'d>(
     p: Option<&Program>,
-    data: &'d Value,
+    data: &'d Val,
     fo: &FlowObject,
     limits: &Limits,
-) -> Result<Cow<'d, Value>, String> {
+) -> Result<Cow<'d, Val>, String> {
     match p {
         None => Ok(Cow::Borrowed(data)),
         Some(p) => match eval(p, data, fo, limits)? {
-            None | Some(Value::Null) => Ok(Cow::Borrowed(data)),
+            None | Some(Val::Null) => Ok(Cow::Borrowed(data)),
             Some(v) => Ok(Cow::Owned(v)),
         },
     }
@@ -69,10 +71,10 @@ pub(crate) fn filter_or_keep<'d>(
 /// [`filter_or_keep`] of a value the caller gives up.
 pub(crate) fn filter_or_keep_owned(
     p: Option<&Program>,
-    data: Value,
+    data: Val,
     fo: &FlowObject,
     limits: &Limits,
-) -> Result<Value, String> {
+) -> Result<Val, String> {
     match filter_or_keep(p, &data, fo, limits)? {
         Cow::Owned(v) => Ok(v),
         Cow::Borrowed(_) => Ok(data),

@@ -1,45 +1,48 @@
 //! The flow object of a run (SEMANTICS.md section 1): `$trigger`, `$last`,
-//! `$accountability`, `$tokens`, `$env` and each executed step's result by its key,
-//! kept as JSON and made jq values only when a program reads them.
+//! `$accountability`, `$tokens`, `$env` and each executed step's result by
+//! its key, held as the jq values programs read (shared with the run's
+//! records, never copied).
 
 use serde_json::{Map, Value};
-use sluice_expr::{Scope, Val, to_val};
+use sluice_expr::data::{self, str_val};
+use sluice_expr::{Scope, Val};
 use sluice_model::Flow;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The flow object of one run.
 #[derive(Clone)]
 pub(crate) struct FlowObject {
-    /// `$trigger`, and its jq value once a program reads it.
-    pub(crate) trigger: Arc<Value>,
-    pub(crate) trigger_val: std::sync::OnceLock<Val>,
+    /// `$trigger`.
+    pub(crate) trigger: Val,
     /// How deep in `flow` steps the run is (`$trigger.depth`).
     pub(crate) depth: u64,
-    pub(crate) last: Lazy,
-    pub(crate) accountability: Lazy,
-    pub(crate) entries: HashMap<String, Lazy>,
+    pub(crate) last: Val,
+    pub(crate) accountability: Val,
+    pub(crate) entries: HashMap<String, Val>,
     /// The event that started the run, if an event did.
     pub(crate) event: Option<Value>,
     /// `$tokens`: tokens set by the envelopes that ran (an object).
-    pub(crate) tokens: Lazy,
+    pub(crate) tokens: Val,
     /// `$env`: the environment variables the flow lists under `env` (those
     /// set), read when the run starts or continues; never recorded.
-    pub(crate) env: Lazy,
+    pub(crate) env: Val,
 }
 
 impl FlowObject {
     /// The flow object before any step has run.
-    pub(crate) fn new(trigger: Arc<Value>, accountability: Lazy) -> Self {
+    pub(crate) fn new(trigger: Val, accountability: Val) -> Self {
+        let depth = match data::field(&trigger, "depth") {
+            Some(Val::Num(n)) => n.as_isize().and_then(|d| u64::try_from(d).ok()),
+            _ => None,
+        };
         Self {
-            trigger_val: std::sync::OnceLock::new(),
-            depth: trigger.get("depth").and_then(Value::as_u64).unwrap_or(0),
-            last: Lazy::new(Value::Null),
+            depth: depth.unwrap_or(0),
+            last: Val::Null,
             accountability,
             entries: HashMap::new(),
             event: None,
-            tokens: Lazy::new(Value::Object(Map::new())),
-            env: Lazy::new(Value::Object(Map::new())),
+            tokens: Val::obj(Default::default()),
+            env: Val::obj(Default::default()),
             trigger,
         }
     }
@@ -53,84 +56,34 @@ impl FlowObject {
     }
 
     pub(crate) fn add_tokens(&mut self, t: &Map<String, Value>) {
-        let mut tokens = match self.tokens.json() {
-            Value::Object(m) => m.clone(),
-            _ => Map::new(),
+        let mut tokens = match &self.tokens {
+            Val::Obj(m) => (**m).clone(),
+            _ => Default::default(),
         };
-        tokens.extend(t.clone());
-        self.tokens = Lazy::new(Value::Object(tokens));
+        tokens.extend(t.iter().map(|(k, v)| (str_val(k), sluice_expr::to_val(v))));
+        self.tokens = Val::obj(tokens);
     }
 }
 
 impl Scope for FlowObject {
     fn get(&self, name: &str) -> Option<Val> {
         match name {
-            "trigger" => Some(
-                self.trigger_val
-                    .get_or_init(|| to_val(&self.trigger))
-                    .clone(),
-            ),
-            "last" => Some(self.last.val()),
-            "accountability" => Some(self.accountability.val()),
-            "tokens" => Some(self.tokens.val()),
-            "env" => Some(self.env.val()),
-            key => self.entries.get(key).map(Lazy::val),
-        }
-    }
-
-    fn get_json(&self, name: &str) -> Option<&Value> {
-        match name {
-            "trigger" => Some(&self.trigger),
-            "last" => Some(self.last.json()),
-            "accountability" => Some(self.accountability.json()),
-            "tokens" => Some(self.tokens.json()),
-            "env" => Some(self.env.json()),
-            key => self.entries.get(key).map(Lazy::json),
+            "trigger" => Some(self.trigger.clone()),
+            "last" => Some(self.last.clone()),
+            "accountability" => Some(self.accountability.clone()),
+            "tokens" => Some(self.tokens.clone()),
+            "env" => Some(self.env.clone()),
+            key => self.entries.get(key).cloned(),
         }
     }
 }
 
 /// `$env` of a run of `flow`: each listed variable that is set (as text;
 /// one that is not valid Unicode is left out like one not set).
-pub(crate) fn env_of(flow: &Flow) -> Lazy {
-    let vars = flow
-        .env
-        .iter()
-        .filter_map(|k| Some((k.clone(), Value::String(std::env::var(k).ok()?))))
-        .collect();
-    Lazy::new(Value::Object(vars))
-}
-
-/// `$last` or a step's result in the flow object: JSON, converted for jq
-/// the first time a program reads it (most are never read: converting
-/// every step's result was a good part of an import's work per record).
-/// A step's result is shared with its record, not copied.
-#[derive(Clone)]
-pub(crate) struct Lazy(Arc<(Held, std::sync::OnceLock<Val>)>);
-
-/// The JSON of a [`Lazy`]: its own, or shared.
-enum Held {
-    Own(Value),
-    Shared(Arc<Value>),
-}
-
-impl Lazy {
-    pub(crate) fn new(v: Value) -> Self {
-        Self(Arc::new((Held::Own(v), std::sync::OnceLock::new())))
-    }
-
-    pub(crate) fn shared(v: Arc<Value>) -> Self {
-        Self(Arc::new((Held::Shared(v), std::sync::OnceLock::new())))
-    }
-
-    pub(crate) fn json(&self) -> &Value {
-        match &self.0.0 {
-            Held::Own(v) => v,
-            Held::Shared(v) => v,
-        }
-    }
-
-    pub(crate) fn val(&self) -> Val {
-        self.0.1.get_or_init(|| to_val(self.json())).clone()
-    }
+pub(crate) fn env_of(flow: &Flow) -> Val {
+    data::obj_val(
+        flow.env
+            .iter()
+            .filter_map(|k| Some((k.as_str(), Val::utf8_str(std::env::var(k).ok()?)))),
+    )
 }

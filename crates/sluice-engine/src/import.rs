@@ -19,7 +19,7 @@
 //!   one run whose output is the summary.
 
 use crate::cursor::{Cursor, Mode};
-use crate::flow_object::{FlowObject, Lazy};
+use crate::flow_object::FlowObject;
 use crate::records_out::{OutLines, RecordsOut, line_of, lines_in};
 use crate::{Engine, EngineError};
 use futures_util::StreamExt;
@@ -27,6 +27,8 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::{Map, Value, json};
 use sluice_action::ActionError;
 use sluice_action::batch::{BatchWriter, InBatch};
+use sluice_expr::Val;
+use sluice_expr::data::{str_val, to_json};
 use sluice_model::Flow;
 use sluice_store::{NewRun, RunStatus, RunUpdate, Store, StoreError, new_run_id, now_micros};
 use std::fs::File;
@@ -252,28 +254,32 @@ impl Records {
         }
     }
 
+    /// Pass over the first `n` records (those an earlier run of the import
+    /// landed): how many there were.
+    fn skip(&mut self, n: u64) -> Result<u64, ImportError> {
+        let mut done = 0;
+        while done < n && self.next_raw()?.is_some() {
+            done += 1;
+        }
+        Ok(done)
+    }
+
     /// The record as JSON: a JSON line as written; a CSV row as an object
     /// of the header's names (an empty field is null).
-    fn value(&self, raw: &Raw) -> Result<Value, String> {
+    fn value(&self, raw: &Raw) -> Result<Val, String> {
         match (&raw.data, self) {
-            (RawData::Json(text), _) => serde_json::from_str(text).map_err(|e| {
+            (RawData::Json(text), _) => sluice_expr::data::parse(text.as_bytes()).map_err(|e| {
                 format!(
                     "the record is not JSON: {}",
                     e.to_string().split(" at line ").next().unwrap_or_default()
                 )
             }),
-            (RawData::Csv(rec), Self::Csv { headers, .. }) => {
-                let mut m = Map::with_capacity(headers.len());
-                for (h, v) in headers.iter().zip(rec.iter()) {
-                    let v = if v.is_empty() {
-                        Value::Null
-                    } else {
-                        Value::String(v.to_owned())
-                    };
-                    m.insert(h.clone(), v);
-                }
-                Ok(Value::Object(m))
-            }
+            (RawData::Csv(rec), Self::Csv { headers, .. }) => Ok(sluice_expr::data::obj_val(
+                headers.iter().zip(rec.iter()).map(|(h, v)| {
+                    let v = if v.is_empty() { Val::Null } else { str_val(v) };
+                    (h.as_str(), v)
+                }),
+            )),
             (RawData::Bad(m), _) => Err(m.clone()),
             (RawData::Csv(_), Self::Jsonl { .. }) => Err("a CSV row in a JSON-lines file".into()),
         }
@@ -288,7 +294,7 @@ pub fn read_records(path: &Path) -> Result<(u64, Vec<Result<Value, String>>), Im
     let mut records = Records::open(path)?;
     let mut out = Vec::new();
     while let Some(raw) = records.next_raw()? {
-        out.push(records.value(&raw));
+        out.push(records.value(&raw).map(|v| to_json(&v)));
     }
     Ok((count, out))
 }
@@ -419,7 +425,7 @@ struct Tally {
 /// With the run's output line, when outputs are written and it succeeded.
 type Ended = (
     usize,
-    Value,
+    Val,
     Result<crate::RunResult, EngineError>,
     Option<Vec<u8>>,
 );
@@ -431,7 +437,7 @@ struct Chunk {
     /// Its records (at least one).
     raws: Vec<Raw>,
     /// Each record as JSON (taken by its run while it runs), or why it is not.
-    values: Vec<Result<Value, String>>,
+    values: Vec<Result<Val, String>>,
     results: Vec<Option<crate::RunResult>>,
     /// The output lines of the records that succeeded (with `--output`).
     lines: Vec<Option<Vec<u8>>>,
@@ -558,9 +564,9 @@ struct Runs<S: Store> {
     engine: Engine<S>,
     flow: Flow,
     batch: Option<Arc<dyn BatchWriter>>,
-    accountability: Lazy,
+    accountability: Val,
     /// `$env`, read once for the import.
-    env: Lazy,
+    env: Val,
     /// Whether the records' outputs are written out.
     output: bool,
 }
@@ -570,9 +576,9 @@ impl<S: Store> Runs<S> {
     /// `$accountability` and `$env` of its task (see `start`).
     async fn run(
         &self,
-        (accountability, env): &(Lazy, Lazy),
+        (accountability, env): &(Val, Val),
         (k, record, chunk_id): (usize, u64, u64),
-        v: Value,
+        v: Val,
     ) -> Ended {
         let in_batch = self.batch.as_deref().map(|b| InBatch {
             batch: b,
@@ -582,9 +588,8 @@ impl<S: Store> Runs<S> {
         });
         // The record is the run's `$trigger` and its first state data, one
         // value for both until a step makes new state data.
-        let trigger = Arc::new(v);
-        let state = trigger.clone();
-        let mut fo = FlowObject::new(trigger.clone(), accountability.clone());
+        let state = v.clone();
+        let mut fo = FlowObject::new(v.clone(), accountability.clone());
         fo.env = env.clone();
         let mode = Mode {
             recorded: false,
@@ -606,11 +611,9 @@ impl<S: Store> Runs<S> {
         if let Some(b) = &self.batch {
             b.ended(chunk_id);
         }
-        // The run is over, and with it its flow object.
-        let v = Arc::try_unwrap(trigger).unwrap_or_else(|t| (*t).clone());
         let line = match &r {
             Ok(res) if self.output && res.status == RunStatus::Succeeded => {
-                Some(line_of(res.output.as_ref().unwrap_or(&Value::Null)))
+                Some(line_of(res.output.as_ref().unwrap_or(&Val::Null)))
             }
             _ => None,
         };
@@ -650,8 +653,8 @@ impl<S: Store> Runs<S> {
                 // runs, on two threads at once, would otherwise count the
                 // same references back and forth between their caches.
                 let own = (
-                    Lazy::new(shared.accountability.json().clone()),
-                    Lazy::new(shared.env.json().clone()),
+                    sluice_expr::to_val(&to_json(&shared.accountability)),
+                    sluice_expr::to_val(&to_json(&shared.env)),
                 );
                 let (shared, own) = (&shared, &own);
                 let mut going: FuturesUnordered<_> = group
@@ -791,7 +794,7 @@ impl<S: Store> Runs<S> {
                         .and_then(|_| self.batch.as_ref().and_then(|b| b.failed_patch(raw.number)));
                     Some(failure_line(
                         raw,
-                        Some(v),
+                        Some(&to_json(v)),
                         json!({
                             "step": step,
                             "patch": patch,
@@ -892,12 +895,14 @@ impl<S: Store> Engine<S> {
         self.save_version(flow).await?;
         let run_id = new_run_id();
         let accountability = json!({"source": "import"});
+        let trigger =
+            sluice_expr::to_val(&json!({"records": setup.source, "from": setup.start + 1}));
         self.store
             .create_run(&NewRun {
                 id: run_id.clone(),
                 flow_id: flow.id.clone(),
-                trigger: Arc::new(json!({"records": setup.source, "from": setup.start + 1})),
-                input: Arc::default(),
+                trigger,
+                input: Val::Null,
                 next_step: None,
                 started_at: now_micros(),
                 flow_version: Some(flow.version.clone()),
@@ -906,13 +911,7 @@ impl<S: Store> Engine<S> {
             })
             .await?;
         let mut records = Records::open(path)?;
-        let mut done = 0;
-        while done < setup.start {
-            if records.next_raw()?.is_none() {
-                break;
-            }
-            done += 1;
-        }
+        let done = records.skip(setup.start)?;
         progress(done, setup.total);
         let mut tally = Tally {
             done,
@@ -923,7 +922,7 @@ impl<S: Store> Engine<S> {
             engine: self.clone(),
             flow: flow.clone(),
             batch: setup.batch.clone(),
-            accountability: Lazy::new(accountability),
+            accountability: sluice_expr::to_val(&accountability),
             env: crate::flow_object::env_of(flow),
             output: lines.is_some(),
         });
@@ -968,8 +967,8 @@ impl<S: Store> Engine<S> {
             .update_run(
                 &run_id,
                 &RunUpdate::ended(
-                    Arc::default(),
-                    Some(Arc::new(summary.to_json())),
+                    Val::Null,
+                    Some(sluice_expr::data::into_val(summary.to_json())),
                     error,
                     None,
                 ),

@@ -8,7 +8,7 @@
 //! landed (as many as landed and did not fail) and writes the others again:
 //! every record's line is there once.
 
-use serde_json::Value;
+use sluice_expr::Val;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -33,8 +33,8 @@ pub(crate) struct OutLines {
 /// A record's output as its line: JSON, scrubbed of secrets (as every
 /// output Sluice prints), and a newline. Made where the record ran, so
 /// that the lines of a chunk's records are made side by side.
-pub(crate) fn line_of(v: &Value) -> Vec<u8> {
-    let mut text = serde_json::to_vec(v).unwrap_or_default();
+pub(crate) fn line_of(v: &Val) -> Vec<u8> {
+    let mut text = serde_json::to_vec(&sluice_expr::data::Json(v)).unwrap_or_default();
     if let std::borrow::Cow::Owned(clean) =
         sluice_action::secrets::scrub(&String::from_utf8_lossy(&text))
     {
@@ -150,13 +150,15 @@ mod tests {
         let to = RecordsOut::File(path.clone());
         let mut o = OutLines::open(&to, 0).expect("open");
         for i in 0..5 {
-            o.write(&line_of(&json!({"i": i}))).expect("line");
+            o.write(&line_of(&sluice_expr::to_val(&json!({"i": i}))))
+                .expect("line");
         }
         o.flush(true).expect("flush");
         drop(o);
         assert_eq!(lines_in(&path), 5);
         let mut o = OutLines::open(&to, 3).expect("open");
-        o.write(&line_of(&json!({"i": "again"}))).expect("line");
+        o.write(&line_of(&sluice_expr::to_val(&json!({"i": "again"}))))
+            .expect("line");
         o.flush(false).expect("flush");
         drop(o);
         let text = std::fs::read_to_string(&path).expect("read");

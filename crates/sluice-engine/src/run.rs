@@ -5,15 +5,17 @@ use crate::engine::Driving;
 use crate::flow_object::FlowObject;
 use serde_json::{Map, Value};
 use sluice_action::Blame;
+use sluice_expr::Val;
 use sluice_store::{NewRun, RunStatus, StoreError, Wait};
 
 /// What starts a run.
 #[derive(Clone, Debug, Default)]
 pub struct RunRequest {
-    /// `$trigger`: what started the run.
-    pub trigger: Value,
+    /// `$trigger`: what started the run (see [`sluice_expr::data`] for
+    /// reading JSON straight into one, or converting it).
+    pub trigger: Val,
     /// The input state data (`None`: the default `{}`).
-    pub input: Option<Value>,
+    pub input: Option<Val>,
     /// `$accountability`: who or what started the run.
     pub accountability: Value,
     /// The CloudEvent that started the run, for an event trigger.
@@ -38,16 +40,17 @@ pub struct RunResult {
     pub run_id: String,
     /// Its final status.
     pub status: RunStatus,
-    /// Its output (the state data after the last step), when it succeeded.
-    pub output: Option<Value>,
+    /// Its output (the state data after the last step), when it succeeded
+    /// (shared with the run's records: see [`sluice_expr::data::Json`] for
+    /// its JSON text).
+    pub output: Option<Val>,
     /// The failure that ended it, otherwise.
     pub failure: Option<StepFailure>,
     /// `$last`: the result of the last step that ran (its error, if it
     /// failed), for a run recorded in the store (`null` for the unrecorded
     /// runs of an import's records and of `flow` steps, whose callers do
-    /// not read it: converting it back to JSON is a good part of a record's
-    /// run).
-    pub last: Value,
+    /// not read it).
+    pub last: Val,
     /// For a run that is `waiting`: what it waits for.
     pub wait: Option<Wait>,
 }
@@ -65,13 +68,16 @@ impl RunResult {
             status,
             output: None,
             failure: None,
-            last: if recorded {
-                fo.last.json().clone()
-            } else {
-                Value::Null
-            },
+            last: if recorded { fo.last.clone() } else { Val::Null },
             wait: None,
         }
+    }
+}
+
+impl RunResult {
+    /// The output as a `serde_json` value (a copy).
+    pub fn output_json(&self) -> Option<Value> {
+        self.output.as_ref().map(sluice_expr::data::to_json)
     }
 }
 
@@ -88,7 +94,7 @@ pub const MAX_FLOW_DEPTH: u64 = 32;
 pub struct Started {
     pub(crate) run_id: String,
     pub(crate) fo: FlowObject,
-    pub(crate) input: std::sync::Arc<Value>,
+    pub(crate) input: Val,
     /// The run's record, when it is not in the store yet.
     pub(crate) new: Option<Box<NewRun>>,
     /// Taken before the run is recorded, so that a cancel that finds the

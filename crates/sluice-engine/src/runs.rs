@@ -6,10 +6,12 @@
 use crate::cursor::{Cursor, Entry, Mode};
 use crate::engine::{Driving, Engine};
 use crate::filters::apply_event;
-use crate::flow_object::{FlowObject, Lazy};
+use crate::flow_object::FlowObject;
 use crate::run::{EngineError, RunRequest, RunResult, Started, StepFailure, merge_patch};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sluice_action::Blame;
+use sluice_expr::data::{obj_val, str_val, to_json};
+use sluice_expr::{Val, to_val};
 use sluice_model::{EVENT_TRIGGERS, Flow, Transaction};
 use sluice_store::{
     NewRun, RunStatus, RunUpdate, Store, StoreError, Wait, WaitKind, new_run_id, now_micros,
@@ -74,13 +76,12 @@ impl<S: Store> Engine<S> {
         req: RunRequest,
         run_id: String,
     ) -> Result<(NewRun, Started), EngineError> {
-        let mut input = req.input.unwrap_or_else(|| Value::Object(Map::new()));
+        let mut input = req.input.unwrap_or_else(|| Val::obj(Default::default()));
         let event = req
             .event
             .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
-        let trigger = Arc::new(req.trigger);
-        let mut fo =
-            FlowObject::new(trigger.clone(), Lazy::new(req.accountability.clone())).with_env(flow);
+        let trigger = req.trigger;
+        let mut fo = FlowObject::new(trigger.clone(), to_val(&req.accountability)).with_env(flow);
         if let Some(ev) = &event {
             // The trigger's eventDataFilter: the event meets the run's input
             // as an event state merges a consumed event.
@@ -95,7 +96,6 @@ impl<S: Store> Engine<S> {
             .map_err(EngineError::Event)?;
         }
         self.save_version(flow).await?;
-        let input = Arc::new(input);
         let new = NewRun {
             id: run_id.clone(),
             flow_id: flow.id.clone(),
@@ -200,11 +200,8 @@ impl<S: Store> Engine<S> {
                 Some(w) => self.await_wait(flow, w).await,
                 // Claimed between the two reads: another caller drives it.
                 None => {
-                    self.moved_on(
-                        run_id.to_owned(),
-                        &FlowObject::new(Arc::default(), Lazy::new(Value::Null)),
-                    )
-                    .await
+                    self.moved_on(run_id.to_owned(), &FlowObject::new(Val::Null, Val::Null))
+                        .await
                 }
             };
         }
@@ -221,7 +218,7 @@ impl<S: Store> Engine<S> {
                 .update_run(
                     run_id,
                     &RunUpdate::ended(
-                        Arc::new(detail.state.clone()),
+                        detail.state.clone(),
                         None,
                         Some(message.clone()),
                         last.clone(),
@@ -229,7 +226,7 @@ impl<S: Store> Engine<S> {
                 )
                 .await?;
             return Ok(RunResult {
-                last: Value::Null,
+                last: Val::Null,
                 run_id: run_id.to_owned(),
                 status: RunStatus::Failed,
                 output: None,
@@ -254,7 +251,7 @@ impl<S: Store> Engine<S> {
     /// run. Returns the run as `waiting` at once when the wait has no time
     /// (an event wait with no timeout), or when the process is stopping.
     pub async fn await_wait(&self, flow: &Flow, wait: Wait) -> Result<RunResult, EngineError> {
-        let none = FlowObject::new(Arc::default(), Lazy::new(Value::Null));
+        let none = FlowObject::new(Val::Null, Val::Null);
         if wait.wake_at.is_none() {
             return Ok(RunResult {
                 wait: Some(wait.clone()),
@@ -301,7 +298,7 @@ impl<S: Store> Engine<S> {
         flow: &Flow,
         detail: sluice_store::RunDetail,
         entry: Entry,
-        state: Option<Value>,
+        state: Option<Val>,
         driving: Driving,
     ) -> Result<RunResult, EngineError> {
         let run_id = detail.summary.id.clone();
@@ -334,7 +331,7 @@ impl<S: Store> Engine<S> {
         };
         let n = detail.steps.len() as i64;
         let state = state.unwrap_or(detail.state);
-        self.drive(flow, cursor, fo, Arc::new(state), index, n, Mode::RECORDED)
+        self.drive(flow, cursor, fo, state, index, n, Mode::RECORDED)
             .await
     }
 
@@ -347,7 +344,7 @@ impl<S: Store> Engine<S> {
         flow: &Flow,
         detail: sluice_store::RunDetail,
         entry: Entry,
-        input: Option<Value>,
+        input: Option<Val>,
         driving: Driving,
     ) -> Result<RunResult, EngineError> {
         let fo = first_flow_object(flow, &detail);
@@ -373,18 +370,17 @@ impl<S: Store> Engine<S> {
                     message: e.message,
                 })?;
             if let Some(output) = done {
-                let output = Arc::new(output);
+                let output = sluice_expr::data::into_val(output);
                 let end = RunUpdate::ended(output.clone(), Some(output.clone()), None, None);
                 self.store.update_run(&cursor.run_id, &end).await?;
-                drop(end);
                 let mut r = RunResult::ended(cursor.run_id, RunStatus::Succeeded, &fo, true);
-                r.output = Some(Arc::unwrap_or_clone(output));
+                r.output = Some(output);
                 return Ok(r);
             }
         }
         let n = detail.steps.len() as i64;
         let input = input.unwrap_or(detail.input);
-        self.drive(flow, cursor, fo, Arc::new(input), 0, n, Mode::RECORDED)
+        self.drive(flow, cursor, fo, input, 0, n, Mode::RECORDED)
             .await
     }
 
@@ -435,20 +431,22 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             let v = if r.ok {
-                Lazy::shared(r.result.clone().unwrap_or_default())
+                r.result.clone().unwrap_or_default()
             } else {
-                Lazy::new(json!({"error": r.error}))
+                let error = r.error.as_deref().map_or(Val::Null, str_val);
+                obj_val([("error", error)])
             };
             fo.entries.insert(r.step_key.clone(), v.clone());
             fo.last = v;
             if r.ok
+                && r.kind == "envelope"
                 && let Some(Value::Object(t)) = r
                     .result
                     .as_ref()
-                    .and_then(|res| res.get("tokens"))
-                    .filter(|_| r.kind == "envelope")
+                    .and_then(|res| sluice_expr::data::field(res, "tokens"))
+                    .map(to_json)
             {
-                fo.add_tokens(t);
+                fo.add_tokens(&t);
             }
         }
         fo
@@ -500,14 +498,15 @@ impl<S: Store> Engine<S> {
         }
         // A run in one transaction starts again from its first step: the
         // patch is to its input.
-        let mut state = if flow.transaction == Transaction::Flow {
-            detail.input.clone()
+        let mut state = to_json(if flow.transaction == Transaction::Flow {
+            &detail.input
         } else {
-            detail.state.clone()
-        };
+            &detail.state
+        });
         if let Some(p) = patch {
             merge_patch(&mut state, p);
         }
+        let state = sluice_expr::data::into_val(state);
         self.store.resume_run(run_id, &state).await?;
         self.continue_at(flow, detail, Entry::Fresh, Some(state), driving)
             .await
@@ -517,13 +516,10 @@ impl<S: Store> Engine<S> {
 /// A recorded run's flow object as it was before its first step: its
 /// trigger, accountability, environment and (for an event trigger) event.
 fn first_flow_object(flow: &Flow, detail: &sluice_store::RunDetail) -> FlowObject {
-    let mut fo = FlowObject::new(
-        Arc::new(detail.trigger.clone()),
-        Lazy::new(detail.accountability.clone()),
-    )
-    .with_env(flow);
+    let mut fo =
+        FlowObject::new(detail.trigger.clone(), to_val(&detail.accountability)).with_env(flow);
     fo.event = EVENT_TRIGGERS
         .contains(&flow.trigger.kind.as_str())
-        .then(|| detail.trigger.clone());
+        .then(|| to_json(&detail.trigger));
     fo
 }

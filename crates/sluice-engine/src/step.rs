@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 use sluice_action::batch::InBatch;
 use sluice_action::hooks::DataHooks;
 use sluice_action::{ActionCx, ActionError, Blame, Effect, Outcome};
-use sluice_expr::{Limits, merge_ref};
+use sluice_expr::Limits;
+use sluice_expr::data::{insert, into_val, str_val};
+use sluice_expr::{Val, merge_val, to_val};
 use sluice_model::{Flow, Next, Step, UnmappedResults};
 use sluice_store::Store;
 use std::borrow::Cow;
@@ -48,21 +50,21 @@ pub(crate) enum Suspend {
 pub(crate) struct Done {
     /// Set when the step suspends the run rather than ending.
     pub(crate) suspend: Option<Suspend>,
-    pub(crate) options: Value,
-    pub(crate) result: Option<Value>,
-    pub(crate) state: Value,
+    pub(crate) options: Val,
+    pub(crate) result: Option<Val>,
+    pub(crate) state: Val,
     pub(crate) logs: Vec<String>,
     pub(crate) tokens: Option<Map<String, Value>>,
     /// For a step that emits its results individually: each item, with the
     /// state data it starts its own run with.
-    pub(crate) items: Option<Vec<(Value, Value)>>,
+    pub(crate) items: Option<Vec<(Val, Val)>>,
     /// How many of the items' runs may be under way at once.
     pub(crate) concurrency: usize,
 }
 
 /// A step that failed.
 pub(crate) struct Failed {
-    pub(crate) options: Value,
+    pub(crate) options: Val,
     pub(crate) error: ActionError,
     pub(crate) logs: Vec<String>,
     /// The run must stop here for a person (SEMANTICS.md section 4).
@@ -71,7 +73,7 @@ pub(crate) struct Failed {
 
 impl Failed {
     /// The data did not fit: resumable once fixed.
-    pub(crate) fn data(options: &Value, message: String) -> Self {
+    pub(crate) fn data(options: &Val, message: String) -> Self {
         Self {
             options: options.clone(),
             error: ActionError::data(message),
@@ -81,15 +83,29 @@ impl Failed {
     }
 }
 
+impl Acted {
+    /// A result, and nothing else.
+    fn result(payload: Val) -> Self {
+        Self {
+            payload: Some(payload),
+            logs: Vec::new(),
+            tokens: None,
+            items: None,
+            concurrency: 0,
+            suspend: None,
+        }
+    }
+}
+
 /// The step type that waits for an event.
 pub(crate) const WAIT: &str = "wait";
 
 /// What an action gave back, its effect carried out.
 struct Acted {
-    payload: Option<Value>,
+    payload: Option<Val>,
     logs: Vec<String>,
     tokens: Option<Map<String, Value>>,
-    items: Option<Vec<Value>>,
+    items: Option<Vec<Val>>,
     concurrency: usize,
     suspend: Option<Suspend>,
 }
@@ -102,7 +118,7 @@ impl<S: Store> Engine<S> {
         &self,
         flow: &Flow,
         step: &Step,
-        state: &Value,
+        state: &Val,
         fo: &FlowObject,
         scx: StepCx<'_>,
     ) -> Result<Done, Failed> {
@@ -111,18 +127,16 @@ impl<S: Store> Engine<S> {
         let data = step_input(flow, step, state, fo, limits)?;
         let action_input = action_input(step, &data, fo, limits)?;
         // templates
-        let program_input = sluice_expr::Input::json(&action_input);
+        let program_input = sluice_expr::Input::val(action_input.into_owned());
         let mut options = step
             .options
-            .render(&program_input, fo, limits)
-            .map_err(|e| Failed::data(&Value::Null, e.to_string()))?;
-        if let Value::Object(m) = &mut options {
-            for (k, p) in &step.expressions {
-                m.insert(k.clone(), Value::String(p.code().to_owned()));
-            }
-            for (k, v) in &step.verbatim {
-                m.insert(k.clone(), v.clone());
-            }
+            .render_val(&program_input, fo, limits)
+            .map_err(|e| Failed::data(&Val::Null, e.to_string()))?;
+        for (k, p) in &step.expressions {
+            insert(&mut options, k, str_val(p.code()));
+        }
+        for (k, v) in &step.verbatim {
+            insert(&mut options, k, to_val(v));
         }
         // Deferred options reach the step through `cx.deferred` only: the
         // step runs on the options its record shows.
@@ -132,7 +146,6 @@ impl<S: Store> Engine<S> {
         let result_read = results_read(step);
         // 3. the action
         let cx_input = ActionInput {
-            data: &action_input,
             program: &program_input,
             options: &recorded_options,
             result_read,
@@ -223,6 +236,10 @@ impl<S: Store> Engine<S> {
             };
             (error, Vec::new())
         })?;
+        if let Some(payload) = entry.action.result_of(input.options) {
+            // A result that is part of the options: shared, not copied.
+            return Ok(Acted::result(payload));
+        }
         let hooks = self
             .flows
             .read()
@@ -240,7 +257,6 @@ impl<S: Store> Engine<S> {
         let cx = ActionCx {
             run_id: scx.run_id,
             step_key: &step.key,
-            input: input.data,
             program_input: input.program,
             scope: fo,
             expressions: &step.expressions,
@@ -262,8 +278,9 @@ impl<S: Store> Engine<S> {
                 .map(|c| c.as_ref() as &dyn sluice_action::Calls),
             inbox: Some(&StoreInbox(self.store.as_ref())),
         };
+        let options = sluice_expr::data::to_json(input.options);
         let Outcome {
-            mut payload,
+            payload,
             logs,
             tokens,
             items,
@@ -271,9 +288,11 @@ impl<S: Store> Engine<S> {
             effect,
         } = entry
             .action
-            .run_json(cx, input.options)
+            .run_json(cx, &options)
             .await
             .map_err(|e| (e, Vec::new()))?;
+        let mut payload = payload.map(into_val);
+        let items = items.map(|list| list.into_iter().map(into_val).collect());
         let suspend = match effect {
             None => None,
             Some(Effect::Sleep { ms }) => Some(Suspend::Sleep {
@@ -301,7 +320,7 @@ impl<S: Store> Engine<S> {
                     Some(each) => self.subflows(flow, fo, scx, &flow_id, input, each).await,
                 };
                 match started {
-                    Ok(started) => payload = Some(started),
+                    Ok(started) => payload = Some(into_val(started)),
                     Err(e) => return Err((e, logs)),
                 }
                 None
@@ -320,9 +339,8 @@ impl<S: Store> Engine<S> {
 
 /// The step's input to its action, as `act` hands it over.
 struct ActionInput<'a> {
-    data: &'a Value,
     program: &'a sluice_expr::Input<'a>,
-    options: &'a Value,
+    options: &'a Val,
     result_read: bool,
 }
 
@@ -333,11 +351,11 @@ struct ActionInput<'a> {
 fn step_input<'d>(
     flow: &Flow,
     step: &Step,
-    state: &'d Value,
+    state: &'d Val,
     fo: &FlowObject,
     limits: &Limits,
-) -> Result<Cow<'d, Value>, Failed> {
-    let none = Value::Null;
+) -> Result<Cow<'d, Val>, Failed> {
+    let none = Val::Null;
     let data = filter_or_keep(step.state_filter.input.as_ref(), state, fo, limits)
         .map_err(|m| Failed::data(&none, format!("stateDataFilter.input: {m}")))?;
     let Some(ef) = step.event_filter.as_ref().filter(|_| step.kind != WAIT) else {
@@ -366,13 +384,13 @@ fn step_input<'d>(
 #[allow(clippy::result_large_err)]
 fn action_input<'d>(
     step: &Step,
-    data: &'d Value,
+    data: &'d Val,
     fo: &FlowObject,
     limits: &Limits,
-) -> Result<Cow<'d, Value>, Failed> {
-    let none = Value::Null;
+) -> Result<Cow<'d, Val>, Failed> {
+    let none = Val::Null;
     if let Some(maps) = &step.input_mappings {
-        return sluice_expr::mapping::extract(data, maps)
+        return sluice_expr::mapping::extract_val(data, maps)
             .map(Cow::Owned)
             .map_err(|e| Failed::data(&none, format!("inputMappings: {e}")));
     }
@@ -392,13 +410,13 @@ struct Settle<'a> {
     flow: &'a Flow,
     step: &'a Step,
     /// The step's input.
-    data: &'a Value,
+    data: &'a Val,
     fo: &'a FlowObject,
     limits: &'a Limits,
     /// Whether anything reads the state data made (else it is only checked).
     state_read: bool,
     /// For a failure's record.
-    options: &'a Value,
+    options: &'a Val,
     logs: &'a [String],
 }
 
@@ -414,7 +432,7 @@ impl Settle<'_> {
 
     /// The state data after a step whose result is `payload`.
     #[allow(clippy::result_large_err)]
-    fn settle(&self, payload: Option<&Value>) -> Result<Value, Failed> {
+    fn settle(&self, payload: Option<&Val>) -> Result<Val, Failed> {
         let (step, data, fo, limits) = (self.step, self.data, self.fo, self.limits);
         let mapped = step.input_mappings.is_some() || step.output_mappings.is_some();
         if !self.state_read {
@@ -426,17 +444,18 @@ impl Settle<'_> {
                 step.action_filter.use_results,
                 payload,
             ) {
-                sluice_expr::merge::fits(data, p, ".")
+                sluice_expr::merge::fits_val(data, p, ".")
                     .map_err(|e| self.fail(e.to_string(), false))?;
             }
-            return Ok(Value::Null);
+            return Ok(Val::Null);
         }
         let new_state = if let (WAIT, Some(event)) = (step.kind.as_str(), payload) {
             // The event a `wait` step received meets the state data
             // through its eventDataFilter (its `data`, merged at the top
             // by default).
             let f = step.event_filter.clone().unwrap_or_default();
-            apply_event(&f, true, event, data.clone(), fo, limits)
+            let event = sluice_expr::data::to_json(event);
+            apply_event(&f, true, &event, data.clone(), fo, limits)
                 .map_err(|m| self.fail(m, false))?
         } else if mapped {
             self.mapped(payload)?
@@ -449,10 +468,12 @@ impl Settle<'_> {
 
     /// A step with mappings: `outputMappings` write into its input.
     #[allow(clippy::result_large_err)]
-    fn mapped(&self, payload: Option<&Value>) -> Result<Value, Failed> {
+    fn mapped(&self, payload: Option<&Val>) -> Result<Val, Failed> {
         match (&self.step.output_mappings, payload) {
-            (Some(outs), Some(p)) => sluice_expr::mapping::merge_into(p, self.data.clone(), outs)
-                .map_err(|e| self.fail(format!("outputMappings: {e}"), false)),
+            (Some(outs), Some(p)) => {
+                sluice_expr::mapping::merge_into_val(p, self.data.clone(), outs)
+                    .map_err(|e| self.fail(format!("outputMappings: {e}"), false))
+            }
             (Some(_), None) => Err(self.fail(
                 "incident: the step has output mappings but its action returned no payload"
                     .to_owned(),
@@ -466,7 +487,7 @@ impl Settle<'_> {
     /// A step without mappings: the flow's `unmappedResults` (merged at
     /// `toStateData` after `results`, by default, or replacing it).
     #[allow(clippy::result_large_err)]
-    fn unmapped(&self, payload: Option<&Value>) -> Result<Value, Failed> {
+    fn unmapped(&self, payload: Option<&Val>) -> Result<Val, Failed> {
         let (step, fo, limits) = (self.step, self.fo, self.limits);
         let p = match (self.flow.unmapped_results, payload) {
             (_, None) => return Ok(self.data.clone()),
@@ -484,18 +505,18 @@ impl Settle<'_> {
             None => Some(Cow::Borrowed(p)),
             Some(prog) => eval(prog, p, fo, limits)
                 .map_err(|m| self.fail(format!("actionDataFilter.results: {m}"), false))?
-                .filter(|v| !v.is_null())
+                .filter(|v| !matches!(v, Val::Null))
                 .map(Cow::Owned),
         };
         let mut doc = self.data.clone();
         match (result, &step.action_filter.to_state_data) {
             (None, _) => {}
             (Some(result), None) => {
-                merge_ref(&mut doc, &result, ".").map_err(|e| self.fail(e.to_string(), false))?;
+                merge_val(&mut doc, &result, ".").map_err(|e| self.fail(e.to_string(), false))?;
             }
             (Some(result), Some((text, path))) => {
-                let mut target = path.get(&doc).cloned().unwrap_or(Value::Null);
-                merge_ref(&mut target, &result, text)
+                let mut target = path.get(&doc).cloned().unwrap_or(Val::Null);
+                merge_val(&mut target, &result, text)
                     .map_err(|e| self.fail(e.to_string(), false))?;
                 path.set(&mut doc, target);
             }

@@ -9,6 +9,7 @@ use crate::run::{EngineError, MAX_FLOW_DEPTH, RunRequest, RunResult, StepFailure
 use crate::window::{Pace, run_paced};
 use serde_json::{Value, json};
 use sluice_action::{ActionError, Blame, BoxFuture, Iteration};
+use sluice_expr::data::{into_val, to_json};
 use sluice_model::Flow;
 use sluice_store::{RunStatus, Store, StoreError};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ impl ChildEnd {
         Self {
             run_id: r.run_id,
             status: r.status,
-            output: r.output,
+            output: r.output.as_ref().map(to_json),
             failure: r.failure,
         }
     }
@@ -228,7 +229,7 @@ impl<S: Store> Engine<S> {
                 t.insert("step".into(), json!(scx.step_key));
                 t.insert("depth".into(), json!(scx.depth + 1));
             }
-            let accountability = fo.accountability.json().clone();
+            let accountability = to_json(&fo.accountability);
             let panicked = |e: tokio::task::JoinError| ActionError {
                 blame: Blame::Bug,
                 message: format!("the run of flow `{flow_id}` panicked: {e}"),
@@ -243,7 +244,7 @@ impl<S: Store> Engine<S> {
             };
             if !scx.recorded {
                 let child =
-                    FlowObject::new(Arc::new(trigger), fo.accountability.clone()).with_env(&target);
+                    FlowObject::new(into_val(trigger), fo.accountability.clone()).with_env(&target);
                 let mode = Mode {
                     recorded: false,
                     batch: None,
@@ -257,7 +258,7 @@ impl<S: Store> Engine<S> {
                             &target,
                             Cursor::new(String::new()),
                             child,
-                            Arc::new(input),
+                            into_val(input),
                             0,
                             0,
                             mode,
@@ -271,8 +272,8 @@ impl<S: Store> Engine<S> {
                 return Ok(ChildEnd::of(r));
             }
             let req = RunRequest {
-                trigger,
-                input: Some(input),
+                trigger: into_val(trigger),
+                input: Some(into_val(input)),
                 accountability,
                 event: None,
             };
@@ -327,7 +328,7 @@ impl<S: Store> Engine<S> {
                 return Ok(ChildEnd {
                     run_id: id,
                     status,
-                    output: d.output,
+                    output: d.output.as_ref().map(to_json),
                     failure: d.summary.error.map(|message| StepFailure {
                         step: d.summary.error_step.unwrap_or_default(),
                         message,

@@ -59,12 +59,13 @@ async fn engine_cases() {
                 }
             };
             let req = RunRequest {
-                trigger: case
-                    .event
-                    .clone()
-                    .or_else(|| case.input.clone())
-                    .unwrap_or(Value::Null),
-                input: case.input.clone(),
+                trigger: sluice_expr::data::into_val(
+                    case.event
+                        .clone()
+                        .or_else(|| case.input.clone())
+                        .unwrap_or(Value::Null),
+                ),
+                input: case.input.clone().map(sluice_expr::data::into_val),
                 event: case.event.clone(),
                 ..Default::default()
             };
@@ -94,7 +95,7 @@ async fn engine_cases() {
                 continue;
             }
             if let Some(out) = &case.output
-                && result.output.as_ref() != Some(out)
+                && result.output_json().as_ref() != Some(out)
             {
                 failures.push(format!(
                     "{}: output {:?}, want {out}",

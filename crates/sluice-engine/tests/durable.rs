@@ -62,7 +62,7 @@ impl Action for Probe {
                 "status": d.summary.status.as_str(),
                 "steps": d.steps.iter().map(|s| s.step_key.clone()).collect::<Vec<_>>(),
                 "next": d.next_step,
-                "state": d.state,
+                "state": sluice_expr::data::to_json(&d.state),
             }),
             Ok(None) => json!("no run"),
             Err(e) => json!(e.to_string()),
@@ -131,7 +131,7 @@ impl Setup {
 
 fn input(v: Value) -> RunRequest {
     RunRequest {
-        input: Some(v),
+        input: Some(sluice_expr::data::into_val(v)),
         ..RunRequest::default()
     }
 }
@@ -152,7 +152,7 @@ async fn pure_steps_are_recorded_with_the_next_write_before_any_other_step() {
         .await
         .unwrap();
     assert_eq!(r.status, RunStatus::Succeeded);
-    let out = r.output.unwrap();
+    let out = r.output_json().unwrap();
     assert_eq!(
         out["seen"],
         json!({"status": "running", "steps": ["a", "b"], "next": "look", "state": {"in": 0, "a": 1}})
@@ -162,9 +162,12 @@ async fn pure_steps_are_recorded_with_the_next_write_before_any_other_step() {
     assert_eq!(keys, ["a", "b", "look", "c", "d"]);
     assert_eq!(d.summary.steps, 5);
     assert_eq!(d.steps[3].logs, ["hi"]);
-    assert_eq!(d.output, Some(out.clone()));
-    assert_eq!(d.state, out);
-    assert_eq!(d.input, json!({"in": 0}));
+    assert_eq!(
+        d.output.as_ref().map(sluice_expr::data::to_json),
+        Some(out.clone())
+    );
+    assert_eq!(sluice_expr::data::to_json(&d.state), out);
+    assert_eq!(sluice_expr::data::to_json(&d.input), json!({"in": 0}));
     let seqs: Vec<_> = d.steps.iter().map(|s| s.seq).collect();
     assert_eq!(seqs, [0, 1, 2, 3, 4]);
 
@@ -172,7 +175,7 @@ async fn pure_steps_are_recorded_with_the_next_write_before_any_other_step() {
     let flow = s.flow("id: q\nsteps:\n  - {key: look, type: probe, options: {}}\n");
     let r = s.engine().run(&flow, input(json!({"x": 1}))).await.unwrap();
     assert_eq!(
-        r.output.unwrap()["seen"],
+        r.output_json().unwrap()["seen"],
         json!({"status": "running", "steps": [], "next": "look", "state": {"x": 1}})
     );
 
@@ -301,7 +304,7 @@ async fn a_sleeping_run_stays_suspended_across_a_stop_and_wakes_on_time() {
     let r = second.recover(&flow, &id).await.unwrap();
     let after = sluice_store::now_micros();
     assert_eq!(r.status, RunStatus::Succeeded);
-    assert_eq!(r.output, Some(json!({"a": 1, "done": true})));
+    assert_eq!(r.output_json(), Some(json!({"a": 1, "done": true})));
     assert!(after >= due, "it woke on time");
     assert!(
         after - before < 390_000,
@@ -317,7 +320,7 @@ async fn retry_attempts_again_with_a_new_key_each_time() {
     let flow = s.flow("id: r\nsteps:\n  - key: call\n    type: flaky\n    options: {succeedAt: 3}\n    retry: {attempts: 3, delayMs: 20, factor: 2}\n");
     let r = s.engine().run(&flow, input(json!({}))).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
-    assert_eq!(r.output, Some(json!({"attempt": 3})));
+    assert_eq!(r.output_json(), Some(json!({"attempt": 3})));
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
     let oks: Vec<_> = d.steps.iter().map(|s| s.ok).collect();
     assert_eq!(oks, [false, false, true], "every attempt is recorded");
@@ -492,11 +495,18 @@ async fn a_wait_suspends_until_its_event_and_merges_it() {
         .unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(
-        done.output,
+        done.output_json(),
         Some(json!({"id": "o-7", "paid": 12, "note": "paid 12"}))
     );
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
-    assert_eq!(d.steps[0].result.as_deref(), Some(&event));
+    assert_eq!(
+        d.steps[0]
+            .result
+            .as_ref()
+            .map(sluice_expr::data::to_json)
+            .as_ref(),
+        Some(&event)
+    );
 }
 
 #[tokio::test]
@@ -524,13 +534,20 @@ async fn an_event_claimed_before_the_process_stopped_is_not_lost() {
     let done = s.engine().recover(&flow, &r.run_id).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
     assert_eq!(
-        done.output,
+        done.output_json(),
         Some(json!({"id": "o-9", "paid": 5, "note": "paid 5"}))
     );
     // Once a step is recorded, the wake is spent.
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
     assert_eq!(d.woken, None);
-    assert_eq!(d.steps[0].result.as_deref(), Some(&event));
+    assert_eq!(
+        d.steps[0]
+            .result
+            .as_ref()
+            .map(sluice_expr::data::to_json)
+            .as_ref(),
+        Some(&event)
+    );
 }
 
 #[tokio::test]
@@ -544,7 +561,7 @@ async fn a_wait_that_times_out_takes_the_failure_path() {
     let r = engine.recover(&flow, &r.run_id).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded);
     assert_eq!(
-        r.output,
+        r.output_json(),
         Some(json!(
             "late: no event that matches arrived within the timeout of step `w`"
         ))
@@ -568,14 +585,17 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
     let r = engine.run(&parent, input(json!({"n": 21}))).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     assert_eq!(
-        r.output,
+        r.output_json(),
         Some(json!({"n": 21, "doubled": {"n": 42, "from": "parent"}}))
     );
     let child_id = format!("{}-call-1", r.run_id);
     let c = s.store.get_run(&child_id).await.unwrap().unwrap();
     assert_eq!(c.summary.flow_id, "double");
-    assert_eq!(c.trigger["run"], json!(r.run_id));
-    assert_eq!(c.trigger["depth"], json!(1));
+    assert_eq!(
+        sluice_expr::data::to_json(&c.trigger)["run"],
+        json!(r.run_id)
+    );
+    assert_eq!(sluice_expr::data::to_json(&c.trigger)["depth"], json!(1));
 
     // Run again after a "crash" at that step: the run it started is found.
     let again = s.engine();
@@ -592,8 +612,8 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
     let existing = sluice_store::NewRun {
         id: format!("{pid}-call-1"),
         flow_id: "double".into(),
-        trigger: json!({}).into(),
-        input: json!({}).into(),
+        trigger: sluice_expr::data::into_val(json!({})),
+        input: sluice_expr::data::into_val(json!({})),
         next_step: None,
         started_at: sluice_store::now_micros(),
         flow_version: None,
@@ -605,8 +625,8 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
         .update_run(
             &existing.id,
             &sluice_store::RunUpdate::ended(
-                json!({}).into(),
-                Some(json!({"n": 2}).into()),
+                sluice_expr::data::into_val(json!({})),
+                Some(sluice_expr::data::into_val(json!({"n": 2}))),
                 None,
                 None,
             ),
@@ -614,13 +634,13 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
         .await
         .unwrap();
     let r = again.finish(&parent, started).await.unwrap();
-    assert_eq!(r.output, Some(json!({"n": 1, "doubled": {"n": 2}})));
+    assert_eq!(r.output_json(), Some(json!({"n": 1, "doubled": {"n": 2}})));
 
     // Not waiting: the step goes on with the run's id.
     let nowait = s.flow("id: p2\nunmappedResults: replace\nsteps:\n  - {key: go, type: flow, options: {flow: double, wait: false}}\n");
     let r = engine.run(&nowait, input(json!({"n": 5}))).await.unwrap();
     let child_id = format!("{}-go-1", r.run_id);
-    assert_eq!(r.output, Some(json!({"runId": child_id})));
+    assert_eq!(r.output_json(), Some(json!({"runId": child_id})));
     let mut status = RunStatus::Running;
     for _ in 0..100 {
         status = s

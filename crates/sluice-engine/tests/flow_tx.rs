@@ -33,7 +33,7 @@ fn ddl(backend: &str, table: &str) -> String {
 fn at_more(state: Value) -> RunUpdate {
     RunUpdate {
         status: RunStatus::Running,
-        state: state.into(),
+        state: sluice_expr::data::into_val(state),
         next_step: Some("more".into()),
         output: None,
         error: None,
@@ -63,7 +63,7 @@ impl Db {
 
     async fn run(&self, flow: &Flow, input: Value) -> RunResult {
         let req = RunRequest {
-            input: Some(input),
+            input: Some(sluice_expr::data::into_val(input)),
             ..Default::default()
         };
         self.engine.run(flow, req).await.unwrap()
@@ -88,7 +88,7 @@ impl Db {
             self.head, self.table
         ));
         let r = self.run(&flow, json!({})).await;
-        let rows = r.output.unwrap_or_else(|| panic!("{:?}", r.failure));
+        let rows = r.output_json().unwrap_or_else(|| panic!("{:?}", r.failure));
         rows["results"]
             .as_array()
             .into_iter()
@@ -146,7 +146,7 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
         // the first (through the run's transaction).
         let r = db.run(&plain, json!({"a": "x1@t", "b": "x2@t"})).await;
         assert_eq!(r.status, RunStatus::Succeeded, "{name}: {:?}", r.failure);
-        let out = r.output.clone().unwrap();
+        let out = r.output_json().unwrap();
         assert_eq!(n(&out["seen"]), Some(1), "{name}: {out}");
         assert_eq!(db.emails().await, ["x1@t", "x2@t"], "{name}");
         let committed = r;
@@ -155,7 +155,10 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
         // (to its savepoint), the rest commits.
         let r = db.run(&rejecting, json!({"a": "x3@t", "b": "x1@t"})).await;
         assert_eq!(r.status, RunStatus::Succeeded, "{name}: {:?}", r.failure);
-        assert!(r.output.as_ref().unwrap().get("more").is_none(), "{name}");
+        assert!(
+            r.output_json().as_ref().unwrap().get("more").is_none(),
+            "{name}"
+        );
         assert_eq!(db.emails().await, ["x1@t", "x2@t", "x3@t"], "{name}");
 
         // The process stopped after the run's transaction committed, before
@@ -175,7 +178,7 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
             "{name}: {:?}",
             again.failure
         );
-        assert_eq!(again.output, committed.output, "{name}");
+        assert_eq!(again.output_json(), committed.output_json(), "{name}");
         assert_eq!(db.emails().await, ["x1@t", "x2@t", "x3@t"], "{name}");
 
         // A run stopped mid-way (its transaction dropped with the process)
@@ -188,7 +191,11 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
             .await
             .unwrap();
         let input = store.get_run(&failed_run).await.unwrap().unwrap().input;
-        assert_eq!(input, json!({"a": "x1@t", "b": "x1@t"}), "{name}");
+        assert_eq!(
+            sluice_expr::data::to_json(&input),
+            json!({"a": "x1@t", "b": "x1@t"}),
+            "{name}"
+        );
         let again = db.engine.recover(&plain, &failed_run).await.unwrap();
         // From the first step: its create of x1 meets the committed x1.
         assert_ne!(again.status, RunStatus::Succeeded, "{name}");
@@ -211,7 +218,7 @@ async fn a_flow_in_one_transaction_commits_all_or_none_on_every_database() {
             .await
             .unwrap();
         assert_eq!(r.status, RunStatus::Succeeded, "{name}: {:?}", r.failure);
-        assert_eq!(r.output.as_ref().unwrap()["more"], "x5@t", "{name}");
+        assert_eq!(r.output_json().as_ref().unwrap()["more"], "x5@t", "{name}");
         assert_eq!(
             db.emails().await,
             ["x1@t", "x2@t", "x3@t", "x4@t", "x5@t"],

@@ -30,7 +30,7 @@ async fn run(
         .run(
             flow,
             RunRequest {
-                input: Some(input),
+                input: Some(sluice_expr::data::into_val(input)),
                 ..Default::default()
             },
         )
@@ -38,7 +38,7 @@ async fn run(
         .unwrap();
     (
         r.status,
-        r.output.unwrap_or(Value::Null),
+        r.output_json().unwrap_or(Value::Null),
         format!(
             "{} {}",
             r.run_id,
@@ -163,9 +163,18 @@ async fn before_and_after_hooks_on_every_database() {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{name}: the audit run"));
-        assert_eq!(hook_run.trigger["event"], json!("create"));
-        assert_eq!(hook_run.trigger["row"]["ref"], json!("A1"));
-        assert_eq!(hook_run.trigger["run"], json!(run_id));
+        assert_eq!(
+            sluice_expr::data::to_json(&hook_run.trigger)["event"],
+            json!("create")
+        );
+        assert_eq!(
+            sluice_expr::data::to_json(&hook_run.trigger)["row"]["ref"],
+            json!("A1")
+        );
+        assert_eq!(
+            sluice_expr::data::to_json(&hook_run.trigger)["run"],
+            json!(run_id)
+        );
         assert!(
             store
                 .get_run(&format!("{run_id}-c-1-before0-check"))

@@ -16,7 +16,7 @@ async fn run_flow(engine: &Engine<SqliteStore>, registry: &Registry, flow: &str)
     let flow = sluice_model::load("q.yaml", flow, registry).unwrap_or_else(|d| panic!("{d}"));
     let r = engine.run(&flow, RunRequest::default()).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
-    r.output.unwrap()
+    r.output_json().unwrap()
 }
 
 /// Why record `i` (from 1) is bad, if it is: `(reason, failing patch)`.

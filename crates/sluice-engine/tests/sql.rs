@@ -41,7 +41,7 @@ async fn run(
     let r = run_result(engine, registry, flow, input).await;
     (
         r.status,
-        r.output,
+        r.output_json(),
         r.failure.map(|f| f.message).unwrap_or_default(),
     )
 }
@@ -57,7 +57,7 @@ async fn run_result(
         .run(
             &flow,
             RunRequest {
-                input: Some(input),
+                input: Some(sluice_expr::data::into_val(input)),
                 ..Default::default()
             },
         )
@@ -1108,7 +1108,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
             .start(
                 &flow,
                 RunRequest {
-                    input: Some(input.clone()),
+                    input: Some(sluice_expr::data::into_val(input.clone())),
                     ..Default::default()
                 },
             )
@@ -1130,7 +1130,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
                 &id,
                 &RunUpdate {
                     status: RunStatus::Running,
-                    state: input.clone().into(),
+                    state: sluice_expr::data::into_val(input.clone()),
                     next_step: Some("one".into()),
                     output: None,
                     error: None,
@@ -1148,7 +1148,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
             b.name,
             again.failure
         );
-        assert_eq!(again.output, first.output, "{}", b.name);
+        assert_eq!(again.output_json(), first.output_json(), "{}", b.name);
         // Once more, at the envelope, whose first attempt run again after
         // the crash failed before writing (a lock): the second attempt
         // finds what the first committed.
@@ -1160,8 +1160,8 @@ async fn write_steps_run_again_after_a_crash_write_once() {
             step_key: "two".into(),
             kind: "envelope".into(),
             ok: false,
-            options: Value::Null.into(),
-            input: input.clone().into(),
+            options: sluice_expr::Val::Null,
+            input: sluice_expr::data::into_val(input.clone()),
             result: None,
             output: None,
             error: Some("database is locked".into()),
@@ -1172,7 +1172,7 @@ async fn write_steps_run_again_after_a_crash_write_once() {
         };
         let at_two = RunUpdate {
             status: RunStatus::Running,
-            state: input.clone().into(),
+            state: sluice_expr::data::into_val(input.clone()),
             next_step: Some("two".into()),
             output: None,
             error: None,

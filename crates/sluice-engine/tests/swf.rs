@@ -175,18 +175,19 @@ async fn run_and_compare(
     expected: &Value,
 ) -> Result<(), String> {
     let req = RunRequest {
-        trigger: event.clone().unwrap_or(Value::Null),
-        input,
+        trigger: sluice_expr::data::into_val(event.clone().unwrap_or(Value::Null)),
+        input: input.map(sluice_expr::data::into_val),
         event,
         ..Default::default()
     };
     let r = engine.run(flow, req).await.map_err(|e| e.to_string())?;
-    if r.output.as_ref() == Some(expected) {
+    if r.output_json().as_ref() == Some(expected) {
         Ok(())
     } else {
         Err(format!(
             "got {:?} ({:?}), want {expected}",
-            r.output, r.failure
+            r.output_json(),
+            r.failure
         ))
     }
 }

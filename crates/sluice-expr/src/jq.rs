@@ -694,7 +694,7 @@ impl Program {
     /// from them where it can); any other program runs on jq values.
     pub fn single_json<'s>(
         &'s self,
-        input: &'s Input<'s>,
+        input: &'s Input<'_>,
         scope: &'s dyn Scope,
         limits: &Limits,
     ) -> Result<Option<Cow<'s, Value>>, Error> {
@@ -713,6 +713,30 @@ impl Program {
         self.single(input.as_val().clone(), scope, limits)?
             .map(|v| from_val(&v).map(Cow::Owned).map_err(|e| self.runtime(e)))
             .transpose()
+    }
+
+    /// The single output as jq gives it back ([`crate::data::normalize`]):
+    /// no output is `None`, more than one is an error. What the output
+    /// shares with the input and the variables stays shared.
+    pub fn single_val(
+        &self,
+        input: &Input<'_>,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Val>, Error> {
+        self.single(input.as_val().clone(), scope, limits)?
+            .map(|v| crate::data::normalize(v).map_err(|e| self.runtime(e)))
+            .transpose()
+    }
+
+    /// [`Program::single_val`] on `input`.
+    pub fn eval_val(
+        &self,
+        input: &Val,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Option<Val>, Error> {
+        self.single_val(&Input::val(input.clone()), scope, limits)
     }
 
     /// Whether the program can read its input `.` (a direct program that

@@ -6,11 +6,14 @@
 //!   hang or crash a run ([`meter`] counts the memory);
 //! * [`template`]: the `{{ }}` templates of option values;
 //! * [`path`]: JSONPath reading (RFC 9535) and the mapping subset with its writer;
-//! * [`merge()`]: merging a result into the state data.
+//! * [`merge()`]: merging a result into the state data;
+//! * [`data`]: JSON data as runs hold it, shared jq values read from and
+//!   written as JSON text exactly.
 //!
 //! Nothing here reads the environment, files or the network, and no input
 //! makes it panic.
 
+pub mod data;
 mod error;
 mod fast;
 mod guard;
@@ -28,7 +31,7 @@ pub use error::Error;
 pub use jaq_json::Val;
 pub use jq::{CompileError, CompileIssue, Limits, Program};
 pub use mapping::{Mapping, MappingError};
-pub use merge::{MergeError, merge, merge_ref};
+pub use merge::{MergeError, merge, merge_ref, merge_val};
 pub use path::{MappingPath, PathError, Query};
 pub use scope::{Input, MapScope, Scope};
 pub use template::{PathSeg, Template, TemplateError, TemplateValue, map_strings};

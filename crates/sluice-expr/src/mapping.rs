@@ -9,8 +9,11 @@
 //! result whose root is not an object (as in Zeebe: state data built by
 //! mappings is a document of named values).
 
+use crate::data::to_json;
 use crate::path::MappingPath;
-use serde_json::{Map, Value};
+use crate::value::to_val;
+use jaq_json::Val;
+use serde_json::Value;
 
 /// One `{source, target}` pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +39,17 @@ pub enum MappingError {
 }
 
 /// Build a new document from `source` through `mappings`.
-pub fn extract(source: &Value, mappings: &[Mapping]) -> Result<Value, MappingError> {
-    merge_into(source, Value::Object(Map::new()), mappings)
+pub fn extract_val(source: &Val, mappings: &[Mapping]) -> Result<Val, MappingError> {
+    merge_into_val(source, Val::obj(jaq_json::Map::default()), mappings)
 }
 
-/// Write `source`'s values into `target` through `mappings`.
-pub fn merge_into(
-    source: &Value,
-    mut target: Value,
+/// Write `source`'s values into `target` through `mappings` (the values
+/// shared, not copied).
+pub fn merge_into_val(
+    source: &Val,
+    mut target: Val,
     mappings: &[Mapping],
-) -> Result<Value, MappingError> {
+) -> Result<Val, MappingError> {
     if mappings.is_empty() {
         return Err(MappingError::Empty);
     }
@@ -56,8 +60,22 @@ pub fn merge_into(
             .ok_or_else(|| MappingError::NoData(m.source.text().to_owned()))?;
         m.target.set(&mut target, v.clone());
     }
-    if !target.is_object() {
-        return Err(MappingError::NotAnObject(crate::value::kind(&target)));
+    if !matches!(target, Val::Obj(_)) {
+        return Err(MappingError::NotAnObject(crate::data::kind(&target)));
     }
     Ok(target)
+}
+
+/// [`extract_val`] of `serde_json` values.
+pub fn extract(source: &Value, mappings: &[Mapping]) -> Result<Value, MappingError> {
+    extract_val(&to_val(source), mappings).map(|v| to_json(&v))
+}
+
+/// [`merge_into_val`] of `serde_json` values.
+pub fn merge_into(
+    source: &Value,
+    target: Value,
+    mappings: &[Mapping],
+) -> Result<Value, MappingError> {
+    merge_into_val(&to_val(source), to_val(&target), mappings).map(|v| to_json(&v))
 }

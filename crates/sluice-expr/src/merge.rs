@@ -16,9 +16,10 @@
 //! once (by a hash that agrees with JSON equality), and only elements of the
 //! same hash are compared.
 
-use crate::value::kind;
-use serde_json::{Map, Number, Value};
-use std::borrow::Cow;
+use crate::data::{kind, same, to_json};
+use crate::value::to_val;
+use jaq_json::{Map, Num, Rc, Val};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -37,29 +38,21 @@ pub struct MergeError {
 }
 
 /// Merge `incoming` into `target`; `path` names the target in errors.
-pub fn merge(target: &mut Value, incoming: Value, path: &str) -> Result<(), MergeError> {
-    fits(target, &incoming, path)?;
-    merge_below(target, Cow::Owned(incoming));
+/// Only what `target` gains is copied, and of the arrays and objects it
+/// gains, only the references: a result merged into state data that holds
+/// it already copies nothing.
+pub fn merge_val(target: &mut Val, incoming: &Val, path: &str) -> Result<(), MergeError> {
+    fits_val(target, incoming, path)?;
+    merge_below(target, incoming);
     Ok(())
 }
 
-/// [`merge`] of a value the caller keeps: only what `target` gains is
-/// copied (a result merged into state data that holds it already copies
-/// nothing).
-pub fn merge_ref(target: &mut Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
-    fits(target, incoming, path)?;
-    merge_below(target, Cow::Borrowed(incoming));
-    Ok(())
-}
-
-/// Whether [`merge`] of `incoming` into `target` succeeds: its error, if
-/// not (only the kinds at the target decide).
-pub fn fits(target: &Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
+/// Whether [`merge_val`] of `incoming` into `target` succeeds: its error,
+/// if not (only the kinds at the target decide).
+pub fn fits_val(target: &Val, incoming: &Val, path: &str) -> Result<(), MergeError> {
     match (target, incoming) {
-        (Value::Object(_), Value::Object(_))
-        | (Value::Array(_), Value::Array(_))
-        | (Value::Null, _) => Ok(()),
-        (_, Value::Object(_) | Value::Array(_)) => Err(MergeError {
+        (Val::Obj(_), Val::Obj(_)) | (Val::Arr(_), Val::Arr(_)) | (Val::Null, _) => Ok(()),
+        (_, Val::Obj(_) | Val::Arr(_)) => Err(MergeError {
             path: path.to_owned(),
             target: kind(target),
             incoming: kind(incoming),
@@ -68,46 +61,54 @@ pub fn fits(target: &Value, incoming: &Value, path: &str) -> Result<(), MergeErr
     }
 }
 
-/// The entries of an object, owned or borrowed.
-fn entries<'a>(
-    m: Cow<'a, Map<String, Value>>,
-) -> Box<dyn Iterator<Item = (Cow<'a, str>, Cow<'a, Value>)> + 'a> {
-    match m {
-        Cow::Owned(m) => Box::new(m.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))),
-        Cow::Borrowed(m) => Box::new(
-            m.iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v))),
-        ),
-    }
+/// [`merge_val`] of `serde_json` values.
+pub fn merge(target: &mut Value, incoming: Value, path: &str) -> Result<(), MergeError> {
+    merge_ref(target, &incoming, path)
 }
 
-/// The elements of an array, owned or borrowed.
-fn elements<'a>(a: Cow<'a, [Value]>) -> Box<dyn Iterator<Item = Cow<'a, Value>> + 'a> {
-    match a {
-        Cow::Owned(a) => Box::new(a.into_iter().map(Cow::Owned)),
-        Cow::Borrowed(a) => Box::new(a.iter().map(Cow::Borrowed)),
-    }
+/// [`merge`] of a value the caller keeps.
+pub fn merge_ref(target: &mut Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
+    let mut t = to_val(target);
+    merge_val(&mut t, &to_val(incoming), path)?;
+    *target = to_json(&t);
+    Ok(())
 }
 
-fn merge_below(target: &mut Value, incoming: Cow<'_, Value>) {
+/// [`fits_val`] of `serde_json` values.
+pub fn fits(target: &Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
+    let shape = |v: &Value| match v {
+        Value::Object(_) => Val::obj(Map::default()),
+        Value::Array(_) => Val::Arr(Rc::default()),
+        Value::Null => Val::Null,
+        _ => Val::Bool(true),
+    };
+    fits_val(&shape(target), &shape(incoming), path).map_err(|mut e| {
+        e.target = crate::value::kind(target);
+        e.incoming = crate::value::kind(incoming);
+        e
+    })
+}
+
+fn merge_below(target: &mut Val, incoming: &Val) {
+    if same(target, incoming) {
+        // A value merged into itself is itself.
+        return;
+    }
     match (target, incoming) {
-        (Value::Object(t), Cow::Owned(Value::Object(i))) => merge_objects(t, Cow::Owned(i)),
-        (Value::Object(t), Cow::Borrowed(Value::Object(i))) => merge_objects(t, Cow::Borrowed(i)),
-        (Value::Array(t), Cow::Owned(Value::Array(i))) => unique_concat(t, Cow::Owned(i)),
-        (Value::Array(t), Cow::Borrowed(Value::Array(i))) => {
-            unique_concat(t, Cow::Borrowed(i.as_slice()))
-        }
-        (t, i) => *t = i.into_owned(),
+        (Val::Obj(t), Val::Obj(i)) => merge_objects(t, i),
+        (Val::Arr(t), Val::Arr(i)) => unique_concat(t, i),
+        (t, i) => *t = i.clone(),
     }
 }
 
 /// Every key of both; a key in both merges its two values.
-fn merge_objects(target: &mut Map<String, Value>, incoming: Cow<'_, Map<String, Value>>) {
-    for (k, v) in entries(incoming) {
-        match target.get_mut(k.as_ref()) {
+fn merge_objects(target: &mut Rc<Map>, incoming: &Map) {
+    let t = Rc::make_mut(target);
+    for (k, v) in incoming.iter() {
+        match t.get_mut(k) {
             Some(existing) => merge_below(existing, v),
             None => {
-                target.insert(k.into_owned(), v.into_owned());
+                t.insert(k.clone(), v.clone());
             }
         }
     }
@@ -115,106 +116,146 @@ fn merge_objects(target: &mut Map<String, Value>, incoming: Cow<'_, Map<String, 
 
 /// Append each element of `incoming` that `target` (with the elements
 /// appended before it) does not hold, in order.
-fn unique_concat(target: &mut Vec<Value>, incoming: Cow<'_, [Value]>) {
+fn unique_concat(target: &mut Rc<Vec<Val>>, incoming: &[Val]) {
     if incoming.is_empty() {
         return;
     }
-    // Element indices of `target` by hash.
-    let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(target.len() + incoming.len());
+    // The common case of a result that holds the target's elements again
+    // (shared, or equal) in their order: nothing to append, nothing hashed.
+    if incoming.len() <= target.len()
+        && incoming
+            .iter()
+            .zip(target.iter())
+            .all(|(i, t)| val_eq(i, t))
+    {
+        return;
+    }
+    // Element indices of `target` (then of what is appended) by hash.
+    let len = target.len();
+    let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(len + incoming.len());
     for (at, v) in target.iter().enumerate() {
         seen.entry(hash_of(v)).or_default().push(at);
     }
-    for v in elements(incoming) {
-        let h = hash_of(&v);
-        let same = seen.entry(h).or_default();
-        if !same.iter().any(|&at| json_eq(&target[at], &v)) {
-            same.push(target.len());
-            target.push(v.into_owned());
+    let mut added: Vec<Val> = Vec::new();
+    for v in incoming {
+        let same = seen.entry(hash_of(v)).or_default();
+        let held = same.iter().any(|&at| {
+            let x = if at < len {
+                &target[at]
+            } else {
+                &added[at - len]
+            };
+            val_eq(x, v)
+        });
+        if !held {
+            same.push(len + added.len());
+            added.push(v.clone());
         }
+    }
+    if !added.is_empty() {
+        Rc::make_mut(target).extend(added);
     }
 }
 
 /// JSON equality: numbers by value (`1` is `1.0`, `0.0` is `-0.0`), arrays
 /// element by element, objects by their entries in any order.
-pub fn json_eq(a: &Value, b: &Value) -> bool {
+pub fn val_eq(a: &Val, b: &Val) -> bool {
+    if same(a, b) {
+        return true;
+    }
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => same_number(x, y),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        (Val::Num(x), Val::Num(y)) => same_number(x, y),
+        (Val::TStr(x) | Val::BStr(x), Val::TStr(y) | Val::BStr(y)) => x == y,
+        (Val::Arr(x), Val::Arr(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| val_eq(p, q))
         }
-        (Value::Object(x), Value::Object(y)) => {
+        (Val::Obj(x), Val::Obj(y)) => {
             x.len() == y.len()
                 && x.iter()
-                    .all(|(k, p)| y.get(k).is_some_and(|q| json_eq(p, q)))
+                    .all(|(k, p)| y.get(k).is_some_and(|q| val_eq(p, q)))
         }
-        _ => a == b,
-    }
-}
-
-/// A number's value as an integer, when it is one (`3`, `3.0`).
-fn integer(n: &Number) -> Option<i128> {
-    if let Some(i) = n.as_i64() {
-        return Some(i128::from(i));
-    }
-    if let Some(u) = n.as_u64() {
-        return Some(i128::from(u));
-    }
-    let f = n.as_f64()?;
-    // Within this range an integral float converts exactly.
-    (f.fract() == 0.0 && f.abs() < 1e37).then_some(f as i128)
-}
-
-fn same_number(x: &Number, y: &Number) -> bool {
-    match (integer(x), integer(y)) {
-        (Some(a), Some(b)) => a == b,
-        (None, None) => x.as_f64() == y.as_f64(),
+        (Val::Null, Val::Null) => true,
+        (Val::Bool(x), Val::Bool(y)) => x == y,
         _ => false,
     }
 }
 
-/// A hash of `v` that agrees with [`json_eq`].
-fn hash_of(v: &Value) -> u64 {
+/// [`val_eq`] of `serde_json` values.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    val_eq(&to_val(a), &to_val(b))
+}
+
+/// A number's value as an integer, when it is one (`3`, `3.0`), else as
+/// a float.
+fn number(n: &Num) -> Result<i128, f64> {
+    let float = |f: f64| {
+        // Within this range an integral float converts exactly.
+        if f.fract() == 0.0 && f.abs() < 1e37 {
+            Ok(f as i128)
+        } else {
+            Err(f)
+        }
+    };
+    match n {
+        Num::Int(i) => Ok(*i as i128),
+        Num::Float(f) => float(*f),
+        Num::BigInt(b) => b
+            .to_string()
+            .parse::<i128>()
+            .or_else(|_| float(b.to_string().parse().unwrap_or(f64::NAN))),
+        Num::Dec(d) => d
+            .parse::<i128>()
+            .or_else(|_| float(d.parse().unwrap_or(f64::NAN))),
+    }
+}
+
+fn same_number(x: &Num, y: &Num) -> bool {
+    match (number(x), number(y)) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A hash of `v` that agrees with [`val_eq`].
+fn hash_of(v: &Val) -> u64 {
     let mut h = DefaultHasher::new();
     hash_into(v, &mut h);
     h.finish()
 }
 
-fn hash_into(v: &Value, h: &mut DefaultHasher) {
+fn hash_into(v: &Val, h: &mut DefaultHasher) {
     match v {
-        Value::Null => 0u8.hash(h),
-        Value::Bool(b) => (1u8, *b).hash(h),
-        Value::Number(n) => {
+        Val::Null => 0u8.hash(h),
+        Val::Bool(b) => (1u8, *b).hash(h),
+        Val::Num(n) => {
             2u8.hash(h);
-            hash_number(n, h);
+            // Equal numbers hash alike: integers by their value, other
+            // floats by their bits.
+            match number(n) {
+                Ok(i) => (0u8, i).hash(h),
+                Err(f) => (1u8, f.to_bits()).hash(h),
+            }
         }
-        Value::String(s) => (3u8, s).hash(h),
-        Value::Array(a) => {
+        Val::TStr(s) | Val::BStr(s) => (3u8, &s[..]).hash(h),
+        Val::Arr(a) => {
             (4u8, a.len()).hash(h);
-            for x in a {
+            for x in a.iter() {
                 hash_into(x, h);
             }
         }
-        Value::Object(m) => {
+        Val::Obj(m) => {
             // Equal objects may list their keys in another order: the
             // entries' hashes are added up.
             let mut sum = 0u64;
-            for (k, x) in m {
+            for (k, x) in m.iter() {
                 let mut e = DefaultHasher::new();
-                k.hash(&mut e);
+                hash_into(k, &mut e);
                 hash_into(x, &mut e);
                 sum = sum.wrapping_add(e.finish());
             }
             (5u8, m.len(), sum).hash(h);
         }
-    }
-}
-
-/// Equal numbers (see [`same_number`]) hash alike: integers by their value,
-/// other floats by their bits.
-fn hash_number(n: &Number, h: &mut DefaultHasher) {
-    match integer(n) {
-        Some(i) => (0u8, i).hash(h),
-        None => (1u8, n.as_f64().map(f64::to_bits)).hash(h),
     }
 }
 
@@ -298,14 +339,14 @@ mod tests {
             assert_eq!(got, Value::Array(naive(t, i)), "cut {cut}");
         }
         // Keys in another order are the same object; numbers by value.
-        assert_eq!(hash_of(&values[16]), hash_of(&values[17]));
+        assert_eq!(hash_of(&to_val(&values[16])), hash_of(&to_val(&values[17])));
         for (a, b) in [
             (json!(0.0), json!(-0.0)),
             (json!(1), json!(1.0)),
             (json!([{"a": 2}]), json!([{"a": 2.0}])),
         ] {
             assert!(json_eq(&a, &b), "{a} {b}");
-            assert_eq!(hash_of(&a), hash_of(&b), "{a} {b}");
+            assert_eq!(hash_of(&to_val(&a)), hash_of(&to_val(&b)), "{a} {b}");
         }
         assert!(!json_eq(&json!(1), &json!(1.5)));
         assert!(!json_eq(&json!(u64::MAX), &json!(-1)));

@@ -15,8 +15,10 @@
 //! way (an index into an object, anything into a scalar) is replaced by the
 //! container the path needs.
 
+use crate::data::str_val;
 use crate::template::PathSeg;
-use serde_json::{Map, Value};
+use jaq_json::{Map, Rc, Val};
+use serde_json::Value;
 use serde_json_path::JsonPath;
 use std::fmt;
 
@@ -341,63 +343,70 @@ impl MappingPath {
 
     /// The value at the path, if there is one; through a wildcard, the
     /// first value matched in document order (as Zeebe reads `$.*`).
-    pub fn get<'v>(&self, v: &'v Value) -> Option<&'v Value> {
+    pub fn get<'v>(&self, v: &'v Val) -> Option<&'v Val> {
         first_match(&self.parts, v)
     }
 
     /// Write `value` at the path, creating what is missing (a target has no
-    /// wildcard: see [`MappingPath::parse_target`]).
-    pub fn set(&self, doc: &mut Value, value: Value) {
-        let mut cur = doc;
-        for s in &self.segs {
-            let index = match (s, &*cur) {
-                (PathSeg::Index(i), _) => Some(*i),
-                // As in Zeebe: a name of digits into an array is an index.
-                (PathSeg::Key(k), Value::Array(_)) => array_index(k),
-                (PathSeg::Key(_), _) => None,
-            };
-            cur = match (s, index) {
-                (_, Some(i)) => {
-                    if !cur.is_array() {
-                        *cur = Value::Array(Vec::new());
-                    }
-                    let Value::Array(a) = cur else {
-                        unreachable!("just made an array")
-                    };
-                    // As in Zeebe: an index past the end (or into an
-                    // array made just now) appends.
-                    let i = if i < a.len() {
-                        i
-                    } else {
-                        a.push(Value::Null);
-                        a.len() - 1
-                    };
-                    &mut a[i]
-                }
-                (PathSeg::Key(k), None) => {
-                    match std::mem::take(cur) {
-                        Value::Object(o) => *cur = Value::Object(o),
-                        // As in Zeebe: another name into an array turns it
-                        // into an object keyed by the elements' indexes.
-                        Value::Array(a) => {
-                            *cur = Value::Object(
-                                a.into_iter()
-                                    .enumerate()
-                                    .map(|(i, v)| (i.to_string(), v))
-                                    .collect(),
-                            );
-                        }
-                        _ => *cur = Value::Object(Map::new()),
-                    }
-                    let Value::Object(o) = cur else {
-                        unreachable!("just made an object")
-                    };
-                    o.entry(k.clone()).or_insert(Value::Null)
-                }
-                (PathSeg::Index(_), None) => unreachable!("an index has one"),
-            };
-        }
+    /// wildcard: see [`MappingPath::parse_target`]); only the arrays and
+    /// objects on the way are copied, and only when shared.
+    pub fn set(&self, doc: &mut Val, value: Val) {
+        set_at(&self.segs, doc, value);
+    }
+}
+
+fn set_at(segs: &[PathSeg], cur: &mut Val, value: Val) {
+    let Some((s, rest)) = segs.split_first() else {
         *cur = value;
+        return;
+    };
+    let index = match (s, &*cur) {
+        (PathSeg::Index(i), _) => Some(*i),
+        // As in Zeebe: a name of digits into an array is an index.
+        (PathSeg::Key(k), Val::Arr(_)) => array_index(k),
+        (PathSeg::Key(_), _) => None,
+    };
+    match (s, index) {
+        (_, Some(i)) => {
+            if !matches!(cur, Val::Arr(_)) {
+                *cur = Val::Arr(Rc::default());
+            }
+            let Val::Arr(a) = cur else {
+                unreachable!("just made an array")
+            };
+            let a = Rc::make_mut(a);
+            // As in Zeebe: an index past the end (or into an array made
+            // just now) appends.
+            let i = if i < a.len() {
+                i
+            } else {
+                a.push(Val::Null);
+                a.len() - 1
+            };
+            set_at(rest, &mut a[i], value);
+        }
+        (PathSeg::Key(k), None) => {
+            match std::mem::take(cur) {
+                o @ Val::Obj(_) => *cur = o,
+                // As in Zeebe: another name into an array turns it into an
+                // object keyed by the elements' indexes.
+                Val::Arr(a) => {
+                    *cur = Val::obj(
+                        a.iter()
+                            .enumerate()
+                            .map(|(i, v)| (str_val(&i.to_string()), v.clone()))
+                            .collect(),
+                    );
+                }
+                _ => *cur = Val::obj(Map::default()),
+            }
+            let Val::Obj(o) = cur else {
+                unreachable!("just made an object")
+            };
+            let at = Rc::make_mut(o).entry(str_val(k)).or_insert(Val::Null);
+            set_at(rest, at, value);
+        }
+        (PathSeg::Index(_), None) => unreachable!("an index has one"),
     }
 }
 
@@ -411,16 +420,16 @@ fn array_index(name: &str) -> Option<usize> {
 }
 
 /// The first value `parts` match under `v`, depth first in document order.
-fn first_match<'v>(parts: &[Option<PathSeg>], v: &'v Value) -> Option<&'v Value> {
+fn first_match<'v>(parts: &[Option<PathSeg>], v: &'v Val) -> Option<&'v Val> {
     let Some((first, rest)) = parts.split_first() else {
         return Some(v);
     };
     match (first, v) {
-        (Some(PathSeg::Key(k)), Value::Object(o)) => first_match(rest, o.get(k)?),
-        (Some(PathSeg::Key(k)), Value::Array(a)) => first_match(rest, a.get(array_index(k)?)?),
-        (Some(PathSeg::Index(i)), Value::Array(a)) => first_match(rest, a.get(*i)?),
-        (None, Value::Object(o)) => o.values().find_map(|c| first_match(rest, c)),
-        (None, Value::Array(a)) => a.iter().find_map(|c| first_match(rest, c)),
+        (Some(PathSeg::Key(k)), Val::Obj(o)) => first_match(rest, o.get(&str_val(k))?),
+        (Some(PathSeg::Key(k)), Val::Arr(a)) => first_match(rest, a.get(array_index(k)?)?),
+        (Some(PathSeg::Index(i)), Val::Arr(a)) => first_match(rest, a.get(*i)?),
+        (None, Val::Obj(o)) => o.values().find_map(|c| first_match(rest, c)),
+        (None, Val::Arr(a)) => a.iter().find_map(|c| first_match(rest, c)),
         _ => None,
     }
 }
@@ -456,13 +465,28 @@ mod tests {
         assert!(Query::parse("$.a[\"b").is_err());
         assert!(Query::parse("$.store.book[0]").is_ok());
     }
+    use crate::data::to_json;
+    use crate::value::to_val;
     use serde_json::json;
+
+    fn read(p: &str, doc: &Value) -> Option<Value> {
+        MappingPath::parse(p)
+            .unwrap()
+            .get(&to_val(doc))
+            .map(to_json)
+    }
+
+    fn write(doc: &mut Value, p: &str, v: Value) {
+        let mut d = to_val(doc);
+        MappingPath::parse(p).unwrap().set(&mut d, to_val(&v));
+        *doc = to_json(&d);
+    }
 
     #[test]
     fn a_wildcard_reads_the_first_match_in_document_order() {
         let doc =
             json!({"b": {"x": 1}, "a": {"name": "first"}, "c": [{"y": 0}, {"name": "second"}]});
-        let get = |p: &str| MappingPath::parse(p).unwrap().get(&doc).cloned();
+        let get = |p: &str| read(p, &doc);
         assert_eq!(get("$.*"), Some(json!({"x": 1})));
         assert_eq!(get("$.*.name"), Some(json!("first")));
         assert_eq!(get("$.c[*].name"), Some(json!("second")));
@@ -502,30 +526,22 @@ mod tests {
     #[test]
     fn set_creates_what_is_missing_and_keeps_siblings() {
         let mut doc = json!({"a": {"keep": 1}});
-        MappingPath::parse("$.a.b[1].c")
-            .unwrap()
-            .set(&mut doc, json!(5));
+        write(&mut doc, "$.a.b[1].c", json!(5));
         assert_eq!(doc, json!({"a": {"keep": 1, "b": [{"c": 5}]}}));
-        MappingPath::parse("$.a.b[0]")
-            .unwrap()
-            .set(&mut doc, json!("x"));
+        write(&mut doc, "$.a.b[0]", json!("x"));
         assert_eq!(doc["a"]["b"][0], json!("x"));
-        MappingPath::parse("$").unwrap().set(&mut doc, json!([1]));
+        write(&mut doc, "$", json!([1]));
         assert_eq!(doc, json!([1]));
     }
 
     #[test]
     fn names_meet_arrays_as_in_zeebe() {
         let mut doc = json!({"arr": [0, 1, 2]});
-        let set =
-            |doc: &mut Value, p: &str, v: Value| MappingPath::parse_target(p).unwrap().set(doc, v);
+        let set = write;
         set(&mut doc, "$.arr.0", json!("bar"));
         assert_eq!(doc, json!({"arr": ["bar", 1, 2]}));
-        assert_eq!(
-            MappingPath::parse("$.arr.1").unwrap().get(&doc),
-            Some(&json!(1))
-        );
-        assert_eq!(MappingPath::parse("$.arr.01").unwrap().get(&doc), None);
+        assert_eq!(read("$.arr.1", &doc), Some(json!(1)));
+        assert_eq!(read("$.arr.01", &doc), None);
         set(&mut doc, "$['arr']['0s']", json!("x"));
         assert_eq!(doc, json!({"arr": {"0": "bar", "1": 1, "2": 2, "0s": "x"}}));
         // On an object, digits are a key.
@@ -540,11 +556,8 @@ mod tests {
     #[test]
     fn get_reads_names_and_indexes() {
         let doc = json!({"a": [{"b": 1}]});
-        assert_eq!(
-            MappingPath::parse("$.a[0].b").unwrap().get(&doc),
-            Some(&json!(1))
-        );
-        assert_eq!(MappingPath::parse("$.a[1]").unwrap().get(&doc), None);
+        assert_eq!(read("$.a[0].b", &doc), Some(json!(1)));
+        assert_eq!(read("$.a[1]", &doc), None);
     }
 
     #[test]

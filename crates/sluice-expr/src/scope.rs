@@ -20,9 +20,12 @@ pub trait Scope {
 
 /// A program's input, `.`: JSON made a jq value only the first time a
 /// program that needs one runs on it (a direct program, such as the
-/// `.name` of a template `{{ .name }}`, reads the JSON).
+/// `.name` of a template `{{ .name }}`, reads the JSON), or a jq value made
+/// JSON only the first time something asks for it as JSON.
 pub struct Input<'a> {
     json: Option<&'a serde_json::Value>,
+    /// The jq value made JSON, once something asked for it.
+    made_json: std::sync::OnceLock<serde_json::Value>,
     val: std::sync::OnceLock<Val>,
 }
 
@@ -31,6 +34,7 @@ impl<'a> Input<'a> {
     pub fn json(json: &'a serde_json::Value) -> Self {
         Self {
             json: Some(json),
+            made_json: std::sync::OnceLock::new(),
             val: std::sync::OnceLock::new(),
         }
     }
@@ -39,13 +43,24 @@ impl<'a> Input<'a> {
     pub fn val(val: Val) -> Self {
         Self {
             json: None,
+            made_json: std::sync::OnceLock::new(),
             val: std::sync::OnceLock::from(val),
         }
     }
 
-    /// The input as JSON, if it is JSON.
-    pub fn as_json(&self) -> Option<&'a serde_json::Value> {
-        self.json
+    /// The input as JSON, if it is at hand as JSON (nothing is converted).
+    pub fn as_json(&self) -> Option<&serde_json::Value> {
+        self.json.or_else(|| self.made_json.get())
+    }
+
+    /// The input as JSON, converted the first time it is asked for.
+    pub fn to_json(&self) -> &serde_json::Value {
+        match self.json {
+            Some(j) => j,
+            None => self
+                .made_json
+                .get_or_init(|| self.val.get().map(crate::data::to_json).unwrap_or_default()),
+        }
     }
 
     /// The input as jq value, converted the first time it is asked for.

@@ -11,6 +11,7 @@
 
 use crate::jq::{CompileError, CompileIssue, Limits, Program};
 use crate::{Error, Input, Scope};
+use jaq_json::Val;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -155,6 +156,35 @@ impl Template {
             }
         }
         Ok(Value::String(out))
+    }
+
+    /// [`Template::render`] as a jq value: what the output shares with the
+    /// input and the flow object stays shared.
+    pub fn render_val(
+        &self,
+        input: &Input<'_>,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Val, Error> {
+        if self.raw
+            && let Part::Expr(p) = &self.parts[0]
+        {
+            return Ok(p.single_val(input, scope, limits)?.unwrap_or(Val::Null));
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr(p) => match p.single_val(input, scope, limits)? {
+                    None => out.push_str("null"),
+                    Some(v) => match crate::data::as_str(&v) {
+                        Some(s) => out.push_str(s),
+                        None => out.push_str(&crate::data::to_text(&v)),
+                    },
+                },
+            }
+        }
+        Ok(Val::utf8_str(out))
     }
 
     /// Whether any of the template's programs can read the input `.`.
@@ -351,6 +381,32 @@ impl TemplateValue {
                     m.insert(k.clone(), x.render(input, scope, limits)?);
                 }
                 Value::Object(m)
+            }
+        })
+    }
+
+    /// [`TemplateValue::render`] as a jq value: what the templates' outputs
+    /// share with the input and the flow object stays shared.
+    pub fn render_val(
+        &self,
+        input: &Input<'_>,
+        scope: &dyn Scope,
+        limits: &Limits,
+    ) -> Result<Val, Error> {
+        Ok(match self {
+            Self::Const(v) => crate::value::to_val(v),
+            Self::Template(t) => t.render_val(input, scope, limits)?,
+            Self::Array(a) => Val::Arr(jaq_json::Rc::new(
+                a.iter()
+                    .map(|x| x.render_val(input, scope, limits))
+                    .collect::<Result<_, _>>()?,
+            )),
+            Self::Object(o) => {
+                let mut m = jaq_json::Map::with_capacity_and_hasher(o.len(), Default::default());
+                for (k, x) in o {
+                    m.insert(crate::data::str_val(k), x.render_val(input, scope, limits)?);
+                }
+                Val::obj(m)
             }
         })
     }

@@ -56,7 +56,7 @@ pub fn from_val(v: &Val) -> Result<Value, String> {
     })
 }
 
-fn num_from_val(n: &Num) -> Value {
+pub(crate) fn num_from_val(n: &Num) -> Value {
     let float = |f: f64| {
         if f.is_nan() {
             Value::Null

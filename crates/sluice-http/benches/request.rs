@@ -110,7 +110,6 @@ fn http_request_step(b: Bencher) {
             let cx = ActionCx {
                 run_id: "r",
                 step_key: "s",
-                input: &input,
                 program_input: &program_input,
                 scope: &scope,
                 expressions: &exprs,

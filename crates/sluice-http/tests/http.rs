@@ -245,7 +245,7 @@ impl Env {
         let flow = sluice_model::load("t.yaml", &text, self.registry.as_ref())
             .unwrap_or_else(|d| panic!("{d}"));
         let req = RunRequest {
-            input: Some(input),
+            input: Some(sluice_expr::data::into_val(input)),
             ..Default::default()
         };
         self.engine.run(&flow, req).await.unwrap()
@@ -254,12 +254,12 @@ impl Env {
     async fn ok(&self, text: &str, input: Value) -> Value {
         let r = self.run(text, input).await;
         assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
-        r.output.unwrap()
+        r.output_json().unwrap()
     }
 
     async fn fails(&self, text: &str, input: Value) -> (Blame, String) {
         let r = self.run(text, input).await;
-        assert_ne!(r.status, RunStatus::Succeeded, "{:?}", r.output);
+        assert_ne!(r.status, RunStatus::Succeeded, "{:?}", r.output_json());
         let f = r.failure.unwrap();
         (f.blame, f.message)
     }
@@ -308,7 +308,8 @@ async fn requests_are_sent_as_written_and_answers_read_by_their_type() {
         )
         .await;
     assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
-    let b = &r.output.as_ref().unwrap()["body"];
+    let out = r.output_json().unwrap();
+    let b = &out["body"];
     assert_eq!(b["method"], "POST");
     assert_eq!(b["headers"]["content-type"], "application/json");
     assert_eq!(

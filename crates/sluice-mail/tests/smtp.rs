@@ -100,7 +100,7 @@ async fn run(text: &str, input: Value) -> RunResult {
     let flow =
         sluice_model::load("m.yaml", text, registry.as_ref()).unwrap_or_else(|d| panic!("{d}"));
     let req = RunRequest {
-        input: Some(input),
+        input: Some(sluice_expr::data::into_val(input)),
         ..Default::default()
     };
     engine.run(&flow, req).await.unwrap()
@@ -129,7 +129,7 @@ async fn a_message_arrives_with_its_headers_and_body() {
     )
     .await;
     assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
-    let out = r.output.unwrap();
+    let out = r.output_json().unwrap();
     assert_eq!(
         out["to"],
         json!([

@@ -80,7 +80,7 @@ impl Action for Script {
     }
 
     async fn run<'a>(&'a self, cx: ActionCx<'a>, o: ScriptOptions) -> Result<Outcome, ActionError> {
-        let mut data = cx.input.clone();
+        let mut data = cx.program_input.to_json().clone();
         if let Value::Object(m) = &mut data {
             for var in ["trigger", "last", "accountability", "env"] {
                 let v = match cx.scope.get_json(var) {

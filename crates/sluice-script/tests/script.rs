@@ -20,8 +20,8 @@ async fn run_with(store: &Arc<SqliteStore>, text: &str, input: Value, trigger: V
     let flow =
         sluice_model::load("s.yaml", text, registry.as_ref()).unwrap_or_else(|d| panic!("{d}"));
     let req = RunRequest {
-        input: Some(input),
-        trigger,
+        input: Some(sluice_expr::data::into_val(input)),
+        trigger: sluice_expr::data::into_val(trigger),
         ..Default::default()
     };
     engine.run(&flow, req).await.unwrap()
@@ -49,7 +49,7 @@ steps:
     let input = json!({"net": 100, "items": [{"sku": "A", "qty": 2}]});
     let r = run_with(&store, text, input, json!({"customer": "C-1"})).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
-    let out = r.output.unwrap();
+    let out = r.output_json().unwrap();
     assert_eq!(out["gross"], json!(119));
     assert_eq!(out["lines"], json!(["A x2"]));
     assert_eq!(out["last"], json!({"net": 100}));

@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::{Value, json};
 use sluice_engine::RunRequest;
+use sluice_expr::data::{Json as ValJson, into_val, to_json};
+use sluice_expr::to_val;
 use sluice_model::Flow;
 use sluice_store::{AuditEntry, RunDetail, RunFilter, RunStatus, RunSummary, StepRecord, Store};
 
@@ -338,8 +340,8 @@ async fn start_run<S: Store>(
         }))
     })?;
     let req = RunRequest {
-        trigger: json!({"type": "manual", "body": input}),
-        input: (!input.is_null()).then(|| input.clone()),
+        trigger: into_val(json!({"type": "manual", "body": input})),
+        input: (!input.is_null()).then(|| to_val(&input)),
         accountability: caller.accountability("manual", json!({})),
         event: None,
     };
@@ -362,7 +364,7 @@ async fn finish(
     Ok(axum::Json(json!({
         "runId": r.run_id,
         "status": r.status.as_str(),
-        "output": r.output,
+        "output": r.output.as_ref().map(ValJson),
         "error": r.failure.as_ref().map(|f| f.message.clone()),
         "step": r.failure.as_ref().map(|f| f.step.clone()),
     }))
@@ -470,10 +472,10 @@ fn step_json(r: &StepRecord) -> Value {
         "key": r.step_key,
         "type": r.kind,
         "ok": r.ok,
-        "options": r.options,
-        "input": r.input,
-        "result": r.result,
-        "output": r.output,
+        "options": ValJson(&r.options),
+        "input": ValJson(&r.input),
+        "result": r.result.as_ref().map(ValJson),
+        "output": r.output.as_ref().map(ValJson),
         "error": r.error,
         "blame": r.blame,
         "logs": r.logs,
@@ -484,10 +486,10 @@ fn step_json(r: &StepRecord) -> Value {
 
 fn detail_json(d: &RunDetail) -> Value {
     let mut v = summary_json(&d.summary);
-    v["trigger"] = d.trigger.clone();
-    v["input"] = d.input.clone();
-    v["state"] = d.state.clone();
-    v["output"] = d.output.clone().unwrap_or(Value::Null);
+    v["trigger"] = to_json(&d.trigger);
+    v["input"] = to_json(&d.input);
+    v["state"] = to_json(&d.state);
+    v["output"] = d.output.as_ref().map(to_json).unwrap_or(Value::Null);
     v["nextStep"] = json!(d.next_step);
     v["flowVersion"] = json!(d.flow_version);
     v["accountability"] = d.accountability.clone();
@@ -620,7 +622,7 @@ async fn retry<S: Store>(
         accountability: caller.accountability("retry", json!({"retryOf": id})),
         event: sluice_model::EVENT_TRIGGERS
             .contains(&flow.trigger.kind.as_str())
-            .then(|| d.trigger.clone()),
+            .then(|| to_json(&d.trigger)),
     };
     s.admit()?;
     let version = flow.version.clone();

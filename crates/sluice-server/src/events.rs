@@ -121,7 +121,7 @@ async fn take<S: Store>(
             continue;
         }
         let req = RunRequest {
-            trigger: event.clone(),
+            trigger: sluice_expr::to_val(&event),
             input: None,
             accountability: caller
                 .accountability("cloudevent", json!({"source": source, "id": id})),

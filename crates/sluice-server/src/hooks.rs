@@ -26,6 +26,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sluice_action::triggers::HookMethod;
 use sluice_engine::{RunRequest, RunResult};
+use sluice_expr::Val;
+use sluice_expr::data::{into_val, obj_val, str_val, to_json};
 use sluice_expr::{Limits, MapScope};
 use sluice_store::{RunStatus, Store};
 
@@ -130,7 +132,7 @@ pub(crate) async fn read_body(
     timeout: std::time::Duration,
 ) -> Result<Value, ApiError> {
     let bytes = read_bytes(headers, body, limit, timeout).await?;
-    parse_body(headers, &bytes, json_only)
+    parse_body(headers, &bytes, json_only).map(|v| to_json(&v))
 }
 
 /// A body's bytes, at most `limit` of them.
@@ -169,9 +171,9 @@ pub(crate) fn parse_body(
     headers: &HeaderMap,
     bytes: &[u8],
     json_only: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Val, ApiError> {
     if bytes.is_empty() {
-        return Ok(Value::Null);
+        return Ok(Val::Null);
     }
     let ctype = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -181,7 +183,7 @@ pub(crate) fn parse_body(
         .to_ascii_lowercase();
     let mime = ctype.split(';').next().unwrap_or_default().trim();
     if mime == "application/json" || mime.ends_with("+json") {
-        serde_json::from_slice(bytes).map_err(|e| {
+        sluice_expr::data::parse(bytes).map_err(|e| {
             ApiError::bad_request(format!(
                 "the body is not valid JSON: {} at line {}, column {}",
                 e.to_string().split(" at line ").next().unwrap_or_default(),
@@ -191,10 +193,10 @@ pub(crate) fn parse_body(
             .with_details(json!({"line": e.line(), "column": e.column()}))
         })
     } else if mime == "application/x-www-form-urlencoded" {
-        form_object(bytes)
+        form_object(bytes).map(into_val)
     } else if mime.starts_with("text/") {
         String::from_utf8(bytes.to_vec())
-            .map(Value::String)
+            .map(Val::utf8_str)
             .map_err(|_| ApiError::bad_request("the text body is not UTF-8"))
     } else {
         Err(ApiError::new(
@@ -254,17 +256,21 @@ pub(crate) async fn hook<S: Store>(
         how["auth"] = json!(auth.kind());
     }
     let body = parse_body(&headers, &bytes, false)?;
-    let trigger = json!({
-        "method": method.as_str(),
-        "path": format!("/hooks/{path}"),
-        "query": query,
-        "headers": headers_object(&headers, &hook.options.drop_headers),
-        "body": body,
-    });
-    let input = match &trigger["body"] {
-        Value::Null => None,
+    drop(bytes);
+    let input = match &body {
+        Val::Null => None,
         b => Some(b.clone()),
     };
+    let trigger = obj_val([
+        ("method", str_val(method.as_str())),
+        ("path", str_val(&format!("/hooks/{path}"))),
+        ("query", into_val(query)),
+        (
+            "headers",
+            into_val(headers_object(&headers, &hook.options.drop_headers)),
+        ),
+        ("body", body),
+    ]);
     // Only an answer expression reads `$trigger` after the run.
     let kept = hook.body.as_ref().map(|_| trigger.clone());
     let req = RunRequest {
@@ -287,7 +293,7 @@ pub(crate) async fn hook<S: Store>(
 /// The answer of a synchronous webhook.
 fn answer(
     hook: &crate::flows::Hook,
-    trigger: Option<&Value>,
+    trigger: Option<&Val>,
     r: RunResult,
 ) -> Result<Response, ApiError> {
     let run_header = HeaderValue::from_str(&r.run_id).ok();
@@ -327,13 +333,12 @@ fn answer(
         None => r.last,
         Some(p) => {
             let mut scope = MapScope::default();
-            let trigger = trigger.unwrap_or(&Value::Null);
             scope
                 .0
-                .insert("trigger".into(), sluice_expr::to_val(trigger));
-            scope.0.insert("last".into(), sluice_expr::to_val(&r.last));
-            let output = r.output.unwrap_or(Value::Null);
-            p.eval_json(&output, &scope, &Limits::default())
+                .insert("trigger".into(), trigger.cloned().unwrap_or_default());
+            scope.0.insert("last".into(), r.last);
+            let output = r.output.unwrap_or_default();
+            p.eval_val(&output, &scope, &Limits::default())
                 .map_err(|e| {
                     ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -342,7 +347,7 @@ fn answer(
                     )
                     .with_details(json!({"runId": r.run_id}))
                 })?
-                .unwrap_or(Value::Null)
+                .unwrap_or_default()
         }
     };
     let status = hook
@@ -351,7 +356,7 @@ fn answer(
         .status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let mut resp = (status, axum::Json(body)).into_response();
+    let mut resp = (status, crate::server::JsonVal(body)).into_response();
     let h = resp.headers_mut();
     for (k, v) in &hook.options.response.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {

@@ -20,6 +20,7 @@ fn header_map(headers: &[(&str, &[u8])]) -> HeaderMap {
 /// A webhook's body (`Content-Type` `content_type`) as `$trigger.body`.
 pub fn webhook_body(content_type: &[u8], body: &[u8]) -> Result<Value, String> {
     crate::hooks::parse_body(&header_map(&[("content-type", content_type)]), body, false)
+        .map(|v| sluice_expr::data::to_json(&v))
         .map_err(|e| e.message)
 }
 

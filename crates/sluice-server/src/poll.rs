@@ -68,8 +68,8 @@ async fn poll_once<S: Store>(server: &Server<S>, p: &Polled) -> Result<bool, Str
         trigger.insert("polledAt".into(), json!(polled_at));
         trigger.insert("row".into(), row.clone());
         let req = RunRequest {
-            trigger: Value::Object(trigger),
-            input: Some(row),
+            trigger: sluice_expr::data::into_val(Value::Object(trigger)),
+            input: Some(sluice_expr::data::into_val(row)),
             accountability: crate::auth::Caller::default().accountability("poll", json!({})),
             event: None,
         };

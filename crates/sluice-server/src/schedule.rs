@@ -56,7 +56,7 @@ async fn fire<S: Store>(server: &Server<S>, s: &Scheduled, at: i64, missed: bool
         "missed": missed,
     });
     let req = RunRequest {
-        trigger,
+        trigger: sluice_expr::data::into_val(trigger),
         input: None,
         accountability: crate::auth::Caller::default().accountability("schedule", json!({})),
         event: None,

@@ -13,6 +13,7 @@
 use crate::error::ApiError;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use sluice_expr::data::Json;
 use sluice_expr::{Limits, MapScope, Program};
 use sluice_store::{RunDetail, RunFilter, RunSummary, Store};
 use std::time::{Duration, Instant};
@@ -116,10 +117,10 @@ fn data(d: RunDetail) -> Value {
         "id": d.summary.id,
         "flowId": d.summary.flow_id,
         "status": d.summary.status.as_str(),
-        "trigger": d.trigger,
-        "input": d.input,
-        "state": d.state,
-        "output": d.output,
+        "trigger": Json(&d.trigger),
+        "input": Json(&d.input),
+        "state": Json(&d.state),
+        "output": d.output.as_ref().map(Json),
         "error": d.summary.error,
         "errorStep": d.summary.error_step,
     })

@@ -494,7 +494,7 @@ impl<S: Store> Server<S> {
                     .update_run(
                         id,
                         &RunUpdate::ended(
-                            detail.state.into(),
+                            detail.state,
                             None,
                             Some(format!("cannot continue after a restart: {message}")),
                             detail.next_step,
@@ -747,6 +747,21 @@ pub(crate) async fn joined(run_id: &str, task: RunTask) -> Result<RunResult, Api
             "run_lost",
             format!("run `{run_id}` stopped unexpectedly; it continues at the next start"),
         )),
+    }
+}
+
+/// A JSON answer of a value runs hold, written as its text without being
+/// made a `serde_json` value first.
+pub(crate) struct JsonVal(pub(crate) sluice_expr::Val);
+
+impl axum::response::IntoResponse for JsonVal {
+    fn into_response(self) -> axum::response::Response {
+        let text = serde_json::to_vec(&sluice_expr::data::Json(&self.0)).unwrap_or_default();
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response()
     }
 }
 

@@ -26,7 +26,6 @@ async fn attempt(
     let cx = ActionCx {
         run_id: run,
         step_key: "s",
-        input: &input,
         program_input: &program_input,
         scope: &scope,
         expressions: &BTreeMap::new(),

@@ -8,6 +8,7 @@ use crate::{
     StoreError, Wait,
 };
 use serde_json::Value;
+use sluice_expr::Val;
 
 /// One of the stores, by its URL.
 #[derive(Clone, Debug)]
@@ -92,7 +93,7 @@ impl Store for AnyStore {
     ) -> Result<Option<String>, StoreError> {
         each!(self, s => s.flow_version(flow_id, version))
     }
-    async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
+    async fn resume_run(&self, run_id: &str, state: &Val) -> Result<(), StoreError> {
         each!(self, s => s.resume_run(run_id, state))
     }
     async fn count_recovery(&self, run_id: &str) -> Result<u32, StoreError> {
@@ -139,7 +140,7 @@ impl Store for AnyStore {
     async fn suspend(
         &self,
         step: Option<&StepRecord>,
-        state: &Value,
+        state: &Val,
         wait: &Wait,
     ) -> Result<bool, StoreError> {
         each!(self, s => s.suspend(step, state, wait))

@@ -187,7 +187,7 @@ pub(crate) async fn insert_run(
     owner: &str,
     enc: &mut Encoder<'_>,
 ) -> Result<(), StoreError> {
-    let input = enc.json(&run.input);
+    let input = enc.val(&run.input);
     let (status, state, next, steps, updated, output, error, error_step, ended) = match at {
         None => (
             "running",
@@ -202,11 +202,11 @@ pub(crate) async fn insert_run(
         ),
         Some((u, n)) => (
             u.status.as_str(),
-            enc.json(&u.state),
+            enc.val(&u.state),
             u.next_step.clone(),
             n,
             crate::now_micros(),
-            enc.opt_json(u.output.as_deref()),
+            enc.opt_val(u.output.as_ref()),
             opt_text(&u.error),
             u.error_step.clone(),
             u.ended_at,
@@ -218,7 +218,7 @@ pub(crate) async fn insert_run(
     .bind(&run.id)
     .bind(&run.flow_id)
     .bind(status)
-    .bind(enc.json(&run.trigger))
+    .bind(enc.val(&run.trigger))
     .bind(&input)
     .bind(state)
     .bind(next)
@@ -271,10 +271,10 @@ impl StepRow {
             step_key: s.step_key.clone(),
             kind: s.kind.clone(),
             ok: s.ok,
-            options: enc.json(&s.options),
-            input: enc.json(&s.input),
-            result: enc.opt_json(s.result.as_deref()),
-            output: enc.opt_json(s.output.as_deref()),
+            options: enc.val(&s.options),
+            input: enc.val(&s.input),
+            result: enc.opt_val(s.result.as_ref()),
+            output: enc.opt_val(s.output.as_ref()),
             error: opt_text(&s.error),
             blame: s.blame.clone(),
             logs: json(&Value::from(s.logs.clone())),
@@ -437,8 +437,8 @@ pub(crate) async fn record_moving(
     let mut enc = Encoder::new(&r.run_id, known);
     let steps = StepColumns::of(&r.steps, &mut enc);
     let u = &r.run;
-    let state = enc.json(&u.state);
-    let output = enc.opt_json(u.output.as_deref());
+    let state = enc.val(&u.state);
+    let output = enc.opt_val(u.output.as_ref());
     let chunks = std::mem::take(&mut enc.chunks);
     let n = i64::try_from(r.steps.len()).unwrap_or(i64::MAX);
     let q = sqlx::query(concat!(

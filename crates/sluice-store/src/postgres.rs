@@ -28,6 +28,7 @@ use crate::{
     StoreError, Wait,
 };
 use serde_json::Value;
+use sluice_expr::Val;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
@@ -413,9 +414,9 @@ impl Store for PgStore {
         Ok(row.map(|r| r.try_get("source")).transpose()?)
     }
 
-    async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
+    async fn resume_run(&self, run_id: &str, state: &Val) -> Result<(), StoreError> {
         let mut enc = Encoder::new(run_id, &self.known);
-        let state = enc.json(state);
+        let state = enc.val(state);
         let mut tx = self.pool.begin().await?;
         insert_values(&mut tx, &enc.chunks).await?;
         let done = sqlx::query("UPDATE runs SET status = 'running', state = $1, error = NULL, error_step = NULL, updated_at = $2, lease_owner = $4 WHERE id = $3 AND status = 'incident'")
@@ -626,7 +627,7 @@ impl Store for PgStore {
     async fn suspend(
         &self,
         step: Option<&StepRecord>,
-        state: &Value,
+        state: &Val,
         wait: &Wait,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -640,7 +641,7 @@ impl Store for PgStore {
                     steps: vec![s.clone()],
                     run: RunUpdate {
                         status: RunStatus::Waiting,
-                        state: std::sync::Arc::new(state.clone()),
+                        state: state.clone(),
                         next_step: Some(wait.step_key.clone()),
                         output: None,
                         error: None,
@@ -652,7 +653,7 @@ impl Store for PgStore {
             }
             None => {
                 let done = sqlx::query("UPDATE runs SET status = 'waiting', state = $1, next_step = $2, updated_at = $3 WHERE id = $4 AND status = 'running' AND lease_owner = $5")
-                    .bind(enc.json(state))
+                    .bind(enc.val(state))
                     .bind(&wait.step_key)
                     .bind(crate::now_micros())
                     .bind(&wait.run_id)

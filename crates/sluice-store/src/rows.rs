@@ -6,8 +6,8 @@ use crate::{
     ApiToken, AuditEntry, RunDetail, RunStatus, RunSummary, StepRecord, StoreError, Wait, WaitKind,
 };
 use serde_json::Value;
+use sluice_expr::Val;
 use sqlx::Row;
-use std::sync::Arc;
 
 /// The columns a record is read from.
 pub(crate) trait Get {
@@ -58,15 +58,15 @@ fn doc(r: &impl Get, col: &str, what: &str) -> Result<Option<Value>, StoreError>
     parse_json(r.opt_text(col)?, what)
 }
 
-/// A run's value: its JSON text, or the large value it names.
-fn value(
-    r: &impl Get,
-    col: &str,
-    what: &str,
-    values: &Loaded,
-) -> Result<Option<Value>, StoreError> {
-    let text = r.opt_text(col)?.map(|t| values.text(t)).transpose()?;
-    parse_json(text, what)
+/// A run's value: its JSON text, or the large value it names (read
+/// straight into a jq value).
+fn value(r: &impl Get, col: &str, what: &str, values: &Loaded) -> Result<Option<Val>, StoreError> {
+    let Some(text) = r.opt_text(col)?.map(|t| values.text(t)).transpose()? else {
+        return Ok(None);
+    };
+    sluice_expr::data::parse(text.as_bytes())
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// The columns of a run's row and of its steps' rows that hold its values.
@@ -140,9 +140,9 @@ pub(crate) fn detail(
 ) -> Result<RunDetail, StoreError> {
     Ok(RunDetail {
         summary: summary(row)?,
-        trigger: value(row, "trigger", "run trigger", values)?.unwrap_or(Value::Null),
-        input: value(row, "input", "run input", values)?.unwrap_or(Value::Null),
-        state: value(row, "state", "run state", values)?.unwrap_or(Value::Null),
+        trigger: value(row, "trigger", "run trigger", values)?.unwrap_or_default(),
+        input: value(row, "input", "run input", values)?.unwrap_or_default(),
+        state: value(row, "state", "run state", values)?.unwrap_or_default(),
         output: value(row, "output", "run output", values)?,
         next_step: row.opt_text("next_step")?,
         flow_version: row.opt_text("flow_version")?,
@@ -201,10 +201,10 @@ pub(crate) fn step(r: &impl Get, values: &Loaded) -> Result<StepRecord, StoreErr
         step_key: r.text("step_key")?,
         kind: r.text("kind")?,
         ok: r.flag("ok")?,
-        options: Arc::new(value(r, "options", "step options", values)?.unwrap_or(Value::Null)),
-        input: Arc::new(value(r, "input", "step input", values)?.unwrap_or(Value::Null)),
-        result: value(r, "result", "step result", values)?.map(Arc::new),
-        output: value(r, "output", "step output", values)?.map(Arc::new),
+        options: value(r, "options", "step options", values)?.unwrap_or_default(),
+        input: value(r, "input", "step input", values)?.unwrap_or_default(),
+        result: value(r, "result", "step result", values)?,
+        output: value(r, "output", "step output", values)?,
         error: r.opt_text("error")?,
         blame: r.opt_text("blame")?,
         logs: doc(r, "logs", "step logs")?

@@ -3,6 +3,7 @@
 //! see `sluice_action::secrets`); without one, values are written as given.
 
 use serde_json::Value;
+use sluice_expr::Val;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
@@ -33,6 +34,27 @@ pub(crate) fn json(v: &Value) -> String {
             serde_json::to_string(&(s.value)(v)).unwrap_or_default()
         }
         _ => text,
+    }
+}
+
+/// Whether a [`Scrub`] is installed.
+pub(crate) fn active() -> bool {
+    SCRUB.get().is_some()
+}
+
+/// Whether JSON text holds something to clean.
+pub(crate) fn found(text: &[u8]) -> bool {
+    match (SCRUB.get(), std::str::from_utf8(text)) {
+        (Some(s), Ok(t)) => matches!((s.text)(t), Cow::Owned(_)),
+        _ => false,
+    }
+}
+
+/// A jq value cleaned inside its strings and keys.
+pub(crate) fn val(v: &Val) -> Val {
+    match SCRUB.get() {
+        Some(s) => sluice_expr::data::into_val((s.value)(&sluice_expr::data::to_json(v))),
+        None => v.clone(),
     }
 }
 

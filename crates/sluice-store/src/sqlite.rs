@@ -17,6 +17,7 @@ use crate::{
     RunSummary, RunUpdate, SeenEvent, StepRecord, Store, StoreError, Wait,
 };
 use serde_json::Value;
+use sluice_expr::{Val, data};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -296,10 +297,10 @@ fn step_vals(step: &StepRecord, enc: &mut Encoder<'_>) -> StepVals {
         step_key: step.step_key.clone(),
         kind: step.kind.clone(),
         ok: step.ok,
-        options: enc.json(&step.options),
-        input: enc.json(&step.input),
-        result: enc.opt_json(step.result.as_deref()),
-        output: enc.opt_json(step.output.as_deref()),
+        options: enc.val(&step.options),
+        input: enc.val(&step.input),
+        result: enc.opt_val(step.result.as_ref()),
+        output: enc.opt_val(step.output.as_ref()),
         error: opt_text(&step.error),
         blame: step.blame.clone(),
         logs: json(&Value::from(step.logs.clone())),
@@ -318,15 +319,18 @@ fn record_vals(
     run: &RunUpdate,
     enc: &mut Encoder<'_>,
 ) -> RecordVals {
-    let same = steps.last().and_then(|s| s.output.as_ref()) == Some(&run.state);
+    let same = steps
+        .last()
+        .and_then(|s| s.output.as_ref())
+        .is_some_and(|o| data::same(o, &run.state));
     let steps: Vec<StepVals> = steps.iter().map(|s| step_vals(s, enc)).collect();
     let state = match steps.last().and_then(|s| s.output.as_ref()) {
         Some(text) if same => text.clone(),
-        _ => enc.json(&run.state),
+        _ => enc.val(&run.state),
     };
     let output = match &run.output {
-        Some(o) if *o == run.state => Some(state.clone()),
-        o => enc.opt_json(o.as_deref()),
+        Some(o) if data::same(o, &run.state) => Some(state.clone()),
+        o => enc.opt_val(o.as_ref()),
     };
     RecordVals {
         create: new.map(|n| create_vals(n, enc)),
@@ -388,7 +392,7 @@ impl Store for SqliteStore {
     async fn suspend(
         &self,
         step: Option<&StepRecord>,
-        state: &Value,
+        state: &Val,
         wait: &Wait,
     ) -> Result<bool, StoreError> {
         let mut enc = Encoder::new(&wait.run_id, &self.known);
@@ -399,7 +403,7 @@ impl Store for SqliteStore {
                 std::slice::from_ref(s),
                 &RunUpdate {
                     status: RunStatus::Waiting,
-                    state: Arc::new(state.clone()),
+                    state: state.clone(),
                     next_step: Some(wait.step_key.clone()),
                     output: None,
                     error: None,
@@ -409,7 +413,7 @@ impl Store for SqliteStore {
                 &mut enc,
             )
         });
-        let state = enc.json(state);
+        let state = enc.val(state);
         self.group
             .write(
                 Write::Suspend(Box::new(SuspendVals {
@@ -500,8 +504,8 @@ impl Store for SqliteStore {
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
         let mut enc = Encoder::new(run_id, &self.known);
-        let state = enc.json(&run.state);
-        let output = enc.opt_json(run.output.as_deref());
+        let state = enc.val(&run.state);
+        let output = enc.opt_val(run.output.as_ref());
         let q = bind_run(sqlx::query(UPDATE_RUN), run, state, output).bind(run_id);
         let done = self.with_values(enc.chunks, q).await?;
         if done.rows_affected() != 1 {
@@ -578,10 +582,10 @@ impl Store for SqliteStore {
         Ok(row.map(|r| r.try_get("source")).transpose()?)
     }
 
-    async fn resume_run(&self, run_id: &str, state: &Value) -> Result<(), StoreError> {
+    async fn resume_run(&self, run_id: &str, state: &Val) -> Result<(), StoreError> {
         let mut enc = Encoder::new(run_id, &self.known);
         let q = sqlx::query("UPDATE runs SET status = 'running', state = ?, error = NULL, error_step = NULL, updated_at = ? WHERE id = ? AND status = 'incident'")
-            .bind(enc.json(state))
+            .bind(enc.val(state))
             .bind(crate::now_micros())
             .bind(run_id);
         let done = self.with_values(enc.chunks, q).await?;
@@ -984,8 +988,8 @@ fn create_vals(run: &NewRun, enc: &mut Encoder<'_>) -> CreateVals {
     CreateVals {
         id: run.id.clone(),
         flow_id: run.flow_id.clone(),
-        trigger: enc.json(&run.trigger),
-        input: enc.json(&run.input),
+        trigger: enc.val(&run.trigger),
+        input: enc.val(&run.input),
         next_step: run.next_step.clone(),
         started_at: run.started_at,
         flow_version: run.flow_version.clone(),

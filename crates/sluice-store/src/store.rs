@@ -2,8 +2,8 @@
 //! waits, and the small values the engine and the server hand it.
 
 use serde_json::Value;
+use sluice_expr::Val;
 use std::future::Future;
-use std::sync::Arc;
 
 /// Where a run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,11 +71,10 @@ pub struct NewRun {
     pub id: String,
     /// The flow's id.
     pub flow_id: String,
-    /// `$trigger` (shared with the run's flow object, which converts it
-    /// for jq only when a program reads it).
-    pub trigger: Arc<Value>,
+    /// `$trigger` (shared with the run's flow object).
+    pub trigger: Val,
     /// The run's input state data (shared with the run's state).
-    pub input: Arc<Value>,
+    pub input: Val,
     /// The step it runs first.
     pub next_step: Option<String>,
     /// Start, in microseconds since the Unix epoch.
@@ -103,15 +102,15 @@ pub struct StepRecord {
     /// Whether it succeeded.
     pub ok: bool,
     /// Options after templating.
-    pub options: Arc<Value>,
+    pub options: Val,
     /// The step's input state data (shared with the run's state and the
     /// step before's output: a step's values are never copied to be
     /// recorded).
-    pub input: Arc<Value>,
+    pub input: Val,
     /// The action's result (`None`: no payload, or failed).
-    pub result: Option<Arc<Value>>,
+    pub result: Option<Val>,
     /// The state data the step handed on.
-    pub output: Option<Arc<Value>>,
+    pub output: Option<Val>,
     /// The error, when it failed.
     pub error: Option<String>,
     /// Who must act on the error (`flow`, `external`, `store`, `bug`).
@@ -130,11 +129,11 @@ pub struct RunUpdate {
     /// New status.
     pub status: RunStatus,
     /// Current state data.
-    pub state: Arc<Value>,
+    pub state: Val,
     /// The step to run next, if any.
     pub next_step: Option<String>,
     /// The run's output, once it succeeded.
-    pub output: Option<Arc<Value>>,
+    pub output: Option<Val>,
     /// The error that ended it.
     pub error: Option<String>,
     /// The step that failed.
@@ -147,8 +146,8 @@ impl RunUpdate {
     /// A run that ends now: succeeded when there is no `error`, failed
     /// otherwise (at `error_step`, if a step failed).
     pub fn ended(
-        state: Arc<Value>,
-        output: Option<Arc<Value>>,
+        state: Val,
+        output: Option<Val>,
         error: Option<String>,
         error_step: Option<String>,
     ) -> Self {
@@ -335,13 +334,13 @@ pub struct RunDetail {
     /// The summary.
     pub summary: RunSummary,
     /// `$trigger`.
-    pub trigger: Value,
+    pub trigger: Val,
     /// The input state data.
-    pub input: Value,
+    pub input: Val,
     /// The current state data.
-    pub state: Value,
+    pub state: Val,
     /// The output, once succeeded.
-    pub output: Option<Value>,
+    pub output: Option<Val>,
     /// The step it runs next.
     pub next_step: Option<String>,
     /// The version of the flow file it ran with.
@@ -530,7 +529,7 @@ pub trait Store: Send + Sync + 'static {
     fn resume_run(
         &self,
         run_id: &str,
-        state: &Value,
+        state: &Val,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Note that running run `run_id` is continued after the process that
     /// drove it stopped: how many times in a row that happened with no step
@@ -588,7 +587,7 @@ pub trait Store: Send + Sync + 'static {
     fn suspend(
         &self,
         step: Option<&StepRecord>,
-        state: &Value,
+        state: &Val,
         wait: &Wait,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Take a suspended run's wait and move the run back to running, in one

@@ -19,8 +19,8 @@
 
 use crate::StoreError;
 use crate::scrub;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sluice_expr::{Val, data};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -78,10 +78,19 @@ impl Known {
 
 /// Writes the values of one run as column texts, gathering the nodes of
 /// the large ones (cleaned of secrets first, as every written value).
+///
+/// An array or object met again (the same one in memory: a step's output
+/// that is the next step's input, the state data that holds a result) is
+/// not written again: the node it became is named at once.
 pub(crate) struct Encoder<'a> {
     run_id: &'a str,
     known: &'a Known,
     pub(crate) chunks: Vec<Chunk>,
+    /// The nodes written, by the address of the array or object each is
+    /// (which is held here, so that its address names it while this lives).
+    memo: HashMap<usize, (Val, Hash)>,
+    /// [`LARGE`], but in tests.
+    large: usize,
 }
 
 impl<'a> Encoder<'a> {
@@ -90,32 +99,158 @@ impl<'a> Encoder<'a> {
             run_id,
             known,
             chunks: Vec::new(),
+            memo: HashMap::new(),
+            large: LARGE,
         }
     }
 
     /// The column text of `v`.
-    pub(crate) fn json(&mut self, v: &Value) -> String {
-        let text = scrub::json(v);
-        if text.len() < LARGE {
+    pub(crate) fn val(&mut self, v: &Val) -> String {
+        if let Some(text) = self.write(v, true) {
             return text;
         }
-        let (nodes, root) = cut(text.as_bytes(), LARGE);
-        for (hash, node) in nodes {
-            if self.known.has(self.run_id, &hash) || self.chunks.iter().any(|c| c.hash == hash) {
-                continue;
-            }
+        // A secret's value is in it: written again from a cleaned copy.
+        let cleaned = scrub::val(v);
+        self.write(&cleaned, false).unwrap_or_default()
+    }
+
+    /// The column text of `v`, if any.
+    pub(crate) fn opt_val(&mut self, v: Option<&Val>) -> Option<String> {
+        v.map(|v| self.val(v))
+    }
+
+    /// The column text of `v`; `None` when `check` finds a secret in it.
+    fn write(&mut self, v: &Val, check: bool) -> Option<String> {
+        if let Some(hash) = data::address(v)
+            .and_then(|a| self.memo.get(&a))
+            .map(|m| m.1)
+        {
+            return Some(reference(&hash));
+        }
+        let mut cut = Cut {
+            buf: Vec::new(),
+            holes: Vec::new(),
+            check: check && scrub::active(),
+            dirty: false,
+            enc: self,
+        };
+        cut.value(v, true);
+        if cut.dirty {
+            return None;
+        }
+        let (buf, holes) = (cut.buf, cut.holes);
+        if check && scrub::active() && scrub::found(&buf) {
+            return None;
+        }
+        if holes.is_empty() && buf.len() < self.large {
+            return Some(String::from_utf8(buf).unwrap_or_default());
+        }
+        let hash = self.node(node_bytes(&buf, &holes, 0), v);
+        Some(reference(&hash))
+    }
+
+    /// Keep `node` (the node `v` is) to be written, unless it is known:
+    /// its name.
+    fn node(&mut self, node: Vec<u8>, v: &Val) -> Hash {
+        let hash: Hash = Sha256::digest(&node).into();
+        if !self.known.has(self.run_id, &hash) && !self.chunks.iter().any(|c| c.hash == hash) {
             self.chunks.push(Chunk {
                 run_id: self.run_id.to_owned(),
                 hash,
                 body: lz4_flex::compress_prepend_size(&node),
             });
         }
-        reference(&root)
+        if let Some(a) = data::address(v) {
+            self.memo.insert(a, (v.clone(), hash));
+        }
+        hash
+    }
+}
+
+/// A value's JSON text as it is written, its large parts cut out as nodes
+/// on the way (see [`cut`], which does the same on text).
+struct Cut<'e, 'a> {
+    buf: Vec<u8>,
+    holes: Vec<(usize, Hash)>,
+    /// Whether to look for secrets' values in each node's text.
+    check: bool,
+    /// A secret's value was found.
+    dirty: bool,
+    enc: &'e mut Encoder<'a>,
+}
+
+impl Cut<'_, '_> {
+    fn value(&mut self, v: &Val, root: bool) {
+        if self.dirty {
+            return;
+        }
+        let (start, first) = (self.buf.len(), self.holes.len());
+        match v {
+            Val::Arr(a) => {
+                if !root && self.known_node(v) {
+                    return;
+                }
+                self.buf.push(b'[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    self.value(x, false);
+                }
+                self.buf.push(b']');
+            }
+            Val::Obj(o) => {
+                if !root && self.known_node(v) {
+                    return;
+                }
+                self.buf.push(b'{');
+                for (i, (k, x)) in o.iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    self.scalar(k);
+                    self.buf.push(b':');
+                    self.value(x, false);
+                }
+                self.buf.push(b'}');
+            }
+            _ => {
+                self.scalar(v);
+                return;
+            }
+        }
+        if !root && self.buf.len() - start >= self.enc.large {
+            if self.check && scrub::found(&self.buf[start..]) {
+                self.dirty = true;
+                return;
+            }
+            let node = node_bytes(&self.buf[start..], &self.holes[first..], start);
+            let hash = self.enc.node(node, v);
+            self.buf.truncate(start);
+            self.holes.truncate(first);
+            self.hole(hash);
+        }
     }
 
-    /// The column text of `v`, if any.
-    pub(crate) fn opt_json(&mut self, v: Option<&Value>) -> Option<String> {
-        v.map(|v| self.json(v))
+    fn scalar(&mut self, v: &Val) {
+        // Numbers and strings as serde_json writes them.
+        let _ = serde_json::to_writer(&mut self.buf, &data::Json(v));
+    }
+
+    /// Name the node `v` became, if it became one before.
+    fn known_node(&mut self, v: &Val) -> bool {
+        match data::address(v).and_then(|a| self.enc.memo.get(&a)) {
+            Some(&(_, hash)) => {
+                self.hole(hash);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn hole(&mut self, hash: Hash) {
+        self.holes.push((self.buf.len(), hash));
+        self.buf.extend_from_slice(b"null");
     }
 }
 
@@ -149,6 +284,7 @@ pub(crate) fn referred(text: &str) -> Option<Hash> {
 
 /// The end (one past the closing quote) of the JSON string whose text
 /// starts at `from` (just after its opening quote).
+#[cfg(test)]
 fn string_end(text: &[u8], mut from: usize) -> usize {
     while let Some(i) = memchr::memchr2(b'"', b'\\', &text[from..]) {
         let at = from + i;
@@ -180,6 +316,7 @@ fn node_bytes(text: &[u8], holes: &[(usize, Hash)], base: usize) -> Vec<u8> {
 /// The nodes of a large value's JSON text (parts before what holds them;
 /// the root last; a part is an array or object of at least `large` bytes)
 /// and the root's name.
+#[cfg(test)]
 fn cut(text: &[u8], large: usize) -> (Vec<(Hash, Vec<u8>)>, Hash) {
     let mut buf = Vec::with_capacity(text.len().min(1 << 20));
     let mut holes: Vec<(usize, Hash)> = Vec::new();
@@ -326,7 +463,8 @@ pub(crate) fn roots<'t>(texts: impl IntoIterator<Item = Option<&'t str>>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+    use sluice_expr::to_val;
 
     fn big(n: usize) -> Value {
         Value::Array(
@@ -357,8 +495,8 @@ mod tests {
         let mut b = a.clone();
         b["count"] = json!(5000);
         let mut enc = Encoder::new("run-1", &known);
-        let ta = enc.json(&a);
-        let tb = enc.json(&b);
+        let ta = enc.val(&to_val(&a));
+        let tb = enc.val(&to_val(&b));
         assert!(ta.starts_with('@') && tb.starts_with('@') && ta != tb);
         // a: items, deep.more, root; b shares both parts: only its root is new
         assert_eq!(enc.chunks.len(), 4, "{}", enc.chunks.len());
@@ -369,11 +507,11 @@ mod tests {
         // once committed, nothing of either is sent again
         known.remember(&enc.chunks);
         let mut again = Encoder::new("run-1", &known);
-        again.json(&a);
+        again.val(&to_val(&a));
         assert!(again.chunks.is_empty());
         // another run writes its own
         let mut other = Encoder::new("run-2", &known);
-        other.json(&a);
+        other.val(&to_val(&a));
         assert_eq!(other.chunks.len(), 3);
         let stored: usize = enc.chunks.iter().map(|c| c.body.len()).sum();
         assert!(stored * 2 < text_a.len(), "{stored} for {}", text_a.len());
@@ -383,8 +521,8 @@ mod tests {
     fn small_values_stay_json_text() {
         let known = Known::default();
         let mut enc = Encoder::new("r", &known);
-        assert_eq!(enc.json(&json!({"a": "@x"})), r#"{"a":"@x"}"#);
-        assert_eq!(enc.json(&json!("@")), r#""@""#);
+        assert_eq!(enc.val(&to_val(&json!({"a": "@x"}))), r#"{"a":"@x"}"#);
+        assert_eq!(enc.val(&to_val(&json!("@"))), r#""@""#);
         assert!(enc.chunks.is_empty());
         assert_eq!(referred(r#""@""#), None);
     }
@@ -394,7 +532,7 @@ mod tests {
         let known = Known::default();
         for v in [json!("x".repeat(LARGE * 2)), json!(vec![1; LARGE])] {
             let mut enc = Encoder::new("r", &known);
-            let t = enc.json(&v);
+            let t = enc.val(&to_val(&v));
             assert_eq!(enc.chunks.len(), 1);
             assert_eq!(
                 read_back(&enc.chunks, t).await,
@@ -459,11 +597,48 @@ mod tests {
         }
     }
 
+    /// Values cut as they are written make the nodes their text would be
+    /// cut into, and read back byte for byte; an array or object met again
+    /// is named, not written again.
+    #[tokio::test]
+    async fn values_are_cut_as_their_text_is() {
+        let mut seed = 0xc0ffee_u64;
+        let known = Known::default();
+        for round in 0..400 {
+            let v = random(&mut seed, 5);
+            let text = serde_json::to_string(&v).expect("text");
+            let large = [1, 2, 8, 20, 64][round % 5];
+            let mut enc = Encoder::new("r", &known);
+            enc.large = large;
+            let column = enc.val(&to_val(&v));
+            if text.len() < large {
+                assert_eq!(column, text);
+                continue;
+            }
+            let (_, root) = cut(text.as_bytes(), large);
+            assert_eq!(column, reference(&root), "{v}");
+            assert_eq!(read_back(&enc.chunks, column).await, text, "{v}");
+        }
+        let part = to_val(&big(3000));
+        let whole = sluice_expr::data::obj_val([("a", part.clone()), ("b", part.clone())]);
+        let mut enc = Encoder::new("r", &known);
+        let t = enc.val(&whole);
+        assert_eq!(enc.chunks.len(), 2, "the part once, and the whole");
+        let again = enc.val(&part);
+        assert_eq!(enc.chunks.len(), 2);
+        assert!(again.starts_with('@'));
+        let expected = format!(
+            r#"{{"a":{0},"b":{0}}}"#,
+            serde_json::to_string(&big(3000)).expect("text")
+        );
+        assert_eq!(read_back(&enc.chunks, t).await, expected);
+    }
+
     #[tokio::test]
     async fn a_missing_or_broken_node_is_reported() {
         let known = Known::default();
         let mut enc = Encoder::new("r", &known);
-        let t = enc.json(&json!({"a": big(2000), "b": big(2100)}));
+        let t = enc.val(&to_val(&json!({"a": big(2000), "b": big(2100)})));
         let first = enc.chunks[0].hash;
         let r = Loaded::load(roots([Some(t.as_str())]), |h| {
             let b = enc

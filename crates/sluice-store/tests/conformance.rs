@@ -1,17 +1,28 @@
 //! The store conformance suite: every backend must pass it unchanged.
 
-use serde_json::json;
+use serde_json::{Value, json};
+use sluice_expr::Val;
 use sluice_store::{
     NewRun, RunFilter, RunStatus, RunUpdate, SqliteStore, StepRecord, Store, StoreError, Wait,
     WaitKind, new_run_id, now_micros,
 };
 
+/// A JSON value as runs hold it.
+fn v(j: Value) -> Val {
+    sluice_expr::to_val(&j)
+}
+
+/// A run's value as JSON, exactly as it was read.
+fn j(v: &Val) -> Value {
+    sluice_expr::data::to_json(v)
+}
+
 fn new_run(flow: &str) -> NewRun {
     NewRun {
         id: new_run_id(),
         flow_id: flow.into(),
-        trigger: json!({"body": {"a": 1}}).into(),
-        input: json!({"a": 1}).into(),
+        trigger: v(json!({"body": {"a": 1}})),
+        input: v(json!({"a": 1})),
         next_step: Some("first".into()),
         started_at: now_micros(),
         flow_version: Some("v1".into()),
@@ -27,10 +38,10 @@ fn step(run: &str, seq: i64, ok: bool) -> StepRecord {
         step_key: format!("s{seq}"),
         kind: "transform".into(),
         ok,
-        options: json!({"value": {"n": seq}}).into(),
-        input: json!({"a": 1}).into(),
-        result: ok.then(|| json!({"n": seq}).into()),
-        output: ok.then(|| json!({"a": 1, "n": seq}).into()),
+        options: v(json!({"value": {"n": seq}})),
+        input: v(json!({"a": 1})),
+        result: ok.then(|| v(json!({"n": seq}))),
+        output: ok.then(|| v(json!({"a": 1, "n": seq}))),
         error: (!ok).then(|| "boom".to_owned()),
         blame: (!ok).then(|| "flow".to_owned()),
         logs: vec!["hello".into()],
@@ -42,7 +53,7 @@ fn step(run: &str, seq: i64, ok: bool) -> StepRecord {
 fn running(state: serde_json::Value, next: Option<&str>) -> RunUpdate {
     RunUpdate {
         status: RunStatus::Running,
-        state: state.into(),
+        state: v(state),
         next_step: next.map(str::to_owned),
         output: None,
         error: None,
@@ -65,20 +76,20 @@ fn big_items(n: usize, tag: &str) -> serde_json::Value {
 async fn large_values<S: Store>(store: &S) {
     let items = big_items(3000, "A");
     let mut run = new_run("large");
-    run.trigger = json!({"body": {"orderId": "L-1", "items": items}}).into();
-    run.input = json!({"orderId": "L-1", "items": items}).into();
+    run.trigger = v(json!({"body": {"orderId": "L-1", "items": items}}));
+    run.input = v(json!({"orderId": "L-1", "items": items}));
     let first_out = json!({"orderId": "L-1", "items": items, "count": 3000});
     let mut s0 = step(&run.id, 0, true);
     s0.input = run.input.clone();
-    s0.options = json!({"value": {"items": items, "count": 3000}}).into();
-    s0.result = Some(json!({"items": items, "count": 3000}).into());
-    s0.output = Some(first_out.clone().into());
+    s0.options = v(json!({"value": {"items": items, "count": 3000}}));
+    s0.result = Some(v(json!({"items": items, "count": 3000})));
+    s0.output = Some(v(first_out.clone()));
     let mut s1 = step(&run.id, 1, true);
-    s1.input = first_out.clone().into();
+    s1.input = v(first_out.clone());
     let second_out =
         json!({"orderId": "L-1", "items": items, "count": 3000, "more": big_items(2000, "B")});
-    s1.result = Some(json!({"more": big_items(2000, "B")}).into());
-    s1.output = Some(second_out.clone().into());
+    s1.result = Some(v(json!({"more": big_items(2000, "B")})));
+    s1.output = Some(v(second_out.clone()));
     store
         .record_steps(
             Some(&run),
@@ -90,38 +101,46 @@ async fn large_values<S: Store>(store: &S) {
     // Suspended with a new large state, then ended with a large output.
     let waiting = json!({"all": [second_out, big_items(1500, "C")]});
     let wait = wait_of(&run, WaitKind::Sleep, None);
-    assert!(store.suspend(None, &waiting, &wait).await.unwrap());
+    assert!(
+        store
+            .suspend(None, &v(waiting.clone()), &wait)
+            .await
+            .unwrap()
+    );
     let got = store.get_run(&run.id).await.unwrap().unwrap();
-    assert_eq!(got.state, waiting);
+    assert_eq!(j(&got.state), waiting);
     assert!(store.claim_wait(&run.id, None).await.unwrap().is_some());
     let end = RunUpdate {
         status: RunStatus::Incident,
-        output: Some(json!({"out": big_items(1200, "D")}).into()),
+        output: Some(v(json!({"out": big_items(1200, "D")}))),
         error: Some("stopped".into()),
         ..running(json!({"s": big_items(1100, "E")}), None)
     };
     store.update_run(&run.id, &end).await.unwrap();
     let resumed = json!({"fixed": big_items(1300, "F"), "items": items});
-    store.resume_run(&run.id, &resumed).await.unwrap();
+    store
+        .resume_run(&run.id, &v(resumed.clone()))
+        .await
+        .unwrap();
     let got = store.get_run(&run.id).await.unwrap().unwrap();
-    assert_eq!(got.trigger, *run.trigger);
-    assert_eq!(got.input, *run.input);
-    assert_eq!(got.state, resumed);
-    assert_eq!(got.output.as_ref(), end.output.as_deref());
+    assert_eq!(j(&got.trigger), j(&run.trigger));
+    assert_eq!(j(&got.input), j(&run.input));
+    assert_eq!(j(&got.state), resumed);
+    assert_eq!(got.output.as_ref().map(j), end.output.as_ref().map(j));
     assert_eq!(got.steps.len(), 2);
     for (got, want) in got.steps.iter().zip([&s0, &s1]) {
-        assert_eq!(got.options, want.options);
-        assert_eq!(got.input, want.input);
-        assert_eq!(got.result, want.result);
-        assert_eq!(got.output, want.output);
+        assert_eq!(j(&got.options), j(&want.options));
+        assert_eq!(j(&got.input), j(&want.input));
+        assert_eq!(got.result.as_ref().map(j), want.result.as_ref().map(j));
+        assert_eq!(got.output.as_ref().map(j), want.output.as_ref().map(j));
     }
     // A run started by a claim (a schedule's fire) keeps a large input too.
     let mut fired = new_run("large-fire");
-    fired.input = json!({"items": big_items(2500, "G")}).into();
+    fired.input = v(json!({"items": big_items(2500, "G")}));
     assert!(store.claim_fire("large-fire", 1, &fired).await.unwrap());
     let got = store.get_run(&fired.id).await.unwrap().unwrap();
-    assert_eq!(got.input, *fired.input);
-    assert_eq!(got.state, *fired.input);
+    assert_eq!(j(&got.input), j(&fired.input));
+    assert_eq!(j(&got.state), j(&fired.input));
 }
 
 async fn suite<S: Store>(store: &S) {
@@ -141,7 +160,7 @@ async fn suite<S: Store>(store: &S) {
         .unwrap();
     let done = RunUpdate {
         status: RunStatus::Succeeded,
-        output: Some(json!({"a": 1, "n": 1}).into()),
+        output: Some(v(json!({"a": 1, "n": 1}))),
         ended_at: Some(now_micros()),
         ..running(json!({"a": 1, "n": 1}), None)
     };
@@ -157,8 +176,8 @@ async fn suite<S: Store>(store: &S) {
     assert_eq!(store.flow_of_run("no-such-run").await.unwrap(), None);
     assert_eq!(d.summary.status, RunStatus::Succeeded);
     assert_eq!(d.summary.steps, 2);
-    assert_eq!(d.output, Some(json!({"a": 1, "n": 1})));
-    assert_eq!(d.trigger, *run.trigger);
+    assert_eq!(d.output.as_ref().map(j), Some(json!({"a": 1, "n": 1})));
+    assert_eq!(j(&d.trigger), j(&run.trigger));
     assert_eq!(d.steps.len(), 2);
     assert_eq!(
         d.steps[1],
@@ -176,7 +195,7 @@ async fn suite<S: Store>(store: &S) {
         .await;
     assert!(err.is_err());
     let again = store.get_run(&run.id).await.unwrap().unwrap();
-    assert_eq!(again.state, json!({"a": 1, "n": 1}));
+    assert_eq!(j(&again.state), json!({"a": 1, "n": 1}));
     assert_eq!(again.summary.status, RunStatus::Succeeded);
 
     // A step for a run that does not exist leaves nothing behind.
@@ -298,12 +317,12 @@ async fn suite<S: Store>(store: &S) {
 
     // Resuming: only an incident, only once.
     store
-        .resume_run(&failed.id, &json!({"fixed": true}))
+        .resume_run(&failed.id, &v(json!({"fixed": true})))
         .await
         .unwrap();
     let resumed = store.get_run(&failed.id).await.unwrap().unwrap();
     assert_eq!(resumed.summary.status, RunStatus::Running);
-    assert_eq!(resumed.state, json!({"fixed": true}));
+    assert_eq!(j(&resumed.state), json!({"fixed": true}));
     assert_eq!(resumed.summary.error, None);
     assert_eq!(resumed.flow_version.as_deref(), Some("v1"));
     assert_eq!(resumed.accountability, json!({"user": "ada"}));
@@ -320,14 +339,14 @@ async fn suite<S: Store>(store: &S) {
         Some((failed.id.clone(), 2))
     );
     assert!(matches!(
-        store.resume_run(&failed.id, &json!({})).await,
+        store.resume_run(&failed.id, &v(json!({}))).await,
         Err(StoreError::NotResumable {
             status: "running",
             ..
         })
     ));
     assert!(matches!(
-        store.resume_run("missing", &json!({})).await,
+        store.resume_run("missing", &v(json!({}))).await,
         Err(StoreError::NoSuchRun(_))
     ));
 
@@ -509,7 +528,7 @@ async fn batches<S: Store + Clone>(store: &S) {
     let run = new_run("pure");
     let done = RunUpdate {
         status: RunStatus::Succeeded,
-        output: Some(json!({"a": 1, "n": 2}).into()),
+        output: Some(v(json!({"a": 1, "n": 2}))),
         ended_at: Some(now_micros()),
         ..running(json!({"a": 1, "n": 2}), None)
     };
@@ -519,9 +538,9 @@ async fn batches<S: Store + Clone>(store: &S) {
     assert_eq!(d.summary.status, RunStatus::Succeeded);
     assert_eq!(d.summary.steps, 3);
     assert_eq!(d.steps.len(), 3);
-    assert_eq!(d.input, *run.input);
-    assert_eq!(d.output, Some(json!({"a": 1, "n": 2})));
-    assert_eq!(d.state, json!({"a": 1, "n": 2}));
+    assert_eq!(j(&d.input), j(&run.input));
+    assert_eq!(d.output.as_ref().map(j), Some(json!({"a": 1, "n": 2})));
+    assert_eq!(j(&d.state), json!({"a": 1, "n": 2}));
     assert!(d.summary.ended_at.is_some());
     // The same run again: refused whole, its steps not added.
     let again = store
@@ -558,7 +577,7 @@ async fn batches<S: Store + Clone>(store: &S) {
         let (s, id) = (store.clone(), r.id.clone());
         let end = RunUpdate {
             status: RunStatus::Succeeded,
-            output: Some(json!({"i": i}).into()),
+            output: Some(v(json!({"i": i}))),
             ended_at: Some(now_micros()),
             ..running(json!({"i": i}), None)
         };
@@ -617,12 +636,12 @@ async fn batches<S: Store + Clone>(store: &S) {
         let d = store.get_run(&r.id).await.unwrap().unwrap();
         assert_eq!(d.summary.status, RunStatus::Succeeded);
         assert_eq!((d.summary.steps, d.steps.len()), (2, 2));
-        assert_eq!(d.output, Some(json!({"i": i})));
+        assert_eq!(d.output.as_ref().map(j), Some(json!({"i": i})));
     }
     let c = store.get_run(&cancelled.id).await.unwrap().unwrap();
     assert_eq!(c.summary.status, RunStatus::Cancelled);
     let t = store.get_run(&taken.id).await.unwrap().unwrap();
-    assert_eq!((t.state, t.steps.len()), (json!({"t": 0}), 1));
+    assert_eq!((j(&t.state), t.steps.len()), (json!({"t": 0}), 1));
     let fresh = store
         .list_runs(&RunFilter {
             flow_id: Some("fresh".into()),
@@ -661,7 +680,7 @@ async fn batches<S: Store + Clone>(store: &S) {
         let d = store.get_run(&r.id).await.unwrap().unwrap();
         assert_eq!(d.summary.status, RunStatus::Failed);
         assert_eq!(d.summary.error, Some(format!("{} failed", r.id)));
-        assert_eq!(d.state, json!({"id": r.id}));
+        assert_eq!(j(&d.state), json!({"id": r.id}));
         assert_eq!(d.summary.steps, 2);
         assert_eq!(d.steps[1].error.as_deref(), Some("boom"));
     }
@@ -732,10 +751,10 @@ async fn waits<S: Store>(store: &S) {
     let sleeper = new_run("waits");
     store.create_run(&sleeper).await.unwrap();
     let w = wait_of(&sleeper, WaitKind::Sleep, None);
-    assert!(store.suspend(None, &json!({"s": 1}), &w).await.unwrap());
+    assert!(store.suspend(None, &v(json!({"s": 1})), &w).await.unwrap());
     let d = store.get_run(&sleeper.id).await.unwrap().unwrap();
     assert_eq!(d.summary.status, RunStatus::Waiting);
-    assert_eq!(d.state, json!({"s": 1}));
+    assert_eq!(j(&d.state), json!({"s": 1}));
     assert_eq!(d.next_step.as_deref(), Some("first"));
     assert_eq!(d.summary.steps, 0);
     assert!(store.list_waits(None).await.unwrap().contains(&w));
@@ -767,7 +786,7 @@ async fn waits<S: Store>(store: &S) {
     let w = wait_of(&retried, WaitKind::Retry, None);
     assert!(
         store
-            .suspend(Some(&attempt), &json!({"a": 1}), &w)
+            .suspend(Some(&attempt), &v(json!({"a": 1})), &w)
             .await
             .unwrap()
     );
@@ -780,14 +799,14 @@ async fn waits<S: Store>(store: &S) {
     let waiter = new_run("waits");
     store.create_run(&waiter).await.unwrap();
     let ev = wait_of(&waiter, WaitKind::Event, Some("order.paid"));
-    assert!(store.suspend(None, &json!({}), &ev).await.unwrap());
+    assert!(store.suspend(None, &v(json!({})), &ev).await.unwrap());
     let any = new_run("waits");
     store.create_run(&any).await.unwrap();
     let ev_any = Wait {
         wake_at: None,
         ..wait_of(&any, WaitKind::Event, None)
     };
-    assert!(store.suspend(None, &json!({}), &ev_any).await.unwrap());
+    assert!(store.suspend(None, &v(json!({})), &ev_any).await.unwrap());
     let paid = store.list_waits(Some("order.paid")).await.unwrap();
     assert!(paid.contains(&ev) && paid.contains(&ev_any) && paid.len() == 2);
     let other = store.list_waits(Some("order.shipped")).await.unwrap();
@@ -809,13 +828,13 @@ async fn waits<S: Store>(store: &S) {
     assert_eq!(store.claim_wait(&waiter.id, None).await.unwrap(), None);
     assert!(!store.list_waits(None).await.unwrap().contains(&ev));
     // A cancelled run is not suspended.
-    assert!(!store.suspend(None, &json!({}), &ev).await.unwrap());
+    assert!(!store.suspend(None, &v(json!({})), &ev).await.unwrap());
     assert_eq!(store.claim_wait(&waiter.id, None).await.unwrap(), None);
     let d = store.get_run(&waiter.id).await.unwrap().unwrap();
     assert_eq!(d.summary.status, RunStatus::Cancelled);
     // A wait of an unknown run is refused.
     let ghost = wait_of(&new_run("waits"), WaitKind::Sleep, None);
-    assert!(!store.suspend(None, &json!({}), &ghost).await.unwrap());
+    assert!(!store.suspend(None, &v(json!({})), &ghost).await.unwrap());
 }
 
 trait CloneWithTimes {
@@ -1081,7 +1100,7 @@ async fn sqlite_file_wal_stays_bounded_while_runs_are_written() {
         let run = new_run("wal");
         let done = RunUpdate {
             status: RunStatus::Succeeded,
-            output: Some(json!({"i": i}).into()),
+            output: Some(v(json!({"i": i}))),
             ended_at: Some(now_micros()),
             ..running(json!({"i": i}), None)
         };
@@ -1128,15 +1147,15 @@ async fn sqlite_file_keeps_a_large_value_once_per_run() {
     let mut state = json!({"items": big_items(15_000, "A")});
     let text = serde_json::to_string(&state).unwrap().len() as u64;
     assert!(text > 1_000_000, "{text}");
-    run.input = state.clone().into();
+    run.input = v(state.clone());
     store.create_run(&run).await.unwrap();
     for seq in 0..8 {
         let mut s = step(&run.id, seq, true);
-        s.input = state.clone().into();
+        s.input = v(state.clone());
         state[format!("f{seq}")] = json!(seq);
-        s.options = json!({"value": {"items": state["items"]}}).into();
-        s.result = Some(json!({"items": state["items"]}).into());
-        s.output = Some(state.clone().into());
+        s.options = v(json!({"value": {"items": state["items"]}}));
+        s.result = Some(v(json!({"items": state["items"]})));
+        s.output = Some(v(state.clone()));
         store
             .record_steps(None, &[s], &running(state.clone(), Some("next")))
             .await
@@ -1148,9 +1167,9 @@ async fn sqlite_file_keeps_a_large_value_once_per_run() {
         "the store grew by {grown} bytes for a value of {text}"
     );
     let got = store.get_run(&run.id).await.unwrap().unwrap();
-    assert_eq!(got.state, state);
+    assert_eq!(j(&got.state), state);
     assert_eq!(got.steps.len(), 8);
-    assert_eq!(got.steps[7].output.as_deref(), Some(&state));
+    assert_eq!(got.steps[7].output.as_ref().map(j), Some(state.clone()));
 }
 
 /// A fresh database on the PostgreSQL server of `SLUICE_TEST_POSTGRES_URL`
@@ -1276,12 +1295,12 @@ async fn postgres_processes_lease_their_runs() {
         now_micros(),
     );
     assert!(matches!(
-        a.suspend(None, &json!({}), &w).await,
+        a.suspend(None, &v(json!({})), &w).await,
         Err(StoreError::LeaseLost { .. })
     ));
     // Nothing of A's refused writes is in the record; B goes on.
     let d = b.get_run(&r.id).await.unwrap().unwrap();
-    assert_eq!((d.summary.steps, d.state.clone()), (1, json!({"n": 0})));
+    assert_eq!((d.summary.steps, j(&d.state)), (1, json!({"n": 0})));
     assert_eq!(b.count_recovery(&r.id).await.unwrap(), 1);
     b.record_step(&step(&r.id, 1, true), &running(json!({"n": 1}), Some("s2")))
         .await
@@ -1289,7 +1308,7 @@ async fn postgres_processes_lease_their_runs() {
 
     // B suspends it until now: every process hears of it; whoever claims
     // the wait holds the run.
-    assert!(b.suspend(None, &json!({"n": 1}), &w).await.unwrap());
+    assert!(b.suspend(None, &v(json!({"n": 1})), &w).await.unwrap());
     let n = tokio::time::timeout(Duration::from_secs(5), heard.recv())
         .await
         .unwrap()

@@ -141,6 +141,10 @@ impl DynAction for Answered {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move { self.answers.take(cx.step_key, self.kind, options) })
     }
+
+    fn result_of(&self, _options: &sluice_expr::Val) -> Option<sluice_expr::Val> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -6,23 +6,25 @@
 use crate::answer::answered;
 use serde_json::{Map, Value, json};
 use sluice_action::Registry;
+use sluice_expr::data::to_json;
 use sluice_store::{RunDetail, RunStatus};
 
 /// The case a recorded run makes, named `name`, for a flow whose trigger
 /// is of `trigger_kind`.
 pub fn case_of(run: &RunDetail, registry: &Registry, trigger_kind: &str, name: &str) -> Value {
+    let (trigger, input) = (to_json(&run.trigger), to_json(&run.input));
     let mut case = Map::new();
     case.insert("name".into(), Value::String(name.to_owned()));
-    let manual = json!({"type": "manual", "body": run.input});
+    let manual = json!({"type": "manual", "body": input});
     if sluice_model::EVENT_TRIGGERS.contains(&trigger_kind) {
-        case.insert("event".into(), run.trigger.clone());
-    } else if !(run.trigger.is_null() || trigger_kind == "manual" && run.trigger == manual) {
+        case.insert("event".into(), trigger);
+    } else if !(trigger.is_null() || trigger_kind == "manual" && trigger == manual) {
         // As the run had it (a webhook's headers and query, a run started
         // from the command line).
-        case.insert("trigger".into(), run.trigger.clone());
+        case.insert("trigger".into(), trigger);
     }
-    if !run.input.is_null() {
-        case.insert("input".into(), run.input.clone());
+    if !input.is_null() {
+        case.insert("input".into(), input);
     }
     let mut answers: Map<String, Value> = Map::new();
     for step in &run.steps {
@@ -30,7 +32,7 @@ pub fn case_of(run: &RunDetail, registry: &Registry, trigger_kind: &str, name: &
             continue;
         }
         let answer = if step.ok {
-            json!({"result": step.result.as_deref().unwrap_or(&Value::Null)})
+            json!({"result": step.result.as_ref().map(to_json)})
         } else {
             let mut a = json!({"error": step.error.clone().unwrap_or_default()});
             if let Some(b) = &step.blame
@@ -56,7 +58,10 @@ pub fn case_of(run: &RunDetail, registry: &Registry, trigger_kind: &str, name: &
     expect.insert("status".into(), Value::String(status.as_str().to_owned()));
     match status {
         RunStatus::Succeeded => {
-            expect.insert("output".into(), run.output.clone().unwrap_or(Value::Null));
+            expect.insert(
+                "output".into(),
+                run.output.as_ref().map(to_json).unwrap_or(Value::Null),
+            );
         }
         RunStatus::Failed | RunStatus::Incident => {
             let mut e = Map::new();

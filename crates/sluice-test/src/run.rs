@@ -8,6 +8,7 @@ use crate::report::{CaseReport, FileProblem, FileReport};
 use serde_json::{Value, json};
 use sluice_action::{DynAction, Registry};
 use sluice_engine::{Engine, RunRequest, RunResult};
+use sluice_expr::data::{into_val, to_json};
 use sluice_model::{Flow, Transaction};
 use sluice_store::{SqliteStore, Store};
 use std::path::Path;
@@ -155,7 +156,7 @@ impl Runner {
                 }
             }
         }
-        let output = r.output.clone().unwrap_or(Value::Null);
+        let output = r.output.as_ref().map(to_json).unwrap_or(Value::Null);
         if let Some(want) = &e.output {
             for d in diff(want, &output) {
                 failures.push(format!("output {d}"));
@@ -195,8 +196,16 @@ impl Runner {
                     }
                 }
             };
-            same("result", &s.result, rec.result.as_deref());
-            same("output", &s.output, rec.output.as_deref());
+            same(
+                "result",
+                &s.result,
+                rec.result.as_ref().map(to_json).as_ref(),
+            );
+            same(
+                "output",
+                &s.output,
+                rec.output.as_ref().map(to_json).as_ref(),
+            );
             if let Some(want) = &s.error {
                 match &rec.error {
                     Some(got) if got.contains(want.as_str()) => {}
@@ -234,6 +243,7 @@ impl Runner {
                 failed += 1;
                 continue;
             };
+            let v = into_val(v);
             let req = RunRequest {
                 trigger: v.clone(),
                 input: Some(v),
@@ -243,7 +253,7 @@ impl Runner {
             match engine.run(flow, req).await {
                 Ok(r) if r.status.as_str() == "succeeded" => {
                     succeeded += 1;
-                    outputs.push(r.output.unwrap_or(Value::Null));
+                    outputs.push(r.output.as_ref().map(to_json).unwrap_or(Value::Null));
                 }
                 Ok(_) => failed += 1,
                 Err(e) => return failures.push(format!("a record's run did not run: {e}")),
@@ -305,8 +315,8 @@ fn request(flow: &Flow, case: &Case) -> RunRequest {
             _ => None,
         });
     RunRequest {
-        trigger,
-        input,
+        trigger: into_val(trigger),
+        input: input.map(into_val),
         event: case.event.clone(),
         accountability: accountability(),
     }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
+use sluice_expr::Val;
 use sluice_model::{Diagnostics, Flow};
 use sluice_store::{AnyStore, RunFilter, RunStatus, Store};
 use std::io::{IsTerminal, Read, Write};
@@ -746,20 +747,19 @@ fn written_credentials(flow: &Flow) -> Vec<String> {
     found
 }
 
-fn read_input(input: Option<&str>) -> Result<Option<Value>, String> {
+fn read_input<T: serde::de::DeserializeOwned>(input: Option<&str>) -> Result<Option<T>, String> {
     let Some(src) = input else { return Ok(None) };
     let (name, text) = if src == "-" {
-        let mut s = String::new();
+        let mut s = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut s)
+            .read_to_end(&mut s)
             .map_err(|e| format!("cannot read the input from standard input: {e}"))?;
         ("<stdin>".to_owned(), s)
     } else {
-        let s = std::fs::read_to_string(src)
-            .map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
+        let s = std::fs::read(src).map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
         (src.to_owned(), s)
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
         format!(
             "{name}:{}:{}: the input is not valid JSON: {} (expected one JSON value, such as an object)",
             e.line(),
@@ -793,14 +793,14 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
     if let Err(code) = enabled(&flow, path) {
         return code;
     }
-    let input = match read_input(input) {
+    let input: Option<Val> = match read_input(input) {
         Ok(i) => i,
         Err(m) => {
             eprintln!("error: {m}");
             return INVALID;
         }
     };
-    let event = match read_input(event) {
+    let event: Option<Value> = match read_input(event) {
         Ok(e) => e,
         Err(m) => {
             eprintln!("error: {}", m.replace("the input", "the event"));
@@ -869,9 +869,10 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
     // A run started from the command line: `$trigger` is the input as given.
     let req = RunRequest {
         trigger: event
-            .clone()
+            .as_ref()
+            .map(sluice_expr::to_val)
             .or_else(|| input.clone())
-            .unwrap_or(Value::Null),
+            .unwrap_or_default(),
         input,
         event,
         accountability: serde_json::json!({
@@ -1037,9 +1038,18 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, 
         }
         Ok(result) => match result.status {
             RunStatus::Succeeded => {
-                let out =
-                    sluice_action::secrets::scrub_value(&result.output.unwrap_or(Value::Null));
-                let text = serde_json::to_string_pretty(&out).unwrap_or_else(|_| out.to_string());
+                let out = result.output.unwrap_or_default();
+                let text = serde_json::to_string_pretty(&sluice_expr::data::Json(&out))
+                    .unwrap_or_default();
+                let text = match sluice_action::secrets::scrub(&text) {
+                    std::borrow::Cow::Borrowed(_) => text,
+                    // A secret's value is in it: cleaned where it is.
+                    std::borrow::Cow::Owned(_) => {
+                        let out =
+                            sluice_action::secrets::scrub_value(&sluice_expr::data::to_json(&out));
+                        serde_json::to_string_pretty(&out).unwrap_or_default()
+                    }
+                };
                 let mut stdout = std::io::stdout().lock();
                 let _ = writeln!(stdout, "{text}");
                 eprintln!("run {} succeeded", result.run_id);
@@ -1081,7 +1091,7 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, 
 }
 
 async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Option<&str>) -> u8 {
-    let patch = match read_input(patch) {
+    let patch: Option<Value> = match read_input(patch) {
         Ok(p) => p,
         Err(m) => {
             eprintln!("error: {m}");

@@ -1,6 +1,5 @@
 //! Readable text for runs: tables and step data.
 
-use serde_json::Value;
 use sluice_store::{RunDetail, RunFilter, RunStatus, RunSummary, Store};
 use std::fmt::Write;
 
@@ -96,7 +95,8 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
 }
 
 /// Compact JSON when it fits on a line, indented otherwise.
-fn pretty(v: &Value) -> String {
+fn pretty(v: &sluice_expr::Val) -> String {
+    let v = &sluice_expr::data::to_json(v);
     let compact = v.to_string();
     if compact.chars().count() <= 100 {
         return compact;

@@ -37,7 +37,7 @@ async fn a_failed_envelope_undoes_its_database_writes_and_its_api_calls() {
         let flow = sluice_model::load("span.yaml", &text, registry.as_ref())
             .unwrap_or_else(|d| panic!("{d}"));
         let req = RunRequest {
-            input: Some(input),
+            input: Some(sluice_expr::data::into_val(input)),
             ..Default::default()
         };
         engine.run(&flow, req).await.unwrap()
@@ -68,7 +68,7 @@ unmappedResults: replace
         let text = format!(
             "id: c\nunmappedResults: replace\n{head}steps:\n  - {{key: q, type: sql.query, options: {{connection: db, mode: expectSingle, query: \"SELECT COUNT(*) AS n FROM {table}\"}}}}\n"
         );
-        run(text, json!({})).await.output.unwrap()["n"]
+        run(text, json!({})).await.output_json().unwrap()["n"]
             .as_i64()
             .unwrap()
     };
@@ -86,7 +86,7 @@ unmappedResults: replace
     )
     .await;
     assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.failure);
-    let out = r.output.unwrap();
+    let out = r.output_json().unwrap();
     assert_eq!(out["tokens"]["orderId"], json!(1), "{out}");
     assert_eq!(out["results"][1]["status"], json!(201), "{out}");
     assert_eq!(

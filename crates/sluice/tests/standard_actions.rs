@@ -104,7 +104,7 @@ impl Runner {
         );
         let r = self.run(&text).await;
         assert_eq!(r.status, RunStatus::Succeeded, "{:?}\n{text}", r.failure);
-        r.output
+        r.output_json()
     }
 
     async fn reset(&self, b: &Backend, rows: &[Value]) {
@@ -190,7 +190,7 @@ impl Runner {
             (None, None) => {}
         }
         if let Some(want) = &case.result {
-            let got = r.output.clone().unwrap_or(Value::Null);
+            let got = r.output_json().unwrap_or(Value::Null);
             if !fits(&got, want) {
                 wrong.push(format!("result {got} does not fit {want}"));
             }

@@ -1,0 +1,314 @@
+//! JSON data as runs hold it: jq values ([`Val`]), whose arrays and
+//! objects are shared, not copied, however many steps, filters, variables
+//! and records refer to them.
+//!
+//! A run's data is read once (JSON text straight into a [`Val`], or a
+//! `serde_json::Value` converted once), handed from step to step and
+//! recorded by reference; programs run on it without conversion. Its
+//! numbers and strings are kept as JSON has them: [`to_json`] and [`Json`]
+//! (its text) give back exactly the JSON it was read from. What jq programs
+//! produce is made what jq gives back ([`normalize`]: `2.0` is `2`, NaN is
+//! `null`), as [`crate::from_val`] does for `serde_json` values.
+
+use crate::value::{num_from_val, to_val};
+use jaq_json::{Map, Num, Rc, Val};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// Read JSON text as serde_json reads it (integers as integers, other
+/// numbers as floats; of a key given twice, the last value at the first
+/// place).
+pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
+    serde_json::from_slice(text)
+}
+
+/// A string value.
+pub fn str_val(s: &str) -> Val {
+    Val::utf8_str(s.to_owned())
+}
+
+/// An object of `entries`.
+pub fn obj_val<'k>(entries: impl IntoIterator<Item = (&'k str, Val)>) -> Val {
+    Val::obj(entries.into_iter().map(|(k, v)| (str_val(k), v)).collect())
+}
+
+/// The value of key `key` of an object.
+pub fn field<'v>(v: &'v Val, key: &str) -> Option<&'v Val> {
+    match v {
+        Val::Obj(o) => o.get(&str_val(key)),
+        _ => None,
+    }
+}
+
+/// Set key `key` of an object to `v` (its entries copied first if they
+/// are shared); any other kind is left as it is.
+pub fn insert(obj: &mut Val, key: &str, v: Val) {
+    if let Val::Obj(m) = obj {
+        Rc::make_mut(m).insert(str_val(key), v);
+    }
+}
+
+/// A string's text (`None` for any other kind, or text that is not UTF-8).
+pub fn as_str(v: &Val) -> Option<&str> {
+    match v {
+        Val::TStr(b) | Val::BStr(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+/// The kind of a value, as error messages name it.
+pub fn kind(v: &Val) -> &'static str {
+    match v {
+        Val::Null => "null",
+        Val::Bool(_) => "boolean",
+        Val::Num(_) => "number",
+        Val::TStr(_) | Val::BStr(_) => "string",
+        Val::Arr(_) => "array",
+        Val::Obj(_) => "object",
+    }
+}
+
+/// Whether `a` and `b` are one array or object in memory (and so equal).
+pub fn same(a: &Val, b: &Val) -> bool {
+    match (a, b) {
+        (Val::Arr(x), Val::Arr(y)) => Rc::ptr_eq(x, y),
+        (Val::Obj(x), Val::Obj(y)) => Rc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
+/// The address of an array or object, which names it while it lives.
+pub fn address(v: &Val) -> Option<usize> {
+    match v {
+        Val::Arr(a) => Some(Rc::as_ptr(a) as *const u8 as usize),
+        Val::Obj(o) => Some(Rc::as_ptr(o) as *const u8 as usize),
+        _ => None,
+    }
+}
+
+fn text_of(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// The JSON a value was read from: the inverse of [`to_val`]. (Of what
+/// JSON cannot hold, which only a program makes and [`normalize`] mends: a
+/// number that is not finite is `null`, bytes that are not UTF-8 are
+/// replaced, an object key that is not a string is its JSON text.)
+pub fn to_json(v: &Val) -> Value {
+    match v {
+        Val::Null => Value::Null,
+        Val::Bool(b) => Value::Bool(*b),
+        Val::Num(Num::Int(i)) => Value::from(*i as i64),
+        Val::Num(Num::Float(f)) => {
+            serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+        }
+        Val::Num(n) => num_from_val(n),
+        Val::TStr(b) | Val::BStr(b) => Value::String(text_of(b).into_owned()),
+        Val::Arr(a) => Value::Array(a.iter().map(to_json).collect()),
+        Val::Obj(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (key_text(k).into_owned(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn key_text(k: &Val) -> Cow<'_, str> {
+    match k {
+        Val::TStr(b) | Val::BStr(b) => text_of(b),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+/// A `serde_json` value made a jq value, taking its strings over rather
+/// than copying them.
+pub fn into_val(v: Value) -> Val {
+    match v {
+        Value::String(s) => Val::utf8_str(s),
+        Value::Array(a) => a.into_iter().map(into_val).collect(),
+        Value::Object(o) => Val::obj(
+            o.into_iter()
+                .map(|(k, v)| (Val::utf8_str(k), into_val(v)))
+                .collect(),
+        ),
+        other => to_val(&other),
+    }
+}
+
+/// A value's JSON text, compact, as `serde_json` writes the JSON of
+/// [`to_json`] (without making it).
+pub struct Json<'a>(pub &'a Val);
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Val::Null => s.serialize_unit(),
+            Val::Bool(b) => s.serialize_bool(*b),
+            Val::Num(Num::Int(i)) => s.serialize_i64(*i as i64),
+            Val::Num(Num::Float(f)) => s.serialize_f64(*f),
+            Val::Num(n) => num_from_val(n).serialize(s),
+            Val::TStr(b) | Val::BStr(b) => s.serialize_str(&text_of(b)),
+            Val::Arr(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for x in a.iter() {
+                    seq.serialize_element(&Json(x))?;
+                }
+                seq.end()
+            }
+            Val::Obj(o) => {
+                let mut map = s.serialize_map(Some(o.len()))?;
+                for (k, v) in o.iter() {
+                    map.serialize_entry(&key_text(k), &Json(v))?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// A value's compact JSON text.
+pub fn to_text(v: &Val) -> String {
+    serde_json::to_string(&Json(v)).unwrap_or_default()
+}
+
+/// What jq gives back of a value a program made: whole floats (below
+/// 2^53) are integers, NaN is `null`, infinities are the largest finite
+/// numbers, byte strings are text. The parts that need none of it are kept
+/// as they are (shared); an object key that is not a string is an error.
+pub fn normalize(v: Val) -> Result<Val, String> {
+    Ok(mended(&v)?.unwrap_or(v))
+}
+
+/// The mended value, when anything in `v` needs mending.
+fn mended(v: &Val) -> Result<Option<Val>, String> {
+    Ok(match v {
+        Val::Null | Val::Bool(_) | Val::Num(Num::Int(_)) => None,
+        Val::Num(n) => mended_num(n),
+        Val::TStr(b) => std::str::from_utf8(b)
+            .is_err()
+            .then(|| Val::utf8_str(text_of(b).into_owned())),
+        Val::BStr(b) => Some(Val::utf8_str(text_of(b).into_owned())),
+        Val::Arr(a) => {
+            let mut out: Option<Vec<Val>> = None;
+            for (i, x) in a.iter().enumerate() {
+                match (mended(x)?, &mut out) {
+                    (Some(m), None) => {
+                        let mut o = Vec::with_capacity(a.len());
+                        o.extend_from_slice(&a[..i]);
+                        o.push(m);
+                        out = Some(o);
+                    }
+                    (Some(m), Some(o)) => o.push(m),
+                    (None, Some(o)) => o.push(x.clone()),
+                    (None, None) => {}
+                }
+            }
+            out.map(|o| Val::Arr(Rc::new(o)))
+        }
+        Val::Obj(o) => {
+            let mut out: Option<Map> = None;
+            for (i, (k, x)) in o.iter().enumerate() {
+                let key = match k {
+                    Val::TStr(b) if std::str::from_utf8(b).is_ok() => None,
+                    Val::TStr(b) | Val::BStr(b) => Some(Val::utf8_str(text_of(b).into_owned())),
+                    other => return Err(format!("object key {other} is not a string")),
+                };
+                let value = mended(x)?;
+                if out.is_none() && (key.is_some() || value.is_some()) {
+                    let mut m = Map::with_capacity_and_hasher(o.len(), Default::default());
+                    m.extend(o.iter().take(i).map(|(k, v)| (k.clone(), v.clone())));
+                    out = Some(m);
+                }
+                if let Some(m) = &mut out {
+                    m.insert(
+                        key.unwrap_or_else(|| k.clone()),
+                        value.unwrap_or_else(|| x.clone()),
+                    );
+                }
+            }
+            out.map(Val::obj)
+        }
+    })
+}
+
+/// The number jq gives back of `n`, when it is not `n`.
+fn mended_num(n: &Num) -> Option<Val> {
+    let again = to_val(&num_from_val(n));
+    let unchanged = match (n, &again) {
+        (Num::Float(a), Val::Num(Num::Float(b))) => a.to_bits() == b.to_bits(),
+        (Num::BigInt(a), Val::Num(Num::BigInt(b))) => a == b,
+        _ => false,
+    };
+    (!unchanged).then_some(again)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::from_val;
+    use serde_json::json;
+
+    fn samples() -> Vec<Value> {
+        vec![
+            json!(null),
+            json!({"a": [1, 2.5, 2.0, -0.0, "x", null, true], "b": {"c": -3}}),
+            json!(18446744073709551615u64),
+            json!(-9223372036854775808i64),
+            json!(1e300),
+            json!("é\u{1}\n\"\\"),
+            json!({"z": 1, "a": 2, "m": {"k": [[], {}]}}),
+            json!([0.1, 1.5e-7, 123456789.0]),
+        ]
+    }
+
+    #[test]
+    fn json_reads_back_exactly_and_writes_as_serde_json_does() {
+        for v in samples() {
+            let text = serde_json::to_string(&v).expect("text");
+            let val = parse(text.as_bytes()).expect("parses");
+            assert_eq!(to_json(&val), v, "{text}");
+            assert_eq!(to_text(&val), text);
+            assert_eq!(to_json(&to_val(&v)), v);
+            assert_eq!(to_json(&into_val(v.clone())), v);
+        }
+        // a key given twice: the last value, at the first place
+        let val = parse(br#"{"a": 1, "b": 2, "a": 3}"#).expect("parses");
+        assert_eq!(to_text(&val), r#"{"a":3,"b":2}"#);
+    }
+
+    #[test]
+    fn normalize_is_what_jq_gives_back() {
+        for v in samples() {
+            let expected = from_val(&to_val(&v)).expect("converts");
+            let got = normalize(to_val(&v)).expect("normalizes");
+            assert_eq!(to_json(&got), expected, "{v}");
+        }
+        let nan = Val::Num(Num::Float(f64::NAN));
+        assert_eq!(to_json(&normalize(nan).expect("ok")), Value::Null);
+        let bytes = Val::byte_str(vec![b'a', 0xff]);
+        assert_eq!(to_json(&normalize(bytes).expect("ok")), json!("a\u{fffd}"));
+        let bad_key = Val::obj(std::iter::once((Val::from(1isize), Val::Null)).collect());
+        assert!(normalize(bad_key).is_err());
+    }
+
+    #[test]
+    fn normalize_keeps_what_needs_nothing() {
+        let v = to_val(&json!({"items": [{"a": 1}, {"b": "x"}], "n": 2.5}));
+        let n = normalize(v.clone()).expect("ok");
+        assert!(same(&v, &n));
+        let v = to_val(&json!({"items": [{"a": 1}, {"b": 2.0}], "keep": [1]}));
+        let n = normalize(v.clone()).expect("ok");
+        assert!(!same(&v, &n));
+        // the part that needed nothing is shared
+        assert!(same(
+            field(&v, "keep").expect("keep"),
+            field(&n, "keep").expect("keep")
+        ));
+        assert_eq!(
+            to_json(&n),
+            json!({"items": [{"a": 1}, {"b": 2}], "keep": [1]})
+        );
+    }
+}
