@@ -21,7 +21,110 @@ use std::borrow::Cow;
 /// numbers as floats; of a key given twice, the last value at the first
 /// place).
 pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
-    serde_json::from_slice(text)
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let keys = std::cell::RefCell::new(Keys::default());
+    let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Object keys met while reading, kept once (the objects of a list share
+/// their keys' text instead of each holding its own copy).
+#[derive(Default)]
+struct Keys(std::collections::HashMap<Box<str>, Val>);
+
+impl Keys {
+    /// How many distinct keys it keeps (objects keyed by ids would
+    /// otherwise fill it with keys met once).
+    const MOST: usize = 4096;
+
+    fn get(&mut self, k: &str) -> Val {
+        if let Some(v) = self.0.get(k) {
+            return v.clone();
+        }
+        let v = str_val(k);
+        if self.0.len() < Self::MOST {
+            self.0.insert(k.into(), v.clone());
+        }
+        v
+    }
+}
+
+/// Reads one JSON value into a [`Val`].
+struct Read<'k>(&'k std::cell::RefCell<Keys>);
+
+/// Reads one object key.
+struct Key<'k>(&'k std::cell::RefCell<Keys>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Read<'_> {
+    type Value = Val;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = Val;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key<'_> {
+    type Value = Val;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Val, E> {
+        Ok(self.0.borrow_mut().get(s))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Read<'_> {
+    type Value = Val;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Val, E> {
+        Ok(Val::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Val, E> {
+        Ok(Val::Num(Num::from_integral(i)))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Val, E> {
+        Ok(Val::Num(Num::from_integral(u)))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Val, E> {
+        Ok(Val::Num(Num::Float(f)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Val, E> {
+        Ok(str_val(s))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Val, E> {
+        Ok(Val::utf8_str(s))
+    }
+    fn visit_unit<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_none<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Val, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element_seed(Read(self.0))? {
+            out.push(v);
+        }
+        Ok(Val::Arr(Rc::new(out)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
+        let mut out =
+            Map::with_capacity_and_hasher(map.size_hint().unwrap_or(4), Default::default());
+        while let Some(k) = map.next_key_seed(Key(self.0))? {
+            let v = map.next_value_seed(Read(self.0))?;
+            out.insert(k, v);
+        }
+        Ok(Val::obj(out))
+    }
 }
 
 /// A string value.
@@ -89,7 +192,12 @@ pub fn address(v: &Val) -> Option<usize> {
 }
 
 fn text_of(b: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(b)
+    // Checked the quick way first: the text of a string is almost always
+    // UTF-8.
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
 }
 
 /// The JSON a value was read from: the inverse of [`to_val`]. (Of what
@@ -178,7 +286,99 @@ pub fn to_text(v: &Val) -> String {
 /// numbers, byte strings are text. The parts that need none of it are kept
 /// as they are (shared); an object key that is not a string is an error.
 pub fn normalize(v: Val) -> Result<Val, String> {
-    Ok(mended(&v)?.unwrap_or(v))
+    if !big(&v) {
+        return Ok(mended(&v)?.unwrap_or(v));
+    }
+    // A large array or object is often given back again (each step's
+    // `{{ .items }}` of one run): its mended value is found, not made again
+    // (which would also make it a new value to the records).
+    if let Some(out) = MENDED.find(&v) {
+        return Ok(out);
+    }
+    let out = mended(&v)?.unwrap_or_else(|| v.clone());
+    MENDED.keep(&v, &out);
+    Ok(out)
+}
+
+/// Whether `v` is an array or object with many elements.
+fn big(v: &Val) -> bool {
+    match v {
+        Val::Arr(a) => a.len() >= 1024,
+        Val::Obj(o) => o.len() >= 1024,
+        _ => false,
+    }
+}
+
+/// An array or object held weakly: it names its value while that lives.
+#[derive(Clone)]
+enum Weakly {
+    Arr(std::sync::Weak<Vec<Val>>),
+    Obj(std::sync::Weak<Map>),
+}
+
+impl Weakly {
+    fn of(v: &Val) -> Option<Self> {
+        match v {
+            Val::Arr(a) => Some(Self::Arr(Rc::downgrade(a))),
+            Val::Obj(o) => Some(Self::Obj(Rc::downgrade(o))),
+            _ => None,
+        }
+    }
+
+    /// Whether it is `v` (a weak reference keeps its address from being
+    /// reused, so the same address is the same value).
+    fn is(&self, v: &Val) -> bool {
+        match (self, v) {
+            (Self::Arr(w), Val::Arr(a)) => std::ptr::eq(w.as_ptr(), Rc::as_ptr(a)),
+            (Self::Obj(w), Val::Obj(o)) => std::ptr::eq(w.as_ptr(), Rc::as_ptr(o)),
+            _ => false,
+        }
+    }
+
+    fn get(&self) -> Option<Val> {
+        match self {
+            Self::Arr(w) => w.upgrade().map(Val::Arr),
+            Self::Obj(w) => w.upgrade().map(Val::Obj),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            Self::Arr(w) => w.strong_count() > 0,
+            Self::Obj(w) => w.strong_count() > 0,
+        }
+    }
+}
+
+/// Large values normalized lately, with what they became (held weakly:
+/// nothing is kept alive by it).
+struct Mended(std::sync::Mutex<Vec<(Weakly, Weakly)>>);
+
+static MENDED: Mended = Mended(std::sync::Mutex::new(Vec::new()));
+
+impl Mended {
+    /// How many it keeps.
+    const MOST: usize = 32;
+
+    fn find(&self, v: &Val) -> Option<Val> {
+        let list = self.0.lock().ok()?;
+        list.iter()
+            .find(|(i, _)| i.is(v))
+            .and_then(|(_, o)| o.get())
+    }
+
+    fn keep(&self, v: &Val, out: &Val) {
+        let (Some(i), Some(o)) = (Weakly::of(v), Weakly::of(out)) else {
+            return;
+        };
+        if let Ok(mut list) = self.0.lock() {
+            list.retain(|(i, o)| i.alive() && o.alive());
+            if list.len() >= Self::MOST {
+                list.remove(0);
+            }
+            list.push((i, o));
+        }
+    }
 }
 
 /// The mended value, when anything in `v` needs mending.
@@ -291,6 +491,24 @@ mod tests {
         assert_eq!(to_json(&normalize(bytes).expect("ok")), json!("a\u{fffd}"));
         let bad_key = Val::obj(std::iter::once((Val::from(1isize), Val::Null)).collect());
         assert!(normalize(bad_key).is_err());
+    }
+
+    #[test]
+    fn a_large_value_normalized_again_is_what_it_became_before() {
+        let items: Vec<Value> = (0..2000).map(|i| json!({"n": i, "x": 1.0})).collect();
+        let v = to_val(&Value::Array(items));
+        let once = normalize(v.clone()).expect("ok");
+        let again = normalize(v.clone()).expect("ok");
+        assert!(!same(&v, &once), "its whole floats are mended");
+        assert!(same(&once, &again), "found, not made again");
+        assert_eq!(to_json(&once)[5], json!({"n": 5, "x": 1}));
+        // once nothing holds what it became, it is made again
+        drop((once, again));
+        let third = normalize(v.clone()).expect("ok");
+        assert_eq!(to_json(&third)[0], json!({"n": 0, "x": 1}));
+        // a large value that needs nothing is itself
+        let clean = to_val(&Value::Array((0..2000).map(|i| json!(i)).collect()));
+        assert!(same(&clean, &normalize(clean.clone()).expect("ok")));
     }
 
     #[test]

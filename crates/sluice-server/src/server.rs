@@ -795,11 +795,29 @@ pub(crate) async fn body_bytes(
     timeout: std::time::Duration,
     too_large: impl FnOnce() -> ApiError,
 ) -> Result<axum::body::Bytes, ApiError> {
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+    match tokio::time::timeout(timeout, collect(body, limit)).await {
         Err(_) => Err(ApiError::body_timeout(timeout)),
-        Ok(Err(_)) => Err(too_large()),
-        Ok(Ok(b)) => Ok(b),
+        Ok(None) => Err(too_large()),
+        Ok(Some(b)) => Ok(b),
     }
+}
+
+/// A body's bytes, at most `limit` of them (`None`: more, or the body
+/// broke off), read into one buffer of the size the body says it has.
+async fn collect(body: axum::body::Body, limit: usize) -> Option<axum::body::Bytes> {
+    use axum::body::HttpBody;
+    use futures_util::StreamExt;
+    let size = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(size.min(limit));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.ok()?;
+        if buf.len() + chunk.len() > limit {
+            return None;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Some(buf.into())
 }
 
 /// Microseconds since the epoch as an RFC 3339 time (UTC).

@@ -138,26 +138,26 @@ impl<'a> Encoder<'a> {
         if cut.dirty {
             return None;
         }
-        let (buf, holes) = (cut.buf, cut.holes);
+        let (mut buf, holes) = (cut.buf, cut.holes);
         if check && scrub::active() && scrub::found(&buf) {
             return None;
         }
         if holes.is_empty() && buf.len() < self.large {
             return Some(String::from_utf8(buf).unwrap_or_default());
         }
-        let hash = self.node(node_bytes(&buf, &holes, 0), v);
+        let hash = self.node(node_at(&mut buf, 0, &holes), v);
         Some(reference(&hash))
     }
 
     /// Keep `node` (the node `v` is) to be written, unless it is known:
     /// its name.
-    fn node(&mut self, node: Vec<u8>, v: &Val) -> Hash {
-        let hash: Hash = Sha256::digest(&node).into();
+    fn node(&mut self, node: &[u8], v: &Val) -> Hash {
+        let hash: Hash = Sha256::digest(node).into();
         if !self.known.has(self.run_id, &hash) && !self.chunks.iter().any(|c| c.hash == hash) {
             self.chunks.push(Chunk {
                 run_id: self.run_id.to_owned(),
                 hash,
-                body: lz4_flex::compress_prepend_size(&node),
+                body: lz4_flex::compress_prepend_size(node),
             });
         }
         if let Some(a) = data::address(v) {
@@ -224,7 +224,7 @@ impl Cut<'_, '_> {
                 self.dirty = true;
                 return;
             }
-            let node = node_bytes(&self.buf[start..], &self.holes[first..], start);
+            let node = node_at(&mut self.buf, start, &self.holes[first..]);
             let hash = self.enc.node(node, v);
             self.buf.truncate(start);
             self.holes.truncate(first);
@@ -299,8 +299,23 @@ fn string_end(text: &[u8], mut from: usize) -> usize {
     text.len()
 }
 
+/// The node whose text is `buf` from `start`, its parts `holes`, made in
+/// `buf` (its header put before its text there, not copied elsewhere).
+fn node_at<'b>(buf: &'b mut Vec<u8>, start: usize, holes: &[(usize, Hash)]) -> &'b [u8] {
+    let mut header = Vec::with_capacity(4 + holes.len() * 40);
+    let count = u32::try_from(holes.len()).unwrap_or(u32::MAX);
+    header.extend_from_slice(&count.to_le_bytes());
+    for (at, hash) in holes {
+        header.extend_from_slice(&((at - start) as u64).to_le_bytes());
+        header.extend_from_slice(hash);
+    }
+    buf.splice(start..start, header);
+    &buf[start..]
+}
+
 /// A node's bytes: the count of its parts, each part's place in its text
 /// and name, then the text.
+#[cfg(test)]
 fn node_bytes(text: &[u8], holes: &[(usize, Hash)], base: usize) -> Vec<u8> {
     let mut node = Vec::with_capacity(4 + holes.len() * 40 + text.len());
     let count = u32::try_from(holes.len()).unwrap_or(u32::MAX);
