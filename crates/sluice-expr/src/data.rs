@@ -22,7 +22,11 @@ use std::borrow::Cow;
 /// place).
 pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(text);
-    let keys = std::cell::RefCell::new(Keys::default());
+    // Keys are kept once only in a text long enough to repeat them much.
+    let keys = std::cell::RefCell::new(Keys {
+        kept: std::collections::HashMap::new(),
+        on: text.len() >= 1 << 16,
+    });
     let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
     de.end()?;
     Ok(v)
@@ -30,8 +34,10 @@ pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
 
 /// Object keys met while reading, kept once (the objects of a list share
 /// their keys' text instead of each holding its own copy).
-#[derive(Default)]
-struct Keys(std::collections::HashMap<Box<str>, Val>);
+struct Keys {
+    kept: std::collections::HashMap<Box<str>, Val>,
+    on: bool,
+}
 
 impl Keys {
     /// How many distinct keys it keeps (objects keyed by ids would
@@ -39,12 +45,15 @@ impl Keys {
     const MOST: usize = 4096;
 
     fn get(&mut self, k: &str) -> Val {
-        if let Some(v) = self.0.get(k) {
+        if !self.on {
+            return str_val(k);
+        }
+        if let Some(v) = self.kept.get(k) {
             return v.clone();
         }
         let v = str_val(k);
-        if self.0.len() < Self::MOST {
-            self.0.insert(k.into(), v.clone());
+        if self.kept.len() < Self::MOST {
+            self.kept.insert(k.into(), v.clone());
         }
         v
     }

@@ -34,7 +34,7 @@ pub use crate::guard::MAX_DEPTH;
 use crate::guard::{self, MUL, TEXT, TICK, TooBig};
 pub use crate::stack::MIN_STACK;
 use crate::value::{as_from_jq, from_val, mend_numbers};
-use crate::{Error, Input, Scope, meter, stack};
+use crate::{Error, Input, Scope, builtins, meter, stack};
 use jaq_core::load::parse::{Def, Pattern, Term};
 use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::path::Part;
@@ -141,6 +141,24 @@ impl Budget {
     fn memory_left(&self) -> u64 {
         let used = meter::live().saturating_sub(self.memory_base).max(0);
         u64::try_from(self.memory.saturating_sub(used)).unwrap_or(0)
+    }
+
+    /// Whether the deadline has passed (a built-in in the middle of its
+    /// work asks; the next checkpoint then fails the evaluation).
+    fn past_deadline(&self) -> bool {
+        if self.exceeded.get().is_some() {
+            return true;
+        }
+        let deadline = self.deadline.get().unwrap_or_else(|| {
+            let d = Instant::now() + self.timeout;
+            self.deadline.set(Some(d));
+            d
+        });
+        let past = Instant::now() > deadline;
+        if past {
+            self.exceeded.set(Some(Exceeded::Time));
+        }
+        past
     }
 
     fn check(&self) -> Result<(), Exceeded> {
@@ -284,9 +302,69 @@ fn fromjson() -> Fun {
     }))
 }
 
+/// Sorts and searches that stop at the deadline (see [`crate::builtins`]).
+fn sorts() -> [Fun; 4] {
+    /// The elements of an array (taken over when not shared).
+    fn elements(v: Val) -> Result<Vec<Val>, jaq_core::Error<Val>> {
+        match v {
+            Val::Arr(a) => Ok(jaq_json::Rc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())),
+            other => Err(jaq_core::Error::typ(other, "array")),
+        }
+    }
+    /// Each element with the outputs of `f` for it (up to an error).
+    fn keys<'a>(
+        xs: &[Val],
+        f: impl Fn(Val) -> jaq_core::ValXs<'a, Val>,
+    ) -> Result<Vec<Vec<Val>>, jaq_core::Exn<'a, Val>> {
+        xs.iter().map(|x| f(x.clone()).collect()).collect()
+    }
+    let one_filter = || [jaq_core::Bind::Fun(())].into();
+    [
+        native::run(("sort", native::v(0), |cv| {
+            let budget = cv.0.data().budget;
+            native::bome(elements(cv.1).map(|mut a| {
+                builtins::sort(&mut a, &|| budget.past_deadline());
+                Val::Arr(a.into())
+            }))
+        })),
+        native::run(("sort_by", one_filter(), |mut cv| {
+            let budget = cv.0.data().budget;
+            let (f, fc) = cv.0.pop_fun();
+            let r = (|| {
+                let xs = elements(cv.1)?;
+                let ks = keys(&xs, |v| f.run((fc.clone(), v)))?;
+                Ok(builtins::sort_by(xs, ks, &|| budget.past_deadline())
+                    .into_iter()
+                    .collect())
+            })();
+            jaq_core::box_iter::box_once(r)
+        })),
+        native::run(("group_by", one_filter(), |mut cv| {
+            let budget = cv.0.data().budget;
+            let (f, fc) = cv.0.pop_fun();
+            let r = (|| {
+                let xs = elements(cv.1)?;
+                let ks = keys(&xs, |v| f.run((fc.clone(), v)))?;
+                Ok(builtins::group_by(xs, ks, &|| budget.past_deadline()))
+            })();
+            jaq_core::box_iter::box_once(r)
+        })),
+        native::run(("indices", native::v(1), |cv| {
+            native::unary(cv, |x, y| match builtins::indices(&x, &y) {
+                Some(at) => Ok(at.into_iter().map(|i| Val::from(i as isize)).collect()),
+                None => Err(jaq_core::Error::index(x, y)),
+            })
+        })),
+    ]
+}
+
 /// Natives that reach outside the expression, that the guarded `range`
 /// replaces, or that are replaced by checked ones.
 const REMOVED_FUNS: &[&str] = &[
+    "sort",
+    "sort_by",
+    "group_by",
+    "indices",
     "tojson",
     "fromjson",
     "env",
@@ -358,6 +436,7 @@ fn funs() -> impl Iterator<Item = Fun> {
         .chain(jaq_json::funs())
         .filter(|(name, _, _)| !REMOVED_FUNS.contains(name))
         .chain([checkpoint(), mul(), tojson(), text(), fromjson()])
+        .chain(sorts())
 }
 
 fn std_lib() -> &'static Std {

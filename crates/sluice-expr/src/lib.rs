@@ -13,6 +13,7 @@
 //! Nothing here reads the environment, files or the network, and no input
 //! makes it panic.
 
+mod builtins;
 pub mod data;
 mod error;
 mod fast;

@@ -491,3 +491,76 @@ fn programs_compile_with_only_the_definitions_they_reach() {
         );
     }
 }
+
+#[test]
+fn sorts_and_searches_give_what_jq_gives() {
+    let limits = Limits::default();
+    for (code, want) in [
+        (
+            "[3, 1, null, \"a\", [1], {}, 2] | sort",
+            json!([null, 1, 2, 3, "a", [1], {}]),
+        ),
+        (
+            "[{a: 2, b: 1}, {a: 1, b: 2}, {a: 2, b: 3}] | sort_by(.a)",
+            json!([{"a": 1, "b": 2}, {"a": 2, "b": 1}, {"a": 2, "b": 3}]),
+        ),
+        (
+            "[{a: 2}, {a: 1}, {a: 2}] | sort_by(.a, -.a) | map(.a)",
+            json!([1, 2, 2]),
+        ),
+        (
+            "[{a: 2, b: 1}, {a: 1}, {a: 2, b: 3}] | group_by(.a) | map(length)",
+            json!([1, 2]),
+        ),
+        ("[3, 1, 3, 2, 1] | unique", json!([1, 2, 3])),
+        (
+            "[\"ab\", \"c\", \"de\"] | unique_by(length)",
+            json!(["c", "ab"]),
+        ),
+        ("[] | sort, group_by(.)", json!([])),
+        ("\"a,b, cd, efg\" | indices(\", \")", json!([3, 7])),
+        ("\"aaaa\" | indices(\"aa\")", json!([0, 1, 2])),
+        ("\"äbcäb\" | indices(\"b\")", json!([1, 4])),
+        ("\"abc\" | indices(\"\")", json!([])),
+        ("[0, 1, 2, 1, 3, 1, 4] | indices(1)", json!([1, 3, 5])),
+        ("[0, 1, 2, 3, 1, 2] | indices([1, 2])", json!([1, 4])),
+        ("[1, 2] | indices([])", json!([])),
+        (
+            "\"a,b, cd, efg\" | index(\", \"), rindex(\", \") | tostring",
+            json!("3"),
+        ),
+    ] {
+        let got = run_limited(&format!("[{code}] | first"), &limits);
+        assert_eq!(got, Ok(Some(want)), "{code}");
+    }
+    assert!(run_limited("1 | indices(1)", &limits).is_err());
+    assert!(run_limited("[1, {}] | sort_by(error(\"no\"))", &limits).is_err());
+}
+
+/// A sort of a large input stops at the deadline instead of running to
+/// its end (with it, the evaluation fails as out of time); so does a
+/// search whose every place almost matches.
+#[test]
+fn sorts_stop_at_the_deadline() {
+    let limits = Limits {
+        timeout: Duration::from_millis(1),
+        ..Limits::default()
+    };
+    let big = Val::Arr(jaq_json::Rc::new(
+        (0..2_000_000)
+            .rev()
+            .map(|i| Val::from(i as isize))
+            .collect(),
+    ));
+    for code in ["sort", "sort_by(-.)", "group_by(. % 7) | length"] {
+        let p = Program::compile(code, &[]).expect("compiles");
+        let r = p.single(big.clone(), &MapScope::default(), &limits);
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{code}: {r:?}");
+    }
+    let code = r#"("a" * 1000000) | indices(("a" * 99999) + "b") | length"#;
+    let generous = Limits {
+        timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    assert_eq!(run_limited(code, &generous), Ok(Some(json!(0))));
+}
