@@ -1038,20 +1038,7 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, 
         }
         Ok(result) => match result.status {
             RunStatus::Succeeded => {
-                let out = result.output.unwrap_or_default();
-                let text = serde_json::to_string_pretty(&sluice_expr::data::Json(&out))
-                    .unwrap_or_default();
-                let text = match sluice_action::secrets::scrub(&text) {
-                    std::borrow::Cow::Borrowed(_) => text,
-                    // A secret's value is in it: cleaned where it is.
-                    std::borrow::Cow::Owned(_) => {
-                        let out =
-                            sluice_action::secrets::scrub_value(&sluice_expr::data::to_json(&out));
-                        serde_json::to_string_pretty(&out).unwrap_or_default()
-                    }
-                };
-                let mut stdout = std::io::stdout().lock();
-                let _ = writeln!(stdout, "{text}");
+                show::print_output(&result.output.unwrap_or_default());
                 eprintln!("run {} succeeded", result.run_id);
                 0
             }

@@ -238,3 +238,26 @@ pub async fn list(store_url: &str, flow: Option<String>, status: Option<String>,
         }
     }
 }
+
+/// A run's output on standard output, indented: written as it is made
+/// (a large output is never held as text), unless a secret's value may be
+/// in it, which is then cleaned where it is.
+pub(crate) fn print_output(out: &sluice_expr::Val) {
+    use std::io::Write;
+    let json = sluice_expr::data::Json(out);
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    if !sluice_action::secrets::any() {
+        let _ = serde_json::to_writer_pretty(&mut stdout, &json);
+        let _ = writeln!(stdout);
+        return;
+    }
+    let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+    let text = match sluice_action::secrets::scrub(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(_) => {
+            let clean = sluice_action::secrets::scrub_value(&sluice_expr::data::to_json(out));
+            serde_json::to_string_pretty(&clean).unwrap_or_default()
+        }
+    };
+    let _ = writeln!(stdout, "{text}");
+}
