@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_action::{Action, ActionCx, ActionError, Blame, Outcome, Registry};
 use sluice_engine::{Engine, RunRequest};
+use sluice_expr::data::to_json;
 use sluice_model::Flow;
 use sluice_store::{RunStatus, SqliteStore, Store, WaitKind};
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ impl Action for Probe {
                 "status": d.summary.status.as_str(),
                 "steps": d.steps.iter().map(|s| s.step_key.clone()).collect::<Vec<_>>(),
                 "next": d.next_step,
-                "state": sluice_expr::data::to_json(&d.state),
+                "state": to_json(&d.state),
             }),
             Ok(None) => json!("no run"),
             Err(e) => json!(e.to_string()),
@@ -166,8 +167,8 @@ async fn pure_steps_are_recorded_with_the_next_write_before_any_other_step() {
         d.output.as_ref().map(sluice_expr::data::to_json),
         Some(out.clone())
     );
-    assert_eq!(sluice_expr::data::to_json(&d.state), out);
-    assert_eq!(sluice_expr::data::to_json(&d.input), json!({"in": 0}));
+    assert_eq!(to_json(&d.state), out);
+    assert_eq!(to_json(&d.input), json!({"in": 0}));
     let seqs: Vec<_> = d.steps.iter().map(|s| s.seq).collect();
     assert_eq!(seqs, [0, 1, 2, 3, 4]);
 
@@ -499,14 +500,7 @@ async fn a_wait_suspends_until_its_event_and_merges_it() {
         Some(json!({"id": "o-7", "paid": 12, "note": "paid 12"}))
     );
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
-    assert_eq!(
-        d.steps[0]
-            .result
-            .as_ref()
-            .map(sluice_expr::data::to_json)
-            .as_ref(),
-        Some(&event)
-    );
+    assert_eq!(d.steps[0].result.as_ref().map(to_json), Some(event));
 }
 
 #[tokio::test]
@@ -540,14 +534,7 @@ async fn an_event_claimed_before_the_process_stopped_is_not_lost() {
     // Once a step is recorded, the wake is spent.
     let d = s.store.get_run(&r.run_id).await.unwrap().unwrap();
     assert_eq!(d.woken, None);
-    assert_eq!(
-        d.steps[0]
-            .result
-            .as_ref()
-            .map(sluice_expr::data::to_json)
-            .as_ref(),
-        Some(&event)
-    );
+    assert_eq!(d.steps[0].result.as_ref().map(to_json), Some(event));
 }
 
 #[tokio::test]
@@ -591,11 +578,8 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
     let child_id = format!("{}-call-1", r.run_id);
     let c = s.store.get_run(&child_id).await.unwrap().unwrap();
     assert_eq!(c.summary.flow_id, "double");
-    assert_eq!(
-        sluice_expr::data::to_json(&c.trigger)["run"],
-        json!(r.run_id)
-    );
-    assert_eq!(sluice_expr::data::to_json(&c.trigger)["depth"], json!(1));
+    assert_eq!(to_json(&c.trigger)["run"], json!(r.run_id));
+    assert_eq!(to_json(&c.trigger)["depth"], json!(1));
 
     // Run again after a "crash" at that step: the run it started is found.
     let again = s.engine();

@@ -12,8 +12,7 @@
 use crate::jq::{CompileError, CompileIssue, Limits, Program};
 use crate::{Error, Input, Scope};
 use jaq_json::Val;
-use serde_json::{Map, Value};
-use std::borrow::Cow;
+use serde_json::Value;
 use std::ops::Range;
 
 /// One piece of a templated string.
@@ -138,24 +137,8 @@ impl Template {
         scope: &dyn Scope,
         limits: &Limits,
     ) -> Result<Value, Error> {
-        if self.raw
-            && let Part::Expr(p) = &self.parts[0]
-        {
-            let v = p.single_json(input, scope, limits)?;
-            return Ok(v.map_or(Value::Null, Cow::into_owned));
-        }
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Expr(p) => match p.single_json(input, scope, limits)?.as_deref() {
-                    None => out.push_str("null"),
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(v) => out.push_str(&v.to_string()),
-                },
-            }
-        }
-        Ok(Value::String(out))
+        self.render_val(input, scope, limits)
+            .map(|v| crate::data::to_json(&v))
     }
 
     /// [`Template::render`] as a jq value: what the output shares with the
@@ -367,22 +350,12 @@ impl TemplateValue {
         scope: &dyn Scope,
         limits: &Limits,
     ) -> Result<Value, Error> {
-        Ok(match self {
-            Self::Const(v) => v.clone(),
-            Self::Template(t) => t.render(input, scope, limits)?,
-            Self::Array(a) => Value::Array(
-                a.iter()
-                    .map(|x| x.render(input, scope, limits))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Self::Object(o) => {
-                let mut m = Map::with_capacity(o.len());
-                for (k, x) in o {
-                    m.insert(k.clone(), x.render(input, scope, limits)?);
-                }
-                Value::Object(m)
-            }
-        })
+        match self {
+            Self::Const(v) => Ok(v.clone()),
+            _ => self
+                .render_val(input, scope, limits)
+                .map(|v| crate::data::to_json(&v)),
+        }
     }
 
     /// [`TemplateValue::render`] as a jq value: what the templates' outputs
