@@ -5,7 +5,7 @@
 // the page as text (never as HTML).
 
 const TOKEN_KEY = "sluice.token";
-const state = { me: null, flows: null, stream: null, streamHandlers: new Set() };
+const state = { me: null, flows: null, stream: null, streamHandlers: new Set(), resumed: new Map() };
 const main = () => document.getElementById("main");
 
 // --- elements ---------------------------------------------------------------
@@ -713,7 +713,8 @@ async function runPage(id) {
   // Follow a run under way: at once from this process's events, and by
   // reading it again every 2 s (an event sent before this page listened,
   // or a run another process drives).
-  if (["running", "waiting"].includes(run.status)) {
+  const resuming = run.status === "incident" && Date.now() - (state.resumed.get(run.id) || 0) < 30000;
+  if (["running", "waiting"].includes(run.status) || resuming) {
     leave.push(onChange((event, c) => { if (c.runId === run.id && c.status !== run.status) route(); }));
     const again = setInterval(async () => {
       try {
@@ -816,6 +817,9 @@ function resumeForm(run) {
       await api(`/api/runs/${encodeURIComponent(run.id)}/resume`, { method: "POST", body });
       sessionStorage.removeItem(draftKey);
       say("The run resumed.");
+      // Followed while it still shows the incident: the server answers
+      // before the run has moved on.
+      state.resumed.set(run.id, Date.now());
       route();
     } catch (e) {
       if (e.status !== 401) error.textContent = e.message;
