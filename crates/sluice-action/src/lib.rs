@@ -28,8 +28,7 @@ pub mod notify;
 pub mod poll;
 mod registry;
 pub mod secrets;
-#[cfg(test)]
-mod testing;
+pub mod testing;
 pub mod triggers;
 
 pub use action::{

@@ -8,9 +8,8 @@
 
 use divan::Bencher;
 use serde_json::{Value, json};
-use sluice_action::ActionCx;
+use sluice_action::testing::Once;
 use sluice_engine::{Engine, RunRequest};
-use sluice_expr::{Limits, MapScope};
 use sluice_store::{RunStatus, SqliteStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,34 +99,15 @@ fn http_request_step(b: Bencher) {
     .into();
     let options = json!({"connection": "api", "url": "/orders/7", "query": {"expand": "items"}});
     let input = json!({"id": 7});
-    let scope = MapScope::default();
-    let limits = Limits::default();
-    let exprs = BTreeMap::new();
-    let deferred = BTreeMap::new();
-    b.bench_local(|| {
-        rt.block_on(async {
-            let program_input = sluice_expr::Input::json(&input);
-            let cx = ActionCx {
-                run_id: "r",
-                step_key: "s",
-                program_input: &program_input,
-                scope: &scope,
-                expressions: &exprs,
-                limits: &limits,
-                connections: &connections,
-                deferred: &deferred,
-                batch: None,
-                wake: None,
-                attempt: 1,
-                idempotency_key: "r/s/0/1",
-                hooks: None,
-                flow_tx: None,
-                calls: None,
-                inbox: None,
-            };
-            action.run_json(cx, &options).await.unwrap()
-        })
-    });
+    let once = Once {
+        run_id: "r",
+        step: "s",
+        input: &input,
+        connections: &connections,
+        expressions: &BTreeMap::new(),
+        inbox: None,
+    };
+    b.bench_local(|| rt.block_on(async { once.run(action.as_ref(), &options).await.unwrap() }));
 }
 
 /// 1,000 runs of one `http.request` each, fanned out by `split` with at

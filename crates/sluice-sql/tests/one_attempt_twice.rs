@@ -5,8 +5,8 @@
 //! name (and SQLite).
 
 use serde_json::{Value, json};
-use sluice_action::{ActionCx, Outcome, Registry};
-use sluice_expr::{Limits, MapScope};
+use sluice_action::testing::Once;
+use sluice_action::{Outcome, Registry};
 use std::collections::BTreeMap;
 
 /// `kind` with `options` as attempt 1 of step `s` of run `run`.
@@ -17,35 +17,16 @@ async fn attempt(
     kind: &str,
     options: Value,
 ) -> Result<Outcome, sluice_action::ActionError> {
-    let input = json!({});
-    let scope = MapScope::default();
-    let limits = Limits::default();
-    let connections = BTreeMap::from([("db".to_owned(), json!({"url": url}))]);
-    let program_input = sluice_expr::Input::json(&input);
-    let key = format!("{run}/s/0/1");
-    let cx = ActionCx {
+    let once = Once {
         run_id: run,
-        step_key: "s",
-        program_input: &program_input,
-        scope: &scope,
+        step: "s",
+        input: &json!({}),
+        connections: &BTreeMap::from([("db".to_owned(), json!({"url": url}))]),
         expressions: &BTreeMap::new(),
-        limits: &limits,
-        connections: &connections,
-        deferred: &BTreeMap::new(),
-        batch: None,
-        wake: None,
-        attempt: 1,
-        idempotency_key: &key,
-        hooks: None,
-        flow_tx: None,
-        calls: None,
         inbox: None,
     };
-    reg.get(kind)
-        .expect("registered")
-        .action
-        .run_json(cx, &options)
-        .await
+    let action = &reg.get(kind).expect("registered").action;
+    once.run(action.as_ref(), &options).await
 }
 
 async fn statement(reg: &Registry, url: &str, sql: &str) {
