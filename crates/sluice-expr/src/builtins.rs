@@ -50,21 +50,28 @@ pub(crate) fn sort(a: &mut [Val], stop: &dyn Fn() -> bool) {
     a.sort_by(|x, y| s.cmp(x, y));
 }
 
-/// `sort_by(f)`, with each element's outputs of `f` in `keys` (a stable
-/// sort, as jq's).
-pub(crate) fn sort_by(xs: Vec<Val>, keys: Vec<Vec<Val>>, stop: &dyn Fn() -> bool) -> Vec<Val> {
+/// What is made of an array's elements and each one's outputs of a filter
+/// (`sort_by`, `group_by`), told when to stop.
+pub(crate) type ByKeys = fn(Vec<Val>, Vec<Vec<Val>>, &dyn Fn() -> bool) -> Val;
+
+/// The elements with their outputs of `f` (`keys`), sorted by those (a
+/// stable sort, as jq's).
+fn keyed(xs: Vec<Val>, keys: Vec<Vec<Val>>, stop: &dyn Fn() -> bool) -> Vec<(Vec<Val>, Val)> {
     let mut pairs: Vec<(Vec<Val>, Val)> = keys.into_iter().zip(xs).collect();
     let mut s = Stopping::new(stop);
     pairs.sort_by(|(a, _), (b, _)| s.cmp(a, b));
-    pairs.into_iter().map(|(_, x)| x).collect()
+    pairs
+}
+
+/// `sort_by(f)`, with each element's outputs of `f` in `keys`.
+pub(crate) fn sort_by(xs: Vec<Val>, keys: Vec<Vec<Val>>, stop: &dyn Fn() -> bool) -> Val {
+    keyed(xs, keys, stop).into_iter().map(|(_, x)| x).collect()
 }
 
 /// `group_by(f)`: the elements sorted by their outputs of `f` (`keys`),
 /// each run of equal ones a group.
 pub(crate) fn group_by(xs: Vec<Val>, keys: Vec<Vec<Val>>, stop: &dyn Fn() -> bool) -> Val {
-    let mut pairs: Vec<(Vec<Val>, Val)> = keys.into_iter().zip(xs).collect();
-    let mut s = Stopping::new(stop);
-    pairs.sort_by(|(a, _), (b, _)| s.cmp(a, b));
+    let pairs = keyed(xs, keys, stop);
     let mut groups: Vec<Val> = Vec::new();
     let mut group: Vec<Val> = Vec::new();
     let mut last: Option<Vec<Val>> = None;

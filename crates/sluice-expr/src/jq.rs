@@ -302,22 +302,36 @@ fn fromjson() -> Fun {
     }))
 }
 
+/// The elements of an array (taken over when not shared).
+fn elements(v: Val) -> Result<Vec<Val>, jaq_core::Error<Val>> {
+    match v {
+        Val::Arr(a) => Ok(jaq_json::Rc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())),
+        other => Err(jaq_core::Error::typ(other, "array")),
+    }
+}
+
+/// `NAME(f)` of an array ordered by the outputs of `f` for each element
+/// (up to an error): `then` of the elements and their keys, told to stop
+/// at the deadline.
+fn by_keys<'a>(
+    mut cv: jaq_core::Cv<'a, Guarded>,
+    then: builtins::ByKeys,
+) -> jaq_core::ValXs<'a, Val> {
+    let budget = cv.0.data().budget;
+    let (f, fc) = cv.0.pop_fun();
+    let r = (|| {
+        let xs = elements(cv.1)?;
+        let keys = xs
+            .iter()
+            .map(|x| f.run((fc.clone(), x.clone())).collect())
+            .collect::<Result<_, _>>()?;
+        Ok(then(xs, keys, &|| budget.past_deadline()))
+    })();
+    jaq_core::box_iter::box_once(r)
+}
+
 /// Sorts and searches that stop at the deadline (see [`crate::builtins`]).
 fn sorts() -> [Fun; 4] {
-    /// The elements of an array (taken over when not shared).
-    fn elements(v: Val) -> Result<Vec<Val>, jaq_core::Error<Val>> {
-        match v {
-            Val::Arr(a) => Ok(jaq_json::Rc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())),
-            other => Err(jaq_core::Error::typ(other, "array")),
-        }
-    }
-    /// Each element with the outputs of `f` for it (up to an error).
-    fn keys<'a>(
-        xs: &[Val],
-        f: impl Fn(Val) -> jaq_core::ValXs<'a, Val>,
-    ) -> Result<Vec<Vec<Val>>, jaq_core::Exn<'a, Val>> {
-        xs.iter().map(|x| f(x.clone()).collect()).collect()
-    }
     let one_filter = || [jaq_core::Bind::Fun(())].into();
     [
         native::run(("sort", native::v(0), |cv| {
@@ -327,27 +341,9 @@ fn sorts() -> [Fun; 4] {
                 Val::Arr(a.into())
             }))
         })),
-        native::run(("sort_by", one_filter(), |mut cv| {
-            let budget = cv.0.data().budget;
-            let (f, fc) = cv.0.pop_fun();
-            let r = (|| {
-                let xs = elements(cv.1)?;
-                let ks = keys(&xs, |v| f.run((fc.clone(), v)))?;
-                Ok(builtins::sort_by(xs, ks, &|| budget.past_deadline())
-                    .into_iter()
-                    .collect())
-            })();
-            jaq_core::box_iter::box_once(r)
-        })),
-        native::run(("group_by", one_filter(), |mut cv| {
-            let budget = cv.0.data().budget;
-            let (f, fc) = cv.0.pop_fun();
-            let r = (|| {
-                let xs = elements(cv.1)?;
-                let ks = keys(&xs, |v| f.run((fc.clone(), v)))?;
-                Ok(builtins::group_by(xs, ks, &|| budget.past_deadline()))
-            })();
-            jaq_core::box_iter::box_once(r)
+        native::run(("sort_by", one_filter(), |cv| by_keys(cv, builtins::sort_by))),
+        native::run(("group_by", one_filter(), |cv| {
+            by_keys(cv, builtins::group_by)
         })),
         native::run(("indices", native::v(1), |cv| {
             native::unary(cv, |x, y| match builtins::indices(&x, &y) {
