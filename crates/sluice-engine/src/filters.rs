@@ -3,8 +3,7 @@
 //! through an `eventDataFilter`.
 
 use crate::flow_object::FlowObject;
-use serde_json::Value;
-use sluice_expr::{Limits, Program, Val, merge_val, to_val};
+use sluice_expr::{Limits, Program, Val, merge_val};
 use sluice_model::EventDataFilter;
 use std::borrow::Cow;
 
@@ -24,7 +23,7 @@ pub(crate) fn eval(
 pub(crate) fn apply_event(
     f: &EventDataFilter,
     data_only: bool,
-    event: &Value,
+    event: &Val,
     mut target: Val,
     fo: &FlowObject,
     limits: &Limits,
@@ -33,9 +32,11 @@ pub(crate) fn apply_event(
         return Ok(target);
     }
     let payload = if data_only {
-        event.get("data").map(to_val).unwrap_or(Val::Null)
+        sluice_expr::data::field(event, "data")
+            .cloned()
+            .unwrap_or(Val::Null)
     } else {
-        to_val(event)
+        event.clone()
     };
     let selected = filter_or_keep_owned(f.data.as_ref(), payload, fo, limits)
         .map_err(|m| format!("eventDataFilter.data: {m}"))?;

@@ -20,7 +20,7 @@ pub(crate) struct FlowObject {
     pub(crate) accountability: Val,
     pub(crate) entries: HashMap<String, Val>,
     /// The event that started the run, if an event did.
-    pub(crate) event: Option<Value>,
+    pub(crate) event: Option<Val>,
     /// `$tokens`: tokens set by the envelopes that ran (an object).
     pub(crate) tokens: Val,
     /// `$env`: the environment variables the flow lists under `env` (those

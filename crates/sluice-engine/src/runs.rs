@@ -79,7 +79,8 @@ impl<S: Store> Engine<S> {
         let mut input = req.input.unwrap_or_else(|| Val::obj(Default::default()));
         let event = req
             .event
-            .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()));
+            .filter(|_| EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()))
+            .map(sluice_expr::data::into_val);
         let trigger = req.trigger;
         let mut fo = FlowObject::new(trigger.clone(), to_val(&req.accountability)).with_env(flow);
         if let Some(ev) = &event {
@@ -520,6 +521,6 @@ fn first_flow_object(flow: &Flow, detail: &sluice_store::RunDetail) -> FlowObjec
         FlowObject::new(detail.trigger.clone(), to_val(&detail.accountability)).with_env(flow);
     fo.event = EVENT_TRIGGERS
         .contains(&flow.trigger.kind.as_str())
-        .then(|| to_json(&detail.trigger));
+        .then(|| detail.trigger.clone());
     fo
 }

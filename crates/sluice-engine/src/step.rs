@@ -83,6 +83,19 @@ impl Failed {
     }
 }
 
+/// The step type that waits for an event.
+pub(crate) const WAIT: &str = "wait";
+
+/// What an action gave back, its effect carried out.
+struct Acted {
+    payload: Option<Val>,
+    logs: Vec<String>,
+    tokens: Option<Map<String, Value>>,
+    items: Option<Vec<Val>>,
+    concurrency: usize,
+    suspend: Option<Suspend>,
+}
+
 impl Acted {
     /// A result, and nothing else.
     fn result(payload: Val) -> Self {
@@ -95,19 +108,6 @@ impl Acted {
             suspend: None,
         }
     }
-}
-
-/// The step type that waits for an event.
-pub(crate) const WAIT: &str = "wait";
-
-/// What an action gave back, its effect carried out.
-struct Acted {
-    payload: Option<Val>,
-    logs: Vec<String>,
-    tokens: Option<Map<String, Value>>,
-    items: Option<Vec<Val>>,
-    concurrency: usize,
-    suspend: Option<Suspend>,
 }
 
 impl<S: Store> Engine<S> {
@@ -454,8 +454,7 @@ impl Settle<'_> {
             // through its eventDataFilter (its `data`, merged at the top
             // by default).
             let f = step.event_filter.clone().unwrap_or_default();
-            let event = sluice_expr::data::to_json(event);
-            apply_event(&f, true, &event, data.clone(), fo, limits)
+            apply_event(&f, true, event, data.clone(), fo, limits)
                 .map_err(|m| self.fail(m, false))?
         } else if mapped {
             self.mapped(payload)?

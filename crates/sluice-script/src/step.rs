@@ -82,15 +82,12 @@ impl Action for Script {
     async fn run<'a>(&'a self, cx: ActionCx<'a>, o: ScriptOptions) -> Result<Outcome, ActionError> {
         let mut data = cx.program_input.to_json().clone();
         if let Value::Object(m) = &mut data {
+            // The run's data as it is (numbers as written), not as jq
+            // would give it back.
             for var in ["trigger", "last", "accountability", "env"] {
-                let v = match cx.scope.get_json(var) {
-                    Some(v) => v.clone(),
-                    None => match cx.scope.get(var) {
-                        Some(v) => sluice_expr::from_val(&v).unwrap_or(Value::Null),
-                        None => continue,
-                    },
-                };
-                m.insert(format!("${var}"), v);
+                if let Some(v) = cx.scope.get(var) {
+                    m.insert(format!("${var}"), sluice_expr::data::to_json(&v));
+                }
             }
         }
         let text = serde_json::to_string(&data).map_err(|e| ActionError::data(e.to_string()))?;
