@@ -23,21 +23,18 @@ use std::borrow::Cow;
 pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(text);
     // Keys are kept once only in a text long enough to repeat them much.
-    let keys = std::cell::RefCell::new(Keys {
-        kept: std::collections::HashMap::new(),
-        on: text.len() >= 1 << 16,
-    });
+    let keys = std::cell::RefCell::new(Keys(
+        (text.len() >= 1 << 16).then(std::collections::HashMap::new),
+    ));
     let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
     de.end()?;
     Ok(v)
 }
 
 /// Object keys met while reading, kept once (the objects of a list share
-/// their keys' text instead of each holding its own copy).
-struct Keys {
-    kept: std::collections::HashMap<Box<str>, Val>,
-    on: bool,
-}
+/// their keys' text instead of each holding its own copy); `None`: none
+/// kept.
+struct Keys(Option<std::collections::HashMap<Box<str>, Val>>);
 
 impl Keys {
     /// How many distinct keys it keeps (objects keyed by ids would
@@ -45,15 +42,15 @@ impl Keys {
     const MOST: usize = 4096;
 
     fn get(&mut self, k: &str) -> Val {
-        if !self.on {
+        let Some(kept) = &mut self.0 else {
             return str_val(k);
-        }
-        if let Some(v) = self.kept.get(k) {
+        };
+        if let Some(v) = kept.get(k) {
             return v.clone();
         }
         let v = str_val(k);
-        if self.kept.len() < Self::MOST {
-            self.kept.insert(k.into(), v.clone());
+        if kept.len() < Self::MOST {
+            kept.insert(k.into(), v.clone());
         }
         v
     }

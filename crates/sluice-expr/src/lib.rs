@@ -32,7 +32,7 @@ pub use error::Error;
 pub use jaq_json::Val;
 pub use jq::{CompileError, CompileIssue, Limits, Program};
 pub use mapping::{Mapping, MappingError};
-pub use merge::{MergeError, merge, merge_ref, merge_val};
+pub use merge::{MergeError, merge, merge_val};
 pub use path::{MappingPath, PathError, Query};
 pub use scope::{Input, MapScope, Scope};
 pub use template::{PathSeg, Template, TemplateError, TemplateValue, map_strings};

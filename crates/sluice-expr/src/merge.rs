@@ -63,30 +63,15 @@ pub fn fits_val(target: &Val, incoming: &Val, path: &str) -> Result<(), MergeErr
 
 /// [`merge_val`] of `serde_json` values.
 pub fn merge(target: &mut Value, incoming: Value, path: &str) -> Result<(), MergeError> {
-    merge_ref(target, &incoming, path)
-}
-
-/// [`merge`] of a value the caller keeps.
-pub fn merge_ref(target: &mut Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
     let mut t = to_val(target);
-    merge_val(&mut t, &to_val(incoming), path)?;
+    merge_val(&mut t, &to_val(&incoming), path)?;
     *target = to_json(&t);
     Ok(())
 }
 
 /// [`fits_val`] of `serde_json` values.
 pub fn fits(target: &Value, incoming: &Value, path: &str) -> Result<(), MergeError> {
-    let shape = |v: &Value| match v {
-        Value::Object(_) => Val::obj(Map::default()),
-        Value::Array(_) => Val::Arr(Rc::default()),
-        Value::Null => Val::Null,
-        _ => Val::Bool(true),
-    };
-    fits_val(&shape(target), &shape(incoming), path).map_err(|mut e| {
-        e.target = crate::value::kind(target);
-        e.incoming = crate::value::kind(incoming);
-        e
-    })
+    fits_val(&to_val(target), &to_val(incoming), path)
 }
 
 fn merge_below(target: &mut Val, incoming: &Val) {

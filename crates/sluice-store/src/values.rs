@@ -138,8 +138,8 @@ impl<'a> Encoder<'a> {
         if cut.dirty {
             return None;
         }
-        let (mut buf, holes) = (cut.buf, cut.holes);
-        if check && scrub::active() && scrub::found(&buf) {
+        let (mut buf, holes, check) = (cut.buf, cut.holes, cut.check);
+        if check && scrub::found(&buf) {
             return None;
         }
         if holes.is_empty() && buf.len() < self.large {

@@ -156,7 +156,7 @@ impl Runner {
                 }
             }
         }
-        let output = r.output.as_ref().map(to_json).unwrap_or(Value::Null);
+        let output = r.output_json().unwrap_or(Value::Null);
         if let Some(want) = &e.output {
             for d in diff(want, &output) {
                 failures.push(format!("output {d}"));
@@ -253,7 +253,7 @@ impl Runner {
             match engine.run(flow, req).await {
                 Ok(r) if r.status.as_str() == "succeeded" => {
                     succeeded += 1;
-                    outputs.push(r.output.as_ref().map(to_json).unwrap_or(Value::Null));
+                    outputs.push(r.output_json().unwrap_or(Value::Null));
                 }
                 Ok(_) => failed += 1,
                 Err(e) => return failures.push(format!("a record's run did not run: {e}")),
