@@ -260,8 +260,33 @@ impl<'a> Sorted<'a> {
     }
 }
 
+/// A statement on the writer's connection, its values being bound.
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
 async fn insert_runs(conn: &mut SqliteConnection, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
-    let mut q = sqlx::query(rows_sql(Rows::Runs, rows.len()));
+    let q = bind_runs(sqlx::query(rows_sql(Rows::Runs, rows.len())), rows);
+    q.execute(&mut *conn)
+        .await
+        .map(drop)
+        .map_err(|e| refused(e, rows.first(), &[]))
+}
+
+/// What a refused write means: a run that is there already, the steps of
+/// a run that is not (when checked), or a fault of the store.
+fn refused(e: sqlx::Error, run: Option<&NewRow<'_>>, steps: &[&StepVals]) -> StoreError {
+    if let sqlx::Error::Database(d) = &e {
+        if let Some(r) = run.filter(|_| d.is_unique_violation()) {
+            return StoreError::Conflict(r.run.id.clone());
+        }
+        if let Some(s) = steps.first().filter(|_| d.is_foreign_key_violation()) {
+            return StoreError::NoSuchRun(s.run_id.clone());
+        }
+    }
+    e.into()
+}
+
+/// Bind the values of new runs' rows.
+fn bind_runs<'q>(mut q: Query<'q>, rows: &[NewRow<'_>]) -> Query<'q> {
     for NewRow { run, at } in rows {
         q = q.bind(&run.id).bind(&run.flow_id);
         q = match at {
@@ -302,17 +327,20 @@ async fn insert_runs(conn: &mut SqliteConnection, rows: &[NewRow<'_>]) -> Result
                 .bind(p.ended_at),
         };
     }
-    match q.execute(&mut *conn).await {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(StoreError::Conflict(rows[0].run.id.clone()))
-        }
-        Err(e) => Err(e.into()),
-    }
+    q
 }
 
 async fn insert_steps(conn: &mut SqliteConnection, rows: &[&StepVals]) -> Result<(), StoreError> {
-    let mut q = sqlx::query(rows_sql(Rows::Steps, rows.len()));
+    let q = bind_steps(sqlx::query(rows_sql(Rows::Steps, rows.len())), rows);
+    // The step of a run that does not exist (alone, the run is known).
+    q.execute(&mut *conn)
+        .await
+        .map(drop)
+        .map_err(|e| refused(e, None, rows))
+}
+
+/// Bind the values of step records' rows.
+fn bind_steps<'q>(mut q: Query<'q>, rows: &[&StepVals]) -> Query<'q> {
     for v in rows {
         q = q
             .bind(&v.run_id)
@@ -330,14 +358,7 @@ async fn insert_steps(conn: &mut SqliteConnection, rows: &[&StepVals]) -> Result
             .bind(v.started_at)
             .bind(v.ended_at);
     }
-    match q.execute(&mut *conn).await {
-        Ok(_) => Ok(()),
-        // The step of a run that does not exist (alone, the run is known).
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            Err(StoreError::NoSuchRun(rows[0].run_id.clone()))
-        }
-        Err(e) => Err(e.into()),
-    }
+    q
 }
 
 /// The runs' new positions. A run the update misses is an error unless it
@@ -347,7 +368,16 @@ async fn move_runs(
     conn: &mut SqliteConnection,
     rows: &[(&RunVals, i64)],
 ) -> Result<(), StoreError> {
-    let mut q = sqlx::query(rows_sql(Rows::Moves, rows.len()));
+    let q = bind_moves(sqlx::query(rows_sql(Rows::Moves, rows.len())), rows);
+    let done = q.execute(&mut *conn).await?;
+    if done.rows_affected() == rows.len() as u64 {
+        return Ok(());
+    }
+    missed(conn, rows).await
+}
+
+/// Bind the values of runs' new positions.
+fn bind_moves<'q>(mut q: Query<'q>, rows: &[(&RunVals, i64)]) -> Query<'q> {
     for (v, n) in rows {
         q = q
             .bind(&v.run_id)
@@ -361,10 +391,12 @@ async fn move_runs(
             .bind(v.updated_at)
             .bind(*n);
     }
-    let done = q.execute(&mut *conn).await?;
-    if done.rows_affected() == rows.len() as u64 {
-        return Ok(());
-    }
+    q
+}
+
+/// An update of runs' positions missed a run: fine for one cancelled run
+/// (it keeps its status), else the run is not there.
+async fn missed(conn: &mut SqliteConnection, rows: &[(&RunVals, i64)]) -> Result<(), StoreError> {
     let first = &rows[0].0.run_id;
     if rows.len() == 1 {
         let cancelled: Option<(String,)> =
@@ -487,6 +519,66 @@ async fn in_transaction(
     Ok(())
 }
 
+/// One write alone, in as few commands to SQLite's thread as it allows:
+/// each command is a round trip between two threads, which costs more than
+/// the statements themselves when writes come one at a time. A new run,
+/// with or without its first steps, is written and committed in one
+/// command; steps of a run under way with its new position in one (which
+/// tells whether the run was there to move), then the commit. `None`: a
+/// write this does not take (large values, a suspension, more steps than
+/// one statement holds), for [`in_transaction`].
+async fn alone(conn: &mut SqliteConnection, p: &Pending) -> Option<Result<(), StoreError>> {
+    let mut s = Sorted::default();
+    match &p.write {
+        Write::Create(run) => s.runs.push(NewRow { run, at: None }),
+        Write::Record(r) => s.add(r),
+        Write::Suspend(_) => return None,
+    }
+    if !p.values.is_empty() || s.steps.len() > CHUNK {
+        return None;
+    }
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    if !s.runs.is_empty() {
+        sql.push_str(rows_sql(Rows::Runs, s.runs.len()));
+        sql.push_str(";\n");
+    }
+    if !s.steps.is_empty() {
+        sql.push_str(rows_sql(Rows::Steps, s.steps.len()));
+        sql.push_str(";\n");
+    }
+    let moving = !s.moves.is_empty();
+    if moving {
+        sql.push_str(rows_sql(Rows::Moves, s.moves.len()));
+        sql.push_str(" RETURNING runs.id");
+    } else {
+        sql.push_str("COMMIT");
+    }
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let q = bind_moves(bind_steps(bind_runs(q, &s.runs), &s.steps), &s.moves);
+    let moved = match q.fetch_all(&mut *conn).await {
+        Ok(rows) => rows.len(),
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Some(Err(refused(e, s.runs.first(), &s.steps)));
+        }
+    };
+    if !moving {
+        return Some(Ok(()));
+    }
+    let end = async {
+        if moved != s.moves.len() {
+            missed(conn, &s.moves).await?;
+        }
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok(())
+    };
+    let r = end.await;
+    if r.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    Some(r)
+}
+
 /// Whether a connection that failed a write should be given up (anything
 /// but an answer about the data written).
 fn broken(e: &StoreError) -> bool {
@@ -570,7 +662,10 @@ async fn writer(
                 Some(Ok(())) => Ok(()),
                 // One failed (or the batch could not be written): each alone.
                 _ => {
-                    let r = in_transaction(&mut conn, &[&p]).await;
+                    let r = match alone(&mut conn, &p).await {
+                        Some(r) => r,
+                        None => in_transaction(&mut conn, &[&p]).await,
+                    };
                     healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
                     r
                 }
