@@ -44,7 +44,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Default time an expression may run before it fails.
@@ -372,60 +372,6 @@ const REMOVED_FUNS: &[&str] = &[
     "debug_empty",
     "range",
 ];
-const REMOVED_DEFS: &[&str] = &["stderr", "debug", "halt", "halt_error", "input", "inputs"];
-
-/// `range/3` as a definition over `while`, so that it passes the checkpoint.
-const GUARDED_DEFS: &str = r#"
-def range($from; $upto; $by):
-  if $by > 0 then $from | while(. < $upto; . + $by)
-  elif $by < 0 then $from | while(. > $upto; . + $by)
-  else $from | while(. != $upto; . + $by) end;
-"#;
-
-struct Std {
-    defs: Vec<Def<&'static str>>,
-}
-
-impl Std {
-    /// The definitions `main` reaches, directly or through others, in
-    /// their order.
-    fn reached(&self, main: &Def<&str>) -> Vec<Def<&'static str>> {
-        let mut wanted = std::collections::BTreeSet::new();
-        calls(&main.body, &mut wanted);
-        // Later definitions may call earlier ones only: one pass from the
-        // end takes in every definition a wanted one calls.
-        let mut keep = vec![false; self.defs.len()];
-        for (i, d) in self.defs.iter().enumerate().rev() {
-            if wanted.contains(d.name) {
-                keep[i] = true;
-                calls(&d.body, &mut wanted);
-            }
-        }
-        self.defs
-            .iter()
-            .zip(keep)
-            .filter(|(_, k)| *k)
-            .map(|(d, _)| d.clone())
-            .collect()
-    }
-}
-
-/// Every name `t` may call: filters, string formats, `..` (`recurse`).
-fn calls<'s>(t: &Term<&'s str>, out: &mut std::collections::BTreeSet<&'s str>) {
-    walk(t, &mut Vec::new(), &mut |t, _| match t {
-        Term::Call(name, _) => {
-            out.insert(name);
-        }
-        Term::Str(Some(format), _) => {
-            out.insert(format);
-        }
-        Term::Recurse => {
-            out.insert("recurse");
-        }
-        _ => {}
-    });
-}
-
 fn funs() -> impl Iterator<Item = Fun> {
     jaq_core::funs::<Guarded>()
         .chain(jaq_std::funs())
@@ -433,69 +379,6 @@ fn funs() -> impl Iterator<Item = Fun> {
         .filter(|(name, _, _)| !REMOVED_FUNS.contains(name))
         .chain([checkpoint(), mul(), tojson(), text(), fromjson()])
         .chain(sorts())
-}
-
-fn std_lib() -> &'static Std {
-    static STD: OnceLock<Std> = OnceLock::new();
-    STD.get_or_init(|| {
-        let guarded: Vec<Def<&'static str>> =
-            load::parse(GUARDED_DEFS, |p| p.defs()).unwrap_or_default();
-        let core = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs())
-            .filter(|d| !REMOVED_DEFS.contains(&d.name));
-        // The guarded `range/3` is built on `while`, and the core `range/1`
-        // and `range/2` on `range/3`: hold every `range` back until `while`
-        // has been defined.
-        let mut defs: Vec<Def<&'static str>> = Vec::new();
-        let mut held: Vec<Def<&'static str>> = guarded;
-        let mut released = false;
-        for d in core {
-            if !released && d.name == "range" {
-                held.push(d);
-                continue;
-            }
-            let is_while = d.name == "while";
-            defs.push(d);
-            if is_while && !released {
-                defs.append(&mut held);
-                released = true;
-            }
-        }
-        defs.append(&mut held);
-        let defs = defs.into_iter().map(guard_def).collect();
-        Std { defs }
-    })
-}
-
-/// Guard a definition of the standard library: definitions that call
-/// themselves, and the local helpers (`def rec: ...`) that the looping
-/// definitions are built on, pass the checkpoint on every call; folds and
-/// multiplications are guarded as in programs.
-fn guard_def(mut d: Def<&'static str>) -> Def<&'static str> {
-    let mut calls_itself = Vec::new();
-    check_recursion("", &d.body, &mut vec![d.name], &mut calls_itself);
-    let body = guard::guard_term(std::mem::take(&mut d.body));
-    d.body = guard_body(body, !calls_itself.is_empty());
-    d
-}
-
-fn guard_body(body: Term<&'static str>, tick: bool) -> Term<&'static str> {
-    let body = match body {
-        Term::Def(inner, rest) => Term::Def(
-            inner
-                .into_iter()
-                .map(|mut d| {
-                    let b = std::mem::take(&mut d.body);
-                    d.body = guard_body(b, true);
-                    d
-                })
-                .collect(),
-            rest,
-        ),
-        other => other,
-    };
-    if tick { guard::ticked(body) } else { body }
 }
 
 /// A compiled jq program.
@@ -586,9 +469,9 @@ impl Program {
         // Only the definitions of the standard library the program reaches
         // are compiled with it (compiling all of them is most of the time a
         // program takes to compile); should that miss one, all of them.
-        let shaken = main.as_ref().and_then(|m| {
-            compile_with(code, Some(std_lib().reached(m)), main.clone(), &names).ok()
-        });
+        let shaken = main
+            .as_ref()
+            .and_then(|m| compile_with(code, Some(prelude::reached(m)), main.clone(), &names).ok());
         let filter = match shaken {
             Some(f) => f,
             None => compile_with(code, None, main, &names).map_err(fail)?,
@@ -615,7 +498,7 @@ fn compile_with<'s>(
 ) -> Result<jaq_core::Filter<Guarded>, Vec<CompileIssue>> {
     let arena = Arena::default();
     let text = if main.is_some() { guard::MAIN } else { code };
-    let prelude = prelude.unwrap_or_else(|| std_lib().defs.clone());
+    let prelude = prelude.unwrap_or_else(prelude::whole);
     let loader = Loader::new(prelude.into_iter().chain(main));
     let modules = loader
         .load(
@@ -1176,6 +1059,8 @@ fn assert_send_sync() {
     is::<Program>();
     let _ = Native::<Guarded>::new;
 }
+
+mod prelude;
 
 #[cfg(test)]
 mod tests;

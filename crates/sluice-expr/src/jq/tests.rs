@@ -450,7 +450,7 @@ fn constant_fields_read_of_a_variable_are_found_with_their_places() {
 
 #[test]
 fn programs_compile_with_only_the_definitions_they_reach() {
-    let all = std_lib().defs.len();
+    let all = prelude::std_lib().defs.len();
     for code in [
         ".a",
         "map(.qty * .price) | add",
@@ -478,7 +478,7 @@ fn programs_compile_with_only_the_definitions_they_reach() {
             continue;
         };
         let main = guard::guard_program(term);
-        let reached = std_lib().reached(&main);
+        let reached = prelude::std_lib().reached(&main);
         assert!(reached.len() < all, "{code}: {} of {all}", reached.len());
         let shaken = compile_with(code, Some(reached), Some(main.clone()), &[]);
         let full = compile_with(code, None, Some(main), &[]);
@@ -488,6 +488,45 @@ fn programs_compile_with_only_the_definitions_they_reach() {
             "{code}: shaken {:?}, full {:?}",
             shaken.err(),
             full.err()
+        );
+    }
+}
+
+#[test]
+fn no_definition_of_the_library_is_a_native() {
+    // A program that calls only natives is compiled without the library,
+    // which is right only while no definition shadows a native.
+    let natives = prelude::natives();
+    let both: Vec<String> = prelude::std_lib()
+        .defs
+        .iter()
+        .filter(|d| natives.contains(&(d.name, d.args.len())))
+        .map(|d| format!("{}/{}", d.name, d.args.len()))
+        .collect();
+    assert!(both.is_empty(), "{both:?}");
+}
+
+#[test]
+fn programs_of_natives_alone_compile_without_the_library() {
+    for code in [
+        ".a + .b",
+        "{orderId, sum: .totalPrice}",
+        "length",
+        ".[0] | length",
+    ] {
+        let term = load::parse(code, |p| p.term()).expect("parses");
+        let main = guard::guard_program(term);
+        assert!(prelude::reached(&main).is_empty(), "{code}");
+        assert!(
+            compile_with(code, Some(Vec::new()), Some(main), &[]).is_ok(),
+            "{code}"
+        );
+    }
+    for code in ["add", "map(.a)", "to_entries"] {
+        let term = load::parse(code, |p| p.term()).expect("parses");
+        assert!(
+            !prelude::reached(&guard::guard_program(term)).is_empty(),
+            "{code}"
         );
     }
 }
