@@ -9,7 +9,9 @@
 # Before the import into PostgreSQL, the same good rows are written by
 # PostgreSQL alone (bench/import/alone.sh), in one session and in two at
 # once: the ceiling of this machine's PostgreSQL for these tables, which the
-# import's figure is a share of.
+# import's figure is a share of. After it, the import a user writes by hand
+# (bench/import/by_hand.py, Python and psycopg 3; installed into a venv under
+# ~/.cache/sluice-peers/psycopg unless BENCH_PYTHON names a Python that has it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-1000000}
@@ -57,6 +59,18 @@ echo "postgres: the import takes $(echo "scale=2; $SECS / ${ALONE[1]}" | bc)x th
 for t in customers contacts orders; do check "postgres $t" "$(psql -tAc "SELECT count(*) FROM $t" "$PG")"; done
 check "postgres orders of their customer" "$(psql -tAc "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN contacts k ON k.customer_id = c.id WHERE 'SO-' || substr(c.external_id, 3) = o.number AND 'Contact ' || substr(c.external_id, 3) = k.name" "$PG")"
 
+# The import a user writes by hand (bench/import/by_hand.py: psycopg 3,
+# executemany per table, a transaction per batch of 500, no per-record
+# isolation), on the same file into the same fresh tables.
+PY=${BENCH_PYTHON:-$HOME/.cache/sluice-peers/psycopg/bin/python}
+if [ ! -x "$PY" ]; then
+  python3 -m venv "$(dirname "$(dirname "$PY")")"
+  "$PY" -m pip install -q 'psycopg[binary]==3.3.9'
+fi
+sed 's/INTEGER PRIMARY KEY/SERIAL PRIMARY KEY/' bench/import/schema.sql | psql -q "$PG" 2>&1 | grep -v NOTICE || true
+read -r HS HW HL HF < <("$PY" bench/import/by_hand.py "$PG" "$WORK/customers.csv" 500)
+echo "by hand (python, psycopg 3, executemany, one transaction per batch of 500): $HW records written in $HS s: $(echo "$HW / $HS" | bc) records/s; $HL records lost with their $HF failed batches (no per-record isolation)"
+echo "postgres: the import takes $(printf "%.2f" "$(echo "scale=3; $SECS / $HS" | bc)")x the time of the script by hand"
 fi
 if [ "$ONLY" != postgres ]; then
 # SQLite

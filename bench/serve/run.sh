@@ -8,6 +8,7 @@
 # per request Sluice answered.
 #
 # usage: bench/serve/run.sh [DURATION=20s]
+# SLUICE_BIN=PATH measures that binary instead of building this tree's.
 # Needs the peers' tools: bash ../shared/peers/setup_tools.sh (wrk, node), and
 # for Node-RED setup_nodered.sh; n8n is measured when setup_n8n.sh has run.
 set -euo pipefail
@@ -17,7 +18,10 @@ DUR=${1:-20s}
 PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
 . "$PEERS_DIR/env.sh"
 command -v wrk >/dev/null || { echo "wrk is missing: run bash $PEERS_DIR/setup_tools.sh" >&2; exit 2; }
-cargo build --release -q -p sluice
+if [ -z "${SLUICE_BIN:-}" ]; then
+  cargo build --release -q -p sluice
+fi
+SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -26,7 +30,7 @@ B() { bash "$PEERS_DIR/bench_http.sh" "$@"; }
 
 # --- Sluice ---
 PORT=18090
-taskset -c "${SERVER_CPUS:-1}" "$ROOT/target/release/sluice" serve --flows bench/serve/flows \
+taskset -c "${SERVER_CPUS:-1}" "$SLUICE_BIN" serve --flows bench/serve/flows \
   --listen 127.0.0.1:$PORT --store "$WORK/store.db" 2> "$WORK/sluice.log" &
 PIDS+=($!)
 echo $! > "$WORK/sluice.pid"
