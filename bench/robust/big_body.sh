@@ -7,7 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ITEMS=${1:-250000}
-cargo build --release -q -p sluice
+# SLUICE_BIN=PATH measures that binary instead of building this tree's.
+if [ -z "${SLUICE_BIN:-}" ]; then
+  cargo build --release -q -p sluice
+fi
+BIN=${SLUICE_BIN:-target/release/sluice}
 WORK=$(mktemp -d)
 SERVER=
 cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"; }
@@ -20,7 +24,7 @@ items = [{"sku": f"SKU-{i:07d}", "qty": i % 7 + 1, "price": round(i * 0.37 % 100
 json.dump({"orderId": "BIG-1", "items": items}, open(out, "w"))
 PY
 PORT=18192
-target/release/sluice serve --flows bench/robust/flows --listen 127.0.0.1:$PORT \
+"$BIN" serve --flows bench/robust/flows --listen 127.0.0.1:$PORT \
   --store "$WORK/store.db" 2> "$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$PORT/api/health && break; sleep 0.1; done
