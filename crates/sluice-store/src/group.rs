@@ -187,34 +187,28 @@ enum Rows {
 /// no statement journal, and keeps the default so that a caller's own
 /// transaction survives its failure.
 fn rows_sql(kind: Rows, n: usize) -> &'static str {
-    static TEXTS: OnceLock<[Vec<String>; 3]> = OnceLock::new();
-    let texts = TEXTS.get_or_init(|| {
-        // `head` is given the conflict clause.
-        let make = |head: &dyn Fn(&str) -> String, cols: usize, tail: &str| {
-            let row = format!("({})", vec!["?"; cols].join(", "));
-            (1..=CHUNK)
-                .map(|n| {
-                    let or = if n == 1 { "" } else { " OR ROLLBACK" };
-                    let rows = vec![row.as_str(); n].join(", ");
-                    format!("{}{rows}{tail}", head(or))
-                })
-                .collect()
-        };
-        [
-            make(
-                &|or| format!("INSERT{or} INTO runs ({RUN_COLUMNS}) VALUES "),
+    // Each text is made when first needed (a short run needs one or two).
+    static TEXTS: [[OnceLock<String>; CHUNK]; 3] =
+        [const { [const { OnceLock::new() }; CHUNK] }; 3];
+    let n = n.clamp(1, CHUNK);
+    TEXTS[kind as usize][n - 1].get_or_init(|| {
+        let or = if n == 1 { "" } else { " OR ROLLBACK" };
+        let (head, cols, tail) = match kind {
+            Rows::Runs => (
+                format!("INSERT{or} INTO runs ({RUN_COLUMNS}) VALUES "),
                 18,
                 "",
             ),
-            make(
-                &|or| format!("INSERT{or} INTO run_steps ({STEP_COLUMNS}) VALUES "),
+            Rows::Steps => (
+                format!("INSERT{or} INTO run_steps ({STEP_COLUMNS}) VALUES "),
                 14,
                 "",
             ),
-            make(&|or| format!("UPDATE{or}{MOVE_RUNS}"), 10, MOVE_RUNS_END),
-        ]
-    });
-    &texts[kind as usize][n.clamp(1, CHUNK) - 1]
+            Rows::Moves => (format!("UPDATE{or}{MOVE_RUNS}"), 10, MOVE_RUNS_END),
+        };
+        let row = format!("({})", vec!["?"; cols].join(", "));
+        format!("{head}{}{tail}", vec![row.as_str(); n].join(", "))
+    })
 }
 
 /// A new run's record: as started, or (from a record) at its new position.
