@@ -12,7 +12,9 @@
 //! per write: each statement is a round trip to sqlx's SQLite thread. When
 //! a batch fails (a duplicate run id, a step of an unknown run, a cancelled
 //! run), it is rolled back and each write is done alone, so that each gets
-//! its own answer.
+//! its own answer. A write done alone (the usual case with few clients)
+//! goes as one multi-statement command, `BEGIN IMMEDIATE` to `COMMIT`, or
+//! two when it moves a run (the commit waits on whether the run was there).
 //!
 //! The writer keeps one connection of its own for a store on file, so that
 //! SQLite's page cache stays valid from one transaction to the next, and
