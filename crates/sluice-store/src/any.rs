@@ -38,12 +38,16 @@ impl AnyStore {
     }
 }
 
-/// The same call on whichever store it is.
+/// The same call on whichever store it is. The call's future is boxed: a
+/// caller's future (a run's steps, awaiting the store in many places)
+/// would otherwise hold the larger of the two stores' futures inline at
+/// each of those places, and it is moved whole when a run starts (an
+/// import starts one per record).
 macro_rules! each {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
-            AnyStore::Sqlite($s) => $call.await,
-            AnyStore::Postgres($s) => $call.await,
+            AnyStore::Sqlite($s) => Box::pin($call).await,
+            AnyStore::Postgres($s) => Box::pin($call).await,
         }
     };
 }
