@@ -283,13 +283,20 @@ const routes = [
   [/^#\/signin$/, signInPage],
   [/^#\/flows\/([^/]+)\/edit$/, (m) => editPage(decodeURIComponent(m[1]))],
   [/^#\/new$/, () => editPage(null)],
-  [/^#\/flows\/(.+)$/, (m) => flowPage(decodeURIComponent(m[1]))],
+  [/^#\/flows\/(.+)$/, (m) => flowPage(decodeURIComponent(m[1]), m[0])],
   [/^#\/flows$/, flowsPage],
-  [/^#\/runs\/([^?]+)$/, (m) => runPage(decodeURIComponent(m[1]))],
+  [/^#\/runs\/([^?]+)$/, (m) => runPage(decodeURIComponent(m[1]), m[0])],
   [/^#\/runs(\?.*)?$/, (m) => runsPage(new URLSearchParams((m[1] || "").slice(1)))],
   [/^#\/inbox$/, inboxPage],
 ];
 let leave = [];
+
+/** Whether the address moved on while a page read what it shows: a page
+ * read again (a followed run that ended) must not draw over the page the
+ * address now names. */
+function moved(hash) {
+  return hash !== undefined && location.hash !== hash;
+}
 
 async function route() {
   for (const f of leave) f();
@@ -484,8 +491,9 @@ function runsTable(runs, showFlow = true) {
       h("td", {}, r.error ? h("span", { class: "error-text" }, r.errorStep ? `${r.errorStep}: ` : "", r.error.length > 160 ? `${r.error.slice(0, 160)}…` : r.error) : ""))))));
 }
 
-async function flowPage(id) {
+async function flowPage(id, hash) {
   const [flow, runs] = await Promise.all([api(`/api/flows/${encodeURIComponent(id)}`), api(`/api/runs?flow=${encodeURIComponent(id)}&limit=20`)]);
+  if (moved(hash)) return;
   const parts = [
     h("h1", {}, `Flow ${flow.id}`, flow.enabled ? "" : h("span", { class: "off" }, " (off)")),
     h("dl", { class: "meta" },
@@ -667,8 +675,9 @@ function stepAttempts(log) {
   return log.map((s) => { const n = (seen.get(s.key) || 0) + 1; seen.set(s.key, n); return n; });
 }
 
-async function runPage(id) {
+async function runPage(id, hash) {
   const run = await api(`/api/runs/${encodeURIComponent(id)}`);
+  if (moved(hash)) return;
   const log = run.stepLog;
   const attempts = stepAttempts(log);
   const t0 = new Date(run.startedAt).getTime();
