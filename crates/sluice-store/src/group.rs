@@ -515,6 +515,34 @@ async fn in_transaction(
     Ok(())
 }
 
+/// The command of a write alone: a new run (`run`, at most one), `steps`
+/// step records (at most [`CHUNK`]) and, when `moving`, a run's new
+/// position, which returns the run it moved and leaves the commit to the
+/// caller. Made once per shape, when first needed.
+fn alone_sql(run: bool, steps: usize, moving: bool) -> &'static str {
+    static TEXTS: [[[OnceLock<String>; 2]; CHUNK + 1]; 2] =
+        [const { [const { [const { OnceLock::new() }; 2] }; CHUNK + 1] }; 2];
+    let steps = steps.min(CHUNK);
+    TEXTS[usize::from(run)][steps][usize::from(moving)].get_or_init(|| {
+        let mut sql = String::from("BEGIN IMMEDIATE;\n");
+        if run {
+            sql.push_str(rows_sql(Rows::Runs, 1));
+            sql.push_str(";\n");
+        }
+        if steps > 0 {
+            sql.push_str(rows_sql(Rows::Steps, steps));
+            sql.push_str(";\n");
+        }
+        if moving {
+            sql.push_str(rows_sql(Rows::Moves, 1));
+            sql.push_str(" RETURNING runs.id");
+        } else {
+            sql.push_str("COMMIT");
+        }
+        sql
+    })
+}
+
 /// One write alone, in as few commands to SQLite's thread as it allows:
 /// each command is a round trip between two threads, which costs more than
 /// the statements themselves when writes come one at a time. A new run,
@@ -533,23 +561,8 @@ async fn alone(conn: &mut SqliteConnection, p: &Pending) -> Option<Result<(), St
     if !p.values.is_empty() || s.steps.len() > CHUNK {
         return None;
     }
-    let mut sql = String::from("BEGIN IMMEDIATE;\n");
-    if !s.runs.is_empty() {
-        sql.push_str(rows_sql(Rows::Runs, s.runs.len()));
-        sql.push_str(";\n");
-    }
-    if !s.steps.is_empty() {
-        sql.push_str(rows_sql(Rows::Steps, s.steps.len()));
-        sql.push_str(";\n");
-    }
     let moving = !s.moves.is_empty();
-    if moving {
-        sql.push_str(rows_sql(Rows::Moves, s.moves.len()));
-        sql.push_str(" RETURNING runs.id");
-    } else {
-        sql.push_str("COMMIT");
-    }
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let q = sqlx::query(alone_sql(!s.runs.is_empty(), s.steps.len(), moving));
     let q = bind_moves(bind_steps(bind_runs(q, &s.runs), &s.steps), &s.moves);
     let moved = match q.fetch_all(&mut *conn).await {
         Ok(rows) => rows.len(),
