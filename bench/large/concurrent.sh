@@ -12,10 +12,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 clients=${1:-100}
 items=${2:-10000}
 # SLUICE_BIN=PATH measures that binary instead of building this tree's.
-if [ -z "${SLUICE_BIN:-}" ]; then
-  cargo build --release -q -p sluice --manifest-path "$root/Cargo.toml"
-fi
-bin=${SLUICE_BIN:-$root/target/release/sluice}
+bin=$("$root/bench/sluice_bin.sh")
 work=$(mktemp -d)
 server=
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }

@@ -13,10 +13,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 items=${1:-900000}
 # SLUICE_BIN=PATH measures that binary instead of building this tree's.
-if [ -z "${SLUICE_BIN:-}" ]; then
-  cargo build --release -q -p sluice --manifest-path "$root/Cargo.toml"
-fi
-bin=${SLUICE_BIN:-$root/target/release/sluice}
+bin=$("$root/bench/sluice_bin.sh")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 - "$items" "$work/order.json" <<'PY'

@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ITEMS=${1:-250000}
 # SLUICE_BIN=PATH measures that binary instead of building this tree's.
-if [ -z "${SLUICE_BIN:-}" ]; then
-  cargo build --release -q -p sluice
-fi
-BIN=${SLUICE_BIN:-target/release/sluice}
+BIN=$(bench/sluice_bin.sh)
 WORK=$(mktemp -d)
 SERVER=
 cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"; }

@@ -18,10 +18,7 @@ DUR=${1:-20s}
 PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
 . "$PEERS_DIR/env.sh"
 command -v wrk >/dev/null || { echo "wrk is missing: run bash $PEERS_DIR/setup_tools.sh" >&2; exit 2; }
-if [ -z "${SLUICE_BIN:-}" ]; then
-  cargo build --release -q -p sluice
-fi
-SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
+SLUICE_BIN=$(bench/sluice_bin.sh)
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
