@@ -747,7 +747,11 @@ fn written_credentials(flow: &Flow) -> Vec<String> {
     found
 }
 
-fn read_input<T: serde::de::DeserializeOwned>(input: Option<&str>) -> Result<Option<T>, String> {
+/// The JSON of `--input FILE` (or `-`, standard input), read by `parse`.
+fn read_input<T>(
+    input: Option<&str>,
+    parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+) -> Result<Option<T>, String> {
     let Some(src) = input else { return Ok(None) };
     let (name, text) = if src == "-" {
         let mut s = Vec::new();
@@ -759,7 +763,7 @@ fn read_input<T: serde::de::DeserializeOwned>(input: Option<&str>) -> Result<Opt
         let s = std::fs::read(src).map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
         (src.to_owned(), s)
     };
-    serde_json::from_slice(&text).map(Some).map_err(|e| {
+    parse(&text).map(Some).map_err(|e| {
         format!(
             "{name}:{}:{}: the input is not valid JSON: {} (expected one JSON value, such as an object)",
             e.line(),
@@ -793,14 +797,16 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
     if let Err(code) = enabled(&flow, path) {
         return code;
     }
-    let input: Option<Val> = match read_input(input) {
+    // Read as webhook bodies are (keys kept once): the tree of a large
+    // input is what a run's memory is made of.
+    let input: Option<Val> = match read_input(input, sluice_expr::data::parse) {
         Ok(i) => i,
         Err(m) => {
             eprintln!("error: {m}");
             return INVALID;
         }
     };
-    let event: Option<Value> = match read_input(event) {
+    let event: Option<Value> = match read_input(event, |t| serde_json::from_slice(t)) {
         Ok(e) => e,
         Err(m) => {
             eprintln!("error: {}", m.replace("the input", "the event"));
@@ -1078,7 +1084,7 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, 
 }
 
 async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Option<&str>) -> u8 {
-    let patch: Option<Value> = match read_input(patch) {
+    let patch: Option<Value> = match read_input(patch, |t| serde_json::from_slice(t)) {
         Ok(p) => p,
         Err(m) => {
             eprintln!("error: {m}");
