@@ -145,12 +145,35 @@ pub(crate) struct SuspendVals {
     pub correlation: String,
 }
 
+/// A flow's version to keep (its source), if it is not kept already.
+#[derive(Debug)]
+pub(crate) struct VersionVals {
+    pub flow_id: String,
+    pub version: String,
+    pub source: String,
+    pub at: i64,
+}
+
 /// One write.
 #[derive(Debug)]
 pub(crate) enum Write {
     Create(Box<CreateVals>),
     Record(Box<RecordVals>),
     Suspend(Box<SuspendVals>),
+    Version(Box<VersionVals>),
+}
+
+/// Keep a flow's version (one statement, which commits by itself outside
+/// a transaction).
+async fn version_statement(conn: &mut SqliteConnection, v: &VersionVals) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO flow_versions (flow_id, version, source, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+        .bind(&v.flow_id)
+        .bind(&v.version)
+        .bind(&v.source)
+        .bind(v.at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 struct Pending {
@@ -489,6 +512,7 @@ async fn statements(conn: &mut SqliteConnection, writes: &[&Pending]) -> Result<
             Write::Create(run) => sorted.runs.push(NewRow { run, at: None }),
             Write::Record(r) => sorted.add(r),
             Write::Suspend(s) => suspends.push(s),
+            Write::Version(v) => version_statement(conn, v).await?,
         }
     }
     sorted.write(conn).await?;
@@ -557,6 +581,7 @@ async fn alone(conn: &mut SqliteConnection, p: &Pending) -> Option<Result<(), St
         Write::Create(run) => s.runs.push(NewRow { run, at: None }),
         Write::Record(r) => s.add(r),
         Write::Suspend(_) => return None,
+        Write::Version(v) => return Some(version_statement(conn, v).await),
     }
     if !p.values.is_empty() || s.steps.len() > CHUNK {
         return None;
@@ -613,12 +638,16 @@ async fn own(conn: &mut PoolConnection<Sqlite>) {
 /// The writer: takes what is queued, writes it in one transaction, answers.
 async fn writer(
     pool: SqlitePool,
-    keep: bool,
+    first: Option<PoolConnection<Sqlite>>,
     known: Arc<Known>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut held: Option<PoolConnection<Sqlite>> = None;
+    let keep = first.is_some();
+    let mut held = first;
+    if let Some(c) = &mut held {
+        own(c).await;
+    }
     let state = Arc::new(AtomicU8::new(IDLE));
     let mut checkpointed = Instant::now();
     while let Some(first) = rx.recv().await {
@@ -716,9 +745,16 @@ impl Group {
     /// Start the writer; `keep`: hold one connection of the pool for it
     /// (not for a store in memory, whose pool has one connection).
     /// Nodes it commits are remembered in `known`.
-    pub(crate) fn start(pool: SqlitePool, keep: bool, known: Arc<Known>) -> Self {
+    /// Start the writer of `pool`. `first`: the connection a file store's
+    /// writer keeps for itself (`None`: an in-memory store's writer takes
+    /// the pool's one connection for each batch and gives it back).
+    pub(crate) fn start(
+        pool: SqlitePool,
+        first: Option<PoolConnection<Sqlite>>,
+        known: Arc<Known>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, keep, known, rx));
+        tokio::spawn(writer(pool, first, known, rx));
         Self { tx }
     }
 

@@ -8,7 +8,8 @@
 //! (see `group.rs`).
 
 use crate::group::{
-    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, Write, create_statement,
+    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write,
+    create_statement,
 };
 use crate::rows;
 use crate::values::{Chunk, Encoder, Known, Loaded};
@@ -24,6 +25,9 @@ use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The tables [`MIGRATIONS`] make, in one script (a test keeps it so).
+const SCHEMA: &str = include_str!("../migrations/sqlite/schema.sql");
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -204,34 +208,34 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(e.to_string()))?;
         if memory {
-            // A new, empty database: its tables in one go (there is no
-            // earlier version to move from, nor any to keep track of).
-            let script: String = MIGRATIONS
-                .iter()
-                .map(|(_, _, sql)| *sql)
-                .collect::<Vec<_>>()
-                .join("\n");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            // A new, empty database: its tables in one go, as the
+            // migrations leave them (there is no earlier version to move
+            // from, nor any to keep track of).
+            sqlx::raw_sql(SCHEMA)
                 .execute(&pool)
                 .await
                 .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
             let known = Arc::new(Known::default());
-            let group = Group::start(pool.clone(), false, known.clone());
+            let group = Group::start(pool.clone(), None, known.clone());
             return Ok(Self::with(pool, group, known));
         }
         // A store whose migrations are all applied needs no more than one
         // look (sqlx's migrator takes a few dozen statements to say so).
+        // The connection that looks is the writer's (a second one would
+        // read the schema again).
+        let mut first = pool.acquire().await.map_err(|e| fail(e.to_string()))?;
         let applied: Option<(i64, i64)> =
             sqlx::query_as("SELECT COUNT(*), MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_optional(&pool)
+                .fetch_optional(&mut *first)
                 .await
                 .unwrap_or(None);
         let latest = MIGRATIONS.len() as i64;
         if applied == Some((latest, latest)) {
             let known = Arc::new(Known::default());
-            let group = Group::start(pool.clone(), true, known.clone());
+            let group = Group::start(pool.clone(), Some(first), known.clone());
             return Ok(Self::with(pool, group, known));
         }
+        drop(first);
         let migrations = MIGRATIONS
             .iter()
             .map(|(v, d, sql)| {
@@ -249,7 +253,8 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
         let known = Arc::new(Known::default());
-        let group = Group::start(pool.clone(), !memory, known.clone());
+        let first = pool.acquire().await.map_err(|e| fail(e.to_string()))?;
+        let group = Group::start(pool.clone(), Some(first), known.clone());
         Ok(Self::with(pool, group, known))
     }
 
@@ -559,14 +564,17 @@ impl Store for SqliteStore {
         version: &str,
         source: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO flow_versions (flow_id, version, source, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(flow_id)
-            .bind(version)
-            .bind(source)
-            .bind(crate::now_micros())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        // By the writer: on its connection, which a `sluice run` may then
+        // be the only one to open.
+        let vals = VersionVals {
+            flow_id: flow_id.to_owned(),
+            version: version.to_owned(),
+            source: source.to_owned(),
+            at: crate::now_micros(),
+        };
+        self.group
+            .write(Write::Version(Box::new(vals)), Vec::new())
+            .await
     }
 
     async fn flow_version(
@@ -996,5 +1004,62 @@ fn create_vals(run: &NewRun, enc: &mut Encoder<'_>) -> CreateVals {
         accountability: json(&run.accountability),
         parent_run: run.parent.as_ref().map(|p| p.0.clone()),
         item: run.parent.as_ref().map(|p| p.1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// The text of `schema.sql` for the tables `script` makes.
+    async fn schema_of(script: String) -> String {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .execute(&pool)
+            .await
+            .expect("the migrations apply");
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL \
+             AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("the schema reads");
+        let header: String = super::SCHEMA
+            .lines()
+            .take_while(|l| l.starts_with("--"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        rows.iter().fold(header + "\n", |mut s, (sql,)| {
+            s.push_str(sql);
+            s.push_str(";\n\n");
+            s
+        })
+    }
+
+    /// A new in-memory store gets its tables from `schema.sql`; they are
+    /// exactly what the migrations make of an empty file.
+    #[tokio::test]
+    async fn the_schema_is_what_the_migrations_make() {
+        let migrated = MIGRATIONS
+            .iter()
+            .map(|(_, _, sql)| *sql)
+            .collect::<Vec<_>>();
+        let made = schema_of(migrated.join("\n")).await;
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite/schema.sql");
+            std::fs::write(path, &made).expect("schema.sql is written");
+        }
+        assert_eq!(
+            made,
+            super::SCHEMA,
+            "migrations/sqlite/schema.sql is not what the migrations make: run this test with SLUICE_BLESS=1"
+        );
+        // And the script makes the same tables again.
+        assert_eq!(schema_of(super::SCHEMA.to_owned()).await, made);
     }
 }
