@@ -8,7 +8,10 @@
 //! long (after its own large parts were taken out) becomes a node of its
 //! own, and the column holds `@` and the hexadecimal SHA-256 of the root
 //! node. A node is its text with each large part replaced by `null`, and a
-//! table of where those parts go and which nodes they are. Nodes are kept
+//! table of where those parts go and which nodes they are. The elements
+//! (or entries) of a long array (or object) are cut out [`SPAN`] bytes of
+//! text at a time as nodes too, so that the text of a large value is never
+//! whole in memory while it is written. Nodes are kept
 //! in `run_values`, one row per run and node (whatever refers to it),
 //! compressed with LZ4; so a run costs about its distinct data, however
 //! many steps pass it on.
@@ -27,6 +30,13 @@ use std::sync::Mutex;
 /// The length of JSON text from which a value, or a part of one, is kept
 /// as a node.
 pub(crate) const LARGE: usize = 64 * 1024;
+
+/// The length of the text of elements (or entries) of one array (or
+/// object) from which they are cut out as a node of their own, a *span*:
+/// the elements' text, commas between them, which the reader puts in the
+/// place of its `null` as it puts any part. A large array is so written a
+/// span at a time and never whole in memory.
+pub(crate) const SPAN: usize = 256 * 1024;
 
 /// A node's name: the SHA-256 of its bytes (which name its parts').
 pub(crate) type Hash = [u8; 32];
@@ -91,6 +101,8 @@ pub(crate) struct Encoder<'a> {
     memo: HashMap<usize, (Val, Hash)>,
     /// [`LARGE`], but in tests.
     large: usize,
+    /// [`SPAN`], but in tests.
+    span: usize,
 }
 
 impl<'a> Encoder<'a> {
@@ -101,6 +113,7 @@ impl<'a> Encoder<'a> {
             chunks: Vec::new(),
             memo: HashMap::new(),
             large: LARGE,
+            span: SPAN,
         }
     }
 
@@ -152,6 +165,15 @@ impl<'a> Encoder<'a> {
     /// Keep `node` (the node `v` is) to be written, unless it is known:
     /// its name.
     fn node(&mut self, node: &[u8], v: &Val) -> Hash {
+        let hash = self.keep(node);
+        if let Some(a) = data::address(v) {
+            self.memo.insert(a, (v.clone(), hash));
+        }
+        hash
+    }
+
+    /// Keep `node` to be written, unless it is known: its name.
+    fn keep(&mut self, node: &[u8]) -> Hash {
         let hash: Hash = Sha256::digest(node).into();
         if !self.known.has(self.run_id, &hash) && !self.chunks.iter().any(|c| c.hash == hash) {
             self.chunks.push(Chunk {
@@ -159,9 +181,6 @@ impl<'a> Encoder<'a> {
                 hash,
                 body: lz4_flex::compress_prepend_size(node),
             });
-        }
-        if let Some(a) = data::address(v) {
-            self.memo.insert(a, (v.clone(), hash));
         }
         hash
     }
@@ -185,17 +204,24 @@ impl Cut<'_, '_> {
             return;
         }
         let (start, first) = (self.buf.len(), self.holes.len());
+        // Whether spans of its elements were cut out (it was large).
+        let mut spans = false;
         match v {
             Val::Arr(a) => {
                 if !root && self.known_node(v) {
                     return;
                 }
                 self.buf.push(b'[');
+                let mut span = None;
                 for (i, x) in a.iter().enumerate() {
                     if i > 0 {
                         self.buf.push(b',');
                     }
+                    let from = *span.get_or_insert((self.buf.len(), self.holes.len()));
                     self.value(x, false);
+                    if self.spanned(from) {
+                        (span, spans) = (None, true);
+                    }
                 }
                 self.buf.push(b']');
             }
@@ -204,13 +230,18 @@ impl Cut<'_, '_> {
                     return;
                 }
                 self.buf.push(b'{');
+                let mut span = None;
                 for (i, (k, x)) in o.iter().enumerate() {
                     if i > 0 {
                         self.buf.push(b',');
                     }
+                    let from = *span.get_or_insert((self.buf.len(), self.holes.len()));
                     self.scalar(k);
                     self.buf.push(b':');
                     self.value(x, false);
+                    if self.spanned(from) {
+                        (span, spans) = (None, true);
+                    }
                 }
                 self.buf.push(b'}');
             }
@@ -219,7 +250,12 @@ impl Cut<'_, '_> {
                 return;
             }
         }
-        if !root && self.buf.len() - start >= self.enc.large {
+        if self.dirty {
+            return;
+        }
+        // A value whose spans were cut out is a node too, however short
+        // its own text became: met again, it is named, not written again.
+        if !root && (spans || self.buf.len() - start >= self.enc.large) {
             if self.check && scrub::found(&self.buf[start..]) {
                 self.dirty = true;
                 return;
@@ -230,6 +266,25 @@ impl Cut<'_, '_> {
             self.holes.truncate(first);
             self.hole(hash);
         }
+    }
+
+    /// Cut the span of elements (or entries) written from `from` (its
+    /// place in the text and its first part) out as a node, if it is long
+    /// enough: whether it was.
+    fn spanned(&mut self, (start, first): (usize, usize)) -> bool {
+        if self.dirty || self.buf.len() - start < self.enc.span {
+            return false;
+        }
+        if self.check && scrub::found(&self.buf[start..]) {
+            self.dirty = true;
+            return false;
+        }
+        let node = node_at(&mut self.buf, start, &self.holes[first..]);
+        let hash = self.enc.keep(node);
+        self.buf.truncate(start);
+        self.holes.truncate(first);
+        self.hole(hash);
+        true
     }
 
     fn scalar(&mut self, v: &Val) {
@@ -513,8 +568,9 @@ mod tests {
         let ta = enc.val(&to_val(&a));
         let tb = enc.val(&to_val(&b));
         assert!(ta.starts_with('@') && tb.starts_with('@') && ta != tb);
-        // a: items, deep.more, root; b shares both parts: only its root is new
-        assert_eq!(enc.chunks.len(), 4, "{}", enc.chunks.len());
+        // a: items (its first 256 KiB of elements a span of their own),
+        // deep.more, root; b shares its parts: only its root is new
+        assert_eq!(enc.chunks.len(), 5, "{}", enc.chunks.len());
         let text_a = read_back(&enc.chunks, ta).await;
         assert_eq!(text_a, serde_json::to_string(&a).expect("text"));
         let text_b = read_back(&enc.chunks, tb).await;
@@ -527,7 +583,7 @@ mod tests {
         // another run writes its own
         let mut other = Encoder::new("run-2", &known);
         other.val(&to_val(&a));
-        assert_eq!(other.chunks.len(), 3);
+        assert_eq!(other.chunks.len(), 4);
         let stored: usize = enc.chunks.iter().map(|c| c.body.len()).sum();
         assert!(stored * 2 < text_a.len(), "{stored} for {}", text_a.len());
     }
@@ -647,6 +703,45 @@ mod tests {
             serde_json::to_string(&big(3000)).expect("text")
         );
         assert_eq!(read_back(&enc.chunks, t).await, expected);
+    }
+
+    /// A long array or object is written a span of elements at a time:
+    /// at any sizes, its value reads back byte for byte; each span is a
+    /// node of about the span's length; met again, it is named.
+    #[tokio::test]
+    async fn long_values_are_written_in_spans() {
+        let mut seed = 0x5fa2_u64;
+        let known = Known::default();
+        for round in 0..400 {
+            let v = random(&mut seed, 5);
+            let text = serde_json::to_string(&v).expect("text");
+            let mut enc = Encoder::new("r", &known);
+            enc.large = [1, 2, 8, 20, 64][round % 5];
+            enc.span = [1, 3, 8, 30][round % 4];
+            let column = enc.val(&to_val(&v));
+            if column.starts_with('@') {
+                assert_eq!(read_back(&enc.chunks, column).await, text, "{v}");
+            } else {
+                assert_eq!(column, text);
+            }
+        }
+        let items = big(20_000);
+        let text = serde_json::to_string(&json!({"items": items})).expect("text");
+        assert!(text.len() > 4 * SPAN, "{}", text.len());
+        let items = to_val(&items);
+        let mut enc = Encoder::new("r", &known);
+        let t = enc.val(&sluice_expr::data::obj_val([("items", items.clone())]));
+        // the spans, the array (its spans' places and its last elements),
+        // the order
+        assert!(enc.chunks.len() > text.len() / SPAN, "{}", enc.chunks.len());
+        for c in &enc.chunks {
+            let node = lz4_flex::decompress_size_prepended(&c.body).expect("node");
+            assert!(node.len() < SPAN + 4096, "a node of {} bytes", node.len());
+        }
+        assert_eq!(read_back(&enc.chunks, t).await, text);
+        let written = enc.chunks.len();
+        assert!(enc.val(&items).starts_with('@'));
+        assert_eq!(enc.chunks.len(), written, "the array met again is named");
     }
 
     #[tokio::test]
