@@ -271,8 +271,15 @@ impl Cut<'_, '_> {
     /// Cut the span of elements (or entries) written from `from` (its
     /// place in the text and its first part) out as a node, if it is long
     /// enough: whether it was.
-    fn spanned(&mut self, (start, first): (usize, usize)) -> bool {
-        if self.dirty || self.buf.len() - start < self.enc.span {
+    #[inline]
+    fn spanned(&mut self, from: (usize, usize)) -> bool {
+        self.buf.len() - from.0 >= self.enc.span && self.cut_span(from)
+    }
+
+    /// Cut the span from `from` out (see [`Cut::spanned`]).
+    #[cold]
+    fn cut_span(&mut self, (start, first): (usize, usize)) -> bool {
+        if self.dirty {
             return false;
         }
         if self.check && scrub::found(&self.buf[start..]) {
