@@ -61,10 +61,11 @@ fn doc(r: &impl Get, col: &str, what: &str) -> Result<Option<Value>, StoreError>
 /// A run's value: its JSON text, or the large value it names (read
 /// straight into a jq value).
 fn value(r: &impl Get, col: &str, what: &str, values: &Loaded) -> Result<Option<Val>, StoreError> {
-    let Some(text) = r.opt_text(col)?.map(|t| values.text(t)).transpose()? else {
+    let Some(text) = r.opt_text(col)? else {
         return Ok(None);
     };
-    sluice_expr::data::parse(text.as_bytes())
+    values
+        .val(text, sluice_expr::data::parse)?
         .map(Some)
         .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
