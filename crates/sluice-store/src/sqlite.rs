@@ -5,7 +5,8 @@
 //! the last commits. Add `?synchronous=full` to the URL to sync every commit.
 //! The WAL is checkpointed into the database ten times a second while runs
 //! are written, mostly by a passive checkpoint that does not hold up commits
-//! (see `group.rs`).
+//! (see `group.rs`), and by SQLite when the store's last connection closes
+//! (a short `sluice run` opens only the writer's, which closes as it exits).
 
 use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write,
