@@ -458,7 +458,9 @@ impl Program {
         let mut main = None;
         if let Some(term) = load::parse(code, |p| p.term()) {
             let mut issues = Vec::new();
-            check_recursion(code, &term, &mut Vec::new(), &mut issues);
+            // The program is the body of a definition of its own: naming
+            // that definition would make it call itself.
+            check_recursion(code, &term, &mut vec![guard::MAIN], &mut issues);
             if !issues.is_empty() {
                 return Err(fail(issues));
             }
@@ -916,11 +918,18 @@ fn check_recursion<'s>(
         if let Term::Call(name, _) = t
             && open.contains(name)
         {
+            let message = if *name == guard::MAIN {
+                format!(
+                    "`{name}` is the name Sluice gives the expression itself, which cannot call itself"
+                )
+            } else {
+                format!(
+                    "`{name}` calls itself: recursive definitions are not allowed in Sluice expressions (use recurse, while, until or reduce)"
+                )
+            };
             out.push(CompileIssue {
                 span: span_in(code, name),
-                message: format!(
-                    "`{name}` calls itself: recursive definitions are not allowed in Sluice expressions (use recurse, while, until or reduce)"
-                ),
+                message,
                 undefined_var: None,
             });
         }

@@ -141,6 +141,19 @@ fn user_recursion_is_refused_at_compile_time() {
         );
     }
     assert!(Program::compile("def inc: . + 1; inc | inc", &[]).is_ok());
+    // The definition the expression is compiled as is not the expression's
+    // to call (it ran forever, past every deadline: found by the fuzzer).
+    for code in [
+        "__sluice_main",
+        "1 + __sluice_main",
+        "def f: __sluice_main; f",
+    ] {
+        let err = Program::compile(code, &[]).unwrap_err();
+        assert!(
+            err.issues[0].message.contains("cannot call itself"),
+            "{code}: {err}"
+        );
+    }
 }
 
 #[test]
