@@ -348,8 +348,14 @@ fn scan(path: &Path, hashed: bool) -> Result<(String, u64), ImportError> {
 fn json_lines(path: &Path) -> Result<u64, ImportError> {
     let shown = path.display();
     let fail = |e: std::io::Error| ImportError::File(format!("cannot read {shown}: {e}"));
-    let mut file = File::open(path).map_err(fail)?;
-    let mut buf = vec![0u8; 1 << 20];
+    count_lines(File::open(path).map_err(fail)?, 1 << 20).map_err(fail)
+}
+
+/// [`json_lines`] of what `read` gives, read `size` bytes at a time. A line
+/// is looked at only until its first byte that is neither whitespace nor
+/// past ASCII (almost always its first), then passed over to its end.
+fn count_lines(mut read: impl Read, size: usize) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; size.max(1)];
     // The line under way, when it is not plain ASCII whitespace so far
     // and holds no other ASCII: only then must it be decoded to tell.
     let mut odd: Vec<u8> = Vec::new();
@@ -361,22 +367,29 @@ fn json_lines(path: &Path) -> Result<u64, ImportError> {
         u64::from(!blank)
     };
     loop {
-        let n = file.read(&mut buf).map_err(fail)?;
+        let n = read.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                count += end_line(&mut seen, &mut odd);
-            } else if !seen {
-                if !b.is_ascii() {
-                    odd.push(b);
-                } else if !(b.is_ascii_whitespace() || b == 0x0b) {
-                    // (`trim` takes the vertical tab for whitespace too.)
-                    seen = true;
-                    odd.clear();
+        let mut rest = &buf[..n];
+        loop {
+            let end = memchr::memchr(b'\n', rest);
+            let line = &rest[..end.unwrap_or(rest.len())];
+            if !seen {
+                for &b in line {
+                    if !b.is_ascii() {
+                        odd.push(b);
+                    } else if !(b.is_ascii_whitespace() || b == 0x0b) {
+                        // (`trim` takes the vertical tab for whitespace too.)
+                        seen = true;
+                        odd.clear();
+                        break;
+                    }
                 }
             }
+            let Some(end) = end else { break };
+            count += end_line(&mut seen, &mut odd);
+            rest = &rest[end + 1..];
         }
     }
     Ok(count + end_line(&mut seen, &mut odd))
@@ -1128,6 +1141,10 @@ mod tests {
         }
         assert_eq!(read, 6);
         assert_eq!(scan(&path, false).expect("scan").1, read);
+        // Read a few bytes at a time: lines cut across reads count the same.
+        for size in [1, 2, 3, 5, 8, 64] {
+            assert_eq!(count_lines(text.as_bytes(), size).expect("count"), read);
+        }
         let _ = std::fs::remove_file(&path);
     }
 }
