@@ -1,17 +1,18 @@
 //! The `sluice` command line: check flow files, run a flow, inspect runs.
 
+mod prepare;
 mod show;
 mod testing;
 mod tokens;
 
 use clap::{Args, Parser, Subcommand};
+use prepare::{enabled, prepare_run, read_input};
 use serde_json::Value;
 use sluice_action::Registry;
 use sluice_engine::{Engine, RunRequest};
-use sluice_expr::Val;
 use sluice_model::{Diagnostics, Flow};
 use sluice_store::{AnyStore, RunFilter, RunStatus, Store};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -747,38 +748,13 @@ fn written_credentials(flow: &Flow) -> Vec<String> {
     found
 }
 
-/// The JSON of `--input FILE` (or `-`, standard input), read by `parse`.
-fn read_input<T>(
-    input: Option<&str>,
-    parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
-) -> Result<Option<T>, String> {
-    let Some(src) = input else { return Ok(None) };
-    let (name, text) = if src == "-" {
-        let mut s = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut s)
-            .map_err(|e| format!("cannot read the input from standard input: {e}"))?;
-        ("<stdin>".to_owned(), s)
-    } else {
-        let s = std::fs::read(src).map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
-        (src.to_owned(), s)
-    };
-    parse(&text).map(Some).map_err(|e| {
-        format!(
-            "{name}:{}:{}: the input is not valid JSON: {} (expected one JSON value, such as an object)",
-            e.line(),
-            e.column(),
-            strip_position(&e.to_string())
-        )
-    })
-}
-
-fn strip_position(msg: &str) -> &str {
-    msg.split(" at line ").next().unwrap_or(msg)
-}
-
 async fn open_store(url: &str) -> Result<AnyStore, u8> {
-    AnyStore::open(url).await.map_err(|e| {
+    opened(AnyStore::open(url).await)
+}
+
+/// A store opened, or its error printed.
+fn opened(r: Result<AnyStore, sluice_store::StoreError>) -> Result<AnyStore, u8> {
+    r.map_err(|e| {
         eprintln!("error: {e}");
         INVALID
     })
@@ -789,67 +765,43 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         eprintln!("error: --input and --event cannot both read standard input");
         return INVALID;
     }
-    let registry = Arc::new(registry());
-    let flow = match reported(load_flow(path, &registry)) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    if let Err(code) = enabled(&flow, path) {
-        return code;
-    }
-    // Read as webhook bodies are (keys kept once): the tree of a large
-    // input is what a run's memory is made of.
-    let input: Option<Val> = match read_input(input, sluice_expr::data::parse) {
-        Ok(i) => i,
-        Err(m) => {
-            eprintln!("error: {m}");
-            return INVALID;
+    // A store in memory, or one whose file is there, is opened while the
+    // flow loads (on a thread of its own): nothing is made for a flow
+    // that does not load but what an earlier run made already, and the
+    // store's error, if any, is told only after the flow's.
+    let early =
+        (store_url.contains(":memory:") || std::path::Path::new(store_url).is_file()).then(|| {
+            let url = store_url.to_owned();
+            tokio::spawn(async move { AnyStore::open(&url).await })
+        });
+    let (path_, input_, event_) = (
+        path.to_owned(),
+        input.map(str::to_owned),
+        event.map(str::to_owned),
+    );
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare_run(&path_, input_.as_deref(), event_.as_deref())
+    })
+    .await;
+    let (registry, flow, input, event) = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(code)) => return code,
+        Err(e) => {
+            eprintln!("error: reading the flow stopped: {e}");
+            return FAILED;
         }
     };
-    let event: Option<Value> = match read_input(event, |t| serde_json::from_slice(t)) {
-        Ok(e) => e,
-        Err(m) => {
-            eprintln!("error: {}", m.replace("the input", "the event"));
-            return INVALID;
-        }
+    let store = match early {
+        Some(task) => match task.await {
+            Ok(r) => opened(r),
+            Err(e) => {
+                eprintln!("error: opening the store stopped: {e}");
+                Err(FAILED)
+            }
+        },
+        None => open_store(store_url).await,
     };
-    if event.is_none()
-        && let Some(step) = flow
-            .steps
-            .iter()
-            .find(|s| s.event_filter.is_some() && s.kind != "wait")
-    {
-        eprintln!(
-            "error: step `{}` of flow `{}` consumes the event that starts the run; give one with --event FILE",
-            step.key, flow.id
-        );
-        return INVALID;
-    }
-    let mut event = event;
-    if let Some(ev) = &mut event {
-        if let Err(m) = sluice_action::core_ops::check_cloudevent(ev)
-            .and_then(|()| sluice_action::core_ops::decode_cloudevent_data(ev))
-        {
-            eprintln!("error: --event: {m}");
-            return INVALID;
-        }
-        if !sluice_model::EVENT_TRIGGERS.contains(&flow.trigger.kind.as_str()) {
-            eprintln!(
-                "error: flow `{}` has a `{}` trigger; --event needs an event trigger ({})",
-                flow.id,
-                flow.trigger.kind,
-                sluice_model::EVENT_TRIGGERS.join(", ")
-            );
-            return INVALID;
-        }
-        if let Some(why) =
-            sluice_action::core_ops::CloudEventTrigger::mismatch(&flow.trigger.options, ev)
-        {
-            eprintln!("error: the event does not start flow `{}`: {why}", flow.id);
-            return INVALID;
-        }
-    }
-    let store = match open_store(store_url).await {
+    let store = match store {
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
@@ -933,18 +885,6 @@ impl sluice_engine::FlowLookup for FolderFlows {
             })
             .collect()
     }
-}
-
-/// A disabled flow is not run from the command line either.
-fn enabled(flow: &Flow, path: &str) -> Result<(), u8> {
-    if flow.enabled {
-        return Ok(());
-    }
-    eprintln!(
-        "error: flow `{}` is disabled (`enabled: false` in {path}); set `enabled: true` to run it",
-        flow.id
-    );
-    Err(INVALID)
 }
 
 /// `sluice run FLOW --records FILE`.

@@ -294,6 +294,32 @@ fn invalid_flow_exits_2_and_runs_nothing() {
         !store.exists(),
         "no store is created for a flow that cannot run"
     );
+    // A store file that is there is opened while the flow loads: its
+    // error is told only for a flow that loads, after the flow's own.
+    std::fs::write(&store, "not a database").unwrap();
+    let o = run(sluice().args([
+        "run",
+        "tests/fixtures/three-mistakes.yaml",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("5 problems"), "{}", o.stderr);
+    assert!(!o.stderr.contains("not a database"), "{}", o.stderr);
+    let flow = dir.join("ok.yaml");
+    std::fs::write(
+        &flow,
+        "id: ok\nsteps:\n  - {key: a, type: transform, options: {value: {a: 1}}}\n",
+    )
+    .unwrap();
+    let o = run(sluice().args([
+        "run",
+        flow.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("cannot open the store"), "{}", o.stderr);
 }
 
 #[test]
