@@ -61,13 +61,7 @@ fn doc(r: &impl Get, col: &str, what: &str) -> Result<Option<Value>, StoreError>
 /// A run's value: its JSON text, or the large value it names (read
 /// straight into a jq value).
 fn value(r: &impl Get, col: &str, what: &str, values: &Loaded) -> Result<Option<Val>, StoreError> {
-    let Some(text) = r.opt_text(col)? else {
-        return Ok(None);
-    };
-    values
-        .val(text, sluice_expr::data::parse)?
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    r.opt_text(col)?.map(|t| values.val(t, what)).transpose()
 }
 
 /// The columns of a run's row and of its steps' rows that hold its values.

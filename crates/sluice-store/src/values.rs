@@ -501,21 +501,21 @@ impl Loaded {
         Ok(Self(loaded, Mutex::default()))
     }
 
-    /// The value a column holds, read by `parse` from its text (the value
-    /// it names made once for every column that names it).
-    pub(crate) fn val<E>(
-        &self,
-        column: String,
-        parse: impl FnOnce(&[u8]) -> Result<Val, E>,
-    ) -> Result<Result<Val, E>, StoreError> {
+    /// The value a column holds (`what` names it in an error), read from
+    /// its text; the value it names is made once for every column that
+    /// names it.
+    pub(crate) fn val(&self, column: String, what: &str) -> Result<Val, StoreError> {
+        let parse = |text: &str| {
+            data::parse(text.as_bytes()).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+        };
         let Some(root) = referred(&column) else {
-            return Ok(parse(column.as_bytes()));
+            return parse(&column);
         };
         if let Some(v) = self.1.lock().ok().and_then(|m| m.get(&root).cloned()) {
-            return Ok(Ok(v));
+            return Ok(v);
         }
-        let v = parse(self.text(column)?.as_bytes());
-        if let (Ok(v), Ok(mut made)) = (&v, self.1.lock()) {
+        let v = parse(&self.text(column)?)?;
+        if let Ok(mut made) = self.1.lock() {
             made.insert(root, v.clone());
         }
         Ok(v)
@@ -794,12 +794,7 @@ mod tests {
         })
         .await
         .expect("loads");
-        let read = |t: &str| {
-            loaded
-                .val(t.to_owned(), sluice_expr::data::parse)
-                .expect("whole")
-                .expect("JSON")
-        };
+        let read = |t: &str| loaded.val(t.to_owned(), "a column").expect("whole");
         let (a, b) = (read(&trigger), read(&input));
         assert!(
             sluice_expr::data::same(&a, &b),
