@@ -282,12 +282,9 @@ fn bad_input_and_bad_store_get_clear_errors_and_lose_nothing() {
 fn invalid_flow_exits_2_and_runs_nothing() {
     let dir = temp("invalid");
     let store = dir.join("runs.db");
-    let o = run(sluice().args([
-        "run",
-        "tests/fixtures/three-mistakes.yaml",
-        "--store",
-        store.to_str().unwrap(),
-    ]));
+    let run_on_store =
+        |flow: &str| run(sluice().args(["run", flow, "--store", store.to_str().unwrap()]));
+    let o = run_on_store("tests/fixtures/three-mistakes.yaml");
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("5 problems"), "{}", o.stderr);
     assert!(
@@ -297,12 +294,7 @@ fn invalid_flow_exits_2_and_runs_nothing() {
     // A store file that is there is opened while the flow loads: its
     // error is told only for a flow that loads, after the flow's own.
     std::fs::write(&store, "not a database").unwrap();
-    let o = run(sluice().args([
-        "run",
-        "tests/fixtures/three-mistakes.yaml",
-        "--store",
-        store.to_str().unwrap(),
-    ]));
+    let o = run_on_store("tests/fixtures/three-mistakes.yaml");
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("5 problems"), "{}", o.stderr);
     assert!(!o.stderr.contains("not a database"), "{}", o.stderr);
@@ -312,12 +304,7 @@ fn invalid_flow_exits_2_and_runs_nothing() {
         "id: ok\nsteps:\n  - {key: a, type: transform, options: {value: {a: 1}}}\n",
     )
     .unwrap();
-    let o = run(sluice().args([
-        "run",
-        flow.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-    ]));
+    let o = run_on_store(flow.to_str().unwrap());
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("cannot open the store"), "{}", o.stderr);
 }
