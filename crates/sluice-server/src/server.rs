@@ -452,18 +452,21 @@ impl<S: Store> Server<S> {
     pub async fn recover(&self) -> Result<Recovered, StoreError> {
         let store = self.inner.engine.store().clone();
         let mut done = Recovered::default();
-        // Suspended runs with a time wake then; event waits with no timeout
-        // need nothing until their event comes.
-        for w in store.list_waits(None).await? {
-            if self.follow_wait(w).await? {
-                done.waiting += 1;
-            }
-        }
+        // The runs left running first: a wait followed below may come due
+        // while this goes on, and the run it wakes (running again, driven
+        // by its follower) must not be found here and driven twice.
         for id in store.take_over(0).await? {
             match self.continue_taken(&id).await? {
                 Some(true) => done.resumed += 1,
                 Some(false) => done.failed += 1,
                 None => {}
+            }
+        }
+        // Suspended runs with a time wake then; event waits with no timeout
+        // need nothing until their event comes.
+        for w in store.list_waits(None).await? {
+            if self.follow_wait(w).await? {
+                done.waiting += 1;
             }
         }
         Ok(done)
