@@ -189,6 +189,8 @@ impl<S: Store> Engine<S> {
     ///
     /// A run that had fanned out (its items' runs are recovered on their
     /// own) cannot gather its items' outputs again: it ends failed, saying so.
+    /// So does the run of an import (`sluice run --records`) whose process
+    /// stopped: the import itself resumes when it is run again.
     /// A run whose step was begun again after [`MAX_RECOVERIES`] stops in a
     /// row, with no step recorded in between, ends failed instead of running
     /// it once more: the step may be what stops the process, which would
@@ -213,7 +215,12 @@ impl<S: Store> Engine<S> {
             });
         }
         if detail.next_step.is_none() {
-            let message = "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)".to_owned();
+            let message = if detail.accountability["source"] == "import" {
+                "the process of this import stopped before its end; run the import again: one that writes through envelopes resumes after the last chunk it committed, one that writes nothing starts again from the first record"
+            } else {
+                "the process stopped while this run's items ran; each item's run was recovered on its own (see the runs with this run as parent)"
+            }
+            .to_owned();
             let last = detail.steps.last().map(|s| s.step_key.clone());
             self.store
                 .update_run(

@@ -665,3 +665,40 @@ async fn a_flow_step_runs_another_flow_once_per_attempt() {
         "nesting stops"
     );
 }
+
+#[tokio::test]
+async fn a_run_without_a_next_step_is_failed_at_recovery_saying_why() {
+    // Left running with no step to continue from: a run that had fanned
+    // out (its items' runs go on by themselves), or the run of an import
+    // whose process stopped (the import resumes when run again).
+    let s = Setup::new().await;
+    let flow =
+        s.flow("id: left\nsteps:\n  - {key: a, type: transform, options: {value: {a: 1}}}\n");
+    for (source, says) in [
+        ("import", "run the import again"),
+        ("webhook", "each item's run was recovered on its own"),
+    ] {
+        let id = format!("left-{source}-{}", std::process::id());
+        s.store
+            .create_run(&sluice_store::NewRun {
+                id: id.clone(),
+                flow_id: "left".into(),
+                trigger: sluice_expr::data::into_val(json!({})),
+                input: sluice_expr::data::into_val(json!({})),
+                next_step: None,
+                started_at: sluice_store::now_micros(),
+                flow_version: None,
+                accountability: json!({ "source": source }),
+                parent: None,
+            })
+            .await
+            .unwrap();
+        let r = s.engine().recover(&flow, &id).await.unwrap();
+        assert_eq!(r.status, RunStatus::Failed);
+        let message = r.failure.unwrap().message;
+        assert!(message.contains(says), "{source}: {message}");
+        let d = s.store.get_run(&id).await.unwrap().unwrap();
+        assert_eq!(d.summary.status, RunStatus::Failed);
+        assert_eq!(d.summary.error.as_deref(), Some(message.as_str()));
+    }
+}
