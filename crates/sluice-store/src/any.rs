@@ -22,11 +22,16 @@ pub enum AnyStore {
 impl AnyStore {
     /// Open the store `url` names.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if Self::names_postgres(url) {
             Ok(Self::Postgres(PgStore::open(url).await?))
         } else {
             Ok(Self::Sqlite(SqliteStore::open(url).await?))
         }
+    }
+
+    /// Whether `url` names a PostgreSQL store (else it is SQLite).
+    pub fn names_postgres(url: &str) -> bool {
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
     /// `sqlite`, or `postgres`.
