@@ -133,7 +133,7 @@ impl<S: Store> Engine<S> {
             {
                 // The steps it ran are recorded; the store keeps it cancelled.
                 let at = g.before(step);
-                self.write_held(&mut g.held, None, &at).await?;
+                self.write_held(&g.run_id, &mut g.held, None, &at).await?;
                 let mut r = g.ended(RunStatus::Cancelled);
                 r.failure = Some(StepFailure {
                     step: step.key.clone(),
@@ -156,7 +156,7 @@ impl<S: Store> Engine<S> {
         // A flow always has a step; a run that had none ends as it began.
         if g.mode.recorded {
             let end = RunUpdate::ended(g.state.clone(), Some(g.state.clone()), None, None);
-            if !self.write_held(&mut g.held, None, &end).await? {
+            if !self.write_held(&g.run_id, &mut g.held, None, &end).await? {
                 self.store.update_run(&g.run_id, &end).await?;
             }
         }
@@ -174,7 +174,7 @@ impl<S: Store> Engine<S> {
         let pure = self.pure(step);
         if rec && !pure {
             let at = g.before(step);
-            self.write_held(&mut g.held, None, &at).await?;
+            self.write_held(&g.run_id, &mut g.held, None, &at).await?;
         }
         // A pure step does only the engine's own work (templates, filters),
         // which could stop the process only through a bug (in Sluice or a
@@ -343,7 +343,10 @@ impl<S: Store> Engine<S> {
             g.entry = Entry::Woken(Value::Null, started_at);
             return Ok(After::Again);
         }
-        if !self.store.suspend(None, &g.state, &wait).await? {
+        if !self
+            .written(&g.run_id, || self.store.suspend(None, &g.state, &wait))
+            .await?
+        {
             let r = self.moved_on(g.take_id(), &g.fo).await?;
             return Ok(g.finish(r));
         }
@@ -450,7 +453,8 @@ impl<S: Store> Engine<S> {
             if pure && !finished {
                 g.held.steps.push(record);
             } else {
-                self.write_held(&mut g.held, Some(record), &update).await?;
+                self.write_held(&g.run_id, &mut g.held, Some(record), &update)
+                    .await?;
             }
         }
         if !finished {
@@ -488,7 +492,11 @@ impl<S: Store> Engine<S> {
                     wake_at,
                     record.ended_at,
                 );
-                if !self.store.suspend(Some(&record), &g.state, &wait).await?
+                if !self
+                    .written(&g.run_id, || {
+                        self.store.suspend(Some(&record), &g.state, &wait)
+                    })
+                    .await?
                     || self.sleep_then_claim(&wait).await?.is_none()
                 {
                     let r = self.moved_on(g.take_id(), &g.fo).await?;
@@ -534,7 +542,8 @@ impl<S: Store> Engine<S> {
             if pure && !stopped {
                 g.held.steps.push(record);
             } else {
-                self.write_held(&mut g.held, Some(record), &update).await?;
+                self.write_held(&g.run_id, &mut g.held, Some(record), &update)
+                    .await?;
             }
         }
         if !stopped {
@@ -561,6 +570,7 @@ impl<S: Store> Engine<S> {
     /// was written (with nothing held and no record, nothing is).
     pub(crate) async fn write_held(
         &self,
+        run_id: &str,
         held: &mut Held,
         record: Option<StepRecord>,
         at: &RunUpdate,
@@ -570,12 +580,61 @@ impl<S: Store> Engine<S> {
             return Ok(false);
         }
         let new = held.new.take();
-        let r = self
-            .store
-            .record_steps(new.as_deref(), &held.steps, at)
-            .await;
+        let r = match &new {
+            // Not recorded yet: nobody was told the run exists, so a full
+            // store fails it at once (a synchronous caller is answered).
+            Some(_) => {
+                self.store
+                    .record_steps(new.as_deref(), &held.steps, at)
+                    .await
+            }
+            None => {
+                self.written(run_id, || self.store.record_steps(None, &held.steps, at))
+                    .await
+            }
+        };
         held.steps.clear();
         r.map(|()| true)
+    }
+
+    /// Make a write of recorded run `run_id`, pausing the run while the
+    /// store is full (a full disk, or SQLite's `max_page_count` reached):
+    /// the write is tried again after 0.5 s, then at doubling intervals of
+    /// up to 10 s, until the store takes it, so that the run continues
+    /// once space is freed, from where it was, with no step run again.
+    /// Other errors, and a full store when the process stops, are
+    /// returned (the run stays at its last committed step).
+    pub(crate) async fn written<T, F, W>(&self, run_id: &str, mut write: W) -> Result<T, StoreError>
+    where
+        W: FnMut() -> F,
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let mut pause = Duration::from_millis(500);
+        let mut paused = false;
+        loop {
+            match write().await {
+                Err(e @ StoreError::Full(_)) => {
+                    if !paused {
+                        sluice_action::warn!(
+                            "sluice: run `{run_id}` pauses: {e}; it continues once the store takes writes again"
+                        );
+                        paused = true;
+                    }
+                    if !self.sleep_for(pause).await {
+                        return Err(e);
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                r => {
+                    if paused && r.is_ok() {
+                        sluice_action::warn!(
+                            "sluice: run `{run_id}` continues: the store takes writes again"
+                        );
+                    }
+                    return r;
+                }
+            }
+        }
     }
 
     /// A run that another caller moved while this one waited (it was
@@ -597,10 +656,15 @@ impl<S: Store> Engine<S> {
     /// Sleep until `at` (µs since the epoch); false when the process is
     /// stopping first.
     pub(crate) async fn sleep_until(&self, at: i64) -> bool {
-        let mut stopping = self.stopping.subscribe();
         let ms = u64::try_from((at - now_micros()).max(0) / 1_000).unwrap_or(0);
+        self.sleep_for(Duration::from_millis(ms)).await
+    }
+
+    /// Sleep for `d`; false when the process is stopping first.
+    async fn sleep_for(&self, d: Duration) -> bool {
+        let mut stopping = self.stopping.subscribe();
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+            _ = tokio::time::sleep(d) => true,
             _ = stopping.wait_for(|s| *s) => false,
         }
     }

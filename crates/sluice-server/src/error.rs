@@ -88,7 +88,14 @@ impl ApiError {
 
     /// The store failed: the caller can only retry; the cause goes to the log.
     pub fn store(e: &StoreError) -> Self {
-        sluice_action::warn!("sluice: store error: {e}");
+        sluice_action::warn!("sluice: {e}");
+        if matches!(e, StoreError::Full(_)) {
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "store_full",
+                "the run store is full; nothing was recorded; try again once its operator has freed space",
+            );
+        }
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",

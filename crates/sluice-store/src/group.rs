@@ -53,19 +53,40 @@ const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 
 /// Copy what the WAL holds into the database on a connection of the pool,
 /// without holding up the writer; `state` goes to [`COPIED`] when done.
-fn checkpoint(pool: &SqlitePool, state: &Arc<AtomicU8>) {
+fn checkpoint(pool: &SqlitePool, state: &Arc<AtomicU8>, failing: &Arc<Failing>) {
     state.store(RUNNING, Ordering::Release);
-    let (pool, state) = (pool.clone(), state.clone());
+    let (pool, state, failing) = (pool.clone(), state.clone(), failing.clone());
     tokio::spawn(async move {
-        let next = match sqlx::query(CHECKPOINT).execute(&pool).await {
-            Ok(_) => COPIED,
-            Err(e) => {
-                eprintln!("sluice: the store's WAL checkpoint failed (it is tried again): {e}");
-                IDLE
-            }
-        };
+        let r = sqlx::query(CHECKPOINT).execute(&pool).await;
+        let next = if r.is_ok() { COPIED } else { IDLE };
+        failing.tell(r.map(drop));
         state.store(next, Ordering::Release);
     });
+}
+
+/// Whether the WAL's checkpoints fail (on a full disk, say): the first
+/// failure is told, and the first success after it, not every attempt in
+/// between (one every [`CHECKPOINT_EVERY`] while writes go on).
+#[derive(Default)]
+struct Failing(std::sync::atomic::AtomicBool);
+
+impl Failing {
+    fn tell(&self, r: Result<(), sqlx::Error>) {
+        match r {
+            Ok(()) => {
+                if self.0.swap(false, Ordering::AcqRel) {
+                    eprintln!("sluice: the store's WAL checkpoints work again");
+                }
+            }
+            Err(e) => {
+                if !self.0.swap(true, Ordering::AcqRel) {
+                    eprintln!(
+                        "sluice: the store's WAL checkpoint failed (it is tried again while writes go on): {e}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// How many times the writer lets ready tasks run before it writes, while
@@ -649,6 +670,7 @@ async fn writer(
         own(c).await;
     }
     let state = Arc::new(AtomicU8::new(IDLE));
+    let failing = Arc::new(Failing::default());
     let mut checkpointed = Instant::now();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -717,16 +739,13 @@ async fn writer(
             match state.load(Ordering::Acquire) {
                 COPIED => {
                     // The rest, between two batches: it completes.
-                    if let Err(e) = sqlx::query(CHECKPOINT).execute(&mut *conn).await {
-                        eprintln!(
-                            "sluice: the store's WAL checkpoint failed (it is tried again): {e}"
-                        );
-                    }
+                    let r = sqlx::query(CHECKPOINT).execute(&mut *conn).await;
+                    failing.tell(r.map(drop));
                     state.store(IDLE, Ordering::Release);
                 }
                 IDLE if checkpointed.elapsed() >= CHECKPOINT_EVERY => {
                     checkpointed = Instant::now();
-                    checkpoint(&pool, &state);
+                    checkpoint(&pool, &state, &failing);
                 }
                 _ => {}
             }

@@ -176,9 +176,19 @@ impl SqliteStore {
                             SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?,
                         )
                     }
+                    // The most pages the database file may hold: past it,
+                    // writes fail as on a full disk.
+                    Some(("max_page_count", v)) => match v.parse::<u32>() {
+                        Ok(n) if n > 0 => o = o.pragma("max_page_count", n.to_string()),
+                        _ => {
+                            return Err(fail(format!(
+                                "`max_page_count` must be a positive number of pages (got `{v}`)"
+                            )));
+                        }
+                    },
                     _ => {
                         return Err(fail(format!(
-                            "unknown store option `{pair}` (supported: synchronous)"
+                            "unknown store option `{pair}` (supported: synchronous, max_page_count)"
                         )));
                     }
                 }

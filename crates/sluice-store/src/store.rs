@@ -399,7 +399,14 @@ pub enum StoreError {
     },
     /// A query failed.
     #[error("store error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The store's disk (or the size it may grow to, SQLite's
+    /// `max_page_count`) is full: the write was rolled back, and what was
+    /// committed before is kept.
+    #[error(
+        "the store is full ({0}): nothing more is recorded until space is freed; what was recorded before is kept"
+    )]
+    Full(String),
     /// No connection to the store could be had (for a batch of writes,
     /// which share one connection).
     #[error("the store cannot be reached: {0}")]
@@ -457,6 +464,26 @@ pub enum StoreError {
         /// Its status.
         status: &'static str,
     },
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A full disk is told apart (SQLite's `SQLITE_FULL`, which it also
+    /// gives when a write fails for want of space; PostgreSQL's SQLSTATE
+    /// `53100`): the operator must act, not the flow's author.
+    fn from(e: sqlx::Error) -> Self {
+        let full = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "13" || c == "53100");
+        if full {
+            let message = e
+                .as_database_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            Self::Full(message)
+        } else {
+            Self::Database(e)
+        }
+    }
 }
 
 /// The durable record of runs.

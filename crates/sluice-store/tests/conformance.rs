@@ -1087,6 +1087,99 @@ async fn unopenable_stores_say_why() {
     );
 }
 
+/// A store that may not grow (SQLite's `max_page_count`, which fails writes
+/// as a full disk does) refuses the write that does not fit with
+/// [`StoreError::Full`], whatever its path (a new run, a step record, a
+/// batch of several runs' writes), and keeps every run it held; once space
+/// is freed, the same write goes in.
+#[tokio::test]
+async fn a_full_sqlite_store_refuses_writes_and_keeps_what_it_had() {
+    let path = temp_db("full");
+    let url = format!("sqlite://{}?max_page_count=120", path.display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    // Values no compressor shortens: a few fit, then the store is full.
+    let noise = |seed: u64| {
+        let mut x = seed | 1;
+        let text: String = (0..60_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        json!({ "pad": text })
+    };
+    let mut kept = Vec::new();
+    let refused = loop {
+        let mut run = new_run("full");
+        run.input = v(noise(kept.len() as u64 + 1));
+        match store.create_run(&run).await {
+            Ok(()) => kept.push(run),
+            Err(e) => break e,
+        }
+        assert!(kept.len() < 100, "the store never filled");
+    };
+    assert!(matches!(refused, StoreError::Full(_)), "{refused}");
+    assert!(refused.to_string().contains("full"), "{refused}");
+    assert!(!kept.is_empty());
+    // A step record that does not fit, alone and in a batch of several
+    // runs' writes at once.
+    let first = &kept[0];
+    let mut big = step(&first.id, 0, true);
+    big.output = Some(v(noise(999)));
+    let e = store
+        .record_steps(
+            None,
+            std::slice::from_ref(&big),
+            &running(json!({}), Some("next")),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Full(_)), "{e}");
+    let mut at_once = tokio::task::JoinSet::new();
+    for (k, run) in kept.iter().enumerate() {
+        let mut s = step(&run.id, 0, true);
+        s.output = Some(v(noise(500 + k as u64)));
+        let store = store.clone();
+        at_once.spawn(async move {
+            store
+                .record_steps(None, &[s], &running(json!({}), Some("next")))
+                .await
+        });
+    }
+    while let Some(r) = at_once.join_next().await {
+        let r = r.unwrap();
+        assert!(matches!(r, Err(StoreError::Full(_))), "{r:?}");
+    }
+    // Nothing it held is lost, nor changed by the refused writes.
+    for run in &kept {
+        let got = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(j(&got.input), j(&run.input));
+        assert!(got.steps.is_empty());
+        assert_eq!(got.next_step.as_deref(), Some("first"));
+    }
+    // Space freed (the store opened again without the limit): the write
+    // that was refused goes in.
+    drop(store);
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    store
+        .record_steps(
+            None,
+            std::slice::from_ref(&big),
+            &running(json!({}), Some("next")),
+        )
+        .await
+        .unwrap();
+    let got = store.get_run(&first.id).await.unwrap().unwrap();
+    assert_eq!(got.steps.len(), 1);
+    assert_eq!(got.steps[0].output.as_ref().map(j), Some(noise(999)));
+    let err = SqliteStore::open(&format!("sqlite://{}?max_page_count=none", path.display()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_page_count"), "{err}");
+}
+
 /// The SQLite store checkpoints its WAL while it writes, and the WAL starts
 /// again from its beginning: writes never make it grow without end. Each of
 /// these 2,000 runs is its own commit of several pages (about 30 KB of WAL

@@ -2867,3 +2867,96 @@ fn the_run_stream_tells_runs_as_they_go_and_ends_with_the_server() {
     let mut rest = String::new();
     let _ = reader.read_to_string(&mut rest);
 }
+
+/// `n` letters no compressor shortens much (a xorshift of `seed`).
+fn noise(seed: u64, n: usize) -> String {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'A' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_store_answers_507_and_its_runs_pause_until_space_is_freed() {
+    // The store may not grow past 400 pages (SQLite's `max_page_count`,
+    // which fails writes as a full disk does).
+    let dir = temp("full");
+    write(
+        &dir,
+        "fill.yaml",
+        "id: fill\ntrigger: {type: webhook, path: fill}\nsteps:\n  - {key: a, type: transform, options: {value: {pad: \"{{ .pad }}\"}}}\n",
+    );
+    write(
+        &dir,
+        "slow.yaml",
+        "id: slow\ntrigger: {type: webhook, path: slow, async: true}\nsteps:\n  - {key: a, type: transform, options: {value: {n: 1}}}\n  - {key: nap, type: sleep, options: {ms: 1500}}\n  - {key: b, type: transform, options: {value: {low: \"{{ $trigger.body.pad | ascii_downcase }}\"}}}\n",
+    );
+    let s = Serve::start_with(&dir, &["--store", "sqlite://store.db?max_page_count=400"]);
+    let pad = noise(7, 150_000);
+    let started = s.post("/hooks/slow", json!({ "pad": pad }));
+    assert_eq!(started.status, 202, "{started:?}");
+    let id = started.body["runId"].as_str().unwrap().to_owned();
+    // Fill the store while the run sleeps: the first answers are runs,
+    // then the store is full.
+    let mut landed = 0;
+    let full = (1..40)
+        .map(|k| s.post("/hooks/fill", json!({ "pad": noise(k, 150_000) })))
+        .find(|r| {
+            landed += u32::from(r.status == 200);
+            r.status != 200
+        })
+        .expect("the store never filled");
+    assert_error(&full, 507, "store_full");
+    assert!(landed > 0, "no run landed before the store was full");
+    // The run's next write (its end) does not fit: it pauses.
+    let t = Instant::now();
+    while !s.log().contains(&format!("run `{id}` pauses")) {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.get(&format!("/api/runs/{id}")).body["status"], "running");
+    // Space is freed (the filling runs deleted by hand): the run goes on
+    // from where it paused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("store.db"))
+            .busy_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap();
+        for table in ["run_values", "run_steps"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE run_id IN (SELECT id FROM runs WHERE flow_id = 'fill')"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        sqlx::query("DELETE FROM runs WHERE flow_id = 'fill'")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+    let run = reach(&s, &id, "succeeded");
+    let keys: Vec<&str> = run["stepLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| st["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a", "nap", "b"], "{run}");
+    assert_eq!(run["output"]["low"], json!(pad.to_ascii_lowercase()));
+    assert!(
+        s.log().contains(&format!("run `{id}` continues")),
+        "{}",
+        s.log()
+    );
+}
