@@ -377,10 +377,49 @@ async fn sql_actions_on_every_database() {
         let (st, _, err) = run(&engine, &registry, &query_all, json!({})).await;
         assert!(
             st == RunStatus::Incident
-                && err.contains("too many results: the query returned 3 rows (maxResultSize is 3)"),
+                && err.contains(
+                    "too many results: the query returned 3 rows or more (maxResultSize is 3)"
+                ),
             "{}: {err}",
             b.name
         );
+        // So has its emitIndividually, and expectSingle stops at a second row.
+        let query_each = format!(
+            "{head}  - {{key: q, type: sql.query, options: {{connection: app, query: \"SELECT email FROM {table}\", mode: emitIndividually, maxResultSize: 3}}}}\n"
+        );
+        let (st, _, err) = run(&engine, &registry, &query_each, json!({})).await;
+        assert!(
+            st == RunStatus::Incident && err.contains("too many results"),
+            "{}: {err}",
+            b.name
+        );
+        let query_one = format!(
+            "{head}  - {{key: q, type: sql.query, options: {{connection: app, query: \"SELECT email FROM {table}\", mode: expectSingle}}}}\n"
+        );
+        let (st, _, err) = run(&engine, &registry, &query_one, json!({})).await;
+        assert!(
+            st == RunStatus::Incident && err.contains("more than one matching object"),
+            "{}: {err}",
+            b.name
+        );
+        if b.name == "sqlite" {
+            // A query of a hundred million rows fails at the bound, having
+            // read no more rows than that (reading them all would take
+            // minutes and gigabytes).
+            let endless = format!(
+                "{head}  - {{key: q, type: sql.query, options: {{connection: app, query: \"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100000000) SELECT x FROM n\", maxResultSize: 10}}}}\n"
+            );
+            for mode in ["", ", mode: emitIndividually", ", mode: expectSingle"] {
+                let flow =
+                    endless.replace("maxResultSize: 10", &format!("maxResultSize: 10{mode}"));
+                let (st, _, err) = run(&engine, &registry, &flow, json!({})).await;
+                assert!(
+                    st == RunStatus::Incident
+                        && (err.contains("10 rows or more") || err.contains("more than one")),
+                    "{mode}: {err}"
+                );
+            }
+        }
         let (st, _, err) = run(&engine, &registry, &many(", maxResultSize: 3"), json!({})).await;
         assert!(
             st == RunStatus::Incident && err.contains("too many results"),

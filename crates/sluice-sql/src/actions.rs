@@ -263,28 +263,32 @@ impl Action for SqlQuery {
                 Fetched::Affected(n) => Outcome::value(serde_json::json!({"rowsAffected": n})),
                 Fetched::Rows(_) => Outcome::value(serde_json::json!({"rowsAffected": 0})),
             },
-            QueryMode::EmitIndividually => emit_individually(via.rows(&st).await?, o.concurrency),
-            QueryMode::FetchAll => {
-                let rows = via.rows(&st).await?;
-                if rows.len() >= o.max_result_size as usize {
+            // Rows are read up to the bound and no further: a query that
+            // returns millions fails without holding them.
+            QueryMode::FetchAll | QueryMode::EmitIndividually => {
+                let most = o.max_result_size as usize;
+                let rows = via.rows_at_most(&st, most).await?;
+                if rows.len() >= most {
                     return Err(ActionError::data(format!(
-                        "too many results: the query returned {} rows (maxResultSize is {})",
-                        rows.len(),
-                        o.max_result_size
+                        "too many results: the query returned {most} rows or more (maxResultSize is {most})"
                     )));
                 }
-                Outcome::value(serde_json::json!({"results": rows}))
+                if o.mode == QueryMode::EmitIndividually {
+                    emit_individually(rows, o.concurrency)
+                } else {
+                    Outcome::value(serde_json::json!({"results": rows}))
+                }
             }
             QueryMode::ExpectSingle => {
-                let mut rows = via.rows(&st).await?;
+                let mut rows = via.rows_at_most(&st, 2).await?;
                 match rows.len() {
                     1 => Outcome::value(Value::Object(rows.remove(0))),
                     0 if o.allow_zero_results => Outcome::value(Value::Object(Map::new())),
                     0 => return Err(ActionError::data("not found: the query returned no row")),
-                    n => {
-                        return Err(ActionError::data(format!(
-                            "more than one matching object: the query returned {n} rows"
-                        )));
+                    _ => {
+                        return Err(ActionError::data(
+                            "more than one matching object: the query returned more than one row",
+                        ));
                     }
                 }
             }

@@ -326,6 +326,25 @@ macro_rules! exec {
     }};
 }
 
+/// Run a query on an executor and decode its first `$most` rows with
+/// `$decode`: the rows after them are never held (a query that returns
+/// millions of rows costs no more memory than `$most`).
+macro_rules! fetch_most {
+    ($db:expr, $st:expr, $most:expr, $ex:expr, $decode:expr) => {{
+        use futures_util::TryStreamExt;
+        let q = bind_all!(sqlx::query(AssertSqlSafe($st.sql.clone())), &$st.params);
+        let mut rows = q.fetch($ex);
+        let mut out = Vec::new();
+        while out.len() < $most {
+            match rows.try_next().await.map_err(|e| $db.err(e))? {
+                Some(row) => out.push($decode(&row)?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }};
+}
+
 pub(crate) enum TxConn {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
@@ -399,6 +418,20 @@ impl Tx {
             TxConn::Sqlite(t) => exec!(db, st, fetch, &mut **t, decode_sqlite),
             TxConn::Postgres(t) => exec!(db, st, fetch, &mut **t, decode_pg),
             TxConn::MySql(t) => exec!(db, st, fetch, &mut **t, decode_mysql),
+        }
+    }
+
+    /// The first `most` rows of a query (see [`Db::rows_at_most`]).
+    pub(crate) async fn rows_at_most(
+        &mut self,
+        st: &Stmt,
+        most: usize,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        let db = self.db.clone();
+        match &mut self.conn {
+            TxConn::Sqlite(t) => fetch_most!(db, st, most, &mut **t, decode_sqlite),
+            TxConn::Postgres(t) => fetch_most!(db, st, most, &mut **t, decode_pg),
+            TxConn::MySql(t) => fetch_most!(db, st, most, &mut **t, decode_mysql),
         }
     }
 
@@ -586,6 +619,20 @@ impl Db {
         match self.run(st, true).await? {
             Fetched::Rows(r) => Ok(r),
             Fetched::Affected(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The first `most` rows of a query: the rest are not read into memory
+    /// (a statement that returns no rows gives none).
+    pub(crate) async fn rows_at_most(
+        &self,
+        st: &Stmt,
+        most: usize,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        match &self.pool {
+            Pool::Sqlite(p) => fetch_most!(self, st, most, p, decode_sqlite),
+            Pool::Postgres(p) => fetch_most!(self, st, most, p, decode_pg),
+            Pool::MySql(p) => fetch_most!(self, st, most, p, decode_mysql),
         }
     }
 

@@ -224,6 +224,18 @@ impl<'a> Reads<'a> {
         }
     }
 
+    /// The first `most` rows of a query; the rest are not read into memory.
+    pub(crate) async fn rows_at_most(
+        &mut self,
+        st: &Stmt,
+        most: usize,
+    ) -> Result<Vec<Map<String, Value>>, ActionError> {
+        match &mut self.step {
+            Some(s) => s.tx().rows_at_most(st, most).await,
+            None => self.db.rows_at_most(st, most).await,
+        }
+    }
+
     /// The rows of a query of a table, numbers read as its columns say.
     pub(crate) async fn table_rows(
         &mut self,

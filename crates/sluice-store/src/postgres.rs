@@ -116,6 +116,39 @@ pub struct PgStore {
 /// store): a server holding it is of a version that does not share runs.
 const OLD_SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
 
+/// The connections a process opens to its store when its URL does not say
+/// (`?pool_size=N`).
+const POOL_SIZE: u32 = 16;
+
+/// The store's URL without Sluice's own option `pool_size` (the most
+/// connections this process opens to the store), and that number.
+fn pool_size(url: &str) -> Result<(String, u32), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), POOL_SIZE));
+    };
+    let mut size = POOL_SIZE;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.strip_prefix("pool_size=") {
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (2..=1000).contains(&n) => size = n,
+                _ => {
+                    return Err(format!(
+                        "`pool_size` must be a number of connections from 2 to 1000 (got `{v}`)"
+                    ));
+                }
+            },
+            None => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, size))
+}
+
 impl PgStore {
     /// Open the store at `url` (`postgres://…` or `postgresql://…`),
     /// making its tables when they are missing.
@@ -124,7 +157,9 @@ impl PgStore {
             url: redact_url(url),
             message,
         };
-        let options = PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))?;
+        let (url_of_server, pool_size) = pool_size(url).map_err(fail)?;
+        let options =
+            PgConnectOptions::from_str(&url_of_server).map_err(|e| fail(e.to_string()))?;
         // One connection first, for the reason a server cannot be reached
         // (the pool would only say that it timed out).
         match tokio::time::timeout(
@@ -138,7 +173,7 @@ impl PgStore {
             Err(_) => return Err(fail("no answer within 10 s".into())),
         }
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
@@ -1151,5 +1186,31 @@ fn redact_url(url: &str) -> String {
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***{host}"),
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_size_is_taken_out_of_the_url() {
+        let u = "postgres://ada@db:5432/runs";
+        assert_eq!(pool_size(u), Ok((u.to_owned(), POOL_SIZE)));
+        assert_eq!(
+            pool_size("postgres://ada@db/runs?pool_size=4"),
+            Ok(("postgres://ada@db/runs".to_owned(), 4))
+        );
+        assert_eq!(
+            pool_size("postgres://db/runs?sslmode=require&pool_size=40&application_name=s"),
+            Ok((
+                "postgres://db/runs?sslmode=require&application_name=s".to_owned(),
+                40
+            ))
+        );
+        for bad in ["0", "1", "x", "", "100000"] {
+            let e = pool_size(&format!("postgres://db/runs?pool_size={bad}")).unwrap_err();
+            assert!(e.contains("pool_size"), "{e}");
+        }
     }
 }

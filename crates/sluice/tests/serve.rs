@@ -2609,7 +2609,11 @@ fn shared_store_under(disrupt: Disrupt, secs: u64) {
             ),
         );
     }
-    let args = ["--store", url.as_str(), "--lease-secs", "1"];
+    // Three servers with 8 store connections each (and 8 to the flows'
+    // database) stay well under PostgreSQL's 100 connections while other
+    // tests use the same server.
+    let store = format!("{url}?pool_size=8");
+    let args = ["--store", store.as_str(), "--lease-secs", "1"];
     let mut servers: Vec<Serve> = (0..3).map(|_| Serve::start_with(&dir, &args)).collect();
     let ports = Arc::new(Mutex::new(
         servers.iter().map(|s| s.port).collect::<Vec<u16>>(),
