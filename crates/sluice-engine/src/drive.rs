@@ -580,18 +580,15 @@ impl<S: Store> Engine<S> {
             return Ok(false);
         }
         let new = held.new.take();
-        let r = match &new {
+        let r = if new.is_some() {
             // Not recorded yet: nobody was told the run exists, so a full
             // store fails it at once (a synchronous caller is answered).
-            Some(_) => {
-                self.store
-                    .record_steps(new.as_deref(), &held.steps, at)
-                    .await
-            }
-            None => {
-                self.written(run_id, || self.store.record_steps(None, &held.steps, at))
-                    .await
-            }
+            self.store
+                .record_steps(new.as_deref(), &held.steps, at)
+                .await
+        } else {
+            self.written(run_id, || self.store.record_steps(None, &held.steps, at))
+                .await
         };
         held.steps.clear();
         r.map(|()| true)

@@ -1128,14 +1128,15 @@ async fn a_full_sqlite_store_refuses_writes_and_keeps_what_it_had() {
     let first = &kept[0];
     let mut big = step(&first.id, 0, true);
     big.output = Some(v(noise(999)));
-    let e = store
-        .record_steps(
-            None,
-            std::slice::from_ref(&big),
-            &running(json!({}), Some("next")),
-        )
-        .await
-        .unwrap_err();
+    let record_big = |store: SqliteStore| {
+        let big = big.clone();
+        async move {
+            store
+                .record_steps(None, &[big], &running(json!({}), Some("next")))
+                .await
+        }
+    };
+    let e = record_big(store.clone()).await.unwrap_err();
     assert!(matches!(e, StoreError::Full(_)), "{e}");
     let mut at_once = tokio::task::JoinSet::new();
     for (k, run) in kept.iter().enumerate() {
@@ -1163,14 +1164,7 @@ async fn a_full_sqlite_store_refuses_writes_and_keeps_what_it_had() {
     // that was refused goes in.
     drop(store);
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
-    store
-        .record_steps(
-            None,
-            std::slice::from_ref(&big),
-            &running(json!({}), Some("next")),
-        )
-        .await
-        .unwrap();
+    record_big(store.clone()).await.unwrap();
     let got = store.get_run(&first.id).await.unwrap().unwrap();
     assert_eq!(got.steps.len(), 1);
     assert_eq!(got.steps[0].output.as_ref().map(j), Some(noise(999)));
