@@ -20,6 +20,7 @@
 mod any;
 mod group;
 mod pg_group;
+mod pg_url;
 mod postgres;
 mod rows;
 mod scrub;

@@ -19,6 +19,7 @@
 use crate::pg_group::{
     Owner, PgRecord, PgWrite, held_elsewhere, insert_run, insert_values, record_moving,
 };
+use crate::pg_url::{pool_size, redact_url};
 use crate::rows;
 use crate::scrub::json;
 use crate::values::{Encoder, Known, Loaded};
@@ -115,39 +116,6 @@ pub struct PgStore {
 /// The advisory lock that servers of earlier versions held (one server per
 /// store): a server holding it is of a version that does not share runs.
 const OLD_SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
-
-/// The connections a process opens to its store when its URL does not say
-/// (`?pool_size=N`).
-const POOL_SIZE: u32 = 16;
-
-/// The store's URL without Sluice's own option `pool_size` (the most
-/// connections this process opens to the store), and that number.
-fn pool_size(url: &str) -> Result<(String, u32), String> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), POOL_SIZE));
-    };
-    let mut size = POOL_SIZE;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.strip_prefix("pool_size=") {
-            Some(v) => match v.parse::<u32>() {
-                Ok(n) if (2..=1000).contains(&n) => size = n,
-                _ => {
-                    return Err(format!(
-                        "`pool_size` must be a number of connections from 2 to 1000 (got `{v}`)"
-                    ));
-                }
-            },
-            None => rest.push(pair),
-        }
-    }
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    Ok((url, size))
-}
 
 impl PgStore {
     /// Open the store at `url` (`postgres://…` or `postgresql://…`),
@@ -1172,45 +1140,4 @@ async fn may_migrate(pool: &PgPool) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A database URL with its password shown as `***`.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = rest.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pool_size_is_taken_out_of_the_url() {
-        let u = "postgres://ada@db:5432/runs";
-        assert_eq!(pool_size(u), Ok((u.to_owned(), POOL_SIZE)));
-        assert_eq!(
-            pool_size("postgres://ada@db/runs?pool_size=4"),
-            Ok(("postgres://ada@db/runs".to_owned(), 4))
-        );
-        assert_eq!(
-            pool_size("postgres://db/runs?sslmode=require&pool_size=40&application_name=s"),
-            Ok((
-                "postgres://db/runs?sslmode=require&application_name=s".to_owned(),
-                40
-            ))
-        );
-        for bad in ["0", "1", "x", "", "100000"] {
-            let e = pool_size(&format!("postgres://db/runs?pool_size={bad}")).unwrap_err();
-            assert!(e.contains("pool_size"), "{e}");
-        }
-    }
 }
