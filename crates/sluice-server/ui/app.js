@@ -96,11 +96,19 @@ async function api(path, { method = "GET", body, raw } = {}) {
   try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
   if (resp.status === 401) {
     // Only a token that was refused needs a word: without one, sign-in is simply next.
-    signOut(token ? data && data.message : null);
+    refused(token, data && data.message);
     throw new ApiError(401, data);
   }
   if (!resp.ok) throw new ApiError(resp.status, data);
   return raw ? { data, headers: resp.headers } : data;
+}
+
+/** A call made with token `sent` (or none) was refused: sign out, unless
+ * someone signed in since (a late answer to a call made before must not
+ * sign out the token that came after it). */
+function refused(sent, why) {
+  if ((localStorage.getItem(TOKEN_KEY) || null) !== (sent || null)) return;
+  signOut(sent ? why : null);
 }
 
 function signOut(why) {
@@ -915,9 +923,10 @@ async function editPage(id) {
   let timer = null, seq = 0;
   const checkNow = async () => {
     const mine = ++seq;
+    const token = localStorage.getItem(TOKEN_KEY);
     try {
-      const resp = await fetch("/api/flows/check", { method: "POST", headers: { Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}`, "Content-Type": "text/plain" }, body: text.value });
-      if (resp.status === 401) { signOut((await resp.json()).message); return; }
+      const resp = await fetch("/api/flows/check", { method: "POST", headers: { Authorization: `Bearer ${token || ""}`, "Content-Type": "text/plain" }, body: text.value });
+      if (resp.status === 401) { refused(token, (await resp.json()).message); return; }
       const r = await resp.json();
       if (mine === seq) showProblems(r.problems || []);
     } catch (e) { if (mine === seq) problemsBox.replaceChildren(h("p", { class: "error-text" }, `Not checked: ${e.message}`)); }
@@ -928,6 +937,8 @@ async function editPage(id) {
     clearTimeout(timer);
     timer = setTimeout(checkNow, 250);
   });
+  // A check still to come is not made once the page is left.
+  leave.push(() => clearTimeout(timer));
   text.addEventListener("scroll", () => { gutter.scrollTop = text.scrollTop; });
   const form = h("form", { class: "edit", onsubmit: async (ev) => {
     ev.preventDefault();
@@ -942,7 +953,7 @@ async function editPage(id) {
       const guard = id ? `version=${encodeURIComponent(version)}` : "new=true";
       const resp = await fetch(`/api/flows/${encodeURIComponent(target)}?${guard}`, { method: "PUT", headers, body: text.value });
       const r = await resp.json().catch(() => ({}));
-      if (resp.status === 401) { signOut(r.message); return; }
+      if (resp.status === 401) { refused(token, r.message); return; }
       if (!resp.ok) {
         const problems = (r.details && (r.details.problems || (r.details.files || []).flatMap((f) => (f.problems || [{ line: 1, column: 1, message: `${f.file}: ${f.message}` }])))) || [];
         showProblems(problems.length ? problems : [{ line: 1, column: 1, message: r.message }], `Not saved: ${r.message}`);
