@@ -140,11 +140,13 @@ pub(crate) async fn notifications<S: Store>(
         name: &name,
         roles: roles.as_deref(),
     };
-    let all = s.engine().store().notifications(reader, limit).await?;
-    let unread_count = all.iter().filter(|(_, read)| !read).count();
-    let items: Vec<_> = all
+    let (shown, unread_count) = s
+        .engine()
+        .store()
+        .notifications(reader, limit, unread)
+        .await?;
+    let items: Vec<_> = shown
         .into_iter()
-        .filter(|(_, read)| !unread || !read)
         .map(|(n, read)| {
             json!({
                 "id": n.id,

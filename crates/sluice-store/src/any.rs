@@ -137,8 +137,9 @@ impl Store for AnyStore {
         &self,
         reader: Reader<'_>,
         limit: u32,
-    ) -> Result<Vec<(Notification, bool)>, StoreError> {
-        each!(self, s => s.notifications(reader, limit))
+        unread: bool,
+    ) -> Result<(Vec<(Notification, bool)>, u64), StoreError> {
+        each!(self, s => s.notifications(reader, limit, unread))
     }
     async fn mark_read(&self, id: &str, reader: &str) -> Result<bool, StoreError> {
         each!(self, s => s.mark_read(id, reader))

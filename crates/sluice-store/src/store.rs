@@ -588,13 +588,15 @@ pub trait Store: Send + Sync + 'static {
     /// Keep a notification; `false` when one with its id was kept before
     /// (a step attempt run again sends nothing twice).
     fn notify(&self, n: &Notification) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// The notifications `reader` sees, newest first, each with whether
-    /// the reader has read it: at most `limit`.
+    /// The notifications `reader` sees (only those it has not read, when
+    /// `unread`), newest first, each with whether the reader has read it:
+    /// at most `limit`; and how many of all it sees it has not read.
     fn notifications(
         &self,
         reader: Reader<'_>,
         limit: u32,
-    ) -> impl Future<Output = Result<Vec<(Notification, bool)>, StoreError>> + Send;
+        unread: bool,
+    ) -> impl Future<Output = Result<(Vec<(Notification, bool)>, u64), StoreError>> + Send;
     /// Mark notification `id` read by `reader`; `false` when there is no
     /// such notification.
     fn mark_read(

@@ -964,43 +964,51 @@ async fn notifications<S: Store>(store: &S) {
             .map(|(n, read)| format!("{}{}", n.id, if read { "*" } else { "" }))
             .collect::<Vec<_>>()
     };
+    // The notifications a reader sees (all, or only unread) and its count
+    // of unread ones.
+    let list = |reader: Reader<'static>, limit: u32, unread: bool| async move {
+        let (shown, count) = store.notifications(reader, limit, unread).await.unwrap();
+        (ids(shown), count)
+    };
     let ada = Reader {
         name: "ada",
         roles: Some(&["viewer", "operator"]),
     };
-    assert_eq!(ids(store.notifications(ada, 10).await.unwrap()), ["b", "a"]);
+    assert_eq!(list(ada, 10, false).await.0, ["b", "a"]);
     let vic = Reader {
         name: "vic",
         roles: Some(&["viewer"]),
     };
-    assert!(store.notifications(vic, 10).await.unwrap().is_empty());
+    assert_eq!(list(vic, 10, false).await, (Vec::<String>::new(), 0));
     let anyone = Reader {
         name: "",
         roles: None,
     };
-    assert_eq!(
-        ids(store.notifications(anyone, 10).await.unwrap()),
-        ["c", "b", "a"]
-    );
+    assert_eq!(list(anyone, 10, false).await.0, ["c", "b", "a"]);
     assert!(store.mark_read("b", "ada").await.unwrap());
     assert!(
         store.mark_read("b", "ada").await.unwrap(),
         "read twice is read"
     );
     assert!(!store.mark_read("nope", "ada").await.unwrap());
-    assert_eq!(
-        ids(store.notifications(ada, 10).await.unwrap()),
-        ["b*", "a"]
-    );
+    assert_eq!(list(ada, 10, false).await.0, ["b*", "a"]);
     // Read by one reader, unread for another.
     let bob = Reader {
         name: "bob",
         roles: Some(&["viewer", "operator", "admin"]),
     };
-    assert_eq!(ids(store.notifications(bob, 10).await.unwrap()), ["c", "b"]);
-    assert_eq!(store.notifications(bob, 1).await.unwrap().len(), 1);
-    let (first, _) = &store.notifications(ada, 10).await.unwrap()[1];
+    assert_eq!(list(bob, 10, false).await.0, ["c", "b"]);
+    assert_eq!(list(bob, 1, false).await.0.len(), 1);
+    let (first, _) = &store.notifications(ada, 10, false).await.unwrap().0[1];
     assert_eq!(*first, n("a", 1, Some("ada"), None));
+    // Counts and the unread filter cover every notification, not only the
+    // newest `limit` ones.
+    assert_eq!(list(ada, 1, false).await, (vec!["b*".to_owned()], 1));
+    assert_eq!(list(ada, 1, true).await, (vec!["a".to_owned()], 1));
+    assert_eq!(list(bob, 1, true).await, (vec!["c".to_owned()], 2));
+    assert!(store.mark_read("a", "ada").await.unwrap());
+    assert_eq!(list(ada, 10, true).await, (Vec::<String>::new(), 0));
+    assert_eq!(list(anyone, 10, true).await.1, 3);
 }
 
 fn temp_db(name: &str) -> std::path::PathBuf {
