@@ -49,7 +49,12 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some(at) = rest.find('@') else {
+    // The URL ends at the first whitespace (in a message that names it);
+    // its user part at the last `@` before its query, so that a password
+    // holding an `@` is hidden whole.
+    let url_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let before_query = rest[..url_end].split('?').next().unwrap_or_default();
+    let Some(at) = before_query.rfind('@') else {
         return url.to_owned();
     };
     let (userinfo, host) = rest.split_at(at);
@@ -863,6 +868,15 @@ mod tests {
         let url = expand("postgres://app:${env:SLUICE_TEST_PW}@db/x").unwrap();
         assert_eq!(url, "postgres://app:s3cret@db/x");
         assert_eq!(redact(&url), "postgres://app:***@db/x");
+        // A password holding `@` is hidden whole; a message keeps its words.
+        assert_eq!(
+            redact("postgres://app:p@ss@db/x?sslmode=require"),
+            "postgres://app:***@db/x?sslmode=require"
+        );
+        assert_eq!(
+            redact("cannot reach postgres://app:p@ss@db/x: refused by ops@example.com"),
+            "cannot reach postgres://app:***@db/x: refused by ops@example.com"
+        );
         assert!(
             expand("x${env:SLUICE_NOT_SET_ANYWHERE}")
                 .unwrap_err()

@@ -40,7 +40,10 @@ pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some(at) = rest.rfind('@') else {
+    // The user part ends at the last `@` before the query, so that a
+    // password holding an `@` is hidden whole.
+    let before_query = rest.split('?').next().unwrap_or_default();
+    let Some(at) = before_query.rfind('@') else {
         return url.to_owned();
     };
     let (userinfo, host) = rest.split_at(at);
@@ -82,5 +85,9 @@ mod tests {
             "postgres://ada:***@db:5432/runs"
         );
         assert_eq!(redact_url("postgres://db/runs"), "postgres://db/runs");
+        assert_eq!(
+            redact_url("postgres://ada:p@ss@db/runs?application_name=a@b"),
+            "postgres://ada:***@db/runs?application_name=a@b"
+        );
     }
 }
