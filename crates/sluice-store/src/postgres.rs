@@ -576,7 +576,7 @@ impl Store for PgStore {
     ) -> Result<(Vec<(Notification, bool)>, u64), StoreError> {
         let roles = reader.roles.unwrap_or_default();
         let role = |i: usize| roles.get(i).copied().unwrap_or_default();
-        let rows = sqlx::query("SELECT n.id, n.at, n.recipient, n.recipient_role, n.subject, n.message, n.run_id, n.step_key, (CASE WHEN EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1) THEN 1 ELSE 0 END)::BIGINT AS seen FROM notifications n WHERE ($2::BIGINT = 1 OR n.recipient = $1 OR (n.recipient IS NULL AND n.recipient_role IN ($3, $4, $5))) AND (NOT $7::BOOLEAN OR NOT EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1)) ORDER BY n.at DESC, n.id DESC LIMIT $6")
+        let rows = sqlx::query("SELECT n.id, n.at, n.recipient, n.recipient_role, n.subject, n.message, n.run_id, n.step_key, (CASE WHEN EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1) THEN 1 ELSE 0 END)::BIGINT AS seen, (SELECT COUNT(*) FROM notifications n WHERE ($2::BIGINT = 1 OR n.recipient = $1 OR (n.recipient IS NULL AND n.recipient_role IN ($3, $4, $5))) AND NOT EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1)) AS unseen FROM notifications n WHERE ($2::BIGINT = 1 OR n.recipient = $1 OR (n.recipient IS NULL AND n.recipient_role IN ($3, $4, $5))) AND (NOT $7::BOOLEAN OR NOT EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1)) ORDER BY n.at DESC, n.id DESC LIMIT $6")
             .bind(reader.name)
             .bind(i64::from(reader.roles.is_none()))
             .bind(role(0))
@@ -586,18 +586,16 @@ impl Store for PgStore {
             .bind(unread)
             .fetch_all(&self.pool)
             .await?;
-        let unseen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications n WHERE ($2::BIGINT = 1 OR n.recipient = $1 OR (n.recipient IS NULL AND n.recipient_role IN ($3, $4, $5))) AND NOT EXISTS (SELECT 1 FROM notification_reads r WHERE r.id = n.id AND r.reader = $1)")
-            .bind(reader.name)
-            .bind(i64::from(reader.roles.is_none()))
-            .bind(role(0))
-            .bind(role(1))
-            .bind(role(2))
-            .fetch_one(&self.pool)
-            .await?;
         let list = rows
             .iter()
             .map(rows::notification)
             .collect::<Result<_, _>>()?;
+        // Read with the page: no row means nothing to count (the reader
+        // sees nothing, or nothing unread when only unread is asked for).
+        let unseen = match rows.first() {
+            Some(row) => rows::Get::int(row, "unseen")?,
+            None => 0,
+        };
         Ok((list, u64::try_from(unseen).unwrap_or(0)))
     }
 
