@@ -586,17 +586,7 @@ impl Store for PgStore {
             .bind(unread)
             .fetch_all(&self.pool)
             .await?;
-        let list = rows
-            .iter()
-            .map(rows::notification)
-            .collect::<Result<_, _>>()?;
-        // Read with the page: no row means nothing to count (the reader
-        // sees nothing, or nothing unread when only unread is asked for).
-        let unseen = match rows.first() {
-            Some(row) => rows::Get::int(row, "unseen")?,
-            None => 0,
-        };
-        Ok((list, u64::try_from(unseen).unwrap_or(0)))
+        rows::notification_page(&rows)
     }
 
     async fn mark_read(&self, id: &str, reader: &str) -> Result<bool, StoreError> {

@@ -102,6 +102,20 @@ pub(crate) fn summary(row: &impl Get) -> Result<RunSummary, StoreError> {
 
 /// A notification and whether its reader has read it (the columns of
 /// `notifications`).
+/// A page of notifications and the reader's count of unread ones, which
+/// every row carries (`unseen`): no row means nothing to count (the reader
+/// sees nothing, or nothing unread when only unread ones were asked for).
+pub(crate) fn notification_page<R: Get>(
+    rows: &[R],
+) -> Result<(Vec<(crate::Notification, bool)>, u64), StoreError> {
+    let list = rows.iter().map(notification).collect::<Result<_, _>>()?;
+    let unseen = match rows.first() {
+        Some(row) => row.int("unseen")?,
+        None => 0,
+    };
+    Ok((list, u64::try_from(unseen).unwrap_or(0)))
+}
+
 pub(crate) fn notification(row: &impl Get) -> Result<(crate::Notification, bool), StoreError> {
     Ok((
         crate::Notification {
