@@ -116,6 +116,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications",
         include_str!("../migrations/sqlite/0017_notifications.sql"),
     ),
+    (
+        18,
+        "runs by status, but succeeded ones",
+        include_str!("../migrations/sqlite/0018_runs_by_open_status.sql"),
+    ),
 ];
 
 /// The SQLite store.
@@ -511,7 +516,7 @@ impl Store for SqliteStore {
         }
         let limit = if limit == 0 { -1 } else { i64::from(limit) };
         Ok(sqlx::query_scalar(
-            "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at, id LIMIT ?",
+            "SELECT id FROM runs WHERE status = 'running' AND status <> 'succeeded' ORDER BY started_at, id LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -1023,6 +1028,7 @@ fn create_vals(run: &NewRun, enc: &mut Encoder<'_>) -> CreateVals {
 #[cfg(test)]
 mod tests {
     use super::MIGRATIONS;
+    use crate::{RunFilter, RunStatus};
 
     /// The text of `schema.sql` for the tables `script` makes.
     async fn schema_of(script: String) -> String {
@@ -1052,6 +1058,46 @@ mod tests {
             s.push_str(";\n\n");
             s
         })
+    }
+
+    /// Listings by a status other than `succeeded`, and the runs left
+    /// running at start, are read through the index of those statuses;
+    /// succeeded runs in the order of their start.
+    #[tokio::test]
+    async fn listings_by_status_read_an_index() {
+        let store = super::SqliteStore::open("sqlite::memory:")
+            .await
+            .expect("a store");
+        let plan = |sql: String| {
+            let pool = store.pool.clone();
+            async move {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                        .fetch_all(&pool)
+                        .await
+                        .expect("a plan");
+                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
+            }
+        };
+        for status in [RunStatus::Failed, RunStatus::Running, RunStatus::Incident] {
+            let filter = RunFilter {
+                status: Some(status),
+                limit: 50,
+                ..Default::default()
+            };
+            let p = plan(filter.query(false)).await;
+            assert!(p.contains("INDEX runs_by_status"), "{status:?}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{status:?}: {p}");
+        }
+        let succeeded = RunFilter {
+            status: Some(RunStatus::Succeeded),
+            limit: 50,
+            ..Default::default()
+        };
+        let p = plan(succeeded.query(false)).await;
+        assert!(p.contains("INDEX runs_by_start"), "{p}");
+        let p = plan("SELECT id FROM runs WHERE status = 'running' AND status <> 'succeeded' ORDER BY started_at, id LIMIT 10".into()).await;
+        assert!(p.contains("INDEX runs_by_status"), "{p}");
     }
 
     /// A new in-memory store gets its tables from `schema.sql`; they are

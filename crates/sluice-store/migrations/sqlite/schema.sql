@@ -23,8 +23,6 @@ CREATE TABLE runs (
 
 CREATE INDEX runs_by_flow ON runs (flow_id, started_at DESC);
 
-CREATE INDEX runs_by_status ON runs (status, started_at DESC);
-
 CREATE TABLE run_steps (
     run_id      TEXT NOT NULL REFERENCES runs (id),
     seq         INTEGER NOT NULL,
@@ -142,4 +140,6 @@ CREATE TABLE notification_reads (
     at INTEGER NOT NULL,
     PRIMARY KEY (id, reader)
 );
+
+CREATE INDEX runs_by_status ON runs (status, started_at DESC, id DESC) WHERE status <> 'succeeded';
 
