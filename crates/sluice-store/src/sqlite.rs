@@ -246,6 +246,11 @@ impl SqliteStore {
                 .await
                 .unwrap_or(None);
         let latest = MIGRATIONS.len() as i64;
+        if let Some((_, at)) = applied.filter(|(_, at)| *at > latest) {
+            return Err(fail(format!(
+                "its tables were made by a later version of Sluice (at migration {at}; this version knows {latest}): run that version, or a later one"
+            )));
+        }
         if applied == Some((latest, latest)) {
             let known = Arc::new(Known::default());
             let group = Group::start(pool.clone(), Some(first), known.clone());

@@ -1182,6 +1182,32 @@ async fn a_full_sqlite_store_refuses_writes_and_keeps_what_it_had() {
     assert!(err.to_string().contains("max_page_count"), "{err}");
 }
 
+/// A store file whose tables a later version of Sluice made is not opened
+/// (nor changed): the error says so, and which version the file is at.
+#[tokio::test]
+async fn a_sqlite_store_of_a_later_version_is_refused() {
+    let path = temp_db("later");
+    let url = path.to_str().unwrap().to_owned();
+    drop(SqliteStore::open(&url).await.unwrap());
+    {
+        use sqlx::ConnectOptions;
+        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'later', 1, x'00', 0)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let err = SqliteStore::open(&url).await.unwrap_err().to_string();
+    assert!(
+        err.contains("later version of Sluice") && err.contains("migration 99"),
+        "{err}"
+    );
+}
+
 /// The SQLite store checkpoints its WAL while it writes, and the WAL starts
 /// again from its beginning: writes never make it grow without end. Each of
 /// these 2,000 runs is its own commit of several pages (about 30 KB of WAL
