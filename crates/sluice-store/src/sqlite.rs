@@ -123,6 +123,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The runs left running, oldest first (through the index of the
+/// statuses other than succeeded, which the query names for SQLite to use it).
+const LEFT_RUNNING: &str = "SELECT id FROM runs WHERE status = 'running' AND status <> 'succeeded' ORDER BY started_at, id LIMIT ?";
+
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -520,12 +524,10 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let limit = if limit == 0 { -1 } else { i64::from(limit) };
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM runs WHERE status = 'running' AND status <> 'succeeded' ORDER BY started_at, id LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(LEFT_RUNNING)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn update_run(&self, run_id: &str, run: &RunUpdate) -> Result<(), StoreError> {
@@ -1101,7 +1103,7 @@ mod tests {
         };
         let p = plan(succeeded.query(false)).await;
         assert!(p.contains("INDEX runs_by_start"), "{p}");
-        let p = plan("SELECT id FROM runs WHERE status = 'running' AND status <> 'succeeded' ORDER BY started_at, id LIMIT 10".into()).await;
+        let p = plan(super::LEFT_RUNNING.replace('?', "10")).await;
         assert!(p.contains("INDEX runs_by_status"), "{p}");
     }
 
