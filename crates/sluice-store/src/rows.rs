@@ -100,8 +100,6 @@ pub(crate) fn summary(row: &impl Get) -> Result<RunSummary, StoreError> {
     })
 }
 
-/// A notification and whether its reader has read it (the columns of
-/// `notifications`).
 /// A page of notifications and the reader's count of unread ones, which
 /// every row carries (`unseen`): no row means nothing to count (the reader
 /// sees nothing, or nothing unread when only unread ones were asked for).
@@ -116,6 +114,8 @@ pub(crate) fn notification_page<R: Get>(
     Ok((list, u64::try_from(unseen).unwrap_or(0)))
 }
 
+/// A notification and whether its reader has read it (the columns of
+/// `notifications`).
 pub(crate) fn notification(row: &impl Get) -> Result<(crate::Notification, bool), StoreError> {
     Ok((
         crate::Notification {
