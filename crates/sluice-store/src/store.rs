@@ -478,15 +478,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         let full = e
             .as_database_error()
-            .and_then(|d| d.code())
-            .is_some_and(|c| c == "13" || c == "53100");
-        if full {
-            let message = e
-                .as_database_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
-            Self::Full(message)
-        } else {
-            Self::Database(e)
+            .filter(|d| d.code().is_some_and(|c| c == "13" || c == "53100"))
+            .map(|d| d.message().to_owned());
+        match full {
+            Some(message) => Self::Full(message),
+            None => Self::Database(e),
         }
     }
 }
