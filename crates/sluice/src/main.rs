@@ -491,16 +491,7 @@ async fn serve(
         .as_ref()
         .filter(|_| !AnyStore::names_postgres(store_url))
     {
-        Some(runs) => {
-            let url = store_url.to_owned();
-            match runs.spawn(async move { open_store(&url).await }).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: the store could not be opened: {e}");
-                    return FAILED;
-                }
-            }
-        }
+        Some(runs) => joined(open_store_on(runs, store_url)).await,
         None => open_store(store_url).await,
     };
     let store = match opened {
@@ -774,6 +765,28 @@ async fn open_store(url: &str) -> Result<AnyStore, u8> {
     opened(AnyStore::open(url).await)
 }
 
+/// Open store `url` on a task of `runtime`'s (see [`joined`]).
+fn open_store_on(
+    runtime: &tokio::runtime::Handle,
+    url: &str,
+) -> tokio::task::JoinHandle<Result<AnyStore, sluice_store::StoreError>> {
+    let url = url.to_owned();
+    runtime.spawn(async move { AnyStore::open(&url).await })
+}
+
+/// The store [`open_store_on`] opened, or its error printed.
+async fn joined(
+    task: tokio::task::JoinHandle<Result<AnyStore, sluice_store::StoreError>>,
+) -> Result<AnyStore, u8> {
+    match task.await {
+        Ok(r) => opened(r),
+        Err(e) => {
+            eprintln!("error: opening the store stopped: {e}");
+            Err(FAILED)
+        }
+    }
+}
+
 /// A store opened, or its error printed.
 fn opened(r: Result<AnyStore, sluice_store::StoreError>) -> Result<AnyStore, u8> {
     r.map_err(|e| {
@@ -791,11 +804,8 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
     // flow loads (on a thread of its own): nothing is made for a flow
     // that does not load but what an earlier run made already, and the
     // store's error, if any, is told only after the flow's.
-    let early =
-        (store_url.contains(":memory:") || std::path::Path::new(store_url).is_file()).then(|| {
-            let url = store_url.to_owned();
-            tokio::spawn(async move { AnyStore::open(&url).await })
-        });
+    let early = (store_url.contains(":memory:") || std::path::Path::new(store_url).is_file())
+        .then(|| open_store_on(&tokio::runtime::Handle::current(), store_url));
     let (path_, input_, event_) = (
         path.to_owned(),
         input.map(str::to_owned),
@@ -814,13 +824,7 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         }
     };
     let store = match early {
-        Some(task) => match task.await {
-            Ok(r) => opened(r),
-            Err(e) => {
-                eprintln!("error: opening the store stopped: {e}");
-                Err(FAILED)
-            }
-        },
+        Some(task) => joined(task).await,
         None => open_store(store_url).await,
     };
     let store = match store {
