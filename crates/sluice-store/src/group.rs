@@ -6,15 +6,19 @@
 //! durability of a step is unchanged (DESIGN.md: a step's record is
 //! committed before anything downstream happens); only the cost is shared.
 //! Writes in one batch belong to different runs (a run waits for each of its
-//! writes before it makes the next), so they are independent, and a batch
-//! is written with a few multi-row statements (every new run, then every
-//! step record, then every run's new position) rather than a few statements
-//! per write: each statement is a round trip to sqlx's SQLite thread. When
-//! a batch fails (a duplicate run id, a step of an unknown run, a cancelled
-//! run), it is rolled back and each write is done alone, so that each gets
-//! its own answer. A write done alone (the usual case with few clients)
-//! goes as one multi-statement command, `BEGIN IMMEDIATE` to `COMMIT`, or
-//! two when it moves a run (the commit waits on whether the run was there).
+//! writes before it makes the next), so they are independent. When a batch
+//! fails (a duplicate run id, a step of an unknown run, a cancelled run), it
+//! is rolled back and each write is done alone, so that each gets its own
+//! answer.
+//!
+//! The writer makes its SQLite calls itself, on the runtime that drives the
+//! runs, through rusqlite on the handle of a connection of sqlx's pool,
+//! which sqlx's own thread for that connection then leaves alone
+//! (`lock_handle`). Sending each statement to that thread and waiting for
+//! its answer cost two thread wakes per write, more than the statements
+//! themselves when writes come one at a time. A commit takes tens of
+//! microseconds in WAL mode with `synchronous = NORMAL` (a write to the
+//! WAL, no sync), about what a step's own work takes on that runtime.
 //!
 //! The writer keeps one connection of its own for a store on file, so that
 //! SQLite's page cache stays valid from one transaction to the next, and
@@ -25,14 +29,17 @@
 //! on; when it is done, the writer checkpoints once more between two
 //! batches, which copies only what came since and completes, so that the
 //! next commit starts the WAL again from its beginning (a checkpoint that
-//! never catches up would let the WAL grow without end).
+//! never catches up would let the WAL grow without end). A store in memory
+//! has one connection, which readers share: its writer takes it for each
+//! batch and gives it back.
 
 use crate::StoreError;
 use crate::values::{Chunk, Known};
+use rusqlite::{Connection, params};
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,7 +78,7 @@ fn checkpoint(pool: &SqlitePool, state: &Arc<AtomicU8>, failing: &Arc<Failing>) 
 struct Failing(std::sync::atomic::AtomicBool);
 
 impl Failing {
-    fn tell(&self, r: Result<(), sqlx::Error>) {
+    fn tell<E: std::fmt::Display>(&self, r: Result<(), E>) {
         match r {
             Ok(()) => {
                 if self.0.swap(false, Ordering::AcqRel) {
@@ -93,10 +100,6 @@ impl Failing {
 /// that brings more writes. Each round costs a trip through tokio's run
 /// queue; with 16 clients, four rounds gather about all their writes.
 const GATHER_ROUNDS: usize = 8;
-
-/// The most rows in one statement (at most 18 values each, far below
-/// SQLite's limit on bound values); a batch needs a statement per chunk.
-const CHUNK: usize = 32;
 
 /// A new run, its values ready to bind.
 #[derive(Debug)]
@@ -184,19 +187,6 @@ pub(crate) enum Write {
     Version(Box<VersionVals>),
 }
 
-/// Keep a flow's version (one statement, which commits by itself outside
-/// a transaction).
-async fn version_statement(conn: &mut SqliteConnection, v: &VersionVals) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO flow_versions (flow_id, version, source, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
-        .bind(&v.flow_id)
-        .bind(&v.version)
-        .bind(&v.source)
-        .bind(v.at)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 struct Pending {
     write: Write,
     /// The nodes of the write's large values (`values.rs`).
@@ -204,434 +194,272 @@ struct Pending {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The columns of a new run's record.
-const RUN_COLUMNS: &str = "id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at";
+const INSERT_RUN: &str = "INSERT INTO runs (id, flow_id, status, trigger, input, state, next_step, steps, started_at, updated_at, flow_version, accountability, parent_run, item, output, error, error_step, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
-/// The columns of a step's record.
-const STEP_COLUMNS: &str = "run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at";
+const INSERT_STEP: &str = "INSERT INTO run_steps (run_id, seq, step_key, kind, ok, options, input, result, output, error, blame, logs, started_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
-/// The runs' new positions, from a table of values (column1 the run's id);
-/// a cancelled run keeps its status. After `UPDATE` and its conflict clause.
-const MOVE_RUNS: &str = " runs SET status = v.column2, state = v.column3, next_step = v.column4, output = v.column5, error = v.column6, error_step = v.column7, ended_at = v.column8, updated_at = v.column9, steps = runs.steps + v.column10 FROM (VALUES ";
-const MOVE_RUNS_END: &str = ") AS v WHERE runs.id = v.column1 AND runs.status <> 'cancelled'";
+/// A run's new position; a cancelled run keeps its status.
+const MOVE_RUN: &str = "UPDATE runs SET status = ?2, state = ?3, next_step = ?4, output = ?5, error = ?6, error_step = ?7, ended_at = ?8, updated_at = ?9, steps = steps + ?10 WHERE id = ?1 AND status <> 'cancelled'";
 
-/// The three multi-row statements, by the number of rows (1 to [`CHUNK`]).
-#[derive(Clone, Copy)]
-enum Rows {
-    Runs,
-    Steps,
-    Moves,
-}
+const INSERT_WAIT: &str = "INSERT INTO waits (run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// The text of a multi-row statement of `n` rows (built once per size, so
-/// that sqlx's statement cache keeps each prepared).
-///
-/// A statement of several rows says `OR ROLLBACK`: SQLite would otherwise
-/// keep a statement journal (a copy of every page the statement touches,
-/// so that a failing row undoes only its statement), while a failing batch
-/// is rolled back whole anyway and done again write by write. One row needs
-/// no statement journal, and keeps the default so that a caller's own
-/// transaction survives its failure.
-fn rows_sql(kind: Rows, n: usize) -> &'static str {
-    // Each text is made when first needed (a short run needs one or two).
-    static TEXTS: [[OnceLock<String>; CHUNK]; 3] =
-        [const { [const { OnceLock::new() }; CHUNK] }; 3];
-    let n = n.clamp(1, CHUNK);
-    TEXTS[kind as usize][n - 1].get_or_init(|| {
-        let or = if n == 1 { "" } else { " OR ROLLBACK" };
-        let (head, cols, tail) = match kind {
-            Rows::Runs => (
-                format!("INSERT{or} INTO runs ({RUN_COLUMNS}) VALUES "),
-                18,
-                "",
-            ),
-            Rows::Steps => (
-                format!("INSERT{or} INTO run_steps ({STEP_COLUMNS}) VALUES "),
-                14,
-                "",
-            ),
-            Rows::Moves => (format!("UPDATE{or}{MOVE_RUNS}"), 10, MOVE_RUNS_END),
-        };
-        let row = format!("({})", vec!["?"; cols].join(", "));
-        format!("{head}{}{tail}", vec![row.as_str(); n].join(", "))
-    })
-}
-
-/// A new run's record: as started, or (from a record) at its new position.
-struct NewRow<'a> {
-    run: &'a CreateVals,
-    at: Option<(&'a RunVals, i64)>,
-}
-
-/// The writes of a transaction, sorted into the three statements.
-#[derive(Default)]
-struct Sorted<'a> {
-    runs: Vec<NewRow<'a>>,
-    steps: Vec<&'a StepVals>,
-    moves: Vec<(&'a RunVals, i64)>,
-}
-
-impl<'a> Sorted<'a> {
-    fn add(&mut self, r: &'a RecordVals) {
-        let n = i64::try_from(r.steps.len()).unwrap_or(i64::MAX);
-        match &r.create {
-            Some(run) => self.runs.push(NewRow {
-                run,
-                at: Some((&r.run, n)),
-            }),
-            None => self.moves.push((&r.run, n)),
-        }
-        self.steps.extend(r.steps.iter());
-    }
-
-    /// Write them: new runs first, then steps (whose runs now exist), then
-    /// the positions.
-    async fn write(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        for chunk in self.runs.chunks(CHUNK) {
-            insert_runs(conn, chunk).await?;
-        }
-        for chunk in self.steps.chunks(CHUNK) {
-            insert_steps(conn, chunk).await?;
-        }
-        for chunk in self.moves.chunks(CHUNK) {
-            move_runs(conn, chunk).await?;
-        }
-        Ok(())
-    }
-}
-
-/// A statement on the writer's connection, its values being bound.
-type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
-
-async fn insert_runs(conn: &mut SqliteConnection, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
-    let q = bind_runs(sqlx::query(rows_sql(Rows::Runs, rows.len())), rows);
-    q.execute(&mut *conn)
-        .await
-        .map(drop)
-        .map_err(|e| refused(e, rows.first(), &[]))
-}
-
-/// What a refused write means: a run that is there already, the steps of
-/// a run that is not (when checked), or a fault of the store.
-fn refused(e: sqlx::Error, run: Option<&NewRow<'_>>, steps: &[&StepVals]) -> StoreError {
-    if let sqlx::Error::Database(d) = &e {
-        if let Some(r) = run.filter(|_| d.is_unique_violation()) {
-            return StoreError::Conflict(r.run.id.clone());
-        }
-        if let Some(s) = steps.first().filter(|_| d.is_foreign_key_violation()) {
-            return StoreError::NoSuchRun(s.run_id.clone());
-        }
-    }
-    e.into()
-}
-
-/// Bind the values of new runs' rows.
-fn bind_runs<'q>(mut q: Query<'q>, rows: &[NewRow<'_>]) -> Query<'q> {
-    for NewRow { run, at } in rows {
-        q = q.bind(&run.id).bind(&run.flow_id);
-        q = match at {
-            None => q
-                .bind("running")
-                .bind(&run.trigger)
-                .bind(&run.input)
-                .bind(&run.input)
-                .bind(&run.next_step)
-                .bind(0_i64)
-                .bind(run.started_at)
-                .bind(run.started_at),
-            Some((p, n)) => q
-                .bind(p.status)
-                .bind(&run.trigger)
-                .bind(&run.input)
-                .bind(&p.state)
-                .bind(&p.next_step)
-                .bind(*n)
-                .bind(run.started_at)
-                .bind(p.updated_at),
-        };
-        q = q
-            .bind(&run.flow_version)
-            .bind(&run.accountability)
-            .bind(&run.parent_run)
-            .bind(run.item);
-        q = match at {
-            None => q
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>),
-            Some((p, _)) => q
-                .bind(&p.output)
-                .bind(&p.error)
-                .bind(&p.error_step)
-                .bind(p.ended_at),
-        };
-    }
-    q
-}
-
-async fn insert_steps(conn: &mut SqliteConnection, rows: &[&StepVals]) -> Result<(), StoreError> {
-    let q = bind_steps(sqlx::query(rows_sql(Rows::Steps, rows.len())), rows);
-    // The step of a run that does not exist (alone, the run is known).
-    q.execute(&mut *conn)
-        .await
-        .map(drop)
-        .map_err(|e| refused(e, None, rows))
-}
-
-/// Bind the values of step records' rows.
-fn bind_steps<'q>(mut q: Query<'q>, rows: &[&StepVals]) -> Query<'q> {
-    for v in rows {
-        q = q
-            .bind(&v.run_id)
-            .bind(v.seq)
-            .bind(&v.step_key)
-            .bind(&v.kind)
-            .bind(v.ok)
-            .bind(&v.options)
-            .bind(&v.input)
-            .bind(&v.result)
-            .bind(&v.output)
-            .bind(&v.error)
-            .bind(&v.blame)
-            .bind(&v.logs)
-            .bind(v.started_at)
-            .bind(v.ended_at);
-    }
-    q
-}
-
-/// The runs' new positions. A run the update misses is an error unless it
-/// is one run and cancelled; with several, the batch is then done write by
-/// write to tell which.
-async fn move_runs(
+/// Run `f` on the SQLite handle of `conn`, taken from sqlx's thread for
+/// the time (see the module doc).
+async fn on_handle<T>(
     conn: &mut SqliteConnection,
-    rows: &[(&RunVals, i64)],
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut locked = conn.lock_handle().await?;
+    // SAFETY: the handle is that of an open connection, on which sqlx's
+    // thread makes no call while `locked` lives; `db` does not close it and
+    // is dropped (its statements finalized) before `locked`.
+    let db = unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+    let r = f(&db);
+    drop(db);
+    r
+}
+
+/// Whether `e` is SQLite's refusal of a duplicate key (`unique`) or of a
+/// row whose foreign key points nowhere.
+fn violates(e: &rusqlite::Error, unique: bool) -> bool {
+    use rusqlite::ffi;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            if unique {
+                matches!(
+                    f.extended_code,
+                    ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE
+                )
+            } else {
+                f.extended_code == ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+            }
+        }
+        _ => false,
+    }
+}
+
+/// A new run's record: as started, or (from a record) at its new position
+/// `at` after `n` steps.
+fn insert_run(
+    db: &Connection,
+    run: &CreateVals,
+    at: Option<(&RunVals, i64)>,
 ) -> Result<(), StoreError> {
-    let q = bind_moves(sqlx::query(rows_sql(Rows::Moves, rows.len())), rows);
-    let done = q.execute(&mut *conn).await?;
-    if done.rows_affected() == rows.len() as u64 {
+    let mut st = db.prepare_cached(INSERT_RUN)?;
+    let r = match at {
+        None => st.execute(params![
+            run.id,
+            run.flow_id,
+            "running",
+            run.trigger,
+            run.input,
+            run.input,
+            run.next_step,
+            0_i64,
+            run.started_at,
+            run.started_at,
+            run.flow_version,
+            run.accountability,
+            run.parent_run,
+            run.item,
+            None::<&str>,
+            None::<&str>,
+            None::<&str>,
+            None::<i64>,
+        ]),
+        Some((p, n)) => st.execute(params![
+            run.id,
+            run.flow_id,
+            p.status,
+            run.trigger,
+            run.input,
+            p.state,
+            p.next_step,
+            n,
+            run.started_at,
+            p.updated_at,
+            run.flow_version,
+            run.accountability,
+            run.parent_run,
+            run.item,
+            p.output,
+            p.error,
+            p.error_step,
+            p.ended_at,
+        ]),
+    };
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if violates(&e, true) => Err(StoreError::Conflict(run.id.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A step record (of a run that is not there: refused where foreign keys
+/// are checked, else by the run's move that comes with it).
+fn insert_step(db: &Connection, v: &StepVals) -> Result<(), StoreError> {
+    let r = db.prepare_cached(INSERT_STEP)?.execute(params![
+        v.run_id,
+        v.seq,
+        v.step_key,
+        v.kind,
+        v.ok,
+        v.options,
+        v.input,
+        v.result,
+        v.output,
+        v.error,
+        v.blame,
+        v.logs,
+        v.started_at,
+        v.ended_at,
+    ]);
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if violates(&e, false) => Err(StoreError::NoSuchRun(v.run_id.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A run's new position after `n` more steps; a run the update misses is
+/// an error unless it is cancelled (it keeps its status).
+fn move_run(db: &Connection, v: &RunVals, n: i64) -> Result<(), StoreError> {
+    let moved = db.prepare_cached(MOVE_RUN)?.execute(params![
+        v.run_id,
+        v.status,
+        v.state,
+        v.next_step,
+        v.output,
+        v.error,
+        v.error_step,
+        v.ended_at,
+        v.updated_at,
+        n,
+    ])?;
+    if moved == 1 || is(db, &v.run_id, "cancelled")? {
         return Ok(());
     }
-    missed(conn, rows).await
+    Err(StoreError::NoSuchRun(v.run_id.clone()))
 }
 
-/// Bind the values of runs' new positions.
-fn bind_moves<'q>(mut q: Query<'q>, rows: &[(&RunVals, i64)]) -> Query<'q> {
-    for (v, n) in rows {
-        q = q
-            .bind(&v.run_id)
-            .bind(v.status)
-            .bind(&v.state)
-            .bind(&v.next_step)
-            .bind(&v.output)
-            .bind(&v.error)
-            .bind(&v.error_step)
-            .bind(v.ended_at)
-            .bind(v.updated_at)
-            .bind(*n);
+/// Whether run `id` is there with `status`.
+fn is(db: &Connection, id: &str, status: &str) -> Result<bool, StoreError> {
+    let mut st = db.prepare_cached("SELECT 1 FROM runs WHERE id = ?1 AND status = ?2")?;
+    Ok(st.exists(params![id, status])?)
+}
+
+/// Step records of one run and its new position (or, for a new run, its
+/// record at that position).
+fn record(db: &Connection, r: &RecordVals) -> Result<(), StoreError> {
+    let n = i64::try_from(r.steps.len()).unwrap_or(i64::MAX);
+    if let Some(run) = &r.create {
+        insert_run(db, run, Some((&r.run, n)))?;
     }
-    q
-}
-
-/// An update of runs' positions missed a run: fine for one cancelled run
-/// (it keeps its status), else the run is not there.
-async fn missed(conn: &mut SqliteConnection, rows: &[(&RunVals, i64)]) -> Result<(), StoreError> {
-    let first = &rows[0].0.run_id;
-    if rows.len() == 1 {
-        let cancelled: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM runs WHERE id = ? AND status = 'cancelled'")
-                .bind(first)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if cancelled.is_some() {
-            return Ok(());
-        }
+    for s in &r.steps {
+        insert_step(db, s)?;
     }
-    Err(StoreError::NoSuchRun(first.clone()))
-}
-
-/// A new run, alone (in the caller's transaction).
-pub(crate) async fn create_statement(
-    conn: &mut SqliteConnection,
-    v: &CreateVals,
-) -> Result<(), StoreError> {
-    insert_runs(conn, &[NewRow { run: v, at: None }]).await
+    if r.create.is_none() {
+        move_run(db, &r.run, n)?;
+    }
+    Ok(())
 }
 
 /// Suspend a run (see [`crate::Store::suspend`]); a cancelled run is left
 /// as it is, with no wait.
-async fn suspend_statements(
-    conn: &mut SqliteConnection,
-    v: &SuspendVals,
-) -> Result<(), StoreError> {
+fn suspend(db: &Connection, v: &SuspendVals) -> Result<(), StoreError> {
     let w = &v.wait;
     match &v.record {
-        Some(record) => {
-            let mut s = Sorted::default();
-            s.add(record);
-            s.write(conn).await?;
-        }
+        Some(r) => record(db, r)?,
         None => {
-            sqlx::query("UPDATE runs SET status = 'waiting', state = ?, next_step = ?, updated_at = ? WHERE id = ? AND status = 'running'")
-                .bind(&v.state)
-                .bind(&w.step_key)
-                .bind(crate::now_micros())
-                .bind(&w.run_id)
-                .execute(&mut *conn)
-                .await?;
+            db.prepare_cached("UPDATE runs SET status = 'waiting', state = ?1, next_step = ?2, updated_at = ?3 WHERE id = ?4 AND status = 'running'")?
+                .execute(params![v.state, w.step_key, crate::now_micros(), w.run_id])?;
         }
     }
-    let waiting: Option<(String,)> =
-        sqlx::query_as("SELECT status FROM runs WHERE id = ? AND status = 'waiting'")
-            .bind(&w.run_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if waiting.is_none() {
+    if !is(db, &w.run_id, "waiting")? {
         return Ok(());
     }
-    sqlx::query("INSERT INTO waits (run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-        .bind(&w.run_id)
-        .bind(&w.flow_id)
-        .bind(&w.step_key)
-        .bind(w.kind.as_str())
-        .bind(w.wake_at)
-        .bind(&w.event_type)
-        .bind(&w.source)
-        .bind(&v.correlation)
-        .bind(w.since)
-        .execute(&mut *conn)
-        .await?;
+    db.prepare_cached(INSERT_WAIT)?.execute(params![
+        w.run_id,
+        w.flow_id,
+        w.step_key,
+        w.kind.as_str(),
+        w.wake_at,
+        w.event_type,
+        w.source,
+        v.correlation,
+        w.since,
+    ])?;
     Ok(())
 }
 
 /// The nodes of large values, each once per run.
+fn values(db: &Connection, values: &[Chunk]) -> Result<(), StoreError> {
+    for v in values {
+        db.prepare_cached(
+            "INSERT OR IGNORE INTO run_values (run_id, hash, body) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![v.run_id, &v.hash[..], v.body])?;
+    }
+    Ok(())
+}
+
+/// New runs with the nodes of their large values, on `conn` (in the
+/// caller's transaction).
+pub(crate) async fn create_runs(
+    conn: &mut SqliteConnection,
+    runs: &[(CreateVals, Vec<Chunk>)],
+) -> Result<(), StoreError> {
+    on_handle(conn, |db| {
+        runs.iter().try_for_each(|(run, chunks)| {
+            values(db, chunks)?;
+            insert_run(db, run, None)
+        })
+    })
+    .await
+}
+
+/// The nodes of large values, on `conn` (in the caller's transaction).
 pub(crate) async fn insert_values(
     conn: &mut SqliteConnection,
-    values: &[Chunk],
+    chunks: &[Chunk],
 ) -> Result<(), StoreError> {
-    for v in values {
-        sqlx::query("INSERT OR IGNORE INTO run_values (run_id, hash, body) VALUES (?, ?, ?)")
-            .bind(&v.run_id)
-            .bind(&v.hash[..])
-            .bind(&v.body)
-            .execute(&mut *conn)
-            .await?;
+    if chunks.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    on_handle(conn, |db| values(db, chunks)).await
 }
 
-/// Every write's statements, in one go.
-async fn statements(conn: &mut SqliteConnection, writes: &[&Pending]) -> Result<(), StoreError> {
-    let mut sorted = Sorted::default();
-    let mut suspends = Vec::new();
-    for p in writes {
-        insert_values(conn, &p.values).await?;
-    }
-    for w in writes.iter().map(|p| &p.write) {
-        match w {
-            Write::Create(run) => sorted.runs.push(NewRow { run, at: None }),
-            Write::Record(r) => sorted.add(r),
-            Write::Suspend(s) => suspends.push(s),
-            Write::Version(v) => version_statement(conn, v).await?,
-        }
-    }
-    sorted.write(conn).await?;
-    for s in suspends {
-        suspend_statements(conn, s).await?;
-    }
-    Ok(())
-}
-
-/// Run `writes` in one transaction on `conn`; on any error, roll back.
-async fn in_transaction(
-    conn: &mut SqliteConnection,
-    writes: &[&Pending],
-) -> Result<(), StoreError> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    if let Err(e) = statements(conn, writes).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        return Err(e);
-    }
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// The command of a write alone: a new run (`run`, at most one), `steps`
-/// step records (at most [`CHUNK`]) and, when `moving`, a run's new
-/// position, which returns the run it moved and leaves the commit to the
-/// caller. Made once per shape, when first needed.
-fn alone_sql(run: bool, steps: usize, moving: bool) -> &'static str {
-    static TEXTS: [[[OnceLock<String>; 2]; CHUNK + 1]; 2] =
-        [const { [const { [const { OnceLock::new() }; 2] }; CHUNK + 1] }; 2];
-    let steps = steps.min(CHUNK);
-    TEXTS[usize::from(run)][steps][usize::from(moving)].get_or_init(|| {
-        let mut sql = String::from("BEGIN IMMEDIATE;\n");
-        if run {
-            sql.push_str(rows_sql(Rows::Runs, 1));
-            sql.push_str(";\n");
-        }
-        if steps > 0 {
-            sql.push_str(rows_sql(Rows::Steps, steps));
-            sql.push_str(";\n");
-        }
-        if moving {
-            sql.push_str(rows_sql(Rows::Moves, 1));
-            sql.push_str(" RETURNING runs.id");
-        } else {
-            sql.push_str("COMMIT");
-        }
-        sql
-    })
-}
-
-/// One write alone, in as few commands to SQLite's thread as it allows:
-/// each command is a round trip between two threads, which costs more than
-/// the statements themselves when writes come one at a time. A new run,
-/// with or without its first steps, is written and committed in one
-/// command; steps of a run under way with its new position in one (which
-/// tells whether the run was there to move), then the commit. `None`: a
-/// write this does not take (large values, a suspension, more steps than
-/// one statement holds), for [`in_transaction`].
-async fn alone(conn: &mut SqliteConnection, p: &Pending) -> Option<Result<(), StoreError>> {
-    let mut s = Sorted::default();
+/// One write's statements.
+fn statements(db: &Connection, p: &Pending) -> Result<(), StoreError> {
+    values(db, &p.values)?;
     match &p.write {
-        Write::Create(run) => s.runs.push(NewRow { run, at: None }),
-        Write::Record(r) => s.add(r),
-        Write::Suspend(_) => return None,
-        Write::Version(v) => return Some(version_statement(conn, v).await),
-    }
-    if !p.values.is_empty() || s.steps.len() > CHUNK {
-        return None;
-    }
-    let moving = !s.moves.is_empty();
-    let q = sqlx::query(alone_sql(!s.runs.is_empty(), s.steps.len(), moving));
-    let q = bind_moves(bind_steps(bind_runs(q, &s.runs), &s.steps), &s.moves);
-    let moved = match q.fetch_all(&mut *conn).await {
-        Ok(rows) => rows.len(),
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return Some(Err(refused(e, s.runs.first(), &s.steps)));
+        Write::Create(run) => insert_run(db, run, None),
+        Write::Record(r) => record(db, r),
+        Write::Suspend(s) => suspend(db, s),
+        Write::Version(v) => {
+            db.prepare_cached("INSERT INTO flow_versions (flow_id, version, source, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
+                .execute(params![v.flow_id, v.version, v.source, v.at])?;
+            Ok(())
         }
-    };
-    if !moving {
-        return Some(Ok(()));
     }
-    let end = async {
-        if moved != s.moves.len() {
-            missed(conn, &s.moves).await?;
-        }
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok(())
-    };
-    let r = end.await;
-    if r.is_err() {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+}
+
+fn exec(db: &Connection, sql: &str) -> Result<(), StoreError> {
+    db.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Run `writes` in one transaction on `db`; on any error, roll back.
+fn in_transaction(db: &Connection, writes: &[&Pending]) -> Result<(), StoreError> {
+    exec(db, "BEGIN IMMEDIATE")?;
+    let r = writes
+        .iter()
+        .try_for_each(|p| statements(db, p))
+        .and_then(|()| exec(db, "COMMIT"));
+    if r.is_err() && !db.is_autocommit() {
+        let _ = exec(db, "ROLLBACK");
     }
-    Some(r)
+    r
 }
 
 /// Whether a connection that failed a write should be given up (anything
@@ -640,12 +468,37 @@ fn broken(e: &StoreError) -> bool {
     !matches!(e, StoreError::Conflict(_) | StoreError::NoSuchRun(_))
 }
 
+/// Write a batch in one transaction (each write alone when one fails, so
+/// that each gets its own answer) and answer each; false when the
+/// connection should be given up.
+fn write_batch(db: &Connection, batch: &mut Vec<Pending>, known: &Known) -> bool {
+    let mut healthy = true;
+    let together = (batch.len() > 1).then(|| {
+        let writes: Vec<&Pending> = batch.iter().collect();
+        in_transaction(db, &writes)
+    });
+    if let Some(Err(e)) = &together {
+        healthy &= !broken(e);
+    }
+    for p in batch.drain(..) {
+        let r = match &together {
+            Some(Ok(())) => Ok(()),
+            _ => in_transaction(db, &[&p]),
+        };
+        match &r {
+            Ok(()) => known.remember(&p.values),
+            Err(e) => healthy &= !broken(e),
+        }
+        let _ = p.done.send(r);
+    }
+    healthy
+}
+
 /// Make a connection of the pool the writer's own: closed when given up
 /// rather than returned to the pool, and with foreign keys off. The writes
 /// check what the keys would: a step record comes with its run's new
 /// position, which fails for a run that is not there, and a wait is
-/// inserted only for a run found waiting. Checked keys would make SQLite
-/// keep a statement journal for every multi-row insert of step records.
+/// inserted only for a run found waiting.
 async fn own(conn: &mut PoolConnection<Sqlite>) {
     conn.close_on_drop();
     if let Err(e) = sqlx::query("PRAGMA foreign_keys = OFF")
@@ -653,6 +506,103 @@ async fn own(conn: &mut PoolConnection<Sqlite>) {
         .await
     {
         eprintln!("sluice: the store's writer keeps foreign keys checked: {e}");
+    }
+}
+
+/// Let the tasks that are ready run first, as long as that brings more
+/// writes: those about to write join the batch.
+async fn gather(batch: &mut Vec<Pending>, rx: &mut mpsc::UnboundedReceiver<Pending>) {
+    for _ in 0..GATHER_ROUNDS {
+        let before = batch.len();
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == before {
+            break;
+        }
+    }
+}
+
+/// Answer every write of `batch` with `message` (no connection to write them).
+fn unreachable(batch: &mut Vec<Pending>, message: &str) {
+    for p in batch.drain(..) {
+        let _ = p
+            .done
+            .send(Err(StoreError::Unreachable(message.to_owned())));
+    }
+}
+
+/// The WAL's checkpoints of a store on file (see the module doc).
+struct Checkpoints {
+    pool: SqlitePool,
+    state: Arc<AtomicU8>,
+    failing: Arc<Failing>,
+    at: Instant,
+}
+
+impl Checkpoints {
+    /// Between two batches: finish a checkpoint that copied the WAL, or
+    /// start one when it is time.
+    fn tick(&mut self, db: &Connection) {
+        match self.state.load(Ordering::Acquire) {
+            COPIED => {
+                // The rest, between two batches: it completes.
+                let r = db.query_row(CHECKPOINT, [], |_| Ok(()));
+                self.failing.tell(r);
+                self.state.store(IDLE, Ordering::Release);
+            }
+            IDLE if self.at.elapsed() >= CHECKPOINT_EVERY => {
+                self.at = Instant::now();
+                checkpoint(&self.pool, &self.state, &self.failing);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Write `batch`, then (for a store on file, `keep`) the batches that
+/// follow, on `conn`'s SQLite handle, held all along; false when the
+/// connection should be given up.
+async fn on_connection(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Pending>,
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+    known: &Known,
+    checkpoints: Option<&mut Checkpoints>,
+) -> bool {
+    let mut locked = match conn.lock_handle().await {
+        Ok(l) => l,
+        Err(e) => {
+            unreachable(batch, &e.to_string());
+            return false;
+        }
+    };
+    // SAFETY: as in `on_handle`: sqlx's thread makes no call on the open
+    // handle while `locked` lives, and `db` is dropped first.
+    let db = match unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) } {
+        Ok(db) => db,
+        Err(e) => {
+            unreachable(batch, &e.to_string());
+            return false;
+        }
+    };
+    let Some(checkpoints) = checkpoints else {
+        return write_batch(&db, batch, known);
+    };
+    loop {
+        if !write_batch(&db, batch, known) {
+            return false;
+        }
+        checkpoints.tick(&db);
+        match rx.recv().await {
+            Some(p) => batch.push(p),
+            None => return true,
+        }
+        gather(batch, rx).await;
     }
 }
 
@@ -669,26 +619,15 @@ async fn writer(
     if let Some(c) = &mut held {
         own(c).await;
     }
-    let state = Arc::new(AtomicU8::new(IDLE));
-    let failing = Arc::new(Failing::default());
-    let mut checkpointed = Instant::now();
+    let mut checkpoints = keep.then(|| Checkpoints {
+        pool: pool.clone(),
+        state: Arc::new(AtomicU8::new(IDLE)),
+        failing: Arc::new(Failing::default()),
+        at: Instant::now(),
+    });
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        // Let the tasks that are ready run first, as long as that brings
-        // more writes: those about to write join this batch.
-        for _ in 0..GATHER_ROUNDS {
-            let before = batch.len();
-            tokio::task::yield_now().await;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if batch.len() == before {
-                break;
-            }
-        }
+        gather(&mut batch, &mut rx).await;
         let mut conn = match held.take() {
             Some(c) => c,
             None => match pool.acquire().await {
@@ -700,55 +639,14 @@ async fn writer(
                 }
                 Err(e) => {
                     // Every write of the batch waited on this one connection.
-                    let message = e.to_string();
-                    for p in batch.drain(..) {
-                        let _ = p.done.send(Err(StoreError::Unreachable(message.clone())));
-                    }
+                    unreachable(&mut batch, &e.to_string());
                     continue;
                 }
             },
         };
-        let mut healthy = true;
-        let together = if batch.len() == 1 {
-            None
-        } else {
-            let writes: Vec<&Pending> = batch.iter().collect();
-            let r = in_transaction(&mut conn, &writes).await;
-            healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
-            Some(r)
-        };
-        for p in batch.drain(..) {
-            let r = match &together {
-                Some(Ok(())) => Ok(()),
-                // One failed (or the batch could not be written): each alone.
-                _ => {
-                    let r = match alone(&mut conn, &p).await {
-                        Some(r) => r,
-                        None => in_transaction(&mut conn, &[&p]).await,
-                    };
-                    healthy &= r.as_ref().err().is_none_or(|e| !broken(e));
-                    r
-                }
-            };
-            if r.is_ok() {
-                known.remember(&p.values);
-            }
-            let _ = p.done.send(r);
-        }
+        let healthy =
+            on_connection(&mut conn, &mut batch, &mut rx, &known, checkpoints.as_mut()).await;
         if keep && healthy {
-            match state.load(Ordering::Acquire) {
-                COPIED => {
-                    // The rest, between two batches: it completes.
-                    let r = sqlx::query(CHECKPOINT).execute(&mut *conn).await;
-                    failing.tell(r.map(drop));
-                    state.store(IDLE, Ordering::Release);
-                }
-                IDLE if checkpointed.elapsed() >= CHECKPOINT_EVERY => {
-                    checkpointed = Instant::now();
-                    checkpoint(&pool, &state, &failing);
-                }
-                _ => {}
-            }
             held = Some(conn);
         }
     }

@@ -9,8 +9,7 @@
 //! (a short `sluice run` opens only the writer's, which closes as it exits).
 
 use crate::group::{
-    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write,
-    create_statement,
+    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write, create_runs,
 };
 use crate::rows;
 use crate::values::{Chunk, Encoder, Known, Loaded};
@@ -306,12 +305,15 @@ async fn claimed_with_runs(
     if !claimed {
         return Ok(false);
     }
-    for run in runs {
-        let mut enc = Encoder::new(&run.id, known);
-        let vals = create_vals(run, &mut enc);
-        insert_values(&mut tx, &enc.chunks).await?;
-        create_statement(&mut tx, &vals).await?;
-    }
+    let rows: Vec<_> = runs
+        .iter()
+        .map(|run| {
+            let mut enc = Encoder::new(&run.id, known);
+            let vals = create_vals(run, &mut enc);
+            (vals, enc.chunks)
+        })
+        .collect();
+    create_runs(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -405,6 +405,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("store error: {0}")]
     Database(sqlx::Error),
+    /// A statement of the SQLite store's writer failed.
+    #[error("store error: {0}")]
+    Sqlite(rusqlite::Error),
     /// The store's disk (or the size it may grow to, SQLite's
     /// `max_page_count`) is full: the write was rolled back, and what was
     /// committed before is kept.
@@ -483,6 +486,20 @@ impl From<sqlx::Error> for StoreError {
         match full {
             Some(message) => Self::Full(message),
             None => Self::Database(e),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// As for sqlx's errors, a full disk is told apart.
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, message)
+                if f.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                Self::Full(message.unwrap_or_else(|| f.to_string()))
+            }
+            e => Self::Sqlite(e),
         }
     }
 }
