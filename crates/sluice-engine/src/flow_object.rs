@@ -4,7 +4,7 @@
 //! records, never copied).
 
 use serde_json::{Map, Value};
-use sluice_expr::data::{self, str_val};
+use sluice_expr::data;
 use sluice_expr::{Scope, Val};
 use sluice_model::Flow;
 use std::collections::HashMap;
@@ -60,7 +60,10 @@ impl FlowObject {
             Val::Obj(m) => (**m).clone(),
             _ => Default::default(),
         };
-        tokens.extend(t.iter().map(|(k, v)| (str_val(k), sluice_expr::to_val(v))));
+        tokens.extend(
+            t.iter()
+                .map(|(k, v)| (k.as_str().into(), sluice_expr::to_val(v))),
+        );
         self.tokens = Val::obj(tokens);
     }
 }
@@ -84,6 +87,6 @@ pub(crate) fn env_of(flow: &Flow) -> Val {
     data::obj_val(
         flow.env
             .iter()
-            .filter_map(|k| Some((k.as_str(), Val::utf8_str(std::env::var(k).ok()?)))),
+            .filter_map(|k| Some((k.as_str(), Val::from(std::env::var(k).ok()?)))),
     )
 }

@@ -9,7 +9,7 @@
 //! the evaluation's next checkpoint then fails it ("ran longer than ..."),
 //! so nothing stopped early is ever seen.
 
-use jaq_json::Val;
+use crate::val::Val;
 use std::cmp::Ordering;
 
 /// Comparisons between two looks at the clock.
@@ -130,13 +130,12 @@ pub(crate) fn find_all<T: PartialEq>(hay: &[T], needle: &[T]) -> Vec<usize> {
 /// as a part, or where the element `$y` is); `None` for kinds jaq refuses.
 pub(crate) fn indices(x: &Val, y: &Val) -> Option<Vec<usize>> {
     match (x, y) {
-        (Val::TStr(x), Val::TStr(y)) => {
-            use bstr::ByteSlice;
-            let at = find_all(x, y);
+        (Val::Str(x), Val::Str(y)) => {
+            let at = find_all(x.as_bytes(), y.as_bytes());
             // Matches at character starts, counted in characters.
             let mut next = at.iter().peekable();
             let mut out = Vec::with_capacity(at.len());
-            for (n, (start, _, _)) in x.char_indices().enumerate() {
+            for (n, (start, _)) in x.char_indices().enumerate() {
                 while next.peek().is_some_and(|&&p| p < start) {
                     next.next();
                 }
@@ -146,7 +145,6 @@ pub(crate) fn indices(x: &Val, y: &Val) -> Option<Vec<usize>> {
             }
             Some(out)
         }
-        (Val::BStr(x), Val::BStr(y)) => Some(find_all(x, y)),
         (Val::Arr(x), Val::Arr(y)) => Some(find_all(x, y)),
         (Val::Arr(x), y) => Some(
             x.iter()

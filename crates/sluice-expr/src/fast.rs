@@ -11,12 +11,13 @@
 //! template such as `{{ .name }}` reads the step's input without its being
 //! made a jq value at all.
 
+use crate::val::{Obj, Val};
 use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::Term;
 use jaq_core::path::{Opt, Part};
-use jaq_json::Val;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// A program the direct evaluator handles.
 #[derive(Clone, Debug)]
@@ -26,13 +27,13 @@ pub(crate) enum Fast {
     /// A path from the input (`None`) or from a variable (its index).
     Path(Option<usize>, Vec<Seg>),
     /// An object of constant keys (each as jq value and as text).
-    Obj(Vec<(Val, String, Fast)>),
+    Obj(Vec<(Arc<str>, String, Fast)>),
 }
 
 /// One step of a path.
 #[derive(Clone, Debug)]
 pub(crate) enum Seg {
-    Key(Val, String),
+    Key(Arc<str>, String),
     Index(isize),
 }
 
@@ -47,7 +48,7 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
         }
         Term::Str(None, parts) => {
             let s = plain_str(parts)?;
-            Fast::Lit(Val::utf8_str(s.clone().into_bytes()), Value::String(s))
+            Fast::Lit(Val::from(s.as_str()), Value::String(s))
         }
         Term::Call(name, args) if args.is_empty() => match *name {
             "null" => Fast::Lit(Val::Null, Value::Null),
@@ -70,7 +71,7 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
                 segs.push(match part {
                     Part::Index(Term::Str(None, parts)) => {
                         let key = plain_str(parts)?;
-                        Seg::Key(Val::utf8_str(key.clone().into_bytes()), key)
+                        Seg::Key(key.as_str().into(), key)
                     }
                     Part::Index(Term::Num(n)) => Seg::Index(n.parse().ok()?),
                     Part::Index(Term::Neg(t)) => match &**t {
@@ -89,7 +90,7 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
                     (Term::Str(None, parts), Some(v)) => (plain_str(parts)?, compile(v, vars)?),
                     (Term::Str(None, parts), None) => {
                         let name = plain_str(parts)?;
-                        let key = Val::utf8_str(name.clone().into_bytes());
+                        let key = Arc::from(name.as_str());
                         (name.clone(), Fast::Path(None, vec![Seg::Key(key, name)]))
                     }
                     (Term::Var(v), None) => {
@@ -98,7 +99,7 @@ pub(crate) fn compile(t: &Term<&str>, vars: &[String]) -> Option<Fast> {
                     }
                     _ => return None,
                 };
-                out.push((Val::utf8_str(key.clone().into_bytes()), key, value));
+                out.push((Arc::from(key.as_str()), key, value));
             }
             Fast::Obj(out)
         }
@@ -154,8 +155,7 @@ impl Fast {
                 Some(cur.clone())
             }
             Fast::Obj(entries) => {
-                let mut m =
-                    jaq_json::Map::with_capacity_and_hasher(entries.len(), Default::default());
+                let mut m = Obj::with_capacity(entries.len());
                 for (k, _, f) in entries {
                     m.insert(k.clone(), f.eval(input, vars)?);
                 }

@@ -14,11 +14,12 @@
 //!   larger than allowed.
 //! * [`json_depth`] finds how deeply a JSON text nests, without parsing it.
 
+use crate::val::Val;
 use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::{BinaryOp, Def, Pattern, Term};
 use jaq_core::ops::Math;
 use jaq_core::path::Part;
-use jaq_json::Val;
+use std::sync::Arc;
 
 /// Name of the checkpoint filter: `true`, or an error once the evaluation is
 /// over its deadline, its memory budget or its stack.
@@ -204,17 +205,17 @@ pub fn measure(v: &Val, max_depth: usize, max_bytes: u64) -> Result<u64, TooBig>
     // Each entry: the children still to visit of a container at that depth.
     enum Rest<'a> {
         Arr(std::slice::Iter<'a, Val>),
-        Obj(indexmap::map::Iter<'a, Val, Val>),
+        Obj(std::slice::Iter<'a, (Arc<str>, Val)>),
     }
     let leaf = |v: &Val| match v {
-        Val::TStr(s) | Val::BStr(s) => NODE_BYTES + s.len() as u64,
+        Val::Str(s) => NODE_BYTES + s.len() as u64,
         _ => NODE_BYTES,
     };
     let mut stack: Vec<Rest<'_>> = Vec::new();
     fn container(v: &Val) -> Option<Rest<'_>> {
         match v {
             Val::Arr(a) => Some(Rest::Arr(a.iter())),
-            Val::Obj(o) => Some(Rest::Obj(o.iter())),
+            Val::Obj(o) => Some(Rest::Obj(o.entries().iter())),
             _ => None,
         }
     }
@@ -231,7 +232,7 @@ pub fn measure(v: &Val, max_depth: usize, max_bytes: u64) -> Result<u64, TooBig>
             Rest::Arr(it) => it.next(),
             Rest::Obj(it) => match it.next() {
                 Some((k, v)) => {
-                    add(leaf(k))?;
+                    add(NODE_BYTES + k.len() as u64)?;
                     Some(v)
                 }
                 None => None,

@@ -33,13 +33,14 @@
 pub use crate::guard::MAX_DEPTH;
 use crate::guard::{self, MUL, TEXT, TICK, TooBig};
 pub use crate::stack::MIN_STACK;
+use crate::val::Val;
 use crate::value::{as_from_jq, from_val, mend_numbers};
 use crate::{Error, Input, Scope, builtins, meter, stack};
 use jaq_core::load::parse::{Def, Pattern, Term};
 use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::path::Part;
 use jaq_core::{Compiler, Ctx, DataT, Native, Vars, data::HasLut, native};
-use jaq_json::Val;
+use jaq_json::Num;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -211,8 +212,8 @@ fn mul() -> Fun {
         let l = cv.1;
         // How many times a string is repeated (jaq saturates big integers).
         let count = |n: &Val| match n {
-            Val::Num(n @ jaq_json::Num::Int(_)) => n.as_isize().map(|i| i.max(0) as u64),
-            Val::Num(n @ jaq_json::Num::BigInt(_)) => Some(if n.to_string().starts_with('-') {
+            Val::Num(n @ Num::Int(_)) => n.as_isize().map(|i| i.max(0) as u64),
+            Val::Num(n @ Num::BigInt(_)) => Some(if n.to_string().starts_with('-') {
                 0
             } else {
                 u64::MAX
@@ -220,7 +221,7 @@ fn mul() -> Fun {
             _ => None,
         };
         let repeat = match (&l, &r) {
-            (Val::TStr(s) | Val::BStr(s), n) | (n, Val::TStr(s) | Val::BStr(s)) => {
+            (Val::Str(s), n) | (n, Val::Str(s)) => {
                 count(n).map(|c| (s.len() as u64).saturating_mul(c))
             }
             _ => None,
@@ -244,7 +245,7 @@ fn mul() -> Fun {
 fn checked_json(v: &Val, budget: &Budget) -> Result<Val, jaq_core::Error<Val>> {
     let left = budget.memory_left();
     match guard::measure(v, usize::MAX, left) {
-        Ok(_) => Ok(Val::utf8_str(v.to_string().into_bytes())),
+        Ok(_) => Ok(Val::from(v.to_string())),
         Err(_) => Err(jaq_core::Error::str(format!(
             "writing a value out as text would take more than the {left} bytes left of the expression's memory budget"
         ))),
@@ -262,7 +263,7 @@ fn tojson() -> Fun {
 /// by `tojson`, checked.
 fn text() -> Fun {
     native::run((TEXT, native::v(0), |cv| match cv.1 {
-        s @ (Val::TStr(_) | Val::BStr(_)) => native::bome(Ok(s)),
+        s @ Val::Str(_) => native::bome(Ok(s)),
         v => native::bome(checked_json(&v, cv.0.data().budget)),
     }))
 }
@@ -272,13 +273,13 @@ fn text() -> Fun {
 fn fromjson() -> Fun {
     native::run(("fromjson", native::v(0), |cv| {
         let text = match &cv.1 {
-            Val::TStr(s) | Val::BStr(s) => s.clone(),
+            Val::Str(s) => s.clone(),
             other => {
                 let e = jaq_core::Error::str(format!("cannot parse {other} as JSON: not a string"));
                 return native::bome(Err(e));
             }
         };
-        let depth = guard::json_depth(&text);
+        let depth = guard::json_depth(text.as_bytes());
         if depth > MAX_DEPTH {
             let e = jaq_core::Error::str(format!(
                 "cannot parse a JSON text nested {depth} levels deep (at most {MAX_DEPTH})"
@@ -288,7 +289,7 @@ fn fromjson() -> Fun {
         // Every value up to the first error, and that error (the parser does
         // not move past an error: it would give it again and again).
         let mut vals = Vec::new();
-        for r in jaq_json::read::parse_many(&text) {
+        for r in crate::data::parse_many(text.as_bytes()) {
             match r {
                 Ok(v) => vals.push(Ok(v)),
                 Err(e) => {
@@ -305,7 +306,7 @@ fn fromjson() -> Fun {
 /// The elements of an array (taken over when not shared).
 fn elements(v: Val) -> Result<Vec<Val>, jaq_core::Error<Val>> {
     match v {
-        Val::Arr(a) => Ok(jaq_json::Rc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())),
+        Val::Arr(a) => Ok(Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())),
         other => Err(jaq_core::Error::typ(other, "array")),
     }
 }
@@ -354,6 +355,23 @@ fn sorts() -> [Fun; 4] {
     ]
 }
 
+/// The natives of JSON values that jaq's core and standard library leave
+/// to the value type.
+fn json_funs() -> [Fun; 4] {
+    [
+        native::run(("length", native::v(0), |cv| native::bome(cv.1.length()))),
+        native::run(("contains", native::v(1), |cv| {
+            native::unary(cv, |x, y| Ok(Val::Bool(x.contains(&y))))
+        })),
+        native::run(("has", native::v(1), |cv| {
+            native::unary(cv, |x, k| x.has(&k))
+        })),
+        native::run(("bsearch", native::v(1), |cv| {
+            native::unary(cv, |a, x| a.bsearch(&x))
+        })),
+    ]
+}
+
 /// Natives that reach outside the expression, that the guarded `range`
 /// replaces, or that are replaced by checked ones.
 const REMOVED_FUNS: &[&str] = &[
@@ -375,8 +393,8 @@ const REMOVED_FUNS: &[&str] = &[
 fn funs() -> impl Iterator<Item = Fun> {
     jaq_core::funs::<Guarded>()
         .chain(jaq_std::funs())
-        .chain(jaq_json::funs())
         .filter(|(name, _, _)| !REMOVED_FUNS.contains(name))
+        .chain(json_funs())
         .chain([checkpoint(), mul(), tojson(), text(), fromjson()])
         .chain(sorts())
 }
@@ -840,7 +858,7 @@ fn err_text(err: &jaq_core::Error<Val>) -> String {
     // A string error (`error("...")`) reads best without its quotes.
     let val = err.clone().into_val();
     match val {
-        Val::TStr(ref s) | Val::BStr(ref s) => String::from_utf8_lossy(s).into_owned(),
+        Val::Str(ref s) => s.to_string(),
         other => other.to_string(),
     }
 }

@@ -11,8 +11,8 @@
 
 use crate::data::to_json;
 use crate::path::MappingPath;
+use crate::val::{Obj, Val};
 use crate::value::to_val;
-use jaq_json::Val;
 use serde_json::Value;
 
 /// One `{source, target}` pair.
@@ -40,7 +40,7 @@ pub enum MappingError {
 
 /// Build a new document from `source` through `mappings`.
 pub fn extract_val(source: &Val, mappings: &[Mapping]) -> Result<Val, MappingError> {
-    merge_into_val(source, Val::obj(jaq_json::Map::default()), mappings)
+    merge_into_val(source, Val::obj(Obj::default()), mappings)
 }
 
 /// Write `source`'s values into `target` through `mappings` (the values

@@ -17,11 +17,13 @@
 //! same hash are compared.
 
 use crate::data::{kind, same, to_json};
+use crate::val::{Obj, Val};
 use crate::value::to_val;
-use jaq_json::{Map, Num, Rc, Val};
+use jaq_json::Num;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
 /// A merge of incompatible kinds at the target element.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,8 +89,8 @@ fn merge_below(target: &mut Val, incoming: &Val) {
 }
 
 /// Every key of both; a key in both merges its two values.
-fn merge_objects(target: &mut Rc<Map>, incoming: &Map) {
-    let t = Rc::make_mut(target);
+fn merge_objects(target: &mut Arc<Obj>, incoming: &Obj) {
+    let t = Arc::make_mut(target);
     for (k, v) in incoming.iter() {
         match t.get_mut(k) {
             Some(existing) => merge_below(existing, v),
@@ -101,7 +103,7 @@ fn merge_objects(target: &mut Rc<Map>, incoming: &Map) {
 
 /// Append each element of `incoming` that `target` (with the elements
 /// appended before it) does not hold, in order.
-fn unique_concat(target: &mut Rc<Vec<Val>>, incoming: &[Val]) {
+fn unique_concat(target: &mut Arc<Vec<Val>>, incoming: &[Val]) {
     if incoming.is_empty() {
         return;
     }
@@ -138,7 +140,7 @@ fn unique_concat(target: &mut Rc<Vec<Val>>, incoming: &[Val]) {
         }
     }
     if !added.is_empty() {
-        Rc::make_mut(target).extend(added);
+        Arc::make_mut(target).extend(added);
     }
 }
 
@@ -150,7 +152,7 @@ pub fn val_eq(a: &Val, b: &Val) -> bool {
     }
     match (a, b) {
         (Val::Num(x), Val::Num(y)) => same_number(x, y),
-        (Val::TStr(x) | Val::BStr(x), Val::TStr(y) | Val::BStr(y)) => x == y,
+        (Val::Str(x), Val::Str(y)) => x == y,
         (Val::Arr(x), Val::Arr(y)) => {
             x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| val_eq(p, q))
         }
@@ -222,7 +224,7 @@ fn hash_into(v: &Val, h: &mut DefaultHasher) {
                 Err(f) => (1u8, f.to_bits()).hash(h),
             }
         }
-        Val::TStr(s) | Val::BStr(s) => (3u8, &s[..]).hash(h),
+        Val::Str(s) => (3u8, &s[..]).hash(h),
         Val::Arr(a) => {
             (4u8, a.len()).hash(h);
             for x in a.iter() {
@@ -235,7 +237,7 @@ fn hash_into(v: &Val, h: &mut DefaultHasher) {
             let mut sum = 0u64;
             for (k, x) in m.iter() {
                 let mut e = DefaultHasher::new();
-                hash_into(k, &mut e);
+                (3u8, &k[..]).hash(&mut e);
                 hash_into(x, &mut e);
                 sum = sum.wrapping_add(e.finish());
             }

@@ -15,12 +15,12 @@
 //! way (an index into an object, anything into a scalar) is replaced by the
 //! container the path needs.
 
-use crate::data::str_val;
 use crate::template::PathSeg;
-use jaq_json::{Map, Rc, Val};
+use crate::val::{Obj, Val};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 use std::fmt;
+use std::sync::Arc;
 
 /// A JSONPath query (RFC 9535), parsed once.
 #[derive(Clone, Debug)]
@@ -369,12 +369,12 @@ fn set_at(segs: &[PathSeg], cur: &mut Val, value: Val) {
     match (s, index) {
         (_, Some(i)) => {
             if !matches!(cur, Val::Arr(_)) {
-                *cur = Val::Arr(Rc::default());
+                *cur = Val::Arr(Arc::default());
             }
             let Val::Arr(a) = cur else {
                 unreachable!("just made an array")
             };
-            let a = Rc::make_mut(a);
+            let a = Arc::make_mut(a);
             // As in Zeebe: an index past the end (or into an array made
             // just now) appends.
             let i = if i < a.len() {
@@ -394,16 +394,16 @@ fn set_at(segs: &[PathSeg], cur: &mut Val, value: Val) {
                     *cur = Val::obj(
                         a.iter()
                             .enumerate()
-                            .map(|(i, v)| (str_val(&i.to_string()), v.clone()))
+                            .map(|(i, v)| (Arc::from(i.to_string()), v.clone()))
                             .collect(),
                     );
                 }
-                _ => *cur = Val::obj(Map::default()),
+                _ => *cur = Val::obj(Obj::default()),
             }
             let Val::Obj(o) = cur else {
                 unreachable!("just made an object")
             };
-            let at = Rc::make_mut(o).entry(str_val(k)).or_insert(Val::Null);
+            let at = Arc::make_mut(o).entry(k);
             set_at(rest, at, value);
         }
         (PathSeg::Index(_), None) => unreachable!("an index has one"),
@@ -425,7 +425,7 @@ fn first_match<'v>(parts: &[Option<PathSeg>], v: &'v Val) -> Option<&'v Val> {
         return Some(v);
     };
     match (first, v) {
-        (Some(PathSeg::Key(k)), Val::Obj(o)) => first_match(rest, o.get(&str_val(k))?),
+        (Some(PathSeg::Key(k)), Val::Obj(o)) => first_match(rest, o.get(k)?),
         (Some(PathSeg::Key(k)), Val::Arr(a)) => first_match(rest, a.get(array_index(k)?)?),
         (Some(PathSeg::Index(i)), Val::Arr(a)) => first_match(rest, a.get(*i)?),
         (None, Val::Obj(o)) => o.values().find_map(|c| first_match(rest, c)),

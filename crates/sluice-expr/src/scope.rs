@@ -1,8 +1,8 @@
 //! Where an expression finds its input and its variables: [`Input`] (JSON
 //! made a jq value only when a program needs one) and [`Scope`].
 
+use crate::val::Val;
 use crate::value::to_val;
-use jaq_json::Val;
 use std::collections::BTreeMap;
 
 /// Where an expression finds the values of its variables (names without `$`).

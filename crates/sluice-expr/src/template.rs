@@ -10,8 +10,8 @@
 //! `{{ {a: {b: 1}} }}` is one template.
 
 use crate::jq::{CompileError, CompileIssue, Limits, Program};
+use crate::val::{Obj, Val};
 use crate::{Error, Input, Scope};
-use jaq_json::Val;
 use serde_json::Value;
 use std::ops::Range;
 
@@ -167,7 +167,7 @@ impl Template {
                 },
             }
         }
-        Ok(Val::utf8_str(out))
+        Ok(Val::from(out))
     }
 
     /// Whether any of the template's programs can read the input `.`.
@@ -369,15 +369,15 @@ impl TemplateValue {
         Ok(match self {
             Self::Const(v) => crate::value::to_val(v),
             Self::Template(t) => t.render_val(input, scope, limits)?,
-            Self::Array(a) => Val::Arr(jaq_json::Rc::new(
+            Self::Array(a) => Val::Arr(std::sync::Arc::new(
                 a.iter()
                     .map(|x| x.render_val(input, scope, limits))
                     .collect::<Result<_, _>>()?,
             )),
             Self::Object(o) => {
-                let mut m = jaq_json::Map::with_capacity_and_hasher(o.len(), Default::default());
+                let mut m = Obj::with_capacity(o.len());
                 for (k, x) in o {
-                    m.insert(crate::data::str_val(k), x.render_val(input, scope, limits)?);
+                    m.insert(k.as_str().into(), x.render_val(input, scope, limits)?);
                 }
                 Val::obj(m)
             }

@@ -1,6 +1,7 @@
 //! Conversions between `serde_json::Value` and jaq's `Val`.
 
-use jaq_json::{Num, Val};
+use crate::val::Val;
+use jaq_json::Num;
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 
@@ -10,11 +11,11 @@ pub fn to_val(v: &Value) -> Val {
         Value::Null => Val::Null,
         Value::Bool(b) => Val::Bool(*b),
         Value::Number(n) => Val::Num(num_to_val(n)),
-        Value::String(s) => Val::utf8_str(s.clone().into_bytes()),
+        Value::String(s) => Val::from(s.as_str()),
         Value::Array(a) => a.iter().map(to_val).collect(),
         Value::Object(o) => Val::obj(
             o.iter()
-                .map(|(k, v)| (Val::utf8_str(k.clone().into_bytes()), to_val(v)))
+                .map(|(k, v)| (k.as_str().into(), to_val(v)))
                 .collect(),
         ),
     }
@@ -33,23 +34,18 @@ fn num_to_val(n: &Number) -> Num {
 /// Convert a jq value to a JSON value.
 ///
 /// As jq prints them, NaN becomes `null` and infinities the largest finite
-/// numbers. Object keys that are not strings, and byte strings that are not
-/// UTF-8, are errors.
+/// numbers.
 pub fn from_val(v: &Val) -> Result<Value, String> {
     Ok(match v {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
         Val::Num(n) => num_from_val(n),
-        Val::TStr(s) | Val::BStr(s) => Value::String(String::from_utf8_lossy(s).into_owned()),
+        Val::Str(s) => Value::String(s.to_string()),
         Val::Arr(a) => Value::Array(a.iter().map(from_val).collect::<Result<_, _>>()?),
         Val::Obj(o) => {
             let mut m = Map::with_capacity(o.len());
             for (k, v) in o.iter() {
-                let key = match k {
-                    Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
-                    other => return Err(format!("object key {other} is not a string")),
-                };
-                m.insert(key, from_val(v)?);
+                m.insert(k.to_string(), from_val(v)?);
             }
             Value::Object(m)
         }

@@ -196,7 +196,7 @@ pub(crate) fn parse_body(
         form_object(bytes).map(into_val)
     } else if mime.starts_with("text/") {
         String::from_utf8(bytes.to_vec())
-            .map(Val::utf8_str)
+            .map(Val::from)
             .map_err(|_| ApiError::bad_request("the text body is not UTF-8"))
     } else {
         Err(ApiError::new(

@@ -236,7 +236,7 @@ impl Cut<'_, '_> {
                         self.buf.push(b',');
                     }
                     let from = *span.get_or_insert((self.buf.len(), self.holes.len()));
-                    self.scalar(k);
+                    let _ = serde_json::to_writer(&mut self.buf, &**k);
                     self.buf.push(b':');
                     self.value(x, false);
                     if self.spanned(from) {

@@ -1050,7 +1050,9 @@ fn report(result: Result<sluice_engine::RunResult, sluice_engine::EngineError>, 
 }
 
 async fn resume(store_url: &str, id: &str, patch: Option<&str>, flow_file: Option<&str>) -> u8 {
-    let patch: Option<Value> = match read_input(patch, |t| serde_json::from_slice(t)) {
+    let patch: Option<Value> = match read_input(patch, |r| {
+        serde_json::from_reader(std::io::BufReader::new(r))
+    }) {
         Ok(p) => p,
         Err(m) => {
             eprintln!("error: {m}");

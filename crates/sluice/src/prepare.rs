@@ -7,7 +7,6 @@ use serde_json::Value;
 use sluice_action::Registry;
 use sluice_expr::Val;
 use sluice_model::Flow;
-use std::io::Read;
 use std::sync::Arc;
 
 /// What `sluice run` reads before it runs: the flow, checked, its input
@@ -27,14 +26,16 @@ pub(crate) fn prepare_run(
     enabled(&flow, path)?;
     // Read as webhook bodies are (keys kept once): the tree of a large
     // input is what a run's memory is made of.
-    let input: Option<Val> = match read_input(input, sluice_expr::data::parse) {
+    let input: Option<Val> = match read_input(input, |r| sluice_expr::data::parse_reader(r)) {
         Ok(i) => i,
         Err(m) => {
             eprintln!("error: {m}");
             return Err(INVALID);
         }
     };
-    let event: Option<Value> = match read_input(event, |t| serde_json::from_slice(t)) {
+    let event: Option<Value> = match read_input(event, |r| {
+        serde_json::from_reader(std::io::BufReader::new(r))
+    }) {
         Ok(e) => e,
         Err(m) => {
             eprintln!("error: {}", m.replace("the input", "the event"));
@@ -92,23 +93,24 @@ pub(crate) fn enabled(flow: &Flow, path: &str) -> Result<(), u8> {
     Err(INVALID)
 }
 
-/// The JSON of `--input FILE` (or `-`, standard input), read by `parse`.
+/// The JSON of `--input FILE` (or `-`, standard input), read by `parse`
+/// as it comes (the text is not held whole).
 pub(crate) fn read_input<T>(
     input: Option<&str>,
-    parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+    parse: impl FnOnce(&mut dyn std::io::Read) -> serde_json::Result<T>,
 ) -> Result<Option<T>, String> {
     let Some(src) = input else { return Ok(None) };
-    let (name, text) = if src == "-" {
-        let mut s = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut s)
-            .map_err(|e| format!("cannot read the input from standard input: {e}"))?;
-        ("<stdin>".to_owned(), s)
+    let (name, parsed) = if src == "-" {
+        ("<stdin>".to_owned(), parse(&mut std::io::stdin().lock()))
     } else {
-        let s = std::fs::read(src).map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
-        (src.to_owned(), s)
+        let mut file =
+            std::fs::File::open(src).map_err(|e| format!("cannot read input file `{src}`: {e}"))?;
+        (src.to_owned(), parse(&mut file))
     };
-    parse(&text).map(Some).map_err(|e| {
+    parsed.map(Some).map_err(|e| {
+        if e.is_io() {
+            return format!("cannot read the input from {name}: {e}");
+        }
         format!(
             "{name}:{}:{}: the input is not valid JSON: {} (expected one JSON value, such as an object)",
             e.line(),

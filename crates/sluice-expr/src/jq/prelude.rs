@@ -13,6 +13,19 @@ use std::sync::OnceLock;
 
 const REMOVED_DEFS: &[&str] = &["stderr", "debug", "halt", "halt_error", "input", "inputs"];
 
+/// Definitions over the natives of [`crate::Val`], as jq defines them
+/// (after the rest of the library, which they call).
+const JSON_DEFS: &str = r#"
+def tonumber: if isnumber then . else fromjson | if isnumber then . else error("cannot parse as number") end end;
+def toboolean: if isboolean then . else fromjson | if isboolean then . else error("cannot parse as boolean") end end;
+def transpose: [range([.[] | length] | max) as $i | [.[][$i]]];
+def in(xs): . as $x | xs | has($x);
+def inside(xs): . as $x | xs | contains($x);
+def index($i): indices($i)[0];
+def rindex($i): indices($i)[-1];
+def @json: tojson;
+"#;
+
 /// `range/3` as a definition over `while`, so that it passes the checkpoint.
 const GUARDED_DEFS: &str = r#"
 def range($from; $upto; $by):
@@ -106,7 +119,6 @@ pub(super) fn std_lib() -> &'static Std {
             load::parse(GUARDED_DEFS, |p| p.defs()).unwrap_or_default();
         let core = jaq_core::defs()
             .chain(jaq_std::defs())
-            .chain(jaq_json::defs())
             .filter(|d| !REMOVED_DEFS.contains(&d.name));
         // The guarded `range/3` is built on `while`, and the core `range/1`
         // and `range/2` on `range/3`: hold every `range` back until `while`
@@ -127,6 +139,7 @@ pub(super) fn std_lib() -> &'static Std {
             }
         }
         defs.append(&mut held);
+        defs.extend(load::parse(JSON_DEFS, |p| p.defs()).unwrap_or_default());
         let defs = defs.into_iter().map(guard_def).collect();
         Std { defs }
     })

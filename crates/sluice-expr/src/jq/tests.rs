@@ -598,7 +598,7 @@ fn sorts_stop_at_the_deadline() {
         timeout: Duration::from_millis(1),
         ..Limits::default()
     };
-    let big = Val::Arr(jaq_json::Rc::new(
+    let big = Val::Arr(std::sync::Arc::new(
         (0..2_000_000)
             .rev()
             .map(|i| Val::from(i as isize))
