@@ -10,7 +10,7 @@
 //! produce is made what jq gives back ([`normalize`]: `2.0` is `2`, NaN is
 //! `null`), as [`crate::from_val`] does for `serde_json` values.
 
-use crate::val::{Obj, Val};
+use crate::val::{Obj, Shapes, Val};
 use crate::value::{num_from_val, to_val};
 use jaq_json::Num;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -24,9 +24,7 @@ use std::sync::Arc;
 pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(text);
     // Keys are kept once only in a text long enough to repeat them much.
-    let keys = std::cell::RefCell::new(Keys(
-        (text.len() >= 1 << 16).then(std::collections::HashMap::new),
-    ));
+    let keys = std::cell::RefCell::new(Keys::new(text.len() >= 1 << 16));
     let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
     de.end()?;
     Ok(v)
@@ -38,7 +36,7 @@ pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
 pub fn parse_reader(r: impl std::io::Read) -> Result<Val, serde_json::Error> {
     let mut de =
         serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, r));
-    let keys = std::cell::RefCell::new(Keys(Some(std::collections::HashMap::new())));
+    let keys = std::cell::RefCell::new(Keys::new(true));
     let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
     de.end()?;
     Ok(v)
@@ -48,7 +46,7 @@ pub fn parse_reader(r: impl std::io::Read) -> Result<Val, serde_json::Error> {
 /// value up to the first error, and that error.
 pub fn parse_many(text: &[u8]) -> Vec<Result<Val, serde_json::Error>> {
     let mut de = serde_json::Deserializer::from_slice(text);
-    let keys = std::cell::RefCell::new(Keys(None));
+    let keys = std::cell::RefCell::new(Keys::new(false));
     let mut out = Vec::new();
     loop {
         if de.end().is_ok() {
@@ -64,11 +62,23 @@ pub fn parse_many(text: &[u8]) -> Vec<Result<Val, serde_json::Error>> {
 }
 
 /// Object keys met while reading, kept once (the objects of a list share
-/// their keys' text instead of each holding its own copy); `None`: none
-/// kept.
-struct Keys(Option<std::collections::HashMap<Box<str>, Arc<str>>>);
+/// their keys' text instead of each holding its own copy), and the lists of
+/// keys of objects (the objects of a list share one); `None`: none kept.
+struct Keys(Option<Kept>);
+
+#[derive(Default)]
+struct Kept {
+    names: std::collections::HashMap<Box<str>, Arc<str>>,
+    shapes: Shapes,
+    /// The keys of the objects being read, outermost first.
+    stack: Vec<Arc<str>>,
+}
 
 impl Keys {
+    fn new(keep: bool) -> Self {
+        Self(keep.then(Default::default))
+    }
+
     /// How many distinct keys it keeps (objects keyed by ids would
     /// otherwise fill it with keys met once).
     const MOST: usize = 4096;
@@ -77,12 +87,12 @@ impl Keys {
         let Some(kept) = &mut self.0 else {
             return k.into();
         };
-        if let Some(v) = kept.get(k) {
+        if let Some(v) = kept.names.get(k) {
             return v.clone();
         }
         let v: Arc<str> = k.into();
-        if kept.len() < Self::MOST {
-            kept.insert(k.into(), v.clone());
+        if kept.names.len() < Self::MOST {
+            kept.names.insert(k.into(), v.clone());
         }
         v
     }
@@ -155,11 +165,32 @@ impl<'de> serde::de::Visitor<'de> for Read<'_> {
         Ok(Val::arr(out))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
-        let mut out = Obj::with_capacity(map.size_hint().unwrap_or(4));
+        let kept = self.0.borrow().0.as_ref().map(|k| k.stack.len());
+        let Some(start) = kept else {
+            let mut out = Obj::with_capacity(map.size_hint().unwrap_or(4));
+            while let Some(k) = map.next_key_seed(Key(self.0))? {
+                let v = map.next_value_seed(Read(self.0))?;
+                out.insert(k, v);
+            }
+            return Ok(Val::obj(out));
+        };
+        // Keys are kept: the object's keys go on the stack (an object in a
+        // value puts its own above them and takes them off again), and
+        // its list of keys is the one met before, when there is one.
+        let mut values = Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(k) = map.next_key_seed(Key(self.0))? {
             let v = map.next_value_seed(Read(self.0))?;
-            out.insert(k, v);
+            if let Some(kept) = &mut self.0.borrow_mut().0 {
+                kept.stack.push(k);
+            }
+            values.push(v);
         }
+        let mut keys = self.0.borrow_mut();
+        let Some(kept) = &mut keys.0 else {
+            return Ok(Val::Null);
+        };
+        let out = kept.shapes.object(&kept.stack[start..], values);
+        kept.stack.truncate(start);
         Ok(Val::obj(out))
     }
 }

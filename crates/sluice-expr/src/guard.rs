@@ -19,7 +19,6 @@ use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::{BinaryOp, Def, Pattern, Term};
 use jaq_core::ops::Math;
 use jaq_core::path::Part;
-use std::sync::Arc;
 
 /// Name of the checkpoint filter: `true`, or an error once the evaluation is
 /// over its deadline, its memory budget or its stack.
@@ -205,7 +204,7 @@ pub fn measure(v: &Val, max_depth: usize, max_bytes: u64) -> Result<u64, TooBig>
     // Each entry: the children still to visit of a container at that depth.
     enum Rest<'a> {
         Arr(std::slice::Iter<'a, Val>),
-        Obj(std::slice::Iter<'a, (Arc<str>, Val)>),
+        Obj(crate::val::obj::Iter<'a>),
     }
     let leaf = |v: &Val| match v {
         Val::Str(s) => NODE_BYTES + s.len() as u64,
@@ -215,7 +214,7 @@ pub fn measure(v: &Val, max_depth: usize, max_bytes: u64) -> Result<u64, TooBig>
     fn container(v: &Val) -> Option<Rest<'_>> {
         match v {
             Val::Arr(a) => Some(Rest::Arr(a.iter())),
-            Val::Obj(o) => Some(Rest::Obj(o.entries().iter())),
+            Val::Obj(o) => Some(Rest::Obj(o.iter())),
             _ => None,
         }
     }

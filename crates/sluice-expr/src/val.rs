@@ -23,9 +23,11 @@ use jaq_core::path::Opt;
 use jaq_core::{Exn, ValT as _};
 use jaq_json::Num;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+pub(crate) mod obj;
+pub use obj::{Obj, Shapes};
 
 /// A value or an error.
 pub type ValR = jaq_core::ValR<Val>;
@@ -160,177 +162,6 @@ impl fmt::Display for Str {
     }
 }
 
-/// An object: its entries in the order their keys came, looked up through
-/// a hash table once it has more than [`Obj::SMALL`] of them.
-#[derive(Clone, Debug, Default)]
-pub struct Obj {
-    entries: Vec<(Arc<str>, Val)>,
-    // Boxed: most objects have none, and it costs them 8 bytes, not 48.
-    #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<Arc<str>, usize>>>,
-}
-
-impl Obj {
-    /// The most keys an object looks through one by one.
-    pub const SMALL: usize = 12;
-
-    /// An empty object with room for `n` keys.
-    pub fn with_capacity(n: usize) -> Self {
-        Self {
-            entries: Vec::with_capacity(n),
-            index: None,
-        }
-    }
-
-    /// How many keys.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether it has no key.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn position(&self, key: &str) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(key).copied(),
-            None => self.entries.iter().position(|(k, _)| &**k == key),
-        }
-    }
-
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&Val> {
-        self.position(key).map(|i| &self.entries[i].1)
-    }
-
-    /// The value of `key`, to change.
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Val> {
-        self.position(key).map(|i| &mut self.entries[i].1)
-    }
-
-    /// Whether it has `key`.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_some()
-    }
-
-    /// Set `key` to `v`, in its place if it is there, else last; gives back
-    /// the value it replaced.
-    pub fn insert(&mut self, key: Arc<str>, v: Val) -> Option<Val> {
-        if let Some(i) = self.position(&key) {
-            return Some(std::mem::replace(&mut self.entries[i].1, v));
-        }
-        let at = self.entries.len();
-        match &mut self.index {
-            Some(index) => {
-                index.insert(key.clone(), at);
-            }
-            None if at >= Self::SMALL => {
-                let mut index = HashMap::with_capacity(at + 1);
-                for (i, (k, _)) in self.entries.iter().enumerate() {
-                    index.insert(k.clone(), i);
-                }
-                index.insert(key.clone(), at);
-                self.index = Some(Box::new(index));
-            }
-            None => {}
-        }
-        self.entries.push((key, v));
-        None
-    }
-
-    /// The value of `key`, to change: `null` put last first if it is not
-    /// there.
-    pub fn entry(&mut self, key: &str) -> &mut Val {
-        let i = match self.position(key) {
-            Some(i) => i,
-            None => {
-                self.insert(key.into(), Val::Null);
-                self.entries.len() - 1
-            }
-        };
-        &mut self.entries[i].1
-    }
-
-    /// Take `key` out, the other keys keeping their order.
-    pub fn remove(&mut self, key: &str) -> Option<Val> {
-        let i = self.position(key)?;
-        let (_, v) = self.entries.remove(i);
-        if let Some(index) = &mut self.index {
-            if self.entries.len() <= Self::SMALL {
-                self.index = None;
-            } else {
-                index.remove(key);
-                for p in index.values_mut() {
-                    if *p > i {
-                        *p -= 1;
-                    }
-                }
-            }
-        }
-        Some(v)
-    }
-
-    /// Its entries, in order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Arc<str>, &Val)> + ExactSizeIterator {
-        self.entries.iter().map(|(k, v)| (k, v))
-    }
-
-    /// Its entries, in order, as a slice.
-    pub fn entries(&self) -> &[(Arc<str>, Val)] {
-        &self.entries
-    }
-
-    /// Its keys, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.entries.iter().map(|(k, _)| k)
-    }
-
-    /// Its values, in order.
-    pub fn values(&self) -> impl Iterator<Item = &Val> {
-        self.entries.iter().map(|(_, v)| v)
-    }
-
-    /// Its entries sorted by key.
-    fn sorted(&self) -> Vec<&(Arc<str>, Val)> {
-        let mut s: Vec<_> = self.entries.iter().collect();
-        s.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        s
-    }
-}
-
-impl IntoIterator for Obj {
-    type Item = (Arc<str>, Val);
-    type IntoIter = std::vec::IntoIter<(Arc<str>, Val)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
-    }
-}
-
-impl FromIterator<(Arc<str>, Val)> for Obj {
-    /// Of a key given twice, the last value at the first place.
-    fn from_iter<I: IntoIterator<Item = (Arc<str>, Val)>>(iter: I) -> Self {
-        let iter = iter.into_iter();
-        let mut o = Self::with_capacity(iter.size_hint().0);
-        o.extend(iter);
-        o
-    }
-}
-
-impl Extend<(Arc<str>, Val)> for Obj {
-    fn extend<I: IntoIterator<Item = (Arc<str>, Val)>>(&mut self, iter: I) {
-        for (k, v) in iter {
-            self.insert(k, v);
-        }
-    }
-}
-
-impl PartialEq for Obj {
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
-    }
-}
-
 /// The shared value of a whole array or object, taken over when nothing
 /// else holds it.
 fn owned<T: Clone>(a: Arc<T>) -> T {
@@ -350,7 +181,7 @@ impl Val {
 
     /// An object (its spare room given back).
     pub fn obj(mut o: Obj) -> Self {
-        o.entries.shrink_to_fit();
+        o.shrink();
         Self::Obj(Arc::new(o))
     }
 
@@ -598,14 +429,7 @@ impl Ord for Val {
             (Self::Num(x), Self::Num(y)) => x.cmp(y),
             (Self::Str(x), Self::Str(y)) => x.cmp(y),
             (Self::Arr(x), Self::Arr(y)) => x.cmp(y),
-            (Self::Obj(x), Self::Obj(y)) => {
-                let (l, r) = (x.sorted(), y.sorted());
-                let keys =
-                    |s: &[&(Arc<str>, Val)]| s.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-                keys(&l)
-                    .cmp(&keys(&r))
-                    .then_with(|| l.iter().map(|(_, v)| v).cmp(r.iter().map(|(_, v)| v)))
-            }
+            (Self::Obj(x), Self::Obj(y)) => x.cmp_jq(y),
             _ => rank(self).cmp(&rank(other)),
         }
     }
@@ -805,7 +629,12 @@ impl jaq_core::ValT for Val {
         ))
     }
 
+    /// An object of a jq construction (`{a: .x}`); the objects one
+    /// construction makes share their list of keys (kept per thread).
     fn from_map<I: IntoIterator<Item = (Self, Self)>>(iter: I) -> ValR {
+        thread_local! {
+            static SHAPES: std::cell::RefCell<Shapes> = std::cell::RefCell::default();
+        }
         let mut o = Obj::default();
         for (k, v) in iter {
             match k {
@@ -815,6 +644,7 @@ impl jaq_core::ValT for Val {
                 k => return Err(Error::typ(k, "string")),
             }
         }
+        SHAPES.with(|s| s.borrow_mut().share(&mut o));
         Ok(Self::obj(o))
     }
 
@@ -1095,50 +925,6 @@ mod tests {
             );
             assert_eq!(Val::from(s.to_owned()), v);
         }
-    }
-
-    #[test]
-    fn objects_keep_their_order_and_find_keys_past_their_index_threshold() {
-        let mut o = Obj::default();
-        for i in (0..40).rev() {
-            o.insert(Arc::from(format!("k{i}")), Val::from(i as isize));
-        }
-        assert!(o.index.is_some());
-        assert_eq!(o.get("k7"), Some(&Val::from(7isize)));
-        assert_eq!(o.insert("k7".into(), Val::Null), Some(Val::from(7isize)));
-        assert_eq!(o.keys().next().map(|k| &**k), Some("k39"));
-        assert_eq!(o.remove("k39"), Some(Val::from(39isize)));
-        assert_eq!(
-            o.get("k0"),
-            Some(&Val::from(0isize)),
-            "the index follows a removal"
-        );
-        assert_eq!(o.keys().next().map(|k| &**k), Some("k38"));
-        while o.len() > 3 {
-            let k = o.keys().next().cloned().unwrap_or_else(|| Arc::from(""));
-            o.remove(&k);
-        }
-        assert!(o.index.is_none());
-        assert_eq!(
-            o.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
-            ["k2", "k1", "k0"]
-        );
-        assert_eq!(o.get("k1"), Some(&Val::from(1isize)));
-        // equality in any order, jq's order by sorted keys
-        let a: Obj = [("a", 1), ("b", 2)]
-            .into_iter()
-            .map(|(k, v)| (Arc::from(k), Val::from(v as isize)))
-            .collect();
-        let b: Obj = [("b", 2), ("a", 1)]
-            .into_iter()
-            .map(|(k, v)| (Arc::from(k), Val::from(v as isize)))
-            .collect();
-        assert_eq!(Val::obj(a.clone()), Val::obj(b));
-        let c: Obj = [("a", 1), ("c", 0)]
-            .into_iter()
-            .map(|(k, v)| (Arc::from(k), Val::from(v as isize)))
-            .collect();
-        assert!(Val::obj(a) < Val::obj(c));
     }
 
     #[test]

@@ -131,17 +131,17 @@ pub(crate) async fn read_body(
     json_only: bool,
     timeout: std::time::Duration,
 ) -> Result<Value, ApiError> {
-    let bytes = read_bytes(headers, body, limit, timeout).await?;
-    parse_body(headers, &bytes, json_only).map(|v| to_json(&v))
+    let bytes = read_chunks(headers, body, limit, timeout).await?;
+    parse_body(headers, &bytes.into_bytes(), json_only).map(|v| to_json(&v))
 }
 
-/// A body's bytes, at most `limit` of them.
-pub(crate) async fn read_bytes(
+/// A body's chunks, at most `limit` bytes.
+pub(crate) async fn read_chunks(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
     timeout: std::time::Duration,
-) -> Result<axum::body::Bytes, ApiError> {
+) -> Result<crate::server::Chunks, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -157,7 +157,7 @@ pub(crate) async fn read_bytes(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    crate::server::body_bytes(
+    crate::server::body_chunks(
         body,
         usize::try_from(limit).unwrap_or(usize::MAX),
         timeout,
@@ -175,23 +175,9 @@ pub(crate) fn parse_body(
     if bytes.is_empty() {
         return Ok(Val::Null);
     }
-    let ctype = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| !json_only)
-        .unwrap_or("application/json")
-        .to_ascii_lowercase();
-    let mime = ctype.split(';').next().unwrap_or_default().trim();
-    if mime == "application/json" || mime.ends_with("+json") {
-        sluice_expr::data::parse(bytes).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body is not valid JSON: {} at line {}, column {}",
-                e.to_string().split(" at line ").next().unwrap_or_default(),
-                e.line(),
-                e.column()
-            ))
-            .with_details(json!({"line": e.line(), "column": e.column()}))
-        })
+    let mime = mime(headers, json_only);
+    if is_json(&mime) {
+        sluice_expr::data::parse(bytes).map_err(not_json)
     } else if mime == "application/x-www-form-urlencoded" {
         form_object(bytes).map(into_val)
     } else if mime.starts_with("text/") {
@@ -205,6 +191,47 @@ pub(crate) fn parse_body(
             format!("a webhook takes JSON or text bodies, not `{mime}`"),
         ))
     }
+}
+
+/// The body's media type, lower case (JSON when it says none, or when
+/// `json_only`).
+fn mime(headers: &HeaderMap, json_only: bool) -> String {
+    let ctype = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !json_only)
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    ctype
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn is_json(mime: &str) -> bool {
+    mime == "application/json" || mime.ends_with("+json")
+}
+
+fn not_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "the body is not valid JSON: {} at line {}, column {}",
+        e.to_string().split(" at line ").next().unwrap_or_default(),
+        e.line(),
+        e.column()
+    ))
+    .with_details(json!({"line": e.line(), "column": e.column()}))
+}
+
+/// A webhook's body made JSON as [`parse_body`] does: JSON that came in
+/// several chunks is read from them as they are, each freed once read,
+/// instead of being copied into one buffer first.
+fn parse_chunks(headers: &HeaderMap, chunks: crate::server::Chunks) -> Result<Val, ApiError> {
+    if chunks.whole() || chunks.len() == 0 || !is_json(&mime(headers, false)) {
+        return parse_body(headers, &chunks.into_bytes(), false);
+    }
+    sluice_expr::data::parse_reader(chunks).map_err(not_json)
 }
 
 /// `/hooks/{*path}`.
@@ -242,7 +269,7 @@ pub(crate) async fn hook<S: Store>(
     if !hook.flow.enabled {
         return Err(ApiError::flow_disabled(&hook.flow.id));
     }
-    let bytes = read_bytes(
+    let bytes = read_chunks(
         &headers,
         body,
         hook.options.max_body_bytes,
@@ -251,12 +278,16 @@ pub(crate) async fn hook<S: Store>(
     .await?;
     let mut query = query_object(query.as_deref());
     let mut how = json!({"path": format!("/hooks/{path}")});
-    if let Some(auth) = &hook.options.auth {
-        caller.user = crate::hook_auth::check(auth, &headers, &mut query, &bytes)?;
-        how["auth"] = json!(auth.kind());
-    }
-    let body = parse_body(&headers, &bytes, false)?;
-    drop(bytes);
+    let body = match &hook.options.auth {
+        Some(auth) => {
+            // The signature is over the bytes as they came, in one piece.
+            let bytes = bytes.into_bytes();
+            caller.user = crate::hook_auth::check(auth, &headers, &mut query, &bytes)?;
+            how["auth"] = json!(auth.kind());
+            parse_body(&headers, &bytes, false)?
+        }
+        None => parse_chunks(&headers, bytes)?,
+    };
     let input = match &body {
         Val::Null => None,
         b => Some(b.clone()),

@@ -798,6 +798,18 @@ pub(crate) async fn body_bytes(
     timeout: std::time::Duration,
     too_large: impl FnOnce() -> ApiError,
 ) -> Result<axum::body::Bytes, ApiError> {
+    body_chunks(body, limit, timeout, too_large)
+        .await
+        .map(Chunks::into_bytes)
+}
+
+/// A body's chunks as they came, at most `limit` bytes in all.
+pub(crate) async fn body_chunks(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    too_large: impl FnOnce() -> ApiError,
+) -> Result<Chunks, ApiError> {
     match tokio::time::timeout(timeout, collect(body, limit)).await {
         Err(_) => Err(ApiError::body_timeout(timeout)),
         Ok(None) => Err(too_large()),
@@ -805,22 +817,73 @@ pub(crate) async fn body_bytes(
     }
 }
 
-/// A body's bytes, at most `limit` of them (`None`: more, or the body
-/// broke off), read into one buffer of the size the body says it has.
-async fn collect(body: axum::body::Body, limit: usize) -> Option<axum::body::Bytes> {
-    use axum::body::HttpBody;
+/// A body's chunks, as the connection gave them: not copied into one
+/// buffer unless a reader needs the bytes together (a large JSON body is
+/// parsed from them, each chunk freed once read).
+#[derive(Default)]
+pub(crate) struct Chunks {
+    chunks: std::collections::VecDeque<axum::body::Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    /// How many bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether they are in one piece already.
+    pub(crate) fn whole(&self) -> bool {
+        self.chunks.len() <= 1
+    }
+
+    /// The bytes in one piece (copied together when they came in several).
+    pub(crate) fn into_bytes(mut self) -> axum::body::Bytes {
+        if self.whole() {
+            return self.chunks.pop_front().unwrap_or_default();
+        }
+        let mut buf = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            buf.extend_from_slice(c);
+        }
+        buf.into()
+    }
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(front) = self.chunks.front_mut() {
+            if front.is_empty() {
+                self.chunks.pop_front();
+                continue;
+            }
+            let n = buf.len().min(front.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            *front = front.slice(n..);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// A body's chunks, at most `limit` bytes (`None`: more, or the body
+/// broke off).
+async fn collect(body: axum::body::Body, limit: usize) -> Option<Chunks> {
     use futures_util::StreamExt;
-    let size = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-    let mut buf = Vec::with_capacity(size.min(limit));
+    let mut out = Chunks::default();
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.ok()?;
-        if buf.len() + chunk.len() > limit {
+        if out.len + chunk.len() > limit {
             return None;
         }
-        buf.extend_from_slice(&chunk);
+        out.len += chunk.len();
+        out.chunks.push_back(chunk);
     }
-    Some(buf.into())
+    Some(out)
 }
 
 /// Microseconds since the epoch as an RFC 3339 time (UTC).
