@@ -22,22 +22,6 @@ use std::sync::Arc;
 static ALLOC: sluice_expr::meter::Metered<mimalloc::MiMalloc> =
     sluice_expr::meter::Metered(mimalloc::MiMalloc);
 
-/// mimalloc 2's option `purge_delay` (its place in `mi_option_t`, which
-/// libmimalloc-sys does not name; a test checks its default).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Memory freed is given back to the system at once rather than 10 ms
-/// later: a burst of large bodies (each read whole, then parsed) otherwise
-/// leaves their freed pages in the process while their trees are made (a
-/// seventh of the peak of 100 bodies of 1 MB at once), and a server's
-/// footprint should follow what it holds. No CPU cost measured on the
-/// webhook at one connection; about 3% on a 73 MB `sluice run`.
-fn purge_at_once() {
-    // SAFETY: sets a value in mimalloc's table of options, which it reads
-    // when it decides to purge; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
-
 /// The store used when none is given: a SQLite file in the working directory.
 const DEFAULT_STORE: &str = "sluice.db";
 
@@ -269,7 +253,6 @@ fn registry() -> Registry {
 }
 
 fn main() -> ExitCode {
-    purge_at_once();
     let cli = Cli::parse();
     if let Some(dir) = &cli.secrets_dir {
         sluice_action::secrets::set_dir(dir.clone());
@@ -1160,15 +1143,5 @@ async fn show_run(store_url: &str, id: &str) -> u8 {
             0
         }
         Err(code) => code,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_purge_delay_option_is_the_one_set() {
-        // SAFETY: reads a value of mimalloc's table of options.
-        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(delay, 10, "mimalloc's purge_delay defaults to 10 ms");
     }
 }
