@@ -473,9 +473,30 @@ pub(crate) async fn locked_change(
     props: Map<String, Value>,
     lock: Option<&str>,
 ) -> Result<Outcome, ActionError> {
-    let r = locked_change_once(pools, cx, connection, name, op, target, props, lock).await;
+    // A transaction the database gave up on to break a deadlock (MariaDB
+    // and MySQL may pick one of two changes taking one lock, under load)
+    // is rolled back whole: it is made again, a few times.
+    let mut tries = 0;
+    let r = loop {
+        let r =
+            locked_change_once(pools, cx, connection, name, op, target, props.clone(), lock).await;
+        match r {
+            Err(e) if tries < 3 && deadlocked(&e) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
+            }
+            r => break r,
+        }
+    };
     let attempt = crate::db::Attempt::of(cx);
     crate::db::or_completed(pools, attempt, connection, r, Outcome::value).await
+}
+
+/// Whether the database rolled a transaction back to break a deadlock
+/// (MariaDB and MySQL: error 1213, SQLSTATE 40001; PostgreSQL: "deadlock
+/// detected", 40P01), as its message says.
+fn deadlocked(e: &ActionError) -> bool {
+    e.message.contains("1213 (40001)") || e.message.contains("deadlock detected")
 }
 
 /// [`locked_change`], once.
@@ -668,4 +689,23 @@ pub(crate) fn new_id(t: &Table, row: &Map<String, Value>) -> Value {
         .or_else(|| row.get("id"))
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlocks_are_told_apart_by_what_the_databases_say() {
+        let said = |m: &str| ActionError::external(format!("mysql://db: {m}"));
+        assert!(deadlocked(&said(
+            "error returned from database: 1213 (40001): Deadlock found when trying to get lock; try restarting transaction"
+        )));
+        assert!(deadlocked(&said(
+            "error returned from database: deadlock detected"
+        )));
+        assert!(!deadlocked(&said(
+            "error returned from database: 1062 (23000): Duplicate entry 'vip' for key 'code'"
+        )));
+    }
 }

@@ -2964,3 +2964,59 @@ fn a_full_store_answers_507_and_its_runs_pause_until_space_is_freed() {
         s.log()
     );
 }
+
+/// A body that arrives in several pieces is read from them as they came
+/// (not copied into one buffer first): its JSON is the same, and a fault
+/// in it is told with its line and column.
+#[test]
+fn a_large_body_that_comes_in_pieces_is_read_whole() {
+    let dir = temp("pieces");
+    write(
+        &dir,
+        "big.yaml",
+        "id: big\ntrigger: {type: webhook, path: big, maxBodyBytes: 4194304}\nsteps:\n  - {key: t, type: transform, options: {value: {n: '{{ .items | length }}', qty: '{{ [.items[].qty] | add }}', last: '{{ .items[-1].sku }}'}}}\n",
+    );
+    let s = Serve::start(&dir);
+    let send = |body: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "POST /hooks/big HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        // Four pieces, apart in time: the server gets them as several chunks.
+        for part in body.as_bytes().chunks(body.len().div_ceil(4)) {
+            c.write_all(part).unwrap();
+            c.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        got
+    };
+    let items: Vec<Value> = (0..20_000)
+        .map(|i| json!({"sku": format!("SKU-{i:06}"), "qty": i % 3, "note": "an item"}))
+        .collect();
+    let body = json!({"orderId": "P-1", "items": items}).to_string();
+    let got = send(&body);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(300)]
+    );
+    let answer: Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        answer,
+        json!({"n": 20_000, "qty": 19_999, "last": "SKU-019999"})
+    );
+    // Cut short inside its last piece: 400, where it broke off.
+    let got = send(&body[..body.len() - 3]);
+    assert!(
+        got.starts_with("HTTP/1.1 400"),
+        "{}",
+        &got[..got.len().min(300)]
+    );
+    assert!(got.contains("\"line\":1"), "{got}");
+    assert_eq!(s.stop(), Some(0));
+}
