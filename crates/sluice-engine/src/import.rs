@@ -147,6 +147,8 @@ enum Records {
     Csv {
         reader: csv::Reader<File>,
         headers: Vec<String>,
+        /// The header's names, a list of keys every row's object shares.
+        keys: sluice_expr::Obj,
         number: u64,
     },
 }
@@ -175,8 +177,10 @@ impl Records {
                     "{shown}: the first line must name the columns"
                 )));
             }
+            let keys = headers.iter().map(|h| (h.as_str().into(), Val::Null));
             Ok(Self::Csv {
                 reader,
+                keys: keys.collect(),
                 headers,
                 number: 0,
             })
@@ -215,6 +219,7 @@ impl Records {
                 reader,
                 headers,
                 number,
+                ..
             } => {
                 let mut rec = csv::StringRecord::new();
                 let line = reader.position().line();
@@ -274,12 +279,18 @@ impl Records {
                     e.to_string().split(" at line ").next().unwrap_or_default()
                 )
             }),
-            (RawData::Csv(rec), Self::Csv { headers, .. }) => Ok(sluice_expr::data::obj_val(
-                headers.iter().zip(rec.iter()).map(|(h, v)| {
-                    let v = if v.is_empty() { Val::Null } else { str_val(v) };
-                    (h.as_str(), v)
-                }),
-            )),
+            (RawData::Csv(rec), Self::Csv { headers, keys, .. }) => {
+                let field = |v: &str| if v.is_empty() { Val::Null } else { str_val(v) };
+                // A name given twice makes fewer keys than fields.
+                let fields = || {
+                    headers
+                        .iter()
+                        .map(String::as_str)
+                        .zip(rec.iter().map(field))
+                };
+                let shared = keys.with_values(rec.iter().map(field).collect());
+                Ok(shared.map_or_else(|| sluice_expr::data::obj_val(fields()), Val::obj))
+            }
             (RawData::Bad(m), _) => Err(m.clone()),
             (RawData::Csv(_), Self::Jsonl { .. }) => Err("a CSV row in a JSON-lines file".into()),
         }
@@ -1145,6 +1156,23 @@ mod tests {
         for size in [1, 2, 3, 5, 8, 64] {
             assert_eq!(count_lines(text.as_bytes(), size).expect("count"), read);
         }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn csv_rows_are_objects_of_the_header_names() {
+        use serde_json::json;
+        let path = std::env::temp_dir().join(format!("sluice-rows-{}.csv", std::process::id()));
+        std::fs::write(&path, "id,name,note\n1,Ann,\n2,Bo,x\n3,Cy\n").expect("write");
+        let (count, rows) = read_records(&path).expect("read");
+        assert_eq!(count, 3);
+        assert_eq!(rows[0], Ok(json!({"id": "1", "name": "Ann", "note": null})));
+        assert_eq!(rows[1], Ok(json!({"id": "2", "name": "Bo", "note": "x"})));
+        assert!(rows[2].as_ref().is_err_and(|e| e.contains("2 fields")));
+        // A name given twice: its last field, at its first place.
+        std::fs::write(&path, "a,b,a\n1,2,3\n").expect("write");
+        let (_, rows) = read_records(&path).expect("read");
+        assert_eq!(rows[0], Ok(json!({"a": "3", "b": "2"})));
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -177,6 +177,15 @@ impl Obj {
         s
     }
 
+    /// An object of `self`'s keys (sharing its list) with `values` in their
+    /// order; `None` when there are not as many values as keys.
+    pub fn with_values(&self, values: Vec<Val>) -> Option<Obj> {
+        (values.len() == self.len()).then(|| Obj {
+            keys: self.keys.clone(),
+            values,
+        })
+    }
+
     /// Give back spare room.
     pub(crate) fn shrink(&mut self) {
         self.values.shrink_to_fit();
@@ -350,6 +359,12 @@ mod tests {
         assert_eq!(b.get("name"), Some(&Val::from(4isize)));
         let entries: Vec<_> = a.clone().into_iter().map(|(k, _)| k.to_string()).collect();
         assert_eq!(entries, ["id", "name"]);
+        let fresh = a
+            .with_values(vec![Val::from(7isize), Val::Null])
+            .unwrap_or_default();
+        assert!(Arc::ptr_eq(&a.keys, &fresh.keys));
+        assert_eq!(fresh.get("id"), Some(&Val::from(7isize)));
+        assert!(a.with_values(vec![Val::Null]).is_none());
         // a key given twice: the last value at the first place
         let twice = obj(&[("a", 1), ("b", 2), ("a", 3)]);
         assert_eq!(twice, obj(&[("a", 3), ("b", 2)]));
