@@ -1,8 +1,9 @@
 //! The JSON value that runs hold and jq programs work on ([`Val`]), made
-//! for data held in memory: an object is its entries in order, with no
-//! hash table until it has more than [`Obj::SMALL`] keys, and object keys
-//! are shared text, so a list of a million objects with the same keys
-//! holds each key once.
+//! for data held in memory: 24 bytes, a string of up to 22 bytes held in
+//! the value itself ([`Str`]); an object is its values in order and a list
+//! of its keys (with a hash table only past [`Obj::SMALL`] keys) that
+//! objects with the same keys share ([`Shapes`]), so a list of a million
+//! objects with the same keys holds them once.
 //!
 //! Arrays and objects are shared (`Arc`), not copied, however many steps,
 //! variables and records refer to them; a change copies the part changed
