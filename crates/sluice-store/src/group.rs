@@ -37,6 +37,7 @@ use crate::StoreError;
 use crate::values::{Chunk, Known};
 use rusqlite::{Connection, params};
 use sqlx::pool::PoolConnection;
+use sqlx::sqlite::LockedSqliteHandle;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -203,6 +204,16 @@ const MOVE_RUN: &str = "UPDATE runs SET status = ?2, state = ?3, next_step = ?4,
 
 const INSERT_WAIT: &str = "INSERT INTO waits (run_id, flow_id, step_key, kind, wake_at, event_type, event_source, correlation, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
+/// rusqlite's view of the handle `locked` holds, which must be dropped
+/// before `locked` (see the module doc).
+fn raw(locked: &mut LockedSqliteHandle<'_>) -> rusqlite::Result<Connection> {
+    // SAFETY: the handle is that of an open connection, on which sqlx's
+    // thread makes no call while `locked` lives; the connection made does
+    // not close it, and its callers drop it (its statements finalized)
+    // before `locked`.
+    unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }
+}
+
 /// Run `f` on the SQLite handle of `conn`, taken from sqlx's thread for
 /// the time (see the module doc).
 async fn on_handle<T>(
@@ -210,10 +221,7 @@ async fn on_handle<T>(
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let mut locked = conn.lock_handle().await?;
-    // SAFETY: the handle is that of an open connection, on which sqlx's
-    // thread makes no call while `locked` lives; `db` does not close it and
-    // is dropped (its statements finalized) before `locked`.
-    let db = unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+    let db = raw(&mut locked)?;
     let r = f(&db);
     drop(db);
     r
@@ -581,9 +589,8 @@ async fn on_connection(
             return false;
         }
     };
-    // SAFETY: as in `on_handle`: sqlx's thread makes no call on the open
-    // handle while `locked` lives, and `db` is dropped first.
-    let db = match unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) } {
+    // Dropped before `locked` (declared after it).
+    let db = match raw(&mut locked) {
         Ok(db) => db,
         Err(e) => {
             unreachable(batch, &e.to_string());
@@ -659,10 +666,8 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// Start the writer; `keep`: hold one connection of the pool for it
-    /// (not for a store in memory, whose pool has one connection).
-    /// Nodes it commits are remembered in `known`.
-    /// Start the writer of `pool`. `first`: the connection a file store's
+    /// Start the writer of `pool`; nodes it commits are remembered in
+    /// `known`. `first`: the connection a file store's
     /// writer keeps for itself (`None`: an in-memory store's writer takes
     /// the pool's one connection for each batch and gives it back).
     pub(crate) fn start(
