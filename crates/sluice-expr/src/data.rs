@@ -22,21 +22,27 @@ use std::sync::Arc;
 /// numbers as floats; of a key given twice, the last value at the first
 /// place).
 pub fn parse(text: &[u8]) -> Result<Val, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(text);
     // Keys are kept once only in a text long enough to repeat them much.
-    let keys = std::cell::RefCell::new(Keys::new(text.len() >= 1 << 16));
-    let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
-    de.end()?;
-    Ok(v)
+    one(
+        serde_json::Deserializer::from_slice(text),
+        text.len() >= 1 << 16,
+    )
 }
 
 /// Read one JSON value from `r` as [`parse`] reads it from text, without
 /// holding the text (a large input's text would add its size to the
 /// tree's while the tree is made).
 pub fn parse_reader(r: impl std::io::Read) -> Result<Val, serde_json::Error> {
-    let mut de =
-        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, r));
-    let keys = std::cell::RefCell::new(Keys::new(true));
+    let r = std::io::BufReader::with_capacity(1 << 16, r);
+    one(serde_json::Deserializer::from_reader(r), true)
+}
+
+/// The one JSON value `de` reads, its keys kept when `keep`.
+fn one<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    keep: bool,
+) -> Result<Val, serde_json::Error> {
+    let keys = std::cell::RefCell::new(Keys::new(keep));
     let v = serde::de::DeserializeSeed::deserialize(Read(&keys), &mut de)?;
     de.end()?;
     Ok(v)
@@ -64,19 +70,38 @@ pub fn parse_many(text: &[u8]) -> Vec<Result<Val, serde_json::Error>> {
 /// Object keys met while reading, kept once (the objects of a list share
 /// their keys' text instead of each holding its own copy), and the lists of
 /// keys of objects (the objects of a list share one); `None`: none kept.
-struct Keys(Option<Kept>);
+struct Keys {
+    kept: Option<Kept>,
+    /// The keys of the objects being read, outermost first (an object in a
+    /// value puts its own above them and takes them off again).
+    stack: Vec<Arc<str>>,
+}
 
 #[derive(Default)]
 struct Kept {
     names: std::collections::HashMap<Box<str>, Arc<str>>,
     shapes: Shapes,
-    /// The keys of the objects being read, outermost first.
-    stack: Vec<Arc<str>>,
 }
 
 impl Keys {
     fn new(keep: bool) -> Self {
-        Self(keep.then(Default::default))
+        Self {
+            kept: keep.then(Default::default),
+            stack: Vec::new(),
+        }
+    }
+
+    /// The object of the keys put on the stack since `start` and their
+    /// `values`: its list of keys the one met before, when kept.
+    fn object(&mut self, start: usize, values: Vec<Val>) -> Obj {
+        match &mut self.kept {
+            Some(kept) => {
+                let out = kept.shapes.object(&self.stack[start..], values);
+                self.stack.truncate(start);
+                out
+            }
+            None => self.stack.drain(start..).zip(values).collect(),
+        }
     }
 
     /// How many distinct keys it keeps (objects keyed by ids would
@@ -84,7 +109,7 @@ impl Keys {
     const MOST: usize = 4096;
 
     fn get(&mut self, k: &str) -> Arc<str> {
-        let Some(kept) = &mut self.0 else {
+        let Some(kept) = &mut self.kept else {
             return k.into();
         };
         if let Some(v) = kept.names.get(k) {
@@ -165,33 +190,14 @@ impl<'de> serde::de::Visitor<'de> for Read<'_> {
         Ok(Val::arr(out))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
-        let kept = self.0.borrow().0.as_ref().map(|k| k.stack.len());
-        let Some(start) = kept else {
-            let mut out = Obj::with_capacity(map.size_hint().unwrap_or(4));
-            while let Some(k) = map.next_key_seed(Key(self.0))? {
-                let v = map.next_value_seed(Read(self.0))?;
-                out.insert(k, v);
-            }
-            return Ok(Val::obj(out));
-        };
-        // Keys are kept: the object's keys go on the stack (an object in a
-        // value puts its own above them and takes them off again), and
-        // its list of keys is the one met before, when there is one.
+        let start = self.0.borrow().stack.len();
         let mut values = Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(k) = map.next_key_seed(Key(self.0))? {
             let v = map.next_value_seed(Read(self.0))?;
-            if let Some(kept) = &mut self.0.borrow_mut().0 {
-                kept.stack.push(k);
-            }
+            self.0.borrow_mut().stack.push(k);
             values.push(v);
         }
-        let mut keys = self.0.borrow_mut();
-        let Some(kept) = &mut keys.0 else {
-            return Ok(Val::Null);
-        };
-        let out = kept.shapes.object(&kept.stack[start..], values);
-        kept.stack.truncate(start);
-        Ok(Val::obj(out))
+        Ok(Val::obj(self.0.borrow_mut().object(start, values)))
     }
 }
 

@@ -207,9 +207,9 @@ impl Val {
         }
     }
 
-    /// The value of `start` or `end` of an object that stands for a range.
-    fn bound<'a>(o: &'a Obj, key: &str) -> Option<&'a Val> {
-        o.get(key)
+    /// The range an object `{start, end}` stands for (`.[{start: 1}]`).
+    fn range_of(o: &Obj) -> jaq_core::val::Range<&Val> {
+        o.get("start")..o.get("end")
     }
 
     /// The index of an array element (negative from its end), if `self`
@@ -250,7 +250,7 @@ impl Val {
             // As jaq: an object has no other keys.
             (Val::Obj(_), _) => None,
             (v @ (Val::Str(_) | Val::Arr(_)), Val::Obj(o)) => {
-                let range = Self::bound(o, "start")..Self::bound(o, "end");
+                let range = Self::range_of(o);
                 return v.range(range).map(Some);
             }
             (v, _) => return Err(Error::index(v, index.clone())),
@@ -723,7 +723,7 @@ impl jaq_core::ValT for Val {
         f: impl Fn(Self) -> I,
     ) -> ValX<'a> {
         if let (Self::Str(_) | Self::Arr(_), Self::Obj(o)) = (&self, index) {
-            let range = Self::bound(o, "start")..Self::bound(o, "end");
+            let range = Self::range_of(o);
             return self.map_range(range, opt, f);
         }
         match (&mut self, index) {

@@ -198,10 +198,8 @@ impl Obj {
     /// values in that order.
     pub(crate) fn cmp_jq(&self, other: &Self) -> Ordering {
         let (l, r) = (self.sorted(), other.sorted());
-        let keys = |s: &[(&Arc<str>, &Val)]| s.iter().map(|(k, _)| *k).cloned().collect::<Vec<_>>();
-        keys(&l)
-            .cmp(&keys(&r))
-            .then_with(|| l.iter().map(|(_, v)| *v).cmp(r.iter().map(|(_, v)| *v)))
+        let keys = l.iter().map(|(k, _)| *k).cmp(r.iter().map(|(k, _)| *k));
+        keys.then_with(|| l.iter().map(|(_, v)| *v).cmp(r.iter().map(|(_, v)| *v)))
     }
 }
 
