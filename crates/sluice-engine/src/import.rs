@@ -50,6 +50,10 @@ pub struct ImportOptions {
     pub restart: bool,
     /// Where each record's output goes (see `records_out.rs`), if anywhere.
     pub output: Option<RecordsOut>,
+    /// The runtime the records run on, when not the import's own: the
+    /// writer then never waits for a worker thread busy with records
+    /// while the database's answer is in (see the CLI's `import`).
+    pub records_on: Option<tokio::runtime::Handle>,
 }
 
 impl Default for ImportOptions {
@@ -58,6 +62,7 @@ impl Default for ImportOptions {
             chunk: 500,
             restart: false,
             output: None,
+            records_on: None,
         }
     }
 }
@@ -581,10 +586,12 @@ struct Out<'a> {
 }
 
 /// What the records' runs share. A chunk's records run in as many tasks as
-/// the runtime has worker threads, a share each, up to their envelopes and,
+/// their runtime has worker threads, a share each, up to their envelopes and,
 /// once those are written, to their end; the writer only writes. (A task per
 /// record costs more: the writer would wake hundreds of tasks per write.)
 struct Runs<S: Store> {
+    /// The runtime the records run on (and what they made is dropped on).
+    on: tokio::runtime::Handle,
     engine: Engine<S>,
     flow: Flow,
     batch: Option<Arc<dyn BatchWriter>>,
@@ -659,10 +666,7 @@ impl<S: Store> Runs<S> {
             ),
             None => None,
         };
-        let tasks = tokio::runtime::Handle::current()
-            .metrics()
-            .num_workers()
-            .max(1);
+        let tasks = self.on.metrics().num_workers().max(1);
         let share = runs.len().div_ceil(tasks).max(1);
         let runs_of = FuturesUnordered::new();
         let mut runs = runs.into_iter();
@@ -672,7 +676,7 @@ impl<S: Store> Runs<S> {
                 break;
             }
             let (shared, id) = (self.clone(), chunk.id);
-            runs_of.push(Abort(tokio::spawn(async move {
+            runs_of.push(Abort(self.on.spawn(async move {
                 // Values every record reads, the task's own: the records'
                 // runs, on two threads at once, would otherwise count the
                 // same references back and forth between their caches.
@@ -773,8 +777,9 @@ impl<S: Store> Runs<S> {
                 .await
                 .map_err(|e| ImportError::Database(e, chunk.before()))?;
         }
-        // The records and their runs' results are dropped beside the writer.
-        tokio::spawn(async move { drop(chunk) });
+        // The records and their runs' results are dropped beside the
+        // writer, where the records ran.
+        self.on.spawn(async move { drop(chunk) });
         (out.progress)(out.tally.done, out.total);
         Ok(())
     }
@@ -943,6 +948,10 @@ impl<S: Store> Engine<S> {
             failed: 0,
         };
         let runs = Arc::new(Runs {
+            on: options
+                .records_on
+                .clone()
+                .unwrap_or_else(tokio::runtime::Handle::current),
             engine: self.clone(),
             flow: flow.clone(),
             batch: setup.batch.clone(),

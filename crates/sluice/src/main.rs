@@ -266,18 +266,25 @@ fn main() -> ExitCode {
         memory: cli.expr_memory_mb.saturating_mul(1 << 20),
         ..sluice_expr::Limits::default()
     });
-    // The server uses every core, and so does an import (its records run
-    // beside the writer); other one-shot commands need one thread.
-    let many = matches!(
+    // The server uses every core. An import's writer has a thread of its
+    // own, and its records the other cores (a runtime of their own, below):
+    // the database's answer then never waits for a thread busy with
+    // records, and the writer sends the next statement at once. Other
+    // one-shot commands need one thread.
+    let importing = matches!(
         cli.command,
-        Command::Serve { .. }
-            | Command::Run {
-                records: Some(_),
-                ..
-            }
+        Command::Run {
+            records: Some(_),
+            ..
+        }
     );
-    let runtime = if many {
+    let runtime = if matches!(cli.command, Command::Serve { .. }) {
         tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else if importing {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
     } else {
@@ -293,13 +300,14 @@ fn main() -> ExitCode {
         }
     };
     // The server drives runs on a runtime of their own, so that their work
-    // never holds up its answers.
-    let runs = if matches!(cli.command, Command::Serve { .. }) {
-        match tokio::runtime::Builder::new_multi_thread()
-            .thread_name("sluice-run")
-            .enable_all()
-            .build()
-        {
+    // never holds up its answers; an import its records' runs.
+    let runs = if matches!(cli.command, Command::Serve { .. }) || importing {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if importing {
+            b.worker_threads(cores.saturating_sub(1).max(1));
+        }
+        match b.thread_name("sluice-run").enable_all().build() {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");
@@ -370,6 +378,7 @@ fn main() -> ExitCode {
                     chunk,
                     restart,
                     output,
+                    records_on: runs_handle,
                 };
                 // On a worker thread, where the database's answers wake the
                 // writer without a hop to this thread: a round trip costs

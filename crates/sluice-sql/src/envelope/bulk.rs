@@ -191,6 +191,9 @@ struct Written {
     /// The tokens it set.
     tokens: Map<String, Value>,
     results: Vec<Tree>,
+    /// What the record handed over, back to its own task to be dropped
+    /// there, where it was made, rather than by the writer.
+    handed: Option<Waiting>,
 }
 
 /// A patch's result as the writer leaves it: its row, made JSON by the
@@ -511,14 +514,12 @@ impl Batch {
             match self.write_all(tx, &mut jobs, limits).await {
                 Ok(outcomes) => {
                     *carry = format!("RELEASE SAVEPOINT {sp}; ");
-                    for (w, o) in jobs.iter_mut().zip(outcomes) {
+                    for (mut w, mut o) in jobs.into_iter().zip(outcomes) {
                         if let Some(r) = w.reply.take() {
+                            o.handed = Some(w);
                             let _ = r.send(Ok(o));
                         }
                     }
-                    // What the records handed over is dropped by a task of
-                    // its own (where they were made, mostly), not by the writer.
-                    tokio::spawn(async move { drop(jobs) });
                 }
                 Err(f) => {
                     // A connection that cannot roll back to the savepoint is gone.
@@ -668,6 +669,7 @@ impl Batch {
                     _ => Map::new(),
                 },
                 results: work.results,
+                handed: None,
             })
             .collect())
     }
