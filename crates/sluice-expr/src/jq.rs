@@ -739,8 +739,22 @@ impl Program {
         input: Val,
         scope: &dyn Scope,
         limits: &Limits,
-        each: impl FnMut(Val) -> bool,
+        mut each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
+        // A direct program needs neither jq's machinery nor its stack: it
+        // nests no deeper than its text, which was parsed on this stack.
+        let c = &*self.inner;
+        if let Some(fast) = &c.fast {
+            let values: Vec<Val> = c
+                .vars
+                .iter()
+                .map(|n| scope.get(n).unwrap_or(Val::Null))
+                .collect();
+            if let Some(v) = fast.eval(&input, &values) {
+                each(v);
+                return Ok(());
+            }
+        }
         let (result, heavy) = stack::run(|| self.run_guarded(input, scope, limits, each));
         if heavy {
             stack::release();
@@ -771,17 +785,6 @@ impl Program {
         mut each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
         let c = &*self.inner;
-        if let Some(fast) = &c.fast {
-            let values: Vec<Val> = c
-                .vars
-                .iter()
-                .map(|n| scope.get(n).unwrap_or(Val::Null))
-                .collect();
-            if let Some(v) = fast.eval(&input, &values) {
-                each(v);
-                return Ok(());
-            }
-        }
         let vars = Vars::new(c.vars.iter().map(|n| scope.get(n).unwrap_or(Val::Null)));
         let data = GuardedData {
             lut: &c.filter.lut,

@@ -13,6 +13,7 @@ use crate::jq::{CompileError, CompileIssue, Limits, Program};
 use crate::val::{Obj, Val};
 use crate::{Error, Input, Scope};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// One piece of a templated string.
@@ -137,6 +138,16 @@ impl Template {
         scope: &dyn Scope,
         limits: &Limits,
     ) -> Result<Value, Error> {
+        // A template of one expression gives its value: a direct program
+        // reads JSON at hand (the input, or a variable the scope holds as
+        // JSON) without making jq values of it.
+        if self.raw
+            && let Part::Expr(p) = &self.parts[0]
+        {
+            return Ok(p
+                .single_json(input, scope, limits)?
+                .map_or(Value::Null, Cow::into_owned));
+        }
         self.render_val(input, scope, limits)
             .map(|v| crate::data::to_json(&v))
     }
@@ -352,6 +363,7 @@ impl TemplateValue {
     ) -> Result<Value, Error> {
         match self {
             Self::Const(v) => Ok(v.clone()),
+            Self::Template(t) => t.render(input, scope, limits),
             _ => self
                 .render_val(input, scope, limits)
                 .map(|v| crate::data::to_json(&v)),
@@ -566,6 +578,58 @@ mod tests {
         let vars = scope.names();
         let t = TemplateValue::compile(&json!(s), &vars).unwrap();
         t.render_json(&input, scope, &Limits::default()).unwrap()
+    }
+
+    /// Variables held as JSON, as a run's flow object holds some.
+    struct JsonScope(serde_json::Map<String, Value>);
+
+    impl Scope for JsonScope {
+        fn get(&self, name: &str) -> Option<Val> {
+            self.0.get(name).map(crate::value::to_val)
+        }
+
+        fn get_json(&self, name: &str) -> Option<&Value> {
+            self.0.get(name)
+        }
+    }
+
+    #[test]
+    fn a_template_of_one_expression_renders_the_same_from_json() {
+        let vars = json!({"tokens": {"customer": 7, "big": 12345678901234567890u64, "f": 1.5,
+            "list": [1, "a", null], "deep": {"x": {"y": "z"}}}, "n": null});
+        let scope = JsonScope(vars.as_object().unwrap().clone());
+        let input = json!({"name": "Ada", "n": 2.0, "items": [{"qty": 3}], "none": null});
+        let limits = Limits::default();
+        for text in [
+            "{{ $tokens.customer }}",
+            "{{ $tokens.big }}",
+            "{{ $tokens.f }}",
+            "{{ $tokens.list }}",
+            "{{ $tokens.deep.x }}",
+            "{{ $tokens.missing }}",
+            "{{ $tokens.customer.x }}",
+            "{{ $n }}",
+            "{{ .name }}",
+            "{{ .n }}",
+            "{{ .items[0].qty }}",
+            "{{ .none.x }}",
+            "{{ {a: .name, b: $tokens.customer} }}",
+            "{{ .items | length }}",
+            "id {{ $tokens.customer }}",
+        ] {
+            let t = Template::compile(text, &["tokens", "n"]).unwrap().unwrap();
+            for input in [
+                Input::json(&input),
+                Input::val(crate::value::to_val(&input)),
+            ] {
+                let direct = t.render(&input, &scope, &limits).map_err(|e| e.to_string());
+                let through_jq = t
+                    .render_val(&input, &scope, &limits)
+                    .map(|v| crate::data::to_json(&v))
+                    .map_err(|e| e.to_string());
+                assert_eq!(direct, through_jq, "{text}");
+            }
+        }
     }
 
     #[test]

@@ -121,8 +121,10 @@ impl ChunkRuns {
 /// An envelope waiting to be written.
 struct Waiting {
     record: u64,
-    /// Its patches, templated as far as they can be before any is written.
+    /// Its patches, templated as far as they can be before any is written,
+    /// and what made each.
     patches: Vec<Pending>,
+    shapes: Vec<Shape>,
     /// What the templates left for the write read: the step's input (when
     /// one of them can read it: else null) and the flow-object variables
     /// they mention.
@@ -166,15 +168,13 @@ fn label(at: &[usize]) -> String {
     s
 }
 
-/// A patch's properties, with its parent's key when it is a child.
-type Props<'p> = Cow<'p, Map<String, Value>>;
-
 /// One patch of one record, at one position of the envelopes (named by
 /// the position's label, such as `patch 1.2`).
 struct Item<'p> {
     job: usize,
     patch: &'p Patch,
     parent: Option<Value>,
+    shape: Shape,
 }
 
 /// What one record's envelope has written so far.
@@ -333,15 +333,18 @@ impl Batch {
         let mut scope = MapScope::default();
         // Whether a template left for the writer reads the input.
         let mut reads_input = false;
+        let mut shapes = Vec::new();
         let patches = match cx.deferred.get("patches").map(|(_, t)| t) {
             None => patches.into_iter().map(Pending::Ready).collect(),
             Some(t) => {
                 let count = t.array_len().unwrap_or(0);
                 let mut out = Vec::with_capacity(count);
+                shapes.reserve(count);
                 for i in 0..count {
                     if let TemplateValue::Array(items) = t
                         && let Some(item) = items.get(i).filter(|p| usual(p, true))
                     {
+                        shapes.push(Shape::of(item));
                         let mut holes = Vec::new();
                         out.push(match build(i, item, cx, &mut holes) {
                             Err(e) => Pending::Failed(e),
@@ -354,6 +357,7 @@ impl Batch {
                         });
                         continue;
                     }
+                    shapes.push(Shape::NONE);
                     let rendered = t.render_item_partial(
                         i,
                         cx.program_input,
@@ -378,6 +382,7 @@ impl Batch {
         let job = Waiting {
             record: at.record,
             patches,
+            shapes,
             input: Input::val(if reads_input {
                 cx.program_input.as_val().clone()
             } else {
@@ -622,37 +627,44 @@ impl Batch {
                     }
                 }
             }
-            // The patches at position `i`, rendered (or as written), then
-            // the records they belong to.
-            let mut patches: Vec<Cow<'_, Patch>> = Vec::with_capacity(jobs.len());
-            let mut owners = Vec::with_capacity(jobs.len());
+            // The patches at position `i` that are rendered only now, then
+            // every patch there with the record it belongs to.
+            let mut rendered: Vec<Option<Patch>> = Vec::new();
             for (j, w) in jobs.iter().enumerate() {
-                let Some(pending) = w.patches.get(i) else {
-                    continue;
-                };
-                let patch = match pending {
-                    Pending::Ready(p) | Pending::Holes(p, _) => Cow::Borrowed(p),
-                    Pending::Later(t) => {
+                match w.patches.get(i) {
+                    Some(Pending::Later(t)) => {
+                        if rendered.is_empty() {
+                            rendered.resize_with(jobs.len(), || None);
+                        }
                         let scope = works[j].scope(&w.scope);
                         let v = t
                             .render(&w.input, &scope, limits)
                             .map_err(|e| failed(e.into()))?;
-                        Cow::Owned(templated(i, v).map_err(failed)?)
+                        rendered[j] = Some(templated(i, v).map_err(failed)?);
                     }
-                    Pending::Failed(e) => return Err(failed(e.clone())),
-                };
-                patches.push(patch);
-                owners.push(j);
+                    Some(Pending::Failed(e)) => return Err(failed(e.clone())),
+                    _ => {}
+                }
             }
-            let items: Vec<Item<'_>> = patches
-                .iter()
-                .zip(owners)
-                .map(|(patch, job)| Item {
+            let mut items: Vec<Item<'_>> = Vec::with_capacity(jobs.len());
+            for (job, w) in jobs.iter().enumerate() {
+                let (patch, shape) = match w.patches.get(i) {
+                    Some(Pending::Ready(p) | Pending::Holes(p, _)) => {
+                        (p, w.shapes.get(i).copied().unwrap_or(Shape::NONE))
+                    }
+                    Some(_) => match rendered.get(job) {
+                        Some(Some(p)) => (p, Shape::NONE),
+                        _ => continue,
+                    },
+                    None => continue,
+                };
+                items.push(Item {
                     job,
                     patch,
                     parent: None,
-                })
-                .collect();
+                    shape,
+                });
+            }
             let rows = self
                 .write_items(tx, &items, &at, &mut works, rows_read)
                 .await?;
@@ -689,25 +701,27 @@ impl Batch {
             let label = label(at);
             let which =
                 |it: &Item| format!("{} ({} {})", label, it.patch.op.word(), it.patch.collection);
-            let mut prepared: Vec<(Props<'_>, Arc<Table>)> = Vec::with_capacity(items.len());
+            let mut prepared: Vec<(Fields<'_>, Arc<Table>)> = Vec::with_capacity(items.len());
             for it in items {
                 let p = it.patch;
-                let mut props = Cow::Borrowed(&p.properties);
-                if let Some(k) = &p.parent_key {
-                    let id = it.parent.clone().ok_or_else(|| {
-                        fail(
+                let parent = match (&p.parent_key, &it.parent) {
+                    (Some(k), Some(id)) => Some((k, id)),
+                    (Some(_), None) => {
+                        return Err(fail(
                             which(it),
                             at,
                             ActionError::flow("`parentKey` is only for child patches"),
-                        )
-                    })?;
-                    props.to_mut().insert(k.clone(), id);
-                }
+                        ));
+                    }
+                    (None, _) => None,
+                };
+                let props = Fields::new(&p.properties, parent);
                 // Patches at one position mostly have the same fields as
                 // the one before: checked once for all of them.
                 let before = prepared.len().checked_sub(1);
                 let same = before.and_then(|b| prepared.get(b).zip(items.get(b)));
                 let t = match same {
+                    Some(((_, t), b)) if b.shape.alike(it.shape) => t.clone(),
                     Some(((before, t), b))
                         if b.patch.collection == p.collection
                             && before.keys().eq(props.keys())
@@ -730,18 +744,23 @@ impl Batch {
                 let (props, t) = &prepared[k];
                 if p.op == PatchOp::Create {
                     let mut e = k + 1;
-                    while e < items.len()
-                        && items[e].patch.op == PatchOp::Create
-                        && items[e].patch.collection == p.collection
-                        && prepared[e].0.keys().eq(props.keys())
-                    {
+                    let mut uniform = true;
+                    while e < items.len() {
+                        let alike = items[e].shape.alike(it.shape);
+                        let same = alike
+                            || (items[e].patch.op == PatchOp::Create
+                                && items[e].patch.collection == p.collection
+                                && prepared[e].0.keys().eq(props.keys()));
+                        if !same {
+                            break;
+                        }
+                        uniform &= alike;
                         e += 1;
                     }
-                    let all: Vec<&Map<String, Value>> =
-                        prepared[k..e].iter().map(|(m, _)| &**m).collect();
+                    let all: Vec<Fields<'_>> = prepared[k..e].iter().map(|(f, _)| *f).collect();
                     let only = (!rows_read)
                         .then(|| writer_reads(t, items[k..e].iter().map(|it| it.patch)));
-                    let made = create_many(tx, db, &p.collection, t, &all, only.as_ref())
+                    let made = create_many(tx, db, &p.collection, t, &all, uniform, only.as_ref())
                         .await
                         .map_err(|err| fail(which(it), at, err))?;
                     rows.extend(made);
@@ -749,11 +768,12 @@ impl Batch {
                     continue;
                 }
                 let c = &p.collection;
+                let props = props.to_map();
                 let row = match p.op {
-                    PatchOp::Update => write_in(tx, db, c, t, &p.criteria, props, false).await,
-                    PatchOp::Upsert => write_in(tx, db, c, t, &p.criteria, props, true).await,
+                    PatchOp::Update => write_in(tx, db, c, t, &p.criteria, &props, false).await,
+                    PatchOp::Upsert => write_in(tx, db, c, t, &p.criteria, &props, true).await,
                     PatchOp::Delete => delete_in(tx, db, c, t, &p.criteria).await,
-                    PatchOp::Create => create_in(tx, db, c, t, props).await,
+                    PatchOp::Create => create_in(tx, db, c, t, &props).await,
                 }
                 .map_err(|err| fail(which(it), at, err))?;
                 rows.push(Got::Map(row));
@@ -784,14 +804,15 @@ impl Batch {
             let mut children: Vec<Vec<Tree>> = items.iter().map(|_| Vec::new()).collect();
             for c in 0..most {
                 let sub_at = [at, &[c]].concat();
-                let mut owners = Vec::new();
-                let mut sub = Vec::new();
+                let mut owners = Vec::with_capacity(items.len());
+                let mut sub = Vec::with_capacity(items.len());
                 for (x, it) in items.iter().enumerate() {
                     if let Some(child) = it.patch.children.get(c) {
                         owners.push(x);
                         sub.push(Item {
                             job: it.job,
                             patch: child,
+                            shape: it.shape.child(c),
                             parent: Some(
                                 rows[x]
                                     .new_id(&prepared[x].1)
@@ -974,6 +995,7 @@ mod tests {
                     }],
                 ),
             ],
+            shapes: Vec::new(),
             input: Input::json(&Value::Null),
             scope: MapScope(BTreeMap::new()),
             global: Map::new(),
@@ -1061,10 +1083,76 @@ mod tests {
     }
 
     #[test]
+    fn a_childs_fields_hold_its_parents_key() {
+        let props = json!({"name": "a", "customer_id": 0, "phone": "1"});
+        let props = props.as_object().unwrap();
+        let (key, id) = ("customer_id".to_owned(), json!(7));
+        let other = "parent".to_owned();
+        // Named among the properties: in its place, with the parent's key.
+        let f = Fields::new(props, Some((&key, &id)));
+        assert_eq!(
+            f.keys().collect::<Vec<_>>(),
+            ["name", "customer_id", "phone"]
+        );
+        assert_eq!(
+            f.values().collect::<Vec<_>>(),
+            [&json!("a"), &id, &json!("1")]
+        );
+        assert_eq!(
+            (f.len(), f.get("customer_id"), f.get("name")),
+            (3, Some(&id), Some(&json!("a")))
+        );
+        assert_eq!(f.to_map().get("customer_id"), Some(&id));
+        // Not named: after them.
+        let f = Fields::new(props, Some((&other, &id)));
+        assert_eq!(
+            f.keys().collect::<Vec<_>>(),
+            ["name", "customer_id", "phone", "parent"]
+        );
+        assert_eq!(f.values().last(), Some(&id));
+        assert_eq!(
+            (f.len(), f.get("parent"), f.get("customer_id")),
+            (4, Some(&id), Some(&json!(0)))
+        );
+        assert_eq!(f.to_map().keys().next_back().map(String::as_str), Some("parent"));
+        // No parent: the properties as they are.
+        let f = Fields::new(props, None);
+        assert!(matches!(f.to_map(), Cow::Borrowed(_)));
+        assert_eq!((f.len(), f.is_empty()), (3, false));
+        let mut out = Vec::new();
+        let keys: Vec<&String> = props.keys().rev().collect();
+        values_of(f, &keys, false, &mut out);
+        assert_eq!(out, [Some(&json!("1")), Some(&json!(0)), Some(&json!("a"))]);
+    }
+
+    #[test]
+    fn patches_made_alike_are_told_apart_from_others() {
+        let (a, b) = (
+            TemplateValue::Const(json!(1)),
+            TemplateValue::Const(json!(2)),
+        );
+        let (sa, sb) = (Shape::of(&a), Shape::of(&b));
+        assert!(sa.alike(Shape::of(&a)) && !sa.alike(sb));
+        assert!(!Shape::NONE.alike(Shape::NONE), "unknown is never alike");
+        // Children: by their place, at every depth.
+        assert!(sa.child(0).alike(sa.child(0)));
+        assert!(!sa.child(0).alike(sa.child(1)) && !sa.child(0).alike(sa));
+        assert!(!sa.child(0).child(0).alike(sa.child(0)));
+        assert!(!sa.child(0).alike(sb.child(0)));
+        assert_eq!(Shape::NONE.child(0), Shape::NONE);
+        // Past what the path holds: unknown.
+        assert_eq!(sa.child(15), Shape::NONE);
+        let mut deep = sa;
+        for _ in 0..15 {
+            deep = deep.child(14);
+        }
+        assert!(deep.alike(deep) && !deep.alike(sa));
+        assert_eq!(deep.child(0), Shape::NONE);
+    }
+
+    #[test]
     fn an_insert_that_returns_no_rows_must_have_made_them_all() {
-        let a = Map::new();
-        let props = [&a, &a];
-        assert_eq!(unread(2, &props).map(|r| r.len()).ok(), Some(2));
-        assert!(unread(1, &props).is_err());
+        assert_eq!(unread(2, 2).map(|r| r.len()).ok(), Some(2));
+        assert!(unread(1, 2).is_err());
     }
 }

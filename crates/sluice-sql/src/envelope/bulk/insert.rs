@@ -5,6 +5,76 @@
 
 use super::*;
 
+/// A patch's fields as written: its properties and, for a child, its
+/// parent's key (in its place among them when they name it, else after
+/// them), read without copying the properties.
+#[derive(Clone, Copy)]
+pub(super) struct Fields<'p> {
+    props: &'p Map<String, Value>,
+    parent: Option<(&'p String, &'p Value)>,
+    /// Whether the parent's key is not among the properties.
+    extra: bool,
+}
+
+impl<'p> Fields<'p> {
+    pub(super) fn new(
+        props: &'p Map<String, Value>,
+        parent: Option<(&'p String, &'p Value)>,
+    ) -> Self {
+        let extra = parent.is_some_and(|(k, _)| !props.contains_key(k));
+        Self {
+            props,
+            parent,
+            extra,
+        }
+    }
+
+    pub(super) fn keys(self) -> impl Iterator<Item = &'p String> {
+        let extra = self.parent.filter(|_| self.extra).map(|(k, _)| k);
+        self.props.keys().chain(extra)
+    }
+
+    /// The values, in the order of [`Fields::keys`].
+    pub(super) fn values(self) -> impl Iterator<Item = &'p Value> {
+        let parent = self.parent;
+        let extra = parent.filter(|_| self.extra).map(|(_, v)| v);
+        self.props
+            .iter()
+            .map(move |(k, v)| match parent {
+                Some((pk, pv)) if pk == k => pv,
+                _ => v,
+            })
+            .chain(extra)
+    }
+
+    pub(super) fn get(self, key: &str) -> Option<&'p Value> {
+        match self.parent {
+            Some((k, v)) if k == key => Some(v),
+            _ => self.props.get(key),
+        }
+    }
+
+    pub(super) fn len(self) -> usize {
+        self.props.len() + usize::from(self.extra)
+    }
+
+    pub(super) fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// The fields as one map (a row written alone).
+    pub(super) fn to_map(self) -> Cow<'p, Map<String, Value>> {
+        match self.parent {
+            None => Cow::Borrowed(self.props),
+            Some((k, v)) => {
+                let mut m = self.props.clone();
+                m.insert(k.clone(), v.clone());
+                Cow::Owned(m)
+            }
+        }
+    }
+}
+
 /// Whether the database generates values for an integer key of this type.
 pub(super) fn integer_key(b: Backend, ty: Option<&String>) -> bool {
     let Some(ty) = ty else { return false };
@@ -29,23 +99,25 @@ pub(super) fn unmatched() -> ActionError {
 }
 
 /// Create objects that have the same fields, as few statements as possible;
-/// the stored rows, in the order given.
+/// the stored rows, in the order given. `uniform`: every one has its fields
+/// in the same order (they were made by one template).
 pub(super) async fn create_many(
     tx: &mut Tx,
     db: &Db,
     name: &str,
     t: &Table,
-    props: &[&Map<String, Value>],
+    props: &[Fields<'_>],
+    uniform: bool,
     only: Option<&BTreeSet<&str>>,
 ) -> Result<Vec<Got>, ActionError> {
-    let Some(first) = props.first() else {
+    let Some(&first) = props.first() else {
         return Ok(Vec::new());
     };
     let pk = match t.pk.as_slice() {
         [pk] => Some(pk),
         _ => None,
     };
-    let given = pk.is_some_and(|k| first.contains_key(k));
+    let given = pk.is_some_and(|k| first.get(k).is_some());
     let matchable = match pk {
         Some(k) if given => props.iter().all(|p| p.get(k).is_some_and(|v| !v.is_null())),
         Some(k) => integer_key(db.backend, t.cols.get(k)),
@@ -54,7 +126,7 @@ pub(super) async fn create_many(
     if props.len() == 1 || first.is_empty() || !matchable {
         let mut out = Vec::with_capacity(props.len());
         for p in props {
-            out.push(Got::Map(create_in(tx, db, name, t, p).await?));
+            out.push(Got::Map(create_in(tx, db, name, t, &p.to_map()).await?));
         }
         return Ok(out);
     }
@@ -72,11 +144,11 @@ pub(super) async fn create_many(
     };
     if db.backend == Backend::Postgres
         && let Some(rows) =
-            create_many_pg(tx, db, name, t, props, &keys, returning.as_deref()).await
+            create_many_pg(tx, db, name, t, props, uniform, returning.as_deref()).await
     {
         return match rows? {
             Made::Rows(rows) => match_rows(props, pk, given, rows, t),
-            Made::Count(n) => unread(n, props),
+            Made::Count(n) => unread(n, props.len()),
         };
     }
     let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
@@ -89,7 +161,7 @@ pub(super) async fn create_many(
         let mut values = Vec::with_capacity(keys.len());
         for (r, p) in chunk.iter().enumerate() {
             tuples.push_str(if r == 0 { "(" } else { ", (" });
-            values_of(p, &keys, &mut values);
+            values_of(*p, &keys, uniform, &mut values);
             for (i, (v, ty)) in values.iter().zip(&types).enumerate() {
                 let ty = *ty;
                 params.push(db.param_value(v.unwrap_or(&Value::Null), ty));
@@ -110,7 +182,7 @@ pub(super) async fn create_many(
                 Fetched::Affected(n) => n,
                 Fetched::Rows(r) => r.len() as u64,
             };
-            out.extend(unread(made, chunk)?);
+            out.extend(unread(made, chunk.len())?);
             continue;
         };
         sql.push_str(" RETURNING ");
@@ -146,26 +218,27 @@ pub(super) fn writer_reads<'a>(
 
 /// The rows of a multi-row insert that returns none: as many as it made
 /// (nothing of them is read).
-pub(super) fn unread(made: u64, props: &[&Map<String, Value>]) -> Result<Vec<Got>, ActionError> {
-    if made != props.len() as u64 {
+pub(super) fn unread(made: u64, rows: usize) -> Result<Vec<Got>, ActionError> {
+    if made != rows as u64 {
         return Err(unmatched());
     }
-    Ok(props.iter().map(|_| Got::Map(Map::new())).collect())
+    Ok((0..rows).map(|_| Got::Map(Map::new())).collect())
 }
 
 /// The values of `p` for `keys`, in their order, into `out`: without
 /// looking each up when `p` has exactly those keys in that order, as the
-/// patches of one multi-row statement have.
+/// patches of one multi-row statement mostly have (`uniform`: they do).
 pub(super) fn values_of<'a>(
-    p: &'a Map<String, Value>,
+    p: Fields<'a>,
     keys: &[&String],
+    uniform: bool,
     out: &mut Vec<Option<&'a Value>>,
 ) {
     out.clear();
-    if p.len() == keys.len() && p.keys().zip(keys).all(|(a, b)| a == *b) {
+    if uniform || (p.len() == keys.len() && p.keys().zip(keys).all(|(a, b)| a == *b)) {
         out.extend(p.values().map(Some));
     } else {
-        out.extend(keys.iter().map(|k| p.get(*k)));
+        out.extend(keys.iter().map(|k| p.get(k)));
     }
 }
 
@@ -173,7 +246,7 @@ pub(super) fn values_of<'a>(
 /// matched by the key given (`given`), or else by the generated integer
 /// key, assigned in increasing order.
 pub(super) fn match_rows(
-    props: &[&Map<String, Value>],
+    props: &[Fields<'_>],
     pk: &str,
     given: bool,
     rows: Vec<Got>,
@@ -224,10 +297,12 @@ pub(super) async fn create_many_pg(
     db: &Db,
     name: &str,
     t: &Table,
-    props: &[&Map<String, Value>],
-    keys: &[&String],
+    props: &[Fields<'_>],
+    uniform: bool,
     returning: Option<&str>,
 ) -> Option<Result<Made, ActionError>> {
+    let keys: Vec<&String> = props.first()?.keys().collect();
+    let keys = keys.as_slice();
     let types = keys
         .iter()
         .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
@@ -238,7 +313,7 @@ pub(super) async fn create_many_pg(
     let mut texts = Vec::new();
     let mut values = Vec::with_capacity(keys.len());
     for p in props {
-        values_of(p, keys, &mut values);
+        values_of(*p, keys, uniform, &mut values);
         for v in &values {
             if let Some(v) = v
                 && !matches!(v, Value::Null | Value::String(_))

@@ -21,6 +21,38 @@ pub(super) enum Pending {
     Failed(ActionError),
 }
 
+/// What made a patch: the template of the usual shape it was built from
+/// (its address, which stays while the flow lives) and the path of
+/// children down to it. Patches made alike have the same operation,
+/// collection and fields in the same order, known without comparing them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Shape(usize, u64);
+
+impl Shape {
+    /// Not known.
+    pub(super) const NONE: Shape = Shape(0, 0);
+
+    /// A patch built from template `t` (see [`build`]).
+    pub(super) fn of(t: &TemplateValue) -> Self {
+        Shape(std::ptr::from_ref(t) as usize, 1)
+    }
+
+    /// Its child `c`'s (each child one hexadecimal digit of the path, as
+    /// deep as 15 levels of up to 15 children).
+    pub(super) fn child(self, c: usize) -> Self {
+        match (self.0, u64::try_from(c)) {
+            (0, _) => Self::NONE,
+            (_, Ok(c)) if c < 15 && self.1 < 1 << 59 => Shape(self.0, self.1 * 16 + c + 1),
+            _ => Self::NONE,
+        }
+    }
+
+    /// Whether both patches are known to be made alike.
+    pub(super) fn alike(self, other: Self) -> bool {
+        self.0 != 0 && self == other
+    }
+}
+
 /// A value of a patch's `properties` (or `criteria`) left to render.
 pub(super) struct Hole {
     pub(super) criteria: bool,
