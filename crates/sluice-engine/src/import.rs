@@ -590,8 +590,10 @@ struct Out<'a> {
 /// once those are written, to their end; the writer only writes. (A task per
 /// record costs more: the writer would wake hundreds of tasks per write.)
 struct Runs<S: Store> {
-    /// The runtime the records run on (and what they made is dropped on).
+    /// The runtime the records run on (and what they made is dropped on),
+    /// and whether it is not the import's own.
     on: tokio::runtime::Handle,
+    own_runtime: bool,
     engine: Engine<S>,
     flow: Flow,
     batch: Option<Arc<dyn BatchWriter>>,
@@ -651,6 +653,18 @@ impl<S: Store> Runs<S> {
         (k, v, r, line)
     }
 
+    /// How many tasks a chunk's records run in: one per worker thread of
+    /// their runtime, but for one left to the writer and its database when
+    /// the records have a runtime of their own and their envelopes are written.
+    fn tasks(&self) -> usize {
+        let workers = self.on.metrics().num_workers().max(1);
+        if self.own_runtime && self.batch.is_some() {
+            (workers - 1).max(1)
+        } else {
+            workers
+        }
+    }
+
     /// Start the runs of the chunk's records (a record that is not JSON has none).
     fn start(self: &Arc<Self>, mut chunk: Chunk) -> Result<Running, ImportError> {
         let mut runs = Vec::with_capacity(chunk.values.len());
@@ -666,7 +680,7 @@ impl<S: Store> Runs<S> {
             ),
             None => None,
         };
-        let tasks = self.on.metrics().num_workers().max(1);
+        let tasks = self.tasks();
         let share = runs.len().div_ceil(tasks).max(1);
         let runs_of = FuturesUnordered::new();
         let mut runs = runs.into_iter();
@@ -952,6 +966,7 @@ impl<S: Store> Engine<S> {
                 .records_on
                 .clone()
                 .unwrap_or_else(tokio::runtime::Handle::current),
+            own_runtime: options.records_on.is_some(),
             engine: self.clone(),
             flow: flow.clone(),
             batch: setup.batch.clone(),

@@ -267,10 +267,11 @@ fn main() -> ExitCode {
         ..sluice_expr::Limits::default()
     });
     // The server uses every core. An import's writer has a thread of its
-    // own, and its records the other cores (a runtime of their own, below):
-    // the database's answer then never waits for a thread busy with
-    // records, and the writer sends the next statement at once. Other
-    // one-shot commands need one thread.
+    // own, and its records a runtime of their own (below), whose tasks
+    // leave a core to the writer and its database when envelopes are
+    // written: the database's answer then never waits for a thread busy
+    // with records, and the writer sends the next statement at once.
+    // Other one-shot commands need one thread.
     let importing = matches!(
         cli.command,
         Command::Run {
@@ -302,12 +303,11 @@ fn main() -> ExitCode {
     // The server drives runs on a runtime of their own, so that their work
     // never holds up its answers; an import its records' runs.
     let runs = if matches!(cli.command, Command::Serve { .. }) || importing {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if importing {
-            b.worker_threads(cores.saturating_sub(1).max(1));
-        }
-        match b.thread_name("sluice-run").enable_all().build() {
+        match tokio::runtime::Builder::new_multi_thread()
+            .thread_name("sluice-run")
+            .enable_all()
+            .build()
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");

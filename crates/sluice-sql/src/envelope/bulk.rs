@@ -1114,7 +1114,10 @@ mod tests {
             (f.len(), f.get("parent"), f.get("customer_id")),
             (4, Some(&id), Some(&json!(0)))
         );
-        assert_eq!(f.to_map().keys().next_back().map(String::as_str), Some("parent"));
+        assert_eq!(
+            f.to_map().keys().next_back().map(String::as_str),
+            Some("parent")
+        );
         // No parent: the properties as they are.
         let f = Fields::new(props, None);
         assert!(matches!(f.to_map(), Cow::Borrowed(_)));
