@@ -658,11 +658,8 @@ impl<S: Store> Runs<S> {
     /// the records have a runtime of their own and their envelopes are written.
     fn tasks(&self) -> usize {
         let workers = self.on.metrics().num_workers().max(1);
-        if self.own_runtime && self.batch.is_some() {
-            (workers - 1).max(1)
-        } else {
-            workers
-        }
+        let writer = usize::from(self.own_runtime && self.batch.is_some());
+        workers.saturating_sub(writer).max(1)
     }
 
     /// Start the runs of the chunk's records (a record that is not JSON has none).
