@@ -28,8 +28,6 @@ enum Part {
 pub struct Template {
     source: String,
     parts: Vec<Part>,
-    /// The string is exactly one template: its value is kept as JSON.
-    raw: bool,
 }
 
 /// A template that did not compile: the problems, with byte ranges relative
@@ -105,12 +103,19 @@ impl Template {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        let raw = parts.len() == 1 && matches!(parts[0], Part::Expr(_));
         Ok(Some(Self {
             source: s.to_owned(),
             parts,
-            raw,
         }))
+    }
+
+    /// The one expression, when the string is exactly one template: its
+    /// value is then kept as it is, not made text.
+    fn whole(&self) -> Option<&Program> {
+        match self.parts.as_slice() {
+            [Part::Expr(p)] => Some(p),
+            _ => None,
+        }
     }
 
     /// The templated string as written.
@@ -141,9 +146,7 @@ impl Template {
         // A template of one expression gives its value: a direct program
         // reads JSON at hand (the input, or a variable the scope holds as
         // JSON) without making jq values of it.
-        if self.raw
-            && let Part::Expr(p) = &self.parts[0]
-        {
+        if let Some(p) = self.whole() {
             return Ok(p
                 .single_json(input, scope, limits)?
                 .map_or(Value::Null, Cow::into_owned));
@@ -160,9 +163,7 @@ impl Template {
         scope: &dyn Scope,
         limits: &Limits,
     ) -> Result<Val, Error> {
-        if self.raw
-            && let Part::Expr(p) = &self.parts[0]
-        {
+        if let Some(p) = self.whole() {
             return Ok(p.single_val(input, scope, limits)?.unwrap_or(Val::Null));
         }
         let mut out = String::new();

@@ -144,7 +144,7 @@ pub(super) async fn create_many(
     };
     if db.backend == Backend::Postgres
         && let Some(rows) =
-            create_many_pg(tx, db, name, t, props, uniform, returning.as_deref()).await
+            create_many_pg(tx, name, t, props, &keys, uniform, returning.as_deref()).await
     {
         return match rows? {
             Made::Rows(rows) => match_rows(props, pk, given, rows, t),
@@ -294,15 +294,13 @@ pub(super) fn match_rows(
 /// `None` when a column's type is not known.
 pub(super) async fn create_many_pg(
     tx: &mut Tx,
-    db: &Db,
     name: &str,
     t: &Table,
     props: &[Fields<'_>],
+    keys: &[&String],
     uniform: bool,
     returning: Option<&str>,
 ) -> Option<Result<Made, ActionError>> {
-    let keys: Vec<&String> = props.first()?.keys().collect();
-    let keys = keys.as_slice();
     let types = keys
         .iter()
         .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
@@ -339,13 +337,13 @@ pub(super) async fn create_many_pg(
     }
     let mut sql = String::with_capacity(128 + keys.len() * 48);
     sql.push_str("INSERT INTO ");
-    sql.push_str(&db.backend.quote(name));
+    sql.push_str(&Backend::Postgres.quote(name));
     sql.push_str(" (");
     for (i, k) in keys.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&db.backend.quote(k));
+        sql.push_str(&Backend::Postgres.quote(k));
     }
     sql.push_str(") SELECT ");
     for (i, ty) in types.iter().enumerate() {
