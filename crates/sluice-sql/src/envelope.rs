@@ -570,12 +570,13 @@ pub(crate) fn envelope_outcome(
 /// The tokens an envelope set: those that are not the run's as they were.
 pub(crate) fn set_tokens(
     global: &Map<String, Value>,
-    tokens: Map<String, Value>,
+    mut tokens: Map<String, Value>,
 ) -> Map<String, Value> {
+    // Usually none is: the map is kept (an import's writer makes one per record).
+    if tokens.iter().any(|(k, v)| global.get(k) == Some(v)) {
+        tokens.retain(|k, v| global.get(k) != Some(v));
+    }
     tokens
-        .into_iter()
-        .filter(|(k, v)| global.get(k) != Some(v))
-        .collect()
 }
 
 /// [`envelope_outcome`], of the tokens it set.
@@ -625,5 +626,30 @@ mod tests {
         same(json!({"op": "create", "collection": "t", "properties": [1]}));
         same(json!({"op": "create", "collection": "t", "children": [{"op": "create"}]}));
         same(json!("create"));
+    }
+
+    #[test]
+    fn the_tokens_set_are_those_the_run_did_not_hold_already() {
+        let map = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let global = map(json!({"tenant": 7, "customer": 1}));
+        // The run's own tokens, unchanged, are not set; a new value is, in order.
+        let set = set_tokens(
+            &global,
+            map(json!({"tenant": 7, "order": 3, "customer": 2, "a": null})),
+        );
+        assert_eq!(
+            serde_json::to_string(&set).ok(),
+            Some(r#"{"order":3,"customer":2,"a":null}"#.to_owned())
+        );
+        // None held already: the map as it was.
+        let set = set_tokens(&Map::new(), map(json!({"z": 1, "a": 2})));
+        assert_eq!(
+            serde_json::to_string(&set).ok(),
+            Some(r#"{"z":1,"a":2}"#.to_owned())
+        );
+        assert!(set_tokens(&global, map(json!({"tenant": 7}))).is_empty());
     }
 }
