@@ -2,9 +2,9 @@
 //! (`-z pack-relative-relocs`, the DT_RELR format) when it is built for the
 //! machine that builds it and that machine's C library reads the format
 //! (glibc 2.36 or later). The loader then reads about 14 KB of relocations
-//! at every start instead of 1.1 MB, which shortens each command's start by
-//! about a tenth (docs/benchmarks.md, "a fast start"). Elsewhere (another
-//! target, an older glibc, no `getconf`) the binary is linked as before.
+//! at every start instead of 1.1 MB, which shortens each command's start
+//! (docs/benchmarks.md §1, the start). Elsewhere (another target, an older
+//! glibc, no `getconf`) the binary is linked as before.
 
 use std::process::Command;
 
