@@ -272,6 +272,7 @@ fn main() -> ExitCode {
     // written: the database's answer then never waits for a thread busy
     // with records, and the writer sends the next statement at once.
     // Other one-shot commands need one thread.
+    let serving = matches!(cli.command, Command::Serve { .. });
     let importing = matches!(
         cli.command,
         Command::Run {
@@ -279,7 +280,7 @@ fn main() -> ExitCode {
             ..
         }
     );
-    let runtime = if matches!(cli.command, Command::Serve { .. }) {
+    let runtime = if serving {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -302,7 +303,7 @@ fn main() -> ExitCode {
     };
     // The server drives runs on a runtime of their own, so that their work
     // never holds up its answers; an import its records' runs.
-    let runs = if matches!(cli.command, Command::Serve { .. }) || importing {
+    let runs = if serving || importing {
         match tokio::runtime::Builder::new_multi_thread()
             .thread_name("sluice-run")
             .enable_all()
