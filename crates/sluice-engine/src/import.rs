@@ -155,6 +155,8 @@ enum Records {
         /// The header's names, a list of keys every row's object shares.
         keys: sluice_expr::Obj,
         number: u64,
+        /// The room the row before took.
+        last: usize,
     },
 }
 
@@ -188,6 +190,7 @@ impl Records {
                 keys: keys.collect(),
                 headers,
                 number: 0,
+                last: 0,
             })
         } else {
             Ok(Self::Jsonl {
@@ -224,14 +227,19 @@ impl Records {
                 reader,
                 headers,
                 number,
+                last,
                 ..
             } => {
-                let mut rec = csv::StringRecord::new();
+                // Each row in a record of its own (the failure report
+                // reads it later), as large as the row before: read
+                // without growing it field by field.
+                let mut rec = csv::StringRecord::with_capacity(*last, headers.len());
                 let line = reader.position().line();
                 match reader.read_record(&mut rec) {
                     Ok(false) => Ok(None),
                     Ok(true) => {
                         *number += 1;
+                        *last = rec.as_byte_record().as_slice().len().next_power_of_two();
                         let data = if rec.len() == headers.len() {
                             RawData::Csv(rec)
                         } else {

@@ -282,9 +282,10 @@ pub fn to_json(v: &Val) -> Value {
             serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
         }
         Val::Num(n) => num_from_val(n),
-        Val::Str(s) => Value::String(s.to_string()),
+        // Copied as text (`to_string` would go through `Display`).
+        Val::Str(s) => Value::String(s.as_str().to_owned()),
         Val::Arr(a) => Value::Array(a.iter().map(to_json).collect()),
-        Val::Obj(o) => Value::Object(o.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()),
+        Val::Obj(o) => Value::Object(o.iter().map(|(k, v)| ((**k).to_owned(), to_json(v))).collect()),
     }
 }
 

@@ -133,8 +133,13 @@ fn plain_str(parts: &[StrPart<&str, Term<&str>>]) -> Option<String> {
 impl Fast {
     /// Evaluate; `None` means "let jaq do it".
     pub(crate) fn eval(&self, input: &Val, vars: &[Val]) -> Option<Val> {
+        self.eval_ref(input, vars).map(Cow::into_owned)
+    }
+
+    /// [`Fast::eval`], a path's value borrowed from where it is.
+    pub(crate) fn eval_ref<'v>(&'v self, input: &'v Val, vars: &'v [Val]) -> Option<Cow<'v, Val>> {
         match self {
-            Fast::Lit(v, _) => Some(v.clone()),
+            Fast::Lit(v, _) => Some(Cow::Borrowed(v)),
             Fast::Path(base, segs) => {
                 let mut cur: &Val = match base {
                     None => input,
@@ -149,17 +154,17 @@ impl Fast {
                     };
                     match next {
                         Some(v) => cur = v,
-                        None => return Some(Val::Null),
+                        None => return Some(Cow::Owned(Val::Null)),
                     }
                 }
-                Some(cur.clone())
+                Some(Cow::Borrowed(cur))
             }
             Fast::Obj(entries) => {
                 let mut m = Obj::with_capacity(entries.len());
                 for (k, _, f) in entries {
-                    m.insert(k.clone(), f.eval(input, vars)?);
+                    m.insert(k.clone(), f.eval_ref(input, vars)?.into_owned());
                 }
-                Some(Val::obj(m))
+                Some(Cow::Owned(Val::obj(m)))
             }
         }
     }

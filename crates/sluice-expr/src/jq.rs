@@ -687,6 +687,16 @@ impl Program {
                 }
                 None => {}
             }
+            // The same on jq values, read where they are (neither the
+            // input cloned nor jq's machinery started).
+            let vars: Vec<Val> = c
+                .vars
+                .iter()
+                .map(|n| scope.get(n).unwrap_or(Val::Null))
+                .collect();
+            if let Some(v) = fast.eval_ref(input.as_val(), &vars) {
+                return from_val(&v).map(|v| Some(Cow::Owned(v))).map_err(|e| self.runtime(e));
+            }
         }
         self.single(input.as_val().clone(), scope, limits)?
             .map(|v| from_val(&v).map(Cow::Owned).map_err(|e| self.runtime(e)))

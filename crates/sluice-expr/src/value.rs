@@ -40,12 +40,13 @@ pub fn from_val(v: &Val) -> Result<Value, String> {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
         Val::Num(n) => num_from_val(n),
-        Val::Str(s) => Value::String(s.to_string()),
+        // Copied as text (`to_string` would go through `Display`).
+        Val::Str(s) => Value::String(s.as_str().to_owned()),
         Val::Arr(a) => Value::Array(a.iter().map(from_val).collect::<Result<_, _>>()?),
         Val::Obj(o) => {
             let mut m = Map::with_capacity(o.len());
             for (k, v) in o.iter() {
-                m.insert(k.to_string(), from_val(v)?);
+                m.insert((**k).to_owned(), from_val(v)?);
             }
             Value::Object(m)
         }
