@@ -285,7 +285,11 @@ pub fn to_json(v: &Val) -> Value {
         // Copied as text (`to_string` would go through `Display`).
         Val::Str(s) => Value::String(s.as_str().to_owned()),
         Val::Arr(a) => Value::Array(a.iter().map(to_json).collect()),
-        Val::Obj(o) => Value::Object(o.iter().map(|(k, v)| ((**k).to_owned(), to_json(v))).collect()),
+        Val::Obj(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| ((**k).to_owned(), to_json(v)))
+                .collect(),
+        ),
     }
 }
 

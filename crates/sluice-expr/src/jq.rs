@@ -695,7 +695,9 @@ impl Program {
                 .map(|n| scope.get(n).unwrap_or(Val::Null))
                 .collect();
             if let Some(v) = fast.eval_ref(input.as_val(), &vars) {
-                return from_val(&v).map(|v| Some(Cow::Owned(v))).map_err(|e| self.runtime(e));
+                return from_val(&v)
+                    .map(|v| Some(Cow::Owned(v)))
+                    .map_err(|e| self.runtime(e));
             }
         }
         self.single(input.as_val().clone(), scope, limits)?

@@ -45,6 +45,7 @@
 //! writer reads only keys and the fields tokens take).
 
 mod insert;
+mod lean;
 mod plan;
 mod position;
 mod prepare;
@@ -57,6 +58,7 @@ use crate::db::{Db, Fetched, Made, Pools, Stmt, Tx};
 use crate::decode::Got;
 use crate::sets::id_text;
 use insert::*;
+use lean::*;
 use prepare::*;
 use serde_json::{Map, Value};
 use sluice_action::batch::{BatchWriter, Batches, InBatch, Position};
@@ -83,6 +85,8 @@ pub struct Batch {
     db: Arc<Db>,
     /// The runs of each chunk and the envelopes waiting to be written.
     chunks: Mutex<BTreeMap<u64, ChunkRuns>>,
+    /// The layouts of the lean patches handed over so far, by shape.
+    layouts: Mutex<Layouts>,
     /// Each chunk's open transaction: a chunk may write (on a connection
     /// of its own) while the chunk before it commits.
     txs: Mutex<BTreeMap<u64, Tx>>,
@@ -172,7 +176,7 @@ fn label(at: &[usize]) -> String {
 /// the position's label, such as `patch 1.2`).
 struct Item<'p> {
     job: usize,
-    patch: &'p Patch,
+    patch: PatchRef<'p>,
     parent: Option<Value>,
     shape: Shape,
 }
@@ -246,6 +250,7 @@ impl Batch {
             connection: connection.to_owned(),
             db,
             chunks: Mutex::new(BTreeMap::new()),
+            layouts: Mutex::new(Vec::new()),
             txs: Mutex::new(BTreeMap::new()),
             open: Mutex::new(BTreeSet::new()),
             failed_patches: Mutex::new(HashMap::new()),
@@ -315,6 +320,22 @@ impl Batch {
             .and_then(|mut m| m.remove(&record))
     }
 
+    /// Whether patches made from template `item` are lean (see
+    /// [`Layout`]), its layout made the first time it is asked.
+    fn has_layout(&self, item: &TemplateValue) -> bool {
+        let Ok(mut layouts) = self.layouts.lock() else {
+            return false;
+        };
+        let shape = Shape::of(item);
+        if let Some((_, l)) = layouts.iter().find(|(s, _)| s.alike(shape)) {
+            return l.is_some();
+        }
+        let l = Layout::of(item, true).map(Arc::new);
+        let lean = l.is_some();
+        layouts.push((shape, l));
+        lean
+    }
+
     /// Hand an envelope to the batch and wait until it is written.
     pub(crate) async fn submit(
         &self,
@@ -341,9 +362,21 @@ impl Batch {
                 let mut out = Vec::with_capacity(count);
                 shapes.reserve(count);
                 for i in 0..count {
-                    if let TemplateValue::Array(items) = t
-                        && let Some(item) = items.get(i).filter(|p| usual(p, true))
+                    let item = match t {
+                        TemplateValue::Array(items) => items.get(i),
+                        _ => None,
+                    };
+                    if let Some(item) = item
+                        && self.has_layout(item)
                     {
+                        shapes.push(Shape::of(item));
+                        out.push(match Lean::build(item, cx, &mut scope, &mut reads_input) {
+                            Ok(b) => Pending::Lean(b),
+                            Err(e) => Pending::Failed(e),
+                        });
+                        continue;
+                    }
+                    if let Some(item) = item.filter(|p| usual(p, true)) {
                         shapes.push(Shape::of(item));
                         let mut holes = Vec::new();
                         out.push(match build(i, item, cx, &mut holes) {
@@ -550,7 +583,8 @@ impl Batch {
                         // named one; else in halves. Either way in record
                         // order, so a wrong guess costs groups, not results.
                         let mut left = jobs;
-                        let parts = match suspect(&f, &left) {
+                        let layouts = locked(&self.layouts)?.clone();
+                        let parts = match suspect(&f, &left, &layouts) {
                             Some(k) => {
                                 let mut rest = left.split_off(k);
                                 let after = rest.split_off(1);
@@ -581,6 +615,11 @@ impl Batch {
         jobs: &mut [Waiting],
         limits: &Limits,
     ) -> Result<Vec<Written>, Fail> {
+        // The layouts of the lean patches (all made before their records
+        // handed them over).
+        let layouts = locked(&self.layouts)
+            .map_err(|e| fail(label(&[0]), &[0], e))?
+            .clone();
         let mut works: Vec<Work> = jobs
             .iter()
             .map(|w| Work {
@@ -601,10 +640,24 @@ impl Batch {
             for (j, w) in jobs.iter_mut().enumerate() {
                 let Waiting {
                     patches,
+                    shapes,
                     input,
                     scope,
                     ..
                 } = w;
+                if let Some(Pending::Lean(b)) = patches.get_mut(i) {
+                    let shape = shapes.get(i).copied().unwrap_or(Shape::NONE);
+                    let scope = works[j].scope(scope);
+                    for (at, t) in layout_of(&layouts, shape).map_or(&[][..], |l| &l.holes) {
+                        let v = t
+                            .render(input, &scope, limits)
+                            .map_err(|e| failed(e.into()))?;
+                        if let Some(slot) = b.values.get_mut(*at) {
+                            *slot = v;
+                        }
+                    }
+                    continue;
+                }
                 let Some(Pending::Holes(p, holes)) = patches.get_mut(i) else {
                     continue;
                 };
@@ -648,12 +701,15 @@ impl Batch {
             }
             let mut items: Vec<Item<'_>> = Vec::with_capacity(jobs.len());
             for (job, w) in jobs.iter().enumerate() {
+                let shape = w.shapes.get(i).copied().unwrap_or(Shape::NONE);
                 let (patch, shape) = match w.patches.get(i) {
-                    Some(Pending::Ready(p) | Pending::Holes(p, _)) => {
-                        (p, w.shapes.get(i).copied().unwrap_or(Shape::NONE))
-                    }
+                    Some(Pending::Ready(p) | Pending::Holes(p, _)) => (PatchRef::Full(p), shape),
+                    Some(Pending::Lean(b)) => match layout_of(&layouts, shape) {
+                        Some(l) => (PatchRef::Lean(b, l), shape),
+                        None => return Err(failed(no_layout())),
+                    },
                     Some(_) => match rendered.get(job) {
-                        Some(Some(p)) => (p, Shape::NONE),
+                        Some(Some(p)) => (PatchRef::Full(p), Shape::NONE),
                         _ => continue,
                     },
                     None => continue,
@@ -699,12 +755,18 @@ impl Batch {
         Box::pin(async move {
             let db = &*self.db;
             let label = label(at);
-            let which =
-                |it: &Item| format!("{} ({} {})", label, it.patch.op.word(), it.patch.collection);
+            let which = |it: &Item| {
+                format!(
+                    "{} ({} {})",
+                    label,
+                    it.patch.op().word(),
+                    it.patch.collection()
+                )
+            };
             let mut prepared: Vec<(Fields<'_>, Arc<Table>)> = Vec::with_capacity(items.len());
             for it in items {
                 let p = it.patch;
-                let parent = match (&p.parent_key, &it.parent) {
+                let parent = match (p.parent_key(), &it.parent) {
                     (Some(k), Some(id)) => Some((k, id)),
                     (Some(_), None) => {
                         return Err(fail(
@@ -715,7 +777,7 @@ impl Batch {
                     }
                     (None, _) => None,
                 };
-                let props = Fields::new(&p.properties, parent);
+                let props = Fields::new(p.properties(), parent);
                 // Patches at one position mostly have the same fields as
                 // the one before: checked once for all of them.
                 let before = prepared.len().checked_sub(1);
@@ -723,14 +785,14 @@ impl Batch {
                 let t = match same {
                     Some(((_, t), b)) if b.shape.alike(it.shape) => t.clone(),
                     Some(((before, t), b))
-                        if b.patch.collection == p.collection
+                        if b.patch.collection() == p.collection()
                             && before.keys().eq(props.keys())
-                            && b.patch.criteria.keys().eq(p.criteria.keys()) =>
+                            && b.patch.criteria().keys().eq(p.criteria().keys()) =>
                     {
                         t.clone()
                     }
                     _ => db
-                        .check_fields(&p.collection, props.keys().chain(p.criteria.keys()))
+                        .check_fields(p.collection(), props.keys().chain(p.criteria().keys()))
                         .await
                         .map_err(|e| fail(which(it), at, e))?,
                 };
@@ -742,14 +804,14 @@ impl Batch {
                 let it = &items[k];
                 let p = it.patch;
                 let (props, t) = &prepared[k];
-                if p.op == PatchOp::Create {
+                if p.op() == PatchOp::Create {
                     let mut e = k + 1;
                     let mut uniform = true;
                     while e < items.len() {
                         let alike = items[e].shape.alike(it.shape);
                         let same = alike
-                            || (items[e].patch.op == PatchOp::Create
-                                && items[e].patch.collection == p.collection
+                            || (items[e].patch.op() == PatchOp::Create
+                                && items[e].patch.collection() == p.collection()
                                 && prepared[e].0.keys().eq(props.keys()));
                         if !same {
                             break;
@@ -760,19 +822,20 @@ impl Batch {
                     let all: Vec<Fields<'_>> = prepared[k..e].iter().map(|(f, _)| *f).collect();
                     let only = (!rows_read)
                         .then(|| writer_reads(t, items[k..e].iter().map(|it| it.patch)));
-                    let made = create_many(tx, db, &p.collection, t, &all, uniform, only.as_ref())
+                    let made = create_many(tx, db, p.collection(), t, &all, uniform, only.as_ref())
                         .await
                         .map_err(|err| fail(which(it), at, err))?;
                     rows.extend(made);
                     k = e;
                     continue;
                 }
-                let c = &p.collection;
+                let c = p.collection();
                 let props = props.to_map();
-                let row = match p.op {
-                    PatchOp::Update => write_in(tx, db, c, t, &p.criteria, &props, false).await,
-                    PatchOp::Upsert => write_in(tx, db, c, t, &p.criteria, &props, true).await,
-                    PatchOp::Delete => delete_in(tx, db, c, t, &p.criteria).await,
+                let criteria = p.criteria().to_map();
+                let row = match p.op() {
+                    PatchOp::Update => write_in(tx, db, c, t, &criteria, &props, false).await,
+                    PatchOp::Upsert => write_in(tx, db, c, t, &criteria, &props, true).await,
+                    PatchOp::Delete => delete_in(tx, db, c, t, &criteria).await,
                     PatchOp::Create => create_in(tx, db, c, t, &props).await,
                 }
                 .map_err(|err| fail(which(it), at, err))?;
@@ -780,7 +843,7 @@ impl Batch {
                 k += 1;
             }
             for ((it, row), (_, t)) in items.iter().zip(&rows).zip(&prepared) {
-                for (token, field) in &it.patch.set_tokens {
+                for (token, field) in it.patch.set_tokens() {
                     let v = row
                         .field(field, &t.cols)
                         .map_err(|e| fail(which(it), at, e))?;
@@ -798,7 +861,7 @@ impl Batch {
             }
             let most = items
                 .iter()
-                .map(|it| it.patch.children.len())
+                .map(|it| it.patch.children())
                 .max()
                 .unwrap_or(0);
             let mut children: Vec<Vec<Tree>> = items.iter().map(|_| Vec::new()).collect();
@@ -807,7 +870,7 @@ impl Batch {
                 let mut owners = Vec::with_capacity(items.len());
                 let mut sub = Vec::with_capacity(items.len());
                 for (x, it) in items.iter().enumerate() {
-                    if let Some(child) = it.patch.children.get(c) {
+                    if let Some(child) = it.patch.child(c) {
                         owners.push(x);
                         sub.push(Item {
                             job: it.job,
@@ -839,6 +902,16 @@ impl Batch {
                 })
                 .collect())
         })
+    }
+}
+
+/// A lean patch whose layout the batch does not have.
+fn no_layout() -> ActionError {
+    ActionError {
+        blame: Blame::Bug,
+        message: "a patch of the import has no layout".into(),
+        retry_after_ms: None,
+        incident: false,
     }
 }
 
@@ -941,221 +1014,4 @@ impl BatchWriter for Batch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn patch(v: Value) -> Patch {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn a_failure_names_its_key_and_patch() {
-        let dup = "step failed: patch 1 (create customers) failed: postgres://u@h/db: error returned from database: duplicate key value violates unique constraint \"c_key\" (Key (external_id)=(C-9) already exists.)";
-        assert_eq!(named_key(dup), Some(("external_id", "C-9")));
-        let fk = "... (Key (customer_id)=(12) is not present in table \"customers\".)";
-        assert_eq!(named_key(fk), Some(("customer_id", "12")));
-        // A value with parentheses in it: up to the first ending.
-        let odd = "x (Key (name)=(a) b (c)) already exists.)";
-        assert_eq!(named_key(odd), Some(("name", "a) b (c)")));
-        // Two columns, or no detail: nothing named.
-        assert_eq!(named_key("(Key (a, b)=(1, 2) already exists.)"), None);
-        assert_eq!(named_key("UNIQUE constraint failed: t.email"), None);
-        let check = "... violates check constraint \"orders_total_check\" (Failing row contains (7, 3, SO-5, -1.00, EUR).)";
-        assert_eq!(
-            named(check),
-            Some(Named::Row(vec!["7", "3", "SO-5", "-1.00", "EUR"]))
-        );
-        assert_eq!(named(dup), Some(Named::Key("external_id", "C-9")));
-        assert_eq!(label(&[1]), "patch 2");
-        assert_eq!(label(&[0, 0]), "patch 1.1");
-        assert_eq!(label(&[9, 1, 0]), "patch 10.2.1");
-    }
-
-    #[test]
-    fn the_suspect_is_the_record_with_the_named_key() {
-        let job = |record: u64, id: &str| Waiting {
-            record,
-            patches: vec![
-                Pending::Ready(patch(json!({
-                    "op": "create", "collection": "customers",
-                    "properties": {"external_id": id},
-                    "children": [{"op": "create", "collection": "contacts", "properties": {"phone": id}}]
-                }))),
-                // Its customer's id comes from `$tokens`: unknown until written.
-                Pending::Holes(
-                    patch(json!({
-                        "op": "create", "collection": "orders",
-                        "properties": {"customer_id": null, "number": format!("SO-{record}")}
-                    })),
-                    vec![Hole {
-                        criteria: false,
-                        key: "customer_id".into(),
-                        value: TemplateValue::Const(Value::Null),
-                    }],
-                ),
-            ],
-            shapes: Vec::new(),
-            input: Input::json(&Value::Null),
-            scope: MapScope(BTreeMap::new()),
-            global: Map::new(),
-            results_read: false,
-            reply: None,
-        };
-        let jobs = vec![job(1, "C-1"), job(2, "C-2"), job(3, "C-3"), job(4, "C-2")];
-        let named = |at: &[usize], detail: String| Fail {
-            error: ActionError::data(format!("... ({detail})")),
-            patch: label(at),
-            at: at.to_vec(),
-        };
-        let failed = |at: &[usize], key: &str| named(at, format!("Key {key} already exists."));
-        // Taken before the group: the only record with it.
-        let f = failed(&[0], "(external_id)=(C-3)");
-        assert_eq!(suspect(&f, &jobs), Some(2));
-        // Twice in the group: the second found it taken.
-        let f = failed(&[0], "(external_id)=(C-2)");
-        assert_eq!(suspect(&f, &jobs), Some(3));
-        // A child's field.
-        let f = failed(&[0, 0], "(phone)=(C-1)");
-        assert_eq!(suspect(&f, &jobs), Some(0));
-        // A row: the first record whose values are all in it.
-        let row = |at: &[usize], cells: &str| named(at, format!("Failing row contains ({cells})."));
-        assert_eq!(suspect(&row(&[0], "9, C-2, x"), &jobs), Some(1));
-        assert_eq!(suspect(&row(&[0], "9, C-7, x"), &jobs), None);
-        let f = row(&[1], "5, 12, SO-3");
-        assert_eq!(suspect(&f, &jobs), Some(2), "the hole is not compared");
-        // No record has it, no such patch, no key named: halves instead.
-        let f = failed(&[0], "(external_id)=(C-9)");
-        assert_eq!(suspect(&f, &jobs), None);
-        let f = failed(&[1], "(external_id)=(C-1)");
-        assert_eq!(suspect(&f, &jobs), None);
-        let f = failed(&[2], "(external_id)=(C-1)");
-        assert_eq!(suspect(&f, &jobs), None);
-        let f = Fail {
-            error: ActionError::data("CHECK constraint failed"),
-            patch: label(&[0]),
-            at: vec![0],
-        };
-        assert_eq!(suspect(&f, &jobs), None);
-    }
-
-    #[test]
-    fn groups_shrink_as_records_are_refused() {
-        // None refused yet: the whole chunk at once.
-        assert_eq!(group_size(500, 0, 0), 500);
-        assert_eq!(group_size(500, 10_000, 0), 500);
-        // One in a hundred: groups of some tens; one in ten thousand: hundreds.
-        assert_eq!(group_size(500, 10_000, 100), 17);
-        assert_eq!(group_size(500, 100_000, 10), 173);
-        // Never fewer than eight, never more than the chunk.
-        assert_eq!(group_size(500, 100, 50), 8);
-        assert_eq!(group_size(100, 1_000_000, 1), 100);
-        assert_eq!(group_size(0, 0, 0), 1);
-    }
-
-    #[test]
-    fn an_insert_returns_only_what_the_writer_reads() {
-        let t = Table {
-            cols: [("id", "integer"), ("name", "text"), ("code", "text")]
-                .into_iter()
-                .map(|(c, ty)| (c.to_owned(), ty.to_owned()))
-                .collect(),
-            pk: vec!["id".to_owned()],
-        };
-        let plain = patch(json!({"op": "create", "collection": "t", "properties": {"name": "a"}}));
-        let tokens = patch(
-            json!({"op": "create", "collection": "t", "properties": {}, "setTokens": {"c": "code"}}),
-        );
-        let parent = patch(json!({"op": "create", "collection": "t", "properties": {},
-            "children": [{"op": "create", "collection": "u", "parentKey": "t_id", "properties": {}}]}));
-        // Nothing is read: the insert returns no rows.
-        assert!(writer_reads(&t, [&plain, &plain].into_iter()).is_empty());
-        // A token's field, and the key to match the rows.
-        let read: Vec<&str> = writer_reads(&t, [&plain, &tokens].into_iter())
-            .into_iter()
-            .collect();
-        assert_eq!(read, ["code", "id"]);
-        // Children take their parent's key.
-        let read: Vec<&str> = writer_reads(&t, [&parent].into_iter())
-            .into_iter()
-            .collect();
-        assert_eq!(read, ["id"]);
-    }
-
-    #[test]
-    fn a_childs_fields_hold_its_parents_key() {
-        let props = json!({"name": "a", "customer_id": 0, "phone": "1"});
-        let props = props.as_object().unwrap();
-        let (key, id) = ("customer_id".to_owned(), json!(7));
-        let other = "parent".to_owned();
-        // Named among the properties: in its place, with the parent's key.
-        let f = Fields::new(props, Some((&key, &id)));
-        assert_eq!(
-            f.keys().collect::<Vec<_>>(),
-            ["name", "customer_id", "phone"]
-        );
-        assert_eq!(
-            f.values().collect::<Vec<_>>(),
-            [&json!("a"), &id, &json!("1")]
-        );
-        assert_eq!(
-            (f.len(), f.get("customer_id"), f.get("name")),
-            (3, Some(&id), Some(&json!("a")))
-        );
-        assert_eq!(f.to_map().get("customer_id"), Some(&id));
-        // Not named: after them.
-        let f = Fields::new(props, Some((&other, &id)));
-        assert_eq!(
-            f.keys().collect::<Vec<_>>(),
-            ["name", "customer_id", "phone", "parent"]
-        );
-        assert_eq!(f.values().last(), Some(&id));
-        assert_eq!(
-            (f.len(), f.get("parent"), f.get("customer_id")),
-            (4, Some(&id), Some(&json!(0)))
-        );
-        assert_eq!(
-            f.to_map().keys().next_back().map(String::as_str),
-            Some("parent")
-        );
-        // No parent: the properties as they are.
-        let f = Fields::new(props, None);
-        assert!(matches!(f.to_map(), Cow::Borrowed(_)));
-        assert_eq!((f.len(), f.is_empty()), (3, false));
-        let mut out = Vec::new();
-        let keys: Vec<&String> = props.keys().rev().collect();
-        values_of(f, &keys, false, &mut out);
-        assert_eq!(out, [Some(&json!("1")), Some(&json!(0)), Some(&json!("a"))]);
-    }
-
-    #[test]
-    fn patches_made_alike_are_told_apart_from_others() {
-        let (a, b) = (
-            TemplateValue::Const(json!(1)),
-            TemplateValue::Const(json!(2)),
-        );
-        let (sa, sb) = (Shape::of(&a), Shape::of(&b));
-        assert!(sa.alike(Shape::of(&a)) && !sa.alike(sb));
-        assert!(!Shape::NONE.alike(Shape::NONE), "unknown is never alike");
-        // Children: by their place, at every depth.
-        assert!(sa.child(0).alike(sa.child(0)));
-        assert!(!sa.child(0).alike(sa.child(1)) && !sa.child(0).alike(sa));
-        assert!(!sa.child(0).child(0).alike(sa.child(0)));
-        assert!(!sa.child(0).alike(sb.child(0)));
-        assert_eq!(Shape::NONE.child(0), Shape::NONE);
-        // Past what the path holds: unknown.
-        assert_eq!(sa.child(15), Shape::NONE);
-        let mut deep = sa;
-        for _ in 0..15 {
-            deep = deep.child(14);
-        }
-        assert!(deep.alike(deep) && !deep.alike(sa));
-        assert_eq!(deep.child(0), Shape::NONE);
-    }
-
-    #[test]
-    fn an_insert_that_returns_no_rows_must_have_made_them_all() {
-        assert_eq!(unread(2, 2).map(|r| r.len()).ok(), Some(2));
-        assert!(unread(1, 2).is_err());
-    }
-}
+mod tests;

@@ -10,17 +10,14 @@ use super::*;
 /// them), read without copying the properties.
 #[derive(Clone, Copy)]
 pub(super) struct Fields<'p> {
-    props: &'p Map<String, Value>,
+    props: Props<'p>,
     parent: Option<(&'p String, &'p Value)>,
     /// Whether the parent's key is not among the properties.
     extra: bool,
 }
 
 impl<'p> Fields<'p> {
-    pub(super) fn new(
-        props: &'p Map<String, Value>,
-        parent: Option<(&'p String, &'p Value)>,
-    ) -> Self {
+    pub(super) fn new(props: Props<'p>, parent: Option<(&'p String, &'p Value)>) -> Self {
         let extra = parent.is_some_and(|(k, _)| !props.contains_key(k));
         Self {
             props,
@@ -65,9 +62,9 @@ impl<'p> Fields<'p> {
     /// The fields as one map (a row written alone).
     pub(super) fn to_map(self) -> Cow<'p, Map<String, Value>> {
         match self.parent {
-            None => Cow::Borrowed(self.props),
+            None => self.props.to_map(),
             Some((k, v)) => {
-                let mut m = self.props.clone();
+                let mut m = self.props.to_map().into_owned();
                 m.insert(k.clone(), v.clone());
                 Cow::Owned(m)
             }
@@ -201,13 +198,13 @@ pub(super) async fn create_many(
 /// parent's key). Empty when it needs none.
 pub(super) fn writer_reads<'a>(
     t: &'a Table,
-    patches: impl Iterator<Item = &'a Patch>,
+    patches: impl Iterator<Item = PatchRef<'a>>,
 ) -> BTreeSet<&'a str> {
     let mut read = BTreeSet::new();
     let mut needed = false;
     for p in patches {
-        needed |= !p.set_tokens.is_empty() || !p.children.is_empty();
-        read.extend(p.set_tokens.values().map(String::as_str));
+        needed |= !p.set_tokens().is_empty() || p.children() > 0;
+        read.extend(p.set_tokens().values().map(String::as_str));
     }
     if needed {
         read.extend(t.pk.iter().map(String::as_str));

@@ -11,6 +11,8 @@ use super::*;
 /// written. Nothing else a template reads changes inside an envelope.
 pub(super) enum Pending {
     Ready(Patch),
+    /// Made from a template with a layout (see [`Layout`]): its values.
+    Lean(Lean),
     /// Only values of `properties` or `criteria` read `$tokens`: the patch
     /// without them, and them, rendered into it just before it is written.
     Holes(Patch, Vec<Hole>),

@@ -10,34 +10,52 @@ use super::*;
 /// the row (`Failing row contains (7, C-9, -1.00).`: the first record all
 /// of whose values are in it). None when it names neither, or no patch
 /// has it as written (a value templated from `$tokens`, a parent's key).
-pub(super) fn suspect(f: &Fail, jobs: &[Waiting]) -> Option<usize> {
+pub(super) fn suspect(f: &Fail, jobs: &[Waiting], layouts: &Layouts) -> Option<usize> {
     let named = named(&f.error.message)?;
     let (first, children) = f.at.split_first()?;
     let mut having = jobs.iter().enumerate().filter(|(_, w)| {
-        // Values rendered only when written (`$tokens`) are not known here.
-        let (mut p, holes) = match w.patches.get(*first) {
-            Some(Pending::Ready(p)) => (p, &[][..]),
-            Some(Pending::Holes(p, holes)) => (p, &holes[..]),
+        // Values rendered only when written (`$tokens`) are not known
+        // here: a full patch's holes by key, a lean one's by place.
+        let shape = w.shapes.get(*first).copied().unwrap_or(Shape::NONE);
+        let (mut p, holes, lean_holes) = match w.patches.get(*first) {
+            Some(Pending::Ready(p)) => (PatchRef::Full(p), &[][..], &[][..]),
+            Some(Pending::Holes(p, holes)) => (PatchRef::Full(p), &holes[..], &[][..]),
+            Some(Pending::Lean(b)) => match layout_of(layouts, shape) {
+                Some(l) => (PatchRef::Lean(b, l), &[][..], &l.holes[..]),
+                None => return false,
+            },
             _ => return false,
         };
         // (A child has none.)
-        let holes = if children.is_empty() { holes } else { &[] };
-        let known = |k: &String| !holes.iter().any(|h| !h.criteria && h.key == *k);
+        let (holes, lean_holes) = if children.is_empty() {
+            (holes, lean_holes)
+        } else {
+            (&[][..], &[][..])
+        };
+        let known = |at: usize, k: &String| {
+            !holes.iter().any(|h| !h.criteria && h.key == *k)
+                && !lean_holes.iter().any(|(i, _)| *i == at)
+        };
         for c in children {
-            match p.children.get(*c) {
+            match p.child(*c) {
                 Some(child) => p = child,
                 None => return false,
             }
         }
         match &named {
             Named::Key(field, value) => p
-                .properties
-                .get(*field)
+                .properties()
+                .get(field)
                 .is_some_and(|v| !v.is_null() && id_text(v) == *value),
             Named::Row(cells) => {
-                let mut values = p.properties.iter().filter(|(k, _)| known(k)).peekable();
+                let mut values = p
+                    .properties()
+                    .iter()
+                    .enumerate()
+                    .filter(|(at, (k, _))| known(*at, k))
+                    .peekable();
                 values.peek().is_some()
-                    && values.all(|(_, v)| {
+                    && values.all(|(_, (_, v))| {
                         let text = if v.is_null() {
                             "null".into()
                         } else {
