@@ -143,7 +143,9 @@ impl<S: Store> Engine<S> {
         let recorded_options = options;
         // Whether anything reads what the step emits, in a run whose output
         // is not kept (see `results_read`).
-        let result_read = results_read(step);
+        // (With `--output`, the run's output, which a last step's result
+        // makes, is read.)
+        let result_read = results_read(step) || scx.output;
         // 3. the action
         let cx_input = ActionInput {
             program: &program_input,

@@ -228,11 +228,29 @@ fn an_import_killed_halfway_resumes_and_lands_every_record_once() {
     // Each good record's output once, in record order: the lines of the
     // records landed before the kill are kept, the others written again.
     let lines = std::fs::read_to_string(&out).unwrap();
-    let ids: Vec<String> = lines
+    let outputs: Vec<Value> = lines
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["customer_id"].to_string())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    let ids: Vec<String> = outputs
+        .iter()
+        .map(|o| o["customer_id"].to_string())
         .map(|id| id.trim_matches('"').to_owned())
         .collect();
+    // An output holds what its envelope wrote, as a run's would: the
+    // customer with its contact, then the order, on that customer.
+    for o in &outputs {
+        let [customer, order] = o["results"].as_array().unwrap().as_slice() else {
+            panic!("two patches' results: {o}");
+        };
+        assert_eq!(customer["external_id"], o["customer_id"], "{o}");
+        assert_eq!(
+            customer["children"][0]["customer_id"], customer["id"],
+            "{o}"
+        );
+        assert_eq!(order["customer_id"], customer["id"], "{o}");
+        assert_eq!(o["tokens"]["customer"], customer["id"], "{o}");
+    }
     let want: Vec<String> = (1..=n)
         .filter(|i| i % bad_every != 0)
         .map(|i| format!("C-{i}"))
