@@ -303,9 +303,10 @@ pub(super) async fn create_many_pg(
         .map(|k| t.cols.get(*k).filter(|ty| !ty.is_empty()))
         .collect::<Option<Vec<_>>>()?;
     // Every value, row by row, and those that are not text as PostgreSQL
-    // reads them from text.
+    // reads them from text (one after another in `text`, each at its span).
     let mut all: Vec<Option<&Value>> = Vec::with_capacity(props.len() * keys.len());
-    let mut texts = Vec::new();
+    let mut text = String::new();
+    let mut spans = Vec::new();
     let mut values = Vec::with_capacity(keys.len());
     for p in props {
         values_of(*p, keys, uniform, &mut values);
@@ -313,12 +314,15 @@ pub(super) async fn create_many_pg(
             if let Some(v) = v
                 && !matches!(v, Value::Null | Value::String(_))
             {
-                texts.push(v.to_string());
+                let start = text.len();
+                // Writing to a String cannot fail.
+                let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{v}"));
+                spans.push(start..text.len());
             }
         }
         all.extend_from_slice(&values);
     }
-    let mut texts = texts.iter();
+    let mut texts = spans.into_iter().map(|r| text.get(r).unwrap_or_default());
     let mut arrays: Vec<Vec<Option<&str>>> = keys
         .iter()
         .map(|_| Vec::with_capacity(props.len()))
@@ -328,7 +332,7 @@ pub(super) async fn create_many_pg(
             a.push(match v {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.as_str()),
-                Some(_) => texts.next().map(String::as_str),
+                Some(_) => texts.next(),
             });
         }
     }
