@@ -239,32 +239,14 @@ fn a_lean_patch_reads_as_the_patch_its_template_makes() {
     });
     let tv = TemplateValue::compile(&template, &["tokens"]).unwrap();
     let record = json!({"id": "C-1", "name": "Ann", "n": 2.0, "email": "a@x", "kinds": ["main"]});
-    let input = Input::json(&record);
-    let (scope, limits, deferred) = (MapScope::default(), Limits::default(), BTreeMap::new());
-    let (connections, expressions) = (BTreeMap::new(), BTreeMap::new());
-    let cx = sluice_action::ActionCx {
-        run_id: "r",
-        step_key: "write",
-        program_input: &input,
-        scope: &scope,
-        expressions: &expressions,
-        limits: &limits,
-        connections: &connections,
-        deferred: &deferred,
-        batch: None,
-        wake: None,
-        attempt: 1,
-        idempotency_key: "",
-        hooks: None,
-        flow_tx: None,
-        calls: None,
-        inbox: None,
-    };
     let mut holes = Vec::new();
-    let full = build(0, &tv, &cx, &mut holes).unwrap();
+    let full = with_cx(&record, |cx| build(0, &tv, cx, &mut holes)).unwrap();
     let layout = Layout::of(&tv, true).expect("the usual shape has a layout");
     let (mut kept, mut reads_input) = (MapScope::default(), false);
-    let lean = Lean::build(&tv, &cx, &mut kept, &mut reads_input).unwrap();
+    let lean = with_cx(&record, |cx| {
+        Lean::build(&tv, cx, &mut kept, &mut reads_input)
+    })
+    .unwrap();
     let (a, b) = (PatchRef::Full(&full), PatchRef::Lean(&lean, &layout));
     assert_eq!((a.op(), a.collection()), (b.op(), b.collection()));
     fn pairs(p: Props<'_>) -> Vec<(&String, &Value)> {
@@ -303,4 +285,98 @@ fn a_lean_patch_reads_as_the_patch_its_template_makes() {
         let tv = TemplateValue::compile(&other, &["tokens"]).unwrap();
         assert!(Layout::of(&tv, true).is_none(), "{other}");
     }
+}
+
+/// `f` of the context of a step whose input is `record` (nothing else).
+fn with_cx<R>(record: &Value, f: impl FnOnce(&sluice_action::ActionCx<'_>) -> R) -> R {
+    let input = Input::json(record);
+    let (scope, limits, deferred) = (MapScope::default(), Limits::default(), BTreeMap::new());
+    let (connections, expressions) = (BTreeMap::new(), BTreeMap::new());
+    let cx = sluice_action::ActionCx {
+        run_id: "r",
+        step_key: "write",
+        program_input: &input,
+        scope: &scope,
+        expressions: &expressions,
+        limits: &limits,
+        connections: &connections,
+        deferred: &deferred,
+        batch: None,
+        wake: None,
+        attempt: 1,
+        idempotency_key: "",
+        hooks: None,
+        flow_tx: None,
+        calls: None,
+        inbox: None,
+    };
+    f(&cx)
+}
+
+/// Record `record`'s lean patch from template `t`.
+fn lean(t: &TemplateValue, record: &Value) -> Lean {
+    let (mut kept, mut reads_input) = (MapScope::default(), false);
+    with_cx(record, |cx| Lean::build(t, cx, &mut kept, &mut reads_input)).unwrap()
+}
+
+#[test]
+fn the_suspect_among_lean_patches_is_found_by_their_values_but_holes() {
+    let patches = TemplateValue::compile(
+        &json!([
+            {"op": "create", "collection": "customers", "properties": {"external_id": "{{ .id }}"},
+             "children": [{"op": "create", "collection": "contacts", "properties": {"phone": "{{ .id }}"}}]},
+            {"op": "create", "collection": "orders",
+             "properties": {"customer_id": "{{ $tokens.customer }}", "number": "{{ .number }}"}}
+        ]),
+        &["tokens"],
+    )
+    .unwrap();
+    let TemplateValue::Array(items) = &patches else {
+        panic!("a list of patches");
+    };
+    let layouts: Layouts = items
+        .iter()
+        .map(|t| (Shape::of(t), Layout::of(t, true).map(Arc::new)))
+        .collect();
+    assert!(layouts.iter().all(|(_, l)| l.is_some()));
+    let job = |record: u64, id: &str| {
+        let data = json!({"id": id, "number": format!("SO-{record}")});
+        Waiting {
+            record,
+            patches: items
+                .iter()
+                .map(|t| Pending::Lean(lean(t, &data)))
+                .collect(),
+            shapes: items.iter().map(Shape::of).collect(),
+            input: Input::json(&Value::Null),
+            scope: MapScope(BTreeMap::new()),
+            global: Map::new(),
+            results_read: false,
+            reply: None,
+        }
+    };
+    let jobs = vec![job(1, "C-1"), job(2, "C-2"), job(3, "C-3"), job(4, "C-2")];
+    let named = |at: &[usize], detail: &str| Fail {
+        error: ActionError::data(format!("... ({detail})")),
+        patch: label(at),
+        at: at.to_vec(),
+    };
+    let key = |at: &[usize], k: &str| named(at, &format!("Key {k} already exists."));
+    assert_eq!(
+        suspect(&key(&[0], "(external_id)=(C-3)"), &jobs, &layouts),
+        Some(2)
+    );
+    assert_eq!(
+        suspect(&key(&[0], "(external_id)=(C-2)"), &jobs, &layouts),
+        Some(3)
+    );
+    assert_eq!(
+        suspect(&key(&[0, 0], "(phone)=(C-1)"), &jobs, &layouts),
+        Some(0)
+    );
+    // The order's customer is a hole (null until written): not compared.
+    let row = named(&[1], "Failing row contains (5, 12, SO-3).");
+    assert_eq!(suspect(&row, &jobs, &layouts), Some(2));
+    // Without the layouts, a lean patch is never the suspect.
+    assert_eq!(suspect(&row, &jobs, &Layouts::new()), None);
 }
