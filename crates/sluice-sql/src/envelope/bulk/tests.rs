@@ -31,11 +31,24 @@ fn a_failure_names_its_key_and_patch() {
     assert_eq!(label(&[9, 1, 0]), "patch 10.2.1");
 }
 
+/// Record `record`'s envelope, waiting with `patches` made alike as `shapes` say.
+fn waiting(record: u64, patches: Vec<Pending>, shapes: Vec<Shape>) -> Waiting {
+    Waiting {
+        record,
+        patches,
+        shapes,
+        input: Input::json(&Value::Null),
+        scope: MapScope(BTreeMap::new()),
+        global: Map::new(),
+        results_read: false,
+        reply: None,
+    }
+}
+
 #[test]
 fn the_suspect_is_the_record_with_the_named_key() {
-    let job = |record: u64, id: &str| Waiting {
-        record,
-        patches: vec![
+    let job = |record: u64, id: &str| {
+        let patches = vec![
             Pending::Ready(patch(json!({
                 "op": "create", "collection": "customers",
                 "properties": {"external_id": id},
@@ -53,13 +66,8 @@ fn the_suspect_is_the_record_with_the_named_key() {
                     value: TemplateValue::Const(Value::Null),
                 }],
             ),
-        ],
-        shapes: Vec::new(),
-        input: Input::json(&Value::Null),
-        scope: MapScope(BTreeMap::new()),
-        global: Map::new(),
-        results_read: false,
-        reply: None,
+        ];
+        waiting(record, patches, Vec::new())
     };
     let jobs = vec![job(1, "C-1"), job(2, "C-2"), job(3, "C-3"), job(4, "C-2")];
     let no_layouts = Layouts::new();
@@ -341,19 +349,12 @@ fn the_suspect_among_lean_patches_is_found_by_their_values_but_holes() {
     assert!(layouts.iter().all(|(_, l)| l.is_some()));
     let job = |record: u64, id: &str| {
         let data = json!({"id": id, "number": format!("SO-{record}")});
-        Waiting {
+        let patches = items.iter().map(|t| Pending::Lean(lean(t, &data)));
+        waiting(
             record,
-            patches: items
-                .iter()
-                .map(|t| Pending::Lean(lean(t, &data)))
-                .collect(),
-            shapes: items.iter().map(Shape::of).collect(),
-            input: Input::json(&Value::Null),
-            scope: MapScope(BTreeMap::new()),
-            global: Map::new(),
-            results_read: false,
-            reply: None,
-        }
+            patches.collect(),
+            items.iter().map(Shape::of).collect(),
+        )
     };
     let jobs = vec![job(1, "C-1"), job(2, "C-2"), job(3, "C-3"), job(4, "C-2")];
     let named = |at: &[usize], detail: &str| Fail {
