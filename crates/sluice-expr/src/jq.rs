@@ -462,13 +462,28 @@ impl Program {
     /// The program keeps only those its text mentions, so that a run looks
     /// up (and its caller builds) no value the program cannot read.
     pub fn compile(code: &str, vars: &[&str]) -> Result<Self, CompileError> {
+        let vars: Vec<&str> = vars.iter().copied().filter(|v| mentions(code, v)).collect();
+        let owned_vars: Vec<String> = vars.iter().map(|v| (*v).to_owned()).collect();
+        if let Some(inner) = compiled::get(code, &owned_vars) {
+            return Ok(Self { inner });
+        }
+        let inner = Arc::new(Self::compile_new(code, vars, owned_vars)?);
+        compiled::put(&inner);
+        Ok(Self { inner })
+    }
+
+    /// [`Program::compile`] of a program not compiled before (`vars`: those
+    /// its text mentions).
+    fn compile_new(
+        code: &str,
+        vars: Vec<&str>,
+        owned_vars: Vec<String>,
+    ) -> Result<Compiled, CompileError> {
         let fail = |issues: Vec<CompileIssue>| CompileError {
             code: code.to_owned(),
             issues,
         };
-        let vars: Vec<&str> = vars.iter().copied().filter(|v| mentions(code, v)).collect();
         // Refuse user recursion before handing the program to jaq.
-        let owned_vars: Vec<String> = vars.iter().map(|v| (*v).to_owned()).collect();
         let mut fast = None;
         // The program is compiled as a guarded definition in the prelude,
         // called by a main module of one word; a program that does not parse
@@ -496,14 +511,12 @@ impl Program {
             Some(f) => f,
             None => compile_with(code, None, main, &names).map_err(fail)?,
         };
-        Ok(Self {
-            inner: Arc::new(Compiled {
-                code: code.to_owned(),
-                vars: owned_vars,
-                filter,
-                identity: code.trim() == ".",
-                fast,
-            }),
+        Ok(Compiled {
+            code: code.to_owned(),
+            vars: owned_vars,
+            filter,
+            identity: code.trim() == ".",
+            fast,
         })
     }
 }
@@ -559,23 +572,26 @@ impl Program {
     #[cfg(test)]
     fn without_fast(&self) -> Self {
         let c = &*self.inner;
-        Self::compile(
-            &c.code,
-            &c.vars.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-        .map(|p| {
-            let mut inner = Arc::try_unwrap(p.inner).unwrap_or_else(|_| unreachable!("fresh"));
-            inner.fast = None;
-            Self {
-                inner: Arc::new(inner),
-            }
-        })
-        .unwrap_or_else(|_| unreachable!("compiled before"))
+        let vars = c.vars.iter().map(String::as_str).collect();
+        Self::compile_new(&c.code, vars, c.vars.clone())
+            .map(|mut inner| {
+                inner.fast = None;
+                Self {
+                    inner: Arc::new(inner),
+                }
+            })
+            .unwrap_or_else(|_| unreachable!("compiled before"))
     }
 
     /// Whether the program runs on the direct evaluator.
     pub fn is_direct(&self) -> bool {
         self.inner.fast.is_some()
+    }
+
+    /// Whether both are one compiled program.
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The program text.
@@ -1102,6 +1118,7 @@ fn assert_send_sync() {
     let _ = Native::<Guarded>::new;
 }
 
+mod compiled;
 mod prelude;
 
 #[cfg(test)]
