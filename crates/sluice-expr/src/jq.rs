@@ -44,6 +44,7 @@ use jaq_json::Num;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -504,12 +505,17 @@ impl Program {
         // Only the definitions of the standard library the program reaches
         // are compiled with it (compiling all of them is most of the time a
         // program takes to compile); should that miss one, all of them.
-        let shaken = main
-            .as_ref()
-            .and_then(|m| compile_with(code, Some(prelude::reached(m)), main.clone(), &names).ok());
+        let shaken = main.as_ref().and_then(|m| {
+            let defs = prelude::reached(m);
+            // Only the natives the program and those definitions call
+            // are handed to the compiler: each one handed costs
+            // boxes, and a program calls a few of hundreds.
+            let called = called_by(m, &defs);
+            compile_with(code, Some(defs), main.clone(), &names, Some(&called)).ok()
+        });
         let filter = match shaken {
             Some(f) => f,
-            None => compile_with(code, None, main, &names).map_err(fail)?,
+            None => compile_with(code, None, main, &names, None).map_err(fail)?,
         };
         Ok(Compiled {
             code: code.to_owned(),
@@ -521,13 +527,26 @@ impl Program {
     }
 }
 
+/// Every name `main` and `defs` call.
+fn called_by<'s>(main: &Def<&'s str>, defs: &[Def<&'static str>]) -> BTreeSet<&'s str> {
+    let mut called = BTreeSet::new();
+    prelude::calls(&main.body, &mut called);
+    for d in defs {
+        prelude::calls(&d.body, &mut called);
+    }
+    called
+}
+
 /// Compile `main` (or, when it did not parse, `code` itself) after
-/// `prelude` (default: the whole standard library).
+/// `prelude` (default: the whole standard library), with the natives
+/// `called` (default: all of them; one called and not given fails the
+/// compilation, as no definition has a native's name and arity).
 fn compile_with<'s>(
     code: &'s str,
     prelude: Option<Vec<Def<&'static str>>>,
     main: Option<Def<&'s str>>,
     names: &[String],
+    called: Option<&BTreeSet<&str>>,
 ) -> Result<jaq_core::Filter<Guarded>, Vec<CompileIssue>> {
     let arena = Arena::default();
     let text = if main.is_some() { guard::MAIN } else { code };
@@ -545,7 +564,7 @@ fn compile_with<'s>(
     {
         {
             Compiler::default()
-                .with_funs(funs())
+                .with_funs(funs().filter(|(name, _, _)| called.is_none_or(|c| c.contains(name))))
                 .with_global_vars(names.iter().map(String::as_str))
                 .compile(modules)
                 .map_err(|errs| {

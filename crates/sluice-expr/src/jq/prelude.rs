@@ -63,7 +63,7 @@ impl Std {
 }
 
 /// Every name `t` may call: filters, string formats, `..` (`recurse`).
-fn calls<'s>(t: &Term<&'s str>, out: &mut BTreeSet<&'s str>) {
+pub(super) fn calls<'s>(t: &Term<&'s str>, out: &mut BTreeSet<&'s str>) {
     walk(t, &mut Vec::new(), &mut |t, _| match t {
         Term::Call(name, _) => {
             out.insert(name);

@@ -493,8 +493,9 @@ fn programs_compile_with_only_the_definitions_they_reach() {
         let main = guard::guard_program(term);
         let reached = prelude::std_lib().reached(&main);
         assert!(reached.len() < all, "{code}: {} of {all}", reached.len());
-        let shaken = compile_with(code, Some(reached), Some(main.clone()), &[]);
-        let full = compile_with(code, None, Some(main), &[]);
+        let called = called_by(&main, &reached);
+        let shaken = compile_with(code, Some(reached), Some(main.clone()), &[], Some(&called));
+        let full = compile_with(code, None, Some(main), &[], None);
         assert_eq!(
             shaken.is_ok(),
             full.is_ok(),
@@ -530,8 +531,9 @@ fn programs_of_natives_alone_compile_without_the_library() {
         let term = load::parse(code, |p| p.term()).expect("parses");
         let main = guard::guard_program(term);
         assert!(prelude::reached(&main).is_empty(), "{code}");
+        let called = called_by(&main, &[]);
         assert!(
-            compile_with(code, Some(Vec::new()), Some(main), &[]).is_ok(),
+            compile_with(code, Some(Vec::new()), Some(main), &[], Some(&called)).is_ok(),
             "{code}"
         );
     }
