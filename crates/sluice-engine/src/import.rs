@@ -155,7 +155,7 @@ enum Records {
         /// The header's names, a list of keys every row's object shares.
         keys: sluice_expr::Obj,
         number: u64,
-        /// The room the row before took.
+        /// The room for the next row: what the row before took, and an eighth more.
         last: usize,
     },
 }

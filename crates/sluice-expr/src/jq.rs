@@ -415,6 +415,13 @@ struct Compiled {
     fast: Option<crate::fast::Fast>,
 }
 
+impl Compiled {
+    /// The values of its variables in `scope` (null when not there), in order.
+    fn var_values<'a>(&'a self, scope: &'a dyn Scope) -> impl Iterator<Item = Val> + 'a {
+        self.vars.iter().map(|n| scope.get(n).unwrap_or(Val::Null))
+    }
+}
+
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Program")
@@ -463,34 +470,33 @@ impl Program {
     /// The program keeps only those its text mentions, so that a run looks
     /// up (and its caller builds) no value the program cannot read.
     pub fn compile(code: &str, vars: &[&str]) -> Result<Self, CompileError> {
-        let vars: Vec<&str> = vars.iter().copied().filter(|v| mentions(code, v)).collect();
-        let owned_vars: Vec<String> = vars.iter().map(|v| (*v).to_owned()).collect();
-        if let Some(inner) = compiled::get(code, &owned_vars) {
+        let vars: Vec<String> = vars
+            .iter()
+            .filter(|v| mentions(code, v))
+            .map(|v| (*v).to_owned())
+            .collect();
+        if let Some(inner) = compiled::get(code, &vars) {
             return Ok(Self { inner });
         }
-        let inner = Arc::new(Self::compile_new(code, vars, owned_vars)?);
+        let inner = Arc::new(Self::compile_new(code, vars)?);
         compiled::put(&inner);
         Ok(Self { inner })
     }
 
     /// [`Program::compile`] of a program not compiled before (`vars`: those
     /// its text mentions).
-    fn compile_new(
-        code: &str,
-        vars: Vec<&str>,
-        owned_vars: Vec<String>,
-    ) -> Result<Compiled, CompileError> {
+    fn compile_new(code: &str, vars: Vec<String>) -> Result<Compiled, CompileError> {
         let fail = |issues: Vec<CompileIssue>| CompileError {
             code: code.to_owned(),
             issues,
         };
-        // Refuse user recursion before handing the program to jaq.
         let mut fast = None;
         // The program is compiled as a guarded definition in the prelude,
         // called by a main module of one word; a program that does not parse
         // is handed to jaq as it is, for its errors.
         let mut main = None;
         if let Some(term) = load::parse(code, |p| p.term()) {
+            // Refuse user recursion before handing the program to jaq.
             let mut issues = Vec::new();
             // The program is the body of a definition of its own: naming
             // that definition would make it call itself.
@@ -498,7 +504,7 @@ impl Program {
             if !issues.is_empty() {
                 return Err(fail(issues));
             }
-            fast = crate::fast::compile(&term, &owned_vars);
+            fast = crate::fast::compile(&term, &vars);
             main = Some(guard::guard_program(term));
         }
         let names: Vec<String> = vars.iter().map(|v| format!("${v}")).collect();
@@ -519,7 +525,7 @@ impl Program {
         };
         Ok(Compiled {
             code: code.to_owned(),
-            vars: owned_vars,
+            vars,
             filter,
             identity: code.trim() == ".",
             fast,
@@ -591,8 +597,7 @@ impl Program {
     #[cfg(test)]
     fn without_fast(&self) -> Self {
         let c = &*self.inner;
-        let vars = c.vars.iter().map(String::as_str).collect();
-        Self::compile_new(&c.code, vars, c.vars.clone())
+        Self::compile_new(&c.code, c.vars.clone())
             .map(|mut inner| {
                 inner.fast = None;
                 Self {
@@ -724,11 +729,7 @@ impl Program {
             }
             // The same on jq values, read where they are (neither the
             // input cloned nor jq's machinery started).
-            let vars: Vec<Val> = c
-                .vars
-                .iter()
-                .map(|n| scope.get(n).unwrap_or(Val::Null))
-                .collect();
+            let vars: Vec<Val> = c.var_values(scope).collect();
             if let Some(v) = fast.eval_ref(input.as_val(), &vars) {
                 return from_val(&v)
                     .map(|v| Some(Cow::Owned(v)))
@@ -792,11 +793,7 @@ impl Program {
         // nests no deeper than its text, which was parsed on this stack.
         let c = &*self.inner;
         if let Some(fast) = &c.fast {
-            let values: Vec<Val> = c
-                .vars
-                .iter()
-                .map(|n| scope.get(n).unwrap_or(Val::Null))
-                .collect();
+            let values: Vec<Val> = c.var_values(scope).collect();
             if let Some(v) = fast.eval(&input, &values) {
                 each(v);
                 return Ok(());
@@ -832,7 +829,7 @@ impl Program {
         mut each: impl FnMut(Val) -> bool,
     ) -> Result<(), Error> {
         let c = &*self.inner;
-        let vars = Vars::new(c.vars.iter().map(|n| scope.get(n).unwrap_or(Val::Null)));
+        let vars = Vars::new(c.var_values(scope));
         let data = GuardedData {
             lut: &c.filter.lut,
             budget,

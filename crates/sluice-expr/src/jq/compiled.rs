@@ -9,15 +9,14 @@ use super::Compiled;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-type Key = (String, Vec<String>);
-
-/// Entries past which the next insert first drops those of programs no
-/// longer held (the bound then doubles with what is left).
+/// Texts past which the next insert first drops the programs no longer
+/// held (the bound then doubles with what is left).
 const SWEEP_AT: usize = 4096;
 
+/// The programs of each text (one per set of variables it mentions).
 #[derive(Default)]
 struct Table {
-    programs: HashMap<Key, Weak<Compiled>>,
+    programs: HashMap<String, Vec<Weak<Compiled>>>,
     sweep_at: usize,
 }
 
@@ -29,11 +28,11 @@ fn table() -> &'static Mutex<Table> {
 /// The program of `code` with `vars` compiled before, while it is held.
 pub(super) fn get(code: &str, vars: &[String]) -> Option<Arc<Compiled>> {
     let t = table().lock().ok()?;
-    // (The key is made only to look up: a lookup by borrowed parts would
-    // need a key type of its own.)
     t.programs
-        .get(&(code.to_owned(), vars.to_vec()))
-        .and_then(Weak::upgrade)
+        .get(code)?
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|p| p.vars == vars)
 }
 
 /// Keep `program` for the next compilation of its text and variables.
@@ -42,11 +41,15 @@ pub(super) fn put(program: &Arc<Compiled>) {
         return;
     };
     if t.programs.len() >= t.sweep_at.max(SWEEP_AT) {
-        t.programs.retain(|_, p| p.strong_count() > 0);
+        t.programs.retain(|_, ps| {
+            ps.retain(|p| p.strong_count() > 0);
+            !ps.is_empty()
+        });
         t.sweep_at = t.programs.len() * 2;
     }
-    let key = (program.code.clone(), program.vars.clone());
-    t.programs.insert(key, Arc::downgrade(program));
+    let same = t.programs.entry(program.code.clone()).or_default();
+    same.retain(|p| p.strong_count() > 0);
+    same.push(Arc::downgrade(program));
 }
 
 #[cfg(test)]
