@@ -1125,46 +1125,24 @@ impl<S: Store> Runs<S> {
     /// own, on the runtime's worker threads when it has several; this
     /// task only writes. A chunk is committed before the next one writes,
     /// unless they overlap: when the batch says that gives the same result
-    /// (on PostgreSQL), a chunk is written (on a connection of its own)
-    /// while the chunk before it runs its records to their end and commits;
-    /// it commits after that one.
+    /// (on PostgreSQL), chunks are written in a pipeline (see `pipeline.rs`).
     async fn all_chunks(
         self: &Arc<Self>,
         mut chunks: tokio::sync::mpsc::Receiver<Result<Chunk, ImportError>>,
         mut out: Out<'_>,
     ) -> Result<(), ImportError> {
         let mut current = self.start_next(&mut chunks).await?;
-        let overlap = self.batch.as_ref().is_some_and(|b| b.overlaps());
-        let mut finishing: Option<Running> = None;
-        while let Some(mut running) = current.take() {
-            current = self.start_next(&mut chunks).await?;
-            if overlap {
-                let before = finishing.take();
-                let (written, finished) =
-                    futures_util::future::join(self.write(&mut running, true), async {
-                        match before {
-                            Some(r) => self.finish(r, &mut out).await,
-                            None => Ok(()),
-                        }
-                    })
-                    .await;
-                finished?;
-                if !written? {
-                    // Its first write failed while the chunk before had
-                    // not committed; it has now (its runs all wait for it).
-                    self.flush(&running.chunk).await?;
-                }
-                finishing = Some(running);
-            } else {
+        if !self.batch.as_ref().is_some_and(|b| b.overlaps()) {
+            while let Some(running) = current.take() {
+                current = self.start_next(&mut chunks).await?;
                 self.finish(running, &mut out).await?;
             }
+            return Ok(());
         }
-        if let Some(r) = finishing {
-            self.finish(r, &mut out).await?;
-        }
-        Ok(())
+        self.pipelined(current, chunks, out).await
     }
 }
 
+mod pipeline;
 #[cfg(test)]
 mod tests;

@@ -423,3 +423,148 @@ steps:
         "{name}: {out}"
     );
 }
+
+/// On PostgreSQL chunks are written side by side: the next chunk writes
+/// its first patch while the chunk before writes its second. Here the
+/// second patch's statements are slow (a trigger sleeps) and refuse a
+/// record in the last group of chunks 2, 4 and 5 (groups shrink once
+/// records are refused), so the chunk before writes again while the next
+/// one has written beside it: that one must roll back first (and write
+/// again after the commit), or the two would wait for each other's rows.
+/// Record 201 repeats the key of record 200, the last of the chunk before,
+/// whose row is not committed when it is written: its insert waits for
+/// that chunk, which is refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
+    let Some((_, url)) = common::databases("import-side")
+        .into_iter()
+        .find(|(name, _)| *name == "postgres")
+    else {
+        return;
+    };
+    let registry = Arc::new(sluice_sql::registry());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let p = std::process::id();
+    let (a, b, slow) = (
+        format!("side_a_{p}"),
+        format!("side_b_{p}"),
+        format!("side_slow_{p}"),
+    );
+    let head = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
+    let mut setup = head.clone();
+    for (k, sql) in [
+        ("d1", format!("DROP TABLE IF EXISTS {b}")),
+        ("d2", format!("DROP TABLE IF EXISTS {a}")),
+        ("d3", "DROP TABLE IF EXISTS sluice_imports".to_owned()),
+        (
+            "c1",
+            format!("CREATE TABLE {a} (id SERIAL PRIMARY KEY, k TEXT NOT NULL UNIQUE)"),
+        ),
+        (
+            "c2",
+            format!(
+                "CREATE TABLE {b} (id SERIAL PRIMARY KEY, a_id INT NOT NULL REFERENCES {a} (id), v INT NOT NULL CHECK (v >= 0))"
+            ),
+        ),
+        (
+            "c3",
+            format!(
+                "CREATE OR REPLACE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$"
+            ),
+        ),
+        (
+            "c4",
+            format!(
+                "CREATE TRIGGER {slow} BEFORE INSERT ON {b} FOR EACH STATEMENT EXECUTE FUNCTION {slow}()"
+            ),
+        ),
+    ] {
+        setup.push_str(&format!(
+            "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: '{sql}'}}}}\n"
+        ));
+    }
+    run_flow(&engine, &registry, &setup).await;
+    let n: u64 = 600;
+    let negative = [150, 400, 499];
+    let dir = std::env::temp_dir().join(format!("sluice-import-side-{p}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("records.jsonl");
+    let mut text = String::new();
+    for i in 1..=n {
+        let k = if i == 201 { 200 } else { i };
+        let v = if negative.contains(&i) { -1 } else { 1 };
+        text.push_str(&format!("{{\"k\": \"K-{k}\", \"v\": {v}}}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let flow_text = format!(
+        r#"id: side-test
+connections:
+  app: {{url: "{url}"}}
+steps:
+  - key: write
+    type: envelope
+    options:
+      connection: app
+      patches:
+        - {{op: create, collection: {a}, properties: {{k: "{{{{ .k }}}}"}}, setTokens: {{a: id}}}}
+        - {{op: create, collection: {b}, properties: {{a_id: "{{{{ $tokens.a }}}}", v: "{{{{ .v }}}}"}}}}
+"#
+    );
+    let flow = sluice_model::load("side.yaml", &flow_text, registry.as_ref())
+        .unwrap_or_else(|d| panic!("{d}"));
+    let options = ImportOptions {
+        chunk: 100,
+        ..ImportOptions::default()
+    };
+    let s = engine
+        .import(&flow, &file, &options, &mut |_, _| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bad = [150, 201, 400, 499];
+    let good = n - bad.len() as u64;
+    assert_eq!((s.succeeded, s.failed), (good, bad.len() as u64), "{s:?}");
+    let report = std::fs::read_to_string(&s.failures_file).unwrap();
+    let reported: Vec<(u64, String)> = report
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["record"].as_u64().unwrap(),
+                v["patch"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = bad
+        .iter()
+        .map(|&r| {
+            (
+                r,
+                if r == 201 {
+                    format!("patch 1 (create {a})")
+                } else {
+                    format!("patch 2 (create {b})")
+                },
+            )
+        })
+        .collect();
+    assert_eq!(reported, want, "{report}");
+    // Every good record once, its second row on its first.
+    for sql in [
+        format!("SELECT COUNT(*) AS n FROM {a}"),
+        format!("SELECT COUNT(*) AS n FROM {b} JOIN {a} ON {a}.id = {b}.a_id"),
+        format!("SELECT COUNT(DISTINCT k) AS n FROM {a}"),
+    ] {
+        let out = run_flow(
+            &engine,
+            &registry,
+            &format!("{head}  - {{key: q, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"{sql}\"}}}}\n")
+                .replace("id: setup", "id: count"),
+        )
+        .await;
+        let got = out["q"]["n"].as_u64().or_else(|| out["n"].as_u64());
+        assert_eq!(got, Some(good), "{sql}: {out}");
+    }
+}

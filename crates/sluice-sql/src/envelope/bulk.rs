@@ -46,6 +46,7 @@
 
 mod insert;
 mod lean;
+mod pipe;
 mod plan;
 mod position;
 mod prepare;
@@ -59,6 +60,7 @@ use crate::decode::Got;
 use crate::sets::id_text;
 use insert::*;
 use lean::*;
+use pipe::*;
 use prepare::*;
 use serde_json::{Map, Value};
 use sluice_action::batch::{BatchWriter, Batches, InBatch, Position};
@@ -76,6 +78,15 @@ use tokio::sync::{Notify, oneshot};
 /// At most this many bound values in one statement (SQLite allows 32766).
 const MAX_PARAMS: usize = 30_000;
 
+/// A chunk's transaction on PostgreSQL commits without waiting for the
+/// disk. Its rows and the import's position commit together, so a
+/// database crash that loses the last commits loses both: the import
+/// resumes from the last position that reached the disk, as after a crash
+/// of Sluice before those commits (the failure report and the records'
+/// outputs are cut back to that position). The import's last commit, which
+/// marks it finished, waits for the disk, and with it every commit before.
+const ASYNC_CHUNKS: &str = "SET LOCAL synchronous_commit TO OFF; ";
+
 /// The writes of one chunk of an import, on the import's connection.
 pub struct Batch {
     connection: String,
@@ -87,9 +98,15 @@ pub struct Batch {
     chunks: Mutex<BTreeMap<u64, ChunkRuns>>,
     /// The layouts of the lean patches handed over so far, by shape.
     layouts: Mutex<Layouts>,
-    /// Each chunk's open transaction: a chunk may write (on a connection
-    /// of its own) while the chunk before it commits.
-    txs: Mutex<BTreeMap<u64, Tx>>,
+    /// Each chunk's open transaction, and what to send first when it goes
+    /// on (see `write_group`'s `carry`): a chunk may write (on a
+    /// connection of its own) while the chunk before it writes and commits.
+    txs: Mutex<BTreeMap<u64, (Tx, String)>>,
+    /// Where each chunk's writes are, for the chunk after it (when chunks
+    /// overlap), and the positions the envelopes write (when they are
+    /// written out: see [`pipe`]).
+    stages: Mutex<BTreeMap<u64, Arc<Stage>>>,
+    pipeline: Option<Pipeline>,
     /// The chunks whose transaction has begun and not ended.
     open: Mutex<BTreeSet<u64>>,
     /// The patch that failed, per record.
@@ -245,8 +262,14 @@ impl Batch {
     /// A batch writing `flow`'s records through connection `connection`.
     pub async fn open(pools: &Pools, flow: &Flow, connection: &str) -> Result<Self, ActionError> {
         let db = pools.db(&flow.connections, connection).await?;
+        let overlaps = db.backend == Backend::Postgres && plan::overlaps(flow);
         Ok(Self {
-            overlaps: db.backend == Backend::Postgres && plan::overlaps(flow),
+            overlaps,
+            pipeline: overlaps
+                .then(|| plan::positions(flow))
+                .flatten()
+                .map(Pipeline::new),
+            stages: Mutex::new(BTreeMap::new()),
             connection: connection.to_owned(),
             db,
             chunks: Mutex::new(BTreeMap::new()),
@@ -264,9 +287,17 @@ impl Batch {
         &self.connection
     }
 
-    /// Chunk `chunk`'s open transaction, taken out (none yet: `None`).
-    fn take_tx(&self, chunk: u64) -> Result<Option<Tx>, ActionError> {
+    /// Chunk `chunk`'s open transaction and what to send first on it,
+    /// taken out (none yet: `None`).
+    fn take_tx(&self, chunk: u64) -> Result<Option<(Tx, String)>, ActionError> {
         Ok(locked(&self.txs)?.remove(&chunk))
+    }
+
+    /// Chunk `chunk` writes no more: the chunk after it no longer waits for it.
+    fn end_stage(&self, chunk: u64) {
+        if let Some(s) = self.stages.lock().ok().and_then(|mut m| m.remove(&chunk)) {
+            s.over();
+        }
     }
 
     fn chunks(&self) -> Result<MutexGuard<'_, BTreeMap<u64, ChunkRuns>>, ActionError> {
@@ -278,6 +309,9 @@ impl Batch {
     /// ended waits for its envelope to be written ([`Batch::flush`]).
     pub fn expect(&self, chunk: u64, runs: usize) -> Result<Arc<Notify>, ActionError> {
         let all_wait = Arc::new(Notify::new());
+        if self.overlaps {
+            locked(&self.stages)?.insert(chunk, Arc::new(Stage::default()));
+        }
         self.chunks()?.insert(
             chunk,
             ChunkRuns {
@@ -310,6 +344,7 @@ impl Batch {
         if let Ok(mut m) = self.chunks() {
             m.remove(&chunk);
         }
+        self.end_stage(chunk);
     }
 
     /// The patch that failed for record `record`, if one did (told once).
@@ -471,14 +506,28 @@ impl Batch {
             return Ok(true);
         }
         jobs.sort_by_key(|w| w.record);
-        let mut tx = match self.take_tx(chunk)? {
-            Some(tx) => tx,
+        let (mut tx, mut carry) = match self.take_tx(chunk)? {
+            Some(held) => held,
             None => {
                 let tx = self.db.begin().await?;
                 locked(&self.open)?.insert(chunk);
-                tx
+                // On PostgreSQL a chunk's commit does not wait for its
+                // WAL to reach the disk (see `ASYNC_CHUNKS`).
+                let first = match self.db.backend {
+                    Backend::Postgres => ASYNC_CHUNKS.to_owned(),
+                    _ => String::new(),
+                };
+                (tx, first)
             }
         };
+        // The chunk's own stage, and the stage of the chunk before while
+        // it writes.
+        let (own, before) = {
+            let stages = locked(&self.stages)?;
+            let before = stages.range(..chunk).next_back().map(|(_, s)| s.clone());
+            (stages.get(&chunk).cloned(), before)
+        };
+        let before = before.filter(|s| !s.is_over());
         let size = group_size(
             jobs.len(),
             self.tried.load(Ordering::Relaxed),
@@ -489,12 +538,15 @@ impl Batch {
         // not at all: the commit ends it, and a later flush of the chunk
         // starts its savepoints inside it (rolling back to its own): one
         // round trip fewer per group.
-        let mut carry = String::new();
         loop {
             let group: Vec<Waiting> = jobs.by_ref().take(size).collect();
             if group.is_empty() {
                 break;
             }
+            // The next chunk may write beside this one's last group.
+            let lead = own
+                .as_deref()
+                .filter(|_| jobs.len() == 0 && self.pipeline.is_some());
             let n = group.len() as u64;
             // While a chunk before has not committed, a write may fail
             // because of that alone: a foreign key does not see that
@@ -503,8 +555,18 @@ impl Batch {
             // the chunk) is written again after that commit, with the
             // result it would have had after it.
             let early = locked(&self.open)?.range(..chunk).next().is_some();
+            let follow = before.as_deref().filter(|s| !s.is_over());
+            let pipe = Pipe {
+                back: early || follow.is_some(),
+                lead,
+                follow,
+                plan: self.pipeline.as_ref(),
+            };
+            if let Some(l) = lead {
+                l.begin();
+            }
             match self
-                .write_group(&mut tx, group, limits, 0, early, &mut carry)
+                .write_group(&mut tx, group, limits, 0, pipe, &mut carry)
                 .await
             {
                 Ok(None) => {
@@ -515,7 +577,7 @@ impl Batch {
                         c.waiting.extend(again);
                         c.waiting.extend(jobs);
                     }
-                    locked(&self.txs)?.insert(chunk, tx);
+                    locked(&self.txs)?.insert(chunk, (tx, carry));
                     return Ok(false);
                 }
                 Err(e) => {
@@ -525,33 +587,52 @@ impl Batch {
                 }
             }
         }
-        locked(&self.txs)?.insert(chunk, tx);
+        locked(&self.txs)?.insert(chunk, (tx, carry));
+        if let Some(s) = own {
+            s.over();
+        }
         Ok(true)
     }
 
     /// Write a group of envelopes under a savepoint; on failure, each half
-    /// again, or (`back`) hand them back unwritten. `carry`: statements to
-    /// send with the savepoint's (the release of the one before), and
-    /// then this one's release.
+    /// again, or (`pipe.back`) hand them back unwritten. `carry`:
+    /// statements to send with the savepoint's (the release of the one
+    /// before), and then this one's release. `pipe`: how the group is
+    /// written beside the chunks before and after it (see [`pipe`]).
     fn write_group<'a>(
         &'a self,
         tx: &'a mut Tx,
         jobs: Vec<Waiting>,
         limits: &'a Limits,
         depth: usize,
-        back: bool,
+        pipe: Pipe<'a>,
         carry: &'a mut String,
     ) -> BoxFuture<'a, Result<Option<Vec<Waiting>>, ActionError>> {
         Box::pin(async move {
             let sp = format!("sluice_sp{depth}");
             carry.push_str("SAVEPOINT ");
             carry.push_str(&sp);
+            if pipe.follow.is_some() {
+                carry.push_str("; ");
+                carry.push_str(FOLLOWER_LOCK_TIMEOUT);
+            }
             tx.raw(carry).await?;
             carry.clear();
             let mut jobs = jobs;
-            match self.write_all(tx, &mut jobs, limits).await {
+            let written = match self.write_all(tx, &mut jobs, limits, pipe).await {
+                // A follower answers once the chunk before writes no more.
+                Ok(outcomes) => match pipe.follow {
+                    Some(f) => f.until_over().await.map(|()| outcomes).map_err(aborted),
+                    None => Ok(outcomes),
+                },
+                Err(f) => Err(f),
+            };
+            match written {
                 Ok(outcomes) => {
                     *carry = format!("RELEASE SAVEPOINT {sp}; ");
+                    if pipe.follow.is_some() {
+                        carry.push_str(LOCK_TIMEOUT_BACK);
+                    }
                     for (mut w, mut o) in jobs.into_iter().zip(outcomes) {
                         if let Some(r) = w.reply.take() {
                             o.handed = Some(w);
@@ -560,12 +641,23 @@ impl Batch {
                     }
                 }
                 Err(f) => {
+                    if let Some(l) = pipe.lead {
+                        l.stop();
+                    }
                     // A connection that cannot roll back to the savepoint is gone.
                     tx.raw(&format!(
                         "ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"
                     ))
                     .await?;
-                    if back {
+                    if let Some(f) = pipe.follow {
+                        f.left();
+                    }
+                    // Nothing is written again before the chunk after
+                    // has rolled back what it wrote beside this one.
+                    if let Some(l) = pipe.lead {
+                        l.alone().await;
+                    }
+                    if pipe.back {
                         return Ok(Some(jobs));
                     }
                     if jobs.len() == 1 {
@@ -597,7 +689,8 @@ impl Batch {
                         };
                         for part in parts {
                             if !part.is_empty() {
-                                self.write_group(tx, part, limits, depth + 1, false, carry)
+                                let alone = Pipe::default();
+                                self.write_group(tx, part, limits, depth + 1, alone, carry)
                                     .await?;
                             }
                         }
@@ -614,6 +707,7 @@ impl Batch {
         tx: &mut Tx,
         jobs: &mut [Waiting],
         limits: &Limits,
+        pipe: Pipe<'_>,
     ) -> Result<Vec<Written>, Fail> {
         // The layouts of the lean patches (all made before their records
         // handed them over).
@@ -722,7 +816,7 @@ impl Batch {
                 });
             }
             let rows = self
-                .write_items(tx, &items, &at, &mut works, rows_read)
+                .write_items(tx, &items, &at, &mut works, rows_read, pipe)
                 .await?;
             for (it, row) in items.iter().zip(rows) {
                 works[it.job].results.push(row);
@@ -751,10 +845,12 @@ impl Batch {
         at: &'a [usize],
         works: &'a mut [Work],
         rows_read: bool,
+        pipe: Pipe<'a>,
     ) -> BoxFuture<'a, Result<Vec<Tree>, Fail>> {
         Box::pin(async move {
             let db = &*self.db;
             let label = label(at);
+            pipe.before(at).await.map_err(aborted)?;
             let which = |it: &Item| {
                 format!(
                     "{} ({} {})",
@@ -842,6 +938,7 @@ impl Batch {
                 rows.push(Got::Map(row));
                 k += 1;
             }
+            pipe.after(at);
             for ((it, row), (_, t)) in items.iter().zip(&rows).zip(&prepared) {
                 for (token, field) in it.patch.set_tokens() {
                     let v = row
@@ -885,7 +982,7 @@ impl Batch {
                     }
                 }
                 let outs = self
-                    .write_items(tx, &sub, &sub_at, works, rows_read)
+                    .write_items(tx, &sub, &sub_at, works, rows_read, pipe)
                     .await?;
                 for (x, o) in owners.into_iter().zip(outs) {
                     children[x].push(o);
@@ -903,6 +1000,21 @@ impl Batch {
                 .collect())
         })
     }
+}
+
+/// The chunk before failed after this group wrote beside it: the group is
+/// handed back (never reported).
+fn aborted(_: Abort) -> Fail {
+    fail(
+        label(&[0]),
+        &[0],
+        ActionError {
+            blame: Blame::External,
+            message: "the chunk before this one is written again".into(),
+            retry_after_ms: None,
+            incident: false,
+        },
+    )
 }
 
 /// A lean patch whose layout the batch does not have.

@@ -129,9 +129,43 @@ pub(super) fn overlaps(flow: &Flow) -> bool {
     })
 }
 
+/// The positions an envelope of `flow` writes, in the order a chunk writes
+/// them (a patch, then its children, then the next patch), each with the
+/// collection it writes; `None` when a collection is templated or the
+/// patches are not written out. Only for flows whose chunks overlap.
+pub(super) fn positions(flow: &Flow) -> Option<Vec<(Vec<usize>, String)>> {
+    fn walk(patches: &Value, at: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, String)>) -> bool {
+        let Some(a) = patches.as_array() else {
+            return false;
+        };
+        for (i, p) in a.iter().enumerate() {
+            at.push(i);
+            let ok = match p.get("collection") {
+                Some(Value::String(c)) if !c.contains("{{") => {
+                    out.push((at.clone(), c.clone()));
+                    p.get("children").is_none_or(|c| walk(c, at, out))
+                }
+                _ => false,
+            };
+            at.pop();
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+    let step = flow.steps.iter().find(|s| s.kind == "envelope")?;
+    let patches = match step.deferred.get("patches") {
+        Some((written, _)) => written,
+        None => literal(&step.options, "patches").ok().flatten()?,
+    };
+    let mut out = Vec::new();
+    walk(patches, &mut Vec::new(), &mut out).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::overlaps;
+    use super::{overlaps, positions};
 
     fn flow(patches: &str, more: &str) -> sluice_model::Flow {
         let text = format!(
@@ -158,5 +192,20 @@ mod tests {
         assert!(!overlaps(&flow(create, second)));
         let split = "  - key: each\n    type: split\n    options: {items: [1, 2]}\n";
         assert!(!overlaps(&flow(create, split)));
+    }
+
+    #[test]
+    fn positions_are_listed_in_the_order_a_chunk_writes_them() {
+        let p = r#"[{op: create, collection: a, children: [{op: create, collection: b, parentKey: a_id}, {op: create, collection: c, parentKey: a_id}]}, {op: create, collection: a}]"#;
+        let got = positions(&flow(p, "")).unwrap_or_default();
+        let want: Vec<(Vec<usize>, String)> = vec![
+            (vec![0], "a".into()),
+            (vec![0, 0], "b".into()),
+            (vec![0, 1], "c".into()),
+            (vec![1], "a".into()),
+        ];
+        assert_eq!(got, want);
+        let templated = r#"[{op: create, collection: "{{ .table }}"}]"#;
+        assert_eq!(positions(&flow(templated, "")), None);
     }
 }

@@ -95,6 +95,7 @@ impl Batch {
         let ended = self.end_chunk(tx, key, next_record, finished).await;
         if let Some(c) = chunk {
             locked(&self.open)?.remove(&c);
+            self.end_stage(c);
         }
         ended?;
         // The patch failures of records committed now are told (those of a
@@ -106,15 +107,23 @@ impl Batch {
     }
 
     /// Record the import's position in `tx` (a new transaction: `None`) and commit.
+    /// `tx` comes with statements to send first (see `write_group`'s `carry`).
     pub(super) async fn end_chunk(
         &self,
-        tx: Option<Tx>,
+        tx: Option<(Tx, String)>,
         key: &str,
         next_record: u64,
         finished: bool,
     ) -> Result<(), ActionError> {
         let mut tx = match tx {
-            Some(tx) => tx,
+            // What is left to send resets a setting of the writes (their
+            // savepoints end with the commit).
+            Some((mut tx, carry)) => {
+                if carry.contains(super::pipe::LOCK_TIMEOUT_BACK) {
+                    tx.raw(&carry).await?;
+                }
+                tx
+            }
             None => self.db.begin().await?,
         };
         let p = |n| self.db.backend.placeholder(n);
