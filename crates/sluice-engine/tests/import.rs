@@ -19,6 +19,36 @@ async fn run_flow(engine: &Engine<SqliteStore>, registry: &Registry, flow: &str)
     r.output_json().unwrap()
 }
 
+/// Run statements `sql` (key, statement) on the database at `url`.
+async fn statements(
+    engine: &Engine<SqliteStore>,
+    registry: &Registry,
+    url: &str,
+    sql: &[(&str, String)],
+) {
+    let mut flow = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
+    for (k, sql) in sql {
+        flow.push_str(&format!(
+            "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: \"{sql}\"}}}}\n"
+        ));
+    }
+    run_flow(engine, registry, &flow).await;
+}
+
+/// The number `sql` counts (as `n`) in the database at `url`.
+async fn count(
+    engine: &Engine<SqliteStore>,
+    registry: &Registry,
+    url: &str,
+    sql: &str,
+) -> Option<u64> {
+    let flow = format!(
+        "id: count\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n  - {{key: q, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"{sql}\"}}}}\n"
+    );
+    let out = run_flow(engine, registry, &flow).await;
+    out["q"]["n"].as_u64().or_else(|| out["n"].as_u64())
+}
+
 /// Why record `i` (from 1) is bad, if it is: `(reason, failing patch)`.
 fn bad(i: u64) -> Option<(&'static str, &'static str)> {
     // 1401 starts a chunk (of 700) and repeats the last record of the
@@ -107,9 +137,11 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
             "postgres" => ("SERIAL PRIMARY KEY", "NUMERIC(10,2)"),
             _ => ("INT AUTO_INCREMENT PRIMARY KEY", "DECIMAL(10,2)"),
         };
-        let head = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
-        let mut setup = head.clone();
-        for (k, sql) in [
+        statements(
+            &engine,
+            &registry,
+            &url,
+            &[
             ("d1", format!("DROP TABLE IF EXISTS {ord}")),
             ("d2", format!("DROP TABLE IF EXISTS {contact}")),
             ("d3", format!("DROP TABLE IF EXISTS {cust}")),
@@ -132,12 +164,9 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
                     "CREATE TABLE {ord} (id {key}, customer_id INT NOT NULL, number VARCHAR(40) NOT NULL UNIQUE, total {num} NOT NULL CHECK (total >= 0), currency CHAR(3) NOT NULL DEFAULT 'EUR')"
                 ),
             ),
-        ] {
-            setup.push_str(&format!(
-                "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: \"{sql}\"}}}}\n"
-            ));
-        }
-        run_flow(&engine, &registry, &setup).await;
+            ],
+        )
+        .await;
 
         // PostgreSQL writes a chunk while the one before commits when the
         // patches only create; elsewhere, and with updates, one after the
@@ -227,12 +256,6 @@ steps:
         );
 
         // Every good record landed once, whole, with its children on it.
-        let count = |sql: String| {
-            format!(
-                "{head}  - {{key: q, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"{sql}\"}}}}\n"
-            )
-            .replace("id: setup", "id: count")
-        };
         let cat = |a: &str, b: &str| match name {
             "mariadb" => format!("CONCAT({a}, {b})"),
             _ => format!("{a} || {b}"),
@@ -256,12 +279,8 @@ steps:
             format!("SELECT COUNT(*) AS n FROM {ord}"),
         ];
         for sql in checks {
-            let out = run_flow(&engine, &registry, &count(sql.clone())).await;
-            let got = out["q"]["n"]
-                .as_u64()
-                .or_else(|| out["n"].as_u64())
-                .unwrap_or_else(|| panic!("{name}: {sql}: {out}"));
-            assert_eq!(got, good, "{name}: {sql}");
+            let got = count(&engine, &registry, &url, &sql).await;
+            assert_eq!(got, Some(good), "{name}: {sql}");
         }
 
         // Every bad record is reported once, with its step and patch.
@@ -337,24 +356,24 @@ async fn last_envelope(engine: &Engine<SqliteStore>, registry: &Registry, name: 
         _ => "INT AUTO_INCREMENT PRIMARY KEY",
     };
     let head = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
-    let mut setup = head.clone();
-    for (k, sql) in [
-        ("d1", format!("DROP TABLE IF EXISTS {t2}")),
-        ("d2", format!("DROP TABLE IF EXISTS {t}")),
-        (
-            "c1",
-            format!("CREATE TABLE {t} (id {key}, v VARCHAR(100) NOT NULL, other VARCHAR(10))"),
-        ),
-        (
-            "c2",
-            format!("CREATE TABLE {t2} (id {key}, w VARCHAR(100) NOT NULL)"),
-        ),
-    ] {
-        setup.push_str(&format!(
-            "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: \"{sql}\"}}}}\n"
-        ));
-    }
-    run_flow(engine, registry, &setup).await;
+    statements(
+        engine,
+        registry,
+        url,
+        &[
+            ("d1", format!("DROP TABLE IF EXISTS {t2}")),
+            ("d2", format!("DROP TABLE IF EXISTS {t}")),
+            (
+                "c1",
+                format!("CREATE TABLE {t} (id {key}, v VARCHAR(100) NOT NULL, other VARCHAR(10))"),
+            ),
+            (
+                "c2",
+                format!("CREATE TABLE {t2} (id {key}, w VARCHAR(100) NOT NULL)"),
+            ),
+        ],
+    )
+    .await;
     let dir = std::env::temp_dir().join(format!("sluice-import-merge-{p}"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join(format!("{name}.jsonl"));
@@ -453,9 +472,11 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
         format!("side_b_{p}"),
         format!("side_slow_{p}"),
     );
-    let head = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
-    let mut setup = head.clone();
-    for (k, sql) in [
+    statements(
+        &engine,
+        &registry,
+        &url,
+        &[
         ("d1", format!("DROP TABLE IF EXISTS {b}")),
         ("d2", format!("DROP TABLE IF EXISTS {a}")),
         ("d3", "DROP TABLE IF EXISTS sluice_imports".to_owned()),
@@ -481,12 +502,9 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
                 "CREATE TRIGGER {slow} BEFORE INSERT ON {b} FOR EACH STATEMENT EXECUTE FUNCTION {slow}()"
             ),
         ),
-    ] {
-        setup.push_str(&format!(
-            "  - {{key: {k}, type: sql.query, options: {{connection: app, mode: statement, query: '{sql}'}}}}\n"
-        ));
-    }
-    run_flow(&engine, &registry, &setup).await;
+        ],
+    )
+    .await;
     let n: u64 = 600;
     let negative = [150, 400, 499];
     let dir = std::env::temp_dir().join(format!("sluice-import-side-{p}"));
@@ -557,14 +575,7 @@ steps:
         format!("SELECT COUNT(*) AS n FROM {b} JOIN {a} ON {a}.id = {b}.a_id"),
         format!("SELECT COUNT(DISTINCT k) AS n FROM {a}"),
     ] {
-        let out = run_flow(
-            &engine,
-            &registry,
-            &format!("{head}  - {{key: q, type: sql.query, options: {{connection: app, mode: expectSingle, query: \"{sql}\"}}}}\n")
-                .replace("id: setup", "id: count"),
-        )
-        .await;
-        let got = out["q"]["n"].as_u64().or_else(|| out["n"].as_u64());
-        assert_eq!(got, Some(good), "{sql}: {out}");
+        let got = count(&engine, &registry, &url, &sql).await;
+        assert_eq!(got, Some(good), "{sql}");
     }
 }
