@@ -83,7 +83,8 @@ pub(super) fn connection(flow: &Flow) -> Result<Option<String>, String> {
     Ok(found)
 }
 
-/// Whether a chunk may be written while the chunk before it commits, in a
+/// Whether a chunk may be written while the chunk before it commits (and,
+/// kept apart position by position, while it writes: see `pipe`), in a
 /// transaction of its own, with the same result as after that commit:
 ///
 /// * a record's run hands over one envelope at most, so that once its chunk
