@@ -49,6 +49,14 @@ async fn count(
     out["q"]["n"].as_u64().or_else(|| out["n"].as_u64())
 }
 
+/// The head of an import flow `id` whose first step, `write`, is an
+/// envelope through the database at `url`: its patches follow.
+fn envelope_flow(id: &str, url: &str) -> String {
+    format!(
+        "id: {id}\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n  - key: write\n    type: envelope\n    options:\n      connection: app\n      patches:\n"
+    )
+}
+
 /// Why record `i` (from 1) is bad, if it is: `(reason, failing patch)`.
 fn bad(i: u64) -> Option<(&'static str, &'static str)> {
     // 1401 starts a chunk (of 700) and repeats the last record of the
@@ -197,17 +205,9 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
             r#" and $write.results[2].id == $tokens.customer and $write.results[3].name == "\($trigger.name) (3)""#
         };
         let last_of_first = REFERS - 2;
-        let flow_text = format!(
-            r#"id: import-test
-connections:
-  app: {{url: "{url}"}}
-steps:
-  - key: write
-    type: envelope
-    options:
-      connection: app
-      patches:
-        - op: create
+        let flow_text = envelope_flow("import-test", &url)
+            + &format!(
+                r#"        - op: create
           collection: {cust}
           properties: {{external_id: "{{{{ .id }}}}", name: "{{{{ .name }}}}", referrer: "{{{{ .referrer }}}}"}}
           setTokens: {{customer: id}}
@@ -236,7 +236,7 @@ steps:
         # The envelope's result: each patch's stored row, children inside.
         check: '{{{{ if $write.results[0].children[0].customer_id == $tokens.customer and $write.results[0].external_id == ($trigger.id | tostring) and $write.results[1].currency == "EUR" and ($write.results[1].total | type) == "number" and $write.tokens == {{customer: $tokens.customer}}{updated} then true else error("results: \($write)") end }}}}'
 "#
-        );
+            );
         let flow = sluice_model::load("import.yaml", &flow_text, registry.as_ref())
             .unwrap_or_else(|d| panic!("{d}"));
         let options = ImportOptions {
@@ -378,20 +378,12 @@ async fn last_envelope(engine: &Engine<SqliteStore>, registry: &Registry, name: 
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join(format!("{name}.jsonl"));
     std::fs::write(&file, "{\"n\": 1}\n[2]\n\"three\"\n{\"n\": 4}\nnull\n").unwrap();
-    let flow_text = format!(
-        r#"id: merge-test
-connections:
-  app: {{url: "{url}"}}
-steps:
-  - key: write
-    type: envelope
-    options:
-      connection: app
-      patches:
-        - {{op: create, collection: {t}, properties: {{v: "{{{{ tojson }}}}"}}, setTokens: {{v: v}}}}
+    let flow_text = envelope_flow("merge-test", url)
+        + &format!(
+            r#"        - {{op: create, collection: {t}, properties: {{v: "{{{{ tojson }}}}"}}, setTokens: {{v: v}}}}
         - {{op: create, collection: {t2}, properties: {{w: "{{{{ $tokens.v }}}}"}}}}
 "#
-    );
+        );
     let flow = sluice_model::load("m.yaml", &flow_text, registry).unwrap_or_else(|d| panic!("{d}"));
     let options = ImportOptions {
         chunk: 2,
@@ -525,20 +517,12 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
         text.push_str(&format!("{{\"k\": \"K-{k}\", \"v\": {v}}}\n"));
     }
     std::fs::write(&file, text).unwrap();
-    let flow_text = format!(
-        r#"id: side-test
-connections:
-  app: {{url: "{url}"}}
-steps:
-  - key: write
-    type: envelope
-    options:
-      connection: app
-      patches:
-        - {{op: create, collection: {a}, properties: {{k: "{{{{ .k }}}}"}}, setTokens: {{a: id}}}}
+    let flow_text = envelope_flow("side-test", &url)
+        + &format!(
+            r#"        - {{op: create, collection: {a}, properties: {{k: "{{{{ .k }}}}"}}, setTokens: {{a: id}}}}
         - {{op: create, collection: {b}, properties: {{a_id: "{{{{ $tokens.a }}}}", v: "{{{{ .v }}}}"}}}}
 "#
-    );
+        );
     let flow = sluice_model::load("side.yaml", &flow_text, registry.as_ref())
         .unwrap_or_else(|d| panic!("{d}"));
     let options = ImportOptions {

@@ -520,14 +520,13 @@ impl Batch {
                 (tx, first)
             }
         };
-        // The chunk's own stage, and the stage of the chunk before while
-        // it writes.
+        // The chunk's own stage, and the stage of the chunk before (each
+        // group follows it while it writes).
         let (own, before) = {
             let stages = locked(&self.stages)?;
             let before = stages.range(..chunk).next_back().map(|(_, s)| s.clone());
             (stages.get(&chunk).cloned(), before)
         };
-        let before = before.filter(|s| !s.is_over());
         let size = group_size(
             jobs.len(),
             self.tried.load(Ordering::Relaxed),
