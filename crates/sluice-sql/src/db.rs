@@ -161,22 +161,26 @@ pub(crate) async fn open(name: &str, url: &str) -> Result<Arc<Db>, ActionError> 
             "connection `{name}`: `{shown}` is not a sqlite:, postgres: or mysql: URL"
         ))
     })?;
-    let opts = sqlx::pool::PoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(std::time::Duration::from_secs(5));
     let pool = match backend {
         Backend::Sqlite => Pool::Sqlite(
-            sqlx::pool::PoolOptions::new()
+            pool_options()
                 .max_connections(if url.contains(":memory:") { 1 } else { 8 })
                 .connect(url)
                 .await
                 .map_err(fail)?,
         ),
-        Backend::Postgres => Pool::Postgres(opts.connect(url).await.map_err(fail)?),
+        Backend::Postgres => Pool::Postgres(
+            pool_options()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect(url)
+                .await
+                .map_err(fail)?,
+        ),
         Backend::MySql => {
             let url = url.replacen("mariadb:", "mysql:", 1);
             Pool::MySql(
-                sqlx::pool::PoolOptions::new()
+                pool_options()
                     .max_connections(8)
                     .connect(&url)
                     .await
@@ -191,6 +195,25 @@ pub(crate) async fn open(name: &str, url: &str) -> Result<Arc<Db>, ActionError> 
         shown,
         completions: OnceCell::new(),
     }))
+}
+
+/// A pooled connection idle longer than this is checked (a round trip)
+/// before it is handed out: the server or the network may have closed it
+/// meanwhile. One handed back a moment ago (as an import's, chunk after
+/// chunk) is not.
+const CHECK_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn pool_options<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// The table, in the database a step writes to, where each write step

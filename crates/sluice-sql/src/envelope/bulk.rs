@@ -531,6 +531,7 @@ impl Batch {
             jobs.len(),
             self.tried.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
+            self.db.backend,
         );
         let mut jobs = jobs.into_iter();
         // A savepoint released is released with the next one's start, or

@@ -29,7 +29,8 @@ use tokio::sync::Notify;
 /// its envelopes are handed back).
 pub(super) const FOLLOWER_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '100ms'";
 
-/// The transaction's own lock timeout again, once a follower's group is written.
+/// The transaction's own lock timeout again, once a follower's group is
+/// written: sent before the chunk's next group, if it has one.
 pub(super) const LOCK_TIMEOUT_BACK: &str = "SET LOCAL lock_timeout TO DEFAULT; ";
 
 /// Where a chunk's writes are, as the chunk after it sees them.

@@ -115,15 +115,13 @@ impl Batch {
         next_record: u64,
         finished: bool,
     ) -> Result<(), ActionError> {
+        // What is left to send (see `write_group`'s `carry`) is not sent:
+        // the commit ends the savepoints, and the lock timeout a follower
+        // set is left in place, since the position row's update waits for
+        // no lock (the chunk before has committed, and no one else writes
+        // this import's row).
         let mut tx = match tx {
-            // What is left to send resets a setting of the writes (their
-            // savepoints end with the commit).
-            Some((mut tx, carry)) => {
-                if carry.contains(super::pipe::LOCK_TIMEOUT_BACK) {
-                    tx.raw(&carry).await?;
-                }
-                tx
-            }
+            Some((tx, _)) => tx,
             None => self.db.begin().await?,
         };
         let p = |n| self.db.backend.placeholder(n);

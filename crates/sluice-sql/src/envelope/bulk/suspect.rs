@@ -109,21 +109,32 @@ pub(super) fn named_key(message: &str) -> Option<(&str, &str)> {
 
 /// How many of `n` waiting envelopes to write as one group (one savepoint,
 /// one statement per patch position), when `refused` of the `tried`
-/// envelopes before were refused. A group with a bad record is written
-/// again in halves down to that record, so every good record of it is
-/// written about three times; a group costs a few round trips of its own.
-/// With a share `p` of bad records, groups of about `sqrt(c / p)` balance
-/// the two (`c`: a group's own cost, in records' writes, over three): all
-/// `n` at once until a record is refused, some tens of records when one in
-/// a hundred is.
-pub(super) fn group_size(n: usize, tried: u64, refused: u64) -> usize {
-    /// A group's own cost (its savepoint, its statements' round trips), in
-    /// records' writes, over the three writes of a good record in a
-    /// group that failed.
-    const C: f64 = 3.0;
+/// envelopes before were refused. A group costs a few statements of its
+/// own; a group with a bad record is written again around that record, so
+/// its good records are written again. With a share `p` of bad records,
+/// groups of about `sqrt(c / p)` balance the two (`c`: [`group_cost`]): all
+/// `n` at once until a record is refused.
+pub(super) fn group_size(n: usize, tried: u64, refused: u64, backend: Backend) -> usize {
     if refused == 0 || tried == 0 {
         return n.max(1);
     }
     let p = refused as f64 / tried as f64;
-    ((C / p).sqrt().round() as usize).clamp(8, n.max(8))
+    ((group_cost(backend) / p).sqrt().round() as usize).clamp(8, n.max(8))
+}
+
+/// A group's own cost in records' writes, over how many times the good
+/// records of a failed group are written again. On PostgreSQL a group's
+/// savepoint and statements are round trips to another process, and the
+/// database names the row it refused, so a failed group's records are
+/// written about once more (those before that row, the row alone, those
+/// after): `bench/import` was fastest with 40 both with one bad record in
+/// a hundred (groups of about 60) and with one in ten thousand (whole
+/// chunks). Elsewhere a failed group is written again in halves down to
+/// the bad record (about three writes of each good one) and its
+/// statements cost less.
+fn group_cost(backend: Backend) -> f64 {
+    match backend {
+        Backend::Postgres => 40.0,
+        Backend::Sqlite | Backend::MySql => 3.0,
+    }
 }
