@@ -921,6 +921,49 @@ mod tests {
         );
     }
 
+    /// A pooled connection that the server closed while it was idle is
+    /// not handed out broken: it is checked, found closed and replaced.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced() {
+        let cases = [
+            (
+                "SLUICE_TEST_POSTGRES_URL",
+                "SELECT pg_backend_pid() AS id",
+                "SELECT pg_terminate_backend({id}) AS done",
+            ),
+            (
+                "SLUICE_TEST_MYSQL_URL",
+                "SELECT CONNECTION_ID() AS id",
+                "KILL CONNECTION {id}",
+            ),
+        ];
+        for (var, who, kill) in cases {
+            let url = match std::env::var(var) {
+                Ok(url) if !url.is_empty() => url,
+                _ => {
+                    assert!(std::env::var("CI").is_err(), "{var} must be set under CI");
+                    continue;
+                }
+            };
+            let st = |sql: &str, params: Vec<Value>| Stmt {
+                sql: sql.into(),
+                params,
+            };
+            let db = open("db", &url).await.expect("open");
+            let other = open("other", &url).await.expect("open");
+            let rows = db.rows(&st(who, Vec::new())).await.expect(who);
+            let id = rows[0]["id"].clone();
+            let kill = kill.replace("{id}", &id.to_string());
+            other.run(&st(&kill, Vec::new()), false).await.expect(&kill);
+            tokio::time::sleep(CHECK_IDLE_AFTER + std::time::Duration::from_millis(200)).await;
+            let rows = db
+                .rows(&st(who, Vec::new()))
+                .await
+                .expect("a new connection");
+            assert_ne!(rows[0]["id"], id, "{var}");
+        }
+    }
+
     #[test]
     fn identifiers() {
         assert!(valid_ident("customers_2"));

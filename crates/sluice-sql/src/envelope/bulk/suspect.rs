@@ -127,11 +127,12 @@ pub(super) fn group_size(n: usize, tried: u64, refused: u64, backend: Backend) -
 /// savepoint and statements are round trips to another process, and the
 /// database names the row it refused, so a failed group's records are
 /// written about once more (those before that row, the row alone, those
-/// after): `bench/import` was fastest with 40 both with one bad record in
-/// a hundred (groups of about 60) and with one in ten thousand (whole
-/// chunks). Elsewhere a failed group is written again in halves down to
-/// the bad record (about three writes of each good one) and its
-/// statements cost less.
+/// after). `bench/import` into PostgreSQL: with one bad record in a
+/// hundred, 20 to 150 took within a few percent of each other and 3 a
+/// third longer; with one in ten thousand, anything from 30 up (whole
+/// chunks) a tenth less than 3. Elsewhere a failed group is written again
+/// in halves down to the bad record (about three writes of each good one),
+/// and a group was measured to cost about eight records' writes.
 fn group_cost(backend: Backend) -> f64 {
     match backend {
         Backend::Postgres => 40.0,
