@@ -14,7 +14,7 @@
 //!   children, then patch 2, ...), each record's patches templated with its
 //!   own tokens; consecutive `create` patches of one collection with the
 //!   same fields become one multi-row INSERT (on PostgreSQL, `INSERT ...
-//!   SELECT FROM unnest` of one text array per field); other patches are
+//!   SELECT unnest(...)` of one text array per field); other patches are
 //!   written one by one, in record order;
 //! * in groups of records, each under a savepoint: when anything fails, the
 //!   batch rolls back to it and writes each half of the group again under a
