@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use sluice_expr::TemplateValue;
-use sluice_model::Flow;
+use sluice_model::{Flow, Step};
 
 /// Step types that write outside an envelope.
 const WRITERS: &[&str] = &[
@@ -111,16 +111,10 @@ pub(super) fn overlaps(flow: &Flow) -> bool {
         })
     }
     let mut envelopes = flow.steps.iter().filter(|s| s.kind == "envelope");
-    let one = envelopes.next().is_some_and(|s| {
-        s.retry.is_none()
-            && match s.deferred.get("patches") {
-                Some((written, _)) => creates(written),
-                None => literal(&s.options, "patches")
-                    .ok()
-                    .flatten()
-                    .is_some_and(creates),
-            }
-    }) && envelopes.next().is_none();
+    let one = envelopes
+        .next()
+        .is_some_and(|s| s.retry.is_none() && written_patches(s).is_some_and(creates))
+        && envelopes.next().is_none();
     one && flow.steps.iter().all(|s| {
         !matches!(s.kind.as_str(), "split" | "flow")
             && match literal(&s.options, "mode") {
@@ -156,12 +150,17 @@ pub(super) fn positions(flow: &Flow) -> Option<Vec<(Vec<usize>, String)>> {
         true
     }
     let step = flow.steps.iter().find(|s| s.kind == "envelope")?;
-    let patches = match step.deferred.get("patches") {
-        Some((written, _)) => written,
-        None => literal(&step.options, "patches").ok().flatten()?,
-    };
     let mut out = Vec::new();
-    walk(patches, &mut Vec::new(), &mut out).then_some(out)
+    walk(written_patches(step)?, &mut Vec::new(), &mut out).then_some(out)
+}
+
+/// The patches of envelope step `step` as the flow writes them out (`None`:
+/// they are templated as a whole).
+fn written_patches(step: &Step) -> Option<&Value> {
+    match step.deferred.get("patches") {
+        Some((written, _)) => Some(written),
+        None => literal(&step.options, "patches").ok().flatten(),
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,12 @@ impl Batch {
             Some(c) => self.take_tx(c)?,
             None => None,
         };
+        // What the chunk had left to send (see `write_group`'s `carry`) is
+        // not sent: the commit ends the savepoints, and the lock timeout a
+        // follower set stays, since the position row's update waits for no
+        // lock (the chunk before has committed, and no one else writes this
+        // import's row).
+        let tx = tx.map(|(tx, _)| tx);
         let ended = self.end_chunk(tx, key, next_record, finished).await;
         if let Some(c) = chunk {
             locked(&self.open)?.remove(&c);
@@ -107,21 +113,15 @@ impl Batch {
     }
 
     /// Record the import's position in `tx` (a new transaction: `None`) and commit.
-    /// `tx` comes with statements to send first (see `write_group`'s `carry`).
     pub(super) async fn end_chunk(
         &self,
-        tx: Option<(Tx, String)>,
+        tx: Option<Tx>,
         key: &str,
         next_record: u64,
         finished: bool,
     ) -> Result<(), ActionError> {
-        // What is left to send (see `write_group`'s `carry`) is not sent:
-        // the commit ends the savepoints, and the lock timeout a follower
-        // set is left in place, since the position row's update waits for
-        // no lock (the chunk before has committed, and no one else writes
-        // this import's row).
         let mut tx = match tx {
-            Some((tx, _)) => tx,
+            Some(tx) => tx,
             None => self.db.begin().await?,
         };
         let p = |n| self.db.backend.placeholder(n);
