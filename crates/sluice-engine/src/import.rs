@@ -638,9 +638,11 @@ impl<S: Store> Runs<S> {
             batch: in_batch,
             output: self.output,
         };
-        // Boxed: the run's future stays small, so that starting a chunk's
-        // runs does not copy the large future of a run's steps, twice each.
-        let r = Box::pin(self.engine.drive(
+        // Boxed, in a statement of its own: the run's future stays small
+        // (a temporary of the awaiting statement would keep its room in
+        // it), so that starting a chunk's runs does not copy the large
+        // future of a run's steps, several times each.
+        let steps = Box::pin(self.engine.drive(
             &self.flow,
             Cursor::new(String::new()),
             fo,
@@ -648,8 +650,8 @@ impl<S: Store> Runs<S> {
             0,
             0,
             mode,
-        ))
-        .await;
+        ));
+        let r = steps.await;
         if let Some(b) = &self.batch {
             b.ended(chunk_id);
         }

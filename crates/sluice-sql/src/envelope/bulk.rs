@@ -478,15 +478,22 @@ impl Batch {
             retry_after_ms: None,
             incident: false,
         })??;
-        let results = if at.results_read {
-            written
-                .results
-                .into_iter()
-                .map(Tree::into_value)
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            Vec::new()
-        };
+        if !at.results_read {
+            // Nothing reads the step's result nor the tokens it set (it
+            // ends the run of a record whose output is not kept): neither
+            // is made. An empty object stands for the result, which the
+            // engine still checks can merge into the state data (that
+            // check reads only its kind).
+            return Ok(Outcome {
+                payload: Some(Value::Object(Map::new())),
+                ..Outcome::default()
+            });
+        }
+        let results = written
+            .results
+            .into_iter()
+            .map(Tree::into_value)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(super::envelope_payload(written.tokens, results))
     }
 
@@ -826,8 +833,9 @@ impl Batch {
             .iter()
             .zip(works)
             .map(|(w, work)| Written {
+                // Read only with the results (see `submit`).
                 tokens: match work.tokens {
-                    Value::Object(m) => super::set_tokens(&w.global, m),
+                    Value::Object(m) if w.results_read => super::set_tokens(&w.global, m),
                     _ => Map::new(),
                 },
                 results: work.results,
