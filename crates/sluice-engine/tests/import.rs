@@ -483,7 +483,7 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
         (
             "c2",
             format!(
-                "CREATE TABLE {b} (id SERIAL PRIMARY KEY, a_id INT NOT NULL REFERENCES {a} (id), v INT NOT NULL CHECK (v >= 0))"
+                "CREATE TABLE {b} (id SERIAL PRIMARY KEY, a_id INT NOT NULL REFERENCES {a} (id), k TEXT NOT NULL, v INT NOT NULL CHECK (v >= 0))"
             ),
         ),
         (
@@ -520,7 +520,7 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
     let flow_text = envelope_flow("side-test", &url)
         + &format!(
             r#"        - {{op: create, collection: {a}, properties: {{k: "{{{{ .k }}}}"}}, setTokens: {{a: id}}}}
-        - {{op: create, collection: {b}, properties: {{a_id: "{{{{ $tokens.a }}}}", v: "{{{{ .v }}}}"}}}}
+        - {{op: create, collection: {b}, properties: {{a_id: "{{{{ $tokens.a }}}}", k: "{{{{ .k }}}}", v: "{{{{ .v }}}}"}}}}
 "#
         );
     let flow = sluice_model::load("side.yaml", &flow_text, registry.as_ref())
@@ -563,10 +563,12 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
         })
         .collect();
     assert_eq!(reported, want, "{report}");
-    // Every good record once, its second row on its first.
+    // Every good record once, its second row on its first (the keys the
+    // first rows were given, read back as one array, each matched to its
+    // own record).
     for sql in [
         format!("SELECT COUNT(*) AS n FROM {a}"),
-        format!("SELECT COUNT(*) AS n FROM {b} JOIN {a} ON {a}.id = {b}.a_id"),
+        format!("SELECT COUNT(*) AS n FROM {b} JOIN {a} ON {a}.id = {b}.a_id AND {a}.k = {b}.k"),
         format!("SELECT COUNT(DISTINCT k) AS n FROM {a}"),
     ] {
         let got = count(&engine, &registry, &url, &sql).await;

@@ -505,6 +505,26 @@ impl Tx {
         })
     }
 
+    /// [`Tx::pg_rows_of_arrays`] of a statement that returns one row, its
+    /// one column an array of integers (the keys a multi-row insert made).
+    pub(crate) async fn pg_keys_of_arrays(
+        &mut self,
+        sql: String,
+        arrays: &[Vec<Option<&str>>],
+    ) -> Option<Result<Vec<i64>, ActionError>> {
+        let TxConn::Postgres(t) = &mut self.conn else {
+            return None;
+        };
+        let mut q = sqlx::query_scalar::<_, Option<Vec<i64>>>(AssertSqlSafe(sql));
+        for a in arrays {
+            q = q.bind(a);
+        }
+        Some(match q.fetch_one(&mut **t).await {
+            Ok(keys) => Ok(keys.unwrap_or_default()),
+            Err(e) => Err(self.db.err(e)),
+        })
+    }
+
     /// Hold lock `name` until the transaction ends, so that writers that
     /// take it one after another each see what the one before committed.
     /// SQLite's write transaction holds the whole database already;

@@ -258,6 +258,9 @@ pub(crate) enum Got {
     /// writer reads a row's key up to three times: to match the row, for
     /// its children, for a token).
     Pg(sqlx::postgres::PgRow, std::sync::OnceLock<(usize, Value)>),
+    /// Only the integer key the database generated (its column and value):
+    /// a row the writer reads nothing else of (see `create_many`).
+    Key(std::sync::Arc<str>, i64),
 }
 
 impl Got {
@@ -293,6 +296,7 @@ impl Got {
     ) -> Result<Option<Value>, ActionError> {
         match self {
             Got::Map(m) => Ok(m.get(name).cloned()),
+            Got::Key(k, id) => Ok((**k == *name).then(|| Value::from(*id))),
             Got::Pg(r, first) => match r.columns().iter().position(|c| c.name() == name) {
                 None => Ok(None),
                 Some(i) => {
@@ -329,6 +333,7 @@ impl Got {
     ) -> Result<Map<String, Value>, ActionError> {
         match self {
             Got::Map(m) => Ok(m),
+            Got::Key(k, id) => Ok(Map::from_iter([(k.to_string(), Value::from(id))])),
             Got::Pg(r, _) => {
                 let mut m = decode_pg(&r)?;
                 row_numbers_again(&mut m, &decimal_columns(cols));

@@ -139,14 +139,25 @@ pub(super) async fn create_many(
             Some(db.select_list(t.cols.iter().filter(|(c, _)| only.contains(c.as_str()))))
         }
     };
-    if db.backend == Backend::Postgres
-        && let Some(rows) =
-            create_many_pg(tx, name, t, props, &keys, uniform, returning.as_deref()).await
-    {
-        return match rows? {
-            Made::Rows(rows) => match_rows(props, pk, given, rows, t),
-            Made::Count(n) => unread(n, props.len()),
+    if db.backend == Backend::Postgres {
+        // Only the generated key read (for children, or a token taking
+        // it): the keys come back as one array, not a row each.
+        let key_only = !given
+            && only.is_some_and(|only| {
+                let mut read = t.cols.keys().filter(|c| only.contains(c.as_str()));
+                read.next() == Some(pk) && read.next().is_none()
+            });
+        let back = match &returning {
+            None => Returning::Nothing,
+            Some(_) if key_only => Returning::Keys(pk),
+            Some(r) => Returning::Rows(r),
         };
+        if let Some(rows) = create_many_pg(tx, name, t, props, &keys, uniform, back).await {
+            return match rows? {
+                Made::Rows(rows) => match_rows(props, pk, given, rows, t),
+                Made::Count(n) => unread(n, props.len()),
+            };
+        }
     }
     let cols: Vec<String> = keys.iter().map(|k| db.backend.quote(k)).collect();
     let per = (MAX_PARAMS / keys.len()).max(1);
@@ -299,7 +310,7 @@ pub(super) async fn create_many_pg(
     props: &[Fields<'_>],
     keys: &[&String],
     uniform: bool,
-    returning: Option<&str>,
+    returning: Returning<'_>,
 ) -> Option<Result<Made, ActionError>> {
     let types = keys
         .iter()
@@ -371,10 +382,33 @@ pub(super) async fn create_many_pg(
         sql.push_str(&format!("unnest(${}::text[]) AS c{i}", i + 1));
     }
     sql.push_str(") AS u");
-    if let Some(returning) = returning {
-        sql.push_str(" RETURNING ");
-        sql.push_str(returning);
+    match returning {
+        Returning::Nothing => tx.pg_rows_of_arrays(sql, &arrays, t, false).await,
+        Returning::Rows(r) => {
+            sql.push_str(" RETURNING ");
+            sql.push_str(r);
+            tx.pg_rows_of_arrays(sql, &arrays, t, true).await
+        }
+        Returning::Keys(key) => {
+            let k = Backend::Postgres.quote(key);
+            let sql = format!(
+                "WITH made AS ({sql} RETURNING {k}) SELECT CAST(array_agg({k}) AS int8[]) FROM made"
+            );
+            let pk: Arc<str> = Arc::from(key);
+            // Matched to the records as rows are (`match_rows`).
+            Some(tx.pg_keys_of_arrays(sql, &arrays).await?.map(|ids| {
+                Made::Rows(ids.into_iter().map(|id| Got::Key(pk.clone(), id)).collect())
+            }))
+        }
     }
-    tx.pg_rows_of_arrays(sql, &arrays, t, returning.is_some())
-        .await
+}
+
+/// What a multi-row insert on PostgreSQL returns: nothing, the rows (its
+/// `RETURNING` list), or only the keys the database generated (this key
+/// column's), as one array.
+#[derive(Clone, Copy)]
+pub(super) enum Returning<'a> {
+    Nothing,
+    Rows(&'a str),
+    Keys(&'a str),
 }
