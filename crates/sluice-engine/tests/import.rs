@@ -575,3 +575,88 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
         assert_eq!(got, Some(good), "{sql}");
     }
 }
+
+/// A file imported again with `--restart` into the rows it wrote: every
+/// record is refused (its key is there already), every one reported with
+/// its patch, on every database. A chunk whose records all fail is split
+/// group after group without the writer going any deeper (it once
+/// recursed per record, and overflowed its stack on a chunk of 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_imported_again_is_refused_record_by_record() {
+    let registry = Arc::new(sluice_sql::registry());
+    let engine = Engine::new(
+        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+        registry.clone(),
+    );
+    let n: u64 = 1200;
+    let p = std::process::id();
+    let dir = std::env::temp_dir().join(format!("sluice-import-again-{p}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, url) in common::databases("import-again") {
+        let t = format!("again_{p}");
+        let key = match name {
+            "sqlite" => "INTEGER PRIMARY KEY",
+            "postgres" => "SERIAL PRIMARY KEY",
+            _ => "INT AUTO_INCREMENT PRIMARY KEY",
+        };
+        statements(
+            &engine,
+            &registry,
+            &url,
+            &[
+                ("d1", format!("DROP TABLE IF EXISTS {t}")),
+                (
+                    "c1",
+                    format!("CREATE TABLE {t} (id {key}, k VARCHAR(20) NOT NULL UNIQUE)"),
+                ),
+            ],
+        )
+        .await;
+        let file = dir.join(format!("{name}.jsonl"));
+        let lines: String = (1..=n).map(|i| format!("{{\"k\": \"K-{i}\"}}\n")).collect();
+        std::fs::write(&file, lines).unwrap();
+        let flow_text = envelope_flow("again-test", &url)
+            + &format!(
+                "        - {{op: create, collection: {t}, properties: {{k: \"{{{{ .k }}}}\"}}}}\n"
+            );
+        let flow = sluice_model::load("again.yaml", &flow_text, registry.as_ref())
+            .unwrap_or_else(|d| panic!("{d}"));
+        let mut options = ImportOptions {
+            chunk: 600,
+            ..ImportOptions::default()
+        };
+        let first = engine
+            .import(&flow, &file, &options, &mut |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((first.succeeded, first.failed), (n, 0), "{name}: {first:?}");
+        options.restart = true;
+        let again = engine
+            .import(&flow, &file, &options, &mut |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((again.succeeded, again.failed), (0, n), "{name}: {again:?}");
+        let report = std::fs::read_to_string(&again.failures_file).unwrap();
+        let records: Vec<u64> = report
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                assert!(
+                    v["patch"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("patch 1"),
+                    "{name}: {v}"
+                );
+                v["record"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(records, (1..=n).collect::<Vec<_>>(), "{name}");
+        let sql = format!("SELECT COUNT(*) AS n FROM {t}");
+        assert_eq!(
+            count(&engine, &registry, &url, &sql).await,
+            Some(n),
+            "{name}"
+        );
+    }
+}
