@@ -19,6 +19,13 @@ async fn run_flow(engine: &Engine<SqliteStore>, registry: &Registry, flow: &str)
     r.output_json().unwrap()
 }
 
+/// An engine on an in-memory store with the SQL connector's actions.
+async fn engine() -> (Engine<SqliteStore>, Arc<Registry>) {
+    let registry = Arc::new(sluice_sql::registry());
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    (Engine::new(Arc::new(store), registry.clone()), registry)
+}
+
 /// Run statements `sql` (key, statement) on the database at `url`.
 async fn statements(
     engine: &Engine<SqliteStore>,
@@ -111,11 +118,7 @@ fn record(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_lands_good_records_once_and_reports_bad_ones() {
-    let registry = Arc::new(sluice_sql::registry());
-    let engine = Engine::new(
-        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
-        registry.clone(),
-    );
+    let (engine, registry) = engine().await;
     let n: u64 = 2600;
     let dir = std::env::temp_dir().join(format!("sluice-import-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -457,11 +460,7 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
     else {
         return;
     };
-    let registry = Arc::new(sluice_sql::registry());
-    let engine = Engine::new(
-        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
-        registry.clone(),
-    );
+    let (engine, registry) = engine().await;
     let p = std::process::id();
     let (a, b, slow) = (
         format!("side_a_{p}"),
@@ -583,11 +582,7 @@ async fn a_chunk_refused_late_first_rolls_back_the_chunk_written_beside_it() {
 /// recursed per record, and overflowed its stack on a chunk of 500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_imported_again_is_refused_record_by_record() {
-    let registry = Arc::new(sluice_sql::registry());
-    let engine = Engine::new(
-        Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
-        registry.clone(),
-    );
+    let (engine, registry) = engine().await;
     let n: u64 = 1200;
     let p = std::process::id();
     let dir = std::env::temp_dir().join(format!("sluice-import-again-{p}"));
