@@ -26,6 +26,16 @@ async fn engine() -> (Engine<SqliteStore>, Arc<Registry>) {
     (Engine::new(Arc::new(store), registry.clone()), registry)
 }
 
+/// An integer primary key the database generates, on database `name`
+/// (as `common::databases` names them).
+fn generated_key(name: &str) -> &'static str {
+    match name {
+        "sqlite" => "INTEGER PRIMARY KEY",
+        "postgres" => "SERIAL PRIMARY KEY",
+        _ => "INT AUTO_INCREMENT PRIMARY KEY",
+    }
+}
+
 /// Run statements `sql` (key, statement) on the database at `url`.
 async fn statements(
     engine: &Engine<SqliteStore>,
@@ -143,10 +153,11 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
             format!("contact_{p}"),
             format!("ord_{p}"),
         );
-        let (key, num) = match name {
-            "sqlite" => ("INTEGER PRIMARY KEY", "NUMERIC"),
-            "postgres" => ("SERIAL PRIMARY KEY", "NUMERIC(10,2)"),
-            _ => ("INT AUTO_INCREMENT PRIMARY KEY", "DECIMAL(10,2)"),
+        let key = generated_key(name);
+        let num = match name {
+            "sqlite" => "NUMERIC",
+            "postgres" => "NUMERIC(10,2)",
+            _ => "DECIMAL(10,2)",
         };
         statements(
             &engine,
@@ -353,11 +364,7 @@ async fn import_lands_good_records_once_and_reports_bad_ones() {
 async fn last_envelope(engine: &Engine<SqliteStore>, registry: &Registry, name: &str, url: &str) {
     let p = std::process::id();
     let (t, t2) = (format!("t_{p}"), format!("t2_{p}"));
-    let key = match name {
-        "sqlite" => "INTEGER PRIMARY KEY",
-        "postgres" => "SERIAL PRIMARY KEY",
-        _ => "INT AUTO_INCREMENT PRIMARY KEY",
-    };
+    let key = generated_key(name);
     let head = format!("id: setup\nconnections:\n  app: {{url: \"{url}\"}}\nsteps:\n");
     statements(
         engine,
@@ -589,11 +596,7 @@ async fn a_file_imported_again_is_refused_record_by_record() {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, url) in common::databases("import-again") {
         let t = format!("again_{p}");
-        let key = match name {
-            "sqlite" => "INTEGER PRIMARY KEY",
-            "postgres" => "SERIAL PRIMARY KEY",
-            _ => "INT AUTO_INCREMENT PRIMARY KEY",
-        };
+        let key = generated_key(name);
         statements(
             &engine,
             &registry,
