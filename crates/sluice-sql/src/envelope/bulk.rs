@@ -611,105 +611,103 @@ impl Batch {
     /// are written one after another, each under a savepoint of its own
     /// (the failed group's is gone by then): however many records fail,
     /// the writer goes no deeper.
-    fn write_group<'a>(
-        &'a self,
-        tx: &'a mut Tx,
+    async fn write_group(
+        &self,
+        tx: &mut Tx,
         jobs: Vec<Waiting>,
-        limits: &'a Limits,
-        pipe: Pipe<'a>,
-        carry: &'a mut String,
-    ) -> BoxFuture<'a, Result<Option<Vec<Waiting>>, ActionError>> {
-        Box::pin(async move {
-            let sp = "sluice_sp0";
-            let mut todo = std::collections::VecDeque::from([(jobs, pipe)]);
-            while let Some((mut jobs, pipe)) = todo.pop_front() {
-                carry.push_str("SAVEPOINT ");
-                carry.push_str(sp);
-                if pipe.follow.is_some() {
-                    carry.push_str("; ");
-                    carry.push_str(FOLLOWER_LOCK_TIMEOUT);
-                }
-                tx.raw(carry).await?;
-                carry.clear();
-                let written = match self.write_all(tx, &mut jobs, limits, pipe).await {
-                    // A follower answers once the chunk before writes no more.
-                    Ok(outcomes) => match pipe.follow {
-                        Some(f) => f.until_over().await.map(|()| outcomes).map_err(aborted),
-                        None => Ok(outcomes),
-                    },
-                    Err(f) => Err(f),
-                };
-                let f = match written {
-                    Ok(outcomes) => {
-                        *carry = format!("RELEASE SAVEPOINT {sp}; ");
-                        if pipe.follow.is_some() {
-                            carry.push_str(LOCK_TIMEOUT_BACK);
-                        }
-                        for (mut w, mut o) in jobs.into_iter().zip(outcomes) {
-                            if let Some(r) = w.reply.take() {
-                                o.handed = Some(w);
-                                let _ = r.send(Ok(o));
-                            }
-                        }
-                        continue;
+        limits: &Limits,
+        pipe: Pipe<'_>,
+        carry: &mut String,
+    ) -> Result<Option<Vec<Waiting>>, ActionError> {
+        let sp = "sluice_sp0";
+        let mut todo = std::collections::VecDeque::from([(jobs, pipe)]);
+        while let Some((mut jobs, pipe)) = todo.pop_front() {
+            carry.push_str("SAVEPOINT ");
+            carry.push_str(sp);
+            if pipe.follow.is_some() {
+                carry.push_str("; ");
+                carry.push_str(FOLLOWER_LOCK_TIMEOUT);
+            }
+            tx.raw(carry).await?;
+            carry.clear();
+            let written = match self.write_all(tx, &mut jobs, limits, pipe).await {
+                // A follower answers once the chunk before writes no more.
+                Ok(outcomes) => match pipe.follow {
+                    Some(f) => f.until_over().await.map(|()| outcomes).map_err(aborted),
+                    None => Ok(outcomes),
+                },
+                Err(f) => Err(f),
+            };
+            let f = match written {
+                Ok(outcomes) => {
+                    *carry = format!("RELEASE SAVEPOINT {sp}; ");
+                    if pipe.follow.is_some() {
+                        carry.push_str(LOCK_TIMEOUT_BACK);
                     }
-                    Err(f) => f,
-                };
-                if let Some(l) = pipe.lead {
-                    l.stop();
-                }
-                // A connection that cannot roll back to the savepoint is gone.
-                tx.raw(&format!(
-                    "ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"
-                ))
-                .await?;
-                if let Some(f) = pipe.follow {
-                    f.left();
-                }
-                // Nothing is written again before the chunk after
-                // has rolled back what it wrote beside this one.
-                if let Some(l) = pipe.lead {
-                    l.alone().await;
-                }
-                if pipe.back {
-                    // (Only the group itself is written back-to-front like
-                    // this: its parts are written alone, so none is queued.)
-                    return Ok(Some(jobs));
-                }
-                if jobs.len() == 1 {
-                    self.refused.fetch_add(1, Ordering::Relaxed);
-                    for w in jobs {
-                        if let Ok(mut m) = self.failed_patches.lock() {
-                            m.insert(w.record, f.patch.clone());
-                        }
-                        if let Some(r) = w.reply {
-                            let _ = r.send(Err(f.error.clone()));
+                    for (mut w, mut o) in jobs.into_iter().zip(outcomes) {
+                        if let Some(r) = w.reply.take() {
+                            o.handed = Some(w);
+                            let _ = r.send(Ok(o));
                         }
                     }
                     continue;
                 }
-                // Around the record the database named, when it named
-                // one; else in halves. Either way in record order, so a
-                // wrong guess costs groups, not results.
-                let mut left = jobs;
-                let layouts = locked(&self.layouts)?.clone();
-                let parts = match suspect(&f, &left, &layouts) {
-                    Some(k) => {
-                        let mut rest = left.split_off(k);
-                        let after = rest.split_off(1);
-                        [left, rest, after]
-                    }
-                    None => {
-                        let right = left.split_off(left.len() / 2);
-                        [left, right, Vec::new()]
-                    }
-                };
-                for part in parts.into_iter().rev().filter(|p| !p.is_empty()) {
-                    todo.push_front((part, Pipe::default()));
-                }
+                Err(f) => f,
+            };
+            if let Some(l) = pipe.lead {
+                l.stop();
             }
-            Ok(None)
-        })
+            // A connection that cannot roll back to the savepoint is gone.
+            tx.raw(&format!(
+                "ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"
+            ))
+            .await?;
+            if let Some(f) = pipe.follow {
+                f.left();
+            }
+            // Nothing is written again before the chunk after
+            // has rolled back what it wrote beside this one.
+            if let Some(l) = pipe.lead {
+                l.alone().await;
+            }
+            if pipe.back {
+                // (Only the group itself is written back-to-front like
+                // this: its parts are written alone, so none is queued.)
+                return Ok(Some(jobs));
+            }
+            if jobs.len() == 1 {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                for w in jobs {
+                    if let Ok(mut m) = self.failed_patches.lock() {
+                        m.insert(w.record, f.patch.clone());
+                    }
+                    if let Some(r) = w.reply {
+                        let _ = r.send(Err(f.error.clone()));
+                    }
+                }
+                continue;
+            }
+            // Around the record the database named, when it named
+            // one; else in halves. Either way in record order, so a
+            // wrong guess costs groups, not results.
+            let mut left = jobs;
+            let layouts = locked(&self.layouts)?.clone();
+            let parts = match suspect(&f, &left, &layouts) {
+                Some(k) => {
+                    let mut rest = left.split_off(k);
+                    let after = rest.split_off(1);
+                    [left, rest, after]
+                }
+                None => {
+                    let right = left.split_off(left.len() / 2);
+                    [left, right, Vec::new()]
+                }
+            };
+            for part in parts.into_iter().rev().filter(|p| !p.is_empty()) {
+                todo.push_front((part, Pipe::default()));
+            }
+        }
+        Ok(None)
     }
 
     /// Write the envelopes patch position by patch position.
