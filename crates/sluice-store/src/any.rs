@@ -34,6 +34,16 @@ impl AnyStore {
         url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
+    /// Close the store once its last write is committed: its writer
+    /// stops, its connections end (SQLite's last one copies the WAL into
+    /// the database file), and only then does the call return.
+    pub async fn close(self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+
     /// `sqlite`, or `postgres`.
     pub fn kind(&self) -> &'static str {
         match self {

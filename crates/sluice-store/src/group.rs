@@ -29,12 +29,17 @@
 //! on; when it is done, the writer checkpoints once more between two
 //! batches, which copies only what came since and completes, so that the
 //! next commit starts the WAL again from its beginning (a checkpoint that
-//! never catches up would let the WAL grow without end). A store in memory
+//! never catches up would let the WAL grow without end). When the writer
+//! ends, it checkpoints only a WAL grown past [`WAL_LEFT`], and the
+//! connections do not when they close: a short `sluice run` leaves its few
+//! pages in the WAL for the next process rather than syncing twice to copy
+//! them (see [`no_checkpoint_on_close`]). A store in memory
 //! has one connection, which readers share: its writer takes it for each
 //! batch and gives it back.
 
 use crate::StoreError;
 use crate::values::{Chunk, Known};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, params};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::LockedSqliteHandle;
@@ -58,6 +63,12 @@ const RUNNING: u8 = 1;
 const COPIED: u8 = 2;
 
 const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
+/// How large a store file's WAL may be left when its writer ends (see
+/// [`finish`]). Alternated with 128 KB, 256 KB and 1 MB (one-step `sluice
+/// run`s, 400 each): the same within the noise; past it the next process
+/// reads more of the WAL when it opens the file.
+const WAL_LEFT: u64 = 512 * 1024;
 
 /// Copy what the WAL holds into the database on a connection of the pool,
 /// without holding up the writer; `state` goes to [`COPIED`] when done.
@@ -212,6 +223,44 @@ fn raw(locked: &mut LockedSqliteHandle<'_>) -> rusqlite::Result<Connection> {
     // not close it, and its callers drop it (its statements finalized)
     // before `locked`.
     unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }
+}
+
+/// Keep `conn` from checkpointing the WAL when it closes, which SQLite does
+/// on the last connection to a file: that checkpoint syncs the WAL and the
+/// database file, deletes the WAL, and the next process's first commit
+/// makes it again and syncs its header and its folder (four syncs, about 1
+/// ms of a one-step `sluice run`'s 5). The writer checkpoints instead (the
+/// module doc, and [`finish`]).
+pub(crate) async fn no_checkpoint_on_close(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut locked = conn.lock_handle().await?;
+    let db = raw(&mut locked).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let r = db.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+    drop(db);
+    r.map(drop)
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))
+}
+
+/// At the end of the writer of a store file (the store closed or
+/// dropped): when the WAL has grown past [`WAL_LEFT`], copy it into the
+/// database and empty it, without waiting for another process's readers
+/// or writer (what they hold is copied by a later checkpoint). A smaller
+/// WAL is left for the next process, which reads it when it opens the
+/// file: less than the syncs of a checkpoint (see
+/// [`no_checkpoint_on_close`]).
+async fn finish(conn: &mut SqliteConnection, failing: &Failing) {
+    let r = on_handle(conn, |db| {
+        let grown = db
+            .path()
+            .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
+            .is_some_and(|m| m.len() > WAL_LEFT);
+        if grown {
+            db.busy_timeout(Duration::ZERO)?;
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(())
+    })
+    .await;
+    failing.tell(r);
 }
 
 /// Run `f` on the SQLite handle of `conn`, taken from sqlx's thread for
@@ -656,6 +705,9 @@ async fn writer(
         if keep && healthy {
             held = Some(conn);
         }
+    }
+    if let (Some(conn), Some(checkpoints)) = (&mut held, &checkpoints) {
+        finish(conn, &checkpoints.failing).await;
     }
 }
 

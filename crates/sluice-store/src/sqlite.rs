@@ -2,11 +2,12 @@
 //!
 //! Durability: the journal is WAL with `synchronous = NORMAL`, so a committed
 //! step survives a crash or `kill -9` of the process; a power failure may lose
-//! the last commits. Add `?synchronous=full` to the URL to sync every commit.
-//! The WAL is checkpointed into the database ten times a second while runs
-//! are written, mostly by a passive checkpoint that does not hold up commits
-//! (see `group.rs`), and by SQLite when the store's last connection closes
-//! (a short `sluice run` opens only the writer's, which closes as it exits).
+//! the last commits (those not yet checkpointed: up to the last 512 KB of
+//! them after short `sluice run`s). Add `?synchronous=full` to the URL to
+//! sync every commit. The WAL is checkpointed into the database ten times a
+//! second while runs are written, mostly by a passive checkpoint that does
+//! not hold up commits, and when the store closes if it has grown past 512
+//! KB; not when a connection closes (see `group.rs`).
 
 use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write, create_runs,
@@ -211,6 +212,15 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", if memory { "1000" } else { "0" })
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if memory {
+                        Ok(())
+                    } else {
+                        crate::group::no_checkpoint_on_close(conn).await
+                    }
+                })
+            })
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(if memory { 1 } else { 0 })
             .idle_timeout(if memory {
@@ -280,6 +290,15 @@ impl SqliteStore {
         let first = pool.acquire().await.map_err(|e| fail(e.to_string()))?;
         let group = Group::start(pool.clone(), Some(first), known.clone());
         Ok(Self::with(pool, group, known))
+    }
+
+    /// See [`crate::AnyStore::close`]: the writer ends when its queue is
+    /// dropped (checkpointing a WAL grown past 512 KB) and gives its
+    /// connection back, which the pool then closes.
+    pub async fn close(self) {
+        let Self { pool, group, .. } = self;
+        drop(group);
+        pool.close().await;
     }
 
     fn with(pool: SqlitePool, group: Group, known: Arc<Known>) -> Self {

@@ -1250,6 +1250,58 @@ async fn sqlite_file_wal_stays_bounded_while_runs_are_written() {
     assert_eq!(runs.len(), 2000);
 }
 
+/// A store file closed with a small WAL leaves it for the next process
+/// (no checkpoint, no sync); one grown past 512 KB is copied into the
+/// database and emptied. Either way every run reads back after a reopen.
+#[tokio::test]
+async fn sqlite_file_closes_leaving_a_small_wal_and_emptying_a_large_one() {
+    let path = temp_db("close");
+    let wal = || std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+    let done = |i: usize| RunUpdate {
+        status: RunStatus::Succeeded,
+        output: Some(v(json!({"i": i}))),
+        ended_at: Some(now_micros()),
+        ..running(json!({"i": i}), None)
+    };
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    for i in 1..=20 {
+        let mut run = new_run("close");
+        run.input = v(json!({"items": big_items(300, &format!("C{i}"))}));
+        store
+            .record_steps(Some(&run), &[step(&run.id, 0, true)], &done(i))
+            .await
+            .unwrap();
+    }
+    assert!(
+        wal() > 512 * 1024,
+        "the runs grew the WAL to {} bytes",
+        wal()
+    );
+    store.close().await;
+    assert_eq!(
+        wal(),
+        0,
+        "a WAL past 512 KB is emptied when the store closes"
+    );
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let run = new_run("close");
+    store
+        .record_steps(Some(&run), &[step(&run.id, 0, true)], &done(0))
+        .await
+        .unwrap();
+    store.close().await;
+    let left = wal();
+    assert!(
+        left > 0 && left <= 512 * 1024,
+        "one run's commit is left in the WAL ({left} bytes)"
+    );
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(runs.len(), 21);
+    assert!(runs.iter().all(|r| r.status == RunStatus::Succeeded));
+    store.close().await;
+}
+
 /// A run's record costs about its distinct data: a 1 MB value handed on
 /// by 8 steps (each adding a field) and kept as the run's state grows
 /// the store file by less than the value's own size.
@@ -1337,7 +1389,13 @@ async fn postgres_passes_the_suite() {
         again.list_runs(&RunFilter::default()).await.unwrap().len(),
         store.list_runs(&RunFilter::default()).await.unwrap().len()
     );
-    drop((store, again));
+    // Closed, each ends its writer, heartbeat and listener and gives back
+    // their connections (a task left holding one would hold this up).
+    for s in [store, again] {
+        tokio::time::timeout(std::time::Duration::from_secs(60), s.close())
+            .await
+            .expect("the store closes");
+    }
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
     )))
