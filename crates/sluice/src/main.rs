@@ -811,27 +811,19 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         return INVALID;
     }
     // A store in memory, or one whose file is there, is opened while the
-    // flow loads (on a thread of its own): nothing is made for a flow
-    // that does not load but what an earlier run made already, and the
-    // store's error, if any, is told only after the flow's.
+    // flow loads: nothing is made for a flow that does not load but what
+    // an earlier run made already, and the store's error, if any, is told
+    // only after the flow's. The store's task, run once, hands the opening
+    // to its connection's own thread; the flow loads on this one (a thread
+    // of its own for it cost more than it saved: its start, its heap).
     let early = (store_url.contains(":memory:") || std::path::Path::new(store_url).is_file())
         .then(|| open_store_on(&tokio::runtime::Handle::current(), store_url));
-    let (path_, input_, event_) = (
-        path.to_owned(),
-        input.map(str::to_owned),
-        event.map(str::to_owned),
-    );
-    let prepared = tokio::task::spawn_blocking(move || {
-        prepare_run(&path_, input_.as_deref(), event_.as_deref())
-    })
-    .await;
-    let (registry, flow, input, event) = match prepared {
-        Ok(Ok(p)) => p,
-        Ok(Err(code)) => return code,
-        Err(e) => {
-            eprintln!("error: reading the flow stopped: {e}");
-            return FAILED;
-        }
+    if early.is_some() {
+        tokio::task::yield_now().await;
+    }
+    let (registry, flow, input, event) = match prepare_run(path, input, event) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let store = match early {
         Some(task) => joined(task).await,
@@ -841,7 +833,7 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    let engine = new_engine(store, registry.clone());
+    let engine = new_engine(store.clone(), registry.clone());
     // `flow` steps start the flows of the flow file's folder, and the
     // changes SQL steps make start its `event`-triggered flows.
     let reaches = |k: &str| {
@@ -878,10 +870,37 @@ async fn run(path: &str, input: Option<&str>, event: Option<&str>, store_url: &s
             "trigger": "cli",
         }),
     };
-    report(
+    let code = report(
         engine.run(&flow, req).await,
         !store_url.contains(":memory:"),
-    )
+    );
+    drop(engine);
+    // Closed here, once its last write is committed, rather than when the
+    // runtime is dropped: the end of its writer (which checkpoints a grown
+    // WAL) and of its connections is then awaited, not raced by the
+    // process's end.
+    match Arc::try_unwrap(store) {
+        Ok(store) => {
+            store.close().await;
+            end_now(code)
+        }
+        // Still held (by a flow that the run started and that goes on):
+        // the runtime's end drops it.
+        Err(_) => code,
+    }
+}
+
+/// End the process with `code` at once, its output flushed: once a run is
+/// recorded and its store closed, nothing is left to tear down, and the
+/// allocator's return of its pages to the system at exit (page by page)
+/// would cost about a tenth of a one-step run.
+fn end_now(code: u8) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` has no precondition; it ends the process without
+    // running exit handlers (the allocator's) or destructors (none is left
+    // with work to do: the store is closed, the output flushed).
+    unsafe { libc::_exit(i32::from(code)) }
 }
 
 /// The flows of a folder, for `flow` steps and data hooks under `sluice
