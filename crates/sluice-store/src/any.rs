@@ -34,9 +34,10 @@ impl AnyStore {
         url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
-    /// Close the store once its last write is committed: its writer
-    /// stops, its connections end (SQLite's last one copies the WAL into
-    /// the database file), and only then does the call return.
+    /// Close the store once its last write is committed: its writer stops
+    /// (a SQLite file's writer first empties a WAL grown past 512 KB into
+    /// the database), its connections end, and only then does the call
+    /// return.
     pub async fn close(self) {
         match self {
             Self::Sqlite(s) => s.close().await,

@@ -118,20 +118,6 @@ pub struct PgStore {
 const OLD_SERVER_LOCK: i64 = 0x0051_1CE0_0000_0001;
 
 impl PgStore {
-    /// See [`crate::AnyStore::close`]: the writer ends when its queue is
-    /// dropped, the heartbeat and the listener when `me` is, and each gives
-    /// its connection back, which the pool then closes.
-    pub async fn close(self) {
-        let Self {
-            pool, group, me, ..
-        } = self;
-        drop(group);
-        drop(me);
-        pool.close().await;
-    }
-}
-
-impl PgStore {
     /// Open the store at `url` (`postgres://…` or `postgresql://…`),
     /// making its tables when they are missing.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -220,6 +206,18 @@ impl PgStore {
             group,
             me,
         })
+    }
+
+    /// See [`crate::AnyStore::close`]: the writer ends when its queue is
+    /// dropped, the heartbeat and the listener when `me` is, and each gives
+    /// its connection back, which the pool then closes.
+    pub async fn close(self) {
+        let Self {
+            pool, group, me, ..
+        } = self;
+        drop(group);
+        drop(me);
+        pool.close().await;
     }
 
     /// Hold leases `lease` long unrenewed (renewed every quarter of it): how
