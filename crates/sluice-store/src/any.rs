@@ -45,6 +45,14 @@ impl AnyStore {
         }
     }
 
+    /// See [`SqliteStore::settle`]; nothing on PostgreSQL.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.settle().await,
+            Self::Postgres(_) => Ok(()),
+        }
+    }
+
     /// `sqlite`, or `postgres`.
     pub fn kind(&self) -> &'static str {
         match self {

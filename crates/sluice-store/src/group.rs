@@ -68,7 +68,7 @@ const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 /// [`finish`]). Alternated with 128 KB, 256 KB and 1 MB (one-step `sluice
 /// run`s, 400 each): the same within the noise; past it the next process
 /// reads more of the WAL when it opens the file.
-const WAL_LEFT: u64 = 512 * 1024;
+pub(crate) const WAL_LEFT: u64 = 512 * 1024;
 
 /// Copy what the WAL holds into the database on a connection of the pool,
 /// without holding up the writer; `state` goes to [`COPIED`] when done.
@@ -240,27 +240,44 @@ pub(crate) async fn no_checkpoint_on_close(conn: &mut SqliteConnection) -> Resul
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))
 }
 
-/// At the end of the writer of a store file (the store closed or
-/// dropped): when the WAL has grown past [`WAL_LEFT`], copy it into the
-/// database and empty it, without waiting for another process's readers
-/// or writer (what they hold is copied by a later checkpoint). A smaller
-/// WAL is left for the next process, which reads it when it opens the
-/// file: less than the syncs of a checkpoint (see
-/// [`no_checkpoint_on_close`]).
-async fn finish(conn: &mut SqliteConnection, failing: &Failing) {
-    let r = on_handle(conn, |db| {
-        let grown = db
-            .path()
-            .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
-            .is_some_and(|m| m.len() > WAL_LEFT);
-        if grown {
+/// When a store file's WAL has grown past [`WAL_LEFT`], copy it into the
+/// database and empty it on `conn`, trying again for at most `wait` while
+/// readers, a writer or a checkpoint of this process or another are in
+/// the way (a checkpoint under way refuses another at once); what they
+/// hold is copied by a later checkpoint. A smaller WAL is left for the
+/// next process, which reads it when it opens the file: less than the
+/// syncs of a checkpoint (see [`no_checkpoint_on_close`]). `conn` waits on
+/// no busy database afterwards: it is one that closes next.
+pub(crate) async fn empty_grown_wal(
+    conn: &mut SqliteConnection,
+    wait: Duration,
+) -> Result<(), StoreError> {
+    let until = Instant::now() + wait;
+    loop {
+        let busy = on_handle(conn, |db| {
+            let grown = db
+                .path()
+                .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
+                .is_some_and(|m| m.len() > WAL_LEFT);
+            if !grown {
+                return Ok(false);
+            }
             db.busy_timeout(Duration::ZERO)?;
-            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            let busy: i64 = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            Ok(busy != 0)
+        })
+        .await?;
+        if !busy || Instant::now() >= until {
+            return Ok(());
         }
-        Ok(())
-    })
-    .await;
-    failing.tell(r);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// At the end of the writer of a store file (the store closed or
+/// dropped): a short `sluice run` does not wait on another process.
+async fn finish(conn: &mut SqliteConnection, failing: &Failing) {
+    failing.tell(empty_grown_wal(conn, Duration::ZERO).await);
 }
 
 /// Run `f` on the SQLite handle of `conn`, taken from sqlx's thread for

@@ -6,8 +6,9 @@
 //! them after short `sluice run`s). Add `?synchronous=full` to the URL to
 //! sync every commit. The WAL is checkpointed into the database ten times a
 //! second while runs are written, mostly by a passive checkpoint that does
-//! not hold up commits, and when the store closes if it has grown past 512
-//! KB; not when a connection closes (see `group.rs`).
+//! not hold up commits, and when the store closes or settles (a server
+//! stopping) if it has grown past 512 KB; not when a connection closes (see
+//! `group.rs`).
 
 use crate::group::{
     CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write, create_runs,
@@ -299,6 +300,27 @@ impl SqliteStore {
         let Self { pool, group, .. } = self;
         drop(group);
         pool.close().await;
+    }
+
+    /// What a store file's close does to its WAL (empty it when it has
+    /// grown past 512 KB), for a store that others still hold: a server
+    /// stopping, whose runs' tasks may keep the store until the process
+    /// ends. Nothing for a store in memory (it has no WAL file).
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        let mut wal = self
+            .pool
+            .connect_options()
+            .get_filename()
+            .as_os_str()
+            .to_owned();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).map_or(true, |m| m.len() <= crate::group::WAL_LEFT) {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        // A checkpoint of the writer's may be under way.
+        crate::group::empty_grown_wal(&mut conn, Duration::from_secs(2)).await
     }
 
     fn with(pool: SqlitePool, group: Group, known: Arc<Known>) -> Self {

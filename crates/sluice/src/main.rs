@@ -625,6 +625,11 @@ async fn serve(
             {
                 eprintln!("sluice: could not hand over its leases (they lapse by themselves): {e}");
             }
+            if let Err(e) = store_handle.settle().await {
+                eprintln!(
+                    "sluice: could not copy the store's WAL into its database file (the next process reads it): {e}"
+                );
+            }
             eprintln!("sluice: stopped");
             0
         }

@@ -2872,6 +2872,39 @@ fn the_run_stream_tells_runs_as_they_go_and_ends_with_the_server() {
     let _ = reader.read_to_string(&mut rest);
 }
 
+/// A server that stops leaves its store file's WAL at most 512 KB (it is
+/// emptied into the database file past that; its connections do not
+/// checkpoint as they close), and every run reads back afterwards.
+#[test]
+fn a_stopped_server_leaves_a_small_wal_and_every_run() {
+    let dir = temp("wal-stop");
+    write(
+        &dir,
+        "keep.yaml",
+        "id: keep\ntrigger: {type: webhook, path: keep}\nsteps:\n  - {key: k, type: transform, options: {value: {n: \"{{ .text | length }}\"}}}\n",
+    );
+    let s = Serve::start(&dir);
+    let wal = || std::fs::metadata(dir.join("store.db-wal")).map_or(0, |m| m.len());
+    for i in 0..10 {
+        let r = s.post("/hooks/keep", json!({"text": noise(i + 1, 60_000)}));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert!(
+        wal() > 512 * 1024,
+        "the runs grew the WAL to {} bytes",
+        wal()
+    );
+    assert_eq!(s.stop(), Some(0));
+    assert!(wal() <= 512 * 1024, "the WAL was left at {} bytes", wal());
+    let out = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(&dir)
+        .args(["runs", "list", "--store", "store.db", "--flow", "keep"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.matches("succeeded").count(), 10, "{listed}");
+}
+
 /// `n` letters no compressor shortens much (a xorshift of `seed`).
 fn noise(seed: u64, n: usize) -> String {
     let mut x = seed | 1;
