@@ -275,7 +275,8 @@ pub(crate) async fn empty_grown_wal(
 }
 
 /// At the end of the writer of a store file (the store closed or
-/// dropped): a short `sluice run` does not wait on another process.
+/// dropped), once its own checkpoint under way is done: a short `sluice
+/// run` does not wait on another process.
 async fn finish(conn: &mut SqliteConnection, failing: &Failing) {
     failing.tell(empty_grown_wal(conn, Duration::ZERO).await);
 }
@@ -724,6 +725,13 @@ async fn writer(
         }
     }
     if let (Some(conn), Some(checkpoints)) = (&mut held, &checkpoints) {
+        // Its own checkpoint under way would refuse the last one at once.
+        let waited = Instant::now();
+        while checkpoints.state.load(Ordering::Acquire) == RUNNING
+            && waited.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         finish(conn, &checkpoints.failing).await;
     }
 }
