@@ -232,12 +232,12 @@ fn raw(locked: &mut LockedSqliteHandle<'_>) -> rusqlite::Result<Connection> {
 /// ms of a one-step `sluice run`'s 5). The writer checkpoints instead (the
 /// module doc, and [`finish`]).
 pub(crate) async fn no_checkpoint_on_close(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    let mut locked = conn.lock_handle().await?;
-    let db = raw(&mut locked).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let r = db.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
-    drop(db);
-    r.map(drop)
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))
+    on_handle(conn, |db| {
+        db.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| sqlx::Error::Protocol(e.to_string()))
 }
 
 /// When a store file's WAL has grown past [`WAL_LEFT`], copy it into the
