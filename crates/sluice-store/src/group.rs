@@ -68,7 +68,15 @@ const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 /// [`finish`]). Alternated with 128 KB, 256 KB and 1 MB (one-step `sluice
 /// run`s, 400 each): the same within the noise; past it the next process
 /// reads more of the WAL when it opens the file.
-pub(crate) const WAL_LEFT: u64 = 512 * 1024;
+const WAL_LEFT: u64 = 512 * 1024;
+
+/// Whether the WAL beside the database file `db` has grown past
+/// [`WAL_LEFT`] (false for a store in memory, which has no WAL file).
+pub(crate) fn wal_grown(db: &std::ffi::OsStr) -> bool {
+    let mut wal = db.to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LEFT)
+}
 
 /// Copy what the WAL holds into the database on a connection of the pool,
 /// without holding up the writer; `state` goes to [`COPIED`] when done.
@@ -255,11 +263,7 @@ pub(crate) async fn empty_grown_wal(
     let until = Instant::now() + wait;
     loop {
         let busy = on_handle(conn, |db| {
-            let grown = db
-                .path()
-                .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
-                .is_some_and(|m| m.len() > WAL_LEFT);
-            if !grown {
+            if !db.path().is_some_and(|p| wal_grown(p.as_ref())) {
                 return Ok(false);
             }
             db.busy_timeout(Duration::ZERO)?;

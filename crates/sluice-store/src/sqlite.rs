@@ -307,14 +307,7 @@ impl SqliteStore {
     /// stopping, whose runs' tasks may keep the store until the process
     /// ends. Nothing for a store in memory (it has no WAL file).
     pub async fn settle(&self) -> Result<(), StoreError> {
-        let mut wal = self
-            .pool
-            .connect_options()
-            .get_filename()
-            .as_os_str()
-            .to_owned();
-        wal.push("-wal");
-        if std::fs::metadata(&wal).map_or(true, |m| m.len() <= crate::group::WAL_LEFT) {
+        if !crate::group::wal_grown(self.pool.connect_options().get_filename().as_os_str()) {
             return Ok(());
         }
         let mut conn = self.pool.acquire().await?;
