@@ -12,6 +12,9 @@
 # import's figure is a share of. After it, the import a user writes by hand
 # (bench/import/by_hand.py, Python and psycopg 3; installed into a venv under
 # ~/.cache/sluice-peers/psycopg unless BENCH_PYTHON names a Python that has it).
+# BENCH_ROUNDS=R (default 1) measures PostgreSQL alone and the import R times,
+# one after the other, and gives each round's ratio and their median: a machine
+# whose speed moves from minute to minute moves both figures of a round alike.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-1000000}
@@ -47,20 +50,32 @@ measure() { # label url
 
 ONLY=${BENCH_ONLY:-}
 if [ "$ONLY" != sqlite ]; then
-# PostgreSQL alone, then the import
-declare -A ALONE
-for sessions in 1 2; do
-  ALONE[$sessions]=$(bench/import/alone.sh "$WORK/customers.csv" "$sessions")
-  echo "postgres alone, $sessions session(s): $GOOD good records in ${ALONE[$sessions]} s: $(echo "$GOOD / ${ALONE[$sessions]}" | bc) records/s (INSERT ... SELECT of the staged rows)"
+# PostgreSQL alone, then the import, ROUNDS times
+ROUNDS=${BENCH_ROUNDS:-1}
+RATIOS=()
+for round in $(seq 1 "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "round $round of $ROUNDS"
+  declare -A ALONE
+  # Two sessions at once: in the first round only.
+  for sessions in 1 $([ "$round" = 1 ] && echo 2); do
+    ALONE[$sessions]=$(bench/import/alone.sh "$WORK/customers.csv" "$sessions")
+    echo "postgres alone, $sessions session(s): $GOOD good records in ${ALONE[$sessions]} s: $(echo "$GOOD / ${ALONE[$sessions]}" | bc) records/s (INSERT ... SELECT of the staged rows)"
+  done
+  sed 's/INTEGER PRIMARY KEY/SERIAL PRIMARY KEY/' bench/import/schema.sql | psql -q "$PG" 2>&1 | grep -v NOTICE || true
+  # What the runs before wrote is written out before the clock starts: a
+  # checkpoint during the import would compete with it (alone.sh does the same).
+  psql -q "$PG" -c CHECKPOINT
+  rm -f "$WORK/store.db"* "$WORK/customers.csv.failures.jsonl"
+  measure postgres "$PG"
+  RATIO=$(echo "scale=2; $SECS / ${ALONE[1]}" | bc)
+  RATIOS+=("$RATIO")
+  echo "postgres: the import takes ${RATIO}x the time of PostgreSQL alone in one session$([ "$round" = 1 ] && echo ", $(echo "scale=2; $SECS / ${ALONE[2]}" | bc)x in two")"
+  for t in customers contacts orders; do check "postgres $t" "$(psql -tAc "SELECT count(*) FROM $t" "$PG")"; done
+  check "postgres orders of their customer" "$(psql -tAc "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN contacts k ON k.customer_id = c.id WHERE 'SO-' || substr(c.external_id, 3) = o.number AND 'Contact ' || substr(c.external_id, 3) = k.name" "$PG")"
 done
-sed 's/INTEGER PRIMARY KEY/SERIAL PRIMARY KEY/' bench/import/schema.sql | psql -q "$PG" 2>&1 | grep -v NOTICE || true
-# What the runs before wrote is written out before the clock starts: a
-# checkpoint during the import would compete with it (alone.sh does the same).
-psql -q "$PG" -c CHECKPOINT
-measure postgres "$PG"
-echo "postgres: the import takes $(echo "scale=2; $SECS / ${ALONE[1]}" | bc)x the time of PostgreSQL alone in one session, $(echo "scale=2; $SECS / ${ALONE[2]}" | bc)x in two"
-for t in customers contacts orders; do check "postgres $t" "$(psql -tAc "SELECT count(*) FROM $t" "$PG")"; done
-check "postgres orders of their customer" "$(psql -tAc "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN contacts k ON k.customer_id = c.id WHERE 'SO-' || substr(c.external_id, 3) = o.number AND 'Contact ' || substr(c.external_id, 3) = k.name" "$PG")"
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "postgres: the import's ratio to PostgreSQL alone in one session, round by round: ${RATIOS[*]}; median $(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')x"
+fi
 
 # The import a user writes by hand (bench/import/by_hand.py: psycopg 3,
 # executemany per table, a transaction per batch of 500, no per-record
