@@ -53,9 +53,9 @@ if [ "$ONLY" != sqlite ]; then
 # PostgreSQL alone, then the import, ROUNDS times
 ROUNDS=${BENCH_ROUNDS:-1}
 RATIOS=()
+declare -A ALONE
 for round in $(seq 1 "$ROUNDS"); do
   [ "$ROUNDS" -gt 1 ] && echo "round $round of $ROUNDS"
-  declare -A ALONE
   # Two sessions at once: in the first round only.
   for sessions in 1 $([ "$round" = 1 ] && echo 2); do
     ALONE[$sessions]=$(bench/import/alone.sh "$WORK/customers.csv" "$sessions")
