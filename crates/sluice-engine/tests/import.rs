@@ -658,3 +658,70 @@ async fn a_file_imported_again_is_refused_record_by_record() {
         );
     }
 }
+
+/// A chunk whose last record is refused at its second patch, after its
+/// first was written: that record's first row is rolled back before the
+/// chunk commits (the writer sends a refused write's rollback with the
+/// next statement, and before the commit when there is none), on every
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_ending_with_a_refused_record_commits_none_of_its_rows() {
+    let (engine, registry) = engine().await;
+    let p = std::process::id();
+    let dir = std::env::temp_dir().join(format!("sluice-import-last-{p}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, url) in common::databases("import-last") {
+        let t = format!("last_{p}");
+        let key = generated_key(name);
+        statements(
+            &engine,
+            &registry,
+            &url,
+            &[
+                ("d1", format!("DROP TABLE IF EXISTS {t}")),
+                (
+                    "c1",
+                    format!("CREATE TABLE {t} (id {key}, k VARCHAR(20) NOT NULL UNIQUE)"),
+                ),
+            ],
+        )
+        .await;
+        // Records 2 and 4 end their chunks (of two) and take, in their
+        // second patch, the key their chunk's first record wrote.
+        let file = dir.join(format!("{name}.jsonl"));
+        std::fs::write(
+            &file,
+            "{\"k\": \"A-1\", \"k2\": \"B-1\"}\n{\"k\": \"A-2\", \"k2\": \"A-1\"}\n\
+             {\"k\": \"A-3\", \"k2\": \"B-3\"}\n{\"k\": \"A-4\", \"k2\": \"A-3\"}\n",
+        )
+        .unwrap();
+        let flow_text = envelope_flow("last-test", &url)
+            + &format!(
+                "        - {{op: create, collection: {t}, properties: {{k: \"{{{{ .k }}}}\"}}}}\n\
+                 \x20       - {{op: create, collection: {t}, properties: {{k: \"{{{{ .k2 }}}}\"}}}}\n"
+            );
+        let flow = sluice_model::load("last.yaml", &flow_text, registry.as_ref())
+            .unwrap_or_else(|d| panic!("{d}"));
+        let options = ImportOptions {
+            chunk: 2,
+            ..ImportOptions::default()
+        };
+        let done = engine
+            .import(&flow, &file, &options, &mut |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((done.succeeded, done.failed), (2, 2), "{name}: {done:?}");
+        let sql = format!("SELECT COUNT(*) AS n FROM {t}");
+        assert_eq!(
+            count(&engine, &registry, &url, &sql).await,
+            Some(4),
+            "{name}"
+        );
+        let sql = format!("SELECT COUNT(*) AS n FROM {t} WHERE k IN ('A-2', 'A-4')");
+        assert_eq!(
+            count(&engine, &registry, &url, &sql).await,
+            Some(0),
+            "{name}: a refused record's first row was committed"
+        );
+    }
+}

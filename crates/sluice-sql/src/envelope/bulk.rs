@@ -25,7 +25,10 @@
 //!   in record order, as if written one after another.
 //!   A group is the whole chunk until a record is refused; then its size
 //!   follows the share of records refused so far ([`group_size`]), since
-//!   every good record of a failed group is written again.
+//!   every good record of a failed group is written again; once more than
+//!   a third were refused, records are written one at a time. A refused
+//!   write's rollback goes with the next savepoint (or before the
+//!   commit), not in a round trip of its own.
 //!
 //! A chunk's writes and the import's position (a row of `sluice_imports` in
 //! the same database) commit in one transaction ([`Batch::commit_chunk`]), so
@@ -77,6 +80,10 @@ use tokio::sync::{Notify, oneshot};
 
 /// At most this many bound values in one statement (SQLite allows 32766).
 const MAX_PARAMS: usize = 30_000;
+
+/// How a refused group's savepoint is rolled back (then released); a
+/// `carry` that starts with it still has a rollback to send.
+const UNDO: &str = "ROLLBACK TO SAVEPOINT";
 
 /// A chunk's transaction on PostgreSQL commits without waiting for the
 /// disk. Its rows and the import's position commit together, so a
@@ -604,7 +611,8 @@ impl Batch {
     /// Write a group of envelopes under a savepoint; on failure, its parts
     /// again (see below), or (`pipe.back`) hand them back unwritten.
     /// `carry`: statements to send with the savepoint's (the release of
-    /// the one before), and then this one's release. `pipe`: how the group
+    /// the one before, or its rollback), and then this one's release or
+    /// rollback. `pipe`: how the group
     /// is written beside the chunks before and after it (see [`pipe`]).
     ///
     /// The parts of a failed group wait in a queue, in record order, and
@@ -657,11 +665,17 @@ impl Batch {
             if let Some(l) = pipe.lead {
                 l.stop();
             }
-            // A connection that cannot roll back to the savepoint is gone.
-            tx.raw(&format!(
-                "ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"
-            ))
-            .await?;
+            if pipe.lead.is_some() || pipe.follow.is_some() {
+                // The chunk beside waits for the rollback: it is made now.
+                // A connection that cannot roll back to the savepoint is gone.
+                tx.raw(&format!("{UNDO} {sp}; RELEASE SAVEPOINT {sp}"))
+                    .await?;
+            } else {
+                // Sent with the next savepoint (one round trip fewer per
+                // refused write), or before the chunk's commit (see
+                // `commit_chunk`).
+                *carry = format!("{UNDO} {sp}; RELEASE SAVEPOINT {sp}; ");
+            }
             if let Some(f) = pipe.follow {
                 f.left();
             }

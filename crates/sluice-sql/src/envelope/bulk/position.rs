@@ -96,9 +96,22 @@ impl Batch {
         // not sent: the commit ends the savepoints, and the lock timeout a
         // follower set stays, since the position row's update waits for no
         // lock (the chunk before has committed, and no one else writes this
-        // import's row).
-        let tx = tx.map(|(tx, _)| tx);
-        let ended = self.end_chunk(tx, key, next_record, finished).await;
+        // import's row). But for a refused write's rollback: a transaction
+        // in error would take the position row's update for an error, and
+        // roll back whole at the commit.
+        let ended = async {
+            let tx = match tx {
+                Some((mut tx, carry)) => {
+                    if carry.starts_with(UNDO) {
+                        tx.raw(carry.trim_end_matches([';', ' '])).await?;
+                    }
+                    Some(tx)
+                }
+                None => None,
+            };
+            self.end_chunk(tx, key, next_record, finished).await
+        }
+        .await;
         if let Some(c) = chunk {
             locked(&self.open)?.remove(&c);
             self.end_stage(c);

@@ -113,10 +113,17 @@ pub(super) fn named_key(message: &str) -> Option<(&str, &str)> {
 /// own; a group with a bad record is written again around that record, so
 /// its good records are written again. With a share `p` of bad records,
 /// groups of about `sqrt(c / p)` balance the two (`c`: [`group_cost`]): all
-/// `n` at once until a record is refused.
+/// `n` at once until a record is refused. That balance assumes few bad
+/// records per group: once more than a third of the records were refused,
+/// a group fails at nearly every record and is written again after each
+/// (a group of eight all refused took sixteen writes), so each record is
+/// written alone, once.
 pub(super) fn group_size(n: usize, tried: u64, refused: u64, backend: Backend) -> usize {
     if refused == 0 || tried == 0 {
         return n.max(1);
+    }
+    if refused.saturating_mul(3) > tried {
+        return 1;
     }
     let p = refused as f64 / tried as f64;
     ((group_cost(backend) / p).sqrt().round() as usize).clamp(8, n.max(8))

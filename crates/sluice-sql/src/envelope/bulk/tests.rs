@@ -126,9 +126,14 @@ fn groups_shrink_as_records_are_refused() {
     assert_eq!(group_size(500, 10_000, 100, pg), 63);
     assert_eq!(group_size(500, 100_000, 10, lite), 173);
     assert_eq!(group_size(500, 100_000, 10, pg), 500);
-    // Never fewer than eight, never more than the chunk.
-    assert_eq!(group_size(500, 100, 50, lite), 8);
+    // Never fewer than eight, never more than the chunk...
+    assert_eq!(group_size(500, 100, 30, lite), 8);
     assert_eq!(group_size(100, 1_000_000, 1, lite), 100);
+    // ...but one at a time once more than a third were refused.
+    assert_eq!(group_size(500, 100, 33, pg), 11);
+    assert_eq!(group_size(500, 100, 34, pg), 1);
+    assert_eq!(group_size(500, 100, 50, lite), 1);
+    assert_eq!(group_size(500, 20_000, 20_000, pg), 1);
     assert_eq!(group_size(0, 0, 0, pg), 1);
 }
 
