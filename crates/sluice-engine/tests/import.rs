@@ -66,6 +66,30 @@ async fn count(
     out["q"]["n"].as_u64().or_else(|| out["n"].as_u64())
 }
 
+/// Table `t` made again, with a generated key and one unique text column `k`.
+async fn keyed_table(
+    engine: &Engine<SqliteStore>,
+    registry: &Registry,
+    name: &str,
+    url: &str,
+    t: &str,
+) {
+    let key = generated_key(name);
+    statements(
+        engine,
+        registry,
+        url,
+        &[
+            ("d1", format!("DROP TABLE IF EXISTS {t}")),
+            (
+                "c1",
+                format!("CREATE TABLE {t} (id {key}, k VARCHAR(20) NOT NULL UNIQUE)"),
+            ),
+        ],
+    )
+    .await;
+}
+
 /// The head of an import flow `id` whose first step, `write`, is an
 /// envelope through the database at `url`: its patches follow.
 fn envelope_flow(id: &str, url: &str) -> String {
@@ -596,20 +620,7 @@ async fn a_file_imported_again_is_refused_record_by_record() {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, url) in common::databases("import-again") {
         let t = format!("again_{p}");
-        let key = generated_key(name);
-        statements(
-            &engine,
-            &registry,
-            &url,
-            &[
-                ("d1", format!("DROP TABLE IF EXISTS {t}")),
-                (
-                    "c1",
-                    format!("CREATE TABLE {t} (id {key}, k VARCHAR(20) NOT NULL UNIQUE)"),
-                ),
-            ],
-        )
-        .await;
+        keyed_table(&engine, &registry, name, &url, &t).await;
         let file = dir.join(format!("{name}.jsonl"));
         let lines: String = (1..=n).map(|i| format!("{{\"k\": \"K-{i}\"}}\n")).collect();
         std::fs::write(&file, lines).unwrap();
@@ -672,20 +683,7 @@ async fn a_chunk_ending_with_a_refused_record_commits_none_of_its_rows() {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, url) in common::databases("import-last") {
         let t = format!("last_{p}");
-        let key = generated_key(name);
-        statements(
-            &engine,
-            &registry,
-            &url,
-            &[
-                ("d1", format!("DROP TABLE IF EXISTS {t}")),
-                (
-                    "c1",
-                    format!("CREATE TABLE {t} (id {key}, k VARCHAR(20) NOT NULL UNIQUE)"),
-                ),
-            ],
-        )
-        .await;
+        keyed_table(&engine, &registry, name, &url, &t).await;
         // Records 2 and 4 end their chunks (of two) and take, in their
         // second patch, the key their chunk's first record wrote.
         let file = dir.join(format!("{name}.jsonl"));
