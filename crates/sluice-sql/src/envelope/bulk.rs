@@ -612,8 +612,8 @@ impl Batch {
     /// again (see below), or (`pipe.back`) hand them back unwritten.
     /// `carry`: statements to send with the savepoint's (the release of
     /// the one before, or its rollback), and then this one's release or
-    /// rollback. `pipe`: how the group
-    /// is written beside the chunks before and after it (see [`pipe`]).
+    /// rollback. `pipe`: how the group is written beside the chunks before
+    /// and after it (see [`pipe`]).
     ///
     /// The parts of a failed group wait in a queue, in record order, and
     /// are written one after another, each under a savepoint of its own
