@@ -665,16 +665,16 @@ impl Batch {
             if let Some(l) = pipe.lead {
                 l.stop();
             }
+            let undo = format!("{UNDO} {sp}; RELEASE SAVEPOINT {sp}");
             if pipe.lead.is_some() || pipe.follow.is_some() {
                 // The chunk beside waits for the rollback: it is made now.
                 // A connection that cannot roll back to the savepoint is gone.
-                tx.raw(&format!("{UNDO} {sp}; RELEASE SAVEPOINT {sp}"))
-                    .await?;
+                tx.raw(&undo).await?;
             } else {
                 // Sent with the next savepoint (one round trip fewer per
                 // refused write), or before the chunk's commit (see
                 // `commit_chunk`).
-                *carry = format!("{UNDO} {sp}; RELEASE SAVEPOINT {sp}; ");
+                *carry = undo + "; ";
             }
             if let Some(f) = pipe.follow {
                 f.left();
