@@ -25,6 +25,15 @@ for i in $(seq 1 1000); do
     done
   } > "$work/flows/flow-$i.yaml"
 done
+# The functions a one-shot command runs are linked side by side from the
+# list crates/sluice/start-order.txt (bench/start/order.sh); names whose
+# hashes changed since (new dependencies, another Rust) are passed over.
+list="$root/crates/sluice/start-order.txt"
+if [ -f "$list" ] && command -v nm > /dev/null; then
+  total=$(grep -vc '^#' "$list")
+  have=$(comm -12 <(nm --defined-only "$bin" | awk '{print $3}' | sort -u) <(grep -v '^#' "$list" | sort -u) | wc -l)
+  echo "start order: $have of the $total functions listed are in the binary (bench/start/order.sh lists them again)"
+fi
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:.1f}')" "$1"; }
 start=$(date +%s.%N)
 "$bin" check "$work"/flows/*.yaml > /dev/null 2>&1
