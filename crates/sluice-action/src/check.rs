@@ -8,18 +8,18 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sluice_expr::PathSeg;
 use sluice_model::OptionIssue;
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Check options against `T`: unknown options (from its JSON Schema), then
 /// types and required options (through serde). A value that is a template
 /// cannot be checked before it runs and is passed over.
-pub fn check_options<T: DeserializeOwned + JsonSchema>(options: &Value) -> Vec<OptionIssue> {
+pub fn check_options<T: DeserializeOwned + JsonSchema + 'static>(
+    options: &Value,
+) -> Vec<OptionIssue> {
     let mut issues = Vec::new();
-    let schema = schemars::schema_for!(T);
-    let props: Vec<String> = schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default();
+    let props = option_names::<T>();
     let mut known = options.clone();
     if let Value::Object(map) = &mut known {
         let unknown: Vec<String> = map.keys().filter(|k| !props.contains(k)).cloned().collect();
@@ -70,6 +70,27 @@ pub fn check_options<T: DeserializeOwned + JsonSchema>(options: &Value) -> Vec<O
         }
     }
     issues
+}
+
+/// The names of `T`'s options, from its JSON Schema, made once per type in
+/// a process (a schema costs as much as reading a small flow, and a folder
+/// of flows checks the options of the same types again and again).
+fn option_names<T: JsonSchema + 'static>() -> Arc<[String]> {
+    static NAMES: LazyLock<Mutex<HashMap<TypeId, Arc<[String]>>>> = LazyLock::new(Mutex::default);
+    let id = TypeId::of::<T>();
+    if let Some(names) = NAMES.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        return names;
+    }
+    let schema = schemars::schema_for!(T);
+    let names: Arc<[String]> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Ok(mut m) = NAMES.lock() {
+        m.insert(id, names.clone());
+    }
+    names
 }
 
 fn value_at<'v>(v: &'v Value, path: &[PathSeg]) -> Option<&'v Value> {

@@ -136,7 +136,7 @@ impl Registry {
     }
 
     /// Register a trigger type with its options.
-    pub fn add_trigger<O: DeserializeOwned + JsonSchema>(&mut self, kind: &'static str) {
+    pub fn add_trigger<O: DeserializeOwned + JsonSchema + 'static>(&mut self, kind: &'static str) {
         self.add_trigger_checked::<O>(kind, check_options::<O>);
     }
 

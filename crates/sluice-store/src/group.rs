@@ -12,16 +12,20 @@
 //! answer.
 //!
 //! The writer makes its SQLite calls itself, on the runtime that drives the
-//! runs, through rusqlite on the handle of a connection of sqlx's pool,
-//! which sqlx's own thread for that connection then leaves alone
-//! (`lock_handle`). Sending each statement to that thread and waiting for
-//! its answer cost two thread wakes per write, more than the statements
-//! themselves when writes come one at a time. A commit takes tens of
-//! microseconds in WAL mode with `synchronous = NORMAL` (a write to the
-//! WAL, no sync), about what a step's own work takes on that runtime.
+//! runs, through rusqlite: on a connection of its own for a store on file,
+//! which it opens itself (sqlx's pool opens its connections, each with a
+//! thread of its own, only for the readers that need one), and for a store
+//! in memory on the handle of the pool's one connection, which sqlx's own
+//! thread for that connection then leaves alone (`lock_handle`). Sending
+//! each statement to that thread and waiting for its answer cost two thread
+//! wakes per write, more than the statements themselves when writes come
+//! one at a time. A commit takes tens of microseconds in WAL mode with
+//! `synchronous = NORMAL` (a write to the WAL, no sync), about what a
+//! step's own work takes on that runtime. A one-step `sluice run` on a
+//! store file thus makes no thread for SQLite at all.
 //!
-//! The writer keeps one connection of its own for a store on file, so that
-//! SQLite's page cache stays valid from one transaction to the next, and
+//! The writer keeps its connection for a store on file, so that SQLite's
+//! page cache stays valid from one transaction to the next, and
 //! checkpoints the WAL beside its writes rather than in them: SQLite's own
 //! checkpoint runs inside the commit that crosses its threshold and holds up
 //! every run waiting on that commit (a p99 of 150 ms under load). Instead, a
@@ -40,12 +44,12 @@
 use crate::StoreError;
 use crate::values::{Chunk, Known};
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, params};
-use sqlx::pool::PoolConnection;
+use rusqlite::{Connection, OpenFlags, params};
 use sqlx::sqlite::LockedSqliteHandle;
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
-use std::sync::Arc;
+use sqlx::{SqliteConnection, SqlitePool};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -262,15 +266,7 @@ pub(crate) async fn empty_grown_wal(
 ) -> Result<(), StoreError> {
     let until = Instant::now() + wait;
     loop {
-        let busy = on_handle(conn, |db| {
-            if !db.path().is_some_and(|p| wal_grown(p.as_ref())) {
-                return Ok(false);
-            }
-            db.busy_timeout(Duration::ZERO)?;
-            let busy: i64 = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-            Ok(busy != 0)
-        })
-        .await?;
+        let busy = on_handle(conn, empty_if_grown).await?;
         if !busy || Instant::now() >= until {
             return Ok(());
         }
@@ -278,11 +274,70 @@ pub(crate) async fn empty_grown_wal(
     }
 }
 
-/// At the end of the writer of a store file (the store closed or
-/// dropped), once its own checkpoint under way is done: a short `sluice
-/// run` does not wait on another process.
-async fn finish(conn: &mut SqliteConnection, failing: &Failing) {
-    failing.tell(empty_grown_wal(conn, Duration::ZERO).await);
+/// One try of [`empty_grown_wal`] on `db`: whether others were in the way.
+fn empty_if_grown(db: &Connection) -> Result<bool, StoreError> {
+    if !db.path().is_some_and(|p| wal_grown(p.as_ref())) {
+        return Ok(false);
+    }
+    db.busy_timeout(Duration::ZERO)?;
+    let busy: i64 = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(busy != 0)
+}
+
+/// Settle SQLite's settings for the process before its first connection
+/// (afterwards SQLite refuses them, and they stay as they were): no count
+/// of the memory it holds, which takes a lock at every allocation and
+/// which nothing here reads (opening a store file parses its schema in
+/// some 2,700 allocations).
+pub(crate) fn settle_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `SQLITE_CONFIG_MEMSTATUS` takes one int; SQLite answers
+        // `SQLITE_MISUSE` (and changes nothing) once it has started.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                std::ffi::c_int::from(0_u8),
+            );
+        }
+    });
+}
+
+/// What the writer of a store file opens: the file, and the settings of
+/// the store's URL.
+#[derive(Clone, Debug)]
+pub(crate) struct WriterFile {
+    pub path: PathBuf,
+    /// `synchronous` (checked: `off`, `normal`, `full` or `extra`).
+    pub synchronous: String,
+    pub max_page_count: Option<u32>,
+}
+
+/// Open the writer's connection to a store file (made if missing), in WAL
+/// mode, with foreign keys off (the writes check what the keys would: a
+/// step record comes with its run's new position, which fails for a run
+/// that is not there, and a wait is inserted only for a run found
+/// waiting), and without SQLite's own checkpoints (see the module doc and
+/// [`no_checkpoint_on_close`]).
+pub(crate) fn open_writer(f: &WriterFile) -> Result<Connection, StoreError> {
+    let db = Connection::open_with_flags(
+        &f.path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    db.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    db.set_prepared_statement_cache_capacity(32);
+    let mut pragmas = format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = 0; PRAGMA foreign_keys = OFF;",
+        f.synchronous
+    );
+    if let Some(n) = f.max_page_count {
+        pragmas.push_str(&format!(" PRAGMA max_page_count = {n};"));
+    }
+    db.execute_batch(&pragmas)?;
+    Ok(db)
 }
 
 /// Run `f` on the SQLite handle of `conn`, taken from sqlx's thread for
@@ -573,21 +628,6 @@ fn write_batch(db: &Connection, batch: &mut Vec<Pending>, known: &Known) -> bool
     healthy
 }
 
-/// Make a connection of the pool the writer's own: closed when given up
-/// rather than returned to the pool, and with foreign keys off. The writes
-/// check what the keys would: a step record comes with its run's new
-/// position, which fails for a run that is not there, and a wait is
-/// inserted only for a run found waiting.
-async fn own(conn: &mut PoolConnection<Sqlite>) {
-    conn.close_on_drop();
-    if let Err(e) = sqlx::query("PRAGMA foreign_keys = OFF")
-        .execute(&mut **conn)
-        .await
-    {
-        eprintln!("sluice: the store's writer keeps foreign keys checked: {e}");
-    }
-}
-
 /// Let the tasks that are ready run first, as long as that brings more
 /// writes: those about to write join the batch.
 async fn gather(batch: &mut Vec<Pending>, rx: &mut mpsc::UnboundedReceiver<Pending>) {
@@ -643,15 +683,12 @@ impl Checkpoints {
     }
 }
 
-/// Write `batch`, then (for a store on file, `keep`) the batches that
-/// follow, on `conn`'s SQLite handle, held all along; false when the
-/// connection should be given up.
+/// Write `batch` on the SQLite handle of `conn` (the pool's one connection
+/// of a store in memory); false when the connection should be given up.
 async fn on_connection(
     conn: &mut SqliteConnection,
     batch: &mut Vec<Pending>,
-    rx: &mut mpsc::UnboundedReceiver<Pending>,
     known: &Known,
-    checkpoints: Option<&mut Checkpoints>,
 ) -> bool {
     let mut locked = match conn.lock_handle().await {
         Ok(l) => l,
@@ -668,67 +705,68 @@ async fn on_connection(
             return false;
         }
     };
-    let Some(checkpoints) = checkpoints else {
-        return write_batch(&db, batch, known);
-    };
-    loop {
-        if !write_batch(&db, batch, known) {
-            return false;
-        }
-        checkpoints.tick(&db);
-        match rx.recv().await {
-            Some(p) => batch.push(p),
-            None => return true,
-        }
-        gather(batch, rx).await;
-    }
+    write_batch(&db, batch, known)
 }
 
-/// The writer: takes what is queued, writes it in one transaction, answers.
-async fn writer(
+/// The writer of a store in memory: takes what is queued, writes it in one
+/// transaction on the pool's connection, answers.
+async fn memory_writer(
     pool: SqlitePool,
-    first: Option<PoolConnection<Sqlite>>,
     known: Arc<Known>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let keep = first.is_some();
-    let mut held = first;
-    if let Some(c) = &mut held {
-        own(c).await;
-    }
-    let mut checkpoints = keep.then(|| Checkpoints {
-        pool: pool.clone(),
-        state: Arc::new(AtomicU8::new(IDLE)),
-        failing: Arc::new(Failing::default()),
-        at: Instant::now(),
-    });
     while let Some(first) = rx.recv().await {
         batch.push(first);
         gather(&mut batch, &mut rx).await;
-        let mut conn = match held.take() {
-            Some(c) => c,
-            None => match pool.acquire().await {
-                Ok(mut c) => {
-                    if keep {
-                        own(&mut c).await;
-                    }
-                    c
-                }
+        match pool.acquire().await {
+            Ok(mut conn) => {
+                on_connection(&mut conn, &mut batch, &known).await;
+            }
+            // Every write of the batch waited on this one connection.
+            Err(e) => unreachable(&mut batch, &e.to_string()),
+        }
+    }
+}
+
+/// The writer of a store file: takes what is queued, writes it in one
+/// transaction on its own connection `db` (opened again from `file` when
+/// it had to be given up), answers, and checkpoints the WAL between
+/// batches (the module doc).
+async fn file_writer(
+    pool: SqlitePool,
+    file: WriterFile,
+    db: Connection,
+    known: Arc<Known>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut held = Some(db);
+    let mut checkpoints = Checkpoints {
+        pool,
+        state: Arc::new(AtomicU8::new(IDLE)),
+        failing: Arc::new(Failing::default()),
+        at: Instant::now(),
+    };
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        gather(&mut batch, &mut rx).await;
+        let db = match held.take() {
+            Some(db) => db,
+            None => match open_writer(&file) {
+                Ok(db) => db,
                 Err(e) => {
-                    // Every write of the batch waited on this one connection.
                     unreachable(&mut batch, &e.to_string());
                     continue;
                 }
             },
         };
-        let healthy =
-            on_connection(&mut conn, &mut batch, &mut rx, &known, checkpoints.as_mut()).await;
-        if keep && healthy {
-            held = Some(conn);
+        if write_batch(&db, &mut batch, &known) {
+            checkpoints.tick(&db);
+            held = Some(db);
         }
     }
-    if let (Some(conn), Some(checkpoints)) = (&mut held, &checkpoints) {
+    if let Some(db) = held {
         // Its own checkpoint under way would refuse the last one at once.
         let waited = Instant::now();
         while checkpoints.state.load(Ordering::Acquire) == RUNNING
@@ -736,29 +774,57 @@ async fn writer(
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        finish(conn, &checkpoints.failing).await;
+        // A short `sluice run` does not wait on another process.
+        checkpoints.failing.tell(empty_if_grown(&db).map(drop));
     }
+}
+
+/// The connection a store's writer writes on.
+pub(crate) enum Writes {
+    /// A store in memory: the pool's one connection, taken for each batch
+    /// and given back (readers share it).
+    Memory,
+    /// A store file: a connection of the writer's own (see [`open_writer`]).
+    File(WriterFile, Connection),
 }
 
 /// The queue of writes into one store; its task ends when the queue is dropped.
 #[derive(Clone, Debug)]
 pub(crate) struct Group {
     tx: mpsc::UnboundedSender<Pending>,
+    /// The writer's task, awaited by [`Group::close`].
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Group {
-    /// Start the writer of `pool`; nodes it commits are remembered in
-    /// `known`. `first`: the connection a file store's
-    /// writer keeps for itself (`None`: an in-memory store's writer takes
-    /// the pool's one connection for each batch and gives it back).
-    pub(crate) fn start(
-        pool: SqlitePool,
-        first: Option<PoolConnection<Sqlite>>,
-        known: Arc<Known>,
-    ) -> Self {
+    /// Start the writer of `pool`, writing on `writes`; nodes it commits
+    /// are remembered in `known`.
+    pub(crate) fn start(pool: SqlitePool, writes: Writes, known: Arc<Known>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, first, known, rx));
-        Self { tx }
+        let task = match writes {
+            Writes::Memory => tokio::spawn(memory_writer(pool, known, rx)),
+            Writes::File(file, db) => tokio::spawn(file_writer(pool, file, db, known, rx)),
+        };
+        Self {
+            tx,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
+    }
+
+    /// Stop taking writes and wait until the writer has ended (its last
+    /// writes committed, a grown WAL emptied, its connection closed), when
+    /// no other holder of the queue can still write.
+    pub(crate) async fn close(self) {
+        let Self { tx, task } = self;
+        drop(tx);
+        // Another holder (a clone of this store) keeps the writer going.
+        if Arc::strong_count(&task) > 1 {
+            return;
+        }
+        let task = task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// Queue `write` (with the nodes of its large values) and wait until
@@ -773,5 +839,51 @@ impl Group {
             })
             .map_err(|_| StoreError::Stopped)?;
         wait.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{NewRun, SqliteStore, Store};
+    use serde_json::json;
+
+    /// A store file's writer writes on a connection it opens itself: the
+    /// writes of a run open no connection of sqlx's pool (each a thread),
+    /// and what they wrote reads back once the store is closed and opened
+    /// again.
+    #[tokio::test]
+    async fn a_store_files_writes_open_no_connection_of_the_pool() {
+        let dir = std::env::temp_dir().join(format!("sluice-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temp folder");
+        let url = dir.join("store.db").display().to_string();
+        // Made (its migrations run on the pool), then opened as usual.
+        SqliteStore::open(&url)
+            .await
+            .expect("a new store")
+            .close()
+            .await;
+        let store = SqliteStore::open(&url).await.expect("the store again");
+        let run = NewRun {
+            id: crate::new_run_id(),
+            flow_id: "orders".into(),
+            trigger: sluice_expr::to_val(&json!({"body": {"a": 1}})),
+            input: sluice_expr::to_val(&json!({"a": 1})),
+            next_step: None,
+            started_at: crate::now_micros(),
+            flow_version: None,
+            accountability: json!({"user": "ada"}),
+            parent: None,
+        };
+        store.create_run(&run).await.expect("the run is written");
+        assert_eq!(store.pool.size(), 0, "a connection of the pool was opened");
+        store.close().await;
+        let store = SqliteStore::open(&url)
+            .await
+            .expect("the store a third time");
+        let got = store.get_run(&run.id).await.expect("a read");
+        assert_eq!(got.map(|r| r.summary.flow_id), Some("orders".to_owned()));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

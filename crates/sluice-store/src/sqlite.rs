@@ -11,7 +11,8 @@
 //! `group.rs`).
 
 use crate::group::{
-    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write, create_runs,
+    CreateVals, Group, RecordVals, RunVals, StepVals, SuspendVals, VersionVals, Write, WriterFile,
+    Writes, create_runs,
 };
 use crate::rows;
 use crate::values::{Chunk, Encoder, Known, Loaded};
@@ -131,7 +132,7 @@ const LEFT_RUNNING: &str = "SELECT id FROM runs WHERE status = 'running' AND sta
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     group: Group,
     /// Nodes of large values already written (`values.rs`).
     known: Arc<Known>,
@@ -149,7 +150,9 @@ impl SqliteStore {
             url: url.to_owned(),
             message,
         };
+        crate::group::settle_sqlite();
         let memory = url == "sqlite::memory:" || url == ":memory:";
+        let mut file = None;
         let options = if memory {
             SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| fail(e.to_string()))?
         } else {
@@ -179,17 +182,27 @@ impl SqliteStore {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal);
+            let mut writer = WriterFile {
+                path: p.to_owned(),
+                synchronous: "NORMAL".into(),
+                max_page_count: None,
+            };
             for pair in query.split('&').filter(|s| !s.is_empty()) {
                 match pair.split_once('=') {
                     Some(("synchronous", v)) => {
                         o = o.synchronous(
                             SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?,
-                        )
+                        );
+                        // One of SQLite's four names (sqlx checked it).
+                        writer.synchronous = v.to_ascii_uppercase();
                     }
                     // The most pages the database file may hold: past it,
                     // writes fail as on a full disk.
                     Some(("max_page_count", v)) => match v.parse::<u32>() {
-                        Ok(n) if n > 0 => o = o.pragma("max_page_count", n.to_string()),
+                        Ok(n) if n > 0 => {
+                            o = o.pragma("max_page_count", n.to_string());
+                            writer.max_page_count = Some(n);
+                        }
                         _ => {
                             return Err(fail(format!(
                                 "`max_page_count` must be a positive number of pages (got `{v}`)"
@@ -203,6 +216,7 @@ impl SqliteStore {
                     }
                 }
             }
+            file = Some(writer);
             o
         };
         let options = options
@@ -212,7 +226,7 @@ impl SqliteStore {
             // (group.rs); SQLite's own would run inside a commit.
             .pragma("wal_autocheckpoint", if memory { "1000" } else { "0" })
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        let pool_options = SqlitePoolOptions::new()
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if memory {
@@ -233,11 +247,12 @@ impl SqliteStore {
                 None
             } else {
                 Some(Duration::from_secs(3600))
-            })
-            .connect_with(options)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if memory {
+            });
+        let Some(file) = file else {
+            let pool = pool_options
+                .connect_with(options)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
             // A new, empty database: its tables in one go, as the
             // migrations leave them (there is no earlier version to move
             // from, nor any to keep track of).
@@ -246,19 +261,24 @@ impl SqliteStore {
                 .await
                 .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
             let known = Arc::new(Known::default());
-            let group = Group::start(pool.clone(), None, known.clone());
+            let group = Group::start(pool.clone(), Writes::Memory, known.clone());
             return Ok(Self::with(pool, group, known));
-        }
+        };
+        // The writer's connection is opened here, on this thread; the
+        // pool's connections (each with a thread of sqlx's) only when a
+        // reader needs one.
+        let db = crate::group::open_writer(&file).map_err(|e| fail(e.to_string()))?;
         // A store whose migrations are all applied needs no more than one
         // look (sqlx's migrator takes a few dozen statements to say so).
         // The connection that looks is the writer's (a second one would
         // read the schema again).
-        let mut first = pool.acquire().await.map_err(|e| fail(e.to_string()))?;
-        let applied: Option<(i64, i64)> =
-            sqlx::query_as("SELECT COUNT(*), MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_optional(&mut *first)
-                .await
-                .unwrap_or(None);
+        let applied: Option<(i64, i64)> = db
+            .query_row(
+                "SELECT COUNT(*), MAX(version) FROM _sqlx_migrations WHERE success",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
         let latest = MIGRATIONS.len() as i64;
         if let Some((_, at)) = applied.filter(|(_, at)| *at > latest) {
             return Err(fail(format!(
@@ -266,11 +286,15 @@ impl SqliteStore {
             )));
         }
         if applied == Some((latest, latest)) {
+            let pool = pool_options.connect_lazy_with(options);
             let known = Arc::new(Known::default());
-            let group = Group::start(pool.clone(), Some(first), known.clone());
+            let group = Group::start(pool.clone(), Writes::File(file, db), known.clone());
             return Ok(Self::with(pool, group, known));
         }
-        drop(first);
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let migrations = MIGRATIONS
             .iter()
             .map(|(v, d, sql)| {
@@ -288,8 +312,7 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(format!("cannot prepare its tables: {e}")))?;
         let known = Arc::new(Known::default());
-        let first = pool.acquire().await.map_err(|e| fail(e.to_string()))?;
-        let group = Group::start(pool.clone(), Some(first), known.clone());
+        let group = Group::start(pool.clone(), Writes::File(file, db), known.clone());
         Ok(Self::with(pool, group, known))
     }
 
@@ -298,7 +321,7 @@ impl SqliteStore {
     /// connection back, which the pool then closes.
     pub async fn close(self) {
         let Self { pool, group, .. } = self;
-        drop(group);
+        group.close().await;
         pool.close().await;
     }
 
