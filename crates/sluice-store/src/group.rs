@@ -45,7 +45,7 @@ use crate::StoreError;
 use crate::values::{Chunk, Known};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, params};
-use sqlx::sqlite::LockedSqliteHandle;
+use sqlx::sqlite::{LockedSqliteHandle, SqliteSynchronous};
 use sqlx::{SqliteConnection, SqlitePool};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -308,8 +308,7 @@ pub(crate) fn settle_sqlite() {
 #[derive(Clone, Debug)]
 pub(crate) struct WriterFile {
     pub path: PathBuf,
-    /// `synchronous` (checked: `off`, `normal`, `full` or `extra`).
-    pub synchronous: String,
+    pub synchronous: SqliteSynchronous,
     pub max_page_count: Option<u32>,
 }
 
@@ -329,9 +328,14 @@ pub(crate) fn open_writer(f: &WriterFile) -> Result<Connection, StoreError> {
     db.busy_timeout(Duration::from_secs(10))?;
     db.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     db.set_prepared_statement_cache_capacity(32);
+    let synchronous = match f.synchronous {
+        SqliteSynchronous::Off => "OFF",
+        SqliteSynchronous::Normal => "NORMAL",
+        SqliteSynchronous::Full => "FULL",
+        SqliteSynchronous::Extra => "EXTRA",
+    };
     let mut pragmas = format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = 0; PRAGMA foreign_keys = OFF;",
-        f.synchronous
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; PRAGMA foreign_keys = OFF;"
     );
     if let Some(n) = f.max_page_count {
         pragmas.push_str(&format!(" PRAGMA max_page_count = {n};"));

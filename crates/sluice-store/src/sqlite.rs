@@ -177,32 +177,21 @@ impl SqliteStore {
             if p.is_dir() {
                 return Err(fail(format!("`{path}` is a folder, not a database file")));
             }
-            let mut o = SqliteConnectOptions::new()
-                .filename(path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal);
             let mut writer = WriterFile {
                 path: p.to_owned(),
-                synchronous: "NORMAL".into(),
+                synchronous: SqliteSynchronous::Normal,
                 max_page_count: None,
             };
             for pair in query.split('&').filter(|s| !s.is_empty()) {
                 match pair.split_once('=') {
                     Some(("synchronous", v)) => {
-                        o = o.synchronous(
-                            SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?,
-                        );
-                        // One of SQLite's four names (sqlx checked it).
-                        writer.synchronous = v.to_ascii_uppercase();
+                        writer.synchronous =
+                            SqliteSynchronous::from_str(v).map_err(|e| fail(e.to_string()))?;
                     }
                     // The most pages the database file may hold: past it,
                     // writes fail as on a full disk.
                     Some(("max_page_count", v)) => match v.parse::<u32>() {
-                        Ok(n) if n > 0 => {
-                            o = o.pragma("max_page_count", n.to_string());
-                            writer.max_page_count = Some(n);
-                        }
+                        Ok(n) if n > 0 => writer.max_page_count = Some(n),
                         _ => {
                             return Err(fail(format!(
                                 "`max_page_count` must be a positive number of pages (got `{v}`)"
@@ -215,6 +204,16 @@ impl SqliteStore {
                         )));
                     }
                 }
+            }
+            // The pool's connections (readers, checkpoints, migrations)
+            // take the writer's settings.
+            let mut o = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(writer.synchronous);
+            if let Some(n) = writer.max_page_count {
+                o = o.pragma("max_page_count", n.to_string());
             }
             file = Some(writer);
             o
@@ -316,9 +315,9 @@ impl SqliteStore {
         Ok(Self::with(pool, group, known))
     }
 
-    /// See [`crate::AnyStore::close`]: the writer ends when its queue is
-    /// dropped (checkpointing a WAL grown past 512 KB) and gives its
-    /// connection back, which the pool then closes.
+    /// See [`crate::AnyStore::close`]: the writer's task ends once its
+    /// queue is dropped (checkpointing a WAL grown past 512 KB and closing
+    /// its connection) and is awaited, then the pool closes its own.
     pub async fn close(self) {
         let Self { pool, group, .. } = self;
         group.close().await;
